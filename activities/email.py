@@ -1,0 +1,102 @@
+"""The email channel's handler: delivers a `SendEmailOp` over SMTP with aiosmtplib."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate
+
+import aiosmtplib
+from temporalio import activity
+
+from domain import (
+    ChannelOperationOutcomeInfo,
+    ChannelOperationRef,
+    FailedToSendEmailEvent,
+    SendEmailOp,
+    SendEmailRequestedEvent,
+    SendEmailResponse,
+    SendEmailResult,
+    SucceededInSendingEmailEvent,
+)
+from settings import Settings, SmtpSecurity
+from streams import StreamName, StreamStore
+from activities.channel import ChannelHandler, Delivery, TransientDeliveryError
+
+SMTP_TIMEOUT_SECONDS = 30
+
+
+def message_id(op: SendEmailOp) -> str:
+    """Derived from the channel-operation id, so every attempt at one operation sends the same Message-ID."""
+    domain = op.sender.address.rpartition("@")[2]
+    return f"<notification-{op.notification_id}.email-{op.channel_operation_id}@{domain}>"
+
+
+def compose(op: SendEmailOp) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = formataddr((op.sender.name or "", op.sender.address))
+    message["To"] = ", ".join(formataddr((m.name or "", m.address)) for m in op.to)
+    message["Subject"] = op.subject
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = message_id(op)
+    message.set_content(op.text_body)
+    if op.html_body:
+        message.add_alternative(op.html_body, subtype="html")
+    return message
+
+
+class EmailHandler(ChannelHandler):
+    concern = "send-email"
+    operation_stream = StreamName.EMAIL_OPERATION
+    event_stream = StreamName.EMAIL_EVENT
+    requested_event = SendEmailRequestedEvent
+    succeeded_event = SucceededInSendingEmailEvent
+    failed_event = FailedToSendEmailEvent
+
+    def __init__(self, store: StreamStore, settings: Settings) -> None:
+        super().__init__(store)
+        self._settings = settings
+
+    @activity.defn(name="SendEmail")
+    async def send_email(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
+        return await self.handle(ref)
+
+    async def deliver(self, op: SendEmailOp) -> Delivery:  # type: ignore[override]
+        s = self._settings
+        mid = message_id(op)
+        try:
+            _, server_response = await aiosmtplib.send(
+                compose(op),
+                hostname=s.smtp_host,
+                port=s.smtp_port,
+                use_tls=s.smtp_security == SmtpSecurity.TLS,
+                start_tls=s.smtp_security == SmtpSecurity.STARTTLS,
+                username=s.smtp_username,
+                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+                timeout=SMTP_TIMEOUT_SECONDS,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            codes = [r.code for r in error.recipients]
+            failure = "; ".join(f"{r.recipient} refused: {r.code} {r.message}" for r in error.recipients)
+            return self._failed(SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, mid, failure, permanent=min(codes) >= 500)
+        except aiosmtplib.SMTPAuthenticationError as error:
+            return self._failed(
+                SendEmailResult.FAILED_TO_AUTHENTICATE_WITH_SERVER, mid, f"{error.code} {error.message}", permanent=True
+            )
+        except aiosmtplib.SMTPResponseException as error:
+            permanent = error.code >= 500
+            return self._failed(
+                SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, mid, f"{error.code} {error.message}", permanent=permanent
+            )
+        except aiosmtplib.SMTPNotSupported as error:
+            return self._failed(SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, mid, str(error), permanent=True)
+        except (aiosmtplib.SMTPException, OSError) as error:
+            reason = f"{error.__class__.__name__}: {error}"
+            return self._failed(SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, mid, reason, permanent=False)
+        return Delivery(SendEmailResponse(result=SendEmailResult.SUCCESS, message_id=mid, server_response=server_response))
+
+    @staticmethod
+    def _failed(result: SendEmailResult, mid: str, failure: str, *, permanent: bool) -> Delivery:
+        delivery = Delivery(SendEmailResponse(result=result, message_id=mid, error=failure), failure)
+        if permanent:
+            return delivery
+        raise TransientDeliveryError(delivery)

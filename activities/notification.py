@@ -1,0 +1,242 @@
+"""The notification handlers' activities: record the request, get the audience, prepare each channel, put the saga
+and its channel operations, and record how the saga ended. Each holds only the stream handles its work needs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from temporalio import activity
+
+from domain import (
+    AttemptToSendNotificationEvent,
+    Channel,
+    ChannelOperationInstruction,
+    ChannelOperationMonitoringInfo,
+    ChannelOperationRef,
+    EmailMailbox,
+    ExecuteOpRequestedEvent,
+    FailedToSendEmailEvent,
+    FailedToSendSlackMessageEvent,
+    Failure,
+    GetAudienceResult,
+    NotificationRequest,
+    PreparedSaga,
+    PrepareStageEnded,
+    PrepareToSendOnChannelOp,
+    PrepareToSendOnChannelResult,
+    ProcessSendNotificationSagaOp,
+    SagaEnded,
+    SendEmailOp,
+    SendNotificationRequestedEvent,
+    SendNotificationToEntityOp,
+    SendSlackMessageOp,
+    SucceededInSendingEmailEvent,
+    SucceededInSendingSlackMessageEvent,
+    Tag,
+    TagName,
+    tag,
+    terminal_event_type,
+)
+from settings import Settings
+from streams import (
+    ExistingRecordStrategy,
+    HandlingStatus,
+    HandlingStore,
+    StreamName,
+    StreamStore,
+)
+from streams.directory import lookup
+
+SEND_NOTIFICATION_CONCERN = "send-notification"
+SAGA_CONCERN = "process-send-notification-saga"
+
+CHANNEL_OPERATION_STREAM = {Channel.EMAIL: StreamName.EMAIL_OPERATION, Channel.SLACK: StreamName.SLACK_OPERATION}
+CHANNEL_MONITORING = {
+    Channel.EMAIL: (SucceededInSendingEmailEvent, FailedToSendEmailEvent),
+    Channel.SLACK: (SucceededInSendingSlackMessageEvent, FailedToSendSlackMessageEvent),
+}
+
+
+def notification_tags(notification_id: str, operation: SendNotificationToEntityOp) -> list[Tag]:
+    """The tags every record of a notification carries: its id, its entity, and the client's own tags."""
+    return [
+        tag(TagName.NOTIFICATION_ID, notification_id),
+        tag(TagName.ENTITY_ID, operation.entity_id),
+        *operation.tags,
+    ]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _run_if_available(handling: HandlingStore, internal_record_id: int, concern: str) -> None:
+    if (await handling.status(internal_record_id, concern)).available:
+        await handling.transition(internal_record_id, concern, HandlingStatus.RUNNING)
+
+
+async def _complete_if_running(handling: HandlingStore, internal_record_id: int, concern: str, details: str) -> None:
+    if await handling.status(internal_record_id, concern) == HandlingStatus.RUNNING:
+        await handling.transition(internal_record_id, concern, HandlingStatus.COMPLETED, details)
+
+
+class NotificationActivities:
+    def __init__(self, store: StreamStore, settings: Settings) -> None:
+        self._settings = settings
+        self._directory = store.reader(StreamName.ENTITY_DIRECTORY)
+        self._client_operation_handling = store.handling(StreamName.CLIENT_OPERATION)
+        self._saga_handling = store.handling(StreamName.NOTIFICATION_SAGA)
+        self._events = store.writer(StreamName.NOTIFICATION_EVENT)
+        self._sagas = store.writer(StreamName.NOTIFICATION_SAGA)
+        self._views = store.writer(StreamName.NOTIFICATION_VIEW)
+        self._snapshots = store.writer(StreamName.NOTIFICATION_SNAPSHOT)
+        self._channel_operations = {c: store.writer(s) for c, s in CHANNEL_OPERATION_STREAM.items()}
+
+    @activity.defn(name="RecordNotificationRequested")
+    async def record_requested(self, request: NotificationRequest) -> None:
+        """Take up the client's operation and create the aggregate with `SendNotificationRequestedEvent`."""
+        await _run_if_available(
+            self._client_operation_handling, request.client_operation_record_id, SEND_NOTIFICATION_CONCERN
+        )
+        event = SendNotificationRequestedEvent(
+            notification_id=request.notification_id, timestamp_utc=_now(), operation=request.operation
+        )
+        await self._events.put(
+            request.notification_id,
+            event,
+            tags=notification_tags(request.notification_id, request.operation),
+            strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+        )
+
+    @activity.defn(name="GetAudience")
+    async def get_audience(self, operation: SendNotificationToEntityOp) -> GetAudienceResult:
+        """The entity as the directory has it now; an unknown entity is a reported failure, not an error."""
+        entry = await lookup(self._directory, operation.entity_id)
+        if entry is None:
+            return GetAudienceResult(
+                audience=None, failures=[Failure(reason=f"entity {operation.entity_id!r} is not in the directory")]
+            )
+        return GetAudienceResult(audience=entry)
+
+    @activity.defn(name="PrepareToSendOnChannel")
+    async def prepare_to_send_on_channel(self, op: PrepareToSendOnChannelOp) -> PrepareToSendOnChannelResult:
+        """Compose the channel's operation, with a channel-operation id issued by the channel's operation stream."""
+        channel_operation_id = await self._channel_operations[op.channel].next_unique_id()
+        request, audience = op.operation, op.audience
+        tags = notification_tags(op.notification_id, request)
+        operation: SendEmailOp | SendSlackMessageOp
+        if op.channel == Channel.EMAIL:
+            assert audience.email is not None
+            operation = SendEmailOp(
+                notification_id=op.notification_id,
+                channel_operation_id=channel_operation_id,
+                sender=EmailMailbox(address=self._settings.email_from),
+                to=[EmailMailbox(address=audience.email, name=audience.name)],
+                subject=request.subject,
+                text_body=request.body,
+                html_body=request.html_body,
+            )
+            tags += [
+                tag(TagName.RECIPIENT_EMAIL_ADDRESS, audience.email),
+                tag(TagName.SENDER_EMAIL_ADDRESS, self._settings.email_from),
+            ]
+        else:
+            assert audience.slack is not None
+            operation = SendSlackMessageOp(
+                notification_id=op.notification_id,
+                channel_operation_id=channel_operation_id,
+                workspace=audience.slack.workspace,
+                channel=audience.slack.channel,
+                text=request.slack_text or f"*{request.subject}*\n{request.body}",
+            )
+            tags += [
+                tag(TagName.SLACK_WORKSPACE, audience.slack.workspace),
+                tag(TagName.SLACK_CHANNEL, audience.slack.channel),
+            ]
+        succeeded, failed = CHANNEL_MONITORING[op.channel]
+        instruction = ChannelOperationInstruction(
+            operation=operation,
+            monitoring_info=ChannelOperationMonitoringInfo(
+                channel_operation_id=channel_operation_id,
+                succeeded_event_type=succeeded.__name__,
+                failed_event_type=failed.__name__,
+            ),
+            tags=tags,
+        )
+        return PrepareToSendOnChannelResult(channel=op.channel, instructions=[instruction])
+
+    @activity.defn(name="RecordPrepared")
+    async def record_prepared(self, ended: PrepareStageEnded) -> PreparedSaga | None:
+        """Record how preparing ended; if there is something to send, put the saga first, then each channel's
+        operation. Returns the saga and the operations' records, or None when there is nothing to send."""
+        event = ended.event
+        nid = event.notification_id
+        tags = notification_tags(nid, ended.operation)
+        await self._events.put(
+            nid,
+            event,
+            type=event.record_type,
+            tags=tags,
+            strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
+        )
+        if event.prepare is None or not event.prepare.channels_to_send_on:
+            return None
+        instructions = event.prepare.instructions()
+        saga_op = ProcessSendNotificationSagaOp(
+            notification_id=nid,
+            channel_operations={
+                c: [i.monitoring_info for i in instructions if i.operation.delivery_channel == c]
+                for c in event.prepare.channels_to_send_on
+            },
+        )
+        saga = await self._sagas.put(
+            nid,
+            ExecuteOpRequestedEvent(id=nid, operation=saga_op, timestamp_utc=event.timestamp_utc),
+            tags=tags,
+            strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+        )
+        await _run_if_available(self._saga_handling, saga.record_internal_id, SAGA_CONCERN)
+        refs = []
+        for instruction in instructions:
+            channel_operation_id = instruction.monitoring_info.channel_operation_id
+            put = await self._channel_operations[instruction.operation.delivery_channel].put(
+                channel_operation_id,
+                ExecuteOpRequestedEvent(
+                    id=str(channel_operation_id), operation=instruction.operation, timestamp_utc=event.timestamp_utc
+                ),
+                tags=instruction.tags,
+                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+            )
+            refs.append(ChannelOperationRef(instruction=instruction, internal_record_id=put.record_internal_id))
+        return PreparedSaga(saga_record_id=saga.record_internal_id, operations=refs)
+
+    @activity.defn(name="RecordSagaEnded")
+    async def record_saga_ended(self, ended: SagaEnded) -> None:
+        """Record the attempt stage and the terminal event, write the view and the snapshot, and complete the
+        handling of the saga and of the client's operation."""
+        snapshot = ended.snapshot
+        nid, view = snapshot.notification_id, snapshot.view
+        tags = notification_tags(nid, snapshot.operation)
+        timestamp = view.completed_at or _now()
+        if snapshot.attempt is not None:
+            attempt = AttemptToSendNotificationEvent(
+                notification_id=nid, timestamp_utc=timestamp, attempt=snapshot.attempt
+            )
+            await self._events.put(
+                nid,
+                attempt,
+                type=attempt.record_type,
+                tags=tags,
+                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
+            )
+        terminal = terminal_event_type(view.status)(notification_id=nid, timestamp_utc=timestamp, view=view)
+        await self._events.put(
+            nid, terminal, tags=tags, strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE
+        )
+        await self._views.put(nid, view, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
+        await self._snapshots.put(nid, snapshot, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
+        if ended.saga_record_id is not None:
+            await _complete_if_running(self._saga_handling, ended.saga_record_id, SAGA_CONCERN, view.status)
+        await _complete_if_running(
+            self._client_operation_handling, ended.client_operation_record_id, SEND_NOTIFICATION_CONCERN, view.status
+        )

@@ -1,0 +1,208 @@
+"""The client side of the subsystem: request a notification, follow it by id, and ask what was sent to whom.
+
+A request gets its notification id from the client-operation stream, puts the operation there, and starts the saga
+with that id as its workflow id. Reads come from the streams, or from the running saga while it has no view yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from domain import (
+    Channel,
+    DeliveryAuditEntry,
+    ExecuteOpRequestedEvent,
+    IdempotencyKeyClaim,
+    NotificationAuditEntry,
+    NotificationRequest,
+    NotificationStatus,
+    NotificationView,
+    SendNotificationToEntityOp,
+    TagName,
+    tag,
+)
+from settings import Settings
+from streams import ExistingRecordStrategy, Record, StreamName, StreamStore
+from workflows.notification import NotificationSaga
+
+QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+class UnknownNotification(LookupError):
+    def __init__(self, notification_id: str) -> None:
+        super().__init__(f"no notification with id {notification_id!r}")
+
+
+class IdempotencyKeyConflict(ValueError):
+    def __init__(self, key: str, notification_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used by notification {notification_id} with a different request"
+        )
+
+
+class NotificationClient:
+    def __init__(self, store: StreamStore, temporal: Client, settings: Settings) -> None:
+        self._store = store
+        self._temporal = temporal
+        self._settings = settings
+        self._client_operations = store.writer(StreamName.CLIENT_OPERATION)
+
+    async def request(self, operation: SendNotificationToEntityOp, idempotency_key: str | None = None) -> str:
+        """Request a notification and return its id. Repeating a request with the same idempotency key returns the
+        first request's id and sends nothing more."""
+        notification_id = str(await self._client_operations.next_unique_id())
+        tags = [*operation.tags]
+        if idempotency_key is not None:
+            notification_id = await self._claim(idempotency_key, notification_id, operation)
+            tags.append(tag(TagName.IDEMPOTENCY_KEY, idempotency_key))
+        put = await self._client_operations.put(
+            notification_id,
+            ExecuteOpRequestedEvent(id=notification_id, operation=operation, timestamp_utc=datetime.now(UTC)),
+            tags=[tag(TagName.NOTIFICATION_ID, notification_id), tag(TagName.ENTITY_ID, operation.entity_id), *tags],
+            strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+        )
+        request = NotificationRequest(
+            notification_id=notification_id, operation=operation, client_operation_record_id=put.record_internal_id
+        )
+        try:
+            await self._temporal.start_workflow(
+                NotificationSaga.run,
+                request,
+                id=notification_id,
+                task_queue=self._settings.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # a repeated request whose saga already ran
+        return notification_id
+
+    async def _claim(self, key: str, notification_id: str, operation: SendNotificationToEntityOp) -> str:
+        record_id = f"idempotency-key:{key}"
+        claim = IdempotencyKeyClaim(idempotency_key=key, notification_id=notification_id, operation=operation)
+        put = await self._client_operations.put(
+            record_id,
+            claim,
+            tags=[tag(TagName.NOTIFICATION_ID, notification_id), tag(TagName.IDEMPOTENCY_KEY, key)],
+            strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+        )
+        if put.internal_id is not None:
+            return notification_id
+        existing = await self._store.reader(StreamName.CLIENT_OPERATION).latest(record_id)
+        assert existing is not None
+        first = existing.object(IdempotencyKeyClaim)
+        if first.operation != operation:
+            raise IdempotencyKeyConflict(key, first.notification_id)
+        return first.notification_id
+
+    async def result(self, notification_id: str) -> NotificationView:
+        """Wait for the saga to end and return its view."""
+        return await self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id).result()
+
+    async def status(self, notification_id: str) -> dict[str, Any]:
+        """The view as JSON: the recorded one once the saga has ended, the running saga's own before."""
+        record = await self._store.reader(StreamName.NOTIFICATION_VIEW).latest(notification_id)
+        if record is not None:
+            return record.json()
+        requested = await self._store.reader(StreamName.CLIENT_OPERATION).latest(notification_id)
+        if requested is None:
+            raise UnknownNotification(notification_id)
+        handle = self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id)
+        try:
+            description = await handle.describe()
+            if description.status == WorkflowExecutionStatus.RUNNING:
+                view = await handle.query(NotificationSaga.status, rpc_timeout=QUERY_TIMEOUT)
+                return view.model_dump(mode="json")
+        except RPCError as error:
+            if error.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.DEADLINE_EXCEEDED):
+                raise
+            description = None
+        operation = requested.object(ExecuteOpRequestedEvent).operation
+        assert isinstance(operation, SendNotificationToEntityOp)
+        failures = [] if description is None else [f"the saga ended {description.status.name} without a view"]
+        return {
+            "id": notification_id,
+            "status": NotificationStatus.PENDING if description is None else NotificationStatus.FAILED,
+            "entity_id": operation.entity_id,
+            "subject": operation.subject,
+            "outcome": {"failures": failures},
+            "channels": {},
+            "requested_at": requested.timestamp_utc.isoformat(),
+            "completed_at": None,
+        }
+
+    async def events(self, notification_id: str) -> list[Record]:
+        """Every record of the notification, across all its streams, in the order they were written."""
+        by = tag(TagName.NOTIFICATION_ID, notification_id)
+        records = [r for s in StreamName for r in await self._store.reader(s).by_tags(by)]
+        if not records:
+            raise UnknownNotification(notification_id)
+        return sorted(records, key=lambda r: r.internal_id)
+
+    async def audit_email(self, address: str) -> list[DeliveryAuditEntry]:
+        records = await self._store.reader(StreamName.EMAIL_EVENT).by_tags(tag(TagName.RECIPIENT_EMAIL_ADDRESS, address))
+        return _deliveries(Channel.EMAIL, address, records)
+
+    async def audit_slack(self, channel: str) -> list[DeliveryAuditEntry]:
+        """Slack messages to a channel, given as `CHANNEL` or `WORKSPACE/CHANNEL`."""
+        workspace, _, channel_id = channel.rpartition("/")
+        tags = [tag(TagName.SLACK_CHANNEL, channel_id)]
+        if workspace:
+            tags.append(tag(TagName.SLACK_WORKSPACE, workspace))
+        records = await self._store.reader(StreamName.SLACK_EVENT).by_tags(*tags)
+        return _deliveries(Channel.SLACK, channel, records)
+
+    async def audit_entity(self, entity_id: str) -> list[NotificationAuditEntry]:
+        requested = await self._store.reader(StreamName.NOTIFICATION_EVENT).by_tags(
+            tag(TagName.ENTITY_ID, entity_id), type="SendNotificationRequestedEvent"
+        )
+        entries = []
+        for record in requested:
+            nid = record.record_id
+            assert nid is not None
+            status = (await self.status(nid))["status"]
+            entries.append(
+                NotificationAuditEntry(
+                    notification_id=nid,
+                    subject=record.json()["operation"]["subject"],
+                    status=status,
+                    requested_at=record.timestamp_utc,
+                )
+            )
+        return entries
+
+
+def _deliveries(channel: Channel, address: str, records: Iterable[Record]) -> list[DeliveryAuditEntry]:
+    """One entry per channel operation, from its requested event and its outcome event, if any."""
+    by_operation: dict[str, list[Record]] = {}
+    for record in records:
+        by_operation.setdefault(record.record_id or "", []).append(record)
+    entries = []
+    for operation_id, group in by_operation.items():
+        requested = next((r for r in group if r.type.endswith("RequestedEvent")), None)
+        if requested is None:
+            continue
+        op = requested.json()["operation"]
+        ended = next((r for r in reversed(group) if r is not requested), None)
+        response = ended.json()["response"] if ended else {}
+        entries.append(
+            DeliveryAuditEntry(
+                notification_id=op["notification_id"],
+                channel=channel,
+                channel_operation_id=int(operation_id),
+                address=address,
+                subject=op.get("subject") or op["text"].splitlines()[0][:120],
+                outcome="sending" if ended is None else "failed" if ended.type.startswith("Failed") else "sent",
+                reason=response.get("error"),
+                requested_at=requested.timestamp_utc,
+                completed_at=ended.timestamp_utc if ended else None,
+            )
+        )
+    return entries

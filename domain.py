@@ -1,0 +1,670 @@
+"""The notification domain: operations, events, outcomes, the entity directory and the view.
+
+Every other module imports its models from here. Models are plain pydantic v2 classes with no side effects,
+so the workflow sandbox can pass this module through unchanged. Nothing in here carries a credential.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tags
+
+
+class Tag(Model):
+    """A name/value pair attached to a record; records are queryable by tags."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    value: Annotated[str, StringConstraints(max_length=2000)]
+
+
+def tag(name: str, value: object) -> Tag:
+    return Tag(name=name, value=str(value))
+
+
+class TagName(StrEnum):
+    NOTIFICATION_ID = "notification-id"
+    ENTITY_ID = "entity-id"
+    IDEMPOTENCY_KEY = "idempotency-key"
+    RECIPIENT_EMAIL_ADDRESS = "recipient-email-address"
+    SENDER_EMAIL_ADDRESS = "sender-email-address"
+    SLACK_WORKSPACE = "slack-workspace"
+    SLACK_CHANNEL = "slack-channel"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Channels and the entity directory
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SLACK = "slack"
+
+
+class ChannelPreference(StrEnum):
+    SEND = "send"
+    OPTED_OUT = "opted-out"
+
+
+def _email_address(value: str) -> str:
+    if not re.fullmatch(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+", value):
+        raise ValueError(f"not an email address: {value!r}")
+    return value
+
+
+EmailAddress = Annotated[str, AfterValidator(_email_address)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+
+
+class SlackAddress(Model):
+    workspace: Identifier
+    channel: Identifier
+
+
+class DirectoryEntry(Model):
+    """Who an entity is and where it can be reached. Every change is kept as a record in the directory stream."""
+
+    id: Identifier
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    email: EmailAddress | None = None
+    slack: SlackAddress | None = None
+    channels: dict[Channel, ChannelPreference]
+
+    @model_validator(mode="after")
+    def _reachable_where_it_says(self) -> DirectoryEntry:
+        if self.channels.get(Channel.EMAIL) == ChannelPreference.SEND and self.email is None:
+            raise ValueError(f"entity {self.id!r} asks for email but has no email address")
+        if self.channels.get(Channel.SLACK) == ChannelPreference.SEND and self.slack is None:
+            raise ValueError(f"entity {self.id!r} asks for Slack but has no Slack workspace and channel")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The client operation
+
+
+def _single_line(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must be a single line (no CR or LF)")
+    return value
+
+
+def _at_most_body_size(value: str) -> str:
+    if len(value.encode()) > MAX_BODY_BYTES:
+        raise ValueError(f"is over {MAX_BODY_BYTES // 1024} KiB")
+    return value
+
+
+Subject = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=998), AfterValidator(_single_line)
+]
+Body = Annotated[str, StringConstraints(min_length=1), AfterValidator(_at_most_body_size)]
+OptionalBody = Annotated[str, AfterValidator(_at_most_body_size)]
+
+
+class SendNotificationToEntityOp(Model):
+    """A client's request: notify this entity with this content."""
+
+    entity_id: Identifier
+    subject: Subject
+    body: Body
+    html_body: OptionalBody | None = None
+    slack_text: OptionalBody | None = None
+    tags: list[Tag] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _body_not_blank(self) -> SendNotificationToEntityOp:
+        if not self.body.strip():
+            raise ValueError("body must not be blank")
+        return self
+
+
+class NotificationRequest(Model):
+    """The saga's input: the notification id the client-operation stream issued, the operation, and the internal
+    id of the operation's record in that stream (whose handling the saga keeps)."""
+
+    notification_id: str
+    operation: SendNotificationToEntityOp
+    client_operation_record_id: int
+
+
+class ExecuteOpRequestedEvent(Model):
+    """How an operation is put in an operation stream: the op, its id and when it was requested."""
+
+    id: str
+    operation: SendNotificationToEntityOp | SendEmailOp | SendSlackMessageOp | ProcessSendNotificationSagaOp
+    timestamp_utc: datetime
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Failures and outcomes (the reference's enums, names kept)
+
+
+class Failure(Model):
+    reason: str
+
+
+class FailureAction(StrEnum):
+    IGNORE_AND_PROCEED_IF_POSSIBLE_OTHERWISE_STOP = "IgnoreAndProceedIfPossibleOtherwiseStop"
+    STOP = "Stop"
+
+
+class GetAudienceOutcome(StrEnum):
+    GOT_AUDIENCE_WITH_NO_FAILURES_REPORTED = "GotAudienceWithNoFailuresReported"
+    GOT_AUDIENCE_WITH_REPORTED_FAILURES_IGNORED = "GotAudienceWithReportedFailuresIgnored"
+    COULD_NOT_GET_AUDIENCE_AND_NO_FAILURES_REPORTED = "CouldNotGetAudienceAndNoFailuresReported"
+    COULD_NOT_GET_AUDIENCE_WITH_SOME_FAILURES_REPORTED = "CouldNotGetAudienceWithSomeFailuresReported"
+    DESPITE_GETTING_AUDIENCE_FAILURES_PREVENT_USING_IT = "DespiteGettingAudienceFailuresPreventUsingIt"
+
+
+class GetDeliveryChannelConfigsOutcome(StrEnum):
+    GOT_CONFIGS_WITH_NO_FAILURES_REPORTED = "GotDeliveryChannelConfigsWithNoFailuresReported"
+    GOT_CONFIGS_WITH_REPORTED_FAILURES_IGNORED = "GotDeliveryChannelConfigsWithReportedFailuresIgnored"
+    COULD_NOT_GET_CONFIGS_AND_NO_FAILURES_REPORTED = "CouldNotGetDeliveryChannelConfigsAndNoFailuresReported"
+    COULD_NOT_GET_CONFIGS_WITH_SOME_FAILURES_REPORTED = "CouldNotGetDeliveryChannelConfigsWithSomeFailuresReported"
+    DESPITE_GETTING_CONFIGS_FAILURES_PREVENT_USING_THEM = "DespiteGettingDeliveryChannelConfigsFailuresPreventUsingThem"
+
+
+class PrepareToSendOnChannelOutcome(StrEnum):
+    PREPARED_WITH_NO_FAILURES_REPORTED = "PreparedToSendOnChannelWithNoFailuresReported"
+    PREPARED_WITH_REPORTED_FAILURES_IGNORED = "PreparedToSendOnChannelWithReportedFailuresIgnored"
+    COULD_NOT_PREPARE_AND_NO_FAILURES_REPORTED = "CouldNotPrepareToSendOnChannelAndNoFailuresReported"
+    COULD_NOT_PREPARE_WITH_SOME_FAILURES_REPORTED = "CouldNotPrepareToSendOnChannelWithSomeFailuresReported"
+    DESPITE_PREPARING_FAILURES_PREVENT_USING_IT = "DespitePreparingToSendOnChannelFailuresPreventUsingIt"
+
+
+class PrepareToSendNotificationOutcome(StrEnum):
+    AUDIENCE_OPTED_OUT_OF_ALL_CHANNELS = "AudienceOptedOutOfAllChannels"
+    PREPARED_TO_SEND_ON_ALL_CHANNELS = "PreparedToSendOnAllChannels"
+    PREPARED_TO_SEND_ON_SOME_CHANNELS = "PreparedToSendOnSomeChannels"
+    COULD_NOT_PREPARE_DESPITE_ATTEMPTING_ALL = "CouldNotPrepareToSendOnAnyChannelDespiteAttemptingAll"
+    COULD_NOT_PREPARE_BECAUSE_ONE_FORCED_ALL_TO_BE_DISCARDED = (
+        "CouldNotPrepareToSendOnAnyChannelBecauseOneForcedAllToBeDiscarded"
+    )
+
+
+class ChannelOperationOutcome(StrEnum):
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class AttemptToSendNotificationOutcome(StrEnum):
+    SENT_ON_ALL_PREPARED_CHANNELS = "SentOnAllPreparedChannels"
+    SENT_ON_SOME_PREPARED_CHANNELS = "SentOnSomePreparedChannels"
+    COULD_NOT_SEND_ON_ANY_PREPARED_CHANNEL = "CouldNotSendOnAnyPreparedChannel"
+
+
+def _stage_outcome(found: bool, failures: list[Failure], stop_on_failures: bool, outcomes: type[StrEnum]) -> StrEnum:
+    """The reference's shared derivation: found or not, failures or not, and what the failure action says."""
+    got_clean, got_ignoring, missing_clean, missing_with_failures, despite = list(outcomes)
+    if not found:
+        return missing_with_failures if failures else missing_clean
+    if not failures:
+        return got_clean
+    return despite if stop_on_failures else got_ignoring
+
+
+class GetAudienceResult(Model):
+    audience: DirectoryEntry | None
+    failures: list[Failure] = Field(default_factory=list)
+    failure_action: FailureAction = FailureAction.STOP
+
+    @property
+    def outcome(self) -> GetAudienceOutcome:
+        found = self.audience is not None
+        return _stage_outcome(found, self.failures, self.failure_action == FailureAction.STOP, GetAudienceOutcome)
+
+    @property
+    def usable(self) -> bool:
+        return self.outcome.name.startswith("GOT_")
+
+
+class DeliveryChannelConfig(Model):
+    channel: Channel
+    action: ChannelPreference
+
+
+class GetDeliveryChannelConfigsResult(Model):
+    configs: list[DeliveryChannelConfig]
+    failures: list[Failure] = Field(default_factory=list)
+    failure_action: FailureAction = FailureAction.STOP
+
+    @property
+    def outcome(self) -> GetDeliveryChannelConfigsOutcome:
+        stop = self.failure_action == FailureAction.STOP
+        return _stage_outcome(bool(self.configs), self.failures, stop, GetDeliveryChannelConfigsOutcome)
+
+    @property
+    def usable(self) -> bool:
+        return self.outcome.name.startswith("GOT_")
+
+
+def get_delivery_channel_configs(audience: DirectoryEntry) -> GetDeliveryChannelConfigsResult:
+    """The entity's channels in a fixed order (email, then Slack), each to send on or opted out of."""
+    configs = [
+        DeliveryChannelConfig(channel=channel, action=audience.channels[channel])
+        for channel in Channel
+        if channel in audience.channels
+    ]
+    failures = [] if configs else [Failure(reason=f"entity {audience.id!r} has no delivery channels configured")]
+    return GetDeliveryChannelConfigsResult(configs=configs, failures=failures)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Channel operations
+
+
+class EmailMailbox(Model):
+    address: EmailAddress
+    name: str | None = None
+
+
+class SendEmailOp(Model):
+    """Everything needed to deliver one email. SMTP connection settings and credentials stay with the worker."""
+
+    delivery_channel: ClassVar[Channel] = Channel.EMAIL
+    notification_id: str
+    channel_operation_id: int
+    sender: EmailMailbox
+    to: list[EmailMailbox] = Field(min_length=1)
+    subject: Subject
+    text_body: Body
+    html_body: OptionalBody | None = None
+
+
+class SendSlackMessageOp(Model):
+    """Everything needed to post one Slack message. The workspace's token stays with the worker."""
+
+    delivery_channel: ClassVar[Channel] = Channel.SLACK
+    notification_id: str
+    channel_operation_id: int
+    workspace: Identifier
+    channel: Identifier
+    text: Body
+
+
+ChannelOperation = SendEmailOp | SendSlackMessageOp
+
+
+class ChannelOperationMonitoringInfo(Model):
+    channel_operation_id: int
+    succeeded_event_type: str
+    failed_event_type: str
+
+
+class ChannelOperationInstruction(Model):
+    """One operation on one channel, how to tell its outcome, and the tags it is put with."""
+
+    operation: ChannelOperation
+    monitoring_info: ChannelOperationMonitoringInfo
+    tags: list[Tag] = Field(default_factory=list)
+
+
+class PrepareToSendOnChannelOp(Model):
+    notification_id: str
+    operation: SendNotificationToEntityOp
+    audience: DirectoryEntry
+    channel: Channel
+
+
+class PrepareToSendOnChannelResult(Model):
+    channel: Channel
+    instructions: list[ChannelOperationInstruction]
+    failures: list[Failure] = Field(default_factory=list)
+    failure_action: FailureAction = FailureAction.STOP
+
+    @property
+    def outcome(self) -> PrepareToSendOnChannelOutcome:
+        stop = self.failure_action == FailureAction.STOP
+        return _stage_outcome(bool(self.instructions), self.failures, stop, PrepareToSendOnChannelOutcome)
+
+    @property
+    def prepared(self) -> bool:
+        return self.outcome.name.startswith("PREPARED_")
+
+
+class CannotPrepareToSendOnChannelAction(StrEnum):
+    STOP_AND_DO_NOT_SEND_ON_ANY_CHANNEL = "StopAndDoNotSendOnAnyChannel"
+    CONTINUE_AND_ATTEMPT_PREPARING_TO_SEND_ON_NEXT_CHANNEL = "ContinueAndAttemptPreparingToSendOnNextChannel"
+
+
+class PrepareToSendNotificationResult(Model):
+    channel_results: list[PrepareToSendOnChannelResult]
+    cannot_prepare_action: CannotPrepareToSendOnChannelAction
+    channels_to_send_on: list[Channel]
+
+    @classmethod
+    def of(
+        cls, results: list[PrepareToSendOnChannelResult], action: CannotPrepareToSendOnChannelAction
+    ) -> PrepareToSendNotificationResult:
+        """Apply the cannot-prepare action: one channel that cannot be prepared may discard all the others."""
+        prepared = [r.channel for r in results if r.prepared]
+        stop = action == CannotPrepareToSendOnChannelAction.STOP_AND_DO_NOT_SEND_ON_ANY_CHANNEL
+        if stop and len(prepared) < len(results):
+            prepared = []
+        return cls(channel_results=results, cannot_prepare_action=action, channels_to_send_on=prepared)
+
+    @property
+    def outcome(self) -> PrepareToSendNotificationOutcome:
+        O = PrepareToSendNotificationOutcome
+        if not self.channel_results:
+            return O.AUDIENCE_OPTED_OUT_OF_ALL_CHANNELS
+        if len(self.channels_to_send_on) == len(self.channel_results):
+            return O.PREPARED_TO_SEND_ON_ALL_CHANNELS
+        if self.channels_to_send_on:
+            return O.PREPARED_TO_SEND_ON_SOME_CHANNELS
+        if self.cannot_prepare_action == CannotPrepareToSendOnChannelAction.STOP_AND_DO_NOT_SEND_ON_ANY_CHANNEL:
+            return O.COULD_NOT_PREPARE_BECAUSE_ONE_FORCED_ALL_TO_BE_DISCARDED
+        return O.COULD_NOT_PREPARE_DESPITE_ATTEMPTING_ALL
+
+    def instructions(self) -> list[ChannelOperationInstruction]:
+        return [i for r in self.channel_results if r.channel in self.channels_to_send_on for i in r.instructions]
+
+
+class ProcessSendNotificationSagaOp(Model):
+    """The saga record: which channel operations to wait for, and how to tell their outcomes."""
+
+    notification_id: str
+    channel_operations: dict[Channel, list[ChannelOperationMonitoringInfo]]
+
+
+class ChannelOperationRef(Model):
+    """A channel operation as put in its operation stream: the handler's input."""
+
+    instruction: ChannelOperationInstruction
+    internal_record_id: int
+
+
+class ChannelOperationOutcomeInfo(Model):
+    channel: Channel
+    channel_operation_id: int
+    event_type: str
+    outcome: ChannelOperationOutcome
+    reason: str | None = None
+
+
+class AttemptToSendNotificationResult(Model):
+    channel_outcomes: list[ChannelOperationOutcomeInfo] = Field(min_length=1)
+
+    @property
+    def channels_sent(self) -> list[Channel]:
+        channels = dict.fromkeys(o.channel for o in self.channel_outcomes)
+        return [
+            c
+            for c in channels
+            if all(o.outcome == ChannelOperationOutcome.SUCCEEDED for o in self.channel_outcomes if o.channel == c)
+        ]
+
+    @property
+    def outcome(self) -> AttemptToSendNotificationOutcome:
+        O = AttemptToSendNotificationOutcome
+        if all(o.outcome == ChannelOperationOutcome.SUCCEEDED for o in self.channel_outcomes):
+            return O.SENT_ON_ALL_PREPARED_CHANNELS
+        return O.SENT_ON_SOME_PREPARED_CHANNELS if self.channels_sent else O.COULD_NOT_SEND_ON_ANY_PREPARED_CHANNEL
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Channel handler responses and events
+
+
+class SendEmailResult(StrEnum):
+    SUCCESS = "Success"
+    FAILED_TO_CONNECT_TO_SERVER = "FailedToConnectToServer"
+    FAILED_TO_AUTHENTICATE_WITH_SERVER = "FailedToAuthenticateWithServer"
+    FAILED_TO_SEND_EMAIL_TO_SERVER = "FailedToSendEmailToServer"
+
+
+class SendEmailResponse(Model):
+    result: SendEmailResult
+    message_id: str
+    server_response: str | None = None
+    error: str | None = None
+
+
+class SendSlackMessageResult(StrEnum):
+    SUCCEEDED = "Succeeded"
+    FAILED_WITH_EXCEPTION_WHEN_SENDING = "FailedWithExceptionWhenSending"
+    FAILED_WITH_SLACK_RETURNING_ERROR = "FailedWithSlackReturningError"
+
+
+class SendSlackMessageResponse(Model):
+    result: SendSlackMessageResult
+    response_json: dict | None = None
+    error: str | None = None
+
+
+class ChannelEvent(Model):
+    channel_operation_id: int
+    notification_id: str
+    timestamp_utc: datetime
+
+
+class SendEmailRequestedEvent(ChannelEvent):
+    operation: SendEmailOp
+
+
+class SucceededInSendingEmailEvent(ChannelEvent):
+    response: SendEmailResponse
+
+
+class FailedToSendEmailEvent(ChannelEvent):
+    response: SendEmailResponse
+
+
+class SendSlackMessageRequestedEvent(ChannelEvent):
+    operation: SendSlackMessageOp
+
+
+class SucceededInSendingSlackMessageEvent(ChannelEvent):
+    response: SendSlackMessageResponse
+
+
+class FailedToSendSlackMessageEvent(ChannelEvent):
+    response: SendSlackMessageResponse
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Notification events and the aggregate
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    PARTIALLY_SENT = "partially_sent"
+    FAILED = "failed"
+    OPTED_OUT = "opted_out"
+
+
+class NotificationOutcome(Model):
+    """The detailed outcome: each stage's result as far as the saga got, and every failure reason."""
+
+    get_audience: GetAudienceOutcome | None = None
+    get_delivery_channel_configs: GetDeliveryChannelConfigsOutcome | None = None
+    prepare: PrepareToSendNotificationOutcome | None = None
+    attempt: AttemptToSendNotificationOutcome | None = None
+    failures: list[str] = Field(default_factory=list)
+
+
+class ChannelOutcome(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NOT_PREPARED = "not_prepared"
+    OPTED_OUT = "opted_out"
+
+
+class ChannelView(Model):
+    address: str | None
+    outcome: ChannelOutcome
+    channel_operation_id: int | None = None
+    reason: str | None = None
+
+
+class NotificationEvent(Model):
+    notification_id: str
+    timestamp_utc: datetime
+
+
+class SendNotificationRequestedEvent(NotificationEvent):
+    """Creates the notification aggregate."""
+
+    operation: SendNotificationToEntityOp
+
+
+class PrepareToSendNotificationEvent(NotificationEvent):
+    """The prepare stage. Its record type names how it ended, as the reference's event names do."""
+
+    get_audience: GetAudienceResult
+    get_delivery_channel_configs: GetDeliveryChannelConfigsResult | None = None
+    prepare: PrepareToSendNotificationResult | None = None
+
+    @property
+    def record_type(self) -> str:
+        if not self.get_audience.usable:
+            return "CouldNotGetOrUseAudienceEvent"
+        if self.get_delivery_channel_configs is None or not self.get_delivery_channel_configs.usable:
+            return "CouldNotGetOrUseDeliveryChannelConfigsEvent"
+        assert self.prepare is not None
+        outcome = self.prepare.outcome
+        if outcome.name.startswith("COULD_NOT_PREPARE"):
+            return "CouldNotPrepareToSendOnAnyChannelEvent"
+        return f"{outcome.value}Event"
+
+
+class AttemptToSendNotificationEvent(NotificationEvent):
+    """The attempt stage: SentOnAllPreparedChannelsEvent, SentOnSomePreparedChannelsEvent or
+    CouldNotSendOnAnyPreparedChannelEvent, by its outcome."""
+
+    attempt: AttemptToSendNotificationResult
+
+    @property
+    def record_type(self) -> str:
+        return f"{self.attempt.outcome.value}Event"
+
+
+class NotificationView(Model):
+    """The notification as a UI shows it; also the status a running saga answers queries with."""
+
+    id: str
+    status: NotificationStatus
+    entity_id: str
+    subject: str
+    outcome: NotificationOutcome
+    channels: dict[Channel, ChannelView] = Field(default_factory=dict)
+    requested_at: datetime
+    completed_at: datetime | None = None
+
+
+class SucceededInSendingNotificationEvent(NotificationEvent):
+    """Terminal: sent on every prepared channel."""
+
+    view: NotificationView
+
+
+class FailedToSendNotificationEvent(NotificationEvent):
+    """Terminal: not sent on every channel it should have been; the view says how far it got and why."""
+
+    view: NotificationView
+
+
+class AudienceOptedOutOfAllChannelsEvent(NotificationEvent):
+    """Terminal: the entity opted out of every channel; nothing was to be sent."""
+
+    view: NotificationView
+
+
+def terminal_event_type(status: NotificationStatus) -> type[NotificationEvent]:
+    if status == NotificationStatus.SENT:
+        return SucceededInSendingNotificationEvent
+    if status == NotificationStatus.OPTED_OUT:
+        return AudienceOptedOutOfAllChannelsEvent
+    return FailedToSendNotificationEvent
+
+
+class NotificationSnapshot(Model):
+    """The aggregate at its end: the request and every stage's full result."""
+
+    notification_id: str
+    operation: SendNotificationToEntityOp
+    prepare: PrepareToSendNotificationEvent | None
+    attempt: AttemptToSendNotificationResult | None
+    view: NotificationView
+
+
+class SagaEnded(Model):
+    """What the saga records when it ends, written together by one activity: the attempt stage (if it got that
+    far), the terminal event, the view and the snapshot; and the handling of its records completed."""
+
+    snapshot: NotificationSnapshot
+    client_operation_record_id: int
+    saga_record_id: int | None = None
+
+
+ExecuteOpRequestedEvent.model_rebuild()
+
+
+class PrepareStageEnded(Model):
+    """How preparing ended, for the notification of this operation."""
+
+    operation: SendNotificationToEntityOp
+    event: PrepareToSendNotificationEvent
+
+
+class PreparedSaga(Model):
+    """The saga record and its channel operations, as put in their streams."""
+
+    saga_record_id: int
+    operations: list[ChannelOperationRef]
+
+
+class IdempotencyKeyClaim(Model):
+    """Put in the client-operation stream under the key: the first request with a key claims it for its id."""
+
+    idempotency_key: str
+    notification_id: str
+    operation: SendNotificationToEntityOp
+
+
+class DeliveryAuditEntry(Model):
+    """One email or Slack message sent (or attempted) to an address, for `audit`."""
+
+    notification_id: str
+    channel: Channel
+    channel_operation_id: int
+    address: str
+    subject: str | None
+    outcome: Literal["sent", "failed", "sending"]
+    reason: str | None = None
+    requested_at: datetime
+    completed_at: datetime | None = None
+
+
+class NotificationAuditEntry(Model):
+    """One notification requested for an entity, for `audit --entity`."""
+
+    notification_id: str
+    subject: str
+    status: NotificationStatus
+    requested_at: datetime

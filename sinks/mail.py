@@ -1,0 +1,108 @@
+"""A local mail sink: an SMTP server (aiosmtpd) that keeps every message it accepts.
+
+Messages are kept in memory and, given a folder, as `.eml` files there. Replies can be scripted (say `421` once, then
+accept; or `550` for a recipient) and delivery can be held, so that tests can make the server misbehave.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+@dataclass(frozen=True)
+class ReceivedMail:
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    path: Path | None
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class MailSink:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, folder: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.folder = folder
+        self.messages: list[ReceivedMail] = []
+        self.rejected_recipients: dict[str, str] = {}
+        """Recipient address to the reply its RCPT gets, e.g. `"550 5.1.1 No such user"`."""
+        self.data_arrived = threading.Event()
+        """Set whenever a message's DATA arrives, before it is answered."""
+        self._scripted_replies: list[str] = []
+        self._release = threading.Event()
+        self._release.set()
+        self._lock = threading.Lock()
+        self._controller = Controller(self, hostname=host, port=self.port)
+
+    def script_replies(self, *replies: str) -> None:
+        """Answer the next messages' DATA with these replies, in order, instead of accepting them."""
+        with self._lock:
+            self._scripted_replies.extend(replies)
+
+    def hold(self) -> None:
+        """Keep the next messages waiting at DATA until `release()`."""
+        self._release.clear()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def received_by(self, address: str) -> list[ReceivedMail]:
+        return [m for m in self.messages if address in m.recipients]
+
+    # -- aiosmtpd handler hooks ------------------------------------------------------------------------------
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list) -> str:
+        if address in self.rejected_recipients:
+            return self.rejected_recipients[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.data_arrived.set()
+        await server.loop.run_in_executor(None, self._release.wait)
+        with self._lock:
+            if self._scripted_replies:
+                return self._scripted_replies.pop(0)
+            data = envelope.original_content or envelope.content
+            path = None
+            if self.folder is not None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+                path = self.folder / f"{stamp}-{len(self.messages) + 1}.eml"
+                path.write_bytes(data)
+            self.messages.append(ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), data, path))
+        return "250 Message accepted for delivery"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self) -> MailSink:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        self._controller.stop()
+
+    def __enter__(self) -> MailSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

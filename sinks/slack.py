@@ -1,0 +1,147 @@
+"""A local Slack sink: an HTTP server speaking the part of Slack's Web API the Slack channel uses.
+
+`POST /api/chat.postMessage` with a bearer token (or a `token` field), a channel and text, answered as Slack does:
+`{"ok": true, "channel": ..., "ts": ...}` or `{"ok": false, "error": ...}`. It keeps every message it accepts, in memory
+and, given a folder, as JSON lines there. Responses can be scripted so that tests can make it misbehave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from sinks.mail import free_port
+
+
+@dataclass(frozen=True)
+class PostedMessage:
+    token: str | None
+    channel: str
+    text: str
+    ts: str
+
+
+@dataclass
+class ScriptedResponse:
+    status: int = 200
+    body: dict = field(default_factory=lambda: {"ok": True})
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class SlackSink:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        tokens: set[str] | None = None,
+        folder: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.tokens = tokens
+        """The tokens it accepts (`invalid_auth` for others); None accepts any non-empty token."""
+        self.folder = folder
+        self.messages: list[PostedMessage] = []
+        self.calls: list[tuple[str, str | None]] = []
+        """Every API call received: (method, token)."""
+        self.unknown_channels: set[str] = set()
+        """Channels it answers `channel_not_found` for."""
+        self._scripted: list[ScriptedResponse] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api/"
+
+    def script_responses(self, *responses: ScriptedResponse) -> None:
+        """Answer the next calls with these responses, in order, before behaving normally again."""
+        with self._lock:
+            self._scripted.extend(responses)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.content_type == "application/json":
+            fields = await request.json()
+        else:
+            fields = dict(await request.post())
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else fields.get("token")
+        with self._lock:
+            self.calls.append((method, token))
+            if self._scripted:
+                scripted = self._scripted.pop(0)
+                return web.json_response(scripted.body, status=scripted.status, headers=scripted.headers)
+            return web.json_response(self._answer(method, token, fields))
+
+    def _answer(self, method: str, token: str | None, fields: dict) -> dict:
+        if not token:
+            return {"ok": False, "error": "not_authed"}
+        if self.tokens is not None and token not in self.tokens:
+            return {"ok": False, "error": "invalid_auth"}
+        if method != "chat.postMessage":
+            return {"ok": False, "error": "unknown_method"}
+        channel, text = fields.get("channel"), fields.get("text")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if channel in self.unknown_channels:
+            return {"ok": False, "error": "channel_not_found"}
+        if not text:
+            return {"ok": False, "error": "no_text"}
+        message = PostedMessage(token=token, channel=channel, text=text, ts=f"{time.time():.6f}")
+        self.messages.append(message)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with (self.folder / "messages.jsonl").open("a") as f:
+                f.write(json.dumps(asdict(message)) + "\n")
+        return {"ok": True, "channel": channel, "ts": message.ts, "message": {"text": text}}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self) -> SlackSink:
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            self._loop = loop = asyncio.new_event_loop()
+            app = web.Application()
+            app.router.add_post("/api/{method}", self._handle)
+            self._runner = web.AppRunner(app)
+            try:
+                loop.run_until_complete(self._runner.setup())
+                loop.run_until_complete(web.TCPSite(self._runner, self.host, self.port).start())
+            except BaseException as error:
+                failure.append(error)
+                return
+            finally:
+                started.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=serve, name="slack-sink", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+    def __enter__(self) -> SlackSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,343 @@
+"""The starter CLI: request notifications, follow them, ask what was sent, keep the entity directory.
+
+`python starter.py --help` lists the commands. Bad input ends with a one-line error and exit code 2, writing nothing;
+an unknown id with a one-line error and exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import yaml
+from pydantic import SecretStr, TypeAdapter, ValidationError
+
+from client import IdempotencyKeyConflict, NotificationClient, UnknownNotification
+from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp, Tag
+from settings import Settings, connect
+from streams import StreamName, StreamStore, open_store
+from streams.directory import import_entries, lookup
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+directory_app = typer.Typer(no_args_is_help=True, help="Import and show the entity directory.")
+app.add_typer(directory_app, name="directory")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+FAILED_STATUSES = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {message}{more}" if where else f"{message}{more}"
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit without interpreter finalization, which can crash a process that used the Temporal client."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run(command: Callable[[], Awaitable[int | None]]) -> NoReturn:
+    try:
+        code = asyncio.run(command()) or 0
+    except CliError as error:
+        print(f"error: {error}", file=sys.stderr)
+        code = error.code
+    except (UnknownNotification, ConnectionError, RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        code = 1
+    exit_now(code)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise CliError(f"configuration: {one_line(error)}", 2) from error
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def print_view(view: dict[str, Any]) -> None:
+    print(f"notification {view['id']}: {view['status']}")
+    print(f"  entity {view['entity_id']}, subject {view['subject']!r}, requested {view['requested_at']}")
+    for channel, c in view.get("channels", {}).items():
+        operation = f" (operation {c['channel_operation_id']})" if c.get("channel_operation_id") else ""
+        reason = f": {c['reason']}" if c.get("reason") else ""
+        print(f"  {channel:<6} {c.get('address') or '-':<32} {c['outcome']}{operation}{reason}")
+    for failure in view.get("outcome", {}).get("failures", []):
+        print(f"  failure: {failure}")
+
+
+def text_argument(value: str | None) -> str | None:
+    """A value given inline, or `@PATH` to read it from a file (`@-` for standard input)."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = value[1:]
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as error:
+        raise CliError(f"cannot read {path}: {error.strerror}", 2) from error
+
+
+def parse_tags(values: Sequence[str]) -> list[Tag]:
+    tags = []
+    for value in values:
+        name, sep, tag_value = value.partition("=")
+        if not sep or not name:
+            raise CliError(f"--tag {value!r}: expected NAME=VALUE", 2)
+        tags.append(Tag(name=name, value=tag_value))
+    return tags
+
+
+async def _client(settings: Settings, store: StreamStore, *, lazy: bool = True) -> NotificationClient:
+    return NotificationClient(store, await connect(settings, lazy=lazy), settings)
+
+
+@app.command()
+def send(
+    entity: Annotated[str, typer.Option(help="The entity to notify.")],
+    subject: Annotated[str, typer.Option(help="One line.")],
+    body: Annotated[str, typer.Option(help="Plain-text body, or @FILE.")],
+    html: Annotated[str | None, typer.Option(help="HTML body, or @FILE.")] = None,
+    slack_text: Annotated[str | None, typer.Option(help="Slack text (default: subject and body), or @FILE.")] = None,
+    tag: Annotated[list[str], typer.Option(help="A NAME=VALUE tag for every record; repeatable.")] = [],  # noqa: B006
+    idempotency_key: Annotated[str | None, typer.Option(help="Repeat a request safely: same key, same id.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the outcome; exit 1 unless it was delivered.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Request a notification to an entity and print its id."""
+
+    async def command() -> int:
+        try:
+            operation = SendNotificationToEntityOp(
+                entity_id=entity,
+                subject=subject,
+                body=text_argument(body),
+                html_body=text_argument(html),
+                slack_text=text_argument(slack_text),
+                tags=parse_tags(tag),
+            )
+        except ValidationError as error:
+            raise CliError(one_line(error), 2) from error
+        settings = load_settings()
+        async with open_store(settings.streams_location) as store:
+            client = await _client(settings, store, lazy=False)
+            try:
+                notification_id = await client.request(operation, idempotency_key)
+            except IdempotencyKeyConflict as error:
+                raise CliError(str(error), 2) from error
+            if not wait:
+                print_json({"id": notification_id}) if as_json else print(notification_id)
+                return 0
+            view = await client.result(notification_id)
+            status = await client.status(notification_id)
+        print_json(status) if as_json else print_view(status)
+        return 1 if view.status in FAILED_STATUSES else 0
+
+    run(command)
+
+
+@app.command()
+def status(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
+    """The notification's status: live while its saga runs, the recorded view after."""
+
+    async def command() -> None:
+        settings = load_settings()
+        async with open_store(settings.streams_location) as store:
+            view = await (await _client(settings, store)).status(notification_id)
+        print_json(view) if as_json else print_view(view)
+
+    run(command)
+
+
+@app.command()
+def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
+    """Every record of the notification across all streams, in the order written."""
+
+    async def command() -> None:
+        settings = load_settings()
+        async with open_store(settings.streams_location) as store:
+            records = await (await _client(settings, store)).events(notification_id)
+        if as_json:
+            print_json(
+                [
+                    {
+                        "internal_id": r.internal_id,
+                        "stream": r.stream,
+                        "record_id": r.record_id,
+                        "type": r.type,
+                        "timestamp_utc": r.timestamp_utc.isoformat(),
+                        "tags": [{"name": t.name, "value": t.value} for t in r.tags],
+                        "payload": r.json(),
+                    }
+                    for r in records
+                ]
+            )
+            return
+        for r in records:
+            print(f"{r.internal_id:>8}  {r.timestamp_utc.isoformat()}  {r.stream:<22} {r.record_id or '-':<20} {r.type}")
+
+    run(command)
+
+
+@app.command()
+def audit(
+    email: Annotated[str | None, typer.Option(help="What was sent to this email address.")] = None,
+    slack_channel: Annotated[str | None, typer.Option(help="What was posted to CHANNEL or WORKSPACE/CHANNEL.")] = None,
+    entity: Annotated[str | None, typer.Option(help="What was requested for this entity.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What was sent (or attempted) to an address, a Slack channel, or an entity."""
+
+    async def command() -> None:
+        given = [name for name, value in (("--email", email), ("--slack-channel", slack_channel), ("--entity", entity)) if value]
+        if len(given) != 1:
+            raise CliError("give exactly one of --email, --slack-channel, --entity", 2)
+        settings = load_settings()
+        async with open_store(settings.streams_location) as store:
+            client = await _client(settings, store)
+            if entity:
+                entries: list[Any] = await client.audit_entity(entity)
+            elif email:
+                entries = await client.audit_email(email)
+            else:
+                assert slack_channel is not None
+                entries = await client.audit_slack(slack_channel)
+        if as_json:
+            print_json([e.model_dump(mode="json") for e in entries])
+            return
+        for e in entries:
+            if entity:
+                print(f"{e.notification_id:>8}  {e.requested_at.isoformat()}  {e.status:<15} {e.subject}")
+            else:
+                reason = f" ({e.reason})" if e.reason else ""
+                print(f"{e.notification_id:>8}  {e.requested_at.isoformat()}  {e.outcome:<8} {e.subject}{reason}")
+
+    run(command)
+
+
+@directory_app.command("import")
+def directory_import(file: Annotated[Path, typer.Argument(help="A JSON or YAML list of entities.")]) -> None:
+    """Record every new or changed entity of FILE in the directory; all or nothing."""
+
+    async def command() -> None:
+        try:
+            text = file.read_text()
+        except OSError as error:
+            raise CliError(f"cannot read {file}: {error.strerror}", 2) from error
+        try:
+            data = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise CliError(f"{file}: malformed {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'}: {error}".replace("\n", " "), 2) from error
+        try:
+            entries = TypeAdapter(list[DirectoryEntry]).validate_python(data)
+        except ValidationError as error:
+            raise CliError(f"{file}: {one_line(error)}", 2) from error
+        ids = [e.id for e in entries]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise CliError(f"{file}: entity ids appear more than once: {', '.join(duplicates)}", 2)
+        settings = load_settings()
+        async with open_store(settings.streams_location) as store:
+            recorded, unchanged = await import_entries(store, entries)
+        print(f"recorded {recorded} entities, {unchanged} unchanged")
+
+    run(command)
+
+
+@directory_app.command("show")
+def directory_show(entity_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """The entity as the directory has it now."""
+
+    async def command() -> None:
+        settings = load_settings()
+        async with open_store(settings.streams_location) as store:
+            entry = await lookup(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
+        if entry is None:
+            raise CliError(f"no entity with id {entity_id!r}")
+        print_json(entry.model_dump(mode="json", exclude_none=True))
+
+    run(command)
+
+
+SAMPLE_DIRECTORY = [
+    DirectoryEntry.model_validate(
+        {
+            "id": "user-1",
+            "name": "Ada",
+            "email": "test@example.com",
+            "slack": {"workspace": "acme", "channel": "C0123"},
+            "channels": {"email": "send", "slack": "send"},
+        }
+    )
+]
+LOCAL_SLACK_TOKEN = "xoxb-local-sink"
+
+
+@app.command()
+def demo() -> None:
+    """Run everything on the embedded default: the Temporal dev server, a worker, a local mail sink (and a local
+    Slack sink unless a Slack token is set); import a sample entity, send it a notification, show its status."""
+    from sinks.mail import MailSink
+    from sinks.slack import SlackSink
+    from worker import build_worker, dev_server
+
+    async def command() -> int:
+        settings = load_settings()
+        with MailSink(settings.smtp_host, settings.smtp_port, folder=settings.data_dir / "mail") as mail:
+            slack = None
+            if settings.slack_token is None and not settings.slack_tokens:
+                slack = SlackSink(folder=settings.data_dir / "slack").start()
+                settings = settings.model_copy(
+                    update={"slack_api_url": slack.api_url, "slack_token": SecretStr(LOCAL_SLACK_TOKEN)}
+                )
+            try:
+                async with dev_server(settings) as env, open_store(settings.streams_location) as store:
+                    async with build_worker(env.client, store, settings):
+                        await import_entries(store, SAMPLE_DIRECTORY)
+                        client = NotificationClient(store, env.client, settings)
+                        notification_id = await client.request(
+                            SendNotificationToEntityOp(
+                                entity_id="user-1",
+                                subject="Hello from notify",
+                                body="This notification was sent by the durable notification saga.",
+                                html_body="<p>This notification was sent by the <b>durable notification saga</b>.</p>",
+                            )
+                        )
+                        print(f"requested notification {notification_id}")
+                        view = await client.result(notification_id)
+                        print_view(await client.status(notification_id))
+            finally:
+                if slack is not None:
+                    slack.stop()
+            for m in mail.messages:
+                print(f"mail to {', '.join(m.recipients)} landed in {m.path}")
+            if slack is not None:
+                for s in slack.messages:
+                    print(f"Slack message to channel {s.channel} landed in {slack.folder / 'messages.jsonl'}")
+        return 0 if view.status == NotificationStatus.SENT else 1
+
+    run(command)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,28 @@
+"""The entity directory, kept as records in the entity-directory stream: the latest record of an entity is who it is
+and where it can be reached now, and the earlier ones are who it was and when."""
+
+from __future__ import annotations
+
+from domain import DirectoryEntry, TagName, tag
+from streams.store import ReadOnlyStream, StreamName, StreamStore
+
+
+async def lookup(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | None:
+    record = await directory.latest(entity_id)
+    return record.object(DirectoryEntry) if record else None
+
+
+async def import_entries(store: StreamStore, entries: list[DirectoryEntry]) -> tuple[int, int]:
+    """Record each entry that is new or changed; returns (recorded, unchanged)."""
+    reader = store.reader(StreamName.ENTITY_DIRECTORY)
+    writer = store.writer(StreamName.ENTITY_DIRECTORY)
+    recorded = 0
+    for entry in entries:
+        if await lookup(reader, entry.id) == entry:
+            continue
+        tags = [tag(TagName.ENTITY_ID, entry.id)]
+        if entry.email:
+            tags.append(tag(TagName.RECIPIENT_EMAIL_ADDRESS, entry.email))
+        await writer.put(entry.id, entry, tags=tags)
+        recorded += 1
+    return recorded, len(entries) - recorded

