@@ -80,8 +80,13 @@ class NotificationClient:
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             )
-        except WorkflowAlreadyStartedError:
-            pass  # a repeated request whose saga already ran
+        except WorkflowAlreadyStartedError as error:
+            if put.internal_id is not None:
+                raise RuntimeError(
+                    f"Temporal already has a workflow {notification_id!r} that the streams know nothing of: "
+                    "NOTIFY_STREAMS_URL and the Temporal namespace must be kept (and reset) together"
+                ) from error
+            # else: a repeated request whose saga already ran
         return notification_id
 
     async def _claim(self, key: str, notification_id: str, operation: SendNotificationToEntityOp) -> str:
@@ -147,7 +152,9 @@ class NotificationClient:
         return sorted(records, key=lambda r: r.internal_id)
 
     async def audit_email(self, address: str) -> list[DeliveryAuditEntry]:
-        records = await self._store.reader(StreamName.EMAIL_EVENT).by_tags(tag(TagName.RECIPIENT_EMAIL_ADDRESS, address))
+        records = await self._store.reader(StreamName.EMAIL_EVENT).by_tags(
+            tag(TagName.RECIPIENT_EMAIL_ADDRESS, address)
+        )
         return _deliveries(Channel.EMAIL, address, records)
 
     async def audit_slack(self, channel: str) -> list[DeliveryAuditEntry]:

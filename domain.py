@@ -366,16 +366,16 @@ class PrepareToSendNotificationResult(Model):
 
     @property
     def outcome(self) -> PrepareToSendNotificationOutcome:
-        O = PrepareToSendNotificationOutcome
+        outcomes = PrepareToSendNotificationOutcome
         if not self.channel_results:
-            return O.AUDIENCE_OPTED_OUT_OF_ALL_CHANNELS
+            return outcomes.AUDIENCE_OPTED_OUT_OF_ALL_CHANNELS
         if len(self.channels_to_send_on) == len(self.channel_results):
-            return O.PREPARED_TO_SEND_ON_ALL_CHANNELS
+            return outcomes.PREPARED_TO_SEND_ON_ALL_CHANNELS
         if self.channels_to_send_on:
-            return O.PREPARED_TO_SEND_ON_SOME_CHANNELS
+            return outcomes.PREPARED_TO_SEND_ON_SOME_CHANNELS
         if self.cannot_prepare_action == CannotPrepareToSendOnChannelAction.STOP_AND_DO_NOT_SEND_ON_ANY_CHANNEL:
-            return O.COULD_NOT_PREPARE_BECAUSE_ONE_FORCED_ALL_TO_BE_DISCARDED
-        return O.COULD_NOT_PREPARE_DESPITE_ATTEMPTING_ALL
+            return outcomes.COULD_NOT_PREPARE_BECAUSE_ONE_FORCED_ALL_TO_BE_DISCARDED
+        return outcomes.COULD_NOT_PREPARE_DESPITE_ATTEMPTING_ALL
 
     def instructions(self) -> list[ChannelOperationInstruction]:
         return [i for r in self.channel_results if r.channel in self.channels_to_send_on for i in r.instructions]
@@ -417,10 +417,14 @@ class AttemptToSendNotificationResult(Model):
 
     @property
     def outcome(self) -> AttemptToSendNotificationOutcome:
-        O = AttemptToSendNotificationOutcome
+        outcomes = AttemptToSendNotificationOutcome
         if all(o.outcome == ChannelOperationOutcome.SUCCEEDED for o in self.channel_outcomes):
-            return O.SENT_ON_ALL_PREPARED_CHANNELS
-        return O.SENT_ON_SOME_PREPARED_CHANNELS if self.channels_sent else O.COULD_NOT_SEND_ON_ANY_PREPARED_CHANNEL
+            return outcomes.SENT_ON_ALL_PREPARED_CHANNELS
+        return (
+            outcomes.SENT_ON_SOME_PREPARED_CHANNELS
+            if self.channels_sent
+            else outcomes.COULD_NOT_SEND_ON_ANY_PREPARED_CHANNEL
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -589,18 +593,12 @@ class FailedToSendNotificationEvent(NotificationEvent):
     view: NotificationView
 
 
-class AudienceOptedOutOfAllChannelsEvent(NotificationEvent):
-    """Terminal: the entity opted out of every channel; nothing was to be sent."""
-
-    view: NotificationView
-
-
-def terminal_event_type(status: NotificationStatus) -> type[NotificationEvent]:
-    if status == NotificationStatus.SENT:
-        return SucceededInSendingNotificationEvent
+def terminal_event_type(status: NotificationStatus) -> type[NotificationEvent] | None:
+    """The event that ends a notification's stream, or None when the prepare stage's `AudienceOptedOutOfAllChannels`
+    event already ended it (there was nothing to send)."""
     if status == NotificationStatus.OPTED_OUT:
-        return AudienceOptedOutOfAllChannelsEvent
-    return FailedToSendNotificationEvent
+        return None
+    return SucceededInSendingNotificationEvent if status == NotificationStatus.SENT else FailedToSendNotificationEvent
 
 
 class NotificationSnapshot(Model):

@@ -194,7 +194,9 @@ def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_jso
             )
             return
         for r in records:
-            print(f"{r.internal_id:>8}  {r.timestamp_utc.isoformat()}  {r.stream:<22} {r.record_id or '-':<20} {r.type}")
+            print(
+                f"{r.internal_id:>8}  {r.timestamp_utc.isoformat()}  {r.stream:<22} {r.record_id or '-':<20} {r.type}"
+            )
 
     run(command)
 
@@ -209,7 +211,11 @@ def audit(
     """What was sent (or attempted) to an address, a Slack channel, or an entity."""
 
     async def command() -> None:
-        given = [name for name, value in (("--email", email), ("--slack-channel", slack_channel), ("--entity", entity)) if value]
+        given = [
+            name
+            for name, value in (("--email", email), ("--slack-channel", slack_channel), ("--entity", entity))
+            if value
+        ]
         if len(given) != 1:
             raise CliError("give exactly one of --email, --slack-channel, --entity", 2)
         settings = load_settings()
@@ -247,7 +253,12 @@ def directory_import(file: Annotated[Path, typer.Argument(help="A JSON or YAML l
         try:
             data = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
         except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise CliError(f"{file}: malformed {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'}: {error}".replace("\n", " "), 2) from error
+            raise CliError(
+                f"{file}: malformed {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'}: {error}".replace(
+                    "\n", " "
+                ),
+                2,
+            ) from error
         try:
             entries = TypeAdapter(list[DirectoryEntry]).validate_python(data)
         except ValidationError as error:

@@ -82,7 +82,10 @@ async def dev_server(settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
         dev_server_database_filename=str(settings.data_dir / "temporal.db"),
         dev_server_startup_timeout=timedelta(seconds=60),
     )
-    print(f"Temporal dev server on {settings.temporal_address}; Web UI at http://{host or '127.0.0.1'}:{ui_port}", flush=True)
+    print(
+        f"Temporal dev server on {settings.temporal_address}; Web UI at http://{host or '127.0.0.1'}:{ui_port}",
+        flush=True,
+    )
     try:
         yield env
     finally:

@@ -75,9 +75,7 @@ class ChannelHandler(ABC):
             delivery = await self.deliver(operation)
         except TransientDeliveryError as error:
             if not _last_attempt():
-                await self._handling.transition(
-                    ref.internal_record_id, self.concern, HandlingStatus.FAILED, str(error)
-                )
+                await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, str(error))
                 raise ApplicationError(
                     str(error),
                     type="TransientDeliveryError",

@@ -8,6 +8,7 @@ from email.utils import formataddr, formatdate
 import aiosmtplib
 from temporalio import activity
 
+from activities.channel import ChannelHandler, Delivery, TransientDeliveryError
 from domain import (
     ChannelOperationOutcomeInfo,
     ChannelOperationRef,
@@ -20,7 +21,6 @@ from domain import (
 )
 from settings import Settings, SmtpSecurity
 from streams import StreamName, StreamStore
-from activities.channel import ChannelHandler, Delivery, TransientDeliveryError
 
 SMTP_TIMEOUT_SECONDS = 30
 
@@ -77,7 +77,9 @@ class EmailHandler(ChannelHandler):
         except aiosmtplib.SMTPRecipientsRefused as error:
             codes = [r.code for r in error.recipients]
             failure = "; ".join(f"{r.recipient} refused: {r.code} {r.message}" for r in error.recipients)
-            return self._failed(SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, mid, failure, permanent=min(codes) >= 500)
+            return self._failed(
+                SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, mid, failure, permanent=min(codes) >= 500
+            )
         except aiosmtplib.SMTPAuthenticationError as error:
             return self._failed(
                 SendEmailResult.FAILED_TO_AUTHENTICATE_WITH_SERVER, mid, f"{error.code} {error.message}", permanent=True
@@ -85,14 +87,19 @@ class EmailHandler(ChannelHandler):
         except aiosmtplib.SMTPResponseException as error:
             permanent = error.code >= 500
             return self._failed(
-                SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, mid, f"{error.code} {error.message}", permanent=permanent
+                SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER,
+                mid,
+                f"{error.code} {error.message}",
+                permanent=permanent,
             )
         except aiosmtplib.SMTPNotSupported as error:
             return self._failed(SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, mid, str(error), permanent=True)
         except (aiosmtplib.SMTPException, OSError) as error:
             reason = f"{error.__class__.__name__}: {error}"
             return self._failed(SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, mid, reason, permanent=False)
-        return Delivery(SendEmailResponse(result=SendEmailResult.SUCCESS, message_id=mid, server_response=server_response))
+        return Delivery(
+            SendEmailResponse(result=SendEmailResult.SUCCESS, message_id=mid, server_response=server_response)
+        )
 
     @staticmethod
     def _failed(result: SendEmailResult, mid: str, failure: str, *, permanent: bool) -> Delivery:

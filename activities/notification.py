@@ -229,10 +229,14 @@ class NotificationActivities:
                 tags=tags,
                 strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
             )
-        terminal = terminal_event_type(view.status)(notification_id=nid, timestamp_utc=timestamp, view=view)
-        await self._events.put(
-            nid, terminal, tags=tags, strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE
-        )
+        terminal = terminal_event_type(view.status)
+        if terminal is not None:
+            await self._events.put(
+                nid,
+                terminal(notification_id=nid, timestamp_utc=timestamp, view=view),
+                tags=tags,
+                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
+            )
         await self._views.put(nid, view, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
         await self._snapshots.put(nid, snapshot, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
         if ended.saga_record_id is not None:

@@ -9,6 +9,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio import activity
 
+from activities.channel import ChannelHandler, Delivery, TransientDeliveryError
 from domain import (
     ChannelOperationOutcomeInfo,
     ChannelOperationRef,
@@ -21,10 +22,11 @@ from domain import (
 )
 from settings import Settings
 from streams import StreamName, StreamStore
-from activities.channel import ChannelHandler, Delivery, TransientDeliveryError
 
 SLACK_TIMEOUT_SECONDS = 30
-TRANSIENT_SLACK_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+TRANSIENT_SLACK_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
 
 
 class SlackHandler(ChannelHandler):
@@ -48,7 +50,9 @@ class SlackHandler(ChannelHandler):
         if token is None:
             reason = f"no Slack token is configured for workspace {op.workspace!r}"
             return Delivery(
-                SendSlackMessageResponse(result=SendSlackMessageResult.FAILED_WITH_EXCEPTION_WHEN_SENDING, error=reason),
+                SendSlackMessageResponse(
+                    result=SendSlackMessageResult.FAILED_WITH_EXCEPTION_WHEN_SENDING, error=reason
+                ),
                 reason,
             )
         client = AsyncWebClient(
@@ -77,7 +81,9 @@ class SlackHandler(ChannelHandler):
             reason = f"{error.__class__.__name__}: {error}"
             raise TransientDeliveryError(
                 Delivery(
-                    SendSlackMessageResponse(result=SendSlackMessageResult.FAILED_WITH_EXCEPTION_WHEN_SENDING, error=reason),
+                    SendSlackMessageResponse(
+                        result=SendSlackMessageResult.FAILED_WITH_EXCEPTION_WHEN_SENDING, error=reason
+                    ),
                     reason,
                 )
             ) from error

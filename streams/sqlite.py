@@ -190,7 +190,9 @@ class SQLiteStreamStore(StreamStore):
             sql += " AND type = ?"
             args.append(type)
         for t in tags:
-            sql += " AND internal_id IN (SELECT internal_id FROM record_tags WHERE stream = ? AND name = ? AND value = ?)"
+            sql += (
+                " AND internal_id IN (SELECT internal_id FROM record_tags WHERE stream = ? AND name = ? AND value = ?)"
+            )
             args += [stream, t.name, t.value]
         sql += " ORDER BY internal_id" + (" DESC" if newest_first else "")
         if limit is not None:
@@ -211,9 +213,7 @@ class SQLiteStreamStore(StreamStore):
 
     # -- handling ---------------------------------------------------------------------------------------------
 
-    async def handling_history(
-        self, stream: str, internal_record_id: int, concern: str | None
-    ) -> list[HandlingEntry]:
+    async def handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
         return await self._run(self._handling_history, stream, internal_record_id, concern)
 
     def _handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:

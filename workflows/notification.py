@@ -51,11 +51,15 @@ T = TypeVar("T")
 
 STORE_ACTIVITY = dict(
     start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=10),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=10
+    ),
 )
 CHANNEL_ACTIVITY = dict(
     start_to_close_timeout=timedelta(seconds=60),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60), maximum_attempts=5),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60), maximum_attempts=5
+    ),
 )
 SEND_ON_CHANNEL = {Channel.EMAIL: EmailHandler.send_email, Channel.SLACK: SlackHandler.send_slack_message}
 
@@ -93,7 +97,9 @@ class NotificationSaga:
             operation,
             on_error=lambda reason: GetAudienceResult(audience=None, failures=[Failure(reason=reason)]),
         )
-        prepare_stage = PrepareToSendNotificationEvent(notification_id=nid, timestamp_utc=workflow.now(), get_audience=audience)
+        prepare_stage = PrepareToSendNotificationEvent(
+            notification_id=nid, timestamp_utc=workflow.now(), get_audience=audience
+        )
         self._update_outcome(get_audience=audience.outcome, failures=audience.failures)
         if audience.usable:
             assert audience.audience is not None
@@ -106,7 +112,10 @@ class NotificationSaga:
             return await self._end(request, prepare_stage, None, None)
 
         self._set_channels(
-            {ref.instruction.operation.delivery_channel: (ChannelOutcome.SENDING, None, ref) for ref in prepared.operations}
+            {
+                ref.instruction.operation.delivery_channel: (ChannelOutcome.SENDING, None, ref)
+                for ref in prepared.operations
+            }
         )
         self._view = self._view.model_copy(update={"status": NotificationStatus.SENDING})
         outcomes = await asyncio.gather(*(self._send(ref) for ref in prepared.operations))
@@ -114,7 +123,9 @@ class NotificationSaga:
         self._set_channels(
             {
                 o.channel: (
-                    ChannelOutcome.SUCCEEDED if o.outcome == ChannelOperationOutcome.SUCCEEDED else ChannelOutcome.FAILED,
+                    ChannelOutcome.SUCCEEDED
+                    if o.outcome == ChannelOperationOutcome.SUCCEEDED
+                    else ChannelOutcome.FAILED,
                     o.reason,
                     None,
                 )
@@ -155,7 +166,9 @@ class NotificationSaga:
             *(
                 self._store(
                     NotificationActivities.prepare_to_send_on_channel,
-                    PrepareToSendOnChannelOp(notification_id=nid, operation=request.operation, audience=audience, channel=c),
+                    PrepareToSendOnChannelOp(
+                        notification_id=nid, operation=request.operation, audience=audience, channel=c
+                    ),
                     on_error=lambda reason, c=c: PrepareToSendOnChannelResult(
                         channel=c, instructions=[], failures=[Failure(reason=reason)]
                     ),
@@ -180,7 +193,9 @@ class NotificationSaga:
         operation = ref.instruction.operation
         try:
             return await workflow.execute_activity_method(
-                SEND_ON_CHANNEL[operation.delivery_channel], ref, **CHANNEL_ACTIVITY  # type: ignore[arg-type]
+                SEND_ON_CHANNEL[operation.delivery_channel],
+                ref,
+                **CHANNEL_ACTIVITY,  # type: ignore[arg-type]
             )
         except ActivityError as error:
             return ChannelOperationOutcomeInfo(

@@ -1,0 +1,238 @@
+"""The contract every stream store backend must pass. A backend's test module subclasses `StreamStoreContract` and
+says how to open a store; every test here then runs against that backend."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from domain import Tag
+from streams import (
+    ExistingRecordStrategy,
+    HandlingStatus,
+    InvalidHandlingTransition,
+    ReadOnlyStream,
+    StreamName,
+    StreamStore,
+    WriteOnlyStream,
+)
+
+S = ExistingRecordStrategy
+
+
+class Thing(BaseModel):
+    value: int
+
+
+class Other(BaseModel):
+    value: int
+
+
+class StreamStoreContract(ABC):
+    @abstractmethod
+    def open(self, location: Path) -> StreamStore:
+        """A store at `location`; opening the same location again opens the same store."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path):
+        async with self.open(tmp_path) as store:
+            yield store
+
+    # -- unique ids ---------------------------------------------------------------------------------------------
+
+    async def test_each_stream_issues_ids_from_its_own_counter(self, store: StreamStore) -> None:
+        email, slack = store.writer(StreamName.EMAIL_OPERATION), store.writer(StreamName.SLACK_OPERATION)
+        assert [await email.next_unique_id() for _ in range(3)] == [1, 2, 3]
+        assert await slack.next_unique_id() == 1
+        assert await email.next_unique_id() == 4
+
+    async def test_ids_stay_unique_across_processes(self, tmp_path: Path) -> None:
+        async with self.open(tmp_path):
+            pass  # created before the processes race
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(4) as pool:
+            batches = pool.starmap(_issue_ids, [(type(self), tmp_path, 25)] * 4)
+        issued = [i for batch in batches for i in batch]
+        assert sorted(issued) == list(range(1, 101))
+
+    # -- existing-record strategies ---------------------------------------------------------------------------
+
+    async def test_none_always_writes(self, store: StreamStore) -> None:
+        writer, reader = store.writer(StreamName.NOTIFICATION_EVENT), store.reader(StreamName.NOTIFICATION_EVENT)
+        first = await writer.put("7", Thing(value=1))
+        second = await writer.put("7", Thing(value=1))
+        assert first.internal_id is not None and second.internal_id is not None
+        assert second.internal_id > first.internal_id
+        assert [r.object(Thing).value for r in await reader.by_id("7")] == [1, 1]
+
+    async def test_do_not_write_if_found_by_id(self, store: StreamStore) -> None:
+        writer, reader = store.writer(StreamName.CLIENT_OPERATION), store.reader(StreamName.CLIENT_OPERATION)
+        first = await writer.put("7", Thing(value=1), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID)
+        again = await writer.put("7", Other(value=2), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID)
+        assert again.internal_id is None
+        assert again.existing_ids == (first.internal_id,)
+        assert again.record_internal_id == first.internal_id
+        assert [r.type for r in await reader.by_id("7")] == ["Thing"]
+        other_id = await writer.put("8", Thing(value=3), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID)
+        assert other_id.internal_id is not None
+
+    async def test_do_not_write_if_found_by_id_and_type(self, store: StreamStore) -> None:
+        writer, reader = store.writer(StreamName.EMAIL_EVENT), store.reader(StreamName.EMAIL_EVENT)
+        await writer.put("7", Thing(value=1), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE)
+        other = await writer.put("7", Other(value=2), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE)
+        again = await writer.put("7", Thing(value=3), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE)
+        assert other.internal_id is not None
+        assert again.internal_id is None
+        assert [(r.type, r.json()["value"]) for r in await reader.by_id("7")] == [("Thing", 1), ("Other", 2)]
+
+    async def test_prune_keeps_the_newest(self, store: StreamStore) -> None:
+        writer, reader = store.writer(StreamName.NOTIFICATION_VIEW), store.reader(StreamName.NOTIFICATION_VIEW)
+        for value in range(4):
+            await writer.put("7", Thing(value=value), strategy=S.PRUNE_IF_FOUND_BY_ID)
+        await writer.put("8", Thing(value=9), strategy=S.PRUNE_IF_FOUND_BY_ID)
+        assert [r.object(Thing).value for r in await reader.by_id("7")] == [3]
+        for value in range(4, 7):
+            await writer.put("7", Thing(value=value), strategy=S.PRUNE_IF_FOUND_BY_ID, retention=2)
+        assert [r.object(Thing).value for r in await reader.by_id("7")] == [5, 6]
+        assert [r.object(Thing).value for r in await reader.by_id("8")] == [9]
+
+    async def test_concurrent_writers_write_once(self, tmp_path: Path) -> None:
+        async with self.open(tmp_path):
+            pass
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(4) as pool:
+            written = pool.starmap(_put_once, [(type(self), tmp_path, i) for i in range(8)])
+        assert sum(written) == 1
+        async with self.open(tmp_path) as store:
+            assert len(await store.reader(StreamName.CLIENT_OPERATION).by_id("race")) == 1
+
+    # -- reading ------------------------------------------------------------------------------------------------
+
+    async def test_streams_are_separate_and_ordered(self, store: StreamStore) -> None:
+        email, slack = store.writer(StreamName.EMAIL_EVENT), store.writer(StreamName.SLACK_EVENT)
+        ids = [(await email.put("1", Thing(value=v))).internal_id for v in range(3)]
+        await slack.put("1", Thing(value=99))
+        records = await store.reader(StreamName.EMAIL_EVENT).by_id("1")
+        assert [r.internal_id for r in records] == ids
+        assert [r.object(Thing).value for r in records] == [0, 1, 2]
+        assert all(r.stream == "email-event" for r in records)
+        latest = await store.reader(StreamName.EMAIL_EVENT).latest("1")
+        assert latest is not None and latest.object(Thing).value == 2
+        assert (await store.reader(StreamName.EMAIL_EVENT).latest("1", type="Other")) is None
+        assert (await store.reader(StreamName.EMAIL_EVENT).latest("2")) is None
+
+    async def test_records_are_found_by_all_their_tags(self, store: StreamStore) -> None:
+        writer, reader = store.writer(StreamName.EMAIL_EVENT), store.reader(StreamName.EMAIL_EVENT)
+        ada, bob = Tag(name="recipient", value="ada@x.org"), Tag(name="recipient", value="bob@x.org")
+        n1 = Tag(name="notification-id", value="1")
+        await writer.put("1", Thing(value=1), tags=[ada, n1])
+        await writer.put("2", Thing(value=2), tags=[bob, n1])
+        await writer.put("3", Other(value=3), tags=[ada])
+        assert [r.record_id for r in await reader.by_tags(ada)] == ["1", "3"]
+        assert [r.record_id for r in await reader.by_tags(ada, n1)] == ["1"]
+        assert [r.record_id for r in await reader.by_tags(ada, type="Other")] == ["3"]
+        assert await reader.by_tags(Tag(name="recipient", value="carol@x.org")) == []
+        record = (await reader.by_tags(bob))[0]
+        assert record.tags == (bob, n1)
+        assert record.tag("notification-id") == "1"
+        assert record.timestamp_utc.utcoffset() is not None
+
+    async def test_records_survive_reopening(self, tmp_path: Path) -> None:
+        async with self.open(tmp_path) as store:
+            await store.writer(StreamName.NOTIFICATION_EVENT).put("1", Thing(value=5))
+            await store.writer(StreamName.NOTIFICATION_EVENT).next_unique_id()
+        async with self.open(tmp_path) as store:
+            record = await store.reader(StreamName.NOTIFICATION_EVENT).latest("1")
+            assert record is not None and record.object(Thing).value == 5
+            assert await store.writer(StreamName.NOTIFICATION_EVENT).next_unique_id() == 2
+
+    # -- access ----------------------------------------------------------------------------------------------------
+
+    async def test_handles_allow_one_direction_only(self, store: StreamStore) -> None:
+        writer = store.writer(StreamName.EMAIL_OPERATION)
+        reader = store.reader(StreamName.EMAIL_OPERATION)
+        assert isinstance(writer, WriteOnlyStream) and not isinstance(writer, ReadOnlyStream)
+        assert isinstance(reader, ReadOnlyStream) and not isinstance(reader, WriteOnlyStream)
+        for read in ("latest", "by_id", "by_tags", "read"):
+            with pytest.raises(AttributeError):
+                getattr(writer, read)
+        for write in ("put", "next_unique_id"):
+            with pytest.raises(AttributeError):
+                getattr(reader, write)
+        with pytest.raises(AttributeError):
+            writer.extra = 1  # type: ignore[attr-defined]
+
+    # -- handling -------------------------------------------------------------------------------------------------
+
+    async def test_handling_follows_the_transitions(self, store: StreamStore) -> None:
+        record = (await store.writer(StreamName.EMAIL_OPERATION).put("1", Thing(value=1))).internal_id
+        assert record is not None
+        handling = store.handling(StreamName.EMAIL_OPERATION)
+        assert await handling.status(record, "send-email") == HandlingStatus.AVAILABLE_BY_DEFAULT
+        with pytest.raises(InvalidHandlingTransition):
+            await handling.transition(record, "send-email", HandlingStatus.COMPLETED)
+        await handling.transition(record, "send-email", HandlingStatus.RUNNING)
+        with pytest.raises(InvalidHandlingTransition):
+            await handling.transition(record, "send-email", HandlingStatus.RUNNING)
+        await handling.transition(record, "send-email", HandlingStatus.FAILED, "boom")
+        await handling.transition(record, "send-email", HandlingStatus.AVAILABLE_AFTER_FAILURE)
+        await handling.transition(record, "send-email", HandlingStatus.RUNNING)
+        await handling.transition(record, "send-email", HandlingStatus.COMPLETED, "done")
+        with pytest.raises(InvalidHandlingTransition):
+            await handling.transition(record, "send-email", HandlingStatus.FAILED)
+        history = await handling.history(record, "send-email")
+        assert [e.status for e in history] == ["Running", "Failed", "AvailableAfterFailure", "Running", "Completed"]
+        assert [e.details for e in history][1::3] == ["boom", "done"]
+        assert await handling.status(record, "send-email") == HandlingStatus.COMPLETED
+        # concerns are independent, and so are streams
+        assert await handling.status(record, "another-concern") == HandlingStatus.AVAILABLE_BY_DEFAULT
+        other = store.handling(StreamName.SLACK_OPERATION)
+        assert await other.status(record, "send-email") == HandlingStatus.AVAILABLE_BY_DEFAULT
+
+    async def test_begin_resumes_a_retried_handler(self, store: StreamStore) -> None:
+        record = (await store.writer(StreamName.SLACK_OPERATION).put("1", Thing(value=1))).internal_id
+        assert record is not None
+        handling = store.handling(StreamName.SLACK_OPERATION)
+        assert await handling.begin(record, "c") is None
+        assert await handling.begin(record, "c") is None  # the previous attempt was abandoned while running
+        await handling.transition(record, "c", HandlingStatus.FAILED, "transient")
+        assert await handling.begin(record, "c") is None
+        await handling.transition(record, "c", HandlingStatus.COMPLETED, "the outcome")
+        before = await handling.history(record, "c")
+        done = await handling.begin(record, "c")
+        assert done is not None and done.details == "the outcome"
+        assert await handling.history(record, "c") == before
+        assert [e.status for e in before] == [
+            "Running",
+            "AvailableAfterExternalCancellation",
+            "Running",
+            "Failed",
+            "AvailableAfterFailure",
+            "Running",
+            "Completed",
+        ]
+
+
+def _issue_ids(contract: type[StreamStoreContract], location: Path, count: int) -> list[int]:
+    async def issue() -> list[int]:
+        async with contract().open(location) as store:
+            writer = store.writer(StreamName.CLIENT_OPERATION)
+            return [await writer.next_unique_id() for _ in range(count)]
+
+    return asyncio.run(issue())
+
+
+def _put_once(contract: type[StreamStoreContract], location: Path, value: int) -> bool:
+    async def put() -> bool:
+        async with contract().open(location) as store:
+            result = await store.writer(StreamName.CLIENT_OPERATION).put(
+                "race", Thing(value=value), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID
+            )
+            return result.internal_id is not None
+
+    return asyncio.run(put())

@@ -1,0 +1,328 @@
+"""The saga end to end on Temporal's time-skipping test server, with the real activities, a real SQLite store, the
+aiosmtpd mail sink and the local Slack sink."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from activities.email import EmailHandler
+from client import IdempotencyKeyConflict, NotificationClient
+from domain import (
+    ChannelOperationRef,
+    DirectoryEntry,
+    ExecuteOpRequestedEvent,
+    NotificationStatus,
+    SendNotificationToEntityOp,
+)
+from settings import Settings
+from sinks.mail import MailSink
+from sinks.slack import SlackSink
+from streams import StreamName, StreamStore
+from streams.directory import import_entries
+from tests.conftest import SLACK_TOKEN
+from worker import build_worker
+from workflows.notification import NotificationSaga
+
+ADA = {
+    "id": "user-1",
+    "name": "Ada",
+    "email": "ada@example.com",
+    "slack": {"workspace": "acme", "channel": "C0123"},
+    "channels": {"email": "send", "slack": "send"},
+}
+
+
+def entity(**changes: object) -> DirectoryEntry:
+    return DirectoryEntry.model_validate({**ADA, **changes})
+
+
+def operation(entity_id: str = "user-1", **changes: object) -> SendNotificationToEntityOp:
+    return SendNotificationToEntityOp.model_validate(
+        {"entity_id": entity_id, "subject": "Disk almost full", "body": "Volume /data is at 91%.", **changes}
+    )
+
+
+@dataclass
+class Notify:
+    client: NotificationClient
+    store: StreamStore
+    env: WorkflowEnvironment
+
+    async def send(self, op: SendNotificationToEntityOp | None = None) -> tuple[str, dict]:
+        notification_id = await self.client.request(op or operation())
+        await self.client.result(notification_id)
+        return notification_id, await self.client.status(notification_id)
+
+    async def types(self, stream: StreamName, record_id: str | int) -> list[str]:
+        return [r.type for r in await self.store.reader(stream).by_id(record_id)]
+
+
+@asynccontextmanager
+async def running(env: WorkflowEnvironment, store: StreamStore, settings: Settings) -> AsyncIterator[Notify]:
+    async with build_worker(env.client, store, settings):
+        yield Notify(NotificationClient(store, env.client, settings), store, env)
+
+
+@pytest.fixture
+async def notify(time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings):
+    await import_entries(store, [entity()])
+    async with running(time_skipping_env, store, settings) as notify:
+        yield notify
+
+
+async def test_sends_on_both_channels_and_records_every_step(
+    notify: Notify, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    nid, view = await notify.send(operation(html_body="<p>Volume <b>/data</b> is at 91%.</p>"))
+
+    assert view["status"] == "sent"
+    assert view["outcome"]["attempt"] == "SentOnAllPreparedChannels"
+    assert view["channels"]["email"] == {
+        "address": "ada@example.com",
+        "outcome": "succeeded",
+        "channel_operation_id": 1,
+        "reason": None,
+    }
+    assert view["channels"]["slack"]["address"] == "acme/C0123"
+    assert view["channels"]["slack"]["outcome"] == "succeeded"
+
+    [mail] = mail_sink.messages
+    assert mail.recipients == ("ada@example.com",)
+    message = mail.message
+    assert message["Subject"] == "Disk almost full"
+    assert message["Message-ID"] == f"<notification-{nid}.email-1@notify.test>"
+    assert message.get_body(("plain",)).get_content().strip() == "Volume /data is at 91%."
+    assert "<b>/data</b>" in message.get_body(("html",)).get_content()
+    assert mail.path is not None and mail.path.read_bytes() == mail.data
+
+    [posted] = slack_sink.messages
+    assert (posted.token, posted.channel) == (SLACK_TOKEN, "C0123")
+    assert "Disk almost full" in posted.text and "Volume /data is at 91%." in posted.text
+
+    assert await notify.types(StreamName.CLIENT_OPERATION, nid) == ["ExecuteOpRequestedEvent"]
+    assert await notify.types(StreamName.NOTIFICATION_EVENT, nid) == [
+        "SendNotificationRequestedEvent",
+        "PreparedToSendOnAllChannelsEvent",
+        "SentOnAllPreparedChannelsEvent",
+        "SucceededInSendingNotificationEvent",
+    ]
+    assert await notify.types(StreamName.NOTIFICATION_SAGA, nid) == ["ExecuteOpRequestedEvent"]
+    assert await notify.types(StreamName.EMAIL_OPERATION, 1) == ["ExecuteOpRequestedEvent"]
+    assert await notify.types(StreamName.EMAIL_EVENT, 1) == ["SendEmailRequestedEvent", "SucceededInSendingEmailEvent"]
+    assert await notify.types(StreamName.SLACK_EVENT, 1) == [
+        "SendSlackMessageRequestedEvent",
+        "SucceededInSendingSlackMessageEvent",
+    ]
+    assert await notify.types(StreamName.NOTIFICATION_VIEW, nid) == ["NotificationView"]
+    assert await notify.types(StreamName.NOTIFICATION_SNAPSHOT, nid) == ["NotificationSnapshot"]
+
+    email_event = await notify.store.reader(StreamName.EMAIL_EVENT).latest(1)
+    assert email_event is not None
+    assert email_event.tag("recipient-email-address") == "ada@example.com"
+    assert email_event.tag("notification-id") == nid
+    assert email_event.json()["response"]["server_response"].startswith("Message accepted")
+
+    saga = await notify.store.reader(StreamName.NOTIFICATION_SAGA).latest(nid)
+    assert saga is not None
+    saga_op = saga.object(ExecuteOpRequestedEvent).operation
+    assert set(saga_op.channel_operations) == {"email", "slack"}  # type: ignore[union-attr]
+
+    handling = notify.store.handling(StreamName.EMAIL_OPERATION)
+    email_op = await notify.store.reader(StreamName.EMAIL_OPERATION).latest(1)
+    assert email_op is not None
+    assert [e.status for e in await handling.history(email_op.internal_id, "send-email")] == ["Running", "Completed"]
+    client_op = await notify.store.reader(StreamName.CLIENT_OPERATION).latest(nid)
+    assert client_op is not None
+    client_handling = notify.store.handling(StreamName.CLIENT_OPERATION)
+    assert await client_handling.status(client_op.internal_id, "send-notification") == "Completed"
+
+
+async def test_events_across_streams_and_audit(notify: Notify) -> None:
+    nid, _ = await notify.send()
+    records = await notify.client.events(nid)
+    assert [r.internal_id for r in records] == sorted(r.internal_id for r in records)
+    assert {r.stream for r in records} == {s.value for s in StreamName} - {"internal-operation", "entity-directory"}
+
+    [sent] = await notify.client.audit_email("ada@example.com")
+    assert (sent.notification_id, sent.subject, sent.outcome) == (nid, "Disk almost full", "sent")
+    assert sent.completed_at is not None and sent.completed_at >= sent.requested_at
+    assert await notify.client.audit_email("bob@example.com") == []
+    [posted] = await notify.client.audit_slack("acme/C0123")
+    assert posted.outcome == "sent"
+    assert await notify.client.audit_slack("other/C0123") == []
+    [requested] = await notify.client.audit_entity("user-1")
+    assert (requested.notification_id, requested.status) == (nid, "sent")
+
+
+async def test_email_only(notify: Notify, mail_sink: MailSink, slack_sink: SlackSink) -> None:
+    await import_entries(notify.store, [entity(channels={"email": "send", "slack": "opted-out"})])
+    _, view = await notify.send()
+    assert view["status"] == "sent"
+    assert view["channels"]["email"]["outcome"] == "succeeded"
+    assert view["channels"]["slack"]["outcome"] == "opted_out"
+    assert len(mail_sink.messages) == 1
+    assert slack_sink.calls == []
+
+
+async def test_slack_only(notify: Notify, mail_sink: MailSink, slack_sink: SlackSink) -> None:
+    await import_entries(notify.store, [entity(email=None, channels={"slack": "send"})])
+    _, view = await notify.send(operation(slack_text="Disk almost full on :floppy_disk: /data"))
+    assert view["status"] == "sent"
+    assert list(view["channels"]) == ["slack"]
+    assert mail_sink.messages == []
+    assert [m.text for m in slack_sink.messages] == ["Disk almost full on :floppy_disk: /data"]
+
+
+async def test_opted_out_of_everything(notify: Notify, mail_sink: MailSink, slack_sink: SlackSink) -> None:
+    await import_entries(notify.store, [entity(channels={"email": "opted-out", "slack": "opted-out"})])
+    nid, view = await notify.send()
+    assert view["status"] == "opted_out"
+    assert view["outcome"]["prepare"] == "AudienceOptedOutOfAllChannels"
+    assert await notify.types(StreamName.NOTIFICATION_EVENT, nid) == [
+        "SendNotificationRequestedEvent",
+        "AudienceOptedOutOfAllChannelsEvent",
+    ]
+    assert await notify.types(StreamName.NOTIFICATION_SAGA, nid) == []
+    assert mail_sink.messages == [] and slack_sink.calls == []
+
+
+async def test_unknown_entity_is_a_recorded_failure(notify: Notify, mail_sink: MailSink) -> None:
+    nid, view = await notify.send(operation("nobody"))
+    assert view["status"] == "failed"
+    assert view["outcome"]["get_audience"] == "CouldNotGetAudienceWithSomeFailuresReported"
+    assert view["outcome"]["failures"] == ["entity 'nobody' is not in the directory"]
+    assert await notify.types(StreamName.NOTIFICATION_EVENT, nid) == [
+        "SendNotificationRequestedEvent",
+        "CouldNotGetOrUseAudienceEvent",
+        "FailedToSendNotificationEvent",
+    ]
+    assert mail_sink.messages == []
+
+
+async def test_smtp_permanent_rejection_is_not_retried(
+    notify: Notify, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    mail_sink.rejected_recipients["ada@example.com"] = "550 5.1.1 <ada@example.com>: mailbox unavailable"
+    _, view = await notify.send()
+    assert view["status"] == "partially_sent"
+    assert view["outcome"]["attempt"] == "SentOnSomePreparedChannels"
+    assert view["channels"]["email"]["outcome"] == "failed"
+    assert "550 5.1.1" in view["channels"]["email"]["reason"]
+    assert view["channels"]["slack"]["outcome"] == "succeeded"
+    assert await notify.types(StreamName.EMAIL_EVENT, 1) == ["SendEmailRequestedEvent", "FailedToSendEmailEvent"]
+    failed = await notify.store.reader(StreamName.EMAIL_EVENT).latest(1)
+    assert failed is not None and failed.json()["response"]["result"] == "FailedToSendEmailToServer"
+    email_op = await notify.store.reader(StreamName.EMAIL_OPERATION).latest(1)
+    assert email_op is not None
+    history = await notify.store.handling(StreamName.EMAIL_OPERATION).history(email_op.internal_id)
+    assert [e.status for e in history] == ["Running", "Completed"]  # one attempt
+    assert mail_sink.messages == []
+
+
+async def test_slack_channel_not_found(notify: Notify, mail_sink: MailSink, slack_sink: SlackSink) -> None:
+    slack_sink.unknown_channels.add("C0123")
+    _, view = await notify.send()
+    assert view["status"] == "partially_sent"
+    assert view["channels"]["slack"] == {
+        "address": "acme/C0123",
+        "outcome": "failed",
+        "channel_operation_id": 1,
+        "reason": "Slack answered channel_not_found",
+    }
+    assert len(slack_sink.calls) == 1  # not retried
+    failed = await notify.store.reader(StreamName.SLACK_EVENT).latest(1)
+    assert failed is not None and failed.type == "FailedToSendSlackMessageEvent"
+    assert failed.json()["response"]["response_json"] == {"ok": False, "error": "channel_not_found"}
+    assert len(mail_sink.messages) == 1
+
+
+async def test_nothing_delivered_is_failed(notify: Notify, mail_sink: MailSink, slack_sink: SlackSink) -> None:
+    mail_sink.rejected_recipients["ada@example.com"] = "553 5.1.3 bad address"
+    slack_sink.unknown_channels.add("C0123")
+    nid, view = await notify.send()
+    assert view["status"] == "failed"
+    assert view["outcome"]["attempt"] == "CouldNotSendOnAnyPreparedChannel"
+    assert (await notify.types(StreamName.NOTIFICATION_EVENT, nid))[-1] == "FailedToSendNotificationEvent"
+
+
+async def test_status_while_running_and_after(notify: Notify, mail_sink: MailSink) -> None:
+    mail_sink.hold()
+    nid = await notify.client.request(operation())
+    await asyncio.to_thread(mail_sink.data_arrived.wait, 30)
+    running = await notify.client.status(nid)
+    assert running["status"] == "sending"
+    assert running["channels"]["email"]["outcome"] == "sending"
+    assert await notify.store.reader(StreamName.NOTIFICATION_VIEW).latest(nid) is None
+    mail_sink.release()
+    await notify.client.result(nid)
+    after = await notify.client.status(nid)
+    assert after["status"] == "sent"
+    view = await notify.store.reader(StreamName.NOTIFICATION_VIEW).latest(nid)
+    assert view is not None and view.json() == after
+
+
+async def test_a_retried_send_records_once_and_delivers_once(notify: Notify, mail_sink: MailSink) -> None:
+    mail_sink.script_replies("421 4.3.0 Try again later")
+    _, view = await notify.send()
+    assert view["status"] == "sent"
+    assert len(mail_sink.messages) == 1
+    assert await notify.types(StreamName.EMAIL_EVENT, 1) == ["SendEmailRequestedEvent", "SucceededInSendingEmailEvent"]
+    email_op = await notify.store.reader(StreamName.EMAIL_OPERATION).latest(1)
+    assert email_op is not None
+    history = await notify.store.handling(StreamName.EMAIL_OPERATION).history(email_op.internal_id, "send-email")
+    assert [e.status for e in history] == ["Running", "Failed", "AvailableAfterFailure", "Running", "Completed"]
+    assert "421" in history[1].details
+
+
+async def test_a_handler_run_again_after_it_finished_sends_nothing(
+    notify: Notify, mail_sink: MailSink, store: StreamStore, settings: Settings
+) -> None:
+    nid, _ = await notify.send()
+    record = await store.reader(StreamName.EMAIL_OPERATION).latest(1)
+    assert record is not None
+    instruction = record.object(ExecuteOpRequestedEvent).operation
+    snapshot = await store.reader(StreamName.NOTIFICATION_SNAPSHOT).latest(nid)
+    assert snapshot is not None
+    [ref_json] = [i for i in snapshot.json()["prepare"]["prepare"]["channel_results"] if i["channel"] == "email"]
+    ref = ChannelOperationRef(instruction=ref_json["instructions"][0], internal_record_id=record.internal_id)
+    assert ref.instruction.operation == instruction
+    outcome = await ActivityEnvironment().run(EmailHandler(store, settings).send_email, ref)
+    assert outcome.outcome == "Succeeded"
+    assert len(mail_sink.messages) == 1
+    assert await notify.types(StreamName.EMAIL_EVENT, 1) == ["SendEmailRequestedEvent", "SucceededInSendingEmailEvent"]
+
+
+async def test_idempotency_key(notify: Notify, mail_sink: MailSink) -> None:
+    first = await notify.client.request(operation(), idempotency_key="disk-alert-42")
+    again = await notify.client.request(operation(), idempotency_key="disk-alert-42")
+    assert again == first
+    await notify.client.result(first)
+    assert await notify.client.request(operation(), idempotency_key="disk-alert-42") == first
+    with pytest.raises(IdempotencyKeyConflict):
+        await notify.client.request(operation(subject="Something else"), idempotency_key="disk-alert-42")
+    assert len(mail_sink.messages) == 1
+    other = await notify.client.request(operation(), idempotency_key="disk-alert-43")
+    assert other != first
+
+
+async def test_directory_changes_are_kept_as_records(notify: Notify, store: StreamStore) -> None:
+    assert await import_entries(store, [entity()]) == (0, 1)
+    assert await import_entries(store, [entity(email="ada@new.example.com")]) == (1, 0)
+    history = await store.reader(StreamName.ENTITY_DIRECTORY).by_id("user-1")
+    assert [r.json()["email"] for r in history] == ["ada@example.com", "ada@new.example.com"]
+    _, view = await notify.send()
+    assert view["channels"]["email"]["address"] == "ada@new.example.com"
+
+
+async def test_query_answers_with_the_view_model(notify: Notify) -> None:
+    nid, _ = await notify.send()
+    handle = notify.env.client.get_workflow_handle_for(NotificationSaga.run, nid)
+    view = await handle.query(NotificationSaga.status)
+    assert view.status == NotificationStatus.SENT
+    assert view.id == nid
