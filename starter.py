@@ -157,14 +157,23 @@ def send(
 
 
 @app.command()
-def status(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
+def status(
+    notification_id: Annotated[str, typer.Argument(metavar="ID")],
+    wait: Annotated[bool, typer.Option(help="Wait for the outcome; exit 1 unless it was delivered.")] = False,
+    as_json: JsonOption = False,
+) -> None:
     """The notification's status: live while its saga runs, the recorded view after."""
 
-    async def command() -> None:
+    async def command() -> int:
         settings = load_settings()
         async with open_store(settings.streams_location) as store:
-            view = await (await _client(settings, store)).status(notification_id)
+            client = await _client(settings, store)
+            view = await client.status(notification_id)
+            if wait:
+                await client.result(notification_id)
+                view = await client.status(notification_id)
         print_json(view) if as_json else print_view(view)
+        return 1 if wait and view["status"] in FAILED_STATUSES else 0
 
     run(command)
 

@@ -1,0 +1,275 @@
+"""End to end with the real entry points: `worker.py --dev` (the embedded Temporal dev server and the worker) and
+`starter.py` commands, each its own process, against the aiosmtpd mail sink and the local Slack sink."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sinks.mail import MailSink, free_port
+from sinks.slack import SlackSink
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "xoxb-acme-cli-token"
+DIRECTORY = [
+    {
+        "id": "user-1",
+        "name": "Ada",
+        "email": "test@example.com",
+        "slack": {"workspace": "acme", "channel": "C0123"},
+        "channels": {"email": "send", "slack": "send"},
+    },
+    {"id": "user-2", "name": "Bob", "email": "bob@example.com", "channels": {"email": "send"}},
+]
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+    data_dir: Path
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "starter.py"), *args],
+            env=self.env,
+            cwd=self.data_dir.parent,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
+
+    def json(self, *args: str) -> object:
+        result = self.run(*args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def record_count(self) -> int:
+        with sqlite3.connect(self.data_dir / "streams.db") as db:
+            return db.execute("SELECT count(*) FROM records").fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def sinks() -> Iterator[tuple[MailSink, SlackSink]]:
+    with MailSink() as mail, SlackSink(tokens={TOKEN}) as slack:
+        yield mail, slack
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSink]) -> Iterator[Cli]:
+    mail, slack = sinks
+    home = tmp_path_factory.mktemp("cli")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "NOTIFY_DATA_DIR": str(home / "data"),
+        "NOTIFY_TASK_QUEUE": "cli-notifications",
+        "NOTIFY_SMTP_HOST": mail.host,
+        "NOTIFY_SMTP_PORT": str(mail.port),
+        "NOTIFY_SLACK_API_URL": slack.api_url,
+        "NOTIFY_SLACK_TOKENS": json.dumps({"acme": TOKEN}),
+        "NOTIFY_EMAIL_FROM": "alerts@notify.test",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "worker.py"), "--dev"],
+        env=env,
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert worker.stdout is not None
+    seen = []
+    for line in worker.stdout:  # the worker says when it polls; no sleeping
+        seen.append(line)
+        if line.startswith("worker polling"):
+            break
+    else:
+        pytest.fail(f"worker.py --dev exited {worker.wait()}: {''.join(seen)}")
+    try:
+        yield Cli(env, home / "data")
+    finally:
+        worker.terminate()
+        rest = worker.communicate(timeout=60)[0]
+        assert worker.returncode == 0, rest
+    assert "Web UI at http://127.0.0.1:" in "".join(seen)
+    assert (home / "data" / "temporal.db").exists()
+    assert TOKEN not in "".join(seen) + rest
+
+
+@pytest.fixture(scope="module")
+def directory(cli: Cli) -> Cli:
+    path = cli.data_dir.parent / "directory.json"
+    path.write_text(json.dumps(DIRECTORY))
+    result = cli.run("directory", "import", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "recorded 2 entities, 0 unchanged"
+    return cli
+
+
+def test_send_then_status_events_and_audit(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
+    mail, slack = sinks
+    sent = directory.run(
+        "send", "--entity", "user-1", "--subject", "Deploy finished", "--body", "v1.2 is live.", "--wait", "--json"
+    )
+    assert sent.returncode == 0, sent.stderr
+    nid = json.loads(sent.stdout)["id"]
+
+    status = directory.json("status", nid)
+    assert status["status"] == "sent"
+    assert {c: (v["address"], v["outcome"]) for c, v in status["channels"].items()} == {
+        "email": ("test@example.com", "succeeded"),
+        "slack": ("acme/C0123", "succeeded"),
+    }
+    assert status["outcome"]["attempt"] == "SentOnAllPreparedChannels"
+
+    [message] = [m for m in mail.received_by("test@example.com") if m.message["Subject"] == "Deploy finished"]
+    assert message.message["From"] == "alerts@notify.test"
+    assert ("chat.postMessage", TOKEN) in slack.calls
+    assert any("Deploy finished" in m.text and m.channel == "C0123" for m in slack.messages)
+
+    text = directory.run("status", nid)
+    assert text.returncode == 0
+    assert text.stdout.splitlines()[0] == f"notification {nid}: sent"
+
+    events = directory.json("events", nid)
+    assert {e["stream"] for e in events} >= {"client-operation", "notification-event", "email-event", "slack-event"}
+    types = [e["type"] for e in events]
+    assert types[0] == "ExecuteOpRequestedEvent" and types[-1] == "NotificationSnapshot"
+    assert "SucceededInSendingNotificationEvent" in types
+
+    audit = directory.json("audit", "--email", "test@example.com")
+    assert {"notification_id": nid, "subject": "Deploy finished", "outcome": "sent"}.items() <= [
+        a for a in audit if a["notification_id"] == nid
+    ][0].items()
+    assert nid in directory.run("audit", "--entity", "user-1").stdout
+    assert nid in directory.run("audit", "--slack-channel", "C0123").stdout
+
+
+def test_send_prints_the_id_and_status_follows_it_live(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
+    mail, _ = sinks
+    mail.data_arrived.clear()
+    mail.hold()
+    try:
+        sent = directory.run("send", "--entity", "user-2", "--subject", "Held", "--body", "Wait for it.")
+        assert sent.returncode == 0, sent.stderr
+        nid = sent.stdout.strip()
+        assert nid.isdigit()
+        assert mail.data_arrived.wait(60)
+        assert directory.json("status", nid)["status"] == "sending"
+    finally:
+        mail.release()
+    done = directory.json("status", nid, "--wait")
+    assert done["status"] == "sent"
+
+
+def test_a_failed_notification_exits_non_zero(directory: Cli) -> None:
+    result = directory.run("send", "--entity", "nobody", "--subject", "S", "--body", "B", "--wait", "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["status"] == "failed"
+
+
+def test_idempotency_key_returns_the_same_id(directory: Cli) -> None:
+    args = (
+        "send",
+        "--entity",
+        "user-2",
+        "--subject",
+        "Once",
+        "--body",
+        "Only once.",
+        "--idempotency-key",
+        "k-1",
+        "--json",
+    )
+    first, again = directory.run(*args), directory.run(*args)
+    assert first.returncode == again.returncode == 0
+    assert json.loads(first.stdout) == json.loads(again.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--subject", "", "--body", "B"), "subject: String should have at least 1 character"),
+        (("--subject", "Line\r\nBcc: x@y.z", "--body", "B"), "subject: must be a single line (no CR or LF)"),
+        (("--subject", "S", "--body", " "), "body must not be blank"),
+        (("--subject", "S", "--body", "@-"), "body: is over 256 KiB"),
+        (("--subject", "S", "--body", "B", "--tag", "novalue"), "--tag 'novalue': expected NAME=VALUE"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(directory: Cli, args: tuple[str, ...], message: str) -> None:
+    before = directory.record_count()
+    result = directory.run("send", "--entity", "user-1", *args, input="x" * (256 * 1024 + 1))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
+    assert directory.record_count() == before
+
+
+def test_bad_directory_files(directory: Cli) -> None:
+    folder = directory.data_dir.parent
+    before = directory.record_count()
+    cases = {
+        "malformed.json": ('[{"id": "x",', "malformed JSON"),
+        "invalid.json": (json.dumps([{**DIRECTORY[1], "id": "user-3", "email": "not-an-address"}]), "email"),
+        "partly.json": (json.dumps([{**DIRECTORY[1], "id": "user-4"}, {"id": "user-5"}]), "1.name: Field required"),
+        "no-email.yaml": ("- id: user-6\n  name: Dee\n  channels: {email: send}\n", "asks for email"),
+    }
+    for name, (content, expected) in cases.items():
+        (folder / name).write_text(content)
+        result = directory.run("directory", "import", str(folder / name))
+        assert result.returncode == 2, name
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and expected in line, line
+    assert directory.record_count() == before
+    assert directory.run("directory", "show", "user-4").returncode == 1
+
+
+def test_directory_yaml_import_and_show(directory: Cli) -> None:
+    folder = directory.data_dir.parent
+    (folder / "more.yaml").write_text(
+        "- id: user-7\n  name: Eve\n  email: eve@example.com\n  channels: {email: send}\n"
+    )
+    assert (
+        directory.run("directory", "import", str(folder / "more.yaml")).stdout.strip()
+        == "recorded 1 entities, 0 unchanged"
+    )
+    shown = json.loads(directory.run("directory", "show", "user-7").stdout)
+    assert shown == {"id": "user-7", "name": "Eve", "email": "eve@example.com", "channels": {"email": "send"}}
+
+
+def test_unknown_ids_are_one_line_exit_1(directory: Cli) -> None:
+    for args in (("status", "424242"), ("events", "424242")):
+        result = directory.run(*args)
+        assert result.returncode == 1
+        assert result.stderr.strip() == "error: no notification with id '424242'"
+
+
+def test_demo_runs_the_main_job_on_the_embedded_default(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "NOTIFY_SMTP_PORT": str(free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "starter.py"), "demo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "notification 1: sent" in result.stdout
+    [mail] = (tmp_path / ".notify" / "mail").glob("*.eml")
+    assert "Subject: Hello from notify" in mail.read_text()
+    assert f"mail to test@example.com landed in .notify/mail/{mail.name}" in result.stdout
+    [posted] = (tmp_path / ".notify" / "slack" / "messages.jsonl").read_text().splitlines()
+    assert json.loads(posted)["channel"] == "C0123"

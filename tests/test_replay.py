@@ -1,0 +1,144 @@
+"""Determinism: recorded saga histories must replay against the current workflow code.
+
+`tests/histories/*.json` were recorded from real runs. A change to the saga that would break running workflows fails
+here. After an intended, versioned change, record them again with `python -m tests.test_replay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from client import NotificationClient
+from domain import DirectoryEntry, NotificationRequest, NotificationView, SendNotificationToEntityOp
+from settings import Settings
+from sinks.mail import MailSink
+from sinks.slack import SlackSink
+from streams.directory import import_entries
+from streams.sqlite import SQLiteStreamStore
+from worker import build_worker, temporal_binary
+from workflows.notification import NotificationSaga
+
+HISTORIES = Path(__file__).parent / "histories"
+
+ENTITIES = [
+    DirectoryEntry.model_validate(
+        {
+            "id": "both",
+            "name": "Ada",
+            "email": "ada@example.com",
+            "slack": {"workspace": "acme", "channel": "C0123"},
+            "channels": {"email": "send", "slack": "send"},
+        }
+    ),
+    DirectoryEntry.model_validate(
+        {
+            "id": "rejected",
+            "name": "Bob",
+            "email": "bob@example.com",
+            "slack": {"workspace": "acme", "channel": "C0123"},
+            "channels": {"email": "send", "slack": "send"},
+        }
+    ),
+    DirectoryEntry.model_validate(
+        {"id": "opted-out", "name": "Cy", "email": "cy@example.com", "channels": {"email": "opted-out"}}
+    ),
+]
+SCENARIOS = {"sent": "both", "partially_sent": "rejected", "opted_out": "opted-out", "unknown_entity": "nobody"}
+
+
+async def record(env: WorkflowEnvironment, folder: Path) -> dict[str, WorkflowHistory]:
+    """Run each scenario once on `env` with real sinks and a fresh store; return each saga's history."""
+    histories = {}
+    with MailSink() as mail, SlackSink(tokens={"xoxb-test"}) as slack:
+        mail.rejected_recipients["bob@example.com"] = "550 5.1.1 mailbox unavailable"
+        settings = Settings(
+            _env_file=None,
+            data_dir=folder,
+            task_queue="replay",
+            smtp_host=mail.host,
+            smtp_port=mail.port,
+            slack_api_url=slack.api_url,
+            slack_token=SecretStr("xoxb-test"),
+        )
+        async with SQLiteStreamStore(folder / "streams.db") as store, build_worker(env.client, store, settings):
+            await import_entries(store, ENTITIES)
+            client = NotificationClient(store, env.client, settings)
+            for name, entity_id in SCENARIOS.items():
+                op = SendNotificationToEntityOp(entity_id=entity_id, subject="Replay", body="A recorded saga.")
+                nid = await client.request(op)
+                await client.result(nid)
+                histories[name] = await env.client.get_workflow_handle(nid).fetch_history()
+    return histories
+
+
+def replayer(*workflows: type) -> Replayer:
+    return Replayer(workflows=list(workflows or [NotificationSaga]), data_converter=pydantic_data_converter)
+
+
+def recorded() -> list[WorkflowHistory]:
+    files = sorted(HISTORIES.glob("*.json"))
+    assert files, f"no recorded histories in {HISTORIES}"
+    return [WorkflowHistory.from_json(f.stem, f.read_text()) for f in files]
+
+
+async def test_recorded_histories_replay() -> None:
+    for history in recorded():
+        result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{history.workflow_id}: {result.replay_failure}"
+
+
+async def test_fresh_histories_replay(time_skipping_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    histories = await record(time_skipping_env, tmp_path)
+    assert set(histories) == set(SCENARIOS)
+    for history in histories.values():
+        result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None
+
+
+@workflow.defn(name="NotificationSaga")
+class ReorderedSaga(NotificationSaga):
+    """A non-deterministic change: it gets the audience before recording the request."""
+
+    @workflow.run
+    async def run(self, request: NotificationRequest) -> NotificationView:
+        from activities.notification import NotificationActivities
+
+        await self._store(NotificationActivities.get_audience, request.operation)
+        return await super().run(request)
+
+
+async def test_a_nondeterministic_change_fails_replay() -> None:
+    history = next(h for h in recorded() if h.workflow_id == "sent")
+    with pytest.raises(workflow.NondeterminismError):
+        await replayer(ReorderedSaga).replay_workflow(history)
+
+
+async def _record_to_files() -> None:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=str(temporal_binary("temporal-test-server")),
+    )
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            histories = await record(env, Path(folder))
+    finally:
+        await env.shutdown()
+    HISTORIES.mkdir(exist_ok=True)
+    for name, history in histories.items():
+        (HISTORIES / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+        print(f"recorded {HISTORIES / name}.json")
+
+
+if __name__ == "__main__":
+    asyncio.run(_record_to_files())
