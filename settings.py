@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -47,11 +48,32 @@ class Settings(BaseSettings):
         return self.slack_tokens.get(workspace, self.slack_token)
 
 
+class ConfigurationError(ValueError):
+    """A setting that cannot be used, named by its environment variable."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment and `.env`, or a one-line `ConfigurationError`."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = "NOTIFY_" + "_".join(str(part) for part in first["loc"][:1]).upper()
+        raise ConfigurationError(f"{name}: {first['msg'].removeprefix('Value error, ')}") from error
+    except SettingsError as error:  # a value that is not even JSON
+        field = re.search(r'field "(\w+)"', str(error))
+        name = f"NOTIFY_{field.group(1).upper()}" if field else "configuration"
+        raise ConfigurationError(f"{name}: malformed JSON: {error.__cause__}") from error
+
+
 async def connect(settings: Settings, *, lazy: bool = False) -> Client:
     """A Temporal client for these settings, speaking pydantic models; a lazy one connects on first use."""
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
-        lazy=lazy,
-    )
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            data_converter=pydantic_data_converter,
+            lazy=lazy,
+        )
+    except RuntimeError as error:
+        raise ConnectionError(f"cannot reach Temporal at {settings.temporal_address}: {error}") from error

@@ -20,11 +20,11 @@ from pydantic import SecretStr, TypeAdapter, ValidationError
 
 from client import IdempotencyKeyConflict, NotificationClient, UnknownNotification
 from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp, Tag
-from settings import Settings, connect
+from settings import ConfigurationError, Settings, connect, load_settings
 from streams import StreamName, StreamStore, open_store
 from streams.directory import import_entries, lookup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 directory_app = typer.Typer(no_args_is_help=True, help="Import and show the entity directory.")
 app.add_typer(directory_app, name="directory")
 
@@ -59,17 +59,13 @@ def run(command: Callable[[], Awaitable[int | None]]) -> NoReturn:
     except CliError as error:
         print(f"error: {error}", file=sys.stderr)
         code = error.code
+    except ConfigurationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        code = 2
     except (UnknownNotification, ConnectionError, RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         code = 1
     exit_now(code)
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as error:
-        raise CliError(f"configuration: {one_line(error)}", 2) from error
 
 
 def print_json(value: Any) -> None:

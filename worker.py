@@ -26,7 +26,7 @@ from temporalio.worker import Worker
 from activities.email import EmailHandler
 from activities.notification import NotificationActivities
 from activities.slack import SlackHandler
-from settings import Settings, connect
+from settings import ConfigurationError, Settings, connect, load_settings
 from streams import StreamStore, open_store
 from workflows.notification import NotificationSaga
 
@@ -113,14 +113,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the notification worker.")
     parser.add_argument("--dev", action="store_true", help="start the embedded Temporal dev server first")
     args = parser.parse_args()
+    code = 0
     try:
-        asyncio.run(run(Settings(), args.dev))
-    except Exception as error:  # one line, not a traceback, for what a user can fix
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(1)
+        asyncio.run(run(load_settings(), args.dev))
+    except ConfigurationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        code = 2
+    except (ConnectionError, RuntimeError, OSError) as error:  # one line, not a traceback, for what a user can fix
+        print(f"error: {error}", file=sys.stderr)
+        code = 1
     sys.stdout.flush()
-    os._exit(0)
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -92,11 +92,17 @@ class EmailHandler(ChannelHandler):
                 f"{error.code} {error.message}",
                 permanent=permanent,
             )
-        except aiosmtplib.SMTPNotSupported as error:
-            return self._failed(SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, mid, str(error), permanent=True)
-        except (aiosmtplib.SMTPException, OSError) as error:
+        except (
+            aiosmtplib.SMTPConnectError,
+            aiosmtplib.SMTPTimeoutError,
+            aiosmtplib.SMTPServerDisconnected,
+            OSError,
+        ) as error:
             reason = f"{error.__class__.__name__}: {error}"
             return self._failed(SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, mid, reason, permanent=False)
+        except aiosmtplib.SMTPException as error:  # the server lacks what the settings ask for (STARTTLS, AUTH)
+            reason = f"{error.__class__.__name__}: {error}"
+            return self._failed(SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, mid, reason, permanent=True)
         return Delivery(
             SendEmailResponse(result=SendEmailResult.SUCCESS, message_id=mid, server_response=server_response)
         )

@@ -1,12 +1,14 @@
 """A local mail sink: an SMTP server (aiosmtpd) that keeps every message it accepts.
 
 Messages are kept in memory and, given a folder, as `.eml` files there. Replies can be scripted (say `421` once, then
-accept; or `550` for a recipient) and delivery can be held, so that tests can make the server misbehave.
+accept; or `550` for a recipient) and delivery can be held, so that tests can make the server misbehave. Given a TLS
+context it speaks STARTTLS or TLS on connect, and given a login it requires authentication.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class ReceivedMail:
     recipients: tuple[str, ...]
     data: bytes
     path: Path | None
+    login: str | None = None
+    """The user the client authenticated as, if it did."""
 
     @property
     def message(self) -> EmailMessage:
@@ -37,7 +42,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class MailSink:
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, folder: Path | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        folder: Path | None = None,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        tls_on_connect: bool = False,
+        login: tuple[str, str] | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.folder = folder
@@ -50,7 +64,21 @@ class MailSink:
         self._release = threading.Event()
         self._release.set()
         self._lock = threading.Lock()
-        self._controller = Controller(self, hostname=host, port=self.port)
+        self._login = login
+        security: dict[str, Any] = {}
+        if tls_context is not None and tls_on_connect:
+            security["ssl_context"] = tls_context
+        elif tls_context is not None:
+            security.update(tls_context=tls_context, require_starttls=True)
+        if login is not None:
+            # aiosmtpd's check for TLS before AUTH only sees STARTTLS; TLS on connect is TLS all along
+            starttls = tls_context is not None and not tls_on_connect
+            security.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=starttls)
+        self._controller = Controller(self, hostname=host, port=self.port, **security)
+
+    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        given = (data.login.decode(), data.password.decode()) if isinstance(data, LoginPassword) else None
+        return AuthResult(success=given == self._login, handled=False, auth_data=data)
 
     def script_replies(self, *replies: str) -> None:
         """Answer the next messages' DATA with these replies, in order, instead of accepting them."""
@@ -88,7 +116,8 @@ class MailSink:
                 stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
                 path = self.folder / f"{stamp}-{len(self.messages) + 1}.eml"
                 path.write_bytes(data)
-            self.messages.append(ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), data, path))
+            login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
+            self.messages.append(ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), data, path, login))
         return "250 Message accepted for delivery"
 
     # -- lifecycle ---------------------------------------------------------------------------------------------

@@ -273,3 +273,30 @@ def test_demo_runs_the_main_job_on_the_embedded_default(tmp_path: Path) -> None:
     assert f"mail to test@example.com landed in .notify/mail/{mail.name}" in result.stdout
     [posted] = (tmp_path / ".notify" / "slack" / "messages.jsonl").read_text().splitlines()
     assert json.loads(posted)["channel"] == "C0123"
+
+
+@pytest.mark.parametrize(
+    ("script", "setting", "value", "message"),
+    [
+        ("worker.py", "NOTIFY_SMTP_PORT", "smtp", "NOTIFY_SMTP_PORT: Input should be a valid integer"),
+        (
+            "starter.py",
+            "NOTIFY_SMTP_SECURITY",
+            "ssl",
+            "NOTIFY_SMTP_SECURITY: Input should be 'none', 'starttls' or 'tls'",
+        ),
+        ("starter.py", "NOTIFY_SLACK_TOKENS", "{acme", "NOTIFY_SLACK_TOKENS: malformed JSON"),
+    ],
+)
+def test_bad_configuration_is_one_line_exit_2(
+    tmp_path: Path, script: str, setting: str, value: str, message: str
+) -> None:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}, setting: value}
+    args = ["status", "1"] if script == "starter.py" else []
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {message}")
+    assert not (tmp_path / ".notify").exists()

@@ -1,0 +1,117 @@
+"""Email over STARTTLS and TLS on connect, with a login, against the aiosmtpd sink using a test CA; and credentials
+never reaching a record or a workflow history."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from pydantic import SecretStr
+from temporalio.testing import WorkflowEnvironment
+
+from client import NotificationClient
+from domain import DirectoryEntry, SendNotificationToEntityOp
+from settings import Settings, SmtpSecurity
+from sinks.mail import MailSink
+from sinks.slack import SlackSink
+from streams import StreamName
+from streams.directory import import_entries
+from streams.sqlite import SQLiteStreamStore
+from tests.conftest import SLACK_TOKEN
+from worker import build_worker
+
+PASSWORD = "s3cret-smtp-password"
+ENTITY = DirectoryEntry.model_validate(
+    {
+        "id": "ops",
+        "name": "Ops",
+        "email": "ops@example.com",
+        "slack": {"workspace": "acme", "channel": "C0123"},
+        "channels": {"email": "send", "slack": "send"},
+    }
+)
+
+
+@pytest.fixture
+def ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[trustme.CA]:
+    """A test CA that this process's TLS clients trust, as they would a public one."""
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    yield authority
+
+
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+async def send_one(env: WorkflowEnvironment, tmp_path: Path, settings: Settings) -> tuple[str, dict]:
+    async with SQLiteStreamStore(tmp_path / "streams.db") as store, build_worker(env.client, store, settings):
+        await import_entries(store, [ENTITY])
+        client = NotificationClient(store, env.client, settings)
+        nid = await client.request(SendNotificationToEntityOp(entity_id="ops", subject="TLS", body="Over TLS."))
+        await client.result(nid)
+        return nid, await client.status(nid)
+
+
+@pytest.mark.parametrize("security", [SmtpSecurity.STARTTLS, SmtpSecurity.TLS])
+async def test_secure_connection_with_login(
+    security: SmtpSecurity,
+    ca: trustme.CA,
+    tmp_path: Path,
+    time_skipping_env: WorkflowEnvironment,
+    settings: Settings,
+    slack_sink: SlackSink,
+) -> None:
+    tls = server_context(ca)
+    with MailSink(tls_context=tls, tls_on_connect=security == SmtpSecurity.TLS, login=("notify", PASSWORD)) as mail:
+        secure = settings.model_copy(
+            update={
+                "smtp_port": mail.port,
+                "smtp_security": security,
+                "smtp_username": "notify",
+                "smtp_password": SecretStr(PASSWORD),
+            }
+        )
+        nid, view = await send_one(time_skipping_env, tmp_path, secure)
+    assert view["status"] == "sent"
+    [message] = mail.messages
+    assert message.login == "notify"
+
+    history = (await time_skipping_env.client.get_workflow_handle(nid).fetch_history()).to_json()
+    stored = (tmp_path / "streams.db").read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("streams.db-*"))
+    for secret in (PASSWORD, SLACK_TOKEN):
+        assert secret not in history
+        assert secret.encode() not in stored
+
+
+async def test_a_refused_login_is_a_permanent_failure(
+    ca: trustme.CA, tmp_path: Path, time_skipping_env: WorkflowEnvironment, settings: Settings, slack_sink: SlackSink
+) -> None:
+    with MailSink(tls_context=server_context(ca), login=("notify", PASSWORD)) as mail:
+        wrong = settings.model_copy(
+            update={
+                "smtp_port": mail.port,
+                "smtp_security": SmtpSecurity.STARTTLS,
+                "smtp_username": "notify",
+                "smtp_password": SecretStr("wrong"),
+            }
+        )
+        _, view = await send_one(time_skipping_env, tmp_path, wrong)
+    assert view["status"] == "partially_sent"
+    assert view["channels"]["email"]["outcome"] == "failed"
+    assert view["channels"]["email"]["reason"].startswith("535")
+    assert mail.messages == []
+    async with SQLiteStreamStore(tmp_path / "streams.db") as store:
+        failed = await store.reader(StreamName.EMAIL_EVENT).latest(1)
+        assert failed is not None
+        assert failed.json()["response"]["result"] == "FailedToAuthenticateWithServer"
+        operation = await store.reader(StreamName.EMAIL_OPERATION).latest(1)
+        assert operation is not None
+        history = await store.handling(StreamName.EMAIL_OPERATION).history(operation.internal_id)
+        assert [e.status for e in history] == ["Running", "Completed"]
