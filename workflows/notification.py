@@ -276,7 +276,7 @@ class NotificationSaga:
         """Run one of the notification handlers' activities. Where `on_error` is given, an activity that failed
         every attempt becomes a reported failure of that stage instead of failing the saga."""
         try:
-            return await workflow.execute_activity_method(activity, arg, **STORE_ACTIVITY)  # type: ignore[arg-type]
+            return await workflow.execute_local_activity_method(activity, arg, **STORE_ACTIVITY)  # type: ignore[arg-type]
         except ActivityError as error:
             if on_error is None:
                 raise
