@@ -15,6 +15,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.notification import SEND_NOTIFICATION_CONCERN
 from domain import (
     Channel,
     DeliveryAuditEntry,
@@ -26,6 +27,7 @@ from domain import (
     NotificationView,
     SendNotificationToEntityOp,
     TagName,
+    recipient_email_tag,
     tag,
 )
 from settings import Settings
@@ -68,6 +70,8 @@ class NotificationClient:
             tags=[tag(TagName.NOTIFICATION_ID, notification_id), tag(TagName.ENTITY_ID, operation.entity_id), *tags],
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
+        if put.internal_id is None and await self._taken_up(put.record_internal_id):
+            return notification_id  # a repeated request whose saga has run, or runs: nothing more to start
         request = NotificationRequest(
             notification_id=notification_id, operation=operation, client_operation_record_id=put.record_internal_id
         )
@@ -88,6 +92,12 @@ class NotificationClient:
                 ) from error
             # else: a repeated request whose saga already ran
         return notification_id
+
+    async def _taken_up(self, client_operation_record_id: int) -> bool:
+        """Whether a saga has taken up the client's operation: then it must not be started again, even once Temporal
+        has forgotten it (after the namespace's retention)."""
+        handling = self._store.handling(StreamName.CLIENT_OPERATION)
+        return await handling.status(client_operation_record_id, SEND_NOTIFICATION_CONCERN) != "AvailableByDefault"
 
     async def _claim(self, key: str, notification_id: str, operation: SendNotificationToEntityOp) -> str:
         record_id = f"idempotency-key:{key}"
@@ -113,7 +123,8 @@ class NotificationClient:
 
     async def status(self, notification_id: str) -> dict[str, Any]:
         """The view as JSON: the recorded one once the saga has ended, the running saga's own before."""
-        record = await self._store.reader(StreamName.NOTIFICATION_VIEW).latest(notification_id)
+        views = self._store.reader(StreamName.NOTIFICATION_VIEW)
+        record = await views.latest(notification_id)
         if record is not None:
             return record.json()
         requested = await self._store.reader(StreamName.CLIENT_OPERATION).latest(notification_id)
@@ -129,9 +140,15 @@ class NotificationClient:
             if error.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.DEADLINE_EXCEEDED):
                 raise
             description = None
+        record = await views.latest(notification_id)  # the saga may have ended since the first look
+        if record is not None:
+            return record.json()
         operation = requested.object(ExecuteOpRequestedEvent).operation
         assert isinstance(operation, SendNotificationToEntityOp)
-        failures = [] if description is None else [f"the saga ended {description.status.name} without a view"]
+        if description is None:
+            failures = ["no saga is running for it: repeat the request with its idempotency key to start one"]
+        else:
+            failures = [f"the saga ended {description.status.name} without a view"]
         return {
             "id": notification_id,
             "status": NotificationStatus.PENDING if description is None else NotificationStatus.FAILED,
@@ -152,9 +169,7 @@ class NotificationClient:
         return sorted(records, key=lambda r: r.internal_id)
 
     async def audit_email(self, address: str) -> list[DeliveryAuditEntry]:
-        records = await self._store.reader(StreamName.EMAIL_EVENT).by_tags(
-            tag(TagName.RECIPIENT_EMAIL_ADDRESS, address)
-        )
+        records = await self._store.reader(StreamName.EMAIL_EVENT).by_tags(recipient_email_tag(address))
         return _deliveries(Channel.EMAIL, address, records)
 
     async def audit_slack(self, channel: str) -> list[DeliveryAuditEntry]:

@@ -7,7 +7,7 @@ so the workflow sandbox can pass this module through unchanged. Nothing in here 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
@@ -27,6 +27,11 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def utc_now() -> datetime:
+    """Now, in UTC: the timestamp of what activities record (workflow code uses `workflow.now()`)."""
+    return datetime.now(UTC)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Tags
 
@@ -40,6 +45,11 @@ class Tag(Model):
 
 def tag(name: str, value: object) -> Tag:
     return Tag(name=name, value=str(value))
+
+
+def recipient_email_tag(address: str) -> Tag:
+    """Email addresses are tagged in lower case, so that an audit finds them however they were written."""
+    return Tag(name=TagName.RECIPIENT_EMAIL_ADDRESS, value=address.lower())
 
 
 class TagName(StrEnum):
@@ -66,6 +76,12 @@ class ChannelPreference(StrEnum):
     OPTED_OUT = "opted-out"
 
 
+def _single_line(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must be a single line (no CR or LF)")
+    return value
+
+
 def _email_address(value: str) -> str:
     if not re.fullmatch(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+", value):
         raise ValueError(f"not an email address: {value!r}")
@@ -73,6 +89,7 @@ def _email_address(value: str) -> str:
 
 
 EmailAddress = Annotated[str, AfterValidator(_email_address)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_single_line)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
 
 
@@ -85,7 +102,7 @@ class DirectoryEntry(Model):
     """Who an entity is and where it can be reached. Every change is kept as a record in the directory stream."""
 
     id: Identifier
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: Name
     email: EmailAddress | None = None
     slack: SlackAddress | None = None
     channels: dict[Channel, ChannelPreference]
@@ -103,21 +120,20 @@ class DirectoryEntry(Model):
 # The client operation
 
 
-def _single_line(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("must be a single line (no CR or LF)")
-    return value
-
-
 def _at_most_body_size(value: str) -> str:
     if len(value.encode()) > MAX_BODY_BYTES:
         raise ValueError(f"is over {MAX_BODY_BYTES // 1024} KiB")
     return value
 
 
-Subject = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=998), AfterValidator(_single_line)
-]
+def _subject(value: str) -> str:
+    value = _single_line(value).strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+Subject = Annotated[str, StringConstraints(max_length=998), AfterValidator(_subject)]
 Body = Annotated[str, StringConstraints(min_length=1), AfterValidator(_at_most_body_size)]
 OptionalBody = Annotated[str, AfterValidator(_at_most_body_size)]
 
@@ -276,7 +292,7 @@ def get_delivery_channel_configs(audience: DirectoryEntry) -> GetDeliveryChannel
 
 class EmailMailbox(Model):
     address: EmailAddress
-    name: str | None = None
+    name: Name | None = None
 
 
 class SendEmailOp(Model):
@@ -393,6 +409,13 @@ class ChannelOperationRef(Model):
 
     instruction: ChannelOperationInstruction
     internal_record_id: int
+
+
+class ChannelOperationFailure(Model):
+    """The saga gave up on a channel operation, for this reason."""
+
+    operation: ChannelOperationRef
+    reason: str
 
 
 class ChannelOperationOutcomeInfo(Model):

@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import yaml
 from pydantic import SecretStr, TypeAdapter, ValidationError
+from temporalio.exceptions import TemporalError
 
 from client import IdempotencyKeyConflict, NotificationClient, UnknownNotification
 from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp, Tag
@@ -62,7 +63,7 @@ def run(command: Callable[[], Awaitable[int | None]]) -> NoReturn:
     except ConfigurationError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2
-    except (UnknownNotification, ConnectionError, RuntimeError, OSError) as error:
+    except (UnknownNotification, ConnectionError, RuntimeError, OSError, TemporalError) as error:
         print(f"error: {error}", file=sys.stderr)
         code = 1
     exit_now(code)

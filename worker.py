@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -23,9 +24,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.email import EmailHandler
+from activities import CHANNEL_HANDLERS
 from activities.notification import NotificationActivities
-from activities.slack import SlackHandler
 from settings import ConfigurationError, Settings, connect, load_settings
 from streams import StreamStore, open_store
 from workflows.notification import NotificationSaga
@@ -34,8 +34,7 @@ from workflows.notification import NotificationSaga
 def build_worker(client: Client, store: StreamStore, settings: Settings) -> Worker:
     """The worker for the saga and every handler's activities, on `settings.task_queue`."""
     notification = NotificationActivities(store, settings)
-    email = EmailHandler(store, settings)
-    slack = SlackHandler(store, settings)
+    channels = [handler(store, settings) for handler in CHANNEL_HANDLERS.values()]
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -46,11 +45,14 @@ def build_worker(client: Client, store: StreamStore, settings: Settings) -> Work
             notification.prepare_to_send_on_channel,
             notification.record_prepared,
             notification.record_saga_ended,
-            email.send_email,
-            slack.send_slack_message,
+            *(activity for channel in channels for activity in (channel.send, channel.record_not_sent)),
         ],
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def temporal_binary(name: str) -> Path:
@@ -103,7 +105,7 @@ async def run(settings: Settings, dev: bool) -> None:
         async with build_worker(client, store, settings):
             print(
                 f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "
-                f"(namespace {settings.temporal_namespace!r}); streams at {settings.streams_location}",
+                f"(namespace {settings.temporal_namespace!r}); streams at {_without_password(settings.streams_location)}",
                 flush=True,
             )
             await stop.wait()

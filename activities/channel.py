@@ -1,29 +1,46 @@
-"""What every channel's handler does around delivering one operation.
+"""What every channel's handler does: compose its operation, and deliver it exactly once as far as it can tell.
 
-A handler takes up the operation's record (the handling store says whether an earlier attempt already finished it),
-records the request in its concern's event stream, delivers, and records success or failure there, tagged like the
-operation. A permanent failure is an outcome, recorded and returned. A transient one is raised so that Temporal
-retries it, unless this was the last attempt the retry policy allows: then it too is recorded as the outcome.
+A handler takes up the operation's record in the handling store, records the request in its concern's event stream,
+delivers, and records success or failure there, tagged like the operation. Each subclass (one per delivery channel)
+says how to address, compose and deliver; `activities.CHANNEL_HANDLERS` lists them.
+
+- A permanent failure (and anything unexpected while delivering) is an outcome: recorded and returned.
+- A transient failure is raised so that Temporal retries it, unless no attempt is left: then it is the outcome.
+- An attempt never outlives its start-to-close timeout, so a retry never runs beside the attempt it replaces.
+- A retry that finds the operation handled, or its outcome recorded by an attempt that died before it could say so
+  in the handling store, returns that outcome and delivers nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+from typing import ClassVar
 
 from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from domain import (
+    Channel,
     ChannelEvent,
     ChannelOperation,
+    ChannelOperationFailure,
     ChannelOperationOutcome,
     ChannelOperationOutcomeInfo,
     ChannelOperationRef,
+    DirectoryEntry,
+    PrepareToSendOnChannelOp,
+    Tag,
+    utc_now,
 )
+from settings import Settings
 from streams import ExistingRecordStrategy, HandlingStatus, StreamName, StreamStore
+
+ATTEMPT_MARGIN = timedelta(seconds=5)
+"""How long before its start-to-close timeout an attempt gives up, to record that it did."""
 
 
 @dataclass
@@ -44,72 +61,166 @@ class TransientDeliveryError(Exception):
 
 
 class ChannelHandler(ABC):
-    concern: str
-    operation_stream: StreamName
-    event_stream: StreamName
-    requested_event: type[ChannelEvent]
-    succeeded_event: type[ChannelEvent]
-    failed_event: type[ChannelEvent]
+    channel: ClassVar[Channel]
+    concern: ClassVar[str]
+    operation_stream: ClassVar[StreamName]
+    event_stream: ClassVar[StreamName]
+    requested_event: ClassVar[type[ChannelEvent]]
+    succeeded_event: ClassVar[type[ChannelEvent]]
+    failed_event: ClassVar[type[ChannelEvent]]
 
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: StreamStore, settings: Settings) -> None:
+        self._settings = settings
         self._handling = store.handling(self.operation_stream)
         self._events = store.writer(self.event_stream)
+        self._outcomes = store.reader(self.event_stream)
+
+    # -- what each channel says ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
+        """The channel's send activity: `handle`, under the channel's activity name."""
+
+    @abstractmethod
+    async def record_not_sent(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
+        """The channel's activity for an operation the saga gave up on: `give_up`, under the channel's name."""
+
+    @staticmethod
+    @abstractmethod
+    def address(entry: DirectoryEntry) -> str | None:
+        """Where the entity is reached on this channel, as shown in a view, or None."""
+
+    @staticmethod
+    @abstractmethod
+    def compose(
+        op: PrepareToSendOnChannelOp, channel_operation_id: int, settings: Settings
+    ) -> tuple[ChannelOperation, list[Tag]]:
+        """The channel's operation for this notification, and the tags that name its recipient."""
 
     @abstractmethod
     async def deliver(self, operation: ChannelOperation) -> Delivery:
         """Deliver, returning the outcome; raise `TransientDeliveryError` for what a retry may fix."""
 
+    @abstractmethod
+    def failed_response(self, operation: ChannelOperation, reason: str) -> BaseModel:
+        """The channel's response for a delivery that failed for `reason` before the channel answered."""
+
+    # -- what every channel does ------------------------------------------------------------------------------
+
     async def handle(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
-        operation, tags = ref.instruction.operation, ref.instruction.tags
-        op_id = operation.channel_operation_id
-        handled = await self._handling.begin(ref.internal_record_id, self.concern)
+        operation = ref.instruction.operation
+        info = activity.info()
+        attempt = f"attempt {info.attempt}, started {info.started_time.isoformat()}"
+        handled = await self._handling.begin(ref.internal_record_id, self.concern, attempt)
         if handled is not None:
             return ChannelOperationOutcomeInfo.model_validate_json(handled.details)
+        recorded = await self._recorded_outcome(operation)
+        if recorded is not None:
+            await self._complete(ref, recorded)
+            return recorded
         await self._events.put(
-            op_id,
+            operation.channel_operation_id,
             self._event(self.requested_event, operation, operation=operation),
-            tags=tags,
+            tags=ref.instruction.tags,
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
         try:
-            delivery = await self.deliver(operation)
+            async with asyncio.timeout(_attempt_budget()):
+                delivery = await self.deliver(operation)
         except TransientDeliveryError as error:
-            if not _last_attempt():
-                await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, str(error))
-                raise ApplicationError(
-                    str(error),
-                    type="TransientDeliveryError",
-                    next_retry_delay=None if error.retry_after is None else timedelta(seconds=error.retry_after),
-                ) from error
-            delivery = error.delivery
+            delivery = await self._retry_unless_last(ref, error.delivery, error.retry_after)
+        except TimeoutError:
+            reason = f"no answer within {_attempt_budget():.0f} s"
+            delivery = await self._retry_unless_last(ref, Delivery(self.failed_response(operation, reason), reason))
+        except Exception as error:  # unforeseen, and so not something a retry would fix
+            reason = f"{error.__class__.__name__}: {error}"
+            delivery = Delivery(self.failed_response(operation, reason), reason)
         except BaseException as error:
             await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, repr(error))
             raise
+        return await self._record(ref, delivery)
+
+    async def give_up(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
+        """The saga gave up on the operation (its deadline passed, or every attempt failed): record it as failed,
+        unless an attempt recorded an outcome after all, and archive its handling."""
+        ref, operation = failure.operation, failure.operation.instruction.operation
+        recorded = await self._recorded_outcome(operation)
+        if recorded is not None:
+            return recorded
+        outcome = await self._record_outcome(
+            ref, Delivery(self.failed_response(operation, failure.reason), failure.reason)
+        )
+        status = await self._handling.status(ref.internal_record_id, self.concern)
+        if status == HandlingStatus.RUNNING:
+            await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, failure.reason)
+        if status in (HandlingStatus.RUNNING, HandlingStatus.FAILED):
+            await self._handling.transition(
+                ref.internal_record_id, self.concern, HandlingStatus.ARCHIVED_AFTER_FAILURE, outcome.model_dump_json()
+            )
+        return outcome
+
+    async def _retry_unless_last(
+        self, ref: ChannelOperationRef, delivery: Delivery, retry_after: float | None = None
+    ) -> Delivery:
+        if _last_attempt():
+            return delivery
+        await self._handling.transition(
+            ref.internal_record_id, self.concern, HandlingStatus.FAILED, delivery.failure or ""
+        )
+        raise ApplicationError(
+            delivery.failure or "transient failure",
+            type="TransientDeliveryError",
+            next_retry_delay=None if retry_after is None else timedelta(seconds=retry_after),
+        )
+
+    async def _record(self, ref: ChannelOperationRef, delivery: Delivery) -> ChannelOperationOutcomeInfo:
+        outcome = await self._record_outcome(ref, delivery)
+        await self._complete(ref, outcome)
+        return outcome
+
+    async def _record_outcome(self, ref: ChannelOperationRef, delivery: Delivery) -> ChannelOperationOutcomeInfo:
+        operation = ref.instruction.operation
         event_type = self.failed_event if delivery.failure else self.succeeded_event
         await self._events.put(
-            op_id,
+            operation.channel_operation_id,
             self._event(event_type, operation, response=delivery.response),
-            tags=tags,
+            tags=ref.instruction.tags,
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
         )
-        outcome = ChannelOperationOutcomeInfo(
-            channel=operation.delivery_channel,
-            channel_operation_id=op_id,
-            event_type=event_type.__name__,
-            outcome=ChannelOperationOutcome.FAILED if delivery.failure else ChannelOperationOutcome.SUCCEEDED,
-            reason=delivery.failure,
-        )
+        return self._outcome(operation, event_type, delivery.failure)
+
+    async def _complete(self, ref: ChannelOperationRef, outcome: ChannelOperationOutcomeInfo) -> None:
         await self._handling.transition(
             ref.internal_record_id, self.concern, HandlingStatus.COMPLETED, outcome.model_dump_json()
         )
-        return outcome
+
+    async def _recorded_outcome(self, operation: ChannelOperation) -> ChannelOperationOutcomeInfo | None:
+        """The outcome already in the event stream, if any; failure wins over success, as in the reference."""
+        records = await self._outcomes.by_id(operation.channel_operation_id)
+        for event_type in (self.failed_event, self.succeeded_event):
+            record = next((r for r in records if r.type == event_type.__name__), None)
+            if record is not None:
+                return self._outcome(operation, event_type, record.json()["response"].get("error"))
+        return None
+
+    def _outcome(
+        self, operation: ChannelOperation, event_type: type[ChannelEvent], failure: str | None
+    ) -> ChannelOperationOutcomeInfo:
+        failed = event_type is self.failed_event
+        return ChannelOperationOutcomeInfo(
+            channel=self.channel,
+            channel_operation_id=operation.channel_operation_id,
+            event_type=event_type.__name__,
+            outcome=ChannelOperationOutcome.FAILED if failed else ChannelOperationOutcome.SUCCEEDED,
+            reason=(failure or "failed") if failed else None,
+        )
 
     @staticmethod
     def _event(event_type: type[ChannelEvent], of: ChannelOperation, **fields: object) -> ChannelEvent:
         return event_type(
             channel_operation_id=of.channel_operation_id,
             notification_id=of.notification_id,
-            timestamp_utc=datetime.now(UTC),
+            timestamp_utc=utc_now(),
             **fields,
         )
 
@@ -118,3 +229,11 @@ def _last_attempt() -> bool:
     info = activity.info()
     maximum = info.retry_policy.maximum_attempts if info.retry_policy else 0
     return maximum > 0 and info.attempt >= maximum
+
+
+def _attempt_budget() -> float | None:
+    """Seconds this attempt may take: a margin short of its start-to-close timeout."""
+    timeout = activity.info().start_to_close_timeout
+    if not timeout:
+        return None
+    return max(timeout - ATTEMPT_MARGIN, timeout / 2).total_seconds()

@@ -3,20 +3,15 @@ and its channel operations, and record how the saga ended. Each holds only the s
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from temporalio import activity
 
+from activities import CHANNEL_HANDLERS
 from domain import (
     AttemptToSendNotificationEvent,
-    Channel,
     ChannelOperationInstruction,
     ChannelOperationMonitoringInfo,
     ChannelOperationRef,
-    EmailMailbox,
     ExecuteOpRequestedEvent,
-    FailedToSendEmailEvent,
-    FailedToSendSlackMessageEvent,
     Failure,
     GetAudienceResult,
     NotificationRequest,
@@ -26,16 +21,13 @@ from domain import (
     PrepareToSendOnChannelResult,
     ProcessSendNotificationSagaOp,
     SagaEnded,
-    SendEmailOp,
     SendNotificationRequestedEvent,
     SendNotificationToEntityOp,
-    SendSlackMessageOp,
-    SucceededInSendingEmailEvent,
-    SucceededInSendingSlackMessageEvent,
     Tag,
     TagName,
     tag,
     terminal_event_type,
+    utc_now,
 )
 from settings import Settings
 from streams import (
@@ -50,12 +42,6 @@ from streams.directory import lookup
 SEND_NOTIFICATION_CONCERN = "send-notification"
 SAGA_CONCERN = "process-send-notification-saga"
 
-CHANNEL_OPERATION_STREAM = {Channel.EMAIL: StreamName.EMAIL_OPERATION, Channel.SLACK: StreamName.SLACK_OPERATION}
-CHANNEL_MONITORING = {
-    Channel.EMAIL: (SucceededInSendingEmailEvent, FailedToSendEmailEvent),
-    Channel.SLACK: (SucceededInSendingSlackMessageEvent, FailedToSendSlackMessageEvent),
-}
-
 
 def notification_tags(notification_id: str, operation: SendNotificationToEntityOp) -> list[Tag]:
     """The tags every record of a notification carries: its id, its entity, and the client's own tags."""
@@ -64,10 +50,6 @@ def notification_tags(notification_id: str, operation: SendNotificationToEntityO
         tag(TagName.ENTITY_ID, operation.entity_id),
         *operation.tags,
     ]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def _run_if_available(handling: HandlingStore, internal_record_id: int, concern: str) -> None:
@@ -90,7 +72,7 @@ class NotificationActivities:
         self._sagas = store.writer(StreamName.NOTIFICATION_SAGA)
         self._views = store.writer(StreamName.NOTIFICATION_VIEW)
         self._snapshots = store.writer(StreamName.NOTIFICATION_SNAPSHOT)
-        self._channel_operations = {c: store.writer(s) for c, s in CHANNEL_OPERATION_STREAM.items()}
+        self._channel_operations = {c: store.writer(h.operation_stream) for c, h in CHANNEL_HANDLERS.items()}
 
     @activity.defn(name="RecordNotificationRequested")
     async def record_requested(self, request: NotificationRequest) -> None:
@@ -99,7 +81,7 @@ class NotificationActivities:
             self._client_operation_handling, request.client_operation_record_id, SEND_NOTIFICATION_CONCERN
         )
         event = SendNotificationRequestedEvent(
-            notification_id=request.notification_id, timestamp_utc=_now(), operation=request.operation
+            notification_id=request.notification_id, timestamp_utc=utc_now(), operation=request.operation
         )
         await self._events.put(
             request.notification_id,
@@ -121,47 +103,17 @@ class NotificationActivities:
     @activity.defn(name="PrepareToSendOnChannel")
     async def prepare_to_send_on_channel(self, op: PrepareToSendOnChannelOp) -> PrepareToSendOnChannelResult:
         """Compose the channel's operation, with a channel-operation id issued by the channel's operation stream."""
+        handler = CHANNEL_HANDLERS[op.channel]
         channel_operation_id = await self._channel_operations[op.channel].next_unique_id()
-        request, audience = op.operation, op.audience
-        tags = notification_tags(op.notification_id, request)
-        operation: SendEmailOp | SendSlackMessageOp
-        if op.channel == Channel.EMAIL:
-            assert audience.email is not None
-            operation = SendEmailOp(
-                notification_id=op.notification_id,
-                channel_operation_id=channel_operation_id,
-                sender=EmailMailbox(address=self._settings.email_from),
-                to=[EmailMailbox(address=audience.email, name=audience.name)],
-                subject=request.subject,
-                text_body=request.body,
-                html_body=request.html_body,
-            )
-            tags += [
-                tag(TagName.RECIPIENT_EMAIL_ADDRESS, audience.email),
-                tag(TagName.SENDER_EMAIL_ADDRESS, self._settings.email_from),
-            ]
-        else:
-            assert audience.slack is not None
-            operation = SendSlackMessageOp(
-                notification_id=op.notification_id,
-                channel_operation_id=channel_operation_id,
-                workspace=audience.slack.workspace,
-                channel=audience.slack.channel,
-                text=request.slack_text or f"*{request.subject}*\n{request.body}",
-            )
-            tags += [
-                tag(TagName.SLACK_WORKSPACE, audience.slack.workspace),
-                tag(TagName.SLACK_CHANNEL, audience.slack.channel),
-            ]
-        succeeded, failed = CHANNEL_MONITORING[op.channel]
+        operation, recipient_tags = handler.compose(op, channel_operation_id, self._settings)
         instruction = ChannelOperationInstruction(
             operation=operation,
             monitoring_info=ChannelOperationMonitoringInfo(
                 channel_operation_id=channel_operation_id,
-                succeeded_event_type=succeeded.__name__,
-                failed_event_type=failed.__name__,
+                succeeded_event_type=handler.succeeded_event.__name__,
+                failed_event_type=handler.failed_event.__name__,
             ),
-            tags=tags,
+            tags=[*notification_tags(op.notification_id, op.operation), *recipient_tags],
         )
         return PrepareToSendOnChannelResult(channel=op.channel, instructions=[instruction])
 
@@ -217,7 +169,7 @@ class NotificationActivities:
         snapshot = ended.snapshot
         nid, view = snapshot.notification_id, snapshot.view
         tags = notification_tags(nid, snapshot.operation)
-        timestamp = view.completed_at or _now()
+        timestamp = view.completed_at or utc_now()
         if snapshot.attempt is not None:
             attempt = AttemptToSendNotificationEvent(
                 notification_id=nid, timestamp_utc=timestamp, attempt=snapshot.attempt

@@ -11,17 +11,24 @@ from temporalio import activity
 
 from activities.channel import ChannelHandler, Delivery, TransientDeliveryError
 from domain import (
+    Channel,
+    ChannelOperationFailure,
     ChannelOperationOutcomeInfo,
     ChannelOperationRef,
+    DirectoryEntry,
     FailedToSendSlackMessageEvent,
+    PrepareToSendOnChannelOp,
     SendSlackMessageOp,
     SendSlackMessageRequestedEvent,
     SendSlackMessageResponse,
     SendSlackMessageResult,
     SucceededInSendingSlackMessageEvent,
+    Tag,
+    TagName,
+    tag,
 )
 from settings import Settings
-from streams import StreamName, StreamStore
+from streams import StreamName
 
 SLACK_TIMEOUT_SECONDS = 30
 TRANSIENT_SLACK_ERRORS = frozenset(
@@ -29,7 +36,15 @@ TRANSIENT_SLACK_ERRORS = frozenset(
 )
 
 
+def _seconds(header: str | None) -> float | None:
+    try:
+        return float(header) if header else None
+    except ValueError:
+        return None
+
+
 class SlackHandler(ChannelHandler):
+    channel = Channel.SLACK
     concern = "send-slack-message"
     operation_stream = StreamName.SLACK_OPERATION
     event_stream = StreamName.SLACK_EVENT
@@ -37,24 +52,44 @@ class SlackHandler(ChannelHandler):
     succeeded_event = SucceededInSendingSlackMessageEvent
     failed_event = FailedToSendSlackMessageEvent
 
-    def __init__(self, store: StreamStore, settings: Settings) -> None:
-        super().__init__(store)
-        self._settings = settings
-
     @activity.defn(name="SendSlackMessage")
-    async def send_slack_message(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
+    async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         return await self.handle(ref)
+
+    @activity.defn(name="RecordSlackMessageNotSent")
+    async def record_not_sent(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
+        return await self.give_up(failure)
+
+    @staticmethod
+    def address(entry: DirectoryEntry) -> str | None:
+        return f"{entry.slack.workspace}/{entry.slack.channel}" if entry.slack else None
+
+    @staticmethod
+    def compose(
+        op: PrepareToSendOnChannelOp, channel_operation_id: int, settings: Settings
+    ) -> tuple[SendSlackMessageOp, list[Tag]]:
+        request, audience = op.operation, op.audience
+        assert audience.slack is not None
+        message = SendSlackMessageOp(
+            notification_id=op.notification_id,
+            channel_operation_id=channel_operation_id,
+            workspace=audience.slack.workspace,
+            channel=audience.slack.channel,
+            text=request.slack_text or f"*{request.subject}*\n{request.body}",
+        )
+        return message, [
+            tag(TagName.SLACK_WORKSPACE, audience.slack.workspace),
+            tag(TagName.SLACK_CHANNEL, audience.slack.channel),
+        ]
+
+    def failed_response(self, operation: SendSlackMessageOp, reason: str) -> SendSlackMessageResponse:  # type: ignore[override]
+        return SendSlackMessageResponse(result=SendSlackMessageResult.FAILED_WITH_EXCEPTION_WHEN_SENDING, error=reason)
 
     async def deliver(self, op: SendSlackMessageOp) -> Delivery:  # type: ignore[override]
         token = self._settings.slack_token_for(op.workspace)
         if token is None:
             reason = f"no Slack token is configured for workspace {op.workspace!r}"
-            return Delivery(
-                SendSlackMessageResponse(
-                    result=SendSlackMessageResult.FAILED_WITH_EXCEPTION_WHEN_SENDING, error=reason
-                ),
-                reason,
-            )
+            return Delivery(self.failed_response(op, reason), reason)
         client = AsyncWebClient(
             token=token.get_secret_value(),
             base_url=self._settings.slack_api_url,
@@ -65,26 +100,20 @@ class SlackHandler(ChannelHandler):
             response = await client.chat_postMessage(channel=op.channel, text=op.text)
         except SlackApiError as error:
             data = error.response.data if isinstance(error.response.data, dict) else {"body": str(error.response.data)}
-            code = data.get("error", f"http_{error.response.status_code}")
+            status = error.response.status_code
+            code = data.get("error") or f"HTTP {status}"
+            reason = f"Slack answered {code}"
             delivery = Delivery(
                 SendSlackMessageResponse(
-                    result=SendSlackMessageResult.FAILED_WITH_SLACK_RETURNING_ERROR, response_json=data, error=code
+                    result=SendSlackMessageResult.FAILED_WITH_SLACK_RETURNING_ERROR, response_json=data, error=reason
                 ),
-                f"Slack answered {code}",
+                reason,
             )
-            status = error.response.status_code
             if code in TRANSIENT_SLACK_ERRORS or status == 429 or status >= 500:
-                retry_after = error.response.headers.get("Retry-After") or error.response.headers.get("retry-after")
-                raise TransientDeliveryError(delivery, float(retry_after) if retry_after else None) from error
+                headers = {k.lower(): v for k, v in error.response.headers.items()}
+                raise TransientDeliveryError(delivery, _seconds(headers.get("retry-after"))) from error
             return delivery
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
             reason = f"{error.__class__.__name__}: {error}"
-            raise TransientDeliveryError(
-                Delivery(
-                    SendSlackMessageResponse(
-                        result=SendSlackMessageResult.FAILED_WITH_EXCEPTION_WHEN_SENDING, error=reason
-                    ),
-                    reason,
-                )
-            ) from error
+            raise TransientDeliveryError(Delivery(self.failed_response(op, reason), reason)) from error
         return Delivery(SendSlackMessageResponse(result=SendSlackMessageResult.SUCCEEDED, response_json=response.data))

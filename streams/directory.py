@@ -3,7 +3,7 @@ and where it can be reached now, and the earlier ones are who it was and when.""
 
 from __future__ import annotations
 
-from domain import DirectoryEntry, TagName, tag
+from domain import DirectoryEntry, TagName, recipient_email_tag, tag
 from streams.store import ReadOnlyStream, StreamName, StreamStore
 
 
@@ -22,7 +22,7 @@ async def import_entries(store: StreamStore, entries: list[DirectoryEntry]) -> t
             continue
         tags = [tag(TagName.ENTITY_ID, entry.id)]
         if entry.email:
-            tags.append(tag(TagName.RECIPIENT_EMAIL_ADDRESS, entry.email))
+            tags.append(recipient_email_tag(entry.email))
         await writer.put(entry.id, entry, tags=tags)
         recorded += 1
     return recorded, len(entries) - recorded

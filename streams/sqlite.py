@@ -12,11 +12,11 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from domain import Tag
+from domain import Tag, utc_now
 from streams.store import (
     ALLOWED_TRANSITIONS,
     ExistingRecordStrategy,
@@ -66,10 +66,6 @@ CREATE TABLE IF NOT EXISTS handling (
 );
 CREATE INDEX IF NOT EXISTS handling_by_record ON handling (stream, internal_record_id, concern, entry_id);
 """
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 class SQLiteStreamStore(StreamStore):
@@ -156,7 +152,7 @@ class SQLiteStreamStore(StreamStore):
             internal_id = db.execute(
                 "INSERT INTO records (stream, record_id, type, payload, tags, timestamp_utc) "
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING internal_id",
-                (stream, record_id, type, payload, tags_json, _now()),
+                (stream, record_id, type, payload, tags_json, utc_now().isoformat()),
             ).fetchone()[0]
             db.executemany(
                 "INSERT INTO record_tags (internal_id, stream, name, value) VALUES (?, ?, ?, ?)",
@@ -251,7 +247,7 @@ class SQLiteStreamStore(StreamStore):
                     f"record {internal_record_id} of {stream} under concern {concern!r} is {current}, "
                     f"it cannot become {status}"
                 )
-            timestamp = _now()
+            timestamp = utc_now().isoformat()
             entry_id = db.execute(
                 "INSERT INTO handling (stream, internal_record_id, concern, status, details, timestamp_utc) "
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING entry_id",

@@ -267,7 +267,7 @@ class HandlingStore:
     ) -> HandlingEntry:
         return await self._store.transition(self.stream, internal_record_id, concern, status, details)
 
-    async def begin(self, internal_record_id: int, concern: str) -> HandlingEntry | None:
+    async def begin(self, internal_record_id: int, concern: str, details: str = "") -> HandlingEntry | None:
         """Start handling a record. A retried handler finds the previous attempt's status: a `Failed` one is reset,
         an abandoned `Running` one is cancelled, and then it runs again. Returns the `Completed` entry instead, and
         writes nothing, when the record was already handled, so that a handler never does its work twice."""
@@ -283,5 +283,5 @@ class HandlingStore:
                 HandlingStatus.AVAILABLE_AFTER_EXTERNAL_CANCELLATION,
                 "the previous attempt did not finish",
             )
-        await self.transition(internal_record_id, concern, HandlingStatus.RUNNING)
+        await self.transition(internal_record_id, concern, HandlingStatus.RUNNING, details)
         return None

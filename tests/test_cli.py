@@ -177,28 +177,19 @@ def test_a_failed_notification_exits_non_zero(directory: Cli) -> None:
     assert json.loads(result.stdout)["status"] == "failed"
 
 
-def test_idempotency_key_returns_the_same_id(directory: Cli) -> None:
-    args = (
-        "send",
-        "--entity",
-        "user-2",
-        "--subject",
-        "Once",
-        "--body",
-        "Only once.",
-        "--idempotency-key",
-        "k-1",
-        "--json",
-    )
-    first, again = directory.run(*args), directory.run(*args)
-    assert first.returncode == again.returncode == 0
-    assert json.loads(first.stdout) == json.loads(again.stdout)
+def test_idempotency_key_returns_the_same_id_and_sends_once(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
+    args = ("send", "--entity", "user-2", "--subject", "Once", "--body", "Only once.", "--idempotency-key", "k-1")
+    first, again = directory.json(*args), directory.json(*args)
+    assert again == first
+    waited = directory.json(*args, "--wait")  # a repeat with --wait waits for the first request's outcome
+    assert (waited["id"], waited["status"]) == (first["id"], "sent")
+    assert [m.message["Subject"] for m in sinks[0].received_by("bob@example.com")].count("Once") == 1
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--subject", "", "--body", "B"), "subject: String should have at least 1 character"),
+        (("--subject", "", "--body", "B"), "subject: must not be empty"),
         (("--subject", "Line\r\nBcc: x@y.z", "--body", "B"), "subject: must be a single line (no CR or LF)"),
         (("--subject", "S", "--body", " "), "body must not be blank"),
         (("--subject", "S", "--body", "@-"), "body: is over 256 KiB"),

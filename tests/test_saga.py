@@ -4,25 +4,37 @@ aiosmtpd mail sink and the local Slack sink."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import pytest
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.email import EmailHandler
 from client import IdempotencyKeyConflict, NotificationClient
 from domain import (
+    ChannelOperationFailure,
+    ChannelOperationInstruction,
+    ChannelOperationMonitoringInfo,
     ChannelOperationRef,
     DirectoryEntry,
     ExecuteOpRequestedEvent,
     NotificationStatus,
+    PrepareToSendOnChannelOp,
+    SendEmailResponse,
+    SendEmailResult,
     SendNotificationToEntityOp,
+    SucceededInSendingEmailEvent,
+    utc_now,
 )
 from settings import Settings
 from sinks.mail import MailSink
-from sinks.slack import SlackSink
+from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
@@ -146,7 +158,20 @@ async def test_sends_on_both_channels_and_records_every_step(
 async def test_events_across_streams_and_audit(notify: Notify) -> None:
     nid, _ = await notify.send()
     records = await notify.client.events(nid)
-    assert [r.internal_id for r in records] == sorted(r.internal_id for r in records)
+    assert [(r.stream, r.type) for r in records][:6] == [
+        ("client-operation", "ExecuteOpRequestedEvent"),
+        ("notification-event", "SendNotificationRequestedEvent"),
+        ("notification-event", "PreparedToSendOnAllChannelsEvent"),
+        ("notification-saga", "ExecuteOpRequestedEvent"),
+        ("email-operation", "ExecuteOpRequestedEvent"),
+        ("slack-operation", "ExecuteOpRequestedEvent"),
+    ]
+    assert [(r.stream, r.type) for r in records][-4:] == [
+        ("notification-event", "SentOnAllPreparedChannelsEvent"),
+        ("notification-event", "SucceededInSendingNotificationEvent"),
+        ("notification-view", "NotificationView"),
+        ("notification-snapshot", "NotificationSnapshot"),
+    ]
     assert {r.stream for r in records} == {s.value for s in StreamName} - {"internal-operation", "entity-directory"}
 
     [sent] = await notify.client.audit_email("ada@example.com")
@@ -254,7 +279,7 @@ async def test_nothing_delivered_is_failed(notify: Notify, mail_sink: MailSink, 
 async def test_status_while_running_and_after(notify: Notify, mail_sink: MailSink) -> None:
     mail_sink.hold()
     nid = await notify.client.request(operation())
-    await asyncio.to_thread(mail_sink.data_arrived.wait, 30)
+    assert await asyncio.to_thread(mail_sink.data_arrived.wait, 30)
     running = await notify.client.status(nid)
     assert running["status"] == "sending"
     assert running["channels"]["email"]["outcome"] == "sending"
@@ -280,22 +305,110 @@ async def test_a_retried_send_records_once_and_delivers_once(notify: Notify, mai
     assert "421" in history[1].details
 
 
+def activity_environment(attempt: int = 1, maximum_attempts: int = 5) -> ActivityEnvironment:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info,
+        attempt=attempt,
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=RetryPolicy(maximum_attempts=maximum_attempts),
+    )
+    return env
+
+
+async def email_operation(store: StreamStore, settings: Settings, channel_operation_id: int) -> ChannelOperationRef:
+    """An email operation put in its stream as the saga would, for driving its handler directly."""
+    prepare = PrepareToSendOnChannelOp(notification_id="9", operation=operation(), audience=entity(), channel="email")
+    email, tags = EmailHandler.compose(prepare, channel_operation_id, settings)
+    instruction = ChannelOperationInstruction(
+        operation=email,
+        monitoring_info=ChannelOperationMonitoringInfo(
+            channel_operation_id=channel_operation_id,
+            succeeded_event_type="SucceededInSendingEmailEvent",
+            failed_event_type="FailedToSendEmailEvent",
+        ),
+        tags=tags,
+    )
+    put = await store.writer(StreamName.EMAIL_OPERATION).put(
+        channel_operation_id,
+        ExecuteOpRequestedEvent(id=str(channel_operation_id), operation=email, timestamp_utc=utc_now()),
+    )
+    return ChannelOperationRef(instruction=instruction, internal_record_id=put.record_internal_id)
+
+
+async def handling_statuses(store: StreamStore, ref: ChannelOperationRef) -> list[str]:
+    return [e.status for e in await store.handling(StreamName.EMAIL_OPERATION).history(ref.internal_record_id)]
+
+
+async def event_types(store: StreamStore, channel_operation_id: int) -> list[str]:
+    return [r.type for r in await store.reader(StreamName.EMAIL_EVENT).by_id(channel_operation_id)]
+
+
 async def test_a_handler_run_again_after_it_finished_sends_nothing(
-    notify: Notify, mail_sink: MailSink, store: StreamStore, settings: Settings
+    mail_sink: MailSink, store: StreamStore, settings: Settings
 ) -> None:
-    nid, _ = await notify.send()
-    record = await store.reader(StreamName.EMAIL_OPERATION).latest(1)
-    assert record is not None
-    instruction = record.object(ExecuteOpRequestedEvent).operation
-    snapshot = await store.reader(StreamName.NOTIFICATION_SNAPSHOT).latest(nid)
-    assert snapshot is not None
-    [ref_json] = [i for i in snapshot.json()["prepare"]["prepare"]["channel_results"] if i["channel"] == "email"]
-    ref = ChannelOperationRef(instruction=ref_json["instructions"][0], internal_record_id=record.internal_id)
-    assert ref.instruction.operation == instruction
-    outcome = await ActivityEnvironment().run(EmailHandler(store, settings).send_email, ref)
-    assert outcome.outcome == "Succeeded"
+    ref = await email_operation(store, settings, 7)
+    handler = EmailHandler(store, settings)
+    first = await activity_environment().run(handler.send, ref)
+    again = await activity_environment(attempt=2).run(handler.send, ref)
+    assert first == again and first.outcome == "Succeeded"
     assert len(mail_sink.messages) == 1
-    assert await notify.types(StreamName.EMAIL_EVENT, 1) == ["SendEmailRequestedEvent", "SucceededInSendingEmailEvent"]
+    assert await event_types(store, 7) == ["SendEmailRequestedEvent", "SucceededInSendingEmailEvent"]
+    assert await handling_statuses(store, ref) == ["Running", "Completed"]
+
+
+async def test_a_handler_finds_the_outcome_an_attempt_recorded_before_it_died(
+    mail_sink: MailSink, store: StreamStore, settings: Settings
+) -> None:
+    ref = await email_operation(store, settings, 8)
+    # an attempt that took up the operation, delivered and recorded so, and died before completing its handling
+    await store.handling(StreamName.EMAIL_OPERATION).begin(ref.internal_record_id, "send-email")
+    delivered = SendEmailResponse(result=SendEmailResult.SUCCESS, message_id="<n-9.email-8@notify.test>")
+    await store.writer(StreamName.EMAIL_EVENT).put(
+        8,
+        SucceededInSendingEmailEvent(
+            channel_operation_id=8, notification_id="9", timestamp_utc=utc_now(), response=delivered
+        ),
+    )
+    outcome = await activity_environment(attempt=2).run(EmailHandler(store, settings).send, ref)
+    assert outcome.outcome == "Succeeded"
+    assert mail_sink.messages == []
+    assert await event_types(store, 8) == ["SucceededInSendingEmailEvent"]
+    assert await handling_statuses(store, ref) == [
+        "Running",
+        "AvailableAfterExternalCancellation",
+        "Running",
+        "Completed",
+    ]
+
+
+async def test_a_transient_failure_on_the_last_attempt_is_recorded(
+    mail_sink: MailSink, store: StreamStore, settings: Settings
+) -> None:
+    ref = await email_operation(store, settings, 10)
+    mail_sink.script_replies("451 4.3.0 Temporary local problem")
+    outcome = await activity_environment(attempt=3, maximum_attempts=3).run(EmailHandler(store, settings).send, ref)
+    assert outcome.outcome == "Failed" and outcome.reason == "451 4.3.0 Temporary local problem"
+    assert await event_types(store, 10) == ["SendEmailRequestedEvent", "FailedToSendEmailEvent"]
+    assert await handling_statuses(store, ref) == ["Running", "Completed"]
+    assert mail_sink.messages == []
+
+
+async def test_an_operation_given_up_on_is_recorded_and_archived(
+    mail_sink: MailSink, store: StreamStore, settings: Settings
+) -> None:
+    ref = await email_operation(store, settings, 11)
+    handler = EmailHandler(store, settings)
+    mail_sink.script_replies("421 4.3.0 Try again later")
+    with pytest.raises(ApplicationError, match="421"):
+        await activity_environment().run(handler.send, ref)
+    failure = ChannelOperationFailure(operation=ref, reason="ActivityError: deadline passed")
+    outcome = await activity_environment().run(handler.record_not_sent, failure)
+    assert outcome.outcome == "Failed" and outcome.reason == "ActivityError: deadline passed"
+    assert await event_types(store, 11) == ["SendEmailRequestedEvent", "FailedToSendEmailEvent"]
+    assert await handling_statuses(store, ref) == ["Running", "Failed", "ArchivedAfterFailure"]
+    assert await activity_environment().run(handler.record_not_sent, failure) == outcome
+    assert await event_types(store, 11) == ["SendEmailRequestedEvent", "FailedToSendEmailEvent"]
 
 
 async def test_idempotency_key(notify: Notify, mail_sink: MailSink) -> None:
@@ -309,6 +422,8 @@ async def test_idempotency_key(notify: Notify, mail_sink: MailSink) -> None:
     assert len(mail_sink.messages) == 1
     other = await notify.client.request(operation(), idempotency_key="disk-alert-43")
     assert other != first
+    await notify.client.result(other)
+    assert len(mail_sink.messages) == 2
 
 
 async def test_directory_changes_are_kept_as_records(notify: Notify, store: StreamStore) -> None:
@@ -326,3 +441,23 @@ async def test_query_answers_with_the_view_model(notify: Notify) -> None:
     view = await handle.query(NotificationSaga.status)
     assert view.status == NotificationStatus.SENT
     assert view.id == nid
+
+
+async def test_slack_rate_limit_waits_the_retry_after_it_was_given(notify: Notify, slack_sink: SlackSink) -> None:
+    slack_sink.script_responses(
+        ScriptedResponse(status=429, body={"ok": False, "error": "ratelimited"}, headers={"Retry-After": "2"})
+    )
+    _, view = await notify.send()
+    assert view["status"] == "sent"
+    assert len(slack_sink.calls) == 2 and len(slack_sink.messages) == 1
+    slack_op = await notify.store.reader(StreamName.SLACK_OPERATION).latest(1)
+    assert slack_op is not None
+    history = await notify.store.handling(StreamName.SLACK_OPERATION).history(
+        slack_op.internal_id, "send-slack-message"
+    )
+    assert [e.status for e in history] == ["Running", "Failed", "AvailableAfterFailure", "Running", "Completed"]
+    assert history[1].details == "Slack answered ratelimited"
+    first, second = (
+        datetime.fromisoformat(e.details.rpartition("started ")[2]) for e in history if e.status == "Running"
+    )
+    assert second - first >= timedelta(seconds=2)  # the retry policy alone would have waited 1 s

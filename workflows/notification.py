@@ -17,13 +17,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.email import EmailHandler
+    from activities import CHANNEL_HANDLERS
     from activities.notification import NotificationActivities
-    from activities.slack import SlackHandler
     from domain import (
         AttemptToSendNotificationResult,
         CannotPrepareToSendOnChannelAction,
         Channel,
+        ChannelOperationFailure,
         ChannelOperationOutcome,
         ChannelOperationOutcomeInfo,
         ChannelOperationRef,
@@ -55,19 +55,18 @@ STORE_ACTIVITY = dict(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=10
     ),
 )
+"""Steps whose failure is a reported failure of their stage (getting the audience, preparing a channel)."""
+RECORD_ACTIVITY = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+)
+"""Steps that record what happened: retried until the store takes the record, however long that is."""
 CHANNEL_ACTIVITY = dict(
     start_to_close_timeout=timedelta(seconds=60),
     retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60), maximum_attempts=5
     ),
 )
-SEND_ON_CHANNEL = {Channel.EMAIL: EmailHandler.send_email, Channel.SLACK: SlackHandler.send_slack_message}
-
-
-def channel_address(audience: DirectoryEntry, channel: Channel) -> str | None:
-    if channel == Channel.EMAIL:
-        return audience.email
-    return f"{audience.slack.workspace}/{audience.slack.channel}" if audience.slack else None
 
 
 @workflow.defn(name="NotificationSaga")
@@ -190,20 +189,16 @@ class NotificationSaga:
         return stage.model_copy(update={"prepare": prepare})
 
     async def _send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
-        operation = ref.instruction.operation
+        """Send on the operation's channel; if that fails for good, have the channel's handler record it."""
+        handler = CHANNEL_HANDLERS[ref.instruction.operation.delivery_channel]
         try:
-            return await workflow.execute_activity_method(
-                SEND_ON_CHANNEL[operation.delivery_channel],
-                ref,
-                **CHANNEL_ACTIVITY,  # type: ignore[arg-type]
-            )
+            return await workflow.execute_activity_method(handler.send, ref, **CHANNEL_ACTIVITY)  # type: ignore[arg-type]
         except ActivityError as error:
-            return ChannelOperationOutcomeInfo(
-                channel=operation.delivery_channel,
-                channel_operation_id=operation.channel_operation_id,
-                event_type=ref.instruction.monitoring_info.failed_event_type,
-                outcome=ChannelOperationOutcome.FAILED,
-                reason=_reason(error),
+            failure = ChannelOperationFailure(operation=ref, reason=_reason(error))
+            return await workflow.execute_local_activity_method(
+                handler.record_not_sent,
+                failure,
+                **RECORD_ACTIVITY,  # type: ignore[arg-type]
             )
 
     async def _end(
@@ -249,7 +244,7 @@ class NotificationSaga:
         channels = dict(self._view.channels)
         for channel, (outcome, reason, ref) in changes.items():
             current = channels.get(channel) or ChannelView(
-                address=channel_address(audience, channel) if audience else None, outcome=outcome
+                address=CHANNEL_HANDLERS[channel].address(audience) if audience else None, outcome=outcome
             )
             update: dict[str, Any] = {"outcome": outcome, "reason": reason}
             if ref is not None:
@@ -273,13 +268,13 @@ class NotificationSaga:
         arg: Any,
         on_error: Callable[[str], T] | None = None,
     ) -> T:
-        """Run one of the notification handlers' activities. Where `on_error` is given, an activity that failed
-        every attempt becomes a reported failure of that stage instead of failing the saga."""
+        """Run one of the notification handlers' steps as a local activity. Where `on_error` is given, a step that
+        failed every attempt becomes a reported failure of its stage; a step that records is retried until it has."""
+        if on_error is None:
+            return await workflow.execute_local_activity_method(activity, arg, **RECORD_ACTIVITY)  # type: ignore[arg-type]
         try:
             return await workflow.execute_local_activity_method(activity, arg, **STORE_ACTIVITY)  # type: ignore[arg-type]
         except ActivityError as error:
-            if on_error is None:
-                raise
             return on_error(_reason(error))
 
 
