@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -40,6 +40,10 @@ QUERY_TIMEOUT = timedelta(seconds=5)
 class UnknownNotification(LookupError):
     def __init__(self, notification_id: str) -> None:
         super().__init__(f"no notification with id {notification_id!r}")
+
+
+class NotCancellable(Exception):
+    """The notification is sending or has ended; nothing was changed."""
 
 
 class IdempotencyKeyConflict(ValueError):
@@ -116,6 +120,22 @@ class NotificationClient:
         if first.operation != operation:
             raise IdempotencyKeyConflict(key, first.notification_id)
         return first.notification_id
+
+    async def cancel(self, notification_id: str) -> dict[str, Any]:
+        """Cancel a notification that has not started sending, and return its view; `NotCancellable` otherwise."""
+        await self.status(notification_id)  # an unknown id raises UnknownNotification
+        handle = self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id)
+        try:
+            await handle.execute_update(NotificationSaga.cancel)
+        except WorkflowUpdateFailedError as error:
+            raise NotCancellable(str(error.cause)) from error
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise
+            status = await self.status(notification_id)
+            raise NotCancellable(f"notification {notification_id} is {status['status']}: nothing changed") from error
+        await handle.result()
+        return await self.status(notification_id)
 
     async def result(self, notification_id: str) -> NotificationView:
         """Wait for the saga to end and return its view."""

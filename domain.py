@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -71,6 +72,11 @@ class Channel(StrEnum):
     SLACK = "slack"
 
 
+def channel_task_queue(task_queue: str, channel: Channel) -> str:
+    """Each channel's sends have a task queue of their own, so that each can have its own rate limit."""
+    return f"{task_queue}-{channel}"
+
+
 class ChannelPreference(StrEnum):
     SEND = "send"
     OPTED_OUT = "opted-out"
@@ -106,12 +112,15 @@ class DirectoryEntry(Model):
     email: EmailAddress | None = None
     slack: SlackAddress | None = None
     channels: dict[Channel, ChannelPreference]
+    fallback: Channel | None = None
+    """Where to deliver when a preferred channel fails for good, if the notification did not reach it already."""
 
     @model_validator(mode="after")
     def _reachable_where_it_says(self) -> DirectoryEntry:
-        if self.channels.get(Channel.EMAIL) == ChannelPreference.SEND and self.email is None:
+        wanted = {c for c, p in self.channels.items() if p == ChannelPreference.SEND} | {self.fallback} - {None}
+        if Channel.EMAIL in wanted and self.email is None:
             raise ValueError(f"entity {self.id!r} asks for email but has no email address")
-        if self.channels.get(Channel.SLACK) == ChannelPreference.SEND and self.slack is None:
+        if Channel.SLACK in wanted and self.slack is None:
             raise ValueError(f"entity {self.id!r} asks for Slack but has no Slack workspace and channel")
         return self
 
@@ -147,6 +156,8 @@ class SendNotificationToEntityOp(Model):
     html_body: OptionalBody | None = None
     slack_text: OptionalBody | None = None
     tags: list[Tag] = Field(default_factory=list)
+    send_at: AwareDatetime | None = None
+    """When to send; until then the saga waits on a durable timer and can be cancelled."""
 
     @model_validator(mode="after")
     def _body_not_blank(self) -> SendNotificationToEntityOp:
@@ -168,7 +179,13 @@ class ExecuteOpRequestedEvent(Model):
     """How an operation is put in an operation stream: the op, its id and when it was requested."""
 
     id: str
-    operation: SendNotificationToEntityOp | SendEmailOp | SendSlackMessageOp | ProcessSendNotificationSagaOp
+    operation: (
+        SendNotificationToEntityOp
+        | SendEmailOp
+        | SendSlackMessageOp
+        | ProcessSendNotificationSagaOp
+        | SendFailedNotificationToInternalTeamOp
+    )
     timestamp_utc: datetime
 
 
@@ -275,15 +292,28 @@ class GetDeliveryChannelConfigsResult(Model):
         return self.outcome.name.startswith("GOT_")
 
 
-def get_delivery_channel_configs(audience: DirectoryEntry) -> GetDeliveryChannelConfigsResult:
-    """The entity's channels in a fixed order (email, then Slack), each to send on or opted out of."""
-    configs = [
-        DeliveryChannelConfig(channel=channel, action=audience.channels[channel])
-        for channel in Channel
-        if channel in audience.channels
-    ]
-    failures = [] if configs else [Failure(reason=f"entity {audience.id!r} has no delivery channels configured")]
-    return GetDeliveryChannelConfigsResult(configs=configs, failures=failures)
+def get_delivery_channel_configs(audience: DirectoryEntry, policies: SagaPolicies) -> GetDeliveryChannelConfigsResult:
+    """The entity's channels in a fixed order (email, then Slack), each to send on or opted out of; a channel that
+    cannot be used (no Slack token for its workspace) is reported as a failure, and the policy says what then."""
+    configs, failures = [], []
+    for channel in Channel:
+        if channel not in audience.channels:
+            continue
+        action = audience.channels[channel]
+        workspaces = policies.slack_workspaces
+        if action == ChannelPreference.SEND and channel == Channel.SLACK and workspaces is not None:
+            assert audience.slack is not None
+            if audience.slack.workspace not in workspaces:
+                failures.append(
+                    Failure(reason=f"slack: no token is configured for workspace {audience.slack.workspace!r}")
+                )
+                continue
+        configs.append(DeliveryChannelConfig(channel=channel, action=action))
+    if not configs and not failures:
+        failures.append(Failure(reason=f"entity {audience.id!r} has no delivery channels configured"))
+    return GetDeliveryChannelConfigsResult(
+        configs=configs, failures=failures, failure_action=policies.channel_configs_failure_action
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -466,6 +496,8 @@ class SendEmailResponse(Model):
     message_id: str
     server_response: str | None = None
     error: str | None = None
+    communication_log: list[str] = Field(default_factory=list)
+    """The SMTP exchange, credentials left out."""
 
 
 class SendSlackMessageResult(StrEnum):
@@ -515,12 +547,14 @@ class FailedToSendSlackMessageEvent(ChannelEvent):
 
 
 class NotificationStatus(StrEnum):
+    SCHEDULED = "scheduled"
     PENDING = "pending"
     SENDING = "sending"
     SENT = "sent"
     PARTIALLY_SENT = "partially_sent"
     FAILED = "failed"
     OPTED_OUT = "opted_out"
+    CANCELLED = "cancelled"
 
 
 class NotificationOutcome(Model):
@@ -547,6 +581,21 @@ class ChannelView(Model):
     outcome: ChannelOutcome
     channel_operation_id: int | None = None
     reason: str | None = None
+    fallback: bool = False
+    """Sent on because a preferred channel failed."""
+
+
+class EscalationStatus(StrEnum):
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class EscalationView(Model):
+    """How the internal team was told about a notification that did not go out as asked."""
+
+    status: EscalationStatus
+    channels: dict[Channel, ChannelView] = Field(default_factory=dict)
 
 
 class NotificationEvent(Model):
@@ -600,7 +649,9 @@ class NotificationView(Model):
     subject: str
     outcome: NotificationOutcome
     channels: dict[Channel, ChannelView] = Field(default_factory=dict)
+    escalation: EscalationView | None = None
     requested_at: datetime
+    send_at: datetime | None = None
     completed_at: datetime | None = None
 
 
@@ -616,12 +667,40 @@ class FailedToSendNotificationEvent(NotificationEvent):
     view: NotificationView
 
 
+class NotificationCancelledEvent(NotificationEvent):
+    """Terminal: cancelled before anything was sent."""
+
+    view: NotificationView
+
+
 def terminal_event_type(status: NotificationStatus) -> type[NotificationEvent] | None:
     """The event that ends a notification's stream, or None when the prepare stage's `AudienceOptedOutOfAllChannels`
     event already ended it (there was nothing to send)."""
     if status == NotificationStatus.OPTED_OUT:
         return None
+    if status == NotificationStatus.CANCELLED:
+        return NotificationCancelledEvent
     return SucceededInSendingNotificationEvent if status == NotificationStatus.SENT else FailedToSendNotificationEvent
+
+
+class SendFailedNotificationToInternalTeamOp(Model):
+    """Put in the internal operation stream when a notification failed: tell the internal team."""
+
+    notification_id: str
+    status: NotificationStatus
+    failures: list[str]
+
+
+class FailedNotificationSentToInternalTeamEvent(NotificationEvent):
+    """The internal team was told (`CouldNotSendFailedNotificationToInternalTeamEvent` when that failed too)."""
+
+    escalation: EscalationView
+
+    @property
+    def record_type(self) -> str:
+        if self.escalation.status == EscalationStatus.SENT:
+            return "FailedNotificationSentToInternalTeamEvent"
+        return "CouldNotSendFailedNotificationToInternalTeamEvent"
 
 
 class NotificationSnapshot(Model):
@@ -635,12 +714,46 @@ class NotificationSnapshot(Model):
 
 
 class SagaEnded(Model):
-    """What the saga records when it ends, written together by one activity: the attempt stage (if it got that
-    far), the terminal event, the view and the snapshot; and the handling of its records completed."""
+    """What the saga records when it ends, written together by one activity: the escalation event (if it told the
+    internal team), the view and the snapshot; and the handling of its records completed."""
 
     snapshot: NotificationSnapshot
     client_operation_record_id: int
     saga_record_id: int | None = None
+    internal_operation_record_id: int | None = None
+
+
+class EscalationRequested(Model):
+    """The internal operation to tell the internal team, and the channel operations that will."""
+
+    operation: SendFailedNotificationToInternalTeamOp
+    instructions: list[ChannelOperationInstruction]
+
+
+class PreparedEscalation(Model):
+    internal_operation_record_id: int
+    operations: list[ChannelOperationRef]
+
+
+class ChannelPolicy(Model):
+    """How long and how often to try a channel: exponential backoff (coefficient 2) from `initial_retry_seconds`
+    up to `maximum_retry_seconds` between attempts, until `deadline_seconds` after the first."""
+
+    initial_retry_seconds: float = Field(gt=0)
+    maximum_retry_seconds: float = Field(gt=0)
+    deadline_seconds: float = Field(gt=0)
+
+
+class SagaPolicies(Model):
+    """The worker's policies for one saga, read once when it starts and kept in its history."""
+
+    channels: dict[Channel, ChannelPolicy]
+    slack_workspaces: list[str] | None
+    """The Slack workspaces a token is configured for; None when a default token serves any workspace."""
+    channel_configs_failure_action: FailureAction
+    cannot_prepare_action: CannotPrepareToSendOnChannelAction
+    escalate_on: list[NotificationStatus]
+    internal_team: DirectoryEntry | None
 
 
 ExecuteOpRequestedEvent.model_rebuild()

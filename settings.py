@@ -5,13 +5,42 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from domain import EmailAddress
+from domain import (
+    CannotPrepareToSendOnChannelAction,
+    Channel,
+    ChannelPolicy,
+    ChannelPreference,
+    DirectoryEntry,
+    EmailAddress,
+    FailureAction,
+    NotificationStatus,
+    SagaPolicies,
+    SlackAddress,
+)
+
+INTERNAL_TEAM = "internal-team"
+"""The entity id the internal team is notified as."""
+
+
+class ConfigsFailureAction(StrEnum):
+    IGNORE = "ignore"
+    """Send on the channels that can be used."""
+    STOP = "stop"
+    """Send on none if any channel configured to send on cannot be used."""
+
+
+class CannotPrepareAction(StrEnum):
+    CONTINUE = "continue"
+    """Send on the channels that could be prepared."""
+    STOP = "stop"
+    """Send on none if one channel could not be prepared."""
 
 
 class SmtpSecurity(StrEnum):
@@ -37,7 +66,37 @@ class Settings(BaseSettings):
     slack_token: SecretStr | None = None
     slack_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     slack_api_url: str = "https://slack.com/api/"
+    email_retry_initial_seconds: float = Field(1, gt=0)
+    email_retry_maximum_seconds: float = Field(60, gt=0)
+    email_deadline_seconds: float = Field(600, gt=0)
+    email_messages_per_second: float | None = Field(None, gt=0)
+    slack_retry_initial_seconds: float = Field(1, gt=0)
+    slack_retry_maximum_seconds: float = Field(60, gt=0)
+    slack_deadline_seconds: float = Field(300, gt=0)
+    slack_messages_per_second: float | None = Field(1, gt=0)
+    channel_configs_failure_action: ConfigsFailureAction = ConfigsFailureAction.IGNORE
+    cannot_prepare_action: CannotPrepareAction = CannotPrepareAction.CONTINUE
+    escalate_on: Annotated[list[NotificationStatus], NoDecode] = [
+        NotificationStatus.FAILED,
+        NotificationStatus.PARTIALLY_SENT,
+    ]
     internal_team_email: EmailAddress | None = None
+    internal_team_slack: SlackAddress | None = None
+
+    @field_validator("escalate_on", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("internal_team_slack", mode="before")
+    @classmethod
+    def _workspace_slash_channel(cls, value: object) -> object:
+        if isinstance(value, str):
+            workspace, slash, channel = value.partition("/")
+            if not slash:
+                raise ValueError("expected WORKSPACE/CHANNEL")
+            return {"workspace": workspace, "channel": channel}
+        return value
 
     @property
     def streams_location(self) -> str:
@@ -46,6 +105,40 @@ class Settings(BaseSettings):
 
     def slack_token_for(self, workspace: str) -> SecretStr | None:
         return self.slack_tokens.get(workspace, self.slack_token)
+
+    def saga_policies(self) -> SagaPolicies:
+        team = {Channel.EMAIL: self.internal_team_email, Channel.SLACK: self.internal_team_slack}
+        return SagaPolicies(
+            channels={
+                c: ChannelPolicy(
+                    initial_retry_seconds=getattr(self, f"{c}_retry_initial_seconds"),
+                    maximum_retry_seconds=getattr(self, f"{c}_retry_maximum_seconds"),
+                    deadline_seconds=getattr(self, f"{c}_deadline_seconds"),
+                )
+                for c in Channel
+            },
+            slack_workspaces=None if self.slack_token else sorted(self.slack_tokens),
+            channel_configs_failure_action=(
+                FailureAction.STOP
+                if self.channel_configs_failure_action == ConfigsFailureAction.STOP
+                else FailureAction.IGNORE_AND_PROCEED_IF_POSSIBLE_OTHERWISE_STOP
+            ),
+            cannot_prepare_action=(
+                CannotPrepareToSendOnChannelAction.STOP_AND_DO_NOT_SEND_ON_ANY_CHANNEL
+                if self.cannot_prepare_action == CannotPrepareAction.STOP
+                else CannotPrepareToSendOnChannelAction.CONTINUE_AND_ATTEMPT_PREPARING_TO_SEND_ON_NEXT_CHANNEL
+            ),
+            escalate_on=self.escalate_on,
+            internal_team=None
+            if not any(team.values())
+            else DirectoryEntry(
+                id=INTERNAL_TEAM,
+                name="Internal team",
+                email=self.internal_team_email,
+                slack=self.internal_team_slack,
+                channels={c: ChannelPreference.SEND for c, address in team.items() if address},
+            ),
+        )
 
 
 class ConfigurationError(ValueError):

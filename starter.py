@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -19,7 +20,7 @@ import yaml
 from pydantic import SecretStr, TypeAdapter, ValidationError
 from temporalio.exceptions import TemporalError
 
-from client import IdempotencyKeyConflict, NotificationClient, UnknownNotification
+from client import IdempotencyKeyConflict, NotCancellable, NotificationClient, UnknownNotification
 from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp, Tag
 from settings import ConfigurationError, Settings, connect, load_settings
 from streams import StreamName, StreamStore, open_store
@@ -82,6 +83,12 @@ def print_view(view: dict[str, Any]) -> None:
         print(f"  {channel:<6} {c.get('address') or '-':<32} {c['outcome']}{operation}{reason}")
     for failure in view.get("outcome", {}).get("failures", []):
         print(f"  failure: {failure}")
+    if view.get("send_at") and view["status"] in ("scheduled", "cancelled"):
+        print(f"  scheduled for {view['send_at']}")
+    escalation = view.get("escalation")
+    if escalation:
+        told = ", ".join(f"{c} {v.get('address') or '-'} {v['outcome']}" for c, v in escalation["channels"].items())
+        print(f"  internal team: {escalation['status']} ({told})")
 
 
 def text_argument(value: str | None) -> str | None:
@@ -93,6 +100,16 @@ def text_argument(value: str | None) -> str | None:
         return sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as error:
         raise CliError(f"cannot read {path}: {error.strerror}", 2) from error
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise CliError(f"--at {value!r}: expected an ISO 8601 time such as 2026-12-01T09:00:00+01:00", 2) from error
+    return moment if moment.tzinfo else moment.astimezone()
 
 
 def parse_tags(values: Sequence[str]) -> list[Tag]:
@@ -118,6 +135,9 @@ def send(
     slack_text: Annotated[str | None, typer.Option(help="Slack text (default: subject and body), or @FILE.")] = None,
     tag: Annotated[list[str], typer.Option(help="A NAME=VALUE tag for every record; repeatable.")] = [],  # noqa: B006
     idempotency_key: Annotated[str | None, typer.Option(help="Repeat a request safely: same key, same id.")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Send at this ISO 8601 time (local time unless it has an offset).")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the outcome; exit 1 unless it was delivered.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -132,6 +152,7 @@ def send(
                 html_body=text_argument(html),
                 slack_text=text_argument(slack_text),
                 tags=parse_tags(tag),
+                send_at=parse_time(at),
             )
         except ValidationError as error:
             raise CliError(one_line(error), 2) from error
@@ -171,6 +192,22 @@ def status(
                 view = await client.status(notification_id)
         print_json(view) if as_json else print_view(view)
         return 1 if wait and view["status"] in FAILED_STATUSES else 0
+
+    run(command)
+
+
+@app.command()
+def cancel(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
+    """Cancel a notification that has not started sending (one scheduled with --at, say)."""
+
+    async def command() -> None:
+        settings = load_settings()
+        async with open_store(settings.streams_location) as store:
+            try:
+                view = await (await _client(settings, store)).cancel(notification_id)
+            except NotCancellable as error:
+                raise CliError(str(error)) from error
+        print_json(view) if as_json else print_view(view)
 
     run(command)
 
@@ -316,7 +353,7 @@ def demo() -> None:
     Slack sink unless a Slack token is set); import a sample entity, send it a notification, show its status."""
     from sinks.mail import MailSink
     from sinks.slack import SlackSink
-    from worker import build_worker, dev_server
+    from worker import dev_server, running_workers
 
     async def command() -> int:
         settings = load_settings()
@@ -329,7 +366,7 @@ def demo() -> None:
                 )
             try:
                 async with dev_server(settings) as env, open_store(settings.streams_location) as store:
-                    async with build_worker(env.client, store, settings):
+                    async with running_workers(env.client, store, settings):
                         await import_entries(store, SAMPLE_DIRECTORY)
                         client = NotificationClient(store, env.client, settings)
                         notification_id = await client.request(

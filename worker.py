@@ -26,29 +26,54 @@ from temporalio.worker import Worker
 
 from activities import CHANNEL_HANDLERS
 from activities.notification import NotificationActivities
+from domain import channel_task_queue
 from settings import ConfigurationError, Settings, connect, load_settings
 from streams import StreamStore, open_store
 from workflows.notification import NotificationSaga
 
+SHUTDOWN_GRACE = timedelta(seconds=10)
 
-def build_worker(client: Client, store: StreamStore, settings: Settings) -> Worker:
-    """The worker for the saga and every handler's activities, on `settings.task_queue`."""
+
+@contextlib.asynccontextmanager
+async def running_workers(client: Client, store: StreamStore, settings: Settings) -> AsyncIterator[None]:
+    """Run the workers: one for the saga on `settings.task_queue` (with the notification handlers' steps and the
+    channels' give-up records, all local activities), and one per channel on that channel's task queue, with the
+    channel's rate limit for the whole queue."""
     notification = NotificationActivities(store, settings)
-    channels = [handler(store, settings) for handler in CHANNEL_HANDLERS.values()]
-    return Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=[NotificationSaga],
-        activities=[
-            notification.record_requested,
-            notification.get_audience,
-            notification.prepare_to_send_on_channel,
-            notification.record_prepared,
-            notification.record_saga_ended,
-            *(activity for channel in channels for activity in (channel.send, channel.record_not_sent)),
-        ],
-        graceful_shutdown_timeout=timedelta(seconds=10),
-    )
+    handlers = {channel: handler(store, settings) for channel, handler in CHANNEL_HANDLERS.items()}
+    workers = [
+        Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=[NotificationSaga],
+            activities=[
+                notification.record_requested,
+                notification.get_audience,
+                notification.prepare_to_send_on_channel,
+                notification.record_prepared,
+                notification.put_channel_operations,
+                notification.record_outcome,
+                notification.record_escalation_requested,
+                notification.record_saga_ended,
+                *(handler.record_not_sent for handler in handlers.values()),
+            ],
+            graceful_shutdown_timeout=SHUTDOWN_GRACE,
+        ),
+        *(
+            Worker(
+                client,
+                task_queue=channel_task_queue(settings.task_queue, channel),
+                activities=[handler.send],
+                max_task_queue_activities_per_second=getattr(settings, f"{channel}_messages_per_second"),
+                graceful_shutdown_timeout=SHUTDOWN_GRACE,
+            )
+            for channel, handler in handlers.items()
+        ),
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for worker in workers:
+            await stack.enter_async_context(worker)
+        yield
 
 
 def _without_password(url: str) -> str:
@@ -102,7 +127,7 @@ async def run(settings: Settings, dev: bool) -> None:
     async with contextlib.AsyncExitStack() as stack:
         client = (await stack.enter_async_context(dev_server(settings))).client if dev else await connect(settings)
         store = await stack.enter_async_context(open_store(settings.streams_location))
-        async with build_worker(client, store, settings):
+        async with running_workers(client, store, settings):
             print(
                 f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "
                 f"(namespace {settings.temporal_namespace!r}); streams at {_without_password(settings.streams_location)}",

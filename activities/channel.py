@@ -51,6 +51,10 @@ class Delivery:
     failure: str | None = None
 
 
+class CannotPrepare(Exception):
+    """The channel cannot carry this notification (say, a Slack message over Slack's length limit)."""
+
+
 class TransientDeliveryError(Exception):
     """Delivery failed in a way that a later attempt may not; `delivery` is the outcome if no attempt is left."""
 
@@ -95,7 +99,8 @@ class ChannelHandler(ABC):
     def compose(
         op: PrepareToSendOnChannelOp, channel_operation_id: int, settings: Settings
     ) -> tuple[ChannelOperation, list[Tag]]:
-        """The channel's operation for this notification, and the tags that name its recipient."""
+        """The channel's operation for this notification, and the tags that name its recipient; raises
+        `CannotPrepare` when the channel cannot carry it."""
 
     @abstractmethod
     async def deliver(self, operation: ChannelOperation) -> Delivery:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
+from typing import Any
 
 import aiosmtplib
 from temporalio import activity
@@ -39,6 +41,47 @@ def message_id(op: SendEmailOp) -> str:
     """Derived from the channel-operation id, so every attempt at one operation sends the same Message-ID."""
     domain = op.sender.address.rpartition("@")[2]
     return f"<notification-{op.notification_id}.email-{op.channel_operation_id}@{domain}>"
+
+
+class TranscribedSMTP(aiosmtplib.SMTP):
+    """An SMTP client that keeps the exchange as a communication log: every command and reply, except that
+    credentials (an AUTH command and whatever answers a 334 challenge) are left out, and a message is only sized."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.log: list[str] = []
+        self._challenged = False
+
+    async def connect(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        try:
+            greeting = await super().connect(*args, **kwargs)
+        except aiosmtplib.SMTPResponseException as error:
+            self.log.append(f"S: {error.code} {error.message}")
+            raise
+        self.log.insert(0, f"S: {greeting.code} {greeting.message}")
+        return greeting
+
+    async def execute_command(self, *args: bytes, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        command = b" ".join(args).decode(errors="replace")
+        if command.upper().startswith("AUTH "):
+            command = " ".join(command.split()[:2]) + " <credentials left out>"
+        elif self._challenged:
+            command = "<credentials left out>"
+        self.log.append(f"C: {command}")
+        response = await super().execute_command(*args, **kwargs)
+        self._challenged = response.code == 334
+        self.log.append(f"S: {response.code} {response.message}")
+        return response
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.log.append(f"C: DATA <a message of {len(message)} bytes>")
+        try:
+            response = await super().data(message, **kwargs)
+        except aiosmtplib.SMTPResponseException as error:
+            self.log.append(f"S: {error.code} {error.message}")
+            raise
+        self.log.append(f"S: {response.code} {response.message}")
+        return response
 
 
 def compose_message(op: SendEmailOp) -> EmailMessage:
@@ -102,49 +145,53 @@ class EmailHandler(ChannelHandler):
 
     async def deliver(self, op: SendEmailOp) -> Delivery:  # type: ignore[override]
         s = self._settings
-        mid = message_id(op)
+        smtp = TranscribedSMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            use_tls=s.smtp_security == SmtpSecurity.TLS,
+            start_tls=s.smtp_security == SmtpSecurity.STARTTLS,
+            username=s.smtp_username,
+            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+            timeout=SMTP_TIMEOUT_SECONDS,
+        )
+
+        def response(result: SendEmailResult, **fields: str) -> SendEmailResponse:
+            return SendEmailResponse(result=result, message_id=message_id(op), communication_log=smtp.log, **fields)
+
         try:
-            _, server_response = await aiosmtplib.send(
-                compose_message(op),
-                hostname=s.smtp_host,
-                port=s.smtp_port,
-                use_tls=s.smtp_security == SmtpSecurity.TLS,
-                start_tls=s.smtp_security == SmtpSecurity.STARTTLS,
-                username=s.smtp_username,
-                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-                timeout=SMTP_TIMEOUT_SECONDS,
-            )
+            async with smtp:
+                _, server_response = await smtp.send_message(compose_message(op))
         except aiosmtplib.SMTPRecipientsRefused as error:
-            codes = [r.code for r in error.recipients]
             failure = "; ".join(f"{r.recipient} refused: {r.code} {r.message}" for r in error.recipients)
-            return _failed(SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, mid, failure, permanent=min(codes) >= 500)
+            permanent = min(r.code for r in error.recipients) >= 500
+            return _failed(response, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, permanent)
         except aiosmtplib.SMTPAuthenticationError as error:
             failure = f"{error.code} {error.message}"
-            return _failed(SendEmailResult.FAILED_TO_AUTHENTICATE_WITH_SERVER, mid, failure, permanent=True)
+            return _failed(response, SendEmailResult.FAILED_TO_AUTHENTICATE_WITH_SERVER, failure, permanent=True)
         except aiosmtplib.SMTPResponseException as error:
             failure = f"{error.code} {error.message}"
-            return _failed(SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, mid, failure, permanent=error.code >= 500)
+            return _failed(response, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, error.code >= 500)
         except ssl.SSLError as error:  # a certificate that does not verify will not verify on a retry either
-            reason = f"{error.__class__.__name__}: {error}"
-            return _failed(SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, mid, reason, permanent=True)
+            failure = f"{error.__class__.__name__}: {error}"
+            return _failed(response, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=True)
         except (
             aiosmtplib.SMTPConnectError,
             aiosmtplib.SMTPTimeoutError,
             aiosmtplib.SMTPServerDisconnected,
             OSError,
         ) as error:
-            reason = f"{error.__class__.__name__}: {error}"
-            return _failed(SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, mid, reason, permanent=False)
+            failure = f"{error.__class__.__name__}: {error}"
+            return _failed(response, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=False)
         except aiosmtplib.SMTPException as error:  # the server lacks what the settings ask for (STARTTLS, AUTH)
-            reason = f"{error.__class__.__name__}: {error}"
-            return _failed(SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, mid, reason, permanent=True)
-        return Delivery(
-            SendEmailResponse(result=SendEmailResult.SUCCESS, message_id=mid, server_response=server_response)
-        )
+            failure = f"{error.__class__.__name__}: {error}"
+            return _failed(response, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=True)
+        return Delivery(response(SendEmailResult.SUCCESS, server_response=server_response))
 
 
-def _failed(result: SendEmailResult, mid: str, failure: str, *, permanent: bool) -> Delivery:
-    delivery = Delivery(SendEmailResponse(result=result, message_id=mid, error=failure), failure)
+def _failed(
+    response: Callable[..., SendEmailResponse], result: SendEmailResult, failure: str, permanent: bool
+) -> Delivery:
+    delivery = Delivery(response(result, error=failure), failure)
     if permanent:
         return delivery
     raise TransientDeliveryError(delivery)

@@ -6,21 +6,27 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities import CHANNEL_HANDLERS
+from activities.channel import CannotPrepare
 from domain import (
     AttemptToSendNotificationEvent,
     ChannelOperationInstruction,
     ChannelOperationMonitoringInfo,
     ChannelOperationRef,
+    EscalationRequested,
     ExecuteOpRequestedEvent,
+    FailedNotificationSentToInternalTeamEvent,
     Failure,
     GetAudienceResult,
     NotificationRequest,
+    NotificationSnapshot,
+    PreparedEscalation,
     PreparedSaga,
     PrepareStageEnded,
     PrepareToSendOnChannelOp,
     PrepareToSendOnChannelResult,
     ProcessSendNotificationSagaOp,
     SagaEnded,
+    SagaPolicies,
     SendNotificationRequestedEvent,
     SendNotificationToEntityOp,
     Tag,
@@ -41,6 +47,7 @@ from streams.directory import lookup
 
 SEND_NOTIFICATION_CONCERN = "send-notification"
 SAGA_CONCERN = "process-send-notification-saga"
+ESCALATION_CONCERN = "send-failed-notification-to-internal-team"
 
 
 def notification_tags(notification_id: str, operation: SendNotificationToEntityOp) -> list[Tag]:
@@ -68,6 +75,8 @@ class NotificationActivities:
         self._directory = store.reader(StreamName.ENTITY_DIRECTORY)
         self._client_operation_handling = store.handling(StreamName.CLIENT_OPERATION)
         self._saga_handling = store.handling(StreamName.NOTIFICATION_SAGA)
+        self._internal_operation_handling = store.handling(StreamName.INTERNAL_OPERATION)
+        self._internal_operations = store.writer(StreamName.INTERNAL_OPERATION)
         self._events = store.writer(StreamName.NOTIFICATION_EVENT)
         self._sagas = store.writer(StreamName.NOTIFICATION_SAGA)
         self._views = store.writer(StreamName.NOTIFICATION_VIEW)
@@ -75,8 +84,9 @@ class NotificationActivities:
         self._channel_operations = {c: store.writer(h.operation_stream) for c, h in CHANNEL_HANDLERS.items()}
 
     @activity.defn(name="RecordNotificationRequested")
-    async def record_requested(self, request: NotificationRequest) -> None:
-        """Take up the client's operation and create the aggregate with `SendNotificationRequestedEvent`."""
+    async def record_requested(self, request: NotificationRequest) -> SagaPolicies:
+        """Take up the client's operation and create the aggregate with `SendNotificationRequestedEvent`. Returns
+        the worker's policies, which the saga keeps for the rest of its life."""
         await _run_if_available(
             self._client_operation_handling, request.client_operation_record_id, SEND_NOTIFICATION_CONCERN
         )
@@ -89,6 +99,7 @@ class NotificationActivities:
             tags=notification_tags(request.notification_id, request.operation),
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
+        return self._settings.saga_policies()
 
     @activity.defn(name="GetAudience")
     async def get_audience(self, operation: SendNotificationToEntityOp) -> GetAudienceResult:
@@ -102,10 +113,16 @@ class NotificationActivities:
 
     @activity.defn(name="PrepareToSendOnChannel")
     async def prepare_to_send_on_channel(self, op: PrepareToSendOnChannelOp) -> PrepareToSendOnChannelResult:
-        """Compose the channel's operation, with a channel-operation id issued by the channel's operation stream."""
+        """Compose the channel's operation, with a channel-operation id issued by the channel's operation stream;
+        or report why it cannot be composed."""
         handler = CHANNEL_HANDLERS[op.channel]
-        channel_operation_id = await self._channel_operations[op.channel].next_unique_id()
-        operation, recipient_tags = handler.compose(op, channel_operation_id, self._settings)
+        try:
+            channel_operation_id = await self._channel_operations[op.channel].next_unique_id()
+            operation, recipient_tags = handler.compose(op, channel_operation_id, self._settings)
+        except CannotPrepare as error:
+            return PrepareToSendOnChannelResult(
+                channel=op.channel, instructions=[], failures=[Failure(reason=str(error))]
+            )
         instruction = ChannelOperationInstruction(
             operation=operation,
             monitoring_info=ChannelOperationMonitoringInfo(
@@ -148,25 +165,36 @@ class NotificationActivities:
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
         await _run_if_available(self._saga_handling, saga.record_internal_id, SAGA_CONCERN)
+        operations = await self._put_channel_operations(instructions)
+        return PreparedSaga(saga_record_id=saga.record_internal_id, operations=operations)
+
+    @activity.defn(name="PutChannelOperations")
+    async def put_channel_operations(
+        self, instructions: list[ChannelOperationInstruction]
+    ) -> list[ChannelOperationRef]:
+        """Put more channel operations of a saga that runs (a fallback) in their streams."""
+        return await self._put_channel_operations(instructions)
+
+    async def _put_channel_operations(
+        self, instructions: list[ChannelOperationInstruction]
+    ) -> list[ChannelOperationRef]:
         refs = []
         for instruction in instructions:
             channel_operation_id = instruction.monitoring_info.channel_operation_id
             put = await self._channel_operations[instruction.operation.delivery_channel].put(
                 channel_operation_id,
                 ExecuteOpRequestedEvent(
-                    id=str(channel_operation_id), operation=instruction.operation, timestamp_utc=event.timestamp_utc
+                    id=str(channel_operation_id), operation=instruction.operation, timestamp_utc=utc_now()
                 ),
                 tags=instruction.tags,
                 strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
             )
             refs.append(ChannelOperationRef(instruction=instruction, internal_record_id=put.record_internal_id))
-        return PreparedSaga(saga_record_id=saga.record_internal_id, operations=refs)
+        return refs
 
-    @activity.defn(name="RecordSagaEnded")
-    async def record_saga_ended(self, ended: SagaEnded) -> None:
-        """Record the attempt stage and the terminal event, write the view and the snapshot, and complete the
-        handling of the saga and of the client's operation."""
-        snapshot = ended.snapshot
+    @activity.defn(name="RecordOutcome")
+    async def record_outcome(self, snapshot: NotificationSnapshot) -> None:
+        """Record the attempt stage (if the saga got that far) and the event that ends the notification."""
         nid, view = snapshot.notification_id, snapshot.view
         tags = notification_tags(nid, snapshot.operation)
         timestamp = view.completed_at or utc_now()
@@ -189,10 +217,51 @@ class NotificationActivities:
                 tags=tags,
                 strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
             )
+
+    @activity.defn(name="RecordEscalationRequested")
+    async def record_escalation_requested(self, requested: EscalationRequested) -> PreparedEscalation:
+        """Put the operation to tell the internal team in the internal operation stream, take it up, and put the
+        channel operations that will tell them in their streams."""
+        op = requested.operation
+        put = await self._internal_operations.put(
+            op.notification_id,
+            ExecuteOpRequestedEvent(id=op.notification_id, operation=op, timestamp_utc=utc_now()),
+            tags=[tag(TagName.NOTIFICATION_ID, op.notification_id)],
+            strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+        )
+        await _run_if_available(self._internal_operation_handling, put.record_internal_id, ESCALATION_CONCERN)
+        operations = await self._put_channel_operations(requested.instructions)
+        return PreparedEscalation(internal_operation_record_id=put.record_internal_id, operations=operations)
+
+    @activity.defn(name="RecordSagaEnded")
+    async def record_saga_ended(self, ended: SagaEnded) -> None:
+        """Record how telling the internal team went (if it was told), write the view and the snapshot, and
+        complete the handling of the saga, of the client's operation and of the internal operation."""
+        snapshot = ended.snapshot
+        nid, view = snapshot.notification_id, snapshot.view
+        tags = notification_tags(nid, snapshot.operation)
+        if view.escalation is not None:
+            told = FailedNotificationSentToInternalTeamEvent(
+                notification_id=nid, timestamp_utc=view.completed_at or utc_now(), escalation=view.escalation
+            )
+            await self._events.put(
+                nid,
+                told,
+                type=told.record_type,
+                tags=tags,
+                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
+            )
         await self._views.put(nid, view, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
         await self._snapshots.put(nid, snapshot, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
         if ended.saga_record_id is not None:
             await _complete_if_running(self._saga_handling, ended.saga_record_id, SAGA_CONCERN, view.status)
+        if ended.internal_operation_record_id is not None and view.escalation is not None:
+            await _complete_if_running(
+                self._internal_operation_handling,
+                ended.internal_operation_record_id,
+                ESCALATION_CONCERN,
+                view.escalation.status,
+            )
         await _complete_if_running(
             self._client_operation_handling, ended.client_operation_record_id, SEND_NOTIFICATION_CONCERN, view.status
         )

@@ -9,7 +9,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio import activity
 
-from activities.channel import ChannelHandler, Delivery, TransientDeliveryError
+from activities.channel import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError
 from domain import (
     Channel,
     ChannelOperationFailure,
@@ -31,6 +31,8 @@ from settings import Settings
 from streams import StreamName
 
 SLACK_TIMEOUT_SECONDS = 30
+SLACK_MAX_TEXT = 40_000
+"""Slack truncates longer messages (chat.postMessage, 'Truncating content')."""
 TRANSIENT_SLACK_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
@@ -70,12 +72,15 @@ class SlackHandler(ChannelHandler):
     ) -> tuple[SendSlackMessageOp, list[Tag]]:
         request, audience = op.operation, op.audience
         assert audience.slack is not None
+        text = request.slack_text or f"*{request.subject}*\n{request.body}"
+        if len(text) > SLACK_MAX_TEXT:
+            raise CannotPrepare(f"a Slack message is at most {SLACK_MAX_TEXT:,} characters; this one has {len(text):,}")
         message = SendSlackMessageOp(
             notification_id=op.notification_id,
             channel_operation_id=channel_operation_id,
             workspace=audience.slack.workspace,
             channel=audience.slack.channel,
-            text=request.slack_text or f"*{request.subject}*\n{request.body}",
+            text=text,
         )
         return message, [
             tag(TagName.SLACK_WORKSPACE, audience.slack.workspace),

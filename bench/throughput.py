@@ -31,7 +31,7 @@ from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams.directory import import_entries
 from streams.sqlite import SQLiteStreamStore
-from worker import build_worker, temporal_binary
+from worker import running_workers, temporal_binary
 
 ENTITY = DirectoryEntry.model_validate(
     {
@@ -71,7 +71,7 @@ async def bench(count: int, concurrency: int, folder: Path, server_db: bool) -> 
                 slack_api_url=slack.api_url,
                 slack_token=SecretStr("xoxb-bench"),
             )
-            async with SQLiteStreamStore(folder / "streams.db") as store, build_worker(env.client, store, settings):
+            async with SQLiteStreamStore(folder / "streams.db") as store, running_workers(env.client, store, settings):
                 await import_entries(store, [ENTITY])
                 client = NotificationClient(store, env.client, settings)
                 op = SendNotificationToEntityOp(entity_id="bench", subject="Bench", body="A benchmark notification.")

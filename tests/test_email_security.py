@@ -21,7 +21,7 @@ from streams import StreamName
 from streams.directory import import_entries
 from streams.sqlite import SQLiteStreamStore
 from tests.conftest import SLACK_TOKEN
-from worker import build_worker
+from worker import running_workers
 
 PASSWORD = "s3cret-smtp-password"
 ENTITY = DirectoryEntry.model_validate(
@@ -51,7 +51,7 @@ def server_context(ca: trustme.CA) -> ssl.SSLContext:
 
 
 async def send_one(env: WorkflowEnvironment, tmp_path: Path, settings: Settings) -> tuple[str, dict]:
-    async with SQLiteStreamStore(tmp_path / "streams.db") as store, build_worker(env.client, store, settings):
+    async with SQLiteStreamStore(tmp_path / "streams.db") as store, running_workers(env.client, store, settings):
         await import_entries(store, [ENTITY])
         client = NotificationClient(store, env.client, settings)
         nid = await client.request(SendNotificationToEntityOp(entity_id="ops", subject="TLS", body="Over TLS."))

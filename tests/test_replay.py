@@ -25,7 +25,7 @@ from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams.directory import import_entries
 from streams.sqlite import SQLiteStreamStore
-from worker import build_worker, temporal_binary
+from worker import running_workers, temporal_binary
 from workflows.notification import NotificationSaga
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -70,7 +70,7 @@ async def record(env: WorkflowEnvironment, folder: Path) -> dict[str, WorkflowHi
             slack_api_url=slack.api_url,
             slack_token=SecretStr("xoxb-test"),
         )
-        async with SQLiteStreamStore(folder / "streams.db") as store, build_worker(env.client, store, settings):
+        async with SQLiteStreamStore(folder / "streams.db") as store, running_workers(env.client, store, settings):
             await import_entries(store, ENTITIES)
             client = NotificationClient(store, env.client, settings)
             for name, entity_id in SCENARIOS.items():

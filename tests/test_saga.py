@@ -38,7 +38,7 @@ from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
-from worker import build_worker
+from worker import running_workers
 from workflows.notification import NotificationSaga
 
 ADA = {
@@ -77,7 +77,7 @@ class Notify:
 
 @asynccontextmanager
 async def running(env: WorkflowEnvironment, store: StreamStore, settings: Settings) -> AsyncIterator[Notify]:
-    async with build_worker(env.client, store, settings):
+    async with running_workers(env.client, store, settings):
         yield Notify(NotificationClient(store, env.client, settings), store, env)
 
 
@@ -100,6 +100,7 @@ async def test_sends_on_both_channels_and_records_every_step(
         "outcome": "succeeded",
         "channel_operation_id": 1,
         "reason": None,
+        "fallback": False,
     }
     assert view["channels"]["slack"]["address"] == "acme/C0123"
     assert view["channels"]["slack"]["outcome"] == "succeeded"
@@ -259,6 +260,7 @@ async def test_slack_channel_not_found(notify: Notify, mail_sink: MailSink, slac
         "outcome": "failed",
         "channel_operation_id": 1,
         "reason": "Slack answered channel_not_found",
+        "fallback": False,
     }
     assert len(slack_sink.calls) == 1  # not retried
     failed = await notify.store.reader(StreamName.SLACK_EVENT).latest(1)

@@ -1,27 +1,29 @@
 """The notification saga: one workflow per notification, its workflow id the notification id.
 
-It records the request, gets the audience and its delivery channel configs, prepares each channel, records the
-prepare outcome with the saga and channel operations, sends on every prepared channel at once, waits for every
-outcome, and records how it ended. The code here only decides; activities do all the I/O.
+It records the request (and reads the worker's policies), waits until the notification's time if it has one, gets
+the audience and its delivery channel configs, prepares each channel, records the prepare outcome with the saga and
+channel operations, sends on every prepared channel at once (each with its deadline and retry policy, on its
+channel's task queue), falls back to the entity's fallback channel if a preferred one failed, records the outcome,
+tells the internal team when the outcome calls for it, and records the view and snapshot. Until it starts sending
+it can be cancelled. The code here only decides; activities do all the I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities import CHANNEL_HANDLERS
     from activities.notification import NotificationActivities
     from domain import (
         AttemptToSendNotificationResult,
-        CannotPrepareToSendOnChannelAction,
         Channel,
         ChannelOperationFailure,
         ChannelOperationOutcome,
@@ -31,6 +33,9 @@ with workflow.unsafe.imports_passed_through():
         ChannelPreference,
         ChannelView,
         DirectoryEntry,
+        EscalationRequested,
+        EscalationStatus,
+        EscalationView,
         Failure,
         GetAudienceResult,
         NotificationOutcome,
@@ -44,54 +49,81 @@ with workflow.unsafe.imports_passed_through():
         PrepareToSendOnChannelOp,
         PrepareToSendOnChannelResult,
         SagaEnded,
+        SagaPolicies,
+        SendFailedNotificationToInternalTeamOp,
+        SendNotificationToEntityOp,
+        channel_task_queue,
         get_delivery_channel_configs,
     )
 
 T = TypeVar("T")
 
-STORE_ACTIVITY = dict(
+STEP = dict(
     start_to_close_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=10
     ),
 )
 """Steps whose failure is a reported failure of their stage (getting the audience, preparing a channel)."""
-RECORD_ACTIVITY = dict(
+RECORD = dict(
     start_to_close_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
 )
 """Steps that record what happened: retried until the store takes the record, however long that is."""
-CHANNEL_ACTIVITY = dict(
-    start_to_close_timeout=timedelta(seconds=60),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60), maximum_attempts=5
-    ),
-)
+ATTEMPT_TIMEOUT = timedelta(seconds=60)
+"""How long one attempt to deliver may take, at most; the channel's deadline bounds all of them."""
+
+ChannelChange = tuple[ChannelOutcome, str | None, ChannelOperationRef | None]
 
 
 @workflow.defn(name="NotificationSaga")
 class NotificationSaga:
     @workflow.init
     def __init__(self, request: NotificationRequest) -> None:
+        op = request.operation
+        scheduled = op.send_at is not None and op.send_at > workflow.now()
         self._view = NotificationView(
             id=request.notification_id,
-            status=NotificationStatus.PENDING,
-            entity_id=request.operation.entity_id,
-            subject=request.operation.subject,
+            status=NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING,
+            entity_id=op.entity_id,
+            subject=op.subject,
             outcome=NotificationOutcome(),
             requested_at=workflow.now(),
+            send_at=op.send_at,
         )
+        self._cancel_requested = False
+        self._sending = False
+        self._policies: SagaPolicies | None = None
 
     @workflow.query(name="status")
     def status(self) -> NotificationView:
         return self._view
 
+    @workflow.update(name="cancel")
+    def cancel(self) -> None:
+        """Cancel the notification; accepted only before anything is sent."""
+        self._cancel_requested = True
+
+    @cancel.validator
+    def _cancellable(self) -> None:
+        if self._sending or self._cancel_requested:
+            raise ValueError(f"notification {self._view.id} is {self._view.status}: too late to cancel")
+
     @workflow.run
     async def run(self, request: NotificationRequest) -> NotificationView:
         nid, operation = request.notification_id, request.operation
-        await self._store(NotificationActivities.record_requested, request)
+        self._policies = await self._record(NotificationActivities.record_requested, request)
+        if operation.send_at is not None:
+            wait = max(operation.send_at - workflow.now(), timedelta(0))
+            try:
+                await workflow.wait_condition(lambda: self._cancel_requested, timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+        if self._cancel_requested:
+            return await self._end(request)
+        self._update(status=NotificationStatus.PENDING)
 
-        audience = await self._store(
+        audience = await self._step(
             NotificationActivities.get_audience,
             operation,
             on_error=lambda reason: GetAudienceResult(audience=None, failures=[Failure(reason=reason)]),
@@ -99,85 +131,65 @@ class NotificationSaga:
         prepare_stage = PrepareToSendNotificationEvent(
             notification_id=nid, timestamp_utc=workflow.now(), get_audience=audience
         )
-        self._update_outcome(get_audience=audience.outcome, failures=audience.failures)
+        self._add_outcome(get_audience=audience.outcome, failures=audience.failures)
         if audience.usable:
             assert audience.audience is not None
-            prepare_stage = await self._prepare(nid, request, audience.audience, prepare_stage)
+            prepare_stage = await self._prepare(nid, operation, audience.audience, prepare_stage)
 
-        prepared = await self._store(
+        if self._cancel_requested:
+            return await self._end(request, prepare_stage)
+        self._sending = True
+        prepared = await self._record(
             NotificationActivities.record_prepared, PrepareStageEnded(operation=operation, event=prepare_stage)
         )
         if prepared is None:
-            return await self._end(request, prepare_stage, None, None)
+            return await self._end(request, prepare_stage)
 
-        self._set_channels(
-            {
-                ref.instruction.operation.delivery_channel: (ChannelOutcome.SENDING, None, ref)
-                for ref in prepared.operations
-            }
-        )
-        self._view = self._view.model_copy(update={"status": NotificationStatus.SENDING})
-        outcomes = await asyncio.gather(*(self._send(ref) for ref in prepared.operations))
-        attempt = AttemptToSendNotificationResult(channel_outcomes=list(outcomes))
-        self._set_channels(
-            {
-                o.channel: (
-                    ChannelOutcome.SUCCEEDED
-                    if o.outcome == ChannelOperationOutcome.SUCCEEDED
-                    else ChannelOutcome.FAILED,
-                    o.reason,
-                    None,
-                )
-                for o in outcomes
-            }
-        )
-        self._update_outcome(
-            attempt=attempt.outcome, failures=[Failure(reason=f"{o.channel}: {o.reason}") for o in outcomes if o.reason]
+        self._update(status=NotificationStatus.SENDING)
+        outcomes = await self._send_all(prepared.operations)
+        assert audience.audience is not None
+        outcomes += await self._fall_back(nid, operation, audience.audience, outcomes)
+        attempt = AttemptToSendNotificationResult(channel_outcomes=outcomes)
+        self._add_outcome(
+            attempt=attempt.outcome,
+            failures=[Failure(reason=f"{o.channel}: {o.reason}") for o in outcomes if o.reason],
         )
         return await self._end(request, prepare_stage, attempt, prepared.saga_record_id)
+
+    # -- stages -----------------------------------------------------------------------------------------------
 
     async def _prepare(
         self,
         nid: str,
-        request: NotificationRequest,
+        operation: SendNotificationToEntityOp,
         audience: DirectoryEntry,
         stage: PrepareToSendNotificationEvent,
     ) -> PrepareToSendNotificationEvent:
-        configs = get_delivery_channel_configs(audience)
+        assert self._policies is not None
+        configs = get_delivery_channel_configs(audience, self._policies)
+        unusable = [c for c in audience.channels if c not in {config.channel for config in configs.configs}]
         self._set_channels(
             {
-                c.channel: (
-                    ChannelOutcome.PENDING if c.action == ChannelPreference.SEND else ChannelOutcome.OPTED_OUT,
-                    None,
-                    None,
-                )
-                for c in configs.configs
+                **{
+                    c.channel: (
+                        ChannelOutcome.PENDING if c.action == ChannelPreference.SEND else ChannelOutcome.OPTED_OUT,
+                        None,
+                        None,
+                    )
+                    for c in configs.configs
+                },
+                **{c: (ChannelOutcome.NOT_PREPARED, _failures_of(c, configs.failures), None) for c in unusable},
             },
             audience,
         )
-        self._update_outcome(get_delivery_channel_configs=configs.outcome, failures=configs.failures)
+        self._add_outcome(get_delivery_channel_configs=configs.outcome, failures=configs.failures)
         stage = stage.model_copy(update={"get_delivery_channel_configs": configs})
         if not configs.usable:
             return stage
 
         to_send_on = [c.channel for c in configs.configs if c.action == ChannelPreference.SEND]
-        results = await asyncio.gather(
-            *(
-                self._store(
-                    NotificationActivities.prepare_to_send_on_channel,
-                    PrepareToSendOnChannelOp(
-                        notification_id=nid, operation=request.operation, audience=audience, channel=c
-                    ),
-                    on_error=lambda reason, c=c: PrepareToSendOnChannelResult(
-                        channel=c, instructions=[], failures=[Failure(reason=reason)]
-                    ),
-                )
-                for c in to_send_on
-            )
-        )
-        prepare = PrepareToSendNotificationResult.of(
-            list(results), CannotPrepareToSendOnChannelAction.CONTINUE_AND_ATTEMPT_PREPARING_TO_SEND_ON_NEXT_CHANNEL
-        )
+        results = await asyncio.gather(*(self._prepare_channel(nid, operation, audience, c) for c in to_send_on))
+        prepare = PrepareToSendNotificationResult.of(list(results), self._policies.cannot_prepare_action)
         self._set_channels(
             {
                 r.channel: (ChannelOutcome.NOT_PREPARED, "; ".join(f.reason for f in r.failures) or None, None)
@@ -185,30 +197,84 @@ class NotificationSaga:
                 if r.channel not in prepare.channels_to_send_on
             }
         )
-        self._update_outcome(prepare=prepare.outcome, failures=[f for r in results for f in r.failures])
+        self._add_outcome(prepare=prepare.outcome, failures=[f for r in results for f in r.failures])
         return stage.model_copy(update={"prepare": prepare})
+
+    async def _prepare_channel(
+        self, nid: str, operation: SendNotificationToEntityOp, audience: DirectoryEntry, channel: Channel
+    ) -> PrepareToSendOnChannelResult:
+        return await self._step(
+            NotificationActivities.prepare_to_send_on_channel,
+            PrepareToSendOnChannelOp(notification_id=nid, operation=operation, audience=audience, channel=channel),
+            on_error=lambda reason: PrepareToSendOnChannelResult(
+                channel=channel, instructions=[], failures=[Failure(reason=reason)]
+            ),
+        )
+
+    async def _send_all(
+        self, refs: Sequence[ChannelOperationRef], audience: DirectoryEntry | None = None, fallback: bool = False
+    ) -> list[ChannelOperationOutcomeInfo]:
+        self._set_channels(
+            {ref.instruction.operation.delivery_channel: (ChannelOutcome.SENDING, None, ref) for ref in refs},
+            audience,
+            fallback,
+        )
+        outcomes = list(await asyncio.gather(*(self._send(ref) for ref in refs)))
+        self._set_channels({o.channel: (_channel_outcome(o), o.reason, None) for o in outcomes})
+        return outcomes
 
     async def _send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         """Send on the operation's channel; if that fails for good, have the channel's handler record it."""
-        handler = CHANNEL_HANDLERS[ref.instruction.operation.delivery_channel]
+        assert self._policies is not None
+        channel = ref.instruction.operation.delivery_channel
+        handler, policy = CHANNEL_HANDLERS[channel], self._policies.channels[channel]
+        deadline = timedelta(seconds=policy.deadline_seconds)
         try:
-            return await workflow.execute_activity_method(handler.send, ref, **CHANNEL_ACTIVITY)  # type: ignore[arg-type]
-        except ActivityError as error:
-            failure = ChannelOperationFailure(operation=ref, reason=_reason(error))
-            return await workflow.execute_local_activity_method(
-                handler.record_not_sent,
-                failure,
-                **RECORD_ACTIVITY,  # type: ignore[arg-type]
+            return await workflow.execute_activity_method(
+                handler.send,
+                ref,
+                task_queue=channel_task_queue(workflow.info().task_queue, channel),
+                schedule_to_close_timeout=deadline,
+                start_to_close_timeout=min(ATTEMPT_TIMEOUT, deadline),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=policy.initial_retry_seconds),
+                    backoff_coefficient=2.0,
+                    maximum_interval=timedelta(seconds=policy.maximum_retry_seconds),
+                ),
             )
+        except ActivityError as error:
+            failure = ChannelOperationFailure(operation=ref, reason=_reason(error, deadline))
+            return await self._record(handler.record_not_sent, failure)
+
+    async def _fall_back(
+        self,
+        nid: str,
+        operation: SendNotificationToEntityOp,
+        audience: DirectoryEntry,
+        outcomes: list[ChannelOperationOutcomeInfo],
+    ) -> list[ChannelOperationOutcomeInfo]:
+        """Deliver on the entity's fallback channel when a preferred one failed and the fallback was not tried."""
+        fallback = audience.fallback
+        failed = any(o.outcome == ChannelOperationOutcome.FAILED for o in outcomes)
+        if fallback is None or not failed or fallback in {o.channel for o in outcomes}:
+            return []
+        result = await self._prepare_channel(nid, operation, audience, fallback)
+        if not result.prepared:
+            reason = "; ".join(f.reason for f in result.failures) or None
+            self._set_channels({fallback: (ChannelOutcome.NOT_PREPARED, reason, None)}, audience, fallback=True)
+            self._add_outcome(failures=[Failure(reason=f"{fallback} (fallback): {reason}")])
+            return []
+        refs = await self._record(NotificationActivities.put_channel_operations, result.instructions)
+        return await self._send_all(refs, audience, fallback=True)
 
     async def _end(
         self,
         request: NotificationRequest,
-        prepare_stage: PrepareToSendNotificationEvent,
-        attempt: AttemptToSendNotificationResult | None,
-        saga_record_id: int | None,
+        prepare_stage: PrepareToSendNotificationEvent | None = None,
+        attempt: AttemptToSendNotificationResult | None = None,
+        saga_record_id: int | None = None,
     ) -> NotificationView:
-        self._view = self._view.model_copy(update={"status": self._final_status(), "completed_at": workflow.now()})
+        self._update(status=self._final_status(), completed_at=workflow.now())
         snapshot = NotificationSnapshot(
             notification_id=request.notification_id,
             operation=request.operation,
@@ -216,30 +282,94 @@ class NotificationSaga:
             attempt=attempt,
             view=self._view,
         )
-        await self._store(
+        await self._record(NotificationActivities.record_outcome, snapshot)
+        internal_operation_record_id = await self._escalate(request)
+        await self._record(
             NotificationActivities.record_saga_ended,
             SagaEnded(
-                snapshot=snapshot,
+                snapshot=snapshot.model_copy(update={"view": self._view}),
                 client_operation_record_id=request.client_operation_record_id,
                 saga_record_id=saga_record_id,
+                internal_operation_record_id=internal_operation_record_id,
             ),
         )
         return self._view
 
+    async def _escalate(self, request: NotificationRequest) -> int | None:
+        """Tell the internal team, on its channels, when the outcome is one the policy escalates. Whatever happens
+        to that is recorded; it is never escalated itself."""
+        assert self._policies is not None
+        team, status = self._policies.internal_team, self._view.status
+        if team is None or status not in self._policies.escalate_on:
+            return None
+        view = self._view
+        operation = SendNotificationToEntityOp(
+            entity_id=team.id,
+            subject=f"Notification {view.id} {status.replace('_', ' ')}: {view.subject}"[:998],
+            body=_escalation_body(view),
+        )
+        channels = [c for c, p in team.channels.items() if p == ChannelPreference.SEND]
+        results = await asyncio.gather(*(self._prepare_channel(view.id, operation, team, c) for c in channels))
+        escalation = {
+            r.channel: ChannelView(
+                address=CHANNEL_HANDLERS[r.channel].address(team),
+                outcome=ChannelOutcome.SENDING if r.prepared else ChannelOutcome.NOT_PREPARED,
+                reason="; ".join(f.reason for f in r.failures) or None,
+            )
+            for r in results
+        }
+        self._update(escalation=EscalationView(status=EscalationStatus.SENDING, channels=escalation))
+        prepared = await self._record(
+            NotificationActivities.record_escalation_requested,
+            EscalationRequested(
+                operation=SendFailedNotificationToInternalTeamOp(
+                    notification_id=view.id, status=status, failures=view.outcome.failures
+                ),
+                instructions=[i for r in results for i in r.instructions],
+            ),
+        )
+        outcomes = await asyncio.gather(*(self._send(ref) for ref in prepared.operations))
+        for o in outcomes:
+            escalation[o.channel] = escalation[o.channel].model_copy(
+                update={
+                    "outcome": _channel_outcome(o),
+                    "reason": o.reason,
+                    "channel_operation_id": o.channel_operation_id,
+                }
+            )
+        sent = any(o.outcome == ChannelOperationOutcome.SUCCEEDED for o in outcomes)
+        self._update(
+            escalation=EscalationView(
+                status=EscalationStatus.SENT if sent else EscalationStatus.FAILED, channels=escalation
+            )
+        )
+        return prepared.internal_operation_record_id
+
+    # -- the view ------------------------------------------------------------------------------------------------
+
     def _final_status(self) -> NotificationStatus:
-        outcomes = [c.outcome for c in self._view.channels.values() if c.outcome != ChannelOutcome.OPTED_OUT]
-        if self._view.channels and not outcomes:
+        if self._cancel_requested and not self._sending:
+            return NotificationStatus.CANCELLED
+        channels = [c for c in self._view.channels.values() if c.outcome != ChannelOutcome.OPTED_OUT]
+        if self._view.channels and not channels:
             return NotificationStatus.OPTED_OUT
+        if any(c.fallback and c.outcome == ChannelOutcome.SUCCEEDED for c in channels):
+            return NotificationStatus.SENT  # reached after all: every failed preferred channel is covered
+        outcomes = [c.outcome for c in channels]
         if outcomes and all(o == ChannelOutcome.SUCCEEDED for o in outcomes):
             return NotificationStatus.SENT
         if ChannelOutcome.SUCCEEDED in outcomes:
             return NotificationStatus.PARTIALLY_SENT
         return NotificationStatus.FAILED
 
+    def _update(self, **fields: Any) -> None:
+        self._view = self._view.model_copy(update=fields)
+
     def _set_channels(
         self,
-        changes: dict[Channel, tuple[ChannelOutcome, str | None, ChannelOperationRef | None]],
+        changes: dict[Channel, ChannelChange],
         audience: DirectoryEntry | None = None,
+        fallback: bool = False,
     ) -> None:
         channels = dict(self._view.channels)
         for channel, (outcome, reason, ref) in changes.items():
@@ -249,35 +379,56 @@ class NotificationSaga:
             update: dict[str, Any] = {"outcome": outcome, "reason": reason}
             if ref is not None:
                 update["channel_operation_id"] = ref.instruction.operation.channel_operation_id
+            if fallback:
+                update["fallback"] = True
             channels[channel] = current.model_copy(update=update)
-        self._view = self._view.model_copy(update={"channels": channels})
+        self._update(channels=channels)
 
-    def _update_outcome(self, failures: list[Failure] = [], **stages: Any) -> None:  # noqa: B006 - never mutated
+    def _add_outcome(self, failures: Sequence[Failure] = (), **stages: Any) -> None:
         outcome = self._view.outcome
-        self._view = self._view.model_copy(
-            update={
-                "outcome": outcome.model_copy(
-                    update={**stages, "failures": [*outcome.failures, *(f.reason for f in failures)]}
-                )
-            }
-        )
+        failed = [*outcome.failures, *(f.reason for f in failures)]
+        self._update(outcome=outcome.model_copy(update={**stages, "failures": failed}))
 
-    async def _store(
-        self,
-        activity: Callable[[Any, Any], Awaitable[T]],
-        arg: Any,
-        on_error: Callable[[str], T] | None = None,
-    ) -> T:
-        """Run one of the notification handlers' steps as a local activity. Where `on_error` is given, a step that
-        failed every attempt becomes a reported failure of its stage; a step that records is retried until it has."""
-        if on_error is None:
-            return await workflow.execute_local_activity_method(activity, arg, **RECORD_ACTIVITY)  # type: ignore[arg-type]
+    # -- running the handlers' steps ---------------------------------------------------------------------------
+
+    async def _step(self, activity: Callable[[Any, Any], Awaitable[T]], arg: Any, on_error: Callable[[str], T]) -> T:
+        """A step as a local activity; one that failed every attempt becomes a reported failure of its stage."""
         try:
-            return await workflow.execute_local_activity_method(activity, arg, **STORE_ACTIVITY)  # type: ignore[arg-type]
+            return await workflow.execute_local_activity_method(activity, arg, **STEP)  # type: ignore[arg-type]
         except ActivityError as error:
             return on_error(_reason(error))
 
+    async def _record(self, activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> T:
+        """A step that records, as a local activity retried until it has."""
+        return await workflow.execute_local_activity_method(activity, arg, **RECORD)  # type: ignore[arg-type]
 
-def _reason(error: ActivityError) -> str:
+
+def _channel_outcome(outcome: ChannelOperationOutcomeInfo) -> ChannelOutcome:
+    return ChannelOutcome.SUCCEEDED if outcome.outcome == ChannelOperationOutcome.SUCCEEDED else ChannelOutcome.FAILED
+
+
+def _failures_of(channel: Channel, failures: Sequence[Failure]) -> str | None:
+    return "; ".join(f.reason for f in failures if f.reason.startswith(f"{channel}:")) or None
+
+
+def _reason(error: ActivityError, deadline: timedelta | None = None) -> str:
     cause = error.cause
+    if isinstance(cause, TimeoutError) and deadline is not None:
+        last = f"; the last attempt: {cause.cause}" if cause.cause else ""
+        return f"no outcome within the {deadline.total_seconds():g} s deadline{last}"
     return f"{cause.__class__.__name__}: {cause}" if cause else str(error)
+
+
+def _escalation_body(view: NotificationView) -> str:
+    lines = [
+        f"Notification {view.id} to entity {view.entity_id} ({view.subject!r}) ended {view.status}.",
+        "",
+        *(
+            f"{channel:<6} {c.address or '-'}: {c.outcome}{f' ({c.reason})' if c.reason else ''}"
+            for channel, c in view.channels.items()
+        ),
+    ]
+    if view.outcome.failures:
+        lines += ["", "Failures:", *(f"- {f}" for f in view.outcome.failures)]
+    lines += ["", f"Every record of it: python starter.py events {view.id}"]
+    return "\n".join(lines)
