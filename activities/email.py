@@ -73,6 +73,12 @@ class TranscribedSMTP(aiosmtplib.SMTP):
         self.log.append(f"S: {response.code} {response.message}")
         return response
 
+    async def starttls(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.log.append("C: STARTTLS")
+        response = await super().starttls(*args, **kwargs)
+        self.log.append(f"S: {response.code} {response.message}")
+        return response
+
     async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         self.log.append(f"C: DATA <a message of {len(message)} bytes>")
         try:

@@ -58,6 +58,8 @@ class MailSink:
         self.messages: list[ReceivedMail] = []
         self.rejected_recipients: dict[str, str] = {}
         """Recipient address to the reply its RCPT gets, e.g. `"550 5.1.1 No such user"`."""
+        self.refused: list[str] = []
+        """Every recipient refused so far, once per RCPT."""
         self.data_arrived = threading.Event()
         """Set whenever a message's DATA arrives, before it is answered."""
         self._scripted_replies: list[str] = []
@@ -99,6 +101,7 @@ class MailSink:
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list) -> str:
         if address in self.rejected_recipients:
+            self.refused.append(address)
             return self.rejected_recipients[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"

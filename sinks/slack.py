@@ -52,6 +52,9 @@ class SlackSink:
         """Every API call received: (method, token)."""
         self.unknown_channels: set[str] = set()
         """Channels it answers `channel_not_found` for."""
+        self.hanging = False
+        """Never answer (until the sink stops): a Slack that does not respond."""
+        self._stopping: asyncio.Event | None = None
         self._scripted: list[ScriptedResponse] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,6 +80,12 @@ class SlackSink:
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else fields.get("token")
         with self._lock:
             self.calls.append((method, token))
+            hanging = self.hanging
+        if hanging:
+            assert self._stopping is not None
+            await self._stopping.wait()
+            return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
+        with self._lock:
             if self._scripted:
                 scripted = self._scripted.pop(0)
                 return web.json_response(scripted.body, status=scripted.status, headers=scripted.headers)
@@ -112,6 +121,7 @@ class SlackSink:
 
         def serve() -> None:
             self._loop = loop = asyncio.new_event_loop()
+            self._stopping = asyncio.Event()
             app = web.Application()
             app.router.add_post("/api/{method}", self._handle)
             self._runner = web.AppRunner(app)
@@ -137,6 +147,8 @@ class SlackSink:
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
+            assert self._stopping is not None
+            self._loop.call_soon_threadsafe(self._stopping.set)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,9 @@ DIRECTORY = [
         "channels": {"email": "send", "slack": "send"},
     },
     {"id": "user-2", "name": "Bob", "email": "bob@example.com", "channels": {"email": "send"}},
+    {"id": "user-3", "name": "Cy", "slack": {"workspace": "acme", "channel": "C0456"}, "channels": {"slack": "send"}},
 ]
+TEAM = "oncall@ops.test"
 
 
 @dataclass
@@ -77,6 +80,8 @@ def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSi
         "NOTIFY_SLACK_API_URL": slack.api_url,
         "NOTIFY_SLACK_TOKENS": json.dumps({"acme": TOKEN}),
         "NOTIFY_EMAIL_FROM": "alerts@notify.test",
+        "NOTIFY_INTERNAL_TEAM_EMAIL": TEAM,
+        "NOTIFY_SLACK_MESSAGES_PER_SECOND": "1",
     }
     worker = subprocess.Popen(
         [sys.executable, str(ROOT / "worker.py"), "--dev"],
@@ -111,7 +116,7 @@ def directory(cli: Cli) -> Cli:
     path.write_text(json.dumps(DIRECTORY))
     result = cli.run("directory", "import", str(path))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "recorded 2 entities, 0 unchanged"
+    assert result.stdout.strip() == "recorded 3 entities, 0 unchanged"
     return cli
 
 
@@ -171,10 +176,50 @@ def test_send_prints_the_id_and_status_follows_it_live(directory: Cli, sinks: tu
     assert done["status"] == "sent"
 
 
-def test_a_failed_notification_exits_non_zero(directory: Cli) -> None:
-    result = directory.run("send", "--entity", "nobody", "--subject", "S", "--body", "B", "--wait", "--json")
+def test_a_failed_notification_exits_non_zero_and_the_team_is_told(
+    directory: Cli, sinks: tuple[MailSink, SlackSink]
+) -> None:
+    result = directory.run("send", "--entity", "nobody", "--subject", "Lost", "--body", "B", "--wait", "--json")
     assert result.returncode == 1
-    assert json.loads(result.stdout)["status"] == "failed"
+    view = json.loads(result.stdout)
+    assert (view["status"], view["escalation"]["status"]) == ("failed", "sent")
+    subjects = [m.message["Subject"] for m in sinks[0].received_by(TEAM)]
+    assert subjects.count(f"Notification {view['id']} failed: Lost") == 1
+    text = directory.run("status", view["id"]).stdout
+    assert f"internal team: sent (email {TEAM} succeeded)" in text
+
+
+def test_schedule_then_cancel(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
+    at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    nid = directory.json("send", "--entity", "user-2", "--subject", "Later", "--body", "In an hour.", "--at", at)["id"]
+    assert directory.json("status", nid)["status"] == "scheduled"
+    cancelled = directory.json("cancel", nid)
+    assert cancelled["status"] == "cancelled"
+    again = directory.run("cancel", nid)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"error: notification {nid} is cancelled: nothing changed"
+    assert not any(m.message["Subject"] == "Later" for m in sinks[0].messages)
+    events = [e["type"] for e in directory.json("events", nid)]
+    assert "NotificationCancelledEvent" in events and "SendEmailRequestedEvent" not in events
+
+
+def test_slack_sends_keep_to_the_rate_limit(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
+    """Four messages at once to a Slack channel, with NOTIFY_SLACK_MESSAGES_PER_SECOND=1."""
+    sends = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "starter.py"), "send", "--entity", "user-3", "--subject", f"Paced {i}"]
+            + ["--body", "Paced.", "--wait"],
+            env=directory.env,
+            cwd=directory.data_dir.parent,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    assert [send.wait(timeout=120) for send in sends] == [0, 0, 0, 0]
+    times = sorted(float(m.ts) for m in sinks[1].messages if m.channel == "C0456")
+    assert len(times) == 4
+    assert times[-1] - times[0] >= 2.5  # unpaced, the four go out within about a second
 
 
 def test_idempotency_key_returns_the_same_id_and_sends_once(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:

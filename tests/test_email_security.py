@@ -3,6 +3,7 @@ never reaching a record or a workflow history."""
 
 from __future__ import annotations
 
+import base64
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,13 @@ async def test_a_refused_login_is_a_permanent_failure(
         failed = await store.reader(StreamName.EMAIL_EVENT).latest(1)
         assert failed is not None
         assert failed.json()["response"]["result"] == "FailedToAuthenticateWithServer"
+        log = failed.json()["response"]["communication_log"]
+        assert "C: STARTTLS" in log
+        auth = [line for line in log if line.startswith("C: AUTH")]
+        assert auth and all(line.endswith("<credentials left out>") for line in auth)
+        assert any(line.startswith("S: 535") for line in log)
+        secrets = ("wrong", base64.b64encode(b"\0notify\0wrong").decode(), base64.b64encode(b"wrong").decode())
+        assert not any(secret in line for line in log for secret in secrets)
         operation = await store.reader(StreamName.EMAIL_OPERATION).latest(1)
         assert operation is not None
         history = await store.handling(StreamName.EMAIL_OPERATION).history(operation.internal_id)

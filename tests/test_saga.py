@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pytest
@@ -16,19 +13,17 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.email import EmailHandler
-from client import IdempotencyKeyConflict, NotificationClient
+from client import IdempotencyKeyConflict
 from domain import (
     ChannelOperationFailure,
     ChannelOperationInstruction,
     ChannelOperationMonitoringInfo,
     ChannelOperationRef,
-    DirectoryEntry,
     ExecuteOpRequestedEvent,
     NotificationStatus,
     PrepareToSendOnChannelOp,
     SendEmailResponse,
     SendEmailResult,
-    SendNotificationToEntityOp,
     SucceededInSendingEmailEvent,
     utc_now,
 )
@@ -38,53 +33,13 @@ from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
-from worker import running_workers
+from tests.harness import Notify, entity, notifying, operation
 from workflows.notification import NotificationSaga
-
-ADA = {
-    "id": "user-1",
-    "name": "Ada",
-    "email": "ada@example.com",
-    "slack": {"workspace": "acme", "channel": "C0123"},
-    "channels": {"email": "send", "slack": "send"},
-}
-
-
-def entity(**changes: object) -> DirectoryEntry:
-    return DirectoryEntry.model_validate({**ADA, **changes})
-
-
-def operation(entity_id: str = "user-1", **changes: object) -> SendNotificationToEntityOp:
-    return SendNotificationToEntityOp.model_validate(
-        {"entity_id": entity_id, "subject": "Disk almost full", "body": "Volume /data is at 91%.", **changes}
-    )
-
-
-@dataclass
-class Notify:
-    client: NotificationClient
-    store: StreamStore
-    env: WorkflowEnvironment
-
-    async def send(self, op: SendNotificationToEntityOp | None = None) -> tuple[str, dict]:
-        notification_id = await self.client.request(op or operation())
-        await self.client.result(notification_id)
-        return notification_id, await self.client.status(notification_id)
-
-    async def types(self, stream: StreamName, record_id: str | int) -> list[str]:
-        return [r.type for r in await self.store.reader(stream).by_id(record_id)]
-
-
-@asynccontextmanager
-async def running(env: WorkflowEnvironment, store: StreamStore, settings: Settings) -> AsyncIterator[Notify]:
-    async with running_workers(env.client, store, settings):
-        yield Notify(NotificationClient(store, env.client, settings), store, env)
 
 
 @pytest.fixture
 async def notify(time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings):
-    await import_entries(store, [entity()])
-    async with running(time_skipping_env, store, settings) as notify:
+    async with notifying(time_skipping_env, store, settings) as notify:
         yield notify
 
 

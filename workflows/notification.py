@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from activities import CHANNEL_HANDLERS
@@ -413,10 +413,11 @@ def _failures_of(channel: Channel, failures: Sequence[Failure]) -> str | None:
 
 def _reason(error: ActivityError, deadline: timedelta | None = None) -> str:
     cause = error.cause
-    if isinstance(cause, TimeoutError) and deadline is not None:
-        last = f"; the last attempt: {cause.cause}" if cause.cause else ""
-        return f"no outcome within the {deadline.total_seconds():g} s deadline{last}"
-    return f"{cause.__class__.__name__}: {cause}" if cause else str(error)
+    said = f"{cause.type}: {cause.message}" if isinstance(cause, ApplicationError) and cause.type else str(cause)
+    if deadline is not None and error.retry_state == RetryState.TIMEOUT:
+        last = cause.message if isinstance(cause, FailureError) else said
+        return f"no outcome within the {deadline.total_seconds():g} s deadline (the last attempt: {last})"
+    return said
 
 
 def _escalation_body(view: NotificationView) -> str:

@@ -1,0 +1,315 @@
+"""Failures: retries and their classification, deadlines, policies, escalation to the internal team, fallback,
+scheduling and cancellation; on the time-skipping test server, with the mail and Slack sinks made to misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import pytest
+from pydantic import SecretStr
+from temporalio.testing import WorkflowEnvironment
+
+from client import NotCancellable
+from settings import CannotPrepareAction, ConfigsFailureAction, Settings
+from sinks.mail import MailSink, free_port
+from sinks.slack import SlackSink
+from streams import StreamName, StreamStore
+from tests.harness import Notify, entity, notifying, operation
+
+TEAM = "oncall@ops.test"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+    """Wait until `check` holds, looking again whenever the event loop is free; fail after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def team_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"internal_team_email": TEAM})
+
+
+@pytest.fixture
+async def notify(time_skipping_env: WorkflowEnvironment, store: StreamStore, team_settings: Settings):
+    async with notifying(time_skipping_env, store, team_settings) as notify:
+        yield notify
+
+
+def team_mails(mail_sink: MailSink) -> list[str]:
+    return [m.message["Subject"] for m in mail_sink.received_by(TEAM)]
+
+
+async def test_a_permanent_smtp_failure_is_recorded_at_once_and_the_team_told(
+    notify: Notify, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    mail_sink.rejected_recipients["ada@example.com"] = "550 5.1.1 <ada@example.com>: mailbox unavailable"
+    nid, view = await notify.send()
+    assert view["status"] == "partially_sent"
+    assert mail_sink.refused == ["ada@example.com"]  # one attempt
+    failed = await notify.store.reader(StreamName.EMAIL_EVENT).latest(1, type="FailedToSendEmailEvent")
+    assert failed is not None
+    log = failed.json()["response"]["communication_log"]
+    assert "C: RCPT TO:<ada@example.com>" in log
+    assert "S: 550 5.1.1 <ada@example.com>: mailbox unavailable" in log
+
+    assert team_mails(mail_sink) == [f"Notification {nid} partially sent: Disk almost full"]
+    [told] = mail_sink.received_by(TEAM)
+    body = told.message.get_body(("plain",)).get_content()
+    assert "550 5.1.1" in body and "Every record of it: python starter.py events 1" in body
+    assert view["escalation"]["status"] == "sent"
+    assert view["escalation"]["channels"]["email"]["address"] == TEAM
+    events = await notify.types(StreamName.NOTIFICATION_EVENT, nid)
+    assert events[-3:] == [
+        "SentOnSomePreparedChannelsEvent",
+        "FailedToSendNotificationEvent",
+        "FailedNotificationSentToInternalTeamEvent",
+    ]
+    assert await notify.types(StreamName.INTERNAL_OPERATION, nid) == ["ExecuteOpRequestedEvent"]
+    team_op = await notify.store.reader(StreamName.EMAIL_OPERATION).latest(2)
+    assert team_op is not None and team_op.tag("recipient-email-address") == TEAM
+    [escalation] = await notify.client.audit_email(TEAM)
+    assert (escalation.notification_id, escalation.outcome) == (nid, "sent")
+    internal = await notify.store.reader(StreamName.INTERNAL_OPERATION).latest(nid)
+    assert internal is not None
+    handling = notify.store.handling(StreamName.INTERNAL_OPERATION)
+    assert [e.status for e in await handling.history(internal.internal_id)] == ["Running", "Completed"]
+
+
+async def test_partial_success_tells_the_team_and_sends_nothing_again(
+    notify: Notify, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    slack_sink.unknown_channels.add("C0123")
+    nid, view = await notify.send()
+    assert view["status"] == "partially_sent"
+    assert view["channels"]["email"]["outcome"] == "succeeded"
+    assert view["channels"]["slack"]["reason"] == "Slack answered channel_not_found"
+    assert len(slack_sink.calls) == 1
+    assert len(mail_sink.received_by("ada@example.com")) == 1
+    assert team_mails(mail_sink) == [f"Notification {nid} partially sent: Disk almost full"]
+
+
+async def test_the_team_gets_exactly_one_mail_per_failed_notification(
+    notify: Notify, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    first, _ = await notify.send(operation("nobody"))
+    await notify.send()
+    slack_sink.unknown_channels.add("C0123")
+    mail_sink.rejected_recipients["ada@example.com"] = "550 no"
+    third, view = await notify.send()
+    assert view["status"] == "failed"
+    assert sorted(team_mails(mail_sink)) == [
+        f"Notification {first} failed: Disk almost full",
+        f"Notification {third} failed: Disk almost full",
+    ]
+
+
+async def test_an_escalation_that_fails_is_recorded_and_not_escalated(
+    notify: Notify, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    mail_sink.rejected_recipients["ada@example.com"] = "550 no such user"
+    mail_sink.rejected_recipients[TEAM] = "550 no such team"
+    slack_sink.unknown_channels.add("C0123")
+    nid, view = await notify.send()
+    assert view["status"] == "failed"
+    assert view["escalation"]["status"] == "failed"
+    assert view["escalation"]["channels"]["email"]["outcome"] == "failed"
+    assert mail_sink.refused == ["ada@example.com", TEAM]  # the team once, and nothing about that
+    assert (await notify.types(StreamName.NOTIFICATION_EVENT, nid))[-1] == (
+        "CouldNotSendFailedNotificationToInternalTeamEvent"
+    )
+
+
+async def test_smtp_unreachable_for_a_while_then_recovered(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, team_settings: Settings, tmp_path
+) -> None:
+    port = free_port()
+    unreachable = team_settings.model_copy(update={"smtp_port": port})
+    async with notifying(time_skipping_env, store, unreachable, entity(channels={"email": "send"})) as notify:
+        nid = await notify.client.request(operation())
+        handling = store.handling(StreamName.EMAIL_OPERATION)
+
+        async def refused_once() -> bool:
+            record = await store.reader(StreamName.EMAIL_OPERATION).latest(1)
+            return record is not None and "Failed" in [e.status for e in await handling.history(record.internal_id)]
+
+        await eventually(refused_once)
+        with MailSink(port=port) as mail:
+            await notify.client.result(nid)
+            view = await notify.client.status(nid)
+    assert view["status"] == "sent"
+    assert len(mail.messages) == 1
+    record = await store.reader(StreamName.EMAIL_OPERATION).latest(1)
+    assert record is not None
+    history = await handling.history(record.internal_id)
+    assert "ConnectionRefusedError" in history[1].details or "Connect" in history[1].details
+    assert [e.status for e in history][-2:] == ["Running", "Completed"]
+    assert await notify.types(StreamName.EMAIL_EVENT, 1) == ["SendEmailRequestedEvent", "SucceededInSendingEmailEvent"]
+
+
+async def test_a_channel_that_never_answers_fails_at_its_deadline(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    team_settings: Settings,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
+) -> None:
+    slack_sink.hanging = True
+    quick = team_settings.model_copy(update={"slack_deadline_seconds": 3, "slack_retry_initial_seconds": 0.5})
+    async with notifying(time_skipping_env, store, quick) as notify:
+        nid, view = await asyncio.wait_for(notify.send(), timeout=60)
+    assert view["status"] == "partially_sent"
+    slack = view["channels"]["slack"]
+    assert slack["outcome"] == "failed"
+    assert slack["reason"].startswith("no outcome within the 3 s deadline")
+    assert len(slack_sink.calls) >= 1 and slack_sink.messages == []
+    assert await notify.types(StreamName.SLACK_EVENT, 1) == [
+        "SendSlackMessageRequestedEvent",
+        "FailedToSendSlackMessageEvent",
+    ]
+    record = await store.reader(StreamName.SLACK_OPERATION).latest(1)
+    assert record is not None
+    history = await store.handling(StreamName.SLACK_OPERATION).history(record.internal_id)
+    assert history[-1].status == "ArchivedAfterFailure"
+    assert team_mails(mail_sink) == [f"Notification {nid} partially sent: Disk almost full"]
+
+
+async def test_fallback_delivers_on_the_fallback_channel_and_records_both(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    team_settings: Settings,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
+) -> None:
+    mail_sink.rejected_recipients["ada@example.com"] = "550 mailbox unavailable"
+    prefers_email = entity(channels={"email": "send", "slack": "opted-out"}, fallback="slack")
+    async with notifying(time_skipping_env, store, team_settings, prefers_email) as notify:
+        nid, view = await notify.send()
+    assert view["status"] == "sent"
+    assert view["channels"]["email"]["outcome"] == "failed" and not view["channels"]["email"]["fallback"]
+    assert view["channels"]["slack"]["outcome"] == "succeeded" and view["channels"]["slack"]["fallback"]
+    assert [m.channel for m in slack_sink.messages] == ["C0123"]
+    assert await notify.types(StreamName.EMAIL_EVENT, 1) == ["SendEmailRequestedEvent", "FailedToSendEmailEvent"]
+    assert await notify.types(StreamName.SLACK_EVENT, 1) == [
+        "SendSlackMessageRequestedEvent",
+        "SucceededInSendingSlackMessageEvent",
+    ]
+    snapshot = await store.reader(StreamName.NOTIFICATION_SNAPSHOT).latest(nid)
+    assert snapshot is not None
+    outcomes = [(o["channel"], o["outcome"]) for o in snapshot.json()["attempt"]["channel_outcomes"]]
+    assert outcomes == [("email", "Failed"), ("slack", "Succeeded")]
+    assert team_mails(mail_sink) == []  # it reached the entity
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "outcome"),
+    [
+        (ConfigsFailureAction.IGNORE, "partially_sent", "GotDeliveryChannelConfigsWithReportedFailuresIgnored"),
+        (ConfigsFailureAction.STOP, "failed", "DespiteGettingDeliveryChannelConfigsFailuresPreventUsingThem"),
+    ],
+)
+async def test_a_channel_without_a_token_follows_the_configs_failure_policy(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    team_settings: Settings,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
+    action: ConfigsFailureAction,
+    status: str,
+    outcome: str,
+) -> None:
+    other_workspace = team_settings.model_copy(
+        update={"slack_tokens": {"other": SecretStr("xoxb-other")}, "channel_configs_failure_action": action}
+    )
+    async with notifying(time_skipping_env, store, other_workspace) as notify:
+        nid, view = await notify.send()
+    assert view["status"] == status
+    assert view["outcome"]["get_delivery_channel_configs"] == outcome
+    assert view["channels"]["slack"]["outcome"] == "not_prepared"
+    assert view["channels"]["slack"]["reason"] == "slack: no token is configured for workspace 'acme'"
+    assert slack_sink.calls == []
+    assert len(mail_sink.received_by("ada@example.com")) == (1 if action == ConfigsFailureAction.IGNORE else 0)
+    assert len(team_mails(mail_sink)) == 1
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "prepare"),
+    [
+        (CannotPrepareAction.CONTINUE, "partially_sent", "PreparedToSendOnSomeChannels"),
+        (CannotPrepareAction.STOP, "failed", "CouldNotPrepareToSendOnAnyChannelBecauseOneForcedAllToBeDiscarded"),
+    ],
+)
+async def test_a_channel_that_cannot_be_prepared_follows_the_policy(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    team_settings: Settings,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
+    action: CannotPrepareAction,
+    status: str,
+    prepare: str,
+) -> None:
+    policy = team_settings.model_copy(update={"cannot_prepare_action": action})
+    async with notifying(time_skipping_env, store, policy) as notify:
+        nid, view = await notify.send(operation(slack_text="x" * 40_001))
+    assert view["status"] == status
+    assert view["outcome"]["prepare"] == prepare
+    assert view["channels"]["slack"]["outcome"] == "not_prepared"
+    assert "at most 40,000 characters" in view["channels"]["slack"]["reason"]
+    assert slack_sink.calls == []
+    assert len(mail_sink.received_by("ada@example.com")) == (1 if action == CannotPrepareAction.CONTINUE else 0)
+    if action == CannotPrepareAction.STOP:
+        assert await notify.types(StreamName.NOTIFICATION_SAGA, nid) == []
+
+
+async def test_a_scheduled_notification_waits_for_its_time(
+    notify: Notify, mail_sink: MailSink, time_skipping_env: WorkflowEnvironment
+) -> None:
+    at = await time_skipping_env.get_current_time() + timedelta(days=2)
+    nid = await notify.client.request(operation(send_at=at))
+    status = await notify.client.status(nid)
+    assert status["status"] == "scheduled"
+    assert mail_sink.messages == []
+    await time_skipping_env.sleep(timedelta(days=2))  # a handle the client looked up does not skip time itself
+    view = await notify.client.result(nid)
+    assert view.status == "sent"
+    assert view.completed_at is not None and view.completed_at >= at
+    assert len(mail_sink.messages) == 1
+
+
+async def test_a_scheduled_notification_can_be_cancelled(
+    notify: Notify, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    at = await notify.env.get_current_time() + timedelta(hours=3)
+    nid = await notify.client.request(operation(send_at=at))
+    view = await notify.client.cancel(nid)
+    assert view["status"] == "cancelled"
+    assert await notify.types(StreamName.NOTIFICATION_EVENT, nid) == [
+        "SendNotificationRequestedEvent",
+        "NotificationCancelledEvent",
+    ]
+    assert await notify.types(StreamName.NOTIFICATION_SAGA, nid) == []
+    with pytest.raises(NotCancellable, match="is cancelled: nothing changed"):
+        await notify.client.cancel(nid)
+    assert mail_sink.messages == [] and slack_sink.calls == []
+
+
+async def test_a_delivered_notification_cannot_be_cancelled(notify: Notify, mail_sink: MailSink) -> None:
+    nid, _ = await notify.send()
+    with pytest.raises(NotCancellable, match=f"notification {nid} is sent: nothing changed"):
+        await notify.client.cancel(nid)
+    assert (await notify.client.status(nid))["status"] == "sent"
+    assert (await notify.types(StreamName.NOTIFICATION_EVENT, nid))[-1] == "SucceededInSendingNotificationEvent"
+
+
+async def test_a_notification_that_is_sending_cannot_be_cancelled(notify: Notify, mail_sink: MailSink) -> None:
+    mail_sink.hold()
+    nid = await notify.client.request(operation())
+    assert await asyncio.to_thread(mail_sink.data_arrived.wait, 30)
+    with pytest.raises(NotCancellable, match=f"notification {nid} is sending: too late to cancel"):
+        await notify.client.cancel(nid)
+    mail_sink.release()
+    assert (await notify.client.result(nid)).status == "sent"
