@@ -70,6 +70,7 @@ async def bench(count: int, concurrency: int, folder: Path, server_db: bool) -> 
                 smtp_port=mail.port,
                 slack_api_url=slack.api_url,
                 slack_token=SecretStr("xoxb-bench"),
+                slack_messages_per_second=None,  # one sink channel: Slack's pace would be the whole measurement
             )
             async with SQLiteStreamStore(folder / "streams.db") as store, running_workers(env.client, store, settings):
                 await import_entries(store, [ENTITY])

@@ -12,10 +12,12 @@ from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
 from client import NotCancellable
+from domain import NotificationStatus
 from settings import CannotPrepareAction, ConfigsFailureAction, Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from streams import StreamName, StreamStore
+from tests.conftest import SLACK_TOKEN
 from tests.harness import Notify, entity, notifying, operation
 
 TEAM = "oncall@ops.test"
@@ -313,3 +315,31 @@ async def test_a_notification_that_is_sending_cannot_be_cancelled(notify: Notify
         await notify.client.cancel(nid)
     mail_sink.release()
     assert (await notify.client.result(nid)).status == "sent"
+
+
+async def test_the_team_is_told_on_slack_too_and_only_for_the_outcomes_configured(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    team_settings: Settings,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
+) -> None:
+    on_failure_only = team_settings.model_copy(
+        update={
+            "internal_team_slack": {"workspace": "acme", "channel": "C0PS"},
+            "escalate_on": [NotificationStatus.FAILED],
+        }
+    )
+    slack_sink.unknown_channels.add("C0123")
+    async with notifying(time_skipping_env, store, on_failure_only) as notify:
+        _, partial = await notify.send()
+        failed, view = await notify.send(operation("nobody"))
+    assert partial["status"] == "partially_sent" and partial["escalation"] is None
+    assert view["escalation"]["status"] == "sent"
+    assert {c: v["outcome"] for c, v in view["escalation"]["channels"].items()} == {
+        "email": "succeeded",
+        "slack": "succeeded",
+    }
+    [posted] = [m for m in slack_sink.messages if m.channel == "C0PS"]
+    assert f"Notification {failed} failed" in posted.text and posted.token == SLACK_TOKEN
+    assert team_mails(mail_sink) == [f"Notification {failed} failed: Disk almost full"]
