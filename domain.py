@@ -602,6 +602,11 @@ class NotificationEvent(Model):
     notification_id: str
     timestamp_utc: datetime
 
+    @property
+    def record_type(self) -> str:
+        """The type it is recorded as: its class name, unless its outcome names it."""
+        return self.__class__.__name__
+
 
 class SendNotificationRequestedEvent(NotificationEvent):
     """Creates the notification aggregate."""

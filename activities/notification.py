@@ -17,6 +17,7 @@ from domain import (
     FailedNotificationSentToInternalTeamEvent,
     Failure,
     GetAudienceResult,
+    NotificationEvent,
     NotificationRequest,
     NotificationSnapshot,
     PreparedEscalation,
@@ -141,13 +142,7 @@ class NotificationActivities:
         event = ended.event
         nid = event.notification_id
         tags = notification_tags(nid, ended.operation)
-        await self._events.put(
-            nid,
-            event,
-            type=event.record_type,
-            tags=tags,
-            strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
-        )
+        await self._record_event(event, ended.operation)
         if event.prepare is None or not event.prepare.channels_to_send_on:
             return None
         instructions = event.prepare.instructions()
@@ -175,6 +170,17 @@ class NotificationActivities:
         """Put more channel operations of a saga that runs (a fallback) in their streams."""
         return await self._put_channel_operations(instructions)
 
+    async def _record_event(self, event: NotificationEvent, operation: SendNotificationToEntityOp) -> None:
+        """Put a stage's event once (by id and type), tagged like every record of the notification."""
+        nid = event.notification_id
+        await self._events.put(
+            nid,
+            event,
+            type=event.record_type,
+            tags=notification_tags(nid, operation),
+            strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
+        )
+
     async def _put_channel_operations(
         self, instructions: list[ChannelOperationInstruction]
     ) -> list[ChannelOperationRef]:
@@ -196,26 +202,16 @@ class NotificationActivities:
     async def record_outcome(self, snapshot: NotificationSnapshot) -> None:
         """Record the attempt stage (if the saga got that far) and the event that ends the notification."""
         nid, view = snapshot.notification_id, snapshot.view
-        tags = notification_tags(nid, snapshot.operation)
         timestamp = view.completed_at or utc_now()
         if snapshot.attempt is not None:
             attempt = AttemptToSendNotificationEvent(
                 notification_id=nid, timestamp_utc=timestamp, attempt=snapshot.attempt
             )
-            await self._events.put(
-                nid,
-                attempt,
-                type=attempt.record_type,
-                tags=tags,
-                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
-            )
+            await self._record_event(attempt, snapshot.operation)
         terminal = terminal_event_type(view.status)
         if terminal is not None:
-            await self._events.put(
-                nid,
-                terminal(notification_id=nid, timestamp_utc=timestamp, view=view),
-                tags=tags,
-                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
+            await self._record_event(
+                terminal(notification_id=nid, timestamp_utc=timestamp, view=view), snapshot.operation
             )
 
     @activity.defn(name="RecordEscalationRequested")
@@ -244,13 +240,7 @@ class NotificationActivities:
             told = FailedNotificationSentToInternalTeamEvent(
                 notification_id=nid, timestamp_utc=view.completed_at or utc_now(), escalation=view.escalation
             )
-            await self._events.put(
-                nid,
-                told,
-                type=told.record_type,
-                tags=tags,
-                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
-            )
+            await self._record_event(told, snapshot.operation)
         await self._views.put(nid, view, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
         await self._snapshots.put(nid, snapshot, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
         if ended.saga_record_id is not None:
