@@ -24,6 +24,7 @@ from domain import (
     SagaPolicies,
     SlackAddress,
 )
+from streams import StreamStore, open_store
 
 INTERNAL_TEAM = "internal-team"
 """The entity id the internal team is notified as."""
@@ -57,6 +58,9 @@ class Settings(BaseSettings):
     task_queue: str = "notifications"
     data_dir: Path = Path(".notify")
     streams_url: str | None = None
+    streams_producer_url: str | None = None
+    streams_consumer_url: str | None = None
+    streams_handler_url: str | None = None
     smtp_host: str = "localhost"
     smtp_port: int = Field(1025, ge=1, le=65535)
     smtp_security: SmtpSecurity = SmtpSecurity.NONE
@@ -102,6 +106,15 @@ class Settings(BaseSettings):
     def streams_location(self) -> str:
         """`NOTIFY_STREAMS_URL`, or by default a SQLite file in the data dir."""
         return self.streams_url or f"sqlite:///{self.data_dir / 'streams.db'}"
+
+    def open_streams(self) -> StreamStore:
+        """The stream store, each kind of handle connecting as configured (for PostgreSQL, as its own role)."""
+        return open_store(
+            self.streams_location,
+            producer_url=self.streams_producer_url,
+            consumer_url=self.streams_consumer_url,
+            handler_url=self.streams_handler_url,
+        )
 
     def slack_token_for(self, workspace: str) -> SecretStr | None:
         return self.slack_tokens.get(workspace, self.slack_token)

@@ -23,7 +23,7 @@ from temporalio.exceptions import TemporalError
 from client import IdempotencyKeyConflict, NotCancellable, NotificationClient, UnknownNotification
 from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp, Tag
 from settings import ConfigurationError, Settings, connect, load_settings
-from streams import StreamName, StreamStore, open_store
+from streams import StreamName, StreamStore
 from streams.directory import import_entries, lookup
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
@@ -157,7 +157,7 @@ def send(
         except ValidationError as error:
             raise CliError(one_line(error), 2) from error
         settings = load_settings()
-        async with open_store(settings.streams_location) as store:
+        async with settings.open_streams() as store:
             client = await _client(settings, store, lazy=False)
             try:
                 notification_id = await client.request(operation, idempotency_key)
@@ -184,7 +184,7 @@ def status(
 
     async def command() -> int:
         settings = load_settings()
-        async with open_store(settings.streams_location) as store:
+        async with settings.open_streams() as store:
             client = await _client(settings, store)
             view = await client.status(notification_id)
             if wait:
@@ -202,7 +202,7 @@ def cancel(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_jso
 
     async def command() -> None:
         settings = load_settings()
-        async with open_store(settings.streams_location) as store:
+        async with settings.open_streams() as store:
             try:
                 view = await (await _client(settings, store)).cancel(notification_id)
             except NotCancellable as error:
@@ -218,7 +218,7 @@ def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_jso
 
     async def command() -> None:
         settings = load_settings()
-        async with open_store(settings.streams_location) as store:
+        async with settings.open_streams() as store:
             records = await (await _client(settings, store)).events(notification_id)
         if as_json:
             print_json(
@@ -262,7 +262,7 @@ def audit(
         if len(given) != 1:
             raise CliError("give exactly one of --email, --slack-channel, --entity", 2)
         settings = load_settings()
-        async with open_store(settings.streams_location) as store:
+        async with settings.open_streams() as store:
             client = await _client(settings, store)
             if entity:
                 entries: list[Any] = await client.audit_entity(entity)
@@ -311,7 +311,7 @@ def directory_import(file: Annotated[Path, typer.Argument(help="A JSON or YAML l
         if duplicates:
             raise CliError(f"{file}: entity ids appear more than once: {', '.join(duplicates)}", 2)
         settings = load_settings()
-        async with open_store(settings.streams_location) as store:
+        async with settings.open_streams() as store:
             recorded, unchanged = await import_entries(store, entries)
         print(f"recorded {recorded} entities, {unchanged} unchanged")
 
@@ -324,7 +324,7 @@ def directory_show(entity_id: Annotated[str, typer.Argument(metavar="ID")]) -> N
 
     async def command() -> None:
         settings = load_settings()
-        async with open_store(settings.streams_location) as store:
+        async with settings.open_streams() as store:
             entry = await lookup(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
         if entry is None:
             raise CliError(f"no entity with id {entity_id!r}")
@@ -365,7 +365,7 @@ def demo() -> None:
                     update={"slack_api_url": slack.api_url, "slack_token": SecretStr(LOCAL_SLACK_TOKEN)}
                 )
             try:
-                async with dev_server(settings) as env, open_store(settings.streams_location) as store:
+                async with dev_server(settings) as env, settings.open_streams() as store:
                     async with running_workers(env.client, store, settings):
                         await import_entries(store, SAMPLE_DIRECTORY)
                         client = NotificationClient(store, env.client, settings)

@@ -28,7 +28,7 @@ from activities import CHANNEL_HANDLERS
 from activities.notification import NotificationActivities
 from domain import channel_task_queue
 from settings import ConfigurationError, Settings, connect, load_settings
-from streams import StreamStore, open_store
+from streams import StreamStore
 from workflows.notification import NotificationSaga
 
 SHUTDOWN_GRACE = timedelta(seconds=10)
@@ -126,7 +126,7 @@ async def run(settings: Settings, dev: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         client = (await stack.enter_async_context(dev_server(settings))).client if dev else await connect(settings)
-        store = await stack.enter_async_context(open_store(settings.streams_location))
+        store = await stack.enter_async_context(settings.open_streams())
         async with running_workers(client, store, settings):
             print(
                 f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "

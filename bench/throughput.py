@@ -30,7 +30,6 @@ from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams.directory import import_entries
-from streams.sqlite import SQLiteStreamStore
 from worker import running_workers, temporal_binary
 
 ENTITY = DirectoryEntry.model_validate(
@@ -72,7 +71,7 @@ async def bench(count: int, concurrency: int, folder: Path, server_db: bool) -> 
                 slack_token=SecretStr("xoxb-bench"),
                 slack_messages_per_second=None,  # one sink channel: Slack's pace would be the whole measurement
             )
-            async with SQLiteStreamStore(folder / "streams.db") as store, running_workers(env.client, store, settings):
+            async with settings.open_streams() as store, running_workers(env.client, store, settings):
                 await import_entries(store, [ENTITY])
                 client = NotificationClient(store, env.client, settings)
                 op = SendNotificationToEntityOp(entity_id="bench", subject="Bench", body="A benchmark notification.")

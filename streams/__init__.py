@@ -32,11 +32,18 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> StreamStore:
-    """Open the store a `NOTIFY_STREAMS_URL` names: `sqlite:///relative/path.db` or `sqlite:////absolute/path.db`."""
+def open_store(
+    url: str, *, producer_url: str | None = None, consumer_url: str | None = None, handler_url: str | None = None
+) -> StreamStore:
+    """The store a `NOTIFY_STREAMS_URL` names: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, or
+    `postgresql://user@host/database`. For PostgreSQL, each kind of handle may connect as its own role."""
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "sqlite" and rest.startswith("/") and len(rest) > 1:
         from streams.sqlite import SQLiteStreamStore
 
         return SQLiteStreamStore(Path(rest[1:]))
-    raise ValueError(f"unsupported streams URL {url!r}: expected sqlite:///path/to/streams.db")
+    if sep and scheme in ("postgresql", "postgres"):
+        from streams.postgres import AccessUrls, PostgresStreamStore
+
+        return PostgresStreamStore(AccessUrls(producer_url or url, consumer_url or url, handler_url or url))
+    raise ValueError(f"unsupported streams URL {url!r}: expected sqlite:///path/to/streams.db or postgresql://...")

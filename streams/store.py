@@ -181,10 +181,14 @@ class StreamStore(ABC):
         """Append `status` if the current status allows it (`ALLOWED_TRANSITIONS`), atomically; otherwise raise
         `InvalidHandlingTransition`."""
 
+    async def open(self) -> None:  # noqa: B027 - a backend that connects on construction has nothing to do here
+        """Connect, and check the schema is the one this version knows."""
+
     @abstractmethod
     async def close(self) -> None: ...
 
     async def __aenter__(self) -> StreamStore:
+        await self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import StreamStore
-from streams.sqlite import SQLiteStreamStore
+from tests.databases import DATABASES, Databases
 from worker import temporal_binary
 
 SLACK_TOKEN = "xoxb-acme-test-token"
@@ -35,11 +35,27 @@ def slack_sink() -> Iterator[SlackSink]:
         yield sink
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Databases]:
+    DATABASES.prepare()
+    yield DATABASES
+    DATABASES.drop_all()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def streams_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test that records runs on each backend: a SQLite file, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'streams.db'}"
+    return request.getfixturevalue("postgres").fresh()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink) -> Settings:
+def settings(tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink, streams_url: str) -> Settings:
     return Settings(
         _env_file=None,
         data_dir=tmp_path / "data",
+        streams_url=streams_url,
         task_queue=f"notifications-{uuid.uuid4()}",
         smtp_host=mail_sink.host,
         smtp_port=mail_sink.port,
@@ -51,7 +67,7 @@ def settings(tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink) -> Sett
 
 @pytest_asyncio.fixture
 async def store(settings: Settings) -> AsyncIterator[StreamStore]:
-    async with SQLiteStreamStore(settings.data_dir / "streams.db") as store:
+    async with settings.open_streams() as store:
         yield store
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from sinks.mail import MailSink, free_port
@@ -56,24 +57,43 @@ class Cli:
         return json.loads(result.stdout)
 
     def record_count(self) -> int:
-        with sqlite3.connect(self.data_dir / "streams.db") as db:
+        url = self.env["NOTIFY_STREAMS_URL"]
+        if url.startswith("postgresql"):
+            with psycopg.connect(url) as db:
+                return db.execute("SELECT count(*) FROM notify_records").fetchone()[0]  # type: ignore[index]
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            return 0
+        with sqlite3.connect(path) as db:
             return db.execute("SELECT count(*) FROM records").fetchone()[0]
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def streams_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Every end-to-end test runs on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'streams.db'}"
+    return request.getfixturevalue("postgres").fresh()
+
+
 @pytest.fixture(scope="module")
-def sinks() -> Iterator[tuple[MailSink, SlackSink]]:
+def sinks(streams_url: str) -> Iterator[tuple[MailSink, SlackSink]]:
+    """A mail sink and a Slack sink for each backend's run."""
     with MailSink() as mail, SlackSink(tokens={TOKEN}) as slack:
         yield mail, slack
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSink]) -> Iterator[Cli]:
+def cli(
+    tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSink], streams_url: str
+) -> Iterator[Cli]:
     mail, slack = sinks
     home = tmp_path_factory.mktemp("cli")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "NOTIFY_DATA_DIR": str(home / "data"),
+        "NOTIFY_STREAMS_URL": streams_url,
         "NOTIFY_TASK_QUEUE": "cli-notifications",
         "NOTIFY_SMTP_HOST": mail.host,
         "NOTIFY_SMTP_PORT": str(mail.port),

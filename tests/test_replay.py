@@ -24,7 +24,6 @@ from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams.directory import import_entries
-from streams.sqlite import SQLiteStreamStore
 from worker import running_workers, temporal_binary
 from workflows.notification import NotificationSaga
 
@@ -70,7 +69,7 @@ async def record(env: WorkflowEnvironment, folder: Path) -> dict[str, WorkflowHi
             slack_api_url=slack.api_url,
             slack_token=SecretStr("xoxb-test"),
         )
-        async with SQLiteStreamStore(folder / "streams.db") as store, running_workers(env.client, store, settings):
+        async with settings.open_streams() as store, running_workers(env.client, store, settings):
             await import_entries(store, ENTITIES)
             client = NotificationClient(store, env.client, settings)
             for name, entity_id in SCENARIOS.items():

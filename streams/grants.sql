@@ -1,0 +1,32 @@
+-- The roles of the streams and what each may do (`python starter.py db grant` runs this; run it again after
+-- `db migrate` adds tables). Roles belong to the PostgreSQL cluster; the grants, to this database.
+--   notify_producer  puts records and takes ids: it can append to the streams, and cannot read them;
+--   notify_consumer  reads records and handling statuses, and cannot write anything;
+--   notify_handler   keeps handling statuses, and cannot read or write records.
+-- They are created able to log in, without a password: set one with ALTER ROLE ... PASSWORD for remote use.
+
+DO $$
+DECLARE
+    role text;
+BEGIN
+    FOREACH role IN ARRAY ARRAY['notify_producer', 'notify_consumer', 'notify_handler'] LOOP
+        BEGIN
+            EXECUTE format('CREATE ROLE %I LOGIN', role);
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- already there (perhaps created at this moment by another database's grant)
+        END;
+    END LOOP;
+END
+$$;
+
+GRANT CONNECT ON DATABASE {database} TO notify_producer, notify_consumer, notify_handler;
+GRANT USAGE ON SCHEMA {schema} TO notify_producer, notify_consumer, notify_handler;
+GRANT SELECT ON notify_schema_migrations TO notify_producer, notify_consumer, notify_handler;
+
+GRANT EXECUTE ON FUNCTION notify_next_unique_id(text) TO notify_producer;
+GRANT EXECUTE ON FUNCTION notify_put(text, text, text, text, jsonb, text, integer) TO notify_producer;
+
+GRANT SELECT ON notify_records, notify_record_tags, notify_handling TO notify_consumer;
+
+GRANT SELECT ON notify_handling TO notify_handler;
+GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text, text[]) TO notify_handler;

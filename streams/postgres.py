@@ -1,0 +1,216 @@
+"""The shared stream store: PostgreSQL, for many workers on many machines (psycopg 3, pooled).
+
+Each kind of handle uses its own connection, which can log in as its own role (`grants.sql`): a `WriteOnlyStream`
+the producer's, a `ReadOnlyStream` the consumer's, a `HandlingStore` the handler's; the database then refuses the
+other direction. Writes go through functions in the schema (`migrations/`), so the existing-record checks, the
+unique-id counters and the handling transitions hold under concurrent writers in any number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from domain import Tag
+from streams.store import (
+    ALLOWED_TRANSITIONS,
+    ExistingRecordStrategy,
+    HandlingEntry,
+    HandlingStatus,
+    InvalidHandlingTransition,
+    PutResult,
+    Record,
+    StreamStore,
+)
+
+MIGRATIONS = sorted((Path(__file__).parent / "migrations").glob("*.sql"))
+SCHEMA_VERSION = len(MIGRATIONS)
+GRANTS = Path(__file__).parent / "grants.sql"
+MIGRATION_LOCK = 7_303_101  # an advisory lock key: one migrator at a time
+
+
+class SchemaMismatch(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class AccessUrls:
+    """Where each kind of handle connects; one URL can serve all three."""
+
+    producer: str
+    consumer: str
+    handler: str
+
+    @classmethod
+    def one(cls, url: str) -> AccessUrls:
+        return cls(url, url, url)
+
+
+class PostgresStreamStore(StreamStore):
+    def __init__(self, urls: AccessUrls, max_connections: int = 10) -> None:
+        self.urls = urls
+        pools: dict[str, AsyncConnectionPool] = {}
+        for url in dict.fromkeys((urls.producer, urls.consumer, urls.handler)):
+            pools[url] = AsyncConnectionPool(
+                url, min_size=1, max_size=max_connections, open=False, kwargs={"autocommit": True}
+            )
+        self._pools = pools
+        self._producer, self._consumer, self._handler = (pools[u] for u in (urls.producer, urls.consumer, urls.handler))
+
+    async def open(self) -> None:
+        for pool in self._pools.values():
+            await pool.open(wait=True, timeout=30)
+        version = await schema_version(self._consumer)
+        if version != SCHEMA_VERSION:
+            await self.close()
+            raise SchemaMismatch(
+                f"the streams schema is at version {version}, this version needs {SCHEMA_VERSION}: "
+                + ("run `python starter.py db migrate`" if version < SCHEMA_VERSION else "upgrade this worker")
+            )
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+
+    async def next_unique_id(self, stream: str) -> int:
+        async with self._producer.connection() as db:
+            row = await (await db.execute("SELECT notify_next_unique_id(%s)", (stream,))).fetchone()
+        assert row is not None
+        return row[0]
+
+    async def put(
+        self,
+        stream: str,
+        record_id: str | None,
+        type: str,
+        payload: str,
+        tags: Sequence[Tag],
+        strategy: ExistingRecordStrategy,
+        retention: int,
+    ) -> PutResult:
+        tags_json = json.dumps([[t.name, t.value] for t in tags])
+        async with self._producer.connection() as db:
+            cursor = await db.execute(
+                "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
+                (stream, record_id, type, payload, tags_json, strategy.value, retention),
+            )
+            internal_id, existing = await cursor.fetchone()  # type: ignore[misc]
+        return PutResult(internal_id, tuple(existing))
+
+    async def read(
+        self,
+        stream: str,
+        *,
+        record_id: str | None = None,
+        type: str | None = None,
+        tags: Sequence[Tag] = (),
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[Record]:
+        query = "SELECT internal_id, stream, record_id, type, payload, tags, timestamp_utc FROM notify_records WHERE stream = %s"
+        args: list[object] = [stream]
+        if record_id is not None:
+            query += " AND record_id = %s"
+            args.append(record_id)
+        if type is not None:
+            query += " AND type = %s"
+            args.append(type)
+        for t in tags:
+            query += (
+                " AND internal_id IN (SELECT internal_id FROM notify_record_tags"
+                " WHERE stream = %s AND name = %s AND value = %s)"
+            )
+            args += [stream, t.name, t.value]
+        query += " ORDER BY internal_id" + (" DESC" if newest_first else "")
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        async with self._consumer.connection() as db:
+            rows = await (await db.execute(query, args)).fetchall()
+        return [
+            Record(r[0], r[1], r[2], r[3], r[4], tuple(Tag(name=n, value=v) for n, v in r[5]), r[6]) for r in rows
+        ]
+
+    async def handling_history(
+        self, stream: str, internal_record_id: int, concern: str | None
+    ) -> list[HandlingEntry]:
+        query = (
+            "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc FROM notify_handling"
+            " WHERE stream = %s AND internal_record_id = %s"
+        )
+        args: list[object] = [stream, internal_record_id]
+        if concern is not None:
+            query += " AND concern = %s"
+            args.append(concern)
+        async with self._handler.connection() as db:
+            rows = await (await db.execute(query + " ORDER BY entry_id", args)).fetchall()
+        return [HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6]) for r in rows]
+
+    async def transition(
+        self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
+    ) -> HandlingEntry:
+        allowed = [s.value for s in ALLOWED_TRANSITIONS[status]]
+        async with self._handler.connection() as db:
+            try:
+                cursor = await db.execute(
+                    "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc"
+                    " FROM notify_transition(%s, %s, %s, %s, %s, %s)",
+                    (stream, internal_record_id, concern, status.value, details, allowed),
+                )
+            except psycopg.Error as error:
+                if error.sqlstate == "NT001":
+                    raise InvalidHandlingTransition(error.diag.message_primary) from error
+                raise
+            r = await cursor.fetchone()
+        assert r is not None
+        return HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6])
+
+
+async def schema_version(pool: AsyncConnectionPool) -> int:
+    async with pool.connection() as db:
+        cursor = await db.execute("SELECT to_regclass('notify_schema_migrations') IS NOT NULL")
+        if not (await cursor.fetchone())[0]:  # type: ignore[index]
+            return 0
+        row = await (await db.execute("SELECT coalesce(max(version), 0) FROM notify_schema_migrations")).fetchone()
+    return row[0]  # type: ignore[index]
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply the migrations the database has not had, each in a transaction; returns their names."""
+    applied = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=tuple_row) as db:
+        await db.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS notify_schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        row = await (await db.execute("SELECT coalesce(max(version), 0) FROM notify_schema_migrations")).fetchone()
+        current = row[0]  # type: ignore[index]
+        for version, path in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            async with db.transaction():
+                await db.execute(path.read_text())  # type: ignore[arg-type]
+                await db.execute(
+                    "INSERT INTO notify_schema_migrations (version, name) VALUES (%s, %s)", (version, path.name)
+                )
+            applied.append(path.name)
+        await db.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied
+
+
+async def grant(url: str) -> None:
+    """Create the producer, consumer and handler roles if missing, and grant each what it may do here."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+        row = await (await db.execute("SELECT current_database(), current_schema()")).fetchone()
+        database, schema = row  # type: ignore[misc]
+        statement = sql.SQL(GRANTS.read_text()).format(  # type: ignore[arg-type]
+            database=sql.Identifier(database), schema=sql.Identifier(schema)
+        )
+        await db.execute(statement)

@@ -1,0 +1,73 @@
+"""Fresh PostgreSQL databases for tests, on the server at NOTIFY_TEST_POSTGRES_URL (by default this machine's).
+
+One template database is migrated and granted once per session; each test gets a copy of it, and every database
+made is dropped when the session ends. A server that cannot be reached fails the tests that need it: nothing skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from streams.postgres import grant, migrate
+
+ADMIN_URL = os.environ.get("NOTIFY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def url_of(database: str, user: str | None = None) -> str:
+    """ADMIN_URL, for another database and, if given, another user (this machine trusts local users)."""
+    parts = urlsplit(ADMIN_URL)
+    netloc = parts.netloc if user is None else f"{user}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, ""))
+
+
+class Databases:
+    def __init__(self) -> None:
+        self._made: list[str] = []
+        self._template: str | None = None
+
+    def _execute(self, statement: sql.Composable) -> None:
+        try:
+            with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=10) as admin:
+                admin.execute(statement)
+        except psycopg.OperationalError as error:
+            raise RuntimeError(f"PostgreSQL at {ADMIN_URL} is needed by the tests and cannot be used: {error}") from error
+
+    def empty(self) -> str:
+        """A new database with nothing in it."""
+        name = f"notify_test_{uuid.uuid4().hex[:16]}"
+        self._execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self._made.append(name)
+        return url_of(name)
+
+    def prepare(self) -> None:
+        """Make the template: a database migrated and granted. Outside any running event loop."""
+        if self._template is None:
+            url = self.empty()
+            asyncio.run(migrate(url))
+            asyncio.run(grant(url))
+            self._template = urlsplit(url).path.lstrip("/")
+
+    def fresh(self) -> str:
+        """A new database with the streams schema and the roles' grants (a copy of the template)."""
+        assert self._template is not None, "prepare() first"
+        name = f"notify_test_{uuid.uuid4().hex[:16]}"
+        self._execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(self._template))
+        )
+        self._made.append(name)
+        return url_of(name)
+
+    def drop_all(self) -> None:
+        for name in reversed(self._made):
+            self._execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        self._made.clear()
+        self._template = None
+
+
+DATABASES = Databases()
