@@ -7,10 +7,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import psycopg
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import TemporalError
 
 from domain import (
     CannotPrepareToSendOnChannelAction,
@@ -156,6 +158,15 @@ class Settings(BaseSettings):
 
 class ConfigurationError(ValueError):
     """A setting that cannot be used, named by its environment variable."""
+
+
+UNAVAILABLE = (ConnectionError, OSError, RuntimeError, TemporalError, psycopg.Error, ValueError)
+"""What a service that cannot be reached or used raises: the entry points report it on one line."""
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__
 
 
 def load_settings() -> Settings:

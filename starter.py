@@ -18,11 +18,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 import yaml
 from pydantic import SecretStr, TypeAdapter, ValidationError
-from temporalio.exceptions import TemporalError
 
 from client import IdempotencyKeyConflict, NotCancellable, NotificationClient, UnknownNotification
 from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp, Tag
-from settings import ConfigurationError, Settings, connect, load_settings
+from settings import UNAVAILABLE, ConfigurationError, Settings, connect, load_settings, one_line
 from streams import StreamName, StreamStore
 from streams.directory import import_entries, lookup
 
@@ -40,7 +39,7 @@ class CliError(Exception):
         self.code = code
 
 
-def one_line(error: ValidationError) -> str:
+def validation_message(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
@@ -64,8 +63,8 @@ def run(command: Callable[[], Awaitable[int | None]]) -> NoReturn:
     except ConfigurationError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2
-    except (UnknownNotification, ConnectionError, RuntimeError, OSError, TemporalError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (UnknownNotification, *UNAVAILABLE) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         code = 1
     exit_now(code)
 
@@ -155,7 +154,7 @@ def send(
                 send_at=parse_time(at),
             )
         except ValidationError as error:
-            raise CliError(one_line(error), 2) from error
+            raise CliError(validation_message(error), 2) from error
         settings = load_settings()
         async with settings.open_streams() as store:
             client = await _client(settings, store, lazy=False)
@@ -305,7 +304,7 @@ def directory_import(file: Annotated[Path, typer.Argument(help="A JSON or YAML l
         try:
             entries = TypeAdapter(list[DirectoryEntry]).validate_python(data)
         except ValidationError as error:
-            raise CliError(f"{file}: {one_line(error)}", 2) from error
+            raise CliError(f"{file}: {validation_message(error)}", 2) from error
         ids = [e.id for e in entries]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:

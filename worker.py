@@ -27,7 +27,7 @@ from temporalio.worker import Worker
 from activities import CHANNEL_HANDLERS
 from activities.notification import NotificationActivities
 from domain import channel_task_queue
-from settings import ConfigurationError, Settings, connect, load_settings
+from settings import UNAVAILABLE, ConfigurationError, Settings, connect, load_settings, one_line
 from streams import StreamStore
 from workflows.notification import NotificationSaga
 
@@ -146,8 +146,8 @@ def main() -> None:
     except ConfigurationError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2
-    except (ConnectionError, RuntimeError, OSError) as error:  # one line, not a traceback, for what a user can fix
-        print(f"error: {error}", file=sys.stderr)
+    except UNAVAILABLE as error:  # one line, not a traceback, for what a user can fix
+        print(f"error: {one_line(error)}", file=sys.stderr)
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
