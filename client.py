@@ -126,7 +126,7 @@ class NotificationClient:
         await self.status(notification_id)  # an unknown id raises UnknownNotification
         handle = self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id)
         try:
-            await handle.execute_update(NotificationSaga.cancel)
+            await handle.execute_update(NotificationSaga.cancel, rpc_timeout=QUERY_TIMEOUT)
         except WorkflowUpdateFailedError as error:
             raise NotCancellable(str(error.cause)) from error
         except RPCError as error:

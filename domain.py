@@ -117,6 +117,11 @@ class DirectoryEntry(Model):
 
     @model_validator(mode="after")
     def _reachable_where_it_says(self) -> DirectoryEntry:
+        if self.fallback is not None and self.fallback in self.channels:
+            raise ValueError(
+                f"entity {self.id!r} has {self.fallback} as its fallback and in its channels: "
+                "a fallback is a channel it is not otherwise sent on"
+            )
         wanted = {c for c, p in self.channels.items() if p == ChannelPreference.SEND} | {self.fallback} - {None}
         if Channel.EMAIL in wanted and self.email is None:
             raise ValueError(f"entity {self.id!r} asks for email but has no email address")
@@ -195,6 +200,8 @@ class ExecuteOpRequestedEvent(Model):
 
 class Failure(Model):
     reason: str
+    channel: Channel | None = None
+    """The channel it concerns, if one."""
 
 
 class FailureAction(StrEnum):
@@ -304,9 +311,8 @@ def get_delivery_channel_configs(audience: DirectoryEntry, policies: SagaPolicie
         if action == ChannelPreference.SEND and channel == Channel.SLACK and workspaces is not None:
             assert audience.slack is not None
             if audience.slack.workspace not in workspaces:
-                failures.append(
-                    Failure(reason=f"slack: no token is configured for workspace {audience.slack.workspace!r}")
-                )
+                reason = f"slack: no token is configured for workspace {audience.slack.workspace!r}"
+                failures.append(Failure(reason=reason, channel=channel))
                 continue
         configs.append(DeliveryChannelConfig(channel=channel, action=action))
     if not configs and not failures:
@@ -442,10 +448,11 @@ class ChannelOperationRef(Model):
 
 
 class ChannelOperationFailure(Model):
-    """The saga gave up on a channel operation, for this reason."""
+    """The saga gave up on a channel operation, for this reason; with the channel's last response, if it had one."""
 
     operation: ChannelOperationRef
     reason: str
+    last_response: dict | None = None
 
 
 class ChannelOperationOutcomeInfo(Model):

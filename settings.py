@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import psycopg
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     ]
     internal_team_email: EmailAddress | None = None
     internal_team_slack: SlackAddress | None = None
+
+    @model_validator(mode="after")
+    def _retries_within_their_bounds(self) -> Settings:
+        for channel in Channel:
+            initial, maximum = (getattr(self, f"{channel}_retry_{end}_seconds") for end in ("initial", "maximum"))
+            if initial > maximum:
+                raise ValueError(f"{channel}_retry_initial_seconds is more than {channel}_retry_maximum_seconds")
+        return self
 
     @field_validator("escalate_on", mode="before")
     @classmethod
@@ -175,7 +183,7 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as error:
         first = error.errors()[0]
-        name = "NOTIFY_" + "_".join(str(part) for part in first["loc"][:1]).upper()
+        name = f"NOTIFY_{str(first['loc'][0]).upper()}" if first["loc"] else "configuration"
         raise ConfigurationError(f"{name}: {first['msg'].removeprefix('Value error, ')}") from error
     except SettingsError as error:  # a value that is not even JSON
         field = re.search(r'field "(\w+)"', str(error))

@@ -30,7 +30,7 @@ directory_app = typer.Typer(no_args_is_help=True, help="Import and show the enti
 app.add_typer(directory_app, name="directory")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-FAILED_STATUSES = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT}
+FAILED_STATUSES = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT, NotificationStatus.CANCELLED}
 
 
 class CliError(Exception):

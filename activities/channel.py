@@ -5,8 +5,10 @@ delivers, and records success or failure there, tagged like the operation. Each 
 says how to address, compose and deliver; `activities.CHANNEL_HANDLERS` lists them.
 
 - A permanent failure (and anything unexpected while delivering) is an outcome: recorded and returned.
-- A transient failure is raised so that Temporal retries it, unless no attempt is left: then it is the outcome.
-- An attempt never outlives its start-to-close timeout, so a retry never runs beside the attempt it replaces.
+- A transient failure is raised, with the channel's response, so that Temporal retries it until the operation's
+  deadline; then the saga has the handler record it as the outcome (`give_up`), with that last response.
+- An attempt never outlives its timeout or the operation's deadline, so nothing runs beside a retry that replaces
+  it, or beside the record that the saga gave up.
 - A retry that finds the operation handled, or its outcome recorded by an attempt that died before it could say so
   in the handling store, returns that outcome and delivers nothing.
 """
@@ -16,8 +18,8 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import ClassVar
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar, NoReturn
 
 from pydantic import BaseModel
 from temporalio import activity
@@ -72,6 +74,7 @@ class ChannelHandler(ABC):
     requested_event: ClassVar[type[ChannelEvent]]
     succeeded_event: ClassVar[type[ChannelEvent]]
     failed_event: ClassVar[type[ChannelEvent]]
+    response: ClassVar[type[BaseModel]]
 
     def __init__(self, store: StreamStore, settings: Settings) -> None:
         self._settings = settings
@@ -129,14 +132,18 @@ class ChannelHandler(ABC):
             tags=ref.instruction.tags,
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
+        budget = _attempt_budget()
         try:
-            async with asyncio.timeout(_attempt_budget()):
+            if budget is not None and budget <= 0:
+                reason = "no time left before the deadline"
+                raise TransientDeliveryError(Delivery(self.failed_response(operation, reason), reason))
+            async with asyncio.timeout(budget):
                 delivery = await self.deliver(operation)
         except TransientDeliveryError as error:
-            delivery = await self._retry_unless_last(ref, error.delivery, error.retry_after)
+            await self._retry(ref, error.delivery, error.retry_after)
         except TimeoutError:
-            reason = f"no answer within {_attempt_budget():.0f} s"
-            delivery = await self._retry_unless_last(ref, Delivery(self.failed_response(operation, reason), reason))
+            reason = f"no answer within {budget:.1f} s"
+            await self._retry(ref, Delivery(self.failed_response(operation, reason), reason))
         except Exception as error:  # unforeseen, and so not something a retry would fix
             reason = f"{error.__class__.__name__}: {error}"
             delivery = Delivery(self.failed_response(operation, reason), reason)
@@ -152,9 +159,13 @@ class ChannelHandler(ABC):
         recorded = await self._recorded_outcome(operation)
         if recorded is not None:
             return recorded
-        outcome = await self._record_outcome(
-            ref, Delivery(self.failed_response(operation, failure.reason), failure.reason)
+        last = failure.last_response
+        response = (
+            self.response.model_validate({**last, "error": failure.reason})
+            if last
+            else self.failed_response(operation, failure.reason)
         )
+        outcome = await self._record_outcome(ref, Delivery(response, failure.reason))
         status = await self._handling.status(ref.internal_record_id, self.concern)
         if status == HandlingStatus.RUNNING:
             await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, failure.reason)
@@ -164,16 +175,14 @@ class ChannelHandler(ABC):
             )
         return outcome
 
-    async def _retry_unless_last(
-        self, ref: ChannelOperationRef, delivery: Delivery, retry_after: float | None = None
-    ) -> Delivery:
-        if _last_attempt():
-            return delivery
+    async def _retry(self, ref: ChannelOperationRef, delivery: Delivery, retry_after: float | None = None) -> NoReturn:
+        """Fail this attempt for Temporal to retry, with the channel's response for whoever records the outcome."""
         await self._handling.transition(
             ref.internal_record_id, self.concern, HandlingStatus.FAILED, delivery.failure or ""
         )
         raise ApplicationError(
             delivery.failure or "transient failure",
+            delivery.response.model_dump(mode="json"),
             type="TransientDeliveryError",
             next_retry_delay=None if retry_after is None else timedelta(seconds=retry_after),
         )
@@ -230,15 +239,15 @@ class ChannelHandler(ABC):
         )
 
 
-def _last_attempt() -> bool:
-    info = activity.info()
-    maximum = info.retry_policy.maximum_attempts if info.retry_policy else 0
-    return maximum > 0 and info.attempt >= maximum
-
-
 def _attempt_budget() -> float | None:
-    """Seconds this attempt may take: a margin short of its start-to-close timeout."""
-    timeout = activity.info().start_to_close_timeout
-    if not timeout:
+    """Seconds this attempt may take: what is left of its timeout and of the operation's deadline, less a margin to
+    record that it ran out."""
+    info = activity.info()
+    left = [t.total_seconds() for t in (info.start_to_close_timeout,) if t]
+    if info.schedule_to_close_timeout:
+        deadline = info.scheduled_time + info.schedule_to_close_timeout
+        left.append((deadline - datetime.now(UTC)).total_seconds())
+    if not left:
         return None
-    return max(timeout - ATTEMPT_MARGIN, timeout / 2).total_seconds()
+    available = min(left)
+    return available - min(ATTEMPT_MARGIN.total_seconds(), available / 4)

@@ -111,6 +111,7 @@ class EmailHandler(ChannelHandler):
     requested_event = SendEmailRequestedEvent
     succeeded_event = SucceededInSendingEmailEvent
     failed_event = FailedToSendEmailEvent
+    response = SendEmailResponse
 
     @activity.defn(name="SendEmail")
     async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
@@ -161,7 +162,7 @@ class EmailHandler(ChannelHandler):
             timeout=SMTP_TIMEOUT_SECONDS,
         )
 
-        def response(result: SendEmailResult, **fields: str) -> SendEmailResponse:
+        def answer(result: SendEmailResult, **fields: str) -> SendEmailResponse:
             return SendEmailResponse(result=result, message_id=message_id(op), communication_log=smtp.log, **fields)
 
         try:
@@ -170,16 +171,16 @@ class EmailHandler(ChannelHandler):
         except aiosmtplib.SMTPRecipientsRefused as error:
             failure = "; ".join(f"{r.recipient} refused: {r.code} {r.message}" for r in error.recipients)
             permanent = min(r.code for r in error.recipients) >= 500
-            return _failed(response, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, permanent)
+            return _failed(answer, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, permanent)
         except aiosmtplib.SMTPAuthenticationError as error:
             failure = f"{error.code} {error.message}"
-            return _failed(response, SendEmailResult.FAILED_TO_AUTHENTICATE_WITH_SERVER, failure, permanent=True)
+            return _failed(answer, SendEmailResult.FAILED_TO_AUTHENTICATE_WITH_SERVER, failure, permanent=True)
         except aiosmtplib.SMTPResponseException as error:
             failure = f"{error.code} {error.message}"
-            return _failed(response, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, error.code >= 500)
+            return _failed(answer, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, error.code >= 500)
         except ssl.SSLError as error:  # a certificate that does not verify will not verify on a retry either
             failure = f"{error.__class__.__name__}: {error}"
-            return _failed(response, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=True)
+            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=True)
         except (
             aiosmtplib.SMTPConnectError,
             aiosmtplib.SMTPTimeoutError,
@@ -187,17 +188,17 @@ class EmailHandler(ChannelHandler):
             OSError,
         ) as error:
             failure = f"{error.__class__.__name__}: {error}"
-            return _failed(response, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=False)
+            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=False)
         except aiosmtplib.SMTPException as error:  # the server lacks what the settings ask for (STARTTLS, AUTH)
             failure = f"{error.__class__.__name__}: {error}"
-            return _failed(response, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=True)
-        return Delivery(response(SendEmailResult.SUCCESS, server_response=server_response))
+            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=True)
+        return Delivery(answer(SendEmailResult.SUCCESS, server_response=server_response))
 
 
 def _failed(
-    response: Callable[..., SendEmailResponse], result: SendEmailResult, failure: str, permanent: bool
+    answer: Callable[..., SendEmailResponse], result: SendEmailResult, failure: str, permanent: bool
 ) -> Delivery:
-    delivery = Delivery(response(result, error=failure), failure)
+    delivery = Delivery(answer(result, error=failure), failure)
     if permanent:
         return delivery
     raise TransientDeliveryError(delivery)

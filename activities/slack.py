@@ -53,6 +53,7 @@ class SlackHandler(ChannelHandler):
     requested_event = SendSlackMessageRequestedEvent
     succeeded_event = SucceededInSendingSlackMessageEvent
     failed_event = FailedToSendSlackMessageEvent
+    response = SendSlackMessageResponse
 
     @activity.defn(name="SendSlackMessage")
     async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
@@ -104,8 +105,9 @@ class SlackHandler(ChannelHandler):
         try:
             response = await client.chat_postMessage(channel=op.channel, text=op.text)
         except SlackApiError as error:
-            data = error.response.data if isinstance(error.response.data, dict) else {"body": str(error.response.data)}
-            status = error.response.status_code
+            body = getattr(error.response, "data", None)
+            data = body if isinstance(body, dict) else {"body": str(body)}
+            status = getattr(error.response, "status_code", None) or getattr(error.response, "status", 0)
             code = data.get("error") or f"HTTP {status}"
             reason = f"Slack answered {code}"
             delivery = Delivery(
@@ -115,7 +117,7 @@ class SlackHandler(ChannelHandler):
                 reason,
             )
             if code in TRANSIENT_SLACK_ERRORS or status == 429 or status >= 500:
-                headers = {k.lower(): v for k, v in error.response.headers.items()}
+                headers = {k.lower(): v for k, v in (getattr(error.response, "headers", None) or {}).items()}
                 raise TransientDeliveryError(delivery, _seconds(headers.get("retry-after"))) from error
             return delivery
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:

@@ -32,6 +32,8 @@ class ScriptedResponse:
     status: int = 200
     body: dict = field(default_factory=lambda: {"ok": True})
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0
+    """Seconds a slow server takes to answer."""
 
 
 class SlackSink:
@@ -86,10 +88,12 @@ class SlackSink:
             await self._stopping.wait()
             return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
         with self._lock:
-            if self._scripted:
-                scripted = self._scripted.pop(0)
-                return web.json_response(scripted.body, status=scripted.status, headers=scripted.headers)
-            return web.json_response(self._answer(method, token, fields))
+            scripted = self._scripted.pop(0) if self._scripted else None
+        if scripted is None:
+            with self._lock:
+                return web.json_response(self._answer(method, token, fields))
+        await asyncio.sleep(scripted.delay)
+        return web.json_response(scripted.body, status=scripted.status, headers=scripted.headers)
 
     def _answer(self, method: str, token: str | None, fields: dict) -> dict:
         if not token:

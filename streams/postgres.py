@@ -133,13 +133,9 @@ class PostgresStreamStore(StreamStore):
             query += f" LIMIT {int(limit)}"
         async with self._consumer.connection() as db:
             rows = await (await db.execute(query, args)).fetchall()
-        return [
-            Record(r[0], r[1], r[2], r[3], r[4], tuple(Tag(name=n, value=v) for n, v in r[5]), r[6]) for r in rows
-        ]
+        return [Record(r[0], r[1], r[2], r[3], r[4], tuple(Tag(name=n, value=v) for n, v in r[5]), r[6]) for r in rows]
 
-    async def handling_history(
-        self, stream: str, internal_record_id: int, concern: str | None
-    ) -> list[HandlingEntry]:
+    async def handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
         query = (
             "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc FROM notify_handling"
             " WHERE stream = %s AND internal_record_id = %s"

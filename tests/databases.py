@@ -36,7 +36,9 @@ class Databases:
             with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=10) as admin:
                 admin.execute(statement)
         except psycopg.OperationalError as error:
-            raise RuntimeError(f"PostgreSQL at {ADMIN_URL} is needed by the tests and cannot be used: {error}") from error
+            raise RuntimeError(
+                f"PostgreSQL at {ADMIN_URL} is needed by the tests and cannot be used: {error}"
+            ) from error
 
     def empty(self) -> str:
         """A new database with nothing in it."""

@@ -84,9 +84,7 @@ def sinks(streams_url: str) -> Iterator[tuple[MailSink, SlackSink]]:
 
 
 @pytest.fixture(scope="module")
-def cli(
-    tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSink], streams_url: str
-) -> Iterator[Cli]:
+def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSink], streams_url: str) -> Iterator[Cli]:
     mail, slack = sinks
     home = tmp_path_factory.mktemp("cli")
     env = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import SecretStr
@@ -15,7 +15,7 @@ from client import NotCancellable
 from domain import NotificationStatus
 from settings import CannotPrepareAction, ConfigsFailureAction, Settings
 from sinks.mail import MailSink, free_port
-from sinks.slack import SlackSink
+from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from tests.conftest import SLACK_TOKEN
 from tests.harness import Notify, entity, notifying, operation
@@ -147,7 +147,7 @@ async def test_smtp_unreachable_for_a_while_then_recovered(
     record = await store.reader(StreamName.EMAIL_OPERATION).latest(1)
     assert record is not None
     history = await handling.history(record.internal_id)
-    assert "ConnectionRefusedError" in history[1].details or "Connect" in history[1].details
+    assert history[1].status == "Failed" and "[Errno 111] Connect call failed" in history[1].details
     assert [e.status for e in history][-2:] == ["Running", "Completed"]
     assert await notify.types(StreamName.EMAIL_EVENT, 1) == ["SendEmailRequestedEvent", "SucceededInSendingEmailEvent"]
 
@@ -187,7 +187,7 @@ async def test_fallback_delivers_on_the_fallback_channel_and_records_both(
     slack_sink: SlackSink,
 ) -> None:
     mail_sink.rejected_recipients["ada@example.com"] = "550 mailbox unavailable"
-    prefers_email = entity(channels={"email": "send", "slack": "opted-out"}, fallback="slack")
+    prefers_email = entity(channels={"email": "send"}, fallback="slack")
     async with notifying(time_skipping_env, store, team_settings, prefers_email) as notify:
         nid, view = await notify.send()
     assert view["status"] == "sent"
@@ -234,6 +234,9 @@ async def test_a_channel_without_a_token_follows_the_configs_failure_policy(
     assert view["channels"]["slack"]["reason"] == "slack: no token is configured for workspace 'acme'"
     assert slack_sink.calls == []
     assert len(mail_sink.received_by("ada@example.com")) == (1 if action == ConfigsFailureAction.IGNORE else 0)
+    assert view["channels"]["email"]["outcome"] == (
+        "succeeded" if action == ConfigsFailureAction.IGNORE else "not_prepared"
+    )
     assert len(team_mails(mail_sink)) == 1
 
 
@@ -289,6 +292,7 @@ async def test_a_scheduled_notification_can_be_cancelled(
     nid = await notify.client.request(operation(send_at=at))
     view = await notify.client.cancel(nid)
     assert view["status"] == "cancelled"
+    assert datetime.fromisoformat(view["completed_at"]) < at  # the cancel ended the wait, not the timer
     assert await notify.types(StreamName.NOTIFICATION_EVENT, nid) == [
         "SendNotificationRequestedEvent",
         "NotificationCancelledEvent",
@@ -343,3 +347,60 @@ async def test_the_team_is_told_on_slack_too_and_only_for_the_outcomes_configure
     [posted] = [m for m in slack_sink.messages if m.channel == "C0PS"]
     assert f"Notification {failed} failed" in posted.text and posted.token == SLACK_TOKEN
     assert team_mails(mail_sink) == [f"Notification {failed} failed: Disk almost full"]
+
+
+async def test_fallback_when_the_preferred_channel_cannot_be_prepared(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    team_settings: Settings,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
+) -> None:
+    prefers_slack = entity(channels={"slack": "send"}, fallback="email")
+    async with notifying(time_skipping_env, store, team_settings, prefers_slack) as notify:
+        nid, view = await notify.send(operation(slack_text="x" * 40_001))
+    assert view["status"] == "sent"
+    assert view["channels"]["slack"]["outcome"] == "not_prepared"
+    assert view["channels"]["email"] == {
+        "address": "ada@example.com",
+        "outcome": "succeeded",
+        "channel_operation_id": 1,
+        "reason": None,
+        "fallback": True,
+    }
+    assert len(mail_sink.received_by("ada@example.com")) == 1 and slack_sink.calls == []
+
+
+async def test_an_attempt_near_the_deadline_stops_before_it(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    team_settings: Settings,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
+) -> None:
+    """A slow answer to a retry near the deadline: the attempt gives up in time, so nothing is recorded after the
+    saga records the failure, and the fallback is not sent on top of a late success."""
+    slack_sink.script_responses(
+        ScriptedResponse(status=503, body={"ok": False, "error": "service_unavailable"}),
+        ScriptedResponse(delay=3),
+    )
+    quick = team_settings.model_copy(update={"slack_deadline_seconds": 3, "slack_retry_initial_seconds": 0.5})
+    prefers_slack = entity(channels={"slack": "send"}, fallback="email")
+    async with notifying(time_skipping_env, store, quick, prefers_slack) as notify:
+        nid, view = await notify.send()
+    assert view["channels"]["slack"]["outcome"] == "failed"
+    assert view["channels"]["slack"]["reason"].startswith("no outcome within the 3 s deadline")
+    assert await notify.types(StreamName.SLACK_EVENT, 1) == [
+        "SendSlackMessageRequestedEvent",
+        "FailedToSendSlackMessageEvent",
+    ]
+    failed = await store.reader(StreamName.SLACK_EVENT).latest(1)
+    assert failed is not None
+    assert failed.json()["response"]["error"].startswith(
+        "no outcome within the 3 s deadline (the last attempt: no answer"
+    )
+    record = await store.reader(StreamName.SLACK_OPERATION).latest(1)
+    assert record is not None
+    statuses = [e.status for e in await store.handling(StreamName.SLACK_OPERATION).history(record.internal_id)]
+    assert statuses[-2:] == ["Failed", "ArchivedAfterFailure"] and "Completed" not in statuses
+    assert view["status"] == "sent" and view["channels"]["email"]["fallback"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -29,37 +30,38 @@ from workflows.notification import NotificationSaga
 
 HISTORIES = Path(__file__).parent / "histories"
 
+
+def _entity(id: str, **fields: object) -> DirectoryEntry:
+    return DirectoryEntry.model_validate({"id": id, "name": id.title(), "email": f"{id}@example.com", **fields})
+
+
+SLACK = {"workspace": "acme", "channel": "C0123"}
 ENTITIES = [
-    DirectoryEntry.model_validate(
-        {
-            "id": "both",
-            "name": "Ada",
-            "email": "ada@example.com",
-            "slack": {"workspace": "acme", "channel": "C0123"},
-            "channels": {"email": "send", "slack": "send"},
-        }
-    ),
-    DirectoryEntry.model_validate(
-        {
-            "id": "rejected",
-            "name": "Bob",
-            "email": "bob@example.com",
-            "slack": {"workspace": "acme", "channel": "C0123"},
-            "channels": {"email": "send", "slack": "send"},
-        }
-    ),
-    DirectoryEntry.model_validate(
-        {"id": "opted-out", "name": "Cy", "email": "cy@example.com", "channels": {"email": "opted-out"}}
-    ),
+    _entity("both", slack=SLACK, channels={"email": "send", "slack": "send"}),
+    _entity("rejected", slack=SLACK, channels={"email": "send", "slack": "send"}),
+    _entity("opted-out", channels={"email": "opted-out"}),
+    _entity("falls-back", slack=SLACK, channels={"email": "send"}, fallback="slack"),
+    _entity("slack-only", slack=SLACK, channels={"slack": "send"}),
 ]
-SCENARIOS = {"sent": "both", "partially_sent": "rejected", "opted_out": "opted-out", "unknown_entity": "nobody"}
+SCENARIOS = {
+    "sent": "both",
+    "partially_sent_and_escalated": "rejected",
+    "opted_out": "opted-out",
+    "unknown_entity": "nobody",
+    "fallback": "falls-back",
+    "scheduled_then_cancelled": "both",
+    "deadline": "slack-only",
+}
+"""Each recorded once; between them they take every path of the saga: a timer and the cancel update, fallback,
+escalation, and the record of a channel given up on at its deadline."""
 
 
 async def record(env: WorkflowEnvironment, folder: Path) -> dict[str, WorkflowHistory]:
     """Run each scenario once on `env` with real sinks and a fresh store; return each saga's history."""
     histories = {}
     with MailSink() as mail, SlackSink(tokens={"xoxb-test"}) as slack:
-        mail.rejected_recipients["bob@example.com"] = "550 5.1.1 mailbox unavailable"
+        for address in ("rejected@example.com", "falls-back@example.com"):
+            mail.rejected_recipients[address] = "550 5.1.1 mailbox unavailable"
         settings = Settings(
             _env_file=None,
             data_dir=folder,
@@ -68,13 +70,22 @@ async def record(env: WorkflowEnvironment, folder: Path) -> dict[str, WorkflowHi
             smtp_port=mail.port,
             slack_api_url=slack.api_url,
             slack_token=SecretStr("xoxb-test"),
+            slack_deadline_seconds=2,
+            slack_retry_initial_seconds=0.5,
+            internal_team_email="team@example.com",
         )
         async with settings.open_streams() as store, running_workers(env.client, store, settings):
             await import_entries(store, ENTITIES)
             client = NotificationClient(store, env.client, settings)
             for name, entity_id in SCENARIOS.items():
-                op = SendNotificationToEntityOp(entity_id=entity_id, subject="Replay", body="A recorded saga.")
+                send_at = await env.get_current_time() + timedelta(days=1) if name.startswith("scheduled") else None
+                slack.hanging = name == "deadline"
+                op = SendNotificationToEntityOp(
+                    entity_id=entity_id, subject="Replay", body="A recorded saga.", send_at=send_at
+                )
                 nid = await client.request(op)
+                if send_at is not None:
+                    await client.cancel(nid)
                 await client.result(nid)
                 histories[name] = await env.client.get_workflow_handle(nid).fetch_history()
     return histories

@@ -8,7 +8,6 @@ import dataclasses
 from datetime import datetime, timedelta
 
 import pytest
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
@@ -262,13 +261,10 @@ async def test_a_retried_send_records_once_and_delivers_once(notify: Notify, mai
     assert "421" in history[1].details
 
 
-def activity_environment(attempt: int = 1, maximum_attempts: int = 5) -> ActivityEnvironment:
+def activity_environment(attempt: int = 1) -> ActivityEnvironment:
     env = ActivityEnvironment()
     env.info = dataclasses.replace(
-        env.info,
-        attempt=attempt,
-        start_to_close_timeout=timedelta(seconds=30),
-        retry_policy=RetryPolicy(maximum_attempts=maximum_attempts),
+        env.info, attempt=attempt, start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=None
     )
     return env
 
@@ -339,29 +335,23 @@ async def test_a_handler_finds_the_outcome_an_attempt_recorded_before_it_died(
     ]
 
 
-async def test_a_transient_failure_on_the_last_attempt_is_recorded(
-    mail_sink: MailSink, store: StreamStore, settings: Settings
-) -> None:
-    ref = await email_operation(store, settings, 10)
-    mail_sink.script_replies("451 4.3.0 Temporary local problem")
-    outcome = await activity_environment(attempt=3, maximum_attempts=3).run(EmailHandler(store, settings).send, ref)
-    assert outcome.outcome == "Failed" and outcome.reason == "451 4.3.0 Temporary local problem"
-    assert await event_types(store, 10) == ["SendEmailRequestedEvent", "FailedToSendEmailEvent"]
-    assert await handling_statuses(store, ref) == ["Running", "Completed"]
-    assert mail_sink.messages == []
-
-
 async def test_an_operation_given_up_on_is_recorded_and_archived(
     mail_sink: MailSink, store: StreamStore, settings: Settings
 ) -> None:
     ref = await email_operation(store, settings, 11)
     handler = EmailHandler(store, settings)
     mail_sink.script_replies("421 4.3.0 Try again later")
-    with pytest.raises(ApplicationError, match="421"):
+    with pytest.raises(ApplicationError, match="421") as error:
         await activity_environment().run(handler.send, ref)
-    failure = ChannelOperationFailure(operation=ref, reason="ActivityError: deadline passed")
+    last = error.value.details[0]
+    assert "S: 421 4.3.0 Try again later" in last["communication_log"]
+    failure = ChannelOperationFailure(operation=ref, reason="no outcome within the 600 s deadline", last_response=last)
     outcome = await activity_environment().run(handler.record_not_sent, failure)
-    assert outcome.outcome == "Failed" and outcome.reason == "ActivityError: deadline passed"
+    assert outcome.outcome == "Failed" and outcome.reason == "no outcome within the 600 s deadline"
+    recorded = await store.reader(StreamName.EMAIL_EVENT).latest(11)
+    assert recorded is not None
+    assert recorded.json()["response"]["error"] == "no outcome within the 600 s deadline"
+    assert "S: 421 4.3.0 Try again later" in recorded.json()["response"]["communication_log"]
     assert await event_types(store, 11) == ["SendEmailRequestedEvent", "FailedToSendEmailEvent"]
     assert await handling_statuses(store, ref) == ["Running", "Failed", "ArchivedAfterFailure"]
     assert await activity_environment().run(handler.record_not_sent, failure) == outcome

@@ -106,7 +106,9 @@ class NotificationSaga:
 
     @cancel.validator
     def _cancellable(self) -> None:
-        if self._sending or self._cancel_requested:
+        if self._cancel_requested:
+            raise ValueError(f"notification {self._view.id} is being cancelled already")
+        if self._sending:
             raise ValueError(f"notification {self._view.id} is {self._view.status}: too late to cancel")
 
     @workflow.run
@@ -142,19 +144,17 @@ class NotificationSaga:
         prepared = await self._record(
             NotificationActivities.record_prepared, PrepareStageEnded(operation=operation, event=prepare_stage)
         )
-        if prepared is None:
+        outcomes = await self._send_all(prepared.operations) if prepared else []
+        if audience.audience is not None and not _stopped_by_policy(prepare_stage):
+            outcomes += await self._fall_back(nid, operation, audience.audience, outcomes)
+        if not outcomes:
             return await self._end(request, prepare_stage)
-
-        self._update(status=NotificationStatus.SENDING)
-        outcomes = await self._send_all(prepared.operations)
-        assert audience.audience is not None
-        outcomes += await self._fall_back(nid, operation, audience.audience, outcomes)
         attempt = AttemptToSendNotificationResult(channel_outcomes=outcomes)
         self._add_outcome(
             attempt=attempt.outcome,
-            failures=[Failure(reason=f"{o.channel}: {o.reason}") for o in outcomes if o.reason],
+            failures=[Failure(reason=f"{o.channel}: {o.reason}", channel=o.channel) for o in outcomes if o.reason],
         )
-        return await self._end(request, prepare_stage, attempt, prepared.saga_record_id)
+        return await self._end(request, prepare_stage, attempt, prepared.saga_record_id if prepared else None)
 
     # -- stages -----------------------------------------------------------------------------------------------
 
@@ -178,13 +178,21 @@ class NotificationSaga:
                     )
                     for c in configs.configs
                 },
-                **{c: (ChannelOutcome.NOT_PREPARED, _failures_of(c, configs.failures), None) for c in unusable},
+                **{c: (ChannelOutcome.NOT_PREPARED, _reasons(configs.failures, c), None) for c in unusable},
             },
             audience,
         )
         self._add_outcome(get_delivery_channel_configs=configs.outcome, failures=configs.failures)
         stage = stage.model_copy(update={"get_delivery_channel_configs": configs})
         if not configs.usable:
+            stopped = "not sent: the policy sends on no channel when one cannot be used"
+            self._set_channels(
+                {
+                    c: (ChannelOutcome.NOT_PREPARED, stopped, None)
+                    for c, v in self._view.channels.items()
+                    if v.outcome == ChannelOutcome.PENDING
+                }
+            )
             return stage
 
         to_send_on = [c.channel for c in configs.configs if c.action == ChannelPreference.SEND]
@@ -192,7 +200,11 @@ class NotificationSaga:
         prepare = PrepareToSendNotificationResult.of(list(results), self._policies.cannot_prepare_action)
         self._set_channels(
             {
-                r.channel: (ChannelOutcome.NOT_PREPARED, "; ".join(f.reason for f in r.failures) or None, None)
+                r.channel: (
+                    ChannelOutcome.NOT_PREPARED,
+                    _reasons(r.failures) or "not sent: the policy sends on no channel when one cannot be prepared",
+                    None,
+                )
                 for r in results
                 if r.channel not in prepare.channels_to_send_on
             }
@@ -214,6 +226,7 @@ class NotificationSaga:
     async def _send_all(
         self, refs: Sequence[ChannelOperationRef], audience: DirectoryEntry | None = None, fallback: bool = False
     ) -> list[ChannelOperationOutcomeInfo]:
+        self._update(status=NotificationStatus.SENDING)
         self._set_channels(
             {ref.instruction.operation.delivery_channel: (ChannelOutcome.SENDING, None, ref) for ref in refs},
             audience,
@@ -243,7 +256,12 @@ class NotificationSaga:
                 ),
             )
         except ActivityError as error:
-            failure = ChannelOperationFailure(operation=ref, reason=_reason(error, deadline))
+            last = error.cause.details if isinstance(error.cause, ApplicationError) else ()
+            failure = ChannelOperationFailure(
+                operation=ref,
+                reason=_reason(error, deadline),
+                last_response=last[0] if last and isinstance(last[0], dict) else None,
+            )
             return await self._record(handler.record_not_sent, failure)
 
     async def _fall_back(
@@ -253,14 +271,16 @@ class NotificationSaga:
         audience: DirectoryEntry,
         outcomes: list[ChannelOperationOutcomeInfo],
     ) -> list[ChannelOperationOutcomeInfo]:
-        """Deliver on the entity's fallback channel when a preferred one failed and the fallback was not tried."""
+        """Deliver on the entity's fallback channel when a preferred one failed, or could not be used or prepared."""
         fallback = audience.fallback
-        failed = any(o.outcome == ChannelOperationOutcome.FAILED for o in outcomes)
-        if fallback is None or not failed or fallback in {o.channel for o in outcomes}:
+        failed = any(o.outcome == ChannelOperationOutcome.FAILED for o in outcomes) or any(
+            c.outcome == ChannelOutcome.NOT_PREPARED for c in self._view.channels.values()
+        )
+        if fallback is None or not failed:
             return []
         result = await self._prepare_channel(nid, operation, audience, fallback)
         if not result.prepared:
-            reason = "; ".join(f.reason for f in result.failures) or None
+            reason = _reasons(result.failures)
             self._set_channels({fallback: (ChannelOutcome.NOT_PREPARED, reason, None)}, audience, fallback=True)
             self._add_outcome(failures=[Failure(reason=f"{fallback} (fallback): {reason}")])
             return []
@@ -310,15 +330,19 @@ class NotificationSaga:
         )
         channels = [c for c, p in team.channels.items() if p == ChannelPreference.SEND]
         results = await asyncio.gather(*(self._prepare_channel(view.id, operation, team, c) for c in channels))
-        escalation = {
-            r.channel: ChannelView(
-                address=CHANNEL_HANDLERS[r.channel].address(team),
-                outcome=ChannelOutcome.SENDING if r.prepared else ChannelOutcome.NOT_PREPARED,
-                reason="; ".join(f.reason for f in r.failures) or None,
-            )
-            for r in results
-        }
-        self._update(escalation=EscalationView(status=EscalationStatus.SENDING, channels=escalation))
+        told = _changed(
+            {},
+            {
+                r.channel: (
+                    ChannelOutcome.SENDING if r.prepared else ChannelOutcome.NOT_PREPARED,
+                    _reasons(r.failures),
+                    None,
+                )
+                for r in results
+            },
+            team,
+        )
+        self._update(escalation=EscalationView(status=EscalationStatus.SENDING, channels=told))
         prepared = await self._record(
             NotificationActivities.record_escalation_requested,
             EscalationRequested(
@@ -329,19 +353,16 @@ class NotificationSaga:
             ),
         )
         outcomes = await asyncio.gather(*(self._send(ref) for ref in prepared.operations))
-        for o in outcomes:
-            escalation[o.channel] = escalation[o.channel].model_copy(
-                update={
-                    "outcome": _channel_outcome(o),
-                    "reason": o.reason,
-                    "channel_operation_id": o.channel_operation_id,
-                }
-            )
+        told = _changed(
+            told,
+            {
+                o.channel: (_channel_outcome(o), o.reason, ref)
+                for o, ref in zip(outcomes, prepared.operations, strict=True)
+            },
+        )
         sent = any(o.outcome == ChannelOperationOutcome.SUCCEEDED for o in outcomes)
         self._update(
-            escalation=EscalationView(
-                status=EscalationStatus.SENT if sent else EscalationStatus.FAILED, channels=escalation
-            )
+            escalation=EscalationView(status=EscalationStatus.SENT if sent else EscalationStatus.FAILED, channels=told)
         )
         return prepared.internal_operation_record_id
 
@@ -371,18 +392,7 @@ class NotificationSaga:
         audience: DirectoryEntry | None = None,
         fallback: bool = False,
     ) -> None:
-        channels = dict(self._view.channels)
-        for channel, (outcome, reason, ref) in changes.items():
-            current = channels.get(channel) or ChannelView(
-                address=CHANNEL_HANDLERS[channel].address(audience) if audience else None, outcome=outcome
-            )
-            update: dict[str, Any] = {"outcome": outcome, "reason": reason}
-            if ref is not None:
-                update["channel_operation_id"] = ref.instruction.operation.channel_operation_id
-            if fallback:
-                update["fallback"] = True
-            channels[channel] = current.model_copy(update=update)
-        self._update(channels=channels)
+        self._update(channels=_changed(self._view.channels, changes, audience, fallback))
 
     def _add_outcome(self, failures: Sequence[Failure] = (), **stages: Any) -> None:
         outcome = self._view.outcome
@@ -407,8 +417,38 @@ def _channel_outcome(outcome: ChannelOperationOutcomeInfo) -> ChannelOutcome:
     return ChannelOutcome.SUCCEEDED if outcome.outcome == ChannelOperationOutcome.SUCCEEDED else ChannelOutcome.FAILED
 
 
-def _failures_of(channel: Channel, failures: Sequence[Failure]) -> str | None:
-    return "; ".join(f.reason for f in failures if f.reason.startswith(f"{channel}:")) or None
+def _reasons(failures: Sequence[Failure], channel: Channel | None = None) -> str | None:
+    """The failures' reasons in one line (those about `channel`, if given), or None."""
+    return "; ".join(f.reason for f in failures if channel is None or f.channel == channel) or None
+
+
+def _stopped_by_policy(stage: PrepareToSendNotificationEvent) -> bool:
+    """Whether a failure policy stopped every channel: then not even the fallback is tried."""
+    configs, prepare = stage.get_delivery_channel_configs, stage.prepare
+    if configs is not None and configs.outcome.name.startswith("DESPITE_"):
+        return True
+    return prepare is not None and prepare.outcome.name.endswith("ONE_FORCED_ALL_TO_BE_DISCARDED")
+
+
+def _changed(
+    channels: dict[Channel, ChannelView],
+    changes: dict[Channel, ChannelChange],
+    audience: DirectoryEntry | None = None,
+    fallback: bool = False,
+) -> dict[Channel, ChannelView]:
+    """The channels' views with these changes of outcome, reason and operation."""
+    changed = dict(channels)
+    for channel, (outcome, reason, ref) in changes.items():
+        current = changed.get(channel) or ChannelView(
+            address=CHANNEL_HANDLERS[channel].address(audience) if audience else None, outcome=outcome
+        )
+        update: dict[str, Any] = {"outcome": outcome, "reason": reason}
+        if ref is not None:
+            update["channel_operation_id"] = ref.instruction.operation.channel_operation_id
+        if fallback:
+            update["fallback"] = True
+        changed[channel] = current.model_copy(update=update)
+    return changed
 
 
 def _reason(error: ActivityError, deadline: timedelta | None = None) -> str:
