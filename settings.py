@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import TemporalError
+from temporalio.service import TLSConfig
 
 from domain import (
     CannotPrepareToSendOnChannelAction,
@@ -57,6 +58,12 @@ class Settings(BaseSettings):
 
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
+    temporal_tls: bool = False
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_ca: Path | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_api_key: SecretStr | None = None
     task_queue: str = "notifications"
     data_dir: Path = Path(".notify")
     streams_url: str | None = None
@@ -88,6 +95,12 @@ class Settings(BaseSettings):
     ]
     internal_team_email: EmailAddress | None = None
     internal_team_slack: SlackAddress | None = None
+
+    @model_validator(mode="after")
+    def _client_certificate_with_its_key(self) -> Settings:
+        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
+            raise ValueError("temporal_tls_cert and temporal_tls_key go together")
+        return self
 
     @model_validator(mode="after")
     def _retries_within_their_bounds(self) -> Settings:
@@ -191,6 +204,26 @@ def load_settings() -> Settings:
         raise ConfigurationError(f"{name}: malformed JSON: {error.__cause__}") from error
 
 
+def temporal_tls(settings: Settings) -> TLSConfig | bool:
+    """TLS to Temporal: on when asked for, when a certificate or CA is given, or with an API key (Temporal Cloud)."""
+    s = settings
+    wanted = (
+        s.temporal_tls or s.temporal_api_key or s.temporal_tls_cert or s.temporal_tls_ca or s.temporal_tls_server_name
+    )
+    if not wanted:
+        return False
+
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path else None
+
+    return TLSConfig(
+        server_root_ca_cert=read(s.temporal_tls_ca),
+        domain=s.temporal_tls_server_name,
+        client_cert=read(s.temporal_tls_cert),
+        client_private_key=read(s.temporal_tls_key),
+    )
+
+
 async def connect(settings: Settings, *, lazy: bool = False) -> Client:
     """A Temporal client for these settings, speaking pydantic models; a lazy one connects on first use."""
     try:
@@ -198,6 +231,8 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
             settings.temporal_address,
             namespace=settings.temporal_namespace,
             data_converter=pydantic_data_converter,
+            tls=temporal_tls(settings),
+            api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
             lazy=lazy,
         )
     except RuntimeError as error:

@@ -28,6 +28,8 @@ from streams.directory import import_entries, lookup
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 directory_app = typer.Typer(no_args_is_help=True, help="Import and show the entity directory.")
 app.add_typer(directory_app, name="directory")
+db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL streams database: its schema and its roles.")
+app.add_typer(db_app, name="db")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 FAILED_STATUSES = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT, NotificationStatus.CANCELLED}
@@ -328,6 +330,48 @@ def directory_show(entity_id: Annotated[str, typer.Argument(metavar="ID")]) -> N
         if entry is None:
             raise CliError(f"no entity with id {entity_id!r}")
         print_json(entry.model_dump(mode="json", exclude_none=True))
+
+    run(command)
+
+
+def postgres_url(settings: Settings) -> str:
+    url = settings.streams_location
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise CliError(
+            f"NOTIFY_STREAMS_URL is {url}: only PostgreSQL is migrated and granted this way (SQLite streams "
+            "bring their schema up to date when opened)",
+            2,
+        )
+    return url
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Bring the streams schema up to date (run it with a URL whose user may create tables)."""
+
+    async def command() -> None:
+        from streams.postgres import SCHEMA_VERSION, migrate
+
+        applied = await migrate(postgres_url(load_settings()))
+        for name in applied:
+            print(f"applied {name}")
+        print(f"the streams schema is at version {SCHEMA_VERSION}")
+
+    run(command)
+
+
+@db_app.command("grant")
+def db_grant() -> None:
+    """Create the notify_producer, notify_consumer and notify_handler roles if missing, and grant each its part."""
+
+    async def command() -> None:
+        from streams.postgres import grant
+
+        await grant(postgres_url(load_settings()))
+        print("notify_producer may append to the streams and take ids, and cannot read them")
+        print("notify_consumer may read the streams and handling statuses, and cannot write")
+        print("notify_handler may keep handling statuses, and cannot read or write records")
+        print("connect each kind of handle as its role: NOTIFY_STREAMS_PRODUCER_URL, _CONSUMER_URL, _HANDLER_URL")
 
     run(command)
 

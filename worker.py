@@ -125,8 +125,8 @@ async def run(settings: Settings, dev: bool) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
-        client = (await stack.enter_async_context(dev_server(settings))).client if dev else await connect(settings)
         store = await stack.enter_async_context(settings.open_streams())
+        client = (await stack.enter_async_context(dev_server(settings))).client if dev else await connect(settings)
         async with running_workers(client, store, settings):
             print(
                 f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "

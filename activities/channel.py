@@ -16,6 +16,8 @@ says how to address, compose and deliver; `activities.CHANNEL_HANDLERS` lists th
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +43,8 @@ from domain import (
 from settings import Settings
 from streams import ExistingRecordStrategy, HandlingStatus, StreamName, StreamStore
 
+WORKER = f"{os.getpid()}@{socket.gethostname()}"
+"""This process, as the handling history names it."""
 ATTEMPT_MARGIN = timedelta(seconds=5)
 """How long before its start-to-close timeout an attempt gives up, to record that it did."""
 
@@ -118,7 +122,7 @@ class ChannelHandler(ABC):
     async def handle(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         operation = ref.instruction.operation
         info = activity.info()
-        attempt = f"attempt {info.attempt}, started {info.started_time.isoformat()}"
+        attempt = f"attempt {info.attempt}, started {info.started_time.isoformat()}, by worker {WORKER}"
         handled = await self._handling.begin(ref.internal_record_id, self.concern, attempt)
         if handled is not None:
             return ChannelOperationOutcomeInfo.model_validate_json(handled.details)

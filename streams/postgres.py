@@ -65,7 +65,10 @@ class PostgresStreamStore(StreamStore):
         self._producer, self._consumer, self._handler = (pools[u] for u in (urls.producer, urls.consumer, urls.handler))
 
     async def open(self) -> None:
-        for pool in self._pools.values():
+        for url, pool in self._pools.items():
+            # one plain connection first: a wrong URL or role fails at once, with the server's own words
+            async with await psycopg.AsyncConnection.connect(url, connect_timeout=10):
+                pass
             await pool.open(wait=True, timeout=30)
         version = await schema_version(self._consumer)
         if version != SCHEMA_VERSION:

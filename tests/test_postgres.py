@@ -1,0 +1,266 @@
+"""PostgreSQL in production shape: migrations and their check, the roles the database enforces, and several workers
+sharing the work through one Temporal and one database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from psycopg import errors
+from pydantic import BaseModel
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from client import NotificationClient
+from domain import DirectoryEntry, SendNotificationToEntityOp
+from settings import Settings
+from sinks.mail import MailSink
+from sinks.slack import SlackSink
+from streams import HandlingStatus, StreamName, open_store
+from streams.directory import import_entries
+from tests.databases import Databases, url_of
+from worker import temporal_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES = ("notify_producer", "notify_consumer", "notify_handler")
+
+
+class Thing(BaseModel):
+    value: int
+
+
+def as_role(url: str, role: str) -> str:
+    return url_of(urlsplit(url).path.lstrip("/"), role)
+
+
+def starter(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}, "NOTIFY_STREAMS_URL": url}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "starter.py"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+# -- migrations ---------------------------------------------------------------------------------------------------
+
+
+def test_migrate_then_grant_from_the_command_line(postgres: Databases) -> None:
+    url = postgres.empty()
+    first = starter("db", "migrate", url=url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["applied 0001_streams.sql", "the streams schema is at version 1"]
+    again = starter("db", "migrate", url=url)
+    assert again.stdout.splitlines() == ["the streams schema is at version 1"]
+    granted = starter("db", "grant", url=url)
+    assert granted.returncode == 0, granted.stderr
+    with psycopg.connect(url) as db:
+        roles = {r[0] for r in db.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'notify_%'")}
+        assert set(ROLES) <= roles
+        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (1,)
+
+
+def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path: Path) -> None:
+    url = postgres.empty()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}, "NOTIFY_STREAMS_URL": url}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: the streams schema is at version 0, this version needs 1: run `python starter.py db migrate`"
+    )
+
+
+def test_sqlite_is_not_migrated_by_hand(tmp_path: Path) -> None:
+    result = starter("db", "migrate", url=f"sqlite:///{tmp_path / 'streams.db'}")
+    assert result.returncode == 2
+    assert "only PostgreSQL is migrated and granted this way" in result.stderr
+
+
+# -- roles --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def database(postgres: Databases) -> str:
+    return postgres.fresh()
+
+
+async def test_a_producer_appends_and_cannot_read(database: str) -> None:
+    async with open_store(as_role(database, "notify_producer")) as store:
+        writer = store.writer(StreamName.EMAIL_EVENT)
+        assert await writer.next_unique_id() == 1
+        put = await writer.put("1", Thing(value=1))
+        assert put.internal_id is not None
+        with pytest.raises(errors.InsufficientPrivilege):
+            await store.reader(StreamName.EMAIL_EVENT).by_id("1")
+        with pytest.raises(errors.InsufficientPrivilege):
+            await store.handling(StreamName.EMAIL_EVENT).transition(put.internal_id, "c", HandlingStatus.RUNNING)
+    with psycopg.connect(as_role(database, "notify_producer")) as db:
+        for statement in (
+            "INSERT INTO notify_records (stream, type, payload) VALUES ('email-event', 'T', '{}')",
+            "UPDATE notify_unique_ids SET last_id = 0",
+            "DELETE FROM notify_records",
+            "SELECT payload FROM notify_records",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                db.execute(statement)
+            db.rollback()
+
+
+async def test_a_consumer_reads_and_cannot_write(database: str) -> None:
+    async with open_store(database) as admin:
+        put = await admin.writer(StreamName.NOTIFICATION_EVENT).put("1", Thing(value=7))
+        assert put.internal_id is not None
+    async with open_store(as_role(database, "notify_consumer")) as store:
+        record = await store.reader(StreamName.NOTIFICATION_EVENT).latest("1")
+        assert record is not None and record.object(Thing).value == 7
+        assert await store.handling(StreamName.NOTIFICATION_EVENT).status(put.internal_id, "c") == "AvailableByDefault"
+        with pytest.raises(errors.InsufficientPrivilege):
+            await store.writer(StreamName.NOTIFICATION_EVENT).put("2", Thing(value=8))
+        with pytest.raises(errors.InsufficientPrivilege):
+            await store.writer(StreamName.NOTIFICATION_EVENT).next_unique_id()
+        with pytest.raises(errors.InsufficientPrivilege):
+            await store.handling(StreamName.NOTIFICATION_EVENT).transition(put.internal_id, "c", HandlingStatus.RUNNING)
+    with psycopg.connect(as_role(database, "notify_consumer")) as db:
+        for statement in (
+            "UPDATE notify_records SET payload = '{}'",
+            "DELETE FROM notify_records",
+            "INSERT INTO notify_handling (stream, internal_record_id, concern, status, details)"
+            " VALUES ('s', 1, 'c', 'Completed', '')",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                db.execute(statement)
+            db.rollback()
+
+
+async def test_only_a_handler_keeps_handling_and_it_cannot_touch_records(database: str) -> None:
+    async with open_store(database) as admin:
+        put = await admin.writer(StreamName.EMAIL_OPERATION).put("1", Thing(value=1))
+        assert put.internal_id is not None
+    async with open_store(as_role(database, "notify_handler")) as store:
+        handling = store.handling(StreamName.EMAIL_OPERATION)
+        await handling.transition(put.internal_id, "send-email", HandlingStatus.RUNNING)
+        await handling.transition(put.internal_id, "send-email", HandlingStatus.COMPLETED, "done")
+        assert [e.status for e in await handling.history(put.internal_id)] == ["Running", "Completed"]
+        with pytest.raises(errors.InsufficientPrivilege):
+            await store.reader(StreamName.EMAIL_OPERATION).by_id("1")
+        with pytest.raises(errors.InsufficientPrivilege):
+            await store.writer(StreamName.EMAIL_OPERATION).put("2", Thing(value=2))
+    with psycopg.connect(as_role(database, "notify_handler")) as db:
+        for statement in (
+            "UPDATE notify_handling SET status = 'Running'",
+            "DELETE FROM notify_handling",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                db.execute(statement)
+            db.rollback()
+
+
+# -- several workers ----------------------------------------------------------------------------------------------
+
+ENTITY = DirectoryEntry.model_validate(
+    {
+        "id": "ops",
+        "name": "Ops",
+        "email": "ops@example.com",
+        "slack": {"workspace": "acme", "channel": "C0123"},
+        "channels": {"email": "send", "slack": "send"},
+    }
+)
+
+
+@pytest.fixture
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(temporal_binary("temporal")),
+        dev_server_startup_timeout=timedelta(seconds=60),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def sinks() -> Iterator[tuple[MailSink, SlackSink]]:
+    with MailSink() as mail, SlackSink() as slack:
+        yield mail, slack
+
+
+async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
+    dev_env: WorkflowEnvironment, database: str, sinks: tuple[MailSink, SlackSink], tmp_path: Path
+) -> None:
+    mail, slack = sinks
+    roles = {f"NOTIFY_STREAMS_{r.removeprefix('notify_').upper()}_URL": as_role(database, r) for r in ROLES}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "NOTIFY_TASK_QUEUE": "shared",
+        "NOTIFY_STREAMS_URL": database,
+        **roles,
+        "NOTIFY_SMTP_HOST": mail.host,
+        "NOTIFY_SMTP_PORT": str(mail.port),
+        "NOTIFY_SLACK_API_URL": slack.api_url,
+        "NOTIFY_SLACK_TOKEN": "xoxb-shared",
+        "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py")],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            assert line.startswith("worker polling"), line + worker.stdout.read()
+        settings = Settings(
+            _env_file=None,
+            task_queue="shared",
+            streams_url=database,
+            streams_producer_url=roles["NOTIFY_STREAMS_PRODUCER_URL"],
+            streams_consumer_url=roles["NOTIFY_STREAMS_CONSUMER_URL"],
+            streams_handler_url=roles["NOTIFY_STREAMS_HANDLER_URL"],
+        )
+        async with settings.open_streams() as store:
+            await import_entries(store, [ENTITY])
+            client = NotificationClient(store, dev_env.client, settings)
+            op = SendNotificationToEntityOp(entity_id="ops", subject="Shared", body="Two workers, one saga each.")
+            ids = await asyncio.gather(*(client.request(op) for _ in range(24)))
+            views = await asyncio.gather(*(client.result(i) for i in ids))
+            assert [v.status for v in views] == ["sent"] * 24
+            email_events = await store.reader(StreamName.EMAIL_EVENT).by_tags()
+            operations = await store.reader(StreamName.EMAIL_OPERATION).by_tags()
+            handled_by = {
+                e.details.rpartition("by worker ")[2]
+                for record in operations
+                for e in await store.handling(StreamName.EMAIL_OPERATION).history(record.internal_id)
+                if e.status == "Running"
+            }
+    finally:
+        for worker in workers:
+            worker.terminate()
+        outputs = [worker.communicate(timeout=60)[0] for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    assert len(mail.messages) == 24 and len(slack.messages) == 24
+    assert len({m.message["Message-ID"] for m in mail.messages}) == 24
+    assert Counter(e.type for e in email_events) == {"SendEmailRequestedEvent": 24, "SucceededInSendingEmailEvent": 24}
+    assert len({e.record_id for e in email_events}) == 24
+    assert len(handled_by) == 2, handled_by  # both workers delivered some
+    assert json.dumps(sorted(ids, key=int)) == json.dumps([str(i) for i in range(1, 25)])
