@@ -247,12 +247,10 @@ async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
             assert [v.status for v in views] == ["sent"] * 24
             email_events = await store.reader(StreamName.EMAIL_EVENT).by_tags()
             operations = await store.reader(StreamName.EMAIL_OPERATION).by_tags()
-            handled_by = {
-                e.details.rpartition("by worker ")[2]
-                for record in operations
-                for e in await store.handling(StreamName.EMAIL_OPERATION).history(record.internal_id)
-                if e.status == "Running"
-            }
+            histories = [
+                await store.handling(StreamName.EMAIL_OPERATION).history(record.internal_id) for record in operations
+            ]
+            handled_by = {e.details.rpartition("by worker ")[2] for h in histories for e in h if e.status == "Running"}
     finally:
         for worker in workers:
             worker.terminate()
@@ -263,4 +261,6 @@ async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
     assert Counter(e.type for e in email_events) == {"SendEmailRequestedEvent": 24, "SucceededInSendingEmailEvent": 24}
     assert len({e.record_id for e in email_events}) == 24
     assert len(handled_by) == 2, handled_by  # both workers delivered some
+    assert len(operations) == 24
+    assert all([e.status for e in h][-2:] == ["Running", "Completed"] for h in histories)
     assert json.dumps(sorted(ids, key=int)) == json.dumps([str(i) for i in range(1, 25)])
