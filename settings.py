@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     streams_producer_url: str | None = None
     streams_consumer_url: str | None = None
     streams_handler_url: str | None = None
+    streams_pool_size: int = Field(10, ge=1)
     smtp_host: str = "localhost"
     smtp_port: int = Field(1025, ge=1, le=65535)
     smtp_security: SmtpSecurity = SmtpSecurity.NONE
@@ -95,6 +96,13 @@ class Settings(BaseSettings):
     ]
     internal_team_email: EmailAddress | None = None
     internal_team_slack: SlackAddress | None = None
+
+    @model_validator(mode="after")
+    def _every_role_or_none(self) -> Settings:
+        roles = (self.streams_producer_url, self.streams_consumer_url, self.streams_handler_url)
+        if any(roles) and not all(roles):
+            raise ValueError("streams_producer_url, streams_consumer_url and streams_handler_url go together")
+        return self
 
     @model_validator(mode="after")
     def _client_certificate_with_its_key(self) -> Settings:
@@ -137,6 +145,7 @@ class Settings(BaseSettings):
             producer_url=self.streams_producer_url,
             consumer_url=self.streams_consumer_url,
             handler_url=self.streams_handler_url,
+            pool_size=self.streams_pool_size,
         )
 
     def slack_token_for(self, workspace: str) -> SecretStr | None:

@@ -33,7 +33,12 @@ __all__ = [
 
 
 def open_store(
-    url: str, *, producer_url: str | None = None, consumer_url: str | None = None, handler_url: str | None = None
+    url: str,
+    *,
+    producer_url: str | None = None,
+    consumer_url: str | None = None,
+    handler_url: str | None = None,
+    pool_size: int = 10,
 ) -> StreamStore:
     """The store a `NOTIFY_STREAMS_URL` names: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, or
     `postgresql://user@host/database`. For PostgreSQL, each kind of handle may connect as its own role."""
@@ -45,5 +50,6 @@ def open_store(
     if sep and scheme in ("postgresql", "postgres"):
         from streams.postgres import AccessUrls, PostgresStreamStore
 
-        return PostgresStreamStore(AccessUrls(producer_url or url, consumer_url or url, handler_url or url))
+        urls = AccessUrls(producer_url or url, consumer_url or url, handler_url or url)
+        return PostgresStreamStore(urls, max_connections=pool_size)
     raise ValueError(f"unsupported streams URL {url!r}: expected sqlite:///path/to/streams.db or postgresql://...")

@@ -1,5 +1,5 @@
--- The roles of the streams and what each may do (`python starter.py db grant` runs this; run it again after
--- `db migrate` adds tables). Roles belong to the PostgreSQL cluster; the grants, to this database.
+-- The roles of the streams and what each may do (`python starter.py db grant` runs this; `db migrate` runs it again
+-- once the roles exist). Roles belong to the PostgreSQL cluster; the grants, to this database.
 --   notify_producer  puts records and takes ids: it can append to the streams, and cannot read them;
 --   notify_consumer  reads records and handling statuses, and cannot write anything;
 --   notify_handler   keeps handling statuses, and cannot read or write records.
@@ -20,7 +20,11 @@ END
 $$;
 
 GRANT CONNECT ON DATABASE {database} TO notify_producer, notify_consumer, notify_handler;
+REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC;
 GRANT USAGE ON SCHEMA {schema} TO notify_producer, notify_consumer, notify_handler;
+ALTER ROLE notify_producer IN DATABASE {database} SET search_path = {schema};
+ALTER ROLE notify_consumer IN DATABASE {database} SET search_path = {schema};
+ALTER ROLE notify_handler IN DATABASE {database} SET search_path = {schema};
 GRANT SELECT ON notify_schema_migrations TO notify_producer, notify_consumer, notify_handler;
 
 GRANT EXECUTE ON FUNCTION notify_next_unique_id(text) TO notify_producer;
@@ -29,4 +33,4 @@ GRANT EXECUTE ON FUNCTION notify_put(text, text, text, text, jsonb, text, intege
 GRANT SELECT ON notify_records, notify_record_tags, notify_handling TO notify_consumer;
 
 GRANT SELECT ON notify_handling TO notify_handler;
-GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text, text[]) TO notify_handler;
+GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text) TO notify_handler;

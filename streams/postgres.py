@@ -20,7 +20,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from domain import Tag
 from streams.store import (
-    ALLOWED_TRANSITIONS,
     ExistingRecordStrategy,
     HandlingEntry,
     HandlingStatus,
@@ -30,8 +29,9 @@ from streams.store import (
     StreamStore,
 )
 
-MIGRATIONS = sorted((Path(__file__).parent / "migrations").glob("*.sql"))
-SCHEMA_VERSION = len(MIGRATIONS)
+MIGRATIONS = {int(path.name.split("_")[0]): path for path in (Path(__file__).parent / "migrations").glob("*.sql")}
+"""Each migration by its version, the number its file name starts with."""
+SCHEMA_VERSION = max(MIGRATIONS)
 GRANTS = Path(__file__).parent / "grants.sql"
 MIGRATION_LOCK = 7_303_101  # an advisory lock key: one migrator at a time
 
@@ -59,18 +59,26 @@ class PostgresStreamStore(StreamStore):
         pools: dict[str, AsyncConnectionPool] = {}
         for url in dict.fromkeys((urls.producer, urls.consumer, urls.handler)):
             pools[url] = AsyncConnectionPool(
-                url, min_size=1, max_size=max_connections, open=False, kwargs={"autocommit": True}
+                url,
+                min_size=1,
+                max_size=max_connections,
+                open=False,
+                kwargs={"autocommit": True, "options": "-c timezone=UTC"},
             )
         self._pools = pools
         self._producer, self._consumer, self._handler = (pools[u] for u in (urls.producer, urls.consumer, urls.handler))
 
     async def open(self) -> None:
-        for url, pool in self._pools.items():
-            # one plain connection first: a wrong URL or role fails at once, with the server's own words
-            async with await psycopg.AsyncConnection.connect(url, connect_timeout=10):
-                pass
-            await pool.open(wait=True, timeout=30)
-        version = await schema_version(self._consumer)
+        try:
+            for url, pool in self._pools.items():
+                # one plain connection first: a wrong URL or role fails at once, with the server's own words
+                async with await psycopg.AsyncConnection.connect(url, connect_timeout=10):
+                    pass
+                await pool.open(wait=True, timeout=30)
+            version = await schema_version(self._consumer)
+        except BaseException:
+            await self.close()
+            raise
         if version != SCHEMA_VERSION:
             await self.close()
             raise SchemaMismatch(
@@ -100,10 +108,15 @@ class PostgresStreamStore(StreamStore):
     ) -> PutResult:
         tags_json = json.dumps([[t.name, t.value] for t in tags])
         async with self._producer.connection() as db:
-            cursor = await db.execute(
-                "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
-                (stream, record_id, type, payload, tags_json, strategy.value, retention),
-            )
+            try:
+                cursor = await db.execute(
+                    "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
+                    (stream, record_id, type, payload, tags_json, strategy.value, retention),
+                )
+            except psycopg.Error as error:
+                if error.sqlstate == "NT002":
+                    raise ValueError(error.diag.message_primary) from error
+                raise
             internal_id, existing = await cursor.fetchone()  # type: ignore[misc]
         return PutResult(internal_id, tuple(existing))
 
@@ -147,20 +160,19 @@ class PostgresStreamStore(StreamStore):
         if concern is not None:
             query += " AND concern = %s"
             args.append(concern)
-        async with self._handler.connection() as db:
+        async with self._consumer.connection() as db:
             rows = await (await db.execute(query + " ORDER BY entry_id", args)).fetchall()
         return [HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6]) for r in rows]
 
     async def transition(
         self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
     ) -> HandlingEntry:
-        allowed = [s.value for s in ALLOWED_TRANSITIONS[status]]
         async with self._handler.connection() as db:
             try:
                 cursor = await db.execute(
                     "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc"
-                    " FROM notify_transition(%s, %s, %s, %s, %s, %s)",
-                    (stream, internal_record_id, concern, status.value, details, allowed),
+                    " FROM notify_transition(%s, %s, %s, %s, %s)",
+                    (stream, internal_record_id, concern, status.value, details),
                 )
             except psycopg.Error as error:
                 if error.sqlstate == "NT001":
@@ -181,17 +193,21 @@ async def schema_version(pool: AsyncConnectionPool) -> int:
 
 
 async def migrate(url: str) -> list[str]:
-    """Apply the migrations the database has not had, each in a transaction; returns their names."""
+    """Apply the migrations the database has not had, each in a transaction, then the roles' grants again if the
+    roles were made already; returns the migrations' names."""
     applied = []
     async with await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=tuple_row) as db:
         await db.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        # what the functions made here will search: this schema, and a caller's temporary tables last of all
+        schema = (await (await db.execute("SELECT current_schema()")).fetchone())[0]  # type: ignore[index]
+        await db.execute(sql.SQL("SET search_path = {}, pg_temp").format(sql.Identifier(schema)))
         await db.execute(
             "CREATE TABLE IF NOT EXISTS notify_schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         row = await (await db.execute("SELECT coalesce(max(version), 0) FROM notify_schema_migrations")).fetchone()
         current = row[0]  # type: ignore[index]
-        for version, path in enumerate(MIGRATIONS, start=1):
+        for version, path in sorted(MIGRATIONS.items()):
             if version <= current:
                 continue
             async with db.transaction():
@@ -201,6 +217,9 @@ async def migrate(url: str) -> list[str]:
                 )
             applied.append(path.name)
         await db.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        granted = await (await db.execute("SELECT 1 FROM pg_roles WHERE rolname = 'notify_producer'")).fetchone()
+    if applied and granted:
+        await grant(url)
     return applied
 
 
@@ -208,8 +227,11 @@ async def grant(url: str) -> None:
     """Create the producer, consumer and handler roles if missing, and grant each what it may do here."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
         row = await (await db.execute("SELECT current_database(), current_schema()")).fetchone()
-        database, schema = row  # type: ignore[misc]
-        statement = sql.SQL(GRANTS.read_text()).format(  # type: ignore[arg-type]
-            database=sql.Identifier(database), schema=sql.Identifier(schema)
-        )
-        await db.execute(statement)
+        await db.execute(grants(*row))  # type: ignore[misc]
+
+
+def grants(database: str, schema: str) -> sql.Composed:
+    """grants.sql, for this database and the schema the streams are in."""
+    return sql.SQL(GRANTS.read_text()).format(  # type: ignore[arg-type]
+        database=sql.Identifier(database), schema=sql.Identifier(schema)
+    )

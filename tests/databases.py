@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from streams.postgres import grant, migrate
+from streams.postgres import grant, grants, migrate
 
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 _admin_url: str | None = None
@@ -89,6 +89,8 @@ class Databases:
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(self._template))
         )
         self._made.append(name)
+        with psycopg.connect(url_of(name), autocommit=True) as db:
+            db.execute(grants(name, "public"))  # a database's own privileges are not copied from its template
         return url_of(name)
 
     def drop_all(self) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from abc import ABC, abstractmethod
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -102,14 +104,17 @@ class StreamStoreContract(ABC):
         assert [r.object(Thing).value for r in await reader.by_id("8")] == [9]
 
     async def test_concurrent_writers_write_once(self, tmp_path: Path) -> None:
+        """Four processes, started together, each try to write the same twenty ids once."""
         async with self.open(tmp_path):
             pass
         context = multiprocessing.get_context("spawn")
-        with context.Pool(4) as pool:
-            written = pool.starmap(_put_once, [(type(self), tmp_path, i) for i in range(8)])
-        assert sum(written) == 1
+        with context.Manager() as manager, context.Pool(4) as pool:
+            start = manager.Barrier(4)
+            written = pool.starmap(_put_once, [(type(self), tmp_path, i, start) for i in range(4)])
+        assert sum(written) == RACED_IDS
         async with self.open(tmp_path) as store:
-            assert len(await store.reader(StreamName.CLIENT_OPERATION).by_id("race")) == 1
+            reader = store.reader(StreamName.CLIENT_OPERATION)
+            assert [len(await reader.by_id(f"race-{i}")) for i in range(RACED_IDS)] == [1] * RACED_IDS
 
     # -- reading ------------------------------------------------------------------------------------------------
 
@@ -146,7 +151,7 @@ class StreamStoreContract(ABC):
         record = (await reader.by_tags(bob))[0]
         assert record.tags == (bob, n1)
         assert record.tag("notification-id") == "1"
-        assert record.timestamp_utc.utcoffset() is not None
+        assert record.timestamp_utc.utcoffset() == timedelta(0)
 
     async def test_records_survive_reopening(self, tmp_path: Path) -> None:
         async with self.open(tmp_path) as store:
@@ -233,12 +238,18 @@ def _issue_ids(contract: type[StreamStoreContract], location: Path, count: int) 
     return asyncio.run(issue())
 
 
-def _put_once(contract: type[StreamStoreContract], location: Path, value: int) -> bool:
-    async def put() -> bool:
+RACED_IDS = 20
+
+
+def _put_once(contract: type[StreamStoreContract], location: Path, value: int, start: Any) -> int:
+    async def put() -> int:
         async with contract().open(location) as store:
-            result = await store.writer(StreamName.CLIENT_OPERATION).put(
-                "race", Thing(value=value), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID
-            )
-            return result.internal_id is not None
+            writer = store.writer(StreamName.CLIENT_OPERATION)
+            start.wait()
+            written = 0
+            for i in range(RACED_IDS):
+                result = await writer.put(f"race-{i}", Thing(value=value), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID)
+                written += result.internal_id is not None
+            return written
 
     return asyncio.run(put())

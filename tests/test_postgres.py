@@ -26,6 +26,7 @@ from domain import DirectoryEntry, SendNotificationToEntityOp
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
+from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StreamName, open_store
 from streams.directory import import_entries
 from tests.databases import Databases, url_of
@@ -163,6 +164,58 @@ async def test_only_a_handler_keeps_handling_and_it_cannot_touch_records(databas
             with pytest.raises(errors.InsufficientPrivilege):
                 db.execute(statement)
             db.rollback()
+
+
+async def test_the_functions_do_no_more_than_their_names_say(database: str) -> None:
+    async with open_store(database) as admin:
+        kept = await admin.writer(StreamName.CLIENT_OPERATION).put("42", Thing(value=42))
+        assert kept.internal_id is not None
+    async with open_store(as_role(database, "notify_producer")) as producer:
+        writer = producer.writer(StreamName.CLIENT_OPERATION)
+        for retention in (0, 1):  # a producer appends: it cannot prune a stream that keeps everything
+            with pytest.raises(ValueError, match="cannot be pruned"):
+                await writer.put("42", Thing(value=0), strategy=S.PRUNE_IF_FOUND_BY_ID, retention=retention)
+        view = producer.writer(StreamName.NOTIFICATION_VIEW)
+        with pytest.raises(ValueError, match="cannot be pruned to 0"):
+            await view.put("42", Thing(value=0), strategy=S.PRUNE_IF_FOUND_BY_ID, retention=0)
+    with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+        with pytest.raises(psycopg.Error, match="unknown existing-record strategy"):
+            db.execute("SELECT * FROM notify_put('client-operation', '42', 'T', '{}', '[]', 'Prune', 0)")
+        with pytest.raises(errors.InsufficientPrivilege):  # no temporary table can stand in for one of ours
+            db.execute("CREATE TEMPORARY TABLE notify_record_ids (stream text, record_id text)")
+    with psycopg.connect(as_role(database, "notify_handler"), autocommit=True) as db:
+        for status, record in (("Completed", kept.internal_id), ("Bogus", kept.internal_id), ("Running", 999_999)):
+            with pytest.raises(psycopg.Error) as refused:
+                db.execute("SELECT * FROM notify_transition('client-operation', %s, 'c', %s, '')", (record, status))
+            assert refused.value.sqlstate == "NT001"
+    async with open_store(database) as admin:
+        assert [r.internal_id for r in await admin.reader(StreamName.CLIENT_OPERATION).by_id("42")] == [
+            kept.internal_id
+        ]
+        assert await admin.handling(StreamName.CLIENT_OPERATION).history(kept.internal_id) == []
+
+
+async def test_a_schema_of_its_own(postgres: Databases) -> None:
+    """The streams in a schema other than public: the roles find them there."""
+    url = postgres.empty()
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("CREATE SCHEMA notify")
+    owner = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3Dnotify"
+    assert starter("db", "migrate", url=owner).returncode == 0
+    assert starter("db", "grant", url=owner).returncode == 0
+    with psycopg.connect(url) as db:
+        assert db.execute("SELECT to_regclass('notify.notify_records') IS NOT NULL").fetchone() == (True,)
+        assert db.execute("SELECT to_regclass('public.notify_records')").fetchone() == (None,)
+    async with open_store(
+        url,
+        producer_url=as_role(url, "notify_producer"),
+        consumer_url=as_role(url, "notify_consumer"),
+        handler_url=as_role(url, "notify_handler"),
+    ) as store:
+        put = await store.writer(StreamName.EMAIL_EVENT).put("1", Thing(value=1))
+        assert put.internal_id is not None
+        assert (await store.reader(StreamName.EMAIL_EVENT).latest("1")) is not None
+        await store.handling(StreamName.EMAIL_EVENT).transition(put.internal_id, "c", HandlingStatus.RUNNING)
 
 
 # -- several workers ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
@@ -76,7 +77,11 @@ def settings_for(address: str, ca: trustme.CA, folder: Path, *, client_cert: boo
 
 async def test_mutual_tls_with_a_client_certificate(tls_proxy: tuple[str, trustme.CA], tmp_path: Path) -> None:
     address, ca = tls_proxy
-    client = await connect(settings_for(address, ca, tmp_path, client_cert=True))
+    settings = settings_for(address, ca, tmp_path, client_cert=True).model_copy(
+        update={"temporal_api_key": SecretStr("a-key")}
+    )
+    client = await connect(settings)
+    assert client.api_key == "a-key"
     assert await client.service_client.check_health()
     assert await client.count_workflows() is not None
 

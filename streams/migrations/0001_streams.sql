@@ -1,6 +1,8 @@
 -- The streams, the handling store beside them, and the functions through which producers and handlers write.
 -- Producers and handlers hold no privilege on the tables themselves: they may only execute these functions, which
--- run as their owner (SECURITY DEFINER) and do only what their names say. See grants.sql for the roles.
+-- run as their owner (SECURITY DEFINER) and do only what their names say, checking every argument that could make
+-- them do more. Their search path is fixed when they are made (the schema, then pg_temp last, so that no temporary
+-- table of a caller's can stand in for one of ours). See grants.sql for the roles.
 
 CREATE TABLE notify_records (
     internal_id bigserial PRIMARY KEY,
@@ -39,7 +41,10 @@ CREATE TABLE notify_handling (
     stream text NOT NULL,
     internal_record_id bigint NOT NULL,
     concern text NOT NULL,
-    status text NOT NULL,
+    status text NOT NULL CHECK (status IN (
+        'Running', 'Completed', 'Failed', 'ArchivedAfterFailure', 'AvailableAfterCompletion', 'AvailableAfterFailure',
+        'AvailableAfterExternalCancellation', 'AvailableAfterSelfCancellation', 'DisabledForRecord'
+    )),
     details text NOT NULL,
     timestamp_utc timestamptz NOT NULL DEFAULT now()
 );
@@ -65,6 +70,14 @@ CREATE FUNCTION notify_put(
 )
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
+    IF p_strategy NOT IN ('None', 'DoNotWriteIfFoundById', 'DoNotWriteIfFoundByIdAndType', 'PruneIfFoundById') THEN
+        RAISE EXCEPTION 'unknown existing-record strategy %', p_strategy USING ERRCODE = 'NT002';
+    END IF;
+    -- Producers append; only the latest-value streams keep just their newest records, and always at least one.
+    IF p_strategy = 'PruneIfFoundById'
+       AND (p_stream NOT IN ('notification-view', 'notification-snapshot') OR p_retention < 1) THEN
+        RAISE EXCEPTION 'records of % cannot be pruned to %', p_stream, p_retention USING ERRCODE = 'NT002';
+    END IF;
     existing_ids := '{}';
     IF p_record_id IS NOT NULL THEN
         INSERT INTO notify_record_ids VALUES (p_stream, p_record_id) ON CONFLICT DO NOTHING;
@@ -102,13 +115,30 @@ CREATE FUNCTION notify_transition(
     p_internal_record_id bigint,
     p_concern text,
     p_status text,
-    p_details text,
-    p_allowed_from text[]
+    p_details text
 ) RETURNS SETOF notify_handling
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     current_status text;
+    available text[] := ARRAY['AvailableByDefault', 'AvailableAfterCompletion', 'AvailableAfterFailure',
+                              'AvailableAfterExternalCancellation', 'AvailableAfterSelfCancellation'];
+    -- the reference's transitions: for each status, the statuses a record may move to it from
+    p_allowed_from text[] := CASE p_status
+        WHEN 'Running' THEN available
+        WHEN 'Completed' THEN ARRAY['Running']
+        WHEN 'Failed' THEN ARRAY['Running']
+        WHEN 'AvailableAfterSelfCancellation' THEN ARRAY['Running']
+        WHEN 'AvailableAfterExternalCancellation' THEN ARRAY['Running']
+        WHEN 'AvailableAfterFailure' THEN ARRAY['Failed']
+        WHEN 'ArchivedAfterFailure' THEN ARRAY['Failed']
+        WHEN 'AvailableAfterCompletion' THEN ARRAY['Completed']
+        WHEN 'DisabledForRecord' THEN available || ARRAY['Running', 'Completed', 'Failed', 'ArchivedAfterFailure']
+        ELSE ARRAY[]::text[]
+    END;
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM notify_records r WHERE r.internal_id = p_internal_record_id AND r.stream = p_stream) THEN
+        RAISE EXCEPTION 'no record % in %', p_internal_record_id, p_stream USING ERRCODE = 'NT001';
+    END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended(p_stream || '/' || p_internal_record_id || '/' || p_concern, 0));
     SELECT h.status INTO current_status FROM notify_handling h
     WHERE h.stream = p_stream AND h.internal_record_id = p_internal_record_id AND h.concern = p_concern
@@ -128,4 +158,4 @@ $$;
 
 REVOKE ALL ON FUNCTION notify_next_unique_id(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notify_put(text, text, text, text, jsonb, text, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION notify_transition(text, bigint, text, text, text, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION notify_transition(text, bigint, text, text, text) FROM PUBLIC;
