@@ -17,7 +17,7 @@ from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import StreamStore
-from tests.databases import DATABASES, Databases
+from tests.databases import DATABASES, Databases, role_urls
 from worker import temporal_binary
 
 SLACK_TOKEN = "xoxb-acme-test-token"
@@ -44,7 +44,8 @@ def postgres() -> Iterator[Databases]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def streams_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Every test that records runs on each backend: a SQLite file, and a fresh PostgreSQL database."""
+    """Every test that records runs on each backend: a SQLite file, and a fresh PostgreSQL database (to which
+    `settings` connects each kind of handle as its own role)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'data' / 'streams.db'}"
     return request.getfixturevalue("postgres").fresh()
@@ -56,6 +57,7 @@ def settings(tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink, streams
         _env_file=None,
         data_dir=tmp_path / "data",
         streams_url=streams_url,
+        **({} if streams_url.startswith("sqlite") else role_urls(streams_url)),
         task_queue=f"notifications-{uuid.uuid4()}",
         smtp_host=mail_sink.host,
         smtp_port=mail_sink.port,

@@ -52,6 +52,12 @@ def url_of(database: str, user: str | None = None) -> str:
     return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, ""))
 
 
+def role_urls(url: str) -> dict[str, str]:
+    """The settings that connect each kind of handle to this database as its own role."""
+    database = urlsplit(url).path.lstrip("/")
+    return {f"streams_{role}_url": url_of(database, f"notify_{role}") for role in ("producer", "consumer", "handler")}
+
+
 class Databases:
     def __init__(self) -> None:
         self._made: list[str] = []

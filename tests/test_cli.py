@@ -18,6 +18,7 @@ import pytest
 
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
+from tests.databases import role_urls
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "xoxb-acme-cli-token"
@@ -92,6 +93,10 @@ def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSi
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "NOTIFY_DATA_DIR": str(home / "data"),
         "NOTIFY_STREAMS_URL": streams_url,
+        **{
+            f"NOTIFY_{name.upper()}": url
+            for name, url in ({} if streams_url.startswith("sqlite") else role_urls(streams_url)).items()
+        },
         "NOTIFY_TASK_QUEUE": "cli-notifications",
         "NOTIFY_SMTP_HOST": mail.host,
         "NOTIFY_SMTP_PORT": str(mail.port),
