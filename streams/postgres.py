@@ -27,6 +27,7 @@ from streams.store import (
     PutResult,
     Record,
     StreamStore,
+    select_records,
 )
 
 MIGRATIONS = {int(path.name.split("_")[0]): path for path in (Path(__file__).parent / "migrations").glob("*.sql")}
@@ -130,23 +131,17 @@ class PostgresStreamStore(StreamStore):
         newest_first: bool = False,
         limit: int | None = None,
     ) -> list[Record]:
-        query = "SELECT internal_id, stream, record_id, type, payload, tags, timestamp_utc FROM notify_records WHERE stream = %s"
-        args: list[object] = [stream]
-        if record_id is not None:
-            query += " AND record_id = %s"
-            args.append(record_id)
-        if type is not None:
-            query += " AND type = %s"
-            args.append(type)
-        for t in tags:
-            query += (
-                " AND internal_id IN (SELECT internal_id FROM notify_record_tags"
-                " WHERE stream = %s AND name = %s AND value = %s)"
-            )
-            args += [stream, t.name, t.value]
-        query += " ORDER BY internal_id" + (" DESC" if newest_first else "")
-        if limit is not None:
-            query += f" LIMIT {int(limit)}"
+        query, args = select_records(
+            "notify_records",
+            "notify_record_tags",
+            "%s",
+            stream,
+            record_id=record_id,
+            type=type,
+            tags=tags,
+            newest_first=newest_first,
+            limit=limit,
+        )
         async with self._consumer.connection() as db:
             rows = await (await db.execute(query, args)).fetchall()
         return [Record(r[0], r[1], r[2], r[3], r[4], tuple(Tag(name=n, value=v) for n, v in r[5]), r[6]) for r in rows]

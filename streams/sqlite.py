@@ -26,6 +26,7 @@ from streams.store import (
     PutResult,
     Record,
     StreamStore,
+    select_records,
 )
 
 T = TypeVar("T")
@@ -177,22 +178,17 @@ class SQLiteStreamStore(StreamStore):
         newest_first: bool = False,
         limit: int | None = None,
     ) -> list[Record]:
-        sql = "SELECT internal_id, stream, record_id, type, payload, tags, timestamp_utc FROM records WHERE stream = ?"
-        args: list[object] = [stream]
-        if record_id is not None:
-            sql += " AND record_id = ?"
-            args.append(record_id)
-        if type is not None:
-            sql += " AND type = ?"
-            args.append(type)
-        for t in tags:
-            sql += (
-                " AND internal_id IN (SELECT internal_id FROM record_tags WHERE stream = ? AND name = ? AND value = ?)"
-            )
-            args += [stream, t.name, t.value]
-        sql += " ORDER BY internal_id" + (" DESC" if newest_first else "")
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        sql, args = select_records(
+            "records",
+            "record_tags",
+            "?",
+            stream,
+            record_id=record_id,
+            type=type,
+            tags=tags,
+            newest_first=newest_first,
+            limit=limit,
+        )
         rows = await self._run(lambda: self._db.execute(sql, args).fetchall())
         return [
             Record(

@@ -129,6 +129,38 @@ class HandlingEntry:
     timestamp_utc: datetime
 
 
+def select_records(
+    records: str,
+    record_tags: str,
+    mark: str,
+    stream: str,
+    *,
+    record_id: str | None,
+    type: str | None,
+    tags: Sequence[Tag],
+    newest_first: bool,
+    limit: int | None,
+) -> tuple[str, list[object]]:
+    """The query (with `mark` as its placeholder) and arguments with which an SQL backend reads records: those of
+    `stream` that match every filter given, by internal id."""
+    query = f"SELECT internal_id, stream, record_id, type, payload, tags, timestamp_utc FROM {records} WHERE stream = {mark}"
+    args: list[object] = [stream]
+    for column, value in (("record_id", record_id), ("type", type)):
+        if value is not None:
+            query += f" AND {column} = {mark}"
+            args.append(value)
+    for t in tags:
+        query += (
+            f" AND internal_id IN (SELECT internal_id FROM {record_tags}"
+            f" WHERE stream = {mark} AND name = {mark} AND value = {mark})"
+        )
+        args += [stream, t.name, t.value]
+    query += " ORDER BY internal_id" + (" DESC" if newest_first else "")
+    if limit is not None:
+        query += f" LIMIT {int(limit)}"
+    return query, args
+
+
 class StreamStore(ABC):
     """A backend. Only the handles it returns are given to producers, consumers and handlers."""
 

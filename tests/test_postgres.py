@@ -9,8 +9,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,7 +17,6 @@ import psycopg
 import pytest
 from psycopg import errors
 from pydantic import BaseModel
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from client import NotificationClient
@@ -30,7 +28,6 @@ from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StreamName, open_store
 from streams.directory import import_entries
 from tests.databases import Databases, url_of
-from worker import temporal_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = ("notify_producer", "notify_consumer", "notify_handler")
@@ -229,19 +226,6 @@ ENTITY = DirectoryEntry.model_validate(
         "channels": {"email": "send", "slack": "send"},
     }
 )
-
-
-@pytest.fixture
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(temporal_binary("temporal")),
-        dev_server_startup_timeout=timedelta(seconds=60),
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture

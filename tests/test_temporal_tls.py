@@ -6,31 +6,20 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import trustme
 from pydantic import SecretStr
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
 from settings import Settings, connect, temporal_tls
-from worker import temporal_binary
 
 
 @pytest.fixture
-async def dev_server() -> AsyncIterator[str]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(temporal_binary("temporal")),
-        dev_server_startup_timeout=timedelta(seconds=60),
-    )
-    try:
-        yield env.client.service_client.config.target_host
-    finally:
-        await env.shutdown()
+def dev_server(dev_env: WorkflowEnvironment) -> str:
+    return dev_env.client.service_client.config.target_host
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
