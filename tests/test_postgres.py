@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StreamName, open_store
 from streams.directory import import_entries
-from tests.databases import Databases, url_of
+from tests.databases import Databases, role_urls, url_of
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = ("notify_producer", "notify_consumer", "notify_handler")
@@ -234,47 +235,92 @@ def sinks() -> Iterator[tuple[MailSink, SlackSink]]:
         yield mail, slack
 
 
-async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
-    dev_env: WorkflowEnvironment, database: str, sinks: tuple[MailSink, SlackSink], tmp_path: Path
-) -> None:
+@pytest.fixture
+def worker_env(dev_env: WorkflowEnvironment, database: str, sinks: tuple[MailSink, SlackSink]) -> dict[str, str]:
+    """What `worker.py` processes sharing one Temporal and one database, each handle as its own role, are given."""
     mail, slack = sinks
-    roles = {f"NOTIFY_STREAMS_{r.removeprefix('notify_').upper()}_URL": as_role(database, r) for r in ROLES}
-    env = {
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
         "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "NOTIFY_TASK_QUEUE": "shared",
         "NOTIFY_STREAMS_URL": database,
-        **roles,
+        **{f"NOTIFY_{name.upper()}": url for name, url in role_urls(database).items()},
         "NOTIFY_SMTP_HOST": mail.host,
         "NOTIFY_SMTP_PORT": str(mail.port),
         "NOTIFY_SLACK_API_URL": slack.api_url,
         "NOTIFY_SLACK_TOKEN": "xoxb-shared",
         "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
     }
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+
+
+def start_worker(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """A `worker.py` process, once it says it polls."""
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "worker.py")],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert worker.stdout is not None
+    line = worker.stdout.readline()
+    assert line.startswith("worker polling"), line + worker.stdout.read()
+    return worker
+
+
+def client_settings(database: str) -> Settings:
+    return Settings(_env_file=None, task_queue="shared", streams_url=database, **role_urls(database))
+
+
+async def test_a_saga_outlives_its_worker(
+    dev_env: WorkflowEnvironment,
+    database: str,
+    worker_env: dict[str, str],
+    sinks: tuple[MailSink, SlackSink],
+    tmp_path: Path,
+) -> None:
+    """The worker that started a scheduled saga is killed; another finishes it, and nothing is lost or sent twice."""
+    mail, slack = sinks
+    first = start_worker(worker_env, tmp_path)
+    second = None
     try:
-        for worker in workers:
-            assert worker.stdout is not None
-            line = worker.stdout.readline()
-            assert line.startswith("worker polling"), line + worker.stdout.read()
-        settings = Settings(
-            _env_file=None,
-            task_queue="shared",
-            streams_url=database,
-            streams_producer_url=roles["NOTIFY_STREAMS_PRODUCER_URL"],
-            streams_consumer_url=roles["NOTIFY_STREAMS_CONSUMER_URL"],
-            streams_handler_url=roles["NOTIFY_STREAMS_HANDLER_URL"],
-        )
+        settings = client_settings(database)
+        async with settings.open_streams() as store:
+            await import_entries(store, [ENTITY])
+            client = NotificationClient(store, dev_env.client, settings)
+            at = datetime.now(UTC) + timedelta(seconds=3)
+            nid = await client.request(
+                SendNotificationToEntityOp(entity_id="ops", subject="Later", body="B", send_at=at)
+            )
+            assert (await client.status(nid))["status"] == "scheduled"  # the first worker answered
+            first.kill()  # no graceful shutdown
+            first.wait(timeout=30)
+            second = start_worker(worker_env, tmp_path)
+            view = await client.result(nid)
+            events = [r.type for r in await client.events(nid)]
+    finally:
+        for worker in (first, second):
+            if worker is not None and worker.poll() is None:
+                worker.terminate()
+                worker.communicate(timeout=60)
+    assert view.status == "sent" and view.completed_at is not None and view.completed_at >= at
+    assert len(mail.messages) == 1 and len(slack.messages) == 1
+    assert events.count("SendNotificationRequestedEvent") == 1
+    assert events.count("SendEmailRequestedEvent") == events.count("SucceededInSendingEmailEvent") == 1
+
+
+async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
+    dev_env: WorkflowEnvironment,
+    database: str,
+    worker_env: dict[str, str],
+    sinks: tuple[MailSink, SlackSink],
+    tmp_path: Path,
+) -> None:
+    mail, slack = sinks
+    workers = [start_worker(worker_env, tmp_path) for _ in range(2)]
+    try:
+        settings = client_settings(database)
         async with settings.open_streams() as store:
             await import_entries(store, [ENTITY])
             client = NotificationClient(store, dev_env.client, settings)
