@@ -15,13 +15,14 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.notification import SEND_NOTIFICATION_CONCERN
+from activities.notification import SEND_NOTIFICATION_CONCERN, notification_tags
 from domain import (
     Channel,
     DeliveryAuditEntry,
     ExecuteOpRequestedEvent,
     IdempotencyKeyClaim,
     NotificationAuditEntry,
+    NotificationOutcome,
     NotificationRequest,
     NotificationStatus,
     NotificationView,
@@ -31,7 +32,7 @@ from domain import (
     tag,
 )
 from settings import Settings
-from streams import ExistingRecordStrategy, Record, StreamName, StreamStore
+from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
 from workflows.notification import NotificationSaga
 
 QUERY_TIMEOUT = timedelta(seconds=5)
@@ -64,14 +65,14 @@ class NotificationClient:
         """Request a notification and return its id. Repeating a request with the same idempotency key returns the
         first request's id and sends nothing more."""
         notification_id = str(await self._client_operations.next_unique_id())
-        tags = [*operation.tags]
+        key_tags = []
         if idempotency_key is not None:
             notification_id = await self._claim(idempotency_key, notification_id, operation)
-            tags.append(tag(TagName.IDEMPOTENCY_KEY, idempotency_key))
+            key_tags.append(tag(TagName.IDEMPOTENCY_KEY, idempotency_key))
         put = await self._client_operations.put(
             notification_id,
             ExecuteOpRequestedEvent(id=notification_id, operation=operation, timestamp_utc=datetime.now(UTC)),
-            tags=[tag(TagName.NOTIFICATION_ID, notification_id), tag(TagName.ENTITY_ID, operation.entity_id), *tags],
+            tags=[*notification_tags(notification_id, operation), *key_tags],
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
         if put.internal_id is None and await self._taken_up(put.record_internal_id):
@@ -101,7 +102,8 @@ class NotificationClient:
         """Whether a saga has taken up the client's operation: then it must not be started again, even once Temporal
         has forgotten it (after the namespace's retention)."""
         handling = self._store.handling(StreamName.CLIENT_OPERATION)
-        return await handling.status(client_operation_record_id, SEND_NOTIFICATION_CONCERN) != "AvailableByDefault"
+        status = await handling.status(client_operation_record_id, SEND_NOTIFICATION_CONCERN)
+        return status != HandlingStatus.AVAILABLE_BY_DEFAULT
 
     async def _claim(self, key: str, notification_id: str, operation: SendNotificationToEntityOp) -> str:
         record_id = f"idempotency-key:{key}"
@@ -152,33 +154,40 @@ class NotificationClient:
             raise UnknownNotification(notification_id)
         handle = self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id)
         try:
-            description = await handle.describe()
-            if description.status == WorkflowExecutionStatus.RUNNING:
-                view = await handle.query(NotificationSaga.status, rpc_timeout=QUERY_TIMEOUT)
-                return view.model_dump(mode="json")
+            running = (await handle.describe()).status
         except RPCError as error:
-            if error.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.DEADLINE_EXCEEDED):
+            if error.status != RPCStatusCode.NOT_FOUND:
                 raise
-            description = None
-        record = await views.latest(notification_id)  # the saga may have ended since the first look
-        if record is not None:
-            return record.json()
+            running = None
+        if running == WorkflowExecutionStatus.RUNNING:
+            try:
+                return (await handle.query(NotificationSaga.status, rpc_timeout=QUERY_TIMEOUT)).model_dump(mode="json")
+            except RPCError as error:
+                if error.status != RPCStatusCode.DEADLINE_EXCEEDED:
+                    raise
+                status, failure = NotificationStatus.PENDING, "its saga is running, and no worker answered for it"
+        else:
+            record = await views.latest(notification_id)  # the saga may have ended since the first look
+            if record is not None:
+                return record.json()
+            if running is None:
+                status, failure = (
+                    NotificationStatus.PENDING,
+                    "no saga has started for it: repeat the request with its idempotency key",
+                )
+            else:
+                status, failure = NotificationStatus.FAILED, f"its saga ended {running.name} without a view"
         operation = requested.object(ExecuteOpRequestedEvent).operation
         assert isinstance(operation, SendNotificationToEntityOp)
-        if description is None:
-            failures = ["no saga is running for it: repeat the request with its idempotency key to start one"]
-        else:
-            failures = [f"the saga ended {description.status.name} without a view"]
-        return {
-            "id": notification_id,
-            "status": NotificationStatus.PENDING if description is None else NotificationStatus.FAILED,
-            "entity_id": operation.entity_id,
-            "subject": operation.subject,
-            "outcome": {"failures": failures},
-            "channels": {},
-            "requested_at": requested.timestamp_utc.isoformat(),
-            "completed_at": None,
-        }
+        return NotificationView(
+            id=notification_id,
+            status=status,
+            entity_id=operation.entity_id,
+            subject=operation.subject,
+            outcome=NotificationOutcome(failures=[failure]),
+            requested_at=requested.timestamp_utc,
+            send_at=operation.send_at,
+        ).model_dump(mode="json")
 
     async def events(self, notification_id: str) -> list[Record]:
         """Every record of the notification, across all its streams, in the order they were written."""

@@ -113,7 +113,8 @@ class DirectoryEntry(Model):
     slack: SlackAddress | None = None
     channels: dict[Channel, ChannelPreference]
     fallback: Channel | None = None
-    """Where to deliver when a preferred channel fails for good, if the notification did not reach it already."""
+    """A channel not in `channels`, to deliver on when a preferred one fails for good or cannot be used or
+    prepared."""
 
     @model_validator(mode="after")
     def _reachable_where_it_says(self) -> DirectoryEntry:

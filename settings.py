@@ -213,7 +213,7 @@ def load_settings() -> Settings:
         raise ConfigurationError(f"{name}: malformed JSON: {error.__cause__}") from error
 
 
-def temporal_tls(settings: Settings) -> TLSConfig | bool:
+def tls_config(settings: Settings) -> TLSConfig | bool:
     """TLS to Temporal: on when asked for, when a certificate or CA is given, or with an API key (Temporal Cloud)."""
     s = settings
     wanted = (
@@ -240,7 +240,7 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
             settings.temporal_address,
             namespace=settings.temporal_namespace,
             data_converter=pydantic_data_converter,
-            tls=temporal_tls(settings),
+            tls=tls_config(settings),
             api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
             lazy=lazy,
         )

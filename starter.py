@@ -32,7 +32,8 @@ db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL streams database
 app.add_typer(db_app, name="db")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-FAILED_STATUSES = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT, NotificationStatus.CANCELLED}
+NOT_DELIVERED = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT, NotificationStatus.CANCELLED}
+"""Outcomes after which `--wait` exits 1."""
 
 
 class CliError(Exception):
@@ -168,9 +169,9 @@ def send(
                 print_json({"id": notification_id}) if as_json else print(notification_id)
                 return 0
             view = await client.result(notification_id)
-            status = await client.status(notification_id)
-        print_json(status) if as_json else print_view(status)
-        return 1 if view.status in FAILED_STATUSES else 0
+        shown = view.model_dump(mode="json")
+        print_json(shown) if as_json else print_view(shown)
+        return 1 if view.status in NOT_DELIVERED else 0
 
     run(command)
 
@@ -192,7 +193,7 @@ def status(
                 await client.result(notification_id)
                 view = await client.status(notification_id)
         print_json(view) if as_json else print_view(view)
-        return 1 if wait and view["status"] in FAILED_STATUSES else 0
+        return 1 if wait and view["status"] in NOT_DELIVERED else 0
 
     run(command)
 
@@ -422,7 +423,7 @@ def demo() -> None:
                         )
                         print(f"requested notification {notification_id}")
                         view = await client.result(notification_id)
-                        print_view(await client.status(notification_id))
+                        print_view(view.model_dump(mode="json"))
             finally:
                 if slack is not None:
                     slack.stop()

@@ -107,6 +107,15 @@ async def dev_server(settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
         ui_port=ui_port,
         dev_server_existing_path=str(temporal_binary("temporal")),
         dev_server_database_filename=str(settings.data_dir / "temporal.db"),
+        # One partition per task queue: a queue's rate limit is divided among its partitions, each allowing a burst
+        # of one, so with the default four a limit of 1/s could let four go at once. One machine gains nothing
+        # from partitions.
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "matching.numTaskqueueReadPartitions=1",
+            "--dynamic-config-value",
+            "matching.numTaskqueueWritePartitions=1",
+        ],
         dev_server_startup_timeout=timedelta(seconds=60),
     )
     print(

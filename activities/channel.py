@@ -161,7 +161,9 @@ class ChannelHandler(ABC):
         unless an attempt recorded an outcome after all, and archive its handling."""
         ref, operation = failure.operation, failure.operation.instruction.operation
         recorded = await self._recorded_outcome(operation)
-        if recorded is not None:
+        if recorded is not None:  # an attempt recorded it and died before it could complete its handling
+            if await self._handling.status(ref.internal_record_id, self.concern) == HandlingStatus.RUNNING:
+                await self._complete(ref, recorded)
             return recorded
         last = failure.last_response
         response = (
@@ -247,7 +249,7 @@ def _attempt_budget() -> float | None:
     """Seconds this attempt may take: what is left of its timeout and of the operation's deadline, less a margin to
     record that it ran out."""
     info = activity.info()
-    left = [t.total_seconds() for t in (info.start_to_close_timeout,) if t]
+    left = [info.start_to_close_timeout.total_seconds()] if info.start_to_close_timeout else []
     if info.schedule_to_close_timeout:
         deadline = info.scheduled_time + info.schedule_to_close_timeout
         left.append((deadline - datetime.now(UTC)).total_seconds())

@@ -1,5 +1,6 @@
-"""The notification handlers' activities: record the request, get the audience, prepare each channel, put the saga
-and its channel operations, and record how the saga ended. Each holds only the stream handles its work needs."""
+"""The notification handlers' steps, as activities: record the request, get the audience, prepare each channel, put
+the saga and its channel operations, tell the internal team, and record how the saga ended. They write only through
+write-only handles, read only through read-only ones, and keep handling through the handling stores."""
 
 from __future__ import annotations
 
@@ -202,7 +203,8 @@ class NotificationActivities:
     async def record_outcome(self, snapshot: NotificationSnapshot) -> None:
         """Record the attempt stage (if the saga got that far) and the event that ends the notification."""
         nid, view = snapshot.notification_id, snapshot.view
-        timestamp = view.completed_at or utc_now()
+        timestamp = view.completed_at
+        assert timestamp is not None, "a saga records its outcome once it has ended"
         if snapshot.attempt is not None:
             attempt = AttemptToSendNotificationEvent(
                 notification_id=nid, timestamp_utc=timestamp, attempt=snapshot.attempt
@@ -238,14 +240,15 @@ class NotificationActivities:
         tags = notification_tags(nid, snapshot.operation)
         if view.escalation is not None:
             told = FailedNotificationSentToInternalTeamEvent(
-                notification_id=nid, timestamp_utc=view.completed_at or utc_now(), escalation=view.escalation
+                notification_id=nid, timestamp_utc=view.completed_at, escalation=view.escalation
             )
             await self._record_event(told, snapshot.operation)
         await self._views.put(nid, view, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
         await self._snapshots.put(nid, snapshot, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
         if ended.saga_record_id is not None:
             await _complete_if_running(self._saga_handling, ended.saga_record_id, SAGA_CONCERN, view.status)
-        if ended.internal_operation_record_id is not None and view.escalation is not None:
+        if ended.internal_operation_record_id is not None:
+            assert view.escalation is not None
             await _complete_if_running(
                 self._internal_operation_handling,
                 ended.internal_operation_record_id,

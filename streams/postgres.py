@@ -27,6 +27,7 @@ from streams.store import (
     PutResult,
     Record,
     StreamStore,
+    select_handling,
     select_records,
 )
 
@@ -49,14 +50,9 @@ class AccessUrls:
     consumer: str
     handler: str
 
-    @classmethod
-    def one(cls, url: str) -> AccessUrls:
-        return cls(url, url, url)
-
 
 class PostgresStreamStore(StreamStore):
     def __init__(self, urls: AccessUrls, max_connections: int = 10) -> None:
-        self.urls = urls
         pools: dict[str, AsyncConnectionPool] = {}
         for url in dict.fromkeys((urls.producer, urls.consumer, urls.handler)):
             pools[url] = AsyncConnectionPool(
@@ -147,16 +143,9 @@ class PostgresStreamStore(StreamStore):
         return [Record(r[0], r[1], r[2], r[3], r[4], tuple(Tag(name=n, value=v) for n, v in r[5]), r[6]) for r in rows]
 
     async def handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
-        query = (
-            "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc FROM notify_handling"
-            " WHERE stream = %s AND internal_record_id = %s"
-        )
-        args: list[object] = [stream, internal_record_id]
-        if concern is not None:
-            query += " AND concern = %s"
-            args.append(concern)
+        query, args = select_handling("notify_handling", "%s", stream, internal_record_id, concern)
         async with self._consumer.connection() as db:
-            rows = await (await db.execute(query + " ORDER BY entry_id", args)).fetchall()
+            rows = await (await db.execute(query, args)).fetchall()
         return [HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6]) for r in rows]
 
     async def transition(

@@ -26,6 +26,7 @@ from streams.store import (
     PutResult,
     Record,
     StreamStore,
+    select_handling,
     select_records,
 )
 
@@ -209,17 +210,10 @@ class SQLiteStreamStore(StreamStore):
         return await self._run(self._handling_history, stream, internal_record_id, concern)
 
     def _handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
-        sql = (
-            "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc FROM handling "
-            "WHERE stream = ? AND internal_record_id = ?"
-        )
-        args: list[object] = [stream, internal_record_id]
-        if concern is not None:
-            sql += " AND concern = ?"
-            args.append(concern)
+        query, args = select_handling("handling", "?", stream, internal_record_id, concern)
         return [
             HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], datetime.fromisoformat(r[6]))
-            for r in self._db.execute(sql + " ORDER BY entry_id", args)
+            for r in self._db.execute(query, args)
         ]
 
     async def transition(

@@ -161,6 +161,21 @@ def select_records(
     return query, args
 
 
+def select_handling(
+    handling: str, mark: str, stream: str, internal_record_id: int, concern: str | None
+) -> tuple[str, list[object]]:
+    """The query and arguments with which an SQL backend reads a record's handling history, oldest first."""
+    query = (
+        f"SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc FROM {handling}"
+        f" WHERE stream = {mark} AND internal_record_id = {mark}"
+    )
+    args: list[object] = [stream, internal_record_id]
+    if concern is not None:
+        query += f" AND concern = {mark}"
+        args.append(concern)
+    return query + " ORDER BY entry_id", args
+
+
 class StreamStore(ABC):
     """A backend. Only the handles it returns are given to producers, consumers and handlers."""
 
@@ -307,9 +322,10 @@ class HandlingStore:
         """Start handling a record. A retried handler finds the previous attempt's status: a `Failed` one is reset,
         an abandoned `Running` one is cancelled, and then it runs again. Returns the `Completed` entry instead, and
         writes nothing, when the record was already handled, so that a handler never does its work twice."""
-        status = await self.status(internal_record_id, concern)
+        history = await self.history(internal_record_id, concern)
+        status = history[-1].status if history else HandlingStatus.AVAILABLE_BY_DEFAULT
         if status == HandlingStatus.COMPLETED:
-            return (await self.history(internal_record_id, concern))[-1]
+            return history[-1]
         if status == HandlingStatus.FAILED:
             await self.transition(internal_record_id, concern, HandlingStatus.AVAILABLE_AFTER_FAILURE, "retrying")
         elif status == HandlingStatus.RUNNING:

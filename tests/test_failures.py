@@ -315,7 +315,7 @@ async def test_a_notification_that_is_sending_cannot_be_cancelled(notify: Notify
     mail_sink.hold()
     nid = await notify.client.request(operation())
     assert await asyncio.to_thread(mail_sink.data_arrived.wait, 30)
-    with pytest.raises(NotCancellable, match=f"notification {nid} is sending: too late to cancel"):
+    with pytest.raises(NotCancellable, match=f"notification {nid} has started sending: too late to cancel"):
         await notify.client.cancel(nid)
     mail_sink.release()
     assert (await notify.client.result(nid)).status == "sent"

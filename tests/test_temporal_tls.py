@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
-from settings import Settings, connect, temporal_tls
+from settings import Settings, connect, tls_config
 
 
 @pytest.fixture
@@ -90,6 +90,6 @@ def test_a_certificate_needs_its_key(tmp_path: Path) -> None:
 
 def test_an_api_key_means_tls(tmp_path: Path) -> None:
     """Temporal Cloud's API keys go over TLS; nothing else needs to be said."""
-    assert temporal_tls(Settings(_env_file=None)) is False
-    tls = temporal_tls(Settings(_env_file=None, temporal_api_key="a-key"))
+    assert tls_config(Settings(_env_file=None)) is False
+    tls = tls_config(Settings(_env_file=None, temporal_api_key="a-key"))
     assert isinstance(tls, TLSConfig) and tls.client_cert is None

@@ -109,7 +109,7 @@ class NotificationSaga:
         if self._cancel_requested:
             raise ValueError(f"notification {self._view.id} is being cancelled already")
         if self._sending:
-            raise ValueError(f"notification {self._view.id} is {self._view.status}: too late to cancel")
+            raise ValueError(f"notification {self._view.id} has started sending: too late to cancel")
 
     @workflow.run
     async def run(self, request: NotificationRequest) -> NotificationView:
@@ -369,7 +369,7 @@ class NotificationSaga:
     # -- the view ------------------------------------------------------------------------------------------------
 
     def _final_status(self) -> NotificationStatus:
-        if self._cancel_requested and not self._sending:
+        if self._cancel_requested:
             return NotificationStatus.CANCELLED
         channels = [c for c in self._view.channels.values() if c.outcome != ChannelOutcome.OPTED_OUT]
         if self._view.channels and not channels:
