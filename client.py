@@ -10,15 +10,20 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.notification import SEND_NOTIFICATION_CONCERN, notification_tags
 from domain import (
+    SEND_ACTIVITY,
     Channel,
+    ChannelOutcome,
+    ChannelView,
     DeliveryAuditEntry,
+    EscalationStatus,
     ExecuteOpRequestedEvent,
     IdempotencyKeyClaim,
     NotificationAuditEntry,
@@ -64,10 +69,11 @@ class NotificationClient:
     async def request(self, operation: SendNotificationToEntityOp, idempotency_key: str | None = None) -> str:
         """Request a notification and return its id. Repeating a request with the same idempotency key returns the
         first request's id and sends nothing more."""
-        notification_id = str(await self._client_operations.next_unique_id())
         key_tags = []
-        if idempotency_key is not None:
-            notification_id = await self._claim(idempotency_key, notification_id, operation)
+        if idempotency_key is None:
+            notification_id = str(await self._client_operations.next_unique_id())
+        else:
+            notification_id = await self._claim(idempotency_key, operation)
             key_tags.append(tag(TagName.IDEMPOTENCY_KEY, idempotency_key))
         put = await self._client_operations.put(
             notification_id,
@@ -105,19 +111,25 @@ class NotificationClient:
         status = await handling.status(client_operation_record_id, SEND_NOTIFICATION_CONCERN)
         return status != HandlingStatus.AVAILABLE_BY_DEFAULT
 
-    async def _claim(self, key: str, notification_id: str, operation: SendNotificationToEntityOp) -> str:
+    async def _claim(self, key: str, operation: SendNotificationToEntityOp) -> str:
+        """The notification id the key is claimed for: the first request's, or a new one that this request claims.
+        Only requests that race for a new key each take an id, of which one is used."""
         record_id = f"idempotency-key:{key}"
-        claim = IdempotencyKeyClaim(idempotency_key=key, notification_id=notification_id, operation=operation)
-        put = await self._client_operations.put(
-            record_id,
-            claim,
-            tags=[tag(TagName.NOTIFICATION_ID, notification_id), tag(TagName.IDEMPOTENCY_KEY, key)],
-            strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
-        )
-        if put.internal_id is not None:
-            return notification_id
-        existing = await self._store.reader(StreamName.CLIENT_OPERATION).latest(record_id)
-        assert existing is not None
+        claims = self._store.reader(StreamName.CLIENT_OPERATION)
+        existing = await claims.latest(record_id)
+        if existing is None:
+            notification_id = str(await self._client_operations.next_unique_id())
+            claim = IdempotencyKeyClaim(idempotency_key=key, notification_id=notification_id, operation=operation)
+            put = await self._client_operations.put(
+                record_id,
+                claim,
+                tags=[tag(TagName.NOTIFICATION_ID, notification_id), tag(TagName.IDEMPOTENCY_KEY, key)],
+                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+            )
+            if put.internal_id is not None:
+                return notification_id
+            existing = await claims.latest(record_id)  # another request claimed it first
+            assert existing is not None
         first = existing.object(IdempotencyKeyClaim)
         if first.operation != operation:
             raise IdempotencyKeyConflict(key, first.notification_id)
@@ -130,8 +142,14 @@ class NotificationClient:
         try:
             await handle.execute_update(NotificationSaga.cancel, rpc_timeout=QUERY_TIMEOUT)
         except WorkflowUpdateFailedError as error:
-            raise NotCancellable(str(error.cause)) from error
+            cause = error.cause
+            raise NotCancellable(cause.message if isinstance(cause, FailureError) else str(cause)) from error
         except RPCError as error:
+            if error.status == RPCStatusCode.DEADLINE_EXCEEDED:
+                raise NotCancellable(
+                    f"no worker answered for notification {notification_id} within "
+                    f"{QUERY_TIMEOUT.total_seconds():g} s: nothing changed (is a worker running?)"
+                ) from error
             if error.status != RPCStatusCode.NOT_FOUND:
                 raise
             status = await self.status(notification_id)
@@ -154,14 +172,16 @@ class NotificationClient:
             raise UnknownNotification(notification_id)
         handle = self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id)
         try:
-            running = (await handle.describe()).status
+            description = await handle.describe()
+            running = description.status
         except RPCError as error:
             if error.status != RPCStatusCode.NOT_FOUND:
                 raise
             running = None
         if running == WorkflowExecutionStatus.RUNNING:
             try:
-                return (await handle.query(NotificationSaga.status, rpc_timeout=QUERY_TIMEOUT)).model_dump(mode="json")
+                view = await handle.query(NotificationSaga.status, rpc_timeout=QUERY_TIMEOUT)
+                return _with_attempts(view, description).model_dump(mode="json")
             except RPCError as error:
                 if error.status != RPCStatusCode.DEADLINE_EXCEEDED:
                     raise
@@ -228,6 +248,37 @@ class NotificationClient:
                 )
             )
         return entries
+
+
+def _with_attempts(view: NotificationView, description: WorkflowExecutionDescription) -> NotificationView:
+    """The running saga's view, with the attempts, last error and next attempt of each channel it is sending on, as
+    Temporal has them (at most one send per channel runs at a time: the entity's, its fallback's, or the team's)."""
+    pending: dict[Channel, dict[str, Any]] = {}
+    for activity in description.raw_description.pending_activities:
+        channel = next((c for c, name in SEND_ACTIVITY.items() if name == activity.activity_type.name), None)
+        if channel is None:
+            continue
+        started = activity.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        pending[channel] = {
+            "attempts": activity.attempt if started else activity.attempt - 1,
+            "last_error": activity.last_failure.message if activity.HasField("last_failure") else None,
+            "next_attempt_at": activity.next_attempt_schedule_time.ToDatetime(UTC)
+            if activity.HasField("next_attempt_schedule_time")
+            else None,
+        }
+
+    def live(channels: dict[Channel, ChannelView]) -> dict[Channel, ChannelView]:
+        return {
+            c: v.model_copy(update=pending[c]) if c in pending and v.outcome == ChannelOutcome.SENDING else v
+            for c, v in channels.items()
+        }
+
+    escalation = view.escalation
+    if escalation is not None and escalation.status == EscalationStatus.SENDING:
+        return view.model_copy(
+            update={"escalation": escalation.model_copy(update={"channels": live(escalation.channels)})}
+        )
+    return view.model_copy(update={"channels": live(view.channels)})
 
 
 def _deliveries(channel: Channel, address: str, records: Iterable[Record]) -> list[DeliveryAuditEntry]:

@@ -72,6 +72,10 @@ class Channel(StrEnum):
     SLACK = "slack"
 
 
+SEND_ACTIVITY = {Channel.EMAIL: "SendEmail", Channel.SLACK: "SendSlackMessage"}
+"""The name of each channel's send activity."""
+
+
 def channel_task_queue(task_queue: str, channel: Channel) -> str:
     """Each channel's sends have a task queue of their own, so that each can have its own rate limit."""
     return f"{task_queue}-{channel}"
@@ -141,6 +145,12 @@ def _at_most_body_size(value: str) -> str:
     return value
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
 def _subject(value: str) -> str:
     value = _single_line(value).strip()
     if not value:
@@ -149,7 +159,7 @@ def _subject(value: str) -> str:
 
 
 Subject = Annotated[str, StringConstraints(max_length=998), AfterValidator(_subject)]
-Body = Annotated[str, StringConstraints(min_length=1), AfterValidator(_at_most_body_size)]
+Body = Annotated[str, AfterValidator(_not_blank), AfterValidator(_at_most_body_size)]
 OptionalBody = Annotated[str, AfterValidator(_at_most_body_size)]
 
 
@@ -164,12 +174,6 @@ class SendNotificationToEntityOp(Model):
     tags: list[Tag] = Field(default_factory=list)
     send_at: AwareDatetime | None = None
     """When to send; until then the saga waits on a durable timer and can be cancelled."""
-
-    @model_validator(mode="after")
-    def _body_not_blank(self) -> SendNotificationToEntityOp:
-        if not self.body.strip():
-            raise ValueError("body must not be blank")
-        return self
 
 
 class NotificationRequest(Model):
@@ -462,6 +466,8 @@ class ChannelOperationOutcomeInfo(Model):
     event_type: str
     outcome: ChannelOperationOutcome
     reason: str | None = None
+    attempts: int | None = None
+    """How many attempts the operation took, where the handler knows."""
 
 
 class AttemptToSendNotificationResult(Model):
@@ -591,6 +597,12 @@ class ChannelView(Model):
     reason: str | None = None
     fallback: bool = False
     """Sent on because a preferred channel failed."""
+    attempts: int | None = None
+    """Attempts at delivering so far (while sending, from Temporal) or in all (once it ended)."""
+    last_error: str | None = None
+    """While retrying: why the last attempt failed."""
+    next_attempt_at: datetime | None = None
+    """While retrying: when the next attempt starts."""
 
 
 class EscalationStatus(StrEnum):
@@ -674,8 +686,15 @@ class SucceededInSendingNotificationEvent(NotificationEvent):
     view: NotificationView
 
 
+class PartiallySentNotificationEvent(NotificationEvent):
+    """Terminal: sent on some of the entity's channels and not on others (which failed, or could not be used or
+    prepared); the view says which and why."""
+
+    view: NotificationView
+
+
 class FailedToSendNotificationEvent(NotificationEvent):
-    """Terminal: not sent on every channel it should have been; the view says how far it got and why."""
+    """Terminal: sent on none of the entity's channels; the view says how far it got and why."""
 
     view: NotificationView
 
@@ -691,9 +710,11 @@ def terminal_event_type(status: NotificationStatus) -> type[NotificationEvent] |
     event already ended it (there was nothing to send)."""
     if status == NotificationStatus.OPTED_OUT:
         return None
-    if status == NotificationStatus.CANCELLED:
-        return NotificationCancelledEvent
-    return SucceededInSendingNotificationEvent if status == NotificationStatus.SENT else FailedToSendNotificationEvent
+    return {
+        NotificationStatus.CANCELLED: NotificationCancelledEvent,
+        NotificationStatus.SENT: SucceededInSendingNotificationEvent,
+        NotificationStatus.PARTIALLY_SENT: PartiallySentNotificationEvent,
+    }.get(status, FailedToSendNotificationEvent)
 
 
 class SendFailedNotificationToInternalTeamOp(Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import TemporalError
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import TLSConfig
 
 from domain import (
@@ -233,6 +235,37 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     )
 
 
+_runtime: Runtime | None = None
+
+
+def temporal_runtime() -> Runtime:
+    """Temporal's runtime for this process: the SDK core's own warnings and errors go to the `temporalio.core`
+    logger, like every other log line, instead of straight to standard error."""
+    global _runtime
+    if _runtime is None:
+        logging_config = LoggingConfig(
+            filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+            forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+        )
+        _runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config))
+    return _runtime
+
+
+def temporal_unreachable(address: str, error: BaseException) -> ConnectionError:
+    """Temporal's "Failed client connect: ... tonic::transport::Error(...)" said in one plain sentence."""
+    said = re.search(r'(?:message|error): "([^"]+)"', str(error))
+    why = said.group(1).lower() if said else "no answer"
+    return ConnectionError(
+        f"cannot reach Temporal at {address} ({why}): start it with `python worker.py --dev`, "
+        "or set NOTIFY_TEMPORAL_ADDRESS to where it runs"
+    )
+
+
+def is_connect_failure(error: BaseException) -> bool:
+    """Whether a Temporal call failed because the client could not connect (a lazy client fails on first use)."""
+    return isinstance(error, RuntimeError) and str(error).startswith("Failed client connect")
+
+
 async def connect(settings: Settings, *, lazy: bool = False) -> Client:
     """A Temporal client for these settings, speaking pydantic models; a lazy one connects on first use."""
     try:
@@ -243,6 +276,9 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
             tls=tls_config(settings),
             api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
             lazy=lazy,
+            runtime=temporal_runtime(),
         )
     except RuntimeError as error:
-        raise ConnectionError(f"cannot reach Temporal at {settings.temporal_address}: {error}") from error
+        if is_connect_failure(error):
+            raise temporal_unreachable(settings.temporal_address, error) from error
+        raise ConnectionError(f"cannot use Temporal at {settings.temporal_address}: {one_line(error)}") from error

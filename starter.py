@@ -11,17 +11,26 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
-from pydantic import SecretStr, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from client import IdempotencyKeyConflict, NotCancellable, NotificationClient, UnknownNotification
 from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp, Tag
-from settings import UNAVAILABLE, ConfigurationError, Settings, connect, load_settings, one_line
+from settings import (
+    UNAVAILABLE,
+    ConfigurationError,
+    Settings,
+    connect,
+    is_connect_failure,
+    load_settings,
+    one_line,
+    temporal_unreachable,
+)
 from streams import StreamName, StreamStore
 from streams.directory import import_entries, lookup
 
@@ -34,6 +43,7 @@ app.add_typer(db_app, name="db")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 NOT_DELIVERED = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT, NotificationStatus.CANCELLED}
 """Outcomes after which `--wait` exits 1."""
+WAIT_EXIT = "exit 1 if it failed, was partially sent or was cancelled (opted out is not a failure)."
 
 
 class CliError(Exception):
@@ -43,11 +53,36 @@ class CliError(Exception):
 
 
 def validation_message(error: ValidationError) -> str:
+    """The first of pydantic's errors in the CLI's words: where (`subject`, `entry 2, slack.channel`) and what."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
+    groups: list[list[str]] = [[]]
+    for part in first["loc"]:
+        if isinstance(part, int):
+            groups += [[f"entry {part + 1}"], []]
+        else:
+            groups[-1].append(str(part))
+    where = ", ".join(".".join(g) for g in groups if g)
+    message = _in_own_words(first["type"], first["msg"], first.get("ctx") or {})
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     return f"{where}: {message}{more}" if where else f"{message}{more}"
+
+
+def _in_own_words(kind: str, said: str, ctx: dict[str, Any]) -> str:
+    words = {
+        "missing": "is missing",
+        "extra_forbidden": "is not a known field",
+        "string_too_short": "must not be empty",
+        "string_too_long": f"is longer than {ctx.get('max_length')} characters",
+        "string_pattern_mismatch": "must not be empty or contain spaces",
+        "string_type": "must be text",
+        "enum": f"must be {ctx.get('expected')}",
+        "list_type": "must be a list",
+        "dict_type": "must be an object",
+        "model_type": "must be an object",
+        "model_attributes_type": "must be an object",
+        "timezone_aware": "must have a time zone",
+    }
+    return words.get(kind) or said.removeprefix("Value error, ")
 
 
 def exit_now(code: int) -> NoReturn:
@@ -67,6 +102,8 @@ def run(command: Callable[[], Awaitable[int | None]]) -> NoReturn:
         print(f"error: {error}", file=sys.stderr)
         code = 2
     except (UnknownNotification, *UNAVAILABLE) as error:
+        if is_connect_failure(error):  # a lazy client's first call
+            error = temporal_unreachable(load_settings().temporal_address, error)
         print(f"error: {one_line(error)}", file=sys.stderr)
         code = 1
     exit_now(code)
@@ -80,17 +117,33 @@ def print_view(view: dict[str, Any]) -> None:
     print(f"notification {view['id']}: {view['status']}")
     print(f"  entity {view['entity_id']}, subject {view['subject']!r}, requested {view['requested_at']}")
     for channel, c in view.get("channels", {}).items():
-        operation = f" (operation {c['channel_operation_id']})" if c.get("channel_operation_id") else ""
-        reason = f": {c['reason']}" if c.get("reason") else ""
-        print(f"  {channel:<6} {c.get('address') or '-':<32} {c['outcome']}{operation}{reason}")
+        print(f"  {channel:<6} {c.get('address') or '-':<32} {channel_line(c)}")
     for failure in view.get("outcome", {}).get("failures", []):
         print(f"  failure: {failure}")
     if view.get("send_at") and view["status"] in ("scheduled", "cancelled"):
         print(f"  scheduled for {view['send_at']}")
     escalation = view.get("escalation")
     if escalation:
-        told = ", ".join(f"{c} {v.get('address') or '-'} {v['outcome']}" for c, v in escalation["channels"].items())
-        print(f"  internal team: {escalation['status']} ({told})")
+        print(f"  internal team: {escalation['status']}")
+        for channel, c in escalation["channels"].items():
+            print(f"    {channel:<6} {c.get('address') or '-':<30} {channel_line(c)}")
+
+
+def channel_line(c: dict[str, Any]) -> str:
+    """A channel's outcome in words: its operation, attempts, and why it failed or when it is tried again."""
+    line = c["outcome"]
+    details = [f"operation {c['channel_operation_id']}"] if c.get("channel_operation_id") else []
+    if c.get("attempts") and (c["attempts"] > 1 or c["outcome"] == "sending"):
+        details.append(f"{c['attempts']} attempt{'s' if c['attempts'] > 1 else ''}")
+    if details:
+        line += f" ({', '.join(details)})"
+    if c.get("reason"):
+        line += f": {c['reason']}"
+    if c.get("last_error"):
+        line += f"; the last attempt failed: {c['last_error']}"
+    if c.get("next_attempt_at"):
+        line += f"; next attempt at {c['next_attempt_at']}"
+    return line
 
 
 def text_argument(value: str | None) -> str | None:
@@ -105,13 +158,18 @@ def text_argument(value: str | None) -> str | None:
 
 
 def parse_time(value: str | None) -> datetime | None:
+    """The time to send at; None for now, saying so if the time given has passed."""
     if value is None:
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as error:
         raise CliError(f"--at {value!r}: expected an ISO 8601 time such as 2026-12-01T09:00:00+01:00", 2) from error
-    return moment if moment.tzinfo else moment.astimezone()
+    moment = moment if moment.tzinfo else moment.astimezone()
+    if moment <= datetime.now(UTC):
+        print(f"--at {value} has passed: sending now", file=sys.stderr)
+        return None
+    return moment
 
 
 def parse_tags(values: Sequence[str]) -> list[Tag]:
@@ -140,7 +198,7 @@ def send(
     at: Annotated[
         str | None, typer.Option(help="Send at this ISO 8601 time (local time unless it has an offset).")
     ] = None,
-    wait: Annotated[bool, typer.Option(help="Wait for the outcome; exit 1 unless it was delivered.")] = False,
+    wait: Annotated[bool, typer.Option(help=f"Print the id, then wait for the outcome; {WAIT_EXIT}")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Request a notification to an entity and print its id."""
@@ -168,6 +226,10 @@ def send(
             if not wait:
                 print_json({"id": notification_id}) if as_json else print(notification_id)
                 return 0
+            if as_json:  # standard output keeps one JSON document
+                print(f"notification {notification_id} requested; waiting for its outcome", file=sys.stderr)
+            else:
+                print(notification_id, flush=True)
             view = await client.result(notification_id)
         shown = view.model_dump(mode="json")
         print_json(shown) if as_json else print_view(shown)
@@ -179,7 +241,7 @@ def send(
 @app.command()
 def status(
     notification_id: Annotated[str, typer.Argument(metavar="ID")],
-    wait: Annotated[bool, typer.Option(help="Wait for the outcome; exit 1 unless it was delivered.")] = False,
+    wait: Annotated[bool, typer.Option(help=f"Wait for the outcome; {WAIT_EXIT}")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """The notification's status: live while its saga runs, the recorded view after."""
@@ -238,9 +300,10 @@ def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_jso
                 ]
             )
             return
+        print(f"{'RECORD':>8}  {'TIME':<32}  {'STREAM':<22} {'RECORD ID':<20} TYPE")
         for r in records:
             print(
-                f"{r.internal_id:>8}  {r.timestamp_utc.isoformat()}  {r.stream:<22} {r.record_id or '-':<20} {r.type}"
+                f"{r.internal_id:>8}  {r.timestamp_utc.isoformat():<32}  {r.stream:<22} {r.record_id or '-':<20} {r.type}"
             )
 
     run(command)
@@ -276,14 +339,47 @@ def audit(
         if as_json:
             print_json([e.model_dump(mode="json") for e in entries])
             return
+        if not entries:
+            print(
+                f"no notification was requested for entity {entity}"
+                if entity
+                else f"no email was sent to {email}"
+                if email
+                else f"no Slack message was sent to {slack_channel}"
+            )
+            return
+        print(f"{'ID':>8}  {'REQUESTED':<32}  {'STATUS' if entity else 'OUTCOME':<15} SUBJECT")
         for e in entries:
             if entity:
-                print(f"{e.notification_id:>8}  {e.requested_at.isoformat()}  {e.status:<15} {e.subject}")
+                print(f"{e.notification_id:>8}  {e.requested_at.isoformat():<32}  {e.status:<15} {e.subject}")
             else:
                 reason = f" ({e.reason})" if e.reason else ""
-                print(f"{e.notification_id:>8}  {e.requested_at.isoformat()}  {e.outcome:<8} {e.subject}{reason}")
+                print(f"{e.notification_id:>8}  {e.requested_at.isoformat():<32}  {e.outcome:<15} {e.subject}{reason}")
 
     run(command)
+
+
+def read_directory(file: Path) -> list[DirectoryEntry]:
+    """The entities of a JSON or YAML directory file, or a one-line `CliError` (exit 2) saying what is wrong."""
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise CliError(f"cannot read {file}: {error.strerror}", 2) from error
+    yaml_file = file.suffix in (".yaml", ".yml")
+    try:
+        data = yaml.safe_load(text) if yaml_file else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        said = str(error).replace("\n", " ")
+        raise CliError(f"{file}: malformed {'YAML' if yaml_file else 'JSON'}: {said}", 2) from error
+    try:
+        entries = TypeAdapter(list[DirectoryEntry]).validate_python(data)
+    except ValidationError as error:
+        raise CliError(f"{file}: {validation_message(error)}", 2) from error
+    ids = [e.id for e in entries]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise CliError(f"{file}: entity ids appear more than once: {', '.join(duplicates)}", 2)
+    return entries
 
 
 @directory_app.command("import")
@@ -291,27 +387,7 @@ def directory_import(file: Annotated[Path, typer.Argument(help="A JSON or YAML l
     """Record every new or changed entity of FILE in the directory; all or nothing."""
 
     async def command() -> None:
-        try:
-            text = file.read_text()
-        except OSError as error:
-            raise CliError(f"cannot read {file}: {error.strerror}", 2) from error
-        try:
-            data = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise CliError(
-                f"{file}: malformed {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'}: {error}".replace(
-                    "\n", " "
-                ),
-                2,
-            ) from error
-        try:
-            entries = TypeAdapter(list[DirectoryEntry]).validate_python(data)
-        except ValidationError as error:
-            raise CliError(f"{file}: {validation_message(error)}", 2) from error
-        ids = [e.id for e in entries]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise CliError(f"{file}: entity ids appear more than once: {', '.join(duplicates)}", 2)
+        entries = read_directory(file)
         settings = load_settings()
         async with settings.open_streams() as store:
             recorded, unchanged = await import_entries(store, entries)
@@ -377,61 +453,43 @@ def db_grant() -> None:
     run(command)
 
 
-SAMPLE_DIRECTORY = [
-    DirectoryEntry.model_validate(
-        {
-            "id": "user-1",
-            "name": "Ada",
-            "email": "test@example.com",
-            "slack": {"workspace": "acme", "channel": "C0123"},
-            "channels": {"email": "send", "slack": "send"},
-        }
-    )
-]
-LOCAL_SLACK_TOKEN = "xoxb-local-sink"
+SAMPLE_DIRECTORY = Path(__file__).resolve().parent / "entities.json"
 
 
 @app.command()
 def demo() -> None:
-    """Run everything on the embedded default: the Temporal dev server, a worker, a local mail sink (and a local
-    Slack sink unless a Slack token is set); import a sample entity, send it a notification, show its status."""
-    from sinks.mail import MailSink
-    from sinks.slack import SlackSink
+    """Run everything on the embedded default: the Temporal dev server, a worker, a local mail sink and a local
+    Slack sink; import the sample directory (entities.json), send user-1 a notification and show its status."""
+    from sinks import local_sinks
     from worker import dev_server, running_workers
 
     async def command() -> int:
-        settings = load_settings()
-        with MailSink(settings.smtp_host, settings.smtp_port, folder=settings.data_dir / "mail") as mail:
-            slack = None
-            if settings.slack_token is None and not settings.slack_tokens:
-                slack = SlackSink(folder=settings.data_dir / "slack").start()
-                settings = settings.model_copy(
-                    update={"slack_api_url": slack.api_url, "slack_token": SecretStr(LOCAL_SLACK_TOKEN)}
+        entries = read_directory(SAMPLE_DIRECTORY)
+        with local_sinks(load_settings()) as local:
+            settings = local.settings
+            print(local.describe())
+            async with (
+                dev_server(settings) as temporal,
+                settings.open_streams() as store,
+                running_workers(temporal, store, settings),
+            ):
+                await import_entries(store, entries)
+                client = NotificationClient(store, temporal, settings)
+                notification_id = await client.request(
+                    SendNotificationToEntityOp(
+                        entity_id="user-1",
+                        subject="Hello from notify",
+                        body="This notification was sent by the durable notification saga.",
+                        html_body="<p>This notification was sent by the <b>durable notification saga</b>.</p>",
+                    )
                 )
-            try:
-                async with dev_server(settings) as env, settings.open_streams() as store:
-                    async with running_workers(env.client, store, settings):
-                        await import_entries(store, SAMPLE_DIRECTORY)
-                        client = NotificationClient(store, env.client, settings)
-                        notification_id = await client.request(
-                            SendNotificationToEntityOp(
-                                entity_id="user-1",
-                                subject="Hello from notify",
-                                body="This notification was sent by the durable notification saga.",
-                                html_body="<p>This notification was sent by the <b>durable notification saga</b>.</p>",
-                            )
-                        )
-                        print(f"requested notification {notification_id}")
-                        view = await client.result(notification_id)
-                        print_view(view.model_dump(mode="json"))
-            finally:
-                if slack is not None:
-                    slack.stop()
-            for m in mail.messages:
-                print(f"mail to {', '.join(m.recipients)} landed in {m.path}")
-            if slack is not None:
-                for s in slack.messages:
-                    print(f"Slack message to channel {s.channel} landed in {slack.folder / 'messages.jsonl'}")
+                print(f"requested notification {notification_id}")
+                view = await client.result(notification_id)
+                print_view(view.model_dump(mode="json"))
+        for m in local.mail.messages:
+            print(f"mail to {', '.join(m.recipients)} landed in {m.path}")
+        for posted in local.slack.messages:
+            print(f"Slack message to channel {posted.channel} landed in {local.slack.folder}/messages.jsonl")
         return 0 if view.status == NotificationStatus.SENT else 1
 
     run(command)

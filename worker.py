@@ -1,7 +1,8 @@
 """Run the notification worker: `python worker.py [--dev]`.
 
 With `--dev` it first starts the embedded Temporal dev server on `NOTIFY_TEMPORAL_ADDRESS`, keeping its database in the
-data dir so that workflows survive a restart.
+data dir so that workflows survive a restart. With `--sinks` it delivers to a local mail sink and a local Slack sink
+instead of a real mail server and Slack.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import sysconfig
 from collections.abc import AsyncIterator
@@ -20,14 +23,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import CHANNEL_HANDLERS
 from activities.notification import NotificationActivities
 from domain import channel_task_queue
 from settings import UNAVAILABLE, ConfigurationError, Settings, connect, load_settings, one_line
+from sinks import local_sinks
 from streams import StreamStore
 from workflows.notification import NotificationSaga
 
@@ -92,50 +94,93 @@ def temporal_binary(name: str) -> Path:
     return Path(found)
 
 
+DEV_SERVER_STARTUP = timedelta(seconds=60)
+
+
 @contextlib.asynccontextmanager
-async def dev_server(settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
-    """The embedded Temporal dev server on `settings.temporal_address`, its database in the data dir."""
+async def dev_server(settings: Settings) -> AsyncIterator[Client]:
+    """The embedded Temporal dev server on `settings.temporal_address`, with its database (`temporal.db`) and its log
+    (`temporal.log`) in the data dir; yields a client connected to it, and stops it on the way out."""
     host, _, port = settings.temporal_address.rpartition(":")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    host = host or "127.0.0.1"
+    if _listening(host, int(port)):
+        raise ConnectionError(
+            f"something already listens on {settings.temporal_address} (a dev server left running?): stop it, or "
+            "run the worker without --dev to use it, or set NOTIFY_TEMPORAL_ADDRESS to a free port"
+        )
     ui_port = int(port) + 1000
-    env = await WorkflowEnvironment.start_local(
-        namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
-        ip=host or "127.0.0.1",
-        port=int(port),
-        ui=True,
-        ui_port=ui_port,
-        dev_server_existing_path=str(temporal_binary("temporal")),
-        dev_server_database_filename=str(settings.data_dir / "temporal.db"),
-        # One partition per task queue: a queue's rate limit is divided among its partitions, each allowing a burst
-        # of one, so with the default four a limit of 1/s could let four go at once. One machine gains nothing
-        # from partitions.
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "matching.numTaskqueueReadPartitions=1",
-            "--dynamic-config-value",
-            "matching.numTaskqueueWritePartitions=1",
-        ],
-        dev_server_startup_timeout=timedelta(seconds=60),
-    )
-    print(
-        f"Temporal dev server on {settings.temporal_address}; Web UI at http://{host or '127.0.0.1'}:{ui_port}",
-        flush=True,
-    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.data_dir / "temporal.log"
+    with log.open("ab") as output:
+        server = await asyncio.create_subprocess_exec(
+            str(temporal_binary("temporal")),
+            *("server", "start-dev", "--ip", host, "--port", port, "--ui-port", str(ui_port)),
+            *("--namespace", settings.temporal_namespace, "--db-filename", str(settings.data_dir / "temporal.db")),
+            "--log-level",
+            "warn",
+            # One partition per task queue: a queue's rate limit is divided among its partitions, each allowing a
+            # burst of one, so with the default four a limit of 1/s could let four go at once. One machine gains
+            # nothing from partitions.
+            *("--dynamic-config-value", "matching.numTaskqueueReadPartitions=1"),
+            *("--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+        )
     try:
-        yield env
+        client = await _serving(server, settings, log)
+        print(
+            f"Temporal dev server on {settings.temporal_address} (its log in {log}); Web UI at http://{host}:{ui_port}",
+            flush=True,
+        )
+        yield client
     finally:
-        await env.shutdown()
+        if server.returncode is None:
+            server.terminate()
+            try:
+                await asyncio.wait_for(server.wait(), SHUTDOWN_GRACE.total_seconds())
+            except TimeoutError:
+                server.kill()
+                await server.wait()
 
 
-async def run(settings: Settings, dev: bool) -> None:
+def _listening(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+async def _serving(server: asyncio.subprocess.Process, settings: Settings, log: Path) -> Client:
+    """A client, once the dev server that was just started answers."""
+    deadline = asyncio.get_running_loop().time() + DEV_SERVER_STARTUP.total_seconds()
+    while True:
+        if server.returncode is not None:
+            lines = log.read_text(errors="replace").strip().splitlines()
+            raise RuntimeError(
+                f"the Temporal dev server exited with code {server.returncode}"
+                + (f": {lines[-1]}" if lines else "")
+                + f" (its log: {log})"
+            )
+        try:
+            return await connect(settings)
+        except ConnectionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.1)
+
+
+async def run(settings: Settings, dev: bool, sinks: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
+        if sinks:
+            local = stack.enter_context(local_sinks(settings))
+            settings = local.settings
+            print(local.describe(), flush=True)
         store = await stack.enter_async_context(settings.open_streams())
-        client = (await stack.enter_async_context(dev_server(settings))).client if dev else await connect(settings)
+        client = await stack.enter_async_context(dev_server(settings)) if dev else await connect(settings)
         async with running_workers(client, store, settings):
             print(
                 f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "
@@ -148,10 +193,18 @@ async def run(settings: Settings, dev: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the notification worker.")
     parser.add_argument("--dev", action="store_true", help="start the embedded Temporal dev server first")
+    parser.add_argument(
+        "--sinks",
+        action="store_true",
+        help="deliver to a local mail sink (on NOTIFY_SMTP_HOST:NOTIFY_SMTP_PORT) and a local Slack sink, which keep "
+        "what they receive in the data dir",
+    )
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the local mail sink's every connection
     code = 0
     try:
-        asyncio.run(run(load_settings(), args.dev))
+        asyncio.run(run(load_settings(), args.dev, args.sinks))
     except ConfigurationError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2

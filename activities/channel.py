@@ -16,6 +16,7 @@ says how to address, compose and deliver; `activities.CHANNEL_HANDLERS` lists th
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -25,7 +26,7 @@ from typing import ClassVar, NoReturn
 
 from pydantic import BaseModel
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from domain import (
     Channel,
@@ -47,6 +48,8 @@ WORKER = f"{os.getpid()}@{socket.gethostname()}"
 """This process, as the handling history names it."""
 ATTEMPT_MARGIN = timedelta(seconds=5)
 """How long before its start-to-close timeout an attempt gives up, to record that it did."""
+logger = logging.getLogger("notify.delivery")
+"""One line per failed attempt and per failed delivery; a traceback only for what is a bug."""
 
 
 @dataclass
@@ -150,6 +153,7 @@ class ChannelHandler(ABC):
             await self._retry(ref, Delivery(self.failed_response(operation, reason), reason))
         except Exception as error:  # unforeseen, and so not something a retry would fix
             reason = f"{error.__class__.__name__}: {error}"
+            logger.exception("%s: a bug while delivering; recorded as failed", _attempt_name(operation))
             delivery = Delivery(self.failed_response(operation, reason), reason)
         except BaseException as error:
             await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, repr(error))
@@ -160,9 +164,13 @@ class ChannelHandler(ABC):
         """The saga gave up on the operation (its deadline passed, or every attempt failed): record it as failed,
         unless an attempt recorded an outcome after all, and archive its handling."""
         ref, operation = failure.operation, failure.operation.instruction.operation
+        history = await self._handling.history(ref.internal_record_id, self.concern)
+        status = history[-1].status if history else HandlingStatus.AVAILABLE_BY_DEFAULT
+        attempts = sum(1 for entry in history if entry.status == HandlingStatus.RUNNING)
         recorded = await self._recorded_outcome(operation)
         if recorded is not None:  # an attempt recorded it and died before it could complete its handling
-            if await self._handling.status(ref.internal_record_id, self.concern) == HandlingStatus.RUNNING:
+            recorded = recorded.model_copy(update={"attempts": attempts})
+            if status == HandlingStatus.RUNNING:
                 await self._complete(ref, recorded)
             return recorded
         last = failure.last_response
@@ -171,8 +179,15 @@ class ChannelHandler(ABC):
             if last
             else self.failed_response(operation, failure.reason)
         )
-        outcome = await self._record_outcome(ref, Delivery(response, failure.reason))
-        status = await self._handling.status(ref.internal_record_id, self.concern)
+        outcome = await self._record_outcome(ref, Delivery(response, failure.reason), attempts)
+        logger.warning(
+            "notification %s: %s %s failed for good after %d attempt(s): %s",
+            operation.notification_id,
+            self.channel,
+            operation.channel_operation_id,
+            attempts,
+            failure.reason,
+        )
         if status == HandlingStatus.RUNNING:
             await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, failure.reason)
         if status in (HandlingStatus.RUNNING, HandlingStatus.FAILED):
@@ -182,23 +197,29 @@ class ChannelHandler(ABC):
         return outcome
 
     async def _retry(self, ref: ChannelOperationRef, delivery: Delivery, retry_after: float | None = None) -> NoReturn:
-        """Fail this attempt for Temporal to retry, with the channel's response for whoever records the outcome."""
-        await self._handling.transition(
-            ref.internal_record_id, self.concern, HandlingStatus.FAILED, delivery.failure or ""
-        )
+        """Fail this attempt for Temporal to retry, with the channel's response for whoever records the outcome.
+        The SDK logs a benign failure at debug level without a traceback: the one line here says it all."""
+        reason = delivery.failure or "transient failure"
+        await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, reason)
+        logger.warning("%s failed, to be retried: %s", _attempt_name(ref.instruction.operation), reason)
         raise ApplicationError(
-            delivery.failure or "transient failure",
+            reason,
             delivery.response.model_dump(mode="json"),
             type="TransientDeliveryError",
             next_retry_delay=None if retry_after is None else timedelta(seconds=retry_after),
+            category=ApplicationErrorCategory.BENIGN,
         )
 
     async def _record(self, ref: ChannelOperationRef, delivery: Delivery) -> ChannelOperationOutcomeInfo:
-        outcome = await self._record_outcome(ref, delivery)
+        outcome = await self._record_outcome(ref, delivery, activity.info().attempt)
+        if delivery.failure:
+            logger.warning("%s failed for good: %s", _attempt_name(ref.instruction.operation), delivery.failure)
         await self._complete(ref, outcome)
         return outcome
 
-    async def _record_outcome(self, ref: ChannelOperationRef, delivery: Delivery) -> ChannelOperationOutcomeInfo:
+    async def _record_outcome(
+        self, ref: ChannelOperationRef, delivery: Delivery, attempts: int | None
+    ) -> ChannelOperationOutcomeInfo:
         operation = ref.instruction.operation
         event_type = self.failed_event if delivery.failure else self.succeeded_event
         await self._events.put(
@@ -207,7 +228,7 @@ class ChannelHandler(ABC):
             tags=ref.instruction.tags,
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
         )
-        return self._outcome(operation, event_type, delivery.failure)
+        return self._outcome(operation, event_type, delivery.failure, attempts)
 
     async def _complete(self, ref: ChannelOperationRef, outcome: ChannelOperationOutcomeInfo) -> None:
         await self._handling.transition(
@@ -224,7 +245,11 @@ class ChannelHandler(ABC):
         return None
 
     def _outcome(
-        self, operation: ChannelOperation, event_type: type[ChannelEvent], failure: str | None
+        self,
+        operation: ChannelOperation,
+        event_type: type[ChannelEvent],
+        failure: str | None,
+        attempts: int | None = None,
     ) -> ChannelOperationOutcomeInfo:
         failed = event_type is self.failed_event
         return ChannelOperationOutcomeInfo(
@@ -233,6 +258,7 @@ class ChannelHandler(ABC):
             event_type=event_type.__name__,
             outcome=ChannelOperationOutcome.FAILED if failed else ChannelOperationOutcome.SUCCEEDED,
             reason=(failure or "failed") if failed else None,
+            attempts=attempts,
         )
 
     @staticmethod
@@ -243,6 +269,14 @@ class ChannelHandler(ABC):
             timestamp_utc=utc_now(),
             **fields,
         )
+
+
+def _attempt_name(operation: ChannelOperation) -> str:
+    """Which notification, channel operation and attempt a log line is about."""
+    return (
+        f"notification {operation.notification_id}: {operation.delivery_channel} {operation.channel_operation_id} "
+        f"attempt {activity.info().attempt}"
+    )
 
 
 def _attempt_budget() -> float | None:

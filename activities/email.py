@@ -13,6 +13,7 @@ from temporalio import activity
 
 from activities.channel import ChannelHandler, Delivery, TransientDeliveryError
 from domain import (
+    SEND_ACTIVITY,
     Channel,
     ChannelOperationFailure,
     ChannelOperationOutcomeInfo,
@@ -113,7 +114,7 @@ class EmailHandler(ChannelHandler):
     failed_event = FailedToSendEmailEvent
     response = SendEmailResponse
 
-    @activity.defn(name="SendEmail")
+    @activity.defn(name=SEND_ACTIVITY[Channel.EMAIL])
     async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         return await self.handle(ref)
 

@@ -11,6 +11,7 @@ from temporalio import activity
 
 from activities.channel import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError
 from domain import (
+    SEND_ACTIVITY,
     Channel,
     ChannelOperationFailure,
     ChannelOperationOutcomeInfo,
@@ -55,7 +56,7 @@ class SlackHandler(ChannelHandler):
     failed_event = FailedToSendSlackMessageEvent
     response = SendSlackMessageResponse
 
-    @activity.defn(name="SendSlackMessage")
+    @activity.defn(name=SEND_ACTIVITY[Channel.SLACK])
     async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         return await self.handle(ref)
 

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from settings import Settings
+from settings import Settings, temporal_runtime
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import StreamStore
@@ -81,6 +81,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         dev_server_existing_path=str(temporal_binary("temporal")),
         dev_server_startup_timeout=timedelta(seconds=60),
+        runtime=temporal_runtime(),
     )
     try:
         yield env
@@ -94,6 +95,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(temporal_binary("temporal-test-server")),
+        runtime=temporal_runtime(),
     )
     try:
         yield env

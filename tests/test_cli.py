@@ -193,10 +193,90 @@ def test_send_prints_the_id_and_status_follows_it_live(directory: Cli, sinks: tu
         assert nid.isdigit()
         assert mail.data_arrived.wait(60)
         assert directory.json("status", nid)["status"] == "sending"
+        refused = directory.run("cancel", nid)
+        assert (refused.returncode, refused.stderr) == (
+            1,
+            f"error: notification {nid} has started sending: too late to cancel\n",
+        )
+        elsewhere = {**directory.env, "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
+        lost = subprocess.run(
+            [sys.executable, str(ROOT / "starter.py"), "status", nid],
+            env=elsewhere,
+            cwd=directory.data_dir.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        address = elsewhere["NOTIFY_TEMPORAL_ADDRESS"]
+        assert (lost.returncode, lost.stderr) == (1, f"error: {unreachable(address)}\n")
     finally:
         mail.release()
     done = directory.json("status", nid, "--wait")
     assert done["status"] == "sent"
+
+
+def unreachable(address: str) -> str:
+    return (
+        f"cannot reach Temporal at {address} (connection refused): start it with `python worker.py --dev`, "
+        "or set NOTIFY_TEMPORAL_ADDRESS to where it runs"
+    )
+
+
+def test_temporal_unreachable_is_one_plain_sentence_and_writes_nothing(directory: Cli) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    before = directory.record_count()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "starter.py"), "send", "--entity", "user-1", "--subject", "S", "--body", "B"],
+        env={**directory.env, "NOTIFY_TEMPORAL_ADDRESS": address},
+        cwd=directory.data_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"error: {unreachable(address)}\n")
+    assert directory.record_count() == before
+
+
+def test_send_wait_prints_the_id_at_once_then_the_outcome(directory: Cli) -> None:
+    sent = directory.run("send", "--entity", "user-2", "--subject", "Waited", "--body", "B", "--wait")
+    assert sent.returncode == 0, sent.stderr
+    nid, heading, *_ = sent.stdout.splitlines()
+    assert nid.isdigit() and heading == f"notification {nid}: sent"
+
+
+def test_a_time_that_has_passed_sends_now_and_says_so(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
+    sent = directory.run(
+        "send", "--entity", "user-2", "--subject", "Overdue", "--body", "B", "--at", "2020-01-01T09:00:00+01:00"
+    )
+    assert sent.returncode == 0
+    assert sent.stderr == "--at 2020-01-01T09:00:00+01:00 has passed: sending now\n"
+    view = directory.json("status", sent.stdout.strip(), "--wait")
+    assert (view["status"], view["send_at"]) == ("sent", None)
+    assert [m.message["Subject"] for m in sinks[0].received_by("bob@example.com")].count("Overdue") == 1
+
+
+def test_audit_heads_its_columns_and_says_when_nothing_was_sent(directory: Cli) -> None:
+    sent = directory.json("send", "--entity", "user-2", "--subject", "Audited", "--body", "B", "--wait")
+    heading, *rows = directory.run("audit", "--email", "bob@example.com").stdout.splitlines()
+    assert heading.split() == ["ID", "REQUESTED", "OUTCOME", "SUBJECT"]
+    assert [row.split()[2:] for row in rows if row.split()[0] == sent["id"]] == [["sent", "Audited"]]
+    for args, said in [
+        (("--slack-channel", "C0999"), "no Slack message was sent to C0999"),
+        (("--email", "nobody@example.com"), "no email was sent to nobody@example.com"),
+        (("--entity", "user-9"), "no notification was requested for entity user-9"),
+    ]:
+        result = directory.run("audit", *args)
+        assert (result.returncode, result.stdout) == (0, said + "\n")
+    events = directory.run("events", sent["id"]).stdout.splitlines()
+    assert events[0].split() == ["RECORD", "TIME", "STREAM", "RECORD", "ID", "TYPE"]
+
+
+def test_help_says_what_wait_exits_with_as_the_readme_does(directory: Cli) -> None:
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for command in ("send", "status"):
+        shown = " ".join(directory.run(command, "--help").stdout.replace("│", " ").split())
+        assert "exit 1 if it failed, was partially sent or was cancelled (opted out is not a failure)" in shown
+    assert "exit 1 if it failed, was partially sent or was cancelled (opted out is not a failure)" in readme
 
 
 def test_a_failed_notification_exits_non_zero_and_the_team_is_told(
@@ -209,7 +289,8 @@ def test_a_failed_notification_exits_non_zero_and_the_team_is_told(
     subjects = [m.message["Subject"] for m in sinks[0].received_by(TEAM)]
     assert subjects.count(f"Notification {view['id']} failed: Lost") == 1
     text = directory.run("status", view["id"]).stdout
-    assert f"internal team: sent (email {TEAM} succeeded)" in text
+    team_operation = view["escalation"]["channels"]["email"]["channel_operation_id"]
+    assert f"  internal team: sent\n    email  {TEAM:<30} succeeded (operation {team_operation})\n" in text
 
 
 def test_schedule_then_cancel(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
@@ -252,6 +333,8 @@ def test_idempotency_key_returns_the_same_id_and_sends_once(directory: Cli, sink
     waited = directory.json(*args, "--wait")  # a repeat with --wait waits for the first request's outcome
     assert (waited["id"], waited["status"]) == (first["id"], "sent")
     assert [m.message["Subject"] for m in sinks[0].received_by("bob@example.com")].count("Once") == 1
+    after = directory.json("send", "--entity", "user-2", "--subject", "Next", "--body", "B", "--wait")
+    assert int(after["id"]) == int(first["id"]) + 1  # the repeats took no id
 
 
 @pytest.mark.parametrize(
@@ -259,7 +342,13 @@ def test_idempotency_key_returns_the_same_id_and_sends_once(directory: Cli, sink
     [
         (("--subject", "", "--body", "B"), "subject: must not be empty"),
         (("--subject", "Line\r\nBcc: x@y.z", "--body", "B"), "subject: must be a single line (no CR or LF)"),
-        (("--subject", "S", "--body", " "), "body must not be blank"),
+        (("--subject", "S", "--body", ""), "body: must not be empty"),
+        (("--subject", "S", "--body", " "), "body: must not be empty"),
+        (("--subject", "S" * 999, "--body", "B"), "subject: is longer than 998 characters"),
+        (
+            ("--subject", "S", "--body", "B", "--at", "tomorrow"),
+            "--at 'tomorrow': expected an ISO 8601 time such as 2026-12-01T09:00:00+01:00",
+        ),
         (("--subject", "S", "--body", "@-"), "body: is over 256 KiB"),
         (("--subject", "S", "--body", "B", "--tag", "novalue"), "--tag 'novalue': expected NAME=VALUE"),
     ],
@@ -278,7 +367,7 @@ def test_bad_directory_files(directory: Cli) -> None:
     cases = {
         "malformed.json": ('[{"id": "x",', "malformed JSON"),
         "invalid.json": (json.dumps([{**DIRECTORY[1], "id": "user-3", "email": "not-an-address"}]), "email"),
-        "partly.json": (json.dumps([{**DIRECTORY[1], "id": "user-4"}, {"id": "user-5"}]), "1.name: Field required"),
+        "partly.json": (json.dumps([{**DIRECTORY[1], "id": "user-4"}, {"id": "user-5"}]), "entry 2, name: is missing"),
         "no-email.yaml": ("- id: user-6\n  name: Dee\n  channels: {email: send}\n", "asks for email"),
     }
     for name, (content, expected) in cases.items():

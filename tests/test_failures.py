@@ -4,8 +4,10 @@ scheduling and cancellation; on the time-skipping test server, with the mail and
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -67,7 +69,7 @@ async def test_a_permanent_smtp_failure_is_recorded_at_once_and_the_team_told(
     events = await notify.types(StreamName.NOTIFICATION_EVENT, nid)
     assert events[-3:] == [
         "SentOnSomePreparedChannelsEvent",
-        "FailedToSendNotificationEvent",
+        "PartiallySentNotificationEvent",
         "FailedNotificationSentToInternalTeamEvent",
     ]
     assert await notify.types(StreamName.INTERNAL_OPERATION, nid) == ["ExecuteOpRequestedEvent"]
@@ -238,6 +240,19 @@ async def test_a_channel_without_a_token_follows_the_configs_failure_policy(
         "succeeded" if action == ConfigsFailureAction.IGNORE else "not_prepared"
     )
     assert len(team_mails(mail_sink)) == 1
+    events = await notify.types(StreamName.NOTIFICATION_EVENT, nid)
+    if action == ConfigsFailureAction.IGNORE:  # partly unusable, partly delivered: it reads as partly sent
+        assert events[-3:] == [
+            "SentOnAllPreparedChannelsEvent",
+            "PartiallySentNotificationEvent",
+            "FailedNotificationSentToInternalTeamEvent",
+        ]
+    else:
+        assert events[-3:] == [
+            "CouldNotGetOrUseDeliveryChannelConfigsEvent",
+            "FailedToSendNotificationEvent",
+            "FailedNotificationSentToInternalTeamEvent",
+        ]
 
 
 @pytest.mark.parametrize(
@@ -367,6 +382,9 @@ async def test_fallback_when_the_preferred_channel_cannot_be_prepared(
         "channel_operation_id": 1,
         "reason": None,
         "fallback": True,
+        "attempts": 1,
+        "last_error": None,
+        "next_attempt_at": None,
     }
     assert len(mail_sink.received_by("ada@example.com")) == 1 and slack_sink.calls == []
 
@@ -404,3 +422,42 @@ async def test_an_attempt_near_the_deadline_stops_before_it(
     statuses = [e.status for e in await store.handling(StreamName.SLACK_OPERATION).history(record.internal_id)]
     assert statuses[-2:] == ["Failed", "ArchivedAfterFailure"] and "Completed" not in statuses
     assert view["status"] == "sent" and view["channels"]["email"]["fallback"]
+
+
+async def test_status_shows_a_retrying_channel_and_the_log_one_line_per_attempt(
+    dev_env: WorkflowEnvironment,
+    store: StreamStore,
+    settings: Settings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No mail server listens: `status` shows the email's attempts, last error and next attempt, the worker logs a
+    line per failed attempt and no traceback; once a mail server listens, the next attempt delivers."""
+    port = free_port()
+    down = settings.model_copy(
+        update={"smtp_port": port, "email_retry_initial_seconds": 0.2, "email_retry_maximum_seconds": 0.4}
+    )
+    caplog.set_level(logging.INFO)  # as the worker logs
+    async with notifying(dev_env, store, down, entity(channels={"email": "send"})) as notify:
+        nid = await notify.client.request(operation())
+        seen: dict = {}
+
+        async def retrying() -> bool:
+            seen.update((await notify.client.status(nid))["channels"].get("email", {}))
+            return (seen.get("attempts") or 0) >= 2 and seen["next_attempt_at"] is not None
+
+        await eventually(retrying)
+        assert seen["outcome"] == "sending"
+        assert "Connect call failed" in seen["last_error"] or "refused" in seen["last_error"].lower()
+        next_attempt = datetime.fromisoformat(seen["next_attempt_at"])
+        assert timedelta(0) <= next_attempt - datetime.now(UTC) <= timedelta(seconds=1)
+        with MailSink(port=port, folder=tmp_path / "mail") as mail:
+            view = (await notify.client.result(nid)).model_dump(mode="json")
+            assert len(mail.received_by("ada@example.com")) == 1
+    assert view["status"] == "sent"
+    assert view["channels"]["email"]["attempts"] >= 3
+    failed = [r for r in caplog.records if r.name == "notify.delivery"]
+    assert len(failed) >= 2
+    assert all(r.getMessage().startswith(f"notification {nid}: email 1 attempt ") for r in failed)
+    assert all("failed, to be retried" in r.getMessage() and "\n" not in r.getMessage() for r in failed)
+    assert [r for r in caplog.records if r.exc_info] == []

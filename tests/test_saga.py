@@ -55,6 +55,9 @@ async def test_sends_on_both_channels_and_records_every_step(
         "channel_operation_id": 1,
         "reason": None,
         "fallback": False,
+        "attempts": 1,
+        "last_error": None,
+        "next_attempt_at": None,
     }
     assert view["channels"]["slack"]["address"] == "acme/C0123"
     assert view["channels"]["slack"]["outcome"] == "succeeded"
@@ -215,6 +218,9 @@ async def test_slack_channel_not_found(notify: Notify, mail_sink: MailSink, slac
         "channel_operation_id": 1,
         "reason": "Slack answered channel_not_found",
         "fallback": False,
+        "attempts": 1,
+        "last_error": None,
+        "next_attempt_at": None,
     }
     assert len(slack_sink.calls) == 1  # not retried
     failed = await notify.store.reader(StreamName.SLACK_EVENT).latest(1)

@@ -73,7 +73,8 @@ RECORD = dict(
 ATTEMPT_TIMEOUT = timedelta(seconds=60)
 """How long one attempt to deliver may take, at most; the channel's deadline bounds all of them."""
 
-ChannelChange = tuple[ChannelOutcome, str | None, ChannelOperationRef | None]
+ChannelChange = tuple[ChannelOutcome, str | None, ChannelOperationRef | ChannelOperationOutcomeInfo | None]
+"""A channel's new outcome and reason, with its operation as put (the ref) or as it ended (the outcome info)."""
 
 
 @workflow.defn(name="NotificationSaga")
@@ -233,7 +234,7 @@ class NotificationSaga:
             fallback,
         )
         outcomes = list(await asyncio.gather(*(self._send(ref) for ref in refs)))
-        self._set_channels({o.channel: (_channel_outcome(o), o.reason, None) for o in outcomes})
+        self._set_channels({o.channel: (_channel_outcome(o), o.reason, o) for o in outcomes})
         return outcomes
 
     async def _send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
@@ -355,10 +356,7 @@ class NotificationSaga:
         outcomes = await asyncio.gather(*(self._send(ref) for ref in prepared.operations))
         told = _changed(
             told,
-            {
-                o.channel: (_channel_outcome(o), o.reason, ref)
-                for o, ref in zip(outcomes, prepared.operations, strict=True)
-            },
+            {o.channel: (_channel_outcome(o), o.reason, o) for o in outcomes},
         )
         sent = any(o.outcome == ChannelOperationOutcome.SUCCEEDED for o in outcomes)
         self._update(
@@ -443,8 +441,10 @@ def _changed(
             address=CHANNEL_HANDLERS[channel].address(audience) if audience else None, outcome=outcome
         )
         update: dict[str, Any] = {"outcome": outcome, "reason": reason}
-        if ref is not None:
+        if isinstance(ref, ChannelOperationRef):
             update["channel_operation_id"] = ref.instruction.operation.channel_operation_id
+        elif ref is not None:
+            update.update(channel_operation_id=ref.channel_operation_id, attempts=ref.attempts)
         if fallback:
             update["fallback"] = True
         changed[channel] = current.model_copy(update=update)

@@ -1,0 +1,78 @@
+"""The README's "Use it", run as a new user would: its worker command, then each of its commands in order, as written,
+in a fresh folder holding the repository's `entities.json`, on the embedded default (the dev server, SQLite streams,
+the local sinks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from sinks.mail import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def use_it() -> tuple[str, list[str]]:
+    """The worker command and the commands after it, from the README's "Use it" section."""
+    section = (ROOT / "README.md").read_text().split("\n## Use it\n", 1)[1].split("\n## ", 1)[0]
+    worker, commands = re.findall(r"```sh\n(.*?)```", section, re.S)[:2]
+    return worker.strip(), [line for line in commands.splitlines() if line.strip()]
+
+
+def argv(line: str) -> list[str]:
+    python, script, *args = shlex.split(line, comments=True)
+    assert python == ".venv/bin/python", line
+    return [sys.executable, str(ROOT / script), *args]
+
+
+def test_use_it_works_as_written(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "entities.json", tmp_path)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "NOTIFY_SMTP_PORT": str(free_port()),
+    }
+    worker_line, commands = use_it()
+    assert worker_line == ".venv/bin/python worker.py --dev --sinks"
+    worker = subprocess.Popen(
+        argv(worker_line), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert worker.stdout is not None
+    log = []
+    for line in worker.stdout:  # the worker says when it polls
+        log.append(line)
+        if line.startswith("worker polling"):
+            break
+    try:
+        ran = {}
+        for command in commands:
+            result = subprocess.run(argv(command), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+            ran[command.split("#")[0].split("starter.py ", 1)[1].strip()] = result.stdout
+    finally:
+        worker.terminate()
+        log.append(worker.communicate(timeout=60)[0])
+    assert worker.returncode == 0, "".join(log)
+
+    assert ran["directory import entities.json"] == "recorded 3 entities, 0 unchanged\n"
+    status = json.loads(ran["status 1 --json"])
+    assert status["status"] == "sent"
+    assert {c: (v["address"], v["outcome"]) for c, v in status["channels"].items()} == {
+        "email": ("test@example.com", "succeeded"),
+        "slack": ("acme/C0123", "succeeded"),
+    }
+    assert ran["cancel 2"].startswith("notification 2: cancelled\n")
+    assert "Deploy finished" in ran["audit --email test@example.com"]
+    assert "Deploy finished" in ran["audit --slack-channel acme/C0123"]
+    assert "Maintenance" in ran["audit --entity user-1"]
+    [mail] = (tmp_path / ".notify" / "mail").glob("*.eml")
+    assert "Subject: Deploy finished" in mail.read_text()
+    [posted] = (tmp_path / ".notify" / "slack" / "messages.jsonl").read_text().splitlines()
+    assert json.loads(posted)["channel"] == "C0123"
+    assert "Traceback" not in "".join(log)
