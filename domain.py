@@ -6,6 +6,8 @@ so the workflow sandbox can pass this module through unchanged. Nothing in here 
 
 from __future__ import annotations
 
+import email.errors
+import email.header
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,10 +20,18 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
 MAX_BODY_BYTES = 256 * 1024
+"""A body, HTML body or Slack text: at most this many bytes of UTF-8."""
+MAX_REQUEST_BYTES = 512 * 1024
+"""A whole request as JSON, as it travels in Temporal's payloads (a control character takes six bytes there). The
+saga carries it, and the channel operations made of it, in payloads of its history: this keeps every one of them,
+and every workflow task, well inside Temporal's limits (2 MB a payload, 4 MB a message)."""
+MAX_TAGS = 50
+"""Client tags on one request."""
 
 
 class Model(BaseModel):
@@ -63,6 +73,10 @@ class TagName(StrEnum):
     SLACK_CHANNEL = "slack-channel"
 
 
+RESERVED_TAG_NAMES = frozenset(TagName)
+"""The tag names the audit and `events` read: a client's tags may not use them, in any case."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Channels and the entity directory
 
@@ -86,21 +100,50 @@ class ChannelPreference(StrEnum):
     OPTED_OUT = "opted-out"
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+"""Every character that can break a line or is a control character (tab aside), Unicode's separators included."""
+
+
 def _single_line(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("must be a single line (no CR or LF)")
+    """Text that goes into a mail header: one line, however it is written, RFC 2047 encoded words included (an
+    encoded CR LF would otherwise become a header of the attacker's choosing when the header is folded)."""
+    if CONTROL.search(value) or CONTROL.search(_decoded_words(value)):
+        raise ValueError("must be a single line of text (no line breaks or control characters, encoded or not)")
     return value
 
 
+ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=")
+
+
+def _decoded_words(value: str) -> str:
+    """What the RFC 2047 encoded words in `value` say, one after another."""
+    said = []
+    for word in ENCODED_WORD.findall(value):
+        try:
+            [(data, charset)] = email.header.decode_header(word)
+            said.append(data.decode(charset or "ascii") if isinstance(data, bytes) else data)
+        except (ValueError, LookupError, email.errors.HeaderParseError) as error:
+            raise ValueError(f"has an encoded word that cannot be decoded: {word[:40]}") from error
+    return "".join(said)
+
+
 def _email_address(value: str) -> str:
-    if not re.fullmatch(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+", value):
+    if not re.fullmatch(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+", value) or CONTROL.search(value):
         raise ValueError(f"not an email address: {value!r}")
+    if not value.isascii():
+        raise ValueError(f"{value!r} is not an ASCII address: internationalized addresses (SMTPUTF8) are not supported")
+    return value
+
+
+def _identifier(value: str) -> str:
+    if not value or re.search(r"\s", value) or CONTROL.search(value):
+        raise ValueError("must not be empty or contain spaces or control characters")
     return value
 
 
 EmailAddress = Annotated[str, AfterValidator(_email_address)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_single_line)]
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+Identifier = Annotated[str, StringConstraints(max_length=200), AfterValidator(_identifier)]
 
 
 class SlackAddress(Model):
@@ -174,6 +217,26 @@ class SendNotificationToEntityOp(Model):
     tags: list[Tag] = Field(default_factory=list)
     send_at: AwareDatetime | None = None
     """When to send; until then the saga waits on a durable timer and can be cancelled."""
+
+    @field_validator("tags")
+    @classmethod
+    def _client_tags(cls, tags: list[Tag]) -> list[Tag]:
+        if len(tags) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags, not {len(tags)}")
+        reserved = sorted({t.name for t in tags if t.name.lower() in RESERVED_TAG_NAMES})
+        if reserved:
+            raise ValueError(f"{', '.join(map(repr, reserved))}: reserved for the service's own tags")
+        return tags
+
+    @model_validator(mode="after")
+    def _fits_in_a_payload(self) -> SendNotificationToEntityOp:
+        size = len(self.model_dump_json().encode())
+        if size > MAX_REQUEST_BYTES:
+            raise ValueError(
+                f"the request is {size:,} bytes as JSON (control characters count six); at most "
+                f"{MAX_REQUEST_BYTES:,} (512 KiB) are taken"
+            )
+        return self
 
 
 class NotificationRequest(Model):

@@ -362,9 +362,11 @@ def audit(
 def read_directory(file: Path) -> list[DirectoryEntry]:
     """The entities of a JSON or YAML directory file, or a one-line `CliError` (exit 2) saying what is wrong."""
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except OSError as error:
         raise CliError(f"cannot read {file}: {error.strerror}", 2) from error
+    except UnicodeDecodeError as error:
+        raise CliError(f"{file}: not UTF-8 text (byte {error.start} cannot be decoded)", 2) from error
     yaml_file = file.suffix in (".yaml", ".yml")
     try:
         data = yaml.safe_load(text) if yaml_file else json.loads(text)

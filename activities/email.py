@@ -5,7 +5,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate
+from email.headerregistry import Address
+from email.utils import formatdate
 from typing import Any
 
 import aiosmtplib
@@ -91,10 +92,16 @@ class TranscribedSMTP(aiosmtplib.SMTP):
         return response
 
 
+def mailbox(m: EmailMailbox) -> Address:
+    return Address(display_name=m.name or "", addr_spec=m.address)
+
+
 def compose_message(op: SendEmailOp) -> EmailMessage:
     message = EmailMessage()
-    message["From"] = formataddr((op.sender.name or "", op.sender.address))
-    message["To"] = ", ".join(formataddr((m.name or "", m.address)) for m in op.to)
+    # Address objects, not formatted strings: a display name is then always quoted or encoded whole, so that a
+    # comma or an address inside it stays part of the name.
+    message["From"] = mailbox(op.sender)
+    message["To"] = [mailbox(m) for m in op.to]
     message["Subject"] = op.subject
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id(op)

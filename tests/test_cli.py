@@ -341,7 +341,10 @@ def test_idempotency_key_returns_the_same_id_and_sends_once(directory: Cli, sink
     ("args", "message"),
     [
         (("--subject", "", "--body", "B"), "subject: must not be empty"),
-        (("--subject", "Line\r\nBcc: x@y.z", "--body", "B"), "subject: must be a single line (no CR or LF)"),
+        (
+            ("--subject", "Line\r\nBcc: x@y.z", "--body", "B"),
+            "subject: must be a single line of text (no line breaks or control characters, encoded or not)",
+        ),
         (("--subject", "S", "--body", ""), "body: must not be empty"),
         (("--subject", "S", "--body", " "), "body: must not be empty"),
         (("--subject", "S" * 999, "--body", "B"), "subject: is longer than 998 characters"),
@@ -361,6 +364,33 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(directory: Cli, args: t
     assert directory.record_count() == before
 
 
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("--tag", "recipient-email-address=ceo@corp.example"), "", "'recipient-email-address': reserved"),
+        (("--tag", "Notification-Id=1"), "", "'Notification-Id': reserved"),
+        (tuple(a for i in range(51) for a in ("--tag", f"t{i}=v")), "", "tags: at most 50 tags, not 51"),
+        (("--body", "@-"), "\x01" * 200_000, "the request is 1,2"),
+        (("--body", "@large.txt", "--html", "@large.txt"), "", "the request is"),
+        (("--subject", "=?utf-8?q?Invoice=0D=0AReply-To:_attacker@evil.example?="), "", "must be a single line"),
+    ],
+)
+def test_hostile_requests_are_refused_before_anything_is_written(
+    directory: Cli, args: tuple[str, ...], stdin: str, message: str
+) -> None:
+    before = directory.record_count()
+    base = {"--subject": "S", "--body": "B"}
+    for name in ("--subject", "--body"):
+        if name in args:
+            base.pop(name)
+    (directory.data_dir.parent / "large.txt").write_text("\x01" * 50_000)  # each within 512 KiB as JSON, not both
+    result = directory.run("send", "--entity", "user-1", *(a for kv in base.items() for a in kv), *args, input=stdin)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and message in line, line
+    assert directory.record_count() == before
+
+
 def test_bad_directory_files(directory: Cli) -> None:
     folder = directory.data_dir.parent
     before = directory.record_count()
@@ -369,6 +399,9 @@ def test_bad_directory_files(directory: Cli) -> None:
         "invalid.json": (json.dumps([{**DIRECTORY[1], "id": "user-3", "email": "not-an-address"}]), "email"),
         "partly.json": (json.dumps([{**DIRECTORY[1], "id": "user-4"}, {"id": "user-5"}]), "entry 2, name: is missing"),
         "no-email.yaml": ("- id: user-6\n  name: Dee\n  channels: {email: send}\n", "asks for email"),
+        "nul.json": (json.dumps([{**DIRECTORY[1], "id": "user\u0000-8"}]), "entry 1, id: must not be empty or contain"),
+        "utf8-address.json": (json.dumps([{**DIRECTORY[1], "email": "bjørn@example.com"}]), "not an ASCII address"),
+        "broken-name.json": (json.dumps([{**DIRECTORY[1], "name": "Bob\u2028Bcc: x@y.z"}]), "must be a single line"),
     }
     for name, (content, expected) in cases.items():
         (folder / name).write_text(content)
@@ -376,6 +409,19 @@ def test_bad_directory_files(directory: Cli) -> None:
         assert result.returncode == 2, name
         [line] = result.stderr.strip().splitlines()
         assert line.startswith("error: ") and expected in line, line
+    (folder / "latin1.json").write_bytes(
+        json.dumps([{**DIRECTORY[1], "name": "Zoë"}], ensure_ascii=False).encode("latin-1")
+    )
+    result = directory.run("directory", "import", str(folder / "latin1.json"))
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"error: {folder / 'latin1.json'}: not UTF-8 text (byte 29 cannot be decoded)\n",
+    )
+    nul = directory.run("send", "--entity", "user\x00-8", "--subject", "S", "--body", "B")
+    assert (nul.returncode, nul.stderr) == (
+        2,
+        "error: entity_id: must not be empty or contain spaces or control characters\n",
+    )
     assert directory.record_count() == before
     assert directory.run("directory", "show", "user-4").returncode == 1
 

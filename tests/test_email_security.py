@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from temporalio.testing import WorkflowEnvironment
 
 from client import NotificationClient
@@ -134,3 +134,56 @@ async def test_a_refused_login_is_a_permanent_failure(
         assert operation is not None
         history = await store.handling(StreamName.EMAIL_OPERATION).history(operation.internal_id)
         assert [e.status for e in history] == ["Running", "Completed"]
+
+
+INJECTIONS = [
+    "=?utf-8?q?Invoice=0D=0AReply-To:_attacker@evil.example=0D=0AFrom:_ceo@corp.example?=",
+    "=?utf-8?q?Invoice=0D=0A=0D=0AThe_attacker_writes_the_body?=",
+    "=?utf-8?b?SW52b2ljZQ0KUmVwbHktVG86IGF0dGFja2VyQGV2aWwuZXhhbXBsZQ==?=",
+    "Invoice\x0bReply-To: attacker@evil.example",
+    "Invoice\x0cReply-To: attacker@evil.example",
+    "Invoice\x85Reply-To: attacker@evil.example",
+    "Invoice\u2028Reply-To: attacker@evil.example",
+    "Invoice\u2029Reply-To: attacker@evil.example",
+    "Invoice\x00",
+]
+
+
+@pytest.mark.parametrize("subject", INJECTIONS)
+def test_a_subject_that_would_break_a_header_line_is_refused(subject: str) -> None:
+    with pytest.raises(ValidationError, match="must be a single line of text"):
+        SendNotificationToEntityOp(entity_id="ops", subject=subject, body="B")
+
+
+@pytest.mark.parametrize("name", [s.replace("Invoice", "Ada") for s in INJECTIONS])
+def test_a_directory_name_that_would_break_a_header_line_is_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match="must be a single line of text"):
+        DirectoryEntry.model_validate({**ENTITY.model_dump(), "name": name})
+
+
+async def test_the_message_bytes_hold_exactly_the_headers_composed(
+    time_skipping_env: WorkflowEnvironment, tmp_path: Path, settings: Settings, mail_sink: MailSink
+) -> None:
+    """Subjects and names that are long, non-ASCII or look like encoded words reach the server as one header each."""
+    subject = "Invoice =?utf-8?q?Caf=C3=A9?= " + "é, Reply-To: attacker@evil.example; " * 40
+    named = ENTITY.model_copy(update={"name": "Lovelace, =?utf-8?q?Ada_Ren=C3=A9e?= <ceo@corp.example> Ëlise"})
+    async with settings.open_streams() as store, running_workers(time_skipping_env.client, store, settings):
+        await import_entries(store, [named])
+        client = NotificationClient(store, time_skipping_env.client, settings)
+        nid = await client.request(SendNotificationToEntityOp(entity_id="ops", subject=subject[:998], body="B"))
+        await client.result(nid)
+    [mail] = mail_sink.messages
+    head = mail.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    names = [line.split(":", 1)[0].lower() for line in head.split("\r\n") if line and not line[0].isspace()]
+    assert sorted(names) == sorted(
+        ["from", "to", "subject", "date", "message-id", "content-type", "content-transfer-encoding", "mime-version"]
+    )
+    message = mail.message
+    assert message["Reply-To"] is None  # a reader decodes the encoded word, and finds nothing else in it
+    assert message["Subject"] == subject[:998].strip().replace("=?utf-8?q?Caf=C3=A9?=", "Café")
+    assert message.get_all("From") == ["notifications@notify.test"]
+    [to] = message.get_all("To")
+    [address] = to.addresses  # the comma and the address in the name stay in it
+    assert address.addr_spec == "ops@example.com"
+    said = named.name.replace("=?utf-8?q?Ada_Ren=C3=A9e?=", "Ada Renée")  # decoded, as for the subject
+    assert address.display_name.replace(" ", "") == said.replace(" ", "")

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
 from client import NotCancellable
-from domain import NotificationStatus
+from domain import MAX_REQUEST_BYTES, NotificationStatus
 from settings import CannotPrepareAction, ConfigsFailureAction, Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import ScriptedResponse, SlackSink
@@ -461,3 +461,28 @@ async def test_status_shows_a_retrying_channel_and_the_log_one_line_per_attempt(
     assert all(r.getMessage().startswith(f"notification {nid}: email 1 attempt ") for r in failed)
     assert all("failed, to be retried" in r.getMessage() and "\n" not in r.getMessage() for r in failed)
     assert [r for r in caplog.records if r.exc_info] == []
+
+
+def largest(**shares: int) -> dict[str, str]:
+    """Content at the size limit, in the characters that grow most as JSON (six bytes each), shared among fields."""
+    room = (MAX_REQUEST_BYTES - len(operation().model_dump_json()) - 100) // 6 // sum(shares.values())
+    return {field: "\x01" * (room * share) for field, share in shares.items()}
+
+
+@pytest.mark.parametrize("shares", [{"body": 1}, {"body": 1, "html_body": 1, "slack_text": 1}])
+async def test_the_largest_request_taken_is_delivered(
+    dev_env: WorkflowEnvironment,
+    store: StreamStore,
+    settings: Settings,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
+    shares: dict[str, int],
+) -> None:
+    """On the dev server, which enforces Temporal's payload limits: a request at the limit ends with its outcome."""
+    op = operation(**{"slack_text": "Disk almost full", **largest(**shares)})  # Slack takes 40,000 characters
+    assert MAX_REQUEST_BYTES - 1000 < len(op.model_dump_json()) <= MAX_REQUEST_BYTES
+    async with notifying(dev_env, store, settings) as notify:
+        nid, view = await notify.send(op)
+    assert view["status"] == "sent", (view["channels"], view["outcome"])
+    assert (await notify.types(StreamName.NOTIFICATION_EVENT, nid))[-1] == "SucceededInSendingNotificationEvent"
+    assert len(mail_sink.messages) == 1 and len(slack_sink.messages) == 1
