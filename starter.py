@@ -20,7 +20,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from client import IdempotencyKeyConflict, NotCancellable, NotificationClient, UnknownNotification
-from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp, Tag
+from domain import DirectoryEntry, Identifier, NotificationStatus, SendNotificationToEntityOp, Tag
 from settings import (
     UNAVAILABLE,
     ConfigurationError,
@@ -216,6 +216,11 @@ def send(
             )
         except ValidationError as error:
             raise CliError(validation_message(error), 2) from error
+        if idempotency_key is not None:
+            try:
+                TypeAdapter(Identifier).validate_python(idempotency_key)
+            except ValidationError as error:
+                raise CliError(f"--idempotency-key: {validation_message(error)}", 2) from error
         settings = load_settings()
         async with settings.open_streams() as store:
             client = await _client(settings, store, lazy=False)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import faulthandler
 import logging
 import os
 import re
@@ -95,6 +97,9 @@ def temporal_binary(name: str) -> Path:
 
 
 DEV_SERVER_STARTUP = timedelta(seconds=60)
+PR_SET_PDEATHSIG = 1
+STORE_CHECK_INTERVAL = 1.0
+"""Seconds between the worker's checks that its streams store is still the one it opened."""
 
 
 @contextlib.asynccontextmanager
@@ -126,6 +131,7 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=output,
             stderr=output,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     try:
         client = await _serving(server, settings, log)
@@ -142,6 +148,12 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
             except TimeoutError:
                 server.kill()
                 await server.wait()
+
+
+def _die_with_parent() -> None:
+    """In the dev server's process, before it runs: have Linux send it SIGTERM when the process that started it
+    dies, however it dies (`kill -9` included), so that no server outlives its worker."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _listening(host: str, port: int) -> bool:
@@ -180,6 +192,7 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
             settings = local.settings
             print(local.describe(), flush=True)
         store = await stack.enter_async_context(settings.open_streams())
+        await store.check()
         client = await stack.enter_async_context(dev_server(settings)) if dev else await connect(settings)
         async with running_workers(client, store, settings):
             print(
@@ -187,7 +200,21 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
                 f"(namespace {settings.temporal_namespace!r}); streams at {_without_password(settings.streams_location)}",
                 flush=True,
             )
+            watch = asyncio.create_task(_watch(store, stop))
             await stop.wait()
+            watch.cancel()
+            if not watch.cancelled() and watch.done():
+                watch.result()  # the store became unusable: raise it, after the workers have stopped
+
+
+async def _watch(store: StreamStore, stop: asyncio.Event) -> None:
+    """Stop the worker once the store cannot be used as it was opened (its file deleted, replaced, read-only)."""
+    try:
+        while True:
+            await store.check()
+            await asyncio.sleep(STORE_CHECK_INTERVAL)
+    finally:
+        stop.set()
 
 
 def main() -> None:
@@ -200,8 +227,10 @@ def main() -> None:
         "what they receive in the data dir",
     )
     args = parser.parse_args()
+    faulthandler.enable()  # a fatal signal (SIGBUS from a store file pulled away, say) is logged with its stack
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the local mail sink's every connection
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the local sinks: a line per connection, per request
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     code = 0
     try:
         asyncio.run(run(load_settings(), args.dev, args.sinks))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from streams.store import (
     InvalidHandlingTransition,
     PutResult,
     Record,
+    StoreUnusable,
     StreamStore,
     select_handling,
     select_records,
@@ -70,12 +72,18 @@ CREATE INDEX IF NOT EXISTS handling_by_record ON handling (stream, internal_reco
 """
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    found = path.stat()
+    return found.st_dev, found.st_ino
+
+
 class SQLiteStreamStore(StreamStore):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streams-{self.path.name}")
         self._db = self._executor.submit(self._connect).result()
+        self._file = _identity(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -93,10 +101,36 @@ class SQLiteStreamStore(StreamStore):
         return db
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run `fn` on the store's thread, on the file the store opened and no other."""
+        self._check_file()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.OperationalError as error:
+            if "readonly" in str(error):
+                raise StoreUnusable(
+                    f"the streams store {self.path} is read-only: make it writable and restart"
+                ) from error
+            raise
+
+    async def check(self) -> None:
+        self._check_file()
+        # access(2), not a test open: closing any descriptor of the file would drop this process's SQLite locks
+        if not os.access(self.path, os.W_OK):
+            raise StoreUnusable(f"the streams store {self.path} is read-only: make it writable and restart")
+
+    def _check_file(self) -> None:
+        """A file deleted or replaced under an open store would split the records silently: refuse instead."""
+        try:
+            found = _identity(self.path)
+        except FileNotFoundError:
+            raise StoreUnusable(
+                f"the streams store {self.path} was deleted while in use: restore it (or start afresh) and restart"
+            ) from None
+        if found != self._file:
+            raise StoreUnusable(f"the streams store {self.path} was replaced while in use: restart to use the new one")
 
     async def close(self) -> None:
-        await self._run(self._db.close)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
         self._executor.shutdown()
 
     # -- unique ids -------------------------------------------------------------------------------------------

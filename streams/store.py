@@ -176,6 +176,10 @@ def select_handling(
     return query + " ORDER BY entry_id", args
 
 
+class StoreUnusable(ConnectionError):
+    """The store cannot be used as it was opened: what to do about it, in one line."""
+
+
 class StreamStore(ABC):
     """A backend. Only the handles it returns are given to producers, consumers and handlers."""
 
@@ -230,6 +234,9 @@ class StreamStore(ABC):
 
     async def open(self) -> None:  # noqa: B027 - a backend that connects on construction has nothing to do here
         """Connect, and check the schema is the one this version knows."""
+
+    async def check(self) -> None:  # noqa: B027 - a server-backed store has nothing to watch here
+        """Raise `StoreUnusable` if the store can no longer be used as it was opened (its file gone, say)."""
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -373,6 +373,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(directory: Cli, args: t
         (("--body", "@-"), "\x01" * 200_000, "the request is 1,2"),
         (("--body", "@large.txt", "--html", "@large.txt"), "", "the request is"),
         (("--subject", "=?utf-8?q?Invoice=0D=0AReply-To:_attacker@evil.example?="), "", "must be a single line"),
+        (("--idempotency-key", "k" * 201), "", "--idempotency-key: is longer than 200 characters"),
     ],
 )
 def test_hostile_requests_are_refused_before_anything_is_written(
@@ -416,11 +417,6 @@ def test_bad_directory_files(directory: Cli) -> None:
     assert (result.returncode, result.stderr) == (
         2,
         f"error: {folder / 'latin1.json'}: not UTF-8 text (byte 29 cannot be decoded)\n",
-    )
-    nul = directory.run("send", "--entity", "user\x00-8", "--subject", "S", "--body", "B")
-    assert (nul.returncode, nul.stderr) == (
-        2,
-        "error: entity_id: must not be empty or contain spaces or control characters\n",
     )
     assert directory.record_count() == before
     assert directory.run("directory", "show", "user-4").returncode == 1

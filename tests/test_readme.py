@@ -62,7 +62,7 @@ def test_use_it_works_as_written(tmp_path: Path) -> None:
 
     assert ran["directory import entities.json"] == "recorded 3 entities, 0 unchanged\n"
     status = json.loads(ran["status 1 --json"])
-    assert status["status"] == "sent"
+    assert status["status"] == "sent", (status["outcome"], status["channels"], "".join(log)[-3000:])
     assert {c: (v["address"], v["outcome"]) for c, v in status["channels"].items()} == {
         "email": ("test@example.com", "succeeded"),
         "slack": ("acme/C0123", "succeeded"),

@@ -1,0 +1,138 @@
+"""The worker as a process, against what can go wrong around it: its dev server's life tied to its own, the address
+already taken, and its SQLite store file deleted, replaced or made read-only while it runs."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from sinks.mail import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def environment(**settings: str) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        **{f"NOTIFY_{name.upper()}": value for name, value in settings.items()},
+    }
+
+
+def start_worker(env: dict[str, str], cwd: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`worker.py`, once it says it polls."""
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "worker.py"), *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert worker.stdout is not None
+    seen = []
+    for line in worker.stdout:
+        seen.append(line)
+        if line.startswith("worker polling"):
+            return worker, seen
+    pytest.fail(f"worker.py exited {worker.wait()}: {''.join(seen)}")
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def exits_within(pidfd: int, seconds: float) -> bool:
+    """Whether the process exits within `seconds`, told by Linux through its pidfd (no polling)."""
+    try:
+        return bool(select.select([pidfd], [], [], seconds)[0])
+    finally:
+        os.close(pidfd)
+
+
+def test_a_killed_dev_worker_takes_its_dev_server_with_it(tmp_path: Path) -> None:
+    env = environment(temporal_address=f"127.0.0.1:{free_port()}", data_dir=str(tmp_path / "data"))
+    first, _ = start_worker(env, tmp_path, "--dev")
+    [server] = children(first.pid)
+    pidfd = os.pidfd_open(server)
+    first.kill()
+    first.wait()
+    assert exits_within(pidfd, 30), "the dev server outlived its worker"
+    second, seen = start_worker(env, tmp_path, "--dev")  # the address is free again, and the workflows are kept
+    second.terminate()
+    assert second.wait(timeout=60) == 0
+    assert any(line.startswith("Temporal dev server on") for line in seen)
+
+
+def test_a_dev_worker_on_a_taken_address_says_so(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "worker.py"), "--dev"],
+            env=environment(temporal_address=address, data_dir=str(tmp_path / "data")),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(f"error: something already listens on {address}")
+
+
+@pytest.fixture
+def immutable() -> Iterator[Callable[[Path], None]]:
+    """`chattr +i`: a file even root cannot open for writing (as on a read-only mount); undone afterwards."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced", "read-only"])
+def test_the_worker_stops_in_one_line_when_its_store_file_changes_under_it(
+    dev_env: WorkflowEnvironment, tmp_path: Path, change: str, immutable: Callable[[Path], None]
+) -> None:
+    store = tmp_path / "data" / "streams.db"
+    env = environment(
+        temporal_address=dev_env.client.service_client.config.target_host,
+        data_dir=str(tmp_path / "data"),
+        task_queue=f"store-{change}",
+    )
+    worker, _ = start_worker(env, tmp_path)
+    if change == "deleted":
+        store.unlink()
+    elif change == "replaced":
+        sqlite3.connect(tmp_path / "other.db").close()
+        shutil.move(tmp_path / "other.db", store)
+    else:
+        immutable(store)
+    output = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 1, output
+    said = {
+        "deleted": f"error: the streams store {store} was deleted while in use: restore it (or start afresh) and restart",
+        "replaced": f"error: the streams store {store} was replaced while in use: restart to use the new one",
+        "read-only": f"error: the streams store {store} is read-only: make it writable and restart",
+    }[change]
+    assert output.splitlines()[-1] == said
+    assert "Traceback" not in output
+    if change == "read-only":  # and a worker started on it says so at once
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "worker.py")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert (result.returncode, result.stderr.splitlines()[-1]) == (1, said)
