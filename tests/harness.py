@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from client import NotificationClient
@@ -63,3 +67,31 @@ async def notifying(
     await import_entries(store, list(entities) or [entity()])
     async with running(env, store, settings) as notify:
         yield notify
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_worker(env: dict[str, str], cwd: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """A `worker.py` process (with `args`), once it says it polls, and what it said until then."""
+    return until_polling(
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py"), *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    )
+
+
+def until_polling(worker: subprocess.Popen[str]) -> tuple[subprocess.Popen[str], list[str]]:
+    """The worker, once it says it polls (no sleeping: its output is the event), and what it said until then."""
+    assert worker.stdout is not None
+    seen = []
+    for line in worker.stdout:
+        seen.append(line)
+        if line.startswith("worker polling"):
+            return worker, seen
+    pytest.fail(f"worker.py exited {worker.wait()}: {''.join(seen)}")

@@ -19,8 +19,8 @@ import pytest
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from tests.databases import role_urls
+from tests.harness import ROOT, start_worker
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "xoxb-acme-cli-token"
 DIRECTORY = [
     {
@@ -106,22 +106,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSi
         "NOTIFY_INTERNAL_TEAM_EMAIL": TEAM,
         "NOTIFY_SLACK_MESSAGES_PER_SECOND": "1",
     }
-    worker = subprocess.Popen(
-        [sys.executable, str(ROOT / "worker.py"), "--dev"],
-        env=env,
-        cwd=home,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert worker.stdout is not None
-    seen = []
-    for line in worker.stdout:  # the worker says when it polls; no sleeping
-        seen.append(line)
-        if line.startswith("worker polling"):
-            break
-    else:
-        pytest.fail(f"worker.py --dev exited {worker.wait()}: {''.join(seen)}")
+    worker, seen = start_worker(env, home, "--dev")
     try:
         yield Cli(env, home / "data")
     finally:

@@ -29,8 +29,8 @@ from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StreamName, open_store
 from streams.directory import import_entries
 from tests.databases import Databases, role_urls, url_of
+from tests.harness import ROOT, start_worker
 
-ROOT = Path(__file__).resolve().parent.parent
 ROLES = ("notify_producer", "notify_consumer", "notify_handler")
 
 
@@ -253,22 +253,6 @@ def worker_env(dev_env: WorkflowEnvironment, database: str, sinks: tuple[MailSin
     }
 
 
-def start_worker(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    """A `worker.py` process, once it says it polls."""
-    worker = subprocess.Popen(
-        [sys.executable, str(ROOT / "worker.py")],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert worker.stdout is not None
-    line = worker.stdout.readline()
-    assert line.startswith("worker polling"), line + worker.stdout.read()
-    return worker
-
-
 def client_settings(database: str) -> Settings:
     return Settings(_env_file=None, task_queue="shared", streams_url=database, **role_urls(database))
 
@@ -282,7 +266,7 @@ async def test_a_saga_outlives_its_worker(
 ) -> None:
     """The worker that started a scheduled saga is killed; another finishes it, and nothing is lost or sent twice."""
     mail, slack = sinks
-    first = start_worker(worker_env, tmp_path)
+    first = start_worker(worker_env, tmp_path)[0]
     second = None
     try:
         settings = client_settings(database)
@@ -296,7 +280,7 @@ async def test_a_saga_outlives_its_worker(
             assert (await client.status(nid))["status"] == "scheduled"  # the first worker answered
             first.kill()  # no graceful shutdown
             first.wait(timeout=30)
-            second = start_worker(worker_env, tmp_path)
+            second = start_worker(worker_env, tmp_path)[0]
             view = await client.result(nid)
             events = [r.type for r in await client.events(nid)]
     finally:
@@ -318,7 +302,7 @@ async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
     tmp_path: Path,
 ) -> None:
     mail, slack = sinks
-    workers = [start_worker(worker_env, tmp_path) for _ in range(2)]
+    workers = [start_worker(worker_env, tmp_path)[0] for _ in range(2)]
     try:
         settings = client_settings(database)
         async with settings.open_streams() as store:

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from sinks.mail import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import ROOT, until_polling
 
 
 def use_it() -> tuple[str, list[str]]:
@@ -40,15 +39,11 @@ def test_use_it_works_as_written(tmp_path: Path) -> None:
     }
     worker_line, commands = use_it()
     assert worker_line == ".venv/bin/python worker.py --dev --sinks"
-    worker = subprocess.Popen(
-        argv(worker_line), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    worker, log = until_polling(
+        subprocess.Popen(
+            argv(worker_line), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     )
-    assert worker.stdout is not None
-    log = []
-    for line in worker.stdout:  # the worker says when it polls
-        log.append(line)
-        if line.startswith("worker polling"):
-            break
     try:
         ran = {}
         for command in commands:

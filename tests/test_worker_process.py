@@ -17,8 +17,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from sinks.mail import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import ROOT, start_worker
 
 
 def environment(**settings: str) -> dict[str, str]:
@@ -26,25 +25,6 @@ def environment(**settings: str) -> dict[str, str]:
         **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
         **{f"NOTIFY_{name.upper()}": value for name, value in settings.items()},
     }
-
-
-def start_worker(env: dict[str, str], cwd: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    """`worker.py`, once it says it polls."""
-    worker = subprocess.Popen(
-        [sys.executable, str(ROOT / "worker.py"), *args],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert worker.stdout is not None
-    seen = []
-    for line in worker.stdout:
-        seen.append(line)
-        if line.startswith("worker polling"):
-            return worker, seen
-    pytest.fail(f"worker.py exited {worker.wait()}: {''.join(seen)}")
 
 
 def children(pid: int) -> list[int]:
