@@ -73,7 +73,6 @@ def _in_own_words(kind: str, said: str, ctx: dict[str, Any]) -> str:
         "extra_forbidden": "is not a known field",
         "string_too_short": "must not be empty",
         "string_too_long": f"is longer than {ctx.get('max_length')} characters",
-        "string_pattern_mismatch": "must not be empty or contain spaces",
         "string_type": "must be text",
         "enum": f"must be {ctx.get('expected')}",
         "list_type": "must be a list",

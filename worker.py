@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import faulthandler
+import functools
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ import signal
 import socket
 import sys
 import sysconfig
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -131,7 +132,7 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=output,
             stderr=output,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_dying_with_this_process() if sys.platform == "linux" else None,
         )
     try:
         client = await _serving(server, settings, log)
@@ -150,10 +151,12 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
                 await server.wait()
 
 
-def _die_with_parent() -> None:
-    """In the dev server's process, before it runs: have Linux send it SIGTERM when the process that started it
-    dies, however it dies (`kill -9` included), so that no server outlives its worker."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _dying_with_this_process() -> Callable[[], None]:
+    """What the dev server's process runs before the server: have Linux send it SIGTERM when the process that
+    started it dies, however it dies (`kill -9` included), so that no server outlives its worker. `prctl` is looked
+    up here, before the fork: a forked child of a threaded process must not load libraries."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return functools.partial(prctl, PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _listening(host: str, port: int) -> bool:
@@ -204,7 +207,7 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
             await stop.wait()
             watch.cancel()
             if not watch.cancelled() and watch.done():
-                watch.result()  # the store became unusable: raise it, after the workers have stopped
+                watch.result()  # the store became unusable: raising it stops the workers as it unwinds
 
 
 async def _watch(store: StreamStore, stop: asyncio.Event) -> None:

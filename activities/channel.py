@@ -181,12 +181,7 @@ class ChannelHandler(ABC):
         )
         outcome = await self._record_outcome(ref, Delivery(response, failure.reason), attempts)
         logger.warning(
-            "notification %s: %s %s failed for good after %d attempt(s): %s",
-            operation.notification_id,
-            self.channel,
-            operation.channel_operation_id,
-            attempts,
-            failure.reason,
+            "%s failed for good after %d attempt(s): %s", _operation_name(operation), attempts, failure.reason
         )
         if status == HandlingStatus.RUNNING:
             await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, failure.reason)
@@ -271,12 +266,14 @@ class ChannelHandler(ABC):
         )
 
 
+def _operation_name(operation: ChannelOperation) -> str:
+    """Which notification and channel operation a log line is about."""
+    return f"notification {operation.notification_id}: {operation.delivery_channel} {operation.channel_operation_id}"
+
+
 def _attempt_name(operation: ChannelOperation) -> str:
-    """Which notification, channel operation and attempt a log line is about."""
-    return (
-        f"notification {operation.notification_id}: {operation.delivery_channel} {operation.channel_operation_id} "
-        f"attempt {activity.info().attempt}"
-    )
+    """Which notification, channel operation and attempt of the running send a log line is about."""
+    return f"{_operation_name(operation)} attempt {activity.info().attempt}"
 
 
 def _attempt_budget() -> float | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from email.message import EmailMessage
 from email.headerregistry import Address
+from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 

@@ -107,16 +107,17 @@ class SQLiteStreamStore(StreamStore):
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except sqlite3.OperationalError as error:
             if "readonly" in str(error):
-                raise StoreUnusable(
-                    f"the streams store {self.path} is read-only: make it writable and restart"
-                ) from error
+                raise self._read_only() from error
             raise
 
     async def check(self) -> None:
         self._check_file()
         # access(2), not a test open: closing any descriptor of the file would drop this process's SQLite locks
         if not os.access(self.path, os.W_OK):
-            raise StoreUnusable(f"the streams store {self.path} is read-only: make it writable and restart")
+            raise self._read_only()
+
+    def _read_only(self) -> StoreUnusable:
+        return StoreUnusable(f"the streams store {self.path} is read-only: make it writable and restart")
 
     def _check_file(self) -> None:
         """A file deleted or replaced under an open store would split the records silently: refuse instead."""
