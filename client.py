@@ -33,6 +33,8 @@ from domain import (
     NotificationView,
     SendNotificationToEntityOp,
     TagName,
+    admitted,
+    admitted_idempotency_key,
     recipient_email_tag,
     tag,
 )
@@ -68,12 +70,14 @@ class NotificationClient:
 
     async def request(self, operation: SendNotificationToEntityOp, idempotency_key: str | None = None) -> str:
         """Request a notification and return its id. Repeating a request with the same idempotency key returns the
-        first request's id and sends nothing more."""
+        first request's id and sends nothing more. Both are checked against every rule for a new request
+        (`domain.admitted`) before anything is written: a `pydantic.ValidationError` says what is wrong."""
+        operation = admitted(SendNotificationToEntityOp, operation)
         key_tags = []
         if idempotency_key is None:
             notification_id = str(await self._client_operations.next_unique_id())
         else:
-            notification_id = await self._claim(idempotency_key, operation)
+            notification_id = await self._claim(admitted_idempotency_key(idempotency_key), operation)
             key_tags.append(tag(TagName.IDEMPOTENCY_KEY, idempotency_key))
         put = await self._client_operations.put(
             notification_id,
@@ -258,9 +262,12 @@ def _with_attempts(view: NotificationView, description: WorkflowExecutionDescrip
         channel = next((c for c, name in SEND_ACTIVITY.items() if name == activity.activity_type.name), None)
         if channel is None:
             continue
-        started = activity.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        waiting = activity.state in (
+            PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED,
+            PendingActivityState.PENDING_ACTIVITY_STATE_PAUSED,
+        )  # for its next attempt; otherwise that attempt runs (or is being cancelled or paused while it runs)
         pending[channel] = {
-            "attempts": activity.attempt if started else activity.attempt - 1,
+            "attempts": activity.attempt - 1 if waiting else activity.attempt,
             "last_error": activity.last_failure.message if activity.HasField("last_failure") else None,
             "next_attempt_at": activity.next_attempt_schedule_time.ToDatetime(UTC)
             if activity.HasField("next_attempt_schedule_time")

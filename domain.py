@@ -7,11 +7,13 @@ so the workflow sandbox can pass this module through unchanged. Nothing in here 
 from __future__ import annotations
 
 import email.errors
-import email.header
+import email.policy
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
+from email.headerregistry import Address
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -19,7 +21,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,6 +41,48 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+ADMISSION = {"admission": True}
+"""The validation context of what is new: a request or a directory entry as it is admitted (`admitted`). Every
+rule of today applies to it. What was recorded (a record, a saga's input in its history) is read back with the
+types alone, so that a rule added later never makes a running saga's input or an old record unreadable."""
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def admitted(model_type: type[M], data: object) -> M:
+    """`data` (a model, or what makes one) as a new `model_type`, checked against every rule of today."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    return model_type.model_validate(data, context=ADMISSION)
+
+
+def Admitted(check: Callable[[Any], Any]) -> AfterValidator:  # noqa: N802 - used as a type annotation
+    """A rule that applies on admission (see `ADMISSION`)."""
+
+    def validate(value: Any, info: ValidationInfo) -> Any:
+        return check(value) if _admitting(info) else value
+
+    return AfterValidator(validate)
+
+
+def _admitting(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get("admission"))
+
+
+def _sized(value: str, least: int, most: int) -> str:
+    if len(value) < least:
+        raise ValueError("must not be empty" if least == 1 else f"is shorter than {least} characters")
+    if len(value) > most:
+        raise ValueError(f"is longer than {most} characters")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 def utc_now() -> datetime:
     """Now, in UTC: the timestamp of what activities record (workflow code uses `workflow.now()`)."""
     return datetime.now(UTC)
@@ -50,8 +95,8 @@ def utc_now() -> datetime:
 class Tag(Model):
     """A name/value pair attached to a record; records are queryable by tags."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    value: Annotated[str, StringConstraints(max_length=2000)]
+    name: Annotated[str, Admitted(lambda v: _single_line(_sized(v, 1, 200)))]
+    value: Annotated[str, Admitted(lambda v: _no_nul(_sized(v, 0, 2000)))]
 
 
 def tag(name: str, value: object) -> Tag:
@@ -105,33 +150,38 @@ CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _single_line(value: str) -> str:
-    """Text that goes into a mail header: one line, however it is written, RFC 2047 encoded words included (an
-    encoded CR LF would otherwise become a header of the attacker's choosing when the header is folded)."""
-    if CONTROL.search(value) or CONTROL.search(_decoded_words(value)):
+    """Text that goes into a mail header: one line as written and as a mail reader decodes it, RFC 2047 encoded
+    words included (an encoded CR LF would otherwise become a header of the attacker's choosing when the header is
+    folded, CVE-2024-6923)."""
+    if CONTROL.search(value) or CONTROL.search(_as_read(value)):
         raise ValueError("must be a single line of text (no line breaks or control characters, encoded or not)")
     return value
 
 
-ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=")
+def _as_read(value: str) -> str:
+    """What a mail reader makes of `value` in a header: the email package's own parser, which decodes encoded words
+    however loosely they are written (spaces inside them included)."""
+    try:
+        return str(email.policy.default.header_factory("subject", value))
+    except (ValueError, LookupError, email.errors.HeaderParseError) as error:
+        raise ValueError("has an encoded word that cannot be decoded") from error
 
 
-def _decoded_words(value: str) -> str:
-    """What the RFC 2047 encoded words in `value` say, one after another."""
-    said = []
-    for word in ENCODED_WORD.findall(value):
-        try:
-            [(data, charset)] = email.header.decode_header(word)
-            said.append(data.decode(charset or "ascii") if isinstance(data, bytes) else data)
-        except (ValueError, LookupError, email.errors.HeaderParseError) as error:
-            raise ValueError(f"has an encoded word that cannot be decoded: {word[:40]}") from error
-    return "".join(said)
+DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 
 
-def _email_address(value: str) -> str:
-    if not re.fullmatch(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+", value) or CONTROL.search(value):
-        raise ValueError(f"not an email address: {value!r}")
+def checked_email_address(value: str) -> str:
+    """`local@domain.tld`, taken only if the email package reads it back unchanged (so that what is validated is
+    what is sent: no comments, quotes, routes or empty labels)."""
     if not value.isascii():
         raise ValueError(f"{value!r} is not an ASCII address: internationalized addresses (SMTPUTF8) are not supported")
+    local, at, domain = value.rpartition("@")
+    try:
+        read = Address(addr_spec=value).addr_spec if at and not CONTROL.search(value) else None
+    except (ValueError, IndexError, email.errors.HeaderParseError):
+        read = None
+    if read != value or not local or '"' in local or not DOMAIN.fullmatch(domain):
+        raise ValueError(f"not an email address: {value!r}")
     return value
 
 
@@ -141,9 +191,17 @@ def _identifier(value: str) -> str:
     return value
 
 
-EmailAddress = Annotated[str, AfterValidator(_email_address)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_single_line)]
-Identifier = Annotated[str, StringConstraints(max_length=200), AfterValidator(_identifier)]
+EmailAddress = Annotated[str, Admitted(checked_email_address)]
+Name = Annotated[str, Admitted(lambda v: _single_line(_sized(v, 1, 200)))]
+Identifier = Annotated[str, Admitted(lambda v: _identifier(_sized(v, 1, 200)))]
+
+
+_IDEMPOTENCY_KEY = TypeAdapter(Identifier)
+
+
+def admitted_idempotency_key(key: str) -> str:
+    """A client's idempotency key, checked as an identifier."""
+    return _IDEMPOTENCY_KEY.validate_python(key, context=ADMISSION)
 
 
 class SlackAddress(Model):
@@ -201,9 +259,9 @@ def _subject(value: str) -> str:
     return value
 
 
-Subject = Annotated[str, StringConstraints(max_length=998), AfterValidator(_subject)]
-Body = Annotated[str, AfterValidator(_not_blank), AfterValidator(_at_most_body_size)]
-OptionalBody = Annotated[str, AfterValidator(_at_most_body_size)]
+Subject = Annotated[str, Admitted(lambda v: _subject(_sized(v, 1, 998)))]
+Body = Annotated[str, Admitted(lambda v: _at_most_body_size(_not_blank(v)))]
+OptionalBody = Annotated[str, Admitted(_at_most_body_size)]
 
 
 class SendNotificationToEntityOp(Model):
@@ -220,7 +278,9 @@ class SendNotificationToEntityOp(Model):
 
     @field_validator("tags")
     @classmethod
-    def _client_tags(cls, tags: list[Tag]) -> list[Tag]:
+    def _client_tags(cls, tags: list[Tag], info: ValidationInfo) -> list[Tag]:
+        if not _admitting(info):
+            return tags
         if len(tags) > MAX_TAGS:
             raise ValueError(f"at most {MAX_TAGS} tags, not {len(tags)}")
         reserved = sorted({t.name for t in tags if t.name.lower() in RESERVED_TAG_NAMES})
@@ -229,8 +289,8 @@ class SendNotificationToEntityOp(Model):
         return tags
 
     @model_validator(mode="after")
-    def _fits_in_a_payload(self) -> SendNotificationToEntityOp:
-        size = len(self.model_dump_json().encode())
+    def _fits_in_a_payload(self, info: ValidationInfo) -> SendNotificationToEntityOp:
+        size = len(self.model_dump_json().encode()) if _admitting(info) else 0
         if size > MAX_REQUEST_BYTES:
             raise ValueError(
                 f"the request is {size:,} bytes as JSON (control characters count six); at most "
@@ -266,8 +326,23 @@ class ExecuteOpRequestedEvent(Model):
 # Failures and outcomes (the reference's enums, names kept)
 
 
+MAX_REASON_CHARS = 1000
+"""A failure's reason, as recorded, shown and logged: one line of at most this many characters."""
+
+
+def in_one_line(reason: str) -> str:
+    """`reason` (a server's multi-line reply, say) as one line of at most `MAX_REASON_CHARS` characters."""
+    said = " ".join(CONTROL.sub(" ", reason).split())
+    return said if len(said) <= MAX_REASON_CHARS else said[: MAX_REASON_CHARS - 1] + "…"
+
+
+Reason = Annotated[str, AfterValidator(in_one_line)]
+"""A reason, made one bounded line wherever it is built or read: a failure's reason ends up in escalations,
+views and log lines, none of which may grow with what a server said."""
+
+
 class Failure(Model):
-    reason: str
+    reason: Reason
     channel: Channel | None = None
     """The channel it concerns, if one."""
 
@@ -519,7 +594,7 @@ class ChannelOperationFailure(Model):
     """The saga gave up on a channel operation, for this reason; with the channel's last response, if it had one."""
 
     operation: ChannelOperationRef
-    reason: str
+    reason: Reason
     last_response: dict | None = None
 
 
@@ -528,7 +603,7 @@ class ChannelOperationOutcomeInfo(Model):
     channel_operation_id: int
     event_type: str
     outcome: ChannelOperationOutcome
-    reason: str | None = None
+    reason: Reason | None = None
     attempts: int | None = None
     """How many attempts the operation took, where the handler knows."""
 

@@ -28,6 +28,8 @@ from domain import (
     NotificationStatus,
     SagaPolicies,
     SlackAddress,
+    admitted,
+    checked_email_address,
 )
 from streams import StreamStore, open_store
 
@@ -119,6 +121,16 @@ class Settings(BaseSettings):
             if initial > maximum:
                 raise ValueError(f"{channel}_retry_initial_seconds is more than {channel}_retry_maximum_seconds")
         return self
+
+    @field_validator("email_from", "internal_team_email")
+    @classmethod
+    def _address_as_sent(cls, value: str | None) -> str | None:
+        return None if value is None else checked_email_address(value)
+
+    @field_validator("internal_team_slack")
+    @classmethod
+    def _slack_address_admitted(cls, value: SlackAddress | None) -> SlackAddress | None:
+        return None if value is None else admitted(SlackAddress, value)
 
     @field_validator("escalate_on", mode="before")
     @classmethod

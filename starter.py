@@ -20,7 +20,15 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from client import IdempotencyKeyConflict, NotCancellable, NotificationClient, UnknownNotification
-from domain import DirectoryEntry, Identifier, NotificationStatus, SendNotificationToEntityOp, Tag
+from domain import (
+    ADMISSION,
+    DirectoryEntry,
+    NotificationStatus,
+    SendNotificationToEntityOp,
+    Tag,
+    admitted,
+    admitted_idempotency_key,
+)
 from settings import (
     UNAVAILABLE,
     ConfigurationError,
@@ -204,20 +212,23 @@ def send(
 
     async def command() -> int:
         try:
-            operation = SendNotificationToEntityOp(
-                entity_id=entity,
-                subject=subject,
-                body=text_argument(body),
-                html_body=text_argument(html),
-                slack_text=text_argument(slack_text),
-                tags=parse_tags(tag),
-                send_at=parse_time(at),
+            operation = admitted(
+                SendNotificationToEntityOp,
+                dict(
+                    entity_id=entity,
+                    subject=subject,
+                    body=text_argument(body),
+                    html_body=text_argument(html),
+                    slack_text=text_argument(slack_text),
+                    tags=parse_tags(tag),
+                    send_at=parse_time(at),
+                ),
             )
         except ValidationError as error:
             raise CliError(validation_message(error), 2) from error
         if idempotency_key is not None:
             try:
-                TypeAdapter(Identifier).validate_python(idempotency_key)
+                admitted_idempotency_key(idempotency_key)
             except ValidationError as error:
                 raise CliError(f"--idempotency-key: {validation_message(error)}", 2) from error
         settings = load_settings()
@@ -378,7 +389,7 @@ def read_directory(file: Path) -> list[DirectoryEntry]:
         said = str(error).replace("\n", " ")
         raise CliError(f"{file}: malformed {'YAML' if yaml_file else 'JSON'}: {said}", 2) from error
     try:
-        entries = TypeAdapter(list[DirectoryEntry]).validate_python(data)
+        entries = TypeAdapter(list[DirectoryEntry]).validate_python(data, context=ADMISSION)
     except ValidationError as error:
         raise CliError(f"{file}: {validation_message(error)}", 2) from error
     ids = [e.id for e in entries]

@@ -109,12 +109,17 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
     (`temporal.log`) in the data dir; yields a client connected to it, and stops it on the way out."""
     host, _, port = settings.temporal_address.rpartition(":")
     host = host or "127.0.0.1"
+    ui_port = int(port) + 1000
     if _listening(host, int(port)):
         raise ConnectionError(
             f"something already listens on {settings.temporal_address} (a dev server left running?): stop it, or "
             "run the worker without --dev to use it, or set NOTIFY_TEMPORAL_ADDRESS to a free port"
         )
-    ui_port = int(port) + 1000
+    if _listening(host, ui_port):
+        raise ConnectionError(
+            f"something already listens on {host}:{ui_port}, where the dev server's Web UI would go (its port plus "
+            "1000): stop it, or set NOTIFY_TEMPORAL_ADDRESS to another port"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log = settings.data_dir / "temporal.log"
     with log.open("ab") as output:
@@ -133,6 +138,7 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
             stdout=output,
             stderr=output,
             preexec_fn=_dying_with_this_process() if sys.platform == "linux" else None,
+            start_new_session=True,  # a Ctrl-C at the terminal is the worker's to handle: it stops the server itself
         )
     try:
         client = await _serving(server, settings, log)

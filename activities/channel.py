@@ -39,10 +39,11 @@ from domain import (
     DirectoryEntry,
     PrepareToSendOnChannelOp,
     Tag,
+    in_one_line,
     utc_now,
 )
 from settings import Settings
-from streams import ExistingRecordStrategy, HandlingStatus, StreamName, StreamStore
+from streams import ExistingRecordStrategy, HandlingEntry, HandlingStatus, StreamName, StreamStore
 
 WORKER = f"{os.getpid()}@{socket.gethostname()}"
 """This process, as the handling history names it."""
@@ -58,6 +59,10 @@ class Delivery:
 
     response: BaseModel
     failure: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.failure is not None:
+            self.failure = in_one_line(self.failure)
 
 
 class CannotPrepare(Exception):
@@ -130,7 +135,9 @@ class ChannelHandler(ABC):
         if handled is not None:
             return ChannelOperationOutcomeInfo.model_validate_json(handled.details)
         recorded = await self._recorded_outcome(operation)
-        if recorded is not None:
+        if recorded is not None:  # an earlier attempt recorded it and died before it could complete its handling
+            history = await self._handling.history(ref.internal_record_id, self.concern)
+            recorded = recorded.model_copy(update={"attempts": _attempts(history)})
             await self._complete(ref, recorded)
             return recorded
         await self._events.put(
@@ -166,7 +173,7 @@ class ChannelHandler(ABC):
         ref, operation = failure.operation, failure.operation.instruction.operation
         history = await self._handling.history(ref.internal_record_id, self.concern)
         status = history[-1].status if history else HandlingStatus.AVAILABLE_BY_DEFAULT
-        attempts = sum(1 for entry in history if entry.status == HandlingStatus.RUNNING)
+        attempts = _attempts(history)
         recorded = await self._recorded_outcome(operation)
         if recorded is not None:  # an attempt recorded it and died before it could complete its handling
             recorded = recorded.model_copy(update={"attempts": attempts})
@@ -264,6 +271,11 @@ class ChannelHandler(ABC):
             timestamp_utc=utc_now(),
             **fields,
         )
+
+
+def _attempts(history: list[HandlingEntry]) -> int:
+    """How many attempts a handling history shows: each began by taking the operation up."""
+    return sum(1 for entry in history if entry.status == HandlingStatus.RUNNING)
 
 
 def _operation_name(operation: ChannelOperation) -> str:

@@ -3,7 +3,7 @@ and where it can be reached now, and the earlier ones are who it was and when.""
 
 from __future__ import annotations
 
-from domain import DirectoryEntry, TagName, recipient_email_tag, tag
+from domain import DirectoryEntry, TagName, admitted, recipient_email_tag, tag
 from streams.store import ReadOnlyStream, StreamName, StreamStore
 
 
@@ -13,7 +13,9 @@ async def lookup(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | 
 
 
 async def import_entries(store: StreamStore, entries: list[DirectoryEntry]) -> tuple[int, int]:
-    """Record each entry that is new or changed; returns (recorded, unchanged)."""
+    """Record each entry that is new or changed, each checked against every rule for a new entry
+    (`domain.admitted`) before any is written; returns (recorded, unchanged)."""
+    entries = [admitted(DirectoryEntry, entry) for entry in entries]
     reader = store.reader(StreamName.ENTITY_DIRECTORY)
     writer = store.writer(StreamName.ENTITY_DIRECTORY)
     recorded = 0

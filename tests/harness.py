@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -72,26 +73,61 @@ async def notifying(
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_worker(env: dict[str, str], cwd: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    """A `worker.py` process (with `args`), once it says it polls, and what it said until then."""
-    return until_polling(
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py"), *args],
-            env=env,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+def start_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:
+    """A `worker.py` process (with `args`), once it says it polls."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "worker.py"), *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    return WorkerProcess(process).until_polling()
 
 
-def until_polling(worker: subprocess.Popen[str]) -> tuple[subprocess.Popen[str], list[str]]:
-    """The worker, once it says it polls (no sleeping: its output is the event), and what it said until then."""
-    assert worker.stdout is not None
-    seen = []
-    for line in worker.stdout:
-        seen.append(line)
-        if line.startswith("worker polling"):
-            return worker, seen
-    pytest.fail(f"worker.py exited {worker.wait()}: {''.join(seen)}")
+class WorkerProcess:
+    """A worker process whose output (standard error folded in) a thread reads as it comes, so that the worker never
+    blocks on a full pipe, and the test can read what it said at any time."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._polling = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if line.startswith("worker polling"):
+                self._polling.set()
+        self._polling.set()  # it ended: nothing more will come
+
+    def until_polling(self, timeout: float = 120) -> WorkerProcess:
+        """This worker, once it says it polls (its output is the event: no sleeping)."""
+        self._polling.wait(timeout)
+        if not any(line.startswith("worker polling") for line in self.lines):
+            pytest.fail(f"worker.py did not poll (exit code {self.process.poll()}): {self.output}")
+        return self
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def ended(self, timeout: float = 60) -> str:
+        """Everything it said, once it has exited by itself."""
+        self.process.wait(timeout)
+        self._reader.join(timeout)
+        return self.output
+
+    def stop(self, timeout: float = 60) -> str:
+        """Everything it said, once SIGTERM (if it still runs) has ended it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.ended(timeout)

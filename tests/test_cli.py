@@ -106,16 +106,15 @@ def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSi
         "NOTIFY_INTERNAL_TEAM_EMAIL": TEAM,
         "NOTIFY_SLACK_MESSAGES_PER_SECOND": "1",
     }
-    worker, seen = start_worker(env, home, "--dev")
+    worker = start_worker(env, home, "--dev")
     try:
         yield Cli(env, home / "data")
     finally:
-        worker.terminate()
-        rest = worker.communicate(timeout=60)[0]
-        assert worker.returncode == 0, rest
-    assert "Web UI at http://127.0.0.1:" in "".join(seen)
+        said = worker.stop()
+        assert worker.returncode == 0, said
+    assert "Web UI at http://127.0.0.1:" in said
     assert (home / "data" / "temporal.db").exists()
-    assert TOKEN not in "".join(seen) + rest
+    assert TOKEN not in said
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pydantic import SecretStr, ValidationError
 from temporalio.testing import WorkflowEnvironment
 
 from client import NotificationClient
-from domain import DirectoryEntry, SendNotificationToEntityOp
+from domain import DirectoryEntry, SendNotificationToEntityOp, admitted
 from settings import Settings, SmtpSecurity
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
@@ -146,19 +146,33 @@ INJECTIONS = [
     "Invoice\u2028Reply-To: attacker@evil.example",
     "Invoice\u2029Reply-To: attacker@evil.example",
     "Invoice\x00",
+    # Encoded words as loosely as a mail reader takes them: spaces inside, glued to text, upper case, a language.
+    "=?utf-8?q?Invoice =0D=0AReply-To:_attacker@evil.example?=",
+    "=?utf-8?b?SW52b2ljZQ0KUmVwbHktVG86IGF0 dGFja2VyQGV2aWwuZXhhbXBsZQ==?=",
+    "Invoice=?utf-8?q?=0D=0AReply-To:_attacker@evil.example?=x",
+    "=?UTF-8*en?Q?Invoice=0d=0aReply-To:_attacker@evil.example?=",
+    "=?latin-1?q?Invoice=85Reply-To:_attacker@evil.example?=",
 ]
 
 
 @pytest.mark.parametrize("subject", INJECTIONS)
 def test_a_subject_that_would_break_a_header_line_is_refused(subject: str) -> None:
     with pytest.raises(ValidationError, match="must be a single line of text"):
-        SendNotificationToEntityOp(entity_id="ops", subject=subject, body="B")
+        admitted(SendNotificationToEntityOp, {"entity_id": "ops", "subject": subject, "body": "B"})
 
 
 @pytest.mark.parametrize("name", [s.replace("Invoice", "Ada") for s in INJECTIONS])
 def test_a_directory_name_that_would_break_a_header_line_is_refused(name: str) -> None:
     with pytest.raises(ValidationError, match="must be a single line of text"):
-        DirectoryEntry.model_validate({**ENTITY.model_dump(), "name": name})
+        admitted(DirectoryEntry, {**ENTITY.model_dump(), "name": name})
+
+
+@pytest.mark.parametrize(
+    "address", ["a:b@x.co", "a..b@x.co", "a\\b@x.co", "a@x..co", "a(b)@x.co", "a@-x.co", '"a b"@x.co', "a@localhost"]
+)
+def test_an_address_the_mail_would_not_carry_as_written_is_refused(address: str) -> None:
+    with pytest.raises(ValidationError, match="not an email address"):
+        admitted(DirectoryEntry, {**ENTITY.model_dump(), "email": address})
 
 
 async def test_the_message_bytes_hold_exactly_the_headers_composed(

@@ -266,7 +266,7 @@ async def test_a_saga_outlives_its_worker(
 ) -> None:
     """The worker that started a scheduled saga is killed; another finishes it, and nothing is lost or sent twice."""
     mail, slack = sinks
-    first = start_worker(worker_env, tmp_path)[0]
+    first = start_worker(worker_env, tmp_path)
     second = None
     try:
         settings = client_settings(database)
@@ -278,16 +278,15 @@ async def test_a_saga_outlives_its_worker(
                 SendNotificationToEntityOp(entity_id="ops", subject="Later", body="B", send_at=at)
             )
             assert (await client.status(nid))["status"] == "scheduled"  # the first worker answered
-            first.kill()  # no graceful shutdown
-            first.wait(timeout=30)
-            second = start_worker(worker_env, tmp_path)[0]
+            first.process.kill()  # no graceful shutdown
+            first.ended(timeout=30)
+            second = start_worker(worker_env, tmp_path)
             view = await client.result(nid)
             events = [r.type for r in await client.events(nid)]
     finally:
         for worker in (first, second):
-            if worker is not None and worker.poll() is None:
-                worker.terminate()
-                worker.communicate(timeout=60)
+            if worker is not None:
+                worker.stop()
     assert view.status == "sent" and view.completed_at is not None and view.completed_at >= at
     assert len(mail.messages) == 1 and len(slack.messages) == 1
     assert events.count("SendNotificationRequestedEvent") == 1
@@ -302,7 +301,7 @@ async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
     tmp_path: Path,
 ) -> None:
     mail, slack = sinks
-    workers = [start_worker(worker_env, tmp_path)[0] for _ in range(2)]
+    workers = [start_worker(worker_env, tmp_path) for _ in range(2)]
     try:
         settings = client_settings(database)
         async with settings.open_streams() as store:
@@ -319,9 +318,7 @@ async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
             ]
             handled_by = {e.details.rpartition("by worker ")[2] for h in histories for e in h if e.status == "Running"}
     finally:
-        for worker in workers:
-            worker.terminate()
-        outputs = [worker.communicate(timeout=60)[0] for worker in workers]
+        outputs = [worker.stop() for worker in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     assert len(mail.messages) == 24 and len(slack.messages) == 24
     assert len({m.message["Message-ID"] for m in mail.messages}) == 24

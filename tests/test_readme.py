@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from sinks.mail import free_port
-from tests.harness import ROOT, until_polling
+from tests.harness import ROOT, WorkerProcess
 
 
 def use_it() -> tuple[str, list[str]]:
@@ -39,11 +39,11 @@ def test_use_it_works_as_written(tmp_path: Path) -> None:
     }
     worker_line, commands = use_it()
     assert worker_line == ".venv/bin/python worker.py --dev --sinks"
-    worker, log = until_polling(
+    worker = WorkerProcess(
         subprocess.Popen(
             argv(worker_line), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-    )
+    ).until_polling()
     try:
         ran = {}
         for command in commands:
@@ -51,13 +51,12 @@ def test_use_it_works_as_written(tmp_path: Path) -> None:
             assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
             ran[command.split("#")[0].split("starter.py ", 1)[1].strip()] = result.stdout
     finally:
-        worker.terminate()
-        log.append(worker.communicate(timeout=60)[0])
-    assert worker.returncode == 0, "".join(log)
+        log = worker.stop()
+    assert worker.returncode == 0, log
 
     assert ran["directory import entities.json"] == "recorded 3 entities, 0 unchanged\n"
     status = json.loads(ran["status 1 --json"])
-    assert status["status"] == "sent", (status["outcome"], status["channels"], "".join(log)[-3000:])
+    assert status["status"] == "sent", (status["outcome"], status["channels"], log[-3000:])
     assert {c: (v["address"], v["outcome"]) for c, v in status["channels"].items()} == {
         "email": ("test@example.com", "succeeded"),
         "slack": ("acme/C0123", "succeeded"),
@@ -70,4 +69,4 @@ def test_use_it_works_as_written(tmp_path: Path) -> None:
     assert "Subject: Deploy finished" in mail.read_text()
     [posted] = (tmp_path / ".notify" / "slack" / "messages.jsonl").read_text().splitlines()
     assert json.loads(posted)["channel"] == "C0123"
-    assert "Traceback" not in "".join(log)
+    assert "Traceback" not in log

@@ -254,8 +254,10 @@ async def test_status_while_running_and_after(notify: Notify, mail_sink: MailSin
     assert view is not None and view.json() == after
 
 
-async def test_a_retried_send_records_once_and_delivers_once(notify: Notify, mail_sink: MailSink) -> None:
-    mail_sink.script_replies("421 4.3.0 Try again later")
+async def test_a_retried_send_records_once_and_delivers_once(
+    notify: Notify, mail_sink: MailSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    mail_sink.script_replies("421-4.3.0 Try again later\r\n421 4.3.0 The queue is full")  # a multi-line reply
     _, view = await notify.send()
     assert view["status"] == "sent"
     assert len(mail_sink.messages) == 1
@@ -264,7 +266,9 @@ async def test_a_retried_send_records_once_and_delivers_once(notify: Notify, mai
     assert email_op is not None
     history = await notify.store.handling(StreamName.EMAIL_OPERATION).history(email_op.internal_id, "send-email")
     assert [e.status for e in history] == ["Running", "Failed", "AvailableAfterFailure", "Running", "Completed"]
-    assert "421" in history[1].details
+    assert "421" in history[1].details and "Try again later 4.3.0 The queue is full" in history[1].details
+    [retried] = [r.getMessage() for r in caplog.records if r.name == "notify.delivery"]
+    assert retried.endswith("to be retried: 421 4.3.0 Try again later 4.3.0 The queue is full"), retried
 
 
 def activity_environment(attempt: int = 1) -> ActivityEnvironment:
@@ -330,7 +334,7 @@ async def test_a_handler_finds_the_outcome_an_attempt_recorded_before_it_died(
         ),
     )
     outcome = await activity_environment(attempt=2).run(EmailHandler(store, settings).send, ref)
-    assert outcome.outcome == "Succeeded"
+    assert (outcome.outcome, outcome.attempts) == ("Succeeded", 2)
     assert mail_sink.messages == []
     assert await event_types(store, 8) == ["SucceededInSendingEmailEvent"]
     assert await handling_statuses(store, ref) == [

@@ -41,23 +41,41 @@ def exits_within(pidfd: int, seconds: float) -> bool:
 
 def test_a_killed_dev_worker_takes_its_dev_server_with_it(tmp_path: Path) -> None:
     env = environment(temporal_address=f"127.0.0.1:{free_port()}", data_dir=str(tmp_path / "data"))
-    first, _ = start_worker(env, tmp_path, "--dev")
-    [server] = children(first.pid)
+    first = start_worker(env, tmp_path, "--dev")
+    [server] = children(first.process.pid)
+    assert os.getpgid(server) != os.getpgid(first.process.pid)  # a Ctrl-C at the terminal reaches the worker alone
     pidfd = os.pidfd_open(server)
-    first.kill()
-    first.wait()
+    first.process.kill()
+    first.ended()
     assert exits_within(pidfd, 30), "the dev server outlived its worker"
-    second, seen = start_worker(env, tmp_path, "--dev")  # the address is free again, and the workflows are kept
-    second.terminate()
-    assert second.wait(timeout=60) == 0
-    assert any(line.startswith("Temporal dev server on") for line in seen)
+    second = start_worker(env, tmp_path, "--dev")  # the address is free again, and the workflows are kept
+    said = second.stop()
+    assert second.returncode == 0, said
+    assert any(line.startswith("Temporal dev server on") for line in second.lines)
 
 
-def test_a_dev_worker_on_a_taken_address_says_so(tmp_path: Path) -> None:
-    with socket.socket() as taken:
+def taken_port(offset: int) -> socket.socket:
+    """A listening socket on a port whose `offset` below is free."""
+    while True:
+        taken = socket.socket()
         taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        if offset:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port - offset))
+                except OSError:
+                    taken.close()
+                    continue
         taken.listen()
-        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        return taken
+
+
+@pytest.mark.parametrize("offset", [0, 1000], ids=["its own port", "its Web UI's port"])
+def test_a_dev_worker_on_a_taken_address_says_so(tmp_path: Path, offset: int) -> None:
+    with taken_port(offset) as taken:
+        port = taken.getsockname()[1]
+        address = f"127.0.0.1:{port - offset}"
         result = subprocess.run(
             [sys.executable, str(ROOT / "worker.py"), "--dev"],
             env=environment(temporal_address=address, data_dir=str(tmp_path / "data")),
@@ -67,7 +85,7 @@ def test_a_dev_worker_on_a_taken_address_says_so(tmp_path: Path) -> None:
             timeout=60,
         )
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1].startswith(f"error: something already listens on {address}")
+    assert result.stderr.splitlines()[-1].startswith(f"error: something already listens on 127.0.0.1:{port}")
 
 
 @pytest.fixture
@@ -94,7 +112,7 @@ def test_the_worker_stops_in_one_line_when_its_store_file_changes_under_it(
         data_dir=str(tmp_path / "data"),
         task_queue=f"store-{change}",
     )
-    worker, _ = start_worker(env, tmp_path)
+    worker = start_worker(env, tmp_path)
     if change == "deleted":
         store.unlink()
     elif change == "replaced":
@@ -102,7 +120,7 @@ def test_the_worker_stops_in_one_line_when_its_store_file_changes_under_it(
         shutil.move(tmp_path / "other.db", store)
     else:
         immutable(store)
-    output = worker.communicate(timeout=60)[0]
+    output = worker.ended()
     assert worker.returncode == 1, output
     said = {
         "deleted": f"error: the streams store {store} was deleted while in use: restore it (or start afresh) and restart",
