@@ -16,9 +16,8 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.notification import SEND_NOTIFICATION_CONCERN, notification_tags
+from activities.contract import SEND, SEND_NOTIFICATION_CONCERN
 from domain import (
-    SEND_ACTIVITY,
     Channel,
     ChannelOutcome,
     ChannelView,
@@ -35,10 +34,11 @@ from domain import (
     TagName,
     admitted,
     admitted_idempotency_key,
+    notification_tags,
     recipient_email_tag,
     tag,
 )
-from settings import Settings
+from settings import ConfigurationError, Settings
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
 from workflows.notification import NotificationSaga
 
@@ -101,7 +101,7 @@ class NotificationClient:
             )
         except WorkflowAlreadyStartedError as error:
             if put.internal_id is not None:
-                raise RuntimeError(
+                raise ConfigurationError(
                     f"Temporal already has a workflow {notification_id!r} that the streams know nothing of: "
                     "NOTIFY_STREAMS_URL and the Temporal namespace must be kept (and reset) together"
                 ) from error
@@ -194,6 +194,8 @@ class NotificationClient:
             record = await views.latest(notification_id)  # the saga may have ended since the first look
             if record is not None:
                 return record.json()
+            if running == WorkflowExecutionStatus.COMPLETED:  # ended, and the store did not take its view: its own
+                return (await handle.result()).model_dump(mode="json")
             if running is None:
                 status, failure = (
                     NotificationStatus.PENDING,
@@ -259,7 +261,7 @@ def _with_attempts(view: NotificationView, description: WorkflowExecutionDescrip
     Temporal has them (at most one send per channel runs at a time: the entity's, its fallback's, or the team's)."""
     pending: dict[Channel, dict[str, Any]] = {}
     for activity in description.raw_description.pending_activities:
-        channel = next((c for c, name in SEND_ACTIVITY.items() if name == activity.activity_type.name), None)
+        channel = next((c for c, send in SEND.items() if send.name == activity.activity_type.name), None)
         if channel is None:
             continue
         waiting = activity.state in (

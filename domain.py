@@ -131,10 +131,6 @@ class Channel(StrEnum):
     SLACK = "slack"
 
 
-SEND_ACTIVITY = {Channel.EMAIL: "SendEmail", Channel.SLACK: "SendSlackMessage"}
-"""The name of each channel's send activity."""
-
-
 def channel_task_queue(task_queue: str, channel: Channel) -> str:
     """Each channel's sends have a task queue of their own, so that each can have its own rate limit."""
     return f"{task_queue}-{channel}"
@@ -221,6 +217,12 @@ class DirectoryEntry(Model):
     """A channel not in `channels`, to deliver on when a preferred one fails for good or cannot be used or
     prepared."""
 
+    def address(self, channel: Channel) -> str | None:
+        """Where the entity is reached on `channel`, as views and the audit show it, or None."""
+        if channel == Channel.EMAIL:
+            return self.email
+        return f"{self.slack.workspace}/{self.slack.channel}" if self.slack else None
+
     @model_validator(mode="after")
     def _reachable_where_it_says(self) -> DirectoryEntry:
         if self.fallback is not None and self.fallback in self.channels:
@@ -297,6 +299,15 @@ class SendNotificationToEntityOp(Model):
                 f"{MAX_REQUEST_BYTES:,} (512 KiB) are taken"
             )
         return self
+
+
+def notification_tags(notification_id: str, operation: SendNotificationToEntityOp) -> list[Tag]:
+    """The tags every record of a notification carries: its id, its entity, and the client's own tags."""
+    return [
+        tag(TagName.NOTIFICATION_ID, notification_id),
+        tag(TagName.ENTITY_ID, operation.entity_id),
+        *operation.tags,
+    ]
 
 
 class NotificationRequest(Model):

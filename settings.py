@@ -8,7 +8,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import psycopg
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from temporalio.client import Client
@@ -204,8 +203,10 @@ class ConfigurationError(ValueError):
     """A setting that cannot be used, named by its environment variable."""
 
 
-UNAVAILABLE = (ConnectionError, OSError, RuntimeError, TemporalError, psycopg.Error, ValueError)
-"""What a service that cannot be reached or used raises: the entry points report it on one line."""
+UNAVAILABLE = (OSError, TemporalError)
+"""What a service that cannot be reached or used raises (`ConnectionError` and the store's `StoreUnavailable` and
+`StoreUnusable` among them): the entry points report it on one line. Anything else is a bug, reported with its
+traceback."""
 
 
 def one_line(error: BaseException) -> str:

@@ -108,9 +108,11 @@ def run(command: Callable[[], Awaitable[int | None]]) -> NoReturn:
     except ConfigurationError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2
-    except (UnknownNotification, *UNAVAILABLE) as error:
+    except (UnknownNotification, RuntimeError, *UNAVAILABLE) as error:
         if is_connect_failure(error):  # a lazy client's first call
             error = temporal_unreachable(load_settings().temporal_address, error)
+        elif isinstance(error, RuntimeError):  # a bug: its traceback says where
+            raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         code = 1
     exit_now(code)

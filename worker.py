@@ -28,7 +28,8 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import CHANNEL_HANDLERS
+from activities.channels import CHANNEL_HANDLERS
+from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
 from domain import channel_task_queue
 from settings import UNAVAILABLE, ConfigurationError, Settings, connect, load_settings, one_line
@@ -63,6 +64,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 *(handler.record_not_sent for handler in handlers.values()),
             ],
             graceful_shutdown_timeout=SHUTDOWN_GRACE,
+            interceptors=[FailuresClassified()],
         ),
         *(
             Worker(
@@ -71,6 +73,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 activities=[handler.send],
                 max_task_queue_activities_per_second=getattr(settings, f"{channel}_messages_per_second"),
                 graceful_shutdown_timeout=SHUTDOWN_GRACE,
+                interceptors=[FailuresClassified()],
             )
             for channel, handler in handlers.items()
         ),
@@ -93,7 +96,7 @@ def temporal_binary(name: str) -> Path:
             return candidate
     found = shutil.which(name)
     if found is None:
-        raise RuntimeError(f"{name!r} not found: install the project's dependencies (pip install -e .)")
+        raise FileNotFoundError(f"{name!r} not found: install the project's dependencies (pip install -e .)")
     return Path(found)
 
 
@@ -177,7 +180,7 @@ async def _serving(server: asyncio.subprocess.Process, settings: Settings, log: 
     while True:
         if server.returncode is not None:
             lines = log.read_text(errors="replace").strip().splitlines()
-            raise RuntimeError(
+            raise ChildProcessError(
                 f"the Temporal dev server exited with code {server.returncode}"
                 + (f": {lines[-1]}" if lines else "")
                 + f" (its log: {log})"

@@ -1,8 +1,2 @@
-"""The handlers: the notification handlers' steps, and one handler per delivery channel."""
-
-from activities.channel import ChannelHandler
-from activities.email import EmailHandler
-from activities.slack import SlackHandler
-from domain import Channel
-
-CHANNEL_HANDLERS: dict[Channel, type[ChannelHandler]] = {h.channel: h for h in (EmailHandler, SlackHandler)}
+"""The handlers: the notification handlers' steps (`notification`), one handler per delivery channel (`channels`),
+and the contract workflow and client code know them by (`contract`)."""

@@ -2,7 +2,7 @@
 
 A handler takes up the operation's record in the handling store, records the request in its concern's event stream,
 delivers, and records success or failure there, tagged like the operation. Each subclass (one per delivery channel)
-says how to address, compose and deliver; `activities.CHANNEL_HANDLERS` lists them.
+says how to compose and deliver; `activities.channels.CHANNEL_HANDLERS` lists them.
 
 - A permanent failure (and anything unexpected while delivering) is an outcome: recorded and returned.
 - A transient failure is raised, with the channel's response, so that Temporal retries it until the operation's
@@ -36,7 +36,6 @@ from domain import (
     ChannelOperationOutcome,
     ChannelOperationOutcomeInfo,
     ChannelOperationRef,
-    DirectoryEntry,
     PrepareToSendOnChannelOp,
     Tag,
     in_one_line,
@@ -103,11 +102,6 @@ class ChannelHandler(ABC):
     @abstractmethod
     async def record_not_sent(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
         """The channel's activity for an operation the saga gave up on: `give_up`, under the channel's name."""
-
-    @staticmethod
-    @abstractmethod
-    def address(entry: DirectoryEntry) -> str | None:
-        """Where the entity is reached on this channel, as shown in a view, or None."""
 
     @staticmethod
     @abstractmethod

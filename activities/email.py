@@ -13,13 +13,12 @@ import aiosmtplib
 from temporalio import activity
 
 from activities.channel import ChannelHandler, Delivery, TransientDeliveryError
+from activities.contract import RECORD_NOT_SENT, SEND
 from domain import (
-    SEND_ACTIVITY,
     Channel,
     ChannelOperationFailure,
     ChannelOperationOutcomeInfo,
     ChannelOperationRef,
-    DirectoryEntry,
     EmailMailbox,
     FailedToSendEmailEvent,
     PrepareToSendOnChannelOp,
@@ -121,17 +120,13 @@ class EmailHandler(ChannelHandler):
     failed_event = FailedToSendEmailEvent
     response = SendEmailResponse
 
-    @activity.defn(name=SEND_ACTIVITY[Channel.EMAIL])
+    @activity.defn(name=SEND[Channel.EMAIL].name)
     async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         return await self.handle(ref)
 
-    @activity.defn(name="RecordEmailNotSent")
+    @activity.defn(name=RECORD_NOT_SENT[Channel.EMAIL].name)
     async def record_not_sent(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
         return await self.give_up(failure)
-
-    @staticmethod
-    def address(entry: DirectoryEntry) -> str | None:
-        return entry.email
 
     @staticmethod
     def compose(

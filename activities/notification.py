@@ -6,8 +6,21 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities import CHANNEL_HANDLERS
 from activities.channel import CannotPrepare
+from activities.channels import CHANNEL_HANDLERS
+from activities.contract import (
+    ESCALATION_CONCERN,
+    GET_AUDIENCE,
+    PREPARE_TO_SEND_ON_CHANNEL,
+    PUT_CHANNEL_OPERATIONS,
+    RECORD_ESCALATION_REQUESTED,
+    RECORD_OUTCOME,
+    RECORD_PREPARED,
+    RECORD_REQUESTED,
+    RECORD_SAGA_ENDED,
+    SAGA_CONCERN,
+    SEND_NOTIFICATION_CONCERN,
+)
 from domain import (
     AttemptToSendNotificationEvent,
     ChannelOperationInstruction,
@@ -31,8 +44,8 @@ from domain import (
     SagaPolicies,
     SendNotificationRequestedEvent,
     SendNotificationToEntityOp,
-    Tag,
     TagName,
+    notification_tags,
     tag,
     terminal_event_type,
     utc_now,
@@ -46,19 +59,6 @@ from streams import (
     StreamStore,
 )
 from streams.directory import lookup
-
-SEND_NOTIFICATION_CONCERN = "send-notification"
-SAGA_CONCERN = "process-send-notification-saga"
-ESCALATION_CONCERN = "send-failed-notification-to-internal-team"
-
-
-def notification_tags(notification_id: str, operation: SendNotificationToEntityOp) -> list[Tag]:
-    """The tags every record of a notification carries: its id, its entity, and the client's own tags."""
-    return [
-        tag(TagName.NOTIFICATION_ID, notification_id),
-        tag(TagName.ENTITY_ID, operation.entity_id),
-        *operation.tags,
-    ]
 
 
 async def _run_if_available(handling: HandlingStore, internal_record_id: int, concern: str) -> None:
@@ -85,7 +85,7 @@ class NotificationActivities:
         self._snapshots = store.writer(StreamName.NOTIFICATION_SNAPSHOT)
         self._channel_operations = {c: store.writer(h.operation_stream) for c, h in CHANNEL_HANDLERS.items()}
 
-    @activity.defn(name="RecordNotificationRequested")
+    @activity.defn(name=RECORD_REQUESTED.name)
     async def record_requested(self, request: NotificationRequest) -> SagaPolicies:
         """Take up the client's operation and create the aggregate with `SendNotificationRequestedEvent`. Returns
         the worker's policies, which the saga keeps for the rest of its life."""
@@ -103,7 +103,7 @@ class NotificationActivities:
         )
         return self._settings.saga_policies()
 
-    @activity.defn(name="GetAudience")
+    @activity.defn(name=GET_AUDIENCE.name)
     async def get_audience(self, operation: SendNotificationToEntityOp) -> GetAudienceResult:
         """The entity as the directory has it now; an unknown entity is a reported failure, not an error."""
         entry = await lookup(self._directory, operation.entity_id)
@@ -113,7 +113,7 @@ class NotificationActivities:
             )
         return GetAudienceResult(audience=entry)
 
-    @activity.defn(name="PrepareToSendOnChannel")
+    @activity.defn(name=PREPARE_TO_SEND_ON_CHANNEL.name)
     async def prepare_to_send_on_channel(self, op: PrepareToSendOnChannelOp) -> PrepareToSendOnChannelResult:
         """Compose the channel's operation, with a channel-operation id issued by the channel's operation stream;
         or report why it cannot be composed."""
@@ -136,7 +136,7 @@ class NotificationActivities:
         )
         return PrepareToSendOnChannelResult(channel=op.channel, instructions=[instruction])
 
-    @activity.defn(name="RecordPrepared")
+    @activity.defn(name=RECORD_PREPARED.name)
     async def record_prepared(self, ended: PrepareStageEnded) -> PreparedSaga | None:
         """Record how preparing ended; if there is something to send, put the saga first, then each channel's
         operation. Returns the saga and the operations' records, or None when there is nothing to send."""
@@ -164,7 +164,7 @@ class NotificationActivities:
         operations = await self._put_channel_operations(instructions)
         return PreparedSaga(saga_record_id=saga.record_internal_id, operations=operations)
 
-    @activity.defn(name="PutChannelOperations")
+    @activity.defn(name=PUT_CHANNEL_OPERATIONS.name)
     async def put_channel_operations(
         self, instructions: list[ChannelOperationInstruction]
     ) -> list[ChannelOperationRef]:
@@ -199,7 +199,7 @@ class NotificationActivities:
             refs.append(ChannelOperationRef(instruction=instruction, internal_record_id=put.record_internal_id))
         return refs
 
-    @activity.defn(name="RecordOutcome")
+    @activity.defn(name=RECORD_OUTCOME.name)
     async def record_outcome(self, snapshot: NotificationSnapshot) -> None:
         """Record the attempt stage (if the saga got that far) and the event that ends the notification."""
         nid, view = snapshot.notification_id, snapshot.view
@@ -216,7 +216,7 @@ class NotificationActivities:
                 terminal(notification_id=nid, timestamp_utc=timestamp, view=view), snapshot.operation
             )
 
-    @activity.defn(name="RecordEscalationRequested")
+    @activity.defn(name=RECORD_ESCALATION_REQUESTED.name)
     async def record_escalation_requested(self, requested: EscalationRequested) -> PreparedEscalation:
         """Put the operation to tell the internal team in the internal operation stream, take it up, and put the
         channel operations that will tell them in their streams."""
@@ -231,7 +231,7 @@ class NotificationActivities:
         operations = await self._put_channel_operations(requested.instructions)
         return PreparedEscalation(internal_operation_record_id=put.record_internal_id, operations=operations)
 
-    @activity.defn(name="RecordSagaEnded")
+    @activity.defn(name=RECORD_SAGA_ENDED.name)
     async def record_saga_ended(self, ended: SagaEnded) -> None:
         """Record how telling the internal team went (if it was told), write the view and the snapshot, and
         complete the handling of the saga, of the client's operation and of the internal operation."""

@@ -10,13 +10,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from temporalio import activity
 
 from activities.channel import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError
+from activities.contract import RECORD_NOT_SENT, SEND
 from domain import (
-    SEND_ACTIVITY,
     Channel,
     ChannelOperationFailure,
     ChannelOperationOutcomeInfo,
     ChannelOperationRef,
-    DirectoryEntry,
     FailedToSendSlackMessageEvent,
     PrepareToSendOnChannelOp,
     SendSlackMessageOp,
@@ -56,17 +55,13 @@ class SlackHandler(ChannelHandler):
     failed_event = FailedToSendSlackMessageEvent
     response = SendSlackMessageResponse
 
-    @activity.defn(name=SEND_ACTIVITY[Channel.SLACK])
+    @activity.defn(name=SEND[Channel.SLACK].name)
     async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         return await self.handle(ref)
 
-    @activity.defn(name="RecordSlackMessageNotSent")
+    @activity.defn(name=RECORD_NOT_SENT[Channel.SLACK].name)
     async def record_not_sent(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
         return await self.give_up(failure)
-
-    @staticmethod
-    def address(entry: DirectoryEntry) -> str | None:
-        return f"{entry.slack.workspace}/{entry.slack.channel}" if entry.slack else None
 
     @staticmethod
     def compose(

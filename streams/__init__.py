@@ -11,6 +11,7 @@ from streams.store import (
     PutResult,
     ReadOnlyStream,
     Record,
+    StoreUnavailable,
     StoreUnusable,
     StreamName,
     StreamStore,
@@ -26,6 +27,7 @@ __all__ = [
     "PutResult",
     "ReadOnlyStream",
     "Record",
+    "StoreUnavailable",
     "StoreUnusable",
     "StreamName",
     "StreamStore",
@@ -54,4 +56,4 @@ def open_store(
 
         urls = AccessUrls(producer_url or url, consumer_url or url, handler_url or url)
         return PostgresStreamStore(urls, max_connections=pool_size)
-    raise ValueError(f"unsupported streams URL {url!r}: expected sqlite:///path/to/streams.db or postgresql://...")
+    raise StoreUnusable(f"unsupported streams URL {url!r}: expected sqlite:///path/to/streams.db or postgresql://...")

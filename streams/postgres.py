@@ -9,23 +9,27 @@ unique-id counters and the handling transitions hold under concurrent writers in
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from domain import Tag
 from streams.store import (
+    ALLOWED_TRANSITIONS,
     ExistingRecordStrategy,
     HandlingEntry,
     HandlingStatus,
     InvalidHandlingTransition,
     PutResult,
     Record,
+    StoreUnavailable,
+    StoreUnusable,
     StreamStore,
     select_handling,
     select_records,
@@ -38,8 +42,26 @@ GRANTS = Path(__file__).parent / "grants.sql"
 MIGRATION_LOCK = 7_303_101  # an advisory lock key: one migrator at a time
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(StoreUnusable):
     pass
+
+
+@asynccontextmanager
+async def _using(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection]:
+    """A connection of `pool`. What it raises is classified: a connection lost or refused, or none to be had in
+    time, is `StoreUnavailable`; the schema's own refusals are named; any other error is a bug or bad data."""
+    try:
+        async with pool.connection() as db:
+            yield db
+    except (psycopg.OperationalError, PoolTimeout) as error:
+        said = str(error).strip().splitlines()
+        raise StoreUnavailable(f"the streams database cannot be used now: {said[0] if said else error!r}") from error
+    except psycopg.Error as error:
+        if error.sqlstate == "NT001":
+            raise InvalidHandlingTransition(error.diag.message_primary) from error
+        if error.sqlstate == "NT002":
+            raise ValueError(error.diag.message_primary) from error
+        raise
 
 
 @dataclass(frozen=True)
@@ -73,8 +95,14 @@ class PostgresStreamStore(StreamStore):
                     pass
                 await pool.open(wait=True, timeout=30)
             version = await schema_version(self._consumer)
-        except BaseException:
+            transitions = await _recorded_transitions(self._consumer) if version == SCHEMA_VERSION else None
+        except BaseException as error:
             await self.close()
+            said = next(iter(str(error).strip().splitlines()), repr(error))
+            if isinstance(error, psycopg.OperationalError | PoolTimeout):
+                raise StoreUnavailable(said) from error
+            if isinstance(error, psycopg.Error):  # a wrong role, a missing schema: not usable as it was opened
+                raise StoreUnusable(said) from error
             raise
         if version != SCHEMA_VERSION:
             await self.close()
@@ -82,13 +110,18 @@ class PostgresStreamStore(StreamStore):
                 f"the streams schema is at version {version}, this version needs {SCHEMA_VERSION}: "
                 + ("run `python starter.py db migrate`" if version < SCHEMA_VERSION else "upgrade this worker")
             )
+        if transitions != _transitions():
+            await self.close()
+            raise SchemaMismatch(
+                "the streams database's handling transitions are not this version's: run `python starter.py db migrate`"
+            )
 
     async def close(self) -> None:
         for pool in self._pools.values():
             await pool.close()
 
     async def next_unique_id(self, stream: str) -> int:
-        async with self._producer.connection() as db:
+        async with _using(self._producer) as db:
             row = await (await db.execute("SELECT notify_next_unique_id(%s)", (stream,))).fetchone()
         assert row is not None
         return row[0]
@@ -104,16 +137,11 @@ class PostgresStreamStore(StreamStore):
         retention: int,
     ) -> PutResult:
         tags_json = json.dumps([[t.name, t.value] for t in tags])
-        async with self._producer.connection() as db:
-            try:
-                cursor = await db.execute(
-                    "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
-                    (stream, record_id, type, payload, tags_json, strategy.value, retention),
-                )
-            except psycopg.Error as error:
-                if error.sqlstate == "NT002":
-                    raise ValueError(error.diag.message_primary) from error
-                raise
+        async with _using(self._producer) as db:
+            cursor = await db.execute(
+                "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
+                (stream, record_id, type, payload, tags_json, strategy.value, retention),
+            )
             internal_id, existing = await cursor.fetchone()  # type: ignore[misc]
         return PutResult(internal_id, tuple(existing))
 
@@ -138,33 +166,38 @@ class PostgresStreamStore(StreamStore):
             newest_first=newest_first,
             limit=limit,
         )
-        async with self._consumer.connection() as db:
+        async with _using(self._consumer) as db:
             rows = await (await db.execute(query, args)).fetchall()
         return [Record(r[0], r[1], r[2], r[3], r[4], tuple(Tag(name=n, value=v) for n, v in r[5]), r[6]) for r in rows]
 
     async def handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
         query, args = select_handling("notify_handling", "%s", stream, internal_record_id, concern)
-        async with self._consumer.connection() as db:
+        async with _using(self._consumer) as db:
             rows = await (await db.execute(query, args)).fetchall()
         return [HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6]) for r in rows]
 
     async def transition(
         self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
     ) -> HandlingEntry:
-        async with self._handler.connection() as db:
-            try:
-                cursor = await db.execute(
-                    "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc"
-                    " FROM notify_transition(%s, %s, %s, %s, %s)",
-                    (stream, internal_record_id, concern, status.value, details),
-                )
-            except psycopg.Error as error:
-                if error.sqlstate == "NT001":
-                    raise InvalidHandlingTransition(error.diag.message_primary) from error
-                raise
+        async with _using(self._handler) as db:
+            cursor = await db.execute(
+                "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc"
+                " FROM notify_transition(%s, %s, %s, %s, %s)",
+                (stream, internal_record_id, concern, status.value, details),
+            )
             r = await cursor.fetchone()
         assert r is not None
         return HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6])
+
+
+def _transitions() -> set[tuple[str, str]]:
+    return {(to.value, from_.value) for to, froms in ALLOWED_TRANSITIONS.items() for from_ in froms}
+
+
+async def _recorded_transitions(pool: AsyncConnectionPool) -> set[tuple[str, str]]:
+    async with pool.connection() as db:
+        rows = await (await db.execute("SELECT to_status, from_status FROM notify_handling_transitions")).fetchall()
+    return {(r[0], r[1]) for r in rows}
 
 
 async def schema_version(pool: AsyncConnectionPool) -> int:
@@ -176,11 +209,23 @@ async def schema_version(pool: AsyncConnectionPool) -> int:
     return row[0]  # type: ignore[index]
 
 
+@asynccontextmanager
+async def _administering(url: str) -> AsyncIterator[psycopg.AsyncConnection]:
+    """A connection for migrating and granting; what the server refuses is said in its own words, in one line."""
+    try:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=tuple_row) as db:
+            yield db
+    except psycopg.Error as error:
+        said = next(iter(str(error).strip().splitlines()), repr(error))
+        unavailable = isinstance(error, psycopg.OperationalError)
+        raise (StoreUnavailable if unavailable else StoreUnusable)(said) from error
+
+
 async def migrate(url: str) -> list[str]:
     """Apply the migrations the database has not had, each in a transaction, then the roles' grants again if the
     roles were made already; returns the migrations' names."""
     applied = []
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=tuple_row) as db:
+    async with _administering(url) as db:
         await db.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         # what the functions made here will search: this schema, and a caller's temporary tables last of all
         schema = (await (await db.execute("SELECT current_schema()")).fetchone())[0]  # type: ignore[index]
@@ -200,6 +245,13 @@ async def migrate(url: str) -> list[str]:
                     "INSERT INTO notify_schema_migrations (version, name) VALUES (%s, %s)", (version, path.name)
                 )
             applied.append(path.name)
+        async with db.transaction():  # the transitions' one source is `ALLOWED_TRANSITIONS`: written on every run
+            await db.execute("DELETE FROM notify_handling_transitions")
+            async with db.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO notify_handling_transitions (to_status, from_status) VALUES (%s, %s)",
+                    sorted(_transitions()),
+                )
         await db.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
         granted = await (await db.execute("SELECT 1 FROM pg_roles WHERE rolname = 'notify_producer'")).fetchone()
     if applied and granted:
@@ -209,7 +261,7 @@ async def migrate(url: str) -> list[str]:
 
 async def grant(url: str) -> None:
     """Create the producer, consumer and handler roles if missing, and grant each what it may do here."""
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+    async with _administering(url) as db:
         row = await (await db.execute("SELECT current_database(), current_schema()")).fetchone()
         await db.execute(grants(*row))  # type: ignore[misc]
 

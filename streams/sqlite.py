@@ -26,8 +26,10 @@ from streams.store import (
     InvalidHandlingTransition,
     PutResult,
     Record,
+    StoreUnavailable,
     StoreUnusable,
     StreamStore,
+    check_put,
     select_handling,
     select_records,
 )
@@ -92,7 +94,7 @@ class SQLiteStreamStore(StreamStore):
         db.execute("PRAGMA foreign_keys=ON")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path} has stream schema {version}; this version knows up to {SCHEMA_VERSION}")
+            raise StoreUnusable(f"{self.path} has stream schema {version}; this version knows up to {SCHEMA_VERSION}")
         if version < SCHEMA_VERSION:
             with _transaction(db):
                 for statement in SCHEMA.split(";"):
@@ -108,6 +110,8 @@ class SQLiteStreamStore(StreamStore):
         except sqlite3.OperationalError as error:
             if "readonly" in str(error):
                 raise self._read_only() from error
+            if "locked" in str(error) or "busy" in str(error) or "disk I/O" in str(error):
+                raise StoreUnavailable(f"the streams store {self.path} cannot be used now: {error}") from error
             raise
 
     async def check(self) -> None:
@@ -172,6 +176,7 @@ class SQLiteStreamStore(StreamStore):
         strategy: ExistingRecordStrategy,
         retention: int,
     ) -> PutResult:
+        check_put(stream, strategy, retention)
         db = self._db
         with _transaction(db):
             existing: tuple[int, ...] = ()
@@ -261,13 +266,17 @@ class SQLiteStreamStore(StreamStore):
     ) -> HandlingEntry:
         db = self._db
         with _transaction(db):
+            if not db.execute(
+                "SELECT 1 FROM records WHERE internal_id = ? AND stream = ?", (internal_record_id, stream)
+            ).fetchone():
+                raise InvalidHandlingTransition(f"no record {internal_record_id} in {stream}")
             row = db.execute(
                 "SELECT status FROM handling WHERE stream = ? AND internal_record_id = ? AND concern = ? "
                 "ORDER BY entry_id DESC LIMIT 1",
                 (stream, internal_record_id, concern),
             ).fetchone()
             current = HandlingStatus(row[0]) if row else HandlingStatus.AVAILABLE_BY_DEFAULT
-            if current not in ALLOWED_TRANSITIONS[status]:
+            if current not in ALLOWED_TRANSITIONS.get(status, ()):
                 raise InvalidHandlingTransition(
                     f"record {internal_record_id} of {stream} under concern {concern!r} is {current}, "
                     f"it cannot become {status}"

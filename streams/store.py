@@ -118,6 +118,16 @@ class InvalidHandlingTransition(Exception):
     pass
 
 
+PRUNABLE_STREAMS = frozenset({StreamName.NOTIFICATION_VIEW, StreamName.NOTIFICATION_SNAPSHOT})
+"""The latest-value streams: only they may keep just their newest records (the others are appended to, only)."""
+
+
+def check_put(stream: str, strategy: ExistingRecordStrategy, retention: int) -> None:
+    """Raise `ValueError` for a put no backend takes (PostgreSQL's `notify_put` says the same in SQL)."""
+    if strategy == ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID and (stream not in PRUNABLE_STREAMS or retention < 1):
+        raise ValueError(f"records of {stream} cannot be pruned to {retention}")
+
+
 @dataclass(frozen=True)
 class HandlingEntry:
     entry_id: int
@@ -178,6 +188,11 @@ def select_handling(
 
 class StoreUnusable(ConnectionError):
     """The store cannot be used as it was opened: what to do about it, in one line."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The store cannot be used for now (a connection lost or refused, a database locked): a later attempt may
+    succeed. Every other error of a backend is a bug or bad data, which no retry fixes."""
 
 
 class StreamStore(ABC):

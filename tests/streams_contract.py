@@ -23,6 +23,7 @@ from streams import (
     StreamStore,
     WriteOnlyStream,
 )
+from streams.store import ALLOWED_TRANSITIONS
 
 S = ExistingRecordStrategy
 
@@ -33,6 +34,39 @@ class Thing(BaseModel):
 
 class Other(BaseModel):
     value: int
+
+
+PATHS = {
+    HandlingStatus.AVAILABLE_BY_DEFAULT: [],
+    HandlingStatus.RUNNING: [HandlingStatus.RUNNING],
+    HandlingStatus.COMPLETED: [HandlingStatus.RUNNING, HandlingStatus.COMPLETED],
+    HandlingStatus.FAILED: [HandlingStatus.RUNNING, HandlingStatus.FAILED],
+    HandlingStatus.ARCHIVED_AFTER_FAILURE: [
+        HandlingStatus.RUNNING,
+        HandlingStatus.FAILED,
+        HandlingStatus.ARCHIVED_AFTER_FAILURE,
+    ],
+    HandlingStatus.AVAILABLE_AFTER_COMPLETION: [
+        HandlingStatus.RUNNING,
+        HandlingStatus.COMPLETED,
+        HandlingStatus.AVAILABLE_AFTER_COMPLETION,
+    ],
+    HandlingStatus.AVAILABLE_AFTER_FAILURE: [
+        HandlingStatus.RUNNING,
+        HandlingStatus.FAILED,
+        HandlingStatus.AVAILABLE_AFTER_FAILURE,
+    ],
+    HandlingStatus.AVAILABLE_AFTER_EXTERNAL_CANCELLATION: [
+        HandlingStatus.RUNNING,
+        HandlingStatus.AVAILABLE_AFTER_EXTERNAL_CANCELLATION,
+    ],
+    HandlingStatus.AVAILABLE_AFTER_SELF_CANCELLATION: [
+        HandlingStatus.RUNNING,
+        HandlingStatus.AVAILABLE_AFTER_SELF_CANCELLATION,
+    ],
+    HandlingStatus.DISABLED_FOR_RECORD: [HandlingStatus.DISABLED_FOR_RECORD],
+}
+"""A way to bring a record to each status."""
 
 
 class StreamStoreContract(ABC):
@@ -102,6 +136,18 @@ class StreamStoreContract(ABC):
             await writer.put("7", Thing(value=value), strategy=S.PRUNE_IF_FOUND_BY_ID, retention=2)
         assert [r.object(Thing).value for r in await reader.by_id("7")] == [5, 6]
         assert [r.object(Thing).value for r in await reader.by_id("8")] == [9]
+
+    async def test_only_latest_value_streams_are_pruned_and_never_to_nothing(self, store: StreamStore) -> None:
+        kept = await store.writer(StreamName.NOTIFICATION_VIEW).put("7", Thing(value=1))
+        for stream, retention in ((StreamName.CLIENT_OPERATION, 1), (StreamName.NOTIFICATION_VIEW, 0)):
+            with pytest.raises(ValueError, match=f"records of {stream} cannot be pruned to {retention}"):
+                await store.writer(stream).put(
+                    "7", Thing(value=2), strategy=S.PRUNE_IF_FOUND_BY_ID, retention=retention
+                )
+        assert [r.internal_id for r in await store.reader(StreamName.NOTIFICATION_VIEW).by_id("7")] == [
+            kept.internal_id
+        ]
+        assert await store.reader(StreamName.CLIENT_OPERATION).by_id("7") == []
 
     async def test_concurrent_writers_write_once(self, tmp_path: Path) -> None:
         """Four processes, started together, each try to write the same twenty ids once."""
@@ -204,6 +250,32 @@ class StreamStoreContract(ABC):
         assert await handling.status(record, "another-concern") == HandlingStatus.AVAILABLE_BY_DEFAULT
         other = store.handling(StreamName.SLACK_OPERATION)
         assert await other.status(record, "send-email") == HandlingStatus.AVAILABLE_BY_DEFAULT
+
+    @pytest.mark.parametrize("to", list(HandlingStatus))
+    async def test_every_transition_and_no_other(self, store: StreamStore, to: HandlingStatus) -> None:
+        """From each status a record can be in, exactly the moves `ALLOWED_TRANSITIONS` lists are taken."""
+        writer, handling = store.writer(StreamName.EMAIL_OPERATION), store.handling(StreamName.EMAIL_OPERATION)
+        for current, path in PATHS.items():
+            record = (await writer.put(None, Thing(value=1))).internal_id
+            assert record is not None
+            for status in path:
+                await handling.transition(record, "c", status)
+            assert await handling.status(record, "c") == current
+            if current in ALLOWED_TRANSITIONS.get(to, ()):
+                await handling.transition(record, "c", to)
+                assert await handling.status(record, "c") == to
+            else:
+                with pytest.raises(InvalidHandlingTransition, match=f"is {current}, it cannot become {to}"):
+                    await handling.transition(record, "c", to)
+                assert await handling.status(record, "c") == current
+
+    async def test_handling_needs_a_record_of_its_stream(self, store: StreamStore) -> None:
+        record = (await store.writer(StreamName.EMAIL_OPERATION).put("1", Thing(value=1))).internal_id
+        assert record is not None
+        for stream, internal_id in ((StreamName.EMAIL_OPERATION, record + 1000), (StreamName.SLACK_OPERATION, record)):
+            with pytest.raises(InvalidHandlingTransition, match=f"no record {internal_id} in {stream}"):
+                await store.handling(stream).transition(internal_id, "c", HandlingStatus.RUNNING)
+            assert await store.handling(stream).history(internal_id) == []
 
     async def test_begin_resumes_a_retried_handler(self, store: StreamStore) -> None:
         record = (await store.writer(StreamName.SLACK_OPERATION).put("1", Thing(value=1))).internal_id

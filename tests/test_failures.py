@@ -14,13 +14,14 @@ from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
 from client import NotCancellable
-from domain import MAX_REQUEST_BYTES, NotificationStatus
+from domain import MAX_REQUEST_BYTES, NotificationRequest, NotificationStatus
 from settings import CannotPrepareAction, ConfigsFailureAction, Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from tests.conftest import SLACK_TOKEN
 from tests.harness import Notify, entity, notifying, operation
+from workflows.notification import NotificationSaga
 
 TEAM = "oncall@ops.test"
 
@@ -487,3 +488,26 @@ async def test_the_largest_request_taken_is_delivered(
     assert view["status"] == "sent", (view["channels"], view["outcome"])
     assert (await notify.types(StreamName.NOTIFICATION_EVENT, nid))[-1] == "SucceededInSendingNotificationEvent"
     assert len(mail_sink.messages) == 1 and len(slack_sink.messages) == 1
+
+
+async def test_a_record_step_that_no_retry_fixes_ends_the_notification_as_failed(
+    notify: Notify, team_settings: Settings, mail_sink: MailSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bad data in a record step (here a saga whose client operation is not in the store, which both backends refuse
+    to keep handling for) is not retried: the saga ends at once as failed with the reason, logged once."""
+    caplog.set_level(logging.INFO)
+    request = NotificationRequest(
+        notification_id="bad-data-1", operation=operation(), client_operation_record_id=987_654
+    )
+    view = await notify.env.client.execute_workflow(
+        NotificationSaga.run, request, id=request.notification_id, task_queue=team_settings.task_queue
+    )
+    assert view.status == NotificationStatus.FAILED and view.completed_at is not None
+    [reason] = view.outcome.failures
+    assert reason.startswith("RecordNotificationRequested failed for good: InvalidHandlingTransition: no record 987654")
+    logged = [r for r in caplog.records if r.name == "notify.steps"]
+    assert [r.getMessage() for r in logged] == [
+        "notification bad-data-1: RecordNotificationRequested failed for good (a bug or bad data: not retried)"
+    ]
+    assert logged[0].exc_info is not None  # a bug is logged with its traceback
+    assert mail_sink.messages == []

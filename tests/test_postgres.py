@@ -28,6 +28,7 @@ from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StreamName, open_store
 from streams.directory import import_entries
+from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
 from tests.harness import ROOT, start_worker
 
@@ -56,15 +57,38 @@ def test_migrate_then_grant_from_the_command_line(postgres: Databases) -> None:
     url = postgres.empty()
     first = starter("db", "migrate", url=url)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines() == ["applied 0001_streams.sql", "the streams schema is at version 1"]
+    assert first.stdout.splitlines() == [
+        "applied 0001_streams.sql",
+        "applied 0002_transitions_table.sql",
+        "the streams schema is at version 2",
+    ]
     again = starter("db", "migrate", url=url)
-    assert again.stdout.splitlines() == ["the streams schema is at version 1"]
+    assert again.stdout.splitlines() == ["the streams schema is at version 2"]
     granted = starter("db", "grant", url=url)
     assert granted.returncode == 0, granted.stderr
     with psycopg.connect(url) as db:
         roles = {r[0] for r in db.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'notify_%'")}
         assert set(ROLES) <= roles
-        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (2,)
+
+
+def test_a_worker_refuses_transitions_that_are_not_its_own_until_migrated(postgres: Databases, tmp_path: Path) -> None:
+    """The handling transitions' one source is the code: the database's copy is checked, and `db migrate` writes it."""
+    url = postgres.empty()
+    assert starter("db", "migrate", url=url).returncode == 0
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("INSERT INTO notify_handling_transitions VALUES ('Completed', 'AvailableByDefault')")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}, "NOTIFY_STREAMS_URL": url}
+    run = [sys.executable, str(ROOT / "worker.py")]
+    refused = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1,
+        "error: the streams database's handling transitions are not this version's: run `python starter.py db migrate`",
+    )
+    assert starter("db", "migrate", url=url).returncode == 0
+    with psycopg.connect(url) as db:
+        rows = set(db.execute("SELECT to_status, from_status FROM notify_handling_transitions").fetchall())
+    assert rows == {(to, from_) for to, froms in ALLOWED_TRANSITIONS.items() for from_ in froms}
 
 
 def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path: Path) -> None:
@@ -75,7 +99,7 @@ def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: the streams schema is at version 0, this version needs 1: run `python starter.py db migrate`"
+        "error: the streams schema is at version 0, this version needs 2: run `python starter.py db migrate`"
     )
 
 

@@ -11,7 +11,7 @@ it can be cancelled. The code here only decides; activities do all the I/O.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -20,8 +20,20 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError, RetryState
 
 with workflow.unsafe.imports_passed_through():
-    from activities import CHANNEL_HANDLERS
-    from activities.notification import NotificationActivities
+    from activities.contract import (
+        GET_AUDIENCE,
+        PREPARE_TO_SEND_ON_CHANNEL,
+        PUT_CHANNEL_OPERATIONS,
+        RECORD_ESCALATION_REQUESTED,
+        RECORD_NOT_SENT,
+        RECORD_OUTCOME,
+        RECORD_PREPARED,
+        RECORD_REQUESTED,
+        RECORD_SAGA_ENDED,
+        SEND,
+        STEP_FAILED_FOR_GOOD,
+        Activity,
+    )
     from domain import (
         AttemptToSendNotificationResult,
         Channel,
@@ -56,7 +68,8 @@ with workflow.unsafe.imports_passed_through():
         get_delivery_channel_configs,
     )
 
-T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - an activity's input, beside O for its result
+O = TypeVar("O")  # noqa: E741
 
 STEP = dict(
     start_to_close_timeout=timedelta(seconds=30),
@@ -114,8 +127,21 @@ class NotificationSaga:
 
     @workflow.run
     async def run(self, request: NotificationRequest) -> NotificationView:
+        try:
+            return await self._saga(request)
+        except (ActivityError, ApplicationError) as error:  # a local activity's failure may come unwrapped
+            bug = _failed_for_good(error)
+            if bug is None:
+                raise
+            # A step hit a bug or bad data, which no retry fixes: the notification ends as failed, with the reason,
+            # in the saga's result (the store may not take the record of it).
+            self._add_outcome(failures=[Failure(reason=bug.message)])
+            self._update(status=NotificationStatus.FAILED, completed_at=workflow.now())
+            return self._view
+
+    async def _saga(self, request: NotificationRequest) -> NotificationView:
         nid, operation = request.notification_id, request.operation
-        self._policies = await self._record(NotificationActivities.record_requested, request)
+        self._policies = await self._record(RECORD_REQUESTED, request)
         if operation.send_at is not None:
             wait = max(operation.send_at - workflow.now(), timedelta(0))
             try:
@@ -127,7 +153,7 @@ class NotificationSaga:
         self._update(status=NotificationStatus.PENDING)
 
         audience = await self._step(
-            NotificationActivities.get_audience,
+            GET_AUDIENCE,
             operation,
             on_error=lambda reason: GetAudienceResult(audience=None, failures=[Failure(reason=reason)]),
         )
@@ -142,9 +168,7 @@ class NotificationSaga:
         if self._cancel_requested:
             return await self._end(request, prepare_stage)
         self._sending = True
-        prepared = await self._record(
-            NotificationActivities.record_prepared, PrepareStageEnded(operation=operation, event=prepare_stage)
-        )
+        prepared = await self._record(RECORD_PREPARED, PrepareStageEnded(operation=operation, event=prepare_stage))
         outcomes = await self._send_all(prepared.operations) if prepared else []
         if audience.audience is not None and not _stopped_by_policy(prepare_stage):
             outcomes += await self._fall_back(nid, operation, audience.audience, outcomes)
@@ -217,7 +241,7 @@ class NotificationSaga:
         self, nid: str, operation: SendNotificationToEntityOp, audience: DirectoryEntry, channel: Channel
     ) -> PrepareToSendOnChannelResult:
         return await self._step(
-            NotificationActivities.prepare_to_send_on_channel,
+            PREPARE_TO_SEND_ON_CHANNEL,
             PrepareToSendOnChannelOp(notification_id=nid, operation=operation, audience=audience, channel=channel),
             on_error=lambda reason: PrepareToSendOnChannelResult(
                 channel=channel, instructions=[], failures=[Failure(reason=reason)]
@@ -241,12 +265,13 @@ class NotificationSaga:
         """Send on the operation's channel; if that fails for good, have the channel's handler record it."""
         assert self._policies is not None
         channel = ref.instruction.operation.delivery_channel
-        handler, policy = CHANNEL_HANDLERS[channel], self._policies.channels[channel]
+        policy = self._policies.channels[channel]
         deadline = timedelta(seconds=policy.deadline_seconds)
         try:
-            return await workflow.execute_activity_method(
-                handler.send,
+            return await workflow.execute_activity(
+                SEND[channel].name,
                 ref,
+                result_type=SEND[channel].result,
                 task_queue=channel_task_queue(workflow.info().task_queue, channel),
                 schedule_to_close_timeout=deadline,
                 start_to_close_timeout=min(ATTEMPT_TIMEOUT, deadline),
@@ -263,7 +288,7 @@ class NotificationSaga:
                 reason=_reason(error, deadline),
                 last_response=last[0] if last and isinstance(last[0], dict) else None,
             )
-            return await self._record(handler.record_not_sent, failure)
+            return await self._record(RECORD_NOT_SENT[channel], failure)
 
     async def _fall_back(
         self,
@@ -285,7 +310,7 @@ class NotificationSaga:
             self._set_channels({fallback: (ChannelOutcome.NOT_PREPARED, reason, None)}, audience, fallback=True)
             self._add_outcome(failures=[Failure(reason=f"{fallback} (fallback): {reason}")])
             return []
-        refs = await self._record(NotificationActivities.put_channel_operations, result.instructions)
+        refs = await self._record(PUT_CHANNEL_OPERATIONS, result.instructions)
         return await self._send_all(refs, audience, fallback=True)
 
     async def _end(
@@ -303,10 +328,10 @@ class NotificationSaga:
             attempt=attempt,
             view=self._view,
         )
-        await self._record(NotificationActivities.record_outcome, snapshot)
+        await self._record(RECORD_OUTCOME, snapshot)
         internal_operation_record_id = await self._escalate(request)
         await self._record(
-            NotificationActivities.record_saga_ended,
+            RECORD_SAGA_ENDED,
             SagaEnded(
                 snapshot=snapshot.model_copy(update={"view": self._view}),
                 client_operation_record_id=request.client_operation_record_id,
@@ -345,7 +370,7 @@ class NotificationSaga:
         )
         self._update(escalation=EscalationView(status=EscalationStatus.SENDING, channels=told))
         prepared = await self._record(
-            NotificationActivities.record_escalation_requested,
+            RECORD_ESCALATION_REQUESTED,
             EscalationRequested(
                 operation=SendFailedNotificationToInternalTeamOp(
                     notification_id=view.id, status=status, failures=view.outcome.failures
@@ -399,16 +424,25 @@ class NotificationSaga:
 
     # -- running the handlers' steps ---------------------------------------------------------------------------
 
-    async def _step(self, activity: Callable[[Any, Any], Awaitable[T]], arg: Any, on_error: Callable[[str], T]) -> T:
+    async def _step(self, activity: Activity[I, O], arg: I, on_error: Callable[[str], O]) -> O:
         """A step as a local activity; one that failed every attempt becomes a reported failure of its stage."""
         try:
-            return await workflow.execute_local_activity_method(activity, arg, **STEP)  # type: ignore[arg-type]
-        except ActivityError as error:
+            return await workflow.execute_local_activity(activity.name, arg, result_type=activity.result, **STEP)
+        except (ActivityError, ApplicationError) as error:  # a local activity's failure may come unwrapped
             return on_error(_reason(error))
 
-    async def _record(self, activity: Callable[[Any, Any], Awaitable[T]], arg: Any) -> T:
+    async def _record(self, activity: Activity[I, O], arg: I) -> O:
         """A step that records, as a local activity retried until it has."""
-        return await workflow.execute_local_activity_method(activity, arg, **RECORD)  # type: ignore[arg-type]
+        return await workflow.execute_local_activity(activity.name, arg, result_type=activity.result, **RECORD)
+
+
+def _failed_for_good(error: BaseException | None) -> ApplicationError | None:
+    """The failure, in `error` or among its causes, of a step that no retry fixes, if there is one."""
+    while isinstance(error, FailureError):
+        if isinstance(error, ApplicationError) and error.type == STEP_FAILED_FOR_GOOD:
+            return error
+        error = error.cause
+    return None
 
 
 def _channel_outcome(outcome: ChannelOperationOutcomeInfo) -> ChannelOutcome:
@@ -438,7 +472,7 @@ def _changed(
     changed = dict(channels)
     for channel, (outcome, reason, ref) in changes.items():
         current = changed.get(channel) or ChannelView(
-            address=CHANNEL_HANDLERS[channel].address(audience) if audience else None, outcome=outcome
+            address=audience.address(channel) if audience else None, outcome=outcome
         )
         update: dict[str, Any] = {"outcome": outcome, "reason": reason}
         if isinstance(ref, ChannelOperationRef):
@@ -451,10 +485,13 @@ def _changed(
     return changed
 
 
-def _reason(error: ActivityError, deadline: timedelta | None = None) -> str:
-    cause = error.cause
-    said = f"{cause.type}: {cause.message}" if isinstance(cause, ApplicationError) and cause.type else str(cause)
-    if deadline is not None and error.retry_state == RetryState.TIMEOUT:
+def _reason(error: ActivityError | ApplicationError, deadline: timedelta | None = None) -> str:
+    cause = error.cause if isinstance(error, ActivityError) else error
+    if isinstance(cause, ApplicationError) and cause.type and cause.type != STEP_FAILED_FOR_GOOD:
+        said = f"{cause.type}: {cause.message}"
+    else:
+        said = str(cause)
+    if deadline is not None and isinstance(error, ActivityError) and error.retry_state == RetryState.TIMEOUT:
         last = cause.message if isinstance(cause, FailureError) else said
         return f"no outcome within the {deadline.total_seconds():g} s deadline (the last attempt: {last})"
     return said

@@ -1,0 +1,8 @@
+"""The delivery channels' handlers, one per channel."""
+
+from activities.channel import ChannelHandler
+from activities.email import EmailHandler
+from activities.slack import SlackHandler
+from domain import Channel
+
+CHANNEL_HANDLERS: dict[Channel, type[ChannelHandler]] = {h.channel: h for h in (EmailHandler, SlackHandler)}

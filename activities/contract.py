@@ -1,0 +1,79 @@
+"""The activities' contract: each activity's name and the types of its input and result, and the handling concerns
+the activities and the client share.
+
+Workflow and client code import this module, never the implementations: the workflow sandbox and the CLI then load
+no SMTP, Slack or database code. The worker registers the implementations, whose names and types a test holds to
+what is here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from domain import (
+    Channel,
+    ChannelOperationFailure,
+    ChannelOperationInstruction,
+    ChannelOperationOutcomeInfo,
+    ChannelOperationRef,
+    EscalationRequested,
+    GetAudienceResult,
+    NotificationRequest,
+    NotificationSnapshot,
+    PreparedEscalation,
+    PreparedSaga,
+    PrepareStageEnded,
+    PrepareToSendOnChannelOp,
+    PrepareToSendOnChannelResult,
+    SagaEnded,
+    SagaPolicies,
+    SendNotificationToEntityOp,
+)
+
+I = TypeVar("I")  # noqa: E741 - the input, beside O for the result
+O = TypeVar("O")  # noqa: E741
+
+
+@dataclass(frozen=True)
+class Activity(Generic[I, O]):
+    """An activity as its callers know it: its name, and its result's type for the data converter (the input's type
+    is the first type parameter)."""
+
+    name: str
+    result: Any
+
+
+RECORD_REQUESTED: Activity[NotificationRequest, SagaPolicies] = Activity("RecordNotificationRequested", SagaPolicies)
+GET_AUDIENCE: Activity[SendNotificationToEntityOp, GetAudienceResult] = Activity("GetAudience", GetAudienceResult)
+PREPARE_TO_SEND_ON_CHANNEL: Activity[PrepareToSendOnChannelOp, PrepareToSendOnChannelResult] = Activity(
+    "PrepareToSendOnChannel", PrepareToSendOnChannelResult
+)
+RECORD_PREPARED: Activity[PrepareStageEnded, PreparedSaga | None] = Activity("RecordPrepared", PreparedSaga | None)
+PUT_CHANNEL_OPERATIONS: Activity[list[ChannelOperationInstruction], list[ChannelOperationRef]] = Activity(
+    "PutChannelOperations", list[ChannelOperationRef]
+)
+RECORD_OUTCOME: Activity[NotificationSnapshot, None] = Activity("RecordOutcome", None)
+RECORD_ESCALATION_REQUESTED: Activity[EscalationRequested, PreparedEscalation] = Activity(
+    "RecordEscalationRequested", PreparedEscalation
+)
+RECORD_SAGA_ENDED: Activity[SagaEnded, None] = Activity("RecordSagaEnded", None)
+
+SEND: dict[Channel, Activity[ChannelOperationRef, ChannelOperationOutcomeInfo]] = {
+    Channel.EMAIL: Activity("SendEmail", ChannelOperationOutcomeInfo),
+    Channel.SLACK: Activity("SendSlackMessage", ChannelOperationOutcomeInfo),
+}
+"""Each channel's send activity, on the channel's own task queue."""
+RECORD_NOT_SENT: dict[Channel, Activity[ChannelOperationFailure, ChannelOperationOutcomeInfo]] = {
+    Channel.EMAIL: Activity("RecordEmailNotSent", ChannelOperationOutcomeInfo),
+    Channel.SLACK: Activity("RecordSlackMessageNotSent", ChannelOperationOutcomeInfo),
+}
+"""Each channel's record of an operation the saga gave up on."""
+
+STEP_FAILED_FOR_GOOD = "StepFailedForGood"
+"""The failure type of an activity that failed in a way no retry would fix (`activities.failures`)."""
+
+SEND_NOTIFICATION_CONCERN = "send-notification"
+"""The client-operation stream's concern: taking up a request (its saga does)."""
+SAGA_CONCERN = "process-send-notification-saga"
+ESCALATION_CONCERN = "send-failed-notification-to-internal-team"
