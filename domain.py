@@ -10,10 +10,11 @@ import email.errors
 import email.policy
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -408,14 +409,54 @@ class AttemptToSendNotificationOutcome(StrEnum):
     COULD_NOT_SEND_ON_ANY_PREPARED_CHANNEL = "CouldNotSendOnAnyPreparedChannel"
 
 
-def _stage_outcome(found: bool, failures: list[Failure], stop_on_failures: bool, outcomes: type[StrEnum]) -> StrEnum:
-    """The reference's shared derivation: found or not, failures or not, and what the failure action says."""
-    got_clean, got_ignoring, missing_clean, missing_with_failures, despite = list(outcomes)
-    if not found:
-        return missing_with_failures if failures else missing_clean
-    if not failures:
-        return got_clean
-    return despite if stop_on_failures else got_ignoring
+E = TypeVar("E", bound=StrEnum)
+
+
+@dataclass(frozen=True)
+class StageOutcomes(Generic[E]):
+    """A stage's outcomes by what each means, and the reference's shared derivation of one: found or not, failures
+    or not, and what the failure action says. Naming each member here (not relying on their order or their names)
+    keeps renaming or reordering one from changing what the saga does."""
+
+    got: E
+    got_ignoring_failures: E
+    missing: E
+    missing_with_failures: E
+    despite_failures: E
+    """Found, and the failures reported on the way prevent using it."""
+
+    def of(self, found: bool, failures: list[Failure], stop_on_failures: bool) -> E:
+        if not found:
+            return self.missing_with_failures if failures else self.missing
+        if not failures:
+            return self.got
+        return self.despite_failures if stop_on_failures else self.got_ignoring_failures
+
+    def usable(self, outcome: E) -> bool:
+        return outcome in (self.got, self.got_ignoring_failures)
+
+
+AUDIENCE_OUTCOMES = StageOutcomes(
+    got=GetAudienceOutcome.GOT_AUDIENCE_WITH_NO_FAILURES_REPORTED,
+    got_ignoring_failures=GetAudienceOutcome.GOT_AUDIENCE_WITH_REPORTED_FAILURES_IGNORED,
+    missing=GetAudienceOutcome.COULD_NOT_GET_AUDIENCE_AND_NO_FAILURES_REPORTED,
+    missing_with_failures=GetAudienceOutcome.COULD_NOT_GET_AUDIENCE_WITH_SOME_FAILURES_REPORTED,
+    despite_failures=GetAudienceOutcome.DESPITE_GETTING_AUDIENCE_FAILURES_PREVENT_USING_IT,
+)
+CONFIGS_OUTCOMES = StageOutcomes(
+    got=GetDeliveryChannelConfigsOutcome.GOT_CONFIGS_WITH_NO_FAILURES_REPORTED,
+    got_ignoring_failures=GetDeliveryChannelConfigsOutcome.GOT_CONFIGS_WITH_REPORTED_FAILURES_IGNORED,
+    missing=GetDeliveryChannelConfigsOutcome.COULD_NOT_GET_CONFIGS_AND_NO_FAILURES_REPORTED,
+    missing_with_failures=GetDeliveryChannelConfigsOutcome.COULD_NOT_GET_CONFIGS_WITH_SOME_FAILURES_REPORTED,
+    despite_failures=GetDeliveryChannelConfigsOutcome.DESPITE_GETTING_CONFIGS_FAILURES_PREVENT_USING_THEM,
+)
+PREPARE_ON_CHANNEL_OUTCOMES = StageOutcomes(
+    got=PrepareToSendOnChannelOutcome.PREPARED_WITH_NO_FAILURES_REPORTED,
+    got_ignoring_failures=PrepareToSendOnChannelOutcome.PREPARED_WITH_REPORTED_FAILURES_IGNORED,
+    missing=PrepareToSendOnChannelOutcome.COULD_NOT_PREPARE_AND_NO_FAILURES_REPORTED,
+    missing_with_failures=PrepareToSendOnChannelOutcome.COULD_NOT_PREPARE_WITH_SOME_FAILURES_REPORTED,
+    despite_failures=PrepareToSendOnChannelOutcome.DESPITE_PREPARING_FAILURES_PREVENT_USING_IT,
+)
 
 
 class GetAudienceResult(Model):
@@ -426,11 +467,11 @@ class GetAudienceResult(Model):
     @property
     def outcome(self) -> GetAudienceOutcome:
         found = self.audience is not None
-        return _stage_outcome(found, self.failures, self.failure_action == FailureAction.STOP, GetAudienceOutcome)
+        return AUDIENCE_OUTCOMES.of(found, self.failures, self.failure_action == FailureAction.STOP)
 
     @property
     def usable(self) -> bool:
-        return self.outcome.name.startswith("GOT_")
+        return AUDIENCE_OUTCOMES.usable(self.outcome)
 
 
 class DeliveryChannelConfig(Model):
@@ -446,11 +487,11 @@ class GetDeliveryChannelConfigsResult(Model):
     @property
     def outcome(self) -> GetDeliveryChannelConfigsOutcome:
         stop = self.failure_action == FailureAction.STOP
-        return _stage_outcome(bool(self.configs), self.failures, stop, GetDeliveryChannelConfigsOutcome)
+        return CONFIGS_OUTCOMES.of(bool(self.configs), self.failures, stop)
 
     @property
     def usable(self) -> bool:
-        return self.outcome.name.startswith("GOT_")
+        return CONFIGS_OUTCOMES.usable(self.outcome)
 
 
 def get_delivery_channel_configs(audience: DirectoryEntry, policies: SagaPolicies) -> GetDeliveryChannelConfigsResult:
@@ -542,11 +583,11 @@ class PrepareToSendOnChannelResult(Model):
     @property
     def outcome(self) -> PrepareToSendOnChannelOutcome:
         stop = self.failure_action == FailureAction.STOP
-        return _stage_outcome(bool(self.instructions), self.failures, stop, PrepareToSendOnChannelOutcome)
+        return PREPARE_ON_CHANNEL_OUTCOMES.of(bool(self.instructions), self.failures, stop)
 
     @property
     def prepared(self) -> bool:
-        return self.outcome.name.startswith("PREPARED_")
+        return PREPARE_ON_CHANNEL_OUTCOMES.usable(self.outcome)
 
 
 class CannotPrepareToSendOnChannelAction(StrEnum):
@@ -798,7 +839,10 @@ class PrepareToSendNotificationEvent(NotificationEvent):
             return "CouldNotGetOrUseDeliveryChannelConfigsEvent"
         assert self.prepare is not None
         outcome = self.prepare.outcome
-        if outcome.name.startswith("COULD_NOT_PREPARE"):
+        if outcome in (
+            PrepareToSendNotificationOutcome.COULD_NOT_PREPARE_DESPITE_ATTEMPTING_ALL,
+            PrepareToSendNotificationOutcome.COULD_NOT_PREPARE_BECAUSE_ONE_FORCED_ALL_TO_BE_DISCARDED,
+        ):
             return "CouldNotPrepareToSendOnAnyChannelEvent"
         return f"{outcome.value}Event"
 
@@ -829,41 +873,40 @@ class NotificationView(Model):
     completed_at: datetime | None = None
 
 
-class SucceededInSendingNotificationEvent(NotificationEvent):
-    """Terminal: sent on every prepared channel."""
+class NotificationEndedEvent(NotificationEvent):
+    """What every terminal event holds: the view as the notification ended."""
 
     view: NotificationView
 
 
-class PartiallySentNotificationEvent(NotificationEvent):
+class SucceededInSendingNotificationEvent(NotificationEndedEvent):
+    """Terminal: sent on every prepared channel."""
+
+
+class PartiallySentNotificationEvent(NotificationEndedEvent):
     """Terminal: sent on some of the entity's channels and not on others (which failed, or could not be used or
     prepared); the view says which and why."""
 
-    view: NotificationView
 
-
-class FailedToSendNotificationEvent(NotificationEvent):
+class FailedToSendNotificationEvent(NotificationEndedEvent):
     """Terminal: sent on none of the entity's channels; the view says how far it got and why."""
 
-    view: NotificationView
 
-
-class NotificationCancelledEvent(NotificationEvent):
+class NotificationCancelledEvent(NotificationEndedEvent):
     """Terminal: cancelled before anything was sent."""
 
-    view: NotificationView
 
-
-def terminal_event_type(status: NotificationStatus) -> type[NotificationEvent] | None:
+def terminal_event_type(status: NotificationStatus) -> type[NotificationEndedEvent] | None:
     """The event that ends a notification's stream, or None when the prepare stage's `AudienceOptedOutOfAllChannels`
     event already ended it (there was nothing to send)."""
     if status == NotificationStatus.OPTED_OUT:
         return None
-    return {
+    ended: dict[NotificationStatus, type[NotificationEndedEvent]] = {
         NotificationStatus.CANCELLED: NotificationCancelledEvent,
         NotificationStatus.SENT: SucceededInSendingNotificationEvent,
         NotificationStatus.PARTIALLY_SENT: PartiallySentNotificationEvent,
-    }.get(status, FailedToSendNotificationEvent)
+    }
+    return ended.get(status, FailedToSendNotificationEvent)
 
 
 class SendFailedNotificationToInternalTeamOp(Model):

@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -99,7 +99,7 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def run(command: Callable[[], Awaitable[int | None]]) -> NoReturn:
+def run(command: Callable[[], Coroutine[Any, Any, int | None]]) -> NoReturn:
     try:
         code = asyncio.run(command()) or 0
     except CliError as error:

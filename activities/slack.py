@@ -103,7 +103,7 @@ class SlackHandler(ChannelHandler):
         except SlackApiError as error:
             body = getattr(error.response, "data", None)
             data = body if isinstance(body, dict) else {"body": str(body)}
-            status = getattr(error.response, "status_code", None) or getattr(error.response, "status", 0)
+            status: int = getattr(error.response, "status_code", None) or getattr(error.response, "status", None) or 0
             code = data.get("error") or f"HTTP {status}"
             reason = f"Slack answered {code}"
             delivery = Delivery(

@@ -39,7 +39,7 @@ def local_sinks(settings: Settings) -> Iterator[LocalSinks]:
         MailSink(settings.smtp_host, settings.smtp_port, folder=data / "mail") as mail,
         SlackSink(folder=data / "slack") as slack,
     ):
-        local = {
+        local: dict[str, object] = {
             "smtp_security": SmtpSecurity.NONE,
             "smtp_username": None,
             "smtp_password": None,

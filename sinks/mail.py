@@ -32,7 +32,7 @@ class ReceivedMail:
 
     @property
     def message(self) -> EmailMessage:
-        return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+        return message_from_bytes(self.data, policy=policy.default)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -124,7 +124,7 @@ class PostgresStreamStore(StreamStore):
         async with _using(self._producer) as db:
             row = await (await db.execute("SELECT notify_next_unique_id(%s)", (stream,))).fetchone()
         assert row is not None
-        return row[0]
+        return int(row[0])
 
     async def put(
         self,
@@ -203,10 +203,12 @@ async def _recorded_transitions(pool: AsyncConnectionPool) -> set[tuple[str, str
 async def schema_version(pool: AsyncConnectionPool) -> int:
     async with pool.connection() as db:
         cursor = await db.execute("SELECT to_regclass('notify_schema_migrations') IS NOT NULL")
-        if not (await cursor.fetchone())[0]:  # type: ignore[index]
+        exists = await cursor.fetchone()
+        if not (exists and exists[0]):
             return 0
         row = await (await db.execute("SELECT coalesce(max(version), 0) FROM notify_schema_migrations")).fetchone()
-    return row[0]  # type: ignore[index]
+    assert row is not None
+    return int(row[0])
 
 
 @asynccontextmanager
@@ -240,7 +242,7 @@ async def migrate(url: str) -> list[str]:
             if version <= current:
                 continue
             async with db.transaction():
-                await db.execute(path.read_text())  # type: ignore[arg-type]
+                await db.execute(path.read_text())
                 await db.execute(
                     "INSERT INTO notify_schema_migrations (version, name) VALUES (%s, %s)", (version, path.name)
                 )
@@ -268,6 +270,4 @@ async def grant(url: str) -> None:
 
 def grants(database: str, schema: str) -> sql.Composed:
     """grants.sql, for this database and the schema the streams are in."""
-    return sql.SQL(GRANTS.read_text()).format(  # type: ignore[arg-type]
-        database=sql.Identifier(database), schema=sql.Identifier(schema)
-    )
+    return sql.SQL(GRANTS.read_text()).format(database=sql.Identifier(database), schema=sql.Identifier(schema))

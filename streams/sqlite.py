@@ -150,7 +150,7 @@ class SQLiteStreamStore(StreamStore):
                 "ON CONFLICT (stream) DO UPDATE SET last_id = last_id + 1 RETURNING last_id",
                 (stream,),
             ).fetchone()
-        return row[0]
+        return int(row[0])
 
     # -- records ----------------------------------------------------------------------------------------------
 

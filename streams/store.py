@@ -7,6 +7,7 @@ way to write; a `HandlingStore` keeps, per record and concern, an append-only hi
 
 from __future__ import annotations
 
+import builtins
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -57,7 +58,7 @@ class Record:
     tags: tuple[Tag, ...]
     timestamp_utc: datetime
 
-    def object(self, model: type[M]) -> M:
+    def object(self, model: builtins.type[M]) -> M:
         return model.model_validate_json(self.payload)
 
     def json(self) -> Any:
@@ -95,10 +96,19 @@ class HandlingStatus(StrEnum):
 
     @property
     def available(self) -> bool:
-        return self.name.startswith("AVAILABLE_")
+        """Whether a handler may take the record up."""
+        return self in _AVAILABLE
 
 
-_AVAILABLE = frozenset(s for s in HandlingStatus if s.available)
+_AVAILABLE = frozenset(
+    {
+        HandlingStatus.AVAILABLE_BY_DEFAULT,
+        HandlingStatus.AVAILABLE_AFTER_COMPLETION,
+        HandlingStatus.AVAILABLE_AFTER_FAILURE,
+        HandlingStatus.AVAILABLE_AFTER_EXTERNAL_CANCELLATION,
+        HandlingStatus.AVAILABLE_AFTER_SELF_CANCELLATION,
+    }
+)
 
 ALLOWED_TRANSITIONS: dict[HandlingStatus, frozenset[HandlingStatus]] = {
     HandlingStatus.RUNNING: _AVAILABLE,

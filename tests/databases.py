@@ -16,6 +16,7 @@ import os
 import socket
 import tempfile
 import uuid
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -52,7 +53,7 @@ def url_of(database: str, user: str | None = None) -> str:
     return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, ""))
 
 
-def role_urls(url: str) -> dict[str, str]:
+def role_urls(url: str) -> dict[str, Any]:
     """The settings that connect each kind of handle to this database as its own role."""
     database = urlsplit(url).path.lstrip("/")
     return {f"streams_{role}_url": url_of(database, f"notify_{role}") for role in ("producer", "consumer", "handler")}
@@ -63,7 +64,7 @@ class Databases:
         self._made: list[str] = []
         self._template: str | None = None
 
-    def _execute(self, statement: sql.Composable) -> None:
+    def _execute(self, statement: sql.Composed | sql.SQL) -> None:
         try:
             with psycopg.connect(admin_url(), autocommit=True, connect_timeout=10) as admin:
                 admin.execute(statement)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -52,7 +53,7 @@ class Cli:
             timeout=120,
         )
 
-    def json(self, *args: str) -> object:
+    def json(self, *args: str) -> Any:
         result = self.run(*args, "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
@@ -61,12 +62,14 @@ class Cli:
         url = self.env["NOTIFY_STREAMS_URL"]
         if url.startswith("postgresql"):
             with psycopg.connect(url) as db:
-                return db.execute("SELECT count(*) FROM notify_records").fetchone()[0]  # type: ignore[index]
+                row = db.execute("SELECT count(*) FROM notify_records").fetchone()
+                assert row is not None
+                return int(row[0])
         path = Path(url.removeprefix("sqlite:///"))
         if not path.exists():
             return 0
         with sqlite3.connect(path) as db:
-            return db.execute("SELECT count(*) FROM records").fetchone()[0]
+            return int(db.execute("SELECT count(*) FROM records").fetchone()[0])
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -46,11 +46,11 @@ def declared() -> list[tuple[contract.Activity, type, object]]:
 
 
 def test_every_activity_of_the_contract_is_implemented_with_its_types() -> None:
-    implemented = {}
+    implemented: dict[str, tuple[object, ...]] = {}
     for fn in IMPLEMENTATIONS:
         definition = activity._Definition.from_callable(fn)
-        if definition is not None:
-            implemented[definition.name] = (*definition.arg_types, definition.ret_type)
+        if definition is not None and definition.name is not None:
+            implemented[definition.name] = (*(definition.arg_types or ()), definition.ret_type)
     activities = declared()
     assert sorted(implemented) == sorted(a.name for a, _, _ in activities)
     for a, input_type, result_type in activities:

@@ -196,7 +196,7 @@ async def test_the_message_bytes_hold_exactly_the_headers_composed(
     assert message["Reply-To"] is None  # a reader decodes the encoded word, and finds nothing else in it
     assert message["Subject"] == subject[:998].strip().replace("=?utf-8?q?Caf=C3=A9?=", "Café")
     assert message.get_all("From") == ["notifications@notify.test"]
-    [to] = message.get_all("To")
+    [to] = message.get_all("To") or []
     [address] = to.addresses  # the comma and the address in the name stay in it
     assert address.addr_spec == "ops@example.com"
     said = named.name.replace("=?utf-8?q?Ada_Ren=C3=A9e?=", "Ada Renée")  # decoded, as for the subject

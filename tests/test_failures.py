@@ -63,7 +63,9 @@ async def test_a_permanent_smtp_failure_is_recorded_at_once_and_the_team_told(
 
     assert team_mails(mail_sink) == [f"Notification {nid} partially sent: Disk almost full"]
     [told] = mail_sink.received_by(TEAM)
-    body = told.message.get_body(("plain",)).get_content()
+    plain = told.message.get_body(("plain",))
+    assert plain is not None
+    body = plain.get_content()
     assert "550 5.1.1" in body and "Every record of it: python starter.py events 1" in body
     assert view["escalation"]["status"] == "sent"
     assert view["escalation"]["channels"]["email"]["address"] == TEAM

@@ -21,6 +21,7 @@ from domain import (
     ExecuteOpRequestedEvent,
     NotificationStatus,
     PrepareToSendOnChannelOp,
+    ProcessSendNotificationSagaOp,
     SendEmailResponse,
     SendEmailResult,
     SucceededInSendingEmailEvent,
@@ -67,8 +68,10 @@ async def test_sends_on_both_channels_and_records_every_step(
     message = mail.message
     assert message["Subject"] == "Disk almost full"
     assert message["Message-ID"] == f"<notification-{nid}.email-1@notify.test>"
-    assert message.get_body(("plain",)).get_content().strip() == "Volume /data is at 91%."
-    assert "<b>/data</b>" in message.get_body(("html",)).get_content()
+    plain, html = message.get_body(("plain",)), message.get_body(("html",))
+    assert plain is not None and html is not None
+    assert plain.get_content().strip() == "Volume /data is at 91%."
+    assert "<b>/data</b>" in html.get_content()
     assert mail.path is not None and mail.path.read_bytes() == mail.data
 
     [posted] = slack_sink.messages
@@ -101,7 +104,8 @@ async def test_sends_on_both_channels_and_records_every_step(
     saga = await notify.store.reader(StreamName.NOTIFICATION_SAGA).latest(nid)
     assert saga is not None
     saga_op = saga.object(ExecuteOpRequestedEvent).operation
-    assert set(saga_op.channel_operations) == {"email", "slack"}  # type: ignore[union-attr]
+    assert isinstance(saga_op, ProcessSendNotificationSagaOp)
+    assert set(saga_op.channel_operations) == {"email", "slack"}
 
     handling = notify.store.handling(StreamName.EMAIL_OPERATION)
     email_op = await notify.store.reader(StreamName.EMAIL_OPERATION).latest(1)

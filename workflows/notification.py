@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         Activity,
     )
     from domain import (
+        CONFIGS_OUTCOMES,
         AttemptToSendNotificationResult,
         Channel,
         ChannelOperationFailure,
@@ -57,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         NotificationView,
         PrepareStageEnded,
         PrepareToSendNotificationEvent,
+        PrepareToSendNotificationOutcome,
         PrepareToSendNotificationResult,
         PrepareToSendOnChannelOp,
         PrepareToSendOnChannelResult,
@@ -71,18 +73,15 @@ with workflow.unsafe.imports_passed_through():
 I = TypeVar("I")  # noqa: E741 - an activity's input, beside O for its result
 O = TypeVar("O")  # noqa: E741
 
-STEP = dict(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=10
-    ),
+STEP_TIMEOUT = timedelta(seconds=30)
+"""How long one attempt at a step (a local activity) may take."""
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=10
 )
 """Steps whose failure is a reported failure of their stage (getting the audience, preparing a channel)."""
-RECORD = dict(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
-)
-"""Steps that record what happened: retried until the store takes the record, however long that is."""
+RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+"""Steps that record what happened: retried, while the store cannot be used, until it takes the record (a step
+that fails in a way no retry fixes ends the saga instead: `activities.failures`)."""
 ATTEMPT_TIMEOUT = timedelta(seconds=60)
 """How long one attempt to deliver may take, at most; the channel's deadline bounds all of them."""
 
@@ -268,7 +267,7 @@ class NotificationSaga:
         policy = self._policies.channels[channel]
         deadline = timedelta(seconds=policy.deadline_seconds)
         try:
-            return await workflow.execute_activity(
+            outcome: ChannelOperationOutcomeInfo = await workflow.execute_activity(
                 SEND[channel].name,
                 ref,
                 result_type=SEND[channel].result,
@@ -281,6 +280,7 @@ class NotificationSaga:
                     maximum_interval=timedelta(seconds=policy.maximum_retry_seconds),
                 ),
             )
+            return outcome
         except ActivityError as error:
             last = error.cause.details if isinstance(error.cause, ApplicationError) else ()
             failure = ChannelOperationFailure(
@@ -427,13 +427,27 @@ class NotificationSaga:
     async def _step(self, activity: Activity[I, O], arg: I, on_error: Callable[[str], O]) -> O:
         """A step as a local activity; one that failed every attempt becomes a reported failure of its stage."""
         try:
-            return await workflow.execute_local_activity(activity.name, arg, result_type=activity.result, **STEP)
+            result: O = await workflow.execute_local_activity(
+                activity.name,
+                arg,
+                result_type=activity.result,
+                start_to_close_timeout=STEP_TIMEOUT,
+                retry_policy=STEP_RETRY,
+            )
+            return result
         except (ActivityError, ApplicationError) as error:  # a local activity's failure may come unwrapped
             return on_error(_reason(error))
 
     async def _record(self, activity: Activity[I, O], arg: I) -> O:
         """A step that records, as a local activity retried until it has."""
-        return await workflow.execute_local_activity(activity.name, arg, result_type=activity.result, **RECORD)
+        result: O = await workflow.execute_local_activity(
+            activity.name,
+            arg,
+            result_type=activity.result,
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+        )
+        return result
 
 
 def _failed_for_good(error: BaseException | None) -> ApplicationError | None:
@@ -457,9 +471,10 @@ def _reasons(failures: Sequence[Failure], channel: Channel | None = None) -> str
 def _stopped_by_policy(stage: PrepareToSendNotificationEvent) -> bool:
     """Whether a failure policy stopped every channel: then not even the fallback is tried."""
     configs, prepare = stage.get_delivery_channel_configs, stage.prepare
-    if configs is not None and configs.outcome.name.startswith("DESPITE_"):
+    if configs is not None and configs.outcome == CONFIGS_OUTCOMES.despite_failures:
         return True
-    return prepare is not None and prepare.outcome.name.endswith("ONE_FORCED_ALL_TO_BE_DISCARDED")
+    forced = PrepareToSendNotificationOutcome.COULD_NOT_PREPARE_BECAUSE_ONE_FORCED_ALL_TO_BE_DISCARDED
+    return prepare is not None and prepare.outcome == forced
 
 
 def _changed(
