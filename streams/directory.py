@@ -3,7 +3,7 @@ and where it can be reached now, and the earlier ones are who it was and when.""
 
 from __future__ import annotations
 
-from domain import DirectoryEntry, TagName, admitted, recipient_email_tag, tag
+from domain import DirectoryEntry, Tag, TagName, admitted, recipient_email_tag, tag
 from streams.store import ReadOnlyStream, StreamName, StreamStore
 
 
@@ -17,14 +17,15 @@ async def import_entries(store: StreamStore, entries: list[DirectoryEntry]) -> t
     (`domain.admitted`) before any is written; returns (recorded, unchanged)."""
     entries = [admitted(DirectoryEntry, entry) for entry in entries]
     reader = store.reader(StreamName.ENTITY_DIRECTORY)
-    writer = store.writer(StreamName.ENTITY_DIRECTORY)
-    recorded = 0
-    for entry in entries:
-        if await lookup(reader, entry.id) == entry:
-            continue
-        tags = [tag(TagName.ENTITY_ID, entry.id)]
-        if entry.email:
-            tags.append(recipient_email_tag(entry.email))
-        await writer.put(entry.id, entry, tags=tags)
-        recorded += 1
-    return recorded, len(entries) - recorded
+    changed = [entry for entry in entries if await lookup(reader, entry.id) != entry]
+    await store.writer(StreamName.ENTITY_DIRECTORY).put_all(
+        [(entry.id, entry, _tags(entry)) for entry in changed]  # one transaction: every entry, or none
+    )
+    return len(changed), len(entries) - len(changed)
+
+
+def _tags(entry: DirectoryEntry) -> list[Tag]:
+    tags = [tag(TagName.ENTITY_ID, entry.id)]
+    if entry.email:
+        tags.append(recipient_email_tag(entry.email))
+    return tags

@@ -22,10 +22,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from domain import Tag
 from streams.store import (
     ALLOWED_TRANSITIONS,
-    ExistingRecordStrategy,
     HandlingEntry,
     HandlingStatus,
     InvalidHandlingTransition,
+    NewRecord,
     PutResult,
     Record,
     StoreUnavailable,
@@ -126,24 +126,26 @@ class PostgresStreamStore(StreamStore):
         assert row is not None
         return int(row[0])
 
-    async def put(
-        self,
-        stream: str,
-        record_id: str | None,
-        type: str,
-        payload: str,
-        tags: Sequence[Tag],
-        strategy: ExistingRecordStrategy,
-        retention: int,
-    ) -> PutResult:
-        tags_json = json.dumps([[t.name, t.value] for t in tags])
-        async with _using(self._producer) as db:
-            cursor = await db.execute(
-                "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
-                (stream, record_id, type, payload, tags_json, strategy.value, retention),
-            )
-            internal_id, existing = await cursor.fetchone()  # type: ignore[misc]
-        return PutResult(internal_id, tuple(existing))
+    async def put(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
+        results = []
+        async with _using(self._producer) as db, db.transaction():
+            for new in records:
+                cursor = await db.execute(
+                    "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        stream,
+                        new.record_id,
+                        new.type,
+                        new.payload,
+                        json.dumps([[t.name, t.value] for t in new.tags]),
+                        new.strategy.value,
+                        new.retention,
+                    ),
+                )
+                row = await cursor.fetchone()
+                assert row is not None
+                results.append(PutResult(row[0], tuple(row[1])))
+        return results
 
     async def read(
         self,
@@ -175,6 +177,16 @@ class PostgresStreamStore(StreamStore):
         async with _using(self._consumer) as db:
             rows = await (await db.execute(query, args)).fetchall()
         return [HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6]) for r in rows]
+
+    async def begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
+        async with _using(self._handler) as db:
+            cursor = await db.execute(
+                "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc"
+                " FROM notify_begin(%s, %s, %s, %s)",
+                (stream, internal_record_id, concern, details),
+            )
+            r = await cursor.fetchone()
+        return None if r is None else HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6])
 
     async def transition(
         self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str

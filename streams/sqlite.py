@@ -15,15 +15,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from domain import Tag, utc_now
 from streams.store import (
     ALLOWED_TRANSITIONS,
+    RESETS,
     ExistingRecordStrategy,
     HandlingEntry,
     HandlingStatus,
     InvalidHandlingTransition,
+    NewRecord,
     PutResult,
     Record,
     StoreUnavailable,
@@ -154,59 +156,44 @@ class SQLiteStreamStore(StreamStore):
 
     # -- records ----------------------------------------------------------------------------------------------
 
-    async def put(
-        self,
-        stream: str,
-        record_id: str | None,
-        type: str,
-        payload: str,
-        tags: Sequence[Tag],
-        strategy: ExistingRecordStrategy,
-        retention: int,
-    ) -> PutResult:
-        return await self._run(self._put, stream, record_id, type, payload, tags, strategy, retention)
+    async def put(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
+        return await self._run(self._put_all, stream, records)
 
-    def _put(
-        self,
-        stream: str,
-        record_id: str | None,
-        type: str,
-        payload: str,
-        tags: Sequence[Tag],
-        strategy: ExistingRecordStrategy,
-        retention: int,
-    ) -> PutResult:
-        check_put(stream, strategy, retention)
+    def _put_all(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
+        with _transaction(self._db):
+            return [self._put(stream, record) for record in records]
+
+    def _put(self, stream: str, new: NewRecord) -> PutResult:
+        """One record, inside the caller's transaction."""
+        check_put(stream, new.strategy, new.retention)
         db = self._db
-        with _transaction(db):
-            existing: tuple[int, ...] = ()
-            if strategy != ExistingRecordStrategy.NONE and record_id is not None:
-                by_type = strategy == ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE
-                sql = "SELECT internal_id FROM records WHERE stream = ? AND record_id = ?"
-                args: tuple[object, ...] = (stream, record_id)
-                if by_type:
-                    sql += " AND type = ?"
-                    args += (type,)
-                existing = tuple(r[0] for r in db.execute(sql + " ORDER BY internal_id", args))
-                if existing and strategy != ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID:
-                    return PutResult(None, existing)
-            tags_json = json.dumps([[t.name, t.value] for t in tags])
-            internal_id = db.execute(
-                "INSERT INTO records (stream, record_id, type, payload, tags, timestamp_utc) "
-                "VALUES (?, ?, ?, ?, ?, ?) RETURNING internal_id",
-                (stream, record_id, type, payload, tags_json, utc_now().isoformat()),
-            ).fetchone()[0]
-            db.executemany(
-                "INSERT INTO record_tags (internal_id, stream, name, value) VALUES (?, ?, ?, ?)",
-                [(internal_id, stream, t.name, t.value) for t in tags],
+        existing: tuple[int, ...] = ()
+        if new.strategy != ExistingRecordStrategy.NONE and new.record_id is not None:
+            sql = "SELECT internal_id FROM records WHERE stream = ? AND record_id = ?"
+            args: tuple[object, ...] = (stream, new.record_id)
+            if new.strategy == ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE:
+                sql += " AND type = ?"
+                args += (new.type,)
+            existing = tuple(r[0] for r in db.execute(sql + " ORDER BY internal_id", args))
+            if existing and new.strategy != ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID:
+                return PutResult(None, existing)
+        tags_json = json.dumps([[t.name, t.value] for t in new.tags])
+        internal_id = db.execute(
+            "INSERT INTO records (stream, record_id, type, payload, tags, timestamp_utc) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING internal_id",
+            (stream, new.record_id, new.type, new.payload, tags_json, utc_now().isoformat()),
+        ).fetchone()[0]
+        db.executemany(
+            "INSERT INTO record_tags (internal_id, stream, name, value) VALUES (?, ?, ?, ?)",
+            [(internal_id, stream, t.name, t.value) for t in new.tags],
+        )
+        if new.strategy == ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID and existing:
+            db.execute(
+                "DELETE FROM records WHERE stream = ? AND record_id = ? AND internal_id NOT IN "
+                "(SELECT internal_id FROM records WHERE stream = ? AND record_id = ? "
+                "ORDER BY internal_id DESC LIMIT ?)",
+                (stream, new.record_id, stream, new.record_id, new.retention),
             )
-            if strategy == ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID and existing:
-                db.execute(
-                    "DELETE FROM records WHERE stream = ? AND record_id = ? AND internal_id NOT IN "
-                    "(SELECT internal_id FROM records WHERE stream = ? AND record_id = ? "
-                    "ORDER BY internal_id DESC LIMIT ?)",
-                    (stream, record_id, stream, record_id, retention),
-                )
         return PutResult(internal_id, existing)
 
     async def read(
@@ -251,10 +238,20 @@ class SQLiteStreamStore(StreamStore):
 
     def _handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
         query, args = select_handling("handling", "?", stream, internal_record_id, concern)
-        return [
-            HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], datetime.fromisoformat(r[6]))
-            for r in self._db.execute(query, args)
-        ]
+        return [_entry(r) for r in self._db.execute(query, args)]
+
+    async def begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
+        return await self._run(self._begin, stream, internal_record_id, concern, details)
+
+    def _begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
+        with _transaction(self._db):
+            latest = self._latest(stream, internal_record_id, concern)
+            if latest is not None and latest.status == HandlingStatus.COMPLETED:
+                return latest
+            if latest is not None and latest.status in RESETS:
+                self._append(stream, internal_record_id, concern, *RESETS[latest.status])
+            self._append(stream, internal_record_id, concern, HandlingStatus.RUNNING, details)
+        return None
 
     async def transition(
         self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
@@ -264,32 +261,45 @@ class SQLiteStreamStore(StreamStore):
     def _transition(
         self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
     ) -> HandlingEntry:
+        with _transaction(self._db):
+            return self._append(stream, internal_record_id, concern, status, details)
+
+    def _latest(self, stream: str, internal_record_id: int, concern: str) -> HandlingEntry | None:
+        """The record's latest handling entry under `concern`, inside the caller's transaction; the record must be
+        in `stream`."""
         db = self._db
-        with _transaction(db):
-            if not db.execute(
-                "SELECT 1 FROM records WHERE internal_id = ? AND stream = ?", (internal_record_id, stream)
-            ).fetchone():
-                raise InvalidHandlingTransition(f"no record {internal_record_id} in {stream}")
-            row = db.execute(
-                "SELECT status FROM handling WHERE stream = ? AND internal_record_id = ? AND concern = ? "
-                "ORDER BY entry_id DESC LIMIT 1",
-                (stream, internal_record_id, concern),
-            ).fetchone()
-            current = HandlingStatus(row[0]) if row else HandlingStatus.AVAILABLE_BY_DEFAULT
-            if current not in ALLOWED_TRANSITIONS.get(status, ()):
-                raise InvalidHandlingTransition(
-                    f"record {internal_record_id} of {stream} under concern {concern!r} is {current}, "
-                    f"it cannot become {status}"
-                )
-            timestamp = utc_now().isoformat()
-            entry_id = db.execute(
-                "INSERT INTO handling (stream, internal_record_id, concern, status, details, timestamp_utc) "
-                "VALUES (?, ?, ?, ?, ?, ?) RETURNING entry_id",
-                (stream, internal_record_id, concern, status.value, details, timestamp),
-            ).fetchone()[0]
+        if not db.execute(
+            "SELECT 1 FROM records WHERE internal_id = ? AND stream = ?", (internal_record_id, stream)
+        ).fetchone():
+            raise InvalidHandlingTransition(f"no record {internal_record_id} in {stream}")
+        query, args = select_handling("handling", "?", stream, internal_record_id, concern, latest=True)
+        row = db.execute(query, args).fetchone()
+        return None if row is None else _entry(row)
+
+    def _append(
+        self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
+    ) -> HandlingEntry:
+        """Append `status` if the latest status allows it, inside the caller's transaction."""
+        latest = self._latest(stream, internal_record_id, concern)
+        current = latest.status if latest else HandlingStatus.AVAILABLE_BY_DEFAULT
+        if current not in ALLOWED_TRANSITIONS.get(status, ()):
+            raise InvalidHandlingTransition(
+                f"record {internal_record_id} of {stream} under concern {concern!r} is {current}, "
+                f"it cannot become {status}"
+            )
+        timestamp = utc_now().isoformat()
+        entry_id = self._db.execute(
+            "INSERT INTO handling (stream, internal_record_id, concern, status, details, timestamp_utc) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING entry_id",
+            (stream, internal_record_id, concern, status.value, details, timestamp),
+        ).fetchone()[0]
         return HandlingEntry(
             entry_id, stream, internal_record_id, concern, status, details, datetime.fromisoformat(timestamp)
         )
+
+
+def _entry(row: Sequence[Any]) -> HandlingEntry:
+    return HandlingEntry(row[0], row[1], row[2], row[3], HandlingStatus(row[4]), row[5], datetime.fromisoformat(row[6]))
 
 
 class _transaction:

@@ -100,6 +100,16 @@ class HandlingStatus(StrEnum):
         return self in _AVAILABLE
 
 
+RESETS = {
+    HandlingStatus.FAILED: (HandlingStatus.AVAILABLE_AFTER_FAILURE, "retrying"),
+    HandlingStatus.RUNNING: (
+        HandlingStatus.AVAILABLE_AFTER_EXTERNAL_CANCELLATION,
+        "the previous attempt did not finish",
+    ),
+}
+"""How `begin` ends a previous attempt before it runs again: a failed one is made available, an abandoned running
+one cancelled (PostgreSQL's `notify_begin` does the same)."""
+
 _AVAILABLE = frozenset(
     {
         HandlingStatus.AVAILABLE_BY_DEFAULT,
@@ -182,9 +192,10 @@ def select_records(
 
 
 def select_handling(
-    handling: str, mark: str, stream: str, internal_record_id: int, concern: str | None
+    handling: str, mark: str, stream: str, internal_record_id: int, concern: str | None, latest: bool = False
 ) -> tuple[str, list[object]]:
-    """The query and arguments with which an SQL backend reads a record's handling history, oldest first."""
+    """The query and arguments with which an SQL backend reads a record's handling history, oldest first (or only
+    its latest entry)."""
     query = (
         f"SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc FROM {handling}"
         f" WHERE stream = {mark} AND internal_record_id = {mark}"
@@ -193,7 +204,19 @@ def select_handling(
     if concern is not None:
         query += f" AND concern = {mark}"
         args.append(concern)
-    return query + " ORDER BY entry_id", args
+    return query + (" ORDER BY entry_id DESC LIMIT 1" if latest else " ORDER BY entry_id"), args
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    """A record to put, as a backend takes it."""
+
+    record_id: str | None
+    type: str
+    payload: str
+    tags: Sequence[Tag] = ()
+    strategy: ExistingRecordStrategy = ExistingRecordStrategy.NONE
+    retention: int = 1
 
 
 class StoreUnusable(ConnectionError):
@@ -221,16 +244,8 @@ class StreamStore(ABC):
     async def next_unique_id(self, stream: str) -> int: ...
 
     @abstractmethod
-    async def put(
-        self,
-        stream: str,
-        record_id: str | None,
-        type: str,
-        payload: str,
-        tags: Sequence[Tag],
-        strategy: ExistingRecordStrategy,
-        retention: int,
-    ) -> PutResult: ...
+    async def put(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
+        """Put `records` in `stream`, in order and in one transaction: all of them, or none."""
 
     @abstractmethod
     async def read(
@@ -249,6 +264,10 @@ class StreamStore(ABC):
     async def handling_history(
         self, stream: str, internal_record_id: int, concern: str | None
     ) -> list[HandlingEntry]: ...
+
+    @abstractmethod
+    async def begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
+        """`HandlingStore.begin`, as one atomic step."""
 
     @abstractmethod
     async def transition(
@@ -298,8 +317,7 @@ class WriteOnlyStream:
         retention: int = 1,
     ) -> PutResult:
         """Put `obj` as a record; its type is the model's class name unless `type` names it."""
-        return await self._store.put(
-            self.name,
+        record = NewRecord(
             None if record_id is None else str(record_id),
             type or obj.__class__.__name__,
             obj.model_dump_json(),
@@ -307,6 +325,16 @@ class WriteOnlyStream:
             strategy,
             retention,
         )
+        [put] = await self._store.put(self.name, [record])
+        return put
+
+    async def put_all(self, records: Sequence[tuple[str | int | None, BaseModel, Iterable[Tag]]]) -> list[PutResult]:
+        """Put each (record id, object, tags), all or none: a reader sees every one of them or none."""
+        new = [
+            NewRecord(None if i is None else str(i), obj.__class__.__name__, obj.model_dump_json(), list(tags))
+            for i, obj, tags in records
+        ]
+        return await self._store.put(self.name, new)
 
 
 class ReadOnlyStream:
@@ -353,19 +381,6 @@ class HandlingStore:
     async def begin(self, internal_record_id: int, concern: str, details: str = "") -> HandlingEntry | None:
         """Start handling a record. A retried handler finds the previous attempt's status: a `Failed` one is reset,
         an abandoned `Running` one is cancelled, and then it runs again. Returns the `Completed` entry instead, and
-        writes nothing, when the record was already handled, so that a handler never does its work twice."""
-        history = await self.history(internal_record_id, concern)
-        status = history[-1].status if history else HandlingStatus.AVAILABLE_BY_DEFAULT
-        if status == HandlingStatus.COMPLETED:
-            return history[-1]
-        if status == HandlingStatus.FAILED:
-            await self.transition(internal_record_id, concern, HandlingStatus.AVAILABLE_AFTER_FAILURE, "retrying")
-        elif status == HandlingStatus.RUNNING:
-            await self.transition(
-                internal_record_id,
-                concern,
-                HandlingStatus.AVAILABLE_AFTER_EXTERNAL_CANCELLATION,
-                "the previous attempt did not finish",
-            )
-        await self.transition(internal_record_id, concern, HandlingStatus.RUNNING, details)
-        return None
+        writes nothing, when the record was already handled, so that a handler never does its work twice. It is one
+        atomic step of the backend: concurrent takers take turns (`RESETS` says how a previous attempt is ended)."""
+        return await self._store.begin(self.stream, internal_record_id, concern, details)

@@ -23,7 +23,7 @@ from streams import (
     StreamStore,
     WriteOnlyStream,
 )
-from streams.store import ALLOWED_TRANSITIONS
+from streams.store import ALLOWED_TRANSITIONS, NewRecord
 
 S = ExistingRecordStrategy
 
@@ -148,6 +148,17 @@ class StreamStoreContract(ABC):
             kept.internal_id
         ]
         assert await store.reader(StreamName.CLIENT_OPERATION).by_id("7") == []
+
+    async def test_records_put_together_are_written_all_or_none(self, store: StreamStore) -> None:
+        good = NewRecord("1", "Thing", Thing(value=1).model_dump_json())
+        refused = NewRecord("2", "Thing", Thing(value=2).model_dump_json(), strategy=S.PRUNE_IF_FOUND_BY_ID)
+        with pytest.raises(ValueError, match="cannot be pruned"):
+            await store.put(StreamName.ENTITY_DIRECTORY, [good, good, refused])
+        assert await store.reader(StreamName.ENTITY_DIRECTORY).by_tags() == []
+        written = await store.put(StreamName.ENTITY_DIRECTORY, [good, good])
+        assert [r.internal_id for r in await store.reader(StreamName.ENTITY_DIRECTORY).by_tags()] == [
+            w.internal_id for w in written
+        ]
 
     async def test_concurrent_writers_write_once(self, tmp_path: Path) -> None:
         """Four processes, started together, each try to write the same twenty ids once."""
@@ -276,6 +287,26 @@ class StreamStoreContract(ABC):
             with pytest.raises(InvalidHandlingTransition, match=f"no record {internal_id} in {stream}"):
                 await store.handling(stream).transition(internal_id, "c", HandlingStatus.RUNNING)
             assert await store.handling(stream).history(internal_id) == []
+
+    async def test_handlers_taking_up_records_at_once_take_turns(self, tmp_path: Path) -> None:
+        """Two stores (two connections) take up the same records at once, over and over: every history stays a
+        sequence of allowed transitions, each begin leaving the record `Running`."""
+        async with self.open(tmp_path) as first, self.open(tmp_path) as second:
+            writer = first.writer(StreamName.EMAIL_OPERATION)
+            records = [(await writer.put(None, Thing(value=i))).internal_id or 0 for i in range(5)]
+            takers = [s.handling(StreamName.EMAIL_OPERATION) for s in (first, second)]
+            for _ in range(4):
+                await asyncio.gather(*(h.begin(r, "c") for r in records for h in takers))
+                await asyncio.gather(*(takers[0].transition(r, "c", HandlingStatus.FAILED) for r in records))
+            for record in records:
+                history = [e.status for e in await takers[0].history(record, "c")]
+                # per round two begins, the second ending the first, then a failure (and from the second round on,
+                # the first begin resets that failure)
+                assert len(history) == 4 + 3 * 5, history
+                previous = HandlingStatus.AVAILABLE_BY_DEFAULT
+                for status in history:
+                    assert previous in ALLOWED_TRANSITIONS[status], history
+                    previous = status
 
     async def test_begin_resumes_a_retried_handler(self, store: StreamStore) -> None:
         record = (await store.writer(StreamName.SLACK_OPERATION).put("1", Thing(value=1))).internal_id

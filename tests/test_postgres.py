@@ -59,7 +59,7 @@ def test_migrate_then_grant_from_the_command_line(postgres: Databases) -> None:
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [
         "applied 0001_streams.sql",
-        "applied 0002_transitions_table.sql",
+        "applied 0002_handling.sql",
         "the streams schema is at version 2",
     ]
     again = starter("db", "migrate", url=url)
