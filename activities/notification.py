@@ -55,6 +55,8 @@ from streams import (
     ExistingRecordStrategy,
     HandlingStatus,
     HandlingStore,
+    InvalidHandlingTransition,
+    NoSuchRecord,
     StreamName,
     StreamStore,
 )
@@ -62,13 +64,24 @@ from streams.directory import lookup
 
 
 async def _run_if_available(handling: HandlingStore, internal_record_id: int, concern: str) -> None:
-    if (await handling.status(internal_record_id, concern)).available:
-        await handling.transition(internal_record_id, concern, HandlingStatus.RUNNING)
+    """Take the record up, unless a previous attempt of this step did: one conditional write."""
+    await _move_if_allowed(handling, internal_record_id, concern, HandlingStatus.RUNNING)
 
 
 async def _complete_if_running(handling: HandlingStore, internal_record_id: int, concern: str, details: str) -> None:
-    if await handling.status(internal_record_id, concern) == HandlingStatus.RUNNING:
-        await handling.transition(internal_record_id, concern, HandlingStatus.COMPLETED, details)
+    """Complete the record's handling, unless a previous attempt of this step did: one conditional write."""
+    await _move_if_allowed(handling, internal_record_id, concern, HandlingStatus.COMPLETED, details)
+
+
+async def _move_if_allowed(
+    handling: HandlingStore, internal_record_id: int, concern: str, status: HandlingStatus, details: str = ""
+) -> None:
+    try:
+        await handling.transition(internal_record_id, concern, status, details)
+    except NoSuchRecord:
+        raise  # bad data: not something a retry, or skipping, would fix
+    except InvalidHandlingTransition:
+        pass  # the record is past that status already
 
 
 class NotificationActivities:

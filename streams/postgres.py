@@ -26,6 +26,7 @@ from streams.store import (
     HandlingStatus,
     InvalidHandlingTransition,
     NewRecord,
+    NoSuchRecord,
     PutResult,
     Record,
     StoreUnavailable,
@@ -59,6 +60,8 @@ async def _using(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnec
     except psycopg.Error as error:
         if error.sqlstate == "NT001":
             raise InvalidHandlingTransition(error.diag.message_primary) from error
+        if error.sqlstate == "NT003":
+            raise NoSuchRecord(error.diag.message_primary) from error
         if error.sqlstate == "NT002":
             raise ValueError(error.diag.message_primary) from error
         raise

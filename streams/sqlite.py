@@ -26,6 +26,7 @@ from streams.store import (
     HandlingStatus,
     InvalidHandlingTransition,
     NewRecord,
+    NoSuchRecord,
     PutResult,
     Record,
     StoreUnavailable,
@@ -271,7 +272,7 @@ class SQLiteStreamStore(StreamStore):
         if not db.execute(
             "SELECT 1 FROM records WHERE internal_id = ? AND stream = ?", (internal_record_id, stream)
         ).fetchone():
-            raise InvalidHandlingTransition(f"no record {internal_record_id} in {stream}")
+            raise NoSuchRecord(f"no record {internal_record_id} in {stream}")
         query, args = select_handling("handling", "?", stream, internal_record_id, concern, latest=True)
         row = db.execute(query, args).fetchone()
         return None if row is None else _entry(row)

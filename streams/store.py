@@ -135,7 +135,11 @@ ALLOWED_TRANSITIONS: dict[HandlingStatus, frozenset[HandlingStatus]] = {
 
 
 class InvalidHandlingTransition(Exception):
-    pass
+    """The record's handling status does not allow that transition."""
+
+
+class NoSuchRecord(InvalidHandlingTransition):
+    """There is no record with that internal id in that stream: nothing to keep handling for."""
 
 
 PRUNABLE_STREAMS = frozenset({StreamName.NOTIFICATION_VIEW, StreamName.NOTIFICATION_SNAPSHOT})

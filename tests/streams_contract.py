@@ -18,6 +18,7 @@ from streams import (
     ExistingRecordStrategy,
     HandlingStatus,
     InvalidHandlingTransition,
+    NoSuchRecord,
     ReadOnlyStream,
     StreamName,
     StreamStore,
@@ -284,7 +285,7 @@ class StreamStoreContract(ABC):
         record = (await store.writer(StreamName.EMAIL_OPERATION).put("1", Thing(value=1))).internal_id
         assert record is not None
         for stream, internal_id in ((StreamName.EMAIL_OPERATION, record + 1000), (StreamName.SLACK_OPERATION, record)):
-            with pytest.raises(InvalidHandlingTransition, match=f"no record {internal_id} in {stream}"):
+            with pytest.raises(NoSuchRecord, match=f"no record {internal_id} in {stream}"):
                 await store.handling(stream).transition(internal_id, "c", HandlingStatus.RUNNING)
             assert await store.handling(stream).history(internal_id) == []
 

@@ -506,7 +506,7 @@ async def test_a_record_step_that_no_retry_fixes_ends_the_notification_as_failed
     )
     assert view.status == NotificationStatus.FAILED and view.completed_at is not None
     [reason] = view.outcome.failures
-    assert reason.startswith("RecordNotificationRequested failed for good: InvalidHandlingTransition: no record 987654")
+    assert reason.startswith("RecordNotificationRequested failed for good: NoSuchRecord: no record 987654")
     logged = [r for r in caplog.records if r.name == "notify.steps"]
     assert [r.getMessage() for r in logged] == [
         "notification bad-data-1: RecordNotificationRequested failed for good (a bug or bad data: not retried)"

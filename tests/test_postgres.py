@@ -206,10 +206,15 @@ async def test_the_functions_do_no_more_than_their_names_say(database: str) -> N
         with pytest.raises(errors.InsufficientPrivilege):  # no temporary table can stand in for one of ours
             db.execute("CREATE TEMPORARY TABLE notify_record_ids (stream text, record_id text)")
     with psycopg.connect(as_role(database, "notify_handler"), autocommit=True) as db:
-        for status, record in (("Completed", kept.internal_id), ("Bogus", kept.internal_id), ("Running", 999_999)):
+        refusals = (
+            ("Completed", kept.internal_id, "NT001"),
+            ("Bogus", kept.internal_id, "NT001"),
+            ("Running", 999_999, "NT003"),
+        )
+        for status, record, sqlstate in refusals:
             with pytest.raises(psycopg.Error) as refused:
                 db.execute("SELECT * FROM notify_transition('client-operation', %s, 'c', %s, '')", (record, status))
-            assert refused.value.sqlstate == "NT001"
+            assert refused.value.sqlstate == sqlstate
     async with open_store(database) as admin:
         assert [r.internal_id for r in await admin.reader(StreamName.CLIENT_OPERATION).by_id("42")] == [
             kept.internal_id

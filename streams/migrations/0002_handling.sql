@@ -19,7 +19,7 @@ DECLARE
     current_status text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM notify_records r WHERE r.internal_id = p_internal_record_id AND r.stream = p_stream) THEN
-        RAISE EXCEPTION 'no record % in %', p_internal_record_id, p_stream USING ERRCODE = 'NT001';
+        RAISE EXCEPTION 'no record % in %', p_internal_record_id, p_stream USING ERRCODE = 'NT003';
     END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended(p_stream || '/' || p_internal_record_id || '/' || p_concern, 0));
     SELECT h.status INTO current_status FROM notify_handling h
@@ -54,7 +54,7 @@ DECLARE
     latest notify_handling;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM notify_records r WHERE r.internal_id = p_internal_record_id AND r.stream = p_stream) THEN
-        RAISE EXCEPTION 'no record % in %', p_internal_record_id, p_stream USING ERRCODE = 'NT001';
+        RAISE EXCEPTION 'no record % in %', p_internal_record_id, p_stream USING ERRCODE = 'NT003';
     END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended(p_stream || '/' || p_internal_record_id || '/' || p_concern, 0));
     SELECT * INTO latest FROM notify_handling h
