@@ -1,4 +1,5 @@
-"""The client side of the subsystem: request a notification, follow it by id, and ask what was sent to whom.
+"""The client side of the subsystem: the connection to Temporal (TLS, API key, the SDK's runtime), and the
+notification client, which requests a notification, follows it by id, and asks what was sent to whom.
 
 A request gets its notification id from the client-operation stream, puts the operation there, and starts the saga
 with that id as its workflow id. Reads come from the streams, or from the running saga while it has no view yet.
@@ -6,15 +7,20 @@ with that id as its workflow id. Reads come from the streams, or from the runnin
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from activities.contract import SEND, SEND_NOTIFICATION_CONCERN
 from domain import (
@@ -38,11 +44,80 @@ from domain import (
     recipient_email_tag,
     tag,
 )
-from settings import ConfigurationError, Settings
+from settings import ConfigurationError, Settings, one_line
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
 from workflows.notification import NotificationSaga
 
 QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """TLS to Temporal: on when asked for, when a certificate or CA is given, or with an API key (Temporal Cloud)."""
+    s = settings
+    wanted = (
+        s.temporal_tls or s.temporal_api_key or s.temporal_tls_cert or s.temporal_tls_ca or s.temporal_tls_server_name
+    )
+    if not wanted:
+        return False
+
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path else None
+
+    return TLSConfig(
+        server_root_ca_cert=read(s.temporal_tls_ca),
+        domain=s.temporal_tls_server_name,
+        client_cert=read(s.temporal_tls_cert),
+        client_private_key=read(s.temporal_tls_key),
+    )
+
+
+_runtime: Runtime | None = None
+
+
+def temporal_runtime() -> Runtime:
+    """Temporal's runtime for this process: the SDK core's own warnings and errors go to the `temporalio.core`
+    logger, like every other log line, instead of straight to standard error."""
+    global _runtime
+    if _runtime is None:
+        logging_config = LoggingConfig(
+            filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+            forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+        )
+        _runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config))
+    return _runtime
+
+
+def temporal_unreachable(address: str, error: BaseException) -> ConnectionError:
+    """Temporal's "Failed client connect: ... tonic::transport::Error(...)" said in one plain sentence."""
+    said = re.search(r'(?:message|error): "([^"]+)"', str(error))
+    why = said.group(1).lower() if said else "no answer"
+    return ConnectionError(
+        f"cannot reach Temporal at {address} ({why}): start it with `python worker.py --dev`, "
+        "or set NOTIFY_TEMPORAL_ADDRESS to where it runs"
+    )
+
+
+def is_connect_failure(error: BaseException) -> bool:
+    """Whether a Temporal call failed because the client could not connect (a lazy client fails on first use)."""
+    return isinstance(error, RuntimeError) and str(error).startswith("Failed client connect")
+
+
+async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+    """A Temporal client for these settings, speaking pydantic models; a lazy one connects on first use."""
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            data_converter=pydantic_data_converter,
+            tls=tls_config(settings),
+            api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
+            lazy=lazy,
+            runtime=temporal_runtime(),
+        )
+    except RuntimeError as error:
+        if is_connect_failure(error):
+            raise temporal_unreachable(settings.temporal_address, error) from error
+        raise ConnectionError(f"cannot use Temporal at {settings.temporal_address}: {one_line(error)}") from error
 
 
 class UnknownNotification(LookupError):

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import re
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import TemporalError
-from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
-from temporalio.service import TLSConfig
 
 from domain import (
     CannotPrepareToSendOnChannelAction,
@@ -203,10 +198,13 @@ class ConfigurationError(ValueError):
     """A setting that cannot be used, named by its environment variable."""
 
 
-UNAVAILABLE = (OSError, TemporalError)
-"""What a service that cannot be reached or used raises (`ConnectionError` and the store's `StoreUnavailable` and
-`StoreUnusable` among them): the entry points report it on one line. Anything else is a bug, reported with its
-traceback."""
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says a service cannot be reached or used (an `OSError`, `ConnectionError` and the store's
+    `StoreUnavailable` and `StoreUnusable` among them, or a Temporal error): the entry points report it on one line.
+    Anything else is a bug, reported with its traceback. (Temporal's errors are looked for only once its SDK is
+    loaded: a command that never loaded it cannot have met one, and need not pay for loading it.)"""
+    temporal = sys.modules.get("temporalio.exceptions")
+    return isinstance(error, OSError) or (temporal is not None and isinstance(error, temporal.TemporalError))
 
 
 def one_line(error: BaseException) -> str:
@@ -226,72 +224,3 @@ def load_settings() -> Settings:
         field = re.search(r'field "(\w+)"', str(error))
         name = f"NOTIFY_{field.group(1).upper()}" if field else "configuration"
         raise ConfigurationError(f"{name}: malformed JSON: {error.__cause__}") from error
-
-
-def tls_config(settings: Settings) -> TLSConfig | bool:
-    """TLS to Temporal: on when asked for, when a certificate or CA is given, or with an API key (Temporal Cloud)."""
-    s = settings
-    wanted = (
-        s.temporal_tls or s.temporal_api_key or s.temporal_tls_cert or s.temporal_tls_ca or s.temporal_tls_server_name
-    )
-    if not wanted:
-        return False
-
-    def read(path: Path | None) -> bytes | None:
-        return path.read_bytes() if path else None
-
-    return TLSConfig(
-        server_root_ca_cert=read(s.temporal_tls_ca),
-        domain=s.temporal_tls_server_name,
-        client_cert=read(s.temporal_tls_cert),
-        client_private_key=read(s.temporal_tls_key),
-    )
-
-
-_runtime: Runtime | None = None
-
-
-def temporal_runtime() -> Runtime:
-    """Temporal's runtime for this process: the SDK core's own warnings and errors go to the `temporalio.core`
-    logger, like every other log line, instead of straight to standard error."""
-    global _runtime
-    if _runtime is None:
-        logging_config = LoggingConfig(
-            filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-            forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
-        )
-        _runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config))
-    return _runtime
-
-
-def temporal_unreachable(address: str, error: BaseException) -> ConnectionError:
-    """Temporal's "Failed client connect: ... tonic::transport::Error(...)" said in one plain sentence."""
-    said = re.search(r'(?:message|error): "([^"]+)"', str(error))
-    why = said.group(1).lower() if said else "no answer"
-    return ConnectionError(
-        f"cannot reach Temporal at {address} ({why}): start it with `python worker.py --dev`, "
-        "or set NOTIFY_TEMPORAL_ADDRESS to where it runs"
-    )
-
-
-def is_connect_failure(error: BaseException) -> bool:
-    """Whether a Temporal call failed because the client could not connect (a lazy client fails on first use)."""
-    return isinstance(error, RuntimeError) and str(error).startswith("Failed client connect")
-
-
-async def connect(settings: Settings, *, lazy: bool = False) -> Client:
-    """A Temporal client for these settings, speaking pydantic models; a lazy one connects on first use."""
-    try:
-        return await Client.connect(
-            settings.temporal_address,
-            namespace=settings.temporal_namespace,
-            data_converter=pydantic_data_converter,
-            tls=tls_config(settings),
-            api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
-            lazy=lazy,
-            runtime=temporal_runtime(),
-        )
-    except RuntimeError as error:
-        if is_connect_failure(error):
-            raise temporal_unreachable(settings.temporal_address, error) from error
-        raise ConnectionError(f"cannot use Temporal at {settings.temporal_address}: {one_line(error)}") from error

@@ -13,13 +13,12 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from client import IdempotencyKeyConflict, NotCancellable, NotificationClient, UnknownNotification
 from domain import (
     ADMISSION,
     DirectoryEntry,
@@ -29,18 +28,12 @@ from domain import (
     admitted,
     admitted_idempotency_key,
 )
-from settings import (
-    UNAVAILABLE,
-    ConfigurationError,
-    Settings,
-    connect,
-    is_connect_failure,
-    load_settings,
-    one_line,
-    temporal_unreachable,
-)
+from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from streams import StreamName, StreamStore
 from streams.directory import import_entries, lookup
+
+if TYPE_CHECKING:
+    from client import NotificationClient
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 directory_app = typer.Typer(no_args_is_help=True, help="Import and show the entity directory.")
@@ -108,14 +101,25 @@ def run(command: Callable[[], Coroutine[Any, Any, int | None]]) -> NoReturn:
     except ConfigurationError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2
-    except (UnknownNotification, RuntimeError, *UNAVAILABLE) as error:
-        if is_connect_failure(error):  # a lazy client's first call
-            error = temporal_unreachable(load_settings().temporal_address, error)
-        elif isinstance(error, RuntimeError):  # a bug: its traceback says where
-            raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+    except Exception as error:
+        said = _said(error)
+        if said is None:
+            raise  # a bug: its traceback says where
+        print(f"error: {said}", file=sys.stderr)
         code = 1
     exit_now(code)
+
+
+def _said(error: Exception) -> str | None:
+    """What to tell of `error` in one line, if it is something a user can act on; None for a bug."""
+    if "client" in sys.modules:  # only a command that loaded the client (and Temporal's SDK) can meet these
+        from client import UnknownNotification, is_connect_failure, temporal_unreachable
+
+        if is_connect_failure(error):  # a lazy client's first call
+            return one_line(temporal_unreachable(load_settings().temporal_address, error))
+        if isinstance(error, UnknownNotification):
+            return one_line(error)
+    return one_line(error) if is_unavailable(error) else None
 
 
 def print_json(value: Any) -> None:
@@ -192,6 +196,9 @@ def parse_tags(values: Sequence[str]) -> list[Tag]:
 
 
 async def _client(settings: Settings, store: StreamStore, *, lazy: bool = True) -> NotificationClient:
+    """The notification client; imported here, so that a command that does not talk to Temporal does not load it."""
+    from client import NotificationClient, connect
+
     return NotificationClient(store, await connect(settings, lazy=lazy), settings)
 
 
@@ -233,6 +240,8 @@ def send(
                 admitted_idempotency_key(idempotency_key)
             except ValidationError as error:
                 raise CliError(f"--idempotency-key: {validation_message(error)}", 2) from error
+        from client import IdempotencyKeyConflict
+
         settings = load_settings()
         async with settings.open_streams() as store:
             client = await _client(settings, store, lazy=False)
@@ -282,6 +291,8 @@ def cancel(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_jso
     """Cancel a notification that has not started sending (one scheduled with --at, say)."""
 
     async def command() -> None:
+        from client import NotCancellable
+
         settings = load_settings()
         async with settings.open_streams() as store:
             try:
@@ -479,6 +490,7 @@ SAMPLE_DIRECTORY = Path(__file__).resolve().parent / "entities.json"
 def demo() -> None:
     """Run everything on the embedded default: the Temporal dev server, a worker, a local mail sink and a local
     Slack sink; import the sample directory (entities.json), send user-1 a notification and show its status."""
+    from client import NotificationClient
     from sinks import local_sinks
     from worker import dev_server, running_workers
 

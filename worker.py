@@ -31,8 +31,9 @@ from temporalio.worker import Worker
 from activities.channels import CHANNEL_HANDLERS
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
+from client import connect
 from domain import channel_task_queue
-from settings import UNAVAILABLE, ConfigurationError, Settings, connect, load_settings, one_line
+from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from sinks import local_sinks
 from streams import StreamStore
 from workflows.notification import NotificationSaga
@@ -249,8 +250,10 @@ def main() -> None:
     except ConfigurationError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2
-    except UNAVAILABLE as error:  # one line, not a traceback, for what a user can fix
-        print(f"error: {one_line(error)}", file=sys.stderr)
+    except Exception as error:
+        if not is_unavailable(error):
+            raise  # a bug: its traceback says where
+        print(f"error: {one_line(error)}", file=sys.stderr)  # one line, for what a user can fix
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()

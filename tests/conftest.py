@@ -14,7 +14,8 @@ from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from settings import Settings, temporal_runtime
+from client import temporal_runtime
+from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import StreamStore

@@ -14,7 +14,8 @@ from pydantic import SecretStr
 from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
-from settings import Settings, connect, tls_config
+from client import connect, tls_config
+from settings import Settings
 
 
 @pytest.fixture
