@@ -44,7 +44,6 @@ with workflow.unsafe.imports_passed_through():
         ChannelOperationRef,
         ChannelOutcome,
         ChannelPreference,
-        ChannelView,
         DirectoryEntry,
         EscalationRequested,
         EscalationStatus,
@@ -69,6 +68,14 @@ with workflow.unsafe.imports_passed_through():
         channel_task_queue,
         get_delivery_channel_configs,
     )
+    from workflows.view import (
+        ChannelChange,
+        changed_channels,
+        escalation,
+        final_status,
+        reasons,
+        with_outcome,
+    )
 
 I = TypeVar("I")  # noqa: E741 - an activity's input, beside O for its result
 O = TypeVar("O")  # noqa: E741
@@ -84,9 +91,6 @@ RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interv
 that fails in a way no retry fixes ends the saga instead: `activities.failures`)."""
 ATTEMPT_TIMEOUT = timedelta(seconds=60)
 """How long one attempt to deliver may take, at most; the channel's deadline bounds all of them."""
-
-ChannelChange = tuple[ChannelOutcome, str | None, ChannelOperationRef | ChannelOperationOutcomeInfo | None]
-"""A channel's new outcome and reason, with its operation as put (the ref) or as it ended (the outcome info)."""
 
 
 @workflow.defn(name="NotificationSaga")
@@ -195,14 +199,12 @@ class NotificationSaga:
         self._set_channels(
             {
                 **{
-                    c.channel: (
-                        ChannelOutcome.PENDING if c.action == ChannelPreference.SEND else ChannelOutcome.OPTED_OUT,
-                        None,
-                        None,
+                    c.channel: ChannelChange(
+                        ChannelOutcome.PENDING if c.action == ChannelPreference.SEND else ChannelOutcome.OPTED_OUT
                     )
                     for c in configs.configs
                 },
-                **{c: (ChannelOutcome.NOT_PREPARED, _reasons(configs.failures, c), None) for c in unusable},
+                **{c: ChannelChange(ChannelOutcome.NOT_PREPARED, reasons(configs.failures, c)) for c in unusable},
             },
             audience,
         )
@@ -212,7 +214,7 @@ class NotificationSaga:
             stopped = "not sent: the policy sends on no channel when one cannot be used"
             self._set_channels(
                 {
-                    c: (ChannelOutcome.NOT_PREPARED, stopped, None)
+                    c: ChannelChange(ChannelOutcome.NOT_PREPARED, stopped)
                     for c, v in self._view.channels.items()
                     if v.outcome == ChannelOutcome.PENDING
                 }
@@ -224,10 +226,9 @@ class NotificationSaga:
         prepare = PrepareToSendNotificationResult.of(list(results), self._policies.cannot_prepare_action)
         self._set_channels(
             {
-                r.channel: (
+                r.channel: ChannelChange(
                     ChannelOutcome.NOT_PREPARED,
-                    _reasons(r.failures) or "not sent: the policy sends on no channel when one cannot be prepared",
-                    None,
+                    reasons(r.failures) or "not sent: the policy sends on no channel when one cannot be prepared",
                 )
                 for r in results
                 if r.channel not in prepare.channels_to_send_on
@@ -252,12 +253,15 @@ class NotificationSaga:
     ) -> list[ChannelOperationOutcomeInfo]:
         self._update(status=NotificationStatus.SENDING)
         self._set_channels(
-            {ref.instruction.operation.delivery_channel: (ChannelOutcome.SENDING, None, ref) for ref in refs},
+            {
+                ref.instruction.operation.delivery_channel: ChannelChange(ChannelOutcome.SENDING, None, ref)
+                for ref in refs
+            },
             audience,
             fallback,
         )
         outcomes = list(await asyncio.gather(*(self._send(ref) for ref in refs)))
-        self._set_channels({o.channel: (_channel_outcome(o), o.reason, o) for o in outcomes})
+        self._set_channels({o.channel: ChannelChange.ended(o) for o in outcomes})
         return outcomes
 
     async def _send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
@@ -306,8 +310,8 @@ class NotificationSaga:
             return []
         result = await self._prepare_channel(nid, operation, audience, fallback)
         if not result.prepared:
-            reason = _reasons(result.failures)
-            self._set_channels({fallback: (ChannelOutcome.NOT_PREPARED, reason, None)}, audience, fallback=True)
+            reason = reasons(result.failures)
+            self._set_channels({fallback: ChannelChange(ChannelOutcome.NOT_PREPARED, reason)}, audience, fallback=True)
             self._add_outcome(failures=[Failure(reason=f"{fallback} (fallback): {reason}")])
             return []
         refs = await self._record(PUT_CHANNEL_OPERATIONS, result.instructions)
@@ -320,7 +324,7 @@ class NotificationSaga:
         attempt: AttemptToSendNotificationResult | None = None,
         saga_record_id: int | None = None,
     ) -> NotificationView:
-        self._update(status=self._final_status(), completed_at=workflow.now())
+        self._update(status=final_status(self._view.channels, self._cancel_requested), completed_at=workflow.now())
         snapshot = NotificationSnapshot(
             notification_id=request.notification_id,
             operation=request.operation,
@@ -349,20 +353,15 @@ class NotificationSaga:
         if team is None or status not in self._policies.escalate_on:
             return None
         view = self._view
-        operation = SendNotificationToEntityOp(
-            entity_id=team.id,
-            subject=f"Notification {view.id} {status.replace('_', ' ')}: {view.subject}"[:998],
-            body=_escalation_body(view),
-        )
+        subject, body = escalation(view)
+        operation = SendNotificationToEntityOp(entity_id=team.id, subject=subject, body=body)
         channels = [c for c, p in team.channels.items() if p == ChannelPreference.SEND]
         results = await asyncio.gather(*(self._prepare_channel(view.id, operation, team, c) for c in channels))
-        told = _changed(
+        told = changed_channels(
             {},
             {
-                r.channel: (
-                    ChannelOutcome.SENDING if r.prepared else ChannelOutcome.NOT_PREPARED,
-                    _reasons(r.failures),
-                    None,
+                r.channel: ChannelChange(
+                    ChannelOutcome.SENDING if r.prepared else ChannelOutcome.NOT_PREPARED, reasons(r.failures)
                 )
                 for r in results
             },
@@ -379,10 +378,7 @@ class NotificationSaga:
             ),
         )
         outcomes = await asyncio.gather(*(self._send(ref) for ref in prepared.operations))
-        told = _changed(
-            told,
-            {o.channel: (_channel_outcome(o), o.reason, o) for o in outcomes},
-        )
+        told = changed_channels(told, {o.channel: ChannelChange.ended(o) for o in outcomes})
         sent = any(o.outcome == ChannelOperationOutcome.SUCCEEDED for o in outcomes)
         self._update(
             escalation=EscalationView(status=EscalationStatus.SENT if sent else EscalationStatus.FAILED, channels=told)
@@ -390,21 +386,6 @@ class NotificationSaga:
         return prepared.internal_operation_record_id
 
     # -- the view ------------------------------------------------------------------------------------------------
-
-    def _final_status(self) -> NotificationStatus:
-        if self._cancel_requested:
-            return NotificationStatus.CANCELLED
-        channels = [c for c in self._view.channels.values() if c.outcome != ChannelOutcome.OPTED_OUT]
-        if self._view.channels and not channels:
-            return NotificationStatus.OPTED_OUT
-        if any(c.fallback and c.outcome == ChannelOutcome.SUCCEEDED for c in channels):
-            return NotificationStatus.SENT  # reached after all: every failed preferred channel is covered
-        outcomes = [c.outcome for c in channels]
-        if outcomes and all(o == ChannelOutcome.SUCCEEDED for o in outcomes):
-            return NotificationStatus.SENT
-        if ChannelOutcome.SUCCEEDED in outcomes:
-            return NotificationStatus.PARTIALLY_SENT
-        return NotificationStatus.FAILED
 
     def _update(self, **fields: Any) -> None:
         self._view = self._view.model_copy(update=fields)
@@ -415,12 +396,10 @@ class NotificationSaga:
         audience: DirectoryEntry | None = None,
         fallback: bool = False,
     ) -> None:
-        self._update(channels=_changed(self._view.channels, changes, audience, fallback))
+        self._update(channels=changed_channels(self._view.channels, changes, audience, fallback))
 
     def _add_outcome(self, failures: Sequence[Failure] = (), **stages: Any) -> None:
-        outcome = self._view.outcome
-        failed = [*outcome.failures, *(f.reason for f in failures)]
-        self._update(outcome=outcome.model_copy(update={**stages, "failures": failed}))
+        self._view = with_outcome(self._view, failures, **stages)
 
     # -- running the handlers' steps ---------------------------------------------------------------------------
 
@@ -459,15 +438,6 @@ def _failed_for_good(error: BaseException | None) -> ApplicationError | None:
     return None
 
 
-def _channel_outcome(outcome: ChannelOperationOutcomeInfo) -> ChannelOutcome:
-    return ChannelOutcome.SUCCEEDED if outcome.outcome == ChannelOperationOutcome.SUCCEEDED else ChannelOutcome.FAILED
-
-
-def _reasons(failures: Sequence[Failure], channel: Channel | None = None) -> str | None:
-    """The failures' reasons in one line (those about `channel`, if given), or None."""
-    return "; ".join(f.reason for f in failures if channel is None or f.channel == channel) or None
-
-
 def _stopped_by_policy(stage: PrepareToSendNotificationEvent) -> bool:
     """Whether a failure policy stopped every channel: then not even the fallback is tried."""
     configs, prepare = stage.get_delivery_channel_configs, stage.prepare
@@ -475,29 +445,6 @@ def _stopped_by_policy(stage: PrepareToSendNotificationEvent) -> bool:
         return True
     forced = PrepareToSendNotificationOutcome.COULD_NOT_PREPARE_BECAUSE_ONE_FORCED_ALL_TO_BE_DISCARDED
     return prepare is not None and prepare.outcome == forced
-
-
-def _changed(
-    channels: dict[Channel, ChannelView],
-    changes: dict[Channel, ChannelChange],
-    audience: DirectoryEntry | None = None,
-    fallback: bool = False,
-) -> dict[Channel, ChannelView]:
-    """The channels' views with these changes of outcome, reason and operation."""
-    changed = dict(channels)
-    for channel, (outcome, reason, ref) in changes.items():
-        current = changed.get(channel) or ChannelView(
-            address=audience.address(channel) if audience else None, outcome=outcome
-        )
-        update: dict[str, Any] = {"outcome": outcome, "reason": reason}
-        if isinstance(ref, ChannelOperationRef):
-            update["channel_operation_id"] = ref.instruction.operation.channel_operation_id
-        elif ref is not None:
-            update.update(channel_operation_id=ref.channel_operation_id, attempts=ref.attempts)
-        if fallback:
-            update["fallback"] = True
-        changed[channel] = current.model_copy(update=update)
-    return changed
 
 
 def _reason(error: ActivityError | ApplicationError, deadline: timedelta | None = None) -> str:
@@ -510,18 +457,3 @@ def _reason(error: ActivityError | ApplicationError, deadline: timedelta | None 
         last = cause.message if isinstance(cause, FailureError) else said
         return f"no outcome within the {deadline.total_seconds():g} s deadline (the last attempt: {last})"
     return said
-
-
-def _escalation_body(view: NotificationView) -> str:
-    lines = [
-        f"Notification {view.id} to entity {view.entity_id} ({view.subject!r}) ended {view.status}.",
-        "",
-        *(
-            f"{channel:<6} {c.address or '-'}: {c.outcome}{f' ({c.reason})' if c.reason else ''}"
-            for channel, c in view.channels.items()
-        ),
-    ]
-    if view.outcome.failures:
-        lines += ["", "Failures:", *(f"- {f}" for f in view.outcome.failures)]
-    lines += ["", f"Every record of it: python starter.py events {view.id}"]
-    return "\n".join(lines)
