@@ -132,11 +132,6 @@ class Channel(StrEnum):
     SLACK = "slack"
 
 
-def channel_task_queue(task_queue: str, channel: Channel) -> str:
-    """Each channel's sends have a task queue of their own, so that each can have its own rate limit."""
-    return f"{task_queue}-{channel}"
-
-
 class ChannelPreference(StrEnum):
     SEND = "send"
     OPTED_OUT = "opted-out"

@@ -45,6 +45,17 @@ class CannotPrepareAction(StrEnum):
     """Send on none if one channel could not be prepared."""
 
 
+CONFIGS_FAILURE_ACTIONS = {
+    ConfigsFailureAction.IGNORE: FailureAction.IGNORE_AND_PROCEED_IF_POSSIBLE_OTHERWISE_STOP,
+    ConfigsFailureAction.STOP: FailureAction.STOP,
+}
+"""Each setting's value, as the saga's policy says it (the reference's names)."""
+CANNOT_PREPARE_ACTIONS = {
+    CannotPrepareAction.CONTINUE: CannotPrepareToSendOnChannelAction.CONTINUE_AND_ATTEMPT_PREPARING_TO_SEND_ON_NEXT_CHANNEL,
+    CannotPrepareAction.STOP: CannotPrepareToSendOnChannelAction.STOP_AND_DO_NOT_SEND_ON_ANY_CHANNEL,
+}
+
+
 class SmtpSecurity(StrEnum):
     NONE = "none"
     STARTTLS = "starttls"
@@ -171,16 +182,8 @@ class Settings(BaseSettings):
                 for c in Channel
             },
             slack_workspaces=None if self.slack_token else sorted(self.slack_tokens),
-            channel_configs_failure_action=(
-                FailureAction.STOP
-                if self.channel_configs_failure_action == ConfigsFailureAction.STOP
-                else FailureAction.IGNORE_AND_PROCEED_IF_POSSIBLE_OTHERWISE_STOP
-            ),
-            cannot_prepare_action=(
-                CannotPrepareToSendOnChannelAction.STOP_AND_DO_NOT_SEND_ON_ANY_CHANNEL
-                if self.cannot_prepare_action == CannotPrepareAction.STOP
-                else CannotPrepareToSendOnChannelAction.CONTINUE_AND_ATTEMPT_PREPARING_TO_SEND_ON_NEXT_CHANNEL
-            ),
+            channel_configs_failure_action=CONFIGS_FAILURE_ACTIONS[self.channel_configs_failure_action],
+            cannot_prepare_action=CANNOT_PREPARE_ACTIONS[self.cannot_prepare_action],
             escalate_on=self.escalate_on,
             internal_team=None
             if not any(team.values())

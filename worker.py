@@ -29,10 +29,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.channels import CHANNEL_HANDLERS
+from activities.contract import channel_task_queue
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
 from client import connect
-from domain import channel_task_queue
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from sinks import local_sinks
 from streams import StreamStore

@@ -70,6 +70,12 @@ RECORD_NOT_SENT: dict[Channel, Activity[ChannelOperationFailure, ChannelOperatio
 }
 """Each channel's record of an operation the saga gave up on."""
 
+
+def channel_task_queue(task_queue: str, channel: Channel) -> str:
+    """Each channel's sends have a task queue of their own, so that each can have its own rate limit."""
+    return f"{task_queue}-{channel}"
+
+
 STEP_FAILED_FOR_GOOD = "StepFailedForGood"
 """The failure type of an activity that failed in a way no retry would fix (`activities.failures`)."""
 

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         SEND,
         STEP_FAILED_FOR_GOOD,
         Activity,
+        channel_task_queue,
     )
     from domain import (
         CONFIGS_OUTCOMES,
@@ -65,7 +66,6 @@ with workflow.unsafe.imports_passed_through():
         SagaPolicies,
         SendFailedNotificationToInternalTeamOp,
         SendNotificationToEntityOp,
-        channel_task_queue,
         get_delivery_channel_configs,
     )
     from workflows.view import (
