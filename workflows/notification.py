@@ -406,25 +406,17 @@ class NotificationSaga:
     async def _step(self, activity: Activity[I, O], arg: I, on_error: Callable[[str], O]) -> O:
         """A step as a local activity; one that failed every attempt becomes a reported failure of its stage."""
         try:
-            result: O = await workflow.execute_local_activity(
-                activity.name,
-                arg,
-                result_type=activity.result,
-                start_to_close_timeout=STEP_TIMEOUT,
-                retry_policy=STEP_RETRY,
-            )
-            return result
+            return await self._local(activity, arg, STEP_RETRY)
         except (ActivityError, ApplicationError) as error:  # a local activity's failure may come unwrapped
             return on_error(_reason(error))
 
     async def _record(self, activity: Activity[I, O], arg: I) -> O:
         """A step that records, as a local activity retried until it has."""
+        return await self._local(activity, arg, RECORD_RETRY)
+
+    async def _local(self, activity: Activity[I, O], arg: I, retry: RetryPolicy) -> O:
         result: O = await workflow.execute_local_activity(
-            activity.name,
-            arg,
-            result_type=activity.result,
-            start_to_close_timeout=STEP_TIMEOUT,
-            retry_policy=RECORD_RETRY,
+            activity.name, arg, result_type=activity.result, start_to_close_timeout=STEP_TIMEOUT, retry_policy=retry
         )
         return result
 

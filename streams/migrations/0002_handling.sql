@@ -53,9 +53,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     latest notify_handling;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM notify_records r WHERE r.internal_id = p_internal_record_id AND r.stream = p_stream) THEN
-        RAISE EXCEPTION 'no record % in %', p_internal_record_id, p_stream USING ERRCODE = 'NT003';
-    END IF;
+    -- (a record that is not there has no handling: `notify_transition` below says so)
     PERFORM pg_advisory_xact_lock(hashtextextended(p_stream || '/' || p_internal_record_id || '/' || p_concern, 0));
     SELECT * INTO latest FROM notify_handling h
     WHERE h.stream = p_stream AND h.internal_record_id = p_internal_record_id AND h.concern = p_concern
