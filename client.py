@@ -142,6 +142,21 @@ class NotificationClient:
         self._temporal = temporal
         self._settings = settings
         self._client_operations = store.writer(StreamName.CLIENT_OPERATION)
+        self._identity: str | None = None
+
+    async def full_id(self, notification_id: str) -> str:
+        """`notification_id` as issued: a bare number is one this store issued (`7` is `3f9a1c2e-7`)."""
+        return f"{await self._store_identity()}-{notification_id}" if notification_id.isdigit() else notification_id
+
+    async def _new_id(self) -> str:
+        """A new notification id: the store's identity and the client-operation stream's next number, so that it is
+        unique in a Temporal namespace other deployments share, and after the store is reset."""
+        return f"{await self._store_identity()}-{await self._client_operations.next_unique_id()}"
+
+    async def _store_identity(self) -> str:
+        if self._identity is None:
+            self._identity = await self._store.identity()
+        return self._identity
 
     async def request(self, operation: SendNotificationToEntityOp, idempotency_key: str | None = None) -> str:
         """Request a notification and return its id. Repeating a request with the same idempotency key returns the
@@ -150,7 +165,7 @@ class NotificationClient:
         operation = admitted(SendNotificationToEntityOp, operation)
         key_tags = []
         if idempotency_key is None:
-            notification_id = str(await self._client_operations.next_unique_id())
+            notification_id = await self._new_id()
         else:
             notification_id = await self._claim(admitted_idempotency_key(idempotency_key), operation)
             key_tags.append(tag(TagName.IDEMPOTENCY_KEY, idempotency_key))
@@ -197,7 +212,7 @@ class NotificationClient:
         claims = self._store.reader(StreamName.CLIENT_OPERATION)
         existing = await claims.latest(record_id)
         if existing is None:
-            notification_id = str(await self._client_operations.next_unique_id())
+            notification_id = await self._new_id()
             claim = IdempotencyKeyClaim(idempotency_key=key, notification_id=notification_id, operation=operation)
             put = await self._client_operations.put(
                 record_id,
@@ -216,6 +231,7 @@ class NotificationClient:
 
     async def cancel(self, notification_id: str) -> dict[str, Any]:
         """Cancel a notification that has not started sending, and return its view; `NotCancellable` otherwise."""
+        notification_id = await self.full_id(notification_id)
         await self.status(notification_id)  # an unknown id raises UnknownNotification
         handle = self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id)
         try:
@@ -238,10 +254,12 @@ class NotificationClient:
 
     async def result(self, notification_id: str) -> NotificationView:
         """Wait for the saga to end and return its view."""
+        notification_id = await self.full_id(notification_id)
         return await self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id).result()
 
     async def status(self, notification_id: str) -> dict[str, Any]:
         """The view as JSON: the recorded one once the saga has ended, the running saga's own before."""
+        notification_id = await self.full_id(notification_id)
         views = self._store.reader(StreamName.NOTIFICATION_VIEW)
         record = await views.latest(notification_id)
         if record is not None:
@@ -292,6 +310,7 @@ class NotificationClient:
 
     async def events(self, notification_id: str) -> list[Record]:
         """Every record of the notification, across all its streams, in the order they were written."""
+        notification_id = await self.full_id(notification_id)
         by = tag(TagName.NOTIFICATION_ID, notification_id)
         records = [r for s in StreamName for r in await self._store.reader(s).by_tags(by)]
         if not records:

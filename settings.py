@@ -207,7 +207,14 @@ def is_unavailable(error: BaseException) -> bool:
     Anything else is a bug, reported with its traceback. (Temporal's errors are looked for only once its SDK is
     loaded: a command that never loaded it cannot have met one, and need not pay for loading it.)"""
     temporal = sys.modules.get("temporalio.exceptions")
+    if temporal is not None and isinstance(error, RuntimeError) and str(error).startswith(TEMPORAL_OUTAGES):
+        return True
     return isinstance(error, OSError) or (temporal is not None and isinstance(error, temporal.TemporalError))
+
+
+TEMPORAL_OUTAGES = ("Failed client connect", "Worker validation failed", "Poll failure")
+"""How Temporal's SDK begins the `RuntimeError`s it raises for a server it cannot reach or use (a namespace that is
+not there, a server lost, a key revoked)."""
 
 
 def one_line(error: BaseException) -> str:

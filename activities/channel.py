@@ -156,8 +156,13 @@ class ChannelHandler(ABC):
             reason = f"{error.__class__.__name__}: {error}"
             logger.exception("%s: a bug while delivering; recorded as failed", _attempt_name(operation))
             delivery = Delivery(self.failed_response(operation, reason), reason)
-        except BaseException as error:
-            await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, repr(error))
+        except BaseException as error:  # cancelled: say so in the handling history, if the store still can
+            try:
+                await self._handling.transition(
+                    ref.internal_record_id, self.concern, HandlingStatus.FAILED, repr(error)
+                )
+            except Exception:
+                logger.exception("%s: could not record that the attempt ended", _attempt_name(operation))
             raise
         return await self._record(ref, delivery)
 

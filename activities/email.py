@@ -29,6 +29,7 @@ from domain import (
     SucceededInSendingEmailEvent,
     Tag,
     TagName,
+    admitted,
     recipient_email_tag,
     tag,
 )
@@ -134,14 +135,17 @@ class EmailHandler(ChannelHandler):
     ) -> tuple[SendEmailOp, list[Tag]]:
         request, audience = op.operation, op.audience
         assert audience.email is not None
-        email = SendEmailOp(
-            notification_id=op.notification_id,
-            channel_operation_id=channel_operation_id,
-            sender=EmailMailbox(address=settings.email_from),
-            to=[EmailMailbox(address=audience.email, name=audience.name)],
-            subject=request.subject,
-            text_body=request.body,
-            html_body=request.html_body,
+        email = admitted(  # today's rules, whatever those of the request's or the entry's day were
+            SendEmailOp,
+            {
+                "notification_id": op.notification_id,
+                "channel_operation_id": channel_operation_id,
+                "sender": {"address": settings.email_from},
+                "to": [{"address": audience.email, "name": audience.name}],
+                "subject": request.subject,
+                "text_body": request.body,
+                "html_body": request.html_body,
+            },
         )
         return email, [
             recipient_email_tag(audience.email),

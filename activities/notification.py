@@ -4,6 +4,7 @@ write-only handles, read only through read-only ones, and keep handling through 
 
 from __future__ import annotations
 
+from pydantic import ValidationError
 from temporalio import activity
 
 from activities.channel import CannotPrepare
@@ -84,6 +85,11 @@ async def _move_if_allowed(
         pass  # the record is past that status already
 
 
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    return f"{'.'.join(map(str, first['loc']))} {first['msg'].removeprefix('Value error, ')}"
+
+
 class NotificationActivities:
     def __init__(self, store: StreamStore, settings: Settings) -> None:
         self._settings = settings
@@ -134,9 +140,10 @@ class NotificationActivities:
         try:
             channel_operation_id = await self._channel_operations[op.channel].next_unique_id()
             operation, recipient_tags = handler.compose(op, channel_operation_id, self._settings)
-        except CannotPrepare as error:
+        except (CannotPrepare, ValidationError) as error:  # a request or an entry that today's rules refuse
+            said = str(error) if isinstance(error, CannotPrepare) else _first_error(error)
             return PrepareToSendOnChannelResult(
-                channel=op.channel, instructions=[], failures=[Failure(reason=str(error))]
+                channel=op.channel, instructions=[], failures=[Failure(reason=f"{op.channel}: cannot be sent: {said}")]
             )
         instruction = ChannelOperationInstruction(
             operation=operation,

@@ -25,6 +25,7 @@ from domain import (
     SucceededInSendingSlackMessageEvent,
     Tag,
     TagName,
+    admitted,
     tag,
 )
 from settings import Settings
@@ -72,12 +73,15 @@ class SlackHandler(ChannelHandler):
         text = request.slack_text or f"*{request.subject}*\n{request.body}"
         if len(text) > SLACK_MAX_TEXT:
             raise CannotPrepare(f"a Slack message is at most {SLACK_MAX_TEXT:,} characters; this one has {len(text):,}")
-        message = SendSlackMessageOp(
-            notification_id=op.notification_id,
-            channel_operation_id=channel_operation_id,
-            workspace=audience.slack.workspace,
-            channel=audience.slack.channel,
-            text=text,
+        message = admitted(  # today's rules, whatever those of the request's or the entry's day were
+            SendSlackMessageOp,
+            {
+                "notification_id": op.notification_id,
+                "channel_operation_id": channel_operation_id,
+                "workspace": audience.slack.workspace,
+                "channel": audience.slack.channel,
+                "text": text,
+            },
         )
         return message, [
             tag(TagName.SLACK_WORKSPACE, audience.slack.workspace),

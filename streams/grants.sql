@@ -25,7 +25,7 @@ GRANT USAGE ON SCHEMA {schema} TO notify_producer, notify_consumer, notify_handl
 ALTER ROLE notify_producer IN DATABASE {database} SET search_path = {schema};
 ALTER ROLE notify_consumer IN DATABASE {database} SET search_path = {schema};
 ALTER ROLE notify_handler IN DATABASE {database} SET search_path = {schema};
-GRANT SELECT ON notify_schema_migrations, notify_handling_transitions TO notify_producer, notify_consumer, notify_handler;
+GRANT SELECT ON notify_schema_migrations, notify_handling_transitions, notify_identity TO notify_producer, notify_consumer, notify_handler;
 
 GRANT EXECUTE ON FUNCTION notify_next_unique_id(text) TO notify_producer;
 GRANT EXECUTE ON FUNCTION notify_put(text, text, text, text, jsonb, text, integer) TO notify_producer;

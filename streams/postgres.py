@@ -54,17 +54,40 @@ async def _using(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnec
     try:
         async with pool.connection() as db:
             yield db
-    except (psycopg.OperationalError, PoolTimeout) as error:
-        said = str(error).strip().splitlines()
-        raise StoreUnavailable(f"the streams database cannot be used now: {said[0] if said else error!r}") from error
+    except PoolTimeout as error:
+        raise StoreUnavailable(f"the streams database cannot be used now: {error}") from error
     except psycopg.Error as error:
-        if error.sqlstate == "NT001":
-            raise InvalidHandlingTransition(error.diag.message_primary) from error
-        if error.sqlstate == "NT003":
-            raise NoSuchRecord(error.diag.message_primary) from error
-        if error.sqlstate == "NT002":
-            raise ValueError(error.diag.message_primary) from error
-        raise
+        classified = _classified(error)
+        if classified is error:
+            raise
+        raise classified from error
+
+
+TRANSIENT_SQLSTATES = ("08", "40", "53", "57", "25006", "25P03", "55P03")
+"""SQLSTATEs (classes, or codes) of what a later attempt may not meet: a connection lost or refused, a serialization
+failure or deadlock, resources short, an operator's intervention (a shutdown, a cancelled statement), a standby
+that is read-only after a failover, a session timed out, a lock not had in time."""
+UNUSABLE_SQLSTATES = ("42501", "42883", "42P01")
+"""Privileges missing, or a function or table missing: the database is not yet as this version needs (`db migrate`,
+`db grant`); retried, and said in one line."""
+
+
+def _classified(error: psycopg.Error) -> Exception:
+    """What `error` means to the store's callers."""
+    state, said = error.sqlstate or "", next(iter(str(error).strip().splitlines()), repr(error))
+    if state == "NT001":
+        return InvalidHandlingTransition(said)
+    if state == "NT003":
+        return NoSuchRecord(said)
+    if state == "NT002":
+        return ValueError(said)
+    if (isinstance(error, psycopg.OperationalError) and not state) or state.startswith(TRANSIENT_SQLSTATES):
+        return StoreUnavailable(f"the streams database cannot be used now: {said}")
+    if state.startswith(UNUSABLE_SQLSTATES):
+        return StoreUnusable(
+            f"the streams database cannot be used as it is: {said} (run `starter.py db migrate` and `db grant`?)"
+        )
+    return error
 
 
 @dataclass(frozen=True)
@@ -128,6 +151,12 @@ class PostgresStreamStore(StreamStore):
             row = await (await db.execute("SELECT notify_next_unique_id(%s)", (stream,))).fetchone()
         assert row is not None
         return int(row[0])
+
+    async def identity(self) -> str:
+        async with _using(self._producer) as db:
+            row = await (await db.execute("SELECT value FROM notify_identity")).fetchone()
+        assert row is not None
+        return str(row[0])
 
     async def put(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
         results = []
@@ -239,8 +268,9 @@ async def _administering(url: str) -> AsyncIterator[psycopg.AsyncConnection]:
 
 
 async def migrate(url: str) -> list[str]:
-    """Apply the migrations the database has not had, each in a transaction, then the roles' grants again if the
-    roles were made already; returns the migrations' names."""
+    """Apply the migrations the database has not had and write the handling transitions, in one transaction (so that
+    no worker ever sees a schema without its transitions), then the roles' grants again if the roles were made
+    already; returns the migrations' names."""
     applied = []
     async with _administering(url) as db:
         await db.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
@@ -253,16 +283,16 @@ async def migrate(url: str) -> list[str]:
         )
         row = await (await db.execute("SELECT coalesce(max(version), 0) FROM notify_schema_migrations")).fetchone()
         current = row[0]  # type: ignore[index]
-        for version, path in sorted(MIGRATIONS.items()):
-            if version <= current:
-                continue
-            async with db.transaction():
+        async with db.transaction():
+            for version, path in sorted(MIGRATIONS.items()):
+                if version <= current:
+                    continue
                 await db.execute(path.read_text())
                 await db.execute(
                     "INSERT INTO notify_schema_migrations (version, name) VALUES (%s, %s)", (version, path.name)
                 )
-            applied.append(path.name)
-        async with db.transaction():  # the transitions' one source is `ALLOWED_TRANSITIONS`: written on every run
+                applied.append(path.name)
+            # the transitions' one source is `ALLOWED_TRANSITIONS`: written on every run
             await db.execute("DELETE FROM notify_handling_transitions")
             async with db.cursor() as cursor:
                 await cursor.executemany(
@@ -271,7 +301,7 @@ async def migrate(url: str) -> list[str]:
                 )
         await db.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
         granted = await (await db.execute("SELECT 1 FROM pg_roles WHERE rolname = 'notify_producer'")).fetchone()
-    if applied and granted:
+    if granted:  # again on every run: a grant that failed once is made good by the next
         await grant(url)
     return applied
 

@@ -39,7 +39,7 @@ from streams.store import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -74,10 +74,24 @@ CREATE TABLE IF NOT EXISTS handling (
     timestamp_utc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS handling_by_record ON handling (stream, internal_record_id, concern, entry_id);
+CREATE TABLE IF NOT EXISTS identity (value TEXT NOT NULL);
+INSERT INTO identity SELECT lower(hex(randomblob(4))) WHERE NOT EXISTS (SELECT 1 FROM identity);
 """
 
 
-def _identity(path: Path) -> tuple[int, int]:
+TRANSIENT_ERRORS = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_CANTOPEN",
+    "SQLITE_PROTOCOL",
+)
+"""SQLite's result codes (extended ones begin with these) for what a later attempt may not meet: the database busy or
+locked, the disk failing or full, too many files open. Any other error is a bug or bad data."""
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
     found = path.stat()
     return found.st_dev, found.st_ino
 
@@ -88,7 +102,7 @@ class SQLiteStreamStore(StreamStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streams-{self.path.name}")
         self._db = self._executor.submit(self._connect).result()
-        self._file = _identity(self.path)
+        self._file = _file_identity(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -110,10 +124,11 @@ class SQLiteStreamStore(StreamStore):
         self._check_file()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except sqlite3.OperationalError as error:
-            if "readonly" in str(error):
+        except sqlite3.Error as error:
+            name = getattr(error, "sqlite_errorname", "")
+            if name.startswith("SQLITE_READONLY"):
                 raise self._read_only() from error
-            if "locked" in str(error) or "busy" in str(error) or "disk I/O" in str(error):
+            if name.startswith(TRANSIENT_ERRORS):
                 raise StoreUnavailable(f"the streams store {self.path} cannot be used now: {error}") from error
             raise
 
@@ -129,7 +144,7 @@ class SQLiteStreamStore(StreamStore):
     def _check_file(self) -> None:
         """A file deleted or replaced under an open store would split the records silently: refuse instead."""
         try:
-            found = _identity(self.path)
+            found = _file_identity(self.path)
         except FileNotFoundError:
             raise StoreUnusable(
                 f"the streams store {self.path} was deleted while in use: restore it (or start afresh) and restart"
@@ -154,6 +169,9 @@ class SQLiteStreamStore(StreamStore):
                 (stream,),
             ).fetchone()
         return int(row[0])
+
+    async def identity(self) -> str:
+        return await self._run(lambda: str(self._db.execute("SELECT value FROM identity").fetchone()[0]))
 
     # -- records ----------------------------------------------------------------------------------------------
 

@@ -248,6 +248,11 @@ class StreamStore(ABC):
     async def next_unique_id(self, stream: str) -> int: ...
 
     @abstractmethod
+    async def identity(self) -> str:
+        """A random name the store was given when it was made. The ids it issues carry it, so that they are unique
+        beyond it: in a Temporal namespace that several deployments share, and after a store is reset."""
+
+    @abstractmethod
     async def put(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
         """Put `records` in `stream`, in order and in one transaction: all of them, or none."""
 

@@ -98,6 +98,10 @@ class Databases:
         self._made.append(name)
         with psycopg.connect(url_of(name), autocommit=True) as db:
             db.execute(grants(name, "public"))  # a database's own privileges are not copied from its template
+            # a store made by migrating gets an identity of its own; a copy of the template must not share one
+            db.execute(
+                "UPDATE notify_identity SET value = substr(md5(random()::text || clock_timestamp()::text), 1, 8)"
+            )
         return url_of(name)
 
     def drop_all(self) -> None:

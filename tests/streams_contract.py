@@ -211,6 +211,16 @@ class StreamStoreContract(ABC):
         assert record.tag("notification-id") == "1"
         assert record.timestamp_utc.utcoffset() == timedelta(0)
 
+    async def test_a_store_has_an_identity_of_its_own_for_good(self, tmp_path: Path) -> None:
+        for folder in ("a", "b"):
+            (tmp_path / folder).mkdir()
+        async with self.open(tmp_path / "a") as first:
+            identity = await first.identity()
+        async with self.open(tmp_path / "a") as again, self.open(tmp_path / "b") as other:
+            assert await again.identity() == identity
+            assert await other.identity() != identity
+        assert len(identity) == 8 and int(identity, 16) >= 0
+
     async def test_records_survive_reopening(self, tmp_path: Path) -> None:
         async with self.open(tmp_path) as store:
             await store.writer(StreamName.NOTIFICATION_EVENT).put("1", Thing(value=5))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +36,11 @@ DIRECTORY = [
     {"id": "user-3", "name": "Cy", "slack": {"workspace": "acme", "channel": "C0456"}, "channels": {"slack": "send"}},
 ]
 TEAM = "oncall@ops.test"
+
+STORE = r"[0-9a-f]{8}"
+"""A store's identity, which the notification ids it issues begin with."""
+ISSUED_ID = STORE + r"-[0-9]+"
+"""A notification id as the streams issue it: the store's identity, then the client-operation stream's number."""
 
 
 @dataclass
@@ -177,7 +183,7 @@ def test_send_prints_the_id_and_status_follows_it_live(directory: Cli, sinks: tu
         sent = directory.run("send", "--entity", "user-2", "--subject", "Held", "--body", "Wait for it.")
         assert sent.returncode == 0, sent.stderr
         nid = sent.stdout.strip()
-        assert nid.isdigit()
+        assert re.fullmatch(ISSUED_ID, nid), nid
         assert mail.data_arrived.wait(60)
         assert directory.json("status", nid)["status"] == "sending"
         refused = directory.run("cancel", nid)
@@ -228,7 +234,7 @@ def test_send_wait_prints_the_id_at_once_then_the_outcome(directory: Cli) -> Non
     sent = directory.run("send", "--entity", "user-2", "--subject", "Waited", "--body", "B", "--wait")
     assert sent.returncode == 0, sent.stderr
     nid, heading, *_ = sent.stdout.splitlines()
-    assert nid.isdigit() and heading == f"notification {nid}: sent"
+    assert re.fullmatch(ISSUED_ID, nid) and heading == f"notification {nid}: sent"
 
 
 def test_a_time_that_has_passed_sends_now_and_says_so(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
@@ -321,7 +327,8 @@ def test_idempotency_key_returns_the_same_id_and_sends_once(directory: Cli, sink
     assert (waited["id"], waited["status"]) == (first["id"], "sent")
     assert [m.message["Subject"] for m in sinks[0].received_by("bob@example.com")].count("Once") == 1
     after = directory.json("send", "--entity", "user-2", "--subject", "Next", "--body", "B", "--wait")
-    assert int(after["id"]) == int(first["id"]) + 1  # the repeats took no id
+    number = lambda nid: int(nid.rpartition("-")[2])  # noqa: E731
+    assert number(after["id"]) == number(first["id"]) + 1  # the repeats took no id
 
 
 @pytest.mark.parametrize(
@@ -361,6 +368,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(directory: Cli, args: t
         (("--body", "@large.txt", "--html", "@large.txt"), "", "the request is"),
         (("--subject", "=?utf-8?q?Invoice=0D=0AReply-To:_attacker@evil.example?="), "", "must be a single line"),
         (("--idempotency-key", "k" * 201), "", "--idempotency-key: is longer than 200 characters"),
+        (("--tag", "a\nb=v"), "", "tags, entry 1, name: must be a single line of text"),
+        (("--tag", "a=" + "é" * 1001), "", "tags, entry 1, value: is over 2,000 bytes of UTF-8"),
     ],
 )
 def test_hostile_requests_are_refused_before_anything_is_written(
@@ -426,7 +435,7 @@ def test_unknown_ids_are_one_line_exit_1(directory: Cli) -> None:
     for args in (("status", "424242"), ("events", "424242")):
         result = directory.run(*args)
         assert result.returncode == 1
-        assert result.stderr.strip() == "error: no notification with id '424242'"
+        assert re.fullmatch(f"error: no notification with id '{STORE}-424242'", result.stderr.strip())
 
 
 def test_demo_runs_the_main_job_on_the_embedded_default(tmp_path: Path) -> None:
@@ -444,7 +453,7 @@ def test_demo_runs_the_main_job_on_the_embedded_default(tmp_path: Path) -> None:
         timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "notification 1: sent" in result.stdout
+    assert re.search(f"^notification {STORE}-1: sent$", result.stdout, re.MULTILINE), result.stdout
     [mail] = (tmp_path / ".notify" / "mail").glob("*.eml")
     assert "Subject: Hello from notify" in mail.read_text()
     assert f"mail to test@example.com landed in .notify/mail/{mail.name}" in result.stdout

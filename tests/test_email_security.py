@@ -168,7 +168,19 @@ def test_a_directory_name_that_would_break_a_header_line_is_refused(name: str) -
 
 
 @pytest.mark.parametrize(
-    "address", ["a:b@x.co", "a..b@x.co", "a\\b@x.co", "a@x..co", "a(b)@x.co", "a@-x.co", '"a b"@x.co', "a@localhost"]
+    "address",
+    [
+        "a:b@x.co",
+        "a..b@x.co",
+        "a\\b@x.co",
+        "a@x..co",
+        "a(b)@x.co",
+        "a@-x.co",
+        '"a b"@x.co',
+        "a@localhost",
+        "a@[",
+        "b.=?utf-8?q?=0A?=@c.de",
+    ],
 )
 def test_an_address_the_mail_would_not_carry_as_written_is_refused(address: str) -> None:
     with pytest.raises(ValidationError, match="not an email address"):
@@ -201,3 +213,22 @@ async def test_the_message_bytes_hold_exactly_the_headers_composed(
     assert address.addr_spec == "ops@example.com"
     said = named.name.replace("=?utf-8?q?Ada_Ren=C3=A9e?=", "Ada Renée")  # decoded, as for the subject
     assert address.display_name.replace(" ", "") == said.replace(" ", "")
+
+
+async def test_a_directory_entry_from_before_todays_rules_is_checked_again_when_composed(
+    time_skipping_env: WorkflowEnvironment, settings: Settings, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    """An entry recorded under older, weaker rules (here a name with an encoded line break, which Python before
+    3.11.10 folds into a header of the attacker's choosing) is not sent to: today's rules run again on every channel
+    operation composed, and the channel is recorded as not prepared, with the reason."""
+    older = ENTITY.model_copy(update={"name": "=?utf-8?q?a b=0D=0ABcc: x@evil.example?="})
+    async with settings.open_streams() as store, running_workers(time_skipping_env.client, store, settings):
+        await store.writer(StreamName.ENTITY_DIRECTORY).put("ops", older)  # as an older version recorded it
+        client = NotificationClient(store, time_skipping_env.client, settings)
+        nid = await client.request(SendNotificationToEntityOp(entity_id="ops", subject="S", body="B"))
+        view = (await client.result(nid)).model_dump(mode="json")
+    assert mail_sink.messages == [] and len(slack_sink.messages) == 1
+    email = view["channels"]["email"]
+    assert email["outcome"] == "not_prepared", email
+    assert email["reason"].startswith("email: cannot be sent: to.0.name must be a single line of text"), email
+    assert view["status"] == "partially_sent"

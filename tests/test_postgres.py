@@ -4,7 +4,6 @@ sharing the work through one Temporal and one database."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -26,8 +25,9 @@ from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
-from streams import HandlingStatus, StreamName, open_store
+from streams import HandlingStatus, StoreUnavailable, StoreUnusable, StreamName, open_store
 from streams.directory import import_entries
+from streams.postgres import _classified
 from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
 from tests.harness import ROOT, start_worker
@@ -123,9 +123,9 @@ async def test_a_producer_appends_and_cannot_read(database: str) -> None:
         assert await writer.next_unique_id() == 1
         put = await writer.put("1", Thing(value=1))
         assert put.internal_id is not None
-        with pytest.raises(errors.InsufficientPrivilege):
+        with pytest.raises(StoreUnusable, match="permission denied"):
             await store.reader(StreamName.EMAIL_EVENT).by_id("1")
-        with pytest.raises(errors.InsufficientPrivilege):
+        with pytest.raises(StoreUnusable, match="permission denied"):
             await store.handling(StreamName.EMAIL_EVENT).transition(put.internal_id, "c", HandlingStatus.RUNNING)
     with psycopg.connect(as_role(database, "notify_producer")) as db:
         for statement in (
@@ -147,11 +147,11 @@ async def test_a_consumer_reads_and_cannot_write(database: str) -> None:
         record = await store.reader(StreamName.NOTIFICATION_EVENT).latest("1")
         assert record is not None and record.object(Thing).value == 7
         assert await store.handling(StreamName.NOTIFICATION_EVENT).status(put.internal_id, "c") == "AvailableByDefault"
-        with pytest.raises(errors.InsufficientPrivilege):
+        with pytest.raises(StoreUnusable, match="permission denied"):
             await store.writer(StreamName.NOTIFICATION_EVENT).put("2", Thing(value=8))
-        with pytest.raises(errors.InsufficientPrivilege):
+        with pytest.raises(StoreUnusable, match="permission denied"):
             await store.writer(StreamName.NOTIFICATION_EVENT).next_unique_id()
-        with pytest.raises(errors.InsufficientPrivilege):
+        with pytest.raises(StoreUnusable, match="permission denied"):
             await store.handling(StreamName.NOTIFICATION_EVENT).transition(put.internal_id, "c", HandlingStatus.RUNNING)
     with psycopg.connect(as_role(database, "notify_consumer")) as db:
         for statement in (
@@ -174,9 +174,9 @@ async def test_only_a_handler_keeps_handling_and_it_cannot_touch_records(databas
         await handling.transition(put.internal_id, "send-email", HandlingStatus.RUNNING)
         await handling.transition(put.internal_id, "send-email", HandlingStatus.COMPLETED, "done")
         assert [e.status for e in await handling.history(put.internal_id)] == ["Running", "Completed"]
-        with pytest.raises(errors.InsufficientPrivilege):
+        with pytest.raises(StoreUnusable, match="permission denied"):
             await store.reader(StreamName.EMAIL_OPERATION).by_id("1")
-        with pytest.raises(errors.InsufficientPrivilege):
+        with pytest.raises(StoreUnusable, match="permission denied"):
             await store.writer(StreamName.EMAIL_OPERATION).put("2", Thing(value=2))
     with psycopg.connect(as_role(database, "notify_handler")) as db:
         for statement in (
@@ -356,4 +356,25 @@ async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
     assert len(handled_by) == 2, handled_by  # both workers delivered some
     assert len(operations) == 24
     assert all([e.status for e in h][-2:] == ["Running", "Completed"] for h in histories)
-    assert json.dumps(sorted(ids, key=int)) == json.dumps([str(i) for i in range(1, 25)])
+    identity = ids[0].rpartition("-")[0]
+    assert sorted(ids, key=lambda i: int(i.rpartition("-")[2])) == [f"{identity}-{i}" for i in range(1, 25)]
+
+
+@pytest.mark.parametrize(
+    ("error", "seen_as"),
+    [
+        (errors.AdminShutdown, StoreUnavailable),  # the server going down
+        (errors.SerializationFailure, StoreUnavailable),
+        (errors.ReadOnlySqlTransaction, StoreUnavailable),  # a standby, after a failover
+        (errors.IdleInTransactionSessionTimeout, StoreUnavailable),
+        (errors.TooManyConnections, StoreUnavailable),
+        (errors.InsufficientPrivilege, StoreUnusable),  # a `db grant` missed
+        (errors.UndefinedFunction, StoreUnusable),  # a `db migrate` missed
+        (errors.ProgramLimitExceeded, errors.ProgramLimitExceeded),  # bad data: no retry fixes it
+        (errors.UniqueViolation, errors.UniqueViolation),
+    ],
+)
+def test_database_errors_are_classified_for_retry(error: type[psycopg.Error], seen_as: type[Exception]) -> None:
+    """What a later attempt may not meet is `StoreUnavailable` (retried), a database not yet as this version needs
+    is `StoreUnusable` (retried, and said in one line), and anything else goes on as it is (a bug or bad data)."""
+    assert type(_classified(error("said"))) is seen_as

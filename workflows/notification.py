@@ -136,10 +136,11 @@ class NotificationSaga:
             bug = _failed_for_good(error)
             if bug is None:
                 raise
-            # A step hit a bug or bad data, which no retry fixes: the notification ends as failed, with the reason,
-            # in the saga's result (the store may not take the record of it).
+            # A step hit a bug or bad data, which no retry fixes: the saga ends here, with the reason, in its result
+            # (the store may not take the record of it). What was delivered stays delivered: the status says so,
+            # and a channel still pending or sending counts as not delivered.
             self._add_outcome(failures=[Failure(reason=bug.message)])
-            self._update(status=NotificationStatus.FAILED, completed_at=workflow.now())
+            self._update(status=final_status(self._view.channels, self._cancel_requested), completed_at=workflow.now())
             return self._view
 
     async def _saga(self, request: NotificationRequest) -> NotificationView:
@@ -260,7 +261,11 @@ class NotificationSaga:
             audience,
             fallback,
         )
-        outcomes = list(await asyncio.gather(*(self._send(ref) for ref in refs)))
+        ended = await asyncio.gather(*(self._send(ref) for ref in refs), return_exceptions=True)
+        failed = [e for e in ended if isinstance(e, BaseException)]
+        if failed:  # every send has ended (no message goes out after the saga does), then the first failure counts
+            raise failed[0]
+        outcomes = [o for o in ended if not isinstance(o, BaseException)]
         self._set_channels({o.channel: ChannelChange.ended(o) for o in outcomes})
         return outcomes
 

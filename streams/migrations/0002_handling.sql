@@ -1,3 +1,10 @@
+-- The store's identity: a random name, made once, that the notification ids it issues carry (`StreamStore.identity`).
+CREATE TABLE notify_identity (
+    value text NOT NULL,
+    only_one boolean PRIMARY KEY DEFAULT true CHECK (only_one)
+);
+INSERT INTO notify_identity (value) VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 8));
+
 -- The handling transitions, as rows that `starter.py db migrate` writes from `streams.store.ALLOWED_TRANSITIONS`
 -- (their one source) after every migration: `notify_transition` reads them instead of a list of its own. And
 -- `notify_begin`, a handler's take-over of a record as one atomic step.
