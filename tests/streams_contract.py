@@ -161,6 +161,18 @@ class StreamStoreContract(ABC):
             w.internal_id for w in written
         ]
 
+    async def test_a_reader_sees_records_put_together_all_or_none(self, tmp_path: Path) -> None:
+        """Another connection reading while a batch (a directory import, say) is written sees none of it, then all."""
+        batch = [NewRecord(str(i), "Thing", Thing(value=i).model_dump_json()) for i in range(300)]
+        async with self.open(tmp_path) as writer, self.open(tmp_path) as reader:
+            written = asyncio.ensure_future(writer.put(StreamName.ENTITY_DIRECTORY, batch))
+            seen = set()
+            while not written.done():
+                seen.add(len(await reader.reader(StreamName.ENTITY_DIRECTORY).by_tags()))
+            await written
+            seen.add(len(await reader.reader(StreamName.ENTITY_DIRECTORY).by_tags()))
+        assert seen <= {0, 300} and 300 in seen, seen
+
     async def test_concurrent_writers_write_once(self, tmp_path: Path) -> None:
         """Four processes, started together, each try to write the same twenty ids once."""
         async with self.open(tmp_path):

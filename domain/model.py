@@ -1,0 +1,174 @@
+"""The domain's nouns: tags, channels, the entity directory, the client's request, and a notification's status."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import (
+    AwareDatetime,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from domain.rules import (
+    MAX_REQUEST_BYTES,
+    MAX_TAGS,
+    Admitted,
+    Body,
+    EmailAddress,
+    Identifier,
+    Model,
+    Name,
+    OptionalBody,
+    Subject,
+    _admitting,
+    _no_nul,
+    _single_line,
+    _sized,
+    _utf8_at_most,
+)
+
+
+class Tag(Model):
+    """A name/value pair attached to a record; records are queryable by tags."""
+
+    name: Annotated[str, Admitted(lambda v: _single_line(_sized(v, 1, 200)))]
+    value: Annotated[str, Admitted(lambda v: _no_nul(_utf8_at_most(v, 2000)))]
+
+
+def tag(name: str, value: object) -> Tag:
+    return Tag(name=name, value=str(value))
+
+
+def recipient_email_tag(address: str) -> Tag:
+    """Email addresses are tagged in lower case, so that an audit finds them however they were written."""
+    return Tag(name=TagName.RECIPIENT_EMAIL_ADDRESS, value=address.lower())
+
+
+class TagName(StrEnum):
+    NOTIFICATION_ID = "notification-id"
+    ENTITY_ID = "entity-id"
+    IDEMPOTENCY_KEY = "idempotency-key"
+    RECIPIENT_EMAIL_ADDRESS = "recipient-email-address"
+    SENDER_EMAIL_ADDRESS = "sender-email-address"
+    SLACK_WORKSPACE = "slack-workspace"
+    SLACK_CHANNEL = "slack-channel"
+
+
+RESERVED_TAG_NAMES = frozenset(TagName)
+"""The tag names the audit and `events` read: a client's tags may not use them, in any case."""
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SLACK = "slack"
+
+
+class ChannelPreference(StrEnum):
+    SEND = "send"
+    OPTED_OUT = "opted-out"
+
+
+class SlackAddress(Model):
+    workspace: Identifier
+    channel: Identifier
+
+
+class DirectoryEntry(Model):
+    """Who an entity is and where it can be reached. Every change is kept as a record in the directory stream."""
+
+    id: Identifier
+    name: Name
+    email: EmailAddress | None = None
+    slack: SlackAddress | None = None
+    channels: dict[Channel, ChannelPreference]
+    fallback: Channel | None = None
+    """A channel not in `channels`, to deliver on when a preferred one fails for good or cannot be used or
+    prepared."""
+
+    def address(self, channel: Channel) -> str | None:
+        """Where the entity is reached on `channel`, as views and the audit show it, or None."""
+        if channel == Channel.EMAIL:
+            return self.email
+        return f"{self.slack.workspace}/{self.slack.channel}" if self.slack else None
+
+    @model_validator(mode="after")
+    def _reachable_where_it_says(self) -> DirectoryEntry:
+        if self.fallback is not None and self.fallback in self.channels:
+            raise ValueError(
+                f"entity {self.id!r} has {self.fallback} as its fallback and in its channels: "
+                "a fallback is a channel it is not otherwise sent on"
+            )
+        wanted = {c for c, p in self.channels.items() if p == ChannelPreference.SEND} | {self.fallback} - {None}
+        if Channel.EMAIL in wanted and self.email is None:
+            raise ValueError(f"entity {self.id!r} asks for email but has no email address")
+        if Channel.SLACK in wanted and self.slack is None:
+            raise ValueError(f"entity {self.id!r} asks for Slack but has no Slack workspace and channel")
+        return self
+
+
+class SendNotificationToEntityOp(Model):
+    """A client's request: notify this entity with this content."""
+
+    entity_id: Identifier
+    subject: Subject
+    body: Body
+    html_body: OptionalBody | None = None
+    slack_text: OptionalBody | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    send_at: AwareDatetime | None = None
+    """When to send; until then the saga waits on a durable timer and can be cancelled."""
+
+    @field_validator("tags")
+    @classmethod
+    def _client_tags(cls, tags: list[Tag], info: ValidationInfo) -> list[Tag]:
+        if not _admitting(info):
+            return tags
+        if len(tags) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags, not {len(tags)}")
+        reserved = sorted({t.name for t in tags if t.name.lower() in RESERVED_TAG_NAMES})
+        if reserved:
+            raise ValueError(f"{', '.join(map(repr, reserved))}: reserved for the service's own tags")
+        return tags
+
+    @model_validator(mode="after")
+    def _fits_in_a_payload(self, info: ValidationInfo) -> SendNotificationToEntityOp:
+        size = len(self.model_dump_json().encode()) if _admitting(info) else 0
+        if size > MAX_REQUEST_BYTES:
+            raise ValueError(
+                f"the request is {size:,} bytes as JSON (control characters count six); at most "
+                f"{MAX_REQUEST_BYTES:,} (512 KiB) are taken"
+            )
+        return self
+
+
+def notification_tags(notification_id: str, operation: SendNotificationToEntityOp) -> list[Tag]:
+    """The tags every record of a notification carries: its id, its entity, and the client's own tags."""
+    return [
+        tag(TagName.NOTIFICATION_ID, notification_id),
+        tag(TagName.ENTITY_ID, operation.entity_id),
+        *operation.tags,
+    ]
+
+
+class NotificationRequest(Model):
+    """The saga's input: the notification id the client-operation stream issued, the operation, and the internal
+    id of the operation's record in that stream (whose handling the saga keeps)."""
+
+    notification_id: str
+    operation: SendNotificationToEntityOp
+    client_operation_record_id: int
+
+
+class NotificationStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    PARTIALLY_SENT = "partially_sent"
+    FAILED = "failed"
+    OPTED_OUT = "opted_out"
+    CANCELLED = "cancelled"

@@ -1,0 +1,112 @@
+"""What the saga shows and the audit answers: the notification's view, each channel's and the escalation's, and the
+audit's entries.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import (
+    Field,
+)
+
+from domain.model import (
+    Channel,
+    NotificationStatus,
+)
+from domain.rules import (
+    Model,
+)
+from domain.stages import (
+    AttemptToSendNotificationOutcome,
+    GetAudienceOutcome,
+    GetDeliveryChannelConfigsOutcome,
+    PrepareToSendNotificationOutcome,
+)
+
+
+class NotificationOutcome(Model):
+    """The detailed outcome: each stage's result as far as the saga got, and every failure reason."""
+
+    get_audience: GetAudienceOutcome | None = None
+    get_delivery_channel_configs: GetDeliveryChannelConfigsOutcome | None = None
+    prepare: PrepareToSendNotificationOutcome | None = None
+    attempt: AttemptToSendNotificationOutcome | None = None
+    failures: list[str] = Field(default_factory=list)
+
+
+class ChannelOutcome(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NOT_PREPARED = "not_prepared"
+    OPTED_OUT = "opted_out"
+
+
+class ChannelView(Model):
+    address: str | None
+    outcome: ChannelOutcome
+    channel_operation_id: int | None = None
+    reason: str | None = None
+    fallback: bool = False
+    """Sent on because a preferred channel failed."""
+    attempts: int | None = None
+    """Attempts at delivering so far (while sending, from Temporal) or in all (once it ended)."""
+    last_error: str | None = None
+    """While retrying: why the last attempt failed."""
+    next_attempt_at: datetime | None = None
+    """While retrying: when the next attempt starts."""
+
+
+class EscalationStatus(StrEnum):
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class EscalationView(Model):
+    """How the internal team was told about a notification that did not go out as asked."""
+
+    status: EscalationStatus
+    channels: dict[Channel, ChannelView] = Field(default_factory=dict)
+
+
+class NotificationView(Model):
+    """The notification as a UI shows it; also the status a running saga answers queries with."""
+
+    id: str
+    status: NotificationStatus
+    entity_id: str
+    subject: str
+    outcome: NotificationOutcome
+    channels: dict[Channel, ChannelView] = Field(default_factory=dict)
+    escalation: EscalationView | None = None
+    requested_at: datetime
+    send_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class DeliveryAuditEntry(Model):
+    """One email or Slack message sent (or attempted) to an address, for `audit`."""
+
+    notification_id: str
+    channel: Channel
+    channel_operation_id: int
+    address: str
+    subject: str | None
+    outcome: Literal["sent", "failed", "sending"]
+    reason: str | None = None
+    requested_at: datetime
+    completed_at: datetime | None = None
+
+
+class NotificationAuditEntry(Model):
+    """One notification requested for an entity, for `audit --entity`."""
+
+    notification_id: str
+    subject: str
+    status: NotificationStatus
+    requested_at: datetime
