@@ -72,9 +72,13 @@ UNUSABLE_SQLSTATES = ("42501", "42883", "42P01")
 `db grant`); retried, and said in one line."""
 
 
+def _first_line(error: BaseException) -> str:
+    return next(iter(str(error).strip().splitlines()), repr(error))
+
+
 def _classified(error: psycopg.Error) -> Exception:
     """What `error` means to the store's callers."""
-    state, said = error.sqlstate or "", next(iter(str(error).strip().splitlines()), repr(error))
+    state, said = error.sqlstate or "", _first_line(error)
     if state == "NT001":
         return InvalidHandlingTransition(said)
     if state == "NT003":
@@ -124,7 +128,7 @@ class PostgresStreamStore(StreamStore):
             transitions = await _recorded_transitions(self._consumer) if version == SCHEMA_VERSION else None
         except BaseException as error:
             await self.close()
-            said = next(iter(str(error).strip().splitlines()), repr(error))
+            said = _first_line(error)
             if isinstance(error, psycopg.OperationalError | PoolTimeout):
                 raise StoreUnavailable(said) from error
             if isinstance(error, psycopg.Error):  # a wrong role, a missing schema: not usable as it was opened
@@ -262,7 +266,7 @@ async def _administering(url: str) -> AsyncIterator[psycopg.AsyncConnection]:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=tuple_row) as db:
             yield db
     except psycopg.Error as error:
-        said = next(iter(str(error).strip().splitlines()), repr(error))
+        said = _first_line(error)
         unavailable = isinstance(error, psycopg.OperationalError)
         raise (StoreUnavailable if unavailable else StoreUnusable)(said) from error
 

@@ -265,11 +265,12 @@ class SQLiteStreamStore(StreamStore):
     def _begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
         with _transaction(self._db):
             latest = self._latest(stream, internal_record_id, concern)
-            if latest is not None and latest.status == HandlingStatus.COMPLETED:
+            current = latest.status if latest else HandlingStatus.AVAILABLE_BY_DEFAULT
+            if current == HandlingStatus.COMPLETED:
                 return latest
-            if latest is not None and latest.status in RESETS:
-                self._append(stream, internal_record_id, concern, *RESETS[latest.status])
-            self._append(stream, internal_record_id, concern, HandlingStatus.RUNNING, details)
+            if current in RESETS:
+                current = self._append(stream, internal_record_id, concern, current, *RESETS[current]).status
+            self._append(stream, internal_record_id, concern, current, HandlingStatus.RUNNING, details)
         return None
 
     async def transition(
@@ -281,7 +282,9 @@ class SQLiteStreamStore(StreamStore):
         self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
     ) -> HandlingEntry:
         with _transaction(self._db):
-            return self._append(stream, internal_record_id, concern, status, details)
+            latest = self._latest(stream, internal_record_id, concern)
+            current = latest.status if latest else HandlingStatus.AVAILABLE_BY_DEFAULT
+            return self._append(stream, internal_record_id, concern, current, status, details)
 
     def _latest(self, stream: str, internal_record_id: int, concern: str) -> HandlingEntry | None:
         """The record's latest handling entry under `concern`, inside the caller's transaction; the record must be
@@ -296,11 +299,15 @@ class SQLiteStreamStore(StreamStore):
         return None if row is None else _entry(row)
 
     def _append(
-        self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
+        self,
+        stream: str,
+        internal_record_id: int,
+        concern: str,
+        current: HandlingStatus,
+        status: HandlingStatus,
+        details: str,
     ) -> HandlingEntry:
-        """Append `status` if the latest status allows it, inside the caller's transaction."""
-        latest = self._latest(stream, internal_record_id, concern)
-        current = latest.status if latest else HandlingStatus.AVAILABLE_BY_DEFAULT
+        """Append `status` if `current` (the record's status, as read in the caller's transaction) allows it."""
         if current not in ALLOWED_TRANSITIONS.get(status, ()):
             raise InvalidHandlingTransition(
                 f"record {internal_record_id} of {stream} under concern {concern!r} is {current}, "

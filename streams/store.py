@@ -94,11 +94,6 @@ class HandlingStatus(StrEnum):
     AVAILABLE_AFTER_SELF_CANCELLATION = "AvailableAfterSelfCancellation"
     DISABLED_FOR_RECORD = "DisabledForRecord"
 
-    @property
-    def available(self) -> bool:
-        """Whether a handler may take the record up."""
-        return self in _AVAILABLE
-
 
 RESETS = {
     HandlingStatus.FAILED: (HandlingStatus.AVAILABLE_AFTER_FAILURE, "retrying"),
