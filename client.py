@@ -7,9 +7,10 @@ with that id as its workflow id. Reads come from the streams, or from the runnin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from domain import (
     NotificationView,
     SendNotificationToEntityOp,
     TagName,
+    TemplateUse,
     admitted,
     admitted_idempotency_key,
     notification_tags,
@@ -46,9 +48,18 @@ from domain import (
 )
 from settings import ConfigurationError, Settings, one_line
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
+from streams.directory import lookup
+from templating import TemplateError, Templates
 from workflows.notification import NotificationSaga
 
 QUERY_TIMEOUT = timedelta(seconds=5)
+RECENT_SCAN = 1000
+"""The most requests one page of `recent` looks at."""
+SAGA_START_POLL = timedelta(milliseconds=250)
+"""How often `result` looks for a saga a worker has yet to start."""
+CONTENT = ("subject", "body", "html_body", "slack_text")
+"""A request's content: what a template renders."""
+log = logging.getLogger("notify.client")
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:
@@ -98,7 +109,10 @@ def temporal_unreachable(address: str, error: BaseException) -> ConnectionError:
 
 
 def is_connect_failure(error: BaseException) -> bool:
-    """Whether a Temporal call failed because the client could not connect (a lazy client fails on first use)."""
+    """Whether a Temporal call failed because the server cannot be reached (a lazy client fails on first use, a
+    connected one when the server has gone)."""
+    if isinstance(error, RPCError):
+        return error.status == RPCStatusCode.UNAVAILABLE
     return isinstance(error, RuntimeError) and str(error).startswith("Failed client connect")
 
 
@@ -118,6 +132,28 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
         if is_connect_failure(error):
             raise temporal_unreachable(settings.temporal_address, error) from error
         raise ConnectionError(f"cannot use Temporal at {settings.temporal_address}: {one_line(error)}") from error
+
+
+async def start_saga(temporal: Client, store: StreamStore, settings: Settings, request: NotificationRequest) -> None:
+    """Start the request's saga (workflow id: the notification id), or find it started: however many callers race
+    (the requester, the handlers of every worker), one saga runs per notification."""
+    try:
+        await temporal.start_workflow(
+            NotificationSaga.run,
+            request,
+            id=request.notification_id,
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+    except WorkflowAlreadyStartedError as error:  # it ran, and has ended
+        handling = store.handling(StreamName.CLIENT_OPERATION)
+        status = await handling.status(request.client_operation_record_id, SEND_NOTIFICATION_CONCERN)
+        if status == HandlingStatus.AVAILABLE_BY_DEFAULT:  # no saga of ours took the operation up: not ours
+            raise ConfigurationError(
+                f"Temporal already has a workflow {request.notification_id!r} that the streams know nothing of: "
+                "NOTIFY_STREAMS_URL and the Temporal namespace must be kept (and reset) together"
+            ) from error
 
 
 class UnknownNotification(LookupError):
@@ -143,6 +179,7 @@ class NotificationClient:
         self._settings = settings
         self._client_operations = store.writer(StreamName.CLIENT_OPERATION)
         self._identity: str | None = None
+        self._templates = Templates(settings.templates_dir)
 
     async def full_id(self, notification_id: str) -> str:
         """`notification_id` as issued: a bare number is one this store issued (`7` is `3f9a1c2e-7`)."""
@@ -157,6 +194,37 @@ class NotificationClient:
         if self._identity is None:
             self._identity = await self._store.identity()
         return self._identity
+
+    async def compose(
+        self, content: dict[str, Any], template: str | None = None, data: Mapping[str, Any] | None = None
+    ) -> SendNotificationToEntityOp:
+        """The operation a request asks for, checked against every rule for a new request. `content` holds its
+        fields (`entity_id`, `subject`, `body`, `html_body`, `slack_text`, `tags`, `send_at`); with `template`, the
+        subject and bodies are rendered from it, with `data` and the entity as the directory has it now, and may not
+        be given. Raises `pydantic.ValidationError` or `templating.TemplateError`; nothing is written."""
+        if template is None:
+            if data is not None:
+                raise TemplateError("data is rendered by a template: name one")
+            return admitted(SendNotificationToEntityOp, content)
+        given = [name for name in CONTENT if content.get(name) is not None]
+        if given:
+            raise TemplateError(f"template {template!r}: {given[0]} is rendered by the template, and cannot be given")
+        entity_id = str(content.get("entity_id"))
+        entry = await lookup(self._store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
+        if entry is None:
+            raise TemplateError(f"template {template!r}: entity {entity_id!r} is not in the directory")
+        rendered = self._templates.render(template, data or {}, entry.model_dump(mode="json", exclude_none=True))
+        return admitted(
+            SendNotificationToEntityOp,
+            {
+                **content,
+                "subject": rendered.subject,
+                "body": rendered.text,
+                "html_body": rendered.html,
+                "slack_text": rendered.slack,
+                "template": TemplateUse(name=rendered.name, sha256=rendered.sha256),
+            },
+        )
 
     async def request(self, operation: SendNotificationToEntityOp, idempotency_key: str | None = None) -> str:
         """Request a notification and return its id. Repeating a request with the same idempotency key returns the
@@ -181,21 +249,15 @@ class NotificationClient:
             notification_id=notification_id, operation=operation, client_operation_record_id=put.record_internal_id
         )
         try:
-            await self._temporal.start_workflow(
-                NotificationSaga.run,
-                request,
-                id=notification_id,
-                task_queue=self._settings.task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            await start_saga(self._temporal, self._store, self._settings, request)
+        except (RPCError, RuntimeError) as error:
+            if not is_connect_failure(error):
+                raise
+            log.warning(
+                "notification %s is accepted; its saga starts when Temporal is back (%s)",
+                notification_id,
+                one_line(temporal_unreachable(self._settings.temporal_address, error)),
             )
-        except WorkflowAlreadyStartedError as error:
-            if put.internal_id is not None:
-                raise ConfigurationError(
-                    f"Temporal already has a workflow {notification_id!r} that the streams know nothing of: "
-                    "NOTIFY_STREAMS_URL and the Temporal namespace must be kept (and reset) together"
-                ) from error
-            # else: a repeated request whose saga already ran
         return notification_id
 
     async def _taken_up(self, client_operation_record_id: int) -> bool:
@@ -253,9 +315,20 @@ class NotificationClient:
         return await self.status(notification_id)
 
     async def result(self, notification_id: str) -> NotificationView:
-        """Wait for the saga to end and return its view."""
+        """Wait for the saga to end and return its view; for a request whose saga has not started yet, wait for a
+        worker to start it (or to refuse it: then the view says why)."""
         notification_id = await self.full_id(notification_id)
-        return await self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id).result()
+        handle = self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id)
+        while True:
+            try:
+                return await handle.result()
+            except RPCError as error:
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise
+            view = await self.status(notification_id)
+            if view["status"] != NotificationStatus.PENDING:
+                return NotificationView.model_validate(view)
+            await asyncio.sleep(SAGA_START_POLL.total_seconds())
 
     async def status(self, notification_id: str) -> dict[str, Any]:
         """The view as JSON: the recorded one once the saga has ended, the running saga's own before."""
@@ -271,10 +344,15 @@ class NotificationClient:
         try:
             description = await handle.describe()
             running = description.status
-        except RPCError as error:
-            if error.status != RPCStatusCode.NOT_FOUND:
-                raise
-            running = None
+        except (RPCError, RuntimeError) as error:
+            if isinstance(error, RPCError) and error.status == RPCStatusCode.NOT_FOUND:
+                running = None
+            elif is_connect_failure(error) and not await self._taken_up(requested.internal_id):
+                return _from_request(
+                    requested, NotificationStatus.PENDING, "its saga starts when Temporal can be reached again"
+                )
+            else:
+                raise  # where its saga is, only Temporal can say
         if running == WorkflowExecutionStatus.RUNNING:
             try:
                 view = await handle.query(NotificationSaga.status, rpc_timeout=QUERY_TIMEOUT)
@@ -290,23 +368,42 @@ class NotificationClient:
             if running == WorkflowExecutionStatus.COMPLETED:  # ended, and the store did not take its view: its own
                 return (await handle.result()).model_dump(mode="json")
             if running is None:
-                status, failure = (
-                    NotificationStatus.PENDING,
-                    "no saga has started for it: repeat the request with its idempotency key",
+                handling = self._store.handling(StreamName.CLIENT_OPERATION)
+                latest = (await handling.history(requested.internal_id, SEND_NOTIFICATION_CONCERN))[-1:]
+                if latest and latest[0].status == HandlingStatus.DISABLED_FOR_RECORD:
+                    return _from_request(requested, NotificationStatus.FAILED, latest[0].details)
+                return _from_request(
+                    requested, NotificationStatus.PENDING, "its saga has not started yet: a worker starts it"
                 )
-            else:
-                status, failure = NotificationStatus.FAILED, f"its saga ended {running.name} without a view"
-        operation = requested.object(ExecuteOpRequestedEvent).operation
-        assert isinstance(operation, SendNotificationToEntityOp)
-        return NotificationView(
-            id=notification_id,
-            status=status,
-            entity_id=operation.entity_id,
-            subject=operation.subject,
-            outcome=NotificationOutcome(failures=[failure]),
-            requested_at=requested.timestamp_utc,
-            send_at=operation.send_at,
-        ).model_dump(mode="json")
+            status, failure = NotificationStatus.FAILED, f"its saga ended {running.name} without a view"
+        return _from_request(requested, status, failure)
+
+    async def recent(
+        self, *, entity_id: str | None, status: NotificationStatus | None, limit: int, before: int | None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Up to `limit` views of the newest requests (of an entity, with a status), requested before the request
+        with internal id `before`; and where the next page starts (None on the last). A page looks at most
+        `RECENT_SCAN` requests, so that a rare status does not read the whole stream in one call: it may come back
+        short, with a cursor to go on."""
+        requests = self._store.reader(StreamName.CLIENT_OPERATION)
+        tags = [] if entity_id is None else [tag(TagName.ENTITY_ID, entity_id)]
+        views: list[dict[str, Any]] = []
+        looked = 0
+        while looked < RECENT_SCAN:
+            batch = await requests.newest_by_tags(
+                *tags, type=ExecuteOpRequestedEvent.__name__, before=before, limit=limit
+            )
+            for record in batch:
+                looked += 1
+                before = record.internal_id
+                view = await self.status(record.record_id or "")
+                if status is None or view["status"] == status:
+                    views.append(view)
+                    if len(views) == limit:
+                        return views, before
+            if len(batch) < limit:
+                return views, None
+        return views, before
 
     async def events(self, notification_id: str) -> list[Record]:
         """Every record of the notification, across all its streams, in the order they were written."""
@@ -348,6 +445,35 @@ class NotificationClient:
                 )
             )
         return entries
+
+
+def record_json(record: Record) -> dict[str, Any]:
+    """A record as `events --json` and the API show it."""
+    return {
+        "internal_id": record.internal_id,
+        "stream": record.stream,
+        "record_id": record.record_id,
+        "type": record.type,
+        "timestamp_utc": record.timestamp_utc.isoformat(),
+        "tags": [{"name": t.name, "value": t.value} for t in record.tags],
+        "payload": record.json(),
+    }
+
+
+def _from_request(requested: Record, status: NotificationStatus, failure: str) -> dict[str, Any]:
+    """The view of a notification that has no view of its saga's (not started, not answering): its request, and why."""
+    event = requested.object(ExecuteOpRequestedEvent)
+    operation = event.operation
+    assert isinstance(operation, SendNotificationToEntityOp)
+    return NotificationView(
+        id=event.id,
+        status=status,
+        entity_id=operation.entity_id,
+        subject=operation.subject,
+        outcome=NotificationOutcome(failures=[failure]),
+        requested_at=requested.timestamp_utc,
+        send_at=operation.send_at,
+    ).model_dump(mode="json")
 
 
 def _with_attempts(view: NotificationView, description: WorkflowExecutionDescription) -> NotificationView:

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     ]
     internal_team_email: EmailAddress | None = None
     internal_team_slack: SlackAddress | None = None
+    intake_poll_seconds: float = Field(1, gt=0)
+    intake_safety_poll_seconds: float = Field(30, gt=0)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+    templates_dir: Path = Path("templates")
 
     @model_validator(mode="after")
     def _every_role_or_none(self) -> Settings:

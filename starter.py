@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -19,14 +20,15 @@ import typer
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from api.keys import Scope
 from domain import (
     ADMISSION,
     DirectoryEntry,
     NotificationStatus,
     SendNotificationToEntityOp,
     Tag,
-    admitted,
     admitted_idempotency_key,
+    validation_message,
 )
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from streams import StreamName, StreamStore
@@ -40,6 +42,8 @@ directory_app = typer.Typer(no_args_is_help=True, help="Import and show the enti
 app.add_typer(directory_app, name="directory")
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL streams database: its schema and its roles.")
 app.add_typer(db_app, name="db")
+apikey_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP API (`serve`).")
+app.add_typer(apikey_app, name="apikey")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 NOT_DELIVERED = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT, NotificationStatus.CANCELLED}
@@ -51,38 +55,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
-
-
-def validation_message(error: ValidationError) -> str:
-    """The first of pydantic's errors in the CLI's words: where (`subject`, `entry 2, slack.channel`) and what."""
-    first = error.errors()[0]
-    groups: list[list[str]] = [[]]
-    for part in first["loc"]:
-        if isinstance(part, int):
-            groups += [[f"entry {part + 1}"], []]
-        else:
-            groups[-1].append(str(part))
-    where = ", ".join(".".join(g) for g in groups if g)
-    message = _in_own_words(first["type"], first["msg"], first.get("ctx") or {})
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{where}: {message}{more}" if where else f"{message}{more}"
-
-
-def _in_own_words(kind: str, said: str, ctx: dict[str, Any]) -> str:
-    words = {
-        "missing": "is missing",
-        "extra_forbidden": "is not a known field",
-        "string_too_short": "must not be empty",
-        "string_too_long": f"is longer than {ctx.get('max_length')} characters",
-        "string_type": "must be text",
-        "enum": f"must be {ctx.get('expected')}",
-        "list_type": "must be a list",
-        "dict_type": "must be an object",
-        "model_type": "must be an object",
-        "model_attributes_type": "must be an object",
-        "timezone_aware": "must have a time zone",
-    }
-    return words.get(kind) or said.removeprefix("Value error, ")
 
 
 def exit_now(code: int) -> NoReturn:
@@ -185,6 +157,20 @@ def parse_time(value: str | None) -> datetime | None:
     return moment
 
 
+def parse_data(value: str | None) -> dict[str, Any] | None:
+    """A template's data: a JSON object given inline or as `@FILE`."""
+    text = text_argument(value)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CliError(f"--data: malformed JSON: {error}", 2) from error
+    if not isinstance(data, dict):
+        raise CliError("--data: must be a JSON object", 2)
+    return data
+
+
 def parse_tags(values: Sequence[str]) -> list[Tag]:
     tags = []
     for value in values:
@@ -205,10 +191,14 @@ async def _client(settings: Settings, store: StreamStore, *, lazy: bool = True) 
 @app.command()
 def send(
     entity: Annotated[str, typer.Option(help="The entity to notify.")],
-    subject: Annotated[str, typer.Option(help="One line.")],
-    body: Annotated[str, typer.Option(help="Plain-text body, or @FILE.")],
+    subject: Annotated[str | None, typer.Option(help="One line.")] = None,
+    body: Annotated[str | None, typer.Option(help="Plain-text body, or @FILE.")] = None,
     html: Annotated[str | None, typer.Option(help="HTML body, or @FILE.")] = None,
     slack_text: Annotated[str | None, typer.Option(help="Slack text (default: subject and body), or @FILE.")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Render subject and bodies from NOTIFY_TEMPLATES_DIR/NAME.yaml.")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="The template's data: a JSON object, or @FILE.")] = None,
     tag: Annotated[list[str], typer.Option(help="A NAME=VALUE tag for every record; repeatable.")] = [],  # noqa: B006
     idempotency_key: Annotated[str | None, typer.Option(help="Repeat a request safely: same key, same id.")] = None,
     at: Annotated[
@@ -217,34 +207,38 @@ def send(
     wait: Annotated[bool, typer.Option(help=f"Print the id, then wait for the outcome; {WAIT_EXIT}")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Request a notification to an entity and print its id."""
+    """Request a notification to an entity and print its id: with --subject and --body, or with --template."""
 
     async def command() -> int:
-        try:
-            operation = admitted(
-                SendNotificationToEntityOp,
-                dict(
-                    entity_id=entity,
-                    subject=subject,
-                    body=text_argument(body),
-                    html_body=text_argument(html),
-                    slack_text=text_argument(slack_text),
-                    tags=parse_tags(tag),
-                    send_at=parse_time(at),
-                ),
-            )
-        except ValidationError as error:
-            raise CliError(validation_message(error), 2) from error
+        content = dict(
+            entity_id=entity,
+            subject=subject,
+            body=text_argument(body),
+            html_body=text_argument(html),
+            slack_text=text_argument(slack_text),
+            tags=parse_tags(tag),
+            send_at=parse_time(at),
+        )
+        template_data = parse_data(data)
         if idempotency_key is not None:
             try:
                 admitted_idempotency_key(idempotency_key)
             except ValidationError as error:
                 raise CliError(f"--idempotency-key: {validation_message(error)}", 2) from error
         from client import IdempotencyKeyConflict
+        from templating import TemplateError
 
         settings = load_settings()
         async with settings.open_streams() as store:
-            client = await _client(settings, store, lazy=False)
+            client = await _client(settings, store)
+            try:
+                operation = await client.compose(
+                    {k: v for k, v in content.items() if v is not None}, template, template_data
+                )
+            except ValidationError as error:
+                raise CliError(validation_message(error), 2) from error
+            except TemplateError as error:
+                raise CliError(str(error), 2) from error
             try:
                 notification_id = await client.request(operation, idempotency_key)
             except IdempotencyKeyConflict as error:
@@ -313,20 +307,9 @@ def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_jso
         async with settings.open_streams() as store:
             records = await (await _client(settings, store)).events(notification_id)
         if as_json:
-            print_json(
-                [
-                    {
-                        "internal_id": r.internal_id,
-                        "stream": r.stream,
-                        "record_id": r.record_id,
-                        "type": r.type,
-                        "timestamp_utc": r.timestamp_utc.isoformat(),
-                        "tags": [{"name": t.name, "value": t.value} for t in r.tags],
-                        "payload": r.json(),
-                    }
-                    for r in records
-                ]
-            )
+            from client import record_json
+
+            print_json([record_json(r) for r in records])
             return
         print(f"{'RECORD':>8}  {'TIME':<32}  {'STREAM':<22} {'RECORD ID':<20} TYPE")
         for r in records:
@@ -483,13 +466,124 @@ def db_grant() -> None:
     run(command)
 
 
+@app.command()
+def serve() -> None:
+    """Run the HTTP API on NOTIFY_API_HOST:NOTIFY_API_PORT (interactive docs at /docs), until interrupted."""
+    from api.app import create_app, serving
+    from client import connect
+
+    async def command() -> None:
+        settings = load_settings()
+        async with settings.open_streams() as store:
+            temporal = await connect(settings, lazy=True)
+            async with serving(create_app(store, temporal, settings), settings.api_host, settings.api_port) as url:
+                print(f"API at {url} (docs at {url}/docs); Ctrl-C stops it", flush=True)
+                await _interrupted()
+
+    run(command)
+
+
+async def _interrupted() -> None:
+    """Return on SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+ScopeOption = Annotated[list[str], typer.Option("--scope", help="send, read or admin; repeatable.")]
+
+
+@apikey_app.command("create")
+def apikey_create(
+    name: Annotated[str, typer.Argument(help="Who holds the key (one key per name).")],
+    scope: ScopeOption = [],  # noqa: B006
+    as_json: JsonOption = False,
+) -> None:
+    """Issue an API key and print it, this once: only its hash is kept."""
+    from api.keys import ApiKeys, KeyNameTaken
+
+    async def command() -> None:
+        scopes = _scopes(scope)
+        settings = load_settings()
+        async with settings.open_streams() as store:
+            try:
+                key = await ApiKeys(store).create(name, scopes)
+            except ValidationError as error:
+                raise CliError(f"NAME: {validation_message(error)}", 2) from error
+            except KeyNameTaken as error:
+                raise CliError(str(error), 2) from error
+        if as_json:
+            print_json({"name": name, "key": key, "scopes": sorted(scopes)})
+        else:
+            print(f"API key {name!r} ({', '.join(sorted(scopes))}); it is shown this once:", file=sys.stderr)
+            print(key)
+
+    run(command)
+
+
+def _scopes(given: Sequence[str]) -> list[Scope]:
+    if not given:
+        raise CliError("give at least one --scope (send, read, admin)", 2)
+    try:
+        return [Scope(s) for s in given]
+    except ValueError as error:
+        raise CliError(f"--scope: {error} (send, read or admin)", 2) from error
+
+
+@apikey_app.command("list")
+def apikey_list(as_json: JsonOption = False) -> None:
+    """The keys held now (never the keys themselves)."""
+    from api.keys import ApiKeys
+
+    async def command() -> None:
+        settings = load_settings()
+        async with settings.open_streams() as store:
+            keys = await ApiKeys(store).listed()
+        if as_json:
+            print_json([{"name": k.name, "scopes": k.scopes, "issued_at": k.issued_at.isoformat()} for k in keys])
+            return
+        if not keys:
+            print("no API keys: make one with `starter.py apikey create NAME --scope ...`")
+        for k in keys:
+            print(f"{k.name:<24} {','.join(k.scopes):<18} issued {k.issued_at.isoformat()}")
+
+    run(command)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+    """Revoke a key: it is refused from the next request on."""
+    from api.keys import ApiKeys, UnknownKey
+
+    async def command() -> None:
+        settings = load_settings()
+        async with settings.open_streams() as store:
+            try:
+                await ApiKeys(store).revoke(name)
+            except UnknownKey as error:
+                raise CliError(str(error)) from error
+        print(f"revoked API key {name!r}")
+
+    run(command)
+
+
 SAMPLE_DIRECTORY = Path(__file__).resolve().parent / "entities.json"
 
 
+DEMO_KEY = "demo"
+
+
 @app.command()
-def demo() -> None:
+def demo(
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Then serve the API until Ctrl-C.")] = True,
+) -> None:
     """Run everything on the embedded default: the Temporal dev server, a worker, a local mail sink and a local
-    Slack sink; import the sample directory (entities.json), send user-1 a notification and show its status."""
+    Slack sink; import the sample directory (entities.json), send user-1 a notification and show its status; then
+    serve the HTTP API, with a key to try it, until Ctrl-C."""
+    from api.app import create_app, serving
+    from api.keys import ApiKeys
     from client import NotificationClient
     from sinks import local_sinks
     from worker import dev_server, running_workers
@@ -517,13 +611,38 @@ def demo() -> None:
                 print(f"requested notification {notification_id}")
                 view = await client.result(notification_id)
                 print_view(view.model_dump(mode="json"))
-        for m in local.mail.messages:
-            print(f"mail to {', '.join(m.recipients)} landed in {m.path}")
-        for posted in local.slack.messages:
-            print(f"Slack message to channel {posted.channel} landed in {local.slack.folder}/messages.jsonl")
+                for m in local.mail.messages:
+                    print(f"mail to {', '.join(m.recipients)} landed in {m.path}")
+                for posted in local.slack.messages:
+                    print(f"Slack message to channel {posted.channel} landed in {local.slack.folder}/messages.jsonl")
+                if serve:
+                    keys = ApiKeys(store)
+                    if await keys.active(DEMO_KEY) is not None:
+                        await keys.revoke(DEMO_KEY)  # a new key each run: the last one was shown once
+                    key = await keys.create(DEMO_KEY, list(Scope))
+                    app = create_app(store, temporal, settings)
+                    async with serving(app, settings.api_host, settings.api_port) as url:
+                        print(try_the_api(url, key, notification_id), flush=True)
+                        await _interrupted()
         return 0 if view.status == NotificationStatus.SENT else 1
 
     run(command)
+
+
+def try_the_api(url: str, key: str, notification_id: str) -> str:
+    auth = f"-H 'Authorization: Bearer {key}'"
+    request = '{"entity": "user-1", "subject": "Hello over HTTP", "body": "Requested with curl."}'
+    return "\n".join(
+        [
+            f"API at {url} (interactive docs at {url}/docs)",
+            f"API key {DEMO_KEY!r} (send, read, admin): {key}",
+            "Try it:",
+            f"  curl -s -X POST {url}/v1/notifications {auth} -H 'Content-Type: application/json' -d '{request}'",
+            f"  curl -s {url}/v1/notifications/{notification_id} {auth}",
+            f"  curl -s '{url}/v1/audit/email?address=test@example.com' {auth}",
+            "Ctrl-C stops everything.",
+        ]
+    )
 
 
 if __name__ == "__main__":

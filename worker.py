@@ -33,6 +33,7 @@ from activities.contract import channel_task_queue
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
 from client import connect
+from intake import ClientOperationHandler
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from sinks import local_sinks
 from streams import StreamStore
@@ -45,7 +46,8 @@ SHUTDOWN_GRACE = timedelta(seconds=10)
 async def running_workers(client: Client, store: StreamStore, settings: Settings) -> AsyncIterator[None]:
     """Run the workers: one for the saga on `settings.task_queue` (with the notification handlers' steps and the
     channels' give-up records, all local activities), and one per channel on that channel's task queue, with the
-    channel's rate limit for the whole queue."""
+    channel's rate limit for the whole queue; and the client-operation stream's handler, which starts the saga of
+    every request that has none (`intake`)."""
     notification = NotificationActivities(store, settings)
     handlers = {channel: handler(store, settings) for channel, handler in CHANNEL_HANDLERS.items()}
     workers = [
@@ -82,7 +84,18 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
     async with contextlib.AsyncExitStack() as stack:
         for worker in workers:
             await stack.enter_async_context(worker)
-        yield
+        intake = asyncio.create_task(ClientOperationHandler(store, client, settings).run(), name="intake")
+        intake.add_done_callback(_said_if_failed)
+        try:
+            yield
+        finally:
+            intake.cancel()
+            await asyncio.gather(intake, return_exceptions=True)
+
+
+def _said_if_failed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logging.getLogger("notify.intake").error("the client-operation handler stopped", exc_info=task.exception())
 
 
 def _without_password(url: str) -> str:

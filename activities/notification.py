@@ -50,6 +50,7 @@ from domain import (
     tag,
     terminal_event_type,
     utc_now,
+    validation_message,
 )
 from settings import Settings
 from streams import (
@@ -83,11 +84,6 @@ async def _move_if_allowed(
         raise  # bad data: not something a retry, or skipping, would fix
     except InvalidHandlingTransition:
         pass  # the record is past that status already
-
-
-def _first_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    return f"{'.'.join(map(str, first['loc']))} {first['msg'].removeprefix('Value error, ')}"
 
 
 class NotificationActivities:
@@ -141,7 +137,7 @@ class NotificationActivities:
             channel_operation_id = await self._channel_operations[op.channel].next_unique_id()
             operation, recipient_tags = handler.compose(op, channel_operation_id, self._settings)
         except (CannotPrepare, ValidationError) as error:  # a request or an entry that today's rules refuse
-            said = str(error) if isinstance(error, CannotPrepare) else _first_error(error)
+            said = str(error) if isinstance(error, CannotPrepare) else validation_message(error)
             return PrepareToSendOnChannelResult(
                 channel=op.channel, instructions=[], failures=[Failure(reason=f"{op.channel}: cannot be sent: {said}")]
             )

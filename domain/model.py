@@ -110,6 +110,13 @@ class DirectoryEntry(Model):
         return self
 
 
+class TemplateUse(Model):
+    """The template a request's content was rendered from: its name, and the SHA-256 of the file as rendered."""
+
+    name: str
+    sha256: str
+
+
 class SendNotificationToEntityOp(Model):
     """A client's request: notify this entity with this content."""
 
@@ -121,6 +128,8 @@ class SendNotificationToEntityOp(Model):
     tags: list[Tag] = Field(default_factory=list)
     send_at: AwareDatetime | None = None
     """When to send; until then the saga waits on a durable timer and can be cancelled."""
+    template: TemplateUse | None = None
+    """The template that rendered the subject and bodies, if one did."""
 
     @field_validator("tags")
     @classmethod

@@ -7,7 +7,7 @@ from __future__ import annotations
 import email.errors
 import email.policy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from typing import Annotated, Any, TypeVar
@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     TypeAdapter,
+    ValidationError,
     ValidationInfo,
 )
 from pydantic_core import to_jsonable_python
@@ -199,3 +200,40 @@ def in_one_line(reason: str) -> str:
 Reason = Annotated[str, AfterValidator(in_one_line)]
 """A reason, made one bounded line wherever it is built or read: a failure's reason ends up in escalations,
 views and log lines, none of which may grow with what a server said."""
+
+
+def validation_message(error: ValidationError) -> str:
+    """The first of pydantic's errors in plain words: where (`subject`, `entry 2, slack.channel`) and what."""
+    return describe_errors(error.errors())
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    """The first of these errors (as pydantic gives them) in plain words, and how many more there are."""
+    first = errors[0]
+    groups: list[list[str]] = [[]]
+    for part in first["loc"]:
+        if isinstance(part, int):
+            groups += [[f"entry {part + 1}"], []]
+        else:
+            groups[-1].append(str(part))
+    where = ", ".join(".".join(g) for g in groups if g)
+    message = _in_own_words(first["type"], first["msg"], first.get("ctx") or {})
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {message}{more}" if where else f"{message}{more}"
+
+
+def _in_own_words(kind: str, said: str, ctx: dict[str, Any]) -> str:
+    words = {
+        "missing": "is missing",
+        "extra_forbidden": "is not a known field",
+        "string_too_short": "must not be empty",
+        "string_too_long": f"is longer than {ctx.get('max_length')} characters",
+        "string_type": "must be text",
+        "enum": f"must be {ctx.get('expected')}",
+        "list_type": "must be a list",
+        "dict_type": "must be an object",
+        "model_type": "must be an object",
+        "model_attributes_type": "must be an object",
+        "timezone_aware": "must have a time zone",
+    }
+    return words.get(kind) or said.removeprefix("Value error, ")

@@ -35,3 +35,4 @@ GRANT SELECT ON notify_records, notify_record_tags, notify_handling TO notify_co
 GRANT SELECT ON notify_handling TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_begin(text, bigint, text, text) TO notify_handler;
+GRANT EXECUTE ON FUNCTION notify_request(text, text, text, text, text, jsonb, timestamptz, text) TO notify_producer;

@@ -8,6 +8,7 @@ unique-id counters and the handling transitions hold under concurrent writers in
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -116,6 +117,9 @@ class PostgresStreamStore(StreamStore):
             )
         self._pools = pools
         self._producer, self._consumer, self._handler = (pools[u] for u in (urls.producer, urls.consumer, urls.handler))
+        self._listen_url = urls.consumer
+        self._listening: asyncio.Task[None] | None = None
+        self._appended: dict[str, asyncio.Event] = {}
 
     async def open(self) -> None:
         try:
@@ -147,8 +151,46 @@ class PostgresStreamStore(StreamStore):
             )
 
     async def close(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
         for pool in self._pools.values():
             await pool.close()
+
+    tells_of_appends = True
+
+    async def wait_for_appends(self, stream: str, timeout: float) -> None:
+        """Woken by LISTEN notify_appended, on a connection of its own. When that connection is (re)made, it returns
+        at once: what was appended while nobody listened is for the caller to look for."""
+        appended = self._appended.setdefault(stream, asyncio.Event())
+        if self._listening is None or self._listening.done():
+            listening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._listening = asyncio.create_task(self._listen(listening))
+            try:
+                await listening
+            except psycopg.Error as error:
+                raise StoreUnavailable(
+                    f"the streams database cannot be listened to now: {_first_line(error)}"
+                ) from error
+            return
+        try:
+            await asyncio.wait_for(appended.wait(), timeout)
+        except TimeoutError:
+            pass
+        appended.clear()
+
+    async def _listen(self, listening: asyncio.Future[None]) -> None:
+        try:
+            async with await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True) as db:
+                await db.execute("LISTEN notify_appended")
+                listening.set_result(None)
+                async for notice in db.notifies():
+                    self._appended.setdefault(notice.payload, asyncio.Event()).set()
+        except psycopg.Error as error:
+            if not listening.done():
+                listening.set_exception(error)
+        for appended in self._appended.values():  # the connection is lost: every waiter looks again
+            appended.set()
 
     async def next_unique_id(self, stream: str) -> int:
         async with _using(self._producer) as db:
@@ -190,17 +232,24 @@ class PostgresStreamStore(StreamStore):
         record_id: str | None = None,
         type: str | None = None,
         tags: Sequence[Tag] = (),
+        after: int | None = None,
+        before: int | None = None,
+        unhandled_for: str | None = None,
         newest_first: bool = False,
         limit: int | None = None,
     ) -> list[Record]:
         query, args = select_records(
             "notify_records",
             "notify_record_tags",
+            "notify_handling",
             "%s",
             stream,
             record_id=record_id,
             type=type,
             tags=tags,
+            after=after,
+            before=before,
+            unhandled_for=unhandled_for,
             newest_first=newest_first,
             limit=limit,
         )

@@ -7,6 +7,7 @@ way to write; a `HandlingStore` keeps, per record and concern, an append-only hi
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 from abc import ABC, abstractmethod
@@ -35,6 +36,7 @@ class StreamName(StrEnum):
     SLACK_OPERATION = "slack-operation"
     SLACK_EVENT = "slack-event"
     ENTITY_DIRECTORY = "entity-directory"
+    API_KEY = "api-key"
 
 
 class ExistingRecordStrategy(StrEnum):
@@ -161,23 +163,37 @@ class HandlingEntry:
 def select_records(
     records: str,
     record_tags: str,
+    handling: str,
     mark: str,
     stream: str,
     *,
     record_id: str | None,
     type: str | None,
     tags: Sequence[Tag],
+    after: int | None,
+    before: int | None,
+    unhandled_for: str | None,
     newest_first: bool,
     limit: int | None,
 ) -> tuple[str, list[object]]:
     """The query (with `mark` as its placeholder) and arguments with which an SQL backend reads records: those of
     `stream` that match every filter given, by internal id."""
-    query = f"SELECT internal_id, stream, record_id, type, payload, tags, timestamp_utc FROM {records} WHERE stream = {mark}"
+    query = f"SELECT internal_id, stream, record_id, type, payload, tags, timestamp_utc FROM {records} r WHERE stream = {mark}"
     args: list[object] = [stream]
     for column, value in (("record_id", record_id), ("type", type)):
         if value is not None:
             query += f" AND {column} = {mark}"
             args.append(value)
+    for bound, internal_id in ((">", after), ("<", before)):
+        if internal_id is not None:
+            query += f" AND internal_id {bound} {mark}"
+            args.append(internal_id)
+    if unhandled_for is not None:
+        query += (
+            f" AND NOT EXISTS (SELECT 1 FROM {handling} h"
+            f" WHERE h.stream = r.stream AND h.internal_record_id = r.internal_id AND h.concern = {mark})"
+        )
+        args.append(unhandled_for)
     for t in tags:
         query += (
             f" AND internal_id IN (SELECT internal_id FROM {record_tags}"
@@ -230,6 +246,9 @@ class StoreUnavailable(ConnectionError):
 class StreamStore(ABC):
     """A backend. Only the handles it returns are given to producers, consumers and handlers."""
 
+    tells_of_appends = False
+    """Whether `wait_for_appends` returns as soon as a record is appended (otherwise a reader polls)."""
+
     def writer(self, stream: StreamName) -> WriteOnlyStream:
         return WriteOnlyStream(self, stream)
 
@@ -259,10 +278,19 @@ class StreamStore(ABC):
         record_id: str | None = None,
         type: str | None = None,
         tags: Sequence[Tag] = (),
+        after: int | None = None,
+        before: int | None = None,
+        unhandled_for: str | None = None,
         newest_first: bool = False,
         limit: int | None = None,
     ) -> list[Record]:
-        """Records matching every given filter (all of `tags`), by internal id."""
+        """Records matching every given filter, by internal id: all of `tags`, an internal id above `after` and
+        below `before`, and no handling yet under the concern `unhandled_for`."""
+
+    async def wait_for_appends(self, stream: str, timeout: float) -> None:
+        """Return when records may have been appended to `stream`, or after `timeout` seconds; a backend that cannot
+        tell (`tells_of_appends` false) waits the timeout out."""
+        await asyncio.sleep(timeout)
 
     @abstractmethod
     async def handling_history(
@@ -359,6 +387,25 @@ class ReadOnlyStream:
 
     async def by_tags(self, *tags: Tag, type: str | None = None) -> list[Record]:
         return await self._store.read(self.name, tags=tags, type=type)
+
+    async def newest_by_tags(
+        self, *tags: Tag, type: str | None = None, before: int | None = None, limit: int
+    ) -> list[Record]:
+        """Up to `limit` records with all of `tags`, newest first, below internal id `before` (for paging)."""
+        return await self._store.read(self.name, tags=tags, type=type, before=before, newest_first=True, limit=limit)
+
+    async def newest(self) -> Record | None:
+        records = await self._store.read(self.name, newest_first=True, limit=1)
+        return records[0] if records else None
+
+    async def unhandled(self, concern: str, *, type: str, after: int = 0, limit: int = 100) -> list[Record]:
+        """Records of `type` after internal id `after`, oldest first, that no handler has taken up under `concern`
+        (their handling is still available by default)."""
+        return await self._store.read(self.name, type=type, after=after, unhandled_for=concern, limit=limit)
+
+    async def wait_for_appends(self, timeout: float) -> None:
+        """Return when records may have been appended, or after `timeout` seconds (`StreamStore.wait_for_appends`)."""
+        await self._store.wait_for_appends(self.name, timeout)
 
 
 class HandlingStore:

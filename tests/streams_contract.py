@@ -223,6 +223,37 @@ class StreamStoreContract(ABC):
         assert record.tag("notification-id") == "1"
         assert record.timestamp_utc.utcoffset() == timedelta(0)
 
+    async def test_unhandled_records_are_those_no_handler_took_up(self, store: StreamStore) -> None:
+        """What the client-operation handler looks for: records of a type, after an internal id, with no handling
+        under a concern (any status under it, or under another concern, does not count)."""
+        writer, reader = store.writer(StreamName.CLIENT_OPERATION), store.reader(StreamName.CLIENT_OPERATION)
+        handling = store.handling(StreamName.CLIENT_OPERATION)
+        assert await reader.newest() is None
+        ids = [(await writer.put(str(i), Thing(value=i))).internal_id or 0 for i in range(5)]
+        await writer.put("other", Other(value=9))
+        await store.writer(StreamName.EMAIL_OPERATION).put("elsewhere", Thing(value=9))
+        await handling.transition(ids[0], "start", HandlingStatus.RUNNING)
+        await handling.transition(ids[1], "start", HandlingStatus.DISABLED_FOR_RECORD)
+        await handling.transition(ids[2], "another concern", HandlingStatus.RUNNING)
+        unhandled = await reader.unhandled("start", type="Thing")
+        assert [r.internal_id for r in unhandled] == ids[2:]
+        assert [r.internal_id for r in await reader.unhandled("start", type="Thing", after=ids[2])] == ids[3:]
+        assert [r.internal_id for r in await reader.unhandled("start", type="Thing", limit=1)] == ids[2:3]
+        newest = await reader.newest()
+        assert newest is not None and newest.record_id == "other"
+
+    async def test_a_reader_waiting_for_appends_is_woken_or_times_out(self, store: StreamStore) -> None:
+        reader = store.reader(StreamName.CLIENT_OPERATION)
+        await reader.wait_for_appends(0.01)  # the first wait may return at once (a backend starts listening)
+        if not store.tells_of_appends:
+            started = asyncio.get_running_loop().time()
+            await reader.wait_for_appends(0.2)
+            assert asyncio.get_running_loop().time() - started >= 0.2  # it can only wait the time out
+            return
+        waiting = asyncio.create_task(reader.wait_for_appends(60))
+        await store.writer(StreamName.CLIENT_OPERATION).put("1", Thing(value=1))
+        await asyncio.wait_for(waiting, 10)  # woken by the append, long before its time out
+
     async def test_a_store_has_an_identity_of_its_own_for_good(self, tmp_path: Path) -> None:
         for folder in ("a", "b"):
             (tmp_path / folder).mkdir()

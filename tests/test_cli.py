@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -215,19 +218,38 @@ def unreachable(address: str) -> str:
     )
 
 
-def test_temporal_unreachable_is_one_plain_sentence_and_writes_nothing(directory: Cli) -> None:
+def test_a_request_made_while_temporal_cannot_be_reached_is_accepted_and_started_by_a_worker(
+    directory: Cli, sinks: tuple[MailSink, SlackSink]
+) -> None:
+    mail, _ = sinks
     address = f"127.0.0.1:{free_port()}"
-    before = directory.record_count()
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "starter.py"), "send", "--entity", "user-1", "--subject", "S", "--body", "B"],
-        env={**directory.env, "NOTIFY_TEMPORAL_ADDRESS": address},
-        cwd=directory.data_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    away = {**directory.env, "NOTIFY_TEMPORAL_ADDRESS": address}
+
+    def run_away(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "starter.py"), *args],
+            env=away,
+            cwd=directory.data_dir.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    before = len(mail.received_by("bob@example.com"))
+    result = run_away("send", "--entity", "user-2", "--subject", "While away", "--body", "B")
+    assert result.returncode == 0, result.stderr
+    nid = result.stdout.strip()
+    assert re.fullmatch(ISSUED_ID, nid), result.stdout
+    assert result.stderr == (
+        f"notification {nid} is accepted; its saga starts when Temporal is back ({unreachable(address)})\n"
     )
-    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"error: {unreachable(address)}\n")
-    assert directory.record_count() == before
+    # the worker, which can reach Temporal, starts it: the request needed nothing but its record in the stream
+    done = directory.json("status", nid, "--wait")
+    assert done["status"] == "sent"
+    received = [m for m in mail.received_by("bob@example.com")[before:] if m.message["Subject"] == "While away"]
+    assert len(received) == 1
+    history = directory.json("events", nid)
+    assert [r["type"] for r in history if r["stream"] == "client-operation"] == ["ExecuteOpRequestedEvent"]
 
 
 def test_send_wait_prints_the_id_at_once_then_the_outcome(directory: Cli) -> None:
@@ -438,27 +460,70 @@ def test_unknown_ids_are_one_line_exit_1(directory: Cli) -> None:
         assert re.fullmatch(f"error: no notification with id '{STORE}-424242'", result.stderr.strip())
 
 
-def test_demo_runs_the_main_job_on_the_embedded_default(tmp_path: Path) -> None:
+def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -> None:
+    """As a new user would: the main job, then `curl`'s requests with the key it prints, then Ctrl-C."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "NOTIFY_SMTP_PORT": str(free_port()),
+        "NOTIFY_API_PORT": str(free_port()),
+        "NOTIFY_TEMPLATES_DIR": str(ROOT / "templates"),
     }
-    result = subprocess.run(
+    demo = subprocess.Popen(
         [sys.executable, str(ROOT / "starter.py"), "demo"],
         env=env,
         cwd=tmp_path,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=180,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(f"^notification {STORE}-1: sent$", result.stdout, re.MULTILINE), result.stdout
-    [mail] = (tmp_path / ".notify" / "mail").glob("*.eml")
-    assert "Subject: Hello from notify" in mail.read_text()
-    assert f"mail to test@example.com landed in .notify/mail/{mail.name}" in result.stdout
-    [posted] = (tmp_path / ".notify" / "slack" / "messages.jsonl").read_text().splitlines()
-    assert json.loads(posted)["channel"] == "C0123"
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:  # it prints how to try the API, then serves until interrupted
+            lines.append(line)
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        said = "".join(lines)
+        assert re.search(f"^notification {STORE}-1: sent$", said, re.MULTILINE), said
+        url = re.search(r"^API at (http://\S+) ", said, re.MULTILINE)
+        key = re.search(r"^API key 'demo' \(send, read, admin\): (\S+)$", said, re.MULTILINE)
+        assert url and key, said
+        curl = re.search(r"^  curl -s -X POST (\S+) -H 'Authorization: Bearer (\S+)' .* -d '(.+)'$", said, re.MULTILINE)
+        assert curl and curl.group(2) == key.group(1), said
+        with httpx.Client(base_url=url.group(1), headers={"Authorization": f"Bearer {key.group(1)}"}) as http:
+            posted = http.post("/v1/notifications", content=curl.group(3), headers={"Content-Type": "application/json"})
+            assert posted.status_code == 202, posted.text
+            nid = posted.json()["id"]
+            templated = http.post(
+                "/v1/notifications",
+                json={"entity": "user-1", "template": "welcome", "data": {"service": "Billing", "version": "2"}},
+            )
+            assert templated.status_code == 202, templated.text
+            for notification_id in (nid, templated.json()["id"]):
+                deadline = time.monotonic() + 60
+                while (status := http.get(f"/v1/notifications/{notification_id}").json()["status"]) != "sent":
+                    assert status in ("pending", "sending") and time.monotonic() < deadline, status
+                    time.sleep(0.1)
+            audit = http.get("/v1/audit/email", params={"address": "test@example.com"}).json()
+            assert {a["notification_id"] for a in audit} == {f"{nid.rpartition('-')[0]}-{i}" for i in (1, 2, 3)}
+            assert http.get("/docs").status_code == 200
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    subjects = sorted(
+        line.partition(": ")[2]
+        for m in (tmp_path / ".notify" / "mail").glob("*.eml")
+        for line in m.read_text().splitlines()
+        if line.startswith("Subject: ")
+    )
+    assert subjects == ["Hello from notify", "Hello over HTTP", "Welcome to Billing 2, Ada"]
+    posted_texts = [
+        json.loads(p)["text"] for p in (tmp_path / ".notify" / "slack" / "messages.jsonl").read_text().splitlines()
+    ]
+    assert any("*Billing* 2 is deployed" in text for text in posted_texts), posted_texts
 
 
 @pytest.mark.parametrize(
@@ -486,3 +551,52 @@ def test_bad_configuration_is_one_line_exit_2(
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {message}")
     assert not (tmp_path / ".notify").exists()
+
+
+def test_api_keys_are_made_listed_and_revoked(cli: Cli) -> None:
+    made = cli.json("apikey", "create", "billing", "--scope", "send", "--scope", "read")
+    assert made["name"] == "billing" and made["scopes"] == ["read", "send"]
+    assert re.fullmatch(r"nk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", made["key"])
+    listed = cli.json("apikey", "list")
+    assert [(k["name"], k["scopes"]) for k in listed if k["name"] == "billing"] == [("billing", ["read", "send"])]
+    assert made["key"] not in cli.run("apikey", "list").stdout
+    again = cli.run("apikey", "create", "billing", "--scope", "read")
+    assert (again.returncode, again.stderr) == (2, "error: an API key named 'billing' exists: revoke it first\n")
+    for args, said in [
+        (("apikey", "create", "x"), "error: give at least one --scope (send, read, admin)\n"),
+        (
+            ("apikey", "create", "x", "--scope", "write"),
+            "error: --scope: 'write' is not a valid Scope (send, read or admin)\n",
+        ),
+        (("apikey", "create", "two words", "--scope", "read"), None),
+    ]:
+        result = cli.run(*args)
+        assert result.returncode == 2 and "\n" not in result.stderr.rstrip("\n"), result.stderr
+        assert said is None or result.stderr == said, result.stderr
+    assert cli.run("apikey", "revoke", "billing").stdout == "revoked API key 'billing'\n"
+    assert "billing" not in [k["name"] for k in cli.json("apikey", "list")]
+    gone = cli.run("apikey", "revoke", "billing")
+    assert (gone.returncode, gone.stderr) == (1, "error: no API key named 'billing'\n")
+
+
+def test_a_template_that_cannot_render_is_exit_2_and_writes_nothing(directory: Cli) -> None:
+    templated = Cli({**directory.env, "NOTIFY_TEMPLATES_DIR": str(ROOT / "templates")}, directory.data_dir)
+    before = templated.record_count()
+    for args, said in [
+        (("--template", "nope"), "error: template 'nope': no such template in "),
+        (
+            ("--template", "welcome", "--data", '{"service": "Billing"}'),
+            "error: template 'welcome', subject: data.version is undefined",
+        ),
+        (("--template", "welcome", "--data", "[1]"), "error: --data: must be a JSON object"),
+        (("--template", "welcome", "--data", "{oops"), "error: --data: malformed JSON: "),
+        (
+            ("--template", "welcome", "--subject", "S", "--data", "{}"),
+            "error: template 'welcome': subject is rendered by the template",
+        ),
+        (("--data", "{}", "--subject", "S", "--body", "B"), "error: data is rendered by a template: name one"),
+    ]:
+        result = templated.run("send", "--entity", "user-1", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith(said) and result.stderr.count("\n") == 1, (args, result.stderr)
+    assert templated.record_count() == before

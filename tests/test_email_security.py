@@ -230,5 +230,5 @@ async def test_a_directory_entry_from_before_todays_rules_is_checked_again_when_
     assert mail_sink.messages == [] and len(slack_sink.messages) == 1
     email = view["channels"]["email"]
     assert email["outcome"] == "not_prepared", email
-    assert email["reason"].startswith("email: cannot be sent: to.0.name must be a single line of text"), email
+    assert email["reason"].startswith("email: cannot be sent: to, entry 1, name: must be a single line of text"), email
     assert view["status"] == "partially_sent"

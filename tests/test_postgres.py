@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
 from client import NotificationClient
-from domain import DirectoryEntry, SendNotificationToEntityOp
+from domain import DirectoryEntry, ExecuteOpRequestedEvent, SendNotificationToEntityOp, Tag
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
@@ -60,16 +60,17 @@ def test_migrate_then_grant_from_the_command_line(postgres: Databases) -> None:
     assert first.stdout.splitlines() == [
         "applied 0001_streams.sql",
         "applied 0002_handling.sql",
-        "the streams schema is at version 2",
+        "applied 0003_requests.sql",
+        "the streams schema is at version 3",
     ]
     again = starter("db", "migrate", url=url)
-    assert again.stdout.splitlines() == ["the streams schema is at version 2"]
+    assert again.stdout.splitlines() == ["the streams schema is at version 3"]
     granted = starter("db", "grant", url=url)
     assert granted.returncode == 0, granted.stderr
     with psycopg.connect(url) as db:
         roles = {r[0] for r in db.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'notify_%'")}
         assert set(ROLES) <= roles
-        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (2,)
+        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (3,)
 
 
 def test_a_worker_refuses_transitions_that_are_not_its_own_until_migrated(postgres: Databases, tmp_path: Path) -> None:
@@ -99,7 +100,7 @@ def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: the streams schema is at version 0, this version needs 2: run `python starter.py db migrate`"
+        "error: the streams schema is at version 0, this version needs 3: run `python starter.py db migrate`"
     )
 
 
@@ -286,6 +287,18 @@ def client_settings(database: str) -> Settings:
     return Settings(_env_file=None, task_queue="shared", streams_url=database, **role_urls(database))
 
 
+def request_by_sql(database: str, entity_id: str, subject: str = "Shared", **more: str) -> str:
+    """A request as a producer that holds nothing but notify_producer makes it: one SQL call, no Temporal."""
+    names = ["entity_id", "subject", "body", *more]
+    call = ", ".join(f"{name} => %s" for name in names)
+    with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+        row = db.execute(
+            f"SELECT notify_request({call})", [entity_id, subject, "Two workers, one saga each.", *more.values()]
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 async def test_a_saga_outlives_its_worker(
     dev_env: WorkflowEnvironment,
     database: str,
@@ -337,9 +350,25 @@ async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
             await import_entries(store, [ENTITY])
             client = NotificationClient(store, dev_env.client, settings)
             op = SendNotificationToEntityOp(entity_id="ops", subject="Shared", body="Two workers, one saga each.")
-            ids = await asyncio.gather(*(client.request(op) for _ in range(24)))
-            views = await asyncio.gather(*(client.result(i) for i in ids))
+            # half start their sagas themselves, racing both workers' handlers; half are records in the stream alone
+            requested = await asyncio.gather(
+                *(
+                    client.request(op) if i % 2 else asyncio.to_thread(request_by_sql, database, "ops")
+                    for i in range(24)
+                )
+            )
+            ids = list(requested)
+            views = [await client.result(i) for i in ids]  # a saga not started yet is waited for
             assert [v.status for v in views] == ["sent"] * 24
+            requests = await store.reader(StreamName.CLIENT_OPERATION).by_tags()
+            takers = [
+                [
+                    e
+                    for e in await store.handling(StreamName.CLIENT_OPERATION).history(r.internal_id)
+                    if e.status == "Running"
+                ]
+                for r in requests
+            ]
             email_events = await store.reader(StreamName.EMAIL_EVENT).by_tags()
             operations = await store.reader(StreamName.EMAIL_OPERATION).by_tags()
             histories = [
@@ -354,6 +383,7 @@ async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
     assert Counter(e.type for e in email_events) == {"SendEmailRequestedEvent": 24, "SucceededInSendingEmailEvent": 24}
     assert len({e.record_id for e in email_events}) == 24
     assert len(handled_by) == 2, handled_by  # both workers delivered some
+    assert [len(t) for t in takers] == [1] * 24  # each request taken up once: by its saga, or by one handler
     assert len(operations) == 24
     assert all([e.status for e in h][-2:] == ["Running", "Completed"] for h in histories)
     identity = ids[0].rpartition("-")[0]
@@ -378,3 +408,70 @@ def test_database_errors_are_classified_for_retry(error: type[psycopg.Error], se
     """What a later attempt may not meet is `StoreUnavailable` (retried), a database not yet as this version needs
     is `StoreUnusable` (retried, and said in one line), and anything else goes on as it is (a bug or bad data)."""
     assert type(_classified(error("said"))) is seen_as
+
+
+async def test_plain_sql_as_the_producer_role_requests_a_notification(
+    dev_env: WorkflowEnvironment,
+    database: str,
+    worker_env: dict[str, str],
+    sinks: tuple[MailSink, SlackSink],
+    tmp_path: Path,
+) -> None:
+    """`SELECT notify_request(...)` as notify_producer writes what the client writes; a worker's handler, woken by
+    the database, starts its saga; keys are kept as the client keeps them; the service's rules refuse what they
+    refuse, with the reason in the status."""
+    mail, slack = sinks
+    worker = start_worker(worker_env, tmp_path)
+    try:
+        settings = client_settings(database)
+        async with settings.open_streams() as store:
+            await import_entries(store, [ENTITY])
+            client = NotificationClient(store, dev_env.client, settings)
+            nid = await asyncio.to_thread(request_by_sql, database, "ops", "From SQL", tags='{"team": "db"}')
+            view = (await client.result(nid)).model_dump(mode="json")
+            by_client = await client.request(
+                SendNotificationToEntityOp(
+                    entity_id="ops",
+                    subject="From SQL",
+                    body="Two workers, one saga each.",
+                    tags=[Tag(name="team", value="db")],
+                )
+            )
+            records = {i: await store.reader(StreamName.CLIENT_OPERATION).latest(i) for i in (nid, by_client)}
+            [taken] = [
+                e
+                for e in await store.handling(StreamName.CLIENT_OPERATION).history(records[nid].internal_id)  # type: ignore[union-attr]
+                if e.status == "Running"
+            ]
+
+            again = await asyncio.to_thread(request_by_sql, database, "ops", "Keyed", idempotency_key="k-1")
+            assert await asyncio.to_thread(request_by_sql, database, "ops", "Keyed", idempotency_key="k-1") == again
+            with pytest.raises(psycopg.Error, match=f"idempotency key 'k-1' was already used by notification {again}"):
+                await asyncio.to_thread(request_by_sql, database, "ops", "Not the same", idempotency_key="k-1")
+            # the Python client honours a key claimed in SQL, and takes no new id for it
+            keyed = SendNotificationToEntityOp(entity_id="ops", subject="Keyed", body="Two workers, one saga each.")
+            assert await client.request(keyed, idempotency_key="k-1") == again
+
+            refused = await asyncio.to_thread(request_by_sql, database, "ops", "Bad\r\nBcc: x@example.com")
+            refused_view = (await client.result(refused)).model_dump(mode="json")
+            await client.result(again)
+    finally:
+        said = worker.stop()
+    assert view["status"] == "sent", view
+    assert [m.message["Subject"] for m in mail.messages].count("From SQL") == 2
+    assert [m.message["Subject"] for m in mail.messages].count("Keyed") == 1
+    assert taken.details == "its saga is started by the client-operation handler"
+    sql_record, client_record = records[nid], records[by_client]
+    assert sql_record is not None and client_record is not None
+    assert (
+        sql_record.object(ExecuteOpRequestedEvent).operation == client_record.object(ExecuteOpRequestedEvent).operation
+    )
+    assert {t.name: t.value for t in sql_record.tags} == {
+        **{t.name: t.value for t in client_record.tags},
+        "notification-id": nid,
+    }
+    assert refused_view["status"] == "failed"
+    [reason] = refused_view["outcome"]["failures"]
+    assert reason.startswith("refused: subject: must be a single line of text"), reason
+    assert "Bad" not in [m.message["Subject"] for m in mail.messages]
+    assert f"notification {refused} is not started: refused: subject" in said

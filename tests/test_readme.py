@@ -32,6 +32,7 @@ def argv(line: str) -> list[str]:
 
 def test_use_it_works_as_written(tmp_path: Path) -> None:
     shutil.copy(ROOT / "entities.json", tmp_path)
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
@@ -65,8 +66,13 @@ def test_use_it_works_as_written(tmp_path: Path) -> None:
     assert "Deploy finished" in ran["audit --email test@example.com"]
     assert "Deploy finished" in ran["audit --slack-channel acme/C0123"]
     assert "Maintenance" in ran["audit --entity user-1"]
-    [mail] = (tmp_path / ".notify" / "mail").glob("*.eml")
-    assert "Subject: Deploy finished" in mail.read_text()
-    [posted] = (tmp_path / ".notify" / "slack" / "messages.jsonl").read_text().splitlines()
-    assert json.loads(posted)["channel"] == "C0123"
+    mails = sorted((tmp_path / ".notify" / "mail").glob("*.eml"))
+    assert [m.read_text().count("Subject: Deploy finished") for m in mails] == [1, 0]
+    assert "Subject: Welcome to Billing 2.0, Ada" in mails[1].read_text()
+    posted = (tmp_path / ".notify" / "slack" / "messages.jsonl").read_text().splitlines()
+    assert [json.loads(p)["channel"] for p in posted] == ["C0123", "C0123"]
+    assert "*Billing* 2.0 is deployed" in json.loads(posted[1])["text"]
+    assert re.fullmatch(
+        r"nk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}\n", ran["apikey create ci-pipeline --scope send --scope read"]
+    )
     assert "Traceback" not in log

@@ -134,7 +134,11 @@ async def test_events_across_streams_and_audit(notify: Notify) -> None:
         ("notification-view", "NotificationView"),
         ("notification-snapshot", "NotificationSnapshot"),
     ]
-    assert {r.stream for r in records} == {s.value for s in StreamName} - {"internal-operation", "entity-directory"}
+    assert {r.stream for r in records} == {s.value for s in StreamName} - {
+        "internal-operation",
+        "entity-directory",
+        "api-key",
+    }
 
     [sent] = await notify.client.audit_email("ada@example.com")
     assert (sent.notification_id, sent.subject, sent.outcome) == (nid, "Disk almost full", "sent")

@@ -1,0 +1,225 @@
+"""Templates: a notification's content rendered from NAME.yaml files with Jinja2."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import SecurityError, TemplateRuntimeError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import missing
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_REQUIRED = ("subject", "text")
+_PARTS = (*_REQUIRED, "html", "slack")
+
+_roots: ContextVar[Mapping[str, Any]] = ContextVar("_roots")
+"""The variables of the rendering under way, by name, that undefined values name their paths from."""
+
+
+class TemplateError(ValueError):
+    """A template that cannot be rendered: one line naming the template and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A notification's content, rendered from one template."""
+
+    name: str
+    sha256: str
+    """The hex sha256 of the template file's bytes, as read for this rendering."""
+    subject: str
+    text: str
+    html: str | None
+    slack: str | None
+
+
+class Templates:
+    """The templates in a folder, each a file `NAME.yaml`; read again on every rendering."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        plain = _Environment(undefined=_Undefined, autoescape=False, keep_trailing_newline=False)
+        self._environments = {
+            "subject": plain,
+            "text": plain,
+            "html": _Environment(undefined=_Undefined, autoescape=True, keep_trailing_newline=False),
+            "slack": _Environment(undefined=_Undefined, finalize=_slack_escaped, keep_trailing_newline=False),
+        }
+
+    def render(self, name: str, data: Mapping[str, Any], entity: Mapping[str, Any]) -> Rendered:
+        """Render the template `name` with the variables `data` (the request's JSON object) and `entity`."""
+        if not _is_name(name):
+            raise TemplateError(
+                f"template {name!r}: not a template name (a letter or digit, then up to 99 letters, digits, "
+                "'_', '.' or '-', without '..')"
+            )
+        if not isinstance(data, Mapping):
+            raise TemplateError(f"template {name!r}: data must be a JSON object")
+        try:
+            source = (self.folder / f"{name}.yaml").read_bytes()
+        except FileNotFoundError:
+            names = sorted(path.stem for path in self.folder.glob("*.yaml") if path.is_file() and _is_name(path.stem))
+            raise TemplateError(
+                f"template {name!r}: no such template in {self.folder} (there: {', '.join(names) or 'none'})"
+            ) from None
+        token = _roots.set({"data": data, "entity": entity})
+        try:
+            rendered = {
+                part: self._render_part(name, part, text, data, entity) for part, text in _parts(name, source).items()
+            }
+        finally:
+            _roots.reset(token)
+        return Rendered(
+            name=name,
+            sha256=hashlib.sha256(source).hexdigest(),
+            subject=rendered["subject"].strip(),
+            text=rendered["text"],
+            html=rendered.get("html"),
+            slack=rendered.get("slack"),
+        )
+
+    def _render_part(
+        self, name: str, part: str, source: str, data: Mapping[str, Any], entity: Mapping[str, Any]
+    ) -> str:
+        where = f"template {name!r}, {part}"
+        try:
+            template = self._environments[part].from_string(source)
+        except TemplateSyntaxError as error:
+            raise TemplateError(
+                f"{where}: syntax error on line {error.lineno}: {_first_line(error.message or '')}"
+            ) from error
+        try:
+            return template.render(data=data, entity=entity)
+        except SecurityError as error:
+            raise TemplateError(f"{where}: not allowed: {_first_line(str(error)).rstrip('.')}") from error
+        except UndefinedError as error:
+            raise TemplateError(f"{where}: {_first_line(str(error))}") from error
+        except Exception as error:  # what the template's own expressions raise, as `{{ 1 / 0 }}`
+            raise TemplateError(f"{where}: {type(error).__name__}: {_first_line(str(error))}") from error
+
+
+def _parts(name: str, source: bytes) -> dict[str, str]:
+    """The parts of a template file, by key, checked."""
+    try:
+        content = yaml.safe_load(source.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise TemplateError(f"template {name!r}: not UTF-8 ({error.reason} at byte {error.start})") from None
+    except yaml.MarkedYAMLError as error:
+        line = f" on line {error.problem_mark.line + 1}" if error.problem_mark else ""
+        raise TemplateError(f"template {name!r}: not valid YAML{line}: {_first_line(str(error.problem))}") from None
+    except yaml.YAMLError as error:
+        raise TemplateError(f"template {name!r}: not valid YAML: {_first_line(str(error))}") from None
+    if not isinstance(content, dict):
+        raise TemplateError(
+            f"template {name!r}: must be a YAML mapping with keys subject, text and optionally html, slack"
+        )
+    if unknown := [key for key in content if key not in _PARTS]:
+        raise TemplateError(f"template {name!r}: unknown {_keys(unknown)} (allowed: {', '.join(_PARTS)})")
+    if absent := [key for key in _REQUIRED if key not in content]:
+        raise TemplateError(f"template {name!r}: missing required {_keys(absent)}")
+    for part, value in content.items():
+        if not isinstance(value, str):
+            got = "null" if value is None else type(value).__name__
+            raise TemplateError(f"template {name!r}, {part}: must be a string, not {got}")
+    return content
+
+
+def _keys(keys: list[Any]) -> str:
+    return f"key{'s' if len(keys) > 1 else ''} {', '.join(repr(key) for key in keys)}"
+
+
+def _is_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None and ".." not in name
+
+
+def _first_line(text: str) -> str:
+    return text.partition("\n")[0]
+
+
+def _slack_escaped(value: object) -> str:
+    """A value output into Slack mrkdwn, with its control characters `&`, `<` and `>` escaped."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """A sandbox in which a lookup on an undefined value is undefined too, so that its error names the whole path."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, _Undefined):
+            return obj.looked_up(attribute)
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, _Undefined):
+            return obj.looked_up(argument)
+        return super().getitem(obj, argument)
+
+
+class _Undefined(StrictUndefined):
+    """An undefined value whose error names the path it was looked up by, as `data.order.id is undefined`."""
+
+    __slots__ = ("_lookups",)
+
+    def __init__(
+        self,
+        hint: str | None = None,
+        obj: Any = missing,
+        name: str | None = None,
+        exc: type[TemplateRuntimeError] = UndefinedError,
+        lookups: tuple[Any, ...] = (),
+    ) -> None:
+        super().__init__(hint, obj, name, exc)
+        self._lookups = lookups
+
+    def looked_up(self, key: Any) -> _Undefined:
+        """This undefined value, looked up further by `key`."""
+        return _Undefined(
+            self._undefined_hint,
+            self._undefined_obj,
+            self._undefined_name,
+            self._undefined_exception,
+            (*self._lookups, key),
+        )
+
+    @property
+    def _undefined_message(self) -> str:
+        if self._undefined_hint:
+            return self._undefined_hint
+        if self._undefined_obj is missing:
+            path = str(self._undefined_name)
+        elif (found := _path_to(self._undefined_obj)) is not None:
+            path = _joined(found, self._undefined_name)
+        else:
+            return super()._undefined_message
+        for key in self._lookups:
+            path = _joined(path, key)
+        return f"{path} is undefined"
+
+
+def _path_to(target: object) -> str | None:
+    """The path by which `target`, a mapping or a list, is reached from the variables of the rendering under way;
+    None if it is not (as other values are not told apart by identity)."""
+    if not isinstance(target, Mapping | list):
+        return None
+    pending: list[tuple[str, Any]] = list(_roots.get().items())
+    while pending:
+        path, value = pending.pop()
+        if value is target:
+            return path
+        if isinstance(value, Mapping):
+            pending.extend((_joined(path, key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            pending.extend((_joined(path, index), item) for index, item in enumerate(value))
+    return None
+
+
+def _joined(path: str, key: Any) -> str:
+    return f"{path}.{key}" if isinstance(key, str) and key.isidentifier() else f"{path}[{key!r}]"

@@ -1,0 +1,291 @@
+"""The HTTP API, called over HTTP on a real uvicorn server, on each backend, with a worker and the dev server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest_asyncio
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import MAX_BODY_BYTES, create_app, serving
+from api.keys import ApiKeys, Scope
+from client import connect
+from settings import Settings
+from sinks.mail import MailSink, free_port
+from sinks.slack import SlackSink
+from streams import StreamName, StreamStore
+from tests.harness import ROOT, entity, notifying
+
+
+@dataclass
+class Api:
+    http: httpx.AsyncClient
+    keys: dict[str, str]
+    store: StreamStore
+
+    async def call(self, method: str, path: str, key: str | None = "all", **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {self.keys.get(key, key)}"
+        return await self.http.request(method, path, headers=headers, **kwargs)
+
+    async def outcome(self, notification_id: str, timeout: float = 60) -> dict[str, Any]:
+        """The view once the notification has ended (the API has no long poll: it is asked again)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            view = (await self.call("GET", f"/v1/notifications/{notification_id}")).json()
+            if view["status"] not in ("pending", "scheduled", "sending"):
+                return view
+            assert asyncio.get_running_loop().time() < deadline, view
+            await asyncio.sleep(0.1)
+
+    async def records(self) -> int:
+        return sum([len(await self.store.reader(s).by_tags()) for s in StreamName if s != StreamName.API_KEY])
+
+
+@pytest_asyncio.fixture
+async def api(dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings) -> AsyncIterator[Api]:
+    settings = settings.model_copy(update={"templates_dir": ROOT / "templates"})
+    keys = ApiKeys(store)
+    issued = {
+        "all": await keys.create("all", list(Scope)),
+        "sender": await keys.create("sender", [Scope.SEND]),
+        "reader": await keys.create("reader", [Scope.READ]),
+    }
+    async with (
+        notifying(dev_env, store, settings, entity(), entity(id="user-2", channels={"email": "send"})),
+        serving(create_app(store, dev_env.client, settings), "127.0.0.1", 0) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        yield Api(http, issued, store)
+
+
+def is_problem(response: httpx.Response, status: int, detail: str) -> bool:
+    body = response.json()
+    return (
+        response.status_code == status
+        and response.headers["content-type"] == "application/problem+json"
+        and body["status"] == status
+        and body["detail"] == detail
+        and "\n" not in body["detail"]
+    )
+
+
+async def test_a_notification_is_requested_read_back_and_found_in_the_audit(
+    api: Api, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    sent = await api.call(
+        "POST",
+        "/v1/notifications",
+        json={"entity": "user-1", "subject": "Over HTTP", "body": "B", "tags": {"team": "web"}},
+    )
+    assert sent.status_code == 202, sent.text
+    accepted = sent.json()
+    assert set(accepted) == {"id", "status"} and accepted["status"] == "pending"
+    view = await api.outcome(accepted["id"])
+    assert view["status"] == "sent" and view["channels"]["email"]["address"] == "ada@example.com"
+    events = (await api.call("GET", f"/v1/notifications/{accepted['id']}/events")).json()
+    assert events[0]["type"] == "ExecuteOpRequestedEvent" and events[0]["stream"] == "client-operation"
+    assert {"name": "team", "value": "web"} in events[0]["tags"]
+    audit = (await api.call("GET", "/v1/audit/email", params={"address": "ADA@example.com"})).json()
+    assert [(a["notification_id"], a["outcome"]) for a in audit] == [(accepted["id"], "sent")]
+    slack = (await api.call("GET", "/v1/audit/slack", params={"channel": "acme/C0123"})).json()
+    assert [a["notification_id"] for a in slack] == [accepted["id"]]
+    assert [m.message["Subject"] for m in mail_sink.messages] == ["Over HTTP"]
+
+
+async def test_an_idempotency_key_returns_the_first_id_and_refuses_another_request(api: Api) -> None:
+    body = {"entity": "user-2", "subject": "Once", "body": "B"}
+    first = await api.call("POST", "/v1/notifications", json=body, headers={"Idempotency-Key": "order-7"})
+    again = await api.call("POST", "/v1/notifications", json=body, headers={"Idempotency-Key": "order-7"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    other = await api.call(
+        "POST", "/v1/notifications", json={**body, "subject": "Twice"}, headers={"Idempotency-Key": "order-7"}
+    )
+    assert is_problem(
+        other,
+        409,
+        f"idempotency key 'order-7' was already used by notification {first.json()['id']} with a different request",
+    )
+    bad_key = await api.call("POST", "/v1/notifications", json=body, headers={"Idempotency-Key": "a key"})
+    assert bad_key.status_code == 422 and bad_key.json()["detail"].startswith("Idempotency-Key: ")
+
+
+async def test_bad_input_is_422_and_writes_nothing(api: Api) -> None:
+    before = await api.records()
+    for body, detail in [
+        ({"entity": "user-1", "subject": "Two\nlines", "body": "B"}, "subject: must be a single line of text"),
+        ({"entity": "user-1", "body": "B"}, "subject: is missing"),
+        ({"subject": "S", "body": "B"}, "entity: is missing"),
+        ({"entity": "user-1", "subject": "S", "body": "B", "colour": "red"}, "colour: is not a known field"),
+        ({"entity": "user-1", "subject": "S", "body": "B", "send_at": "2030-01-01T09:00"}, "send_at: must have a"),
+        ({"entity": "user-1", "subject": "S", "body": "B", "tags": {"entity-id": "x"}}, "tags: 'entity-id': reserved"),
+        ({"entity": "user-1", "template": "welcome", "data": {}}, "template 'welcome', subject: data.service is"),
+        ({"entity": "user-1", "template": "nope"}, "template 'nope': no such template in"),
+        ({"entity": "user-1", "template": "welcome", "subject": "S", "data": {}}, "template 'welcome': subject is"),
+    ]:
+        response = await api.call("POST", "/v1/notifications", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"].startswith(detail), (body, response.json())
+    malformed = await api.call(
+        "POST", "/v1/notifications", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert malformed.status_code == 422 and "\n" not in malformed.json()["detail"]
+    assert await api.records() == before
+
+
+async def test_a_body_over_the_limit_is_413(api: Api) -> None:
+    huge = {"entity": "user-1", "subject": "S", "body": "x" * MAX_BODY_BYTES}
+    response = await api.call("POST", "/v1/notifications", json=huge)
+    assert is_problem(response, 413, f"the request body is over {MAX_BODY_BYTES:,} bytes")
+
+    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        yield b'{"entity": "user-1", "subject": "S", "body": "'
+        for _ in range(MAX_BODY_BYTES // 65536 + 1):
+            yield b"x" * 65536
+        yield b'"}'
+
+    chunked = await api.call(
+        "POST", "/v1/notifications", content=streamed(), headers={"Content-Type": "application/json"}
+    )
+    assert chunked.status_code == 413
+
+
+async def test_keys_and_scopes(api: Api) -> None:
+    assert is_problem(
+        await api.call("GET", "/v1/notifications", key=None), 401, "an API key is needed: Authorization: Bearer KEY"
+    )
+    assert (await api.call("GET", "/v1/notifications", key=None)).headers["www-authenticate"] == "Bearer"
+    wrong = api.keys["all"][:-4] + "AAAA"
+    assert is_problem(
+        await api.call("GET", "/v1/notifications", key=wrong), 401, "the API key is not valid (unknown, or revoked)"
+    )
+    assert (await api.call("GET", "/v1/notifications", key="reader")).status_code == 200
+    assert is_problem(
+        await api.call(
+            "POST", "/v1/notifications", key="reader", json={"entity": "user-1", "subject": "S", "body": "B"}
+        ),
+        403,
+        "the API key 'reader' does not hold the 'send' scope",
+    )
+    assert (await api.call("GET", "/v1/notifications", key="sender")).status_code == 403
+    assert (await api.call("PUT", "/v1/entities/user-9", key="sender", json={"name": "N"})).status_code == 403
+    await ApiKeys(api.store).revoke("reader")
+    assert (await api.call("GET", "/v1/notifications", key="reader")).status_code == 401  # at once
+    assert (await api.call("GET", "/healthz", key=None)).json() == {"status": "ok"}
+
+
+async def test_cancel_and_unknown_ids(api: Api) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    sent = await api.call(
+        "POST", "/v1/notifications", json={"entity": "user-1", "subject": "L", "body": "B", "send_at": later}
+    )
+    assert sent.json()["status"] == "scheduled"
+    nid = sent.json()["id"]
+    cancelled = await api.call("POST", f"/v1/notifications/{nid}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    again = await api.call("POST", f"/v1/notifications/{nid}/cancel")
+    assert again.status_code == 409 and again.headers["content-type"] == "application/problem+json"
+    for method, path in (
+        ("GET", "/v1/notifications/x-1"),
+        ("GET", "/v1/notifications/x-1/events"),
+        ("POST", "/v1/notifications/x-1/cancel"),
+    ):
+        assert is_problem(await api.call(method, path), 404, "no notification with id 'x-1'")
+    assert is_problem(await api.call("GET", "/v1/entities/nobody"), 404, "no entity with id 'nobody'")
+    assert (await api.call("GET", "/v1/nothing-here")).headers["content-type"] == "application/problem+json"
+
+
+async def test_recent_notifications_page_newest_first_by_entity_and_status(api: Api) -> None:
+    ids = []
+    for i, who in enumerate(["user-1", "user-2", "user-1", "user-2", "user-2"]):
+        sent = await api.call("POST", "/v1/notifications", json={"entity": who, "subject": f"N{i}", "body": "B"})
+        ids.append(sent.json()["id"])
+    for nid in ids:
+        await api.outcome(nid)
+    first = (await api.call("GET", "/v1/notifications", params={"entity": "user-2", "limit": 2})).json()
+    assert [v["id"] for v in first["items"]] == [ids[4], ids[3]]
+    second = (
+        await api.call(
+            "GET", "/v1/notifications", params={"entity": "user-2", "limit": 2, "cursor": first["next_cursor"]}
+        )
+    ).json()
+    assert [v["id"] for v in second["items"]] == [ids[1]] and second["next_cursor"] is None
+    sent_ones = (await api.call("GET", "/v1/notifications", params={"status": "sent", "limit": 100})).json()
+    assert [v["id"] for v in sent_ones["items"]] == ids[::-1]
+    assert (await api.call("GET", "/v1/notifications", params={"status": "failed"})).json()["items"] == []
+    assert (await api.call("GET", "/v1/notifications", params={"cursor": "bogus"})).status_code == 422
+    assert (await api.call("GET", "/v1/notifications", params={"limit": 0})).status_code == 422
+
+
+async def test_the_directory_is_kept_over_http(api: Api) -> None:
+    entry = {"name": "Eve", "email": "eve@example.com", "channels": {"email": "send"}}
+    put = await api.call("PUT", "/v1/entities/user-7", json=entry)
+    assert put.status_code == 200 and put.json() == {"id": "user-7", **entry}
+    assert (await api.call("GET", "/v1/entities/user-7", key="reader")).json() == {"id": "user-7", **entry}
+    bad = await api.call("PUT", "/v1/entities/user-8", json={**entry, "email": "not an address"})
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("email: ")
+    other = await api.call("PUT", "/v1/entities/user-8", json={**entry, "id": "user-9"})
+    assert is_problem(other, 422, "id: 'user-9' is not the id in the path, 'user-8'")
+    assert (await api.call("GET", "/v1/entities/user-8")).status_code == 404
+
+
+async def test_a_template_renders_into_the_mail_and_the_slack_message(
+    api: Api, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    sent = await api.call(
+        "POST",
+        "/v1/notifications",
+        json={"entity": "user-1", "template": "welcome", "data": {"service": "Billing <beta>", "version": "2.0"}},
+    )
+    assert sent.status_code == 202, sent.text
+    view = await api.outcome(sent.json()["id"])
+    assert view["status"] == "sent"
+    [mail] = mail_sink.messages
+    assert mail.message["Subject"] == "Welcome to Billing <beta> 2.0, Ada"
+    html = mail.message.get_body(("html",))
+    assert html is not None and "Billing &lt;beta&gt;" in html.get_content()
+    [posted] = slack_sink.messages
+    assert "Billing &lt;beta&gt;" in posted.text
+    events = (await api.call("GET", f"/v1/notifications/{sent.json()['id']}/events")).json()
+    template = events[0]["payload"]["operation"]["template"]
+    assert template["name"] == "welcome" and len(template["sha256"]) == 64
+
+
+async def test_docs_list_every_endpoint(api: Api) -> None:
+    docs = await api.call("GET", "/docs", key=None)
+    assert docs.status_code == 200 and "swagger-ui" in docs.text and "cdn" not in docs.text.lower()
+    paths = (await api.call("GET", "/openapi.json", key=None)).json()["paths"]
+    assert set(paths) == {
+        "/v1/notifications",
+        "/v1/notifications/{notification_id}",
+        "/v1/notifications/{notification_id}/events",
+        "/v1/notifications/{notification_id}/cancel",
+        "/v1/audit/email",
+        "/v1/audit/slack",
+        "/v1/entities/{entity_id}",
+        "/healthz",
+        "/readyz",
+    }
+    assert (await api.call("GET", "/readyz", key=None)).json() == {"status": "ready"}
+
+
+async def test_readyz_is_503_without_temporal(store: StreamStore, settings: Settings) -> None:
+    away = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
+    temporal = await connect(away, lazy=True)
+    async with (
+        serving(create_app(store, temporal, away), "127.0.0.1", 0) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["content-type"] == "application/problem+json"
+        assert ready.json()["detail"].startswith(f"Temporal does not answer at {away.temporal_address}")
+        assert (await http.get("/healthz")).status_code == 200

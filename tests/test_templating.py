@@ -1,0 +1,271 @@
+"""Templates: NAME.yaml files in a real folder, rendered with Jinja2 in a sandbox; every error one line."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from templating import Rendered, TemplateError, Templates
+
+SHIPPED = Path(__file__).resolve().parents[1] / "templates"
+ENTITY = {"id": "user-1", "name": "Ada", "email": "test@example.com"}
+
+
+def write(folder: Path, name: str, content: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(content, encoding="utf-8")
+    return path
+
+
+def error(templates: Templates, name: str, data: Any = None, entity: Any = None) -> str:
+    """The one-line message of the TemplateError that rendering raises."""
+    with pytest.raises(TemplateError) as raised:
+        templates.render(name, {} if data is None else data, ENTITY if entity is None else entity)
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+def test_all_four_parts_are_rendered(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "deploy",
+        'subject: "  {{ data.service }} {{ data.version }} is live  "\n'
+        "text: |\n"
+        "  Hello {{ entity.name }},\n"
+        "  {{ data.service }} is at {{ data.version }}.\n"
+        'html: "<p>{{ data.service }} for {{ entity.email }}</p>"\n'
+        'slack: "*{{ data.service }}* {{ data.version }}"\n',
+    )
+
+    rendered = Templates(tmp_path).render("deploy", {"service": "billing", "version": "2.1"}, ENTITY)
+
+    assert rendered == Rendered(
+        name="deploy",
+        sha256=rendered.sha256,
+        subject="billing 2.1 is live",
+        text="Hello Ada,\nbilling is at 2.1.",
+        html="<p>billing for test@example.com</p>",
+        slack="*billing* 2.1",
+    )
+
+
+def test_html_and_slack_are_optional(tmp_path: Path) -> None:
+    write(tmp_path, "short", "subject: Hi\ntext: Hello {{ entity.id }}\n")
+
+    rendered = Templates(tmp_path).render("short", {}, ENTITY)
+
+    assert (rendered.subject, rendered.text, rendered.html, rendered.slack) == ("Hi", "Hello user-1", None, None)
+
+
+def test_html_escapes_data_but_keeps_the_templates_own_tags(tmp_path: Path) -> None:
+    write(tmp_path, "x", 'subject: s\ntext: t\nhtml: "<p><b>{{ data.comment }}</b> by {{ entity.name }}</p>"\n')
+
+    rendered = Templates(tmp_path).render("x", {"comment": "<script>alert('&')</script>"}, {"name": "A&B"})
+
+    assert rendered.html == "<p><b>&lt;script&gt;alert(&#39;&amp;&#39;)&lt;/script&gt;</b> by A&amp;B</p>"
+
+
+def test_slack_escapes_ampersand_and_angle_brackets_in_data_but_not_in_the_template(tmp_path: Path) -> None:
+    write(tmp_path, "x", 'subject: s\ntext: t\nslack: "<https://x|link> & *{{ data.title }}* {{ entity.name }}"\n')
+
+    rendered = Templates(tmp_path).render("x", {"title": "<!channel> R&D"}, {"name": "<@U123>"})
+
+    assert rendered.slack == "<https://x|link> & *&lt;!channel&gt; R&amp;D* &lt;@U123&gt;"
+
+
+def test_subject_and_text_are_not_escaped(tmp_path: Path) -> None:
+    write(tmp_path, "x", 'subject: "{{ data.v }}"\ntext: "{{ data.v }}"\n')
+
+    rendered = Templates(tmp_path).render("x", {"v": "<b> & 'q'"}, ENTITY)
+
+    assert (rendered.subject, rendered.text) == ("<b> & 'q'", "<b> & 'q'")
+
+
+def test_the_hash_is_of_the_bytes_read_and_an_edit_is_taken_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "x", "subject: One\ntext: t\n")
+    templates = Templates(tmp_path)
+
+    first = templates.render("x", {}, ENTITY)
+    assert (first.subject, first.sha256) == ("One", hashlib.sha256(path.read_bytes()).hexdigest())
+
+    write(tmp_path, "x", "subject: Two\ntext: t\n")
+    second = templates.render("x", {}, ENTITY)
+    assert (second.subject, second.sha256) == ("Two", hashlib.sha256(path.read_bytes()).hexdigest())
+    assert second.sha256 != first.sha256
+
+
+def test_the_shipped_welcome_template_renders() -> None:
+    rendered = Templates(SHIPPED).render("welcome", {"service": "Billing & Co", "version": "2.4.1"}, ENTITY)
+
+    assert "Billing & Co" in rendered.subject and "Ada" in rendered.subject
+    assert "\n" not in rendered.subject
+    assert "Hello Ada" in rendered.text and "Billing & Co 2.4.1" in rendered.text
+    assert rendered.html is not None and "Billing &amp; Co" in rendered.html and "<p>" in rendered.html
+    assert rendered.slack is not None and "*Billing &amp; Co*" in rendered.slack
+    assert rendered.sha256 == hashlib.sha256((SHIPPED / "welcome.yaml").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("part", "source", "data", "variable"),
+    [
+        ("subject", "Hi {{ data.name }}", {}, "data.name"),
+        ("text", "{{ data.order.id }}", {"customer": 1}, "data.order.id"),
+        ("text", "{{ data.order['id'] }}", {}, "data.order.id"),
+        ("text", "{{ data.order.id }}", {"order": {"total": 3}}, "data.order.id"),
+        ("text", "{{ entity.name }}", {}, "entity.name"),
+        ("text", "{{ nope }}", {}, "nope"),
+        ("text", "{{ nope.deeper }}", {}, "nope.deeper"),
+        ("html", "{% if data.x %}yes{% endif %}", {}, "data.x"),
+        ("slack", "{{ data.x | upper }}", {}, "data.x"),
+        ("text", "{{ data['a key'] }}", {}, "data['a key']"),
+        (
+            "text",
+            "{% for line in data.lines %}{{ line.sku }}{% endfor %}",
+            {"lines": [{"qty": 1}]},
+            "data.lines[0].sku",
+        ),
+        ("text", "{{ data.lines[2] }}", {"lines": []}, "data.lines[2]"),
+    ],
+)
+def test_an_undefined_variable_is_named_by_its_whole_path(
+    tmp_path: Path, part: str, source: str, data: dict[str, Any], variable: str
+) -> None:
+    parts = {"subject": "s", "text": "t", part: source}
+    write(tmp_path, "welcome", yaml.safe_dump(parts))
+
+    message = error(Templates(tmp_path), "welcome", data, {"id": "user-1"})
+
+    assert message == f"template 'welcome', {part}: {variable} is undefined"
+
+
+def test_a_default_or_defined_test_handles_an_undefined_path(tmp_path: Path) -> None:
+    write(tmp_path, "x", "subject: s\ntext: \"{{ data.order.id | default('none') }} {{ data.a.b is defined }}\"\n")
+
+    assert Templates(tmp_path).render("x", {}, ENTITY).text == "none False"
+
+
+def test_a_syntax_error_names_the_part_and_line(tmp_path: Path) -> None:
+    write(tmp_path, "welcome", 'subject: s\ntext: "Hello\\n{{ data.name } }}"\n')
+
+    assert error(Templates(tmp_path), "welcome") == "template 'welcome', text: syntax error on line 2: unexpected '}'"
+
+
+@pytest.mark.parametrize(
+    ("source", "attribute", "owner"),
+    [
+        ("{{ data.__class__ }}", "__class__", "dict"),
+        ("{{ data.__class__.__subclasses__() }}", "__class__", "dict"),
+        ('{{ "{0.__class__}".format(data) }}', "__class__", "dict"),
+        ("{{ cycler.__init__.__globals__ }}", "__init__", "type"),
+    ],
+)
+def test_a_sandbox_violation_is_not_allowed(tmp_path: Path, source: str, attribute: str, owner: str) -> None:
+    write(tmp_path, "x", yaml.safe_dump({"subject": "s", "text": "t", "html": source}))
+
+    assert error(Templates(tmp_path), "x") == (
+        f"template 'x', html: not allowed: access to attribute {attribute!r} of {owner!r} object is unsafe"
+    )
+
+
+def test_an_error_raised_by_an_expression_names_the_part(tmp_path: Path) -> None:
+    write(tmp_path, "x", "subject: s\ntext: t\nslack: '{{ data.n / 0 }}'\n")
+
+    assert error(Templates(tmp_path), "x", {"n": 1}) == "template 'x', slack: ZeroDivisionError: division by zero"
+
+
+@pytest.mark.parametrize("data", [["a"], "text", 3, None])
+def test_data_must_be_a_json_object(tmp_path: Path, data: Any) -> None:
+    write(tmp_path, "x", "subject: s\ntext: t\n")
+
+    with pytest.raises(TemplateError) as raised:
+        Templates(tmp_path).render("x", data, ENTITY)
+
+    assert str(raised.value) == "template 'x': data must be a JSON object"
+
+
+def test_an_unknown_template_lists_those_there(tmp_path: Path) -> None:
+    write(tmp_path, "welcome", "subject: s\ntext: t\n")
+    write(tmp_path, "alert", "subject: s\ntext: t\n")
+    (tmp_path / "notes.txt").write_text("not a template")
+
+    assert error(Templates(tmp_path), "welcom") == (
+        f"template 'welcom': no such template in {tmp_path} (there: alert, welcome)"
+    )
+
+
+@pytest.mark.parametrize("folder", ["empty", "absent"])
+def test_an_unknown_template_in_a_folder_without_any(tmp_path: Path, folder: str) -> None:
+    (tmp_path / "empty").mkdir()
+
+    assert error(Templates(tmp_path / folder), "welcome") == (
+        f"template 'welcome': no such template in {tmp_path / folder} (there: none)"
+    )
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", "..", "x..y", ".x", "-x", "", "x y", "a" * 101, "x\n"])
+def test_a_name_that_is_not_a_template_name_is_refused(tmp_path: Path, name: str) -> None:
+    (tmp_path / "templates").mkdir()
+    write(tmp_path, "x", "subject: s\ntext: t\n")  # what "../x" would reach
+
+    assert error(Templates(tmp_path / "templates"), name) == (
+        f"template {name!r}: not a template name (a letter or digit, then up to 99 letters, digits, "
+        "'_', '.' or '-', without '..')"
+    )
+
+
+def test_the_longest_name_is_a_template_name(tmp_path: Path) -> None:
+    name = "a" * 100
+    write(tmp_path, name, "subject: s\ntext: t\n")
+
+    assert Templates(tmp_path).render(name, {}, ENTITY).name == name
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("subject: s\ntext: t\nbody: b\n", "unknown key 'body' (allowed: subject, text, html, slack)"),
+        ("subject: s\ntext: t\nbody: b\n1: c\n", "unknown keys 'body', 1 (allowed: subject, text, html, slack)"),
+        ("text: t\n", "missing required key 'subject'"),
+        ("html: h\n", "missing required keys 'subject', 'text'"),
+        ("- subject\n- text\n", "must be a YAML mapping with keys subject, text and optionally html, slack"),
+        ("just text\n", "must be a YAML mapping with keys subject, text and optionally html, slack"),
+        ("", "must be a YAML mapping with keys subject, text and optionally html, slack"),
+        ("subject: [s\ntext: t\n", "not valid YAML on line 2: expected ',' or ']', but got ':'"),
+        ("subject: s\n  text: t\n", "not valid YAML on line 2: mapping values are not allowed here"),
+        (
+            "subject: a\x00\ntext: t\n",
+            "not valid YAML: unacceptable character #x0000: special characters are not allowed",
+        ),
+    ],
+)
+def test_a_file_that_is_not_a_template(tmp_path: Path, content: str, message: str) -> None:
+    write(tmp_path, "x", content)
+
+    assert error(Templates(tmp_path), "x") == f"template 'x': {message}"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("subject: s\ntext: 3\n", "text: must be a string, not int"),
+        ("subject: s\ntext:\n", "text: must be a string, not null"),
+        ("subject: [a, b]\ntext: t\n", "subject: must be a string, not list"),
+        ("subject: s\ntext: t\nhtml: {p: 1}\n", "html: must be a string, not dict"),
+        ("subject: s\ntext: t\nslack: true\n", "slack: must be a string, not bool"),
+    ],
+)
+def test_a_part_that_is_not_a_string(tmp_path: Path, content: str, message: str) -> None:
+    write(tmp_path, "x", content)
+
+    assert error(Templates(tmp_path), "x") == f"template 'x', {message}"
+
+
+def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "x.yaml").write_bytes(b"subject: caf\xe9\ntext: t\n")
+
+    assert error(Templates(tmp_path), "x") == "template 'x': not UTF-8 (invalid continuation byte at byte 12)"
