@@ -53,7 +53,8 @@ from templating import TemplateError, Templates
 from workflows.notification import NotificationSaga
 
 QUERY_TIMEOUT = timedelta(seconds=5)
-RECENT_SCAN = 1000
+UNDECIDED = (NotificationStatus.PENDING, NotificationStatus.SCHEDULED, NotificationStatus.SENDING)
+RECENT_SCAN = 500
 """The most requests one page of `recent` looks at."""
 SAGA_START_POLL = timedelta(milliseconds=250)
 """How often `result` looks for a saga a worker has yet to start."""
@@ -250,14 +251,13 @@ class NotificationClient:
         )
         try:
             await start_saga(self._temporal, self._store, self._settings, request)
-        except (RPCError, RuntimeError) as error:
-            if not is_connect_failure(error):
-                raise
-            log.warning(
-                "notification %s is accepted; its saga starts when Temporal is back (%s)",
-                notification_id,
-                one_line(temporal_unreachable(self._settings.temporal_address, error)),
-            )
+        except Exception as error:  # the request is recorded, and so accepted: a worker's handler starts its saga
+            if is_connect_failure(error):
+                said = "its saga starts when Temporal is back"
+                error = temporal_unreachable(self._settings.temporal_address, error)
+            else:
+                said = "its saga is not started yet; a worker's handler starts it"
+            log.warning("notification %s is accepted; %s (%s)", notification_id, said, one_line(error))
         return notification_id
 
     async def _taken_up(self, client_operation_record_id: int) -> bool:
@@ -287,7 +287,7 @@ class NotificationClient:
             existing = await claims.latest(record_id)  # another request claimed it first
             assert existing is not None
         first = existing.object(IdempotencyKeyClaim)
-        if first.operation != operation:
+        if _as_compared(first.operation) != _as_compared(operation):
             raise IdempotencyKeyConflict(key, first.notification_id)
         return first.notification_id
 
@@ -325,8 +325,8 @@ class NotificationClient:
             except RPCError as error:
                 if error.status != RPCStatusCode.NOT_FOUND:
                     raise
-            view = await self.status(notification_id)
-            if view["status"] != NotificationStatus.PENDING:
+            view = await self.status(notification_id)  # the saga may have started since: then it is waited for
+            if view["status"] not in UNDECIDED:  # its recorded view, or refused (no saga, and never one)
                 return NotificationView.model_validate(view)
             await asyncio.sleep(SAGA_START_POLL.total_seconds())
 
@@ -393,10 +393,10 @@ class NotificationClient:
             batch = await requests.newest_by_tags(
                 *tags, type=ExecuteOpRequestedEvent.__name__, before=before, limit=limit
             )
-            for record in batch:
+            batch_views = await asyncio.gather(*(self.status(r.record_id or "") for r in batch))
+            for record, view in zip(batch, batch_views, strict=True):
                 looked += 1
                 before = record.internal_id
-                view = await self.status(record.record_id or "")
                 if status is None or view["status"] == status:
                     views.append(view)
                     if len(views) == limit:
@@ -445,6 +445,12 @@ class NotificationClient:
                 )
             )
         return entries
+
+
+def _as_compared(operation: SendNotificationToEntityOp) -> SendNotificationToEntityOp:
+    """An operation as a repeated request is compared to the first: its tags in any order (SQL's `notify_request`
+    sorts them by name)."""
+    return operation.model_copy(update={"tags": sorted(operation.tags, key=lambda t: (t.name, t.value))})
 
 
 def record_json(record: Record) -> dict[str, Any]:

@@ -5,16 +5,18 @@ its saga, so that a request needs nothing but its record in the stream (the CLI'
 Every worker runs one. Starting a saga is idempotent (workflow id = notification id, and Temporal's id policies), so
 any number of handlers and requesters may race for a request: one saga runs. The handler looks at the records after
 the newest it has seen, less a margin for PostgreSQL's records that commit out of id order; on PostgreSQL it is woken
-when records are appended (LISTEN/NOTIFY), on SQLite it polls.
+when a request is appended (LISTEN/NOTIFY), on SQLite it polls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.contract import SEND_NOTIFICATION_CONCERN
 from client import is_connect_failure, start_saga
@@ -26,7 +28,7 @@ from domain import (
     in_one_line,
     validation_message,
 )
-from settings import ConfigurationError, Settings, is_unavailable, one_line
+from settings import ConfigurationError, Settings, one_line
 from streams import HandlingStatus, InvalidHandlingTransition, Record, StreamName, StreamStore
 
 log = logging.getLogger("notify.intake")
@@ -34,9 +36,26 @@ log = logging.getLogger("notify.intake")
 LOOK_BACK = 10_000
 """How far below the newest record seen each look reaches, in internal ids: a record that took an id before the
 newest one and committed after it (PostgreSQL, concurrent writers) is still found."""
+FULL_LOOK = timedelta(minutes=10)
+"""How often it looks at every request again, from the first: what committed further out of order than `LOOK_BACK`
+is found by then."""
+GRACE = timedelta(seconds=2)
+"""How long a new request is left to its requester, which starts its saga itself: only then is it taken up here,
+so that the handlers of every worker, woken by each request, do not all race its requester."""
 BATCH = 50
 """Requests taken up at once."""
 TAKEN_UP = "its saga is started by the client-operation handler"
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` says the store or Temporal cannot be used for now (a later look may succeed)."""
+    if isinstance(error, RPCError):
+        return error.status in (
+            RPCStatusCode.UNAVAILABLE,
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            RPCStatusCode.RESOURCE_EXHAUSTED,
+        )
+    return isinstance(error, OSError) or is_connect_failure(error)
 
 
 class ClientOperationHandler:
@@ -49,51 +68,58 @@ class ClientOperationHandler:
         self._waiting = False
         """Whether it is waiting for a service to come back (said once, when it starts and when it ends)."""
 
-    @property
-    def poll_seconds(self) -> float:
-        return (
-            self._settings.intake_poll_seconds
-            if not self._store.tells_of_appends
-            else self._settings.intake_safety_poll_seconds
-        )
-
     async def run(self) -> None:
-        """Take up requests until cancelled."""
-        after = 0
+        """Take up requests until cancelled. A service that cannot be used is waited for, looking again every
+        `NOTIFY_INTAKE_POLL_SECONDS`; a bug is logged, and it goes on."""
+        after, full_look_at = 0, 0.0
+        loop = asyncio.get_running_loop()
         while True:
+            wait = (
+                self._settings.intake_safety_poll_seconds
+                if self._store.tells_of_operations
+                else self._settings.intake_poll_seconds
+            )
             try:
-                after = await self.take_up(after)
+                if loop.time() >= full_look_at:
+                    after, full_look_at = 0, loop.time() + FULL_LOOK.total_seconds()
+                after, young = await self.take_up(after)
                 self._back()
+                if young is not None:
+                    wait = min(wait, young)
+                await self._requests.wait_for_operations(wait)
             except Exception as error:
-                if not (is_unavailable(error) or is_connect_failure(error)):
-                    raise
-                self._away(error)
-            try:
-                await self._requests.wait_for_appends(self.poll_seconds)
-            except Exception as error:
-                if not is_unavailable(error):
-                    raise
-                self._away(error)
-                await asyncio.sleep(self.poll_seconds)
+                if is_outage(error):
+                    self._away(error)
+                else:
+                    log.exception("the client-operation handler failed; it goes on")
+                await asyncio.sleep(self._settings.intake_poll_seconds)
 
-    async def take_up(self, after: int = 0) -> int:
+    async def take_up(self, after: int = 0) -> tuple[int, float | None]:
         """Start the saga of every request after internal id `after` that no saga has taken up; returns where the
-        next look starts."""
+        next look starts, and in how many seconds a request too young to take up now will not be."""
         newest = await self._requests.newest()
-        low = after
+        low, young, lowest_young = after, None, None
+        now = datetime.now(UTC)
         while True:
             batch = await self._requests.unhandled(
                 SEND_NOTIFICATION_CONCERN, type=ExecuteOpRequestedEvent.__name__, after=low, limit=BATCH
             )
-            await asyncio.gather(*(self._start(record) for record in batch))
+            due = [r for r in batch if now - r.timestamp_utc >= GRACE]
+            for record in batch:
+                if record not in due:
+                    lowest_young = min(lowest_young or record.internal_id, record.internal_id)
+                    in_seconds = max((record.timestamp_utc + GRACE - now).total_seconds(), 0.05)
+                    young = min(young or in_seconds, in_seconds)
+            await asyncio.gather(*(self._start(record) for record in due))
             if len(batch) < BATCH:
                 break
             low = batch[-1].internal_id
-        return max(after, (newest.internal_id if newest else 0) - LOOK_BACK)
+        next_after = max(after, (newest.internal_id if newest else 0) - LOOK_BACK)
+        return (next_after if lowest_young is None else min(next_after, lowest_young - 1)), young
 
     async def _start(self, record: Record) -> None:
-        event = record.object(ExecuteOpRequestedEvent)
         try:
+            event = record.object(ExecuteOpRequestedEvent)
             operation = admitted(SendNotificationToEntityOp, event.operation)
         except ValidationError as error:  # a request written by SQL, or under older rules: refused, with the reason
             await self._refuse(record, f"refused: {validation_message(error)}")
@@ -103,8 +129,12 @@ class ClientOperationHandler:
         )
         try:
             await start_saga(self._temporal, self._store, self._settings, request)
-        except ConfigurationError as error:
-            await self._refuse(record, str(error))
+        except Exception as error:
+            if is_outage(error):
+                raise  # looked at again once the service is back
+            if not isinstance(error, ConfigurationError):
+                log.exception("notification %s: its saga cannot be started", event.id)
+            await self._refuse(record, f"its saga cannot be started: {one_line(error)}")
             return
         try:
             await self._handling.transition(

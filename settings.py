@@ -162,8 +162,11 @@ class Settings(BaseSettings):
         """`NOTIFY_STREAMS_URL`, or by default a SQLite file in the data dir."""
         return self.streams_url or f"sqlite:///{self.data_dir / 'streams.db'}"
 
-    def open_streams(self) -> StreamStore:
-        """The stream store, each kind of handle connecting as configured (for PostgreSQL, as its own role)."""
+    def open_streams(self, *, as_owner: bool = False) -> StreamStore:
+        """The stream store, each kind of handle connecting as configured (for PostgreSQL, as its own role); or,
+        `as_owner`, every handle with `NOTIFY_STREAMS_URL`, as what only the owner of the streams may do needs."""
+        if as_owner:
+            return open_store(self.streams_location, pool_size=self.streams_pool_size)
         return open_store(
             self.streams_location,
             producer_url=self.streams_producer_url,

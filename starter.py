@@ -507,7 +507,7 @@ def apikey_create(
     async def command() -> None:
         scopes = _scopes(scope)
         settings = load_settings()
-        async with settings.open_streams() as store:
+        async with settings.open_streams(as_owner=True) as store:
             try:
                 key = await ApiKeys(store).create(name, scopes)
             except ValidationError as error:
@@ -539,7 +539,7 @@ def apikey_list(as_json: JsonOption = False) -> None:
 
     async def command() -> None:
         settings = load_settings()
-        async with settings.open_streams() as store:
+        async with settings.open_streams(as_owner=True) as store:
             keys = await ApiKeys(store).listed()
         if as_json:
             print_json([{"name": k.name, "scopes": k.scopes, "issued_at": k.issued_at.isoformat()} for k in keys])
@@ -559,7 +559,7 @@ def apikey_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) 
 
     async def command() -> None:
         settings = load_settings()
-        async with settings.open_streams() as store:
+        async with settings.open_streams(as_owner=True) as store:
             try:
                 await ApiKeys(store).revoke(name)
             except UnknownKey as error:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,10 +23,19 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
+from temporalio.exceptions import TemporalError
 
 from api.keys import ApiKeyIssued, ApiKeys
 from api.keys import Scope as KeyScope
-from client import IdempotencyKeyConflict, NotCancellable, NotificationClient, UnknownNotification, record_json
+from client import (
+    IdempotencyKeyConflict,
+    NotCancellable,
+    NotificationClient,
+    UnknownNotification,
+    is_connect_failure,
+    record_json,
+    temporal_unreachable,
+)
 from domain import (
     MAX_REQUEST_BYTES,
     DirectoryEntry,
@@ -41,6 +51,7 @@ from streams import StreamName, StreamStore
 from streams.directory import import_entries, lookup
 from templating import TemplateError
 
+log = logging.getLogger("notify.api")
 MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
 """The largest request body taken (a notification's own limit, 512 KiB as JSON, is checked after: `422`)."""
 MAX_PAGE = 100
@@ -197,6 +208,17 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
             for e in error.errors()
         ]
         return problem(422, describe_errors(errors))
+
+    @app.exception_handler(OSError)  # the streams or a server that cannot be used now (`StoreUnavailable`, ...)
+    @app.exception_handler(TemporalError)
+    @app.exception_handler(RuntimeError)  # Temporal's SDK, when it cannot connect
+    async def _unavailable(request: Request, error: Exception) -> JSONResponse:
+        if isinstance(error, RuntimeError) and not is_connect_failure(error):
+            log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+            return problem(500, "the request failed: the server's log says why")
+        if is_connect_failure(error):
+            error = temporal_unreachable(settings.temporal_address, error)
+        return problem(503, f"a service the API needs cannot be used now: {one_line(error)}")
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, error: HTTPException) -> JSONResponse:

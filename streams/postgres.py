@@ -42,6 +42,7 @@ MIGRATIONS = {int(path.name.split("_")[0]): path for path in (Path(__file__).par
 SCHEMA_VERSION = max(MIGRATIONS)
 GRANTS = Path(__file__).parent / "grants.sql"
 MIGRATION_LOCK = 7_303_101  # an advisory lock key: one migrator at a time
+LISTEN_CONNECT_TIMEOUT = 10
 
 
 class SchemaMismatch(StoreUnusable):
@@ -105,6 +106,8 @@ class AccessUrls:
 
 
 class PostgresStreamStore(StreamStore):
+    tells_of_operations = True
+
     def __init__(self, urls: AccessUrls, max_connections: int = 10) -> None:
         pools: dict[str, AsyncConnectionPool] = {}
         for url in dict.fromkeys((urls.producer, urls.consumer, urls.handler)):
@@ -119,7 +122,8 @@ class PostgresStreamStore(StreamStore):
         self._producer, self._consumer, self._handler = (pools[u] for u in (urls.producer, urls.consumer, urls.handler))
         self._listen_url = urls.consumer
         self._listening: asyncio.Task[None] | None = None
-        self._appended: dict[str, asyncio.Event] = {}
+        self._listener_made = asyncio.Lock()
+        self._requested: dict[str, asyncio.Event] = {}
 
     async def open(self) -> None:
         try:
@@ -157,40 +161,49 @@ class PostgresStreamStore(StreamStore):
         for pool in self._pools.values():
             await pool.close()
 
-    tells_of_appends = True
-
-    async def wait_for_appends(self, stream: str, timeout: float) -> None:
-        """Woken by LISTEN notify_appended, on a connection of its own. When that connection is (re)made, it returns
-        at once: what was appended while nobody listened is for the caller to look for."""
-        appended = self._appended.setdefault(stream, asyncio.Event())
-        if self._listening is None or self._listening.done():
-            listening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._listening = asyncio.create_task(self._listen(listening))
-            try:
-                await listening
-            except psycopg.Error as error:
-                raise StoreUnavailable(
-                    f"the streams database cannot be listened to now: {_first_line(error)}"
-                ) from error
-            return
+    async def wait_for_operations(self, stream: str, timeout: float) -> None:
+        """Woken by LISTEN notify_requested, on a connection of its own (a session of its own: not through a pooler
+        in transaction mode). When that connection is (re)made, it returns at once: what was requested while nobody
+        listened is for the caller to look for."""
+        requested = self._requested.setdefault(stream, asyncio.Event())
+        async with self._listener_made:
+            if self._listening is None or self._listening.done():
+                listening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._listening = asyncio.create_task(self._listen(listening))
+                try:
+                    await asyncio.wait_for(listening, LISTEN_CONNECT_TIMEOUT)
+                except (psycopg.Error, TimeoutError) as error:
+                    self._listening.cancel()
+                    raise StoreUnavailable(
+                        f"the streams database cannot be listened to now: {_first_line(error)}"
+                    ) from error
+                return
         try:
-            await asyncio.wait_for(appended.wait(), timeout)
+            await asyncio.wait_for(requested.wait(), timeout)
         except TimeoutError:
             pass
-        appended.clear()
+        requested.clear()
 
     async def _listen(self, listening: asyncio.Future[None]) -> None:
         try:
-            async with await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True) as db:
-                await db.execute("LISTEN notify_appended")
+            async with await psycopg.AsyncConnection.connect(  # keepalives: a server gone is found out in ~25 s
+                self._listen_url,
+                autocommit=True,
+                connect_timeout=LISTEN_CONNECT_TIMEOUT,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+            ) as db:
+                await db.execute("LISTEN notify_requested")
                 listening.set_result(None)
                 async for notice in db.notifies():
-                    self._appended.setdefault(notice.payload, asyncio.Event()).set()
+                    self._requested.setdefault(notice.payload, asyncio.Event()).set()
         except psycopg.Error as error:
             if not listening.done():
                 listening.set_exception(error)
-        for appended in self._appended.values():  # the connection is lost: every waiter looks again
-            appended.set()
+        for requested in self._requested.values():  # the connection is lost: every waiter looks again
+            requested.set()
 
     async def next_unique_id(self, stream: str) -> int:
         async with _using(self._producer) as db:

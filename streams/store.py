@@ -246,8 +246,8 @@ class StoreUnavailable(ConnectionError):
 class StreamStore(ABC):
     """A backend. Only the handles it returns are given to producers, consumers and handlers."""
 
-    tells_of_appends = False
-    """Whether `wait_for_appends` returns as soon as a record is appended (otherwise a reader polls)."""
+    tells_of_operations = False
+    """Whether `wait_for_operations` returns as soon as an operation is requested (otherwise a reader polls)."""
 
     def writer(self, stream: StreamName) -> WriteOnlyStream:
         return WriteOnlyStream(self, stream)
@@ -287,9 +287,10 @@ class StreamStore(ABC):
         """Records matching every given filter, by internal id: all of `tags`, an internal id above `after` and
         below `before`, and no handling yet under the concern `unhandled_for`."""
 
-    async def wait_for_appends(self, stream: str, timeout: float) -> None:
-        """Return when records may have been appended to `stream`, or after `timeout` seconds; a backend that cannot
-        tell (`tells_of_appends` false) waits the timeout out."""
+    async def wait_for_operations(self, stream: str, timeout: float) -> None:
+        """Return when operations may have been requested in `stream` (records of type `ExecuteOpRequestedEvent`
+        appended), or after `timeout` seconds; a backend that cannot tell (`tells_of_operations` false) waits the
+        timeout out."""
         await asyncio.sleep(timeout)
 
     @abstractmethod
@@ -403,9 +404,9 @@ class ReadOnlyStream:
         (their handling is still available by default)."""
         return await self._store.read(self.name, type=type, after=after, unhandled_for=concern, limit=limit)
 
-    async def wait_for_appends(self, timeout: float) -> None:
-        """Return when records may have been appended, or after `timeout` seconds (`StreamStore.wait_for_appends`)."""
-        await self._store.wait_for_appends(self.name, timeout)
+    async def wait_for_operations(self, timeout: float) -> None:
+        """Return when operations may have been requested, or after `timeout` seconds (`StreamStore.wait_for_operations`)."""
+        await self._store.wait_for_operations(self.name, timeout)
 
 
 class HandlingStore:

@@ -242,16 +242,16 @@ class StreamStoreContract(ABC):
         newest = await reader.newest()
         assert newest is not None and newest.record_id == "other"
 
-    async def test_a_reader_waiting_for_appends_is_woken_or_times_out(self, store: StreamStore) -> None:
+    async def test_a_reader_waiting_for_operations_is_woken_or_times_out(self, store: StreamStore) -> None:
         reader = store.reader(StreamName.CLIENT_OPERATION)
-        await reader.wait_for_appends(0.01)  # the first wait may return at once (a backend starts listening)
-        if not store.tells_of_appends:
+        await reader.wait_for_operations(0.01)  # the first wait may return at once (a backend starts listening)
+        if not store.tells_of_operations:
             started = asyncio.get_running_loop().time()
-            await reader.wait_for_appends(0.2)
+            await reader.wait_for_operations(0.2)
             assert asyncio.get_running_loop().time() - started >= 0.2  # it can only wait the time out
             return
-        waiting = asyncio.create_task(reader.wait_for_appends(60))
-        await store.writer(StreamName.CLIENT_OPERATION).put("1", Thing(value=1))
+        waiting = asyncio.create_task(reader.wait_for_operations(60))
+        await store.writer(StreamName.CLIENT_OPERATION).put("1", Thing(value=1), type="ExecuteOpRequestedEvent")
         await asyncio.wait_for(waiting, 10)  # woken by the append, long before its time out
 
     async def test_a_store_has_an_identity_of_its_own_for_good(self, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ class Api:
     http: httpx.AsyncClient
     keys: dict[str, str]
     store: StreamStore
+    issuer: ApiKeys
 
     async def call(self, method: str, path: str, key: str | None = "all", **kwargs: Any) -> httpx.Response:
         headers = kwargs.pop("headers", {})
@@ -51,18 +52,19 @@ class Api:
 @pytest_asyncio.fixture
 async def api(dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings) -> AsyncIterator[Api]:
     settings = settings.model_copy(update={"templates_dir": ROOT / "templates"})
-    keys = ApiKeys(store)
-    issued = {
-        "all": await keys.create("all", list(Scope)),
-        "sender": await keys.create("sender", [Scope.SEND]),
-        "reader": await keys.create("reader", [Scope.READ]),
-    }
     async with (
+        settings.open_streams(as_owner=True) as owner,  # only the owner of the streams issues keys
         notifying(dev_env, store, settings, entity(), entity(id="user-2", channels={"email": "send"})),
         serving(create_app(store, dev_env.client, settings), "127.0.0.1", 0) as url,
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
-        yield Api(http, issued, store)
+        keys = ApiKeys(owner)
+        issued = {
+            "all": await keys.create("all", list(Scope)),
+            "sender": await keys.create("sender", [Scope.SEND]),
+            "reader": await keys.create("reader", [Scope.READ]),
+        }
+        yield Api(http, issued, store, keys)
 
 
 def is_problem(response: httpx.Response, status: int, detail: str) -> bool:
@@ -177,7 +179,7 @@ async def test_keys_and_scopes(api: Api) -> None:
     )
     assert (await api.call("GET", "/v1/notifications", key="sender")).status_code == 403
     assert (await api.call("PUT", "/v1/entities/user-9", key="sender", json={"name": "N"})).status_code == 403
-    await ApiKeys(api.store).revoke("reader")
+    await api.issuer.revoke("reader")
     assert (await api.call("GET", "/v1/notifications", key="reader")).status_code == 401  # at once
     assert (await api.call("GET", "/healthz", key=None)).json() == {"status": "ok"}
 

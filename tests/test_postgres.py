@@ -4,6 +4,7 @@ sharing the work through one Temporal and one database."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -19,10 +20,10 @@ from psycopg import errors
 from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
-from client import NotificationClient
+from client import NotificationClient, connect
 from domain import DirectoryEntry, ExecuteOpRequestedEvent, SendNotificationToEntityOp, Tag
 from settings import Settings
-from sinks.mail import MailSink
+from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StoreUnavailable, StoreUnusable, StreamName, open_store
@@ -452,6 +453,12 @@ async def test_plain_sql_as_the_producer_role_requests_a_notification(
             keyed = SendNotificationToEntityOp(entity_id="ops", subject="Keyed", body="Two workers, one saga each.")
             assert await client.request(keyed, idempotency_key="k-1") == again
 
+            # a record no request reads back as: refused, and the handler goes on with the next
+            with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+                db.execute(
+                    "SELECT notify_put('client-operation', 'junk-1', 'ExecuteOpRequestedEvent', '{\"id\": 1}',"
+                    " '[]', 'None', 1)"
+                )
             refused = await asyncio.to_thread(request_by_sql, database, "ops", "Bad\r\nBcc: x@example.com")
             refused_view = (await client.result(refused)).model_dump(mode="json")
             await client.result(again)
@@ -475,3 +482,52 @@ async def test_plain_sql_as_the_producer_role_requests_a_notification(
     assert reason.startswith("refused: subject: must be a single line of text"), reason
     assert "Bad" not in [m.message["Subject"] for m in mail.messages]
     assert f"notification {refused} is not started: refused: subject" in said
+    assert "notification junk-1 is not started: refused: " in said
+    assert "Traceback" not in said
+
+
+def test_notify_request_refuses_what_would_forge_the_audit_or_not_read_back(database: str) -> None:
+    with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+        for extra, said in [
+            ('tags => \'{"Entity-Id": "victim"}\'', "tag names notification-id, entity-id"),
+            ("tags => '{\"a\": 1}'", "tags must be a JSON object of names and text values"),
+            ("send_at => 'infinity'", "send_at must be a time before the year 10000"),
+            ("tags => '" + json.dumps({f"t{i}": "v" for i in range(51)}) + "'", "at most 50 tags"),
+        ]:
+            with pytest.raises(psycopg.Error, match=said):
+                db.execute(f"SELECT notify_request('ops', 'S', 'B', {extra})")
+        with pytest.raises(psycopg.Error, match="over 512 KiB"):
+            db.execute("SELECT notify_request('ops', 'S', repeat('x', 600000))")
+        # a producer cannot let itself into the API: only the owner of the streams issues keys
+        with pytest.raises(errors.InsufficientPrivilege, match="only the owner of the streams issues API keys"):
+            db.execute("SELECT notify_put('api-key', 'me', 'ApiKeyIssued', '{}', '[]', 'None', 1)")
+        assert db.execute("SELECT count(*) FROM notify_identity").fetchone() == (1,)
+
+
+async def test_an_idempotency_key_is_one_request_whichever_door_claimed_it(database: str) -> None:
+    """Tags in another order are the same request, in SQL as in Python."""
+    settings = client_settings(database)
+    async with settings.open_streams() as store:
+        client = NotificationClient(
+            store,
+            await connect(settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"}), lazy=True),
+            settings,
+        )
+        op = SendNotificationToEntityOp(
+            entity_id="ops", subject="Keyed", body="B", tags=[Tag(name="b", value="2"), Tag(name="a", value="1")]
+        )
+        first = await client.request(op, idempotency_key="k-2")
+        with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+            row = db.execute(
+                "SELECT notify_request('ops', 'Keyed', 'B', tags => '{\"a\": \"1\", \"b\": \"2\"}',"
+                " idempotency_key => 'k-2')"
+            ).fetchone()
+        assert row == (first,)
+        by_sql = await asyncio.to_thread(request_by_sql, database, "ops", "Other", idempotency_key="k-3")
+        assert (
+            await client.request(
+                SendNotificationToEntityOp(entity_id="ops", subject="Other", body="Two workers, one saga each."),
+                idempotency_key="k-3",
+            )
+            == by_sql
+        )
