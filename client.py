@@ -163,7 +163,8 @@ class UnknownNotification(LookupError):
 
 
 class NotCancellable(Exception):
-    """The notification is sending or has ended; nothing was changed."""
+    """The notification has finished sending (or delivered everything before the cancel took effect): nothing was
+    stopped."""
 
 
 class IdempotencyKeyConflict(ValueError):
@@ -292,7 +293,9 @@ class NotificationClient:
         return first.notification_id
 
     async def cancel(self, notification_id: str) -> dict[str, Any]:
-        """Cancel a notification that has not started sending, and return its view; `NotCancellable` otherwise."""
+        """Cancel a notification that has not finished sending, wait for its saga to stop, and return its view:
+        what it delivered meanwhile stays delivered (an attempt under way is waited for). `NotCancellable` when it
+        had finished sending, or when every attempt under way delivered after all."""
         notification_id = await self.full_id(notification_id)
         await self.status(notification_id)  # an unknown id raises UnknownNotification
         handle = self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id)
@@ -312,7 +315,10 @@ class NotificationClient:
             status = await self.status(notification_id)
             raise NotCancellable(f"notification {notification_id} is {status['status']}: nothing changed") from error
         await handle.result()
-        return await self.status(notification_id)
+        view = await self.status(notification_id)
+        if view["status"] != NotificationStatus.CANCELLED:  # every attempt under way delivered: nothing was stopped
+            raise NotCancellable(f"notification {notification_id} was {view['status']} before the cancel took effect")
+        return view
 
     async def result(self, notification_id: str) -> NotificationView:
         """Wait for the saga to end and return its view; for a request whose saga has not started yet, wait for a

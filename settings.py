@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     slack_retry_maximum_seconds: float = Field(60, gt=0)
     slack_deadline_seconds: float = Field(300, gt=0)
     slack_messages_per_second: float | None = Field(1, gt=0)
+    email_attempt_timeout_seconds: float = Field(60, gt=0)
+    slack_attempt_timeout_seconds: float = Field(60, gt=0)
+    heartbeat_timeout_seconds: float = Field(10, gt=0)
     channel_configs_failure_action: ConfigsFailureAction = ConfigsFailureAction.IGNORE
     cannot_prepare_action: CannotPrepareAction = CannotPrepareAction.CONTINUE
     escalate_on: Annotated[list[NotificationStatus], NoDecode] = [
@@ -186,6 +189,8 @@ class Settings(BaseSettings):
                     initial_retry_seconds=getattr(self, f"{c}_retry_initial_seconds"),
                     maximum_retry_seconds=getattr(self, f"{c}_retry_maximum_seconds"),
                     deadline_seconds=getattr(self, f"{c}_deadline_seconds"),
+                    attempt_timeout_seconds=getattr(self, f"{c}_attempt_timeout_seconds"),
+                    heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
                 )
                 for c in Channel
             },

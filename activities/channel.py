@@ -20,6 +20,8 @@ import logging
 import os
 import socket
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, NoReturn
@@ -145,8 +147,8 @@ class ChannelHandler(ABC):
             if budget is not None and budget <= 0:
                 reason = "no time left before the deadline"
                 raise TransientDeliveryError(Delivery(self.failed_response(operation, reason), reason))
-            async with asyncio.timeout(budget):
-                delivery = await self.deliver(operation)
+            async with _heartbeating():
+                delivery = await _to_the_end(asyncio.wait_for(self.deliver(operation), budget))
         except TransientDeliveryError as error:
             await self._retry(ref, error.delivery, error.retry_after)
         except TimeoutError:
@@ -285,6 +287,43 @@ def _operation_name(operation: ChannelOperation) -> str:
 def _attempt_name(operation: ChannelOperation) -> str:
     """Which notification, channel operation and attempt of the running send a log line is about."""
     return f"{_operation_name(operation)} attempt {activity.info().attempt}"
+
+
+async def _to_the_end(delivering: Awaitable[Delivery]) -> Delivery:
+    """The attempt's delivery, awaited to its end (its time budget) even when the attempt is cancelled meanwhile
+    (the notification was cancelled, the worker stops): a message half-sent is finished and recorded, not
+    abandoned; the cancel then stops the retries."""
+    task = asyncio.ensure_future(delivering)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            this = asyncio.current_task()
+            assert this is not None
+            this.uncancel()
+
+
+@asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeat while the attempt delivers, so that an attempt whose worker died is retried once its heartbeat
+    timeout has passed, rather than its whole timeout."""
+    timeout = activity.info().heartbeat_timeout
+    if not timeout:
+        yield
+        return
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(timeout.total_seconds() / 3)
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
 
 
 def _attempt_budget() -> float | None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio import activity
 
-from activities.channel import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError
+from activities.channel import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError, logger
 from activities.contract import RECORD_NOT_SENT, SEND
 from domain import (
     Channel,
@@ -32,6 +33,8 @@ from settings import Settings
 from streams import StreamName
 
 SLACK_TIMEOUT_SECONDS = 30
+LOOK_BACK_MARGIN = timedelta(minutes=5)
+"""How far before the operation was first scheduled a retry looks for its earlier post (clocks differ)."""
 SLACK_MAX_TEXT = 40_000
 """Slack truncates longer messages (chat.postMessage, 'Truncating content')."""
 TRANSIENT_SLACK_ERRORS = frozenset(
@@ -103,7 +106,13 @@ class SlackHandler(ChannelHandler):
             retry_handlers=[],
         )
         try:
-            response = await client.chat_postMessage(channel=op.channel, text=op.text)
+            if activity.info().attempt > 1:  # an earlier attempt may have posted, and died before it heard back
+                posted = await _posted_before(client, op)
+                if posted is not None:
+                    return Delivery(
+                        SendSlackMessageResponse(result=SendSlackMessageResult.SUCCEEDED, response_json=posted)
+                    )
+            response = await client.chat_postMessage(channel=op.channel, text=op.text, metadata=_metadata(op))
         except SlackApiError as error:
             body = getattr(error.response, "data", None)
             data = body if isinstance(body, dict) else {"body": str(body)}
@@ -124,3 +133,53 @@ class SlackHandler(ChannelHandler):
             reason = f"{error.__class__.__name__}: {error}"
             raise TransientDeliveryError(Delivery(self.failed_response(op, reason), reason)) from error
         return Delivery(SendSlackMessageResponse(result=SendSlackMessageResult.SUCCEEDED, response_json=response.data))
+
+
+POSTED_BY = "notify_channel_operation"
+"""The event type of the metadata every post carries: which channel operation posted it."""
+LOOK_BACK_PAGES = 10
+
+
+def _metadata(op: SendSlackMessageOp) -> dict[str, object]:
+    return {
+        "event_type": POSTED_BY,
+        "event_payload": {"notification_id": op.notification_id, "channel_operation_id": op.channel_operation_id},
+    }
+
+
+async def _posted_before(client: AsyncWebClient, op: SendSlackMessageOp) -> dict[str, object] | None:
+    """The message an earlier attempt of this operation posted, found in the channel's history by its metadata; None
+    if there is none, or if the token may not read the history (the `channels:history` scope): then a post whose
+    answer was lost is posted again, and says so in the log."""
+    since = activity.info().scheduled_time - LOOK_BACK_MARGIN
+    cursor = None
+    for _ in range(LOOK_BACK_PAGES):
+        try:
+            page = await client.conversations_history(
+                channel=op.channel,
+                oldest=f"{since.timestamp():.6f}",
+                include_all_metadata=True,
+                limit=200,
+                cursor=cursor,
+            )
+        except SlackApiError as error:
+            if (getattr(error.response, "data", None) or {}).get("error") != "missing_scope":
+                raise
+            logger.warning(
+                "notification %s: slack %s: cannot look for an earlier attempt's post (the token lacks the "
+                "channels:history scope): posting, perhaps again",
+                op.notification_id,
+                op.channel_operation_id,
+            )
+            return None
+        for message in page.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            if (
+                metadata.get("event_type") == POSTED_BY
+                and metadata.get("event_payload") == _metadata(op)["event_payload"]
+            ):
+                return {"ok": True, "channel": op.channel, "ts": message.get("ts"), "found_in_history": True}
+        cursor = (page.get("response_metadata") or {}).get("next_cursor")
+        if not cursor:
+            return None
+    return None

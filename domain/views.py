@@ -44,6 +44,8 @@ class ChannelOutcome(StrEnum):
     FAILED = "failed"
     NOT_PREPARED = "not_prepared"
     OPTED_OUT = "opted_out"
+    CANCELLED = "cancelled"
+    """Not delivered: the notification was cancelled while it waited for its next attempt."""
 
 
 class ChannelView(Model):

@@ -1,7 +1,9 @@
 """A local Slack sink: an HTTP server speaking the part of Slack's Web API the Slack channel uses.
 
-`POST /api/chat.postMessage` with a bearer token (or a `token` field), a channel and text, answered as Slack does:
-`{"ok": true, "channel": ..., "ts": ...}` or `{"ok": false, "error": ...}`. It keeps every message it accepts, in memory
+`POST /api/chat.postMessage` with a bearer token (or a `token` field), a channel, text and optional metadata,
+answered as Slack does: `{"ok": true, "channel": ..., "ts": ...}` or `{"ok": false, "error": ...}`; and
+`GET /api/conversations.history` (a channel's messages since `oldest`, newest first, with their metadata when
+`include_all_metadata` is given). It keeps every message it accepts, in memory
 and, given a folder, as JSON lines there. Responses can be scripted so that tests can make it misbehave.
 """
 
@@ -25,6 +27,7 @@ class PostedMessage:
     channel: str
     text: str
     ts: str
+    metadata: dict | None = None
 
 
 @dataclass
@@ -56,6 +59,12 @@ class SlackSink:
         """Channels it answers `channel_not_found` for."""
         self.hanging = False
         """Never answer (until the sink stops): a Slack that does not respond."""
+        self.history_forbidden = False
+        """Answer `conversations.history` with `missing_scope`, as for a token without `channels:history`."""
+        self.posted = threading.Event()
+        """Set when a post is recorded (after `hold_answers`)."""
+        self._answering = threading.Event()
+        self._answering.set()
         self._stopping: asyncio.Event | None = None
         self._scripted: list[ScriptedResponse] = []
         self._lock = threading.Lock()
@@ -74,7 +83,10 @@ class SlackSink:
 
     async def _handle(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        if request.content_type == "application/json":
+        fields: dict
+        if request.method == "GET":
+            fields = dict(request.query)
+        elif request.content_type == "application/json":
             fields = await request.json()
         else:
             fields = dict(await request.post())
@@ -91,7 +103,11 @@ class SlackSink:
             scripted = self._scripted.pop(0) if self._scripted else None
         if scripted is None:
             with self._lock:
-                return web.json_response(self._answer(method, token, fields))
+                answer = self._answer(method, token, fields)
+            if method == "chat.postMessage" and answer.get("ok"):
+                self.posted.set()
+                await asyncio.get_running_loop().run_in_executor(None, self._answering.wait)
+            return web.json_response(answer)
         await asyncio.sleep(scripted.delay)
         return web.json_response(scripted.body, status=scripted.status, headers=scripted.headers)
 
@@ -100,6 +116,8 @@ class SlackSink:
             return {"ok": False, "error": "not_authed"}
         if self.tokens is not None and token not in self.tokens:
             return {"ok": False, "error": "invalid_auth"}
+        if method == "conversations.history":
+            return self._history(fields)
         if method != "chat.postMessage":
             return {"ok": False, "error": "unknown_method"}
         channel, text = fields.get("channel"), fields.get("text")
@@ -109,13 +127,43 @@ class SlackSink:
             return {"ok": False, "error": "channel_not_found"}
         if not text:
             return {"ok": False, "error": "no_text"}
-        message = PostedMessage(token=token, channel=channel, text=text, ts=f"{time.time():.6f}")
+        metadata = fields.get("metadata")
+        metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+        message = PostedMessage(token=token, channel=channel, text=text, ts=f"{time.time():.6f}", metadata=metadata)
         self.messages.append(message)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             with (self.folder / "messages.jsonl").open("a") as f:
                 f.write(json.dumps(asdict(message)) + "\n")
         return {"ok": True, "channel": channel, "ts": message.ts, "message": {"text": text}}
+
+    def _history(self, fields: dict) -> dict:
+        if self.history_forbidden:
+            return {"ok": False, "error": "missing_scope", "needed": "channels:history"}
+        oldest = float(fields.get("oldest") or 0)
+        with_metadata = str(fields.get("include_all_metadata")).lower() in ("1", "true")
+        found = [m for m in self.messages if m.channel == fields.get("channel") and float(m.ts) >= oldest]
+        return {
+            "ok": True,
+            "messages": [
+                {
+                    "type": "message",
+                    "text": m.text,
+                    "ts": m.ts,
+                    **({"metadata": m.metadata} if with_metadata and m.metadata else {}),
+                }
+                for m in reversed(found)
+            ],
+            "has_more": False,
+        }
+
+    def hold_answers(self) -> None:
+        """Keep the answer to the next posts (each recorded as posted first, `posted` set) until `release()`."""
+        self.posted.clear()
+        self._answering.clear()
+
+    def release(self) -> None:
+        self._answering.set()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -128,6 +176,7 @@ class SlackSink:
             self._stopping = asyncio.Event()
             app = web.Application()
             app.router.add_post("/api/{method}", self._handle)
+            app.router.add_get("/api/{method}", self._handle)
             self._runner = web.AppRunner(app)
             try:
                 loop.run_until_complete(self._runner.setup())
@@ -150,6 +199,7 @@ class SlackSink:
         return self
 
     def stop(self) -> None:
+        self._answering.set()
         if self._loop is not None and self._thread is not None:
             assert self._stopping is not None
             self._loop.call_soon_threadsafe(self._stopping.set)

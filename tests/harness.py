@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,13 @@ async def notifying(
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+    """Wait until `check` holds, looking again whenever the event loop is free; fail after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.02)
 
 
 def start_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:

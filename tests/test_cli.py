@@ -189,11 +189,6 @@ def test_send_prints_the_id_and_status_follows_it_live(directory: Cli, sinks: tu
         assert re.fullmatch(ISSUED_ID, nid), nid
         assert mail.data_arrived.wait(60)
         assert directory.json("status", nid)["status"] == "sending"
-        refused = directory.run("cancel", nid)
-        assert (refused.returncode, refused.stderr) == (
-            1,
-            f"error: notification {nid} has started sending: too late to cancel\n",
-        )
         elsewhere = {**directory.env, "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
         lost = subprocess.run(
             [sys.executable, str(ROOT / "starter.py"), "status", nid],

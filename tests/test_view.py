@@ -34,7 +34,9 @@ def channels(*outcomes: tuple[Channel, ChannelOutcome] | tuple[Channel, ChannelO
     ("outcomes", "cancelled", "status"),
     [
         ((), True, NotificationStatus.CANCELLED),
-        (((E, O.SUCCEEDED),), True, NotificationStatus.CANCELLED),
+        (((E, O.SUCCEEDED),), True, NotificationStatus.SENT),  # the cancel came too late for anything
+        (((E, O.SUCCEEDED), (S, O.CANCELLED)), True, NotificationStatus.CANCELLED),
+        (((E, O.PENDING), (S, O.PENDING)), True, NotificationStatus.CANCELLED),
         (((E, O.SUCCEEDED), (S, O.SUCCEEDED)), False, NotificationStatus.SENT),
         (((E, O.SUCCEEDED), (S, O.OPTED_OUT)), False, NotificationStatus.SENT),
         (((E, O.OPTED_OUT), (S, O.OPTED_OUT)), False, NotificationStatus.OPTED_OUT),

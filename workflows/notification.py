@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError, RetryState
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError, RetryState
+from temporalio.workflow import ActivityCancellationType, ActivityHandle
 
 with workflow.unsafe.imports_passed_through():
     from activities.contract import (
@@ -89,8 +90,6 @@ STEP_RETRY = RetryPolicy(
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 """Steps that record what happened: retried, while the store cannot be used, until it takes the record (a step
 that fails in a way no retry fixes ends the saga instead: `activities.failures`)."""
-ATTEMPT_TIMEOUT = timedelta(seconds=60)
-"""How long one attempt to deliver may take, at most; the channel's deadline bounds all of them."""
 
 
 @workflow.defn(name="NotificationSaga")
@@ -109,7 +108,11 @@ class NotificationSaga:
             send_at=op.send_at,
         )
         self._cancel_requested = False
-        self._sending = False
+        self._sent = False
+        """Whether every send (the fallback's too) has ended: then it is too late to cancel."""
+        self._sends: dict[tuple[Channel, int], ActivityHandle[ChannelOperationOutcomeInfo]] = {}
+        """The sends under way, by channel and channel-operation id: a cancel stops their retries."""
+        self._cancelled_sends: set[tuple[Channel, int]] = set()
         self._policies: SagaPolicies | None = None
 
     @workflow.query(name="status")
@@ -118,15 +121,18 @@ class NotificationSaga:
 
     @workflow.update(name="cancel")
     def cancel(self) -> None:
-        """Cancel the notification; accepted only before anything is sent."""
+        """Cancel the notification, until every send has ended: what waits for its time is not sent, what waits for
+        a retry is not tried again, and an attempt under way is waited for (what it delivered stays delivered)."""
         self._cancel_requested = True
+        for send in self._sends.values():
+            send.cancel()
 
     @cancel.validator
     def _cancellable(self) -> None:
         if self._cancel_requested:
             raise ValueError(f"notification {self._view.id} is being cancelled already")
-        if self._sending:
-            raise ValueError(f"notification {self._view.id} has started sending: too late to cancel")
+        if self._sent:
+            raise ValueError(f"notification {self._view.id} has finished sending: too late to cancel")
 
     @workflow.run
     async def run(self, request: NotificationRequest) -> NotificationView:
@@ -171,11 +177,11 @@ class NotificationSaga:
 
         if self._cancel_requested:
             return await self._end(request, prepare_stage)
-        self._sending = True
         prepared = await self._record(RECORD_PREPARED, PrepareStageEnded(operation=operation, event=prepare_stage))
         outcomes = await self._send_all(prepared.operations) if prepared else []
-        if audience.audience is not None and not _stopped_by_policy(prepare_stage):
+        if audience.audience is not None and not _stopped_by_policy(prepare_stage) and not self._cancel_requested:
             outcomes += await self._fall_back(nid, operation, audience.audience, outcomes)
+        self._sent = True
         if not outcomes:
             return await self._end(request, prepare_stage)
         attempt = AttemptToSendNotificationResult(channel_outcomes=outcomes)
@@ -261,13 +267,18 @@ class NotificationSaga:
             audience,
             fallback,
         )
-        ended = await asyncio.gather(*(self._send(ref) for ref in refs), return_exceptions=True)
+        ended = await asyncio.gather(*(self._send_shown(ref) for ref in refs), return_exceptions=True)
         failed = [e for e in ended if isinstance(e, BaseException)]
         if failed:  # every send has ended (no message goes out after the saga does), then the first failure counts
             raise failed[0]
-        outcomes = [o for o in ended if not isinstance(o, BaseException)]
-        self._set_channels({o.channel: ChannelChange.ended(o) for o in outcomes})
-        return outcomes
+        return [o for o in ended if not isinstance(o, BaseException)]
+
+    async def _send_shown(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
+        """`_send`, and the channel's view as soon as it has ended."""
+        outcome = await self._send(ref)
+        cancelled = (outcome.channel, outcome.channel_operation_id) in self._cancelled_sends
+        self._set_channels({outcome.channel: ChannelChange.ended(outcome, cancelled)})
+        return outcome
 
     async def _send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         """Send on the operation's channel; if that fails for good, have the channel's handler record it."""
@@ -275,29 +286,40 @@ class NotificationSaga:
         channel = ref.instruction.operation.delivery_channel
         policy = self._policies.channels[channel]
         deadline = timedelta(seconds=policy.deadline_seconds)
+        key = (channel, ref.instruction.operation.channel_operation_id)
+        send: ActivityHandle[ChannelOperationOutcomeInfo] = workflow.start_activity(
+            SEND[channel].name,
+            ref,
+            result_type=SEND[channel].result,
+            task_queue=channel_task_queue(workflow.info().task_queue, channel),
+            schedule_to_close_timeout=deadline,
+            start_to_close_timeout=min(timedelta(seconds=policy.attempt_timeout_seconds), deadline),
+            heartbeat_timeout=None
+            if policy.heartbeat_timeout_seconds is None
+            else timedelta(seconds=policy.heartbeat_timeout_seconds),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=policy.initial_retry_seconds),
+                backoff_coefficient=2.0,
+                maximum_interval=timedelta(seconds=policy.maximum_retry_seconds),
+            ),
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        self._sends[key] = send
         try:
-            outcome: ChannelOperationOutcomeInfo = await workflow.execute_activity(
-                SEND[channel].name,
-                ref,
-                result_type=SEND[channel].result,
-                task_queue=channel_task_queue(workflow.info().task_queue, channel),
-                schedule_to_close_timeout=deadline,
-                start_to_close_timeout=min(ATTEMPT_TIMEOUT, deadline),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(seconds=policy.initial_retry_seconds),
-                    backoff_coefficient=2.0,
-                    maximum_interval=timedelta(seconds=policy.maximum_retry_seconds),
-                ),
-            )
-            return outcome
+            return await send
         except ActivityError as error:
             last = error.cause.details if isinstance(error.cause, ApplicationError) else ()
+            cancelled = self._cancel_requested and isinstance(error.cause, CancelledError)
+            if cancelled:
+                self._cancelled_sends.add(key)
             failure = ChannelOperationFailure(
                 operation=ref,
-                reason=_reason(error, deadline),
+                reason="cancelled before it was delivered" if cancelled else _reason(error, deadline),
                 last_response=last[0] if last and isinstance(last[0], dict) else None,
             )
             return await self._record(RECORD_NOT_SENT[channel], failure)
+        finally:
+            del self._sends[key]
 
     async def _fall_back(
         self,

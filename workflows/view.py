@@ -34,10 +34,12 @@ class ChannelChange:
     operation: ChannelOperationRef | ChannelOperationOutcomeInfo | None = None
 
     @classmethod
-    def ended(cls, outcome: ChannelOperationOutcomeInfo) -> ChannelChange:
-        """How a channel operation ended."""
-        succeeded = outcome.outcome == ChannelOperationOutcome.SUCCEEDED
-        return cls(ChannelOutcome.SUCCEEDED if succeeded else ChannelOutcome.FAILED, outcome.reason, outcome)
+    def ended(cls, outcome: ChannelOperationOutcomeInfo, cancelled: bool = False) -> ChannelChange:
+        """How a channel operation ended; one that was not delivered because the notification was cancelled is
+        `cancelled`."""
+        if outcome.outcome == ChannelOperationOutcome.SUCCEEDED:
+            return cls(ChannelOutcome.SUCCEEDED, outcome.reason, outcome)
+        return cls(ChannelOutcome.CANCELLED if cancelled else ChannelOutcome.FAILED, outcome.reason, outcome)
 
 
 def changed_channels(
@@ -73,11 +75,12 @@ def with_outcome(view: NotificationView, failures: Sequence[Failure] = (), **sta
 
 
 def final_status(channels: dict[Channel, ChannelView], cancelled: bool) -> NotificationStatus:
-    """How the notification ended, from its channels: a channel opted out of counts for nothing, and a fallback that
-    delivered covers every preferred channel that failed."""
-    if cancelled:
-        return NotificationStatus.CANCELLED
+    """How the notification ended, from its channels: a channel opted out of counts for nothing, a fallback that
+    delivered covers every preferred channel that failed, and a cancelled notification is `cancelled` (its channels
+    say what was delivered before the cancel took effect)."""
     counted = [c for c in channels.values() if c.outcome != ChannelOutcome.OPTED_OUT]
+    if cancelled and not (counted and all(c.outcome == ChannelOutcome.SUCCEEDED for c in counted)):
+        return NotificationStatus.CANCELLED  # unless the cancel came too late for anything: then it was sent
     if channels and not counted:
         return NotificationStatus.OPTED_OUT
     if any(c.fallback and c.outcome == ChannelOutcome.SUCCEEDED for c in counted):

@@ -1,0 +1,196 @@
+"""Nothing lost, nothing doubled, when a worker dies in the middle of a send: `worker.py` processes are killed
+(SIGKILL) while the mail server holds the DATA phase, and while Slack holds its answer; another worker finishes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.testing import WorkflowEnvironment
+
+from client import NotCancellable, NotificationClient
+from domain import Channel, NotificationView, SendNotificationToEntityOp
+from settings import Settings
+from sinks.mail import MailSink, free_port
+from sinks.slack import SlackSink
+from streams import StreamName, StreamStore
+from streams.directory import import_entries
+from tests.conftest import SLACK_TOKEN
+from tests.harness import WorkerProcess, entity, eventually, notifying, operation, start_worker
+
+
+@pytest.fixture
+def worker_env(
+    dev_env: WorkflowEnvironment, tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink
+) -> dict[str, str]:
+    """Worker processes on one dev server and one SQLite store, with a short heartbeat timeout: a dead worker's
+    attempt is retried within seconds."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "NOTIFY_TASK_QUEUE": f"faults-{uuid.uuid4()}",
+        "NOTIFY_STREAMS_URL": f"sqlite:///{tmp_path / 'streams.db'}",
+        "NOTIFY_SMTP_HOST": mail_sink.host,
+        "NOTIFY_SMTP_PORT": str(mail_sink.port),
+        "NOTIFY_EMAIL_FROM": "alerts@notify.test",
+        "NOTIFY_SLACK_API_URL": slack_sink.api_url,
+        "NOTIFY_SLACK_TOKENS": json.dumps({"acme": SLACK_TOKEN}),
+        "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
+        "NOTIFY_HEARTBEAT_TIMEOUT_SECONDS": "2",
+        "NOTIFY_EMAIL_RETRY_INITIAL_SECONDS": "0.5",
+        "NOTIFY_SLACK_RETRY_INITIAL_SECONDS": "0.5",
+    }
+
+
+@pytest.fixture
+def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def client_settings(env: dict[str, str]) -> Settings:
+    return Settings(_env_file=None, task_queue=env["NOTIFY_TASK_QUEUE"], streams_url=env["NOTIFY_STREAMS_URL"])
+
+
+async def send_and_kill(
+    env: dict[str, str],
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    dev_env: WorkflowEnvironment,
+    channels: dict[str, str],
+    until_sending: object,
+    released: object,
+) -> tuple[NotificationView, list[str]]:
+    """Request a notification on `channels`; once the send is held (`until_sending`, a threading.Event), kill the
+    worker, let the server go on (`released`), start another worker, and return the outcome and the record types."""
+    settings = client_settings(env)
+    async with settings.open_streams() as store:
+        await import_entries(store, [entity(channels=channels)])
+        workers.append(start_worker(env, tmp_path))
+        client = NotificationClient(store, dev_env.client, settings)
+        nid = await client.request(SendNotificationToEntityOp(entity_id="user-1", subject="Killed", body="B"))
+        assert await asyncio.to_thread(until_sending.wait, 60)  # type: ignore[attr-defined]
+        workers[0].process.kill()
+        workers[0].ended()
+        released()  # type: ignore[operator]
+        workers.append(start_worker(env, tmp_path))
+        view = await asyncio.wait_for(client.result(nid), 120)
+        events = [
+            r.type
+            for r in await store.reader(
+                StreamName.EMAIL_EVENT if "email" in channels else StreamName.SLACK_EVENT
+            ).by_tags()
+        ]
+    return view, events
+
+
+async def test_a_worker_killed_while_the_mail_server_holds_data_sends_at_most_once_more(
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    dev_env: WorkflowEnvironment,
+    mail_sink: MailSink,
+) -> None:
+    mail_sink.hold()
+    view, events = await send_and_kill(
+        worker_env, tmp_path, workers, dev_env, {"email": "send"}, mail_sink.data_arrived, mail_sink.release
+    )
+    assert view.status == "sent", view
+    assert view.channels[Channel.EMAIL].attempts == 2
+    # the killed attempt's message had reached the server: it is delivered, and the retry delivers it again (the
+    # documented window), with the same Message-ID, so that a mail reader can tell
+    assert 1 <= len(mail_sink.messages) <= 2
+    assert len({m.message["Message-ID"] for m in mail_sink.messages}) == 1
+    assert events == ["SendEmailRequestedEvent", "SucceededInSendingEmailEvent"]
+
+
+async def test_a_worker_killed_while_slack_holds_its_answer_posts_once(
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    dev_env: WorkflowEnvironment,
+    slack_sink: SlackSink,
+) -> None:
+    slack_sink.hold_answers()
+    view, events = await send_and_kill(
+        worker_env, tmp_path, workers, dev_env, {"slack": "send"}, slack_sink.posted, slack_sink.release
+    )
+    assert view.status == "sent", view
+    assert view.channels[Channel.SLACK].attempts == 2
+    [posted] = slack_sink.messages  # the retry found the post in the channel's history, by its metadata
+    assert posted.metadata == {
+        "event_type": "notify_channel_operation",
+        "event_payload": {"notification_id": view.id, "channel_operation_id": 1},
+    }
+    assert events == ["SendSlackMessageRequestedEvent", "SucceededInSendingSlackMessageEvent"]
+    assert [m for m, _ in slack_sink.calls] == ["chat.postMessage", "conversations.history"]
+
+
+async def test_a_cancel_stops_the_retries_of_what_was_not_delivered(
+    dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings, slack_sink: SlackSink
+) -> None:
+    """No mail server listens: the email waits for its next attempt when the cancel comes. Its retries stop and it
+    is recorded as cancelled; the Slack message, delivered before, stays delivered, and the outcome says both."""
+    down = settings.model_copy(
+        update={"smtp_port": free_port(), "email_retry_initial_seconds": 1, "email_retry_maximum_seconds": 2}
+    )
+    async with notifying(dev_env, store, down) as notify:
+        nid = await notify.client.request(operation())
+
+        async def between_attempts() -> bool:
+            channels = (await notify.client.status(nid))["channels"]
+            email, slack = channels.get("email", {}), channels.get("slack", {})
+            return (
+                (email.get("attempts") or 0) >= 1
+                and email.get("next_attempt_at")
+                and slack.get("outcome") == "succeeded"
+            )
+
+        await eventually(between_attempts)
+        view = await notify.client.cancel(nid)
+        email_op = await store.reader(StreamName.EMAIL_OPERATION).latest(1)
+        assert email_op is not None
+        handling = await store.handling(StreamName.EMAIL_OPERATION).history(email_op.internal_id)
+        events = [r.type for r in await notify.client.events(nid)]
+    assert view["status"] == "cancelled"
+    assert (view["channels"]["slack"]["outcome"], view["channels"]["email"]["outcome"]) == ("succeeded", "cancelled")
+    assert view["channels"]["email"]["reason"] == "cancelled before it was delivered"
+    assert "email: cancelled before it was delivered" in view["outcome"]["failures"]
+    assert len(slack_sink.messages) == 1
+    assert handling[-1].status == "ArchivedAfterFailure"  # no attempt after the cancel
+    assert "NotificationCancelledEvent" in events and "FailedToSendEmailEvent" in events
+
+
+async def test_a_cancel_during_an_attempt_waits_for_it(
+    dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings, mail_sink: MailSink
+) -> None:
+    """The mail server holds the DATA phase when the cancel comes: the attempt is waited for, it delivers, and so the
+    cancel came too late (nothing was stopped: `NotCancellable`)."""
+    async with notifying(dev_env, store, settings, entity(channels={"email": "send"})) as notify:
+        mail_sink.hold()
+        try:
+            nid = await notify.client.request(operation())
+            assert await asyncio.to_thread(mail_sink.data_arrived.wait, 30)
+            cancelling = asyncio.create_task(notify.client.cancel(nid))
+
+            async def cancel_requested() -> bool:
+                described = await dev_env.client.get_workflow_handle(nid).describe()
+                states = [a.state for a in described.raw_description.pending_activities]
+                return states == [PendingActivityState.PENDING_ACTIVITY_STATE_CANCEL_REQUESTED]
+
+            await eventually(cancel_requested)
+        finally:
+            mail_sink.release()
+        with pytest.raises(NotCancellable, match=f"notification {nid} was sent before the cancel took effect"):
+            await cancelling
+        view = await notify.client.status(nid)
+    assert view["status"] == "sent" and view["channels"]["email"]["outcome"] == "succeeded"
+    assert len(mail_sink.messages) == 1
