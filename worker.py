@@ -32,7 +32,9 @@ from activities.channels import CHANNEL_HANDLERS
 from activities.contract import channel_task_queue
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
+from activities.slack import SlackHandler
 from client import connect
+from domain import Channel
 from intake import ClientOperationHandler
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from sinks import local_sinks
@@ -45,11 +47,14 @@ SHUTDOWN_GRACE = timedelta(seconds=10)
 @contextlib.asynccontextmanager
 async def running_workers(client: Client, store: StreamStore, settings: Settings) -> AsyncIterator[None]:
     """Run the workers: one for the saga on `settings.task_queue` (with the notification handlers' steps and the
-    channels' give-up records, all local activities), and one per channel on that channel's task queue, with the
-    channel's rate limit for the whole queue; and the client-operation stream's handler, which starts the saga of
+    channels' give-up records and Slack's turns, all local activities), and one per channel on that channel's task
+    queue (email's with its rate limit for the whole queue; Slack is paced per Slack channel instead); and the client-operation stream's handler, which starts the saga of
     every request that has none (`intake`)."""
     notification = NotificationActivities(store, settings)
     handlers = {channel: handler(store, settings) for channel, handler in CHANNEL_HANDLERS.items()}
+    slack = handlers[Channel.SLACK]
+    assert isinstance(slack, SlackHandler)
+    queue_rates = {Channel.EMAIL: settings.email_messages_per_second}  # Slack is paced per Slack channel instead
     workers = [
         Worker(
             client,
@@ -65,6 +70,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 notification.record_escalation_requested,
                 notification.record_saga_ended,
                 *(handler.record_not_sent for handler in handlers.values()),
+                slack.take_turn,
             ],
             graceful_shutdown_timeout=SHUTDOWN_GRACE,
             interceptors=[FailuresClassified()],
@@ -74,7 +80,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 client,
                 task_queue=channel_task_queue(settings.task_queue, channel),
                 activities=[handler.send],
-                max_task_queue_activities_per_second=getattr(settings, f"{channel}_messages_per_second"),
+                max_task_queue_activities_per_second=queue_rates.get(channel),
                 graceful_shutdown_timeout=SHUTDOWN_GRACE,
                 interceptors=[FailuresClassified()],
             )

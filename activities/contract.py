@@ -9,6 +9,7 @@ what is here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from domain import (
@@ -69,6 +70,8 @@ RECORD_NOT_SENT: dict[Channel, Activity[ChannelOperationFailure, ChannelOperatio
     Channel.SLACK: Activity("RecordSlackMessageNotSent", ChannelOperationOutcomeInfo),
 }
 """Each channel's record of an operation the saga gave up on."""
+TAKE_SLACK_TURN: Activity[ChannelOperationRef, datetime] = Activity("TakeSlackTurn", datetime)
+"""When a Slack message may be posted: its Slack channel's next turn, across every worker."""
 
 
 def channel_task_queue(task_queue: str, channel: Channel) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -11,7 +11,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from temporalio import activity
 
 from activities.channel import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError, logger
-from activities.contract import RECORD_NOT_SENT, SEND
+from activities.contract import RECORD_NOT_SENT, SEND, TAKE_SLACK_TURN
 from domain import (
     Channel,
     ChannelOperationFailure,
@@ -28,6 +28,7 @@ from domain import (
     TagName,
     admitted,
     tag,
+    utc_now,
 )
 from settings import Settings
 from streams import StreamName
@@ -66,6 +67,17 @@ class SlackHandler(ChannelHandler):
     @activity.defn(name=RECORD_NOT_SENT[Channel.SLACK].name)
     async def record_not_sent(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
         return await self.give_up(failure)
+
+    @activity.defn(name=TAKE_SLACK_TURN.name)
+    async def take_turn(self, ref: ChannelOperationRef) -> datetime:
+        """When the message may be posted: its Slack channel's next turn, `NOTIFY_SLACK_MESSAGES_PER_SECOND` per
+        Slack channel for all workers together (Slack's pace is per channel), or now when that is unset."""
+        rate = self._settings.slack_messages_per_second
+        op = ref.instruction.operation
+        assert isinstance(op, SendSlackMessageOp)
+        if rate is None:
+            return utc_now()
+        return await self._handling.next_turn(f"slack:{op.workspace}/{op.channel}", 1 / rate)
 
     @staticmethod
     def compose(

@@ -36,3 +36,4 @@ GRANT SELECT ON notify_handling TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_begin(text, bigint, text, text) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_request(text, text, text, text, text, jsonb, timestamptz, text) TO notify_producer;
+GRANT EXECUTE ON FUNCTION notify_next_turn(text, double precision) TO notify_handler;

@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -210,6 +211,13 @@ class PostgresStreamStore(StreamStore):
             row = await (await db.execute("SELECT notify_next_unique_id(%s)", (stream,))).fetchone()
         assert row is not None
         return int(row[0])
+
+    async def next_turn(self, key: str, every: float) -> datetime:
+        async with _using(self._handler) as db:
+            row = await (await db.execute("SELECT notify_next_turn(%s, %s)", (key, every))).fetchone()
+        assert row is not None
+        turn: datetime = row[0]
+        return turn
 
     async def identity(self) -> str:
         async with _using(self._producer) as db:

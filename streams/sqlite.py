@@ -11,9 +11,10 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ from streams.store import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS handling (
     timestamp_utc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS handling_by_record ON handling (stream, internal_record_id, concern, entry_id);
+CREATE TABLE IF NOT EXISTS turns (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS identity (value TEXT NOT NULL);
 INSERT INTO identity SELECT lower(hex(randomblob(4))) WHERE NOT EXISTS (SELECT 1 FROM identity);
 """
@@ -169,6 +171,19 @@ class SQLiteStreamStore(StreamStore):
                 (stream,),
             ).fetchone()
         return int(row[0])
+
+    async def next_turn(self, key: str, every: float) -> datetime:
+        return await self._run(self._next_turn, key, every)
+
+    def _next_turn(self, key: str, every: float) -> datetime:
+        with _transaction(self._db):
+            row = self._db.execute("SELECT next_at FROM turns WHERE key = ?", (key,)).fetchone()
+            turn = max(time.time(), row[0] if row else 0.0)
+            self._db.execute(
+                "INSERT INTO turns (key, next_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET next_at = excluded.next_at",
+                (key, turn + every),
+            )
+        return datetime.fromtimestamp(turn, UTC)
 
     async def identity(self) -> str:
         return await self._run(lambda: str(self._db.execute("SELECT value FROM identity").fetchone()[0]))

@@ -309,6 +309,11 @@ class StreamStore(ABC):
         """Append `status` if the current status allows it (`ALLOWED_TRANSITIONS`), atomically; otherwise raise
         `InvalidHandlingTransition`."""
 
+    @abstractmethod
+    async def next_turn(self, key: str, every: float) -> datetime:
+        """Reserve the next turn of `key`: `every` seconds after the turn reserved before it, and not before now.
+        One atomic step, across processes: what paces a shared resource (a Slack channel) for every worker."""
+
     async def open(self) -> None:  # noqa: B027 - a backend that connects on construction has nothing to do here
         """Connect, and check the schema is the one this version knows."""
 
@@ -429,6 +434,10 @@ class HandlingStore:
         self, internal_record_id: int, concern: str, status: HandlingStatus, details: str = ""
     ) -> HandlingEntry:
         return await self._store.transition(self.stream, internal_record_id, concern, status, details)
+
+    async def next_turn(self, key: str, every: float) -> datetime:
+        """`StreamStore.next_turn`: a handler's turn at a resource it shares with every other handler."""
+        return await self._store.next_turn(key, every)
 
     async def begin(self, internal_record_id: int, concern: str, details: str = "") -> HandlingEntry | None:
         """Start handling a record. A retried handler finds the previous attempt's status: a `Failed` one is reset,

@@ -12,11 +12,13 @@ from temporalio import activity
 import activities.contract as contract
 from activities.channels import CHANNEL_HANDLERS
 from activities.notification import NotificationActivities
+from activities.slack import SlackHandler
 from tests.harness import ROOT
 
 IMPLEMENTATIONS = [
     *(getattr(NotificationActivities, name) for name in vars(NotificationActivities)),
     *(method for handler in CHANNEL_HANDLERS.values() for method in (handler.send, handler.record_not_sent)),
+    SlackHandler.take_turn,
 ]
 
 

@@ -194,3 +194,21 @@ async def test_a_cancel_during_an_attempt_waits_for_it(
         view = await notify.client.status(nid)
     assert view["status"] == "sent" and view["channels"]["email"]["outcome"] == "succeeded"
     assert len(mail_sink.messages) == 1
+
+
+async def test_slack_is_paced_per_slack_channel(
+    dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings, slack_sink: SlackSink
+) -> None:
+    """One message a second per Slack channel, for every saga together: a busy channel does not hold up another."""
+    paced = settings.model_copy(update={"slack_messages_per_second": 1})
+    other = entity(id="user-2", slack={"workspace": "acme", "channel": "C0456"}, channels={"slack": "send"})
+    async with notifying(dev_env, store, paced, entity(channels={"slack": "send"}), other) as notify:
+        ids = await asyncio.gather(*(notify.client.request(operation(e)) for e in ["user-1"] * 5 + ["user-2"]))
+        views = [await notify.client.result(i) for i in ids]
+    assert [v.status for v in views] == ["sent"] * 6
+    posted = {c: sorted(float(m.ts) for m in slack_sink.messages if m.channel == c) for c in ("C0123", "C0456")}
+    assert [len(p) for p in posted.values()] == [5, 1]
+    busy = posted["C0123"]
+    # turns are a second apart; a post may start up to a second after its turn (the saga's timer, then the send)
+    assert busy[-1] - busy[0] >= 3, busy
+    assert posted["C0456"][0] < busy[2]  # not queued behind the busy channel

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         RECORD_SAGA_ENDED,
         SEND,
         STEP_FAILED_FOR_GOOD,
+        TAKE_SLACK_TURN,
         Activity,
         channel_task_queue,
     )
@@ -90,6 +91,11 @@ STEP_RETRY = RetryPolicy(
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 """Steps that record what happened: retried, while the store cannot be used, until it takes the record (a step
 that fails in a way no retry fixes ends the saga instead: `activities.failures`)."""
+
+
+SLACK_TURNS = "slack-turns"
+"""The patch that paces Slack messages per Slack channel (sagas started before it post without taking a turn)."""
+CANCELLED = "cancelled before it was delivered"
 
 
 @workflow.defn(name="NotificationSaga")
@@ -287,6 +293,20 @@ class NotificationSaga:
         policy = self._policies.channels[channel]
         deadline = timedelta(seconds=policy.deadline_seconds)
         key = (channel, ref.instruction.operation.channel_operation_id)
+        if channel == Channel.SLACK and workflow.patched(SLACK_TURNS):
+            turn = await self._record(TAKE_SLACK_TURN, ref)
+            if turn > workflow.now():  # a durable timer: the wait counts against no deadline
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._cancel_requested and not self._sent, timeout=turn - workflow.now()
+                    )
+                except asyncio.TimeoutError:
+                    pass
+        if self._cancel_requested and not self._sent:  # cancelled before this send began
+            self._cancelled_sends.add(key)
+            return await self._record(
+                RECORD_NOT_SENT[channel], ChannelOperationFailure(operation=ref, reason=CANCELLED)
+            )
         send: ActivityHandle[ChannelOperationOutcomeInfo] = workflow.start_activity(
             SEND[channel].name,
             ref,
@@ -314,7 +334,7 @@ class NotificationSaga:
                 self._cancelled_sends.add(key)
             failure = ChannelOperationFailure(
                 operation=ref,
-                reason="cancelled before it was delivered" if cancelled else _reason(error, deadline),
+                reason=CANCELLED if cancelled else _reason(error, deadline),
                 last_response=last[0] if last and isinstance(last[0], dict) else None,
             )
             return await self._record(RECORD_NOT_SENT[channel], failure)
