@@ -99,11 +99,15 @@ def temporal_runtime() -> Runtime:
     return _runtime
 
 
-def temporal_unreachable(address: str, error: BaseException) -> ConnectionError:
+class TemporalUnreachable(ConnectionError):
+    """Temporal cannot be reached at its address (nothing answers there, for now)."""
+
+
+def temporal_unreachable(address: str, error: BaseException) -> TemporalUnreachable:
     """Temporal's "Failed client connect: ... tonic::transport::Error(...)" said in one plain sentence."""
     said = re.search(r'(?:message|error): "([^"]+)"', str(error))
     why = said.group(1).lower() if said else "no answer"
-    return ConnectionError(
+    return TemporalUnreachable(
         f"cannot reach Temporal at {address} ({why}): start it with `python worker.py --dev`, "
         "or set NOTIFY_TEMPORAL_ADDRESS to where it runs"
     )

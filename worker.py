@@ -21,9 +21,10 @@ import signal
 import socket
 import sys
 import sysconfig
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -33,12 +34,12 @@ from activities.contract import channel_task_queue
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
 from activities.slack import SlackHandler
-from client import connect
+from client import TemporalUnreachable, connect
 from domain import Channel
 from intake import ClientOperationHandler
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from sinks import local_sinks
-from streams import StreamStore
+from streams import StoreUnavailable, StreamStore
 from workflows.notification import NotificationSaga
 
 SHUTDOWN_GRACE = timedelta(seconds=10)
@@ -123,6 +124,8 @@ def temporal_binary(name: str) -> Path:
 DEV_SERVER_STARTUP = timedelta(seconds=60)
 PR_SET_PDEATHSIG = 1
 STORE_CHECK_INTERVAL = 1.0
+SERVICE_WAIT = 1.0
+"""How often a worker started before Temporal or the streams looks for them again."""
 """Seconds between the worker's checks that its streams store is still the one it opened."""
 
 
@@ -223,9 +226,14 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
             local = stack.enter_context(local_sinks(settings))
             settings = local.settings
             print(local.describe(), flush=True)
-        store = await stack.enter_async_context(settings.open_streams())
+        store = await _waiting_for("the streams", lambda: _opened(settings), stop)
+        stack.push_async_callback(store.close)
         await store.check()
-        client = await stack.enter_async_context(dev_server(settings)) if dev else await connect(settings)
+        client = (
+            await stack.enter_async_context(dev_server(settings))
+            if dev
+            else await _waiting_for("Temporal", lambda: connect(settings), stop, TemporalUnreachable)
+        )
         async with running_workers(client, store, settings):
             print(
                 f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "
@@ -237,6 +245,42 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
             watch.cancel()
             if not watch.cancelled() and watch.done():
                 watch.result()  # the store became unusable: raising it stops the workers as it unwinds
+
+
+T = TypeVar("T")
+
+
+async def _opened(settings: Settings) -> StreamStore:
+    store = settings.open_streams()
+    await store.open()
+    return store
+
+
+class Stopped(Exception):
+    """The worker was told to stop while it waited for a service."""
+
+
+async def _waiting_for(
+    what: str, ready: Callable[[], Awaitable[T]], stop: asyncio.Event, unavailable: type[Exception] = StoreUnavailable
+) -> T:
+    """What `ready` gives once it can: a worker started before a service it needs waits for it, and says so once
+    (and once more when it is there), rather than exiting; `Stopped` if told to stop meanwhile."""
+    waiting = False
+    while True:
+        try:
+            found = await ready()
+        except unavailable as error:
+            if not waiting:
+                print(f"waiting for {what}: {one_line(error)}", flush=True)
+                waiting = True
+            try:
+                await asyncio.wait_for(stop.wait(), SERVICE_WAIT)
+            except TimeoutError:
+                continue
+            raise Stopped(what) from error
+        if waiting:
+            print(f"{what} can be used: going on", flush=True)
+        return found
 
 
 async def _watch(store: StreamStore, stop: asyncio.Event) -> None:
@@ -266,6 +310,8 @@ def main() -> None:
     code = 0
     try:
         asyncio.run(run(load_settings(), args.dev, args.sinks))
+    except Stopped:
+        pass  # told to stop before what it waited for came
     except ConfigurationError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2

@@ -59,6 +59,8 @@ class SlackSink:
         """Channels it answers `channel_not_found` for."""
         self.hanging = False
         """Never answer (until the sink stops): a Slack that does not respond."""
+        self.failing = False
+        """Answer every call with HTTP 500 (`internal_error`): a Slack that is down."""
         self.history_forbidden = False
         """Answer `conversations.history` with `missing_scope`, as for a token without `channels:history`."""
         self.posted = threading.Event()
@@ -99,6 +101,8 @@ class SlackSink:
             assert self._stopping is not None
             await self._stopping.wait()
             return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
+        if self.failing:
+            return web.json_response({"ok": False, "error": "internal_error"}, status=500)
         with self._lock:
             scripted = self._scripted.pop(0) if self._scripted else None
         if scripted is None:

@@ -101,6 +101,7 @@ class WorkerProcess:
     def __init__(self, process: subprocess.Popen[str]) -> None:
         self.process = process
         self.lines: list[str] = []
+        self._said = threading.Condition()
         self._polling = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -108,10 +109,14 @@ class WorkerProcess:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.lines.append(line)
+            with self._said:
+                self.lines.append(line)
+                self._said.notify_all()
             if line.startswith("worker polling"):
                 self._polling.set()
         self._polling.set()  # it ended: nothing more will come
+        with self._said:
+            self._said.notify_all()
 
     def until_polling(self, timeout: float = 120) -> WorkerProcess:
         """This worker, once it says it polls (its output is the event: no sleeping)."""
@@ -119,6 +124,17 @@ class WorkerProcess:
         if not any(line.startswith("worker polling") for line in self.lines):
             pytest.fail(f"worker.py did not poll (exit code {self.process.poll()}): {self.output}")
         return self
+
+    def until_said(self, start: str, timeout: float = 60) -> str:
+        """The first line it says that begins with `start`, once it has said it."""
+        with self._said:
+            found = self._said.wait_for(
+                lambda: any(line.startswith(start) for line in self.lines) or self.process.poll() is not None, timeout
+            )
+            said = next((line for line in self.lines if line.startswith(start)), None)
+        if not found or said is None:
+            pytest.fail(f"worker.py did not say {start!r} (exit code {self.process.poll()}): {self.output}")
+        return said
 
     @property
     def output(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from sinks.slack import SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
-from tests.harness import WorkerProcess, entity, eventually, notifying, operation, start_worker
+from tests.harness import Notify, WorkerProcess, entity, eventually, notifying, operation, start_worker
 
 
 @pytest.fixture
@@ -212,3 +213,65 @@ async def test_slack_is_paced_per_slack_channel(
     # turns are a second apart; a post may start up to a second after its turn (the saga's timer, then the send)
     assert busy[-1] - busy[0] >= 3, busy
     assert posted["C0456"][0] < busy[2]  # not queued behind the busy channel
+
+
+OUTAGE = 30
+"""Seconds each service is down for in the outage tests."""
+
+
+async def requested_through(outage: float, notify: Notify) -> list[str]:
+    """A steady stream of requests, one a second, for `outage` seconds."""
+    ids = []
+    started = asyncio.get_running_loop().time()
+    while asyncio.get_running_loop().time() - started < outage:
+        ids.append(await notify.client.request(operation()))
+        await asyncio.sleep(1)
+    return ids
+
+
+async def test_a_mail_server_down_for_a_while_loses_nothing(
+    dev_env: WorkflowEnvironment,
+    store: StreamStore,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    down = settings.model_copy(
+        update={"smtp_port": port, "email_retry_initial_seconds": 1, "email_retry_maximum_seconds": 4}
+    )
+    caplog.set_level(logging.INFO)
+    async with notifying(dev_env, store, down, entity(channels={"email": "send"})) as notify:
+        ids = await requested_through(OUTAGE, notify)
+        with MailSink(port=port, folder=tmp_path / "mail") as mail:  # the mail server is back
+            views = [await notify.client.result(i) for i in ids]
+            received = [m.message["Message-ID"] for m in mail.messages]
+    assert [v.status for v in views] == ["sent"] * len(ids)
+    assert len(received) == len(set(received)) == len(ids)  # each once
+    said = [r.getMessage() for r in caplog.records if r.name == "notify.delivery" and r.levelno >= logging.INFO]
+    assert len(said) == 2 and said[0].startswith("email: sends fail") and said[1].startswith("email answers again")
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+async def test_slack_answering_500_for_a_while_loses_nothing_and_posts_once(
+    dev_env: WorkflowEnvironment,
+    store: StreamStore,
+    settings: Settings,
+    slack_sink: SlackSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flaky = settings.model_copy(
+        update={"slack_retry_initial_seconds": 1, "slack_retry_maximum_seconds": 4, "slack_messages_per_second": None}
+    )
+    caplog.set_level(logging.INFO)
+    async with notifying(dev_env, store, flaky, entity(channels={"slack": "send"})) as notify:
+        slack_sink.failing = True
+        ids = await requested_through(OUTAGE, notify)
+        slack_sink.failing = False  # Slack is back
+        views = [await notify.client.result(i) for i in ids]
+    assert [v.status for v in views] == ["sent"] * len(ids)
+    posted = [(m.metadata or {}).get("event_payload", {}).get("notification_id") for m in slack_sink.messages]
+    assert sorted(posted) == sorted(ids)  # each once
+    said = [r.getMessage() for r in caplog.records if r.name == "notify.delivery" and r.levelno >= logging.INFO]
+    assert len(said) == 2 and said[0].startswith("slack: sends fail") and said[1].startswith("slack answers again")
+    assert [r for r in caplog.records if r.exc_info] == []

@@ -3,6 +3,7 @@ already taken, and its SQLite store file deleted, replaced or made read-only whi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import shutil
@@ -11,13 +12,15 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from sinks.mail import free_port
-from tests.harness import ROOT, start_worker
+from tests.harness import ROOT, WorkerProcess, start_worker
+from worker import temporal_binary
 
 
 def environment(**settings: str) -> dict[str, str]:
@@ -134,3 +137,56 @@ def test_the_worker_stops_in_one_line_when_its_store_file_changes_under_it(
             [sys.executable, str(ROOT / "worker.py")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
         assert (result.returncode, result.stderr.splitlines()[-1]) == (1, said)
+
+
+async def test_a_worker_started_before_temporal_waits_for_it(tmp_path: Path) -> None:
+    port = free_port()
+    env = environment(temporal_address=f"127.0.0.1:{port}", data_dir=str(tmp_path / "data"))
+    worker = WorkerProcess(
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py")],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    )
+    try:
+        waiting = worker.until_said("waiting for Temporal: ")
+        assert waiting.startswith(f"waiting for Temporal: cannot reach Temporal at 127.0.0.1:{port} (")
+        temporal = await WorkflowEnvironment.start_local(
+            port=port,
+            dev_server_existing_path=str(temporal_binary("temporal")),
+            dev_server_startup_timeout=timedelta(seconds=60),
+        )
+        try:
+            await asyncio.to_thread(worker.until_polling)
+        finally:
+            said = worker.stop()
+            await temporal.shutdown()
+    finally:
+        if worker.process.poll() is None:
+            worker.process.kill()
+    assert worker.returncode == 0, said
+    assert said.count("waiting for Temporal: ") == 1 and "Temporal can be used: going on" in said
+    assert "Traceback" not in said
+
+
+def test_a_worker_started_before_its_database_waits_for_it(tmp_path: Path) -> None:
+    env = environment(streams_url=f"postgresql://notify@127.0.0.1:{free_port()}/notify")
+    worker = WorkerProcess(
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py")],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    )
+    said = worker.until_said("waiting for the streams: ")
+    assert "connection refused" in said.lower() or "connect" in said.lower(), said
+    output = worker.stop()
+    assert worker.returncode == 0, output
+    assert output.count("waiting for the streams: ") == 1 and "Traceback" not in output
