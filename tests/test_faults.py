@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.testing import WorkflowEnvironment
 
-from client import NotCancellable, NotificationClient
+from client import NotCancellable, NotificationClient, connect
 from domain import Channel, NotificationView, SendNotificationToEntityOp
 from settings import Settings
 from sinks.mail import MailSink, free_port
@@ -24,6 +25,7 @@ from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
 from tests.harness import Notify, WorkerProcess, entity, eventually, notifying, operation, start_worker
+from worker import temporal_binary
 
 
 @pytest.fixture
@@ -275,3 +277,56 @@ async def test_slack_answering_500_for_a_while_loses_nothing_and_posts_once(
     said = [r.getMessage() for r in caplog.records if r.name == "notify.delivery" and r.levelno >= logging.INFO]
     assert len(said) == 2 and said[0].startswith("slack: sends fail") and said[1].startswith("slack answers again")
     assert [r for r in caplog.records if r.exc_info] == []
+
+
+def temporal_server(port: int, database: Path) -> subprocess.Popen[bytes]:
+    """A Temporal dev server on `port`, keeping its workflows in `database` (so that it can be restarted on them)."""
+    return subprocess.Popen(
+        [str(temporal_binary("temporal")), "server", "start-dev", "--headless", "--ip", "127.0.0.1"]
+        + ["--port", str(port), "--db-filename", str(database), "--log-level", "error"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+async def test_the_temporal_server_killed_and_restarted_loses_nothing(
+    tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink, workers: list[WorkerProcess]
+) -> None:
+    """Under a steady stream of requests the Temporal server is killed, and restarted on its database file: the
+    requests made meanwhile are accepted, the worker waits, and every notification is delivered once."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+        "NOTIFY_STREAMS_URL": f"sqlite:///{tmp_path / 'streams.db'}",
+        "NOTIFY_SMTP_HOST": mail_sink.host,
+        "NOTIFY_SMTP_PORT": str(mail_sink.port),
+        "NOTIFY_SLACK_API_URL": slack_sink.api_url,
+        "NOTIFY_SLACK_TOKENS": json.dumps({"acme": SLACK_TOKEN}),
+        "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
+    }
+    server = temporal_server(port, tmp_path / "temporal.db")
+    try:
+        workers.append(start_worker(env, tmp_path))
+        settings = Settings(
+            _env_file=None, temporal_address=env["NOTIFY_TEMPORAL_ADDRESS"], streams_url=env["NOTIFY_STREAMS_URL"]
+        )
+        async with settings.open_streams() as store:
+            await import_entries(store, [entity()])
+            client = NotificationClient(store, await connect(settings, lazy=True), settings)
+            ids = [await client.request(operation(subject=f"Before {i}")) for i in range(3)]
+            server.kill()
+            server.wait()
+            ids += [await client.request(operation(subject=f"While down {i}")) for i in range(3)]
+            server = temporal_server(port, tmp_path / "temporal.db")
+            ids += [await client.request(operation(subject=f"After {i}")) for i in range(3)]
+            views = [await asyncio.wait_for(client.result(i), 120) for i in ids]
+    finally:
+        server.kill()
+        server.wait()
+    assert [v.status for v in views] == ["sent"] * 9
+    assert len(mail_sink.messages) == len({m.message["Message-ID"] for m in mail_sink.messages}) == 9
+    assert len(slack_sink.messages) == 9
+    assert workers[0].returncode is None  # it waited for its server, and went on

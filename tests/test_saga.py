@@ -275,8 +275,9 @@ async def test_a_retried_send_records_once_and_delivers_once(
     history = await notify.store.handling(StreamName.EMAIL_OPERATION).history(email_op.internal_id, "send-email")
     assert [e.status for e in history] == ["Running", "Failed", "AvailableAfterFailure", "Running", "Completed"]
     assert "421" in history[1].details and "Try again later 4.3.0 The queue is full" in history[1].details
-    [retried] = [r.getMessage() for r in caplog.records if r.name == "notify.delivery"]
-    assert retried.endswith("to be retried: 421 4.3.0 Try again later 4.3.0 The queue is full"), retried
+    failing, answering = [r.getMessage() for r in caplog.records if r.name == "notify.delivery"]
+    assert failing.endswith("failed: 421 4.3.0 Try again later 4.3.0 The queue is full)"), failing  # one line
+    assert answering == "email answers again, after 1 failed attempt(s)"
 
 
 def activity_environment(attempt: int = 1) -> ActivityEnvironment:
