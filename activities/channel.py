@@ -44,10 +44,21 @@ from domain import (
     utc_now,
 )
 from settings import Settings
-from streams import ExistingRecordStrategy, HandlingEntry, HandlingStatus, StreamName, StreamStore
+from streams import (
+    ExistingRecordStrategy,
+    HandlingEntry,
+    HandlingStatus,
+    InvalidHandlingTransition,
+    StoreUnavailable,
+    StreamName,
+    StreamStore,
+)
 
 WORKER = f"{os.getpid()}@{socket.gethostname()}"
 """This process, as the handling history names it."""
+RECORD_WAIT_FIRST, RECORD_WAIT_MOST = 0.5, 5.0
+"""Seconds between tries at recording a delivery's outcome while the store cannot be used: from the first, doubling
+up to the most."""
 ATTEMPT_MARGIN = timedelta(seconds=5)
 """How long before its start-to-close timeout an attempt gives up, to record that it did."""
 logger = logging.getLogger("notify.delivery")
@@ -149,6 +160,12 @@ class ChannelHandler(ABC):
     # -- what every channel does ------------------------------------------------------------------------------
 
     async def handle(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
+        """Deliver the operation once, heartbeating all along: while the attempt waits for the store it is alive, and
+        no retry takes the operation over beside it; only a dead worker's attempt is retried early."""
+        async with _heartbeating():
+            return await self._handle(ref)
+
+    async def _handle(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         operation = ref.instruction.operation
         info = activity.info()
         attempt = f"attempt {info.attempt}, started {info.started_time.isoformat()}, by worker {WORKER}"
@@ -172,8 +189,7 @@ class ChannelHandler(ABC):
             if budget is not None and budget <= 0:
                 reason = "no time left before the deadline"
                 raise TransientDeliveryError(Delivery(self.failed_response(operation, reason), reason))
-            async with _heartbeating():
-                delivery = await _to_the_end(asyncio.wait_for(self.deliver(operation), budget))
+            delivery = await _to_the_end(asyncio.wait_for(self.deliver(operation), budget))
         except TransientDeliveryError as error:
             await self._retry(ref, error.delivery, error.retry_after)
         except TimeoutError:
@@ -191,7 +207,20 @@ class ChannelHandler(ABC):
             except Exception:
                 logger.exception("%s: could not record that the attempt ended", _attempt_name(operation))
             raise
-        return await self._record(ref, delivery)
+        return await self._recorded_when_it_can(ref, delivery)
+
+    async def _recorded_when_it_can(self, ref: ChannelOperationRef, delivery: Delivery) -> ChannelOperationOutcomeInfo:
+        """Record how the delivery ended, waiting for the store while it cannot be used: what was delivered is never
+        delivered again because its record could not be written (only an attempt that dies, or runs out of time,
+        before it is written leaves that to a retry)."""
+        wait = RECORD_WAIT_FIRST
+        while True:
+            try:
+                return await self._record(ref, delivery)
+            except StoreUnavailable as error:
+                logger.debug("%s: waiting to record the outcome: %s", _attempt_name(ref.instruction.operation), error)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RECORD_WAIT_MOST)
 
     async def give_up(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
         """The saga gave up on the operation (its deadline passed, or every attempt failed): record it as failed,
@@ -260,9 +289,13 @@ class ChannelHandler(ABC):
         return self._outcome(operation, event_type, delivery.failure, attempts)
 
     async def _complete(self, ref: ChannelOperationRef, outcome: ChannelOperationOutcomeInfo) -> None:
-        await self._handling.transition(
-            ref.internal_record_id, self.concern, HandlingStatus.COMPLETED, outcome.model_dump_json()
-        )
+        try:
+            await self._handling.transition(
+                ref.internal_record_id, self.concern, HandlingStatus.COMPLETED, outcome.model_dump_json()
+            )
+        except InvalidHandlingTransition:  # a retry of this write, which had committed before its answer was lost
+            if await self._handling.status(ref.internal_record_id, self.concern) != HandlingStatus.COMPLETED:
+                raise
 
     async def _recorded_outcome(self, operation: ChannelOperation) -> ChannelOperationOutcomeInfo | None:
         """The outcome already in the event stream, if any; failure wins over success, as in the reference."""
@@ -333,8 +366,8 @@ async def _to_the_end(delivering: Awaitable[Delivery]) -> Delivery:
 
 @asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
-    """Heartbeat while the attempt delivers, so that an attempt whose worker died is retried once its heartbeat
-    timeout has passed, rather than its whole timeout."""
+    """Heartbeat while the attempt runs, so that an attempt whose worker died is retried once its heartbeat timeout
+    has passed, rather than its whole timeout."""
     timeout = activity.info().heartbeat_timeout
     if not timeout:
         yield

@@ -11,6 +11,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from temporalio.api.enums.v1 import PendingActivityState
@@ -24,7 +25,9 @@ from sinks.slack import SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
+from tests.databases import Databases
 from tests.harness import Notify, WorkerProcess, entity, eventually, notifying, operation, start_worker
+from tests.proxy import CuttableProxy
 from worker import temporal_binary
 
 
@@ -330,3 +333,40 @@ async def test_the_temporal_server_killed_and_restarted_loses_nothing(
     assert len(mail_sink.messages) == len({m.message["Message-ID"] for m in mail_sink.messages}) == 9
     assert len(slack_sink.messages) == 9
     assert workers[0].returncode is None  # it waited for its server, and went on
+
+
+async def test_postgresql_unreachable_for_a_while_loses_nothing(
+    dev_env: WorkflowEnvironment, postgres: Databases, tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    """PostgreSQL stops accepting connections (and drops the open ones) for 20 s while sagas run: every step waits
+    for it, and every notification accepted before is delivered once."""
+    url = urlsplit(postgres.fresh())
+    proxy = await CuttableProxy(url.hostname or "127.0.0.1", url.port or 5432).start()
+    through = urlunsplit(url._replace(netloc=f"{url.username or 'postgres'}@127.0.0.1:{proxy.port}"))
+    settings = Settings(
+        _env_file=None,
+        task_queue=f"pg-outage-{uuid.uuid4()}",
+        streams_url=through,
+        smtp_host=mail_sink.host,
+        smtp_port=mail_sink.port,
+        slack_api_url=slack_sink.api_url,
+        slack_tokens={"acme": SLACK_TOKEN},
+        slack_messages_per_second=None,
+        email_from="notifications@notify.test",
+    )
+    try:
+        async with settings.open_streams() as store, notifying(dev_env, store, settings) as notify:
+            mail_sink.hold()  # the sends are under way when the database goes
+            ids = [await notify.client.request(operation(subject=f"N{i}")) for i in range(5)]
+            assert await asyncio.to_thread(mail_sink.data_arrived.wait, 30)
+            await proxy.cut()
+            mail_sink.release()
+            await asyncio.sleep(20)  # the outage itself: nothing to wait for but time
+            await proxy.restore()
+            views = [await asyncio.wait_for(notify.client.result(i), 120) for i in ids]
+    finally:
+        mail_sink.release()
+        await proxy.close()
+    assert [v.status for v in views] == ["sent"] * 5
+    assert len(mail_sink.messages) == len({m.message["Message-ID"] for m in mail_sink.messages}) == 5
+    assert len(slack_sink.messages) == 5

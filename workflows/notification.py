@@ -329,7 +329,9 @@ class NotificationSaga:
             return await send
         except ActivityError as error:
             last = error.cause.details if isinstance(error.cause, ApplicationError) else ()
-            cancelled = self._cancel_requested and isinstance(error.cause, CancelledError)
+            cancelled = self._cancel_requested and (  # not tried again because of the cancel
+                isinstance(error.cause, CancelledError) or error.retry_state == RetryState.CANCEL_REQUESTED
+            )
             if cancelled:
                 self._cancelled_sends.add(key)
             failure = ChannelOperationFailure(
