@@ -226,11 +226,9 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
             return problem(error.__cause__.status, error.__cause__.detail)
         return problem(error.status_code, str(error.detail))
 
-    async def view_of(client: NotificationClient, notification_id: str) -> dict[str, Any]:
-        try:
-            return await client.status(notification_id)
-        except UnknownNotification as error:
-            raise Problem(404, str(error)) from error
+    @app.exception_handler(UnknownNotification)
+    async def _unknown(request: Request, error: UnknownNotification) -> JSONResponse:
+        return problem(404, str(error))
 
     @app.post(
         "/v1/notifications",
@@ -301,7 +299,7 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
         summary="A notification's view",
     )
     async def get_notification(notification_id: str, client: Notifications) -> dict[str, Any]:
-        return await view_of(client, notification_id)
+        return await client.status(notification_id)
 
     @app.get(
         "/v1/notifications/{notification_id}/events",
@@ -309,20 +307,16 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
         summary="Its records across the streams",
     )
     async def get_events(notification_id: str, client: Notifications) -> list[dict[str, Any]]:
-        try:
-            return [record_json(r) for r in await client.events(notification_id)]
-        except UnknownNotification as error:
-            raise Problem(404, str(error)) from error
+        return [record_json(r) for r in await client.events(notification_id)]
 
     @app.post(
         "/v1/notifications/{notification_id}/cancel",
         dependencies=[Depends(needs(KeyScope.SEND))],
-        summary="Cancel a notification that has not started sending",
+        summary="Cancel a notification that has not finished sending",
     )
     async def cancel_notification(notification_id: str, client: Notifications) -> dict[str, Any]:
-        await view_of(client, notification_id)
         try:
-            return await client.cancel(notification_id)
+            return await client.cancel(notification_id)  # an unknown id is 404 (`_unknown`)
         except NotCancellable as error:
             raise Problem(409, str(error)) from error
 

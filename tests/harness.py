@@ -81,8 +81,8 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) 
             await asyncio.sleep(0.02)
 
 
-def start_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:
-    """A `worker.py` process (with `args`), once it says it polls."""
+def launch_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:
+    """A `worker.py` process (with `args`), as soon as it is started."""
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "worker.py"), *args],
         env=env,
@@ -91,7 +91,12 @@ def start_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    return WorkerProcess(process).until_polling()
+    return WorkerProcess(process)
+
+
+def start_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:
+    """A `worker.py` process (with `args`), once it says it polls."""
+    return launch_worker(env, cwd, *args).until_polling()
 
 
 class WorkerProcess:

@@ -19,7 +19,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from sinks.mail import free_port
-from tests.harness import ROOT, WorkerProcess, start_worker
+from tests.harness import ROOT, launch_worker, start_worker
 from worker import temporal_binary
 
 
@@ -142,16 +142,7 @@ def test_the_worker_stops_in_one_line_when_its_store_file_changes_under_it(
 async def test_a_worker_started_before_temporal_waits_for_it(tmp_path: Path) -> None:
     port = free_port()
     env = environment(temporal_address=f"127.0.0.1:{port}", data_dir=str(tmp_path / "data"))
-    worker = WorkerProcess(
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    )
+    worker = launch_worker(env, tmp_path)
     try:
         waiting = worker.until_said("waiting for Temporal: ")
         assert waiting.startswith(f"waiting for Temporal: cannot reach Temporal at 127.0.0.1:{port} (")
@@ -175,16 +166,7 @@ async def test_a_worker_started_before_temporal_waits_for_it(tmp_path: Path) -> 
 
 def test_a_worker_started_before_its_database_waits_for_it(tmp_path: Path) -> None:
     env = environment(streams_url=f"postgresql://notify@127.0.0.1:{free_port()}/notify")
-    worker = WorkerProcess(
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    )
+    worker = launch_worker(env, tmp_path)
     said = worker.until_said("waiting for the streams: ")
     assert "connection refused" in said.lower() or "connect" in said.lower(), said
     output = worker.stop()
