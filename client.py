@@ -88,15 +88,21 @@ _runtime: Runtime | None = None
 
 def temporal_runtime() -> Runtime:
     """Temporal's runtime for this process: the SDK core's own warnings and errors go to the `temporalio.core`
-    logger, like every other log line, instead of straight to standard error."""
+    logger, like every other log line, instead of straight to standard error; but not its line at every retry of a
+    call while Temporal cannot be reached (whoever waits for Temporal says so once)."""
     global _runtime
     if _runtime is None:
+        logging.getLogger("temporalio.core").addFilter(_not_a_retry)
         logging_config = LoggingConfig(
             filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
             forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
         )
         _runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config))
     return _runtime
+
+
+def _not_a_retry(record: logging.LogRecord) -> bool:
+    return not record.name.endswith("temporalio_client::retry")
 
 
 class TemporalUnreachable(ConnectionError):

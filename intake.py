@@ -157,7 +157,8 @@ class ClientOperationHandler:
     def _away(self, error: BaseException) -> None:
         if not self._waiting:
             self._waiting = True
-            log.warning("the client-operation handler waits: %s", one_line(error))
+            service = "Temporal" if isinstance(error, RPCError) or is_connect_failure(error) else "the stream store"
+            log.warning("the client-operation handler waits for %s: %s", service, one_line(error))
 
     def _back(self) -> None:
         if self._waiting:

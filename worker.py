@@ -56,6 +56,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
     slack = handlers[Channel.SLACK]
     assert isinstance(slack, SlackHandler)
     queue_rates = {Channel.EMAIL: settings.email_messages_per_second}  # Slack is paced per Slack channel instead
+    classified = FailuresClassified()  # one for all: a store outage is one outage
     workers = [
         Worker(
             client,
@@ -74,7 +75,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 slack.take_turn,
             ],
             graceful_shutdown_timeout=SHUTDOWN_GRACE,
-            interceptors=[FailuresClassified()],
+            interceptors=[classified],
         ),
         *(
             Worker(
@@ -83,7 +84,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 activities=[handler.send],
                 max_task_queue_activities_per_second=queue_rates.get(channel),
                 graceful_shutdown_timeout=SHUTDOWN_GRACE,
-                interceptors=[FailuresClassified()],
+                interceptors=[classified],
             )
             for channel, handler in handlers.items()
         ),
@@ -124,9 +125,9 @@ def temporal_binary(name: str) -> Path:
 DEV_SERVER_STARTUP = timedelta(seconds=60)
 PR_SET_PDEATHSIG = 1
 STORE_CHECK_INTERVAL = 1.0
+"""Seconds between the worker's checks that its streams store is still the one it opened."""
 SERVICE_WAIT = 1.0
 """How often a worker started before Temporal or the streams looks for them again."""
-"""Seconds between the worker's checks that its streams store is still the one it opened."""
 
 
 @contextlib.asynccontextmanager
@@ -307,6 +308,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # the local sinks: a line per connection, per request
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a line per connection lost: the outage is one line
     code = 0
     try:
         asyncio.run(run(load_settings(), args.dev, args.sinks))

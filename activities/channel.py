@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from activities.failures import Outage
 from domain import (
     Channel,
     ChannelEvent,
@@ -81,30 +82,6 @@ class CannotPrepare(Exception):
     """The channel cannot carry this notification (say, a Slack message over Slack's length limit)."""
 
 
-class Outage:
-    """What this worker logs of a channel's transient failures: one line when sends begin to fail, one when the
-    channel answers again (with how many attempts failed between), and each failed attempt at debug level only, so
-    that an outage of a mail server or of Slack is two lines in the log, not one per attempt."""
-
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-        self.failures = 0
-
-    def failed(self, attempt: str, reason: str) -> None:
-        self.failures += 1
-        if self.failures == 1:
-            logger.warning(
-                "%s: sends fail, and are retried until it answers (%s failed: %s)", self.channel, attempt, reason
-            )
-        else:
-            logger.debug("%s failed, to be retried: %s", attempt, reason)
-
-    def answered(self) -> None:
-        if self.failures:
-            logger.warning("%s answers again, after %d failed attempt(s)", self.channel, self.failures)
-            self.failures = 0
-
-
 class TransientDeliveryError(Exception):
     """Delivery failed in a way that a later attempt may not; `delivery` is the outcome if no attempt is left."""
 
@@ -126,7 +103,7 @@ class ChannelHandler(ABC):
 
     def __init__(self, store: StreamStore, settings: Settings) -> None:
         self._settings = settings
-        self._outage = Outage(self.channel)
+        self._outage = Outage(self.channel, logger)
         self._handling = store.handling(self.operation_stream)
         self._events = store.writer(self.event_stream)
         self._outcomes = store.reader(self.event_stream)

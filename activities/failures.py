@@ -2,7 +2,8 @@
 
 A step that records fails, at its root, either because a service cannot be used for now (the store's
 `StoreUnavailable`, a connection refused, a timeout): then Temporal retries it, for as long as its retry policy
-says. Anything else (an invalid handling transition, a record that does not decode, an `assert`) would fail every
+says, and the worker logs one line when the steps begin to fail and one when they succeed again, not a traceback per
+attempt. Anything else (an invalid handling transition, a record that does not decode, an `assert`) would fail every
 attempt alike: it ends the step at once as a non-retryable `StepFailedForGood`, logged with the notification id and
 its traceback, so that the saga can end the notification as failed with the reason instead of retrying forever.
 """
@@ -13,29 +14,74 @@ import logging
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from activities.contract import STEP_FAILED_FOR_GOOD
+from settings import one_line
 
 TRANSIENT = (ConnectionError, TimeoutError)
 """What a later attempt may not meet: the store's `StoreUnavailable` and `StoreUnusable` are `ConnectionError`s."""
 logger = logging.getLogger("notify.steps")
 
 
+class Outage:
+    """What a worker logs of a service's transient failures: one line when its calls begin to fail, one when it
+    answers again (with how many failed between), and each failure at debug level only, so that an outage of a mail
+    server, of Slack or of the stream store is two lines in the log, not one per attempt."""
+
+    def __init__(self, service: str, log: logging.Logger, calls: str = "sends") -> None:
+        self.service = service
+        self.calls = calls
+        self.failures = 0
+        self._log = log
+
+    def failed(self, attempt: str, reason: str) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            self._log.warning(
+                "%s: %s fail, and are retried until it answers (%s failed: %s)",
+                self.service,
+                self.calls,
+                attempt,
+                reason,
+            )
+        else:
+            self._log.debug("%s failed, to be retried: %s", attempt, reason)
+
+    def answered(self) -> None:
+        if self.failures:
+            self._log.warning("%s answers again, after %d failed attempt(s)", self.service, self.failures)
+            self.failures = 0
+
+
 class FailuresClassified(Interceptor):
     """The worker's interceptor that classifies every activity's failure (see the module's docstring)."""
 
+    def __init__(self) -> None:
+        self._outage = Outage("the stream store", logger, calls="steps")
+
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _Classifying(next)
+        return _Classifying(next, self._outage)
 
 
 class _Classifying(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, outage: Outage) -> None:
+        super().__init__(next)
+        self._outage = outage
+
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         try:
-            return await super().execute_activity(input)
-        except (ApplicationError, *TRANSIENT):
+            done = await super().execute_activity(input)
+        except ApplicationError:
             raise
+        except TRANSIENT as error:
+            info = activity.info()
+            self._outage.failed(f"{info.activity_type} of notification {info.workflow_id}", one_line(error))
+            # benign: the SDK logs it at debug level, without its traceback
+            raise ApplicationError(
+                one_line(error), type=error.__class__.__name__, category=ApplicationErrorCategory.BENIGN
+            ) from error
         except Exception as error:
             info = activity.info()
             logger.exception(
@@ -48,3 +94,5 @@ class _Classifying(ActivityInboundInterceptor):
                 type=STEP_FAILED_FOR_GOOD,
                 non_retryable=True,
             ) from error
+        self._outage.answered()
+        return done

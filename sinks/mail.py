@@ -7,9 +7,11 @@ context it speaks STARTTLS or TLS on connect, and given a login it requires auth
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -62,6 +64,12 @@ class MailSink:
         """Every recipient refused so far, once per RCPT."""
         self.data_arrived = threading.Event()
         """Set whenever a message's DATA arrives, before it is answered."""
+        self.receiving = 0
+        """Messages whose DATA has arrived and is not answered yet."""
+        self.flaky = 0.0
+        """The share of messages answered `451` (try again later) at random, as a struggling server does."""
+        self.slowness = 0.0
+        """Seconds, at most, a message waits (at random) before it is answered, as on a slow server."""
         self._scripted_replies: list[str] = []
         self._release = threading.Event()
         self._release.set()
@@ -77,6 +85,7 @@ class MailSink:
             starttls = tls_context is not None and not tls_on_connect
             security.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=starttls)
         self._controller = Controller(self, hostname=host, port=self.port, **security)
+        self.serving = False
 
     def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
         given = (data.login.decode(), data.password.decode()) if isinstance(data, LoginPassword) else None
@@ -107,11 +116,21 @@ class MailSink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.receiving += 1
+        try:
+            return await server.loop.run_in_executor(None, self._receive, session, envelope)
+        finally:
+            self.receiving -= 1
+
+    def _receive(self, session: Any, envelope: Any) -> str:
         self.data_arrived.set()
-        await server.loop.run_in_executor(None, self._release.wait)
+        self._release.wait()
+        time.sleep(random.uniform(0, self.slowness))
         with self._lock:
             if self._scripted_replies:
                 return self._scripted_replies.pop(0)
+            if random.random() < self.flaky:
+                return "451 4.3.0 Try again later"
             data = envelope.original_content or envelope.content
             path = None
             if self.folder is not None:
@@ -127,11 +146,14 @@ class MailSink:
 
     def start(self) -> MailSink:
         self._controller.start()
+        self.serving = True
         return self
 
     def stop(self) -> None:
         self._release.set()
-        self._controller.stop()
+        if self.serving:  # stopping a stopped sink is nothing
+            self._controller.stop()
+            self.serving = False
 
     def __enter__(self) -> MailSink:
         return self.start()

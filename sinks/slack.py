@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,9 @@ class SlackSink:
         """Never answer (until the sink stops): a Slack that does not respond."""
         self.failing = False
         """Answer every call with HTTP 500 (`internal_error`): a Slack that is down."""
+        self.flaky = 0.0
+        """The share of posts answered HTTP 500 at random before they are recorded, and again the share answered 500
+        after (an answer lost on the way): a struggling Slack."""
         self.history_forbidden = False
         """Answer `conversations.history` with `missing_scope`, as for a token without `channels:history`."""
         self.posted = threading.Event()
@@ -101,7 +105,8 @@ class SlackSink:
             assert self._stopping is not None
             await self._stopping.wait()
             return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
-        if self.failing:
+        chance = random.random() if method == "chat.postMessage" else 1.0
+        if self.failing or chance < self.flaky:
             return web.json_response({"ok": False, "error": "internal_error"}, status=500)
         with self._lock:
             scripted = self._scripted.pop(0) if self._scripted else None
@@ -111,6 +116,8 @@ class SlackSink:
             if method == "chat.postMessage" and answer.get("ok"):
                 self.posted.set()
                 await asyncio.get_running_loop().run_in_executor(None, self._answering.wait)
+                if chance < 2 * self.flaky:
+                    return web.json_response({"ok": False, "error": "internal_error"}, status=500)
             return web.json_response(answer)
         await asyncio.sleep(scripted.delay)
         return web.json_response(scripted.body, status=scripted.status, headers=scripted.headers)

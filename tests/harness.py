@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from domain import DirectoryEntry, SendNotificationToEntityOp
 from settings import Settings
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
-from worker import running_workers
+from worker import running_workers, temporal_binary
 
 ADA = {
     "id": "user-1",
@@ -81,6 +82,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) 
             await asyncio.sleep(0.02)
 
 
+def unconfigured_environment() -> dict[str, str]:
+    """This process's environment without any `NOTIFY_` setting: what a child process is then given is all it has."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
+
+
 def launch_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:
     """A `worker.py` process (with `args`), as soon as it is started."""
     process = subprocess.Popen(
@@ -92,6 +98,18 @@ def launch_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:
         text=True,
     )
     return WorkerProcess(process)
+
+
+def temporal_server(port: int, database: Path) -> subprocess.Popen[bytes]:
+    """A Temporal dev server on `port`, keeping its workflows in `database` (so that it can be restarted on them)."""
+    return subprocess.Popen(
+        [str(temporal_binary("temporal")), "server", "start-dev", "--headless", "--ip", "127.0.0.1"]
+        + ["--port", str(port), "--db-filename", str(database), "--log-level", "error"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def start_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -24,7 +23,7 @@ import pytest
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from tests.databases import role_urls
-from tests.harness import ROOT, start_worker
+from tests.harness import ROOT, start_worker, unconfigured_environment
 
 TOKEN = "xoxb-acme-cli-token"
 DIRECTORY = [
@@ -101,7 +100,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSi
     mail, slack = sinks
     home = tmp_path_factory.mktemp("cli")
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "NOTIFY_DATA_DIR": str(home / "data"),
         "NOTIFY_STREAMS_URL": streams_url,
@@ -458,7 +457,7 @@ def test_unknown_ids_are_one_line_exit_1(directory: Cli) -> None:
 def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -> None:
     """As a new user would: the main job, then `curl`'s requests with the key it prints, then Ctrl-C."""
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "NOTIFY_SMTP_PORT": str(free_port()),
         "NOTIFY_API_PORT": str(free_port()),
@@ -537,7 +536,7 @@ def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -
 def test_bad_configuration_is_one_line_exit_2(
     tmp_path: Path, script: str, setting: str, value: str, message: str
 ) -> None:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}, setting: value}
+    env = {**unconfigured_environment(), setting: value}
     args = ["status", "1"] if script == "starter.py" else []
     result = subprocess.run(
         [sys.executable, str(ROOT / script), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +24,18 @@ from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
 from tests.databases import Databases
-from tests.harness import Notify, WorkerProcess, entity, eventually, notifying, operation, start_worker
+from tests.harness import (
+    Notify,
+    WorkerProcess,
+    entity,
+    eventually,
+    notifying,
+    operation,
+    start_worker,
+    temporal_server,
+    unconfigured_environment,
+)
 from tests.proxy import CuttableProxy
-from worker import temporal_binary
 
 
 @pytest.fixture
@@ -38,7 +45,7 @@ def worker_env(
     """Worker processes on one dev server and one SQLite store, with a short heartbeat timeout: a dead worker's
     attempt is retried within seconds."""
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "NOTIFY_TASK_QUEUE": f"faults-{uuid.uuid4()}",
         "NOTIFY_STREAMS_URL": f"sqlite:///{tmp_path / 'streams.db'}",
@@ -282,18 +289,6 @@ async def test_slack_answering_500_for_a_while_loses_nothing_and_posts_once(
     assert [r for r in caplog.records if r.exc_info] == []
 
 
-def temporal_server(port: int, database: Path) -> subprocess.Popen[bytes]:
-    """A Temporal dev server on `port`, keeping its workflows in `database` (so that it can be restarted on them)."""
-    return subprocess.Popen(
-        [str(temporal_binary("temporal")), "server", "start-dev", "--headless", "--ip", "127.0.0.1"]
-        + ["--port", str(port), "--db-filename", str(database), "--log-level", "error"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
 async def test_the_temporal_server_killed_and_restarted_loses_nothing(
     tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink, workers: list[WorkerProcess]
 ) -> None:
@@ -301,7 +296,7 @@ async def test_the_temporal_server_killed_and_restarted_loses_nothing(
     requests made meanwhile are accepted, the worker waits, and every notification is delivered once."""
     port = free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
         "NOTIFY_STREAMS_URL": f"sqlite:///{tmp_path / 'streams.db'}",
         "NOTIFY_SMTP_HOST": mail_sink.host,
@@ -333,10 +328,18 @@ async def test_the_temporal_server_killed_and_restarted_loses_nothing(
     assert len(mail_sink.messages) == len({m.message["Message-ID"] for m in mail_sink.messages}) == 9
     assert len(slack_sink.messages) == 9
     assert workers[0].returncode is None  # it waited for its server, and went on
+    said = workers[0].output
+    assert "the client-operation handler waits for Temporal" in said and "takes up requests again" in said
+    assert "Traceback" not in said and "retried" not in said  # the outage is a line, not a line per retried call
 
 
 async def test_postgresql_unreachable_for_a_while_loses_nothing(
-    dev_env: WorkflowEnvironment, postgres: Databases, tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink
+    dev_env: WorkflowEnvironment,
+    postgres: Databases,
+    tmp_path: Path,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """PostgreSQL stops accepting connections (and drops the open ones) for 20 s while sagas run: every step waits
     for it, and every notification accepted before is delivered once."""
@@ -370,3 +373,8 @@ async def test_postgresql_unreachable_for_a_while_loses_nothing(
     assert [v.status for v in views] == ["sent"] * 5
     assert len(mail_sink.messages) == len({m.message["Message-ID"] for m in mail_sink.messages}) == 5
     assert len(slack_sink.messages) == 5
+    # the steps that failed meanwhile are two lines, not a traceback each
+    said = [r.getMessage() for r in caplog.records if r.name == "notify.steps"]
+    assert len(said) == 2, said
+    assert said[0].startswith("the stream store: steps fail") and said[1].startswith("the stream store answers again")
+    assert [r.getMessage() for r in caplog.records if r.exc_info and not r.name.startswith("psycopg")] == []

@@ -4,7 +4,6 @@ accepted, says so, and is delivered once, by the handler of the worker that star
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -12,13 +11,13 @@ from pathlib import Path
 
 from sinks.mail import free_port
 from streams import StreamName, open_store
-from tests.harness import ROOT, start_worker
+from tests.harness import ROOT, start_worker, unconfigured_environment
 
 
 async def test_a_request_made_while_temporal_is_stopped_is_delivered_once_it_starts(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "NOTIFY_DATA_DIR": str(data),
         "NOTIFY_SMTP_PORT": str(free_port()),

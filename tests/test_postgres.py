@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -31,7 +30,7 @@ from streams.directory import import_entries
 from streams.postgres import _classified
 from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
-from tests.harness import ROOT, start_worker
+from tests.harness import ROOT, start_worker, unconfigured_environment
 
 ROLES = ("notify_producer", "notify_consumer", "notify_handler")
 
@@ -45,7 +44,7 @@ def as_role(url: str, role: str) -> str:
 
 
 def starter(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}, "NOTIFY_STREAMS_URL": url}
+    env = {**unconfigured_environment(), "NOTIFY_STREAMS_URL": url}
     return subprocess.run(
         [sys.executable, str(ROOT / "starter.py"), *args], env=env, capture_output=True, text=True, timeout=60
     )
@@ -81,7 +80,7 @@ def test_a_worker_refuses_transitions_that_are_not_its_own_until_migrated(postgr
     assert starter("db", "migrate", url=url).returncode == 0
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("INSERT INTO notify_handling_transitions VALUES ('Completed', 'AvailableByDefault')")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}, "NOTIFY_STREAMS_URL": url}
+    env = {**unconfigured_environment(), "NOTIFY_STREAMS_URL": url}
     run = [sys.executable, str(ROOT / "worker.py")]
     refused = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (refused.returncode, refused.stderr.strip()) == (
@@ -96,7 +95,7 @@ def test_a_worker_refuses_transitions_that_are_not_its_own_until_migrated(postgr
 
 def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path: Path) -> None:
     url = postgres.empty()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}, "NOTIFY_STREAMS_URL": url}
+    env = {**unconfigured_environment(), "NOTIFY_STREAMS_URL": url}
     result = subprocess.run(
         [sys.executable, str(ROOT / "worker.py")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
@@ -272,7 +271,7 @@ def worker_env(dev_env: WorkflowEnvironment, database: str, sinks: tuple[MailSin
     """What `worker.py` processes sharing one Temporal and one database, each handle as its own role, are given."""
     mail, slack = sinks
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "NOTIFY_TASK_QUEUE": "shared",
         "NOTIFY_STREAMS_URL": database,

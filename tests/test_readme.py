@@ -5,7 +5,6 @@ the local sinks)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -14,7 +13,7 @@ import sys
 from pathlib import Path
 
 from sinks.mail import free_port
-from tests.harness import ROOT, WorkerProcess
+from tests.harness import ROOT, WorkerProcess, unconfigured_environment
 
 
 def use_it() -> tuple[str, list[str]]:
@@ -34,7 +33,7 @@ def test_use_it_works_as_written(tmp_path: Path) -> None:
     shutil.copy(ROOT / "entities.json", tmp_path)
     shutil.copytree(ROOT / "templates", tmp_path / "templates")
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "NOTIFY_SMTP_PORT": str(free_port()),
     }

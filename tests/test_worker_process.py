@@ -19,13 +19,13 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from sinks.mail import free_port
-from tests.harness import ROOT, launch_worker, start_worker
+from tests.harness import ROOT, launch_worker, start_worker, unconfigured_environment
 from worker import temporal_binary
 
 
 def environment(**settings: str) -> dict[str, str]:
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")},
+        **unconfigured_environment(),
         **{f"NOTIFY_{name.upper()}": value for name, value in settings.items()},
     }
 
