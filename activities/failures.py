@@ -10,6 +10,7 @@ its traceback, so that the saga can end the notification as failed with the reas
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -75,6 +76,14 @@ class _Classifying(ActivityInboundInterceptor):
             done = await super().execute_activity(input)
         except ApplicationError:
             raise
+        except asyncio.CancelledError as error:
+            details = activity.cancellation_details()
+            if details is None or not (details.timed_out or details.not_found):
+                raise  # cancelled on request, or the worker stops: Temporal's to report as such
+            # the server has let this attempt go (it ran out of time): nobody waits for its traceback either
+            raise ApplicationError(
+                "the attempt ran out of time", type="AttemptTimedOut", category=ApplicationErrorCategory.BENIGN
+            ) from error
         except TRANSIENT as error:
             info = activity.info()
             self._outage.failed(f"{info.activity_type} of notification {info.workflow_id}", one_line(error))

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import tempfile
 import time
@@ -423,6 +424,8 @@ def main() -> None:
     if folder.exists() and any(folder.iterdir()):
         parser.error(f"{folder} is not empty: a soak starts from nothing (its streams, server and mail)")
     folder.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("notify.client").setLevel(logging.ERROR)  # a line per request accepted while Temporal is down
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a line per connection refused while PostgreSQL is cut
     totals = asyncio.run(main_async(args, folder))
     print(totals.report())
     (folder / "soak.json").write_text(json.dumps(totals.figures(), indent=2) + "\n")
