@@ -1,0 +1,55 @@
+"""The benchmark and the soak, run small so that they cannot rot: nothing here times anything."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.harness import ROOT, unconfigured_environment
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=unconfigured_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(tmp_path: Path) -> None:
+    figures = tmp_path / "figures.json"
+    run = bench("bench.throughput", "--notifications", "3", "--in-flight", "1", "2", "--json", str(figures))
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(figures.read_text())
+    runs = report["runs"]
+    assert [(r["workload"], r["in_flight"]) for r in runs] == [("bare", 1), ("saga", 1), ("bare", 2), ("saga", 2)]
+    assert all(r["completed_per_second"] > 0 and r["p50_ms"] > 0 and r["worker_cpu_ms"] > 0 for r in runs)
+    assert report["stream_records_per_notification"] > 10 and report["stream_bytes_per_notification"] > 1000
+    header, *rows = run.stdout.splitlines()[:5]
+    assert "x bare done/s" in header and [row.split()[:2] for row in rows] == [
+        ["bare", "1"],
+        ["saga", "1"],
+        ["bare", "2"],
+        ["saga", "2"],
+    ]
+
+
+def test_the_soak_counts_what_it_requested_and_keeps_the_guarantee(tmp_path: Path) -> None:
+    run = bench("bench.soak", "--minutes", "0.3", "--seed", "3", "--folder", str(tmp_path / "soak"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    figures = json.loads((tmp_path / "soak" / "soak.json").read_text())
+    assert figures["requested"] == figures["accepted"] == figures["terminal"] > 50
+    assert figures["lost"] == [] and figures["duplicate_slack_posts"] == 0 and figures["kept"] is True
+    assert "guarantee kept" in run.stdout
+
+
+def test_the_soak_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "streams.db").write_text("")
+    run = bench("bench.soak", "--minutes", "0.1", "--folder", str(tmp_path))
+    assert run.returncode == 2
+    assert f"{tmp_path} is not empty" in run.stderr.splitlines()[-1]
