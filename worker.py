@@ -123,6 +123,13 @@ def temporal_binary(name: str) -> Path:
 
 
 DEV_SERVER_STARTUP = timedelta(seconds=60)
+ONE_PARTITION = (
+    *("--dynamic-config-value", "matching.numTaskqueueReadPartitions=1"),
+    *("--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"),
+)
+"""The dev server's options for one partition per task queue: a queue's rate limit is divided among its partitions,
+each allowing a burst of one, so with the default four a limit of 1/s could let four go at once. One machine gains
+nothing from partitions."""
 PR_SET_PDEATHSIG = 1
 STORE_CHECK_INTERVAL = 1.0
 """Seconds between the worker's checks that its streams store is still the one it opened."""
@@ -154,13 +161,7 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
             str(temporal_binary("temporal")),
             *("server", "start-dev", "--ip", host, "--port", port, "--ui-port", str(ui_port)),
             *("--namespace", settings.temporal_namespace, "--db-filename", str(settings.data_dir / "temporal.db")),
-            "--log-level",
-            "warn",
-            # One partition per task queue: a queue's rate limit is divided among its partitions, each allowing a
-            # burst of one, so with the default four a limit of 1/s could let four go at once. One machine gains
-            # nothing from partitions.
-            *("--dynamic-config-value", "matching.numTaskqueueReadPartitions=1"),
-            *("--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"),
+            *("--log-level", "warn", *ONE_PARTITION),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=output,
             stderr=output,

@@ -1,11 +1,14 @@
-"""Throughput and latency of the whole saga on the embedded default.
+"""The saga against its ceiling, in one run on one dev server: a bare workflow fanning out two no-op activities
+(`bench/bare.py`) and the saga, one after the other, each at every number of requests in flight asked for.
 
-Starts the Temporal dev server, the mail and Slack sinks and one worker in this process, requests N notifications to
-an entity on both channels (C requests at a time), waits for every outcome, and prints: request rate, completed
-notifications per second, latency percentiles (requested to completed, from the views), peak memory of this process
-(worker, client and sinks), and the CPU this process and the dev server used over the whole run.
+Starts a Temporal dev server (as `worker.py --dev` does), the mail and Slack sinks in a process of their own (their
+CPU is not the worker's), and for each measurement a fresh worker process: `python -m bench.bare` or `worker.py`.
+Clients run a closed loop: each requests one notification (or starts one bare workflow), waits for its outcome, and
+requests the next. Prints, per workload and number in flight: completed per second, request-to-outcome latency
+percentiles, CPU per notification of the worker process and of the dev server (from /proc, so Linux only), and the
+saga's ratios to bare; then the bytes and records the streams keep per notification. Writes it all as JSON too.
 
-    .venv/bin/python -m bench.throughput --notifications 500 --concurrency 50
+    .venv/bin/python -m bench.throughput --notifications 300 --in-flight 1 50 [--postgres URL] [--json FILE]
 """
 
 from __future__ import annotations
@@ -13,36 +16,65 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
+import os
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from datetime import timedelta
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psycopg
-from pydantic import SecretStr
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
+from psycopg import sql
+from temporalio.client import Client
 
-from client import NotificationClient
+from bench.bare import BareFanOut
+from client import NotificationClient, TemporalUnreachable, connect
 from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp
 from settings import Settings
-from sinks.mail import MailSink
-from sinks.slack import SlackSink
+from sinks.mail import free_port
 from streams.directory import import_entries
-from worker import running_workers, temporal_binary
+from streams.postgres import grant, migrate
+from tests.harness import WorkerProcess, unconfigured_environment
+from worker import ONE_PARTITION, temporal_binary
 
-ENTITY = DirectoryEntry.model_validate(
-    {
-        "id": "bench",
-        "name": "Bench",
-        "email": "bench@example.com",
-        "slack": {"workspace": "acme", "channel": "C0123"},
-        "channels": {"email": "send", "slack": "send"},
-    }
-)
+ROOT = Path(__file__).resolve().parent.parent
+ENTITIES = [
+    DirectoryEntry.model_validate(
+        {
+            "id": f"bench-{i}",
+            "name": f"Bench {i}",
+            "email": f"bench-{i}@example.com",
+            "slack": {"workspace": "acme", "channel": f"C{i:04d}"},
+            "channels": {"email": "send", "slack": "send"},
+        }
+    )
+    for i in range(100)
+]
+"""Both channels each, every one in its own Slack channel: Slack's pace (one a second per channel) is taken, as in
+production, and never waited for at these rates."""
+WARM_UP = 10
+"""Notifications each worker handles before it is measured."""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Figures:
+    workload: str
+    in_flight: int
+    notifications: int
+    completed_per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    worker_cpu_ms: float
+    """Per notification."""
+    server_cpu_ms: float
+    """Per notification."""
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -50,9 +82,185 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+async def closed_loop(one: Callable[[int], Awaitable[None]], count: int, in_flight: int) -> list[float]:
+    """`count` calls of `one`, `in_flight` at a time, each client starting the next when its last ends; the seconds
+    each took."""
+    latencies: list[float] = []
+    numbers = iter(range(count))
+
+    async def client() -> None:
+        for n in numbers:
+            started = time.perf_counter()
+            await one(n)
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(client() for _ in range(in_flight)))
+    return latencies
+
+
+class Bench:
+    def __init__(self, folder: Path, postgres: str | None) -> None:
+        self.folder = folder
+        self.postgres = postgres
+        self.port = free_port()
+        self.processes: list[subprocess.Popen[str]] = []
+        self.environment: dict[str, str] = {}
+        self.saga_count = 0
+        self.server = self.spawn(
+            [str(temporal_binary("temporal")), "server", "start-dev", "--headless", "--ip", "127.0.0.1"]
+            + ["--port", str(self.port), "--log-level", "error", *ONE_PARTITION]
+        )
+        self.mail_port, self.slack_port = free_port(), free_port()
+        self.sinks = WorkerProcess(
+            self.spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "sinks",
+                    "--mail-port",
+                    str(self.mail_port),
+                    "--slack-port",
+                    str(self.slack_port),
+                ]
+            )
+        )
+
+    def spawn(self, command: list[str]) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            command,
+            cwd=self.folder,
+            env=(self.environment or unconfigured_environment()) | {"PYTHONPATH": str(ROOT)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.processes.append(process)
+        return process
+
+    async def streams(self) -> str:
+        if self.postgres is None:
+            return f"sqlite:///{self.folder / 'streams.db'}"
+        name = f"notify_bench_{uuid.uuid4().hex[:12]}"
+        async with await psycopg.AsyncConnection.connect(self.postgres, autocommit=True) as db:
+            await db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = self.postgres.rsplit("/", 1)[0] + f"/{name}"
+        await migrate(url)
+        await grant(url)
+        return url
+
+    async def run(self, count: int, in_flight: list[int]) -> tuple[list[Figures], dict[str, float]]:
+        streams_url = await self.streams()
+        self.environment = unconfigured_environment() | {
+            "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{self.port}",
+            "NOTIFY_TASK_QUEUE": "saga",
+            "NOTIFY_STREAMS_URL": streams_url,
+            "NOTIFY_DATA_DIR": str(self.folder),
+            "NOTIFY_SMTP_HOST": "127.0.0.1",
+            "NOTIFY_SMTP_PORT": str(self.mail_port),
+            "NOTIFY_EMAIL_FROM": "bench@notify.test",
+            "NOTIFY_SLACK_API_URL": f"http://127.0.0.1:{self.slack_port}/api/",
+            "NOTIFY_SLACK_TOKENS": json.dumps({"acme": "xoxb-bench"}),
+        }
+        settings = Settings(
+            _env_file=None,
+            temporal_address=self.environment["NOTIFY_TEMPORAL_ADDRESS"],
+            task_queue="saga",
+            streams_url=streams_url,
+        )
+        self.sinks.until_said("sinks ready")
+        temporal = await _reachable(settings)
+        figures = []
+        async with settings.open_streams() as store:
+            await import_entries(store, ENTITIES)
+            notify = NotificationClient(store, temporal, settings)
+            for flight in in_flight:
+                figures.append(await self.measure("bare", self.bare(temporal, flight), count, flight))
+                figures.append(await self.measure("saga", self.saga(notify), count, flight))
+        records, size = await stream_size(streams_url)
+        return figures, {
+            "stream_records_per_notification": round(records / self.saga_count, 1),
+            "stream_bytes_per_notification": round(size / self.saga_count),
+        }
+
+    def bare(self, temporal: Client, run: int) -> Callable[[int], Awaitable[None]]:
+        async def one(n: int) -> None:
+            await temporal.execute_workflow(BareFanOut.run, n, id=f"bare-{run}-{uuid.uuid4()}", task_queue="bare")
+
+        return one
+
+    def saga(self, notify: NotificationClient) -> Callable[[int], Awaitable[None]]:
+        async def one(n: int) -> None:
+            entity = ENTITIES[self.saga_count % len(ENTITIES)]
+            self.saga_count += 1
+            op = SendNotificationToEntityOp(entity_id=entity.id, subject="Bench", body=f"Benchmark notification {n}.")
+            view = await notify.result(await notify.request(op))
+            assert view.status == NotificationStatus.SENT, view
+
+        return one
+
+    async def measure(
+        self, workload: str, one: Callable[[int], Awaitable[None]], count: int, in_flight: int
+    ) -> Figures:
+        command = (
+            [sys.executable, "-m", "bench.bare"] if workload == "bare" else [sys.executable, str(ROOT / "worker.py")]
+        )
+        worker = WorkerProcess(self.spawn(command))
+        await asyncio.to_thread(worker.until_polling)
+        try:
+            await closed_loop(one, WARM_UP, min(in_flight, WARM_UP))
+            worker_cpu, server_cpu = cpu_seconds(worker.process.pid), cpu_seconds(self.server.pid)
+            started = time.perf_counter()
+            latencies = await closed_loop(one, count, in_flight)
+            elapsed = time.perf_counter() - started
+            worker_cpu = cpu_seconds(worker.process.pid) - worker_cpu
+            server_cpu = cpu_seconds(self.server.pid) - server_cpu
+        finally:
+            worker.stop()
+        ms = [latency * 1000 for latency in latencies]
+        return Figures(
+            workload=workload,
+            in_flight=in_flight,
+            notifications=count,
+            completed_per_second=round(count / elapsed, 1),
+            p50_ms=round(statistics.median(ms), 1),
+            p95_ms=round(percentile(ms, 95), 1),
+            p99_ms=round(percentile(ms, 99), 1),
+            worker_cpu_ms=round(worker_cpu * 1000 / count, 1),
+            server_cpu_ms=round(server_cpu * 1000 / count, 1),
+        )
+
+    async def close(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self.postgres is not None and self.environment:
+            name = self.environment["NOTIFY_STREAMS_URL"].rsplit("/", 1)[1]
+            async with await psycopg.AsyncConnection.connect(self.postgres, autocommit=True) as db:
+                await db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+async def _reachable(settings: Settings) -> Client:
+    """A client of the dev server just started, once it answers."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return await connect(settings)
+        except TemporalUnreachable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 async def stream_size(url: str) -> tuple[int, int]:
@@ -72,79 +280,58 @@ async def stream_size(url: str) -> tuple[int, int]:
     return records, size
 
 
-async def bench(
-    count: int, concurrency: int, folder: Path, server_db: bool, streams_url: str | None
-) -> dict[str, float]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(temporal_binary("temporal")),
-        dev_server_database_filename=str(folder / "temporal.db") if server_db else None,
-        dev_server_startup_timeout=timedelta(seconds=60),
-    )
-    try:
-        with MailSink() as mail, SlackSink() as slack:
-            settings = Settings(
-                _env_file=None,
-                data_dir=folder,
-                smtp_host=mail.host,
-                smtp_port=mail.port,
-                slack_api_url=slack.api_url,
-                slack_token=SecretStr("xoxb-bench"),
-                slack_messages_per_second=None,  # one sink channel: Slack's pace would be the whole measurement
-                streams_url=streams_url,
+def table(figures: list[Figures], stored: dict[str, float]) -> str:
+    bare = {f.in_flight: f for f in figures if f.workload == "bare"}
+    rows = [
+        ("workload", "in flight", "done/s", "p50 ms", "p95 ms", "p99 ms", "worker CPU ms/n", "server CPU ms/n",
+         "x bare done/s", "x bare p50", "x bare worker CPU"),
+    ]  # fmt: skip
+    for f in figures:
+        base = bare[f.in_flight]
+        ratios = (
+            ("", "", "")
+            if f.workload == "bare"
+            else (
+                f"{f.completed_per_second / base.completed_per_second:.2f}",
+                f"{f.p50_ms / base.p50_ms:.2f}",
+                f"{f.worker_cpu_ms / base.worker_cpu_ms:.2f}",
             )
-            async with settings.open_streams() as store, running_workers(env.client, store, settings):
-                await import_entries(store, [ENTITY])
-                client = NotificationClient(store, env.client, settings)
-                op = SendNotificationToEntityOp(entity_id="bench", subject="Bench", body="A benchmark notification.")
-                gate = asyncio.Semaphore(concurrency)
+        )
+        rows.append(
+            (f.workload, str(f.in_flight), f"{f.completed_per_second:g}", f"{f.p50_ms:g}", f"{f.p95_ms:g}",
+             f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}", *ratios)
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    lines.append(
+        f"streams: {stored['stream_bytes_per_notification']:,.0f} bytes and "
+        f"{stored['stream_records_per_notification']:g} records per notification"
+    )
+    return "\n".join(lines)
 
-                async def request() -> str:
-                    async with gate:
-                        return await client.request(op)
 
-                started = time.perf_counter()
-                ids = await asyncio.gather(*(request() for _ in range(count)))
-                requested = time.perf_counter()
-                views = await asyncio.gather(*(client.result(i) for i in ids))
-                finished = time.perf_counter()
-            assert all(v.status == NotificationStatus.SENT for v in views), "not every notification was sent"
-            assert len(mail.messages) == count and len(slack.messages) == count
-            records, size = await stream_size(settings.streams_location)
-    finally:
-        await env.shutdown()
-    latencies = [(v.completed_at - v.requested_at).total_seconds() * 1000 for v in views if v.completed_at]
-    return {
-        "notifications": count,
-        "concurrency": concurrency,
-        "requests_per_second": round(count / (requested - started), 1),
-        "completed_per_second": round(count / (finished - started), 1),
-        "latency_ms_p50": round(statistics.median(latencies), 1),
-        "latency_ms_p95": round(percentile(latencies, 95), 1),
-        "latency_ms_p99": round(percentile(latencies, 99), 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "this_process_cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),
-        "stream_records_per_notification": round(records / count, 1),
-        "stream_bytes_per_notification": round(size / count),
-        "dev_server_cpu_seconds": round(children_cpu_seconds(), 1),  # counted once it has exited
-    }
+async def bench(count: int, in_flight: list[int], postgres: str | None) -> tuple[list[Figures], dict[str, float]]:
+    with tempfile.TemporaryDirectory(prefix="notify-bench-") as folder:
+        run = Bench(Path(folder), postgres)
+        try:
+            return await run.run(count, in_flight)
+        finally:
+            await run.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--notifications", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--server-db", action="store_true", help="keep the dev server's state in a SQLite file")
-    parser.add_argument("--streams-url", help="a migrated PostgreSQL database to record in (default: SQLite)")
+    parser.add_argument("--notifications", type=int, default=300, help="measured per workload and number in flight")
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 50], help="requests in flight at a time")
+    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to make the streams' database on")
+    parser.add_argument("--json", type=Path, help="where to write the figures (default: only printed)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        figures = asyncio.run(
-            bench(args.notifications, args.concurrency, Path(folder), args.server_db, args.streams_url)
-        )
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        print(f"{name:<{width}}  {value}")
-    print(json.dumps(figures))
+    figures, stored = asyncio.run(bench(args.notifications, args.in_flight, args.postgres))
+    print(table(figures, stored))
+    report = {"runs": [asdict(f) for f in figures], **stored}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":
