@@ -72,6 +72,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 notification.record_escalation_requested,
                 notification.record_saga_ended,
                 *(handler.record_not_sent for handler in handlers.values()),
+                slack.wait_for_turn,
                 slack.take_turn,
             ],
             graceful_shutdown_timeout=SHUTDOWN_GRACE,

@@ -70,8 +70,10 @@ RECORD_NOT_SENT: dict[Channel, Activity[ChannelOperationFailure, ChannelOperatio
     Channel.SLACK: Activity("RecordSlackMessageNotSent", ChannelOperationOutcomeInfo),
 }
 """Each channel's record of an operation the saga gave up on."""
+WAIT_FOR_SLACK_TURN: Activity[ChannelOperationRef, float] = Activity("WaitForSlackTurn", float)
+"""The seconds a Slack message waits for its Slack channel's next turn, across every worker (0: its turn is now)."""
 TAKE_SLACK_TURN: Activity[ChannelOperationRef, datetime] = Activity("TakeSlackTurn", datetime)
-"""When a Slack message may be posted: its Slack channel's next turn, across every worker."""
+"""When a Slack message may be posted: what sagas started before the `slack-turn-waits` patch take instead."""
 
 
 def channel_task_queue(task_queue: str, channel: Channel) -> str:

@@ -11,7 +11,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from temporalio import activity
 
 from activities.channel import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError, logger
-from activities.contract import RECORD_NOT_SENT, SEND, TAKE_SLACK_TURN
+from activities.contract import RECORD_NOT_SENT, SEND, TAKE_SLACK_TURN, WAIT_FOR_SLACK_TURN
 from domain import (
     Channel,
     ChannelOperationFailure,
@@ -68,16 +68,21 @@ class SlackHandler(ChannelHandler):
     async def record_not_sent(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
         return await self.give_up(failure)
 
-    @activity.defn(name=TAKE_SLACK_TURN.name)
-    async def take_turn(self, ref: ChannelOperationRef) -> datetime:
-        """When the message may be posted: its Slack channel's next turn, `NOTIFY_SLACK_MESSAGES_PER_SECOND` per
-        Slack channel for all workers together (Slack's pace is per channel), or now when that is unset."""
+    @activity.defn(name=WAIT_FOR_SLACK_TURN.name)
+    async def wait_for_turn(self, ref: ChannelOperationRef) -> float:
+        """How long the message waits for its Slack channel's next turn: `NOTIFY_SLACK_MESSAGES_PER_SECOND` per
+        Slack channel for all workers together (Slack's pace is per channel); 0 when its turn is now, or unpaced."""
         rate = self._settings.slack_messages_per_second
         op = ref.instruction.operation
         assert isinstance(op, SendSlackMessageOp)
         if rate is None:
-            return utc_now()
+            return 0.0
         return await self._handling.next_turn(f"slack:{op.workspace}/{op.channel}", 1 / rate)
+
+    @activity.defn(name=TAKE_SLACK_TURN.name)
+    async def take_turn(self, ref: ChannelOperationRef) -> datetime:
+        """`wait_for_turn` as the time of the turn, for sagas started before the `slack-turn-waits` patch."""
+        return utc_now() + timedelta(seconds=await self.wait_for_turn(ref))
 
     @staticmethod
     def compose(

@@ -18,10 +18,11 @@ from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.contract import channel_task_queue
-from client import connect
-from domain import Channel
-from settings import load_settings
+with workflow.unsafe.imports_passed_through():  # as the saga's module does: the sandbox imports them once
+    from activities.contract import channel_task_queue
+    from client import connect
+    from domain import Channel
+    from settings import load_settings
 
 ATTEMPT = timedelta(seconds=60)
 

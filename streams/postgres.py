@@ -13,7 +13,6 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -212,12 +211,19 @@ class PostgresStreamStore(StreamStore):
         assert row is not None
         return int(row[0])
 
-    async def next_turn(self, key: str, every: float) -> datetime:
+    async def next_turn(self, key: str, every: float) -> float:
         async with _using(self._handler) as db:
-            row = await (await db.execute("SELECT notify_next_turn(%s, %s)", (key, every))).fetchone()
+            # the turn is taken (in FROM) before the clock is read again: a turn that is now waits 0
+            row = await (
+                await db.execute(
+                    "SELECT greatest(0, extract(epoch FROM turn - clock_timestamp()))::float8"
+                    " FROM notify_next_turn(%s, %s) AS turn",
+                    (key, every),
+                )
+            ).fetchone()
         assert row is not None
-        turn: datetime = row[0]
-        return turn
+        wait: float = row[0]
+        return wait
 
     async def identity(self) -> str:
         async with _using(self._producer) as db:

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -172,18 +172,19 @@ class SQLiteStreamStore(StreamStore):
             ).fetchone()
         return int(row[0])
 
-    async def next_turn(self, key: str, every: float) -> datetime:
+    async def next_turn(self, key: str, every: float) -> float:
         return await self._run(self._next_turn, key, every)
 
-    def _next_turn(self, key: str, every: float) -> datetime:
+    def _next_turn(self, key: str, every: float) -> float:
         with _transaction(self._db):
+            now = time.time()
             row = self._db.execute("SELECT next_at FROM turns WHERE key = ?", (key,)).fetchone()
-            turn = max(time.time(), row[0] if row else 0.0)
+            turn = max(now, row[0] if row else 0.0)
             self._db.execute(
                 "INSERT INTO turns (key, next_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET next_at = excluded.next_at",
                 (key, turn + every),
             )
-        return datetime.fromtimestamp(turn, UTC)
+        return turn - now
 
     async def identity(self) -> str:
         return await self._run(lambda: str(self._db.execute("SELECT value FROM identity").fetchone()[0]))

@@ -310,9 +310,10 @@ class StreamStore(ABC):
         `InvalidHandlingTransition`."""
 
     @abstractmethod
-    async def next_turn(self, key: str, every: float) -> datetime:
-        """Reserve the next turn of `key`: `every` seconds after the turn reserved before it, and not before now.
-        One atomic step, across processes: what paces a shared resource (a Slack channel) for every worker."""
+    async def next_turn(self, key: str, every: float) -> float:
+        """Reserve the next turn of `key`, `every` seconds after the turn reserved before it and not before now, and
+        return the seconds until it (0: it is now), by the store's clock. One atomic step, across processes: what
+        paces a shared resource (a Slack channel) for every worker."""
 
     async def open(self) -> None:  # noqa: B027 - a backend that connects on construction has nothing to do here
         """Connect, and check the schema is the one this version knows."""
@@ -435,7 +436,7 @@ class HandlingStore:
     ) -> HandlingEntry:
         return await self._store.transition(self.stream, internal_record_id, concern, status, details)
 
-    async def next_turn(self, key: str, every: float) -> datetime:
+    async def next_turn(self, key: str, every: float) -> float:
         """`StreamStore.next_turn`: a handler's turn at a resource it shares with every other handler."""
         return await self._store.next_turn(key, every)
 

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         SEND,
         STEP_FAILED_FOR_GOOD,
         TAKE_SLACK_TURN,
+        WAIT_FOR_SLACK_TURN,
         Activity,
         channel_task_queue,
     )
@@ -95,6 +96,10 @@ that fails in a way no retry fixes ends the saga instead: `activities.failures`)
 
 SLACK_TURNS = "slack-turns"
 """The patch that paces Slack messages per Slack channel (sagas started before it post without taking a turn)."""
+SLACK_TURN_WAITS = "slack-turn-waits"
+"""The patch that sets a timer only when a Slack message must wait for its turn: a timer takes at least a second on
+some servers (the dev server's fire a second late), so a turn that is now must set none. Sagas started before it
+compare the turn they took with the time, which is always a little earlier, and so always wait."""
 CANCELLED = "cancelled before it was delivered"
 
 
@@ -294,12 +299,13 @@ class NotificationSaga:
         deadline = timedelta(seconds=policy.deadline_seconds)
         key = (channel, ref.instruction.operation.channel_operation_id)
         if channel == Channel.SLACK and workflow.patched(SLACK_TURNS):
-            turn = await self._record(TAKE_SLACK_TURN, ref)
-            if turn > workflow.now():  # a durable timer: the wait counts against no deadline
+            if workflow.patched(SLACK_TURN_WAITS):
+                wait = timedelta(seconds=await self._record(WAIT_FOR_SLACK_TURN, ref))
+            else:
+                wait = await self._record(TAKE_SLACK_TURN, ref) - workflow.now()
+            if wait > timedelta(0):  # a durable timer: the wait counts against no deadline
                 try:
-                    await workflow.wait_condition(
-                        lambda: self._cancel_requested and not self._sent, timeout=turn - workflow.now()
-                    )
+                    await workflow.wait_condition(lambda: self._cancel_requested and not self._sent, timeout=wait)
                 except asyncio.TimeoutError:
                     pass
         if self._cancel_requested and not self._sent:  # cancelled before this send began
