@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.channels import CHANNEL_HANDLERS
 from activities.contract import channel_task_queue
@@ -43,6 +44,10 @@ from streams import StoreUnavailable, StreamStore
 from workflows.notification import NotificationSaga
 
 SHUTDOWN_GRACE = timedelta(seconds=10)
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_all_modules())
+"""The sandbox, with every module the saga's imports passed through rather than imported again for each saga (what
+it imports holds no state: the activities' contract and the domain's models). Calls that are not deterministic are
+still refused."""
 
 
 @contextlib.asynccontextmanager
@@ -62,6 +67,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
             client,
             task_queue=settings.task_queue,
             workflows=[NotificationSaga],
+            workflow_runner=WORKFLOW_RUNNER,
             activities=[
                 notification.record_requested,
                 notification.get_audience,

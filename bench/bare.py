@@ -1,6 +1,6 @@
 """The ceiling the saga is measured against: a bare workflow that fans out two no-op activities, each on a task queue
 of its own, run by workers set up as `worker.py` sets up the saga's (the same client, data converter and Temporal
-runtime; one worker for the workflow, one per channel queue).
+runtime and sandbox; one worker for the workflow, one per channel queue).
 
     python -m bench.bare --task-queue bare   # a worker for it, on NOTIFY_TEMPORAL_ADDRESS, until SIGTERM
 """
@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():  # as the saga's module does: the
     from client import connect
     from domain import Channel
     from settings import load_settings
+    from worker import WORKFLOW_RUNNER
 
 ATTEMPT = timedelta(seconds=60)
 
@@ -54,7 +55,7 @@ class BareFanOut:
 @contextlib.asynccontextmanager
 async def bare_workers(client: Client, task_queue: str) -> AsyncIterator[None]:
     workers = [
-        Worker(client, task_queue=task_queue, workflows=[BareFanOut]),
+        Worker(client, task_queue=task_queue, workflows=[BareFanOut], workflow_runner=WORKFLOW_RUNNER),
         Worker(client, task_queue=channel_task_queue(task_queue, Channel.EMAIL), activities=[send_email]),
         Worker(client, task_queue=channel_task_queue(task_queue, Channel.SLACK), activities=[send_slack_message]),
     ]
@@ -77,7 +78,9 @@ async def serve(task_queue: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run a worker for the bare fan-out workflow.")
     parser.add_argument("--task-queue", default="bare")
-    asyncio.run(serve(parser.parse_args().task_queue))
+    from bench import bare  # the workflow from its module, not from __main__: the sandbox imports it by name
+
+    asyncio.run(bare.serve(parser.parse_args().task_queue))
 
 
 if __name__ == "__main__":

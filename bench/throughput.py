@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -105,9 +106,10 @@ async def closed_loop(one: Callable[[int], Awaitable[None]], count: int, in_flig
 
 
 class Bench:
-    def __init__(self, folder: Path, postgres: str | None) -> None:
+    def __init__(self, folder: Path, postgres: str | None, profile: Path | None = None) -> None:
         self.folder = folder
         self.postgres = postgres
+        self.profile = profile
         self.port = free_port()
         self.processes: list[subprocess.Popen[str]] = []
         self.environment: dict[str, str] = {}
@@ -215,12 +217,16 @@ class Bench:
         await asyncio.to_thread(worker.until_polling)
         try:
             await closed_loop(one, WARM_UP, min(in_flight, WARM_UP))
+            spy = self.profiling(worker.process.pid, f"{workload}-{in_flight}")
             worker_cpu, server_cpu = cpu_seconds(worker.process.pid), cpu_seconds(self.server.pid)
             started = time.perf_counter()
             latencies = await closed_loop(one, count, in_flight)
             elapsed = time.perf_counter() - started
             worker_cpu = cpu_seconds(worker.process.pid) - worker_cpu
             server_cpu = cpu_seconds(self.server.pid) - server_cpu
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
         finally:
             worker.stop()
         ms = [latency * 1000 for latency in latencies]
@@ -234,6 +240,18 @@ class Bench:
             p99_ms=round(percentile(ms, 99), 1),
             worker_cpu_ms=round(worker_cpu * 1000 / count, 1),
             server_cpu_ms=round(server_cpu * 1000 / count, 1),
+        )
+
+    def profiling(self, pid: int, name: str) -> subprocess.Popen[bytes] | None:
+        """py-spy sampling the worker (its stacks, collapsed, in the profile folder), if asked for."""
+        if self.profile is None:
+            return None
+        self.profile.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--nonblocking"]
+            + ["--format", "raw", "--output", str(self.profile / f"{name}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     async def close(self) -> None:
@@ -310,9 +328,11 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-async def bench(count: int, in_flight: list[int], postgres: str | None) -> tuple[list[Figures], dict[str, float]]:
+async def bench(
+    count: int, in_flight: list[int], postgres: str | None, profile: Path | None = None
+) -> tuple[list[Figures], dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="notify-bench-") as folder:
-        run = Bench(Path(folder), postgres)
+        run = Bench(Path(folder), postgres, profile)
         try:
             return await run.run(count, in_flight)
         finally:
@@ -325,8 +345,11 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 50], help="requests in flight at a time")
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to make the streams' database on")
     parser.add_argument("--json", type=Path, help="where to write the figures (default: only printed)")
+    parser.add_argument(
+        "--profile", type=Path, metavar="FOLDER", help="sample each measured worker with py-spy (collapsed stacks)"
+    )
     args = parser.parse_args()
-    figures, stored = asyncio.run(bench(args.notifications, args.in_flight, args.postgres))
+    figures, stored = asyncio.run(bench(args.notifications, args.in_flight, args.postgres, args.profile))
     print(table(figures, stored))
     report = {"runs": [asdict(f) for f in figures], **stored}
     if args.json:
