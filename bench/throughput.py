@@ -5,8 +5,9 @@ Starts a Temporal dev server (as `worker.py --dev` does), the mail and Slack sin
 CPU is not the worker's), and for each measurement a fresh worker process: `python -m bench.bare` or `worker.py`.
 Clients run a closed loop: each requests one notification (or starts one bare workflow), waits for its outcome, and
 requests the next. Prints, per workload and number in flight: completed per second, request-to-outcome latency
-percentiles, CPU per notification of the worker process and of the dev server (from /proc, so Linux only), and the
-saga's ratios to bare; then the bytes and records the streams keep per notification. Writes it all as JSON too.
+percentiles, CPU per notification of the worker process and of the dev server (from /proc, so Linux only), the
+worker's resident size before and after, and the saga's ratios to bare; then the bytes and records the streams keep
+per notification. Writes it all as JSON too.
 
     .venv/bin/python -m bench.throughput --notifications 300 --in-flight 1 50 [--postgres URL] [--json FILE]
 """
@@ -76,11 +77,21 @@ class Figures:
     """Per notification."""
     server_cpu_ms: float
     """Per notification."""
+    worker_rss_mib: tuple[float, float]
+    """The worker's resident size when the measurement began (after the warm-up) and when it ended."""
 
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def resident_mib(pid: int) -> float:
+    """A process's resident size now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise LookupError(f"no VmRSS for process {pid}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -219,11 +230,13 @@ class Bench:
             await closed_loop(one, WARM_UP, min(in_flight, WARM_UP))
             spy = self.profiling(worker.process.pid, f"{workload}-{in_flight}")
             worker_cpu, server_cpu = cpu_seconds(worker.process.pid), cpu_seconds(self.server.pid)
+            rss = resident_mib(worker.process.pid)
             started = time.perf_counter()
             latencies = await closed_loop(one, count, in_flight)
             elapsed = time.perf_counter() - started
             worker_cpu = cpu_seconds(worker.process.pid) - worker_cpu
             server_cpu = cpu_seconds(self.server.pid) - server_cpu
+            worker_rss = (rss, resident_mib(worker.process.pid))
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
@@ -240,6 +253,7 @@ class Bench:
             p99_ms=round(percentile(ms, 99), 1),
             worker_cpu_ms=round(worker_cpu * 1000 / count, 1),
             server_cpu_ms=round(server_cpu * 1000 / count, 1),
+            worker_rss_mib=worker_rss,
         )
 
     def profiling(self, pid: int, name: str) -> subprocess.Popen[bytes] | None:
@@ -302,7 +316,7 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
     bare = {f.in_flight: f for f in figures if f.workload == "bare"}
     rows = [
         ("workload", "in flight", "done/s", "p50 ms", "p95 ms", "p99 ms", "worker CPU ms/n", "server CPU ms/n",
-         "x bare done/s", "x bare p50", "x bare worker CPU"),
+         "worker RSS MiB", "x bare done/s", "x bare p50", "x bare worker CPU"),
     ]  # fmt: skip
     for f in figures:
         base = bare[f.in_flight]
@@ -317,7 +331,8 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
         )
         rows.append(
             (f.workload, str(f.in_flight), f"{f.completed_per_second:g}", f"{f.p50_ms:g}", f"{f.p95_ms:g}",
-             f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}", *ratios)
+             f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}",
+             "{:g} to {:g}".format(*f.worker_rss_mib), *ratios)
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]

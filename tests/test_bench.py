@@ -29,6 +29,7 @@ def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(tm
     runs = report["runs"]
     assert [(r["workload"], r["in_flight"]) for r in runs] == [("bare", 1), ("saga", 1), ("bare", 2), ("saga", 2)]
     assert all(r["completed_per_second"] > 0 and r["p50_ms"] > 0 and r["worker_cpu_ms"] > 0 for r in runs)
+    assert all(20 < start <= 2000 and 20 < end <= 2000 for start, end in (r["worker_rss_mib"] for r in runs))
     assert report["stream_records_per_notification"] > 10 and report["stream_bytes_per_notification"] > 1000
     header, *rows = run.stdout.splitlines()[:5]
     assert "x bare done/s" in header and [row.split()[:2] for row in rows] == [

@@ -1,0 +1,204 @@
+"""The stream store at size: fill it with N notifications through its batch path, then time what the service asks of
+it: a notification's status, the email audit of one address, and a notification's events.
+
+The records are those of one real notification (a saga run once, on a dev server with the local sinks), copied N
+times with a new notification id, channel-operation ids, entity and address each: one address per ten notifications,
+so that an address's audit holds about ten deliveries. Every stream's records are put a thousand notifications at a
+time, each stream's batch in one transaction (handling entries are not copied: the throughput bench measures the
+whole size of a notification). Prints the append rate, the size per notification, and p50/p99 of each lookup.
+
+    .venv/bin/python -m bench.store --notifications 1000000 [--postgres URL] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from pydantic import SecretStr
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from bench.throughput import ENTITIES, percentile, stream_size
+from client import NotificationClient
+from domain import NotificationStatus, SendNotificationToEntityOp, Tag
+from settings import Settings
+from sinks.mail import MailSink
+from sinks.slack import SlackSink
+from streams import Record, StreamStore, open_store
+from streams.directory import import_entries
+from streams.postgres import grant, migrate
+from streams.store import NewRecord
+from worker import running_workers, temporal_binary
+
+BATCH = 1000
+"""Notifications put at a time."""
+LOOKUPS = 500
+"""Of each kind, at random."""
+SAMPLE_ENTITY = ENTITIES[0]
+
+
+async def sample(folder: Path) -> list[Record]:
+    """Every record of one notification, as a real saga writes them."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter, dev_server_existing_path=str(temporal_binary("temporal"))
+    )
+    try:
+        with MailSink() as mail, SlackSink() as slack:
+            settings = Settings(
+                _env_file=None,
+                data_dir=folder,
+                smtp_host=mail.host,
+                smtp_port=mail.port,
+                slack_api_url=slack.api_url,
+                slack_token=SecretStr("xoxb-bench"),
+            )
+            async with settings.open_streams() as store, running_workers(env.client, store, settings):
+                await import_entries(store, [SAMPLE_ENTITY])
+                client = NotificationClient(store, env.client, settings)
+                op = SendNotificationToEntityOp(entity_id=SAMPLE_ENTITY.id, subject="Bench", body="A notification.")
+                nid = await client.request(op)
+                view = await client.result(nid)
+                assert view.status == NotificationStatus.SENT, view
+                return await client.events(nid)
+    finally:
+        await env.shutdown()
+
+
+class Copier:
+    """The sample's records, as notification `n` would have them."""
+
+    def __init__(self, records: list[Record], identity: str) -> None:
+        self.records = records
+        self.nid = next(r.tag("notification-id") for r in records if r.tag("notification-id"))
+        self.identity = identity
+
+    def copy(self, n: int) -> list[tuple[str, NewRecord]]:
+        nid, entity = f"{self.identity}-{n}", f"bench-{n // 10}"
+        swaps = [(f'"{self.nid}"', f'"{nid}"'), (f'"{SAMPLE_ENTITY.id}"', f'"{entity}"')]
+        swaps.append((str(SAMPLE_ENTITY.email), f"{entity}@example.com"))
+
+        def swapped(text: str) -> str:
+            for old, new in swaps:
+                text = text.replace(old, new)
+            return text
+
+        def value(tag: Tag) -> Tag:
+            return Tag(name=tag.name, value=swapped(f'"{tag.value}"')[1:-1])
+
+        return [
+            (
+                r.stream,
+                NewRecord(
+                    record_id=nid if r.record_id == self.nid else str(n) if r.record_id else None,
+                    type=r.type,
+                    payload=swapped(r.payload),
+                    tags=[value(t) for t in r.tags],
+                ),
+            )
+            for r in self.records
+        ]
+
+
+async def fill(store: StreamStore, copier: Copier, count: int) -> float:
+    """Put `count` notifications; the seconds it took."""
+    started = time.perf_counter()
+    for first in range(1, count + 1, BATCH):
+        by_stream: dict[str, list[NewRecord]] = defaultdict(list)
+        for n in range(first, min(first + BATCH, count + 1)):
+            for stream, record in copier.copy(n):
+                by_stream[stream].append(record)
+        for stream, records in by_stream.items():
+            await store.put(stream, records)
+    return time.perf_counter() - started
+
+
+async def timed(lookup: Callable[[int], Awaitable[object]], count: int) -> dict[str, float]:
+    seconds = []
+    for n in random.sample(range(1, count + 1), min(LOOKUPS, count)):
+        started = time.perf_counter()
+        await lookup(n)
+        seconds.append(time.perf_counter() - started)
+    ms = [s * 1000 for s in seconds]
+    return {"p50_ms": round(statistics.median(ms), 2), "p99_ms": round(percentile(ms, 99), 2)}
+
+
+async def bench(count: int, postgres: str | None, folder: Path) -> dict[str, object]:
+    records = await sample(folder / "sample")
+    url = f"sqlite:///{folder / 'streams.db'}"
+    database = None
+    if postgres is not None:
+        database = f"notify_bench_{uuid.uuid4().hex[:12]}"
+        async with await psycopg.AsyncConnection.connect(postgres, autocommit=True) as db:
+            await db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        url = postgres.rsplit("/", 1)[0] + f"/{database}"
+        await migrate(url)
+        await grant(url)
+    try:
+        async with open_store(url) as store:
+            copier = Copier(records, await store.identity())
+            seconds = await fill(store, copier, count)
+            client = NotificationClient(store, None, Settings(_env_file=None))  # type: ignore[arg-type]
+
+            async def status(n: int) -> None:
+                assert (await client.status(f"{copier.identity}-{n}"))["status"] == "sent"
+
+            async def audit(n: int) -> None:
+                assert await client.audit_email(f"bench-{n // 10}@example.com")
+
+            async def events(n: int) -> None:
+                assert len(await client.events(f"{copier.identity}-{n}")) == len(records)
+
+            lookups = {"status": await timed(status, count), "email audit": await timed(audit, count)}
+            lookups["events"] = await timed(events, count)
+        stored, size = await stream_size(url)
+    finally:
+        if database is not None:
+            async with await psycopg.AsyncConnection.connect(postgres or "", autocommit=True) as db:
+                await db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    return {
+        "backend": "postgresql" if postgres else "sqlite",
+        "notifications": count,
+        "records_per_notification": len(records),
+        "append_records_per_second": round(count * len(records) / seconds),
+        "append_notifications_per_second": round(count / seconds),
+        "bytes_per_notification": round(size / count),
+        "records": stored,
+        "lookups": lookups,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--notifications", type=int, default=100_000)
+    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to make the streams' database on")
+    parser.add_argument("--json", type=Path, help="where to write the figures (default: only printed)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="notify-store-bench-") as folder:
+        figures = asyncio.run(bench(args.notifications, args.postgres, Path(folder)))
+    lookups: dict[str, dict[str, float]] = figures["lookups"]  # type: ignore[assignment]
+    print(
+        f"{figures['backend']}: {figures['notifications']:,} notifications, {figures['records_per_notification']} "
+        f"records each; appended {figures['append_records_per_second']:,} records/s "
+        f"({figures['append_notifications_per_second']:,} notifications/s); "
+        f"{figures['bytes_per_notification']:,} bytes per notification"
+    )
+    for name, times in lookups.items():
+        print(f"  {name:<12} p50 {times['p50_ms']:>7.2f} ms   p99 {times['p99_ms']:>7.2f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
