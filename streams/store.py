@@ -178,7 +178,13 @@ def select_records(
 ) -> tuple[str, list[object]]:
     """The query (with `mark` as its placeholder) and arguments with which an SQL backend reads records: those of
     `stream` that match every filter given, by internal id."""
-    query = f"SELECT internal_id, stream, record_id, type, payload, tags, timestamp_utc FROM {records} r WHERE stream = {mark}"
+    # Given tags and no record id, the tag index finds the records: `stream || ''` keeps a planner without
+    # statistics (SQLite's, until it has analysed the file) from reading the whole stream to check each one instead.
+    by_stream = "stream || ''" if tags and record_id is None else "stream"
+    query = (
+        "SELECT internal_id, stream, record_id, type, payload, tags, timestamp_utc"
+        f" FROM {records} r WHERE {by_stream} = {mark}"
+    )
     args: list[object] = [stream]
     for column, value in (("record_id", record_id), ("type", type)):
         if value is not None:

@@ -54,3 +54,15 @@ def test_the_soak_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     run = bench("bench.soak", "--minutes", "0.1", "--folder", str(tmp_path))
     assert run.returncode == 2
     assert f"{tmp_path} is not empty" in run.stderr.splitlines()[-1]
+
+
+def test_the_store_bench_fills_copies_of_a_real_notification_and_times_each_lookup(tmp_path: Path) -> None:
+    figures = tmp_path / "store.json"
+    run = bench("bench.store", "--notifications", "30", "--json", str(figures))
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(figures.read_text())
+    assert report["notifications"] == 30 and report["records"] == 30 * report["records_per_notification"]
+    assert report["records_per_notification"] > 10 and report["append_records_per_second"] > 0
+    assert set(report["lookups"]) == {"status", "email audit", "events"}
+    assert all(0 < t["p50_ms"] <= t["p99_ms"] for t in report["lookups"].values())
+    assert "email audit  p50" in run.stdout
