@@ -32,29 +32,22 @@ import json
 import logging
 import random
 import tempfile
-import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
-from psycopg import sql
-from temporalio.client import Client
-
-from client import NotificationClient, TemporalUnreachable, connect
+from bench.services import drop_database, fresh_database, reachable
+from client import NotificationClient
 from domain import Channel, ChannelOutcome, DirectoryEntry, NotificationView, SendNotificationToEntityOp
 from settings import Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from streams.directory import import_entries
-from streams.postgres import grant, migrate
 from tests.harness import WorkerProcess, launch_worker, temporal_server, unconfigured_environment
 from tests.proxy import CuttableProxy
 
-ROOT = Path(__file__).resolve().parent.parent
 ENTITIES = [
     DirectoryEntry.model_validate(
         {
@@ -170,30 +163,18 @@ class Soak:
         each kind of handle as its own role."""
         if self.postgres is None:
             return {"STREAMS_URL": f"sqlite:///{self.folder / 'streams.db'}"}
-        admin = urlsplit(self.postgres)
-        name = f"notify_soak_{uuid.uuid4().hex[:12]}"
-        async with await psycopg.AsyncConnection.connect(self.postgres, autocommit=True) as db:
-            await db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        owner = urlunsplit(admin._replace(path=f"/{name}"))
-        await migrate(owner)
-        await grant(owner)
-        self.proxy = proxy = await CuttableProxy(admin.hostname or "127.0.0.1", admin.port or 5432).start()
+        owner = urlsplit(await fresh_database(self.postgres))
+        self.proxy = proxy = await CuttableProxy(owner.hostname or "127.0.0.1", owner.port or 5432).start()
 
         def through(user: str) -> str:
-            return urlunsplit(admin._replace(netloc=f"{user}@127.0.0.1:{proxy.port}", path=f"/{name}"))
+            return urlunsplit(owner._replace(netloc=f"{user}@127.0.0.1:{proxy.port}"))
 
         return {
-            "STREAMS_URL": through(admin.username or "postgres"),
+            "STREAMS_URL": through(owner.username or "postgres"),
             **{
                 f"STREAMS_{role.upper()}_URL": through(f"notify_{role}") for role in ("producer", "consumer", "handler")
             },
         }
-
-    async def drop_database(self) -> None:
-        if self.postgres is not None and self.proxy is not None:
-            name = urlsplit(self.environment["NOTIFY_STREAMS_URL"]).path.lstrip("/")
-            async with await psycopg.AsyncConnection.connect(self.postgres, autocommit=True) as db:
-                await db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     # -- the faults ---------------------------------------------------------------------------------------------
 
@@ -341,7 +322,7 @@ class Soak:
             task_queue="soak",
             streams_url=self.environment["NOTIFY_STREAMS_URL"],
         )
-        temporal = await _reachable(settings)
+        temporal = await reachable(settings, lazy=True)
         async with settings.open_streams(as_owner=True) as store:
             await import_entries(store, ENTITIES)
             for _ in range(self.totals.workers):
@@ -368,9 +349,9 @@ class Soak:
         for mail in self.mails:
             mail.stop()
         self.slack.stop()
-        if self.proxy is not None:
+        if self.postgres is not None and self.proxy is not None:
             await self.proxy.close()
-        await self.drop_database()
+            await drop_database(self.postgres, self.environment["NOTIFY_STREAMS_URL"])
 
 
 async def _pause(seconds: tuple[float, float], until: float) -> bool:
@@ -378,19 +359,6 @@ async def _pause(seconds: tuple[float, float], until: float) -> bool:
     loop = asyncio.get_running_loop()
     await asyncio.sleep(min(random.uniform(*seconds), max(0.0, until - loop.time())))
     return loop.time() < until
-
-
-async def _reachable(settings: Settings) -> Client:
-    """A client of the dev server just started (lazy: it outlives the server's restarts)."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            await connect(settings)
-            return await connect(settings, lazy=True)
-        except TemporalUnreachable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 async def main_async(args: argparse.Namespace, folder: Path) -> Totals:

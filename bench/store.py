@@ -19,17 +19,15 @@ import random
 import statistics
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
 from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from bench.services import drop_database, fresh_database
 from bench.throughput import ENTITIES, percentile, stream_size
 from client import NotificationClient
 from domain import NotificationStatus, SendNotificationToEntityOp, Tag
@@ -38,7 +36,6 @@ from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import Record, StreamStore, open_store
 from streams.directory import import_entries
-from streams.postgres import grant, migrate
 from streams.store import NewRecord
 from worker import running_workers, temporal_binary
 
@@ -136,15 +133,7 @@ async def timed(lookup: Callable[[int], Awaitable[object]], count: int) -> dict[
 
 async def bench(count: int, postgres: str | None, folder: Path) -> dict[str, object]:
     records = await sample(folder / "sample")
-    url = f"sqlite:///{folder / 'streams.db'}"
-    database = None
-    if postgres is not None:
-        database = f"notify_bench_{uuid.uuid4().hex[:12]}"
-        async with await psycopg.AsyncConnection.connect(postgres, autocommit=True) as db:
-            await db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-        url = postgres.rsplit("/", 1)[0] + f"/{database}"
-        await migrate(url)
-        await grant(url)
+    url = f"sqlite:///{folder / 'streams.db'}" if postgres is None else await fresh_database(postgres)
     try:
         async with open_store(url) as store:
             copier = Copier(records, await store.identity())
@@ -164,9 +153,8 @@ async def bench(count: int, postgres: str | None, folder: Path) -> dict[str, obj
             lookups["events"] = await timed(events, count)
         stored, size = await stream_size(url)
     finally:
-        if database is not None:
-            async with await psycopg.AsyncConnection.connect(postgres or "", autocommit=True) as db:
-                await db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        if postgres is not None:
+            await drop_database(postgres, url)
     return {
         "backend": "postgresql" if postgres else "sqlite",
         "notifications": count,

@@ -31,20 +31,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 from temporalio.client import Client
 
 from bench.bare import BareFanOut
-from client import NotificationClient, TemporalUnreachable, connect
+from bench.services import drop_database, fresh_database, reachable
+from client import NotificationClient
 from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp
 from settings import Settings
 from sinks.mail import free_port
 from streams.directory import import_entries
-from streams.postgres import grant, migrate
-from tests.harness import WorkerProcess, unconfigured_environment
+from tests.harness import ROOT, WorkerProcess, unconfigured_environment
 from worker import ONE_PARTITION, temporal_binary
 
-ROOT = Path(__file__).resolve().parent.parent
 ENTITIES = [
     DirectoryEntry.model_validate(
         {
@@ -160,13 +158,7 @@ class Bench:
     async def streams(self) -> str:
         if self.postgres is None:
             return f"sqlite:///{self.folder / 'streams.db'}"
-        name = f"notify_bench_{uuid.uuid4().hex[:12]}"
-        async with await psycopg.AsyncConnection.connect(self.postgres, autocommit=True) as db:
-            await db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        url = self.postgres.rsplit("/", 1)[0] + f"/{name}"
-        await migrate(url)
-        await grant(url)
-        return url
+        return await fresh_database(self.postgres)
 
     async def run(self, count: int, in_flight: list[int]) -> tuple[list[Figures], dict[str, float]]:
         streams_url = await self.streams()
@@ -188,7 +180,7 @@ class Bench:
             streams_url=streams_url,
         )
         self.sinks.until_said("sinks ready")
-        temporal = await _reachable(settings)
+        temporal = await reachable(settings)
         figures = []
         async with settings.open_streams() as store:
             await import_entries(store, ENTITIES)
@@ -278,21 +270,7 @@ class Bench:
             except subprocess.TimeoutExpired:
                 process.kill()
         if self.postgres is not None and self.environment:
-            name = self.environment["NOTIFY_STREAMS_URL"].rsplit("/", 1)[1]
-            async with await psycopg.AsyncConnection.connect(self.postgres, autocommit=True) as db:
-                await db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-async def _reachable(settings: Settings) -> Client:
-    """A client of the dev server just started, once it answers."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return await connect(settings)
-        except TemporalUnreachable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+            await drop_database(self.postgres, self.environment["NOTIFY_STREAMS_URL"])
 
 
 async def stream_size(url: str) -> tuple[int, int]:
