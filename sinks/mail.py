@@ -66,6 +66,8 @@ class MailSink:
         """Set whenever a message's DATA arrives, before it is answered."""
         self.receiving = 0
         """Messages whose DATA has arrived and is not answered yet."""
+        self.acknowledged: set[int] = set()
+        """Indexes in `messages` of those whose client said QUIT after them: it had read the answer to their DATA."""
         self.flaky = 0.0
         """The share of messages answered `451` (try again later) at random, as a struggling server does."""
         self.slowness = 0.0
@@ -122,6 +124,11 @@ class MailSink:
         finally:
             self.receiving -= 1
 
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        with self._lock:
+            self.acknowledged.update(getattr(session, "received", []))
+        return "221 Bye"
+
     def _receive(self, session: Any, envelope: Any) -> str:
         self.data_arrived.set()
         self._release.wait()
@@ -140,6 +147,7 @@ class MailSink:
                 path.write_bytes(data)
             login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
             self.messages.append(ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), data, path, login))
+            session.received = [*getattr(session, "received", []), len(self.messages) - 1]
         return "250 Message accepted for delivery"
 
     # -- lifecycle ---------------------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import smtplib
 import subprocess
 import sys
 from pathlib import Path
 
+from sinks.mail import MailSink
 from tests.harness import ROOT, unconfigured_environment
 
 
@@ -66,3 +68,13 @@ def test_the_store_bench_fills_copies_of_a_real_notification_and_times_each_look
     assert set(report["lookups"]) == {"status", "email audit", "events"}
     assert all(0 < t["p50_ms"] <= t["p99_ms"] for t in report["lookups"].values())
     assert "email audit  p50" in run.stdout
+
+
+def test_the_mail_sink_tells_a_message_whose_client_read_the_answer_from_one_whose_client_went_away() -> None:
+    """The soak counts an email as in the window when its client never said QUIT after it."""
+    with MailSink() as sink:
+        for n, quits in enumerate((True, False)):
+            client = smtplib.SMTP(sink.host, sink.port)
+            client.sendmail("a@notify.test", [f"b{n}@example.com"], f"Subject: {n}\n\nbody\n")
+            client.quit() if quits else client.close()
+        assert len(sink.messages) == 2 and sink.acknowledged == {0}
