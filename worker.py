@@ -56,8 +56,8 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
     channels' give-up records and Slack's turns, all local activities), and one per channel on that channel's task
     queue (email's with its rate limit for the whole queue; Slack is paced per Slack channel instead); and the client-operation stream's handler, which starts the saga of
     every request that has none (`intake`)."""
-    notification = NotificationActivities(store, settings)
     handlers = {channel: handler(store, settings) for channel, handler in CHANNEL_HANDLERS.items()}
+    notification = NotificationActivities(store, settings, handlers)
     slack = handlers[Channel.SLACK]
     assert isinstance(slack, SlackHandler)
     queue_rates = {Channel.EMAIL: settings.email_messages_per_second}  # Slack is paced per Slack channel instead
@@ -69,6 +69,8 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
             workflows=[NotificationSaga],
             workflow_runner=WORKFLOW_RUNNER,
             activities=[
+                notification.prepare_notification,
+                notification.record_ended,
                 notification.record_requested,
                 notification.get_audience,
                 notification.prepare_to_send_on_channel,

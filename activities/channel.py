@@ -134,6 +134,11 @@ class ChannelHandler(ABC):
     def failed_response(self, operation: ChannelOperation, reason: str) -> BaseModel:
         """The channel's response for a delivery that failed for `reason` before the channel answered."""
 
+    async def turn(self, ref: ChannelOperationRef) -> float:
+        """Seconds the operation waits for its turn before it is sent: none, unless the channel is paced per
+        recipient (Slack is, per Slack channel)."""
+        return 0.0
+
     # -- what every channel does ------------------------------------------------------------------------------
 
     async def handle(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:

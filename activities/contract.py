@@ -23,7 +23,9 @@ from domain import (
     NotificationRequest,
     NotificationSnapshot,
     PreparedEscalation,
+    PreparedNotification,
     PreparedSaga,
+    PrepareNotificationOp,
     PrepareStageEnded,
     PrepareToSendOnChannelOp,
     PrepareToSendOnChannelResult,
@@ -59,6 +61,13 @@ RECORD_ESCALATION_REQUESTED: Activity[EscalationRequested, PreparedEscalation] =
     "RecordEscalationRequested", PreparedEscalation
 )
 RECORD_SAGA_ENDED: Activity[SagaEnded, None] = Activity("RecordSagaEnded", None)
+PREPARE_NOTIFICATION: Activity[PrepareNotificationOp, PreparedNotification] = Activity(
+    "PrepareNotification", PreparedNotification
+)
+"""Every step up to sending, in one (sagas started since the `fewer-steps` patch): record the request, get the
+audience, prepare each channel, record the prepare stage, put the saga and its operations, take Slack's turns."""
+RECORD_ENDED: Activity[SagaEnded, None] = Activity("RecordNotificationEnded", None)
+"""`RECORD_OUTCOME` and `RECORD_SAGA_ENDED` in one step, for a saga that tells nobody (since `fewer-steps`)."""
 
 SEND: dict[Channel, Activity[ChannelOperationRef, ChannelOperationOutcomeInfo]] = {
     Channel.EMAIL: Activity("SendEmail", ChannelOperationOutcomeInfo),

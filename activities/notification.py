@@ -4,16 +4,22 @@ write-only handles, read only through read-only ones, and keep handling through 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
 from pydantic import ValidationError
 from temporalio import activity
 
-from activities.channel import CannotPrepare
+from activities.channel import CannotPrepare, ChannelHandler
 from activities.channels import CHANNEL_HANDLERS
 from activities.contract import (
     ESCALATION_CONCERN,
     GET_AUDIENCE,
+    PREPARE_NOTIFICATION,
     PREPARE_TO_SEND_ON_CHANNEL,
     PUT_CHANNEL_OPERATIONS,
+    RECORD_ENDED,
     RECORD_ESCALATION_REQUESTED,
     RECORD_OUTCOME,
     RECORD_PREPARED,
@@ -22,11 +28,14 @@ from activities.contract import (
     SAGA_CONCERN,
     SEND_NOTIFICATION_CONCERN,
 )
+from activities.failures import TRANSIENT
 from domain import (
     AttemptToSendNotificationEvent,
+    Channel,
     ChannelOperationInstruction,
     ChannelOperationMonitoringInfo,
     ChannelOperationRef,
+    DirectoryEntry,
     EscalationRequested,
     ExecuteOpRequestedEvent,
     FailedNotificationSentToInternalTeamEvent,
@@ -36,8 +45,11 @@ from domain import (
     NotificationRequest,
     NotificationSnapshot,
     PreparedEscalation,
+    PreparedNotification,
     PreparedSaga,
+    PrepareNotificationOp,
     PrepareStageEnded,
+    PrepareToSendNotificationEvent,
     PrepareToSendOnChannelOp,
     PrepareToSendOnChannelResult,
     ProcessSendNotificationSagaOp,
@@ -47,6 +59,7 @@ from domain import (
     SendNotificationToEntityOp,
     TagName,
     notification_tags,
+    prepare_stage,
     tag,
     terminal_event_type,
     utc_now,
@@ -63,6 +76,9 @@ from streams import (
     StreamStore,
 )
 from streams.directory import lookup
+
+T = TypeVar("T")
+logger = logging.getLogger("notify.steps")
 
 
 async def _run_if_available(handling: HandlingStore, internal_record_id: int, concern: str) -> None:
@@ -87,18 +103,71 @@ async def _move_if_allowed(
 
 
 class NotificationActivities:
-    def __init__(self, store: StreamStore, settings: Settings) -> None:
+    def __init__(self, store: StreamStore, settings: Settings, handlers: Mapping[Channel, ChannelHandler]) -> None:
         self._settings = settings
+        self._handlers = handlers
         self._directory = store.reader(StreamName.ENTITY_DIRECTORY)
         self._client_operation_handling = store.handling(StreamName.CLIENT_OPERATION)
         self._saga_handling = store.handling(StreamName.NOTIFICATION_SAGA)
         self._internal_operation_handling = store.handling(StreamName.INTERNAL_OPERATION)
         self._internal_operations = store.writer(StreamName.INTERNAL_OPERATION)
         self._events = store.writer(StreamName.NOTIFICATION_EVENT)
+        self._recorded_events = store.reader(StreamName.NOTIFICATION_EVENT)
         self._sagas = store.writer(StreamName.NOTIFICATION_SAGA)
         self._views = store.writer(StreamName.NOTIFICATION_VIEW)
         self._snapshots = store.writer(StreamName.NOTIFICATION_SNAPSHOT)
         self._channel_operations = {c: store.writer(h.operation_stream) for c, h in CHANNEL_HANDLERS.items()}
+
+    @activity.defn(name=PREPARE_NOTIFICATION.name)
+    async def prepare_notification(self, op: PrepareNotificationOp) -> PreparedNotification:
+        """Every step up to sending, in one: record the request (unless the saga has, being scheduled), run the
+        prepare stage, record how it ended with the saga and its channel operations, and take each operation's turn
+        on its channel. A retry after the stage was recorded goes on from the recorded stage (the same channel
+        operations), and each write is idempotent. Getting the audience or preparing a channel that fails in a way
+        no retry fixes is a reported failure of its stage, as when each was a step of its own; the store being
+        unavailable fails the whole step, to be retried."""
+        request = op.request
+        nid, operation = request.notification_id, request.operation
+        policies = op.policies or await self.record_requested(request)
+        records = await self._recorded_events.by_id(nid)
+        recorded = next((r for r in records if r.type in PrepareToSendNotificationEvent.RECORD_TYPES), None)
+        if recorded is not None:
+            stage = recorded.object(PrepareToSendNotificationEvent)
+        else:
+            stage = await prepare_stage(
+                nid,
+                utc_now(),
+                policies,
+                lambda: _or_reported(
+                    GET_AUDIENCE.name,
+                    nid,
+                    self.get_audience(operation),
+                    lambda reason: GetAudienceResult(audience=None, failures=[Failure(reason=reason)]),
+                ),
+                lambda audience, channel: self._prepare_channel(nid, operation, audience, channel),
+            )
+        saga = await self.record_prepared(PrepareStageEnded(operation=operation, event=stage))
+        waits = {
+            ref.instruction.operation.channel_operation_id: await self._handlers[
+                ref.instruction.operation.delivery_channel
+            ].turn(ref)
+            for ref in (saga.operations if saga else [])
+        }
+        return PreparedNotification(policies=policies, stage=stage, saga=saga, turn_waits=waits)
+
+    async def _prepare_channel(
+        self, nid: str, operation: SendNotificationToEntityOp, audience: DirectoryEntry, channel: Channel
+    ) -> PrepareToSendOnChannelResult:
+        return await _or_reported(
+            PREPARE_TO_SEND_ON_CHANNEL.name,
+            nid,
+            self.prepare_to_send_on_channel(
+                PrepareToSendOnChannelOp(notification_id=nid, operation=operation, audience=audience, channel=channel)
+            ),
+            lambda reason: PrepareToSendOnChannelResult(
+                channel=channel, instructions=[], failures=[Failure(reason=reason)]
+            ),
+        )
 
     @activity.defn(name=RECORD_REQUESTED.name)
     async def record_requested(self, request: NotificationRequest) -> SagaPolicies:
@@ -232,6 +301,12 @@ class NotificationActivities:
                 terminal(notification_id=nid, timestamp_utc=timestamp, view=view), snapshot.operation
             )
 
+    @activity.defn(name=RECORD_ENDED.name)
+    async def record_ended(self, ended: SagaEnded) -> None:
+        """`record_outcome` and `record_saga_ended` in one step, for a saga that told nobody."""
+        await self.record_outcome(ended.snapshot)
+        await self.record_saga_ended(ended)
+
     @activity.defn(name=RECORD_ESCALATION_REQUESTED.name)
     async def record_escalation_requested(self, requested: EscalationRequested) -> PreparedEscalation:
         """Put the operation to tell the internal team in the internal operation stream, take it up, and put the
@@ -274,3 +349,15 @@ class NotificationActivities:
         await _complete_if_running(
             self._client_operation_handling, ended.client_operation_record_id, SEND_NOTIFICATION_CONCERN, view.status
         )
+
+
+async def _or_reported(step: str, nid: str, running: Awaitable[T], failed: Callable[[str], T]) -> T:
+    """A part of the prepare step whose failure, unless a retry may fix it, is a reported failure of its stage (as
+    `activities.failures` would have made it when the part was a step of its own)."""
+    try:
+        return await running
+    except TRANSIENT:
+        raise
+    except Exception as error:
+        logger.exception("notification %s: %s failed for good (a bug or bad data: reported, not retried)", nid, step)
+        return failed(f"{step} failed for good: {error.__class__.__name__}: {error}")

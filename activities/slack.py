@@ -68,8 +68,7 @@ class SlackHandler(ChannelHandler):
     async def record_not_sent(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
         return await self.give_up(failure)
 
-    @activity.defn(name=WAIT_FOR_SLACK_TURN.name)
-    async def wait_for_turn(self, ref: ChannelOperationRef) -> float:
+    async def turn(self, ref: ChannelOperationRef) -> float:
         """How long the message waits for its Slack channel's next turn: `NOTIFY_SLACK_MESSAGES_PER_SECOND` per
         Slack channel for all workers together (Slack's pace is per channel); 0 when its turn is now, or unpaced."""
         rate = self._settings.slack_messages_per_second
@@ -79,10 +78,16 @@ class SlackHandler(ChannelHandler):
             return 0.0
         return await self._handling.next_turn(f"slack:{op.workspace}/{op.channel}", 1 / rate)
 
+    @activity.defn(name=WAIT_FOR_SLACK_TURN.name)
+    async def wait_for_turn(self, ref: ChannelOperationRef) -> float:
+        """`turn`, as a step of its own: a fallback message's, and every message's in sagas started before the
+        `fewer-steps` patch (the others are taken while preparing)."""
+        return await self.turn(ref)
+
     @activity.defn(name=TAKE_SLACK_TURN.name)
     async def take_turn(self, ref: ChannelOperationRef) -> datetime:
         """`wait_for_turn` as the time of the turn, for sagas started before the `slack-turn-waits` patch."""
-        return utc_now() + timedelta(seconds=await self.wait_for_turn(ref))
+        return utc_now() + timedelta(seconds=await self.turn(ref))
 
     @staticmethod
     def compose(

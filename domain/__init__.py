@@ -111,9 +111,12 @@ from domain.steps import (
     EscalationRequested,
     NotificationSnapshot,
     PreparedEscalation,
+    PreparedNotification,
     PreparedSaga,
+    PrepareNotificationOp,
     PrepareStageEnded,
     SagaEnded,
+    prepare_stage,
 )
 from domain.views import (
     ChannelOutcome,
@@ -199,6 +202,9 @@ __all__ = [
     "PrepareToSendOnChannelResult",
     "PreparedEscalation",
     "PreparedSaga",
+    "PreparedNotification",
+    "PrepareNotificationOp",
+    "prepare_stage",
     "ProcessSendNotificationSagaOp",
     "RESERVED_TAG_NAMES",
     "Reason",

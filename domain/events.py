@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import (
     Field,
@@ -115,6 +116,16 @@ class PrepareToSendNotificationEvent(NotificationEvent):
     get_audience: GetAudienceResult
     get_delivery_channel_configs: GetDeliveryChannelConfigsResult | None = None
     prepare: PrepareToSendNotificationResult | None = None
+
+    RECORD_TYPES: ClassVar[frozenset[str]] = frozenset(
+        {
+            "CouldNotGetOrUseAudienceEvent",
+            "CouldNotGetOrUseDeliveryChannelConfigsEvent",
+            "CouldNotPrepareToSendOnAnyChannelEvent",
+            *(f"{o.value}Event" for o in PrepareToSendNotificationOutcome if not o.value.startswith("CouldNot")),
+        }
+    )
+    """Every `record_type` the stage may be recorded as."""
 
     @property
     def record_type(self) -> str:

@@ -493,10 +493,10 @@ async def test_a_record_step_that_no_retry_fixes_ends_the_notification_as_failed
     )
     assert view.status == NotificationStatus.FAILED and view.completed_at is not None
     [reason] = view.outcome.failures
-    assert reason.startswith("RecordNotificationRequested failed for good: NoSuchRecord: no record 987654")
+    assert reason.startswith("PrepareNotification failed for good: NoSuchRecord: no record 987654")
     logged = [r for r in caplog.records if r.name == "notify.steps"]
     assert [r.getMessage() for r in logged] == [
-        "notification bad-data-1: RecordNotificationRequested failed for good (a bug or bad data: not retried)"
+        "notification bad-data-1: PrepareNotification failed for good (a bug or bad data: not retried)"
     ]
     assert logged[0].exc_info is not None  # a bug is logged with its traceback
     assert mail_sink.messages == []

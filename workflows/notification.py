@@ -23,8 +23,10 @@ from temporalio.workflow import ActivityCancellationType, ActivityHandle
 with workflow.unsafe.imports_passed_through():
     from activities.contract import (
         GET_AUDIENCE,
+        PREPARE_NOTIFICATION,
         PREPARE_TO_SEND_ON_CHANNEL,
         PUT_CHANNEL_OPERATIONS,
+        RECORD_ENDED,
         RECORD_ESCALATION_REQUESTED,
         RECORD_NOT_SENT,
         RECORD_OUTCOME,
@@ -59,17 +61,17 @@ with workflow.unsafe.imports_passed_through():
         NotificationSnapshot,
         NotificationStatus,
         NotificationView,
+        PrepareNotificationOp,
         PrepareStageEnded,
         PrepareToSendNotificationEvent,
         PrepareToSendNotificationOutcome,
-        PrepareToSendNotificationResult,
         PrepareToSendOnChannelOp,
         PrepareToSendOnChannelResult,
         SagaEnded,
         SagaPolicies,
         SendFailedNotificationToInternalTeamOp,
         SendNotificationToEntityOp,
-        get_delivery_channel_configs,
+        prepare_stage,
     )
     from workflows.view import (
         ChannelChange,
@@ -78,6 +80,7 @@ with workflow.unsafe.imports_passed_through():
         final_status,
         reasons,
         with_outcome,
+        with_prepare_stage,
     )
 
 I = TypeVar("I")  # noqa: E741 - an activity's input, beside O for its result
@@ -100,6 +103,11 @@ SLACK_TURN_WAITS = "slack-turn-waits"
 """The patch that sets a timer only when a Slack message must wait for its turn: a timer takes at least a second on
 some servers (the dev server's fire a second late), so a turn that is now must set none. Sagas started before it
 compare the turn they took with the time, which is always a little earlier, and so always wait."""
+FEWER_STEPS = "fewer-steps"
+"""The patch that prepares in one step (`PREPARE_NOTIFICATION`: the request recorded, the audience, each channel
+prepared, the stage recorded, the saga and its operations put, Slack's turns taken) where sagas before it took up to
+six, and that ends in one (`RECORD_ENDED`) where nobody is to be told. A scheduled saga still records its request
+when it is requested."""
 CANCELLED = "cancelled before it was delivered"
 
 
@@ -125,6 +133,9 @@ class NotificationSaga:
         """The sends under way, by channel and channel-operation id: a cancel stops their retries."""
         self._cancelled_sends: set[tuple[Channel, int]] = set()
         self._policies: SagaPolicies | None = None
+        self._fewer_steps = False
+        self._turn_waits: dict[int, float] = {}
+        """Seconds each channel operation (by id) waits for its turn, as taken while preparing."""
 
     @workflow.query(name="status")
     def status(self) -> NotificationView:
@@ -162,7 +173,9 @@ class NotificationSaga:
 
     async def _saga(self, request: NotificationRequest) -> NotificationView:
         nid, operation = request.notification_id, request.operation
-        self._policies = await self._record(RECORD_REQUESTED, request)
+        self._fewer_steps = workflow.patched(FEWER_STEPS)
+        if not self._fewer_steps or operation.send_at is not None or self._cancel_requested:
+            self._policies = await self._record(RECORD_REQUESTED, request)
         if operation.send_at is not None:
             wait = max(operation.send_at - workflow.now(), timedelta(0))
             try:
@@ -173,87 +186,45 @@ class NotificationSaga:
             return await self._end(request)
         self._update(status=NotificationStatus.PENDING)
 
-        audience = await self._step(
-            GET_AUDIENCE,
-            operation,
-            on_error=lambda reason: GetAudienceResult(audience=None, failures=[Failure(reason=reason)]),
-        )
-        prepare_stage = PrepareToSendNotificationEvent(
-            notification_id=nid, timestamp_utc=workflow.now(), get_audience=audience
-        )
-        self._add_outcome(get_audience=audience.outcome, failures=audience.failures)
-        if audience.usable:
-            assert audience.audience is not None
-            prepare_stage = await self._prepare(nid, operation, audience.audience, prepare_stage)
-
-        if self._cancel_requested:
-            return await self._end(request, prepare_stage)
-        prepared = await self._record(RECORD_PREPARED, PrepareStageEnded(operation=operation, event=prepare_stage))
-        outcomes = await self._send_all(prepared.operations) if prepared else []
-        if audience.audience is not None and not _stopped_by_policy(prepare_stage) and not self._cancel_requested:
-            outcomes += await self._fall_back(nid, operation, audience.audience, outcomes)
+        if self._fewer_steps:
+            prepared = await self._record(
+                PREPARE_NOTIFICATION, PrepareNotificationOp(request=request, policies=self._policies)
+            )
+            self._policies, stage, saga = prepared.policies, prepared.stage, prepared.saga
+            self._turn_waits = prepared.turn_waits
+            self._view = with_prepare_stage(self._view, stage)
+        else:
+            assert self._policies is not None
+            stage = await prepare_stage(
+                nid,
+                workflow.now(),
+                self._policies,
+                lambda: self._step(
+                    GET_AUDIENCE,
+                    operation,
+                    on_error=lambda reason: GetAudienceResult(audience=None, failures=[Failure(reason=reason)]),
+                ),
+                lambda audience, channel: self._prepare_channel(nid, operation, audience, channel),
+            )
+            self._view = with_prepare_stage(self._view, stage)
+            if self._cancel_requested:
+                return await self._end(request, stage)
+            saga = await self._record(RECORD_PREPARED, PrepareStageEnded(operation=operation, event=stage))
+        outcomes = await self._send_all(saga.operations) if saga else []
+        audience = stage.get_audience.audience
+        if audience is not None and not _stopped_by_policy(stage) and not self._cancel_requested:
+            outcomes += await self._fall_back(nid, operation, audience, outcomes)
         self._sent = True
         if not outcomes:
-            return await self._end(request, prepare_stage)
+            return await self._end(request, stage)
         attempt = AttemptToSendNotificationResult(channel_outcomes=outcomes)
         self._add_outcome(
             attempt=attempt.outcome,
             failures=[Failure(reason=f"{o.channel}: {o.reason}", channel=o.channel) for o in outcomes if o.reason],
         )
-        return await self._end(request, prepare_stage, attempt, prepared.saga_record_id if prepared else None)
+        return await self._end(request, stage, attempt, saga.saga_record_id if saga else None)
 
     # -- stages -----------------------------------------------------------------------------------------------
-
-    async def _prepare(
-        self,
-        nid: str,
-        operation: SendNotificationToEntityOp,
-        audience: DirectoryEntry,
-        stage: PrepareToSendNotificationEvent,
-    ) -> PrepareToSendNotificationEvent:
-        assert self._policies is not None
-        configs = get_delivery_channel_configs(audience, self._policies)
-        unusable = [c for c in audience.channels if c not in {config.channel for config in configs.configs}]
-        self._set_channels(
-            {
-                **{
-                    c.channel: ChannelChange(
-                        ChannelOutcome.PENDING if c.action == ChannelPreference.SEND else ChannelOutcome.OPTED_OUT
-                    )
-                    for c in configs.configs
-                },
-                **{c: ChannelChange(ChannelOutcome.NOT_PREPARED, reasons(configs.failures, c)) for c in unusable},
-            },
-            audience,
-        )
-        self._add_outcome(get_delivery_channel_configs=configs.outcome, failures=configs.failures)
-        stage = stage.model_copy(update={"get_delivery_channel_configs": configs})
-        if not configs.usable:
-            stopped = "not sent: the policy sends on no channel when one cannot be used"
-            self._set_channels(
-                {
-                    c: ChannelChange(ChannelOutcome.NOT_PREPARED, stopped)
-                    for c, v in self._view.channels.items()
-                    if v.outcome == ChannelOutcome.PENDING
-                }
-            )
-            return stage
-
-        to_send_on = [c.channel for c in configs.configs if c.action == ChannelPreference.SEND]
-        results = await asyncio.gather(*(self._prepare_channel(nid, operation, audience, c) for c in to_send_on))
-        prepare = PrepareToSendNotificationResult.of(list(results), self._policies.cannot_prepare_action)
-        self._set_channels(
-            {
-                r.channel: ChannelChange(
-                    ChannelOutcome.NOT_PREPARED,
-                    reasons(r.failures) or "not sent: the policy sends on no channel when one cannot be prepared",
-                )
-                for r in results
-                if r.channel not in prepare.channels_to_send_on
-            }
-        )
-        self._add_outcome(prepare=prepare.outcome, failures=[f for r in results for f in r.failures])
-        return stage.model_copy(update={"prepare": prepare})
 
     async def _prepare_channel(
         self, nid: str, operation: SendNotificationToEntityOp, audience: DirectoryEntry, channel: Channel
@@ -298,16 +269,19 @@ class NotificationSaga:
         policy = self._policies.channels[channel]
         deadline = timedelta(seconds=policy.deadline_seconds)
         key = (channel, ref.instruction.operation.channel_operation_id)
-        if channel == Channel.SLACK and workflow.patched(SLACK_TURNS):
+        wait = timedelta(0)
+        if key[1] in self._turn_waits:  # taken while preparing
+            wait = timedelta(seconds=self._turn_waits[key[1]])
+        elif channel == Channel.SLACK and workflow.patched(SLACK_TURNS):
             if workflow.patched(SLACK_TURN_WAITS):
                 wait = timedelta(seconds=await self._record(WAIT_FOR_SLACK_TURN, ref))
             else:
                 wait = await self._record(TAKE_SLACK_TURN, ref) - workflow.now()
-            if wait > timedelta(0):  # a durable timer: the wait counts against no deadline
-                try:
-                    await workflow.wait_condition(lambda: self._cancel_requested and not self._sent, timeout=wait)
-                except asyncio.TimeoutError:
-                    pass
+        if wait > timedelta(0):  # a durable timer: the wait counts against no deadline
+            try:
+                await workflow.wait_condition(lambda: self._cancel_requested and not self._sent, timeout=wait)
+            except asyncio.TimeoutError:
+                pass
         if self._cancel_requested and not self._sent:  # cancelled before this send began
             self._cancelled_sends.add(key)
             return await self._record(
@@ -387,27 +361,39 @@ class NotificationSaga:
             attempt=attempt,
             view=self._view,
         )
+        ended = SagaEnded(
+            snapshot=snapshot,
+            client_operation_record_id=request.client_operation_record_id,
+            saga_record_id=saga_record_id,
+        )
+        assert self._policies is not None
+        team = self._policies.internal_team
+        if team is None or self._view.status not in self._policies.escalate_on:
+            if self._fewer_steps:
+                await self._record(RECORD_ENDED, ended)
+            else:
+                await self._record_ended(ended)
+            return self._view
         await self._record(RECORD_OUTCOME, snapshot)
-        internal_operation_record_id = await self._escalate(request)
+        internal_operation_record_id = await self._escalate(team)
+        snapshot = snapshot.model_copy(update={"view": self._view})
         await self._record(
             RECORD_SAGA_ENDED,
-            SagaEnded(
-                snapshot=snapshot.model_copy(update={"view": self._view}),
-                client_operation_record_id=request.client_operation_record_id,
-                saga_record_id=saga_record_id,
-                internal_operation_record_id=internal_operation_record_id,
+            ended.model_copy(
+                update={"snapshot": snapshot, "internal_operation_record_id": internal_operation_record_id}
             ),
         )
         return self._view
 
-    async def _escalate(self, request: NotificationRequest) -> int | None:
-        """Tell the internal team, on its channels, when the outcome is one the policy escalates. Whatever happens
-        to that is recorded; it is never escalated itself."""
-        assert self._policies is not None
-        team, status = self._policies.internal_team, self._view.status
-        if team is None or status not in self._policies.escalate_on:
-            return None
-        view = self._view
+    async def _record_ended(self, ended: SagaEnded) -> None:
+        """`RECORD_ENDED` in the two steps of sagas started before `fewer-steps`."""
+        await self._record(RECORD_OUTCOME, ended.snapshot)
+        await self._record(RECORD_SAGA_ENDED, ended)
+
+    async def _escalate(self, team: DirectoryEntry) -> int:
+        """Tell the internal team, on its channels, that the notification ended as the policy escalates. Whatever
+        happens to that is recorded; it is never escalated itself."""
+        view, status = self._view, self._view.status
         subject, body = escalation(view)
         operation = SendNotificationToEntityOp(entity_id=team.id, subject=subject, body=body)
         channels = [c for c, p in team.channels.items() if p == ChannelPreference.SEND]

@@ -17,11 +17,13 @@ from domain import (
     ChannelOperationOutcomeInfo,
     ChannelOperationRef,
     ChannelOutcome,
+    ChannelPreference,
     ChannelView,
     DirectoryEntry,
     Failure,
     NotificationStatus,
     NotificationView,
+    PrepareToSendNotificationEvent,
 )
 
 
@@ -72,6 +74,50 @@ def with_outcome(view: NotificationView, failures: Sequence[Failure] = (), **sta
     outcome = view.outcome
     failed = [*outcome.failures, *(f.reason for f in failures)]
     return view.model_copy(update={"outcome": outcome.model_copy(update={**stages, "failures": failed})})
+
+
+def with_prepare_stage(view: NotificationView, stage: PrepareToSendNotificationEvent) -> NotificationView:
+    """The view once preparing has ended: the stages' outcomes and failures, and each of the audience's channels
+    pending, opted out, or not prepared and why."""
+    got = stage.get_audience
+    view = with_outcome(view, got.failures, get_audience=got.outcome)
+    configs, audience = stage.get_delivery_channel_configs, got.audience
+    if configs is None or audience is None:
+        return view
+    usable = {c.channel for c in configs.configs}
+    changes = {
+        c.channel: ChannelChange(
+            ChannelOutcome.PENDING if c.action == ChannelPreference.SEND else ChannelOutcome.OPTED_OUT
+        )
+        for c in configs.configs
+    }
+    changes |= {
+        c: ChannelChange(ChannelOutcome.NOT_PREPARED, reasons(configs.failures, c))
+        for c in audience.channels
+        if c not in usable
+    }
+    view = view.model_copy(update={"channels": changed_channels(view.channels, changes, audience)})
+    view = with_outcome(view, configs.failures, get_delivery_channel_configs=configs.outcome)
+    if not configs.usable:
+        stopped = "not sent: the policy sends on no channel when one cannot be used"
+        changes = {
+            c: ChannelChange(ChannelOutcome.NOT_PREPARED, stopped)
+            for c, v in view.channels.items()
+            if v.outcome == ChannelOutcome.PENDING
+        }
+        return view.model_copy(update={"channels": changed_channels(view.channels, changes)})
+    prepare = stage.prepare
+    assert prepare is not None
+    changes = {
+        r.channel: ChannelChange(
+            ChannelOutcome.NOT_PREPARED,
+            reasons(r.failures) or "not sent: the policy sends on no channel when one cannot be prepared",
+        )
+        for r in prepare.channel_results
+        if r.channel not in prepare.channels_to_send_on
+    }
+    view = view.model_copy(update={"channels": changed_channels(view.channels, changes)})
+    return with_outcome(view, [f for r in prepare.channel_results for f in r.failures], prepare=prepare.outcome)
 
 
 def final_status(channels: dict[Channel, ChannelView], cancelled: bool) -> NotificationStatus:
