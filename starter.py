@@ -7,12 +7,13 @@ an unknown id with a one-line error and exit code 1.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -42,6 +43,8 @@ directory_app = typer.Typer(no_args_is_help=True, help="Import and show the enti
 app.add_typer(directory_app, name="directory")
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL streams database: its schema and its roles.")
 app.add_typer(db_app, name="db")
+streams_app = typer.Typer(no_args_is_help=True, help="The streams themselves: retention.")
+app.add_typer(streams_app, name="streams")
 apikey_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP API (`serve`).")
 app.add_typer(apikey_app, name="apikey")
 
@@ -422,6 +425,50 @@ def directory_show(entity_id: Annotated[str, typer.Argument(metavar="ID")]) -> N
         print_json(entry.model_dump(mode="json", exclude_none=True))
 
     run(command)
+
+
+@streams_app.command("prune")
+def streams_prune(
+    before: Annotated[
+        str | None, typer.Option(help="An ISO 8601 date or time (local time if no offset is given).")
+    ] = None,
+    older_than: Annotated[int | None, typer.Option(help="Days: prune what ended more than this many days ago.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove every record of the notifications that ended (or were refused) before a time, in every stream, with
+    their tags and handling, in small batches while the service runs. What is still under way is kept, and so are
+    the directory and the API keys. Run it with the owner's URL (NOTIFY_STREAMS_URL)."""
+
+    async def command() -> None:
+        cutoff = _prune_cutoff(before, older_than)
+        settings = load_settings()
+        async with settings.open_streams(as_owner=True) as store:
+            pruned = await store.prune(cutoff)
+        if as_json:
+            print_json({"before": cutoff.isoformat(), **dataclasses.asdict(pruned)})
+        else:
+            print(f"pruned {pruned.notifications} notifications ({pruned.records} records) that ended before {cutoff}")
+
+    run(command)
+
+
+def _prune_cutoff(before: str | None, older_than: int | None) -> datetime:
+    if (before is None) == (older_than is None):
+        raise CliError("give --before DATE or --older-than DAYS (one of them)", 2)
+    now = datetime.now(UTC)
+    if older_than is not None:
+        if older_than < 0:
+            raise CliError(f"--older-than {older_than}: a number of days, 0 or more", 2)
+        return now - timedelta(days=older_than)
+    assert before is not None
+    try:
+        moment = datetime.fromisoformat(before)
+    except ValueError as error:
+        raise CliError(f"--before {before!r}: expected an ISO 8601 date or time such as 2026-10-01", 2) from error
+    moment = moment if moment.tzinfo else moment.astimezone()
+    if moment > now:
+        raise CliError(f"--before {before} is in the future: that would prune whatever ends until then", 2)
+    return moment
 
 
 def postgres_url(settings: Settings) -> str:

@@ -5,7 +5,9 @@ The records are those of one real notification (a saga run once, on a dev server
 times with a new notification id, channel-operation ids, entity and address each: one address per ten notifications,
 so that an address's audit holds about ten deliveries. Every stream's records are put a thousand notifications at a
 time, each stream's batch in one transaction (handling entries are not copied: the throughput bench measures the
-whole size of a notification). Prints the append rate, the size per notification, and p50/p99 of each lookup.
+whole size of a notification). Prints the append rate, the size per notification, and p50/p99 of each lookup. Then
+it prunes them all (`streams prune`) while a writer puts another notification's records, a record at a time, and
+prints how long pruning took and how long the writer waited for a put meanwhile.
 
     .venv/bin/python -m bench.store --notifications 1000000 [--postgres URL] [--json FILE]
 """
@@ -30,7 +32,7 @@ from temporalio.testing import WorkflowEnvironment
 from bench.services import drop_database, fresh_database
 from bench.throughput import ENTITIES, percentile, stream_size
 from client import NotificationClient
-from domain import NotificationStatus, SendNotificationToEntityOp, Tag
+from domain import NotificationStatus, SendNotificationToEntityOp, Tag, utc_now
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
@@ -131,6 +133,40 @@ async def timed(lookup: Callable[[int], Awaitable[object]], count: int) -> dict[
     return {"p50_ms": round(statistics.median(ms), 2), "p99_ms": round(percentile(ms, 99), 2)}
 
 
+async def pruned_while_writing(store: StreamStore, copier: Copier, count: int) -> dict[str, float]:
+    """Prune every notification put so far while a writer puts more (one record at a time, each put timed)."""
+    cutoff = utc_now()
+    puts: list[float] = []
+    stop = asyncio.Event()
+
+    async def writing() -> None:
+        n = count
+        while not stop.is_set():
+            n += 1
+            for stream, record in copier.copy(n):
+                started = time.perf_counter()
+                await store.put(stream, [record])
+                puts.append(time.perf_counter() - started)
+            await asyncio.sleep(0.01)
+
+    writer = asyncio.create_task(writing())
+    started = time.perf_counter()
+    pruned = await store.prune(cutoff)
+    seconds = time.perf_counter() - started
+    stop.set()
+    await writer
+    ms = [p * 1000 for p in puts]
+    return {
+        "notifications": pruned.notifications,
+        "records": pruned.records,
+        "seconds": round(seconds, 1),
+        "records_per_second": round(pruned.records / seconds),
+        "writer_puts": len(ms),
+        "writer_put_p50_ms": round(statistics.median(ms), 2),
+        "writer_put_max_ms": round(max(ms), 2),
+    }
+
+
 async def bench(count: int, postgres: str | None, folder: Path) -> dict[str, object]:
     records = await sample(folder / "sample")
     url = f"sqlite:///{folder / 'streams.db'}" if postgres is None else await fresh_database(postgres)
@@ -151,7 +187,8 @@ async def bench(count: int, postgres: str | None, folder: Path) -> dict[str, obj
 
             lookups = {"status": await timed(status, count), "email audit": await timed(audit, count)}
             lookups["events"] = await timed(events, count)
-        stored, size = await stream_size(url)
+            stored, size = await stream_size(url)
+            prune = await pruned_while_writing(store, copier, count)
     finally:
         if postgres is not None:
             await drop_database(postgres, url)
@@ -164,6 +201,7 @@ async def bench(count: int, postgres: str | None, folder: Path) -> dict[str, obj
         "bytes_per_notification": round(size / count),
         "records": stored,
         "lookups": lookups,
+        "prune": prune,
     }
 
 
@@ -184,6 +222,12 @@ def main() -> None:
     )
     for name, times in lookups.items():
         print(f"  {name:<12} p50 {times['p50_ms']:>7.2f} ms   p99 {times['p99_ms']:>7.2f} ms")
+    prune: dict[str, float] = figures["prune"]  # type: ignore[assignment]
+    print(
+        f"pruned {prune['notifications']:,} notifications ({prune['records']:,} records) in {prune['seconds']} s,"
+        f" {prune['records_per_second']:,} records/s; meanwhile {prune['writer_puts']} puts waited"
+        f" p50 {prune['writer_put_p50_ms']} ms, at most {prune['writer_put_max_ms']} ms"
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -20,9 +21,10 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from domain import Tag
+from domain import Tag, TagName
 from streams.store import (
     ALLOWED_TRANSITIONS,
+    REQUESTED,
     HandlingEntry,
     HandlingStatus,
     InvalidHandlingTransition,
@@ -32,6 +34,7 @@ from streams.store import (
     Record,
     StoreUnavailable,
     StoreUnusable,
+    StreamName,
     StreamStore,
     select_handling,
     select_records,
@@ -103,6 +106,41 @@ class AccessUrls:
     producer: str
     consumer: str
     handler: str
+
+
+PRUNE = """
+WITH notifications AS (
+    (
+        SELECT record_id AS id FROM notify_records
+        WHERE stream = '{view}' AND timestamp_utc < %(before)s AND record_id IS NOT NULL
+        ORDER BY timestamp_utc LIMIT %(limit)s
+    ) UNION ALL (
+        SELECT r.record_id FROM notify_handling h JOIN notify_records r ON r.internal_id = h.internal_record_id
+        WHERE h.stream = '{client}' AND h.status = '{refused}' AND r.type = '{requested}'
+        AND r.timestamp_utc < %(before)s
+        LIMIT %(limit)s
+    )
+    LIMIT %(limit)s
+), pruned AS (
+    SELECT r.internal_id, r.stream, r.record_id
+    FROM notify_record_tags t JOIN notify_records r ON r.internal_id = t.internal_id
+    WHERE t.stream = ANY(%(streams)s) AND t.name = %(tag)s AND t.value = ANY(ARRAY(SELECT id FROM notifications))
+), handling AS (
+    DELETE FROM notify_handling h USING pruned p WHERE h.stream = p.stream AND h.internal_record_id = p.internal_id
+), ids AS (
+    DELETE FROM notify_record_ids k USING pruned p WHERE k.stream = p.stream AND k.record_id = p.record_id
+), records AS (
+    DELETE FROM notify_records r USING pruned p WHERE r.internal_id = p.internal_id RETURNING 1
+)
+SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM records)
+""".format(
+    view=StreamName.NOTIFICATION_VIEW,
+    client=StreamName.CLIENT_OPERATION,
+    requested=REQUESTED,
+    refused=HandlingStatus.DISABLED_FOR_RECORD,
+)
+"""Prune one batch of notifications (`StreamStore.prune`): their records' tags go with them (ON DELETE CASCADE), and
+so do their handling and their ids' rows."""
 
 
 class PostgresStreamStore(StreamStore):
@@ -232,11 +270,14 @@ class PostgresStreamStore(StreamStore):
         return str(row[0])
 
     async def put(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
+        if not records:
+            return []
         results = []
-        async with _using(self._producer) as db, db.transaction():
-            for new in records:
-                cursor = await db.execute(
-                    "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
+        async with _using(self._producer) as db, db.transaction(), db.cursor() as cursor:
+            # one round trip for them all (psycopg pipelines executemany), each with its own result set
+            await cursor.executemany(
+                "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
+                [
                     (
                         stream,
                         new.record_id,
@@ -245,12 +286,29 @@ class PostgresStreamStore(StreamStore):
                         json.dumps([[t.name, t.value] for t in new.tags]),
                         new.strategy.value,
                         new.retention,
-                    ),
-                )
+                    )
+                    for new in records
+                ],
+                returning=True,
+            )
+            while True:
                 row = await cursor.fetchone()
                 assert row is not None
                 results.append(PutResult(row[0], tuple(row[1])))
+                if not cursor.nextset():
+                    break
         return results
+
+    async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
+        """One statement as the owner (as the schema's functions run): the roles may neither read nor delete."""
+        async with _using(self._producer) as db:
+            streams = [s.value for s in StreamName]
+            cursor = await db.execute(
+                PRUNE, {"before": before, "limit": limit, "tag": TagName.NOTIFICATION_ID, "streams": streams}
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return row[0], row[1]
 
     async def read(
         self,

@@ -18,9 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from domain import Tag, utc_now
+from domain import Tag, TagName, utc_now
 from streams.store import (
     ALLOWED_TRANSITIONS,
+    REQUESTED,
     RESETS,
     ExistingRecordStrategy,
     HandlingEntry,
@@ -32,6 +33,7 @@ from streams.store import (
     Record,
     StoreUnavailable,
     StoreUnusable,
+    StreamName,
     StreamStore,
     check_put,
     select_handling,
@@ -40,7 +42,7 @@ from streams.store import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -75,6 +77,8 @@ CREATE TABLE IF NOT EXISTS handling (
     timestamp_utc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS handling_by_record ON handling (stream, internal_record_id, concern, entry_id);
+CREATE INDEX IF NOT EXISTS views_by_time ON records (timestamp_utc) WHERE stream = 'notification-view';
+CREATE INDEX IF NOT EXISTS refusals ON handling (stream, internal_record_id) WHERE status = 'DisabledForRecord';
 CREATE TABLE IF NOT EXISTS turns (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS identity (value TEXT NOT NULL);
 INSERT INTO identity SELECT lower(hex(randomblob(4))) WHERE NOT EXISTS (SELECT 1 FROM identity);
@@ -129,6 +133,7 @@ class SQLiteStreamStore(StreamStore):
         except sqlite3.Error as error:
             name = getattr(error, "sqlite_errorname", "")
             if name.startswith("SQLITE_READONLY"):
+                self._check_file()  # to SQLite a file deleted or replaced under it is read-only: say which it was
                 raise self._read_only() from error
             if name.startswith(TRANSIENT_ERRORS):
                 raise StoreUnavailable(f"the streams store {self.path} cannot be used now: {error}") from error
@@ -230,6 +235,49 @@ class SQLiteStreamStore(StreamStore):
                 (stream, new.record_id, stream, new.record_id, new.retention),
             )
         return PutResult(internal_id, existing)
+
+    async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
+        return await self._run(self._prune, before.isoformat(), limit)
+
+    def _prune(self, before: str, limit: int) -> tuple[int, int]:
+        db = self._db
+        with _transaction(db):
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_notifications (id TEXT PRIMARY KEY)")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_records (internal_id INTEGER PRIMARY KEY, stream TEXT)")
+            db.execute("DELETE FROM pruned_notifications")
+            db.execute("DELETE FROM pruned_records")
+            notifications = db.execute(
+                "INSERT OR IGNORE INTO pruned_notifications SELECT * FROM ("
+                " SELECT * FROM (SELECT record_id FROM records WHERE stream = ? AND timestamp_utc < ?"
+                " AND record_id IS NOT NULL ORDER BY timestamp_utc LIMIT ?)"
+                " UNION ALL SELECT r.record_id FROM handling h JOIN records r ON r.internal_id = h.internal_record_id"
+                " WHERE h.stream = ? AND h.status = 'DisabledForRecord' AND r.type = ? AND r.timestamp_utc < ?"
+                ") LIMIT ?",
+                (
+                    StreamName.NOTIFICATION_VIEW,
+                    before,
+                    limit,
+                    StreamName.CLIENT_OPERATION,
+                    REQUESTED,
+                    before,
+                    limit,
+                ),
+            ).rowcount
+            if not notifications:
+                return 0, 0
+            for stream in StreamName:
+                db.execute(
+                    "INSERT OR IGNORE INTO pruned_records SELECT internal_id, stream FROM record_tags"
+                    " WHERE stream = ? AND name = ? AND value IN (SELECT id FROM pruned_notifications)",
+                    (stream, TagName.NOTIFICATION_ID),
+                )
+            db.execute(
+                "DELETE FROM handling WHERE (stream, internal_record_id) IN (SELECT stream, internal_id FROM pruned_records)"
+            )
+            records = db.execute(
+                "DELETE FROM records WHERE internal_id IN (SELECT internal_id FROM pruned_records)"
+            ).rowcount
+        return notifications, records
 
     async def read(
         self,

@@ -240,6 +240,18 @@ class NewRecord:
     retention: int = 1
 
 
+REQUESTED = "ExecuteOpRequestedEvent"
+"""The type of an operation's record in an operation stream (`domain.ExecuteOpRequestedEvent`)."""
+
+
+@dataclass
+class Pruned:
+    """What `StreamStore.prune` removed."""
+
+    notifications: int = 0
+    records: int = 0
+
+
 class StoreUnusable(ConnectionError):
     """The store cannot be used as it was opened: what to do about it, in one line."""
 
@@ -320,6 +332,24 @@ class StreamStore(ABC):
         """Reserve the next turn of `key`, `every` seconds after the turn reserved before it and not before now, and
         return the seconds until it (0: it is now), by the store's clock. One atomic step, across processes: what
         paces a shared resource (a Slack channel) for every worker."""
+
+    async def prune(self, before: datetime, batch: int = 100) -> Pruned:
+        """Remove every record of the notifications that ended, or were refused, before `before` (their view's or
+        their refused request's time), across all streams, with their tags and handling; `batch` notifications to a
+        transaction, so that a writer waits for one batch at most. A notification still under way, and records of
+        no notification (the directory, API keys), are kept."""
+        pruned = Pruned()
+        while True:
+            notifications, records = await self._prune_batch(before, batch)
+            if not notifications:
+                return pruned
+            pruned.notifications += notifications
+            pruned.records += records
+
+    @abstractmethod
+    async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
+        """Remove up to `limit` notifications' records (see `prune`) in one transaction: how many notifications,
+        and how many records."""
 
     async def open(self) -> None:  # noqa: B027 - a backend that connects on construction has nothing to do here
         """Connect, and check the schema is the one this version knows."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from abc import ABC, abstractmethod
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from streams import (
     StreamStore,
     WriteOnlyStream,
 )
-from streams.store import ALLOWED_TRANSITIONS, NewRecord
+from streams.store import ALLOWED_TRANSITIONS, NewRecord, Pruned
 
 S = ExistingRecordStrategy
 
@@ -417,3 +417,55 @@ def _put_once(contract: type[StreamStoreContract], location: Path, value: int, s
             return written
 
     return asyncio.run(put())
+
+    async def test_prune_removes_what_ended_before_the_date_and_nothing_else(self, store: StreamStore) -> None:
+        """Notifications that ended (a view) or were refused (their request disabled) before the date go, every record
+        of each with its tags and handling; one still under way, one that ended after, and records of no notification
+        (the directory) stay."""
+
+        async def notification(nid: str, ended: bool = False, refused: bool = False) -> int:
+            tags = [Tag(name="notification-id", value=nid), Tag(name="entity-id", value="e-1")]
+            request = await store.writer(StreamName.CLIENT_OPERATION).put(
+                nid, Thing(value=1), type="ExecuteOpRequestedEvent", tags=tags
+            )
+            await store.writer(StreamName.NOTIFICATION_EVENT).put(nid, Thing(value=2), tags=tags)
+            email = await store.writer(StreamName.EMAIL_OPERATION).put(f"{nid}.1", Thing(value=3), tags=tags)
+            await store.handling(StreamName.EMAIL_OPERATION).transition(
+                email.record_internal_id, "send-email", HandlingStatus.RUNNING
+            )
+            if refused:
+                await store.handling(StreamName.CLIENT_OPERATION).transition(
+                    request.record_internal_id, "send-notification", HandlingStatus.DISABLED_FOR_RECORD, "refused"
+                )
+            if ended:
+                await store.writer(StreamName.NOTIFICATION_VIEW).put(
+                    nid, Thing(value=4), tags=tags, strategy=S.PRUNE_IF_FOUND_BY_ID
+                )
+            return email.record_internal_id
+
+        await store.writer(StreamName.ENTITY_DIRECTORY).put(
+            "e-1", Thing(value=0), tags=[Tag(name="entity-id", value="e-1")]
+        )
+        old_email = await notification("old", ended=True)
+        await notification("refused", refused=True)
+        await notification("running")
+        cut = await _after_the_last_write(store)
+        await notification("new", ended=True)
+
+        assert await store.prune(cut, batch=1) == Pruned(notifications=2, records=4 + 3)
+
+        async def left(nid: str) -> list[str]:
+            tag = Tag(name="notification-id", value=nid)
+            return [r.stream for s in StreamName for r in await store.read(s, tags=[tag])]
+
+        assert await left("old") == [] and await left("refused") == []
+        assert await store.handling_history(StreamName.EMAIL_OPERATION, old_email, None) == []
+        assert len(await left("running")) == 3 and len(await left("new")) == 4
+        assert [r.record_id for r in await store.read(StreamName.ENTITY_DIRECTORY)] == ["e-1"]
+        assert await store.prune(cut) == Pruned()
+
+
+async def _after_the_last_write(store: StreamStore) -> datetime:
+    """A moment after every record written so far, by the store's own clock."""
+    newest = [r for s in StreamName for r in await store.read(s, newest_first=True, limit=1)]
+    return max(r.timestamp_utc for r in newest) + timedelta(microseconds=1)

@@ -594,3 +594,22 @@ def test_a_template_that_cannot_render_is_exit_2_and_writes_nothing(directory: C
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.startswith(said) and result.stderr.count("\n") == 1, (args, result.stderr)
     assert templated.record_count() == before
+
+
+def test_prune_removes_what_ended_before_the_date_and_the_audit_forgets_it(directory: Cli) -> None:
+    """Last in the module: it prunes every notification the tests before it sent."""
+    sent = directory.run("send", "--entity", "user-2", "--subject", "Old news", "--body", "Gone.", "--wait", "--json")
+    assert sent.returncode == 0, sent.stderr
+    nid = json.loads(sent.stdout)["id"]
+    assert nid in directory.run("audit", "--email", "bob@example.com").stdout
+    stored = directory.record_count()
+
+    pruned = directory.json("streams", "prune", "--before", datetime.now(UTC).isoformat())
+    assert pruned["notifications"] >= 1 and pruned["records"] >= 10
+    assert directory.record_count() == stored - pruned["records"]
+    missing = directory.run("status", nid)
+    assert missing.returncode == 1 and "no notification with id" in missing.stderr
+    assert nid not in directory.run("audit", "--email", "bob@example.com").stdout
+    assert json.loads(directory.run("directory", "show", "user-2").stdout)["email"] == "bob@example.com"  # it stays
+    again = directory.json("streams", "prune", "--older-than", "0")
+    assert (again["notifications"], again["records"]) == (0, 0)
