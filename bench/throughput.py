@@ -75,8 +75,9 @@ class Figures:
     """Per notification."""
     server_cpu_ms: float
     """Per notification."""
-    worker_rss_mib: tuple[float, float]
-    """The worker's resident size when the measurement began (after the warm-up) and when it ended."""
+    worker_rss_mib: tuple[float, float, float]
+    """The worker's resident size when the measurement began (after the warm-up), a tenth of the way through (its
+    caches warm), and when it ended."""
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -98,9 +99,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-async def closed_loop(one: Callable[[int], Awaitable[None]], count: int, in_flight: int) -> list[float]:
+async def closed_loop(
+    one: Callable[[int], Awaitable[None]], count: int, in_flight: int, done: Callable[[int], None] = lambda n: None
+) -> list[float]:
     """`count` calls of `one`, `in_flight` at a time, each client starting the next when its last ends; the seconds
-    each took."""
+    each took. `done` is told how many have ended, as each ends."""
     latencies: list[float] = []
     numbers = iter(range(count))
 
@@ -109,6 +112,7 @@ async def closed_loop(one: Callable[[int], Awaitable[None]], count: int, in_flig
             started = time.perf_counter()
             await one(n)
             latencies.append(time.perf_counter() - started)
+            done(len(latencies))
 
     await asyncio.gather(*(client() for _ in range(in_flight)))
     return latencies
@@ -222,13 +226,18 @@ class Bench:
             await closed_loop(one, WARM_UP, min(in_flight, WARM_UP))
             spy = self.profiling(worker.process.pid, f"{workload}-{in_flight}")
             worker_cpu, server_cpu = cpu_seconds(worker.process.pid), cpu_seconds(self.server.pid)
-            rss = resident_mib(worker.process.pid)
+            rss = [resident_mib(worker.process.pid)]
+
+            def tenth(done: int) -> None:
+                if done == max(1, count // 10):
+                    rss.append(resident_mib(worker.process.pid))
+
             started = time.perf_counter()
-            latencies = await closed_loop(one, count, in_flight)
+            latencies = await closed_loop(one, count, in_flight, tenth)
             elapsed = time.perf_counter() - started
             worker_cpu = cpu_seconds(worker.process.pid) - worker_cpu
             server_cpu = cpu_seconds(self.server.pid) - server_cpu
-            worker_rss = (rss, resident_mib(worker.process.pid))
+            worker_rss = (rss[0], rss[1], resident_mib(worker.process.pid))
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
@@ -294,7 +303,7 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
     bare = {f.in_flight: f for f in figures if f.workload == "bare"}
     rows = [
         ("workload", "in flight", "done/s", "p50 ms", "p95 ms", "p99 ms", "worker CPU ms/n", "server CPU ms/n",
-         "worker RSS MiB", "x bare done/s", "x bare p50", "x bare worker CPU"),
+         "worker RSS MiB (start, 10%, end)", "x bare done/s", "x bare p50", "x bare worker CPU"),
     ]  # fmt: skip
     for f in figures:
         base = bare[f.in_flight]
@@ -310,7 +319,7 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
         rows.append(
             (f.workload, str(f.in_flight), f"{f.completed_per_second:g}", f"{f.p50_ms:g}", f"{f.p95_ms:g}",
              f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}",
-             "{:g} to {:g}".format(*f.worker_rss_mib), *ratios)
+             "{:g}, {:g}, {:g}".format(*f.worker_rss_mib), *ratios)
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
