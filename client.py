@@ -425,7 +425,8 @@ class NotificationClient:
         """Every record of the notification, across all its streams, in the order they were written."""
         notification_id = await self.full_id(notification_id)
         by = tag(TagName.NOTIFICATION_ID, notification_id)
-        records = [r for s in StreamName for r in await self._store.reader(s).by_tags(by)]
+        found = await asyncio.gather(*(self._store.reader(s).by_tags(by) for s in StreamName))  # at once, on a pool
+        records = [r for stream in found for r in stream]
         if not records:
             raise UnknownNotification(notification_id)
         return sorted(records, key=lambda r: r.internal_id)
