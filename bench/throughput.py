@@ -9,7 +9,7 @@ percentiles, CPU per notification of the worker process and of the dev server (f
 worker's resident size before and after, and the saga's ratios to bare; then the bytes and records the streams keep
 per notification. Writes it all as JSON too.
 
-    .venv/bin/python -m bench.throughput --notifications 300 --in-flight 1 50 [--postgres URL] [--json FILE]
+    .venv/bin/python -m bench.throughput --notifications 300 --in-flight 1 50 [--workers N] [--postgres URL] [--json FILE]
 """
 
 from __future__ import annotations
@@ -66,18 +66,19 @@ TICK = os.sysconf("SC_CLK_TCK")
 class Figures:
     workload: str
     in_flight: int
+    workers: int
     notifications: int
     completed_per_second: float
     p50_ms: float
     p95_ms: float
     p99_ms: float
     worker_cpu_ms: float
-    """Per notification."""
+    """Per notification, all worker processes together."""
     server_cpu_ms: float
     """Per notification."""
     worker_rss_mib: tuple[float, float, float]
-    """The worker's resident size when the measurement began (after the warm-up), a tenth of the way through (its
-    caches warm), and when it ended."""
+    """The (first) worker's resident size when the measurement began (after the warm-up), a tenth of the way through
+    (its caches warm), and when it ended."""
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -164,7 +165,7 @@ class Bench:
             return f"sqlite:///{self.folder / 'streams.db'}"
         return await fresh_database(self.postgres)
 
-    async def run(self, count: int, in_flight: list[int]) -> tuple[list[Figures], dict[str, float]]:
+    async def run(self, count: int, in_flight: list[int], workers: int) -> tuple[list[Figures], dict[str, float]]:
         streams_url = await self.streams()
         self.environment = unconfigured_environment() | {
             "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{self.port}",
@@ -190,8 +191,8 @@ class Bench:
             await import_entries(store, ENTITIES)
             notify = NotificationClient(store, temporal, settings)
             for flight in in_flight:
-                figures.append(await self.measure("bare", self.bare(temporal, flight), count, flight))
-                figures.append(await self.measure("saga", self.saga(notify), count, flight))
+                figures.append(await self.measure("bare", self.bare(temporal, flight), count, flight, workers))
+                figures.append(await self.measure("saga", self.saga(notify), count, flight, workers))
         records, size = await stream_size(streams_url)
         return figures, {
             "stream_records_per_notification": round(records / self.saga_count, 1),
@@ -215,17 +216,20 @@ class Bench:
         return one
 
     async def measure(
-        self, workload: str, one: Callable[[int], Awaitable[None]], count: int, in_flight: int
+        self, workload: str, one: Callable[[int], Awaitable[None]], count: int, in_flight: int, workers: int
     ) -> Figures:
         command = (
             [sys.executable, "-m", "bench.bare"] if workload == "bare" else [sys.executable, str(ROOT / "worker.py")]
         )
-        worker = WorkerProcess(self.spawn(command))
-        await asyncio.to_thread(worker.until_polling)
+        started_workers = [WorkerProcess(self.spawn(command)) for _ in range(workers)]
+        worker = started_workers[0]
+        pids = [w.process.pid for w in started_workers]
         try:
+            for w in started_workers:
+                await asyncio.to_thread(w.until_polling)
             await closed_loop(one, WARM_UP, min(in_flight, WARM_UP))
             spy = self.profiling(worker.process.pid, f"{workload}-{in_flight}")
-            worker_cpu, server_cpu = cpu_seconds(worker.process.pid), cpu_seconds(self.server.pid)
+            worker_cpu, server_cpu = sum(map(cpu_seconds, pids)), cpu_seconds(self.server.pid)
             rss = [resident_mib(worker.process.pid)]
 
             def tenth(done: int) -> None:
@@ -235,18 +239,20 @@ class Bench:
             started = time.perf_counter()
             latencies = await closed_loop(one, count, in_flight, tenth)
             elapsed = time.perf_counter() - started
-            worker_cpu = cpu_seconds(worker.process.pid) - worker_cpu
+            worker_cpu = sum(map(cpu_seconds, pids)) - worker_cpu
             server_cpu = cpu_seconds(self.server.pid) - server_cpu
             worker_rss = (rss[0], rss[1], resident_mib(worker.process.pid))
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
         finally:
-            worker.stop()
+            for w in started_workers:
+                w.stop()
         ms = [latency * 1000 for latency in latencies]
         return Figures(
             workload=workload,
             in_flight=in_flight,
+            workers=workers,
             notifications=count,
             completed_per_second=round(count / elapsed, 1),
             p50_ms=round(statistics.median(ms), 1),
@@ -302,7 +308,7 @@ async def stream_size(url: str) -> tuple[int, int]:
 def table(figures: list[Figures], stored: dict[str, float]) -> str:
     bare = {f.in_flight: f for f in figures if f.workload == "bare"}
     rows = [
-        ("workload", "in flight", "done/s", "p50 ms", "p95 ms", "p99 ms", "worker CPU ms/n", "server CPU ms/n",
+        ("workload", "in flight", "workers", "done/s", "p50 ms", "p95 ms", "p99 ms", "worker CPU ms/n", "server CPU ms/n",
          "worker RSS MiB (start, 10%, end)", "x bare done/s", "x bare p50", "x bare worker CPU"),
     ]  # fmt: skip
     for f in figures:
@@ -317,7 +323,7 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
             )
         )
         rows.append(
-            (f.workload, str(f.in_flight), f"{f.completed_per_second:g}", f"{f.p50_ms:g}", f"{f.p95_ms:g}",
+            (f.workload, str(f.in_flight), str(f.workers), f"{f.completed_per_second:g}", f"{f.p50_ms:g}", f"{f.p95_ms:g}",
              f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}",
              "{:g}, {:g}, {:g}".format(*f.worker_rss_mib), *ratios)
         )  # fmt: skip
@@ -331,12 +337,12 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
 
 
 async def bench(
-    count: int, in_flight: list[int], postgres: str | None, profile: Path | None = None
+    count: int, in_flight: list[int], workers: int, postgres: str | None, profile: Path | None = None
 ) -> tuple[list[Figures], dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="notify-bench-") as folder:
         run = Bench(Path(folder), postgres, profile)
         try:
-            return await run.run(count, in_flight)
+            return await run.run(count, in_flight, workers)
         finally:
             await run.close()
 
@@ -347,11 +353,12 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 50], help="requests in flight at a time")
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to make the streams' database on")
     parser.add_argument("--json", type=Path, help="where to write the figures (default: only printed)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes, for the bare workflow and the saga")
     parser.add_argument(
         "--profile", type=Path, metavar="FOLDER", help="sample each measured worker with py-spy (collapsed stacks)"
     )
     args = parser.parse_args()
-    figures, stored = asyncio.run(bench(args.notifications, args.in_flight, args.postgres, args.profile))
+    figures, stored = asyncio.run(bench(args.notifications, args.in_flight, args.workers, args.postgres, args.profile))
     print(table(figures, stored))
     report = {"runs": [asdict(f) for f in figures], **stored}
     if args.json:

@@ -25,11 +25,14 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(tmp_path: Path) -> None:
     figures = tmp_path / "figures.json"
-    run = bench("bench.throughput", "--notifications", "3", "--in-flight", "1", "2", "--json", str(figures))
+    run = bench(
+        "bench.throughput", "--notifications", "3", "--in-flight", "1", "2", "--workers", "2", "--json", str(figures)
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(figures.read_text())
     runs = report["runs"]
     assert [(r["workload"], r["in_flight"]) for r in runs] == [("bare", 1), ("saga", 1), ("bare", 2), ("saga", 2)]
+    assert all(r["workers"] == 2 for r in runs)
     assert all(r["completed_per_second"] > 0 and r["p50_ms"] > 0 and r["worker_cpu_ms"] > 0 for r in runs)
     assert all(len(r["worker_rss_mib"]) == 3 and all(20 < m <= 2000 for m in r["worker_rss_mib"]) for r in runs)
     assert report["stream_records_per_notification"] > 10 and report["stream_bytes_per_notification"] > 1000
