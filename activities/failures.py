@@ -56,6 +56,14 @@ class Outage:
             self.failures = 0
 
 
+def failed_for_good(step: str, notification_id: str | None, error: BaseException) -> str:
+    """Log a step's failure that no retry fixes (a bug or bad data) with its traceback, and return it as a reason."""
+    logger.error(
+        "notification %s: %s failed for good (a bug or bad data: not retried)", notification_id, step, exc_info=error
+    )
+    return f"{step} failed for good: {error.__class__.__name__}: {error}"
+
+
 class FailuresClassified(Interceptor):
     """The worker's interceptor that classifies every activity's failure (see the module's docstring)."""
 
@@ -93,15 +101,7 @@ class _Classifying(ActivityInboundInterceptor):
             ) from error
         except Exception as error:
             info = activity.info()
-            logger.exception(
-                "notification %s: %s failed for good (a bug or bad data: not retried)",
-                info.workflow_id,
-                info.activity_type,
-            )
-            raise ApplicationError(
-                f"{info.activity_type} failed for good: {error.__class__.__name__}: {error}",
-                type=STEP_FAILED_FOR_GOOD,
-                non_retryable=True,
-            ) from error
+            reason = failed_for_good(info.activity_type, info.workflow_id, error)
+            raise ApplicationError(reason, type=STEP_FAILED_FOR_GOOD, non_retryable=True) from error
         self._outage.answered()
         return done

@@ -4,7 +4,6 @@ write-only handles, read only through read-only ones, and keep handling through 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -28,7 +27,7 @@ from activities.contract import (
     SAGA_CONCERN,
     SEND_NOTIFICATION_CONCERN,
 )
-from activities.failures import TRANSIENT
+from activities.failures import TRANSIENT, failed_for_good
 from domain import (
     AttemptToSendNotificationEvent,
     Channel,
@@ -78,7 +77,6 @@ from streams import (
 from streams.directory import lookup
 
 T = TypeVar("T")
-logger = logging.getLogger("notify.steps")
 
 
 async def _run_if_available(handling: HandlingStore, internal_record_id: int, concern: str) -> None:
@@ -359,5 +357,4 @@ async def _or_reported(step: str, nid: str, running: Awaitable[T], failed: Calla
     except TRANSIENT:
         raise
     except Exception as error:
-        logger.exception("notification %s: %s failed for good (a bug or bad data: reported, not retried)", nid, step)
-        return failed(f"{step} failed for good: {error.__class__.__name__}: {error}")
+        return failed(failed_for_good(step, nid, error))

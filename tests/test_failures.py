@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from temporalio.testing import WorkflowEnvironment
 
 from client import NotCancellable
@@ -500,3 +500,28 @@ async def test_a_record_step_that_no_retry_fixes_ends_the_notification_as_failed
     ]
     assert logged[0].exc_info is not None  # a bug is logged with its traceback
     assert mail_sink.messages == []
+
+
+class NotAnEntry(BaseModel):
+    value: int
+
+
+async def test_getting_an_audience_that_no_retry_fixes_is_a_reported_failure_of_its_stage(
+    notify: Notify, mail_sink: MailSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bad data while preparing (a directory record that is no entry) is not retried, and does not end the saga as a
+    broken step would: it is the audience stage's reported failure, logged once with its traceback."""
+    caplog.set_level(logging.INFO)
+    await notify.store.writer(StreamName.ENTITY_DIRECTORY).put("broken", NotAnEntry(value=1))
+    nid, view = await notify.send(operation("broken"))
+    assert view["status"] == "failed"
+    assert view["outcome"]["get_audience"] == "CouldNotGetAudienceWithSomeFailuresReported"
+    [reason] = view["outcome"]["failures"]
+    assert reason.startswith("GetAudience failed for good: ValidationError: ")
+    assert "CouldNotGetOrUseAudienceEvent" in await notify.types(StreamName.NOTIFICATION_EVENT, nid)
+    logged = [r for r in caplog.records if r.name == "notify.steps"]
+    assert [r.getMessage() for r in logged] == [
+        f"notification {nid}: GetAudience failed for good (a bug or bad data: not retried)"
+    ]
+    assert logged[0].exc_info is not None
+    assert [m.recipients for m in mail_sink.messages] == [("oncall@ops.test",)]  # only the internal team is told
