@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from domain import Tag
+from domain import ExecuteOpRequestedEvent, Tag
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -240,8 +240,8 @@ class NewRecord:
     retention: int = 1
 
 
-REQUESTED = "ExecuteOpRequestedEvent"
-"""The type of an operation's record in an operation stream (`domain.ExecuteOpRequestedEvent`)."""
+REQUESTED = ExecuteOpRequestedEvent.__name__
+"""The type of an operation's record in an operation stream."""
 
 
 @dataclass
