@@ -64,8 +64,6 @@ class MailSink:
         """Every recipient refused so far, once per RCPT."""
         self.data_arrived = threading.Event()
         """Set whenever a message's DATA arrives, before it is answered."""
-        self.receiving = 0
-        """Messages whose DATA has arrived and is not answered yet."""
         self.acknowledged: set[int] = set()
         """Indexes in `messages` of those whose client said QUIT after them: it had read the answer to their DATA."""
         self.flaky = 0.0
@@ -118,11 +116,7 @@ class MailSink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.receiving += 1
-        try:
-            return await server.loop.run_in_executor(None, self._receive, session, envelope)
-        finally:
-            self.receiving -= 1
+        return await server.loop.run_in_executor(None, self._receive, session, envelope)
 
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
         with self._lock:
