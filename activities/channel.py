@@ -150,7 +150,7 @@ class ChannelHandler(ABC):
     async def _handle(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         operation = ref.instruction.operation
         info = activity.info()
-        attempt = f"attempt {info.attempt}, started {info.started_time.isoformat()}, by worker {WORKER}"
+        attempt = f"attempt {info.attempt}, by worker {WORKER}"
         handled = await self._handling.begin(ref.internal_record_id, self.concern, attempt)
         if handled is not None:
             return ChannelOperationOutcomeInfo.model_validate_json(handled.details)

@@ -28,10 +28,8 @@ from domain import (
     SendEmailResult,
     SucceededInSendingEmailEvent,
     Tag,
-    TagName,
     admitted,
     recipient_email_tag,
-    tag,
 )
 from settings import Settings, SmtpSecurity
 from streams import StreamName
@@ -147,10 +145,7 @@ class EmailHandler(ChannelHandler):
                 "html_body": request.html_body,
             },
         )
-        return email, [
-            recipient_email_tag(audience.email),
-            tag(TagName.SENDER_EMAIL_ADDRESS, settings.email_from.lower()),
-        ]
+        return email, [recipient_email_tag(audience.email)]
 
     def failed_response(self, operation: SendEmailOp, reason: str) -> SendEmailResponse:  # type: ignore[override]
         return SendEmailResponse(

@@ -215,7 +215,7 @@ class NotificationActivities:
                 succeeded_event_type=handler.succeeded_event.__name__,
                 failed_event_type=handler.failed_event.__name__,
             ),
-            tags=[*notification_tags(op.notification_id, op.operation), *recipient_tags],
+            tags=[tag(TagName.NOTIFICATION_ID, op.notification_id), *recipient_tags],
         )
         return PrepareToSendOnChannelResult(channel=op.channel, instructions=[instruction])
 
@@ -296,7 +296,8 @@ class NotificationActivities:
         terminal = terminal_event_type(view.status)
         if terminal is not None:
             await self._record_event(
-                terminal(notification_id=nid, timestamp_utc=timestamp, view=view), snapshot.operation
+                terminal(notification_id=nid, timestamp_utc=timestamp, failures=view.outcome.failures),
+                snapshot.operation,
             )
 
     @activity.defn(name=RECORD_ENDED.name)

@@ -32,7 +32,6 @@ from domain.stages import (
 from domain.views import (
     EscalationStatus,
     EscalationView,
-    NotificationView,
 )
 
 
@@ -155,9 +154,10 @@ class AttemptToSendNotificationEvent(NotificationEvent):
 
 
 class NotificationEndedEvent(NotificationEvent):
-    """What every terminal event holds: the view as the notification ended."""
+    """What every terminal event holds: every failure reason the notification met (as its view's outcome has them).
+    The stage events before it hold each stage's result, and its view (in the view stream) the rest."""
 
-    view: NotificationView
+    failures: list[str] = Field(default_factory=list)
 
 
 class SucceededInSendingNotificationEvent(NotificationEndedEvent):
@@ -166,11 +166,11 @@ class SucceededInSendingNotificationEvent(NotificationEndedEvent):
 
 class PartiallySentNotificationEvent(NotificationEndedEvent):
     """Terminal: sent on some of the entity's channels and not on others (which failed, or could not be used or
-    prepared); the view says which and why."""
+    prepared); the view says which, and the failures why."""
 
 
 class FailedToSendNotificationEvent(NotificationEndedEvent):
-    """Terminal: sent on none of the entity's channels; the view says how far it got and why."""
+    """Terminal: sent on none of the entity's channels; the stages say how far it got, and the failures why."""
 
 
 class NotificationCancelledEvent(NotificationEndedEvent):

@@ -40,11 +40,12 @@ from domain.views import (
 
 
 class NotificationSnapshot(Model):
-    """The aggregate at its end: the request and every stage's full result."""
+    """The aggregate at its end: the request, the attempt's result and the view. The prepare stage is its event's
+    (in the notification event stream) and each channel operation is its stream's record: a snapshot refers to them
+    by the notification id, and does not copy them."""
 
     notification_id: str
     operation: SendNotificationToEntityOp
-    prepare: PrepareToSendNotificationEvent | None
     attempt: AttemptToSendNotificationResult | None
     view: NotificationView
 

@@ -328,6 +328,7 @@ class PostgresStreamStore(StreamStore):
             "notify_record_tags",
             "notify_handling",
             "%s",
+            "coalesce(jsonb_agg(jsonb_build_array(name, value)), '[]')",
             stream,
             record_id=record_id,
             type=type,
@@ -340,7 +341,7 @@ class PostgresStreamStore(StreamStore):
         )
         async with _using(self._consumer) as db:
             rows = await (await db.execute(query, args)).fetchall()
-        return [Record(r[0], r[1], r[2], r[3], r[4], tuple(Tag(name=n, value=v) for n, v in r[5]), r[6]) for r in rows]
+        return [Record(r[0], r[1], r[2], r[3], r[4], Record.tags_of(r[5]), r[6]) for r in rows]
 
     async def handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
         query, args = select_handling("notify_handling", "%s", stream, internal_record_id, concern)

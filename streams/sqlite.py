@@ -42,7 +42,7 @@ from streams.store import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -51,10 +51,9 @@ CREATE TABLE IF NOT EXISTS records (
     record_id TEXT,
     type TEXT NOT NULL,
     payload TEXT NOT NULL,
-    tags TEXT NOT NULL,
     timestamp_utc TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_by_id ON records (stream, record_id, type);
+CREATE INDEX IF NOT EXISTS records_by_id ON records (stream, record_id);
 CREATE TABLE IF NOT EXISTS record_tags (
     internal_id INTEGER NOT NULL REFERENCES records (internal_id) ON DELETE CASCADE,
     stream TEXT NOT NULL,
@@ -120,6 +119,11 @@ class SQLiteStreamStore(StreamStore):
             raise StoreUnusable(f"{self.path} has stream schema {version}; this version knows up to {SCHEMA_VERSION}")
         if version < SCHEMA_VERSION:
             with _transaction(db):
+                if 0 < version < 5:
+                    # a record's tags were kept twice, in its row as JSON too (the tag rows serve); and its id's index
+                    # held its type as well (an id has a handful of records: they are told apart by reading them)
+                    db.execute("ALTER TABLE records DROP COLUMN tags")
+                    db.execute("DROP INDEX records_by_id")
                 for statement in SCHEMA.split(";"):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -217,11 +221,10 @@ class SQLiteStreamStore(StreamStore):
             existing = tuple(r[0] for r in db.execute(sql + " ORDER BY internal_id", args))
             if existing and new.strategy != ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID:
                 return PutResult(None, existing)
-        tags_json = json.dumps([[t.name, t.value] for t in new.tags])
         internal_id = db.execute(
-            "INSERT INTO records (stream, record_id, type, payload, tags, timestamp_utc) "
-            "VALUES (?, ?, ?, ?, ?, ?) RETURNING internal_id",
-            (stream, new.record_id, new.type, new.payload, tags_json, utc_now().isoformat()),
+            "INSERT INTO records (stream, record_id, type, payload, timestamp_utc) "
+            "VALUES (?, ?, ?, ?, ?) RETURNING internal_id",
+            (stream, new.record_id, new.type, new.payload, utc_now().isoformat()),
         ).fetchone()[0]
         db.executemany(
             "INSERT INTO record_tags (internal_id, stream, name, value) VALUES (?, ?, ?, ?)",
@@ -297,6 +300,7 @@ class SQLiteStreamStore(StreamStore):
             "record_tags",
             "handling",
             "?",
+            "json_group_array(json_array(name, value))",
             stream,
             record_id=record_id,
             type=type,
@@ -315,7 +319,7 @@ class SQLiteStreamStore(StreamStore):
                 record_id=r[2],
                 type=r[3],
                 payload=r[4],
-                tags=tuple(Tag(name=n, value=v) for n, v in json.loads(r[5])),
+                tags=Record.tags_of(json.loads(r[5])),
                 timestamp_utc=datetime.fromisoformat(r[6]),
             )
             for r in rows

@@ -58,6 +58,7 @@ class Record:
     payload: str
     """The raw JSON payload, as written; views are read this way and handed on without decoding."""
     tags: tuple[Tag, ...]
+    """In order of name, then value."""
     timestamp_utc: datetime
 
     def object(self, model: builtins.type[M]) -> M:
@@ -65,6 +66,11 @@ class Record:
 
     def json(self) -> Any:
         return json.loads(self.payload)
+
+    @staticmethod
+    def tags_of(pairs: Iterable[Sequence[str]]) -> tuple[Tag, ...]:
+        """A record's tags from its [name, value] pairs, in any order."""
+        return tuple(Tag(name=n, value=v) for n, v in sorted(map(tuple, pairs)))
 
     def tag(self, name: str) -> str | None:
         return next((t.value for t in self.tags if t.name == name), None)
@@ -165,6 +171,7 @@ def select_records(
     record_tags: str,
     handling: str,
     mark: str,
+    tag_array: str,
     stream: str,
     *,
     record_id: str | None,
@@ -177,12 +184,14 @@ def select_records(
     limit: int | None,
 ) -> tuple[str, list[object]]:
     """The query (with `mark` as its placeholder) and arguments with which an SQL backend reads records: those of
-    `stream` that match every filter given, by internal id."""
+    `stream` that match every filter given, by internal id. A record's tags are its rows in `record_tags`, read as
+    one JSON array of [name, value] pairs by the backend's `tag_array` aggregate."""
     # Given tags and no record id, the tag index finds the records: `stream || ''` keeps a planner without
     # statistics (SQLite's, until it has analysed the file) from reading the whole stream to check each one instead.
     by_stream = "stream || ''" if tags and record_id is None else "stream"
     query = (
-        "SELECT internal_id, stream, record_id, type, payload, tags, timestamp_utc"
+        f"SELECT internal_id, stream, record_id, type, payload,"
+        f" (SELECT {tag_array} FROM {record_tags} t WHERE t.internal_id = r.internal_id), timestamp_utc"
         f" FROM {records} r WHERE {by_stream} = {mark}"
     )
     args: list[object] = [stream]

@@ -219,7 +219,7 @@ class StreamStoreContract(ABC):
         assert [r.record_id for r in await reader.by_tags(ada, type="Other")] == ["3"]
         assert await reader.by_tags(Tag(name="recipient", value="carol@x.org")) == []
         record = (await reader.by_tags(bob))[0]
-        assert record.tags == (bob, n1)
+        assert record.tags == (n1, bob)  # by name, then value
         assert record.tag("notification-id") == "1"
         assert record.timestamp_utc.utcoffset() == timedelta(0)
 

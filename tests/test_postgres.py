@@ -63,16 +63,17 @@ def test_migrate_then_grant_from_the_command_line(postgres: Databases) -> None:
         "applied 0003_requests.sql",
         "applied 0004_turns.sql",
         "applied 0005_retention.sql",
-        "the streams schema is at version 5",
+        "applied 0006_smaller_records.sql",
+        "the streams schema is at version 6",
     ]
     again = starter("db", "migrate", url=url)
-    assert again.stdout.splitlines() == ["the streams schema is at version 5"]
+    assert again.stdout.splitlines() == ["the streams schema is at version 6"]
     granted = starter("db", "grant", url=url)
     assert granted.returncode == 0, granted.stderr
     with psycopg.connect(url) as db:
         roles = {r[0] for r in db.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'notify_%'")}
         assert set(ROLES) <= roles
-        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (5,)
+        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (6,)
 
 
 def test_a_worker_refuses_transitions_that_are_not_its_own_until_migrated(postgres: Databases, tmp_path: Path) -> None:
@@ -102,7 +103,7 @@ def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: the streams schema is at version 0, this version needs 5: run `python starter.py db migrate`"
+        "error: the streams schema is at version 0, this version needs 6: run `python starter.py db migrate`"
     )
 
 

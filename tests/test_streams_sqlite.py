@@ -1,9 +1,38 @@
+import sqlite3
 from pathlib import Path
 
-from streams import StreamStore, open_store
+from domain import Tag
+from streams import StreamName, StreamStore, open_store
 from tests.streams_contract import StreamStoreContract
 
 
 class TestSQLiteStreamStore(StreamStoreContract):
     def open(self, location: Path) -> StreamStore:
         return open_store(f"sqlite:///{location / 'streams.db'}")
+
+
+async def test_a_file_of_schema_4_keeps_its_records_and_their_tags_once(tmp_path: Path) -> None:
+    """Schema 4 kept a record's tags twice, as rows and as a JSON column, and its type in the index by id; opening
+    such a file drops the column and makes the index anew."""
+    path = tmp_path / "streams.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE records (internal_id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, record_id TEXT,"
+            " type TEXT NOT NULL, payload TEXT NOT NULL, tags TEXT NOT NULL, timestamp_utc TEXT NOT NULL);"
+            "CREATE INDEX records_by_id ON records (stream, record_id, type);"
+            "CREATE TABLE record_tags (internal_id INTEGER NOT NULL REFERENCES records (internal_id) ON DELETE CASCADE,"
+            " stream TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL);"
+            "INSERT INTO records VALUES (1, 'email-event', '7', 'Sent', '{}', '[[\"recipient\", \"a@x.org\"]]',"
+            " '2026-11-01T00:00:00+00:00');"
+            "INSERT INTO record_tags VALUES (1, 'email-event', 'recipient', 'a@x.org');"
+            "PRAGMA user_version=4;"
+        )
+    db.close()
+    async with open_store(f"sqlite:///{path}") as store:
+        [record] = await store.reader(StreamName.EMAIL_EVENT).by_tags(Tag(name="recipient", value="a@x.org"))
+        assert (record.record_id, record.tags) == ("7", (Tag(name="recipient", value="a@x.org"),))
+    with sqlite3.connect(path) as db:
+        assert "tags" not in {row[1] for row in db.execute("PRAGMA table_info(records)")}
+        assert db.execute("PRAGMA user_version").fetchone() == (5,)
+        assert [row[2] for row in db.execute("PRAGMA index_info(records_by_id)")] == ["stream", "record_id"]
+    db.close()

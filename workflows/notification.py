@@ -208,7 +208,7 @@ class NotificationSaga:
             )
             self._view = with_prepare_stage(self._view, stage)
             if self._cancel_requested:
-                return await self._end(request, stage)
+                return await self._end(request)
             saga = await self._record(RECORD_PREPARED, PrepareStageEnded(operation=operation, event=stage))
         outcomes = await self._send_all(saga.operations) if saga else []
         audience = stage.get_audience.audience
@@ -216,13 +216,13 @@ class NotificationSaga:
             outcomes += await self._fall_back(nid, operation, audience, outcomes)
         self._sent = True
         if not outcomes:
-            return await self._end(request, stage)
+            return await self._end(request)
         attempt = AttemptToSendNotificationResult(channel_outcomes=outcomes)
         self._add_outcome(
             attempt=attempt.outcome,
             failures=[Failure(reason=f"{o.channel}: {o.reason}", channel=o.channel) for o in outcomes if o.reason],
         )
-        return await self._end(request, stage, attempt, saga.saga_record_id if saga else None)
+        return await self._end(request, attempt, saga.saga_record_id if saga else None)
 
     # -- stages -----------------------------------------------------------------------------------------------
 
@@ -349,7 +349,6 @@ class NotificationSaga:
     async def _end(
         self,
         request: NotificationRequest,
-        prepare_stage: PrepareToSendNotificationEvent | None = None,
         attempt: AttemptToSendNotificationResult | None = None,
         saga_record_id: int | None = None,
     ) -> NotificationView:
@@ -357,7 +356,6 @@ class NotificationSaga:
         snapshot = NotificationSnapshot(
             notification_id=request.notification_id,
             operation=request.operation,
-            prepare=prepare_stage,
             attempt=attempt,
             view=self._view,
         )
