@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 from temporalio.exceptions import TemporalError
 
+from api import page
 from api.keys import ApiKeyIssued, ApiKeys
 from api.keys import Scope as KeyScope
 from client import (
@@ -229,6 +230,10 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
     @app.exception_handler(UnknownNotification)
     async def _unknown(request: Request, error: UnknownNotification) -> JSONResponse:
         return problem(404, str(error))
+
+    app.add_exception_handler(page.SignIn, page.sign_in_first)  # type: ignore[arg-type]
+    app.include_router(page.router)
+    app.mount("/static", page.static, name="static")
 
     @app.post(
         "/v1/notifications",

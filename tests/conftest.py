@@ -8,18 +8,22 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from api.app import create_app, serving
+from api.keys import ApiKeys, Scope
 from client import temporal_runtime
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import StreamStore
 from tests.databases import DATABASES, Databases, role_urls
+from tests.harness import ROOT, Api, entity, notifying
 from worker import temporal_binary
 
 SLACK_TOKEN = "xoxb-acme-test-token"
@@ -102,3 +106,21 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest_asyncio.fixture
+async def api(dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings) -> AsyncIterator[Api]:
+    settings = settings.model_copy(update={"templates_dir": ROOT / "templates"})
+    async with (
+        settings.open_streams(as_owner=True) as owner,  # only the owner of the streams issues keys
+        notifying(dev_env, store, settings, entity(), entity(id="user-2", channels={"email": "send"})),
+        serving(create_app(store, dev_env.client, settings), "127.0.0.1", 0) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        keys = ApiKeys(owner)
+        issued = {
+            "all": await keys.create("all", list(Scope)),
+            "sender": await keys.create("sender", [Scope.SEND]),
+            "reader": await keys.create("reader", [Scope.READ]),
+        }
+        yield Api(http, issued, store, keys)

@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from api.keys import ApiKeys
 from client import NotificationClient
 from domain import DirectoryEntry, SendNotificationToEntityOp
 from settings import Settings
@@ -178,3 +181,32 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.terminate()
         return self.ended(timeout)
+
+
+@dataclass
+class Api:
+    """The HTTP API on a real server (the `api` fixture), with keys by name: `all`, `sender`, `reader`."""
+
+    http: httpx.AsyncClient
+    keys: dict[str, str]
+    store: StreamStore
+    issuer: ApiKeys
+
+    async def call(self, method: str, path: str, key: str | None = "all", **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {self.keys.get(key, key)}"
+        return await self.http.request(method, path, headers=headers, **kwargs)
+
+    async def outcome(self, notification_id: str, timeout: float = 60) -> dict[str, Any]:
+        """The view once the notification has ended (the API has no long poll: it is asked again)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            view = (await self.call("GET", f"/v1/notifications/{notification_id}")).json()
+            if view["status"] not in ("pending", "scheduled", "sending"):
+                return view
+            assert asyncio.get_running_loop().time() < deadline, view
+            await asyncio.sleep(0.1)
+
+    async def records(self) -> int:
+        return sum([len(await self.store.reader(s).by_tags()) for s in StreamName if s != StreamName.API_KEY])

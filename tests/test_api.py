@@ -2,69 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
-import pytest_asyncio
-from temporalio.testing import WorkflowEnvironment
 
 from api.app import MAX_BODY_BYTES, create_app, serving
-from api.keys import ApiKeys, Scope
 from client import connect
 from settings import Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
-from streams import StreamName, StreamStore
-from tests.harness import ROOT, entity, notifying
-
-
-@dataclass
-class Api:
-    http: httpx.AsyncClient
-    keys: dict[str, str]
-    store: StreamStore
-    issuer: ApiKeys
-
-    async def call(self, method: str, path: str, key: str | None = "all", **kwargs: Any) -> httpx.Response:
-        headers = kwargs.pop("headers", {})
-        if key is not None:
-            headers["Authorization"] = f"Bearer {self.keys.get(key, key)}"
-        return await self.http.request(method, path, headers=headers, **kwargs)
-
-    async def outcome(self, notification_id: str, timeout: float = 60) -> dict[str, Any]:
-        """The view once the notification has ended (the API has no long poll: it is asked again)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            view = (await self.call("GET", f"/v1/notifications/{notification_id}")).json()
-            if view["status"] not in ("pending", "scheduled", "sending"):
-                return view
-            assert asyncio.get_running_loop().time() < deadline, view
-            await asyncio.sleep(0.1)
-
-    async def records(self) -> int:
-        return sum([len(await self.store.reader(s).by_tags()) for s in StreamName if s != StreamName.API_KEY])
-
-
-@pytest_asyncio.fixture
-async def api(dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings) -> AsyncIterator[Api]:
-    settings = settings.model_copy(update={"templates_dir": ROOT / "templates"})
-    async with (
-        settings.open_streams(as_owner=True) as owner,  # only the owner of the streams issues keys
-        notifying(dev_env, store, settings, entity(), entity(id="user-2", channels={"email": "send"})),
-        serving(create_app(store, dev_env.client, settings), "127.0.0.1", 0) as url,
-        httpx.AsyncClient(base_url=url, timeout=30) as http,
-    ):
-        keys = ApiKeys(owner)
-        issued = {
-            "all": await keys.create("all", list(Scope)),
-            "sender": await keys.create("sender", [Scope.SEND]),
-            "reader": await keys.create("reader", [Scope.READ]),
-        }
-        yield Api(http, issued, store, keys)
+from streams import StreamStore
+from tests.harness import Api
 
 
 def is_problem(response: httpx.Response, status: int, detail: str) -> bool:

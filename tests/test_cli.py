@@ -502,6 +502,12 @@ def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -
             audit = http.get("/v1/audit/email", params={"address": "test@example.com"}).json()
             assert {a["notification_id"] for a in audit} == {f"{nid.rpartition('-')[0]}-{i}" for i in (1, 2, 3)}
             assert http.get("/docs").status_code == 200
+        page = re.search(r"^Web page at (http://\S+) ", said, re.MULTILINE)
+        assert page and page.group(1).startswith(url.group(1)), said
+        with httpx.Client(base_url=url.group(1)) as browser:  # signs in with the key, as the page asks
+            assert browser.post("/sign-in", data={"key": key.group(1)}).status_code == 303
+            shown = browser.get(page.group(1))
+            assert shown.status_code == 200 and "Hello from notify" in shown.text, shown.text
         demo.send_signal(signal.SIGINT)
         assert demo.wait(60) == 0
     finally:

@@ -1,0 +1,168 @@
+"""The web page: recent notifications, a search by email address or Slack channel (the audit), and a page per
+notification with its view, each channel's outcome, the escalation and the timeline of its records. Server-rendered
+(Jinja2), every asset served from here. It asks once for an API key with the `read` scope and keeps it in an
+HttpOnly, SameSite=Strict cookie; a page that shows a notification still under way refreshes its main part."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from api.keys import Scope
+from client import UNDECIDED, NotificationClient, UnknownNotification
+from domain import NotificationStatus
+
+HERE = Path(__file__).parent
+COOKIE = "notify_key"
+COOKIE_DAYS = 30
+LIVE_SECONDS = 2
+"""How often a page with a notification under way asks for its main part again."""
+PAGE = 25
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["moment"] = lambda value: (
+    datetime.fromisoformat(str(value)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+)
+router = APIRouter(include_in_schema=False)
+static = StaticFiles(directory=HERE / "static")
+
+
+class SignIn(Exception):
+    """The page needs a key: to the sign-in form, then back."""
+
+
+async def _signed_in(request: Request) -> NotificationClient:
+    """The client, for a request whose cookie holds a key with the `read` scope."""
+    key = request.cookies.get(COOKIE)
+    issued = None if key is None else await request.app.state.keys.authenticate(key)
+    if issued is None or Scope.READ not in issued.scopes:
+        raise SignIn
+    client: NotificationClient = request.app.state.client
+    return client
+
+
+def _render(request: Request, template: str, status_code: int = 200, live: bool = False, **values: Any) -> Response:
+    """The page, or only its main part when the page's script asks for it (`X-Notify-Part: main`)."""
+    values |= {"signed_in": template != "sign_in.html", "live": live, "live_every": LIVE_SECONDS}
+    headers = SECURITY_HEADERS | {"X-Notify-Live": "1" if live else "0"}
+    if request.headers.get("X-Notify-Part") == "main":
+        page = templates.get_template(template)
+        context = page.new_context({"request": request, "url_for": request.url_for, **values})
+        body = "".join(page.blocks["main"](context))
+        return HTMLResponse(body, status_code=status_code, headers=headers)
+    return templates.TemplateResponse(request, template, values, status_code=status_code, headers=headers)
+
+
+@router.get("/", name="page_recent")
+async def recent(
+    request: Request, entity: str | None = None, status: str | None = None, before: int | None = None
+) -> Response:
+    client = await _signed_in(request)
+    chosen = NotificationStatus(status) if status in set(NotificationStatus) else None
+    views, last = await client.recent(entity_id=entity or None, status=chosen, limit=PAGE, before=before)
+    older = None
+    if last is not None:
+        query = {k: v for k, v in (("entity", entity), ("status", chosen)) if v} | {"before": last}
+        older = f"{request.url_for('page_recent')}?{urlencode(query)}"
+    return _render(
+        request,
+        "recent.html",
+        live=any(v["status"] in UNDECIDED for v in views),
+        views=views,
+        entity=entity,
+        chosen_status=chosen,
+        statuses=list(NotificationStatus),
+        older=older,
+    )
+
+
+@router.get("/search", name="page_search")
+async def search(request: Request, address: str) -> Response:
+    """An email address (it has an @) or a Slack channel (`CHANNEL` or `WORKSPACE/CHANNEL`)."""
+    client = await _signed_in(request)
+    address = address.strip()
+    email = "@" in address
+    deliveries = await (client.audit_email(address) if email else client.audit_slack(address))
+    return _render(
+        request,
+        "search.html",
+        live=any(d.outcome == "sending" for d in deliveries),
+        address=address,
+        channel_name="Email" if email else "Slack",
+        deliveries=deliveries,
+    )
+
+
+@router.get("/notifications/{notification_id}", name="page_notification")
+async def notification(request: Request, notification_id: str) -> Response:
+    client = await _signed_in(request)
+    try:
+        view = await client.status(notification_id)
+        records = await client.events(notification_id)
+    except UnknownNotification as error:
+        return _render(request, "missing.html", status_code=404, error=str(error))
+    return _render(request, "notification.html", live=view["status"] in UNDECIDED, view=view, records=records)
+
+
+@router.get("/sign-in", name="page_sign_in_form")
+async def sign_in_form(request: Request, next: str = "/") -> Response:
+    return _render(request, "sign_in.html", next=_local(next))
+
+
+@router.post("/sign-in", name="page_sign_in")
+async def sign_in(request: Request) -> Response:
+    form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
+    key, next = form.get("key", "").strip(), _local(form.get("next", "/"))
+    issued = await request.app.state.keys.authenticate(key) if key else None
+    error = None
+    if issued is None:
+        error = "That key is not valid (unknown, or revoked)."
+    elif Scope.READ not in issued.scopes:
+        error = f"The key {issued.name!r} does not hold the 'read' scope."
+    if error is not None:
+        return _render(request, "sign_in.html", status_code=401, error=error, next=next)
+    response = RedirectResponse(next, status_code=303, headers=SECURITY_HEADERS)
+    response.set_cookie(
+        COOKIE,
+        key,
+        max_age=COOKIE_DAYS * 86400,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/sign-out", name="page_sign_out")
+async def sign_out(request: Request) -> Response:
+    response = RedirectResponse(request.url_for("page_sign_in_form"), status_code=303, headers=SECURITY_HEADERS)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+def _local(path: str) -> str:
+    """Where to go after signing in: a path on this server, never another site."""
+    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+
+
+async def sign_in_first(request: Request, error: SignIn) -> Response:
+    """Send a page's request without a usable key to the sign-in form (the page's script gets a 401: it stops)."""
+    if request.headers.get("X-Notify-Part"):
+        return Response(status_code=401, headers=SECURITY_HEADERS)
+    there = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = f"{request.url_for('page_sign_in_form')}?{urlencode({'next': there})}"
+    return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
