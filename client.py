@@ -20,9 +20,17 @@ from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExec
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
-from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
+import metrics
 from activities.contract import SEND, SEND_NOTIFICATION_CONCERN
 from domain import (
     Channel,
@@ -86,18 +94,35 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
 _runtime: Runtime | None = None
 
 
-def temporal_runtime() -> Runtime:
+def temporal_runtime(metrics_at: str | None = None) -> Runtime:
     """Temporal's runtime for this process: the SDK core's own warnings and errors go to the `temporalio.core`
     logger, like every other log line, instead of straight to standard error; but not its line at every retry of a
-    call while Temporal cannot be reached (whoever waits for Temporal says so once)."""
+    call while Temporal cannot be reached (whoever waits for Temporal says so once). Given `metrics_at` (HOST:PORT)
+    by the first call, it serves Prometheus metrics there: the SDK's and the service's own (`metrics`)."""
     global _runtime
-    if _runtime is None:
-        logging.getLogger("temporalio.core").addFilter(_not_a_retry)
-        logging_config = LoggingConfig(
-            filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-            forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    if _runtime is not None:
+        if metrics_at is not None:
+            raise RuntimeError("Temporal's runtime was made before its metrics were asked for")
+        return _runtime
+    logging.getLogger("temporalio.core").addFilter(_not_a_retry)
+    logging_config = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
+    prometheus = None
+    if metrics_at is not None:
+        prometheus = PrometheusConfig(
+            bind_address=metrics_at,
+            counters_total_suffix=True,
+            durations_as_seconds=True,
+            histogram_bucket_overrides={metrics.NOTIFICATION_SECONDS: metrics.NOTIFICATION_SECONDS_BUCKETS},
         )
-        _runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config))
+    try:
+        _runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config, metrics=prometheus))
+    except ValueError as error:  # "Failed starting Prometheus exporter: Address already in use (os error 98)"
+        raise OSError(
+            f"cannot serve metrics on {metrics_at}: {one_line(error).rpartition(': ')[2]} (set NOTIFY_METRICS_PORT)"
+        ) from error
     return _runtime
 
 

@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     intake_safety_poll_seconds: float = Field(30, gt=0)
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     templates_dir: Path = Path("templates")
 
     @model_validator(mode="after")

@@ -35,7 +35,7 @@ from activities.contract import channel_task_queue
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
 from activities.slack import SlackHandler
-from client import TemporalUnreachable, connect
+from client import TemporalUnreachable, connect, temporal_runtime
 from domain import Channel
 from intake import ClientOperationHandler
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
@@ -232,6 +232,10 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if settings.metrics_port is not None:
+        address = f"{settings.metrics_host}:{settings.metrics_port}"
+        temporal_runtime(address)
+        print(f"metrics at http://{address}/metrics", flush=True)
     async with contextlib.AsyncExitStack() as stack:
         if sinks:
             local = stack.enter_context(local_sinks(settings))

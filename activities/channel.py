@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+import metrics
 from activities.failures import Outage
 from domain import (
     Channel,
@@ -240,6 +241,7 @@ class ChannelHandler(ABC):
         The SDK logs a benign failure at debug level without a traceback: the one line here says it all."""
         reason = delivery.failure or "transient failure"
         await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, reason)
+        metrics.channel_sent(activity.metric_meter(), self.channel, "retried")
         self._outage.failed(_attempt_name(ref.instruction.operation), reason)
         raise ApplicationError(
             reason,
@@ -268,6 +270,7 @@ class ChannelHandler(ABC):
             tags=ref.instruction.tags,
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
         )
+        metrics.channel_sent(activity.metric_meter(), self.channel, "failed" if delivery.failure else "succeeded")
         return self._outcome(operation, event_type, delivery.failure, attempts)
 
     async def _complete(self, ref: ChannelOperationRef, outcome: ChannelOperationOutcomeInfo) -> None:

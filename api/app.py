@@ -28,6 +28,7 @@ from temporalio.exceptions import TemporalError
 from api import page
 from api.keys import ApiKeyIssued, ApiKeys
 from api.keys import Scope as KeyScope
+from api.telemetry import Measured, Telemetry
 from client import (
     IdempotencyKeyConflict,
     NotCancellable,
@@ -196,7 +197,10 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
     app.state.temporal = temporal
     app.state.client = NotificationClient(store, temporal, settings)
     app.state.keys = ApiKeys(store)
+    telemetry = Telemetry()
     app.add_middleware(BodyLimit)
+    app.add_middleware(Measured, telemetry=telemetry)
+    app.add_route("/metrics", telemetry.endpoint, include_in_schema=False)
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, error: Problem) -> JSONResponse:
@@ -273,6 +277,7 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
             notification_id = await client.request(operation, idempotency_key)
         except IdempotencyKeyConflict as error:
             raise Problem(409, str(error)) from error
+        telemetry.requested.inc()
         scheduled = operation.send_at is not None and operation.send_at > datetime.now(UTC)
         return Accepted(
             id=notification_id, status=NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING

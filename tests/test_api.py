@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import MAX_BODY_BYTES, create_app, serving
 from client import connect
@@ -240,3 +241,30 @@ async def test_readyz_is_503_without_temporal(store: StreamStore, settings: Sett
         assert ready.status_code == 503 and ready.headers["content-type"] == "application/problem+json"
         assert ready.json()["detail"].startswith(f"Temporal does not answer at {away.temporal_address}")
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_metrics_count_requests_by_route_and_the_notifications_requested(api: Api) -> None:
+    def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    before = samples((await api.call("GET", "/metrics", key=None)).text)
+    sent = await api.call("POST", "/v1/notifications", json={"entity": "user-1", "subject": "Counted", "body": "B"})
+    assert sent.status_code == 202
+    assert (await api.call("GET", f"/v1/notifications/{sent.json()['id']}")).status_code == 200
+    assert (await api.call("GET", "/v1/notifications/no-such-id")).status_code == 404
+    after = samples((await api.call("GET", "/metrics", key=None)).text)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert moved("notify_api_notifications_requested_total") == 1
+    assert moved("notify_api_requests_total", route="/v1/notifications", method="POST", status="202") == 1
+    by_id = {"route": "/v1/notifications/{notification_id}", "method": "GET"}
+    assert moved("notify_api_requests_total", **by_id, status="200") == 1
+    assert moved("notify_api_requests_total", **by_id, status="404") == 1  # ids do not each make a series
+    assert moved("notify_api_request_seconds_count", route="/v1/notifications") == 1

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
@@ -116,8 +117,10 @@ def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSi
         "NOTIFY_EMAIL_FROM": "alerts@notify.test",
         "NOTIFY_INTERNAL_TEAM_EMAIL": TEAM,
         "NOTIFY_SLACK_MESSAGES_PER_SECOND": "1",
+        "NOTIFY_METRICS_PORT": str(free_port()),
     }
     worker = start_worker(env, home, "--dev")
+    assert f"metrics at http://127.0.0.1:{env['NOTIFY_METRICS_PORT']}/metrics\n" in worker.lines
     try:
         yield Cli(env, home / "data")
     finally:
@@ -452,6 +455,41 @@ def test_unknown_ids_are_one_line_exit_1(directory: Cli) -> None:
         result = directory.run(*args)
         assert result.returncode == 1
         assert re.fullmatch(f"error: no notification with id '{STORE}-424242'", result.stderr.strip())
+
+
+def scraped(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on a Prometheus endpoint, by name and labels."""
+    text = httpx.get(url).raise_for_status().text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_the_worker_serves_the_sdks_metrics_and_the_services_own(directory: Cli) -> None:
+    url = f"http://127.0.0.1:{directory.env['NOTIFY_METRICS_PORT']}/metrics"
+    before = scraped(url)
+    assert directory.run("send", "--entity", "user-1", "--subject", "Counted", "--body", "B", "--wait").returncode == 0
+    assert directory.run("send", "--entity", "nobody", "--subject", "Counted", "--body", "B", "--wait").returncode == 1
+    after = scraped(url)
+
+    def moved(name: str, **labels: str) -> float:
+        """How much the samples of `name` with these labels (and any others: task queue, ...) grew, summed."""
+
+        def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+            return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+        return total(after) - total(before)
+
+    assert moved("notify_notifications_total", status="sent") == 1
+    assert moved("notify_notifications_total", status="failed") == 1
+    assert moved("notify_escalations_total") == 1
+    assert moved("notify_channel_sends_total", channel="email", result="succeeded") == 2  # Ada, and the team
+    assert moved("notify_channel_sends_total", channel="slack", result="succeeded") == 1
+    assert moved("notify_notification_seconds_count") == 2
+    assert moved("notify_notification_seconds_bucket", le="+Inf") == 2
+    assert any(name.startswith("temporal_") for name, _ in after)  # the SDK's own, on the same endpoint
 
 
 def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -> None:

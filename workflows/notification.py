@@ -21,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 from temporalio.workflow import ActivityCancellationType, ActivityHandle
 
 with workflow.unsafe.imports_passed_through():
+    import metrics
     from activities.contract import (
         GET_AUDIENCE,
         PREPARE_NOTIFICATION,
@@ -168,7 +169,7 @@ class NotificationSaga:
             # (the store may not take the record of it). What was delivered stays delivered: the status says so,
             # and a channel still pending or sending counts as not delivered.
             self._add_outcome(failures=[Failure(reason=bug.message)])
-            self._update(status=final_status(self._view.channels, self._cancel_requested), completed_at=workflow.now())
+            self._ended()
             return self._view
 
     async def _saga(self, request: NotificationRequest) -> NotificationView:
@@ -346,13 +347,19 @@ class NotificationSaga:
         refs = await self._record(PUT_CHANNEL_OPERATIONS, result.instructions)
         return await self._send_all(refs, audience, fallback=True)
 
+    def _ended(self) -> None:
+        """The view's final status and completion time, counted in the metrics (`metrics`; not again on replay)."""
+        self._update(status=final_status(self._view.channels, self._cancel_requested), completed_at=workflow.now())
+        took = (workflow.now() - self._view.requested_at).total_seconds()
+        metrics.notification_ended(workflow.metric_meter(), self._view.status, max(took, 0.0))
+
     async def _end(
         self,
         request: NotificationRequest,
         attempt: AttemptToSendNotificationResult | None = None,
         saga_record_id: int | None = None,
     ) -> NotificationView:
-        self._update(status=final_status(self._view.channels, self._cancel_requested), completed_at=workflow.now())
+        self._ended()
         snapshot = NotificationSnapshot(
             notification_id=request.notification_id,
             operation=request.operation,
@@ -392,6 +399,7 @@ class NotificationSaga:
         """Tell the internal team, on its channels, that the notification ended as the policy escalates. Whatever
         happens to that is recorded; it is never escalated itself."""
         view, status = self._view, self._view.status
+        metrics.escalated(workflow.metric_meter())
         subject, body = escalation(view)
         operation = SendNotificationToEntityOp(entity_id=team.id, subject=subject, body=body)
         channels = [c for c, p in team.channels.items() if p == ChannelPreference.SEND]
