@@ -56,6 +56,11 @@ CANNOT_PREPARE_ACTIONS = {
 }
 
 
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
 class SmtpSecurity(StrEnum):
     NONE = "none"
     STARTTLS = "starttls"
@@ -113,6 +118,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    log_format: LogFormat = LogFormat.TEXT
     metrics_port: int | None = Field(None, ge=1, le=65535)
     templates_dir: Path = Path("templates")
 

@@ -21,6 +21,7 @@ import typer
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+import logs
 from api.keys import Scope
 from domain import (
     ADMISSION,
@@ -521,10 +522,11 @@ def serve() -> None:
 
     async def command() -> None:
         settings = load_settings()
+        logs.configure(settings.log_format)
         async with settings.open_streams() as store:
             temporal = await connect(settings, lazy=True)
             async with serving(create_app(store, temporal, settings), settings.api_host, settings.api_port) as url:
-                print(f"API at {url} (docs at {url}/docs); Ctrl-C stops it", flush=True)
+                logs.say(f"API at {url} (docs at {url}/docs, the web page at {url}/); Ctrl-C stops it")
                 await _interrupted()
 
     run(command)

@@ -30,6 +30,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+import logs
 from activities.channels import CHANNEL_HANDLERS
 from activities.contract import channel_task_queue
 from activities.failures import FailuresClassified
@@ -38,6 +39,7 @@ from activities.slack import SlackHandler
 from client import TemporalUnreachable, connect, temporal_runtime
 from domain import Channel
 from intake import ClientOperationHandler
+from logs import say
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from sinks import local_sinks
 from streams import StoreUnavailable, StreamStore
@@ -179,10 +181,7 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
         )
     try:
         client = await _serving(server, settings, log)
-        print(
-            f"Temporal dev server on {settings.temporal_address} (its log in {log}); Web UI at http://{host}:{ui_port}",
-            flush=True,
-        )
+        say(f"Temporal dev server on {settings.temporal_address} (its log in {log}); Web UI at http://{host}:{ui_port}")
         yield client
     finally:
         if server.returncode is None:
@@ -235,12 +234,12 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
     if settings.metrics_port is not None:
         address = f"{settings.metrics_host}:{settings.metrics_port}"
         temporal_runtime(address)
-        print(f"metrics at http://{address}/metrics", flush=True)
+        say(f"metrics at http://{address}/metrics")
     async with contextlib.AsyncExitStack() as stack:
         if sinks:
             local = stack.enter_context(local_sinks(settings))
             settings = local.settings
-            print(local.describe(), flush=True)
+            say(local.describe())
         store = await _waiting_for("the streams", lambda: _opened(settings), stop)
         stack.push_async_callback(store.close)
         await store.check()
@@ -250,10 +249,9 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
             else await _waiting_for("Temporal", lambda: connect(settings), stop, TemporalUnreachable)
         )
         async with running_workers(client, store, settings):
-            print(
+            say(
                 f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "
-                f"(namespace {settings.temporal_namespace!r}); streams at {_without_password(settings.streams_location)}",
-                flush=True,
+                f"(namespace {settings.temporal_namespace!r}); streams at {_without_password(settings.streams_location)}"
             )
             watch = asyncio.create_task(_watch(store, stop))
             await stop.wait()
@@ -286,7 +284,7 @@ async def _waiting_for(
             found = await ready()
         except unavailable as error:
             if not waiting:
-                print(f"waiting for {what}: {one_line(error)}", flush=True)
+                say(f"waiting for {what}: {one_line(error)}")
                 waiting = True
             try:
                 await asyncio.wait_for(stop.wait(), SERVICE_WAIT)
@@ -294,7 +292,7 @@ async def _waiting_for(
                 continue
             raise Stopped(what) from error
         if waiting:
-            print(f"{what} can be used: going on", flush=True)
+            say(f"{what} can be used: going on")
         return found
 
 
@@ -319,13 +317,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     faulthandler.enable()  # a fatal signal (SIGBUS from a store file pulled away, say) is logged with its stack
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the local sinks: a line per connection, per request
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a line per connection lost: the outage is one line
     code = 0
     try:
-        asyncio.run(run(load_settings(), args.dev, args.sinks))
+        settings = load_settings()
+        logs.configure(settings.log_format)
+        asyncio.run(run(settings, args.dev, args.sinks))
     except Stopped:
         pass  # told to stop before what it waited for came
     except ConfigurationError as error:

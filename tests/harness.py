@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -120,6 +121,16 @@ def start_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:
     return launch_worker(env, cwd, *args).until_polling()
 
 
+def said(line: str) -> str:
+    """What an output line says: the line, or its message when it is a JSON log line (`NOTIFY_LOG_FORMAT=json`)."""
+    if line.startswith("{"):
+        try:
+            return str(json.loads(line)["message"]) + "\n"
+        except (ValueError, KeyError):
+            pass
+    return line
+
+
 class WorkerProcess:
     """A worker process whose output (standard error folded in) a thread reads as it comes, so that the worker never
     blocks on a full pipe, and the test can read what it said at any time."""
@@ -138,7 +149,7 @@ class WorkerProcess:
             with self._said:
                 self.lines.append(line)
                 self._said.notify_all()
-            if line.startswith("worker polling"):
+            if said(line).startswith("worker polling"):
                 self._polling.set()
         self._polling.set()  # it ended: nothing more will come
         with self._said:
@@ -147,7 +158,7 @@ class WorkerProcess:
     def until_polling(self, timeout: float = 120) -> WorkerProcess:
         """This worker, once it says it polls (its output is the event: no sleeping)."""
         self._polling.wait(timeout)
-        if not any(line.startswith("worker polling") for line in self.lines):
+        if not any(said(line).startswith("worker polling") for line in self.lines):
             pytest.fail(f"worker.py did not poll (exit code {self.process.poll()}): {self.output}")
         return self
 
@@ -155,12 +166,13 @@ class WorkerProcess:
         """The first line it says that begins with `start`, once it has said it."""
         with self._said:
             found = self._said.wait_for(
-                lambda: any(line.startswith(start) for line in self.lines) or self.process.poll() is not None, timeout
+                lambda: any(said(line).startswith(start) for line in self.lines) or self.process.poll() is not None,
+                timeout,
             )
-            said = next((line for line in self.lines if line.startswith(start)), None)
-        if not found or said is None:
+            first = next((said(line) for line in self.lines if said(line).startswith(start)), None)
+        if not found or first is None:
             pytest.fail(f"worker.py did not say {start!r} (exit code {self.process.poll()}): {self.output}")
-        return said
+        return first
 
     @property
     def output(self) -> str:

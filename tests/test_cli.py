@@ -492,6 +492,35 @@ def test_the_worker_serves_the_sdks_metrics_and_the_services_own(directory: Cli)
     assert any(name.startswith("temporal_") for name, _ in after)  # the SDK's own, on the same endpoint
 
 
+def test_json_logs_are_one_object_per_line_with_the_notification_id_and_no_secret(tmp_path: Path) -> None:
+    secret = "xoxb-not-the-right-token"
+    with MailSink() as mail, SlackSink(tokens={TOKEN}) as slack:
+        env = {
+            **unconfigured_environment(),
+            "NOTIFY_LOG_FORMAT": "json",
+            "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+            "NOTIFY_DATA_DIR": str(tmp_path / "data"),
+            "NOTIFY_SMTP_HOST": mail.host,
+            "NOTIFY_SMTP_PORT": str(mail.port),
+            "NOTIFY_SLACK_API_URL": slack.api_url,
+            "NOTIFY_SLACK_TOKENS": json.dumps({"acme": secret}),  # Slack refuses it: the send fails for good
+        }
+        worker = start_worker(env, tmp_path, "--dev")
+        cli = Cli(env, tmp_path / "data")
+        (tmp_path / "directory.json").write_text(json.dumps(DIRECTORY[:1]))
+        assert cli.run("directory", "import", str(tmp_path / "directory.json")).returncode == 0
+        result = cli.run("send", "--entity", "user-1", "--subject", "Logged", "--body", "B", "--wait", "--json")
+        said = worker.stop()
+    view = json.loads(result.stdout)
+    assert view["status"] == "partially_sent", view
+    lines = [json.loads(line) for line in said.splitlines()]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    failed = [line for line in lines if line["level"] == "WARNING" and "failed for good" in line["message"]]
+    assert failed and all(line.get("notification_id") == view["id"] for line in failed), failed
+    assert any(line["message"].startswith("worker polling") for line in lines)
+    assert secret not in said
+
+
 def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -> None:
     """As a new user would: the main job, then `curl`'s requests with the key it prints, then Ctrl-C."""
     env = {
