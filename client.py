@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.enums.v1 import IndexedValueType, PendingActivityState
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -58,6 +59,7 @@ from settings import ConfigurationError, Settings, one_line
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
 from streams.directory import lookup
 from templating import TemplateError, Templates
+from workflows import search
 from workflows.notification import NotificationSaga
 
 QUERY_TIMEOUT = timedelta(seconds=5)
@@ -168,6 +170,28 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
         if is_connect_failure(error):
             raise temporal_unreachable(settings.temporal_address, error) from error
         raise ConnectionError(f"cannot use Temporal at {settings.temporal_address}: {one_line(error)}") from error
+
+
+async def missing_search_attributes(temporal: Client, namespace: str) -> list[str]:
+    """The saga's search attributes (`workflows.search`) the namespace has not registered."""
+    listed = await temporal.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    known = {*listed.custom_attributes, *listed.system_attributes}
+    return [key.name for key in search.KEYS if key.name not in known]
+
+
+async def register_search_attributes(temporal: Client, namespace: str, names: Iterable[str]) -> None:
+    """Register these of the saga's search attributes in the namespace (Temporal's operator API)."""
+    wanted = set(names)
+    await temporal.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=namespace,
+            search_attributes={
+                key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
+                for key in search.KEYS
+                if key.name in wanted
+            },
+        )
+    )
 
 
 async def start_saga(temporal: Client, store: StreamStore, settings: Settings, request: NotificationRequest) -> None:

@@ -48,6 +48,8 @@ streams_app = typer.Typer(no_args_is_help=True, help="The streams themselves: re
 app.add_typer(streams_app, name="streams")
 apikey_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP API (`serve`).")
 app.add_typer(apikey_app, name="apikey")
+temporal_app = typer.Typer(no_args_is_help=True, help="The Temporal namespace the sagas run in.")
+app.add_typer(temporal_app, name="temporal")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 NOT_DELIVERED = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT, NotificationStatus.CANCELLED}
@@ -674,6 +676,40 @@ def demo(
                         print(try_the_api(url, key, notification_id), flush=True)
                         await _interrupted()
         return 0 if view.status == NotificationStatus.SENT else 1
+
+    run(command)
+
+
+@temporal_app.command("setup")
+def temporal_setup() -> None:
+    """Register the saga's search attributes (NotifyEntity, NotifyStatus, NotifyChannels) in the namespace, once per
+    namespace of a cluster (`worker.py --dev` registers them on the dev server it starts); what is there is kept."""
+    from temporalio.service import RPCError
+
+    from client import connect, missing_search_attributes, register_search_attributes
+    from workflows import search
+
+    async def command() -> int:
+        settings = load_settings()
+        temporal = await connect(settings)
+        namespace = settings.temporal_namespace
+        try:
+            missing = await missing_search_attributes(temporal, namespace)
+            if missing:
+                await register_search_attributes(temporal, namespace, missing)
+        except RPCError as error:
+            raise CliError(
+                f"Temporal refused to register search attributes in namespace {namespace!r} ({error.message}): on "
+                "Temporal Cloud add NotifyEntity (Keyword), NotifyStatus (Keyword) and NotifyChannels (KeywordList) "
+                "with tcld or the Cloud UI"
+            ) from error
+        if missing:
+            print(f"registered the search attributes {', '.join(missing)} in namespace {namespace!r}")
+        else:
+            print(
+                f"the search attributes {', '.join(k.name for k in search.KEYS)} are in namespace {namespace!r} already"
+            )
+        return 0
 
     run(command)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -36,13 +37,14 @@ from activities.contract import channel_task_queue
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
 from activities.slack import SlackHandler
-from client import TemporalUnreachable, connect, temporal_runtime
+from client import TemporalUnreachable, connect, missing_search_attributes, temporal_runtime
 from domain import Channel
 from intake import ClientOperationHandler
 from logs import say
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from sinks import local_sinks
 from streams import StoreUnavailable, StreamStore
+from workflows import search
 from workflows.notification import NotificationSaga
 
 SHUTDOWN_GRACE = timedelta(seconds=10)
@@ -172,7 +174,7 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
             str(temporal_binary("temporal")),
             *("server", "start-dev", "--ip", host, "--port", port, "--ui-port", str(ui_port)),
             *("--namespace", settings.temporal_namespace, "--db-filename", str(settings.data_dir / "temporal.db")),
-            *("--log-level", "warn", *ONE_PARTITION),
+            *("--log-level", "warn", *ONE_PARTITION, *search.DEV_SERVER_ARGS),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=output,
             stderr=output,
@@ -248,6 +250,8 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
             if dev
             else await _waiting_for("Temporal", lambda: connect(settings), stop, TemporalUnreachable)
         )
+        if not dev:
+            await _check_search_attributes(client, settings.temporal_namespace)
         async with running_workers(client, store, settings):
             say(
                 f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "
@@ -261,6 +265,25 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
 
 
 T = TypeVar("T")
+
+
+async def _check_search_attributes(client: Client, namespace: str) -> None:
+    """Refuse to run sagas that could not set their search attributes (each would stop at its first step); go on,
+    with a warning, where Temporal does not let the worker look (a role without the operator API's read)."""
+    try:
+        missing = await missing_search_attributes(client, namespace)
+    except RPCError as error:
+        logging.getLogger("notify.worker").warning(
+            "could not check the search attributes of namespace %r (%s): `starter.py temporal setup` registers them",
+            namespace,
+            error.message,
+        )
+        return
+    if missing:
+        raise ConfigurationError(
+            f"Temporal's namespace {namespace!r} lacks the search attributes {', '.join(missing)}: run "
+            "`python starter.py temporal setup` once for the namespace"
+        )
 
 
 async def _opened(settings: Settings) -> StreamStore:

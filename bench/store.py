@@ -40,6 +40,7 @@ from streams import Record, StreamStore, open_store
 from streams.directory import import_entries
 from streams.store import NewRecord
 from worker import running_workers, temporal_binary
+from workflows import search
 
 BATCH = 1000
 """Notifications put at a time."""
@@ -51,7 +52,9 @@ SAMPLE_ENTITY = ENTITIES[0]
 async def sample(folder: Path) -> list[Record]:
     """Every record of one notification, as a real saga writes them."""
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter, dev_server_existing_path=str(temporal_binary("temporal"))
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(temporal_binary("temporal")),
+        search_attributes=search.KEYS,
     )
     try:
         with MailSink() as mail, SlackSink() as slack:

@@ -42,6 +42,7 @@ from sinks.mail import free_port
 from streams.directory import import_entries
 from tests.harness import ROOT, WorkerProcess, unconfigured_environment
 from worker import ONE_PARTITION, temporal_binary
+from workflows import search
 
 ENTITIES = [
     DirectoryEntry.model_validate(
@@ -130,7 +131,7 @@ class Bench:
         self.saga_count = 0
         self.server = self.spawn(
             [str(temporal_binary("temporal")), "server", "start-dev", "--headless", "--ip", "127.0.0.1"]
-            + ["--port", str(self.port), "--log-level", "error", *ONE_PARTITION]
+            + ["--port", str(self.port), "--log-level", "error", *ONE_PARTITION, *search.DEV_SERVER_ARGS]
         )
         self.mail_port, self.slack_port = free_port(), free_port()
         self.sinks = WorkerProcess(

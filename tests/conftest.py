@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app, serving
 from api.keys import ApiKeys, Scope
-from client import temporal_runtime
+from client import register_search_attributes, temporal_runtime
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
@@ -25,6 +25,7 @@ from streams import StreamStore
 from tests.databases import DATABASES, Databases, role_urls
 from tests.harness import ROOT, Api, entity, notifying
 from worker import temporal_binary
+from workflows import search
 
 SLACK_TOKEN = "xoxb-acme-test-token"
 
@@ -87,6 +88,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=str(temporal_binary("temporal")),
         dev_server_startup_timeout=timedelta(seconds=60),
         runtime=temporal_runtime(),
+        search_attributes=search.KEYS,
     )
     try:
         yield env
@@ -102,6 +104,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         test_server_existing_path=str(temporal_binary("temporal-test-server")),
         runtime=temporal_runtime(),
     )
+    await register_search_attributes(env.client, env.client.namespace, [k.name for k in search.KEYS])
     try:
         yield env
     finally:

@@ -25,6 +25,7 @@ from settings import Settings
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from worker import running_workers, temporal_binary
+from workflows import search
 
 ADA = {
     "id": "user-1",
@@ -108,7 +109,7 @@ def temporal_server(port: int, database: Path) -> subprocess.Popen[bytes]:
     """A Temporal dev server on `port`, keeping its workflows in `database` (so that it can be restarted on them)."""
     return subprocess.Popen(
         [str(temporal_binary("temporal")), "server", "start-dev", "--headless", "--ip", "127.0.0.1"]
-        + ["--port", str(port), "--db-filename", str(database), "--log-level", "error"],
+        + ["--port", str(port), "--db-filename", str(database), "--log-level", "error", *search.DEV_SERVER_ARGS],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

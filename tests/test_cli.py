@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from tests.databases import role_urls
-from tests.harness import ROOT, start_worker, unconfigured_environment
+from tests.harness import ROOT, launch_worker, start_worker, unconfigured_environment
+from worker import temporal_binary
 
 TOKEN = "xoxb-acme-cli-token"
 DIRECTORY = [
@@ -519,6 +520,66 @@ def test_json_logs_are_one_object_per_line_with_the_notification_id_and_no_secre
     assert failed and all(line.get("notification_id") == view["id"] for line in failed), failed
     assert any(line["message"].startswith("worker polling") for line in lines)
     assert secret not in said
+
+
+def test_sagas_are_found_by_entity_once_temporal_setup_registered_the_search_attributes(tmp_path: Path) -> None:
+    """On a cluster (here a dev server started without them) a worker refuses a namespace that lacks the search
+    attributes; `temporal setup` registers them; then `temporal workflow list --query` finds a saga by entity."""
+    port = free_port()
+    temporal = str(temporal_binary("temporal"))
+    server = subprocess.Popen(
+        [temporal, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with MailSink() as mail, SlackSink(tokens={TOKEN}) as slack:
+            env = {
+                **unconfigured_environment(),
+                "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+                "NOTIFY_DATA_DIR": str(tmp_path / "data"),
+                "NOTIFY_SMTP_HOST": mail.host,
+                "NOTIFY_SMTP_PORT": str(mail.port),
+                "NOTIFY_SLACK_API_URL": slack.api_url,
+                "NOTIFY_SLACK_TOKENS": json.dumps({"acme": TOKEN}),
+            }
+            refused = launch_worker(env, tmp_path).ended(120)
+            assert refused.splitlines()[-1] == (
+                "error: Temporal's namespace 'default' lacks the search attributes NotifyEntity, NotifyStatus, "
+                "NotifyChannels: run `python starter.py temporal setup` once for the namespace"
+            ), refused
+            cli = Cli(env, tmp_path / "data")
+            setup = cli.run("temporal", "setup")
+            assert setup.stdout == (
+                "registered the search attributes NotifyEntity, NotifyStatus, NotifyChannels in namespace 'default'\n"
+            ), setup.stderr
+            again = cli.run("temporal", "setup")
+            assert again.stdout.endswith("are in namespace 'default' already\n"), again.stderr
+            worker = start_worker(env, tmp_path)
+            try:
+                (tmp_path / "directory.json").write_text(json.dumps(DIRECTORY))
+                assert cli.run("directory", "import", str(tmp_path / "directory.json")).returncode == 0
+                sent = cli.json("send", "--entity", "user-1", "--subject", "Found", "--body", "B", "--wait")
+                cli.json("send", "--entity", "user-2", "--subject", "Not this one", "--body", "B", "--wait")
+                query = "NotifyEntity='user-1' AND NotifyStatus='sent' AND NotifyChannels='slack'"
+                deadline = time.monotonic() + 30  # Temporal's visibility store catches up with the saga shortly
+                while True:
+                    found = subprocess.run(
+                        [temporal, "workflow", "list", "--address", f"127.0.0.1:{port}", "--output", "json"]
+                        + ["--query", query],
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                    )
+                    if found.returncode != 0 or found.stdout.strip() not in ("", "[]") or time.monotonic() > deadline:
+                        break
+            finally:
+                worker.stop()
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert found.returncode == 0, found.stderr
+    assert [w["execution"]["workflowId"] for w in json.loads(found.stdout)] == [sent["id"]]
 
 
 def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -> None:

@@ -19,13 +19,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from client import NotificationClient
+from client import NotificationClient, register_search_attributes
 from domain import DirectoryEntry, NotificationRequest, NotificationView, SendNotificationToEntityOp
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams.directory import import_entries
 from worker import running_workers, temporal_binary
+from workflows import search
 from workflows.notification import NotificationSaga
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -137,6 +138,7 @@ async def _record_to_files() -> None:
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(temporal_binary("temporal-test-server")),
     )
+    await register_search_attributes(env.client, env.client.namespace, [k.name for k in search.KEYS])
     try:
         with tempfile.TemporaryDirectory() as folder:
             histories = await record(env, Path(folder))

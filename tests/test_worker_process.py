@@ -21,6 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from sinks.mail import free_port
 from tests.harness import ROOT, launch_worker, start_worker, unconfigured_environment
 from worker import temporal_binary
+from workflows import search
 
 
 def environment(**settings: str) -> dict[str, str]:
@@ -150,6 +151,7 @@ async def test_a_worker_started_before_temporal_waits_for_it(tmp_path: Path) -> 
             port=port,
             dev_server_existing_path=str(temporal_binary("temporal")),
             dev_server_startup_timeout=timedelta(seconds=60),
+            search_attributes=search.KEYS,
         )
         try:
             await asyncio.to_thread(worker.until_polling)

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError, RetryState
 from temporalio.workflow import ActivityCancellationType, ActivityHandle
 
@@ -74,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         SendNotificationToEntityOp,
         prepare_stage,
     )
+    from workflows import search
     from workflows.view import (
         ChannelChange,
         changed_channels,
@@ -109,6 +110,8 @@ FEWER_STEPS = "fewer-steps"
 prepared, the stage recorded, the saga and its operations put, Slack's turns taken) where sagas before it took up to
 six, and that ends in one (`RECORD_ENDED`) where nobody is to be told. A scheduled saga still records its request
 when it is requested."""
+SEARCH_ATTRIBUTES = "search-attributes"
+"""The patch that keeps the saga's search attributes (`workflows.search`) current: its entity, status and channels."""
 CANCELLED = "cancelled before it was delivered"
 
 
@@ -137,6 +140,9 @@ class NotificationSaga:
         self._fewer_steps = False
         self._turn_waits: dict[int, float] = {}
         """Seconds each channel operation (by id) waits for its turn, as taken while preparing."""
+        self._searchable = False
+        self._searched_as: tuple[str, list[str]] | None = None
+        """The status and channels the search attributes hold."""
 
     @workflow.query(name="status")
     def status(self) -> NotificationView:
@@ -159,6 +165,8 @@ class NotificationSaga:
 
     @workflow.run
     async def run(self, request: NotificationRequest) -> NotificationView:
+        self._searchable = workflow.patched(SEARCH_ATTRIBUTES)
+        self._set_view(self._view)
         try:
             return await self._saga(request)
         except (ActivityError, ApplicationError) as error:  # a local activity's failure may come unwrapped
@@ -193,7 +201,7 @@ class NotificationSaga:
             )
             self._policies, stage, saga = prepared.policies, prepared.stage, prepared.saga
             self._turn_waits = prepared.turn_waits
-            self._view = with_prepare_stage(self._view, stage)
+            self._set_view(with_prepare_stage(self._view, stage))
         else:
             assert self._policies is not None
             stage = await prepare_stage(
@@ -207,7 +215,7 @@ class NotificationSaga:
                 ),
                 lambda audience, channel: self._prepare_channel(nid, operation, audience, channel),
             )
-            self._view = with_prepare_stage(self._view, stage)
+            self._set_view(with_prepare_stage(self._view, stage))
             if self._cancel_requested:
                 return await self._end(request)
             saga = await self._record(RECORD_PREPARED, PrepareStageEnded(operation=operation, event=stage))
@@ -435,7 +443,7 @@ class NotificationSaga:
     # -- the view ------------------------------------------------------------------------------------------------
 
     def _update(self, **fields: Any) -> None:
-        self._view = self._view.model_copy(update=fields)
+        self._set_view(self._view.model_copy(update=fields))
 
     def _set_channels(
         self,
@@ -446,7 +454,22 @@ class NotificationSaga:
         self._update(channels=changed_channels(self._view.channels, changes, audience, fallback))
 
     def _add_outcome(self, failures: Sequence[Failure] = (), **stages: Any) -> None:
-        self._view = with_outcome(self._view, failures, **stages)
+        self._set_view(with_outcome(self._view, failures, **stages))
+
+    def _set_view(self, view: NotificationView) -> None:
+        """The view from now on; the search attributes follow its status and channels."""
+        self._view = view
+        searched_as = (view.status.value, sorted(c.value for c in view.channels))
+        if not self._searchable or searched_as == self._searched_as:
+            return
+        updates: list[SearchAttributeUpdate[Any]] = [
+            search.STATUS.value_set(searched_as[0]),
+            search.CHANNELS.value_set(searched_as[1]),
+        ]
+        if self._searched_as is None:
+            updates.append(search.ENTITY.value_set(view.entity_id))
+        workflow.upsert_search_attributes(updates)
+        self._searched_as = searched_as
 
     # -- running the handlers' steps ---------------------------------------------------------------------------
 
