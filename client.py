@@ -19,7 +19,6 @@ from temporalio.api.enums.v1 import IndexedValueType, PendingActivityState
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.runtime import (
     LogForwardingConfig,
@@ -31,6 +30,7 @@ from temporalio.runtime import (
 )
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
+import codec
 import metrics
 from activities.contract import SEND, SEND_NOTIFICATION_CONCERN
 from domain import (
@@ -160,7 +160,7 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
-            data_converter=pydantic_data_converter,
+            data_converter=codec.data_converter(settings.payload_key_list),
             tls=tls_config(settings),
             api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
             lazy=lazy,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import sys
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -54,6 +57,35 @@ CANNOT_PREPARE_ACTIONS = {
     CannotPrepareAction.CONTINUE: CannotPrepareToSendOnChannelAction.CONTINUE_AND_ATTEMPT_PREPARING_TO_SEND_ON_NEXT_CHANNEL,
     CannotPrepareAction.STOP: CannotPrepareToSendOnChannelAction.STOP_AND_DO_NOT_SEND_ON_ANY_CHANNEL,
 }
+
+
+@dataclass(frozen=True)
+class PayloadKey:
+    """An AES-256 key for Temporal's payloads (`codec`), and the id its payloads name."""
+
+    id: str
+    key: bytes = field(repr=False)
+
+
+def payload_keys(text: str) -> list[PayloadKey]:
+    """`KEYID:BASE64KEY`, comma-separated: each key 32 bytes (base64 of them), each id unique."""
+    keys: list[PayloadKey] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key_id, colon, encoded = item.partition(":")
+        if not colon or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", key_id):
+            raise ValueError("each key is KEYID:BASE64KEY, its id of letters, digits, '.', '_' or '-'")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise ValueError(f"key {key_id!r} is not base64") from None
+        if len(key) != 32:
+            raise ValueError(f"key {key_id!r} is {len(key)} bytes; AES-256 takes 32 (openssl rand -base64 32)")
+        if any(k.id == key_id for k in keys):
+            raise ValueError(f"key id {key_id!r} is given twice")
+        keys.append(PayloadKey(key_id, key))
+    if not keys:
+        raise ValueError("no key: KEYID:BASE64KEY, comma-separated")
+    return keys
 
 
 class LogFormat(StrEnum):
@@ -119,6 +151,8 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
     log_format: LogFormat = LogFormat.TEXT
+    payload_keys: SecretStr | None = None
+    codec_cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:8233", "http://127.0.0.1:8233"]
     metrics_port: int | None = Field(None, ge=1, le=65535)
     templates_dir: Path = Path("templates")
 
@@ -153,7 +187,19 @@ class Settings(BaseSettings):
     def _slack_address_admitted(cls, value: SlackAddress | None) -> SlackAddress | None:
         return None if value is None else admitted(SlackAddress, value)
 
-    @field_validator("escalate_on", mode="before")
+    @field_validator("payload_keys")
+    @classmethod
+    def _keys_that_can_be_used(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            payload_keys(value.get_secret_value())
+        return value
+
+    @property
+    def payload_key_list(self) -> list[PayloadKey]:
+        """`NOTIFY_PAYLOAD_KEYS`, the first to encrypt with; none when it is unset."""
+        return [] if self.payload_keys is None else payload_keys(self.payload_keys.get_secret_value())
+
+    @field_validator("escalate_on", "codec_cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value

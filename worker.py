@@ -175,6 +175,11 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
             *("server", "start-dev", "--ip", host, "--port", port, "--ui-port", str(ui_port)),
             *("--namespace", settings.temporal_namespace, "--db-filename", str(settings.data_dir / "temporal.db")),
             *("--log-level", "warn", *ONE_PARTITION, *search.DEV_SERVER_ARGS),
+            *(
+                ("--ui-codec-endpoint", f"http://{settings.api_host}:{settings.api_port}/codec")
+                if settings.payload_keys
+                else ()
+            ),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=output,
             stderr=output,

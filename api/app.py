@@ -26,8 +26,10 @@ from temporalio.client import Client
 from temporalio.exceptions import TemporalError
 
 from api import page
+from api.codec_server import CodecServer
 from api.keys import ApiKeyIssued, ApiKeys
 from api.keys import Scope as KeyScope
+from api.problems import Problem, problem
 from api.telemetry import Measured, Telemetry
 from client import (
     IdempotencyKeyConflict,
@@ -84,39 +86,6 @@ class Page(BaseModel):
     """Each notification's view, newest first."""
     next_cursor: str | None
     """Pass as `cursor` for the next page; null on the last."""
-
-
-class Problem(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-TITLES = {
-    400: "Bad request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    409: "Conflict",
-    413: "Content too large",
-    422: "Unprocessable content",
-    503: "Service unavailable",
-}
-
-
-def problem(status: int, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status, "detail": one_line_of(detail)},
-        status_code=status,
-        media_type="application/problem+json",
-        headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
-    )
-
-
-def one_line_of(text: str) -> str:
-    return " ".join(text.split())
 
 
 class BodyLimit:
@@ -201,6 +170,10 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
     app.add_middleware(BodyLimit)
     app.add_middleware(Measured, telemetry=telemetry)
     app.add_route("/metrics", telemetry.endpoint, include_in_schema=False)
+    codec = CodecServer(settings)
+    for operation in ("decode", "encode"):
+        app.add_route(f"/codec/{operation}", getattr(codec, operation), methods=["POST"], include_in_schema=False)
+        app.add_route(f"/codec/{operation}", codec.preflight, methods=["OPTIONS"], include_in_schema=False)
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, error: Problem) -> JSONResponse:

@@ -665,6 +665,12 @@ def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -
             "NOTIFY_SMTP_SECURITY: Input should be 'none', 'starttls' or 'tls'",
         ),
         ("starter.py", "NOTIFY_SLACK_TOKENS", "{acme", "NOTIFY_SLACK_TOKENS: malformed JSON"),
+        (
+            "worker.py",
+            "NOTIFY_PAYLOAD_KEYS",
+            "k1:c2hvcnQ=",
+            "NOTIFY_PAYLOAD_KEYS: key 'k1' is 5 bytes; AES-256 takes 32 (openssl rand -base64 32)",
+        ),
     ],
 )
 def test_bad_configuration_is_one_line_exit_2(

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from tests.conftest import SLACK_TOKEN
 from tests.harness import Api
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -75,6 +76,7 @@ async def test_a_notification_is_found_searched_for_and_its_timeline_shown(
     await expect(timeline).to_have_count(len(events))
     await expect(timeline.first).to_contain_text("client-operation")
     await expect(page.locator("table.timeline")).to_contain_text("SucceededInSendingEmailEvent")
+    assert SLACK_TOKEN not in await page.content()
     shot = tmp_path / "notification.png"
     await page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes().startswith(b"\x89PNG")
