@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -137,6 +137,58 @@ def channel_line(c: dict[str, Any]) -> str:
     return line
 
 
+PROGRESS_SECONDS = 0.5
+"""How often `send --wait` and `status --watch` look at a notification under way."""
+STAGES = ("attempt", "prepare", "get_delivery_channel_configs", "get_audience")
+"""The saga's stages, the last first: a view's stage is the last it reached."""
+
+
+def progress_lines(view: dict[str, Any]) -> list[str]:
+    """A notification's progress as lines: its status and stage, then each channel (the internal team's too)."""
+    outcome = view.get("outcome") or {}
+    stage = next((f"{name.replace('_', ' ')}: {outcome[name]}" for name in STAGES if outcome.get(name)), "-")
+    lines = [f"{view['status']}, stage {stage}"]
+    lines += [f"{ch:<6} {c.get('address') or '-':<32} {channel_line(c)}" for ch, c in view.get("channels", {}).items()]
+    escalation = view.get("escalation") or {}
+    lines += [f"internal team {ch} {channel_line(c)}" for ch, c in escalation.get("channels", {}).items()]
+    return lines
+
+
+async def followed(client: NotificationClient, notification_id: str) -> dict[str, Any]:
+    """Wait for the notification's outcome and return its view, showing its progress meanwhile: on a terminal, a
+    live panel (rich) that updates in place; otherwise a plain line on standard error for each change, so that
+    standard output keeps only the id and the outcome."""
+    ended = asyncio.create_task(client.result(notification_id))
+    shown: set[str] = set()
+
+    async def changes() -> AsyncIterator[dict[str, Any]]:
+        while True:
+            done, _ = await asyncio.wait([ended], timeout=PROGRESS_SECONDS)
+            yield await client.status(notification_id)
+            if done:
+                ended.result()
+                return
+
+    if not sys.stdout.isatty():
+        async for view in changes():
+            for line in progress_lines(view):
+                if line not in shown:
+                    shown.add(line)
+                    print(f"{notification_id}: {line}", file=sys.stderr, flush=True)
+        return view
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    def panel(view: dict[str, Any]) -> Text:
+        return Text("\n".join([f"notification {notification_id}", *(f"  {line}" for line in progress_lines(view))]))
+
+    with Live(Text(f"notification {notification_id}: waiting"), console=Console(), transient=True) as live:
+        async for view in changes():
+            live.update(panel(view))
+    return view
+
+
 def text_argument(value: str | None) -> str | None:
     """A value given inline, or `@PATH` to read it from a file (`@-` for standard input)."""
     if value is None or not value.startswith("@"):
@@ -254,12 +306,12 @@ def send(
                 return 0
             if as_json:  # standard output keeps one JSON document
                 print(f"notification {notification_id} requested; waiting for its outcome", file=sys.stderr)
+                shown = (await client.result(notification_id)).model_dump(mode="json")
             else:
                 print(notification_id, flush=True)
-            view = await client.result(notification_id)
-        shown = view.model_dump(mode="json")
+                shown = await followed(client, notification_id)
         print_json(shown) if as_json else print_view(shown)
-        return 1 if view.status in NOT_DELIVERED else 0
+        return 1 if shown["status"] in NOT_DELIVERED else 0
 
     run(command)
 
@@ -268,6 +320,9 @@ def send(
 def status(
     notification_id: Annotated[str, typer.Argument(metavar="ID")],
     wait: Annotated[bool, typer.Option(help=f"Wait for the outcome; {WAIT_EXIT}")] = False,
+    watch: Annotated[
+        bool, typer.Option(help="Wait for the outcome showing its progress (stage, each channel); as --wait.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """The notification's status: live while its saga runs, the recorded view after."""
@@ -277,11 +332,13 @@ def status(
         async with settings.open_streams() as store:
             client = await _client(settings, store)
             view = await client.status(notification_id)
-            if wait:
+            if watch and not as_json:
+                view = await followed(client, notification_id)
+            elif wait or watch:
                 await client.result(notification_id)
                 view = await client.status(notification_id)
         print_json(view) if as_json else print_view(view)
-        return 1 if wait and view["status"] in NOT_DELIVERED else 0
+        return 1 if (wait or watch) and view["status"] in NOT_DELIVERED else 0
 
     run(command)
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import signal
 import sqlite3
@@ -255,6 +257,40 @@ def test_send_wait_prints_the_id_at_once_then_the_outcome(directory: Cli) -> Non
     assert sent.returncode == 0, sent.stderr
     nid, heading, *_ = sent.stdout.splitlines()
     assert re.fullmatch(ISSUED_ID, nid) and heading == f"notification {nid}: sent"
+    # its progress, a plain line per change, went to standard error (standard output is not a terminal here)
+    progress = sent.stderr.splitlines()
+    assert all(line.startswith(f"{nid}: ") for line in progress), progress
+    assert f"{nid}: sent, stage attempt: SentOnAllPreparedChannels" in progress
+    assert any(re.fullmatch(rf"{nid}: email +bob@example.com +succeeded \(operation \d+\)", line) for line in progress)
+
+
+def test_status_watch_on_a_terminal_shows_live_progress_then_the_outcome(directory: Cli) -> None:
+    nid = directory.run("send", "--entity", "user-1", "--subject", "Watched", "--body", "B").stdout.strip()
+    parent, child = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, str(ROOT / "starter.py"), "status", nid, "--watch"],
+        env={**directory.env, "COLUMNS": "120", "TERM": "xterm"},
+        cwd=directory.data_dir.parent,
+        stdout=child,
+        stderr=subprocess.PIPE,
+    ) as watching:
+        os.close(child)
+        said = b""
+        while chunk := _read(parent):
+            said += chunk
+        assert watching.wait(60) == 0, watching.stderr
+    os.close(parent)
+    text = said.decode()
+    assert "\x1b[" in text  # drawn and redrawn in place (rich's live display), not a line per change
+    assert f"notification {nid}: sent" in text and "succeeded" in text
+
+
+def _read(fd: int) -> bytes:
+    """What the terminal's other end got, until the process closed it."""
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the writer is gone
+        return b""
 
 
 def test_a_time_that_has_passed_sends_now_and_says_so(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
