@@ -694,13 +694,14 @@ def demo(
     from api.keys import ApiKeys
     from client import NotificationClient
     from sinks import local_sinks
-    from worker import dev_server, running_workers
+    from worker import dev_server, running_workers, serve_metrics
 
     async def command() -> int:
         entries = read_directory(SAMPLE_DIRECTORY)
         with local_sinks(load_settings()) as local:
             settings = local.settings
             print(local.describe())
+            serve_metrics(settings)
             async with (
                 dev_server(settings) as temporal,
                 settings.open_streams() as store,

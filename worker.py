@@ -238,10 +238,7 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if settings.metrics_port is not None:
-        address = f"{settings.metrics_host}:{settings.metrics_port}"
-        temporal_runtime(address)
-        say(f"metrics at http://{address}/metrics")
+    serve_metrics(settings)
     async with contextlib.AsyncExitStack() as stack:
         if sinks:
             local = stack.enter_context(local_sinks(settings))
@@ -270,6 +267,14 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
 
 
 T = TypeVar("T")
+
+
+def serve_metrics(settings: Settings) -> None:
+    """Serve Prometheus metrics on `NOTIFY_METRICS_PORT`, if it is set (before anything connects to Temporal)."""
+    if settings.metrics_port is not None:
+        address = f"{settings.metrics_host}:{settings.metrics_port}"
+        temporal_runtime(address)
+        say(f"metrics at http://{address}/metrics")
 
 
 async def _check_search_attributes(client: Client, namespace: str) -> None:

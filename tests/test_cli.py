@@ -626,6 +626,7 @@ def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -
         "NOTIFY_SMTP_PORT": str(free_port()),
         "NOTIFY_API_PORT": str(free_port()),
         "NOTIFY_TEMPLATES_DIR": str(ROOT / "templates"),
+        "NOTIFY_METRICS_PORT": str(free_port()),
     }
     demo = subprocess.Popen(
         [sys.executable, str(ROOT / "starter.py"), "demo"],
@@ -666,6 +667,8 @@ def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -
             audit = http.get("/v1/audit/email", params={"address": "test@example.com"}).json()
             assert {a["notification_id"] for a in audit} == {f"{nid.rpartition('-')[0]}-{i}" for i in (1, 2, 3)}
             assert http.get("/docs").status_code == 200
+        metrics = scraped(f"http://127.0.0.1:{env['NOTIFY_METRICS_PORT']}/metrics")
+        assert sum(v for (name, labels), v in metrics.items() if name == "notify_notifications_total") >= 1
         page = re.search(r"^Web page at (http://\S+) ", said, re.MULTILINE)
         assert page and page.group(1).startswith(url.group(1)), said
         with httpx.Client(base_url=url.group(1)) as browser:  # signs in with the key, as the page asks
