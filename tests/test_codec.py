@@ -28,7 +28,7 @@ from settings import PayloadKey, Settings
 from streams import StreamStore
 from streams.directory import import_entries
 from tests.harness import entity, operation
-from worker import running_workers, temporal_binary
+from worker import WORKFLOW_RUNNER, running_workers, temporal_binary
 from workflows.notification import NotificationSaga
 
 OLD, NEW = PayloadKey("2026-10", os.urandom(32)), PayloadKey("2026-11", os.urandom(32))
@@ -97,9 +97,13 @@ async def test_the_raw_history_holds_no_address_subject_or_body_in_clear(
     view = await rotated.get_workflow_handle_for(NotificationSaga.run, nid).result()
     assert (view.subject, view.channels[Channel.EMAIL].address) == (SUBJECT, ADDRESS)
     history = await rotated.get_workflow_handle(nid).fetch_history()
-    replayed = Replayer(workflows=[NotificationSaga], data_converter=codec.data_converter([NEW, OLD]))
+    replayed = Replayer(
+        workflows=[NotificationSaga], data_converter=codec.data_converter([NEW, OLD]), workflow_runner=WORKFLOW_RUNNER
+    )
     assert (await replayed.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
-    without = Replayer(workflows=[NotificationSaga], data_converter=codec.data_converter([NEW]))
+    without = Replayer(
+        workflows=[NotificationSaga], data_converter=codec.data_converter([NEW]), workflow_runner=WORKFLOW_RUNNER
+    )
     failure = (await without.replay_workflow(history, raise_on_replay_failure=False)).replay_failure
     assert failure is not None and "which NOTIFY_PAYLOAD_KEYS does not hold" in str(failure.__cause__ or failure)
 

@@ -25,7 +25,7 @@ from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams.directory import import_entries
-from worker import running_workers, temporal_binary
+from worker import WORKFLOW_RUNNER, running_workers, temporal_binary
 from workflows import search
 from workflows.notification import NotificationSaga
 
@@ -93,7 +93,12 @@ async def record(env: WorkflowEnvironment, folder: Path) -> dict[str, WorkflowHi
 
 
 def replayer(*workflows: type) -> Replayer:
-    return Replayer(workflows=list(workflows or [NotificationSaga]), data_converter=pydantic_data_converter)
+    """A replayer set up as the worker is (its sandbox: modules passed through)."""
+    return Replayer(
+        workflows=list(workflows or [NotificationSaga]),
+        data_converter=pydantic_data_converter,
+        workflow_runner=WORKFLOW_RUNNER,
+    )
 
 
 def recorded() -> list[WorkflowHistory]:
