@@ -141,8 +141,8 @@ class NotificationSaga:
         self._turn_waits: dict[int, float] = {}
         """Seconds each channel operation (by id) waits for its turn, as taken while preparing."""
         self._searchable = False
-        self._searched_as: tuple[str, list[str]] | None = None
-        """The status and channels the search attributes hold."""
+        self._searched_status: NotificationStatus | None = None
+        """The status the search attributes hold."""
 
     @workflow.query(name="status")
     def status(self) -> NotificationView:
@@ -457,19 +457,19 @@ class NotificationSaga:
         self._set_view(with_outcome(self._view, failures, **stages))
 
     def _set_view(self, view: NotificationView) -> None:
-        """The view from now on; the search attributes follow its status and channels."""
+        """The view from now on; the search attributes follow its status, with the channels it has by then (one
+        upsert per status: each is an event of the history, and an action on Temporal Cloud)."""
         self._view = view
-        searched_as = (view.status.value, sorted(c.value for c in view.channels))
-        if not self._searchable or searched_as == self._searched_as:
+        if not self._searchable or view.status == self._searched_status:
             return
         updates: list[SearchAttributeUpdate[Any]] = [
-            search.STATUS.value_set(searched_as[0]),
-            search.CHANNELS.value_set(searched_as[1]),
+            search.STATUS.value_set(view.status.value),
+            search.CHANNELS.value_set(sorted(c.value for c in view.channels)),
         ]
-        if self._searched_as is None:
+        if self._searched_status is None:
             updates.append(search.ENTITY.value_set(view.entity_id))
         workflow.upsert_search_attributes(updates)
-        self._searched_as = searched_as
+        self._searched_status = view.status
 
     # -- running the handlers' steps ---------------------------------------------------------------------------
 
