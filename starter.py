@@ -575,7 +575,8 @@ def db_grant() -> None:
 
 @app.command()
 def serve() -> None:
-    """Run the HTTP API on NOTIFY_API_HOST:NOTIFY_API_PORT (interactive docs at /docs), until interrupted."""
+    """Run the HTTP API on NOTIFY_API_HOST:NOTIFY_API_PORT (interactive docs at /docs), with the web page at /,
+    metrics at /metrics and the codec server at /codec, until interrupted."""
     from api.app import create_app, serving
     from client import connect
 
