@@ -150,10 +150,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     log_format: LogFormat = LogFormat.TEXT
     payload_keys: SecretStr | None = None
     codec_cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:8233", "http://127.0.0.1:8233"]
-    metrics_port: int | None = Field(None, ge=1, le=65535)
     templates_dir: Path = Path("templates")
 
     @model_validator(mode="after")

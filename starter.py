@@ -159,7 +159,6 @@ async def followed(client: NotificationClient, notification_id: str) -> dict[str
     live panel (rich) that updates in place; otherwise a plain line on standard error for each change, so that
     standard output keeps only the id and the outcome."""
     ended = asyncio.create_task(client.result(notification_id))
-    shown: set[str] = set()
 
     async def changes() -> AsyncIterator[dict[str, Any]]:
         while True:
@@ -170,6 +169,7 @@ async def followed(client: NotificationClient, notification_id: str) -> dict[str
                 return
 
     if not sys.stdout.isatty():
+        shown: set[str] = set()
         async for view in changes():
             for line in progress_lines(view):
                 if line not in shown:
