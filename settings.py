@@ -54,7 +54,7 @@ CONFIGS_FAILURE_ACTIONS = {
 }
 """Each setting's value, as the saga's policy says it (the reference's names)."""
 CANNOT_PREPARE_ACTIONS = {
-    CannotPrepareAction.CONTINUE: CannotPrepareToSendOnChannelAction.CONTINUE_AND_ATTEMPT_PREPARING_TO_SEND_ON_NEXT_CHANNEL,
+    CannotPrepareAction.CONTINUE: CannotPrepareToSendOnChannelAction.CONTINUE_AND_ATTEMPT_PREPARING_TO_SEND_ON_NEXT_CHANNEL,  # noqa: E501
     CannotPrepareAction.STOP: CannotPrepareToSendOnChannelAction.STOP_AND_DO_NOT_SEND_ON_ANY_CHANNEL,
 }
 
@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.TEXT
     payload_keys: SecretStr | None = None
     codec_cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:8233", "http://127.0.0.1:8233"]
-    templates_dir: Path = Path("templates")
+    templates_dir: Path = Path("message_templates")
 
     @model_validator(mode="after")
     def _every_role_or_none(self) -> Settings:

@@ -122,7 +122,7 @@ def print_view(view: dict[str, Any]) -> None:
 
 def channel_line(c: dict[str, Any]) -> str:
     """A channel's outcome in words: its operation, attempts, and why it failed or when it is tried again."""
-    line = c["outcome"]
+    line = str(c["outcome"])
     details = [f"operation {c['channel_operation_id']}"] if c.get("channel_operation_id") else []
     if c.get("attempts") and (c["attempts"] > 1 or c["outcome"] == "sending"):
         details.append(f"{c['attempts']} attempt{'s' if c['attempts'] > 1 else ''}")
@@ -377,7 +377,8 @@ def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_jso
         print(f"{'RECORD':>8}  {'TIME':<32}  {'STREAM':<22} {'RECORD ID':<20} TYPE")
         for r in records:
             print(
-                f"{r.internal_id:>8}  {r.timestamp_utc.isoformat():<32}  {r.stream:<22} {r.record_id or '-':<20} {r.type}"
+                f"{r.internal_id:>8}  {r.timestamp_utc.isoformat():<32}  "
+                f"{r.stream:<22} {r.record_id or '-':<20} {r.type}"
             )
 
     run(command)

@@ -32,10 +32,10 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 import logs
-from activities.channels import CHANNEL_HANDLERS
 from activities.contract import channel_task_queue
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
+from activities.registry import CHANNEL_HANDLERS
 from activities.slack import SlackHandler
 from client import TemporalUnreachable, connect, missing_search_attributes, temporal_runtime
 from domain import Channel
@@ -58,8 +58,8 @@ still refused."""
 async def running_workers(client: Client, store: StreamStore, settings: Settings) -> AsyncIterator[None]:
     """Run the workers: one for the saga on `settings.task_queue` (with the notification handlers' steps and the
     channels' give-up records and Slack's turns, all local activities), and one per channel on that channel's task
-    queue (email's with its rate limit for the whole queue; Slack is paced per Slack channel instead); and the client-operation stream's handler, which starts the saga of
-    every request that has none (`intake`)."""
+    queue (email's with its rate limit for the whole queue; Slack is paced per Slack channel instead); and the
+    client-operation stream's handler, which starts the saga of every request that has none (`intake`)."""
     handlers = {channel: handler(store, settings) for channel, handler in CHANNEL_HANDLERS.items()}
     notification = NotificationActivities(store, settings, handlers)
     slack = handlers[Channel.SLACK]
@@ -257,7 +257,8 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
         async with running_workers(client, store, settings):
             say(
                 f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "
-                f"(namespace {settings.temporal_namespace!r}); streams at {_without_password(settings.streams_location)}"
+                f"(namespace {settings.temporal_namespace!r}); "
+                f"streams at {_without_password(settings.streams_location)}"
             )
             watch = asyncio.create_task(_watch(store, stop))
             await stop.wait()

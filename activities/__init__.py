@@ -1,2 +1,3 @@
-"""The handlers: the notification handlers' steps (`notification`), one handler per delivery channel (`channels`),
-and the contract workflow and client code know them by (`contract`)."""
+"""The handlers: the notification handlers' steps (`notification`), the base of every delivery channel's handler
+(`channel_handler`), one module per channel (`email`, `slack`) and their registry (`registry`), and the contract
+workflow and client code know them by (`contract`)."""

@@ -12,7 +12,7 @@ from typing import Any
 import aiosmtplib
 from temporalio import activity
 
-from activities.channel import ChannelHandler, Delivery, TransientDeliveryError
+from activities.channel_handler import ChannelHandler, Delivery, TransientDeliveryError
 from activities.contract import RECORD_NOT_SENT, SEND
 from domain import (
     Channel,

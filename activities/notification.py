@@ -10,8 +10,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 from temporalio import activity
 
-from activities.channel import CannotPrepare, ChannelHandler
-from activities.channels import CHANNEL_HANDLERS
+from activities.channel_handler import CannotPrepare, ChannelHandler
 from activities.contract import (
     ESCALATION_CONCERN,
     GET_AUDIENCE,
@@ -28,6 +27,7 @@ from activities.contract import (
     SEND_NOTIFICATION_CONCERN,
 )
 from activities.failures import TRANSIENT, failed_for_good
+from activities.registry import CHANNEL_HANDLERS
 from domain import (
     AttemptToSendNotificationEvent,
     Channel,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 
 import aiohttp
@@ -10,7 +9,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio import activity
 
-from activities.channel import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError, logger
+from activities.channel_handler import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError, logger
 from activities.contract import RECORD_NOT_SENT, SEND, TAKE_SLACK_TURN, WAIT_FOR_SLACK_TURN
 from domain import (
     Channel,
@@ -151,7 +150,7 @@ class SlackHandler(ChannelHandler):
                 headers = {k.lower(): v for k, v in (getattr(error.response, "headers", None) or {}).items()}
                 raise TransientDeliveryError(delivery, _seconds(headers.get("retry-after"))) from error
             return delivery
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
             reason = f"{error.__class__.__name__}: {error}"
             raise TransientDeliveryError(Delivery(self.failed_response(op, reason), reason)) from error
         return Delivery(SendSlackMessageResponse(result=SendSlackMessageResult.SUCCEEDED, response_json=response.data))

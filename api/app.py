@@ -11,7 +11,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, Request
@@ -132,7 +132,7 @@ def needs(scope: KeyScope) -> Callable[..., Awaitable[ApiKeyIssued]]:
             raise Problem(401, "the API key is not valid (unknown, or revoked)")
         if scope not in issued.scopes:
             raise Problem(403, f"the API key {issued.name!r} does not hold the {scope.value!r} scope")
-        return issued
+        return cast(ApiKeyIssued, issued)
 
     return authorized
 

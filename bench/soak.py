@@ -45,13 +45,13 @@ from activities.email import EmailHandler
 from bench.services import drop_database, fresh_database, reachable
 from client import NotificationClient
 from domain import Channel, ChannelOutcome, DirectoryEntry, NotificationView, SendNotificationToEntityOp
+from harness.processes import WorkerProcess, launch_worker, temporal_server, unconfigured_environment
+from harness.proxy import CuttableProxy
 from settings import Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from streams import HandlingStatus, StreamName, StreamStore
 from streams.directory import import_entries
-from tests.harness import WorkerProcess, launch_worker, temporal_server, unconfigured_environment
-from tests.proxy import CuttableProxy
 
 ENTITIES = [
     DirectoryEntry.model_validate(

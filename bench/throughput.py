@@ -9,7 +9,8 @@ percentiles, CPU per notification of the worker process and of the dev server (f
 worker's resident size before and after, and the saga's ratios to bare; then the bytes and records the streams keep
 per notification. Writes it all as JSON too.
 
-    .venv/bin/python -m bench.throughput --notifications 300 --in-flight 1 50 [--workers N] [--postgres URL] [--json FILE]
+    .venv/bin/python -m bench.throughput --notifications 300 --in-flight 1 50 \
+        [--workers N] [--postgres URL] [--json FILE]
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from bench.bare import BareFanOut
 from bench.services import drop_database, fresh_database, reachable
 from client import NotificationClient
 from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp
+from harness.processes import ROOT, WorkerProcess, unconfigured_environment
 from settings import Settings
 from sinks.mail import free_port
 from streams.directory import import_entries
-from tests.harness import ROOT, WorkerProcess, unconfigured_environment
 from worker import ONE_PARTITION, temporal_binary
 from workflows import search
 
@@ -309,8 +310,8 @@ async def stream_size(url: str) -> tuple[int, int]:
 def table(figures: list[Figures], stored: dict[str, float]) -> str:
     bare = {f.in_flight: f for f in figures if f.workload == "bare"}
     rows = [
-        ("workload", "in flight", "workers", "done/s", "p50 ms", "p95 ms", "p99 ms", "worker CPU ms/n", "server CPU ms/n",
-         "worker RSS MiB (start, 10%, end)", "x bare done/s", "x bare p50", "x bare worker CPU"),
+        ("workload", "in flight", "workers", "done/s", "p50 ms", "p95 ms", "p99 ms", "worker CPU ms/n",
+         "server CPU ms/n", "worker RSS MiB (start, 10%, end)", "x bare done/s", "x bare p50", "x bare worker CPU"),
     ]  # fmt: skip
     for f in figures:
         base = bare[f.in_flight]
@@ -324,8 +325,8 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
             )
         )
         rows.append(
-            (f.workload, str(f.in_flight), str(f.workers), f"{f.completed_per_second:g}", f"{f.p50_ms:g}", f"{f.p95_ms:g}",
-             f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}",
+            (f.workload, str(f.in_flight), str(f.workers), f"{f.completed_per_second:g}", f"{f.p50_ms:g}",
+             f"{f.p95_ms:g}", f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}",
              "{:g}, {:g}, {:g}".format(*f.worker_rss_mib), *ratios)
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

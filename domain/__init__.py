@@ -47,6 +47,17 @@ from domain.model import (
     recipient_email_tag,
     tag,
 )
+from domain.payloads import (
+    EscalationRequested,
+    NotificationSnapshot,
+    PreparedEscalation,
+    PreparedNotification,
+    PreparedSaga,
+    PrepareNotificationOp,
+    PrepareStageEnded,
+    SagaEnded,
+    prepare_stage,
+)
 from domain.rules import (
     ADMISSION,
     CONTROL,
@@ -106,17 +117,6 @@ from domain.stages import (
     SendSlackMessageOp,
     StageOutcomes,
     get_delivery_channel_configs,
-)
-from domain.steps import (
-    EscalationRequested,
-    NotificationSnapshot,
-    PreparedEscalation,
-    PreparedNotification,
-    PreparedSaga,
-    PrepareNotificationOp,
-    PrepareStageEnded,
-    SagaEnded,
-    prepare_stage,
 )
 from domain.views import (
     ChannelOutcome,

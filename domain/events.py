@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import (
     Field,
@@ -59,7 +59,7 @@ class SendSlackMessageResult(StrEnum):
 
 class SendSlackMessageResponse(Model):
     result: SendSlackMessageResult
-    response_json: dict | None = None
+    response_json: dict[str, Any] | None = None
     error: str | None = None
 
 

@@ -55,7 +55,7 @@ def admitted(model_type: type[M], data: object) -> M:
     return model_type.model_validate(to_jsonable_python(data), context=ADMISSION)
 
 
-def Admitted(check: Callable[[Any], Any]) -> AfterValidator:  # noqa: N802 - used as a type annotation
+def Admitted(check: Callable[[Any], Any]) -> AfterValidator:
     """A rule that applies on admission (see `ADMISSION`)."""
 
     def validate(value: Any, info: ValidationInfo) -> Any:

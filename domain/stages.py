@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import (
     Field,
@@ -326,7 +326,7 @@ class ChannelOperationFailure(Model):
 
     operation: ChannelOperationRef
     reason: Reason
-    last_response: dict | None = None
+    last_response: dict[str, Any] | None = None
 
 
 class ChannelOperationOutcomeInfo(Model):

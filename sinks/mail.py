@@ -40,7 +40,8 @@ class ReceivedMail:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class MailSink:
@@ -108,7 +109,7 @@ class MailSink:
 
     # -- aiosmtpd handler hooks ------------------------------------------------------------------------------
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if address in self.rejected_recipients:
             self.refused.append(address)
             return self.rejected_recipients[address]
@@ -116,7 +117,8 @@ class MailSink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        return await server.loop.run_in_executor(None, self._receive, session, envelope)
+        answer: str = await server.loop.run_in_executor(None, self._receive, session, envelope)
+        return answer
 
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
         with self._lock:

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -28,13 +29,13 @@ class PostedMessage:
     channel: str
     text: str
     ts: str
-    metadata: dict | None = None
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass
 class ScriptedResponse:
     status: int = 200
-    body: dict = field(default_factory=lambda: {"ok": True})
+    body: dict[str, Any] = field(default_factory=lambda: {"ok": True})
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0
     """Seconds a slow server takes to answer."""
@@ -89,7 +90,7 @@ class SlackSink:
 
     async def _handle(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        fields: dict
+        fields: dict[str, Any]
         if request.method == "GET":
             fields = dict(request.query)
         elif request.content_type == "application/json":
@@ -122,7 +123,7 @@ class SlackSink:
         await asyncio.sleep(scripted.delay)
         return web.json_response(scripted.body, status=scripted.status, headers=scripted.headers)
 
-    def _answer(self, method: str, token: str | None, fields: dict) -> dict:
+    def _answer(self, method: str, token: str | None, fields: dict[str, Any]) -> dict[str, Any]:
         if not token:
             return {"ok": False, "error": "not_authed"}
         if self.tokens is not None and token not in self.tokens:
@@ -148,7 +149,7 @@ class SlackSink:
                 f.write(json.dumps(asdict(message)) + "\n")
         return {"ok": True, "channel": channel, "ts": message.ts, "message": {"text": text}}
 
-    def _history(self, fields: dict) -> dict:
+    def _history(self, fields: dict[str, Any]) -> dict[str, Any]:
         if self.history_forbidden:
             return {"ok": False, "error": "missing_scope", "needed": "channels:history"}
         oldest = float(fields.get("oldest") or 0)

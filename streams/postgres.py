@@ -108,15 +108,16 @@ class AccessUrls:
     handler: str
 
 
-PRUNE = """
+PRUNE = f"""
 WITH notifications AS (
     (
         SELECT record_id AS id FROM notify_records
-        WHERE stream = '{view}' AND timestamp_utc < %(before)s AND record_id IS NOT NULL
+        WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc < %(before)s AND record_id IS NOT NULL
         ORDER BY timestamp_utc LIMIT %(limit)s
     ) UNION ALL (
         SELECT r.record_id FROM notify_handling h JOIN notify_records r ON r.internal_id = h.internal_record_id
-        WHERE h.stream = '{client}' AND h.status = '{refused}' AND r.type = '{requested}'
+        WHERE h.stream = '{StreamName.CLIENT_OPERATION}' AND h.status = '{HandlingStatus.DISABLED_FOR_RECORD}'
+        AND r.type = '{REQUESTED}'
         AND r.timestamp_utc < %(before)s
         LIMIT %(limit)s
     )
@@ -133,12 +134,7 @@ WITH notifications AS (
     DELETE FROM notify_records r USING pruned p WHERE r.internal_id = p.internal_id RETURNING 1
 )
 SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM records)
-""".format(
-    view=StreamName.NOTIFICATION_VIEW,
-    client=StreamName.CLIENT_OPERATION,
-    requested=REQUESTED,
-    refused=HandlingStatus.DISABLED_FOR_RECORD,
-)
+"""
 """Prune one batch of notifications (`StreamStore.prune`): their records' tags go with them (ON DELETE CASCADE), and
 so do their handling and their ids' rows."""
 

@@ -190,7 +190,8 @@ class SQLiteStreamStore(StreamStore):
             row = self._db.execute("SELECT next_at FROM turns WHERE key = ?", (key,)).fetchone()
             turn = max(now, row[0] if row else 0.0)
             self._db.execute(
-                "INSERT INTO turns (key, next_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET next_at = excluded.next_at",
+                "INSERT INTO turns (key, next_at) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET next_at = excluded.next_at",
                 (key, turn + every),
             )
         return turn - now
@@ -277,7 +278,8 @@ class SQLiteStreamStore(StreamStore):
                     (stream, TagName.NOTIFICATION_ID),
                 )
             db.execute(
-                "DELETE FROM handling WHERE (stream, internal_record_id) IN (SELECT stream, internal_id FROM pruned_records)"
+                "DELETE FROM handling"
+                " WHERE (stream, internal_record_id) IN (SELECT stream, internal_id FROM pruned_records)"
             )
             records = db.execute(
                 "DELETE FROM records WHERE internal_id IN (SELECT internal_id FROM pruned_records)"

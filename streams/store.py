@@ -64,8 +64,10 @@ class Record:
     def object(self, model: builtins.type[M]) -> M:
         return model.model_validate_json(self.payload)
 
-    def json(self) -> Any:
-        return json.loads(self.payload)
+    def json(self) -> dict[str, Any]:
+        """The payload as JSON: every record's payload is an object."""
+        payload: dict[str, Any] = json.loads(self.payload)
+        return payload
 
     @staticmethod
     def tags_of(pairs: Iterable[Sequence[str]]) -> tuple[Tag, ...]:
@@ -456,7 +458,8 @@ class ReadOnlyStream:
         return await self._store.read(self.name, type=type, after=after, unhandled_for=concern, limit=limit)
 
     async def wait_for_operations(self, timeout: float) -> None:
-        """Return when operations may have been requested, or after `timeout` seconds (`StreamStore.wait_for_operations`)."""
+        """Return when operations may have been requested, or after `timeout` seconds
+        (`StreamStore.wait_for_operations`)."""
         await self._store.wait_for_operations(self.name, timeout)
 
 

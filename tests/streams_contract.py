@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ class StreamStoreContract(ABC):
         """A store at `location`; opening the same location again opens the same store."""
 
     @pytest.fixture
-    async def store(self, tmp_path: Path):
+    async def store(self, tmp_path: Path) -> AsyncIterator[StreamStore]:
         async with self.open(tmp_path) as store:
             yield store
 

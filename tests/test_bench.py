@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.processes import ROOT, unconfigured_environment
 from sinks.mail import MailSink
-from tests.harness import ROOT, unconfigured_environment
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:

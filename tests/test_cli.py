@@ -23,10 +23,10 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import ROOT, launch_worker, start_worker, unconfigured_environment
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from tests.databases import role_urls
-from tests.harness import ROOT, launch_worker, start_worker, unconfigured_environment
 from worker import temporal_binary
 
 TOKEN = "xoxb-acme-cli-token"
@@ -383,8 +383,7 @@ def test_idempotency_key_returns_the_same_id_and_sends_once(directory: Cli, sink
     assert (waited["id"], waited["status"]) == (first["id"], "sent")
     assert [m.message["Subject"] for m in sinks[0].received_by("bob@example.com")].count("Once") == 1
     after = directory.json("send", "--entity", "user-2", "--subject", "Next", "--body", "B", "--wait")
-    number = lambda nid: int(nid.rpartition("-")[2])  # noqa: E731
-    assert number(after["id"]) == number(first["id"]) + 1  # the repeats took no id
+    assert int(after["id"].rpartition("-")[2]) == int(first["id"].rpartition("-")[2]) + 1  # the repeats took no id
 
 
 @pytest.mark.parametrize(
@@ -625,7 +624,7 @@ def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "NOTIFY_SMTP_PORT": str(free_port()),
         "NOTIFY_API_PORT": str(free_port()),
-        "NOTIFY_TEMPLATES_DIR": str(ROOT / "templates"),
+        "NOTIFY_TEMPLATES_DIR": str(ROOT / "message_templates"),
         "NOTIFY_METRICS_PORT": str(free_port()),
     }
     demo = subprocess.Popen(
@@ -753,7 +752,7 @@ def test_api_keys_are_made_listed_and_revoked(cli: Cli) -> None:
 
 
 def test_a_template_that_cannot_render_is_exit_2_and_writes_nothing(directory: Cli) -> None:
-    templated = Cli({**directory.env, "NOTIFY_TEMPLATES_DIR": str(ROOT / "templates")}, directory.data_dir)
+    templated = Cli({**directory.env, "NOTIFY_TEMPLATES_DIR": str(ROOT / "message_templates")}, directory.data_dir)
     before = templated.record_count()
     for args, said in [
         (("--template", "nope"), "error: template 'nope': no such template in "),

@@ -10,10 +10,10 @@ import typing
 from temporalio import activity
 
 import activities.contract as contract
-from activities.channels import CHANNEL_HANDLERS
 from activities.notification import NotificationActivities
+from activities.registry import CHANNEL_HANDLERS
 from activities.slack import SlackHandler
-from tests.harness import ROOT
+from harness.processes import ROOT
 
 IMPLEMENTATIONS = [
     *(getattr(NotificationActivities, name) for name in vars(NotificationActivities)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def team_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def notify(time_skipping_env: WorkflowEnvironment, store: StreamStore, team_settings: Settings):
+async def notify(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, team_settings: Settings
+) -> AsyncIterator[Notify]:
     async with notifying(time_skipping_env, store, team_settings) as notify:
         yield notify
 
@@ -123,7 +126,7 @@ async def test_an_escalation_that_fails_is_recorded_and_not_escalated(
 
 
 async def test_smtp_unreachable_for_a_while_then_recovered(
-    time_skipping_env: WorkflowEnvironment, store: StreamStore, team_settings: Settings, tmp_path
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, team_settings: Settings, tmp_path: Path
 ) -> None:
     port = free_port()
     unreachable = team_settings.model_copy(update={"smtp_port": port})

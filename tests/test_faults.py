@@ -17,6 +17,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from client import NotCancellable, NotificationClient, connect
 from domain import Channel, NotificationView, SendNotificationToEntityOp
+from harness.processes import WorkerProcess, start_worker, temporal_server, unconfigured_environment
+from harness.proxy import CuttableProxy
 from settings import Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
@@ -24,18 +26,7 @@ from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
 from tests.databases import Databases
-from tests.harness import (
-    Notify,
-    WorkerProcess,
-    entity,
-    eventually,
-    notifying,
-    operation,
-    start_worker,
-    temporal_server,
-    unconfigured_environment,
-)
-from tests.proxy import CuttableProxy
+from tests.harness import Notify, entity, eventually, notifying, operation
 
 
 @pytest.fixture

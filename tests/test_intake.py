@@ -9,9 +9,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.processes import ROOT, start_worker, unconfigured_environment
 from sinks.mail import free_port
 from streams import StreamName, open_store
-from tests.harness import ROOT, start_worker, unconfigured_environment
 
 
 async def test_a_request_made_while_temporal_is_stopped_is_delivered_once_it_starts(tmp_path: Path) -> None:

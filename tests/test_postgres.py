@@ -21,6 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from client import NotificationClient, connect
 from domain import DirectoryEntry, ExecuteOpRequestedEvent, SendNotificationToEntityOp, Tag
+from harness.processes import ROOT, start_worker, unconfigured_environment
 from settings import Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
@@ -30,7 +31,6 @@ from streams.directory import import_entries
 from streams.postgres import _classified
 from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
-from tests.harness import ROOT, start_worker, unconfigured_environment
 
 ROLES = ("notify_producer", "notify_consumer", "notify_handler")
 

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.processes import ROOT, WorkerProcess, unconfigured_environment
 from sinks.mail import free_port
-from tests.harness import ROOT, WorkerProcess, unconfigured_environment
 
 
 def use_it() -> tuple[str, list[str]]:
@@ -31,7 +31,7 @@ def argv(line: str) -> list[str]:
 
 def test_use_it_works_as_written(tmp_path: Path) -> None:
     shutil.copy(ROOT / "entities.json", tmp_path)
-    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    shutil.copytree(ROOT / "message_templates", tmp_path / "message_templates")
     env = {
         **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -38,7 +39,9 @@ from workflows.notification import NotificationSaga
 
 
 @pytest.fixture
-async def notify(time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings):
+async def notify(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings
+) -> AsyncIterator[Notify]:
     async with notifying(time_skipping_env, store, settings) as notify:
         yield notify
 

@@ -11,7 +11,7 @@ import yaml
 
 from templating import Rendered, TemplateError, Templates
 
-SHIPPED = Path(__file__).resolve().parents[1] / "templates"
+SHIPPED = Path(__file__).resolve().parents[1] / "message_templates"
 ENTITY = {"id": "user-1", "name": "Ada", "email": "test@example.com"}
 
 

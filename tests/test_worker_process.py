@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from harness.processes import ROOT, launch_worker, start_worker, unconfigured_environment
 from sinks.mail import free_port
-from tests.harness import ROOT, launch_worker, start_worker, unconfigured_environment
 from worker import temporal_binary
 from workflows import search
 
@@ -127,7 +127,9 @@ def test_the_worker_stops_in_one_line_when_its_store_file_changes_under_it(
     output = worker.ended()
     assert worker.returncode == 1, output
     said = {
-        "deleted": f"error: the streams store {store} was deleted while in use: restore it (or start afresh) and restart",
+        "deleted": (
+            f"error: the streams store {store} was deleted while in use: restore it (or start afresh) and restart"
+        ),
         "replaced": f"error: the streams store {store} was replaced while in use: restart to use the new one",
         "read-only": f"error: the streams store {store} is read-only: make it writable and restart",
     }[change]

@@ -189,7 +189,7 @@ class NotificationSaga:
             wait = max(operation.send_at - workflow.now(), timedelta(0))
             try:
                 await workflow.wait_condition(lambda: self._cancel_requested, timeout=wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if self._cancel_requested:
             return await self._end(request)
@@ -289,7 +289,7 @@ class NotificationSaga:
         if wait > timedelta(0):  # a durable timer: the wait counts against no deadline
             try:
                 await workflow.wait_condition(lambda: self._cancel_requested and not self._sent, timeout=wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if self._cancel_requested and not self._sent:  # cancelled before this send began
             self._cancelled_sends.add(key)

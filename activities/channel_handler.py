@@ -2,7 +2,7 @@
 
 A handler takes up the operation's record in the handling store, records the request in its concern's event stream,
 delivers, and records success or failure there, tagged like the operation. Each subclass (one per delivery channel)
-says how to compose and deliver; `activities.channels.CHANNEL_HANDLERS` lists them.
+says how to compose and deliver; `activities.registry.CHANNEL_HANDLERS` lists them.
 
 - A permanent failure (and anything unexpected while delivering) is an outcome: recorded and returned.
 - A transient failure is raised, with the channel's response, so that Temporal retries it until the operation's

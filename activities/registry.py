@@ -1,6 +1,6 @@
 """The delivery channels' handlers, one per channel."""
 
-from activities.channel import ChannelHandler
+from activities.channel_handler import ChannelHandler
 from activities.email import EmailHandler
 from activities.slack import SlackHandler
 from domain import Channel
