@@ -27,7 +27,9 @@ from domain import (
     SlackAddress,
     admitted,
     checked_email_address,
+    validation_message,
 )
+from domain.rules import Location
 from streams import StreamStore, open_store
 
 INTERNAL_TEAM = "internal-team"
@@ -294,10 +296,13 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        first = error.errors()[0]
-        name = f"NOTIFY_{str(first['loc'][0]).upper()}" if first["loc"] else "configuration"
-        raise ConfigurationError(f"{name}: {first['msg'].removeprefix('Value error, ')}") from error
+        raise ConfigurationError(validation_message(error, located=_variable)) from error
     except SettingsError as error:  # a value that is not even JSON
         field = re.search(r'field "(\w+)"', str(error))
         name = f"NOTIFY_{field.group(1).upper()}" if field else "configuration"
         raise ConfigurationError(f"{name}: malformed JSON: {error.__cause__}") from error
+
+
+def _variable(location: Location) -> Location:
+    """A setting's error, where the user sets it: its environment variable (or the configuration as a whole)."""
+    return (f"NOTIFY_{str(location[0]).upper()}",) if location else ("configuration",)

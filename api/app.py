@@ -47,9 +47,9 @@ from domain import (
     Tag,
     admitted,
     admitted_idempotency_key,
-    describe_errors,
     validation_message,
 )
+from domain.rules import Location
 from settings import Settings, one_line
 from streams import StreamName, StreamStore
 from streams.directory import import_entries, lookup
@@ -159,6 +159,11 @@ def decode_cursor(cursor: str) -> int:
     raise Problem(422, "cursor: not a cursor this API gave")
 
 
+def _in_request(location: Location) -> Location:
+    """A field of the body or the query, by its name alone."""
+    return location[1:] if location[:1] in (("body",), ("query",)) else location
+
+
 def create_app(store: StreamStore, temporal: Client, settings: Settings) -> FastAPI:
     """The API on this store and Temporal client (`serving` runs it)."""
     app = FastAPIOffline(title="notify", summary="A durable notification service on Temporal", version="1")
@@ -181,11 +186,7 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [
-            {**e, "loc": tuple(e["loc"][1:] if e["loc"][:1] in (("body",), ("query",)) else e["loc"])}
-            for e in error.errors()
-        ]
-        return problem(422, describe_errors(errors))
+        return problem(422, validation_message(error.errors(), located=_in_request))
 
     @app.exception_handler(OSError)  # the streams or a server that cannot be used now (`StoreUnavailable`, ...)
     @app.exception_handler(TemporalError)

@@ -202,16 +202,20 @@ Reason = Annotated[str, AfterValidator(in_one_line)]
 views and log lines, none of which may grow with what a server said."""
 
 
-def validation_message(error: ValidationError) -> str:
-    """The first of pydantic's errors in plain words: where (`subject`, `entry 2, slack.channel`) and what."""
-    return describe_errors(error.errors())
+Location = tuple[int | str, ...]
+"""Where an error is, as pydantic gives it: field names, and the indexes of entries in lists."""
 
 
-def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
-    """The first of these errors (as pydantic gives them) in plain words, and how many more there are."""
+def validation_message(
+    error: ValidationError | Sequence[Mapping[str, Any]], located: Callable[[Location], Location] | None = None
+) -> str:
+    """The first of pydantic's errors in plain words: where (`subject`, `entry 2, slack.channel`) and what, and how
+    many more there are. `located` names the place as the caller's user knows it (`NOTIFY_SMTP_PORT`, a field of
+    the request body)."""
+    errors = error.errors() if isinstance(error, ValidationError) else error
     first = errors[0]
     groups: list[list[str]] = [[]]
-    for part in first["loc"]:
+    for part in first["loc"] if located is None else located(tuple(first["loc"])):
         if isinstance(part, int):
             groups += [[f"entry {part + 1}"], []]
         else:

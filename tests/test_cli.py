@@ -700,7 +700,7 @@ def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -
             "starter.py",
             "NOTIFY_SMTP_SECURITY",
             "ssl",
-            "NOTIFY_SMTP_SECURITY: Input should be 'none', 'starttls' or 'tls'",
+            "NOTIFY_SMTP_SECURITY: must be 'none', 'starttls' or 'tls'",
         ),
         ("starter.py", "NOTIFY_SLACK_TOKENS", "{acme", "NOTIFY_SLACK_TOKENS: malformed JSON"),
         (
