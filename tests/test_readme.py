@@ -1,6 +1,6 @@
 """The README's "Use it", run as a new user would: its worker command, then each of its commands in order, as written,
 in a fresh folder holding the repository's `entities.json`, on the embedded default (the dev server, SQLite streams,
-the local sinks)."""
+the local sinks). And the README stays a front page: short, its links whole, its first session the docs' own."""
 
 from __future__ import annotations
 
@@ -15,12 +15,37 @@ from pathlib import Path
 from harness.processes import ROOT, WorkerProcess, unconfigured_environment
 from sinks.mail import free_port
 
+README_MOST_BYTES = 12 * 1024
+"""The README is the front page: what it is, how to run and use it, and links into `docs/` for everything else."""
+
+
+def first_two_sh_blocks(section: str) -> tuple[str, str]:
+    worker, commands = re.findall(r"```sh\n(.*?)```", section, re.S)[:2]
+    return worker, commands
+
 
 def use_it() -> tuple[str, list[str]]:
     """The worker command and the commands after it, from the README's "Use it" section."""
     section = (ROOT / "README.md").read_text().split("\n## Use it\n", 1)[1].split("\n## ", 1)[0]
-    worker, commands = re.findall(r"```sh\n(.*?)```", section, re.S)[:2]
+    worker, commands = first_two_sh_blocks(section)
     return worker.strip(), [line for line in commands.splitlines() if line.strip()]
+
+
+def test_the_readme_is_short() -> None:
+    assert len((ROOT / "README.md").read_bytes()) <= README_MOST_BYTES
+
+
+def test_every_relative_link_in_the_readme_points_at_a_file() -> None:
+    targets = re.findall(r"\]\(([^)\s]+)\)", (ROOT / "README.md").read_text())
+    relative = [t.split("#", 1)[0] for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+    assert "docs/index.md" in relative and "docs/notification-page.png" in relative
+    assert [path for path in relative if not (ROOT / path).is_file()] == []
+
+
+def test_the_first_session_in_the_docs_is_the_readmes() -> None:
+    readme = (ROOT / "README.md").read_text().split("\n## Use it\n", 1)[1]
+    docs = (ROOT / "docs" / "cli.md").read_text().split("\n## A first session\n", 1)[1]
+    assert first_two_sh_blocks(docs) == first_two_sh_blocks(readme)
 
 
 def argv(line: str) -> list[str]:
