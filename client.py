@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio.api.enums.v1 import IndexedValueType, PendingActivityState
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowUpdateFailedError
@@ -41,6 +42,7 @@ from domain import (
     EscalationStatus,
     ExecuteOpRequestedEvent,
     IdempotencyKeyClaim,
+    Model,
     NotificationAuditEntry,
     NotificationOutcome,
     NotificationRequest,
@@ -54,6 +56,7 @@ from domain import (
     notification_tags,
     recipient_email_tag,
     tag,
+    validation_message,
 )
 from settings import ConfigurationError, Settings, one_line
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
@@ -216,6 +219,13 @@ async def start_saga(temporal: Client, store: StreamStore, settings: Settings, r
             ) from error
 
 
+class Accepted(Model):
+    """A request taken: the notification's id, and its status (`scheduled` when it waits for its time)."""
+
+    id: str
+    status: NotificationStatus
+
+
 class UnknownNotification(LookupError):
     def __init__(self, notification_id: str) -> None:
         super().__init__(f"no notification with id {notification_id!r}")
@@ -226,7 +236,22 @@ class NotCancellable(Exception):
     stopped."""
 
 
-class IdempotencyKeyConflict(ValueError):
+class RequestRefused(ValueError):
+    """A request not taken as given, and nothing written: why, in one line. `field` names what is at fault when it
+    is not the request's content (its `idempotency_key`): each door names it its own way (`said`)."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.field = field
+
+    def said(self, **names: str) -> str:
+        """In one line, the field at fault named as the door names it (`idempotency_key="--idempotency-key"`)."""
+        return f"{names.get(self.field, self.field)}: {self}" if self.field else str(self)
+
+
+class IdempotencyKeyConflict(RequestRefused):
+    """The key was used for another request."""
+
     def __init__(self, key: str, notification_id: str) -> None:
         super().__init__(
             f"idempotency key {key!r} was already used by notification {notification_id} with a different request"
@@ -285,6 +310,33 @@ class NotificationClient:
                 "slack_text": rendered.slack,
                 "template": TemplateUse(name=rendered.name, sha256=rendered.sha256),
             },
+        )
+
+    async def submit(
+        self,
+        content: Mapping[str, Any],
+        template: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Accepted:
+        """Request a notification as a door (the CLI, the API) asks for one: its content, or a template and its data
+        (`compose`; fields given as None are not given), at most once per idempotency key (`request`). Its id, and
+        whether it waits for its time. `RequestRefused` says what is wrong, and nothing is written."""
+        if idempotency_key is not None:
+            try:
+                admitted_idempotency_key(idempotency_key)
+            except ValidationError as error:
+                raise RequestRefused(validation_message(error), field="idempotency_key") from error
+        try:
+            operation = await self.compose({k: v for k, v in content.items() if v is not None}, template, data)
+        except ValidationError as error:
+            raise RequestRefused(validation_message(error)) from error
+        except TemplateError as error:
+            raise RequestRefused(str(error)) from error
+        notification_id = await self.request(operation, idempotency_key)
+        scheduled = operation.send_at is not None and operation.send_at > datetime.now(UTC)
+        return Accepted(
+            id=notification_id, status=NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING
         )
 
     async def request(self, operation: SendNotificationToEntityOp, idempotency_key: str | None = None) -> str:

@@ -29,7 +29,6 @@ from domain import (
     NotificationStatus,
     SendNotificationToEntityOp,
     Tag,
-    admitted_idempotency_key,
     validation_message,
 )
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
@@ -278,29 +277,15 @@ def send(
             send_at=parse_time(at),
         )
         template_data = parse_data(data)
-        if idempotency_key is not None:
-            try:
-                admitted_idempotency_key(idempotency_key)
-            except ValidationError as error:
-                raise CliError(f"--idempotency-key: {validation_message(error)}", 2) from error
-        from client import IdempotencyKeyConflict
-        from templating import TemplateError
+        from client import RequestRefused
 
         settings = load_settings()
         async with settings.open_streams() as store:
             client = await _client(settings, store)
             try:
-                operation = await client.compose(
-                    {k: v for k, v in content.items() if v is not None}, template, template_data
-                )
-            except ValidationError as error:
-                raise CliError(validation_message(error), 2) from error
-            except TemplateError as error:
-                raise CliError(str(error), 2) from error
-            try:
-                notification_id = await client.request(operation, idempotency_key)
-            except IdempotencyKeyConflict as error:
-                raise CliError(str(error), 2) from error
+                notification_id = (await client.submit(content, template, template_data, idempotency_key)).id
+            except RequestRefused as error:
+                raise CliError(error.said(idempotency_key="--idempotency-key"), 2) from error
             if not wait:
                 print_json({"id": notification_id}) if as_json else print(notification_id)
                 return 0

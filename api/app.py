@@ -10,7 +10,6 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 import uvicorn
@@ -32,9 +31,11 @@ from api.keys import Scope as KeyScope
 from api.problems import Problem, problem
 from api.telemetry import Measured, Telemetry
 from client import (
+    Accepted,
     IdempotencyKeyConflict,
     NotCancellable,
     NotificationClient,
+    RequestRefused,
     UnknownNotification,
     is_connect_failure,
     record_json,
@@ -46,14 +47,12 @@ from domain import (
     NotificationStatus,
     Tag,
     admitted,
-    admitted_idempotency_key,
     validation_message,
 )
 from domain.rules import Location
 from settings import Settings, one_line
 from streams import StreamName, StreamStore
 from streams.directory import import_entries, lookup
-from templating import TemplateError
 
 log = logging.getLogger("notify.api")
 MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
@@ -74,11 +73,6 @@ class NotificationIn(BaseModel):
     send_at: AwareDatetime | None = None
     template: str | None = None
     data: dict[str, Any] | None = None
-
-
-class Accepted(BaseModel):
-    id: str
-    status: NotificationStatus
 
 
 class Page(BaseModel):
@@ -234,28 +228,13 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
             "tags": [Tag(name=n, value=v) for n, v in body.tags.items()],
             "send_at": body.send_at,
         }
-        if idempotency_key is not None:
-            try:
-                admitted_idempotency_key(idempotency_key)
-            except ValidationError as error:
-                raise Problem(422, f"Idempotency-Key: {validation_message(error)}") from error
         try:
-            operation = await client.compose(
-                {k: v for k, v in content.items() if v is not None}, body.template, body.data
-            )
-        except ValidationError as error:
-            raise Problem(422, validation_message(error)) from error
-        except TemplateError as error:
-            raise Problem(422, str(error)) from error
-        try:
-            notification_id = await client.request(operation, idempotency_key)
-        except IdempotencyKeyConflict as error:
-            raise Problem(409, str(error)) from error
+            accepted = await client.submit(content, body.template, body.data, idempotency_key)
+        except RequestRefused as error:
+            status = 409 if isinstance(error, IdempotencyKeyConflict) else 422
+            raise Problem(status, error.said(idempotency_key="Idempotency-Key")) from error
         telemetry.requested.inc()
-        scheduled = operation.send_at is not None and operation.send_at > datetime.now(UTC)
-        return Accepted(
-            id=notification_id, status=NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING
-        )
+        return accepted
 
     @app.get(
         "/v1/notifications",

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from client import NotificationClient
+from client import NotificationClient, RequestRefused
 from domain import NotificationRequest, SendNotificationToEntityOp, admitted
 from settings import Settings
 from streams import StreamName, StreamStore
@@ -58,4 +58,18 @@ async def test_the_client_checks_every_request_and_key_before_writing(
         )
     with pytest.raises(ValidationError, match="must not be empty or contain spaces"):
         await client.request(SendNotificationToEntityOp(entity_id="user-1", subject="S", body="B"), "a key")
+    content = {"entity_id": "user-1", "subject": "S", "body": "B", "html_body": None}
+    with pytest.raises(RequestRefused) as refused:  # the one request path the CLI and the API take
+        await client.submit(content, idempotency_key="a key")
+    assert refused.value.said(idempotency_key="--idempotency-key") == (
+        "--idempotency-key: must not be empty or contain spaces or control characters"
+    )
+    for wrong, said in [
+        ({"subject": "Two\nlines"}, "subject: must be a single line of text"),
+        ({"tags": [{"name": "entity-id", "value": "x"}]}, "tags: 'entity-id': reserved"),
+    ]:
+        with pytest.raises(RequestRefused, match=said):
+            await client.submit(content | wrong)
+    with pytest.raises(RequestRefused, match="data is rendered by a template: name one"):
+        await client.submit(content, data={})
     assert len(await store.read(StreamName.CLIENT_OPERATION)) == before
