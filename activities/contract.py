@@ -9,7 +9,6 @@ what is here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from domain import (
@@ -19,19 +18,15 @@ from domain import (
     ChannelOperationOutcomeInfo,
     ChannelOperationRef,
     EscalationRequested,
-    GetAudienceResult,
     NotificationRequest,
     NotificationSnapshot,
     PreparedEscalation,
     PreparedNotification,
-    PreparedSaga,
     PrepareNotificationOp,
-    PrepareStageEnded,
     PrepareToSendOnChannelOp,
     PrepareToSendOnChannelResult,
     SagaEnded,
     SagaPolicies,
-    SendNotificationToEntityOp,
 )
 
 I = TypeVar("I")  # noqa: E741 - the input, beside O for the result
@@ -48,11 +43,9 @@ class Activity(Generic[I, O]):
 
 
 RECORD_REQUESTED: Activity[NotificationRequest, SagaPolicies] = Activity("RecordNotificationRequested", SagaPolicies)
-GET_AUDIENCE: Activity[SendNotificationToEntityOp, GetAudienceResult] = Activity("GetAudience", GetAudienceResult)
 PREPARE_TO_SEND_ON_CHANNEL: Activity[PrepareToSendOnChannelOp, PrepareToSendOnChannelResult] = Activity(
     "PrepareToSendOnChannel", PrepareToSendOnChannelResult
 )
-RECORD_PREPARED: Activity[PrepareStageEnded, PreparedSaga | None] = Activity("RecordPrepared", PreparedSaga | None)
 PUT_CHANNEL_OPERATIONS: Activity[list[ChannelOperationInstruction], list[ChannelOperationRef]] = Activity(
     "PutChannelOperations", list[ChannelOperationRef]
 )
@@ -64,10 +57,10 @@ RECORD_SAGA_ENDED: Activity[SagaEnded, None] = Activity("RecordSagaEnded", None)
 PREPARE_NOTIFICATION: Activity[PrepareNotificationOp, PreparedNotification] = Activity(
     "PrepareNotification", PreparedNotification
 )
-"""Every step up to sending, in one (sagas started since the `fewer-steps` patch): record the request, get the
-audience, prepare each channel, record the prepare stage, put the saga and its operations, take Slack's turns."""
+"""Every step up to sending, in one: record the request (unless a scheduled saga has), get the audience, prepare
+each channel, record the prepare stage, put the saga and its operations, take each operation's turn."""
 RECORD_ENDED: Activity[SagaEnded, None] = Activity("RecordNotificationEnded", None)
-"""`RECORD_OUTCOME` and `RECORD_SAGA_ENDED` in one step, for a saga that tells nobody (since `fewer-steps`)."""
+"""`RECORD_OUTCOME` and `RECORD_SAGA_ENDED` in one step, for a saga that tells nobody."""
 
 SEND: dict[Channel, Activity[ChannelOperationRef, ChannelOperationOutcomeInfo]] = {
     Channel.EMAIL: Activity("SendEmail", ChannelOperationOutcomeInfo),
@@ -80,9 +73,8 @@ RECORD_NOT_SENT: dict[Channel, Activity[ChannelOperationFailure, ChannelOperatio
 }
 """Each channel's record of an operation the saga gave up on."""
 WAIT_FOR_SLACK_TURN: Activity[ChannelOperationRef, float] = Activity("WaitForSlackTurn", float)
-"""The seconds a Slack message waits for its Slack channel's next turn, across every worker (0: its turn is now)."""
-TAKE_SLACK_TURN: Activity[ChannelOperationRef, datetime] = Activity("TakeSlackTurn", datetime)
-"""When a Slack message may be posted: what sagas started before the `slack-turn-waits` patch take instead."""
+"""The seconds a Slack message waits for its Slack channel's next turn, across every worker (0: its turn is now):
+a fallback's or the internal team's message (a saga's others take theirs while preparing)."""
 
 
 def channel_task_queue(task_queue: str, channel: Channel) -> str:

@@ -1,9 +1,10 @@
-"""The notification handlers' steps, as activities: record the request, get the audience, prepare each channel, put
-the saga and its channel operations, tell the internal team, and record how the saga ended. They write only through
-write-only handles, read only through read-only ones, and keep handling through the handling stores."""
+"""The notification handlers' steps, as activities: record the request, prepare (get the audience, prepare each
+channel, put the saga and its channel operations), tell the internal team, and record how the saga ended. They write
+only through write-only handles, read only through read-only ones, and keep handling through the handling stores."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -13,14 +14,12 @@ from temporalio import activity
 from activities.channel_handler import CannotPrepare, ChannelHandler
 from activities.contract import (
     ESCALATION_CONCERN,
-    GET_AUDIENCE,
     PREPARE_NOTIFICATION,
     PREPARE_TO_SEND_ON_CHANNEL,
     PUT_CHANNEL_OPERATIONS,
     RECORD_ENDED,
     RECORD_ESCALATION_REQUESTED,
     RECORD_OUTCOME,
-    RECORD_PREPARED,
     RECORD_REQUESTED,
     RECORD_SAGA_ENDED,
     SAGA_CONCERN,
@@ -34,6 +33,7 @@ from domain import (
     ChannelOperationInstruction,
     ChannelOperationMonitoringInfo,
     ChannelOperationRef,
+    ChannelPreference,
     DirectoryEntry,
     EscalationRequested,
     ExecuteOpRequestedEvent,
@@ -47,8 +47,8 @@ from domain import (
     PreparedNotification,
     PreparedSaga,
     PrepareNotificationOp,
-    PrepareStageEnded,
     PrepareToSendNotificationEvent,
+    PrepareToSendNotificationResult,
     PrepareToSendOnChannelOp,
     PrepareToSendOnChannelResult,
     ProcessSendNotificationSagaOp,
@@ -57,8 +57,8 @@ from domain import (
     SendNotificationRequestedEvent,
     SendNotificationToEntityOp,
     TagName,
+    get_delivery_channel_configs,
     notification_tags,
-    prepare_stage,
     tag,
     terminal_event_type,
     utc_now,
@@ -132,19 +132,8 @@ class NotificationActivities:
         if recorded is not None:
             stage = recorded.object(PrepareToSendNotificationEvent)
         else:
-            stage = await prepare_stage(
-                nid,
-                utc_now(),
-                policies,
-                lambda: _or_reported(
-                    GET_AUDIENCE.name,
-                    nid,
-                    self.get_audience(operation),
-                    lambda reason: GetAudienceResult(audience=None, failures=[Failure(reason=reason)]),
-                ),
-                lambda audience, channel: self._prepare_channel(nid, operation, audience, channel),
-            )
-        saga = await self.record_prepared(PrepareStageEnded(operation=operation, event=stage))
+            stage = await self._prepare_stage(nid, operation, policies)
+        saga = await self._record_prepared(stage, operation)
         waits = {
             ref.instruction.operation.channel_operation_id: await self._handlers[
                 ref.instruction.operation.delivery_channel
@@ -152,6 +141,41 @@ class NotificationActivities:
             for ref in (saga.operations if saga else [])
         }
         return PreparedNotification(policies=policies, stage=stage, saga=saga, turn_waits=waits)
+
+    async def _prepare_stage(
+        self, nid: str, operation: SendNotificationToEntityOp, policies: SagaPolicies
+    ) -> PrepareToSendNotificationEvent:
+        """The prepare stage: get the audience; if it can be used, its delivery channel configs; if those can be
+        used, prepare every channel it is to be sent on, all at once, and apply the cannot-prepare action."""
+        timestamp = utc_now()
+        audience = await _or_reported(
+            "GetAudience",
+            nid,
+            self._get_audience(operation),
+            lambda reason: GetAudienceResult(audience=None, failures=[Failure(reason=reason)]),
+        )
+        stage = PrepareToSendNotificationEvent(notification_id=nid, timestamp_utc=timestamp, get_audience=audience)
+        if not audience.usable:
+            return stage
+        assert audience.audience is not None
+        entry = audience.audience
+        configs = get_delivery_channel_configs(entry, policies)
+        stage = stage.model_copy(update={"get_delivery_channel_configs": configs})
+        if not configs.usable:
+            return stage
+        to_send_on = [c.channel for c in configs.configs if c.action == ChannelPreference.SEND]
+        results = await asyncio.gather(*(self._prepare_channel(nid, operation, entry, c) for c in to_send_on))
+        prepare = PrepareToSendNotificationResult.of(list(results), policies.cannot_prepare_action)
+        return stage.model_copy(update={"prepare": prepare})
+
+    async def _get_audience(self, operation: SendNotificationToEntityOp) -> GetAudienceResult:
+        """The entity as the directory has it now; an unknown entity is a reported failure, not an error."""
+        entry = await lookup(self._directory, operation.entity_id)
+        if entry is None:
+            return GetAudienceResult(
+                audience=None, failures=[Failure(reason=f"entity {operation.entity_id!r} is not in the directory")]
+            )
+        return GetAudienceResult(audience=entry)
 
     async def _prepare_channel(
         self, nid: str, operation: SendNotificationToEntityOp, audience: DirectoryEntry, channel: Channel
@@ -185,16 +209,6 @@ class NotificationActivities:
         )
         return self._settings.saga_policies()
 
-    @activity.defn(name=GET_AUDIENCE.name)
-    async def get_audience(self, operation: SendNotificationToEntityOp) -> GetAudienceResult:
-        """The entity as the directory has it now; an unknown entity is a reported failure, not an error."""
-        entry = await lookup(self._directory, operation.entity_id)
-        if entry is None:
-            return GetAudienceResult(
-                audience=None, failures=[Failure(reason=f"entity {operation.entity_id!r} is not in the directory")]
-            )
-        return GetAudienceResult(audience=entry)
-
     @activity.defn(name=PREPARE_TO_SEND_ON_CHANNEL.name)
     async def prepare_to_send_on_channel(self, op: PrepareToSendOnChannelOp) -> PrepareToSendOnChannelResult:
         """Compose the channel's operation, with a channel-operation id issued by the channel's operation stream;
@@ -219,14 +233,14 @@ class NotificationActivities:
         )
         return PrepareToSendOnChannelResult(channel=op.channel, instructions=[instruction])
 
-    @activity.defn(name=RECORD_PREPARED.name)
-    async def record_prepared(self, ended: PrepareStageEnded) -> PreparedSaga | None:
+    async def _record_prepared(
+        self, event: PrepareToSendNotificationEvent, operation: SendNotificationToEntityOp
+    ) -> PreparedSaga | None:
         """Record how preparing ended; if there is something to send, put the saga first, then each channel's
         operation. Returns the saga and the operations' records, or None when there is nothing to send."""
-        event = ended.event
         nid = event.notification_id
-        tags = notification_tags(nid, ended.operation)
-        await self._record_event(event, ended.operation)
+        tags = notification_tags(nid, operation)
+        await self._record_event(event, operation)
         if event.prepare is None or not event.prepare.channels_to_send_on:
             return None
         instructions = event.prepare.instructions()
@@ -351,8 +365,8 @@ class NotificationActivities:
 
 
 async def _or_reported(step: str, nid: str, running: Awaitable[T], failed: Callable[[str], T]) -> T:
-    """A part of the prepare step whose failure, unless a retry may fix it, is a reported failure of its stage (as
-    `activities.failures` would have made it when the part was a step of its own)."""
+    """A part of the prepare step whose failure, unless a retry may fix it, is a reported failure of its stage, named
+    by the part (`step`), as `activities.failures` names a step's."""
     try:
         return await running
     except TRANSIENT:

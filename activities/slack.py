@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -10,7 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from temporalio import activity
 
 from activities.channel_handler import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError, logger
-from activities.contract import RECORD_NOT_SENT, SEND, TAKE_SLACK_TURN, WAIT_FOR_SLACK_TURN
+from activities.contract import RECORD_NOT_SENT, SEND, WAIT_FOR_SLACK_TURN
 from domain import (
     Channel,
     ChannelOperationFailure,
@@ -27,7 +27,6 @@ from domain import (
     TagName,
     admitted,
     tag,
-    utc_now,
 )
 from settings import Settings
 from streams import StreamName
@@ -79,14 +78,9 @@ class SlackHandler(ChannelHandler):
 
     @activity.defn(name=WAIT_FOR_SLACK_TURN.name)
     async def wait_for_turn(self, ref: ChannelOperationRef) -> float:
-        """`turn`, as a step of its own: a fallback message's, and every message's in sagas started before the
-        `fewer-steps` patch (the others are taken while preparing)."""
+        """`turn`, as a step of its own: a fallback's or the internal team's message (a saga's others are taken
+        while preparing)."""
         return await self.turn(ref)
-
-    @activity.defn(name=TAKE_SLACK_TURN.name)
-    async def take_turn(self, ref: ChannelOperationRef) -> datetime:
-        """`wait_for_turn` as the time of the turn, for sagas started before the `slack-turn-waits` patch."""
-        return utc_now() + timedelta(seconds=await self.turn(ref))
 
     @staticmethod
     def compose(

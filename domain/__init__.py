@@ -54,9 +54,7 @@ from domain.payloads import (
     PreparedNotification,
     PreparedSaga,
     PrepareNotificationOp,
-    PrepareStageEnded,
     SagaEnded,
-    prepare_stage,
 )
 from domain.rules import (
     ADMISSION,
@@ -192,7 +190,6 @@ __all__ = [
     "OptionalBody",
     "PREPARE_ON_CHANNEL_OUTCOMES",
     "PartiallySentNotificationEvent",
-    "PrepareStageEnded",
     "PrepareToSendNotificationEvent",
     "PrepareToSendNotificationOutcome",
     "PrepareToSendNotificationResult",
@@ -203,7 +200,6 @@ __all__ = [
     "PreparedSaga",
     "PreparedNotification",
     "PrepareNotificationOp",
-    "prepare_stage",
     "ProcessSendNotificationSagaOp",
     "RESERVED_TAG_NAMES",
     "Reason",

@@ -1,12 +1,6 @@
-"""The inputs and outputs of the saga's record steps (Temporal payloads), beyond the stages' own results, and the
-prepare stage as one piece that both the saga (one step per part, in sagas from before `fewer-steps`) and the one
-prepare step run."""
+"""The inputs and outputs of the saga's record steps (Temporal payloads), beyond the stages' own results."""
 
 from __future__ import annotations
-
-import asyncio
-from collections.abc import Awaitable, Callable
-from datetime import datetime
 
 from pydantic import Field
 
@@ -15,9 +9,6 @@ from domain.events import (
     SendFailedNotificationToInternalTeamOp,
 )
 from domain.model import (
-    Channel,
-    ChannelPreference,
-    DirectoryEntry,
     NotificationRequest,
     SendNotificationToEntityOp,
 )
@@ -28,11 +19,7 @@ from domain.stages import (
     AttemptToSendNotificationResult,
     ChannelOperationInstruction,
     ChannelOperationRef,
-    GetAudienceResult,
-    PrepareToSendNotificationResult,
-    PrepareToSendOnChannelResult,
     SagaPolicies,
-    get_delivery_channel_configs,
 )
 from domain.views import (
     NotificationView,
@@ -72,13 +59,6 @@ class PreparedEscalation(Model):
     operations: list[ChannelOperationRef]
 
 
-class PrepareStageEnded(Model):
-    """How preparing ended, for the notification of this operation."""
-
-    operation: SendNotificationToEntityOp
-    event: PrepareToSendNotificationEvent
-
-
 class PreparedSaga(Model):
     """The saga record and its channel operations, as put in their streams."""
 
@@ -103,30 +83,3 @@ class PreparedNotification(Model):
     stage: PrepareToSendNotificationEvent
     saga: PreparedSaga | None
     turn_waits: dict[int, float] = Field(default_factory=dict)
-
-
-async def prepare_stage(
-    notification_id: str,
-    timestamp: datetime,
-    policies: SagaPolicies,
-    get_audience: Callable[[], Awaitable[GetAudienceResult]],
-    prepare_on: Callable[[DirectoryEntry, Channel], Awaitable[PrepareToSendOnChannelResult]],
-) -> PrepareToSendNotificationEvent:
-    """The prepare stage: get the audience; if it can be used, its delivery channel configs; if those can be used,
-    prepare every channel it is to be sent on, all at once, and apply the cannot-prepare action."""
-    audience = await get_audience()
-    stage = PrepareToSendNotificationEvent(
-        notification_id=notification_id, timestamp_utc=timestamp, get_audience=audience
-    )
-    if not audience.usable:
-        return stage
-    assert audience.audience is not None
-    entry = audience.audience
-    configs = get_delivery_channel_configs(entry, policies)
-    stage = stage.model_copy(update={"get_delivery_channel_configs": configs})
-    if not configs.usable:
-        return stage
-    to_send_on = [c.channel for c in configs.configs if c.action == ChannelPreference.SEND]
-    results = await asyncio.gather(*(prepare_on(entry, channel) for channel in to_send_on))
-    prepare = PrepareToSendNotificationResult.of(list(results), policies.cannot_prepare_action)
-    return stage.model_copy(update={"prepare": prepare})

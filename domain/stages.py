@@ -370,11 +370,10 @@ class ChannelPolicy(Model):
     initial_retry_seconds: float = Field(gt=0)
     maximum_retry_seconds: float = Field(gt=0)
     deadline_seconds: float = Field(gt=0)
-    attempt_timeout_seconds: float = Field(60, gt=0)
+    attempt_timeout_seconds: float = Field(gt=0)
     """How long one attempt may take, at most (within the deadline)."""
-    heartbeat_timeout_seconds: float | None = Field(None, gt=0)
-    """How long an attempt may go without a heartbeat before it counts as lost (its worker dead) and is retried;
-    None (sagas started before heartbeats) leaves it to the attempt's timeout."""
+    heartbeat_timeout_seconds: float = Field(gt=0)
+    """How long an attempt may go without a heartbeat before it counts as lost (its worker dead) and is retried."""
 
 
 class SagaPolicies(Model):

@@ -19,7 +19,6 @@ IMPLEMENTATIONS = [
     *(getattr(NotificationActivities, name) for name in vars(NotificationActivities)),
     *(method for handler in CHANNEL_HANDLERS.values() for method in (handler.send, handler.record_not_sent)),
     SlackHandler.wait_for_turn,
-    SlackHandler.take_turn,
 ]
 
 

@@ -1,7 +1,8 @@
 """Determinism: recorded saga histories must replay against the current workflow code.
 
-`tests/histories/*.json` were recorded from real runs. A change to the saga that would break running workflows fails
-here. After an intended, versioned change, record them again with `python -m tests.test_replay`.
+`tests/histories/*.json` were recorded from real runs of the scenarios below. A change to the saga that would break
+running workflows fails here. Record them again with `.venv/bin/python -m tests.test_replay` after a change that is
+replay-safe (behind `workflow.patched` once released: docs/releasing.md).
 """
 
 from __future__ import annotations
@@ -102,9 +103,14 @@ def replayer(*workflows: type) -> Replayer:
 
 
 def recorded() -> list[WorkflowHistory]:
-    files = sorted(HISTORIES.glob("**/*.json"))  # before-<patch>/ folders hold the histories of older code
-    assert files, f"no recorded histories in {HISTORIES}"
-    return [WorkflowHistory.from_json(f.stem, f.read_text()) for f in files]
+    """The current code's histories (`histories/<scenario>.json`), and those a released version recorded, kept in
+    `histories/<version>/` while a saga it started may be running (docs/releasing.md); each named by its path."""
+    current = sorted(HISTORIES.glob("*.json"))
+    assert {f.stem for f in current} == set(SCENARIOS), "record every scenario: python -m tests.test_replay"
+    files = current + sorted(HISTORIES.glob("*/*.json"))
+    return [
+        WorkflowHistory.from_json(f.relative_to(HISTORIES).with_suffix("").as_posix(), f.read_text()) for f in files
+    ]
 
 
 async def test_recorded_histories_replay() -> None:
@@ -123,7 +129,7 @@ async def test_fresh_histories_replay(time_skipping_env: WorkflowEnvironment, tm
 
 @workflow.defn(name="NotificationSaga")
 class ReorderedSaga(NotificationSaga):
-    """A change that is not replay-safe: a step (here a wait) before the saga records the request."""
+    """A change that is not replay-safe: a step (here a timer) ahead of those the recorded histories begin with."""
 
     @workflow.run
     async def run(self, request: NotificationRequest) -> NotificationView:

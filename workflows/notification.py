@@ -1,11 +1,14 @@
 """The notification saga: one workflow per notification, its workflow id the notification id.
 
-It records the request (and reads the worker's policies), waits until the notification's time if it has one, gets
-the audience and its delivery channel configs, prepares each channel, records the prepare outcome with the saga and
-channel operations, sends on every prepared channel at once (each with its deadline and retry policy, on its
-channel's task queue), falls back to the entity's fallback channel if a preferred one failed, records the outcome,
-tells the internal team when the outcome calls for it, and records the view and snapshot. Until it starts sending
-it can be cancelled. The code here only decides; activities do all the I/O.
+A scheduled saga records the request (and reads the worker's policies) and waits until the notification's time.
+Then one step (`PREPARE_NOTIFICATION`) records the request if it is not yet, gets the audience and its delivery
+channel configs, prepares each channel, records the prepare stage with the saga and its channel operations, and
+takes each Slack message's turn. The saga sends on every prepared channel at once (each after its turn, with its
+deadline and retry policy, on its channel's task queue) and falls back to the entity's fallback channel if a
+preferred one failed. It ends in one step that records the outcome, the view and the snapshot (`RECORD_ENDED`), or,
+when the outcome calls for telling the internal team, records the outcome, tells the team, then records the rest.
+Until it starts sending it can be cancelled; its search attributes follow its status. The code here only decides;
+activities do all the I/O.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from temporalio.workflow import ActivityCancellationType, ActivityHandle
 with workflow.unsafe.imports_passed_through():
     import metrics
     from activities.contract import (
-        GET_AUDIENCE,
         PREPARE_NOTIFICATION,
         PREPARE_TO_SEND_ON_CHANNEL,
         PUT_CHANNEL_OPERATIONS,
@@ -31,12 +33,10 @@ with workflow.unsafe.imports_passed_through():
         RECORD_ESCALATION_REQUESTED,
         RECORD_NOT_SENT,
         RECORD_OUTCOME,
-        RECORD_PREPARED,
         RECORD_REQUESTED,
         RECORD_SAGA_ENDED,
         SEND,
         STEP_FAILED_FOR_GOOD,
-        TAKE_SLACK_TURN,
         WAIT_FOR_SLACK_TURN,
         Activity,
         channel_task_queue,
@@ -56,14 +56,12 @@ with workflow.unsafe.imports_passed_through():
         EscalationStatus,
         EscalationView,
         Failure,
-        GetAudienceResult,
         NotificationOutcome,
         NotificationRequest,
         NotificationSnapshot,
         NotificationStatus,
         NotificationView,
         PrepareNotificationOp,
-        PrepareStageEnded,
         PrepareToSendNotificationEvent,
         PrepareToSendNotificationOutcome,
         PrepareToSendOnChannelOp,
@@ -72,7 +70,6 @@ with workflow.unsafe.imports_passed_through():
         SagaPolicies,
         SendFailedNotificationToInternalTeamOp,
         SendNotificationToEntityOp,
-        prepare_stage,
     )
     from workflows import search
     from workflows.view import (
@@ -93,25 +90,10 @@ STEP_TIMEOUT = timedelta(seconds=30)
 STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=10
 )
-"""Steps whose failure is a reported failure of their stage (getting the audience, preparing a channel)."""
+"""Steps whose failure is a reported failure of their stage (preparing a fallback's or the internal team's channel)."""
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 """Steps that record what happened: retried, while the store cannot be used, until it takes the record (a step
 that fails in a way no retry fixes ends the saga instead: `activities.failures`)."""
-
-
-SLACK_TURNS = "slack-turns"
-"""The patch that paces Slack messages per Slack channel (sagas started before it post without taking a turn)."""
-SLACK_TURN_WAITS = "slack-turn-waits"
-"""The patch that sets a timer only when a Slack message must wait for its turn: a timer takes at least a second on
-some servers (the dev server's fire a second late), so a turn that is now must set none. Sagas started before it
-compare the turn they took with the time, which is always a little earlier, and so always wait."""
-FEWER_STEPS = "fewer-steps"
-"""The patch that prepares in one step (`PREPARE_NOTIFICATION`: the request recorded, the audience, each channel
-prepared, the stage recorded, the saga and its operations put, Slack's turns taken) where sagas before it took up to
-six, and that ends in one (`RECORD_ENDED`) where nobody is to be told. A scheduled saga still records its request
-when it is requested."""
-SEARCH_ATTRIBUTES = "search-attributes"
-"""The patch that keeps the saga's search attributes (`workflows.search`) current: its entity, status and channels."""
 CANCELLED = "cancelled before it was delivered"
 
 
@@ -137,10 +119,8 @@ class NotificationSaga:
         """The sends under way, by channel and channel-operation id: a cancel stops their retries."""
         self._cancelled_sends: set[tuple[Channel, int]] = set()
         self._policies: SagaPolicies | None = None
-        self._fewer_steps = False
         self._turn_waits: dict[int, float] = {}
         """Seconds each channel operation (by id) waits for its turn, as taken while preparing."""
-        self._searchable = False
         self._searched_status: NotificationStatus | None = None
         """The status the search attributes hold."""
 
@@ -165,7 +145,6 @@ class NotificationSaga:
 
     @workflow.run
     async def run(self, request: NotificationRequest) -> NotificationView:
-        self._searchable = workflow.patched(SEARCH_ATTRIBUTES)
         self._set_view(self._view)
         try:
             return await self._saga(request)
@@ -182,8 +161,7 @@ class NotificationSaga:
 
     async def _saga(self, request: NotificationRequest) -> NotificationView:
         nid, operation = request.notification_id, request.operation
-        self._fewer_steps = workflow.patched(FEWER_STEPS)
-        if not self._fewer_steps or operation.send_at is not None or self._cancel_requested:
+        if operation.send_at is not None or self._cancel_requested:
             self._policies = await self._record(RECORD_REQUESTED, request)
         if operation.send_at is not None:
             wait = max(operation.send_at - workflow.now(), timedelta(0))
@@ -195,30 +173,12 @@ class NotificationSaga:
             return await self._end(request)
         self._update(status=NotificationStatus.PENDING)
 
-        if self._fewer_steps:
-            prepared = await self._record(
-                PREPARE_NOTIFICATION, PrepareNotificationOp(request=request, policies=self._policies)
-            )
-            self._policies, stage, saga = prepared.policies, prepared.stage, prepared.saga
-            self._turn_waits = prepared.turn_waits
-            self._set_view(with_prepare_stage(self._view, stage))
-        else:
-            assert self._policies is not None
-            stage = await prepare_stage(
-                nid,
-                workflow.now(),
-                self._policies,
-                lambda: self._step(
-                    GET_AUDIENCE,
-                    operation,
-                    on_error=lambda reason: GetAudienceResult(audience=None, failures=[Failure(reason=reason)]),
-                ),
-                lambda audience, channel: self._prepare_channel(nid, operation, audience, channel),
-            )
-            self._set_view(with_prepare_stage(self._view, stage))
-            if self._cancel_requested:
-                return await self._end(request)
-            saga = await self._record(RECORD_PREPARED, PrepareStageEnded(operation=operation, event=stage))
+        prepared = await self._record(
+            PREPARE_NOTIFICATION, PrepareNotificationOp(request=request, policies=self._policies)
+        )
+        self._policies, stage, saga = prepared.policies, prepared.stage, prepared.saga
+        self._turn_waits = prepared.turn_waits
+        self._set_view(with_prepare_stage(self._view, stage))
         outcomes = await self._send_all(saga.operations) if saga else []
         audience = stage.get_audience.audience
         if audience is not None and not _stopped_by_policy(stage) and not self._cancel_requested:
@@ -278,14 +238,7 @@ class NotificationSaga:
         policy = self._policies.channels[channel]
         deadline = timedelta(seconds=policy.deadline_seconds)
         key = (channel, ref.instruction.operation.channel_operation_id)
-        wait = timedelta(0)
-        if key[1] in self._turn_waits:  # taken while preparing
-            wait = timedelta(seconds=self._turn_waits[key[1]])
-        elif channel == Channel.SLACK and workflow.patched(SLACK_TURNS):
-            if workflow.patched(SLACK_TURN_WAITS):
-                wait = timedelta(seconds=await self._record(WAIT_FOR_SLACK_TURN, ref))
-            else:
-                wait = await self._record(TAKE_SLACK_TURN, ref) - workflow.now()
+        wait = timedelta(seconds=await self._turn(ref))
         if wait > timedelta(0):  # a durable timer: the wait counts against no deadline
             try:
                 await workflow.wait_condition(lambda: self._cancel_requested and not self._sent, timeout=wait)
@@ -303,9 +256,7 @@ class NotificationSaga:
             task_queue=channel_task_queue(workflow.info().task_queue, channel),
             schedule_to_close_timeout=deadline,
             start_to_close_timeout=min(timedelta(seconds=policy.attempt_timeout_seconds), deadline),
-            heartbeat_timeout=None
-            if policy.heartbeat_timeout_seconds is None
-            else timedelta(seconds=policy.heartbeat_timeout_seconds),
+            heartbeat_timeout=timedelta(seconds=policy.heartbeat_timeout_seconds),
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=policy.initial_retry_seconds),
                 backoff_coefficient=2.0,
@@ -331,6 +282,16 @@ class NotificationSaga:
             return await self._record(RECORD_NOT_SENT[channel], failure)
         finally:
             del self._sends[key]
+
+    async def _turn(self, ref: ChannelOperationRef) -> float:
+        """The seconds the operation waits for its turn on its channel: as taken while preparing, or taken now (a
+        Slack message of a fallback or of an escalation); only Slack is paced per saga."""
+        seconds = self._turn_waits.get(ref.instruction.operation.channel_operation_id)
+        if seconds is not None:
+            return seconds
+        if ref.instruction.operation.delivery_channel == Channel.SLACK:
+            return await self._record(WAIT_FOR_SLACK_TURN, ref)
+        return 0.0
 
     async def _fall_back(
         self,
@@ -382,10 +343,7 @@ class NotificationSaga:
         assert self._policies is not None
         team = self._policies.internal_team
         if team is None or self._view.status not in self._policies.escalate_on:
-            if self._fewer_steps:
-                await self._record(RECORD_ENDED, ended)
-            else:
-                await self._record_ended(ended)
+            await self._record(RECORD_ENDED, ended)
             return self._view
         await self._record(RECORD_OUTCOME, snapshot)
         internal_operation_record_id = await self._escalate(team)
@@ -397,11 +355,6 @@ class NotificationSaga:
             ),
         )
         return self._view
-
-    async def _record_ended(self, ended: SagaEnded) -> None:
-        """`RECORD_ENDED` in the two steps of sagas started before `fewer-steps`."""
-        await self._record(RECORD_OUTCOME, ended.snapshot)
-        await self._record(RECORD_SAGA_ENDED, ended)
 
     async def _escalate(self, team: DirectoryEntry) -> int:
         """Tell the internal team, on its channels, that the notification ended as the policy escalates. Whatever
@@ -460,7 +413,7 @@ class NotificationSaga:
         """The view from now on; the search attributes follow its status, with the channels it has by then (one
         upsert per status: each is an event of the history, and an action on Temporal Cloud)."""
         self._view = view
-        if not self._searchable or view.status == self._searched_status:
+        if view.status == self._searched_status:
             return
         updates: list[SearchAttributeUpdate[Any]] = [
             search.STATUS.value_set(view.status.value),
