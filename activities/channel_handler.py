@@ -2,7 +2,8 @@
 
 A handler takes up the operation's record in the handling store, records the request in its concern's event stream,
 delivers, and records success or failure there, tagged like the operation. Each subclass (one per delivery channel)
-says how to compose and deliver; `activities.registry.CHANNEL_HANDLERS` lists them.
+says how to compose and deliver, with the channel's own operation and response types (`ChannelHandler[Op,
+Response]`); `activities.registry.CHANNEL_HANDLERS` lists them.
 
 - A permanent failure (and anything unexpected while delivering) is an outcome: recorded and returned.
 - A transient failure is raised, with the channel's response, so that Temporal retries it until the operation's
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, NoReturn
+from typing import ClassVar, Generic, NoReturn, TypeVar
 
 from pydantic import BaseModel
 from temporalio import activity
@@ -92,7 +93,15 @@ class TransientDeliveryError(Exception):
         self.retry_after = retry_after
 
 
-class ChannelHandler(ABC):
+Op = TypeVar("Op", bound=ChannelOperation)
+"""A channel's operation."""
+Response = TypeVar("Response", bound=BaseModel)
+"""A channel's response, as its events record it."""
+
+
+class ChannelHandler(ABC, Generic[Op, Response]):
+    """The handler of one channel's operations (`Op`), which records that channel's responses (`Response`)."""
+
     channel: ClassVar[Channel]
     concern: ClassVar[str]
     operation_stream: ClassVar[StreamName]
@@ -100,7 +109,8 @@ class ChannelHandler(ABC):
     requested_event: ClassVar[type[ChannelEvent]]
     succeeded_event: ClassVar[type[ChannelEvent]]
     failed_event: ClassVar[type[ChannelEvent]]
-    response: ClassVar[type[BaseModel]]
+    operation_type: type[Op]
+    response_type: type[Response]
 
     def __init__(self, store: StreamStore, settings: Settings) -> None:
         self._settings = settings
@@ -128,11 +138,11 @@ class ChannelHandler(ABC):
         `CannotPrepare` when the channel cannot carry it."""
 
     @abstractmethod
-    async def deliver(self, operation: ChannelOperation) -> Delivery:
+    async def deliver(self, operation: Op) -> Delivery:
         """Deliver, returning the outcome; raise `TransientDeliveryError` for what a retry may fix."""
 
     @abstractmethod
-    def failed_response(self, operation: ChannelOperation, reason: str) -> BaseModel:
+    def failed_response(self, operation: Op, reason: str) -> Response:
         """The channel's response for a delivery that failed for `reason` before the channel answered."""
 
     async def turn(self, ref: ChannelOperationRef) -> float:
@@ -142,6 +152,13 @@ class ChannelHandler(ABC):
 
     # -- what every channel does ------------------------------------------------------------------------------
 
+    def operation(self, ref: ChannelOperationRef) -> Op:
+        """The channel's operation that `ref` holds."""
+        operation = ref.instruction.operation
+        if not isinstance(operation, self.operation_type):
+            raise TypeError(f"the {self.channel} handler was given a {operation.delivery_channel} operation")
+        return operation
+
     async def handle(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         """Deliver the operation once, heartbeating all along: while the attempt waits for the store it is alive, and
         no retry takes the operation over beside it; only a dead worker's attempt is retried early."""
@@ -149,7 +166,7 @@ class ChannelHandler(ABC):
             return await self._handle(ref)
 
     async def _handle(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
-        operation = ref.instruction.operation
+        operation = self.operation(ref)
         info = activity.info()
         attempt = f"attempt {info.attempt}, by worker {WORKER}"
         handled = await self._handling.begin(ref.internal_record_id, self.concern, attempt)
@@ -208,7 +225,7 @@ class ChannelHandler(ABC):
     async def give_up(self, failure: ChannelOperationFailure) -> ChannelOperationOutcomeInfo:
         """The saga gave up on the operation (its deadline passed, or every attempt failed): record it as failed,
         unless an attempt recorded an outcome after all, and archive its handling."""
-        ref, operation = failure.operation, failure.operation.instruction.operation
+        ref, operation = failure.operation, self.operation(failure.operation)
         history = await self._handling.history(ref.internal_record_id, self.concern)
         status = history[-1].status if history else HandlingStatus.AVAILABLE_BY_DEFAULT
         attempts = _attempts(history)
@@ -220,7 +237,7 @@ class ChannelHandler(ABC):
             return recorded
         last = failure.last_response
         response = (
-            self.response.model_validate({**last, "error": failure.reason})
+            self.response_type.model_validate({**last, "error": failure.reason})
             if last
             else self.failed_response(operation, failure.reason)
         )

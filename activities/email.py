@@ -109,7 +109,7 @@ def compose_message(op: SendEmailOp) -> EmailMessage:
     return message
 
 
-class EmailHandler(ChannelHandler):
+class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
     channel = Channel.EMAIL
     concern = "send-email"
     operation_stream = StreamName.EMAIL_OPERATION
@@ -117,7 +117,8 @@ class EmailHandler(ChannelHandler):
     requested_event = SendEmailRequestedEvent
     succeeded_event = SucceededInSendingEmailEvent
     failed_event = FailedToSendEmailEvent
-    response = SendEmailResponse
+    operation_type = SendEmailOp
+    response_type = SendEmailResponse
 
     @activity.defn(name=SEND[Channel.EMAIL].name)
     async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
@@ -147,12 +148,12 @@ class EmailHandler(ChannelHandler):
         )
         return email, [recipient_email_tag(audience.email)]
 
-    def failed_response(self, operation: SendEmailOp, reason: str) -> SendEmailResponse:  # type: ignore[override]
+    def failed_response(self, operation: SendEmailOp, reason: str) -> SendEmailResponse:
         return SendEmailResponse(
             result=SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, message_id=message_id(operation), error=reason
         )
 
-    async def deliver(self, op: SendEmailOp) -> Delivery:  # type: ignore[override]
+    async def deliver(self, op: SendEmailOp) -> Delivery:
         s = self._settings
         smtp = TranscribedSMTP(
             hostname=s.smtp_host,

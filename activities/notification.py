@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -101,7 +101,9 @@ async def _move_if_allowed(
 
 
 class NotificationActivities:
-    def __init__(self, store: StreamStore, settings: Settings, handlers: Mapping[Channel, ChannelHandler]) -> None:
+    def __init__(
+        self, store: StreamStore, settings: Settings, handlers: Mapping[Channel, ChannelHandler[Any, Any]]
+    ) -> None:
         self._settings = settings
         self._handlers = handlers
         self._directory = store.reader(StreamName.ENTITY_DIRECTORY)

@@ -48,7 +48,7 @@ def _seconds(header: str | None) -> float | None:
         return None
 
 
-class SlackHandler(ChannelHandler):
+class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse]):
     channel = Channel.SLACK
     concern = "send-slack-message"
     operation_stream = StreamName.SLACK_OPERATION
@@ -56,7 +56,8 @@ class SlackHandler(ChannelHandler):
     requested_event = SendSlackMessageRequestedEvent
     succeeded_event = SucceededInSendingSlackMessageEvent
     failed_event = FailedToSendSlackMessageEvent
-    response = SendSlackMessageResponse
+    operation_type = SendSlackMessageOp
+    response_type = SendSlackMessageResponse
 
     @activity.defn(name=SEND[Channel.SLACK].name)
     async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
@@ -70,8 +71,7 @@ class SlackHandler(ChannelHandler):
         """How long the message waits for its Slack channel's next turn: `NOTIFY_SLACK_MESSAGES_PER_SECOND` per
         Slack channel for all workers together (Slack's pace is per channel); 0 when its turn is now, or unpaced."""
         rate = self._settings.slack_messages_per_second
-        op = ref.instruction.operation
-        assert isinstance(op, SendSlackMessageOp)
+        op = self.operation(ref)
         if rate is None:
             return 0.0
         return await self._handling.next_turn(f"slack:{op.workspace}/{op.channel}", 1 / rate)
@@ -106,10 +106,10 @@ class SlackHandler(ChannelHandler):
             tag(TagName.SLACK_CHANNEL, audience.slack.channel),
         ]
 
-    def failed_response(self, operation: SendSlackMessageOp, reason: str) -> SendSlackMessageResponse:  # type: ignore[override]
+    def failed_response(self, operation: SendSlackMessageOp, reason: str) -> SendSlackMessageResponse:
         return SendSlackMessageResponse(result=SendSlackMessageResult.FAILED_WITH_EXCEPTION_WHEN_SENDING, error=reason)
 
-    async def deliver(self, op: SendSlackMessageOp) -> Delivery:  # type: ignore[override]
+    async def deliver(self, op: SendSlackMessageOp) -> Delivery:
         token = self._settings.slack_token_for(op.workspace)
         if token is None:
             reason = f"no Slack token is configured for workspace {op.workspace!r}"
