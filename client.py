@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import PlainSerializer, ValidationError
 from temporalio.api.enums.v1 import IndexedValueType, PendingActivityState
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowUpdateFailedError
@@ -49,6 +49,7 @@ from domain import (
     NotificationStatus,
     NotificationView,
     SendNotificationToEntityOp,
+    Tag,
     TagName,
     TemplateUse,
     admitted,
@@ -571,17 +572,29 @@ def _as_compared(operation: SendNotificationToEntityOp) -> SendNotificationToEnt
     return operation.model_copy(update={"tags": sorted(operation.tags, key=lambda t: (t.name, t.value))})
 
 
-def record_json(record: Record) -> dict[str, Any]:
-    """A record as `events --json` and the API show it."""
-    return {
-        "internal_id": record.internal_id,
-        "stream": record.stream,
-        "record_id": record.record_id,
-        "type": record.type,
-        "timestamp_utc": record.timestamp_utc.isoformat(),
-        "tags": [{"name": t.name, "value": t.value} for t in record.tags],
-        "payload": record.json(),
-    }
+class EventRecord(Model):
+    """A record of a notification, as `events` shows it (and the API): where it is, what it is, its tags and its
+    payload."""
+
+    internal_id: int
+    stream: StreamName
+    record_id: str | None
+    type: str
+    timestamp_utc: Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str)]
+    tags: list[Tag]
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: Record) -> EventRecord:
+        return cls(
+            internal_id=record.internal_id,
+            stream=StreamName(record.stream),
+            record_id=record.record_id,
+            type=record.type,
+            timestamp_utc=record.timestamp_utc,
+            tags=list(record.tags),
+            payload=record.json(),
+        )
 
 
 def _from_request(requested: Record, status: NotificationStatus, failure: str) -> dict[str, Any]:

@@ -355,9 +355,9 @@ def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_jso
         async with settings.open_streams() as store:
             records = await (await _client(settings, store)).events(notification_id)
         if as_json:
-            from client import record_json
+            from client import EventRecord
 
-            print_json([record_json(r) for r in records])
+            print_json([EventRecord.of(r).model_dump(mode="json") for r in records])
             return
         print(f"{'RECORD':>8}  {'TIME':<32}  {'STREAM':<22} {'RECORD ID':<20} TYPE")
         for r in records:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 
 class Problem(Exception):
@@ -25,13 +28,31 @@ TITLES = {
 }
 
 
+class ProblemDetails(BaseModel):
+    """An error (RFC 9457): its status, its title, and what is wrong in one line."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
 def problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse(
-        {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status, "detail": one_line_of(detail)},
+        ProblemDetails(title=TITLES.get(status, "Error"), status=status, detail=one_line_of(detail)).model_dump(),
         status_code=status,
         media_type="application/problem+json",
         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
     )
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The errors a route answers with, for its OpenAPI description."""
+    schema = ProblemDetails.model_json_schema()
+    return {
+        status: {"description": TITLES[status], "content": {"application/problem+json": {"schema": schema}}}
+        for status in statuses
+    }
 
 
 def one_line_of(text: str) -> str:

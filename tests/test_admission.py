@@ -64,12 +64,13 @@ async def test_the_client_checks_every_request_and_key_before_writing(
     assert refused.value.said(idempotency_key="--idempotency-key") == (
         "--idempotency-key: must not be empty or contain spaces or control characters"
     )
-    for wrong, said in [
+    wrong: list[tuple[dict, str]] = [
         ({"subject": "Two\nlines"}, "subject: must be a single line of text"),
         ({"tags": [{"name": "entity-id", "value": "x"}]}, "tags: 'entity-id': reserved"),
-    ]:
+    ]
+    for changes, said in wrong:
         with pytest.raises(RequestRefused, match=said):
-            await client.submit(content | wrong)
+            await client.submit(content | changes)
     with pytest.raises(RequestRefused, match="data is rendered by a template: name one"):
         await client.submit(content, data={})
     assert len(await store.read(StreamName.CLIENT_OPERATION)) == before

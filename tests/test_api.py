@@ -7,13 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
 
 from api.app import MAX_BODY_BYTES, create_app, serving
-from client import connect
+from client import Accepted, EventRecord, connect
+from domain import DeliveryAuditEntry, DirectoryEntry, NotificationView, TagName, tag
 from settings import Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
-from streams import StreamStore
+from streams import StreamName, StreamStore
 from tests.harness import Api
 
 
@@ -49,6 +51,27 @@ async def test_a_notification_is_requested_read_back_and_found_in_the_audit(
     slack = (await api.call("GET", "/v1/audit/slack", params={"channel": "acme/C0123"})).json()
     assert [a["notification_id"] for a in slack] == [accepted["id"]]
     assert [m.message["Subject"] for m in mail_sink.messages] == ["Over HTTP"]
+    # as recorded, field for field: the view, and each record as `events --json` shows it
+    recorded = await api.store.reader(StreamName.NOTIFICATION_VIEW).latest(accepted["id"])
+    assert recorded is not None and view == recorded.json()
+    listed = (await api.call("GET", "/v1/notifications", params={"entity": "user-1"})).json()
+    assert listed["items"] == [view]
+    by_id = tag(TagName.NOTIFICATION_ID, accepted["id"])
+    records = sorted(
+        [r for stream in StreamName for r in await api.store.reader(stream).by_tags(by_id)], key=lambda r: r.internal_id
+    )
+    assert events == [
+        {
+            "internal_id": r.internal_id,
+            "stream": r.stream,
+            "record_id": r.record_id,
+            "type": r.type,
+            "timestamp_utc": r.timestamp_utc.isoformat(),
+            "tags": [{"name": t.name, "value": t.value} for t in r.tags],
+            "payload": r.json(),
+        }
+        for r in records
+    ]
 
 
 async def test_an_idempotency_key_returns_the_first_id_and_refuses_another_request(api: Api) -> None:
@@ -228,6 +251,35 @@ async def test_docs_list_every_endpoint(api: Api) -> None:
         "/readyz",
     }
     assert (await api.call("GET", "/readyz", key=None)).json() == {"status": "ready"}
+
+
+async def test_openapi_describes_a_notification_its_events_and_the_audit(api: Api) -> None:
+    spec = (await api.call("GET", "/openapi.json", key=None)).json()
+    schemas = spec["components"]["schemas"]
+
+    def answer(path: str, method: str = "get", status: str = "200") -> dict:
+        return spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+
+    def fields(name: str) -> set[str]:
+        return set(schemas[name]["properties"])
+
+    def ref(model: type[BaseModel]) -> dict:
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    one = "/v1/notifications/{notification_id}"
+    assert answer(one) == answer(f"{one}/cancel", "post") == ref(NotificationView)
+    assert fields("NotificationView") == set(NotificationView.model_fields) >= {"id", "status", "channels", "outcome"}
+    assert fields("ChannelView") >= {"address", "outcome", "attempts", "last_error", "next_attempt_at"}
+    assert answer(f"{one}/events")["items"] == ref(EventRecord)
+    assert fields("EventRecord") == {"internal_id", "stream", "record_id", "type", "timestamp_utc", "tags", "payload"}
+    for audit in ("/v1/audit/email", "/v1/audit/slack"):
+        assert answer(audit)["items"] == ref(DeliveryAuditEntry)
+    assert fields("DeliveryAuditEntry") == set(DeliveryAuditEntry.model_fields) >= {"address", "outcome", "reason"}
+    assert answer("/v1/notifications", "post", "202") == ref(Accepted) and fields("Accepted") == {"id", "status"}
+    assert fields("NotificationPage") == {"items", "next_cursor"}
+    assert answer("/v1/entities/{entity_id}") == ref(DirectoryEntry)
+    refused = spec["paths"]["/v1/notifications"]["get"]["responses"]["401"]["content"]["application/problem+json"]
+    assert set(refused["schema"]["properties"]) == {"type", "title", "status", "detail"}
 
 
 async def test_readyz_is_503_without_temporal(store: StreamStore, settings: Settings) -> None:

@@ -163,6 +163,14 @@ async def test_the_codec_server_decodes_for_the_web_ui(
         assert base64.b64decode(opened["data"]) == payload.data
         assert (await http.post("/codec/encode", json=body, headers=ui)).status_code == 403  # encoding is `send`'s
         assert (await http.post("/codec/decode", json=body)).status_code == 401
+        for key, said in [
+            (None, "an API key is needed: Authorization: Bearer KEY, or the web page's sign-in"),
+            ("nk_000000000000_" + "A" * 43, "the API key is not valid (unknown, or revoked)"),
+        ]:  # a refusal the UI can read: with its CORS headers
+            headers = {"Origin": "http://localhost:8233"} | ({"Authorization": f"Bearer {key}"} if key else {})
+            refused = await http.post("/codec/decode", json=body, headers=headers)
+            assert (refused.status_code, refused.json()["detail"]) == (401, said)
+            assert refused.headers["access-control-allow-origin"] == "http://localhost:8233"
         preflight = await http.options(
             "/codec/decode",
             headers={"Origin": "http://localhost:8233", "Access-Control-Request-Method": "POST"},

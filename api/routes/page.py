@@ -7,19 +7,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Cookie, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from api.deps import AppParts, KeyRefused, authorized
 from api.keys import Scope
 from client import UNDECIDED, NotificationClient, UnknownNotification
 from domain import NotificationStatus
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]
 COOKIE = "notify_key"
 COOKIE_DAYS = 30
 LIVE_SECONDS = 2
@@ -44,14 +45,16 @@ class SignIn(Exception):
     """The page needs a key: to the sign-in form, then back."""
 
 
-async def _signed_in(request: Request) -> NotificationClient:
+async def _signed_in(app: AppParts, key: Annotated[str | None, Cookie(alias=COOKIE)] = None) -> NotificationClient:
     """The client, for a request whose cookie holds a key with the `read` scope."""
-    key = request.cookies.get(COOKIE)
-    issued = None if key is None else await request.app.state.keys.authenticate(key)
-    if issued is None or Scope.READ not in issued.scopes:
-        raise SignIn
-    client: NotificationClient = request.app.state.client
-    return client
+    try:
+        await authorized(app.keys, key, Scope.READ)
+    except KeyRefused as refused:
+        raise SignIn from refused
+    return app.client
+
+
+SignedIn = Annotated[NotificationClient, Depends(_signed_in)]
 
 
 def _render(request: Request, template: str, status_code: int = 200, live: bool = False, **values: Any) -> Response:
@@ -68,9 +71,12 @@ def _render(request: Request, template: str, status_code: int = 200, live: bool 
 
 @router.get("/", name="page_recent")
 async def recent(
-    request: Request, entity: str | None = None, status: str | None = None, before: int | None = None
+    request: Request,
+    client: SignedIn,
+    entity: str | None = None,
+    status: str | None = None,
+    before: int | None = None,
 ) -> Response:
-    client = await _signed_in(request)
     chosen = NotificationStatus(status) if status in set(NotificationStatus) else None
     views, last = await client.recent(entity_id=entity or None, status=chosen, limit=PAGE, before=before)
     older = None
@@ -90,9 +96,8 @@ async def recent(
 
 
 @router.get("/search", name="page_search")
-async def search(request: Request, address: str) -> Response:
+async def search(request: Request, client: SignedIn, address: str) -> Response:
     """An email address (it has an @) or a Slack channel (`CHANNEL` or `WORKSPACE/CHANNEL`)."""
-    client = await _signed_in(request)
     address = address.strip()
     email = "@" in address
     deliveries = await (client.audit_email(address) if email else client.audit_slack(address))
@@ -107,8 +112,7 @@ async def search(request: Request, address: str) -> Response:
 
 
 @router.get("/notifications/{notification_id}", name="page_notification")
-async def notification(request: Request, notification_id: str) -> Response:
-    client = await _signed_in(request)
+async def notification(request: Request, client: SignedIn, notification_id: str) -> Response:
     try:
         view = await client.status(notification_id)
         records = await client.events(notification_id)
@@ -123,16 +127,13 @@ async def sign_in_form(request: Request, next: str = "/") -> Response:
 
 
 @router.post("/sign-in", name="page_sign_in")
-async def sign_in(request: Request) -> Response:
+async def sign_in(request: Request, app: AppParts) -> Response:
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
     key, next = form.get("key", "").strip(), _local(form.get("next", "/"))
-    issued = await request.app.state.keys.authenticate(key) if key else None
-    error = None
-    if issued is None:
-        error = "That key is not valid (unknown, or revoked)."
-    elif Scope.READ not in issued.scopes:
-        error = f"The key {issued.name!r} does not hold the 'read' scope."
-    if error is not None:
+    try:
+        await authorized(app.keys, key, Scope.READ, asked="paste one")
+    except KeyRefused as refused:
+        error = f"{refused.detail[:1].upper()}{refused.detail[1:]}."
         return _render(request, "sign_in.html", status_code=401, error=error, next=next)
     response = RedirectResponse(next, status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(

@@ -1,0 +1,48 @@
+"""The entity directory: record an entity, read one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import ValidationError
+
+from api.deps import AppParts, needs
+from api.keys import Scope
+from api.problems import Problem, problems
+from domain import DirectoryEntry, admitted, validation_message
+from streams import StreamName
+from streams.directory import import_entries, lookup
+
+router = APIRouter(prefix="/v1/entities", tags=["directory"], responses=problems(401, 403, 422))
+
+
+@router.put(
+    "/{entity_id}",
+    dependencies=[needs(Scope.ADMIN)],
+    response_model_exclude_none=True,
+    summary="Record an entity",
+)
+async def put_entity(entity_id: str, entry: dict[str, Any], app: AppParts) -> DirectoryEntry:
+    if entry.setdefault("id", entity_id) != entity_id:
+        raise Problem(422, f"id: {entry['id']!r} is not the id in the path, {entity_id!r}")
+    try:
+        recorded = admitted(DirectoryEntry, entry)
+    except ValidationError as error:
+        raise Problem(422, validation_message(error)) from error
+    await import_entries(app.store, [recorded])
+    return recorded
+
+
+@router.get(
+    "/{entity_id}",
+    dependencies=[needs(Scope.READ)],
+    response_model_exclude_none=True,
+    responses=problems(404),
+    summary="An entity",
+)
+async def get_entity(entity_id: str, app: AppParts) -> DirectoryEntry:
+    entry = await lookup(app.store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
+    if entry is None:
+        raise Problem(404, f"no entity with id {entity_id!r}")
+    return entry

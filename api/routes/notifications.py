@@ -1,0 +1,133 @@
+"""Notifications: request one, list the recent ones, read one's view and its records, cancel one."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from api.deps import AppParts, Notifications, needs
+from api.keys import Scope
+from api.problems import Problem, problems
+from client import Accepted, EventRecord, IdempotencyKeyConflict, NotCancellable, RequestRefused
+from domain import NotificationStatus, NotificationView, Tag
+
+MAX_PAGE = 100
+
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"], responses=problems(401, 403, 422))
+
+
+class NotificationIn(BaseModel):
+    """A request: `subject` and `body` (and optionally `html`, `slack_text`), or a `template` and its `data`."""
+
+    model_config = ConfigDict(extra="forbid")
+    entity: str
+    subject: str | None = None
+    body: str | None = None
+    html: str | None = None
+    slack_text: str | None = None
+    tags: dict[str, str] = {}
+    send_at: AwareDatetime | None = None
+    template: str | None = None
+    data: dict[str, Any] | None = None
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationView]
+    """Each notification's view, newest first."""
+    next_cursor: str | None
+    """Pass as `cursor` for the next page; null on the last."""
+
+
+def encode_cursor(internal_id: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{internal_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        version, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+        if version == "v1" and value.isdigit():
+            return int(value)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise Problem(422, "cursor: not a cursor this API gave")
+
+
+@router.post(
+    "",
+    status_code=202,
+    dependencies=[needs(Scope.SEND)],
+    responses=problems(409, 413),
+    summary="Request a notification",
+)
+async def request_notification(
+    body: NotificationIn,
+    app: AppParts,
+    idempotency_key: Annotated[str | None, Header(description="The same key returns the first id.")] = None,
+) -> Accepted:
+    content = {
+        "entity_id": body.entity,
+        "subject": body.subject,
+        "body": body.body,
+        "html_body": body.html,
+        "slack_text": body.slack_text,
+        "tags": [Tag(name=n, value=v) for n, v in body.tags.items()],
+        "send_at": body.send_at,
+    }
+    try:
+        accepted = await app.client.submit(content, body.template, body.data, idempotency_key)
+    except RequestRefused as error:
+        status = 409 if isinstance(error, IdempotencyKeyConflict) else 422
+        raise Problem(status, error.said(idempotency_key="Idempotency-Key")) from error
+    app.telemetry.requested.inc()
+    return accepted
+
+
+@router.get("", dependencies=[needs(Scope.READ)], summary="Recent notifications")
+async def list_notifications(
+    client: Notifications,
+    entity: str | None = None,
+    status: NotificationStatus | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> NotificationPage:
+    if not 1 <= limit <= MAX_PAGE:
+        raise Problem(422, f"limit: must be 1 to {MAX_PAGE}")
+    views, last = await client.recent(
+        entity_id=entity, status=status, limit=limit, before=None if cursor is None else decode_cursor(cursor)
+    )
+    return NotificationPage.model_validate(
+        {"items": views, "next_cursor": None if last is None else encode_cursor(last)}
+    )
+
+
+@router.get(
+    "/{notification_id}", dependencies=[needs(Scope.READ)], responses=problems(404), summary="A notification's view"
+)
+async def get_notification(notification_id: str, client: Notifications) -> NotificationView:
+    return NotificationView.model_validate(await client.status(notification_id))
+
+
+@router.get(
+    "/{notification_id}/events",
+    dependencies=[needs(Scope.READ)],
+    responses=problems(404),
+    summary="Its records across the streams",
+)
+async def get_events(notification_id: str, client: Notifications) -> list[EventRecord]:
+    return [EventRecord.of(r) for r in await client.events(notification_id)]
+
+
+@router.post(
+    "/{notification_id}/cancel",
+    dependencies=[needs(Scope.SEND)],
+    responses=problems(404, 409),
+    summary="Cancel a notification that has not finished sending",
+)
+async def cancel_notification(notification_id: str, client: Notifications) -> NotificationView:
+    try:
+        return NotificationView.model_validate(await client.cancel(notification_id))  # unknown: 404 (the app's)
+    except NotCancellable as error:
+        raise Problem(409, str(error)) from error
