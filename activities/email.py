@@ -56,7 +56,7 @@ class TranscribedSMTP(aiosmtplib.SMTP):
         try:
             greeting = await super().connect(*args, **kwargs)
         except aiosmtplib.SMTPResponseException as error:
-            self.log.append(f"S: {error.code} {error.message}")
+            self.log.append(f"S: {_said(error)}")
             raise
         self.log.insert(0, f"S: {greeting.code} {greeting.message}")
         return greeting
@@ -84,7 +84,7 @@ class TranscribedSMTP(aiosmtplib.SMTP):
         try:
             response = await super().data(message, **kwargs)
         except aiosmtplib.SMTPResponseException as error:
-            self.log.append(f"S: {error.code} {error.message}")
+            self.log.append(f"S: {_said(error)}")
             raise
         self.log.append(f"S: {response.code} {response.message}")
         return response
@@ -172,18 +172,19 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             async with smtp:
                 _, server_response = await smtp.send_message(compose_message(op))
         except aiosmtplib.SMTPRecipientsRefused as error:
-            failure = "; ".join(f"{r.recipient} refused: {r.code} {r.message}" for r in error.recipients)
-            permanent = min(r.code for r in error.recipients) >= 500
-            return _failed(answer, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, permanent)
-        except aiosmtplib.SMTPAuthenticationError as error:
-            failure = f"{error.code} {error.message}"
-            return _failed(answer, SendEmailResult.FAILED_TO_AUTHENTICATE_WITH_SERVER, failure, permanent=True)
-        except aiosmtplib.SMTPResponseException as error:
-            failure = f"{error.code} {error.message}"
-            return _failed(answer, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, error.code >= 500)
+            failure = "; ".join(f"{r.recipient} refused: {_said(r)}" for r in error.recipients)
+            transient = any(_transient(r.code) for r in error.recipients)
+            return _failed(answer, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, transient)
+        except aiosmtplib.SMTPResponseException as error:  # a refused login included: a 454 is tried again
+            result = (
+                SendEmailResult.FAILED_TO_AUTHENTICATE_WITH_SERVER
+                if isinstance(error, aiosmtplib.SMTPAuthenticationError)
+                else SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER
+            )
+            return _failed(answer, result, _said(error), _transient(error.code))
         except ssl.SSLError as error:  # a certificate that does not verify will not verify on a retry either
             failure = f"{error.__class__.__name__}: {error}"
-            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=True)
+            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, transient=False)
         except (
             aiosmtplib.SMTPConnectError,
             aiosmtplib.SMTPTimeoutError,
@@ -191,17 +192,29 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             OSError,
         ) as error:
             failure = f"{error.__class__.__name__}: {error}"
-            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=False)
+            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, transient=True)
         except aiosmtplib.SMTPException as error:  # the server lacks what the settings ask for (STARTTLS, AUTH)
             failure = f"{error.__class__.__name__}: {error}"
-            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, permanent=True)
+            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, transient=False)
         return Delivery(answer(SendEmailResult.SUCCESS, server_response=server_response))
 
 
+def _transient(code: int) -> bool:
+    """Whether a reply's code says a later attempt may succeed: a 4xx does (RFC 5321), and so does a reply that is
+    not SMTP at all (aiosmtplib's code -1: a line cut short, or something else answering on the port); a 5xx, or any
+    other code, is for good."""
+    return 400 <= code < 500 or code < 0
+
+
+def _said(error: aiosmtplib.SMTPResponseException) -> str:
+    """The reply as the server gave it: its code, then its text; only the text for a reply that had no code."""
+    return f"{error.code} {error.message}" if error.code >= 0 else error.message.strip()
+
+
 def _failed(
-    answer: Callable[..., SendEmailResponse], result: SendEmailResult, failure: str, permanent: bool
+    answer: Callable[..., SendEmailResponse], result: SendEmailResult, failure: str, transient: bool
 ) -> Delivery:
     delivery = Delivery(answer(result, error=failure), failure)
-    if permanent:
-        return delivery
-    raise TransientDeliveryError(delivery)
+    if transient:
+        raise TransientDeliveryError(delivery)
+    return delivery

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from temporalio import activity
 
 from activities.channel_handler import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError, logger
@@ -26,6 +29,7 @@ from domain import (
     Tag,
     TagName,
     admitted,
+    in_one_line,
     tag,
 )
 from settings import Settings
@@ -39,6 +43,57 @@ SLACK_MAX_TEXT = 40_000
 TRANSIENT_SLACK_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
+TRANSIENT_STATUSES = frozenset({408, 429})
+"""HTTP statuses that a later attempt may not meet, besides every 5xx."""
+NOT_JSON = "in a non-JSON format: "
+"""What slack_sdk's error says before the start of a body that said it was JSON and was not."""
+TEXT_KEPT = 200
+"""How many characters of an answer that is not Slack's JSON (a proxy's error page, say) are recorded."""
+
+
+@dataclass(frozen=True)
+class SlackAnswer:
+    """A failed call's answer, read for what it holds and no more: its HTTP status, and Slack's JSON body, or the
+    start of the text that came instead (a proxy's `503 upstream connect error`, say)."""
+
+    status: int
+    body: dict[str, Any]
+    error: str | None
+    """Slack's error code, when the body is Slack's JSON."""
+    retry_after: float | None
+
+    @classmethod
+    def of(cls, failure: SlackApiError) -> SlackAnswer:
+        answer = failure.response
+        data: dict[str, Any] | bytes | str
+        if isinstance(answer, AsyncSlackResponse):
+            status, data, headers = answer.status_code, answer.data, answer.headers
+        else:  # aiohttp's response to a body that said it was JSON and was not: slack_sdk quotes it in the error
+            status, data = getattr(answer, "status", 0), str(failure).partition("\n")[0].rpartition(NOT_JSON)[2]
+            headers = getattr(answer, "headers", None) or {}
+        if isinstance(data, dict) and data:
+            error = data.get("error")
+            body, code = data, error if isinstance(error, str) else None
+        else:
+            text = data.decode(errors="replace") if isinstance(data, bytes) else str(data or "")
+            body, code = {"status": status, "text": in_one_line(text)[:TEXT_KEPT]}, None
+        retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
+        return cls(status, body, code, _seconds(retry_after))
+
+    @property
+    def transient(self) -> bool:
+        """By the HTTP status first (a 5xx or a 429 is, whatever its body; any other 4xx is not), then by Slack's
+        error code."""
+        if self.status in TRANSIENT_STATUSES or self.status >= 500:
+            return True
+        return self.status < 400 and self.error in TRANSIENT_SLACK_ERRORS
+
+    @property
+    def reason(self) -> str:
+        if self.error:
+            return f"Slack answered {self.error}"
+        text = self.body.get("text")
+        return f"Slack answered HTTP {self.status}" + (f": {text}" if text else "")
 
 
 def _seconds(header: str | None) -> float | None:
@@ -129,20 +184,17 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
                     )
             response = await client.chat_postMessage(channel=op.channel, text=op.text, metadata=_metadata(op))
         except SlackApiError as error:
-            body = getattr(error.response, "data", None)
-            data = body if isinstance(body, dict) else {"body": str(body)}
-            status: int = getattr(error.response, "status_code", None) or getattr(error.response, "status", None) or 0
-            code = data.get("error") or f"HTTP {status}"
-            reason = f"Slack answered {code}"
+            answer = SlackAnswer.of(error)
             delivery = Delivery(
                 SendSlackMessageResponse(
-                    result=SendSlackMessageResult.FAILED_WITH_SLACK_RETURNING_ERROR, response_json=data, error=reason
+                    result=SendSlackMessageResult.FAILED_WITH_SLACK_RETURNING_ERROR,
+                    response_json=answer.body,
+                    error=answer.reason,
                 ),
-                reason,
+                answer.reason,
             )
-            if code in TRANSIENT_SLACK_ERRORS or status == 429 or status >= 500:
-                headers = {k.lower(): v for k, v in (getattr(error.response, "headers", None) or {}).items()}
-                raise TransientDeliveryError(delivery, _seconds(headers.get("retry-after"))) from error
+            if answer.transient:
+                raise TransientDeliveryError(delivery, answer.retry_after) from error
             return delivery
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             reason = f"{error.__class__.__name__}: {error}"
@@ -178,7 +230,7 @@ async def _posted_before(client: AsyncWebClient, op: SendSlackMessageOp) -> dict
                 cursor=cursor,
             )
         except SlackApiError as error:
-            if (getattr(error.response, "data", None) or {}).get("error") != "missing_scope":
+            if SlackAnswer.of(error).error != "missing_scope":
                 raise
             logger.warning(
                 "notification %s: slack %s: cannot look for an earlier attempt's post (the token lacks the "

@@ -71,6 +71,9 @@ class MailSink:
         """The share of messages answered `451` (try again later) at random, as a struggling server does."""
         self.slowness = 0.0
         """Seconds, at most, a message waits (at random) before it is answered, as on a slow server."""
+        self.login_reply: str | None = None
+        """While set, the reply to every login, whatever its credentials: say `454 4.7.0 Temporary authentication
+        failure`, from a server that cannot check them for now."""
         self._scripted_replies: list[str] = []
         self._release = threading.Event()
         self._release.set()
@@ -89,6 +92,8 @@ class MailSink:
         self.serving = False
 
     def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        if self.login_reply is not None:
+            return AuthResult(success=False, handled=False, message=self.login_reply)
         given = (data.login.decode(), data.password.decode()) if isinstance(data, LoginPassword) else None
         return AuthResult(success=given == self._login, handled=False, auth_data=data)
 

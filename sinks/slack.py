@@ -35,10 +35,18 @@ class PostedMessage:
 @dataclass
 class ScriptedResponse:
     status: int = 200
-    body: dict[str, Any] = field(default_factory=lambda: {"ok": True})
+    body: dict[str, Any] | str = field(default_factory=lambda: {"ok": True})
+    """JSON, or text (`text/plain` unless `headers` say otherwise): a proxy's error page, say."""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0
     """Seconds a slow server takes to answer."""
+    method: str | None = None
+    """The API method whose next call it answers; None for the next call of any."""
+
+    def response(self) -> web.Response:
+        if isinstance(self.body, str):
+            return web.Response(text=self.body, status=self.status, headers=self.headers)
+        return web.json_response(self.body, status=self.status, headers=self.headers)
 
 
 class SlackSink:
@@ -84,7 +92,8 @@ class SlackSink:
         return f"http://{self.host}:{self.port}/api/"
 
     def script_responses(self, *responses: ScriptedResponse) -> None:
-        """Answer the next calls with these responses, in order, before behaving normally again."""
+        """Answer the next calls with these responses, in order (each the next call of its method, if it names one),
+        before behaving normally again."""
         with self._lock:
             self._scripted.extend(responses)
 
@@ -110,7 +119,8 @@ class SlackSink:
         if self.failing or chance < self.flaky:
             return web.json_response({"ok": False, "error": "internal_error"}, status=500)
         with self._lock:
-            scripted = self._scripted.pop(0) if self._scripted else None
+            due = next((i for i, r in enumerate(self._scripted) if r.method in (None, method)), None)
+            scripted = None if due is None else self._scripted.pop(due)
         if scripted is None:
             with self._lock:
                 answer = self._answer(method, token, fields)
@@ -121,7 +131,7 @@ class SlackSink:
                     return web.json_response({"ok": False, "error": "internal_error"}, status=500)
             return web.json_response(answer)
         await asyncio.sleep(scripted.delay)
-        return web.json_response(scripted.body, status=scripted.status, headers=scripted.headers)
+        return scripted.response()
 
     def _answer(self, method: str, token: str | None, fields: dict[str, Any]) -> dict[str, Any]:
         if not token:

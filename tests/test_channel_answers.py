@@ -1,0 +1,254 @@
+"""What a channel's server answers is read for what it holds, never for the shape it should have.
+
+A Slack answer that is not Slack's JSON (a proxy's plain-text 503, an HTML error page, a body cut short) is classified
+by its HTTP status first (a 5xx or a 429 is retried, any other 4xx fails for good), then by Slack's error code when
+the body is Slack's JSON; what is recorded says the status and the start of the text. An SMTP reply is classified by
+its code (a 4xx is retried, a 5xx is not), and one that is not SMTP at all is retried, with what it said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from activities.channel_handler import Delivery, TransientDeliveryError
+from activities.email import EmailHandler
+from activities.slack import SlackHandler
+from domain import SendEmailOp, SendSlackMessageOp
+from settings import Settings
+from sinks.mail import MailSink, free_port
+from sinks.slack import ScriptedResponse, SlackSink
+from streams import StreamName, StreamStore
+from tests.conftest import SLACK_TOKEN
+from tests.harness import entity, notifying
+
+ENVOY_503 = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+"""What an Envoy proxy answers, as `text/plain`, when Slack behind it cannot be reached."""
+SLACK_CALLS = ("chat.postMessage", "conversations.history")
+"""Every Slack Web API method the Slack channel calls."""
+
+
+async def slack_handling(store: StreamStore) -> list[tuple[str, str | None]]:
+    record = await store.reader(StreamName.SLACK_OPERATION).latest(1)
+    assert record is not None
+    history = await store.handling(StreamName.SLACK_OPERATION).history(record.internal_id, "send-slack-message")
+    return [(e.status, e.details) for e in history]
+
+
+async def test_a_proxy_answering_plain_text_503_to_each_slack_call_is_retried_until_slack_posts_once(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings, slack_sink: SlackSink
+) -> None:
+    """The first post, a retry's look for it in the channel's history, and the next post are each answered by the
+    proxy; then Slack is back, and the message is posted once."""
+    slack_sink.script_responses(
+        *(ScriptedResponse(status=503, body=ENVOY_503, method=m) for m in (*SLACK_CALLS, "chat.postMessage"))
+    )
+    async with notifying(time_skipping_env, store, settings, entity(channels={"slack": "send"})) as notify:
+        nid, view = await notify.send()
+    assert view["status"] == "sent", view
+    assert view["channels"]["slack"]["attempts"] == 4
+    assert [m for m, _ in slack_sink.calls] == [
+        "chat.postMessage",  # the proxy's 503
+        "conversations.history",  # the proxy's 503
+        "conversations.history",
+        "chat.postMessage",  # the proxy's 503
+        "conversations.history",
+        "chat.postMessage",
+    ]
+    [posted] = slack_sink.messages
+    assert (posted.metadata or {})["event_payload"] == {"notification_id": nid, "channel_operation_id": 1}
+    failed = [details for status, details in await slack_handling(store) if status == "Failed"]
+    assert failed == [f"Slack answered HTTP 503: {ENVOY_503}"] * 3
+    assert await notify.types(StreamName.SLACK_EVENT, 1) == [
+        "SendSlackMessageRequestedEvent",
+        "SucceededInSendingSlackMessageEvent",
+    ]
+
+
+async def test_a_proxy_answering_plain_text_403_fails_the_post_for_good_and_says_why(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings, slack_sink: SlackSink
+) -> None:
+    slack_sink.script_responses(ScriptedResponse(status=403, body="Access denied by proxy policy\n"))
+    async with notifying(time_skipping_env, store, settings, entity(channels={"slack": "send"})) as notify:
+        _, view = await notify.send()
+    assert view["status"] == "failed", view
+    slack = view["channels"]["slack"]
+    assert (slack["outcome"], slack["attempts"]) == ("failed", 1)
+    assert slack["reason"] == "Slack answered HTTP 403: Access denied by proxy policy"
+    assert [m for m, _ in slack_sink.calls] == ["chat.postMessage"] and slack_sink.messages == []
+    failed = await store.reader(StreamName.SLACK_EVENT).latest(1)
+    assert failed is not None and failed.type == "FailedToSendSlackMessageEvent"
+    assert failed.json()["response"]["response_json"] == {"status": 403, "text": "Access denied by proxy policy"}
+
+
+@pytest.fixture
+async def local_store(tmp_path: Path) -> AsyncIterator[StreamStore]:
+    """A store for a handler on its own, without a saga."""
+    async with Settings(_env_file=None, streams_url=f"sqlite:///{tmp_path / 'streams.db'}").open_streams() as store:
+        yield store
+
+
+@pytest.fixture
+def handler(local_store: StreamStore, slack_sink: SlackSink) -> SlackHandler:
+    slack = {"slack_api_url": slack_sink.api_url, "slack_tokens": {"acme": SecretStr(SLACK_TOKEN)}}
+    return SlackHandler(local_store, Settings(_env_file=None).model_copy(update=slack))
+
+
+MESSAGE = SendSlackMessageOp(notification_id="n-1", channel_operation_id=1, workspace="acme", channel="C0123", text="T")
+EMAIL = SendEmailOp.model_validate(
+    {
+        "notification_id": "n-1",
+        "channel_operation_id": 1,
+        "sender": {"address": "alerts@notify.test"},
+        "to": [{"address": "ada@example.com"}],
+        "subject": "S",
+        "text_body": "B",
+    }
+)
+HTML = {"Content-Type": "text/html"}
+JSON = {"Content-Type": "application/json"}
+
+
+async def delivered(handler: SlackHandler | EmailHandler, attempt: int = 1) -> Delivery | TransientDeliveryError:
+    """The delivery of the handler's sample message by this attempt, or the transient failure it raised for a
+    retry."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=attempt)
+    try:
+        if isinstance(handler, EmailHandler):
+            return await env.run(handler.deliver, EMAIL)
+        return await env.run(handler.deliver, MESSAGE)
+    except TransientDeliveryError as error:
+        return error
+
+
+@pytest.mark.parametrize("method", SLACK_CALLS)
+@pytest.mark.parametrize(
+    ("answer", "transient", "reason", "response_json"),
+    [
+        (
+            ScriptedResponse(status=502, body="<html><body>502 Bad Gateway</body></html>", headers=HTML),
+            True,
+            "Slack answered HTTP 502",  # slack_sdk reads no body that is neither JSON nor plain text
+            {"status": 502, "text": ""},
+        ),
+        (
+            ScriptedResponse(status=500, body='{"ok": fal', headers=JSON),
+            True,
+            'Slack answered HTTP 500: {"ok": fal',
+            {"status": 500, "text": '{"ok": fal'},
+        ),
+        (
+            ScriptedResponse(status=429, body="Too Many Requests", headers={"Retry-After": "7"}),
+            True,
+            "Slack answered HTTP 429: Too Many Requests",
+            {"status": 429, "text": "Too Many Requests"},
+        ),
+        (
+            ScriptedResponse(status=404, body="no route", headers=JSON),
+            False,
+            "Slack answered HTTP 404: no route",
+            {"status": 404, "text": "no route"},
+        ),
+        (
+            ScriptedResponse(status=400, body={"ok": False, "error": "internal_error"}),
+            False,  # the status first: a 4xx is for good, whatever its body says
+            "Slack answered internal_error",
+            {"ok": False, "error": "internal_error"},
+        ),
+        (
+            ScriptedResponse(status=200, body={"ok": False, "error": "service_unavailable"}),
+            True,  # then Slack's error code
+            "Slack answered service_unavailable",
+            {"ok": False, "error": "service_unavailable"},
+        ),
+    ],
+)
+async def test_every_answer_to_every_slack_call_is_classified_by_its_status_then_its_body(
+    handler: SlackHandler,
+    slack_sink: SlackSink,
+    method: str,
+    answer: ScriptedResponse,
+    transient: bool,
+    reason: str,
+    response_json: dict,
+) -> None:
+    slack_sink.script_responses(dataclasses.replace(answer, method=method))
+    outcome = await delivered(handler, attempt=2)  # a retry looks in the history before it posts
+    delivery = outcome.delivery if isinstance(outcome, TransientDeliveryError) else outcome
+    assert isinstance(outcome, TransientDeliveryError) == transient
+    assert delivery.failure == reason
+    assert delivery.response.model_dump()["response_json"] == response_json
+    if isinstance(outcome, TransientDeliveryError):
+        assert outcome.retry_after == (7 if answer.status == 429 else None)
+    called = ["conversations.history", "chat.postMessage"]  # in the order a retry calls them
+    assert [m for m, _ in slack_sink.calls] == called[: called.index(method) + 1]
+    assert slack_sink.messages == []
+
+
+async def test_a_token_that_may_not_read_the_history_posts(handler: SlackHandler, slack_sink: SlackSink) -> None:
+    """Slack's `missing_scope`, read from its JSON as before: the retry posts, and says so in the log."""
+    slack_sink.history_forbidden = True
+    outcome = await delivered(handler, attempt=2)
+    assert isinstance(outcome, Delivery) and outcome.failure is None
+    assert [m for m, _ in slack_sink.calls] == ["conversations.history", "chat.postMessage"]
+    assert len(slack_sink.messages) == 1
+
+
+def email_handler(store: StreamStore, port: int, **settings: object) -> EmailHandler:
+    smtp = {"smtp_host": "127.0.0.1", "smtp_port": port, **settings}
+    return EmailHandler(store, Settings(_env_file=None).model_copy(update=smtp))
+
+
+@asynccontextmanager
+async def answering(said: bytes) -> AsyncIterator[int]:
+    """A server on loopback that answers whoever connects with `said` and hangs up; yields its port."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(said)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", free_port())
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+async def test_an_answer_on_the_smtp_port_that_is_not_smtp_is_retried_and_says_what_it_was(
+    local_store: StreamStore,
+) -> None:
+    """A proxy (or any other service) answering where the mail server should: no reply code to classify by, so a
+    later attempt may meet the mail server; the reason quotes the line it sent."""
+    async with answering(
+        f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\r\n{ENVOY_503}".encode()
+    ) as port:
+        outcome = await delivered(email_handler(local_store, port))
+    assert isinstance(outcome, TransientDeliveryError)
+    assert outcome.delivery.failure == "Malformed SMTP response line: HTTP/1.1 503 Service Unavailable"
+    response = outcome.delivery.response.model_dump()
+    assert response["result"] == "FailedToSendEmailToServer"
+    assert response["communication_log"] == ["S: Malformed SMTP response line: HTTP/1.1 503 Service Unavailable"]
+
+
+async def test_a_login_the_server_cannot_check_for_now_is_retried(local_store: StreamStore, tmp_path: Path) -> None:
+    """A `454` to AUTH is temporary (the server's credential store is down, say): retried, where a `535` is not
+    (`test_email_security`); the next attempt, once the server can check, delivers."""
+    with MailSink(login=("notify", "secret"), folder=tmp_path / "mail") as mail:
+        handler = email_handler(local_store, mail.port, smtp_username="notify", smtp_password=SecretStr("secret"))
+        mail.login_reply = "454 4.7.0 Temporary authentication failure"
+        outcome = await delivered(handler)
+        assert isinstance(outcome, TransientDeliveryError)
+        assert outcome.delivery.failure == "454 4.7.0 Temporary authentication failure"
+        assert outcome.delivery.response.model_dump()["result"] == "FailedToAuthenticateWithServer"
+        assert mail.messages == []
+        mail.login_reply = None
+        outcome = await delivered(handler, attempt=2)
+    assert isinstance(outcome, Delivery) and outcome.failure is None
+    assert [m.login for m in mail.messages] == ["notify"]
