@@ -393,31 +393,7 @@ class StreamStoreContract(ABC):
             "Completed",
         ]
 
-
-def _issue_ids(contract: type[StreamStoreContract], location: Path, count: int) -> list[int]:
-    async def issue() -> list[int]:
-        async with contract().open(location) as store:
-            writer = store.writer(StreamName.CLIENT_OPERATION)
-            return [await writer.next_unique_id() for _ in range(count)]
-
-    return asyncio.run(issue())
-
-
-RACED_IDS = 20
-
-
-def _put_once(contract: type[StreamStoreContract], location: Path, value: int, start: Any) -> int:
-    async def put() -> int:
-        async with contract().open(location) as store:
-            writer = store.writer(StreamName.CLIENT_OPERATION)
-            start.wait()
-            written = 0
-            for i in range(RACED_IDS):
-                result = await writer.put(f"race-{i}", Thing(value=value), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID)
-                written += result.internal_id is not None
-            return written
-
-    return asyncio.run(put())
+    # -- retention ---------------------------------------------------------------------------------------------------
 
     async def test_prune_removes_what_ended_before_the_date_and_nothing_else(self, store: StreamStore) -> None:
         """Notifications that ended (a view) or were refused (their request disabled) before the date go, every record
@@ -464,6 +440,32 @@ def _put_once(contract: type[StreamStoreContract], location: Path, value: int, s
         assert len(await left("running")) == 3 and len(await left("new")) == 4
         assert [r.record_id for r in await store.read(StreamName.ENTITY_DIRECTORY)] == ["e-1"]
         assert await store.prune(cut) == Pruned()
+
+
+def _issue_ids(contract: type[StreamStoreContract], location: Path, count: int) -> list[int]:
+    async def issue() -> list[int]:
+        async with contract().open(location) as store:
+            writer = store.writer(StreamName.CLIENT_OPERATION)
+            return [await writer.next_unique_id() for _ in range(count)]
+
+    return asyncio.run(issue())
+
+
+RACED_IDS = 20
+
+
+def _put_once(contract: type[StreamStoreContract], location: Path, value: int, start: Any) -> int:
+    async def put() -> int:
+        async with contract().open(location) as store:
+            writer = store.writer(StreamName.CLIENT_OPERATION)
+            start.wait()
+            written = 0
+            for i in range(RACED_IDS):
+                result = await writer.put(f"race-{i}", Thing(value=value), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID)
+                written += result.internal_id is not None
+            return written
+
+    return asyncio.run(put())
 
 
 async def _after_the_last_write(store: StreamStore) -> datetime:
