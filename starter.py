@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec
 
 import typer
 import yaml
@@ -50,6 +51,7 @@ app.add_typer(apikey_app, name="apikey")
 temporal_app = typer.Typer(no_args_is_help=True, help="The Temporal namespace the sagas run in.")
 app.add_typer(temporal_app, name="temporal")
 
+P = ParamSpec("P")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 NOT_DELIVERED = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT, NotificationStatus.CANCELLED}
 """Outcomes after which `--wait` exits 1."""
@@ -69,22 +71,30 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def run(command: Callable[[], Coroutine[Any, Any, int | None]]) -> NoReturn:
-    try:
-        code = asyncio.run(command()) or 0
-    except CliError as error:
-        print(f"error: {error}", file=sys.stderr)
-        code = error.code
-    except ConfigurationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        code = 2
-    except Exception as error:
-        said = _said(error)
-        if said is None:
-            raise  # a bug: its traceback says where
-        print(f"error: {said}", file=sys.stderr)
-        code = 1
-    exit_now(code)
+def run_async(command: Callable[P, Coroutine[Any, Any, int | None]]) -> Callable[P, NoReturn]:
+    """A command made of an async function: run it, and exit with the code it returns (0 for none), or say its error
+    on one line and exit with its code: a `CliError`'s own, 2 for a setting, 1 for what a user can act on (a service
+    that cannot be reached, an unknown id). A bug keeps its traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> NoReturn:
+        try:
+            code = asyncio.run(command(*args, **kwargs)) or 0
+        except CliError as error:
+            print(f"error: {error}", file=sys.stderr)
+            code = error.code
+        except ConfigurationError as error:
+            print(f"error: {error}", file=sys.stderr)
+            code = 2
+        except Exception as error:
+            said = _said(error)
+            if said is None:
+                raise  # a bug: its traceback says where
+            print(f"error: {said}", file=sys.stderr)
+            code = 1
+        exit_now(code)
+
+    return run
 
 
 def _said(error: Exception) -> str | None:
@@ -246,7 +256,8 @@ async def _client(settings: Settings, store: StreamStore, *, lazy: bool = True) 
 
 
 @app.command()
-def send(
+@run_async
+async def send(
     entity: Annotated[str, typer.Option(help="The entity to notify.")],
     subject: Annotated[str | None, typer.Option(help="One line.")] = None,
     body: Annotated[str | None, typer.Option(help="Plain-text body, or @FILE.")] = None,
@@ -263,160 +274,141 @@ def send(
     ] = None,
     wait: Annotated[bool, typer.Option(help=f"Print the id, then wait for the outcome; {WAIT_EXIT}")] = False,
     as_json: JsonOption = False,
-) -> None:
+) -> int:
     """Request a notification to an entity and print its id: with --subject and --body, or with --template."""
+    content = dict(
+        entity_id=entity,
+        subject=subject,
+        body=text_argument(body),
+        html_body=text_argument(html),
+        slack_text=text_argument(slack_text),
+        tags=parse_tags(tag),
+        send_at=parse_time(at),
+    )
+    template_data = parse_data(data)
+    from client import RequestRefused
 
-    async def command() -> int:
-        content = dict(
-            entity_id=entity,
-            subject=subject,
-            body=text_argument(body),
-            html_body=text_argument(html),
-            slack_text=text_argument(slack_text),
-            tags=parse_tags(tag),
-            send_at=parse_time(at),
-        )
-        template_data = parse_data(data)
-        from client import RequestRefused
-
-        settings = load_settings()
-        async with settings.open_streams() as store:
-            client = await _client(settings, store)
-            try:
-                notification_id = (await client.submit(content, template, template_data, idempotency_key)).id
-            except RequestRefused as error:
-                raise CliError(error.said(idempotency_key="--idempotency-key"), 2) from error
-            if not wait:
-                print_json({"id": notification_id}) if as_json else print(notification_id)
-                return 0
-            if as_json:  # standard output keeps one JSON document
-                print(f"notification {notification_id} requested; waiting for its outcome", file=sys.stderr)
-                shown = (await client.result(notification_id)).model_dump(mode="json")
-            else:
-                print(notification_id, flush=True)
-                shown = await followed(client, notification_id)
-        print_json(shown) if as_json else print_view(shown)
-        return 1 if shown["status"] in NOT_DELIVERED else 0
-
-    run(command)
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        client = await _client(settings, store)
+        try:
+            notification_id = (await client.submit(content, template, template_data, idempotency_key)).id
+        except RequestRefused as error:
+            raise CliError(error.said(idempotency_key="--idempotency-key"), 2) from error
+        if not wait:
+            print_json({"id": notification_id}) if as_json else print(notification_id)
+            return 0
+        if as_json:  # standard output keeps one JSON document
+            print(f"notification {notification_id} requested; waiting for its outcome", file=sys.stderr)
+            shown = (await client.result(notification_id)).model_dump(mode="json")
+        else:
+            print(notification_id, flush=True)
+            shown = await followed(client, notification_id)
+    print_json(shown) if as_json else print_view(shown)
+    return 1 if shown["status"] in NOT_DELIVERED else 0
 
 
 @app.command()
-def status(
+@run_async
+async def status(
     notification_id: Annotated[str, typer.Argument(metavar="ID")],
     wait: Annotated[bool, typer.Option(help=f"Wait for the outcome; {WAIT_EXIT}")] = False,
     watch: Annotated[
         bool, typer.Option(help="Wait for the outcome showing its progress (stage, each channel); as --wait.")
     ] = False,
     as_json: JsonOption = False,
-) -> None:
+) -> int:
     """The notification's status: live while its saga runs, the recorded view after."""
-
-    async def command() -> int:
-        settings = load_settings()
-        async with settings.open_streams() as store:
-            client = await _client(settings, store)
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        client = await _client(settings, store)
+        view = await client.status(notification_id)
+        if watch and not as_json:
+            view = await followed(client, notification_id)
+        elif wait or watch:
+            await client.result(notification_id)
             view = await client.status(notification_id)
-            if watch and not as_json:
-                view = await followed(client, notification_id)
-            elif wait or watch:
-                await client.result(notification_id)
-                view = await client.status(notification_id)
-        print_json(view) if as_json else print_view(view)
-        return 1 if (wait or watch) and view["status"] in NOT_DELIVERED else 0
-
-    run(command)
+    print_json(view) if as_json else print_view(view)
+    return 1 if (wait or watch) and view["status"] in NOT_DELIVERED else 0
 
 
 @app.command()
-def cancel(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
+@run_async
+async def cancel(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
     """Cancel a notification that has not started sending (one scheduled with --at, say)."""
+    from client import NotCancellable
 
-    async def command() -> None:
-        from client import NotCancellable
-
-        settings = load_settings()
-        async with settings.open_streams() as store:
-            try:
-                view = await (await _client(settings, store)).cancel(notification_id)
-            except NotCancellable as error:
-                raise CliError(str(error)) from error
-        print_json(view) if as_json else print_view(view)
-
-    run(command)
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        try:
+            view = await (await _client(settings, store)).cancel(notification_id)
+        except NotCancellable as error:
+            raise CliError(str(error)) from error
+    print_json(view) if as_json else print_view(view)
 
 
 @app.command()
-def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
+@run_async
+async def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
     """Every record of the notification across all streams, in the order written."""
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        records = await (await _client(settings, store)).events(notification_id)
+    if as_json:
+        from client import EventRecord
 
-    async def command() -> None:
-        settings = load_settings()
-        async with settings.open_streams() as store:
-            records = await (await _client(settings, store)).events(notification_id)
-        if as_json:
-            from client import EventRecord
-
-            print_json([EventRecord.of(r).model_dump(mode="json") for r in records])
-            return
-        print(f"{'RECORD':>8}  {'TIME':<32}  {'STREAM':<22} {'RECORD ID':<20} TYPE")
-        for r in records:
-            print(
-                f"{r.internal_id:>8}  {r.timestamp_utc.isoformat():<32}  "
-                f"{r.stream:<22} {r.record_id or '-':<20} {r.type}"
-            )
-
-    run(command)
+        print_json([EventRecord.of(r).model_dump(mode="json") for r in records])
+        return
+    print(f"{'RECORD':>8}  {'TIME':<32}  {'STREAM':<22} {'RECORD ID':<20} TYPE")
+    for r in records:
+        print(
+            f"{r.internal_id:>8}  {r.timestamp_utc.isoformat():<32}  {r.stream:<22} {r.record_id or '-':<20} {r.type}"
+        )
 
 
 @app.command()
-def audit(
+@run_async
+async def audit(
     email: Annotated[str | None, typer.Option(help="What was sent to this email address.")] = None,
     slack_channel: Annotated[str | None, typer.Option(help="What was posted to CHANNEL or WORKSPACE/CHANNEL.")] = None,
     entity: Annotated[str | None, typer.Option(help="What was requested for this entity.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """What was sent (or attempted) to an address, a Slack channel, or an entity."""
-
-    async def command() -> None:
-        given = [
-            name
-            for name, value in (("--email", email), ("--slack-channel", slack_channel), ("--entity", entity))
-            if value
-        ]
-        if len(given) != 1:
-            raise CliError("give exactly one of --email, --slack-channel, --entity", 2)
-        settings = load_settings()
-        async with settings.open_streams() as store:
-            client = await _client(settings, store)
-            if entity:
-                entries: list[Any] = await client.audit_entity(entity)
-            elif email:
-                entries = await client.audit_email(email)
-            else:
-                assert slack_channel is not None
-                entries = await client.audit_slack(slack_channel)
-        if as_json:
-            print_json([e.model_dump(mode="json") for e in entries])
-            return
-        if not entries:
-            print(
-                f"no notification was requested for entity {entity}"
-                if entity
-                else f"no email was sent to {email}"
-                if email
-                else f"no Slack message was sent to {slack_channel}"
-            )
-            return
-        print(f"{'ID':>8}  {'REQUESTED':<32}  {'STATUS' if entity else 'OUTCOME':<15} SUBJECT")
-        for e in entries:
-            if entity:
-                print(f"{e.notification_id:>8}  {e.requested_at.isoformat():<32}  {e.status:<15} {e.subject}")
-            else:
-                reason = f" ({e.reason})" if e.reason else ""
-                print(f"{e.notification_id:>8}  {e.requested_at.isoformat():<32}  {e.outcome:<15} {e.subject}{reason}")
-
-    run(command)
+    given = [
+        name for name, value in (("--email", email), ("--slack-channel", slack_channel), ("--entity", entity)) if value
+    ]
+    if len(given) != 1:
+        raise CliError("give exactly one of --email, --slack-channel, --entity", 2)
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        client = await _client(settings, store)
+        if entity:
+            entries: list[Any] = await client.audit_entity(entity)
+        elif email:
+            entries = await client.audit_email(email)
+        else:
+            assert slack_channel is not None
+            entries = await client.audit_slack(slack_channel)
+    if as_json:
+        print_json([e.model_dump(mode="json") for e in entries])
+        return
+    if not entries:
+        print(
+            f"no notification was requested for entity {entity}"
+            if entity
+            else f"no email was sent to {email}"
+            if email
+            else f"no Slack message was sent to {slack_channel}"
+        )
+        return
+    print(f"{'ID':>8}  {'REQUESTED':<32}  {'STATUS' if entity else 'OUTCOME':<15} SUBJECT")
+    for e in entries:
+        if entity:
+            print(f"{e.notification_id:>8}  {e.requested_at.isoformat():<32}  {e.status:<15} {e.subject}")
+        else:
+            reason = f" ({e.reason})" if e.reason else ""
+            print(f"{e.notification_id:>8}  {e.requested_at.isoformat():<32}  {e.outcome:<15} {e.subject}{reason}")
 
 
 def read_directory(file: Path) -> list[DirectoryEntry]:
@@ -445,36 +437,31 @@ def read_directory(file: Path) -> list[DirectoryEntry]:
 
 
 @directory_app.command("import")
-def directory_import(file: Annotated[Path, typer.Argument(help="A JSON or YAML list of entities.")]) -> None:
+@run_async
+async def directory_import(file: Annotated[Path, typer.Argument(help="A JSON or YAML list of entities.")]) -> None:
     """Record every new or changed entity of FILE in the directory; all or nothing."""
-
-    async def command() -> None:
-        entries = read_directory(file)
-        settings = load_settings()
-        async with settings.open_streams() as store:
-            recorded, unchanged = await import_entries(store, entries)
-        print(f"recorded {recorded} entities, {unchanged} unchanged")
-
-    run(command)
+    entries = read_directory(file)
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        recorded, unchanged = await import_entries(store, entries)
+    print(f"recorded {recorded} entities, {unchanged} unchanged")
 
 
 @directory_app.command("show")
-def directory_show(entity_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+@run_async
+async def directory_show(entity_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """The entity as the directory has it now."""
-
-    async def command() -> None:
-        settings = load_settings()
-        async with settings.open_streams() as store:
-            entry = await lookup(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
-        if entry is None:
-            raise CliError(f"no entity with id {entity_id!r}")
-        print_json(entry.model_dump(mode="json", exclude_none=True))
-
-    run(command)
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        entry = await lookup(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
+    if entry is None:
+        raise CliError(f"no entity with id {entity_id!r}")
+    print_json(entry.model_dump(mode="json", exclude_none=True))
 
 
 @streams_app.command("prune")
-def streams_prune(
+@run_async
+async def streams_prune(
     before: Annotated[
         str | None, typer.Option(help="An ISO 8601 date or time (local time if no offset is given).")
     ] = None,
@@ -484,18 +471,14 @@ def streams_prune(
     """Remove every record of the notifications that ended (or were refused) before a time, in every stream, with
     their tags and handling, in small batches while the service runs. What is still under way is kept, and so are
     the directory and the API keys. Run it with the owner's URL (NOTIFY_STREAMS_URL)."""
-
-    async def command() -> None:
-        cutoff = _prune_cutoff(before, older_than)
-        settings = load_settings()
-        async with settings.open_streams(as_owner=True) as store:
-            pruned = await store.prune(cutoff)
-        if as_json:
-            print_json({"before": cutoff.isoformat(), **dataclasses.asdict(pruned)})
-        else:
-            print(f"pruned {pruned.notifications} notifications ({pruned.records} records) that ended before {cutoff}")
-
-    run(command)
+    cutoff = _prune_cutoff(before, older_than)
+    settings = load_settings()
+    async with settings.open_streams(as_owner=True) as store:
+        pruned = await store.prune(cutoff)
+    if as_json:
+        print_json({"before": cutoff.isoformat(), **dataclasses.asdict(pruned)})
+    else:
+        print(f"pruned {pruned.notifications} notifications ({pruned.records} records) that ended before {cutoff}")
 
 
 def _prune_cutoff(before: str | None, older_than: int | None) -> datetime:
@@ -529,53 +512,45 @@ def postgres_url(settings: Settings) -> str:
 
 
 @db_app.command("migrate")
-def db_migrate() -> None:
+@run_async
+async def db_migrate() -> None:
     """Bring the streams schema up to date (run it with a URL whose user may create tables)."""
+    from streams.postgres import SCHEMA_VERSION, migrate
 
-    async def command() -> None:
-        from streams.postgres import SCHEMA_VERSION, migrate
-
-        applied = await migrate(postgres_url(load_settings()))
-        for name in applied:
-            print(f"applied {name}")
-        print(f"the streams schema is at version {SCHEMA_VERSION}")
-
-    run(command)
+    applied = await migrate(postgres_url(load_settings()))
+    for name in applied:
+        print(f"applied {name}")
+    print(f"the streams schema is at version {SCHEMA_VERSION}")
 
 
 @db_app.command("grant")
-def db_grant() -> None:
+@run_async
+async def db_grant() -> None:
     """Create the notify_producer, notify_consumer and notify_handler roles if missing, and grant each its part."""
+    from streams.postgres import grant
 
-    async def command() -> None:
-        from streams.postgres import grant
-
-        await grant(postgres_url(load_settings()))
-        print("notify_producer may append to the streams and take ids, and cannot read them")
-        print("notify_consumer may read the streams and handling statuses, and cannot write")
-        print("notify_handler may keep handling statuses, and cannot read or write records")
-        print("connect each kind of handle as its role: NOTIFY_STREAMS_PRODUCER_URL, _CONSUMER_URL, _HANDLER_URL")
-
-    run(command)
+    await grant(postgres_url(load_settings()))
+    print("notify_producer may append to the streams and take ids, and cannot read them")
+    print("notify_consumer may read the streams and handling statuses, and cannot write")
+    print("notify_handler may keep handling statuses, and cannot read or write records")
+    print("connect each kind of handle as its role: NOTIFY_STREAMS_PRODUCER_URL, _CONSUMER_URL, _HANDLER_URL")
 
 
 @app.command()
-def serve() -> None:
+@run_async
+async def serve() -> None:
     """Run the HTTP API on NOTIFY_API_HOST:NOTIFY_API_PORT (interactive docs at /docs), with the web page at /,
     metrics at /metrics and the codec server at /codec, until interrupted."""
     from api.app import create_app, serving
     from client import connect
 
-    async def command() -> None:
-        settings = load_settings()
-        logs.configure(settings.log_format)
-        async with settings.open_streams() as store:
-            temporal = await connect(settings, lazy=True)
-            async with serving(create_app(store, temporal, settings), settings.api_host, settings.api_port) as url:
-                logs.say(f"API at {url} (docs at {url}/docs, the web page at {url}/); Ctrl-C stops it")
-                await _interrupted()
-
-    run(command)
+    settings = load_settings()
+    logs.configure(settings.log_format)
+    async with settings.open_streams() as store:
+        temporal = await connect(settings, lazy=True)
+        async with serving(create_app(store, temporal, settings), settings.api_host, settings.api_port) as url:
+            logs.say(f"API at {url} (docs at {url}/docs, the web page at {url}/); Ctrl-C stops it")
+            await _interrupted()
 
 
 async def _interrupted() -> None:
@@ -591,7 +566,8 @@ ScopeOption = Annotated[list[str], typer.Option("--scope", help="send, read or a
 
 
 @apikey_app.command("create")
-def apikey_create(
+@run_async
+async def apikey_create(
     name: Annotated[str, typer.Argument(help="Who holds the key (one key per name).")],
     scope: ScopeOption = [],  # noqa: B006
     as_json: JsonOption = False,
@@ -599,23 +575,20 @@ def apikey_create(
     """Issue an API key and print it, this once: only its hash is kept."""
     from api.keys import ApiKeys, KeyNameTaken
 
-    async def command() -> None:
-        scopes = _scopes(scope)
-        settings = load_settings()
-        async with settings.open_streams(as_owner=True) as store:
-            try:
-                key = await ApiKeys(store).create(name, scopes)
-            except ValidationError as error:
-                raise CliError(f"NAME: {validation_message(error)}", 2) from error
-            except KeyNameTaken as error:
-                raise CliError(str(error), 2) from error
-        if as_json:
-            print_json({"name": name, "key": key, "scopes": sorted(scopes)})
-        else:
-            print(f"API key {name!r} ({', '.join(sorted(scopes))}); it is shown this once:", file=sys.stderr)
-            print(key)
-
-    run(command)
+    scopes = _scopes(scope)
+    settings = load_settings()
+    async with settings.open_streams(as_owner=True) as store:
+        try:
+            key = await ApiKeys(store).create(name, scopes)
+        except ValidationError as error:
+            raise CliError(f"NAME: {validation_message(error)}", 2) from error
+        except KeyNameTaken as error:
+            raise CliError(str(error), 2) from error
+    if as_json:
+        print_json({"name": name, "key": key, "scopes": sorted(scopes)})
+    else:
+        print(f"API key {name!r} ({', '.join(sorted(scopes))}); it is shown this once:", file=sys.stderr)
+        print(key)
 
 
 def _scopes(given: Sequence[str]) -> list[Scope]:
@@ -628,40 +601,36 @@ def _scopes(given: Sequence[str]) -> list[Scope]:
 
 
 @apikey_app.command("list")
-def apikey_list(as_json: JsonOption = False) -> None:
+@run_async
+async def apikey_list(as_json: JsonOption = False) -> None:
     """The keys held now (never the keys themselves)."""
     from api.keys import ApiKeys
 
-    async def command() -> None:
-        settings = load_settings()
-        async with settings.open_streams(as_owner=True) as store:
-            keys = await ApiKeys(store).listed()
-        if as_json:
-            print_json([{"name": k.name, "scopes": k.scopes, "issued_at": k.issued_at.isoformat()} for k in keys])
-            return
-        if not keys:
-            print("no API keys: make one with `starter.py apikey create NAME --scope ...`")
-        for k in keys:
-            print(f"{k.name:<24} {','.join(k.scopes):<18} issued {k.issued_at.isoformat()}")
-
-    run(command)
+    settings = load_settings()
+    async with settings.open_streams(as_owner=True) as store:
+        keys = await ApiKeys(store).listed()
+    if as_json:
+        print_json([{"name": k.name, "scopes": k.scopes, "issued_at": k.issued_at.isoformat()} for k in keys])
+        return
+    if not keys:
+        print("no API keys: make one with `starter.py apikey create NAME --scope ...`")
+    for k in keys:
+        print(f"{k.name:<24} {','.join(k.scopes):<18} issued {k.issued_at.isoformat()}")
 
 
 @apikey_app.command("revoke")
-def apikey_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+@run_async
+async def apikey_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
     """Revoke a key: it is refused from the next request on."""
     from api.keys import ApiKeys, UnknownKey
 
-    async def command() -> None:
-        settings = load_settings()
-        async with settings.open_streams(as_owner=True) as store:
-            try:
-                await ApiKeys(store).revoke(name)
-            except UnknownKey as error:
-                raise CliError(str(error)) from error
-        print(f"revoked API key {name!r}")
-
-    run(command)
+    settings = load_settings()
+    async with settings.open_streams(as_owner=True) as store:
+        try:
+            await ApiKeys(store).revoke(name)
+        except UnknownKey as error:
+            raise CliError(str(error)) from error
+    print(f"revoked API key {name!r}")
 
 
 SAMPLE_DIRECTORY = Path(__file__).resolve().parent / "entities.json"
@@ -671,9 +640,10 @@ DEMO_KEY = "demo"
 
 
 @app.command()
-def demo(
+@run_async
+async def demo(
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Then serve the API until Ctrl-C.")] = True,
-) -> None:
+) -> int:
     """Run everything on the embedded default: the Temporal dev server, a worker, a local mail sink and a local
     Slack sink; import the sample directory (entities.json), send user-1 a notification and show its status; then
     serve the HTTP API, with a key to try it, until Ctrl-C."""
@@ -683,50 +653,48 @@ def demo(
     from sinks import local_sinks
     from worker import dev_server, running_workers, serve_metrics
 
-    async def command() -> int:
-        entries = read_directory(SAMPLE_DIRECTORY)
-        with local_sinks(load_settings()) as local:
-            settings = local.settings
-            print(local.describe())
-            serve_metrics(settings)
-            async with (
-                dev_server(settings) as temporal,
-                settings.open_streams() as store,
-                running_workers(temporal, store, settings),
-            ):
-                await import_entries(store, entries)
-                client = NotificationClient(store, temporal, settings)
-                notification_id = await client.request(
-                    SendNotificationToEntityOp(
-                        entity_id="user-1",
-                        subject="Hello from notify",
-                        body="This notification was sent by the durable notification saga.",
-                        html_body="<p>This notification was sent by the <b>durable notification saga</b>.</p>",
-                    )
+    entries = read_directory(SAMPLE_DIRECTORY)
+    with local_sinks(load_settings()) as local:
+        settings = local.settings
+        print(local.describe())
+        serve_metrics(settings)
+        async with (
+            dev_server(settings) as temporal,
+            settings.open_streams() as store,
+            running_workers(temporal, store, settings),
+        ):
+            await import_entries(store, entries)
+            client = NotificationClient(store, temporal, settings)
+            notification_id = await client.request(
+                SendNotificationToEntityOp(
+                    entity_id="user-1",
+                    subject="Hello from notify",
+                    body="This notification was sent by the durable notification saga.",
+                    html_body="<p>This notification was sent by the <b>durable notification saga</b>.</p>",
                 )
-                print(f"requested notification {notification_id}")
-                view = await client.result(notification_id)
-                print_view(view.model_dump(mode="json"))
-                for m in local.mail.messages:
-                    print(f"mail to {', '.join(m.recipients)} landed in {m.path}")
-                for posted in local.slack.messages:
-                    print(f"Slack message to channel {posted.channel} landed in {local.slack.folder}/messages.jsonl")
-                if serve:
-                    keys = ApiKeys(store)
-                    if await keys.active(DEMO_KEY) is not None:
-                        await keys.revoke(DEMO_KEY)  # a new key each run: the last one was shown once
-                    key = await keys.create(DEMO_KEY, list(Scope))
-                    app = create_app(store, temporal, settings)
-                    async with serving(app, settings.api_host, settings.api_port) as url:
-                        print(try_the_api(url, key, notification_id), flush=True)
-                        await _interrupted()
-        return 0 if view.status == NotificationStatus.SENT else 1
-
-    run(command)
+            )
+            print(f"requested notification {notification_id}")
+            view = await client.result(notification_id)
+            print_view(view.model_dump(mode="json"))
+            for m in local.mail.messages:
+                print(f"mail to {', '.join(m.recipients)} landed in {m.path}")
+            for posted in local.slack.messages:
+                print(f"Slack message to channel {posted.channel} landed in {local.slack.folder}/messages.jsonl")
+            if serve:
+                keys = ApiKeys(store)
+                if await keys.active(DEMO_KEY) is not None:
+                    await keys.revoke(DEMO_KEY)  # a new key each run: the last one was shown once
+                key = await keys.create(DEMO_KEY, list(Scope))
+                app = create_app(store, temporal, settings)
+                async with serving(app, settings.api_host, settings.api_port) as url:
+                    print(try_the_api(url, key, notification_id), flush=True)
+                    await _interrupted()
+    return 0 if view.status == NotificationStatus.SENT else 1
 
 
 @temporal_app.command("setup")
-def temporal_setup() -> None:
+@run_async
+async def temporal_setup() -> int:
     """Register the saga's search attributes (NotifyEntity, NotifyStatus, NotifyChannels) in the namespace, once per
     namespace of a cluster (`worker.py --dev` registers them on the dev server it starts); what is there is kept."""
     from temporalio.service import RPCError
@@ -734,29 +702,24 @@ def temporal_setup() -> None:
     from client import connect, missing_search_attributes, register_search_attributes
     from workflows import search
 
-    async def command() -> int:
-        settings = load_settings()
-        temporal = await connect(settings)
-        namespace = settings.temporal_namespace
-        try:
-            missing = await missing_search_attributes(temporal, namespace)
-            if missing:
-                await register_search_attributes(temporal, namespace, missing)
-        except RPCError as error:
-            raise CliError(
-                f"Temporal refused to register search attributes in namespace {namespace!r} ({error.message}): on "
-                "Temporal Cloud add NotifyEntity (Keyword), NotifyStatus (Keyword) and NotifyChannels (KeywordList) "
-                "with tcld or the Cloud UI"
-            ) from error
+    settings = load_settings()
+    temporal = await connect(settings)
+    namespace = settings.temporal_namespace
+    try:
+        missing = await missing_search_attributes(temporal, namespace)
         if missing:
-            print(f"registered the search attributes {', '.join(missing)} in namespace {namespace!r}")
-        else:
-            print(
-                f"the search attributes {', '.join(k.name for k in search.KEYS)} are in namespace {namespace!r} already"
-            )
-        return 0
-
-    run(command)
+            await register_search_attributes(temporal, namespace, missing)
+    except RPCError as error:
+        raise CliError(
+            f"Temporal refused to register search attributes in namespace {namespace!r} ({error.message}): on "
+            "Temporal Cloud add NotifyEntity (Keyword), NotifyStatus (Keyword) and NotifyChannels (KeywordList) "
+            "with tcld or the Cloud UI"
+        ) from error
+    if missing:
+        print(f"registered the search attributes {', '.join(missing)} in namespace {namespace!r}")
+    else:
+        print(f"the search attributes {', '.join(k.name for k in search.KEYS)} are in namespace {namespace!r} already")
+    return 0
 
 
 def try_the_api(url: str, key: str, notification_id: str) -> str:
