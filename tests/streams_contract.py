@@ -224,6 +224,18 @@ class StreamStoreContract(ABC):
         assert record.tag("notification-id") == "1"
         assert record.timestamp_utc.utcoffset() == timedelta(0)
 
+    async def test_the_newest_records_with_tags_come_first_a_page_at_a_time(self, store: StreamStore) -> None:
+        """What the pages of recent notifications read: newest first, so many at a time, below the last one seen."""
+        writer, reader = store.writer(StreamName.CLIENT_OPERATION), store.reader(StreamName.CLIENT_OPERATION)
+        ada = Tag(name="entity-id", value="ada")
+        ids = [(await writer.put(str(i), Thing(value=i), tags=[ada] if i % 2 else [])).internal_id for i in range(6)]
+        await writer.put("7", Other(value=7), tags=[ada])
+        first = await reader.newest_by_tags(ada, type="Thing", limit=2)
+        assert [r.internal_id for r in first] == [ids[5], ids[3]]
+        rest = await reader.newest_by_tags(ada, type="Thing", before=first[-1].internal_id, limit=2)
+        assert [r.internal_id for r in rest] == [ids[1]]
+        assert [r.record_id for r in await reader.newest_by_tags(limit=2)] == ["7", "5"]
+
     async def test_unhandled_records_are_those_no_handler_took_up(self, store: StreamStore) -> None:
         """What the client-operation handler looks for: records of a type, after an internal id, with no handling
         under a concern (any status under it, or under another concern, does not count)."""

@@ -1,4 +1,5 @@
-"""The HTTP API, called over HTTP on a real uvicorn server, on each backend, with a worker and the dev server."""
+"""The HTTP API, called over HTTP on a real uvicorn server, with a worker and the dev server (on PostgreSQL with its
+roles: tests/test_postgres.py)."""
 
 from __future__ import annotations
 

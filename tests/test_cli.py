@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.processes import ROOT, launch_worker, start_worker, unconfigured_environment
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
-from tests.databases import role_urls
 from worker import temporal_binary
 
 TOKEN = "xoxb-acme-cli-token"
@@ -71,47 +69,29 @@ class Cli:
         return json.loads(result.stdout)
 
     def record_count(self) -> int:
-        url = self.env["NOTIFY_STREAMS_URL"]
-        if url.startswith("postgresql"):
-            with psycopg.connect(url) as db:
-                row = db.execute("SELECT count(*) FROM notify_records").fetchone()
-                assert row is not None
-                return int(row[0])
-        path = Path(url.removeprefix("sqlite:///"))
+        path = Path(self.env["NOTIFY_STREAMS_URL"].removeprefix("sqlite:///"))
         if not path.exists():
             return 0
         with sqlite3.connect(path) as db:
             return int(db.execute("SELECT count(*) FROM records").fetchone()[0])
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def streams_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Every end-to-end test runs on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'streams.db'}"
-    return request.getfixturevalue("postgres").fresh()
-
-
 @pytest.fixture(scope="module")
-def sinks(streams_url: str) -> Iterator[tuple[MailSink, SlackSink]]:
-    """A mail sink and a Slack sink for each backend's run."""
+def sinks() -> Iterator[tuple[MailSink, SlackSink]]:
+    """A mail sink and a Slack sink for the module's worker."""
     with MailSink() as mail, SlackSink(tokens={TOKEN}) as slack:
         yield mail, slack
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSink], streams_url: str) -> Iterator[Cli]:
+def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSink]) -> Iterator[Cli]:
     mail, slack = sinks
     home = tmp_path_factory.mktemp("cli")
     env = {
         **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "NOTIFY_DATA_DIR": str(home / "data"),
-        "NOTIFY_STREAMS_URL": streams_url,
-        **{
-            f"NOTIFY_{name.upper()}": url
-            for name, url in ({} if streams_url.startswith("sqlite") else role_urls(streams_url)).items()
-        },
+        "NOTIFY_STREAMS_URL": f"sqlite:///{home / 'data' / 'streams.db'}",  # what PostgreSQL decides: test_postgres
         "NOTIFY_TASK_QUEUE": "cli-notifications",
         "NOTIFY_SMTP_HOST": mail.host,
         "NOTIFY_SMTP_PORT": str(mail.port),

@@ -31,6 +31,7 @@ from streams.directory import import_entries
 from streams.postgres import _classified
 from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
+from tests.harness import Api
 
 ROLES = ("notify_producer", "notify_consumer", "notify_handler")
 
@@ -119,6 +120,12 @@ def test_sqlite_is_not_migrated_by_hand(tmp_path: Path) -> None:
 @pytest.fixture
 def database(postgres: Databases) -> str:
     return postgres.fresh()
+
+
+@pytest.fixture
+def streams_url(database: str) -> str:
+    """The conftest's `settings`, `store` and `api` on this module's database, each handle as its own role."""
+    return database
 
 
 async def test_a_producer_appends_and_cannot_read(database: str) -> None:
@@ -247,6 +254,28 @@ async def test_a_schema_of_its_own(postgres: Databases) -> None:
         assert put.internal_id is not None
         assert (await store.reader(StreamName.EMAIL_EVENT).latest("1")) is not None
         await store.handling(StreamName.EMAIL_EVENT).transition(put.internal_id, "c", HandlingStatus.RUNNING)
+
+
+async def test_the_api_requests_reads_and_lists_with_each_handle_as_its_own_role(api: Api) -> None:
+    """The API on PostgreSQL as deployed: the client's records as notify_producer, the views, audit and pages as
+    notify_consumer, keys checked as notify_consumer (issued by the owner), sagas handled as notify_handler."""
+    ids = []
+    for who in ("user-1", "user-2", "user-2"):
+        sent = await api.call("POST", "/v1/notifications", json={"entity": who, "subject": "By role", "body": "B"})
+        assert sent.status_code == 202, sent.text
+        ids.append(sent.json()["id"])
+    views = [await api.outcome(nid) for nid in ids]
+    assert [v["status"] for v in views] == ["sent"] * 3
+    events = (await api.call("GET", f"/v1/notifications/{ids[0]}/events", key="reader")).json()
+    assert events[0]["type"] == "ExecuteOpRequestedEvent" and events[-1]["type"] == "NotificationSnapshot"
+    emailed = (await api.call("GET", "/v1/audit/email", params={"address": "ada@example.com"}, key="reader")).json()
+    assert sorted(a["notification_id"] for a in emailed) == sorted(ids)  # both entities have Ada's address
+    posted = (await api.call("GET", "/v1/audit/slack", params={"channel": "acme/C0123"}, key="reader")).json()
+    assert [a["notification_id"] for a in posted] == [ids[0]]
+    page = (await api.call("GET", "/v1/notifications", params={"entity": "user-2", "limit": 1}, key="reader")).json()
+    assert [v["id"] for v in page["items"]] == [ids[2]] and page["next_cursor"] is not None
+    assert (await api.call("GET", "/v1/notifications", key="sender")).status_code == 403
+    assert (await api.call("GET", "/v1/notifications", key="not-a-key")).status_code == 401
 
 
 # -- several workers ----------------------------------------------------------------------------------------------
