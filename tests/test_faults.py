@@ -218,17 +218,25 @@ async def test_slack_is_paced_per_slack_channel(
     assert posted["C0456"][0] < busy[2]  # not queued behind the busy channel
 
 
-OUTAGE = 30
-"""Seconds each service is down for in the outage tests."""
+OUTAGE = 8
+"""Seconds each service is down for in the outage tests: the first requests' sends fail five times or more, their
+retries reaching the longest interval between them (`RETRY`), before the service is back."""
+RETRY = {"initial_seconds": 0.5, "maximum_seconds": 2}
+"""The retry policy of the channel that is down, as its settings name it."""
+
+
+def retried(channel: str) -> dict[str, float]:
+    """The settings that give `channel` the outage tests' retry policy."""
+    return {f"{channel}_retry_{name}": seconds for name, seconds in RETRY.items()}
 
 
 async def requested_through(outage: float, notify: Notify) -> list[str]:
-    """A steady stream of requests, one a second, for `outage` seconds."""
+    """A steady stream of requests, two a second, for `outage` seconds."""
     ids = []
     started = asyncio.get_running_loop().time()
     while asyncio.get_running_loop().time() - started < outage:
         ids.append(await notify.client.request(operation()))
-        await asyncio.sleep(1)
+        await asyncio.sleep(0.5)
     return ids
 
 
@@ -240,9 +248,7 @@ async def test_a_mail_server_down_for_a_while_loses_nothing(
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    down = settings.model_copy(
-        update={"smtp_port": port, "email_retry_initial_seconds": 1, "email_retry_maximum_seconds": 4}
-    )
+    down = settings.model_copy(update={"smtp_port": port, **retried("email")})
     caplog.set_level(logging.INFO)
     async with notifying(dev_env, store, down, entity(channels={"email": "send"})) as notify:
         ids = await requested_through(OUTAGE, notify)
@@ -263,9 +269,7 @@ async def test_slack_answering_500_for_a_while_loses_nothing_and_posts_once(
     slack_sink: SlackSink,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    flaky = settings.model_copy(
-        update={"slack_retry_initial_seconds": 1, "slack_retry_maximum_seconds": 4, "slack_messages_per_second": None}
-    )
+    flaky = settings.model_copy(update={**retried("slack"), "slack_messages_per_second": None})
     caplog.set_level(logging.INFO)
     async with notifying(dev_env, store, flaky, entity(channels={"slack": "send"})) as notify:
         slack_sink.failing = True
@@ -297,6 +301,10 @@ async def test_the_temporal_server_killed_and_restarted_loses_nothing(
         "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
     }
     server = temporal_server(port, tmp_path / "temporal.db")
+
+    async def noticed() -> bool:
+        return "the client-operation handler waits for Temporal" in workers[0].output
+
     try:
         workers.append(start_worker(env, tmp_path))
         settings = Settings(
@@ -308,7 +316,9 @@ async def test_the_temporal_server_killed_and_restarted_loses_nothing(
             ids = [await client.request(operation(subject=f"Before {i}")) for i in range(3)]
             server.kill()
             server.wait()
-            ids += [await client.request(operation(subject=f"While down {i}")) for i in range(3)]
+            # each waits out the client's retries of its start (some seconds) before it is accepted: all at once
+            ids += await asyncio.gather(*(client.request(operation(subject=f"While down {i}")) for i in range(3)))
+            await eventually(noticed, timeout=60)  # its handler has tried to start them, and waits
             server = temporal_server(port, tmp_path / "temporal.db")
             ids += [await client.request(operation(subject=f"After {i}")) for i in range(3)]
             views = [await asyncio.wait_for(client.result(i), 120) for i in ids]
@@ -332,8 +342,9 @@ async def test_postgresql_unreachable_for_a_while_loses_nothing(
     slack_sink: SlackSink,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """PostgreSQL stops accepting connections (and drops the open ones) for 20 s while sagas run: every step waits
-    for it, and every notification accepted before is delivered once."""
+    """PostgreSQL stops accepting connections (and drops the open ones) for three heartbeat timeouts while sagas run:
+    every step waits for it (an attempt waiting to record its delivery heartbeats all along, and is not retried beside
+    itself), and every notification accepted before is delivered once."""
     url = urlsplit(postgres.fresh())
     proxy = await CuttableProxy(url.hostname or "127.0.0.1", url.port or 5432).start()
     through = urlunsplit(url._replace(netloc=f"{url.username or 'postgres'}@127.0.0.1:{proxy.port}"))
@@ -347,6 +358,7 @@ async def test_postgresql_unreachable_for_a_while_loses_nothing(
         slack_tokens={"acme": SLACK_TOKEN},
         slack_messages_per_second=None,
         email_from="notifications@notify.test",
+        heartbeat_timeout_seconds=2,
     )
     try:
         async with settings.open_streams() as store, notifying(dev_env, store, settings) as notify:
@@ -355,7 +367,7 @@ async def test_postgresql_unreachable_for_a_while_loses_nothing(
             assert await asyncio.to_thread(mail_sink.data_arrived.wait, 30)
             await proxy.cut()
             mail_sink.release()
-            await asyncio.sleep(20)  # the outage itself: nothing to wait for but time
+            await asyncio.sleep(3 * settings.heartbeat_timeout_seconds)  # the outage itself: nothing to wait for
             await proxy.restore()
             views = [await asyncio.wait_for(notify.client.result(i), 120) for i in ids]
     finally:
