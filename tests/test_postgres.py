@@ -304,7 +304,7 @@ def worker_env(dev_env: WorkflowEnvironment, database: str, sinks: tuple[MailSin
     return {
         **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-        "NOTIFY_TASK_QUEUE": "shared",
+        "NOTIFY_TASK_QUEUE": task_queue(database),
         "NOTIFY_STREAMS_URL": database,
         **{f"NOTIFY_{name.upper()}": url for name, url in role_urls(database).items()},
         "NOTIFY_SMTP_HOST": mail.host,
@@ -315,8 +315,13 @@ def worker_env(dev_env: WorkflowEnvironment, database: str, sinks: tuple[MailSin
     }
 
 
+def task_queue(database: str) -> str:
+    """The workers' and client's queue on the session's dev server: one per test, as each test has its database."""
+    return f"shared-{urlsplit(database).path.lstrip('/')}"
+
+
 def client_settings(database: str) -> Settings:
-    return Settings(_env_file=None, task_queue="shared", streams_url=database, **role_urls(database))
+    return Settings(_env_file=None, task_queue=task_queue(database), streams_url=database, **role_urls(database))
 
 
 def request_by_sql(database: str, entity_id: str, subject: str = "Shared", **more: str) -> str:
