@@ -139,6 +139,7 @@ class Settings(BaseSettings):
     email_attempt_timeout_seconds: float = Field(60, gt=0)
     slack_attempt_timeout_seconds: float = Field(60, gt=0)
     heartbeat_timeout_seconds: float = Field(10, gt=0)
+    sticky_queue_timeout_seconds: float = Field(10, gt=0)
     channel_configs_failure_action: ConfigsFailureAction = ConfigsFailureAction.IGNORE
     cannot_prepare_action: CannotPrepareAction = CannotPrepareAction.CONTINUE
     escalate_on: Annotated[list[NotificationStatus], NoDecode] = [

@@ -85,6 +85,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 slack.wait_for_turn,
             ],
             graceful_shutdown_timeout=SHUTDOWN_GRACE,
+            sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_queue_timeout_seconds),
             interceptors=[classified],
         ),
         *(

@@ -66,7 +66,6 @@ ENTITIES = [
     for i in range(12)
 ]
 """Email only, Slack only and both, four of each, every one in its own Slack channel (Slack paces per channel)."""
-OUTAGE_SECONDS = (10, 30)
 KILL_EVERY_SECONDS = (10, 40)
 CALM_SECONDS = (5, 20)
 """Between one outage and the next."""
@@ -137,8 +136,9 @@ class Totals:
 
 
 class Soak:
-    def __init__(self, folder: Path, totals: Totals, postgres: str | None) -> None:
+    def __init__(self, folder: Path, totals: Totals, postgres: str | None, outage_seconds: tuple[float, float]) -> None:
         self.folder = folder
+        self.outage_seconds = outage_seconds
         self.totals = totals
         self.postgres = postgres
         self.port = free_port()
@@ -204,7 +204,7 @@ class Soak:
         while await _pause(CALM_SECONDS, until):
             what = random.choice(sorted(outages))
             self.totals.outages[what] += 1
-            await outages[what](random.uniform(*OUTAGE_SECONDS))
+            await outages[what](random.uniform(*self.outage_seconds))
 
     async def temporal_down(self, seconds: float) -> None:
         self.server.kill()
@@ -399,7 +399,7 @@ async def main_async(args: argparse.Namespace, folder: Path) -> Totals:
         rate=args.rate,
         seed=args.seed,
     )
-    soak = Soak(folder, totals, args.postgres)
+    soak = Soak(folder, totals, args.postgres, tuple(args.outage_seconds))
     try:
         await soak.run(args.drain_minutes * 60)
     finally:
@@ -414,6 +414,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes running at a time")
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to make the streams' database on")
     parser.add_argument("--seed", type=int, default=random.randrange(1_000_000), help="for the random faults")
+    parser.add_argument(
+        "--outage-seconds",
+        type=float,
+        nargs=2,
+        default=[10, 30],
+        metavar=("MIN", "MAX"),
+        help="how long an outage lasts",
+    )
     parser.add_argument("--drain-minutes", type=float, default=10, help="how long to wait for outcomes afterwards")
     parser.add_argument("--folder", type=Path, help="where to keep logs, mail and figures (default: a new temp dir)")
     args = parser.parse_args()

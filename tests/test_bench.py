@@ -46,9 +46,20 @@ def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(tm
 
 
 def test_the_soak_counts_what_it_requested_and_keeps_the_guarantee(tmp_path: Path) -> None:
-    """Seed 309 draws a worker kill at 12 s and an outage from 5 s: both within the 18 s, and the outage early, so
-    that the soak does not run on long after its requests for the outage to end."""
-    run = bench("bench.soak", "--minutes", "0.3", "--seed", "309", "--folder", str(tmp_path / "soak"))
+    """Seed 309 draws a worker kill at 12 s and an outage from 5 s: both within the 18 s, and the outage early and
+    short, so that the soak does not run on long after its requests for the outage to end."""
+    run = bench(
+        "bench.soak",
+        "--minutes",
+        "0.3",
+        "--seed",
+        "309",
+        "--outage-seconds",
+        "2",
+        "4",
+        "--folder",
+        str(tmp_path / "soak"),
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     figures = json.loads((tmp_path / "soak" / "soak.json").read_text())
     assert figures["requested"] == figures["accepted"] == figures["terminal"] > 50

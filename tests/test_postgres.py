@@ -312,6 +312,7 @@ def worker_env(dev_env: WorkflowEnvironment, database: str, sinks: tuple[MailSin
         "NOTIFY_SLACK_API_URL": slack.api_url,
         "NOTIFY_SLACK_TOKEN": "xoxb-shared",
         "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
+        "NOTIFY_STICKY_QUEUE_TIMEOUT_SECONDS": "1",  # a killed worker's sagas go on after a second, not ten
     }
 
 
