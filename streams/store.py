@@ -168,6 +168,21 @@ class HandlingEntry:
     timestamp_utc: datetime
 
 
+BIGINT = (-(2**63), 2**63 - 1)
+"""The integers both backends hold: an internal id is one of them."""
+
+
+def _holdable(text: str | None) -> bool:
+    """Whether a record, tag or concern of every backend could hold `text`: PostgreSQL's text holds no NUL (its
+    driver refuses to send one)."""
+    return text is None or "\0" not in text
+
+
+def _bounded(internal_id: int | None) -> int | None:
+    """A bound on internal ids within the integers the backends hold: one beyond them bounds as the nearest does."""
+    return None if internal_id is None else min(max(internal_id, BIGINT[0]), BIGINT[1])
+
+
 def select_records(
     records: str,
     record_tags: str,
@@ -194,8 +209,13 @@ def select_records(
     query = (
         f"SELECT internal_id, stream, record_id, type, payload,"
         f" (SELECT {tag_array} FROM {record_tags} t WHERE t.internal_id = r.internal_id), timestamp_utc"
-        f" FROM {records} r WHERE {by_stream} = {mark}"
+        f" FROM {records} r WHERE "
     )
+    texts = [stream, record_id, type, unhandled_for, *(v for t in tags for v in (t.name, t.value))]
+    if not all(_holdable(v) for v in texts):
+        return query + "1 = 0", []  # what no record holds matches nothing, and is never sent to the database
+    after, before = _bounded(after), _bounded(before)
+    query += f"{by_stream} = {mark}"
     args: list[object] = [stream]
     for column, value in (("record_id", record_id), ("type", type)):
         if value is not None:
@@ -228,10 +248,10 @@ def select_handling(
 ) -> tuple[str, list[object]]:
     """The query and arguments with which an SQL backend reads a record's handling history, oldest first (or only
     its latest entry)."""
-    query = (
-        f"SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc FROM {handling}"
-        f" WHERE stream = {mark} AND internal_record_id = {mark}"
-    )
+    query = f"SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc FROM {handling}"
+    if not (_holdable(stream) and _holdable(concern) and _bounded(internal_record_id) == internal_record_id):
+        return query + " WHERE 1 = 0", []
+    query += f" WHERE stream = {mark} AND internal_record_id = {mark}"
     args: list[object] = [stream, internal_record_id]
     if concern is not None:
         query += f" AND concern = {mark}"

@@ -236,6 +236,27 @@ class StreamStoreContract(ABC):
         assert [r.internal_id for r in rest] == [ids[1]]
         assert [r.record_id for r in await reader.newest_by_tags(limit=2)] == ["7", "5"]
 
+    async def test_reads_take_any_id_tag_or_cursor(self, store: StreamStore) -> None:
+        """What a URL can carry and no record holds (a NUL, an integer past 64 bits) matches nothing; a cursor past
+        64 bits bounds as the largest id does."""
+        writer, reader = store.writer(StreamName.CLIENT_OPERATION), store.reader(StreamName.CLIENT_OPERATION)
+        ada, nul = Tag(name="entity-id", value="ada"), Tag(name="entity-id", value="a\0da")
+        put = await writer.put("1", Thing(value=1), tags=[ada])
+        huge = 2**64
+        assert await reader.latest("1\0") is None
+        assert await reader.by_id("\0") == []
+        assert await reader.by_tags(nul) == []
+        assert await reader.by_tags(Tag(name="entity\0id", value="ada")) == []
+        assert await reader.newest_by_tags(nul, limit=10) == []
+        assert await reader.newest_by_tags(ada, type="\0", limit=10) == []
+        assert [r.internal_id for r in await reader.newest_by_tags(ada, before=huge, limit=10)] == [put.internal_id]
+        assert await reader.newest_by_tags(ada, before=-huge, limit=10) == []
+        assert await reader.unhandled("send\0", type="Thing", after=huge) == []
+        assert [r.internal_id for r in await reader.unhandled("c", type="Thing", after=-huge)] == [put.internal_id]
+        handling = store.handling(StreamName.CLIENT_OPERATION)
+        assert await handling.history(huge) == []
+        assert await handling.status(put.internal_id or 0, "c\0") == HandlingStatus.AVAILABLE_BY_DEFAULT
+
     async def test_unhandled_records_are_those_no_handler_took_up(self, store: StreamStore) -> None:
         """What the client-operation handler looks for: records of a type, after an internal id, with no handling
         under a concern (any status under it, or under another concern, does not count)."""
