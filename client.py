@@ -8,6 +8,7 @@ with that id as its workflow id. Reads come from the streams, or from the runnin
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -48,6 +49,7 @@ from domain import (
     NotificationRequest,
     NotificationStatus,
     NotificationView,
+    SendNotificationRequestedEvent,
     SendNotificationToEntityOp,
     Tag,
     TagName,
@@ -300,7 +302,9 @@ class NotificationClient:
         entry = await lookup(self._store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
         if entry is None:
             raise TemplateError(f"template {template!r}: entity {entity_id!r} is not in the directory")
-        rendered = self._templates.render(template, data or {}, entry.model_dump(mode="json", exclude_none=True))
+        rendered = await asyncio.to_thread(  # off the event loop: a rendering may take up to its time limit
+            self._templates.render, template, data or {}, entry.model_dump(mode="json", exclude_none=True)
+        )
         return admitted(
             SendNotificationToEntityOp,
             {
@@ -454,9 +458,9 @@ class NotificationClient:
         views = self._store.reader(StreamName.NOTIFICATION_VIEW)
         record = await views.latest(notification_id)
         if record is not None:
-            return record.json()
+            return _recorded_view(record)
         requested = await self._store.reader(StreamName.CLIENT_OPERATION).latest(notification_id)
-        if requested is None:
+        if requested is None or requested.type != ExecuteOpRequestedEvent.__name__:  # an idempotency key's claim
             raise UnknownNotification(notification_id)
         handle = self._temporal.get_workflow_handle_for(NotificationSaga.run, notification_id)
         try:
@@ -482,7 +486,7 @@ class NotificationClient:
         else:
             record = await views.latest(notification_id)  # the saga may have ended since the first look
             if record is not None:
-                return record.json()
+                return _recorded_view(record)
             if running == WorkflowExecutionStatus.COMPLETED:  # ended, and the store did not take its view: its own
                 return (await handle.result()).model_dump(mode="json")
             if running is None:
@@ -555,12 +559,14 @@ class NotificationClient:
             nid = record.record_id
             assert nid is not None
             status = (await self.status(nid))["status"]
+            try:
+                subject = SendNotificationRequestedEvent.model_validate_json(record.payload).operation.subject
+            except ValidationError as error:
+                unreadable(record, error)
+                subject, status = "", NotificationStatus.UNREADABLE
             entries.append(
                 NotificationAuditEntry(
-                    notification_id=nid,
-                    subject=record.json()["operation"]["subject"],
-                    status=status,
-                    requested_at=record.timestamp_utc,
+                    notification_id=nid, subject=subject, status=status, requested_at=record.timestamp_utc
                 )
             )
         return entries
@@ -574,7 +580,7 @@ def _as_compared(operation: SendNotificationToEntityOp) -> SendNotificationToEnt
 
 class EventRecord(Model):
     """A record of a notification, as `events` shows it (and the API): where it is, what it is, its tags and its
-    payload."""
+    payload; for a payload that does not parse, `{"unreadable": WHY}`."""
 
     internal_id: int
     stream: StreamName
@@ -593,13 +599,72 @@ class EventRecord(Model):
             type=record.type,
             timestamp_utc=record.timestamp_utc,
             tags=list(record.tags),
-            payload=record.json(),
+            payload=_payload(record),
         )
+
+
+def _payload(record: Record) -> dict[str, Any]:
+    try:
+        payload = record.json()
+        if isinstance(payload, dict):
+            return payload
+        error: Exception = TypeError(f"a JSON {type(payload).__name__}, not an object")
+    except ValueError as decoding:
+        error = decoding
+    return {"unreadable": unreadable(record, error)}
+
+
+_told: set[tuple[str, int, datetime]] = set()
+"""The records this process has logged as unreadable: by stream, internal id and time (which tell apart the records
+of two stores)."""
+
+
+def unreadable(record: Record, error: Exception) -> str:
+    """Why `record` cannot be read, in one line that holds none of its payload; logged as a warning the first time
+    this process meets it."""
+    if isinstance(error, ValidationError) and (first := error.errors()[0])["type"] == "json_invalid":
+        why = f"not JSON ({(first.get('ctx') or {}).get('error', 'invalid')})"
+    elif isinstance(error, ValidationError):
+        where = ".".join(str(part) for part in first["loc"])
+        why = f"not a {error.title} ({f'{where}: ' if where else ''}{first['type']})"
+    elif isinstance(error, json.JSONDecodeError):
+        why = f"not JSON ({error.msg} at character {error.pos})"
+    else:
+        why = f"not what a {record.type} holds ({type(error).__name__})"
+    said = f"record {record.internal_id} of stream {record.stream} ({record.type}, id {record.record_id})"
+    said = f"{said} is unreadable: {why}"
+    if (seen := (record.stream, record.internal_id, record.timestamp_utc)) not in _told:
+        _told.add(seen)
+        log.warning("%s", said)
+    return said
+
+
+def _recorded_view(record: Record) -> dict[str, Any]:
+    """The view a record holds, as JSON; or, if it does not parse as one, a view that says so."""
+    try:
+        NotificationView.model_validate_json(record.payload)
+    except ValidationError as error:
+        return _unreadable_view(record, error)
+    return record.json()
+
+
+def _unreadable_view(record: Record, error: Exception) -> dict[str, Any]:
+    return NotificationView(
+        id=record.tag(TagName.NOTIFICATION_ID) or record.record_id or "",
+        status=NotificationStatus.UNREADABLE,
+        entity_id=record.tag(TagName.ENTITY_ID) or "",
+        subject="",
+        outcome=NotificationOutcome(failures=[unreadable(record, error)]),
+        requested_at=record.timestamp_utc,
+    ).model_dump(mode="json")
 
 
 def _from_request(requested: Record, status: NotificationStatus, failure: str) -> dict[str, Any]:
     """The view of a notification that has no view of its saga's (not started, not answering): its request, and why."""
-    event = requested.object(ExecuteOpRequestedEvent)
+    try:
+        event = requested.object(ExecuteOpRequestedEvent)
+    except ValidationError as error:
+        return _unreadable_view(requested, error)
     operation = event.operation
     assert isinstance(operation, SendNotificationToEntityOp)
     return NotificationView(
@@ -657,20 +722,34 @@ def _deliveries(channel: Channel, address: str, records: Iterable[Record]) -> li
         requested = next((r for r in group if r.type.endswith("RequestedEvent")), None)
         if requested is None:
             continue
-        op = requested.json()["operation"]
         ended = next((r for r in reversed(group) if r is not requested), None)
-        response = ended.json()["response"] if ended else {}
-        entries.append(
-            DeliveryAuditEntry(
-                notification_id=op["notification_id"],
-                channel=channel,
-                channel_operation_id=int(operation_id),
-                address=address,
-                subject=op.get("subject") or op["text"].splitlines()[0][:120],
-                outcome="sending" if ended is None else "failed" if ended.type.startswith("Failed") else "sent",
-                reason=response.get("error"),
-                requested_at=requested.timestamp_utc,
-                completed_at=ended.timestamp_utc if ended else None,
-            )
-        )
+        entries.append(_delivery(channel, address, int(operation_id), requested, ended))
     return entries
+
+
+def _delivery(
+    channel: Channel, address: str, operation_id: int, requested: Record, ended: Record | None
+) -> DeliveryAuditEntry:
+    """A channel operation's entry, from its requested event and its outcome event (or `unreadable`, saying which
+    of them does not parse)."""
+    reading = requested
+    try:
+        op = requested.json()["operation"]
+        notification_id, subject = op["notification_id"], op.get("subject") or op["text"].splitlines()[0][:120]
+        reading = ended or requested
+        reason = ended.json()["response"].get("error") if ended else None
+        outcome = "sending" if ended is None else "failed" if ended.type.startswith("Failed") else "sent"
+    except (ValueError, LookupError, TypeError, AttributeError) as error:
+        notification_id = requested.tag(TagName.NOTIFICATION_ID) or ""
+        subject, reason, outcome = None, unreadable(reading, error), "unreadable"
+    return DeliveryAuditEntry(
+        notification_id=notification_id,
+        channel=channel,
+        channel_operation_id=operation_id,
+        address=address,
+        subject=subject,
+        outcome=outcome,
+        reason=reason,
+        requested_at=requested.timestamp_utc,
+        completed_at=ended.timestamp_utc if ended else None,
+    )

@@ -26,6 +26,8 @@ import logs
 from api.keys import Scope
 from domain import (
     ADMISSION,
+    SEND_AT_EARLIEST,
+    SEND_AT_LATEST,
     DirectoryEntry,
     NotificationStatus,
     SendNotificationToEntityOp,
@@ -213,14 +215,29 @@ def parse_time(value: str | None) -> datetime | None:
     """The time to send at; None for now, saying so if the time given has passed."""
     if value is None:
         return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as error:
-        raise CliError(f"--at {value!r}: expected an ISO 8601 time such as 2026-12-01T09:00:00+01:00", 2) from error
-    moment = moment if moment.tzinfo else moment.astimezone()
+    moment = parse_moment("--at", value, "an ISO 8601 time such as 2026-12-01T09:00:00+01:00")
     if moment <= datetime.now(UTC):
         print(f"--at {value} has passed: sending now", file=sys.stderr)
         return None
+    return moment
+
+
+def parse_moment(option: str, value: str, expected: str) -> datetime:
+    """The time `value` given to `option`, local time if it has no offset, within the years a request's `send_at`
+    may be in (`SEND_AT_EARLIEST`, `SEND_AT_LATEST`); a `CliError` (exit 2) otherwise."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise CliError(f"{option} {value!r}: expected {expected}", 2) from error
+    try:
+        moment = moment if moment.tzinfo else moment.astimezone()
+        within = SEND_AT_EARLIEST <= moment < SEND_AT_LATEST
+    except (ValueError, OverflowError):  # a time near year 1 or 9999 in the local time zone
+        within = False
+    if not within:
+        raise CliError(
+            f"{option} {value}: must be in the years {SEND_AT_EARLIEST.year} to {SEND_AT_LATEST.year - 1} (UTC)", 2
+        )
     return moment
 
 
@@ -425,6 +442,8 @@ def read_directory(file: Path) -> list[DirectoryEntry]:
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         said = str(error).replace("\n", " ")
         raise CliError(f"{file}: malformed {'YAML' if yaml_file else 'JSON'}: {said}", 2) from error
+    except RecursionError as error:
+        raise CliError(f"{file}: nested too deeply (a directory file is a list of entities)", 2) from error
     try:
         entries = TypeAdapter(list[DirectoryEntry]).validate_python(data, context=ADMISSION)
     except ValidationError as error:
@@ -486,15 +505,14 @@ def _prune_cutoff(before: str | None, older_than: int | None) -> datetime:
         raise CliError("give --before DATE or --older-than DAYS (one of them)", 2)
     now = datetime.now(UTC)
     if older_than is not None:
-        if older_than < 0:
-            raise CliError(f"--older-than {older_than}: a number of days, 0 or more", 2)
+        most = (now - SEND_AT_EARLIEST).days
+        if not 0 <= older_than <= most:
+            raise CliError(
+                f"--older-than {older_than}: a number of days from 0 to {most} (since {SEND_AT_EARLIEST:%Y})", 2
+            )
         return now - timedelta(days=older_than)
     assert before is not None
-    try:
-        moment = datetime.fromisoformat(before)
-    except ValueError as error:
-        raise CliError(f"--before {before!r}: expected an ISO 8601 date or time such as 2026-10-01", 2) from error
-    moment = moment if moment.tzinfo else moment.astimezone()
+    moment = parse_moment("--before", before, "an ISO 8601 date or time such as 2026-10-01")
     if moment > now:
         raise CliError(f"--before {before} is in the future: that would prune whatever ends until then", 2)
     return moment
@@ -526,11 +544,13 @@ async def db_migrate() -> None:
 @db_app.command("grant")
 @run_async
 async def db_grant() -> None:
-    """Create the notify_producer, notify_consumer and notify_handler roles if missing, and grant each its part."""
+    """Create the notify_client, notify_producer, notify_consumer and notify_handler roles if missing, and grant each
+    its part."""
     from streams.postgres import grant
 
     await grant(postgres_url(load_settings()))
-    print("notify_producer may append to the streams and take ids, and cannot read them")
+    print("notify_client may request notifications (notify_request) and nothing else: give it to outside producers")
+    print("notify_producer may append to the service's streams and take ids, and cannot read them")
     print("notify_consumer may read the streams and handling statuses, and cannot write")
     print("notify_handler may keep handling statuses, and cannot read or write records")
     print("connect each kind of handle as its role: NOTIFY_STREAMS_PRODUCER_URL, _CONSUMER_URL, _HANDLER_URL")

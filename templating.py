@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,15 +15,39 @@ from typing import Any
 import yaml
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError, TemplateRuntimeError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
+
+from domain import MAX_BODY_BYTES, MAX_REQUEST_BYTES
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _REQUIRED = ("subject", "text")
 _PARTS = (*_REQUIRED, "html", "slack")
 
-_roots: ContextVar[Mapping[str, Any]] = ContextVar("_roots")
-"""The variables of the rendering under way, by name, that undefined values name their paths from."""
+RENDER_SECONDS = 2.0
+"""The longest a rendering may take, all its parts together."""
+MAX_VALUE_CHARS = MAX_REQUEST_BYTES
+"""The longest string or list a template may build or look up (the whole request is at most this large)."""
+MAX_POWER_BITS = 4096
+"""The largest integer `**` may make, in bits."""
+
+
+@dataclass(frozen=True)
+class _Rendering:
+    roots: Mapping[str, Any]
+    """The variables of the rendering, by name, that undefined values name their paths from."""
+    seconds: float
+    deadline: float
+    """By when (`time.monotonic`) the rendering must have ended: `seconds` after it began."""
+
+
+_rendering: ContextVar[_Rendering] = ContextVar("_rendering")
+"""The rendering under way (in this thread)."""
+
+
+class _TooMuch(Exception):
+    """A rendering stopped: it ran too long or made too much."""
 
 
 class TemplateError(ValueError):
@@ -44,8 +70,9 @@ class Rendered:
 class Templates:
     """The templates in a folder, each a file `NAME.yaml`; read again on every rendering."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, seconds: float = RENDER_SECONDS) -> None:
         self.folder = folder
+        self.seconds = seconds
         plain = _Environment(undefined=_Undefined, autoescape=False, keep_trailing_newline=False)
         self._environments = {
             "subject": plain,
@@ -55,7 +82,9 @@ class Templates:
         }
 
     def render(self, name: str, data: Mapping[str, Any], entity: Mapping[str, Any]) -> Rendered:
-        """Render the template `name` with the variables `data` (the request's JSON object) and `entity`."""
+        """Render the template `name` with the variables `data` (the request's JSON object) and `entity`, within
+        `seconds` and `MAX_BODY_BYTES` of output a part. It runs for as long as it takes: a caller on an event loop
+        runs it in a thread (`asyncio.to_thread`)."""
         if not _is_name(name):
             raise TemplateError(
                 f"template {name!r}: not a template name (a letter or digit, then up to 99 letters, digits, "
@@ -65,18 +94,17 @@ class Templates:
             raise TemplateError(f"template {name!r}: data must be a JSON object")
         try:
             source = (self.folder / f"{name}.yaml").read_bytes()
-        except FileNotFoundError:
-            names = sorted(path.stem for path in self.folder.glob("*.yaml") if path.is_file() and _is_name(path.stem))
-            raise TemplateError(
-                f"template {name!r}: no such template in {self.folder} (there: {', '.join(names) or 'none'})"
-            ) from None
-        token = _roots.set({"data": data, "entity": entity})
+        except (FileNotFoundError, IsADirectoryError):
+            raise TemplateError(f"template {name!r}: no such template") from None
+        token = _rendering.set(
+            _Rendering({"data": data, "entity": entity}, self.seconds, time.monotonic() + self.seconds)
+        )
         try:
             rendered = {
                 part: self._render_part(name, part, text, data, entity) for part, text in _parts(name, source).items()
             }
         finally:
-            _roots.reset(token)
+            _rendering.reset(token)
         return Rendered(
             name=name,
             sha256=hashlib.sha256(source).hexdigest(),
@@ -97,13 +125,41 @@ class Templates:
                 f"{where}: syntax error on line {error.lineno}: {_first_line(error.message or '')}"
             ) from error
         try:
-            return template.render(data=data, entity=entity)
+            return _bounded(template.generate(data=data, entity=entity))
+        except _TooMuch as error:
+            raise TemplateError(f"{where}: stopped: {error}") from error
         except SecurityError as error:
             raise TemplateError(f"{where}: not allowed: {_first_line(str(error)).rstrip('.')}") from error
         except UndefinedError as error:
             raise TemplateError(f"{where}: {_first_line(str(error))}") from error
         except Exception as error:  # what the template's own expressions raise, as `{{ 1 / 0 }}`
             raise TemplateError(f"{where}: {type(error).__name__}: {_first_line(str(error))}") from error
+
+
+def _bounded(chunks: Iterator[str]) -> str:
+    """The output of a rendering, as long as it is within its time and `MAX_BODY_BYTES`."""
+    output: list[str] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:  # characters: each is a byte of UTF-8 or more
+            raise _TooMuch(f"the output is over {MAX_BODY_BYTES // 1024} KiB")
+        _in_time()
+        output.append(chunk)
+    return "".join(output)
+
+
+def _in_time() -> None:
+    rendering = _rendering.get()
+    if time.monotonic() > rendering.deadline:
+        raise _TooMuch(f"it ran longer than {rendering.seconds:g} s")
+
+
+def _sized(value: Any) -> Any:
+    """`value`, unless it is a string or list longer than `MAX_VALUE_CHARS`."""
+    if isinstance(value, str | bytes | list | tuple) and len(value) > MAX_VALUE_CHARS:
+        raise _TooMuch(f"a value is longer than {MAX_VALUE_CHARS:,}")
+    return value
 
 
 def _parts(name: str, source: bytes) -> dict[str, str]:
@@ -150,17 +206,46 @@ def _slack_escaped(value: object) -> str:
 
 
 class _Environment(ImmutableSandboxedEnvironment):
-    """A sandbox in which a lookup on an undefined value is undefined too, so that its error names the whole path."""
+    """A sandbox in which `data.items` is the key `items` of the data (a key before a method), a lookup on an
+    undefined value is undefined too (so that its error names the whole path), and every lookup, call and
+    multiplication is bounded: in time (a loop looks up what it loops over), and in size."""
+
+    intercepted_binops = frozenset({"*", "**"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        _in_time()
         if isinstance(obj, _Undefined):
             return obj.looked_up(attribute)
-        return super().getattr(obj, attribute)
+        if isinstance(obj, Mapping) and attribute in obj:
+            return _sized(obj[attribute])
+        return _sized(super().getattr(obj, attribute))
 
     def getitem(self, obj: Any, argument: Any) -> Any:
+        _in_time()
         if isinstance(obj, _Undefined):
             return obj.looked_up(argument)
-        return super().getitem(obj, argument)
+        return _sized(super().getitem(obj, argument))
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _in_time()
+        return _sized(super().call(__context, __obj, *args, **kwargs))
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _in_time()
+        if operator == "**" and _power_bits(left, right) > MAX_POWER_BITS:
+            raise _TooMuch(f"a power is over {MAX_POWER_BITS} bits")
+        if operator == "*":
+            for many, times in ((left, right), (right, left)):
+                if isinstance(many, Sized) and isinstance(times, int) and len(many) * times > MAX_VALUE_CHARS:
+                    raise _TooMuch(f"a value is longer than {MAX_VALUE_CHARS:,}")
+        return super().call_binop(context, operator, left, right)
+
+
+def _power_bits(base: Any, exponent: Any) -> float:
+    """About how many bits `base ** exponent` takes, for integers (0 for what is not)."""
+    if not (isinstance(base, int) and isinstance(exponent, int | float)) or abs(base) < 2 or exponent <= 0:
+        return 0
+    return math.log2(abs(base)) * exponent
 
 
 class _Undefined(StrictUndefined):
@@ -209,7 +294,7 @@ def _path_to(target: object) -> str | None:
     None if it is not (as other values are not told apart by identity)."""
     if not isinstance(target, Mapping | list):
         return None
-    pending: list[tuple[str, Any]] = list(_roots.get().items())
+    pending: list[tuple[str, Any]] = list(_rendering.get().roots.items())
     while pending:
         path, value = pending.pop()
         if value is target:

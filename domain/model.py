@@ -6,7 +6,6 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
-    AwareDatetime,
     Field,
     ValidationInfo,
     field_validator,
@@ -23,6 +22,8 @@ from domain.rules import (
     Model,
     Name,
     OptionalBody,
+    Segment,
+    SendAt,
     Subject,
     _admitting,
     _no_nul,
@@ -36,7 +37,7 @@ class Tag(Model):
     """A name/value pair attached to a record; records are queryable by tags."""
 
     name: Annotated[str, Admitted(lambda v: _single_line(_sized(v, 1, 200)))]
-    value: Annotated[str, Admitted(lambda v: _no_nul(_utf8_at_most(v, 2000)))]
+    value: Annotated[str, Admitted(lambda v: _utf8_at_most(_no_nul(v), 2000))]
 
 
 def tag(name: str, value: object) -> Tag:
@@ -74,13 +75,13 @@ class ChannelPreference(StrEnum):
 
 class SlackAddress(Model):
     workspace: Identifier
-    channel: Identifier
+    channel: Segment
 
 
 class DirectoryEntry(Model):
     """Who an entity is and where it can be reached. Every change is kept as a record in the directory stream."""
 
-    id: Identifier
+    id: Segment
     name: Name
     email: EmailAddress | None = None
     slack: SlackAddress | None = None
@@ -126,8 +127,9 @@ class SendNotificationToEntityOp(Model):
     html_body: OptionalBody | None = None
     slack_text: OptionalBody | None = None
     tags: list[Tag] = Field(default_factory=list)
-    send_at: AwareDatetime | None = None
-    """When to send; until then the saga waits on a durable timer and can be cancelled."""
+    send_at: SendAt | None = None
+    """When to send (from 1970 up to 9998: `SEND_AT_EARLIEST`, `SEND_AT_LATEST`); until then the saga waits on a
+    durable timer and can be cancelled."""
     template: TemplateUse | None = None
     """The template that rendered the subject and bodies, if one did."""
 
@@ -181,3 +183,5 @@ class NotificationStatus(StrEnum):
     FAILED = "failed"
     OPTED_OUT = "opted_out"
     CANCELLED = "cancelled"
+    UNREADABLE = "unreadable"
+    """Not a saga's: what a reader shows for a notification whose record does not parse (its view says which)."""

@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     TypeAdapter,
@@ -34,6 +35,15 @@ and every workflow task, well inside Temporal's limits (2 MB a payload, 4 MB a m
 
 MAX_TAGS = 50
 """Client tags on one request."""
+
+
+SEND_AT_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+"""The earliest `send_at` a request may give (inclusive)."""
+
+
+SEND_AT_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+"""The time every `send_at` must be before (exclusive): the last year is 9998, so that the time in any time zone
+(a page shows it in the reader's) stays within what Python, PostgreSQL and Temporal represent."""
 
 
 class Model(BaseModel):
@@ -85,6 +95,31 @@ def _utf8_at_most(value: str, most: int) -> str:
 def _no_nul(value: str) -> str:
     if "\0" in value:
         raise ValueError("must not contain NUL characters")
+    return _unicode(value)
+
+
+SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _unicode(value: str) -> str:
+    """Text that UTF-8 can carry: no lone surrogate (JSON's `\\ud800` escape), which no store or channel takes."""
+    if match := SURROGATE.search(value):
+        raise ValueError(f"is not valid Unicode: a lone surrogate (U+{ord(match.group()):04X}) at {match.start()}")
+    return value
+
+
+def _one_segment(value: str) -> str:
+    """An identifier that a URL path names as one segment (`/v1/entities/ID`), and the audit reads back whole."""
+    if "/" in value:
+        raise ValueError("must not contain '/'")
+    return value
+
+
+def _within_send_window(value: datetime) -> datetime:
+    if not SEND_AT_EARLIEST <= value < SEND_AT_LATEST:
+        raise ValueError(
+            f"must be in the years {SEND_AT_EARLIEST.year} to {SEND_AT_LATEST.year - 1} (UTC), not {value.isoformat()}"
+        )
     return value
 
 
@@ -101,7 +136,7 @@ def _single_line(value: str) -> str:
     """Text that goes into a mail header: one line as written and as a mail reader decodes it, RFC 2047 encoded
     words included (an encoded CR LF would otherwise become a header of the attacker's choosing when the header is
     folded, CVE-2024-6923)."""
-    if CONTROL.search(value) or CONTROL.search(_as_read(value)):
+    if CONTROL.search(_unicode(value)) or CONTROL.search(_as_read(value)):
         raise ValueError("must be a single line of text (no line breaks or control characters, encoded or not)")
     return value
 
@@ -137,7 +172,7 @@ def checked_email_address(value: str) -> str:
 
 
 def _identifier(value: str) -> str:
-    if not value or re.search(r"\s", value) or CONTROL.search(value):
+    if not _unicode(value) or re.search(r"\s", value) or CONTROL.search(value):
         raise ValueError("must not be empty or contain spaces or control characters")
     return value
 
@@ -151,6 +186,14 @@ Name = Annotated[str, Admitted(lambda v: _single_line(_sized(v, 1, 200)))]
 Identifier = Annotated[str, Admitted(lambda v: _identifier(_sized(v, 1, 200)))]
 
 
+Segment = Annotated[str, Admitted(lambda v: _one_segment(_identifier(_sized(v, 1, 200))))]
+"""An identifier without `/`: an entity's id in the directory, a Slack channel."""
+
+
+SendAt = Annotated[AwareDatetime, Admitted(_within_send_window)]
+"""When to send: between `SEND_AT_EARLIEST` and `SEND_AT_LATEST`."""
+
+
 _IDEMPOTENCY_KEY = TypeAdapter(Identifier)
 
 
@@ -160,7 +203,7 @@ def admitted_idempotency_key(key: str) -> str:
 
 
 def _at_most_body_size(value: str) -> str:
-    if len(value.encode()) > MAX_BODY_BYTES:
+    if len(_unicode(value).encode()) > MAX_BODY_BYTES:
         raise ValueError(f"is over {MAX_BODY_BYTES // 1024} KiB")
     return value
 
@@ -216,6 +259,8 @@ def validation_message(
     first = errors[0]
     groups: list[list[str]] = [[]]
     for part in first["loc"] if located is None else located(tuple(first["loc"])):
+        if isinstance(part, str) and INTERNAL_LOCATION.fullmatch(part):
+            continue
         if isinstance(part, int):
             groups += [[f"entry {part + 1}"], []]
         else:
@@ -240,4 +285,16 @@ def _in_own_words(kind: str, said: str, ctx: dict[str, Any]) -> str:
         "model_attributes_type": "must be an object",
         "timezone_aware": "must have a time zone",
     }
-    return words.get(kind) or said.removeprefix("Value error, ")
+    return words.get(kind) or _first_line(URL.sub("", said.removeprefix("Value error, "))).strip()
+
+
+INTERNAL_LOCATION = re.compile(r"[\w-]+\[.*\]")
+"""A part of pydantic's location that names its own machinery (`function-after[_fits_in_a_payload(), ...]`,
+`json-or-python[...]`), not a field."""
+
+
+URL = re.compile(r"\s*\(?(?:For further information visit )?https?://\S+\)?")
+
+
+def _first_line(text: str) -> str:
+    return text.partition("\n")[0]

@@ -99,7 +99,8 @@ class DeliveryAuditEntry(Model):
     channel_operation_id: int
     address: str
     subject: str | None
-    outcome: Literal["sent", "failed", "sending"]
+    outcome: Literal["sent", "failed", "sending", "unreadable"]
+    """`unreadable`: a record of the message does not parse (`reason` says which)."""
     reason: str | None = None
     requested_at: datetime
     completed_at: datetime | None = None

@@ -735,7 +735,7 @@ def test_a_template_that_cannot_render_is_exit_2_and_writes_nothing(directory: C
     templated = Cli({**directory.env, "NOTIFY_TEMPLATES_DIR": str(ROOT / "message_templates")}, directory.data_dir)
     before = templated.record_count()
     for args, said in [
-        (("--template", "nope"), "error: template 'nope': no such template in "),
+        (("--template", "nope"), "error: template 'nope': no such template\n"),
         (
             ("--template", "welcome", "--data", '{"service": "Billing"}'),
             "error: template 'welcome', subject: data.version is undefined",

@@ -188,23 +188,19 @@ def test_data_must_be_a_json_object(tmp_path: Path, data: Any) -> None:
     assert str(raised.value) == "template 'x': data must be a JSON object"
 
 
-def test_an_unknown_template_lists_those_there(tmp_path: Path) -> None:
+def test_an_unknown_template_is_named_without_the_folder_or_the_others(tmp_path: Path) -> None:
     write(tmp_path, "welcome", "subject: s\ntext: t\n")
     write(tmp_path, "alert", "subject: s\ntext: t\n")
     (tmp_path / "notes.txt").write_text("not a template")
 
-    assert error(Templates(tmp_path), "welcom") == (
-        f"template 'welcom': no such template in {tmp_path} (there: alert, welcome)"
-    )
+    assert error(Templates(tmp_path), "welcom") == "template 'welcom': no such template"
 
 
 @pytest.mark.parametrize("folder", ["empty", "absent"])
 def test_an_unknown_template_in_a_folder_without_any(tmp_path: Path, folder: str) -> None:
     (tmp_path / "empty").mkdir()
 
-    assert error(Templates(tmp_path / folder), "welcome") == (
-        f"template 'welcome': no such template in {tmp_path / folder} (there: none)"
-    )
+    assert error(Templates(tmp_path / folder), "welcome") == "template 'welcome': no such template"
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", "..", "x..y", ".x", "-x", "", "x y", "a" * 101, "x\n"])

@@ -1,0 +1,306 @@
+"""Hostile input, round 2: records that do not parse are shown as unreadable by every reader; templates are bounded in
+time and size; what the service cannot represent or read back is refused at the door, in one line."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pydantic import ValidationError
+from temporalio.testing import WorkflowEnvironment
+
+import starter
+from client import EventRecord, NotificationClient, UnknownNotification
+from domain import (
+    DirectoryEntry,
+    NotificationOutcome,
+    NotificationStatus,
+    NotificationView,
+    SendNotificationToEntityOp,
+    admitted,
+    recipient_email_tag,
+    tag,
+    validation_message,
+)
+from domain.model import TagName
+from harness.processes import ROOT, unconfigured_environment
+from settings import Settings
+from streams import StreamName, StreamStore
+from streams.directory import import_entries
+from templating import TemplateError, Templates
+from tests.databases import Databases
+from tests.harness import entity, operation
+
+SECRET = "PAYLOAD-SECRET-7f3a"
+"""Text inside an unreadable payload, which no log line nor message may repeat."""
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def streams_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that reads the store runs on both backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'streams.db'}"
+    databases: Databases = request.getfixturevalue("postgres")
+    return databases.fresh()
+
+
+def corrupt(streams_url: str, internal_id: int, payload: str) -> None:
+    """Overwrite a record's payload, as the owner of the store could (or an old version's bug)."""
+    if streams_url.startswith("sqlite"):
+        with sqlite3.connect(streams_url.removeprefix("sqlite:///")) as db:
+            db.execute("UPDATE records SET payload = ? WHERE internal_id = ?", (payload, internal_id))
+    else:
+        with psycopg.connect(streams_url, autocommit=True) as db:
+            db.execute("UPDATE notify_records SET payload = %s WHERE internal_id = %s", (payload, internal_id))
+
+
+async def put_view(store: StreamStore, notification_id: str, entity_id: str = "user-1") -> int:
+    view = NotificationView(
+        id=notification_id,
+        status=NotificationStatus.SENT,
+        entity_id=entity_id,
+        subject="S",
+        outcome=NotificationOutcome(),
+        requested_at=datetime.now(UTC),
+    )
+    put = await store.writer(StreamName.NOTIFICATION_VIEW).put(
+        notification_id,
+        view,
+        tags=[tag(TagName.NOTIFICATION_ID, notification_id), tag(TagName.ENTITY_ID, entity_id)],
+    )
+    assert put.internal_id is not None
+    return put.internal_id
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "notify.client" and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (f'{{"id": "{SECRET}", "status": "bogus"', "not JSON"),  # cut short
+        (f'{{"id": "n-1", "status": "{SECRET}"}}', "not a NotificationView"),  # its model refuses it
+    ],
+)
+async def test_a_view_that_does_not_parse_is_shown_as_unreadable_and_logged_once(
+    store: StreamStore,
+    streams_url: str,
+    time_skipping_env: WorkflowEnvironment,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+    payload: str,
+    why: str,
+) -> None:
+    client = NotificationClient(store, time_skipping_env.client, settings)
+    readable, nid = [await client.request(operation()) for _ in range(2)]
+    await put_view(store, readable)
+    internal_id = await put_view(store, nid)
+    corrupt(streams_url, internal_id, payload.replace("n-1", nid))
+    caplog.set_level(logging.WARNING, logger="notify.client")
+
+    view = await client.status(nid)
+    assert NotificationView.model_validate(view).status == NotificationStatus.UNREADABLE  # what the API answers
+    assert (view["id"], view["entity_id"]) == (nid, "user-1")
+    [failure] = view["outcome"]["failures"]
+    assert f"record {internal_id} of stream notification-view (NotificationView, id {nid}) is unreadable: {why}" in (
+        failure
+    )
+    listed, _ = await client.recent(entity_id=None, status=None, limit=10, before=None)
+    assert [(v["id"], v["status"]) for v in listed] == [(nid, "unreadable"), (readable, "sent")]
+    await client.status(nid)
+
+    assert warnings_of(caplog) == [failure]  # once per record in a process, however often it is read
+    assert SECRET not in failure and all(SECRET not in r.getMessage() for r in caplog.records)
+
+
+async def test_events_and_the_audit_show_an_unreadable_record_as_such(
+    store: StreamStore, streams_url: str, time_skipping_env: WorkflowEnvironment, settings: Settings
+) -> None:
+    client = NotificationClient(store, time_skipping_env.client, settings)
+    internal_id = await put_view(store, "n-2")
+    corrupt(streams_url, internal_id, f"[{SECRET}")
+    address = "ada@example.com"
+    email = await store.writer(StreamName.EMAIL_EVENT).put(
+        "7",
+        entity(id="user-1"),
+        type="SendEmailRequestedEvent",
+        tags=[tag(TagName.NOTIFICATION_ID, "n-2"), recipient_email_tag(address)],
+    )
+    assert email.internal_id is not None
+    corrupt(streams_url, email.internal_id, f'{{"operation": "{SECRET}"}}')
+
+    records = await client.events("n-2")
+    shown = [EventRecord.of(r).model_dump(mode="json") for r in records]
+    assert [(e["stream"], e["type"]) for e in shown] == [
+        ("notification-view", "NotificationView"),
+        ("email-event", "SendEmailRequestedEvent"),
+    ]
+    assert shown[0]["payload"] == {
+        "unreadable": f"record {internal_id} of stream notification-view (NotificationView, id n-2) is unreadable: "
+        "not JSON (Expecting value at character 1)"
+    }
+    assert shown[1]["payload"] == {"operation": SECRET}  # JSON: `events` shows it as recorded
+
+    [delivery] = await client.audit_email(address)
+    assert (delivery.notification_id, delivery.outcome, delivery.subject) == ("n-2", "unreadable", None)
+    assert delivery.reason is not None and f"record {email.internal_id} of stream email-event" in delivery.reason
+    assert SECRET not in delivery.reason
+
+
+async def test_an_idempotency_keys_record_is_no_notification(
+    store: StreamStore, time_skipping_env: WorkflowEnvironment, settings: Settings
+) -> None:
+    await import_entries(store, [entity(id="user-1")])
+    client = NotificationClient(store, time_skipping_env.client, settings)
+    notification_id = await client.request(SendNotificationToEntityOp(entity_id="user-1", subject="S", body="B"), "k-1")
+
+    for read in (client.status, client.cancel, client.events):
+        with pytest.raises(UnknownNotification, match="no notification with id 'idempotency-key:k-1'"):
+            await read("idempotency-key:k-1")
+    assert (await client.status(notification_id))["id"] == notification_id
+
+
+def request(**fields: Any) -> dict[str, Any]:
+    return {"entity_id": "user-1", "subject": "S", "body": "B", **fields}
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (request(send_at="9999-06-01T00:00:00Z"), "send_at: must be in the years 1970 to 9998 (UTC)"),
+        (request(send_at="0001-01-01T00:00:00+01:00"), "send_at: must be in the years 1970 to 9998 (UTC)"),
+        (request(send_at="1969-12-31T23:59:59Z"), "send_at: must be in the years 1970 to 9998 (UTC)"),
+        (request(body="B\ud800"), "body: is not valid Unicode: a lone surrogate (U+D800) at 1"),
+        (request(entity_id="\udc80"), "entity_id: is not valid Unicode"),
+        (request(tags=[{"name": "t", "value": "\ud800"}]), "tags, entry 1, value: is not valid Unicode"),
+    ],
+)
+def test_a_request_the_service_cannot_represent_is_refused_in_one_line(given: dict[str, Any], said: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        admitted(SendNotificationToEntityOp, given)
+    assert validation_message(refused.value).startswith(said)
+
+
+def test_the_send_window_holds_its_bounds() -> None:
+    for moment in ("1970-01-01T00:00:00Z", "9998-12-31T23:59:59Z"):
+        assert admitted(SendNotificationToEntityOp, request(send_at=moment)).send_at is not None
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"id": "a/b"}, "id: must not contain '/'"),
+        ({"slack": {"workspace": "acme", "channel": "C1/x"}}, "slack.channel: must not contain '/'"),
+        ({"slack": {"workspace": "acme", "channel": "C1\ud800"}}, "slack.channel: is not valid Unicode"),
+    ],
+)
+def test_a_directory_entry_that_cannot_be_read_back_is_refused(given: dict[str, Any], said: str) -> None:
+    entry = {"id": "a", "name": "A", "channels": {}} | given
+    with pytest.raises(ValidationError) as refused:
+        admitted(DirectoryEntry, entry)
+    assert validation_message(refused.value).startswith(said)
+
+
+def test_refusals_never_show_pydantics_internals() -> None:
+    errors = [
+        {
+            "type": "value_error",
+            "loc": ("body", "function-after[_fits_in_a_payload(), SendNotificationToEntityOp]"),
+            "msg": "Value error, too big\nFor further information visit https://errors.pydantic.dev/2/v/value_error",
+        }
+    ]
+    assert validation_message(errors) == "body: too big"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("streams", "prune", "--before", "0001-01-01"), "--before 0001-01-01: must be in the years 1970 to 9998"),
+        (("streams", "prune", "--older-than", "999999"), "--older-than 999999: a number of days from 0 to"),
+    ],
+)
+def test_prune_bounds_are_one_line_exit_2(tmp_path: Path, args: tuple[str, ...], said: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "starter.py"), *args],
+        env=unconfigured_environment(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(f"error: {said}") and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00", "9999-12-31T23:00:00-05:00", "1969-01-01T00:00:00Z"])
+def test_send_at_a_time_outside_the_window_is_exit_2(moment: str) -> None:
+    with pytest.raises(starter.CliError) as refused:
+        starter.parse_time(moment)
+    assert refused.value.code == 2
+    assert str(refused.value) == f"--at {moment}: must be in the years 1970 to 9998 (UTC)"
+
+
+@pytest.mark.parametrize(("suffix", "nested"), [(".json", "[" * 100_000), (".yaml", "- " * 100_000 + "x")])
+def test_a_directory_file_nested_too_deeply_is_exit_2(tmp_path: Path, suffix: str, nested: str) -> None:
+    file = tmp_path / f"entities{suffix}"
+    file.write_text(nested)
+    with pytest.raises(starter.CliError) as refused:
+        starter.read_directory(file)
+    assert refused.value.code == 2
+    assert str(refused.value) == f"{file}: nested too deeply (a directory file is a list of entities)"
+
+
+def write(folder: Path, name: str, text: str) -> None:
+    (folder / f"{name}.yaml").write_text(f"subject: s\ntext: {text}\n")
+
+
+def test_a_template_that_loops_too_long_is_stopped_at_its_time_limit(tmp_path: Path) -> None:
+    write(tmp_path, "loops", '"{% for i in data.n %}{% for j in data.n %}{% endfor %}{% endfor %}done"')
+    templates = Templates(tmp_path, seconds=0.2)
+    started = time.monotonic()
+    with pytest.raises(TemplateError) as stopped:
+        templates.render("loops", {"n": list(range(7000))}, {})
+    assert time.monotonic() - started < 1.0  # the whole loop takes seconds
+    assert str(stopped.value) == "template 'loops', text: stopped: it ran longer than 0.2 s"
+    assert templates.render("loops", {"n": list(range(10))}, {}).text == "done"
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('"{% for i in data.n %}{% for j in data.n %}{{ i }}{% endfor %}{% endfor %}"', "the output is over 256 KiB"),
+        ("\"{{ 'x' * 100000000 }}\"", "a value is longer than 524,288"),
+        ('"{{ 10 ** 100000000 }}"', "a power is over 4096 bits"),
+        (
+            "\"{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}\"",
+            "a value is longer than 524,288",
+        ),
+    ],
+)
+def test_a_template_that_makes_too_much_is_stopped(tmp_path: Path, text: str, said: str) -> None:
+    write(tmp_path, "big", text)
+    with pytest.raises(TemplateError) as stopped:
+        Templates(tmp_path).render("big", {"n": list(range(7000))}, {})
+    assert str(stopped.value) == f"template 'big', text: stopped: {said}"
+
+
+def test_data_is_looked_up_as_keys_before_methods(tmp_path: Path) -> None:
+    write(tmp_path, "keys", '"{{ data.items }} {{ data.values }} {{ data.keys() | list }}"')
+    rendered = Templates(tmp_path).render("keys", {"items": "3 books", "values": "v"}, {})
+    assert rendered.text == "3 books v ['items', 'values']"
+
+
+def test_an_unknown_template_is_named_and_nothing_more(tmp_path: Path) -> None:
+    write(tmp_path, "welcome", "t")
+    with pytest.raises(TemplateError) as unknown:
+        Templates(tmp_path).render("welcom", {}, {})
+    assert str(unknown.value) == "template 'welcom': no such template"
