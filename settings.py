@@ -56,7 +56,9 @@ CONFIGS_FAILURE_ACTIONS = {
 }
 """Each setting's value, as the saga's policy says it (the reference's names)."""
 CANNOT_PREPARE_ACTIONS = {
-    CannotPrepareAction.CONTINUE: CannotPrepareToSendOnChannelAction.CONTINUE_AND_ATTEMPT_PREPARING_TO_SEND_ON_NEXT_CHANNEL,  # noqa: E501
+    CannotPrepareAction.CONTINUE: (
+        CannotPrepareToSendOnChannelAction.CONTINUE_AND_ATTEMPT_PREPARING_TO_SEND_ON_NEXT_CHANNEL
+    ),
     CannotPrepareAction.STOP: CannotPrepareToSendOnChannelAction.STOP_AND_DO_NOT_SEND_ON_ANY_CHANNEL,
 }
 

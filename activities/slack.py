@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -61,6 +62,8 @@ class SlackAnswer:
     error: str | None
     """Slack's error code, when the body is Slack's JSON."""
     retry_after: float | None
+    from_slack: bool = True
+    """Whether the body is Slack's JSON (an object); not when something between answered instead."""
 
     @classmethod
     def of(cls, failure: SlackApiError) -> SlackAnswer:
@@ -71,22 +74,25 @@ class SlackAnswer:
         else:  # aiohttp's response to a body that said it was JSON and was not: slack_sdk quotes it in the error
             status, data = getattr(answer, "status", 0), str(failure).partition("\n")[0].rpartition(NOT_JSON)[2]
             headers = getattr(answer, "headers", None) or {}
+        retry_after = _seconds({k.lower(): v for k, v in headers.items()}.get("retry-after"))
         if isinstance(data, dict) and data:
             error = data.get("error")
-            body, code = data, error if isinstance(error, str) else None
-        else:
-            text = data.decode(errors="replace") if isinstance(data, bytes) else str(data or "")
-            body, code = {"status": status, "text": in_one_line(text)[:TEXT_KEPT]}, None
-        retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
-        return cls(status, body, code, _seconds(retry_after))
+            return cls(status, data, error if isinstance(error, str) else None, retry_after)
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data or "")
+        return cls.not_slacks(status, text, retry_after)
+
+    @classmethod
+    def not_slacks(cls, status: int, text: str, retry_after: float | None = None) -> SlackAnswer:
+        """An answer whose body is not Slack's JSON: its status and the start of its text."""
+        return cls(status, {"status": status, "text": in_one_line(text)[:TEXT_KEPT]}, None, retry_after, False)
 
     @property
     def transient(self) -> bool:
-        """By the HTTP status first (a 5xx or a 429 is, whatever its body; any other 4xx is not), then by Slack's
-        error code."""
+        """By the HTTP status first (a 5xx, a 429 or a 408 is, whatever its body; any other 4xx is not), then by the
+        body: Slack's error code, or, when a success's body is not Slack's JSON, yes (something between answered)."""
         if self.status in TRANSIENT_STATUSES or self.status >= 500:
             return True
-        return self.status < 400 and self.error in TRANSIENT_SLACK_ERRORS
+        return self.status < 400 and (not self.from_slack or self.error in TRANSIENT_SLACK_ERRORS)
 
     @property
     def reason(self) -> str:
@@ -94,6 +100,25 @@ class SlackAnswer:
             return f"Slack answered {self.error}"
         text = self.body.get("text")
         return f"Slack answered HTTP {self.status}" + (f": {text}" if text else "")
+
+
+class SlackCallFailed(Exception):
+    """A Slack call that did not succeed, with its answer read (`SlackAnswer`)."""
+
+    def __init__(self, answer: SlackAnswer) -> None:
+        super().__init__(answer.reason)
+        self.answer = answer
+
+
+async def _called(call: Awaitable[AsyncSlackResponse]) -> AsyncSlackResponse:
+    """The answer of a Slack call that succeeded, or `SlackCallFailed`. slack_sdk's own check of an answer assumes a
+    JSON object: a 200 in plain text, or a JSON list, breaks it with an AttributeError, here an answer not Slack's."""
+    try:
+        return await call
+    except SlackApiError as error:
+        raise SlackCallFailed(SlackAnswer.of(error)) from error
+    except AttributeError as error:
+        raise SlackCallFailed(SlackAnswer.not_slacks(200, "an answer that is not Slack's JSON")) from error
 
 
 def _seconds(header: str | None) -> float | None:
@@ -182,9 +207,9 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
                     return Delivery(
                         SendSlackMessageResponse(result=SendSlackMessageResult.SUCCEEDED, response_json=posted)
                     )
-            response = await client.chat_postMessage(channel=op.channel, text=op.text, metadata=_metadata(op))
-        except SlackApiError as error:
-            answer = SlackAnswer.of(error)
+            response = await _called(client.chat_postMessage(channel=op.channel, text=op.text, metadata=_metadata(op)))
+        except SlackCallFailed as error:
+            answer = error.answer
             delivery = Delivery(
                 SendSlackMessageResponse(
                     result=SendSlackMessageResult.FAILED_WITH_SLACK_RETURNING_ERROR,
@@ -222,15 +247,17 @@ async def _posted_before(client: AsyncWebClient, op: SendSlackMessageOp) -> dict
     cursor = None
     for _ in range(LOOK_BACK_PAGES):
         try:
-            page = await client.conversations_history(
-                channel=op.channel,
-                oldest=f"{since.timestamp():.6f}",
-                include_all_metadata=True,
-                limit=200,
-                cursor=cursor,
+            page = await _called(
+                client.conversations_history(
+                    channel=op.channel,
+                    oldest=f"{since.timestamp():.6f}",
+                    include_all_metadata=True,
+                    limit=200,
+                    cursor=cursor,
+                )
             )
-        except SlackApiError as error:
-            if SlackAnswer.of(error).error != "missing_scope":
+        except SlackCallFailed as error:
+            if error.answer.error != "missing_scope":
                 raise
             logger.warning(
                 "notification %s: slack %s: cannot look for an earlier attempt's post (the token lacks the "

