@@ -18,36 +18,37 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 from temporalio.exceptions import TemporalError
 
 from api.deps import Parts, parts
+from api.limits import DEFAULT_LIMITS, MAX_BODY_BYTES, Limits, RequestLimits, protocol
 from api.problems import Problem, problem
 from api.routes import audit, codec, entities, health, notifications, page
 from api.telemetry import Measured
 from client import UnknownNotification, is_connect_failure, temporal_unreachable
-from domain import MAX_REQUEST_BYTES, validation_message
+from domain import validation_message
 from domain.rules import Location
 from settings import Settings, one_line
 from streams import StreamStore
 
 log = logging.getLogger("notify.api")
-MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
-"""The largest request body taken (a notification's own limit, 512 KiB as JSON, is checked after: `422`)."""
+__all__ = ["MAX_BODY_BYTES", "create_app", "serving"]
 ROUTERS = (notifications.router, audit.router, entities.router, health.router, page.router, codec.router)
 
 
-def create_app(store: StreamStore, temporal: Client, settings: Settings) -> FastAPI:
-    """The API on this store and Temporal client (`serving` runs it)."""
+def create_app(store: StreamStore, temporal: Client, settings: Settings, limits: Limits = DEFAULT_LIMITS) -> FastAPI:
+    """The API on this store and Temporal client (`serving` runs it, within `limits`)."""
     app = FastAPIOffline(
         title="notify",
         summary="A durable notification service on Temporal",
         version="1",
         exception_handlers=EXCEPTION_HANDLERS,
+        redirect_slashes=False,  # its redirect would name the host the request's `Host` header gave
     )
     app.state.parts = held = Parts.of(store, temporal, settings)
-    app.add_middleware(BodyLimit)
+    app.state.limits = limits
+    app.add_middleware(RequestLimits, limits=limits)
     app.add_middleware(Measured, telemetry=held.telemetry)
     for router in ROUTERS:
         app.include_router(router)
@@ -55,36 +56,8 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings) -> Fast
     return app
 
 
-class BodyLimit:
-    """Refuse a request body over `MAX_BODY_BYTES` with `413`, whether it says its length or streams it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length")
-        too_large = problem(413, f"the request body is over {MAX_BODY_BYTES:,} bytes")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            await too_large(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > MAX_BODY_BYTES:
-                raise Problem(413, f"the request body is over {MAX_BODY_BYTES:,} bytes")
-            return message
-
-        await self.app(scope, counted, send)
-
-
 async def _problem(request: Request, error: Problem) -> JSONResponse:
-    return problem(error.status, error.detail)
+    return problem(error.status, error.detail, error.headers)
 
 
 async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -98,18 +71,20 @@ def _in_request(location: Location) -> Location:
 
 async def _unavailable(request: Request, error: Exception) -> JSONResponse:
     """The streams or a server that cannot be used now (`StoreUnavailable`, Temporal's errors, and its SDK's
-    `RuntimeError` when it cannot connect): 503; any other `RuntimeError` is a bug, in the log."""
+    `RuntimeError` when it cannot connect): 503, and why in the log (it names paths and addresses); any other
+    `RuntimeError` is a bug, in the log."""
     if isinstance(error, RuntimeError) and not is_connect_failure(error):
         log.error("%s %s failed", request.method, request.url.path, exc_info=error)
         return problem(500, "the request failed: the server's log says why")
     if is_connect_failure(error):
         error = temporal_unreachable(parts(request).settings.temporal_address, error)
-    return problem(503, f"a service the API needs cannot be used now: {one_line(error)}")
+    log.warning("%s %s: 503: %s", request.method, request.url.path, one_line(error))
+    return problem(503, "a service the API needs cannot be used now: the server's log says why")
 
 
 async def _http(request: Request, error: HTTPException) -> JSONResponse:
     if isinstance(error.__cause__, Problem):  # a body over the limit, as it streamed in
-        return problem(error.__cause__.status, error.__cause__.detail)
+        return problem(error.__cause__.status, error.__cause__.detail, error.__cause__.headers)
     return problem(error.status_code, str(error.detail))
 
 
@@ -139,7 +114,17 @@ async def serving(app: FastAPI, host: str, port: int) -> AsyncIterator[str]:
     except OSError as error:
         listening.close()
         raise OSError(f"cannot serve the API on {host}:{port}: {error.strerror} (set NOTIFY_API_PORT)") from error
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", server_header=False))
+    limits: Limits = app.state.limits
+    config = uvicorn.Config(
+        app,
+        http=protocol(limits),
+        log_level="warning",
+        lifespan="off",
+        server_header=False,
+        limit_concurrency=limits.connections,
+        timeout_keep_alive=limits.keep_alive_seconds,
+    )
+    server = uvicorn.Server(config)
     serve = asyncio.create_task(server.serve(sockets=[listening]))
     while not server.started:
         if serve.done():

@@ -5,11 +5,15 @@ sign-in, the codec server as a problem with its CORS headers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
 from temporalio.client import Client
 
 from api.keys import ApiKeyIssued, ApiKeys, Scope
@@ -87,10 +91,48 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `starter.py apike
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def needs(scope: Scope) -> Any:
+def bearer_key(request: HTTPConnection) -> str | None:
+    """The key of `Authorization: Bearer KEY` (the scheme in any case, as `bearer` reads it), if given."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    return (key.strip() or None) if scheme.lower() == "bearer" else None
+
+
+async def checked(request: HTTPConnection, scope: Scope) -> ApiKeyIssued:
+    """`authorized` for the request's bearer key, asked once a request (`KeyFirst`, then the route's dependency)."""
+    held: tuple[Scope, ApiKeyIssued] | None = getattr(request.state, "key", None)
+    if held is None or held[0] != scope:
+        held = scope, await authorized(request.app.state.parts.keys, bearer_key(request), scope)
+        request.state.key = held
+    return held[1]
+
+
+@dataclass(frozen=True)
+class Needs:
     """A route's dependency on a bearer key that holds `scope` (refused: a problem, 401 or 403)."""
 
-    async def key(app: AppParts, credentials: Bearer) -> ApiKeyIssued:
-        return await authorized(app.keys, None if credentials is None else credentials.credentials, scope)
+    scope: Scope
 
-    return Depends(key)
+    async def __call__(self, request: Request, credentials: Bearer) -> ApiKeyIssued:
+        """(`credentials`: for the OpenAPI description; `checked` reads the same header.)"""
+        return await checked(request, self.scope)
+
+
+def needs(scope: Scope) -> Any:
+    return Depends(Needs(scope))
+
+
+class KeyFirst(APIRoute):
+    """A route that checks the key it needs from the request's headers before it reads the body: a request without
+    a usable key is answered 401 or 403 at once, its body unread (the server drops the rest as it comes, for at
+    most `Limits.headers_seconds`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+        scopes = [d.call.scope for d in self.dependant.dependencies if isinstance(d.call, Needs)]
+
+        async def first_the_key(request: Request) -> Response:
+            for scope in scopes:
+                await checked(request, scope)  # refused: `KeyRefused`, a problem
+            return await handle(request)
+
+        return first_the_key

@@ -9,10 +9,11 @@ from pydantic import BaseModel
 
 
 class Problem(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers or {}
 
 
 TITLES = {
@@ -21,9 +22,11 @@ TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     413: "Content too large",
     422: "Unprocessable content",
+    501: "Not implemented",
     503: "Service unavailable",
 }
 
@@ -37,12 +40,13 @@ class ProblemDetails(BaseModel):
     detail: str
 
 
-def problem(status: int, detail: str) -> JSONResponse:
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The problem as a response (`headers`: more of them, say `Connection: close`)."""
     return JSONResponse(
         ProblemDetails(title=TITLES.get(status, "Error"), status=status, detail=one_line_of(detail)).model_dump(),
         status_code=status,
         media_type="application/problem+json",
-        headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
+        headers=({"WWW-Authenticate": "Bearer"} if status == 401 else {}) | (headers or {}),
     )
 
 

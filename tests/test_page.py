@@ -114,3 +114,22 @@ async def test_without_a_key_pages_send_to_sign_in_and_nowhere_else(api: Api) ->
     assert "HttpOnly" in signed.headers["set-cookie"] and "SameSite=strict" in signed.headers["set-cookie"]
     assert "default-src 'self'" in signed.headers["content-security-policy"]
     api.http.cookies.clear()
+
+
+@pytest.mark.parametrize("action", ["sign-in", "sign-out"])
+async def test_a_form_on_another_site_neither_swaps_nor_clears_the_cookie(
+    api: Api, browser: Browser, action: str
+) -> None:
+    page = await signed_in(browser, api)
+    here = str(api.http.base_url).rstrip("/")
+    attacker = (
+        f'<form method="post" action="{here}/{action}"><input name="key" value="{api.keys["all"]}">'
+        "</form><script>document.forms[0].submit()</script>"
+    )
+    elsewhere = here.replace("127.0.0.1", "localhost") + "/attack"  # another site, on this machine
+    await page.route(elsewhere, lambda route: route.fulfill(body=attacker, content_type="text/html"))
+    async with page.expect_response(f"**/{action}") as answered:
+        await page.goto(elsewhere)
+    assert (await answered.value).status == 403
+    [cookie] = [c for c in await page.context.cookies() if c["name"] == "notify_key"]
+    assert cookie["value"] == api.keys["reader"]

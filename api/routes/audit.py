@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import Notifications, needs
+from api.deps import KeyFirst, Notifications, needs
 from api.keys import Scope
 from api.problems import problems
 from domain import DeliveryAuditEntry
 
 router = APIRouter(
-    prefix="/v1/audit", tags=["audit"], dependencies=[needs(Scope.READ)], responses=problems(401, 403, 422)
+    prefix="/v1/audit",
+    route_class=KeyFirst,
+    tags=["audit"],
+    dependencies=[needs(Scope.READ)],
+    responses=problems(401, 403, 422),
 )
 
 

@@ -7,14 +7,14 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import ValidationError
 
-from api.deps import AppParts, needs
+from api.deps import AppParts, KeyFirst, needs
 from api.keys import Scope
 from api.problems import Problem, problems
 from domain import DirectoryEntry, admitted, validation_message
 from streams import StreamName
 from streams.directory import import_entries, lookup
 
-router = APIRouter(prefix="/v1/entities", tags=["directory"], responses=problems(401, 403, 422))
+router = APIRouter(prefix="/v1/entities", route_class=KeyFirst, tags=["directory"], responses=problems(401, 403, 422))
 
 
 @router.put(

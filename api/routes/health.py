@@ -1,8 +1,9 @@
-"""Whether the API can serve: the process answers (`/healthz`), the streams and Temporal answer (`/readyz`); and
-its own Prometheus metrics (`/metrics`)."""
+"""Whether the API can serve: the process answers (`/healthz`), the streams and Temporal answer (`/readyz`: which
+does not, not why, to a request without a key; why is in the log); and its own Prometheus metrics (`/metrics`)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from fastapi import APIRouter
@@ -16,6 +17,7 @@ from settings import one_line
 from streams import StreamName
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("notify.api")
 
 
 class Health(BaseModel):
@@ -32,11 +34,13 @@ async def readyz(app: AppParts) -> Health:
     try:
         await app.store.reader(StreamName.CLIENT_OPERATION).newest()
     except Exception as error:
-        raise Problem(503, f"the streams cannot be read: {one_line(error)}") from error
+        log.warning("readyz: the streams cannot be read: %s", one_line(error))
+        raise Problem(503, "the streams cannot be read: the server's log says why") from error
     try:
         await app.temporal.service_client.check_health()
     except Exception as error:
-        raise Problem(503, f"Temporal does not answer at {app.settings.temporal_address}: {one_line(error)}") from error
+        log.warning("readyz: Temporal does not answer at %s: %s", app.settings.temporal_address, one_line(error))
+        raise Problem(503, "Temporal does not answer: the server's log says why") from error
     return Health(status="ready")
 
 

@@ -6,17 +6,19 @@ import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 
-from api.deps import AppParts, Notifications, needs
+from api.deps import AppParts, KeyFirst, Notifications, needs
 from api.keys import Scope
 from api.problems import Problem, problems
 from client import Accepted, EventRecord, IdempotencyKeyConflict, NotCancellable, RequestRefused
-from domain import NotificationStatus, NotificationView, Tag
+from domain import MAX_TAGS, NotificationStatus, NotificationView, Tag
 
 MAX_PAGE = 100
 
-router = APIRouter(prefix="/v1/notifications", tags=["notifications"], responses=problems(401, 403, 422))
+router = APIRouter(
+    prefix="/v1/notifications", route_class=KeyFirst, tags=["notifications"], responses=problems(401, 403, 422)
+)
 
 
 class NotificationIn(BaseModel):
@@ -29,9 +31,17 @@ class NotificationIn(BaseModel):
     html: str | None = None
     slack_text: str | None = None
     tags: dict[str, str] = {}
+    """At most `MAX_TAGS`, counted before they are read (80,000 would take seconds)."""
     send_at: AwareDatetime | None = None
     template: str | None = None
     data: dict[str, Any] | None = None
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _few_tags(cls, tags: Any) -> Any:
+        if isinstance(tags, dict) and len(tags) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags, not {len(tags)}")
+        return tags
 
 
 class NotificationPage(BaseModel):

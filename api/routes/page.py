@@ -8,15 +8,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Cookie, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
+from jinja2.runtime import Context
 
 from api.deps import AppParts, KeyRefused, authorized
 from api.keys import Scope
+from api.problems import problem
 from client import UNDECIDED, NotificationClient, UnknownNotification
 from domain import NotificationStatus
 
@@ -37,6 +40,19 @@ templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["moment"] = lambda value: (
     datetime.fromisoformat(str(value)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 )
+
+
+def _path(request: Request, name: str, /, **params: Any) -> str:
+    """The path of a route or an asset, never a URL naming the host the request's `Host` header gave."""
+    return f"{request.scope.get('root_path', '')}{request.app.url_path_for(name, **params)}"
+
+
+@pass_context
+def _path_in(context: Context, name: str, /, **params: Any) -> str:
+    return _path(context["request"], name, **params)
+
+
+templates.env.globals["url_for"] = _path_in
 router = APIRouter(include_in_schema=False)
 static = StaticFiles(directory=HERE / "static")
 
@@ -63,7 +79,7 @@ def _render(request: Request, template: str, status_code: int = 200, live: bool 
     headers = SECURITY_HEADERS | {"X-Notify-Live": "1" if live else "0"}
     if request.headers.get("X-Notify-Part") == "main":
         page = templates.get_template(template)
-        context = page.new_context({"request": request, "url_for": request.url_for, **values})
+        context = page.new_context({"request": request, **values})
         body = "".join(page.blocks["main"](context))
         return HTMLResponse(body, status_code=status_code, headers=headers)
     return templates.TemplateResponse(request, template, values, status_code=status_code, headers=headers)
@@ -82,7 +98,7 @@ async def recent(
     older = None
     if last is not None:
         query = {k: v for k, v in (("entity", entity), ("status", chosen)) if v} | {"before": last}
-        older = f"{request.url_for('page_recent')}?{urlencode(query)}"
+        older = f"{_path(request, 'page_recent')}?{urlencode(query)}"
     return _render(
         request,
         "recent.html",
@@ -128,6 +144,8 @@ async def sign_in_form(request: Request, next: str = "/") -> Response:
 
 @router.post("/sign-in", name="page_sign_in")
 async def sign_in(request: Request, app: AppParts) -> Response:
+    if not _from_this_site(request):
+        return problem(403, "a sign-in sent from another site is refused")
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
     key, next = form.get("key", "").strip(), _local(form.get("next", "/"))
     try:
@@ -150,9 +168,22 @@ async def sign_in(request: Request, app: AppParts) -> Response:
 
 @router.post("/sign-out", name="page_sign_out")
 async def sign_out(request: Request) -> Response:
-    response = RedirectResponse(request.url_for("page_sign_in_form"), status_code=303, headers=SECURITY_HEADERS)
+    if not _from_this_site(request):
+        return problem(403, "a sign-out sent from another site is refused")
+    response = RedirectResponse(_path(request, "page_sign_in_form"), status_code=303, headers=SECURITY_HEADERS)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response
+
+
+def _from_this_site(request: Request) -> bool:
+    """Whether a form came from this site's own page (not a page elsewhere that sends it in the user's browser): the
+    browser says so (`Sec-Fetch-Site`), or, in one that does not, its `Origin` is this host. A request with neither
+    is not a browser's."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
 
 
 def _local(path: str) -> str:
@@ -165,5 +196,5 @@ async def sign_in_first(request: Request, error: SignIn) -> Response:
     if request.headers.get("X-Notify-Part"):
         return Response(status_code=401, headers=SECURITY_HEADERS)
     there = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    target = f"{request.url_for('page_sign_in_form')}?{urlencode({'next': there})}"
+    target = f"{_path(request, 'page_sign_in_form')}?{urlencode({'next': there})}"
     return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)

@@ -1,0 +1,122 @@
+"""What one connection may cost the API before anyone knows who sent it: time to send a request's headers, time and
+bytes to send its body, how many connections and requests are served at once. uvicorn serves HTTP/1.1 with h11
+(a request's line and headers: at most h11's 16 KiB); `Bounded` holds a request's headers to a deadline, `RequestLimits`
+its body, and refuses what no route takes. docs/operations.md says what a proxy in front should bound as well."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from api.problems import Problem, problem
+from domain import MAX_REQUEST_BYTES
+
+MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
+"""The largest request body taken (a notification's own limit, 512 KiB as JSON, is checked after: `422`)."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""The methods served; any other is answered 501 at once."""
+CLOSE = {"Connection": "close"}
+"""On a `408`: the connection ends with it."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    headers_seconds: float = 10
+    """From a connection's start, or its last answer, to a request's last header."""
+    body_seconds: float = 30
+    """From a request's headers to the last byte of its body (1 MiB in 30 s: 35 KB/s at least)."""
+    connections: int = 200
+    """Connections, and requests under way, at once; more are answered 503 at once."""
+    keep_alive_seconds: int = 5
+    """How long an idle connection stays open for its next request."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Bounded(H11Protocol):
+    """uvicorn's HTTP/1.1, closing a connection that does not send a request's headers within `headers_seconds` of
+    its start or of its last answer (uvicorn bounds only an idle connection's wait, not a trickle). A body still
+    coming after its answer (refused before it was read: 401, 413) is dropped as it comes, within the same bound."""
+
+    headers_seconds: float = Limits.headers_seconds
+    _due: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._due is not None:
+            self._due.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._due is not None:
+            self._due.cancel()
+        self._due = self.loop.call_later(self.headers_seconds, self._late)
+
+    def _late(self) -> None:
+        """No request under way: close (one under way has its body bounded by `RequestLimits`)."""
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+
+
+def protocol(limits: Limits) -> type[Bounded]:
+    """`Bounded` with these limits, as uvicorn's `http` setting."""
+    return type("Bounded", (Bounded,), {"headers_seconds": limits.headers_seconds})
+
+
+class RequestLimits:
+    """Refuse a method not in `METHODS` (`501`); a path or query with a NUL (`400`); a request body over
+    `MAX_BODY_BYTES` (`413`), whether it says its length or streams it; a body that has not all come within
+    `body_seconds` of the headers (`408`)."""
+
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in METHODS:
+            await problem(501, "the method is not one this server serves")(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"\x00" in unquote_to_bytes(scope["query_string"]):
+            await problem(400, "the path or the query holds a NUL character")(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        too_large = f"the request body is over {MAX_BODY_BYTES:,} bytes"
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await problem(413, too_large)(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.limits.body_seconds
+        seen = 0
+        whole = False
+
+        async def counted() -> Message:
+            nonlocal seen, whole
+            if whole:  # the body is in: what comes next is the client leaving, whenever it does
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                late = f"the request body did not all come within {self.limits.body_seconds:g} s"
+                raise Problem(408, late, CLOSE) from None
+            seen += len(message.get("body", b""))
+            whole = not message.get("more_body", False)
+            if seen > MAX_BODY_BYTES:
+                raise Problem(413, too_large)
+            return message
+
+        await self.app(scope, counted, send)
