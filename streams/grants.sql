@@ -1,6 +1,8 @@
 -- The roles of the streams and what each may do (`python starter.py db grant` runs this; `db migrate` runs it again
 -- once the roles exist). Roles belong to the PostgreSQL cluster; the grants, to this database.
---   notify_producer  puts records and takes ids: it can append to the streams, and cannot read them;
+--   notify_client    requests notifications (notify_request), and nothing else: the role outside producers use;
+--   notify_producer  puts records and takes ids: it can append to the service's streams (not the API keys), and
+--                    cannot read them: the service's own writer (worker, API, CLI);
 --   notify_consumer  reads records and handling statuses, and cannot write anything;
 --   notify_handler   keeps handling statuses, and cannot read or write records.
 -- They are created able to log in, without a password: set one with ALTER ROLE ... PASSWORD for remote use.
@@ -9,7 +11,7 @@ DO $$
 DECLARE
     role text;
 BEGIN
-    FOREACH role IN ARRAY ARRAY['notify_producer', 'notify_consumer', 'notify_handler'] LOOP
+    FOREACH role IN ARRAY ARRAY['notify_client', 'notify_producer', 'notify_consumer', 'notify_handler'] LOOP
         BEGIN
             EXECUTE format('CREATE ROLE %I LOGIN', role);
         EXCEPTION WHEN duplicate_object OR unique_violation THEN
@@ -19,9 +21,10 @@ BEGIN
 END
 $$;
 
-GRANT CONNECT ON DATABASE {database} TO notify_producer, notify_consumer, notify_handler;
+GRANT CONNECT ON DATABASE {database} TO notify_client, notify_producer, notify_consumer, notify_handler;
 REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC;
-GRANT USAGE ON SCHEMA {schema} TO notify_producer, notify_consumer, notify_handler;
+GRANT USAGE ON SCHEMA {schema} TO notify_client, notify_producer, notify_consumer, notify_handler;
+ALTER ROLE notify_client IN DATABASE {database} SET search_path = {schema};
 ALTER ROLE notify_producer IN DATABASE {database} SET search_path = {schema};
 ALTER ROLE notify_consumer IN DATABASE {database} SET search_path = {schema};
 ALTER ROLE notify_handler IN DATABASE {database} SET search_path = {schema};
@@ -35,5 +38,5 @@ GRANT SELECT ON notify_records, notify_record_tags, notify_handling TO notify_co
 GRANT SELECT ON notify_handling TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_begin(text, bigint, text, text) TO notify_handler;
-GRANT EXECUTE ON FUNCTION notify_request(text, text, text, text, text, jsonb, timestamptz, text) TO notify_producer;
+GRANT EXECUTE ON FUNCTION notify_request(text, text, text, text, text, jsonb, timestamptz, text) TO notify_client, notify_producer;
 GRANT EXECUTE ON FUNCTION notify_next_turn(text, double precision) TO notify_handler;

@@ -33,7 +33,7 @@ from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
 from tests.harness import Api
 
-ROLES = ("notify_producer", "notify_consumer", "notify_handler")
+ROLES = ("notify_client", "notify_producer", "notify_consumer", "notify_handler")
 
 
 class Thing(BaseModel):
@@ -65,16 +65,17 @@ def test_migrate_then_grant_from_the_command_line(postgres: Databases) -> None:
         "applied 0004_turns.sql",
         "applied 0005_retention.sql",
         "applied 0006_smaller_records.sql",
-        "the streams schema is at version 6",
+        "applied 0007_writers.sql",
+        "the streams schema is at version 7",
     ]
     again = starter("db", "migrate", url=url)
-    assert again.stdout.splitlines() == ["the streams schema is at version 6"]
+    assert again.stdout.splitlines() == ["the streams schema is at version 7"]
     granted = starter("db", "grant", url=url)
     assert granted.returncode == 0, granted.stderr
     with psycopg.connect(url) as db:
         roles = {r[0] for r in db.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'notify_%'")}
         assert set(ROLES) <= roles
-        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (6,)
+        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (7,)
 
 
 def test_a_worker_refuses_transitions_that_are_not_its_own_until_migrated(postgres: Databases, tmp_path: Path) -> None:
@@ -104,7 +105,7 @@ def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: the streams schema is at version 0, this version needs 6: run `python starter.py db migrate`"
+        "error: the streams schema is at version 0, this version needs 7: run `python starter.py db migrate`"
     )
 
 
@@ -326,10 +327,10 @@ def client_settings(database: str) -> Settings:
 
 
 def request_by_sql(database: str, entity_id: str, subject: str = "Shared", **more: str) -> str:
-    """A request as a producer that holds nothing but notify_producer makes it: one SQL call, no Temporal."""
+    """A request as an outside producer makes it, holding nothing but notify_client: one SQL call, no Temporal."""
     names = ["entity_id", "subject", "body", *more]
     call = ", ".join(f"{name} => %s" for name in names)
-    with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+    with psycopg.connect(as_role(database, "notify_client"), autocommit=True) as db:
         row = db.execute(
             f"SELECT notify_request({call})", [entity_id, subject, "Two workers, one saga each.", *more.values()]
         ).fetchone()
@@ -455,7 +456,7 @@ async def test_plain_sql_as_the_producer_role_requests_a_notification(
     sinks: tuple[MailSink, SlackSink],
     tmp_path: Path,
 ) -> None:
-    """`SELECT notify_request(...)` as notify_producer writes what the client writes; a worker's handler, woken by
+    """`SELECT notify_request(...)` as notify_client writes what the client writes; a worker's handler, woken by
     the database, starts its saga; keys are kept as the client keeps them; the service's rules refuse what they
     refuse, with the reason in the status."""
     mail, slack = sinks
@@ -524,21 +525,128 @@ async def test_plain_sql_as_the_producer_role_requests_a_notification(
 
 
 def test_notify_request_refuses_what_would_forge_the_audit_or_not_read_back(database: str) -> None:
-    with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+    with psycopg.connect(as_role(database, "notify_client"), autocommit=True) as db:
         for extra, said in [
             ('tags => \'{"Entity-Id": "victim"}\'', "tag names notification-id, entity-id"),
             ("tags => '{\"a\": 1}'", "tags must be a JSON object of names and text values"),
-            ("send_at => 'infinity'", "send_at must be a time before the year 10000"),
             ("tags => '" + json.dumps({f"t{i}": "v" for i in range(51)}) + "'", "at most 50 tags"),
+            ("tags => '" + json.dumps({"t": "v" * 2001}) + "'", "a value at most 2,000 bytes"),
+            ("tags => '" + json.dumps({"t" * 201: "v"}) + "'", "a tag name must be 1 to 200 characters"),
+            *(
+                (f"send_at => '{at}'", r"send_at must be in the years 1970 to 9998 \(UTC\)")
+                for at in ("infinity", "-infinity", "0044-03-15 12:00+00 BC", "1969-12-31 23:59:59+00", "9999-01-01")
+            ),
+            ("idempotency_key => ''", "idempotency_key must be 1 to 200 characters"),
+            (f"idempotency_key => '{'k' * 201}'", "idempotency_key must be 1 to 200 characters"),
         ]:
-            with pytest.raises(psycopg.Error, match=said):
+            with pytest.raises(psycopg.Error, match=said) as refused:
                 db.execute(f"SELECT notify_request('ops', 'S', 'B', {extra})")
+            assert refused.value.sqlstate == "NT002"
+        for entity_id in ("", "e" * 201, "e" * 3000):  # past the tag index's limit, the database's own error
+            with pytest.raises(psycopg.Error, match="entity_id must be 1 to 200 characters") as refused:
+                db.execute("SELECT notify_request(%s, 'S', 'B')", (entity_id,))
+            assert refused.value.sqlstate == "NT002"
         with pytest.raises(psycopg.Error, match="over 512 KiB"):
             db.execute("SELECT notify_request('ops', 'S', repeat('x', 600000))")
-        # a producer cannot let itself into the API: only the owner of the streams issues keys
-        with pytest.raises(errors.InsufficientPrivilege, match="only the owner of the streams issues API keys"):
-            db.execute("SELECT notify_put('api-key', 'me', 'ApiKeyIssued', '{}', '[]', 'None', 1)")
-        assert db.execute("SELECT count(*) FROM notify_identity").fetchone() == (1,)
+    with psycopg.connect(database) as db:
+        assert db.execute("SELECT count(*) FROM notify_records").fetchone() == (0,)
+
+
+async def test_notify_request_writes_times_that_read_back_whatever_the_session_time_zone(database: str) -> None:
+    """Monrovia's offset was -00:44:30 until 1972: no offset of seconds reaches a record, which reads back."""
+    with psycopg.connect(as_role(database, "notify_client"), autocommit=True) as db:
+        db.execute("SET TIME ZONE 'Africa/Monrovia'")
+        row = db.execute(
+            "SELECT notify_request('ops', 'S', 'B', send_at => '1971-01-01 00:00-00:43:08', idempotency_key => 'k')"
+        ).fetchone()
+        assert row is not None
+        assert (
+            db.execute(
+                "SELECT notify_request('ops', 'S', 'B', send_at => '1971-01-01 00:43:08+00', idempotency_key => 'k')"
+            ).fetchone()
+            == row
+        )
+    async with open_store(database) as owner:
+        record = await owner.reader(StreamName.CLIENT_OPERATION).latest(row[0])
+    assert record is not None
+    operation = record.object(ExecuteOpRequestedEvent).operation
+    assert isinstance(operation, SendNotificationToEntityOp) and operation.send_at is not None
+    assert operation.send_at == datetime(1971, 1, 1, 0, 43, 8, tzinfo=UTC)
+    assert operation.send_at.utcoffset() == timedelta(0)
+
+
+async def test_a_client_requests_notifications_and_can_do_nothing_else(database: str) -> None:
+    """notify_client, the role outside producers use: notify_request, and no other function or table."""
+    with psycopg.connect(database) as db:
+        functions = db.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace"
+            " AND p.proname LIKE 'notify%%'"
+        ).fetchall()
+        tables = db.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
+            " AND c.relkind IN ('r', 'v', 'S')"
+        ).fetchall()
+        executable = [
+            f
+            for (f,) in functions
+            if db.execute("SELECT has_function_privilege('notify_client', %s, 'EXECUTE')", (f,)).fetchone() == (True,)
+        ]
+        readable = [
+            t
+            for (t,) in tables
+            if db.execute(
+                "SELECT has_table_privilege('notify_client', %s, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')", (t,)
+            ).fetchone()
+            == (True,)
+        ]
+    assert len(functions) > 8 and len(tables) > 8
+    assert executable == ["notify_request(text,text,text,text,text,jsonb,timestamp with time zone,text)"]
+    assert readable == []
+    with psycopg.connect(as_role(database, "notify_client"), autocommit=True) as db:
+        assert db.execute("SELECT notify_request('ops', 'S', 'B')").fetchone() is not None
+        for statement in (
+            "SELECT * FROM notify_put('entity-directory', 'user-1', 'DirectoryEntry', '{}', '[]', 'None', 1)",
+            "SELECT * FROM notify_append('email-event', '1', 'T', '{}', '[]', 'None', 1)",
+            "SELECT notify_next_unique_id('client-operation')",
+            "SELECT * FROM notify_transition('client-operation', 1, 'c', 'Running', '')",
+            "SELECT * FROM notify_begin('client-operation', 1, 'c', '')",
+            "SELECT notify_next_turn('k', 1)",
+            "SELECT value FROM notify_identity",
+            "SELECT payload FROM notify_records",
+            "SELECT * FROM notify_schema_migrations",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                db.execute(statement)
+
+
+@pytest.mark.parametrize("role", ["notify_producer", "notify_consumer", "notify_handler"])
+async def test_each_service_role_puts_only_in_the_streams_its_processes_write(database: str, role: str) -> None:
+    """notify_producer in the service's streams but the API keys; the reader and the handler nowhere. A refusal
+    is the same whatever the stream holds: it tells no key's name."""
+    async with open_store(database) as owner:
+        await owner.writer(StreamName.API_KEY).put("reader", Thing(value=1))  # only the owner issues keys
+    allowed = {s for s in StreamName if s != StreamName.API_KEY} if role == "notify_producer" else set()
+    async with open_store(as_role(database, role)) as store:
+        for stream in StreamName:
+            if stream in allowed:
+                put = await store.writer(stream).put("reader", Thing(value=2))
+                assert put.internal_id is not None
+            else:
+                with pytest.raises(StoreUnusable, match="may not write|permission denied"):
+                    await store.writer(stream).put("reader", Thing(value=2))
+    refusals = set()
+    with psycopg.connect(as_role(database, role), autocommit=True) as db:
+        for name in ("reader", "nobody"):
+            for strategy in ("None", "DoNotWriteIfFoundById"):
+                with pytest.raises(errors.InsufficientPrivilege) as refused:
+                    db.execute(f"SELECT * FROM notify_put('api-key', '{name}', 'T', '{{}}', '[]', '{strategy}', 1)")
+                refusals.add(refused.value.diag.message_primary)
+        with pytest.raises(errors.InsufficientPrivilege):
+            db.execute("SELECT * FROM notify_put('no-such-stream', '1', 'T', '{}', '[]', 'None', 1)")
+    assert len(refusals) == 1 and "reader" not in refusals.pop()  # type: ignore[operator]
+    async with open_store(database) as owner:
+        assert [r.object(Thing).value for r in await owner.reader(StreamName.API_KEY).by_id("reader")] == [1]
+        assert await owner.reader(StreamName.API_KEY).by_id("nobody") == []
 
 
 async def test_an_idempotency_key_is_one_request_whichever_door_claimed_it(database: str) -> None:
@@ -554,7 +662,7 @@ async def test_an_idempotency_key_is_one_request_whichever_door_claimed_it(datab
             entity_id="ops", subject="Keyed", body="B", tags=[Tag(name="b", value="2"), Tag(name="a", value="1")]
         )
         first = await client.request(op, idempotency_key="k-2")
-        with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+        with psycopg.connect(as_role(database, "notify_client"), autocommit=True) as db:
             row = db.execute(
                 "SELECT notify_request('ops', 'Keyed', 'B', tags => '{\"a\": \"1\", \"b\": \"2\"}',"
                 " idempotency_key => 'k-2')"
