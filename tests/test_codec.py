@@ -161,6 +161,8 @@ async def test_the_codec_server_decodes_for_the_web_ui(
         assert decoded.headers["access-control-allow-origin"] == "http://localhost:8233"
         [opened] = decoded.json()["payloads"]
         assert base64.b64decode(opened["data"]) == payload.data
+        lower = await http.post("/codec/decode", json=body, headers={"Authorization": f"bearer {reader}"})
+        assert lower.status_code == 200  # the scheme in any case, as the API takes it
         assert (await http.post("/codec/encode", json=body, headers=ui)).status_code == 403  # encoding is `send`'s
         assert (await http.post("/codec/decode", json=body)).status_code == 401
         for key, said in [

@@ -76,7 +76,9 @@ async def test_the_rest_of_a_refused_body_is_dropped_within_the_bound(tight: tup
 
 
 async def test_a_keyless_request_with_malformed_json_is_401_not_422(api: Api) -> None:
-    refused = await api.call("POST", "/v1/notifications", key=None, content=b"{not json")
+    refused = await api.call(
+        "POST", "/v1/notifications", key=None, content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert refused.status_code == 401
 
 
@@ -203,5 +205,7 @@ async def test_the_host_header_is_in_no_redirect_or_asset_url(api: Api) -> None:
     assert to_sign_in.status_code == 303 and to_sign_in.headers["location"].startswith("/sign-in?")
     page = await api.call("GET", "/", key=None, headers=evil | {"Cookie": f"notify_key={api.keys['reader']}"})
     assert page.status_code == 200 and 'href="/static/notify.css"' in page.text and "evil.example" not in page.text
+    docs = await api.call("GET", "/docs", key=None, headers=evil)
+    assert docs.status_code == 200 and "evil.example" not in docs.text
     slash = await api.call("GET", "/v1/notifications/", headers=evil)
     assert slash.status_code == 404 and "location" not in slash.headers
