@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -18,10 +19,21 @@ from api.keys import ApiKeys, Scope
 from api.limits import Limits
 from settings import Settings
 from streams import StreamStore
+from tests.databases import Databases
 from tests.harness import Api
 
 MIB = 1024 * 1024
 TIGHT = Limits(headers_seconds=1, body_seconds=1, connections=3)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def streams_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test on SQLite and on a fresh PostgreSQL database (each handle as its own role): the key is checked
+    against the streams."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'streams.db'}"
+    postgres: Databases = request.getfixturevalue("postgres")
+    return postgres.fresh()
 
 
 @asynccontextmanager
