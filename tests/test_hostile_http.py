@@ -11,7 +11,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 import pytest
+from psycopg import sql
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app, serving
@@ -19,7 +21,7 @@ from api.keys import ApiKeys, Scope
 from api.limits import Limits
 from settings import Settings
 from streams import StreamStore
-from tests.databases import Databases
+from tests.databases import Databases, admin_url, role_urls
 from tests.harness import Api
 
 MIB = 1024 * 1024
@@ -221,3 +223,23 @@ async def test_the_host_header_is_in_no_redirect_or_asset_url(api: Api) -> None:
     assert docs.status_code == 200 and "evil.example" not in docs.text
     slash = await api.call("GET", "/v1/notifications/", headers=evil)
     assert slash.status_code == 404 and "location" not in slash.headers
+
+
+async def test_a_503_says_what_cannot_be_used_but_not_where(
+    postgres: Databases, dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    database = postgres.fresh()
+    settings = Settings(_env_file=None, data_dir=tmp_path, streams_url=database, **role_urls(database))
+    name = urlsplit(database).path.lstrip("/")
+    async with (
+        settings.open_streams() as store,
+        serving(create_app(store, dev_env.client, settings), "127.0.0.1", 0) as url,
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+    ):
+        with psycopg.connect(admin_url(), autocommit=True) as admin:  # the streams go away
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        keyed = await http.get("/v1/notifications", headers={"Authorization": f"Bearer nk_000000000000_{'A' * 43}"})
+    assert keyed.status_code == 503, keyed.text
+    assert keyed.json()["detail"] == "a service the API needs cannot be used now: the server's log says why"
+    assert name not in keyed.text and "127.0.0.1" not in keyed.text  # /readyz: tests/test_api.py
