@@ -1,7 +1,8 @@
 """The web page: recent notifications, a search by email address or Slack channel (the audit), and a page per
 notification with its view, each channel's outcome, the escalation and the timeline of its records. Server-rendered
 (Jinja2), every asset served from here. It asks once for an API key with the `read` scope and keeps it in an
-HttpOnly, SameSite=Strict cookie; a page that shows a notification still under way refreshes its main part."""
+HttpOnly, SameSite=Strict cookie, and takes a sign-in or sign-out only from its own pages; a page that shows a
+notification still under way refreshes its main part."""
 
 from __future__ import annotations
 
