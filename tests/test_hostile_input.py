@@ -3,6 +3,7 @@ time and size; what the service cannot represent or read back is refused at the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from temporalio.testing import WorkflowEnvironment
 
 import starter
-from client import EventRecord, NotificationClient, UnknownNotification
+from client import EventRecord, NotificationClient, RequestRefused, UnknownNotification
 from domain import (
     DirectoryEntry,
     NotificationOutcome,
@@ -35,7 +36,7 @@ from harness.processes import ROOT, unconfigured_environment
 from settings import Settings
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
-from templating import TemplateError, Templates
+from templating import RENDER_SECONDS, TemplateError, Templates
 from tests.databases import Databases
 from tests.harness import entity, operation
 
@@ -304,3 +305,22 @@ def test_an_unknown_template_is_named_and_nothing_more(tmp_path: Path) -> None:
     with pytest.raises(TemplateError) as unknown:
         Templates(tmp_path).render("welcom", {}, {})
     assert str(unknown.value) == "template 'welcom': no such template"
+
+
+async def test_a_long_rendering_leaves_the_event_loop_free_and_is_refused_in_one_line(
+    store: StreamStore, time_skipping_env: WorkflowEnvironment, settings: Settings, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"templates_dir": tmp_path})
+    write(tmp_path, "loops", '"{% for i in data.n %}{% for j in data.n %}{% endfor %}{% endfor %}"')
+    await import_entries(store, [entity(id="user-1")])
+    client = NotificationClient(store, time_skipping_env.client, settings)
+    submitted = asyncio.create_task(client.submit({"entity_id": "user-1"}, "loops", {"n": list(range(20_000))}))
+    ticks = []
+    while not submitted.done():  # the loop answers on time while the template renders
+        started = time.monotonic()
+        await asyncio.sleep(0.01)
+        ticks.append(time.monotonic() - started)
+    with pytest.raises(RequestRefused) as refused:
+        await submitted
+    assert str(refused.value) == f"template 'loops', text: stopped: it ran longer than {RENDER_SECONDS:g} s"
+    assert len(ticks) > 20 and max(ticks) < 0.5, ticks
