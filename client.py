@@ -253,12 +253,10 @@ class RequestRefused(ValueError):
 
 
 class IdempotencyKeyConflict(RequestRefused):
-    """The key was used for another request."""
+    """The key was used for another request, or for one its claim cannot tell (`why`)."""
 
-    def __init__(self, key: str, notification_id: str) -> None:
-        super().__init__(
-            f"idempotency key {key!r} was already used by notification {notification_id} with a different request"
-        )
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"idempotency key {key!r} {why}")
 
 
 class NotificationClient:
@@ -403,9 +401,15 @@ class NotificationClient:
                 return notification_id
             existing = await claims.latest(record_id)  # another request claimed it first
             assert existing is not None
-        first = existing.object(IdempotencyKeyClaim)
+        try:
+            first = existing.object(IdempotencyKeyClaim)
+        except ValidationError as error:  # the key is taken, by a request nobody can tell
+            said = unreadable(existing, error)
+            raise IdempotencyKeyConflict(key, f"is claimed by a record that cannot be read ({said})") from error
         if _as_compared(first.operation) != _as_compared(operation):
-            raise IdempotencyKeyConflict(key, first.notification_id)
+            raise IdempotencyKeyConflict(
+                key, f"was already used by notification {first.notification_id} with a different request"
+            )
         return first.notification_id
 
     async def cancel(self, notification_id: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from domain import (
 )
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from streams import StreamName, StreamStore
-from streams.directory import import_entries, lookup
+from streams.directory import entry_or_why, import_entries
 
 if TYPE_CHECKING:
     from client import NotificationClient
@@ -461,8 +461,8 @@ async def directory_import(file: Annotated[Path, typer.Argument(help="A JSON or 
     """Record every new or changed entity of FILE in the directory; all or nothing."""
     entries = read_directory(file)
     settings = load_settings()
-    async with settings.open_streams() as store:
-        recorded, unchanged = await import_entries(store, entries)
+    async with settings.open_streams(as_owner=True) as owner:  # only the owner of the streams writes the directory
+        recorded, unchanged = await import_entries(owner, entries)
     print(f"recorded {recorded} entities, {unchanged} unchanged")
 
 
@@ -472,9 +472,11 @@ async def directory_show(entity_id: Annotated[str, typer.Argument(metavar="ID")]
     """The entity as the directory has it now."""
     settings = load_settings()
     async with settings.open_streams() as store:
-        entry = await lookup(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
+        entry = await entry_or_why(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
     if entry is None:
         raise CliError(f"no entity with id {entity_id!r}")
+    if isinstance(entry, str):
+        raise CliError(f"cannot read the entry of entity {entity_id!r}: {entry}")
     print_json(entry.model_dump(mode="json", exclude_none=True))
 
 
@@ -561,14 +563,15 @@ async def db_grant() -> None:
 async def serve() -> None:
     """Run the HTTP API on NOTIFY_API_HOST:NOTIFY_API_PORT (interactive docs at /docs), with the web page at /,
     metrics at /metrics and the codec server at /codec, until interrupted."""
-    from api.app import create_app, serving
+    from api.app import create_app, owner_store, serving
     from client import connect
 
     settings = load_settings()
     logs.configure(settings.log_format)
-    async with settings.open_streams() as store:
+    async with settings.open_streams() as store, owner_store(settings, store) as owner:
         temporal = await connect(settings, lazy=True)
-        async with serving(create_app(store, temporal, settings), settings.api_host, settings.api_port) as url:
+        app = create_app(store, temporal, settings, owner=owner)
+        async with serving(app, settings.api_host, settings.api_port) as url:
             logs.say(f"API at {url} (docs at {url}/docs, the web page at {url}/); Ctrl-C stops it")
             await _interrupted()
 
@@ -667,7 +670,7 @@ async def demo(
     """Run everything on the embedded default: the Temporal dev server, a worker, a local mail sink and a local
     Slack sink; import the sample directory (entities.json), send user-1 a notification and show its status; then
     serve the HTTP API, with a key to try it, until Ctrl-C."""
-    from api.app import create_app, serving
+    from api.app import create_app, owner_store, serving
     from api.keys import ApiKeys
     from client import NotificationClient
     from sinks import local_sinks
@@ -681,9 +684,10 @@ async def demo(
         async with (
             dev_server(settings) as temporal,
             settings.open_streams() as store,
+            owner_store(settings, store) as owner,  # which alone writes the directory and the API keys
             running_workers(temporal, store, settings),
         ):
-            await import_entries(store, entries)
+            await import_entries(owner, entries)
             client = NotificationClient(store, temporal, settings)
             notification_id = await client.request(
                 SendNotificationToEntityOp(
@@ -701,11 +705,11 @@ async def demo(
             for posted in local.slack.messages:
                 print(f"Slack message to channel {posted.channel} landed in {local.slack.folder}/messages.jsonl")
             if serve:
-                keys = ApiKeys(store)
+                keys = ApiKeys(owner)
                 if await keys.active(DEMO_KEY) is not None:
                     await keys.revoke(DEMO_KEY)  # a new key each run: the last one was shown once
                 key = await keys.create(DEMO_KEY, list(Scope))
-                app = create_app(store, temporal, settings)
+                app = create_app(store, temporal, settings, owner=owner)
                 async with serving(app, settings.api_host, settings.api_port) as url:
                     print(try_the_api(url, key, notification_id), flush=True)
                     await _interrupted()

@@ -33,12 +33,20 @@ from settings import Settings, one_line
 from streams import StreamStore
 
 log = logging.getLogger("notify.api")
-__all__ = ["MAX_BODY_BYTES", "create_app", "serving"]
+__all__ = ["MAX_BODY_BYTES", "create_app", "owner_store", "serving"]
 ROUTERS = (notifications.router, audit.router, entities.router, health.router, page.router, codec.router)
 
 
-def create_app(store: StreamStore, temporal: Client, settings: Settings, limits: Limits = DEFAULT_LIMITS) -> FastAPI:
-    """The API on this store and Temporal client (`serving` runs it, within `limits`)."""
+def create_app(
+    store: StreamStore,
+    temporal: Client,
+    settings: Settings,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    owner: StreamStore | None = None,
+) -> FastAPI:
+    """The API on this store and Temporal client (`serving` runs it, within `limits`); the directory is written
+    through `owner`, the store as the owner of the streams (`owner_store`; by default `store`)."""
     app = FastAPIOffline(
         title="notify",
         summary="A durable notification service on Temporal",
@@ -46,7 +54,7 @@ def create_app(store: StreamStore, temporal: Client, settings: Settings, limits:
         exception_handlers=EXCEPTION_HANDLERS,
         redirect_slashes=False,  # its redirect would name the host the request's `Host` header gave
     )
-    app.state.parts = held = Parts.of(store, temporal, settings)
+    app.state.parts = held = Parts.of(store, temporal, settings, owner or store)
     app.state.limits = limits
     app.add_middleware(RequestLimits, limits=limits)
     app.add_middleware(Measured, telemetry=held.telemetry)
@@ -102,6 +110,18 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     UnknownNotification: _unknown,
     page.SignIn: page.sign_in_first,
 }
+
+
+@asynccontextmanager
+async def owner_store(settings: Settings, store: StreamStore) -> AsyncIterator[StreamStore]:
+    """The store as the owner of the streams, for what only it writes (the directory, the API keys): `store` itself
+    when each of its handles connects with `NOTIFY_STREAMS_URL` (no role URLs, as on SQLite); otherwise one opened
+    with it, until the block ends."""
+    if settings.streams_producer_url is None:
+        yield store
+        return
+    async with settings.open_streams(as_owner=True) as owner:
+        yield owner
 
 
 @asynccontextmanager

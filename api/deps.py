@@ -30,6 +30,9 @@ class Parts:
     """What the routes work with, made once for an app (`create_app`)."""
 
     store: StreamStore
+    owner: StreamStore
+    """The store as the owner of the streams (`NOTIFY_STREAMS_URL`), which alone writes the directory: `store`
+    itself when no handle connects as a role of its own."""
     temporal: Client
     settings: Settings
     client: NotificationClient
@@ -39,10 +42,11 @@ class Parts:
     """The codec server's: `NOTIFY_PAYLOAD_KEYS`, if set."""
 
     @classmethod
-    def of(cls, store: StreamStore, temporal: Client, settings: Settings) -> Parts:
+    def of(cls, store: StreamStore, temporal: Client, settings: Settings, owner: StreamStore) -> Parts:
         keys = settings.payload_key_list
         return cls(
             store=store,
+            owner=owner,
             temporal=temporal,
             settings=settings,
             client=NotificationClient(store, temporal, settings),

@@ -3,18 +3,36 @@ and where it can be reached now, and the earlier ones are who it was and when.""
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from domain import DirectoryEntry, Tag, TagName, admitted, recipient_email_tag, tag
 from streams.store import ReadOnlyStream, StreamName, StreamStore
 
 
-async def lookup(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | None:
+async def entry_or_why(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | str | None:
+    """The entity's latest entry; if it does not parse, why, in one line (logged once, as every reader logs an
+    unreadable record: `client.unreadable`); None if the directory has no entry for it."""
+    from client import unreadable  # (client.py reads the directory through this module)
+
     record = await directory.latest(entity_id)
-    return record.object(DirectoryEntry) if record else None
+    if record is None:
+        return None
+    try:
+        return record.object(DirectoryEntry)
+    except ValidationError as error:
+        return unreadable(record, error)
+
+
+async def lookup(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | None:
+    """The entity's latest entry; an entry that cannot be read is no entry."""
+    entry = await entry_or_why(directory, entity_id)
+    return entry if isinstance(entry, DirectoryEntry) else None
 
 
 async def import_entries(store: StreamStore, entries: list[DirectoryEntry]) -> tuple[int, int]:
     """Record each entry that is new or changed, each checked against every rule for a new entry
-    (`domain.admitted`) before any is written; returns (recorded, unchanged)."""
+    (`domain.admitted`) before any is written; returns (recorded, unchanged). On PostgreSQL only the owner of the
+    streams writes the directory: `store` is opened as it (`Settings.open_streams(as_owner=True)`)."""
     entries = [admitted(DirectoryEntry, entry) for entry in entries]
     reader = store.reader(StreamName.ENTITY_DIRECTORY)
     changed = [entry for entry in entries if await lookup(reader, entry.id) != entry]

@@ -1,8 +1,9 @@
 -- The roles of the streams and what each may do (`python starter.py db grant` runs this; `db migrate` runs it again
 -- once the roles exist). Roles belong to the PostgreSQL cluster; the grants, to this database.
 --   notify_client    requests notifications (notify_request), and nothing else: the role outside producers use;
---   notify_producer  puts records and takes ids: it can append to the service's streams (not the API keys), and
---                    cannot read them: the service's own writer (worker, API, CLI);
+--   notify_producer  puts records and takes ids: it can append to the service's streams (not the directory nor
+--                    the API keys, which only the owner writes), and cannot read them: the service's own writer
+--                    (worker, API, CLI);
 --   notify_consumer  reads records and handling statuses, and cannot write anything;
 --   notify_handler   keeps handling statuses, and cannot read or write records.
 -- They are created able to log in, without a password: set one with ALTER ROLE ... PASSWORD for remote use.

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app, serving
+from api.app import create_app, owner_store, serving
 from api.keys import ApiKeys, Scope
 from client import register_search_attributes, temporal_runtime
 from harness.processes import ROOT
@@ -116,12 +116,20 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest_asyncio.fixture
-async def api(dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings) -> AsyncIterator[Api]:
+async def owner(store: StreamStore, settings: Settings) -> AsyncIterator[StreamStore]:
+    """`store` as the owner of the streams, which alone writes the directory and issues keys."""
+    async with owner_store(settings, store) as owner:
+        yield owner
+
+
+@pytest_asyncio.fixture
+async def api(
+    dev_env: WorkflowEnvironment, store: StreamStore, owner: StreamStore, settings: Settings
+) -> AsyncIterator[Api]:
     settings = settings.model_copy(update={"templates_dir": ROOT / "message_templates"})
     async with (
-        settings.open_streams(as_owner=True) as owner,  # only the owner of the streams issues keys
         notifying(dev_env, store, settings, entity(), entity(id="user-2", channels={"email": "send"})),
-        serving(create_app(store, dev_env.client, settings), "127.0.0.1", 0) as url,
+        serving(create_app(store, dev_env.client, settings, owner=owner), "127.0.0.1", 0) as url,
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
         keys = ApiKeys(owner)

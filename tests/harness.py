@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from temporalio.testing import WorkflowEnvironment
 
+from api.app import owner_store
 from api.keys import ApiKeys
 from client import NotificationClient
 from domain import DirectoryEntry, SendNotificationToEntityOp
@@ -63,8 +64,10 @@ async def running(env: WorkflowEnvironment, store: StreamStore, settings: Settin
 async def notifying(
     env: WorkflowEnvironment, store: StreamStore, settings: Settings, *entities: DirectoryEntry
 ) -> AsyncIterator[Notify]:
-    """Workers for `settings` on `env`, with these entities (by default the sample one) in the directory."""
-    await import_entries(store, list(entities) or [entity()])
+    """Workers for `settings` on `env`, with these entities (by default the sample one) in the directory (written as
+    the owner of the streams, which alone writes it)."""
+    async with owner_store(settings, store) as owner:
+        await import_entries(owner, list(entities) or [entity()])
     async with running(env, store, settings) as notify:
         yield notify
 

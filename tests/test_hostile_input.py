@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from temporalio.testing import WorkflowEnvironment
 
 import starter
-from client import EventRecord, NotificationClient, RequestRefused, UnknownNotification
+from client import EventRecord, IdempotencyKeyConflict, NotificationClient, RequestRefused, UnknownNotification
 from domain import (
     DirectoryEntry,
     NotificationOutcome,
@@ -35,7 +35,7 @@ from domain.model import TagName
 from harness.processes import ROOT, unconfigured_environment
 from settings import Settings
 from streams import StreamName, StreamStore
-from streams.directory import import_entries
+from streams.directory import entry_or_why, import_entries, lookup
 from templating import RENDER_SECONDS, TemplateError, Templates
 from tests.databases import Databases
 from tests.harness import entity, operation
@@ -157,17 +157,83 @@ async def test_events_and_the_audit_show_an_unreadable_record_as_such(
     assert SECRET not in delivery.reason
 
 
-async def test_an_idempotency_keys_record_is_no_notification(
-    store: StreamStore, time_skipping_env: WorkflowEnvironment, settings: Settings
+async def test_an_idempotency_keys_claim_that_does_not_parse_is_a_conflict_said_in_one_line(
+    store: StreamStore,
+    streams_url: str,
+    time_skipping_env: WorkflowEnvironment,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await import_entries(store, [entity(id="user-1")])
+    client = NotificationClient(store, time_skipping_env.client, settings)
+    await client.request(operation(), "k-1")
+    claim = await store.reader(StreamName.CLIENT_OPERATION).latest("idempotency-key:k-1")
+    assert claim is not None
+    corrupt(streams_url, claim.internal_id, f'{{"idempotency_key": "{SECRET}"')
+    caplog.set_level(logging.WARNING, logger="notify.client")
+
+    for _ in range(2):
+        with pytest.raises(IdempotencyKeyConflict) as refused:
+            await client.request(operation(), "k-1")
+    refusal = "idempotency key 'k-1' is claimed by a record that cannot be read ("
+    assert str(refused.value).startswith(refusal) and str(refused.value).endswith(")")
+    said = str(refused.value).removeprefix(refusal)[:-1]
+    assert said.startswith(
+        f"record {claim.internal_id} of stream client-operation (IdempotencyKeyClaim, id idempotency-key:k-1) is"
+        " unreadable: not JSON (EOF while parsing"
+    )
+    assert warnings_of(caplog) == [said] and SECRET not in caplog.text
+
+
+async def test_a_directory_entry_that_does_not_parse_is_no_entry_and_said_in_one_line(
+    store: StreamStore,
+    owner: StreamStore,
+    streams_url: str,
+    time_skipping_env: WorkflowEnvironment,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await import_entries(owner, [entity(id="user-1")])
+    recorded = await store.reader(StreamName.ENTITY_DIRECTORY).latest("user-1")
+    assert recorded is not None
+    corrupt(streams_url, recorded.internal_id, f'{{"id": "user-1", "email": "{SECRET}"}}')
+    caplog.set_level(logging.WARNING, logger="notify.client")
+    said = (
+        f"record {recorded.internal_id} of stream entity-directory (DirectoryEntry, id user-1) is unreadable:"
+        " not a DirectoryEntry (name: missing)"
+    )
+
+    assert await entry_or_why(store.reader(StreamName.ENTITY_DIRECTORY), "user-1") == said
+    assert await lookup(store.reader(StreamName.ENTITY_DIRECTORY), "user-1") is None
+    client = NotificationClient(
+        store, time_skipping_env.client, settings.model_copy(update={"templates_dir": ROOT / "message_templates"})
+    )
+    with pytest.raises(TemplateError, match="^template 'welcome': entity 'user-1' is not in the directory$"):
+        await client.compose({"entity_id": "user-1"}, "welcome", {})
+    assert warnings_of(caplog) == [said] and SECRET not in caplog.text
+
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "starter.py"), "directory", "show", "user-1"],
+        env={**unconfigured_environment(), "NOTIFY_STREAMS_URL": streams_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (shown.returncode, shown.stdout) == (1, "")
+    # the record logged as unreadable (as by every reader), then the refusal
+    assert shown.stderr.splitlines() == [said, f"error: cannot read the entry of entity 'user-1': {said}"]
+
+
+async def test_an_idempotency_keys_record_is_no_notification(
+    store: StreamStore, owner: StreamStore, time_skipping_env: WorkflowEnvironment, settings: Settings
+) -> None:
+    await import_entries(owner, [entity(id="user-1")])
     client = NotificationClient(store, time_skipping_env.client, settings)
     notification_id = await client.request(SendNotificationToEntityOp(entity_id="user-1", subject="S", body="B"), "k-1")
 
     for read in (client.status, client.cancel, client.events):
         with pytest.raises(UnknownNotification, match="no notification with id 'idempotency-key:k-1'"):
             await read("idempotency-key:k-1")
-    assert (await client.status(notification_id))["id"] == notification_id
+    assert notification_id in {r.record_id for r in await client.events(notification_id)}  # no query: no worker
 
 
 def request(**fields: Any) -> dict[str, Any]:
@@ -308,11 +374,15 @@ def test_an_unknown_template_is_named_and_nothing_more(tmp_path: Path) -> None:
 
 
 async def test_a_long_rendering_leaves_the_event_loop_free_and_is_refused_in_one_line(
-    store: StreamStore, time_skipping_env: WorkflowEnvironment, settings: Settings, tmp_path: Path
+    store: StreamStore,
+    owner: StreamStore,
+    time_skipping_env: WorkflowEnvironment,
+    settings: Settings,
+    tmp_path: Path,
 ) -> None:
     settings = settings.model_copy(update={"templates_dir": tmp_path})
     write(tmp_path, "loops", '"{% for i in data.n %}{% for j in data.n %}{% endfor %}{% endfor %}"')
-    await import_entries(store, [entity(id="user-1")])
+    await import_entries(owner, [entity(id="user-1")])
     client = NotificationClient(store, time_skipping_env.client, settings)
     submitted = asyncio.create_task(client.submit({"entity_id": "user-1"}, "loops", {"n": list(range(20_000))}))
     ticks = []

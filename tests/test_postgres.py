@@ -19,6 +19,7 @@ from psycopg import errors
 from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
+from api.app import owner_store
 from client import NotificationClient, connect
 from domain import DirectoryEntry, ExecuteOpRequestedEvent, SendNotificationToEntityOp, Tag
 from harness.processes import ROOT, start_worker, unconfigured_environment
@@ -27,7 +28,7 @@ from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StoreUnavailable, StoreUnusable, StreamName, open_store
-from streams.directory import import_entries
+from streams.directory import import_entries, lookup
 from streams.postgres import _classified
 from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
@@ -66,16 +67,17 @@ def test_migrate_then_grant_from_the_command_line(postgres: Databases) -> None:
         "applied 0005_retention.sql",
         "applied 0006_smaller_records.sql",
         "applied 0007_writers.sql",
-        "the streams schema is at version 7",
+        "applied 0008_directory_by_owner.sql",
+        "the streams schema is at version 8",
     ]
     again = starter("db", "migrate", url=url)
-    assert again.stdout.splitlines() == ["the streams schema is at version 7"]
+    assert again.stdout.splitlines() == ["the streams schema is at version 8"]
     granted = starter("db", "grant", url=url)
     assert granted.returncode == 0, granted.stderr
     with psycopg.connect(url) as db:
         roles = {r[0] for r in db.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'notify_%'")}
         assert set(ROLES) <= roles
-        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (7,)
+        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (8,)
 
 
 def test_a_worker_refuses_transitions_that_are_not_its_own_until_migrated(postgres: Databases, tmp_path: Path) -> None:
@@ -105,7 +107,7 @@ def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: the streams schema is at version 0, this version needs 7: run `python starter.py db migrate`"
+        "error: the streams schema is at version 0, this version needs 8: run `python starter.py db migrate`"
     )
 
 
@@ -279,6 +281,15 @@ async def test_the_api_requests_reads_and_lists_with_each_handle_as_its_own_role
     assert (await api.call("GET", "/v1/notifications", key="not-a-key")).status_code == 401
 
 
+async def test_the_api_records_an_entity_as_the_owner_of_the_streams(api: Api) -> None:
+    """PUT /v1/entities on a deployment of roles: the directory is written as the owner, which alone may."""
+    entry = {"name": "Grace", "email": "grace@example.com", "channels": {"email": "send"}}
+    put = await api.call("PUT", "/v1/entities/user-3", json=entry)
+    assert put.status_code == 200, put.text
+    recorded = await lookup(api.store.reader(StreamName.ENTITY_DIRECTORY), "user-3")  # read as notify_consumer
+    assert recorded is not None and recorded.model_dump(mode="json", exclude_none=True) == {"id": "user-3", **entry}
+
+
 # -- several workers ----------------------------------------------------------------------------------------------
 
 ENTITY = DirectoryEntry.model_validate(
@@ -351,8 +362,8 @@ async def test_a_saga_outlives_its_worker(
     second = None
     try:
         settings = client_settings(database)
-        async with settings.open_streams() as store:
-            await import_entries(store, [ENTITY])
+        async with settings.open_streams() as store, owner_store(settings, store) as owner:
+            await import_entries(owner, [ENTITY])
             client = NotificationClient(store, dev_env.client, settings)
             at = datetime.now(UTC) + timedelta(seconds=3)
             nid = await client.request(
@@ -385,8 +396,8 @@ async def test_two_workers_share_the_work_with_nothing_lost_or_doubled(
     workers = [start_worker(worker_env, tmp_path) for _ in range(2)]
     try:
         settings = client_settings(database)
-        async with settings.open_streams() as store:
-            await import_entries(store, [ENTITY])
+        async with settings.open_streams() as store, owner_store(settings, store) as owner:
+            await import_entries(owner, [ENTITY])
             client = NotificationClient(store, dev_env.client, settings)
             op = SendNotificationToEntityOp(entity_id="ops", subject="Shared", body="Two workers, one saga each.")
             # half start their sagas themselves, racing both workers' handlers; half are records in the stream alone
@@ -463,8 +474,8 @@ async def test_plain_sql_as_the_producer_role_requests_a_notification(
     worker = start_worker(worker_env, tmp_path)
     try:
         settings = client_settings(database)
-        async with settings.open_streams() as store:
-            await import_entries(store, [ENTITY])
+        async with settings.open_streams() as store, owner_store(settings, store) as owner:
+            await import_entries(owner, [ENTITY])
             client = NotificationClient(store, dev_env.client, settings)
             nid = await asyncio.to_thread(request_by_sql, database, "ops", "From SQL", tags='{"team": "db"}')
             view = (await client.result(nid)).model_dump(mode="json")
@@ -621,11 +632,12 @@ async def test_a_client_requests_notifications_and_can_do_nothing_else(database:
 
 @pytest.mark.parametrize("role", ["notify_producer", "notify_consumer", "notify_handler"])
 async def test_each_service_role_puts_only_in_the_streams_its_processes_write(database: str, role: str) -> None:
-    """notify_producer in the service's streams but the API keys; the reader and the handler nowhere. A refusal
-    is the same whatever the stream holds: it tells no key's name."""
+    """notify_producer in the service's streams but the directory and the API keys; the reader and the handler
+    nowhere. A refusal is the same whatever the stream holds: it tells no key's name."""
     async with open_store(database) as owner:
         await owner.writer(StreamName.API_KEY).put("reader", Thing(value=1))  # only the owner issues keys
-    allowed = {s for s in StreamName if s != StreamName.API_KEY} if role == "notify_producer" else set()
+    owners = {StreamName.API_KEY, StreamName.ENTITY_DIRECTORY}
+    allowed = {s for s in StreamName if s not in owners} if role == "notify_producer" else set()
     async with open_store(as_role(database, role)) as store:
         for stream in StreamName:
             if stream in allowed:
@@ -647,6 +659,16 @@ async def test_each_service_role_puts_only_in_the_streams_its_processes_write(da
     async with open_store(database) as owner:
         assert [r.object(Thing).value for r in await owner.reader(StreamName.API_KEY).by_id("reader")] == [1]
         assert await owner.reader(StreamName.API_KEY).by_id("nobody") == []
+
+
+async def test_only_the_owner_writes_the_directory(database: str) -> None:
+    """The directory is administered: notify_producer, the service's own writer, is refused it."""
+    with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+        with pytest.raises(errors.InsufficientPrivilege, match="may not write to the stream 'entity-directory'"):
+            db.execute("SELECT * FROM notify_put('entity-directory', 'ops', 'DirectoryEntry', '{}', '[]', 'None', 1)")
+    async with open_store(database) as owner:
+        assert await import_entries(owner, [ENTITY]) == (1, 0)
+        assert await lookup(owner.reader(StreamName.ENTITY_DIRECTORY), "ops") == ENTITY
 
 
 async def test_an_idempotency_key_is_one_request_whichever_door_claimed_it(database: str) -> None:
