@@ -24,7 +24,7 @@ from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import StreamStore
 from tests.databases import DATABASES, Databases, role_urls
-from tests.harness import Api, entity, notifying
+from tests.service import Api, entity, notifying
 from worker import temporal_binary
 from workflows import search
 

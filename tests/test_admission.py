@@ -3,6 +3,8 @@ what was recorded under older rules, in a record or in a saga's history, still r
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -13,7 +15,7 @@ from domain import NotificationRequest, SendNotificationToEntityOp, admitted
 from settings import Settings
 from streams import StreamName, StreamStore
 from streams.directory import import_entries, lookup
-from tests.harness import entity
+from tests.service import entity
 
 OLDER_REQUEST = {
     "entity_id": "user-1",
@@ -64,7 +66,7 @@ async def test_the_client_checks_every_request_and_key_before_writing(
     assert refused.value.said(idempotency_key="--idempotency-key") == (
         "--idempotency-key: must not be empty or contain spaces or control characters"
     )
-    wrong: list[tuple[dict, str]] = [
+    wrong: list[tuple[dict[str, Any], str]] = [
         ({"subject": "Two\nlines"}, "subject: must be a single line of text"),
         ({"tags": [{"name": "entity-id", "value": "x"}]}, "tags: 'entity-id': reserved"),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,7 +18,7 @@ from settings import Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from streams import StreamName, StreamStore
-from tests.harness import Api
+from tests.service import Api
 
 
 def is_problem(response: httpx.Response, status: int, detail: str) -> bool:
@@ -258,13 +259,16 @@ async def test_openapi_describes_a_notification_its_events_and_the_audit(api: Ap
     spec = (await api.call("GET", "/openapi.json", key=None)).json()
     schemas = spec["components"]["schemas"]
 
-    def answer(path: str, method: str = "get", status: str = "200") -> dict:
-        return spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+    def answer(path: str, method: str = "get", status: str = "200") -> dict[str, Any]:
+        schema: dict[str, Any] = spec["paths"][path][method]["responses"][status]["content"]["application/json"][
+            "schema"
+        ]
+        return schema
 
     def fields(name: str) -> set[str]:
         return set(schemas[name]["properties"])
 
-    def ref(model: type[BaseModel]) -> dict:
+    def ref(model: type[BaseModel]) -> dict[str, Any]:
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
     one = "/v1/notifications/{notification_id}"

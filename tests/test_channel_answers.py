@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -27,7 +28,7 @@ from sinks.mail import MailSink, free_port
 from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from tests.conftest import SLACK_TOKEN
-from tests.harness import entity, notifying
+from tests.service import entity, notifying
 
 ENVOY_503 = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 """What an Envoy proxy answers, as `text/plain`, when Slack behind it cannot be reached."""
@@ -196,7 +197,7 @@ async def test_every_answer_to_every_slack_call_is_classified_by_its_status_then
     answer: ScriptedResponse,
     transient: bool,
     reason: str,
-    response_json: dict,
+    response_json: dict[str, Any],
 ) -> None:
     slack_sink.script_responses(dataclasses.replace(answer, method=method))
     outcome = await delivered(handler, attempt=2)  # a retry looks in the history before it posts

@@ -423,6 +423,17 @@ def test_hostile_requests_are_refused_before_anything_is_written(
     assert directory.record_count() == before
 
 
+def test_a_bad_idempotency_key_is_refused_before_the_store_is_opened(tmp_path: Path) -> None:
+    """Neither a store nobody uses made, nor an unreachable database's error in place of what is wrong."""
+    for streams in (f"sqlite:///{tmp_path / 'data' / 'streams.db'}", "postgresql://nobody@127.0.0.1:1/none"):
+        env = {**unconfigured_environment(), "NOTIFY_DATA_DIR": str(tmp_path / "data"), "NOTIFY_STREAMS_URL": streams}
+        result = Cli(env, tmp_path / "data").run(
+            "send", "--entity", "user-1", "--subject", "S", "--body", "B", "--idempotency-key", "k" * 201
+        )
+        assert (result.returncode, result.stderr) == (2, "error: --idempotency-key: is longer than 200 characters\n")
+    assert not (tmp_path / "data").exists()
+
+
 def test_bad_directory_files(directory: Cli) -> None:
     folder = directory.data_dir.parent
     before = directory.record_count()

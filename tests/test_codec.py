@@ -27,7 +27,7 @@ from domain import Channel
 from settings import PayloadKey, Settings
 from streams import StreamStore
 from streams.directory import import_entries
-from tests.harness import entity, operation
+from tests.service import entity, operation
 from worker import WORKFLOW_RUNNER, running_workers, temporal_binary
 from workflows.notification import NotificationSaga
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import typing
+from typing import Any
 
 from temporalio import activity
 
@@ -33,7 +34,7 @@ def test_the_workflow_and_the_client_load_no_implementation() -> None:
     assert {m for m in modules if m.startswith("activities.")} == {"activities.contract"}
 
 
-def declared() -> list[tuple[contract.Activity, type, object]]:
+def declared() -> list[tuple[contract.Activity[Any, Any], type, object]]:
     """Each activity of the contract, with the input and result types its annotation gives."""
     found = []
     for name, hint in typing.get_type_hints(contract).items():

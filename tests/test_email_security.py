@@ -7,6 +7,7 @@ import base64
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -50,7 +51,7 @@ def server_context(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-async def send_one(env: WorkflowEnvironment, tmp_path: Path, settings: Settings) -> tuple[str, dict]:
+async def send_one(env: WorkflowEnvironment, tmp_path: Path, settings: Settings) -> tuple[str, dict[str, Any]]:
     async with settings.open_streams() as store, running_workers(env.client, store, settings):
         await import_entries(store, [ENTITY])
         client = NotificationClient(store, env.client, settings)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, SecretStr
@@ -20,7 +21,7 @@ from sinks.mail import MailSink, free_port
 from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from tests.conftest import SLACK_TOKEN
-from tests.harness import Notify, entity, eventually, notifying, operation
+from tests.service import Notify, entity, eventually, notifying, operation
 from workflows.notification import NotificationSaga
 
 TEAM = "oncall@ops.test"
@@ -430,7 +431,7 @@ async def test_status_shows_a_retrying_channel_and_the_log_one_line_per_outage(
     async with notifying(dev_env, store, down, entity(channels={"email": "send"})) as notify:
         requested_at = datetime.now(UTC)
         nid = await notify.client.request(operation())
-        seen: dict = {}
+        seen: dict[str, Any] = {}
 
         async def retrying() -> bool:
             seen.update((await notify.client.status(nid))["channels"].get("email", {}))

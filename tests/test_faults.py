@@ -26,7 +26,7 @@ from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
 from tests.databases import Databases
-from tests.harness import Notify, entity, eventually, notifying, operation
+from tests.service import Notify, entity, eventually, notifying, operation
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from streams import StreamName, StreamStore
 from streams.directory import entry_or_why, import_entries, lookup
 from templating import RENDER_SECONDS, TemplateError, Templates
 from tests.databases import Databases
-from tests.harness import entity, operation
+from tests.service import entity, operation
 
 SECRET = "PAYLOAD-SECRET-7f3a"
 """Text inside an unreadable payload, which no log line nor message may repeat."""

@@ -14,7 +14,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.conftest import SLACK_TOKEN
-from tests.harness import Api
+from tests.service import Api
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

@@ -32,7 +32,7 @@ from streams.directory import import_entries, lookup
 from streams.postgres import _classified
 from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
-from tests.harness import Api
+from tests.service import Api
 
 ROLES = ("notify_client", "notify_producer", "notify_consumer", "notify_handler")
 

@@ -34,7 +34,7 @@ from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
-from tests.harness import Notify, entity, notifying, operation
+from tests.service import Notify, entity, notifying, operation
 from workflows.notification import NotificationSaga
 
 

@@ -7,6 +7,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -56,7 +57,7 @@ async def tls_proxy(dev_server: str, tmp_path: Path) -> AsyncIterator[tuple[str,
 
 def settings_for(address: str, ca: trustme.CA, folder: Path, *, client_cert: bool) -> Settings:
     (folder / "ca.pem").write_bytes(ca.cert_pem.bytes())
-    fields: dict = {"temporal_tls_ca": folder / "ca.pem", "temporal_tls_server_name": "localhost"}
+    fields: dict[str, Any] = {"temporal_tls_ca": folder / "ca.pem", "temporal_tls_server_name": "localhost"}
     if client_cert:
         issued = ca.issue_cert("notify-worker")
         (folder / "client.pem").write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))

@@ -4,6 +4,7 @@ changes land in the view, and what the internal team is told."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -19,14 +20,16 @@ from domain import (
     NotificationStatus,
     NotificationView,
 )
-from tests.harness import entity
+from tests.service import entity
 from workflows.view import ChannelChange, changed_channels, escalation, final_status, reasons, with_outcome
 
 E, S = Channel.EMAIL, Channel.SLACK
 O = ChannelOutcome  # noqa: E741
 
 
-def channels(*outcomes: tuple[Channel, ChannelOutcome] | tuple[Channel, ChannelOutcome, bool]) -> dict:
+def channels(
+    *outcomes: tuple[Channel, ChannelOutcome] | tuple[Channel, ChannelOutcome, bool],
+) -> dict[Channel, ChannelView]:
     return {c: ChannelView(address=None, outcome=o, fallback=bool(rest and rest[0])) for c, o, *rest in outcomes}
 
 
@@ -49,7 +52,7 @@ def channels(*outcomes: tuple[Channel, ChannelOutcome] | tuple[Channel, ChannelO
         ((), False, NotificationStatus.FAILED),  # no channel at all: an unknown entity, say
     ],
 )
-def test_final_status(outcomes: tuple, cancelled: bool, status: NotificationStatus) -> None:
+def test_final_status(outcomes: tuple[Any, ...], cancelled: bool, status: NotificationStatus) -> None:
     assert final_status(channels(*outcomes), cancelled) == status
 
 
@@ -97,7 +100,7 @@ def test_a_later_change_keeps_what_the_view_knew() -> None:
 
 
 def view(**fields: object) -> NotificationView:
-    base: dict = {
+    base: dict[str, Any] = {
         "id": "42",
         "status": NotificationStatus.PARTIALLY_SENT,
         "entity_id": "user-1",

@@ -1,4 +1,5 @@
-"""What the saga tests share: a sample entity and operation, and a running worker with a client."""
+"""The service as the tests run it: a sample entity and operation, a running worker with a client (`notifying`), and
+the HTTP API with its keys (`Api`)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class Notify:
     store: StreamStore
     env: WorkflowEnvironment
 
-    async def send(self, op: SendNotificationToEntityOp | None = None) -> tuple[str, dict]:
+    async def send(self, op: SendNotificationToEntityOp | None = None) -> tuple[str, dict[str, Any]]:
         notification_id = await self.client.request(op or operation())
         await self.client.result(notification_id)
         return notification_id, await self.client.status(notification_id)
@@ -98,7 +99,7 @@ class Api:
         """The view once the notification has ended (the API has no long poll: it is asked again)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            view = (await self.call("GET", f"/v1/notifications/{notification_id}")).json()
+            view: dict[str, Any] = (await self.call("GET", f"/v1/notifications/{notification_id}")).json()
             if view["status"] not in ("pending", "scheduled", "sending"):
                 return view
             assert asyncio.get_running_loop().time() < deadline, view
