@@ -259,6 +259,15 @@ class IdempotencyKeyConflict(RequestRefused):
         super().__init__(f"idempotency key {key!r} {why}")
 
 
+def checked_idempotency_key(key: str | None) -> None:
+    """Refuse (`RequestRefused`) an idempotency key no request may carry, before anything is opened or written."""
+    if key is not None:
+        try:
+            admitted_idempotency_key(key)
+        except ValidationError as error:
+            raise RequestRefused(validation_message(error), field="idempotency_key") from error
+
+
 class NotificationClient:
     def __init__(self, store: StreamStore, temporal: Client, settings: Settings) -> None:
         self._store = store
@@ -325,11 +334,7 @@ class NotificationClient:
         """Request a notification as a door (the CLI, the API) asks for one: its content, or a template and its data
         (`compose`; fields given as None are not given), at most once per idempotency key (`request`). Its id, and
         whether it waits for its time. `RequestRefused` says what is wrong, and nothing is written."""
-        if idempotency_key is not None:
-            try:
-                admitted_idempotency_key(idempotency_key)
-            except ValidationError as error:
-                raise RequestRefused(validation_message(error), field="idempotency_key") from error
+        checked_idempotency_key(idempotency_key)
         try:
             operation = await self.compose({k: v for k, v in content.items() if v is not None}, template, data)
         except ValidationError as error:

@@ -22,6 +22,7 @@ from domain import (
     DirectoryEntry,
     EmailAddress,
     FailureAction,
+    Location,
     NotificationStatus,
     SagaPolicies,
     SlackAddress,
@@ -29,7 +30,6 @@ from domain import (
     checked_email_address,
     validation_message,
 )
-from domain.rules import Location
 from streams import StreamStore, open_store
 
 INTERNAL_TEAM = "internal-team"

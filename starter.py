@@ -303,8 +303,12 @@ async def send(
         send_at=parse_time(at),
     )
     template_data = parse_data(data)
-    from client import RequestRefused
+    from client import RequestRefused, checked_idempotency_key
 
+    try:
+        checked_idempotency_key(idempotency_key)  # before the store is opened (or made)
+    except RequestRefused as error:
+        raise CliError(error.said(idempotency_key="--idempotency-key"), 2) from error
     settings = load_settings()
     async with settings.open_streams() as store:
         client = await _client(settings, store)

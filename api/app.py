@@ -27,8 +27,7 @@ from api.problems import Problem, problem
 from api.routes import audit, codec, entities, health, notifications, page
 from api.telemetry import Measured
 from client import UnknownNotification, is_connect_failure, temporal_unreachable
-from domain import validation_message
-from domain.rules import Location
+from domain import Location, validation_message
 from settings import Settings, one_line
 from streams import StreamStore
 

@@ -70,6 +70,7 @@ from domain.rules import (
     Body,
     EmailAddress,
     Identifier,
+    Location,
     Model,
     Name,
     OptionalBody,
@@ -240,4 +241,5 @@ __all__ = [
     "validation_message",
     "terminal_event_type",
     "utc_now",
+    "Location",
 ]
