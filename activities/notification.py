@@ -74,7 +74,7 @@ from streams import (
     StreamName,
     StreamStore,
 )
-from streams.directory import lookup
+from streams.directory import entry_or_why
 
 T = TypeVar("T")
 
@@ -171,13 +171,13 @@ class NotificationActivities:
         return stage.model_copy(update={"prepare": prepare})
 
     async def _get_audience(self, operation: SendNotificationToEntityOp) -> GetAudienceResult:
-        """The entity as the directory has it now; an unknown entity is a reported failure, not an error."""
-        entry = await lookup(self._directory, operation.entity_id)
-        if entry is None:
-            return GetAudienceResult(
-                audience=None, failures=[Failure(reason=f"entity {operation.entity_id!r} is not in the directory")]
-            )
-        return GetAudienceResult(audience=entry)
+        """The entity as the directory has it now; an unknown entity, or an entry that cannot be read, is a reported
+        failure, not an error."""
+        entry = await entry_or_why(self._directory, operation.entity_id)
+        if isinstance(entry, DirectoryEntry):
+            return GetAudienceResult(audience=entry)
+        reason = "is not in the directory" if entry is None else f"has a directory entry that cannot be read: {entry}"
+        return GetAudienceResult(audience=None, failures=[Failure(reason=f"entity {operation.entity_id!r} {reason}")])
 
     async def _prepare_channel(
         self, nid: str, operation: SendNotificationToEntityOp, audience: DirectoryEntry, channel: Channel

@@ -26,32 +26,27 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(tmp_path: Path) -> None:
     figures = tmp_path / "figures.json"
     run = bench(
-        "bench.throughput", "--notifications", "3", "--in-flight", "1", "2", "--workers", "2", "--json", str(figures)
+        "bench.throughput", "--notifications", "3", "--in-flight", "2", "--workers", "2", "--json", str(figures)
     )
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(figures.read_text())
     runs = report["runs"]
-    assert [(r["workload"], r["in_flight"]) for r in runs] == [("bare", 1), ("saga", 1), ("bare", 2), ("saga", 2)]
+    assert [(r["workload"], r["in_flight"]) for r in runs] == [("bare", 2), ("saga", 2)]
     assert all(r["workers"] == 2 for r in runs)
     assert all(r["completed_per_second"] > 0 and r["p50_ms"] > 0 and r["worker_cpu_ms"] > 0 for r in runs)
     assert all(len(r["worker_rss_mib"]) == 3 and all(20 < m <= 2000 for m in r["worker_rss_mib"]) for r in runs)
     assert report["stream_records_per_notification"] > 10 and report["stream_bytes_per_notification"] > 1000
-    header, *rows = run.stdout.splitlines()[:5]
-    assert "x bare done/s" in header and [row.split()[:2] for row in rows] == [
-        ["bare", "1"],
-        ["saga", "1"],
-        ["bare", "2"],
-        ["saga", "2"],
-    ]
+    header, *rows = run.stdout.splitlines()[:3]
+    assert "x bare done/s" in header and [row.split()[:2] for row in rows] == [["bare", "2"], ["saga", "2"]]
 
 
 def test_the_soak_counts_what_it_requested_and_keeps_the_guarantee(tmp_path: Path) -> None:
-    """Seed 309 draws a worker kill at 12 s and an outage from 5 s: both within the 18 s, and the outage early and
+    """Seed 309 draws a worker kill at 12 s and an outage from 5 s: both within the 13 s, and the outage early and
     short, so that the soak does not run on long after its requests for the outage to end."""
     run = bench(
         "bench.soak",
         "--minutes",
-        "0.3",
+        "0.22",
         "--seed",
         "309",
         "--outage-seconds",

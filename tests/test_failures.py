@@ -510,22 +510,21 @@ class NotAnEntry(BaseModel):
     value: int
 
 
-async def test_getting_an_audience_that_no_retry_fixes_is_a_reported_failure_of_its_stage(
+async def test_a_directory_entry_that_cannot_be_read_is_a_reported_failure_of_the_audience_stage(
     notify: Notify, mail_sink: MailSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Bad data while preparing (a directory record that is no entry) is not retried, and does not end the saga as a
-    broken step would: it is the audience stage's reported failure, logged once with its traceback."""
+    broken step would: it is the audience stage's reported failure, saying which record cannot be read (logged once,
+    as every reader logs an unreadable record)."""
     caplog.set_level(logging.INFO)
     await notify.store.writer(StreamName.ENTITY_DIRECTORY).put("broken", NotAnEntry(value=1))
     nid, view = await notify.send(operation("broken"))
     assert view["status"] == "failed"
     assert view["outcome"]["get_audience"] == "CouldNotGetAudienceWithSomeFailuresReported"
     [reason] = view["outcome"]["failures"]
-    assert reason.startswith("GetAudience failed for good: ValidationError: ")
+    said = "entity 'broken' has a directory entry that cannot be read: record "
+    assert reason.startswith(said) and "of stream entity-directory" in reason and "is unreadable: not a" in reason
     assert "CouldNotGetOrUseAudienceEvent" in await notify.types(StreamName.NOTIFICATION_EVENT, nid)
-    logged = [r for r in caplog.records if r.name == "notify.steps"]
-    assert [r.getMessage() for r in logged] == [
-        f"notification {nid}: GetAudience failed for good (a bug or bad data: not retried)"
-    ]
-    assert logged[0].exc_info is not None
+    logged = [r.getMessage() for r in caplog.records if r.name in ("notify.steps", "notify.client")]
+    assert logged == [reason.removeprefix("entity 'broken' has a directory entry that cannot be read: ")]
     assert [m.recipients for m in mail_sink.messages] == [("oncall@ops.test",)]  # only the internal team is told

@@ -25,14 +25,15 @@ from tests.databases import Databases, admin_url, role_urls
 from tests.service import Api
 
 MIB = 1024 * 1024
+BOTH = pytest.mark.parametrize("streams_url", ["sqlite", "postgresql"], indirect=True)
 TIGHT = Limits(headers_seconds=1, body_seconds=1, connections=3)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
 def streams_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test on SQLite and on a fresh PostgreSQL database (each handle as its own role): the key is checked
-    against the streams."""
-    if request.param == "sqlite":
+    """SQLite; or, for the tests marked `BOTH`, each on SQLite and on a fresh PostgreSQL database (each handle as its
+    own role): where the key is checked against the streams, or a value reaches them."""
+    if getattr(request, "param", "sqlite") == "sqlite":
         return f"sqlite:///{tmp_path / 'data' / 'streams.db'}"
     postgres: Databases = request.getfixturevalue("postgres")
     return postgres.fresh()
@@ -68,6 +69,7 @@ async def status_and_headers(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return int(sent.split()[1]), sent.lower()
 
 
+@BOTH
 @pytest.mark.parametrize(("key", "status"), [(None, 401), ("not-a-key", 401), ("reader", 403)])
 async def test_a_request_without_a_usable_key_is_refused_before_its_body_comes(
     api: Api, key: str | None, status: int
@@ -89,6 +91,7 @@ async def test_the_rest_of_a_refused_body_is_dropped_within_the_bound(tight: tup
             await reader.read()  # the rest never comes: closed
 
 
+@BOTH
 async def test_a_keyless_request_with_malformed_json_is_401_not_422(api: Api) -> None:
     refused = await api.call(
         "POST", "/v1/notifications", key=None, content=b"{not json", headers={"Content-Type": "application/json"}
@@ -96,6 +99,7 @@ async def test_a_keyless_request_with_malformed_json_is_401_not_422(api: Api) ->
     assert refused.status_code == 401
 
 
+@BOTH
 async def test_a_key_with_its_scope_still_has_its_body_read(api: Api) -> None:
     body = b'{"entity": "user-1", "subject": "S", "body": "B"}'
     async with connection(str(api.http.base_url)) as (reader, writer):
@@ -171,6 +175,7 @@ async def test_too_many_tags_are_refused_before_they_are_read(api: Api) -> None:
     assert took < 1, took  # it took 2 s when the tags were made into models first
 
 
+@BOTH
 @pytest.mark.parametrize(
     "path",
     [
