@@ -136,9 +136,25 @@ class Totals:
 
 
 class Soak:
-    def __init__(self, folder: Path, totals: Totals, postgres: str | None, outage_seconds: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        totals: Totals,
+        postgres: str | None,
+        outage_seconds: tuple[float, float],
+        recovery_seconds: float | None,
+    ) -> None:
         self.folder = folder
         self.outage_seconds = outage_seconds
+        self.recovery = (
+            {}
+            if recovery_seconds is None
+            else {
+                "HEARTBEAT_TIMEOUT_SECONDS": str(recovery_seconds),
+                "STICKY_QUEUE_TIMEOUT_SECONDS": str(recovery_seconds),
+            }
+        )
+        """The workers' settings for how soon a killed worker's work goes on elsewhere (`--recovery-seconds`)."""
         self.totals = totals
         self.postgres = postgres
         self.port = free_port()
@@ -325,6 +341,7 @@ class Soak:
                 "SLACK_API_URL": self.slack.api_url,
                 "SLACK_TOKENS": json.dumps({"acme": "xoxb-soak"}),
                 **await self.streams_url(),
+                **self.recovery,
             }.items()
         }
         settings = Settings(
@@ -399,7 +416,7 @@ async def main_async(args: argparse.Namespace, folder: Path) -> Totals:
         rate=args.rate,
         seed=args.seed,
     )
-    soak = Soak(folder, totals, args.postgres, tuple(args.outage_seconds))
+    soak = Soak(folder, totals, args.postgres, tuple(args.outage_seconds), args.recovery_seconds)
     try:
         await soak.run(args.drain_minutes * 60)
     finally:
@@ -421,6 +438,12 @@ def main() -> None:
         default=[10, 30],
         metavar=("MIN", "MAX"),
         help="how long an outage lasts",
+    )
+    parser.add_argument(
+        "--recovery-seconds",
+        type=float,
+        help="the workers' heartbeat and sticky-queue timeouts: how soon a killed worker's work goes on elsewhere "
+        "(default: the service's, 10 s each)",
     )
     parser.add_argument("--drain-minutes", type=float, default=10, help="how long to wait for outcomes afterwards")
     parser.add_argument("--folder", type=Path, help="where to keep logs, mail and figures (default: a new temp dir)")
