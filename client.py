@@ -8,7 +8,6 @@ with that id as its workflow id. Reads come from the streams, or from the runnin
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -64,6 +63,7 @@ from domain import (
 from settings import ConfigurationError, Settings, one_line
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
 from streams.directory import lookup
+from streams.store import unreadable
 from templating import TemplateError, Templates
 from workflows import search
 from workflows.notification import NotificationSaga
@@ -621,31 +621,6 @@ def _payload(record: Record) -> dict[str, Any]:
     except ValueError as decoding:
         error = decoding
     return {"unreadable": unreadable(record, error)}
-
-
-_told: set[tuple[str, int, datetime]] = set()
-"""The records this process has logged as unreadable: by stream, internal id and time (which tell apart the records
-of two stores)."""
-
-
-def unreadable(record: Record, error: Exception) -> str:
-    """Why `record` cannot be read, in one line that holds none of its payload; logged as a warning the first time
-    this process meets it."""
-    if isinstance(error, ValidationError) and (first := error.errors()[0])["type"] == "json_invalid":
-        why = f"not JSON ({(first.get('ctx') or {}).get('error', 'invalid')})"
-    elif isinstance(error, ValidationError):
-        where = ".".join(str(part) for part in first["loc"])
-        why = f"not a {error.title} ({f'{where}: ' if where else ''}{first['type']})"
-    elif isinstance(error, json.JSONDecodeError):
-        why = f"not JSON ({error.msg} at character {error.pos})"
-    else:
-        why = f"not what a {record.type} holds ({type(error).__name__})"
-    said = f"record {record.internal_id} of stream {record.stream} ({record.type}, id {record.record_id})"
-    said = f"{said} is unreadable: {why}"
-    if (seen := (record.stream, record.internal_id, record.timestamp_utc)) not in _told:
-        _told.add(seen)
-        log.warning("%s", said)
-    return said
 
 
 def _recorded_view(record: Record) -> dict[str, Any]:

@@ -6,14 +6,12 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from domain import DirectoryEntry, Tag, TagName, admitted, recipient_email_tag, tag
-from streams.store import ReadOnlyStream, StreamName, StreamStore
+from streams.store import ReadOnlyStream, StreamName, StreamStore, unreadable
 
 
 async def entry_or_why(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | str | None:
     """The entity's latest entry; if it does not parse, why, in one line (logged once, as every reader logs an
-    unreadable record: `client.unreadable`); None if the directory has no entry for it."""
-    from client import unreadable  # (client.py reads the directory through this module)
-
+    unreadable record: `streams.store.unreadable`); None if the directory has no entry for it."""
     record = await directory.latest(entity_id)
     if record is None:
         return None

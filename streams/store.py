@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from domain import ExecuteOpRequestedEvent, Tag
 
@@ -76,6 +77,32 @@ class Record:
 
     def tag(self, name: str) -> str | None:
         return next((t.value for t in self.tags if t.name == name), None)
+
+
+log = logging.getLogger("notify.streams")
+_told: set[tuple[str, int, datetime]] = set()
+"""The records this process has logged as unreadable: by stream, internal id and time (which tell apart the records
+of two stores)."""
+
+
+def unreadable(record: Record, error: Exception) -> str:
+    """Why `record` cannot be read, in one line that holds none of its payload; logged as a warning the first time
+    this process meets it."""
+    if isinstance(error, ValidationError) and (first := error.errors()[0])["type"] == "json_invalid":
+        why = f"not JSON ({(first.get('ctx') or {}).get('error', 'invalid')})"
+    elif isinstance(error, ValidationError):
+        where = ".".join(str(part) for part in first["loc"])
+        why = f"not a {error.title} ({f'{where}: ' if where else ''}{first['type']})"
+    elif isinstance(error, json.JSONDecodeError):
+        why = f"not JSON ({error.msg} at character {error.pos})"
+    else:
+        why = f"not what a {record.type} holds ({type(error).__name__})"
+    said = f"record {record.internal_id} of stream {record.stream} ({record.type}, id {record.record_id})"
+    said = f"{said} is unreadable: {why}"
+    if (seen := (record.stream, record.internal_id, record.timestamp_utc)) not in _told:
+        _told.add(seen)
+        log.warning("%s", said)
+    return said
 
 
 @dataclass(frozen=True)

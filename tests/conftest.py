@@ -102,7 +102,8 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     """One time-skipping test server for the session, apart by task queue and id as on `dev_env`. Its clock only
     moves on, skipped by each test that waits: a test reads the time from it (`get_current_time`), never from the
-    wall."""
+    wall. A saga that no worker runs holds time still for every later test: a test that starts one
+    without a worker uses `dev_env`."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(temporal_binary("temporal-test-server")),

@@ -525,6 +525,6 @@ async def test_a_directory_entry_that_cannot_be_read_is_a_reported_failure_of_th
     said = "entity 'broken' has a directory entry that cannot be read: record "
     assert reason.startswith(said) and "of stream entity-directory" in reason and "is unreadable: not a" in reason
     assert "CouldNotGetOrUseAudienceEvent" in await notify.types(StreamName.NOTIFICATION_EVENT, nid)
-    logged = [r.getMessage() for r in caplog.records if r.name in ("notify.steps", "notify.client")]
+    logged = [r.getMessage() for r in caplog.records if r.name in ("notify.steps", "notify.streams")]
     assert logged == [reason.removeprefix("entity 'broken' has a directory entry that cannot be read: ")]
     assert [m.recipients for m in mail_sink.messages] == [("oncall@ops.test",)]  # only the internal team is told

@@ -82,7 +82,7 @@ async def put_view(store: StreamStore, notification_id: str, entity_id: str = "u
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "notify.client" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "notify.streams" and r.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize(
@@ -95,18 +95,18 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_a_view_that_does_not_parse_is_shown_as_unreadable_and_logged_once(
     store: StreamStore,
     streams_url: str,
-    time_skipping_env: WorkflowEnvironment,
+    dev_env: WorkflowEnvironment,
     settings: Settings,
     caplog: pytest.LogCaptureFixture,
     payload: str,
     why: str,
 ) -> None:
-    client = NotificationClient(store, time_skipping_env.client, settings)
+    client = NotificationClient(store, dev_env.client, settings)
     readable, nid = [await client.request(operation()) for _ in range(2)]
     await put_view(store, readable)
     internal_id = await put_view(store, nid)
     corrupt(streams_url, internal_id, payload.replace("n-1", nid))
-    caplog.set_level(logging.WARNING, logger="notify.client")
+    caplog.set_level(logging.WARNING, logger="notify.streams")
 
     view = await client.status(nid)
     assert NotificationView.model_validate(view).status == NotificationStatus.UNREADABLE  # what the API answers
@@ -124,9 +124,9 @@ async def test_a_view_that_does_not_parse_is_shown_as_unreadable_and_logged_once
 
 
 async def test_events_and_the_audit_show_an_unreadable_record_as_such(
-    store: StreamStore, streams_url: str, time_skipping_env: WorkflowEnvironment, settings: Settings
+    store: StreamStore, streams_url: str, dev_env: WorkflowEnvironment, settings: Settings
 ) -> None:
-    client = NotificationClient(store, time_skipping_env.client, settings)
+    client = NotificationClient(store, dev_env.client, settings)
     internal_id = await put_view(store, "n-2")
     corrupt(streams_url, internal_id, f"[{SECRET}")
     address = "ada@example.com"
@@ -160,16 +160,16 @@ async def test_events_and_the_audit_show_an_unreadable_record_as_such(
 async def test_an_idempotency_keys_claim_that_does_not_parse_is_a_conflict_said_in_one_line(
     store: StreamStore,
     streams_url: str,
-    time_skipping_env: WorkflowEnvironment,
+    dev_env: WorkflowEnvironment,
     settings: Settings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    client = NotificationClient(store, time_skipping_env.client, settings)
+    client = NotificationClient(store, dev_env.client, settings)
     await client.request(operation(), "k-1")
     claim = await store.reader(StreamName.CLIENT_OPERATION).latest("idempotency-key:k-1")
     assert claim is not None
     corrupt(streams_url, claim.internal_id, f'{{"idempotency_key": "{SECRET}"')
-    caplog.set_level(logging.WARNING, logger="notify.client")
+    caplog.set_level(logging.WARNING, logger="notify.streams")
 
     for _ in range(2):
         with pytest.raises(IdempotencyKeyConflict) as refused:
@@ -188,7 +188,7 @@ async def test_a_directory_entry_that_does_not_parse_is_no_entry_and_said_in_one
     store: StreamStore,
     owner: StreamStore,
     streams_url: str,
-    time_skipping_env: WorkflowEnvironment,
+    dev_env: WorkflowEnvironment,
     settings: Settings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -196,7 +196,7 @@ async def test_a_directory_entry_that_does_not_parse_is_no_entry_and_said_in_one
     recorded = await store.reader(StreamName.ENTITY_DIRECTORY).latest("user-1")
     assert recorded is not None
     corrupt(streams_url, recorded.internal_id, f'{{"id": "user-1", "email": "{SECRET}"}}')
-    caplog.set_level(logging.WARNING, logger="notify.client")
+    caplog.set_level(logging.WARNING, logger="notify.streams")
     said = (
         f"record {recorded.internal_id} of stream entity-directory (DirectoryEntry, id user-1) is unreadable:"
         " not a DirectoryEntry (name: missing)"
@@ -205,7 +205,7 @@ async def test_a_directory_entry_that_does_not_parse_is_no_entry_and_said_in_one
     assert await entry_or_why(store.reader(StreamName.ENTITY_DIRECTORY), "user-1") == said
     assert await lookup(store.reader(StreamName.ENTITY_DIRECTORY), "user-1") is None
     client = NotificationClient(
-        store, time_skipping_env.client, settings.model_copy(update={"templates_dir": ROOT / "message_templates"})
+        store, dev_env.client, settings.model_copy(update={"templates_dir": ROOT / "message_templates"})
     )
     with pytest.raises(TemplateError, match="^template 'welcome': entity 'user-1' is not in the directory$"):
         await client.compose({"entity_id": "user-1"}, "welcome", {})
@@ -224,10 +224,10 @@ async def test_a_directory_entry_that_does_not_parse_is_no_entry_and_said_in_one
 
 
 async def test_an_idempotency_keys_record_is_no_notification(
-    store: StreamStore, owner: StreamStore, time_skipping_env: WorkflowEnvironment, settings: Settings
+    store: StreamStore, owner: StreamStore, dev_env: WorkflowEnvironment, settings: Settings
 ) -> None:
     await import_entries(owner, [entity(id="user-1")])
-    client = NotificationClient(store, time_skipping_env.client, settings)
+    client = NotificationClient(store, dev_env.client, settings)
     notification_id = await client.request(SendNotificationToEntityOp(entity_id="user-1", subject="S", body="B"), "k-1")
 
     for read in (client.status, client.cancel, client.events):
@@ -376,14 +376,14 @@ def test_an_unknown_template_is_named_and_nothing_more(tmp_path: Path) -> None:
 async def test_a_long_rendering_leaves_the_event_loop_free_and_is_refused_in_one_line(
     store: StreamStore,
     owner: StreamStore,
-    time_skipping_env: WorkflowEnvironment,
+    dev_env: WorkflowEnvironment,
     settings: Settings,
     tmp_path: Path,
 ) -> None:
     settings = settings.model_copy(update={"templates_dir": tmp_path})
     write(tmp_path, "loops", '"{% for i in data.n %}{% for j in data.n %}{% endfor %}{% endfor %}"')
     await import_entries(owner, [entity(id="user-1")])
-    client = NotificationClient(store, time_skipping_env.client, settings)
+    client = NotificationClient(store, dev_env.client, settings)
     submitted = asyncio.create_task(client.submit({"entity_id": "user-1"}, "loops", {"n": list(range(20_000))}))
     ticks = []
     while not submitted.done():  # the loop answers on time while the template renders
