@@ -1,7 +1,8 @@
 -- Who may put records where. Outside producers take the role notify_client, which may call notify_request and
 -- nothing else. notify_put, which takes any stream, now puts only in a stream its caller's processes write: the
--- owner of the streams in any (the directory's administration and API keys among them); notify_producer, the
--- service's own writer (worker, API, CLI), in the service's streams but the API keys. A refusal names the stream
+-- owner of the streams in any (the entity directory and the API keys are the administering role's to keep:
+-- `starter.py directory import` and the API's PUT /v1/entities write with NOTIFY_STREAMS_URL); notify_producer,
+-- the service's own writer (worker, API, CLI), in the streams it writes for notifications. A refusal names the stream
 -- and the caller alone: it tells nothing of what the stream holds. The put itself is notify_append, which nobody
 -- but the owner's functions may call.
 ALTER FUNCTION notify_put(text, text, text, text, jsonb, text, integer) RENAME TO notify_append;
@@ -23,8 +24,7 @@ CREATE TABLE notify_stream_writers (
 INSERT INTO notify_stream_writers (role, stream)
 SELECT 'notify_producer', s FROM unnest(ARRAY[
     'client-operation', 'internal-operation', 'notification-saga', 'notification-event', 'notification-view',
-    'notification-snapshot', 'email-operation', 'email-event', 'slack-operation', 'slack-event',
-    'entity-directory'  -- the API's admin scope (PUT /v1/entities) and `starter.py directory import` write it
+    'notification-snapshot', 'email-operation', 'email-event', 'slack-operation', 'slack-event'
 ]) AS s;
 
 CREATE FUNCTION notify_put(
