@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from domain import Tag, TagName
 from streams.store import (
     ALLOWED_TRANSITIONS,
     REQUESTED,
+    UNREADABLE,
     HandlingEntry,
     HandlingStatus,
     InvalidHandlingTransition,
@@ -36,6 +38,7 @@ from streams.store import (
     StoreUnusable,
     StreamName,
     StreamStore,
+    ViewCounts,
     select_handling,
     select_records,
 )
@@ -137,6 +140,34 @@ SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM records)
 """
 """Prune one batch of notifications (`StreamStore.prune`): their records' tags go with them (ON DELETE CASCADE), and
 so do their handling and their ids' rows."""
+
+
+VIEW_COUNTS = f"""
+WITH views AS MATERIALIZED (
+    SELECT to_char(timestamp_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI') AS minute,
+        CASE WHEN internal_id = ANY(%(unreadable)s) THEN NULL ELSE payload::jsonb END AS view
+    FROM notify_records
+    WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc >= %(since)s
+)
+SELECT minute, NULL,
+    CASE WHEN jsonb_typeof(view -> 'status') = 'string' THEN view ->> 'status'
+         ELSE '{UNREADABLE}' END AS status,
+    count(*)
+FROM views GROUP BY minute, status
+UNION ALL
+SELECT minute, c.key,
+    CASE WHEN jsonb_typeof(c.value -> 'outcome') = 'string' THEN c.value ->> 'outcome'
+         ELSE '{UNREADABLE}' END AS outcome,
+    count(*)
+FROM views, jsonb_each(CASE WHEN jsonb_typeof(view -> 'channels') = 'object' THEN view -> 'channels' END) c
+GROUP BY minute, c.key, outcome
+"""
+"""`StreamStore.view_counts`: the views by their partial index by time, each payload read as JSON once, but those
+known not to parse (`unreadable`, internal ids)."""
+VIEW_PAYLOADS = f"""
+SELECT internal_id, payload FROM notify_records
+WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc >= %(since)s
+"""
 
 
 class PostgresStreamStore(StreamStore):
@@ -309,6 +340,19 @@ class PostgresStreamStore(StreamStore):
         assert row is not None
         return row[0], row[1]
 
+    async def view_counts(self, since: datetime) -> ViewCounts:
+        """PostgreSQL before 16 cannot test whether a text is JSON without failing the statement: only when a view in
+        the window does not parse are the window's payloads read here, to leave out those that do not."""
+        unreadable: list[int] = []
+        async with _using(self._consumer) as db:
+            try:
+                cursor = await db.execute(VIEW_COUNTS, {"since": since, "unreadable": unreadable})
+            except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded):  # class 22: not JSON, or not jsonb's
+                payloads = await (await db.execute(VIEW_PAYLOADS, {"since": since})).fetchall()
+                unreadable = [internal_id for internal_id, payload in payloads if not _jsonb_reads(payload)]
+                cursor = await db.execute(VIEW_COUNTS, {"since": since, "unreadable": unreadable})
+            return ViewCounts.of(await cursor.fetchall())
+
     async def read(
         self,
         stream: str,
@@ -370,6 +414,32 @@ class PostgresStreamStore(StreamStore):
             r = await cursor.fetchone()
         assert r is not None
         return HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6])
+
+
+def _jsonb_reads(payload: str) -> bool:
+    """Whether PostgreSQL reads `payload` as jsonb: it is JSON, without NaN or Infinity, a number past a double's
+    exponents, a NUL or a lone surrogate (which Python's reader takes), nested less deeply than Python recurses. A
+    payload it would read is sometimes said not to (a text holding the six characters `\\u0000`, a number of
+    thousands of digits): it is then counted as unreadable, and never sent to the cast."""
+    try:
+        decoded = json.loads(payload, parse_constant=_no_constant, parse_float=_double)
+        written = json.dumps(decoded, ensure_ascii=False)
+        written.encode()
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return False
+    return "\\u0000" not in written
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _double(text: str) -> float:
+    value = float(text)
+    _, _, exponent = text.lower().partition("e")
+    if not math.isfinite(value) or abs(int(exponent or 0)) > 308:
+        raise ValueError(f"{text[:20]} is past a double")
+    return value
 
 
 def _transitions() -> set[tuple[str, str]]:

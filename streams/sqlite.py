@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from streams.store import (
     ALLOWED_TRANSITIONS,
     REQUESTED,
     RESETS,
+    UNREADABLE,
     ExistingRecordStrategy,
     HandlingEntry,
     HandlingStatus,
@@ -35,6 +36,7 @@ from streams.store import (
     StoreUnusable,
     StreamName,
     StreamStore,
+    ViewCounts,
     check_put,
     select_handling,
     select_records,
@@ -94,6 +96,31 @@ TRANSIENT_ERRORS = (
 )
 """SQLite's result codes (extended ones begin with these) for what a later attempt may not meet: the database busy or
 locked, the disk failing or full, too many files open. Any other error is a bug or bad data."""
+
+
+VIEW_COUNTS = f"""
+WITH views AS MATERIALIZED (
+    SELECT substr(timestamp_utc, 1, 16) AS minute, CASE WHEN json_valid(payload) THEN payload END AS view
+    FROM records INDEXED BY views_by_time
+    WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc >= ?
+)
+SELECT minute, NULL,
+    CASE WHEN json_type(view, '$.status') = 'text' THEN json_extract(view, '$.status')
+         ELSE '{UNREADABLE}' END AS status,
+    count(*)
+FROM views GROUP BY minute, status
+UNION ALL
+SELECT minute, c.key,
+    CASE WHEN c.type <> 'object' THEN '{UNREADABLE}'
+         WHEN json_type(c.value, '$.outcome') = 'text' THEN json_extract(c.value, '$.outcome')
+         ELSE '{UNREADABLE}' END AS outcome,
+    count(*)
+FROM views, json_each(views.view, '$.channels') c
+WHERE json_type(views.view, '$.channels') = 'object'
+GROUP BY minute, c.key, outcome
+"""
+"""`StreamStore.view_counts`: the views by their partial index by time (named, as pruning does), each payload checked
+as JSON once; the minute is the start of the view's time as written (ISO 8601, UTC)."""
 
 
 def _file_identity(path: Path) -> tuple[int, int]:
@@ -285,6 +312,10 @@ class SQLiteStreamStore(StreamStore):
                 "DELETE FROM records WHERE internal_id IN (SELECT internal_id FROM pruned_records)"
             ).rowcount
         return notifications, records
+
+    async def view_counts(self, since: datetime) -> ViewCounts:
+        since_text = since.astimezone(UTC).isoformat()
+        return ViewCounts.of(await self._run(lambda: self._db.execute(VIEW_COUNTS, (since_text,)).fetchall()))
 
     async def read(
         self,

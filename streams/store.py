@@ -14,7 +14,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -310,6 +310,35 @@ class Pruned:
     records: int = 0
 
 
+UNREADABLE = "unreadable"
+"""What `view_counts` counts a view's status, or a channel's outcome, as when the view does not say it: its payload
+is not JSON, or that field is not text."""
+
+
+@dataclass(frozen=True)
+class ViewCounts:
+    """The notifications that ended since a time, as their views count them (`StreamStore.view_counts`): by the
+    minute their view was written (UTC) and their status, and their channels by that minute, the channel and its
+    outcome. A count that is 0 is not there."""
+
+    statuses: dict[tuple[datetime, str], int]
+    channels: dict[tuple[datetime, str, str], int]
+
+    @classmethod
+    def of(cls, rows: Iterable[Sequence[Any]]) -> ViewCounts:
+        """From the rows of a backend's query: (minute as `YYYY-MM-DDTHH:MM`, channel or NULL for the status, status
+        or outcome, count)."""
+        statuses: dict[tuple[datetime, str], int] = {}
+        channels: dict[tuple[datetime, str, str], int] = {}
+        for minute, channel, value, count in rows:
+            at = datetime.fromisoformat(minute).replace(tzinfo=UTC)
+            if channel is None:
+                statuses[at, value] = int(count)
+            else:
+                channels[at, channel, value] = int(count)
+        return cls(statuses, channels)
+
+
 class StoreUnusable(ConnectionError):
     """The store cannot be used as it was opened: what to do about it, in one line."""
 
@@ -390,6 +419,12 @@ class StreamStore(ABC):
         """Reserve the next turn of `key`, `every` seconds after the turn reserved before it and not before now, and
         return the seconds until it (0: it is now), by the store's clock. One atomic step, across processes: what
         paces a shared resource (a Slack channel) for every worker."""
+
+    @abstractmethod
+    async def view_counts(self, since: datetime) -> ViewCounts:
+        """The views of the notification-view stream written at or after `since`, counted in one aggregate query by
+        minute and status and by minute, channel and outcome (through the stream's partial index by time); a view
+        that does not parse counts as `UNREADABLE`, and so does a status or outcome that is not text."""
 
     async def prune(self, before: datetime, batch: int = 100) -> Pruned:
         """Remove every record of the notifications that ended, or were refused, before `before` (their view's or

@@ -4,8 +4,10 @@ says how to open a store; every test here then runs against that backend."""
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,7 +27,7 @@ from streams import (
     StreamStore,
     WriteOnlyStream,
 )
-from streams.store import ALLOWED_TRANSITIONS, NewRecord, Pruned
+from streams.store import ALLOWED_TRANSITIONS, NewRecord, Pruned, ViewCounts
 
 S = ExistingRecordStrategy
 
@@ -425,6 +427,53 @@ class StreamStoreContract(ABC):
             "Running",
             "Completed",
         ]
+
+    # -- counting ----------------------------------------------------------------------------------------------------
+
+    async def test_views_are_counted_by_minute_status_channel_and_outcome(self, store: StreamStore) -> None:
+        """What the page's overview shows: the views written since a time, in one query; one that is not JSON, or
+        says no status or outcome as text, counts as unreadable and breaks nothing."""
+
+        def view(status: object, **channels: object) -> str:
+            return json.dumps(
+                {"id": "n", "status": status, "channels": {c: {"outcome": o} for c, o in channels.items()}}
+            )
+
+        await store.put(StreamName.NOTIFICATION_VIEW, [NewRecord("early", "NotificationView", view("sent"))])
+        await store.writer(StreamName.NOTIFICATION_EVENT).put("n", Thing(value=1))  # no view
+        since = await _after_the_last_write(store)
+        payloads = {
+            "sent": (
+                view("sent", email="succeeded", slack="succeeded"),
+                "sent",
+                [("email", "succeeded"), ("slack", "succeeded")],
+            ),
+            "failed": (view("failed", email="failed"), "failed", [("email", "failed")]),
+            "none": (view("failed"), "failed", []),
+            "garbled": ('{"id": "n", "status": "sent", "channels": {', "unreadable", []),
+            "nan": ('{"id": "n", "status": "sent", "x": NaN}', "unreadable", []),
+            "deep": ("[" * 5000 + "]" * 5000, "unreadable", []),
+            "nul": ('{"id": "n\\u0000"}', "unreadable", []),
+            "odd": (view(7, email=9, slack="sent"), "unreadable", [("email", "unreadable"), ("slack", "sent")]),
+            "flat": ('{"status": "sent", "channels": {"email": "sent"}}', "sent", [("email", "unreadable")]),
+            "list": ("[1, 2]", "unreadable", []),
+        }
+        written = await store.put(
+            StreamName.NOTIFICATION_VIEW, [NewRecord(i, "NotificationView", p) for i, (p, _, _) in payloads.items()]
+        )
+        records = {r.internal_id: r for r in await store.read(StreamName.NOTIFICATION_VIEW)}
+        statuses: Counter[tuple[datetime, str]] = Counter()
+        channels: Counter[tuple[datetime, str, str]] = Counter()
+        for put, (_, status, outcomes) in zip(written, payloads.values(), strict=True):
+            minute = records[put.record_internal_id].timestamp_utc.replace(second=0, microsecond=0)
+            statuses[minute, status] += 1
+            channels.update((minute, channel, outcome) for channel, outcome in outcomes)
+
+        counted = await store.view_counts(since)
+        assert counted == ViewCounts(dict(statuses), dict(channels))
+        assert all(m.utcoffset() == timedelta(0) for m, _ in counted.statuses)
+        assert sum((await store.view_counts(since - timedelta(days=1))).statuses.values()) == len(payloads) + 1
+        assert await store.view_counts(since + timedelta(days=1)) == ViewCounts({}, {})
 
     # -- retention ---------------------------------------------------------------------------------------------------
 
