@@ -1,9 +1,11 @@
-"""The web page, in a real headless Chromium (Debian's `chromium`, driven by Playwright): sign in with a key, find a
-notification, search by its address, open its page and see its timeline; a notification under way updates without a
-reload. And over plain HTTP: what a page without a usable key does."""
+"""The web page, in a real headless Chromium (Debian's `chromium`, driven by Playwright): sign in with a key, see the
+overview, find a notification, search by its address, its entity and its id, open its page and see its message as
+sent and its records; every page fits a phone's width; a notification under way updates without a reload. And over
+plain HTTP: what a page without a usable key does."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -11,12 +13,22 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 
+from commands import command
+from streams import StreamName, StreamStore
+from streams.store import NewRecord
 from tests.conftest import SLACK_TOKEN
 from tests.service import Api
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DESKTOP = ViewportSize(width=1280, height=800)
+PHONE = ViewportSize(width=390, height=844)
+HTML = (
+    '<p>Volume <b id="bold">/data</b> is at 91%.</p><p id="script">static</p>'
+    '<script>document.getElementById("script").textContent = "ran"</script>'
+)
+SLACK_TEXT = "Disk *almost* full: <b>not bold</b>"
 
 
 @pytest_asyncio.fixture
@@ -28,58 +40,149 @@ async def browser() -> AsyncIterator[Browser]:
         await launched.close()
 
 
-async def signed_in(browser: Browser, api: Api, key: str = "reader") -> Page:
-    page = await browser.new_page(base_url=str(api.http.base_url))
+async def signed_in(browser: Browser, api: Api, key: str = "reader", viewport: ViewportSize = DESKTOP) -> Page:
+    page = await browser.new_page(base_url=str(api.http.base_url), viewport=viewport)
     await page.goto("/")
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await expect(page.locator(".lede")).to_contain_text(
+        command("starter.py", "apikey", "create", "NAME", "--scope", "read")
+    )
     await page.get_by_label("API key").fill(api.keys[key])
     await page.get_by_role("button", name="Sign in").click()
-    await expect(page.get_by_role("heading", name="Recent notifications")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
     return page
 
 
-async def sent(api: Api, subject: str, **fields: object) -> str:
+async def sent(api: Api, subject: str, entity: str = "user-1", **fields: object) -> str:
     response = await api.call(
-        "POST", "/v1/notifications", key="sender", json={"entity": "user-1", "subject": subject, "body": "B", **fields}
+        "POST", "/v1/notifications", key="sender", json={"entity": entity, "subject": subject, "body": "B", **fields}
     )
     assert response.status_code == 202, response.text
     notification_id: str = response.json()["id"]
     return notification_id
 
 
-async def test_a_notification_is_found_searched_for_and_its_timeline_shown(
+async def search(page: Page, text: str) -> None:
+    await page.get_by_label("Email, Slack channel, entity or notification id").fill(text)
+    await page.get_by_role("button", name="Search").click()
+
+
+async def fits(page: Page) -> None:
+    """The page is no wider than the window: nothing scrolls sideways but a table in its own container."""
+    await page.wait_for_load_state()
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), page.url
+
+
+async def test_a_notification_is_found_searched_for_and_shown_with_its_message_and_records(
     api: Api, browser: Browser, tmp_path: Path
 ) -> None:
-    nid = await sent(api, "Seen in a browser")
+    subject = "Seen in a browser, with its message in full: the subject, its plain text, its HTML and its Slack text"
+    body = "Volume /data is at 91%.\nClean it up."
+    nid = await sent(api, subject, body=body, html=HTML, slack_text=SLACK_TEXT)
     assert (await api.outcome(nid))["status"] == "sent"
     page = await signed_in(browser, api)
     cookie = next(c for c in await page.context.cookies() if c["name"] == "notify_key")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert await page.evaluate("document.cookie") == ""  # the page's scripts cannot read the key
 
-    row = page.get_by_role("row").filter(has_text=nid)
-    await expect(row).to_contain_text("Seen in a browser")
-    await expect(row).to_contain_text("sent")
-    await expect(row).to_contain_text("email: succeeded")
+    await expect(page.locator(".totals")).to_contain_text("1 ended in the last hour")
+    statuses = page.locator("table.statuses tbody tr")
+    await expect(statuses).to_have_count(1)
+    await expect(statuses.locator("td")).to_have_text(["sent", "1", "1"])
+    channels = page.locator("table.channels tbody tr")
+    await expect(channels.nth(0).locator("td")).to_have_text(["email", "succeeded", "1", "1"])
+    await expect(channels.nth(1).locator("td")).to_have_text(["slack", "succeeded", "1", "1"])
+    bars = page.locator("figure.chart svg rect")
+    await expect(bars).to_have_count(1)
+    await expect(bars.locator("title")).to_contain_text("1 sent")
 
-    await page.get_by_label("Email address or Slack channel").fill("ADA@example.com")
-    await page.get_by_role("button", name="Search").click()
+    await page.get_by_role("link", name="Notifications", exact=True).click()
+    row = page.get_by_role("row").filter(has_text=nid)
+    await expect(row).to_contain_text(subject)
+    await expect(row).to_contain_text("email: succeeded")
+    assert await row.locator("td.id a").evaluate("a => a.getClientRects().length") == 1  # the id on one line
+
+    await search(page, "ADA@example.com")
     await expect(page.get_by_role("heading", name="Sent to ADA@example.com")).to_be_visible()
     await page.get_by_role("link", name=nid).click()
 
-    await expect(page.get_by_role("heading", name="Seen in a browser")).to_be_visible()
-    channels = page.locator("table.channels")
-    await expect(channels.get_by_role("row").filter(has_text="ada@example.com")).to_contain_text("succeeded")
-    await expect(channels.get_by_role("row").filter(has_text="acme/C0123")).to_contain_text("succeeded")
-    timeline = page.locator("table.timeline tbody tr")
+    await expect(page.get_by_role("heading", name=subject)).to_be_visible()
+    channel_rows = page.locator("table.channels").get_by_role("row")
+    await expect(channel_rows.filter(has_text="ada@example.com")).to_contain_text("succeeded")
+    await expect(channel_rows.filter(has_text="acme/C0123")).to_contain_text("succeeded")
+    email = page.locator(".message-email")
+    await expect(email.locator("h3")).to_have_text("Email to ada@example.com")
+    await expect(email.locator(".subject")).to_have_text(subject)
+    assert await email.locator("pre.text").text_content() == body
+    frame = email.locator("iframe")
+    assert await frame.get_attribute("sandbox") == ""  # no scripts, no origin of its own
+    html = page.frame_locator(".message-email iframe")
+    await expect(html.locator("#bold")).to_have_text("/data")  # rendered
+    await expect(html.locator("#script")).to_have_text("static")  # its script never ran
+    slack = page.locator(".message-slack")
+    await expect(slack.locator("h3")).to_have_text("Slack to acme/C0123")
+    assert await slack.locator("pre.text").text_content() == SLACK_TEXT  # as text, not rendered
+    await expect(slack.locator("b")).to_have_count(0)
+
+    timeline = page.locator(".timeline > li")
     events = (await api.call("GET", f"/v1/notifications/{nid}/events", key="reader")).json()
     await expect(timeline).to_have_count(len(events))
     await expect(timeline.first).to_contain_text("client-operation")
-    await expect(page.locator("table.timeline")).to_contain_text("SucceededInSendingEmailEvent")
+    await expect(page.locator(".timeline")).to_contain_text("SucceededInSendingEmailEvent")
+    payload = timeline.first.locator("pre.payload")
+    await expect(payload).to_be_hidden()
+    await timeline.first.locator("summary").click()
+    await expect(payload).to_be_visible()
+    assert await payload.text_content() == json.dumps(events[0]["payload"], indent=2, ensure_ascii=False)
     assert SLACK_TOKEN not in await page.content()
     shot = tmp_path / "notification.png"
     await page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+    await search(page, "user-1")  # an entity in the directory: its notifications
+    await expect(page.get_by_role("heading", name="Recent notifications")).to_be_visible()
+    await expect(page.get_by_role("textbox", name="Entity", exact=True)).to_have_value("user-1")
+    await search(page, nid)  # a notification's id: its page
+    await expect(page.get_by_role("heading", name=subject)).to_be_visible()
+
+
+async def test_every_page_fits_a_phone_and_says_what_happened(api: Api, browser: Browser, owner: StreamStore) -> None:
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    nobody = await sent(api, "For nobody", entity="user-2", send_at=soon)
+    await owner.put(StreamName.ENTITY_DIRECTORY, [NewRecord("user-2", "DirectoryEntry", "not JSON")])  # gone by then
+    later = await sent(api, "Cancelled", send_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
+    cancelled = await api.call("POST", f"/v1/notifications/{later}/cancel")
+    assert cancelled.json()["status"] == "cancelled", cancelled.text
+    nid = await sent(api, "On a phone", html=HTML, slack_text=SLACK_TEXT)
+    assert [(await api.outcome(n))["status"] for n in (nobody, nid)] == ["failed", "sent"]
+    page = await signed_in(browser, api, viewport=PHONE)
+    await expect(page.locator("figure.chart svg")).to_be_visible()
+    await fits(page)
+
+    await page.goto("/notifications")
+    await expect(page.get_by_role("row").filter(has_text=nid)).to_contain_text("On a phone")
+    await fits(page)
+
+    await page.goto(f"/notifications/{nobody}")
+    await expect(page.locator(".no-channel")).to_contain_text(
+        "No channel was sent: the audience stage ended with \u201ccould not get audience with some failures"
+        " reported\u201d: entity 'user-2' has a directory entry that cannot be read: record"
+    )
+    await expect(page.locator(".message-requested .subject")).to_have_text("For nobody")
+    await expect(page.locator(".message-requested h3")).to_have_text("As requested (sent on no channel)")
+    await page.goto(f"/notifications/{later}")
+    await expect(page.locator(".no-channel")).to_have_text("Cancelled before any channel was sent.")
+    await fits(page)
+
+    await page.goto(f"/notifications/{nid}")
+    await expect(page.locator(".message-email iframe")).to_be_visible()
+    for summary in await page.locator(".timeline summary").all():
+        await summary.click()
+    await fits(page)
+
+    await search(page, "acme/C0123")
+    await expect(page.get_by_role("heading", name="Sent to acme/C0123")).to_be_visible()
+    await fits(page)
 
 
 async def test_a_notification_under_way_updates_without_a_reload(api: Api, browser: Browser) -> None:
@@ -87,10 +190,13 @@ async def test_a_notification_under_way_updates_without_a_reload(api: Api, brows
     page = await signed_in(browser, api)
     await page.goto(f"/notifications/{nid}")
     await expect(page.locator(".facts")).to_contain_text("scheduled")
+    await expect(page.locator(".no-channel")).to_have_text("No channel yet (they are chosen when it is sent).")
+    await expect(page.locator("#main")).to_contain_text("Decided once every channel has an outcome.")
     await page.evaluate("window.stillThisPage = true")
     await expect(page.locator(".facts")).to_contain_text("sent", timeout=30_000)
     assert await page.evaluate("window.stillThisPage === true")  # updated in place, not reloaded
     assert await page.locator("#main").get_attribute("data-live") is None  # and it stopped asking
+    await expect(page.locator("#main")).to_contain_text("None: nobody had to be told.")
 
 
 @pytest.mark.parametrize("key", ["sender", "not-a-key"])

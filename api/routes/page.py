@@ -1,14 +1,20 @@
-"""The web page: recent notifications, a search by email address or Slack channel (the audit), and a page per
-notification with its view, each channel's outcome, the escalation and the timeline of its records. Server-rendered
-(Jinja2), every asset served from here. It asks once for an API key with the `read` scope and keeps it in an
-HttpOnly, SameSite=Strict cookie, and takes a sign-in or sign-out only from its own pages; a page that shows a
-notification still under way refreshes its main part."""
+"""The web page: an overview of the notifications that ended in the last hour and day, recent notifications, a search
+(an email address or a Slack channel: the audit; an entity or a notification id: its page), and a page per
+notification with its view, each channel's outcome, the escalation, the messages as sent and the timeline of its
+records, each of which opens to its payload. Server-rendered (Jinja2), every asset served from here. It asks once
+for an API key with the `read` scope and keeps it in an HttpOnly, SameSite=Strict cookie, and takes a sign-in or
+sign-out only from its own pages; a page that shows a notification still under way refreshes its main part."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Cookie, Depends, Request
@@ -17,12 +23,27 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
 from jinja2.runtime import Context
+from pydantic import ValidationError
 
 from api.deps import AppParts, KeyRefused, authorized
 from api.keys import Scope
 from api.problems import problem
-from client import UNDECIDED, NotificationClient, UnknownNotification
-from domain import NotificationStatus
+from client import UNDECIDED, EventRecord, NotificationClient, UnknownNotification
+from commands import command
+from domain import (
+    Channel,
+    ExecuteOpRequestedEvent,
+    NotificationStatus,
+    SendEmailOp,
+    SendEmailRequestedEvent,
+    SendNotificationRequestedEvent,
+    SendNotificationToEntityOp,
+    SendSlackMessageOp,
+    SendSlackMessageRequestedEvent,
+)
+from streams import Record, StreamName
+from streams.directory import entry_or_why
+from streams.store import ViewCounts, unreadable
 
 HERE = Path(__file__).parents[1]
 COOKIE = "notify_key"
@@ -37,10 +58,20 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+WINDOWS = {"Last hour": 60, "Last day": 24 * 60}
+"""The overview's windows, in whole minutes up to the current one."""
+CHART_MINUTES = 60
+CHART_HEIGHT = 100
+BAR_WIDTH = 10
+"""The chart's size in SVG units: one bar a minute."""
+STATUS_ORDER = [*NotificationStatus]
+K = TypeVar("K")
+
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["moment"] = lambda value: (
     datetime.fromisoformat(str(value)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 )
+templates.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
 
 
 def _path(request: Request, name: str, /, **params: Any) -> str:
@@ -86,7 +117,103 @@ def _render(request: Request, template: str, status_code: int = 200, live: bool 
     return templates.TemplateResponse(request, template, values, status_code=status_code, headers=headers)
 
 
-@router.get("/", name="page_recent")
+@dataclass(frozen=True)
+class Segment:
+    """A status's part of a minute's bar."""
+
+    status: str
+    count: int
+    y: float
+    height: float
+
+
+@dataclass(frozen=True)
+class Bar:
+    """The notifications that ended in one minute, by status, as the chart draws them."""
+
+    minute: datetime
+    x: int
+    segments: list[Segment]
+
+    @property
+    def title(self) -> str:
+        counted = ", ".join(f"{s.count} {s.status.replace('_', ' ')}" for s in self.segments) or "none"
+        return f"{self.minute:%H:%M} UTC: {counted}"
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What the overview shows of `ViewCounts`: each count over each window, and the last hour's chart."""
+
+    windows: list[str]
+    totals: list[int]
+    statuses: dict[str, list[int]]
+    channels: dict[tuple[str, str], list[int]]
+    bars: list[Bar]
+    peak: int
+
+    @classmethod
+    def of(cls, counts: ViewCounts, minute: datetime) -> Overview:
+        """`counts` up to the current `minute`, in each of `WINDOWS`."""
+        starts = [minute - timedelta(minutes=m - 1) for m in WINDOWS.values()]
+        statuses = _windowed(((at, s, n) for (at, s), n in counts.statuses.items()), starts)
+        statuses = {s: statuses[s] for s in sorted(statuses, key=_status_rank)}
+        channels = _windowed(((at, (c, o), n) for (at, c, o), n in counts.channels.items()), starts)
+        per_minute: dict[datetime, Counter[str]] = {}
+        for (at, status), n in counts.statuses.items():
+            per_minute.setdefault(at, Counter())[status] += n
+        chart = [minute - timedelta(minutes=CHART_MINUTES - 1 - i) for i in range(CHART_MINUTES)]
+        peak = max((sum(per_minute.get(at, Counter()).values()) for at in chart), default=0)
+        return cls(
+            windows=list(WINDOWS),
+            totals=[sum(row[i] for row in statuses.values()) for i in range(len(starts))],
+            statuses=statuses,
+            channels=dict(sorted(channels.items())),
+            bars=[_bar(i, at, per_minute.get(at, Counter()), max(peak, 1)) for i, at in enumerate(chart)],
+            peak=peak,
+        )
+
+
+def _windowed(counted: Iterable[tuple[datetime, K, int]], starts: list[datetime]) -> dict[K, list[int]]:
+    """Counts by key, summed over each window (from its start on)."""
+    rows: dict[K, list[int]] = {}
+    for at, key, n in counted:
+        row = rows.setdefault(key, [0] * len(starts))
+        for i, start in enumerate(starts):
+            row[i] += n if at >= start else 0
+    return rows
+
+
+def _status_rank(status: str) -> int:
+    return STATUS_ORDER.index(NotificationStatus(status)) if status in STATUS_ORDER else len(STATUS_ORDER)
+
+
+def _bar(i: int, minute: datetime, counts: Counter[str], scale: int) -> Bar:
+    """The `i`th bar of the chart: its statuses stacked from the bottom, in their order, `scale` its full height."""
+    segments, top = [], float(CHART_HEIGHT)
+    for status in sorted(counts, key=_status_rank):
+        height = CHART_HEIGHT * counts[status] / scale
+        top -= height
+        segments.append(Segment(status, counts[status], round(top, 2), round(height, 2)))
+    return Bar(minute, i * BAR_WIDTH, segments)
+
+
+@router.get("/", name="page_overview")
+async def overview(request: Request, client: SignedIn, app: AppParts) -> Response:
+    """The notifications that ended in the last hour and day (their views), counted by the store in one query."""
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    counts = await app.store.view_counts(minute - timedelta(minutes=max(WINDOWS.values()) - 1))
+    return _render(
+        request,
+        "overview.html",
+        overview=Overview.of(counts, minute),
+        chart_size=(CHART_MINUTES * BAR_WIDTH, CHART_HEIGHT),
+        bar_width=BAR_WIDTH - 2,
+        under_way=UNDECIDED,
+    )
+
+
+@router.get("/notifications", name="page_recent")
 async def recent(
     request: Request,
     client: SignedIn,
@@ -113,10 +240,19 @@ async def recent(
 
 
 @router.get("/search", name="page_search")
-async def search(request: Request, client: SignedIn, address: str) -> Response:
-    """An email address (it has an @) or a Slack channel (`CHANNEL` or `WORKSPACE/CHANNEL`)."""
+async def search(request: Request, client: SignedIn, app: AppParts, address: str) -> Response:
+    """An email address (it has an @): what was sent there; an entity id in the directory: its notifications; a
+    notification id: its page; anything else is a Slack channel (`CHANNEL` or `WORKSPACE/CHANNEL`): what was sent
+    there. An entity's or a notification's id holds no `/`: `WORKSPACE/CHANNEL` is always a channel."""
     address = address.strip()
     email = "@" in address
+    if not email and address:
+        if await entry_or_why(app.store.reader(StreamName.ENTITY_DIRECTORY), address) is not None:
+            return _to(f"{_path(request, 'page_recent')}?{urlencode({'entity': address})}")
+        notification_id = await client.full_id(address)
+        requests = app.store.reader(StreamName.CLIENT_OPERATION)
+        if await requests.latest(notification_id, type=ExecuteOpRequestedEvent.__name__) is not None:
+            return _to(_path(request, "page_notification", notification_id=notification_id))
     deliveries = await (client.audit_email(address) if email else client.audit_slack(address))
     return _render(
         request,
@@ -128,6 +264,108 @@ async def search(request: Request, client: SignedIn, address: str) -> Response:
     )
 
 
+def _to(path: str) -> Response:
+    return RedirectResponse(path, status_code=303, headers=SECURITY_HEADERS)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message as a channel's requested event holds it (what was sent, or is being sent, to whom), or as the
+    request asked for it (`channel` None: not sent on any channel)."""
+
+    channel: Channel | None
+    to: str
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    slack_text: str | None = None
+    """The request's own Slack text (a Slack message's text is `text`)."""
+    for_team: bool = False
+    """Sent to the internal team (the escalation), not to the entity."""
+
+
+HOLDERS: dict[
+    tuple[StreamName, str],
+    type[SendEmailRequestedEvent | SendSlackMessageRequestedEvent | SendNotificationRequestedEvent]
+    | type[ExecuteOpRequestedEvent],
+] = {
+    (StreamName.EMAIL_EVENT, SendEmailRequestedEvent.__name__): SendEmailRequestedEvent,
+    (StreamName.SLACK_EVENT, SendSlackMessageRequestedEvent.__name__): SendSlackMessageRequestedEvent,
+    (StreamName.NOTIFICATION_EVENT, SendNotificationRequestedEvent.__name__): SendNotificationRequestedEvent,
+    (StreamName.CLIENT_OPERATION, ExecuteOpRequestedEvent.__name__): ExecuteOpRequestedEvent,
+}
+"""The records that hold a message, by stream and type: each channel's requested event, and the request."""
+
+
+def _messages(view: dict[str, Any], records: list[Record]) -> tuple[list[Message], list[str]]:
+    """The messages the channels' requested events hold, in the order they were written, or else the message the
+    request asked for; and why any of those records cannot be read."""
+    escalation = (view.get("escalation") or {}).get("channels") or {}
+    team = {(channel, c.get("channel_operation_id")) for channel, c in escalation.items()}
+    sent: list[Message] = []
+    asked: list[Message] = []
+    unreadable_records: list[str] = []
+    for record in records:
+        model = HOLDERS.get((StreamName(record.stream), record.type))
+        if model is None:
+            continue
+        try:
+            operation = model.model_validate_json(record.payload).operation
+        except ValidationError as error:
+            unreadable_records.append(unreadable(record, error))
+            continue
+        if isinstance(operation, SendNotificationToEntityOp):
+            asked.append(
+                Message(
+                    None,
+                    operation.entity_id,
+                    operation.body,
+                    operation.subject,
+                    operation.html_body,
+                    operation.slack_text,
+                )
+            )
+        elif isinstance(operation, SendEmailOp | SendSlackMessageOp):
+            sent.append(_sent(operation, (operation.delivery_channel, operation.channel_operation_id) in team))
+    sent.sort(key=lambda m: (m.for_team, list(Channel).index(m.channel or Channel.EMAIL)))  # the entity's first
+    return sent or asked[:1], unreadable_records
+
+
+def _sent(operation: SendEmailOp | SendSlackMessageOp, for_team: bool) -> Message:
+    if isinstance(operation, SendEmailOp):
+        to = ", ".join(m.address for m in operation.to)
+        return Message(
+            Channel.EMAIL, to, operation.text_body, operation.subject, operation.html_body, for_team=for_team
+        )
+    return Message(Channel.SLACK, f"{operation.workspace}/{operation.channel}", operation.text, for_team=for_team)
+
+
+STAGES = {
+    "prepare": "preparing",
+    "get_delivery_channel_configs": "delivery channel configs",
+    "get_audience": "audience",
+}
+"""The stages that choose a notification's channels, the last first, and what the page calls them."""
+
+
+def _why_no_channel(view: dict[str, Any]) -> str:
+    """What happened to a notification that has no channel, from its view: how far it got, and why it stopped (its
+    failures, which the page then shows here alone)."""
+    status, outcome = view["status"], view.get("outcome") or {}
+    failures = "; ".join(outcome.get("failures") or [])
+    why = f": {failures}." if failures else "."
+    if status in UNDECIDED:
+        when = " (they are chosen when it is sent)" if status == NotificationStatus.SCHEDULED else ""
+        return f"No channel yet{when}{why}"
+    if status == NotificationStatus.CANCELLED:
+        return f"Cancelled before any channel was sent{why}"
+    stage = next((s for s in STAGES if outcome.get(s)), None)
+    if stage is None:
+        return f"No channel was sent{why}"
+    said = re.sub(r"(?<!^)(?=[A-Z])", " ", str(outcome[stage])).lower()
+    return f"No channel was sent: the {STAGES[stage]} stage ended with \u201c{said}\u201d{why}"
+
+
 @router.get("/notifications/{notification_id}", name="page_notification")
 async def notification(request: Request, client: SignedIn, notification_id: str) -> Response:
     try:
@@ -135,12 +373,30 @@ async def notification(request: Request, client: SignedIn, notification_id: str)
         records = await client.events(notification_id)
     except UnknownNotification as error:
         return _render(request, "missing.html", status_code=404, error=str(error))
-    return _render(request, "notification.html", live=view["status"] in UNDECIDED, view=view, records=records)
+    messages, unreadable_messages = _messages(view, records)
+    undecided = view["status"] in UNDECIDED
+    return _render(
+        request,
+        "notification.html",
+        live=undecided,
+        view=view,
+        undecided=undecided,
+        no_channel=_why_no_channel(view),
+        messages=messages,
+        unreadable_messages=unreadable_messages,
+        records=[EventRecord.of(r) for r in records],
+    )
 
 
 @router.get("/sign-in", name="page_sign_in_form")
 async def sign_in_form(request: Request, next: str = "/") -> Response:
-    return _render(request, "sign_in.html", next=_local(next))
+    return _sign_in_page(request, next=_local(next))
+
+
+def _sign_in_page(request: Request, status_code: int = 200, **values: Any) -> Response:
+    """The sign-in form, which says how to make a key it takes."""
+    create_key = command("starter.py", "apikey", "create", "NAME", "--scope", "read")
+    return _render(request, "sign_in.html", status_code=status_code, create_key=create_key, **values)
 
 
 @router.post("/sign-in", name="page_sign_in")
@@ -153,7 +409,7 @@ async def sign_in(request: Request, app: AppParts) -> Response:
         await authorized(app.keys, key, Scope.READ, asked="paste one")
     except KeyRefused as refused:
         error = f"{refused.detail[:1].upper()}{refused.detail[1:]}."
-        return _render(request, "sign_in.html", status_code=401, error=error, next=next)
+        return _sign_in_page(request, status_code=401, error=error, next=next)
     response = RedirectResponse(next, status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(
         COOKIE,
