@@ -39,6 +39,7 @@ from domain import (
     ChannelOutcome,
     ChannelView,
     DeliveryAuditEntry,
+    DirectoryEntry,
     EscalationStatus,
     ExecuteOpRequestedEvent,
     IdempotencyKeyClaim,
@@ -60,9 +61,9 @@ from domain import (
     tag,
     validation_message,
 )
-from settings import ConfigurationError, Settings, one_line
+from settings import WORKER_HINT, ConfigurationError, Settings, one_line
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
-from streams.directory import lookup
+from streams.directory import entry_or_why, import_entries
 from streams.store import unreadable
 from templating import TemplateError, Templates
 from workflows import search
@@ -147,8 +148,8 @@ def temporal_unreachable(address: str, error: BaseException) -> TemporalUnreacha
     said = re.search(r'(?:message|error): "([^"]+)"', str(error))
     why = said.group(1).lower() if said else "no answer"
     return TemporalUnreachable(
-        f"cannot reach Temporal at {address} ({why}): start it with `python worker.py --dev`, "
-        "or set NOTIFY_TEMPORAL_ADDRESS to where it runs"
+        f"cannot reach Temporal at {address} ({why}): start it ({WORKER_HINT}), or set NOTIFY_TEMPORAL_ADDRESS to "
+        "where it runs"
     )
 
 
@@ -269,8 +270,13 @@ def checked_idempotency_key(key: str | None) -> None:
 
 
 class NotificationClient:
-    def __init__(self, store: StreamStore, temporal: Client, settings: Settings) -> None:
+    def __init__(
+        self, store: StreamStore, temporal: Client, settings: Settings, *, owner: StreamStore | None = None
+    ) -> None:
+        """`owner`: the store as the owner of the streams, which alone writes the directory, for requests that carry
+        their entity inline (`submit`)."""
         self._store = store
+        self._owner = owner
         self._temporal = temporal
         self._settings = settings
         self._client_operations = store.writer(StreamName.CLIENT_OPERATION)
@@ -292,23 +298,27 @@ class NotificationClient:
         return self._identity
 
     async def compose(
-        self, content: dict[str, Any], template: str | None = None, data: Mapping[str, Any] | None = None
+        self,
+        content: dict[str, Any],
+        template: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        entity: DirectoryEntry | None = None,
     ) -> SendNotificationToEntityOp:
-        """The operation a request asks for, checked against every rule for a new request. `content` holds its
-        fields (`entity_id`, `subject`, `body`, `html_body`, `slack_text`, `tags`, `send_at`); with `template`, the
-        subject and bodies are rendered from it, with `data` and the entity as the directory has it now, and may not
-        be given. Raises `pydantic.ValidationError` or `templating.TemplateError`; nothing is written."""
+        """The operation a request asks for, checked against every rule for a new request, to an entity in the
+        directory, or to `entity`, the one it carries. `content` holds its fields (`entity_id`, `subject`, `body`,
+        `html_body`, `slack_text`, `tags`, `send_at`); with `template`, the subject and bodies are rendered from it,
+        with `data` and the entity, and may not be given. Raises `pydantic.ValidationError`, `templating.TemplateError`
+        or `RequestRefused`; nothing is written."""
         if template is None:
             if data is not None:
                 raise TemplateError("data is rendered by a template: name one")
-            return admitted(SendNotificationToEntityOp, content)
+            operation = admitted(SendNotificationToEntityOp, content)
+            await self._entity(operation.entity_id, entity)
+            return operation
         given = [name for name in CONTENT if content.get(name) is not None]
         if given:
             raise TemplateError(f"template {template!r}: {given[0]} is rendered by the template, and cannot be given")
-        entity_id = str(content.get("entity_id"))
-        entry = await lookup(self._store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
-        if entry is None:
-            raise TemplateError(f"template {template!r}: entity {entity_id!r} is not in the directory")
+        entry = await self._entity(str(content.get("entity_id")), entity)
         rendered = await asyncio.to_thread(  # off the event loop: a rendering may take up to its time limit
             self._templates.render, template, data or {}, entry.model_dump(mode="json", exclude_none=True)
         )
@@ -324,24 +334,51 @@ class NotificationClient:
             },
         )
 
+    async def _entity(self, entity_id: str, given: DirectoryEntry | None) -> DirectoryEntry:
+        """The entity a request is for: the one it carries, or the directory's (`RequestRefused` when it has none, or
+        one that cannot be read)."""
+        if given is not None:
+            return given
+        entry = await entry_or_why(self._store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
+        if entry is None:
+            raise RequestRefused(f"entity {entity_id!r} is not in the directory")
+        if isinstance(entry, str):
+            raise RequestRefused(f"entity {entity_id!r} has a directory entry that cannot be read: {entry}")
+        return entry
+
     async def submit(
         self,
         content: Mapping[str, Any],
         template: str | None = None,
         data: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        entity: Mapping[str, Any] | None = None,
     ) -> Accepted:
         """Request a notification as a door (the CLI, the API) asks for one: its content, or a template and its data
-        (`compose`; fields given as None are not given), at most once per idempotency key (`request`). Its id, and
-        whether it waits for its time. `RequestRefused` says what is wrong, and nothing is written."""
+        (`compose`; fields given as None are not given), at most once per idempotency key (`request`), to an entity
+        in the directory or to `entity`, given inline (its directory entry: recorded, or updated, first). Its id,
+        and whether it waits for its time. `RequestRefused` says what is wrong, and nothing is written."""
         checked_idempotency_key(idempotency_key)
+        inline = None
+        if entity is not None:
+            try:
+                inline = admitted(DirectoryEntry, entity)
+            except ValidationError as error:
+                raise RequestRefused(validation_message(error), field="entity") from error
+            content = {**content, "entity_id": inline.id}
         try:
-            operation = await self.compose({k: v for k, v in content.items() if v is not None}, template, data)
+            operation = await self.compose({k: v for k, v in content.items() if v is not None}, template, data, inline)
         except ValidationError as error:
             raise RequestRefused(validation_message(error)) from error
         except TemplateError as error:
             raise RequestRefused(str(error)) from error
-        notification_id = await self.request(operation, idempotency_key)
+        if inline is not None:
+            if self._owner is None:
+                raise RuntimeError("a client without the owner's store cannot record an entity given inline")
+            await import_entries(self._owner, [inline])
+        notification_id, repeated = await self._requested(operation, idempotency_key)
+        if repeated:  # its status now, not at the first request
+            return Accepted(id=notification_id, status=(await self.status(notification_id))["status"])
         scheduled = operation.send_at is not None and operation.send_at > datetime.now(UTC)
         return Accepted(
             id=notification_id, status=NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING
@@ -351,6 +388,10 @@ class NotificationClient:
         """Request a notification and return its id. Repeating a request with the same idempotency key returns the
         first request's id and sends nothing more. Both are checked against every rule for a new request
         (`domain.admitted`) before anything is written: a `pydantic.ValidationError` says what is wrong."""
+        return (await self._requested(operation, idempotency_key))[0]
+
+    async def _requested(self, operation: SendNotificationToEntityOp, idempotency_key: str | None) -> tuple[str, bool]:
+        """`request`'s id, and whether the request repeats one already recorded (by its idempotency key)."""
         operation = admitted(SendNotificationToEntityOp, operation)
         key_tags = []
         if idempotency_key is None:
@@ -364,8 +405,9 @@ class NotificationClient:
             tags=[*notification_tags(notification_id, operation), *key_tags],
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
-        if put.internal_id is None and await self._taken_up(put.record_internal_id):
-            return notification_id  # a repeated request whose saga has run, or runs: nothing more to start
+        repeated = put.internal_id is None
+        if repeated and await self._taken_up(put.record_internal_id):
+            return notification_id, True  # a repeated request whose saga has run, or runs: nothing more to start
         request = NotificationRequest(
             notification_id=notification_id, operation=operation, client_operation_record_id=put.record_internal_id
         )
@@ -378,7 +420,7 @@ class NotificationClient:
             else:
                 said = "its saga is not started yet; a worker's handler starts it"
             log.warning("notification %s is accepted; %s (%s)", notification_id, said, one_line(error))
-        return notification_id
+        return notification_id, repeated
 
     async def _taken_up(self, client_operation_record_id: int) -> bool:
         """Whether a saga has taken up the client's operation: then it must not be started again, even once Temporal
@@ -643,8 +685,9 @@ def _unreadable_view(record: Record, error: Exception) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def _from_request(requested: Record, status: NotificationStatus, failure: str) -> dict[str, Any]:
-    """The view of a notification that has no view of its saga's (not started, not answering): its request, and why."""
+def _from_request(requested: Record, status: NotificationStatus, why: str) -> dict[str, Any]:
+    """The view of a notification that has no view of its saga's (not started, not answering): its request, and why
+    it waits (`pending`) or failed."""
     try:
         event = requested.object(ExecuteOpRequestedEvent)
     except ValidationError as error:
@@ -656,9 +699,10 @@ def _from_request(requested: Record, status: NotificationStatus, failure: str) -
         status=status,
         entity_id=operation.entity_id,
         subject=operation.subject,
-        outcome=NotificationOutcome(failures=[failure]),
+        outcome=NotificationOutcome(failures=[] if status == NotificationStatus.PENDING else [why]),
         requested_at=requested.timestamp_utc,
         send_at=operation.send_at,
+        waiting=why if status == NotificationStatus.PENDING else None,
     ).model_dump(mode="json")
 
 
@@ -719,7 +763,10 @@ def _delivery(
     reading = requested
     try:
         op = requested.json()["operation"]
-        notification_id, subject = op["notification_id"], op.get("subject") or op["text"].splitlines()[0][:120]
+        notification_id, subject = (
+            op["notification_id"],
+            op.get("subject") or slack_plain(op["text"]).splitlines()[0][:120],
+        )
         reading = ended or requested
         reason = ended.json()["response"].get("error") if ended else None
         outcome = "sending" if ended is None else "failed" if ended.type.startswith("Failed") else "sent"
@@ -737,3 +784,17 @@ def _delivery(
         requested_at=requested.timestamp_utc,
         completed_at=ended.timestamp_utc if ended else None,
     )
+
+
+_SLACK_LINK = re.compile(r"<([^<>|]*)(?:\|([^<>]*))?>")
+_SLACK_MARK = re.compile(r"(?<![\w*_~`])([*_~`])(?=\S)(.+?)(?<=\S)\1(?![\w*_~`])")
+
+
+def slack_plain(text: str) -> str:
+    """Slack's markup (`mrkdwn`) as plain text, as a line that names a message shows it: `*bold*`, `_italic_`,
+    `~struck~` and `code` without their marks, `<URL|label>` as its label, `<@U123>` and `<!here>` as named, and
+    `&lt;` `&gt;` `&amp;` as the characters they stand for."""
+    text = _SLACK_LINK.sub(lambda m: m.group(2) or m.group(1).lstrip("!@#"), text).replace("```", "")
+    for _ in range(3):  # marks nest: *_both_*
+        text = _SLACK_MARK.sub(r"\2", text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")

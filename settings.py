@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from commands import command
 from domain import (
     CannotPrepareToSendOnChannelAction,
     Channel,
@@ -222,11 +223,25 @@ class Settings(BaseSettings):
     @property
     def streams_location(self) -> str:
         """`NOTIFY_STREAMS_URL`, or by default a SQLite file in the data dir."""
-        return self.streams_url or f"sqlite:///{self.data_dir / 'streams.db'}"
+        return self.streams_url or f"sqlite:///{self.default_streams_file}"
 
-    def open_streams(self, *, as_owner: bool = False) -> StreamStore:
+    @property
+    def default_streams_file(self) -> Path:
+        """Where the streams are kept without `NOTIFY_STREAMS_URL`: a SQLite file in the data dir."""
+        return self.data_dir / "streams.db"
+
+    def open_streams(self, *, as_owner: bool = False, create: bool = False) -> StreamStore:
         """The stream store, each kind of handle connecting as configured (for PostgreSQL, as its own role); or,
-        `as_owner`, every handle with `NOTIFY_STREAMS_URL`, as what only the owner of the streams may do needs."""
+        `as_owner`, every handle with `NOTIFY_STREAMS_URL`, as what only the owner of the streams may do needs.
+        Only what keeps the store (the worker, the demo) may `create` the default SQLite file: a client that made one
+        would write requests no worker reads (`NoStore`)."""
+        file = Path(self.streams_location.removeprefix("sqlite:///"))
+        if not create and self.streams_location.startswith("sqlite:///") and not file.exists():
+            variable = "NOTIFY_STREAMS_URL" if self.streams_url else "NOTIFY_DATA_DIR"
+            raise NoStore(
+                f"no store at {file.absolute()}: start the worker first ({WORKER_HINT}), or set {variable} to the "
+                "worker's"
+            )
         if as_owner:
             return open_store(self.streams_location, pool_size=self.streams_pool_size)
         return open_store(
@@ -271,6 +286,14 @@ class Settings(BaseSettings):
 
 class ConfigurationError(ValueError):
     """A setting that cannot be used, named by its environment variable."""
+
+
+WORKER_HINT = f"`{command('worker.py', '--dev', '--sinks')}` runs one on the embedded default"
+"""How a message tells a user to start the worker, as pasted where this process was started."""
+
+
+class NoStore(ConnectionError):
+    """The store a client would use does not exist: the streams are where the worker keeps them."""
 
 
 def is_unavailable(error: BaseException) -> bool:

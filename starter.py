@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 import logs
 from api.keys import Scope
+from commands import command
 from domain import (
     ADMISSION,
     SEND_AT_EARLIEST,
@@ -41,16 +42,32 @@ from streams.directory import entry_or_why, import_entries
 if TYPE_CHECKING:
     from client import NotificationClient
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
-directory_app = typer.Typer(no_args_is_help=True, help="Import and show the entity directory.")
+HELP = {"help_option_names": ["-h", "--help"]}
+"""`-h` as well as `--help`, on every command."""
+
+
+def command_group(help: str | None) -> typer.Typer:
+    """A group of commands, with plain help (click's) naming each value by its metavar."""
+    return typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP, help=help)
+
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=HELP,
+    help=__doc__,
+)
+directory_app = command_group("Import and show the entity directory.")
 app.add_typer(directory_app, name="directory")
-db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL streams database: its schema and its roles.")
+db_app = command_group("The PostgreSQL streams database: its schema and its roles.")
 app.add_typer(db_app, name="db")
-streams_app = typer.Typer(no_args_is_help=True, help="The streams themselves: retention.")
+streams_app = command_group("The streams themselves: retention.")
 app.add_typer(streams_app, name="streams")
-apikey_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP API (`serve`).")
+apikey_app = command_group("API keys for the HTTP API (`serve`).")
 app.add_typer(apikey_app, name="apikey")
-temporal_app = typer.Typer(no_args_is_help=True, help="The Temporal namespace the sagas run in.")
+temporal_app = command_group("The Temporal namespace the sagas run in.")
 app.add_typer(temporal_app, name="temporal")
 
 P = ParamSpec("P")
@@ -122,6 +139,8 @@ def print_view(view: dict[str, Any]) -> None:
         print(f"  {channel:<6} {c.get('address') or '-':<32} {channel_line(c)}")
     for failure in view.get("outcome", {}).get("failures", []):
         print(f"  failure: {failure}")
+    if view.get("waiting"):
+        print(f"  waiting: {view['waiting']}")
     if view.get("send_at") and view["status"] in ("scheduled", "cancelled"):
         print(f"  scheduled for {view['send_at']}")
     escalation = view.get("escalation")
@@ -150,16 +169,14 @@ def channel_line(c: dict[str, Any]) -> str:
 
 PROGRESS_SECONDS = 0.5
 """How often `send --wait` and `status --watch` look at a notification under way."""
-STAGES = ("attempt", "prepare", "get_delivery_channel_configs", "get_audience")
-"""The saga's stages, the last first: a view's stage is the last it reached."""
 
 
 def progress_lines(view: dict[str, Any]) -> list[str]:
-    """A notification's progress as lines: its status and stage, then each channel (the internal team's too)."""
-    outcome = view.get("outcome") or {}
-    stage = next((f"{name.replace('_', ' ')}: {outcome[name]}" for name in STAGES if outcome.get(name)), "-")
-    lines = [f"{view['status']}, stage {stage}"]
+    """A notification's progress as lines, in words (the saga's stages are for `events`): its status and why it
+    waits, each channel, every failure, the internal team's channels."""
+    lines = [view["status"] + (f": {view['waiting']}" if view.get("waiting") else "")]
     lines += [f"{ch:<6} {c.get('address') or '-':<32} {channel_line(c)}" for ch, c in view.get("channels", {}).items()]
+    lines += [f"failure: {failure}" for failure in (view.get("outcome") or {}).get("failures", [])]
     escalation = view.get("escalation") or {}
     lines += [f"internal team {ch} {channel_line(c)}" for ch, c in escalation.get("channels", {}).items()]
     return lines
@@ -241,17 +258,17 @@ def parse_moment(option: str, value: str, expected: str) -> datetime:
     return moment
 
 
-def parse_data(value: str | None) -> dict[str, Any] | None:
-    """A template's data: a JSON object given inline or as `@FILE`."""
+def parse_object(option: str, value: str | None) -> dict[str, Any] | None:
+    """A JSON object given to `option` inline or as `@FILE` (a template's data, an entity)."""
     text = text_argument(value)
     if text is None:
         return None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise CliError(f"--data: malformed JSON: {error}", 2) from error
+        raise CliError(f"{option}: malformed JSON: {error}", 2) from error
     if not isinstance(data, dict):
-        raise CliError("--data: must be a JSON object", 2)
+        raise CliError(f"{option}: must be a JSON object", 2)
     return data
 
 
@@ -265,34 +282,55 @@ def parse_tags(values: Sequence[str]) -> list[Tag]:
     return tags
 
 
-async def _client(settings: Settings, store: StreamStore, *, lazy: bool = True) -> NotificationClient:
+async def _client(settings: Settings, store: StreamStore, *, owner: StreamStore | None = None) -> NotificationClient:
     """The notification client; imported here, so that a command that does not talk to Temporal does not load it."""
     from client import NotificationClient, connect
 
-    return NotificationClient(store, await connect(settings, lazy=lazy), settings)
+    return NotificationClient(store, await connect(settings, lazy=True), settings, owner=owner)
 
 
 @app.command()
 @run_async
 async def send(
-    entity: Annotated[str, typer.Option(help="The entity to notify.")],
-    subject: Annotated[str | None, typer.Option(help="One line.")] = None,
-    body: Annotated[str | None, typer.Option(help="Plain-text body, or @FILE.")] = None,
-    html: Annotated[str | None, typer.Option(help="HTML body, or @FILE.")] = None,
-    slack_text: Annotated[str | None, typer.Option(help="Slack text (default: subject and body), or @FILE.")] = None,
-    template: Annotated[
-        str | None, typer.Option(help="Render subject and bodies from NOTIFY_TEMPLATES_DIR/NAME.yaml.")
+    entity: Annotated[
+        str | None, typer.Option(metavar="ID", help="The id of the entity to notify, as the directory has it.")
     ] = None,
-    data: Annotated[str | None, typer.Option(help="The template's data: a JSON object, or @FILE.")] = None,
-    tag: Annotated[list[str], typer.Option(help="A NAME=VALUE tag for every record; repeatable.")] = [],  # noqa: B006
-    idempotency_key: Annotated[str | None, typer.Option(help="Repeat a request safely: same key, same id.")] = None,
+    entity_json: Annotated[
+        str | None,
+        typer.Option(
+            metavar="JSON",
+            help="Or the entity itself, as a directory entry (JSON, or @FILE): recorded, or updated, in the directory "
+            "first.",
+        ),
+    ] = None,
+    subject: Annotated[str | None, typer.Option(metavar="TEXT", help="One line.")] = None,
+    body: Annotated[str | None, typer.Option(metavar="TEXT", help="Plain-text body, or @FILE.")] = None,
+    html: Annotated[str | None, typer.Option(metavar="HTML", help="HTML body, or @FILE.")] = None,
+    slack_text: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="Slack text (default: subject and body), or @FILE.")
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="Render subject and bodies from NAME.yaml in NOTIFY_TEMPLATES_DIR."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(metavar="JSON", help="The template's data: a JSON object, or @FILE.")
+    ] = None,
+    tag: Annotated[list[str], typer.Option(metavar="NAME=VALUE", help="A tag for every record; repeatable.")] = [],  # noqa: B006
+    idempotency_key: Annotated[
+        str | None, typer.Option(metavar="KEY", help="Repeat a request safely: same key, same id.")
+    ] = None,
     at: Annotated[
-        str | None, typer.Option(help="Send at this ISO 8601 time (local time unless it has an offset).")
+        str | None,
+        typer.Option(metavar="TIME", help="Send at this ISO 8601 time (local time unless it has an offset)."),
     ] = None,
     wait: Annotated[bool, typer.Option(help=f"Print the id, then wait for the outcome; {WAIT_EXIT}")] = False,
     as_json: JsonOption = False,
 ) -> int:
     """Request a notification to an entity and print its id: with --subject and --body, or with --template."""
+    if (entity is None) == (entity_json is None):
+        raise CliError("give --entity ID or --entity-json ENTRY (one of them)", 2)
+    inline = parse_object("--entity-json", entity_json)
     content = dict(
         entity_id=entity,
         subject=subject,
@@ -302,7 +340,7 @@ async def send(
         tags=parse_tags(tag),
         send_at=parse_time(at),
     )
-    template_data = parse_data(data)
+    template_data = parse_object("--data", data)
     from client import RequestRefused, checked_idempotency_key
 
     try:
@@ -310,12 +348,12 @@ async def send(
     except RequestRefused as error:
         raise CliError(error.said(idempotency_key="--idempotency-key"), 2) from error
     settings = load_settings()
-    async with settings.open_streams() as store:
-        client = await _client(settings, store)
+    async with settings.open_streams(as_owner=inline is not None) as store:  # the owner alone writes the directory
+        client = await _client(settings, store, owner=store if inline is not None else None)
         try:
-            notification_id = (await client.submit(content, template, template_data, idempotency_key)).id
+            notification_id = (await client.submit(content, template, template_data, idempotency_key, inline)).id
         except RequestRefused as error:
-            raise CliError(error.said(idempotency_key="--idempotency-key"), 2) from error
+            raise CliError(error.said(idempotency_key="--idempotency-key", entity="--entity-json"), 2) from error
         if not wait:
             print_json({"id": notification_id}) if as_json else print(notification_id)
             return 0
@@ -335,7 +373,7 @@ async def status(
     notification_id: Annotated[str, typer.Argument(metavar="ID")],
     wait: Annotated[bool, typer.Option(help=f"Wait for the outcome; {WAIT_EXIT}")] = False,
     watch: Annotated[
-        bool, typer.Option(help="Wait for the outcome showing its progress (stage, each channel); as --wait.")
+        bool, typer.Option(help="Wait for the outcome showing its progress (each channel); as --wait.")
     ] = False,
     as_json: JsonOption = False,
 ) -> int:
@@ -356,7 +394,8 @@ async def status(
 @app.command()
 @run_async
 async def cancel(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
-    """Cancel a notification that has not started sending (one scheduled with --at, say)."""
+    """Cancel a notification that has not finished sending (one scheduled with --at, say); what it sent meanwhile
+    stays sent."""
     from client import NotCancellable
 
     settings = load_settings()
@@ -390,9 +429,11 @@ async def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], 
 @app.command()
 @run_async
 async def audit(
-    email: Annotated[str | None, typer.Option(help="What was sent to this email address.")] = None,
-    slack_channel: Annotated[str | None, typer.Option(help="What was posted to CHANNEL or WORKSPACE/CHANNEL.")] = None,
-    entity: Annotated[str | None, typer.Option(help="What was requested for this entity.")] = None,
+    email: Annotated[str | None, typer.Option(metavar="ADDRESS", help="What was sent to this email address.")] = None,
+    slack_channel: Annotated[
+        str | None, typer.Option(metavar="CHANNEL", help="What was posted to CHANNEL or WORKSPACE/CHANNEL.")
+    ] = None,
+    entity: Annotated[str | None, typer.Option(metavar="ID", help="What was requested for this entity.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """What was sent (or attempted) to an address, a Slack channel, or an entity."""
@@ -423,13 +464,15 @@ async def audit(
             else f"no Slack message was sent to {slack_channel}"
         )
         return
-    print(f"{'ID':>8}  {'REQUESTED':<32}  {'STATUS' if entity else 'OUTCOME':<15} SUBJECT")
+    width = max(len(e.notification_id) for e in entries)
+    print(f"{'ID':<{width}}  {'REQUESTED':<32}  {'STATUS' if entity else 'OUTCOME':<15} SUBJECT")
     for e in entries:
         if entity:
-            print(f"{e.notification_id:>8}  {e.requested_at.isoformat():<32}  {e.status:<15} {e.subject}")
+            print(f"{e.notification_id:<{width}}  {e.requested_at.isoformat():<32}  {e.status:<15} {e.subject}")
         else:
             reason = f" ({e.reason})" if e.reason else ""
-            print(f"{e.notification_id:>8}  {e.requested_at.isoformat():<32}  {e.outcome:<15} {e.subject}{reason}")
+            line = f"{e.notification_id:<{width}}  {e.requested_at.isoformat():<32}  {e.outcome:<15} {e.subject}"
+            print(line + reason)
 
 
 def read_directory(file: Path) -> list[DirectoryEntry]:
@@ -461,7 +504,9 @@ def read_directory(file: Path) -> list[DirectoryEntry]:
 
 @directory_app.command("import")
 @run_async
-async def directory_import(file: Annotated[Path, typer.Argument(help="A JSON or YAML list of entities.")]) -> None:
+async def directory_import(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A JSON or YAML list of entities.")],
+) -> None:
     """Record every new or changed entity of FILE in the directory; all or nothing."""
     entries = read_directory(file)
     settings = load_settings()
@@ -488,9 +533,11 @@ async def directory_show(entity_id: Annotated[str, typer.Argument(metavar="ID")]
 @run_async
 async def streams_prune(
     before: Annotated[
-        str | None, typer.Option(help="An ISO 8601 date or time (local time if no offset is given).")
+        str | None, typer.Option(metavar="TIME", help="An ISO 8601 date or time (local time if no offset is given).")
     ] = None,
-    older_than: Annotated[int | None, typer.Option(help="Days: prune what ended more than this many days ago.")] = None,
+    older_than: Annotated[
+        int | None, typer.Option(metavar="DAYS", help="Prune what ended more than this many days ago.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Remove every record of the notifications that ended (or were refused) before a time, in every stream, with
@@ -577,25 +624,32 @@ async def serve() -> None:
         app = create_app(store, temporal, settings, owner=owner)
         async with serving(app, settings.api_host, settings.api_port) as url:
             logs.say(f"API at {url} (docs at {url}/docs, the web page at {url}/); Ctrl-C stops it")
-            await _interrupted()
+            await _interrupted(store)
 
 
-async def _interrupted() -> None:
-    """Return on SIGINT or SIGTERM."""
+async def _interrupted(store: StreamStore) -> None:
+    """Return on SIGINT or SIGTERM; raise why once the store cannot be used as it was opened (its file replaced,
+    say), stopping as the worker does then."""
+    from worker import watch_store
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.create_task(watch_store(store, stop))
     await stop.wait()
+    watch.cancel()
+    if watch.done() and not watch.cancelled():
+        watch.result()
 
 
-ScopeOption = Annotated[list[str], typer.Option("--scope", help="send, read or admin; repeatable.")]
+ScopeOption = Annotated[list[str], typer.Option("--scope", metavar="SCOPE", help="send, read or admin; repeatable.")]
 
 
 @apikey_app.command("create")
 @run_async
 async def apikey_create(
-    name: Annotated[str, typer.Argument(help="Who holds the key (one key per name).")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Who holds the key (one key per name).")],
     scope: ScopeOption = [],  # noqa: B006
     as_json: JsonOption = False,
 ) -> None:
@@ -640,14 +694,14 @@ async def apikey_list(as_json: JsonOption = False) -> None:
         print_json([{"name": k.name, "scopes": k.scopes, "issued_at": k.issued_at.isoformat()} for k in keys])
         return
     if not keys:
-        print("no API keys: make one with `starter.py apikey create NAME --scope ...`")
+        print(f"no API keys: make one with `{command('starter.py', 'apikey', 'create', 'NAME', '--scope', 'read')}`")
     for k in keys:
         print(f"{k.name:<24} {','.join(k.scopes):<18} issued {k.issued_at.isoformat()}")
 
 
 @apikey_app.command("revoke")
 @run_async
-async def apikey_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+async def apikey_revoke(name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name.")]) -> None:
     """Revoke a key: it is refused from the next request on."""
     from api.keys import ApiKeys, UnknownKey
 
@@ -673,21 +727,23 @@ async def demo(
 ) -> int:
     """Run everything on the embedded default: the Temporal dev server, a worker, a local mail sink and a local
     Slack sink; import the sample directory (entities.json), send user-1 a notification and show its status; then
-    serve the HTTP API, with a key to try it, until Ctrl-C."""
+    serve the HTTP API, with a key to try it, until Ctrl-C. Its data is kept apart, in .notify/demo."""
     from api.app import create_app, owner_store, serving
     from api.keys import ApiKeys
     from client import NotificationClient
     from sinks import local_sinks
-    from worker import dev_server, running_workers, serve_metrics
+    from worker import dev_server, refuse_taken_ports, running_workers, serve_metrics
 
     entries = read_directory(SAMPLE_DIRECTORY)
-    with local_sinks(load_settings()) as local:
+    settings = demo_settings(load_settings())
+    refuse_taken_ports(settings, dev=True, sinks=True, api=serve)
+    with local_sinks(settings) as local:
         settings = local.settings
         print(local.describe())
         serve_metrics(settings)
         async with (
             dev_server(settings) as temporal,
-            settings.open_streams() as store,
+            settings.open_streams(create=True) as store,
             owner_store(settings, store) as owner,  # which alone writes the directory and the API keys
             running_workers(temporal, store, settings),
         ):
@@ -716,8 +772,14 @@ async def demo(
                 app = create_app(store, temporal, settings, owner=owner)
                 async with serving(app, settings.api_host, settings.api_port) as url:
                     print(try_the_api(url, key, notification_id), flush=True)
-                    await _interrupted()
+                    await _interrupted(store)
     return 0 if view.status == NotificationStatus.SENT else 1
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's settings: its data in a folder of its own in the data dir (`.notify/demo`), so that a worker's
+    streams and Temporal's database, and the ids they issue, are never the demo's."""
+    return settings.model_copy(update={"data_dir": settings.data_dir / "demo"})
 
 
 @temporal_app.command("setup")

@@ -38,6 +38,7 @@ from activities.notification import NotificationActivities
 from activities.registry import CHANNEL_HANDLERS
 from activities.slack import SlackHandler
 from client import TemporalUnreachable, connect, missing_search_attributes, temporal_runtime
+from commands import command
 from domain import Channel
 from intake import ClientOperationHandler
 from logs import say
@@ -155,16 +156,6 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
     host, _, port = settings.temporal_address.rpartition(":")
     host = host or "127.0.0.1"
     ui_port = int(port) + 1000
-    if _listening(host, int(port)):
-        raise ConnectionError(
-            f"something already listens on {settings.temporal_address} (a dev server left running?): stop it, or "
-            "run the worker without --dev to use it, or set NOTIFY_TEMPORAL_ADDRESS to a free port"
-        )
-    if _listening(host, ui_port):
-        raise ConnectionError(
-            f"something already listens on {host}:{ui_port}, where the dev server's Web UI would go (its port plus "
-            "1000): stop it, or set NOTIFY_TEMPORAL_ADDRESS to another port"
-        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log = settings.data_dir / "temporal.log"
     with log.open("ab") as output:
@@ -206,6 +197,29 @@ def _dying_with_this_process() -> Callable[[], None]:
     return functools.partial(prctl, PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def refuse_taken_ports(settings: Settings, *, dev: bool, sinks: bool, api: bool = False) -> None:
+    """Refuse at once, before anything starts, when a port this process would listen on is taken (`dev`: Temporal's
+    and its Web UI's; `sinks`: the mail sink's; `api`: the HTTP API's; and the metrics' if set): most likely by a
+    worker started with --dev --sinks or by `starter.py demo`, which take the same ones."""
+    host, _, port = settings.temporal_address.rpartition(":")
+    wanted = [(settings.metrics_host, settings.metrics_port, "the metrics", "NOTIFY_METRICS_PORT")]
+    if dev:
+        wanted += [
+            (host or "127.0.0.1", int(port), "the Temporal dev server", "NOTIFY_TEMPORAL_ADDRESS"),
+            (host or "127.0.0.1", int(port) + 1000, "its Web UI (its port plus 1000)", "NOTIFY_TEMPORAL_ADDRESS"),
+        ]
+    if sinks:
+        wanted.append((settings.smtp_host, settings.smtp_port, "the local mail sink", "NOTIFY_SMTP_PORT"))
+    if api:
+        wanted.append((settings.api_host, settings.api_port, "the HTTP API", "NOTIFY_API_PORT"))
+    for at, number, what, variable in wanted:
+        if number is not None and _listening(at, number):
+            raise ConnectionError(
+                f"something already listens on {at}:{number}, where {what} would listen (a worker started with --dev "
+                f"or --sinks, or a demo, still running?): stop it, or set {variable} to a free port"
+            )
+
+
 def _listening(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
         return True
@@ -236,6 +250,7 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    refuse_taken_ports(settings, dev=dev, sinks=sinks)
     serve_metrics(settings)
     async with contextlib.AsyncExitStack() as stack:
         if sinks:
@@ -258,7 +273,7 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
                 f"(namespace {settings.temporal_namespace!r}); "
                 f"streams at {_without_password(settings.streams_location)}"
             )
-            watch = asyncio.create_task(_watch(store, stop))
+            watch = asyncio.create_task(watch_store(store, stop))
             await stop.wait()
             watch.cancel()
             if not watch.cancelled() and watch.done():
@@ -283,20 +298,21 @@ async def _check_search_attributes(client: Client, namespace: str) -> None:
         missing = await missing_search_attributes(client, namespace)
     except RPCError as error:
         logging.getLogger("notify.worker").warning(
-            "could not check the search attributes of namespace %r (%s): `starter.py temporal setup` registers them",
+            "could not check the search attributes of namespace %r (%s): `%s` registers them",
             namespace,
             error.message,
+            command("starter.py", "temporal", "setup"),
         )
         return
     if missing:
         raise ConfigurationError(
             f"Temporal's namespace {namespace!r} lacks the search attributes {', '.join(missing)}: run "
-            "`python starter.py temporal setup` once for the namespace"
+            f"`{command('starter.py', 'temporal', 'setup')}` once for the namespace"
         )
 
 
 async def _opened(settings: Settings) -> StreamStore:
-    store = settings.open_streams()
+    store = settings.open_streams(create=True)
     await store.open()
     return store
 
@@ -328,8 +344,9 @@ async def _waiting_for(
         return found
 
 
-async def _watch(store: StreamStore, stop: asyncio.Event) -> None:
-    """Stop the worker once the store cannot be used as it was opened (its file deleted, replaced, read-only)."""
+async def watch_store(store: StreamStore, stop: asyncio.Event) -> None:
+    """Stop (`stop`) once the store cannot be used as it was opened (its file deleted, replaced, read-only), raising
+    why."""
     try:
         while True:
             await store.check()

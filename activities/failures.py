@@ -56,8 +56,17 @@ class Outage:
             self.failures = 0
 
 
+class KnownCause(Exception):
+    """A step's failure that no retry fixes, whose cause is known and said in words by its message: the reason, and
+    one log line without a traceback."""
+
+
 def failed_for_good(step: str, notification_id: str | None, error: BaseException) -> str:
-    """Log a step's failure that no retry fixes (a bug or bad data) with its traceback, and return it as a reason."""
+    """Log a step's failure that no retry fixes (a bug or bad data) with its traceback, and return it as a reason;
+    a `KnownCause` in one line, as it says it."""
+    if isinstance(error, KnownCause):
+        logger.error("notification %s: %s", notification_id, error)
+        return str(error)
     logger.error(
         "notification %s: %s failed for good (a bug or bad data: not retried)", notification_id, step, exc_info=error
     )

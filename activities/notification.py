@@ -25,7 +25,7 @@ from activities.contract import (
     SAGA_CONCERN,
     SEND_NOTIFICATION_CONCERN,
 )
-from activities.failures import TRANSIENT, failed_for_good
+from activities.failures import TRANSIENT, KnownCause, failed_for_good
 from activities.registry import CHANNEL_HANDLERS
 from domain import (
     AttemptToSendNotificationEvent,
@@ -98,6 +98,22 @@ async def _move_if_allowed(
         raise  # bad data: not something a retry, or skipping, would fix
     except InvalidHandlingTransition:
         pass  # the record is past that status already
+
+
+class RequestNotFound(KnownCause):
+    """The saga's request is not in this worker's streams: most likely, its client wrote it to another store."""
+
+    def __init__(self, request: NotificationRequest, settings: Settings) -> None:
+        where = (
+            "the database NOTIFY_STREAMS_URL names"
+            if settings.streams_url
+            else settings.default_streams_file.absolute()
+        )
+        super().__init__(
+            f"its request (record {request.client_operation_record_id} of the client-operation stream) is not in "
+            f"this worker's streams ({where}): it was requested on another store, by a client run in another folder "
+            "or with another NOTIFY_DATA_DIR or NOTIFY_STREAMS_URL than the worker's"
+        )
 
 
 class NotificationActivities:
@@ -197,9 +213,12 @@ class NotificationActivities:
     async def record_requested(self, request: NotificationRequest) -> SagaPolicies:
         """Take up the client's operation and create the aggregate with `SendNotificationRequestedEvent`. Returns
         the worker's policies, which the saga keeps for the rest of its life."""
-        await _run_if_available(
-            self._client_operation_handling, request.client_operation_record_id, SEND_NOTIFICATION_CONCERN
-        )
+        try:
+            await _run_if_available(
+                self._client_operation_handling, request.client_operation_record_id, SEND_NOTIFICATION_CONCERN
+            )
+        except NoSuchRecord as error:
+            raise RequestNotFound(request, self._settings) from error
         event = SendNotificationRequestedEvent(
             notification_id=request.notification_id, timestamp_utc=utc_now(), operation=request.operation
         )

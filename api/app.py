@@ -23,7 +23,7 @@ from temporalio.exceptions import TemporalError
 
 from api.deps import Parts, parts
 from api.limits import DEFAULT_LIMITS, MAX_BODY_BYTES, Limits, RequestLimits, protocol
-from api.problems import Problem, problem
+from api.problems import JsonAnswer, Problem, problem
 from api.routes import audit, codec, entities, health, notifications, page
 from api.telemetry import Measured
 from client import UnknownNotification, is_connect_failure, temporal_unreachable
@@ -51,6 +51,7 @@ def create_app(
         summary="A durable notification service on Temporal",
         version="1",
         exception_handlers=EXCEPTION_HANDLERS,
+        default_response_class=JsonAnswer,
         redirect_slashes=False,  # its redirect would name the host the request's `Host` header gave
     )
     app.state.parts = held = Parts.of(store, temporal, settings, owner or store)

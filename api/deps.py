@@ -49,7 +49,7 @@ class Parts:
             owner=owner,
             temporal=temporal,
             settings=settings,
-            client=NotificationClient(store, temporal, settings),
+            client=NotificationClient(store, temporal, settings, owner=owner),
             keys=ApiKeys(store),
             telemetry=Telemetry(),
             cipher=PayloadCipher(keys) if keys else None,

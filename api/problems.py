@@ -8,6 +8,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 
+class JsonAnswer(JSONResponse):
+    """JSON, ending with a newline, as a terminal expects of what `curl` prints."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(content) + b"\n"
+
+
 class Problem(Exception):
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -42,7 +49,7 @@ class ProblemDetails(BaseModel):
 
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The problem as a response (`headers`: more of them, say `Connection: close`)."""
-    return JSONResponse(
+    return JsonAnswer(
         ProblemDetails(title=TITLES.get(status, "Error"), status=status, detail=one_line_of(detail)).model_dump(),
         status_code=status,
         media_type="application/problem+json",

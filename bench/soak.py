@@ -351,7 +351,7 @@ class Soak:
             streams_url=self.environment["NOTIFY_STREAMS_URL"],
         )
         temporal = await reachable(settings, lazy=True)
-        async with settings.open_streams(as_owner=True) as store:
+        async with settings.open_streams(as_owner=True, create=True) as store:
             await import_entries(store, ENTITIES)
             for _ in range(self.totals.workers):
                 self.launch_worker()

@@ -66,7 +66,7 @@ async def sample(folder: Path) -> list[Record]:
                 slack_api_url=slack.api_url,
                 slack_token=SecretStr("xoxb-bench"),
             )
-            async with settings.open_streams() as store, running_workers(env.client, store, settings):
+            async with settings.open_streams(create=True) as store, running_workers(env.client, store, settings):
                 await import_entries(store, [SAMPLE_ENTITY])
                 client = NotificationClient(store, env.client, settings)
                 op = SendNotificationToEntityOp(entity_id=SAMPLE_ENTITY.id, subject="Bench", body="A notification.")

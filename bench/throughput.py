@@ -189,7 +189,7 @@ class Bench:
         self.sinks.until_said("sinks ready")
         temporal = await reachable(settings)
         figures = []
-        async with settings.open_streams() as store:
+        async with settings.open_streams(create=True) as store:
             await import_entries(store, ENTITIES)
             notify = NotificationClient(store, temporal, settings)
             for flight in in_flight:

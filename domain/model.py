@@ -81,8 +81,10 @@ class SlackAddress(Model):
 class DirectoryEntry(Model):
     """Who an entity is and where it can be reached. Every change is kept as a record in the directory stream."""
 
+    model_config = Model.model_config | {"json_schema_extra": lambda schema: schema["required"].remove("name")}
     id: Segment
     name: Name
+    """How templates greet it; its id when not given."""
     email: EmailAddress | None = None
     slack: SlackAddress | None = None
     channels: dict[Channel, ChannelPreference]
@@ -95,6 +97,13 @@ class DirectoryEntry(Model):
         if channel == Channel.EMAIL:
             return self.email
         return f"{self.slack.workspace}/{self.slack.channel}" if self.slack else None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data: object) -> object:
+        if isinstance(data, dict) and "name" not in data and isinstance(data.get("id"), str):
+            return {**data, "name": data["id"]}
+        return data
 
     @model_validator(mode="after")
     def _reachable_where_it_says(self) -> DirectoryEntry:

@@ -89,6 +89,8 @@ class NotificationView(Model):
     requested_at: datetime
     send_at: datetime | None = None
     completed_at: datetime | None = None
+    waiting: str | None = None
+    """Why a notification that has not started sending waits (for Temporal, for a worker): not a failure."""
 
 
 class DeliveryAuditEntry(Model):

@@ -76,7 +76,7 @@ def settings(tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink, streams
 
 @pytest_asyncio.fixture
 async def store(settings: Settings) -> AsyncIterator[StreamStore]:
-    async with settings.open_streams() as store:
+    async with settings.open_streams(create=True) as store:
         yield store
 
 

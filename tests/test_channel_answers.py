@@ -92,7 +92,8 @@ async def test_a_proxy_answering_plain_text_403_fails_the_post_for_good_and_says
 @pytest.fixture
 async def local_store(tmp_path: Path) -> AsyncIterator[StreamStore]:
     """A store for a handler on its own, without a saga."""
-    async with Settings(_env_file=None, streams_url=f"sqlite:///{tmp_path / 'streams.db'}").open_streams() as store:
+    settings = Settings(_env_file=None, streams_url=f"sqlite:///{tmp_path / 'streams.db'}")
+    async with settings.open_streams(create=True) as store:
         yield store
 
 

@@ -7,7 +7,7 @@ import json
 import os
 import pty
 import re
-import signal
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -40,6 +40,8 @@ DIRECTORY = [
     {"id": "user-3", "name": "Cy", "slack": {"workspace": "acme", "channel": "C0456"}, "channels": {"slack": "send"}},
 ]
 TEAM = "oncall@ops.test"
+GONE = json.dumps({"id": "gone", "slack": {"workspace": "acme", "channel": "C0GONE"}, "channels": {"slack": "send"}})
+"""An entity given inline whose Slack channel the sink does not have: its notifications fail."""
 
 STORE = r"[0-9a-f]{8}"
 """A store's identity, which the notification ids it issues begin with."""
@@ -80,6 +82,7 @@ class Cli:
 def sinks() -> Iterator[tuple[MailSink, SlackSink]]:
     """A mail sink and a Slack sink for the module's worker."""
     with MailSink() as mail, SlackSink(tokens={TOKEN}) as slack:
+        slack.unknown_channels.add("C0GONE")
         yield mail, slack
 
 
@@ -192,9 +195,12 @@ def test_send_prints_the_id_and_status_follows_it_live(directory: Cli, sinks: tu
 
 
 def unreachable(address: str) -> str:
+    """What a command run outside the repository says of a Temporal it cannot reach: how to start one, as pasted
+    there (absolute paths)."""
+    worker = shlex.join([sys.executable, str(ROOT / "worker.py"), "--dev", "--sinks"])
     return (
-        f"cannot reach Temporal at {address} (connection refused): start it with `python worker.py --dev`, "
-        "or set NOTIFY_TEMPORAL_ADDRESS to where it runs"
+        f"cannot reach Temporal at {address} (connection refused): start it (`{worker}` runs one on the embedded "
+        "default), or set NOTIFY_TEMPORAL_ADDRESS to where it runs"
     )
 
 
@@ -240,7 +246,7 @@ def test_send_wait_prints_the_id_at_once_then_the_outcome(directory: Cli) -> Non
     # its progress, a plain line per change, went to standard error (standard output is not a terminal here)
     progress = sent.stderr.splitlines()
     assert all(line.startswith(f"{nid}: ") for line in progress), progress
-    assert f"{nid}: sent, stage attempt: SentOnAllPreparedChannels" in progress
+    assert f"{nid}: sent" in progress  # in words: the saga's stage names are for `events`
     assert any(re.fullmatch(rf"{nid}: email +bob@example.com +succeeded \(operation \d+\)", line) for line in progress)
 
 
@@ -311,7 +317,7 @@ def test_help_says_what_wait_exits_with_as_the_readme_does(directory: Cli) -> No
 def test_a_failed_notification_exits_non_zero_and_the_team_is_told(
     directory: Cli, sinks: tuple[MailSink, SlackSink]
 ) -> None:
-    result = directory.run("send", "--entity", "nobody", "--subject", "Lost", "--body", "B", "--wait", "--json")
+    result = directory.run("send", "--entity-json", GONE, "--subject", "Lost", "--body", "B", "--wait", "--json")
     assert result.returncode == 1
     view = json.loads(result.stdout)
     assert (view["status"], view["escalation"]["status"]) == ("failed", "sent")
@@ -440,7 +446,10 @@ def test_bad_directory_files(directory: Cli) -> None:
     cases = {
         "malformed.json": ('[{"id": "x",', "malformed JSON"),
         "invalid.json": (json.dumps([{**DIRECTORY[1], "id": "user-3", "email": "not-an-address"}]), "email"),
-        "partly.json": (json.dumps([{**DIRECTORY[1], "id": "user-4"}, {"id": "user-5"}]), "entry 2, name: is missing"),
+        "partly.json": (
+            json.dumps([{**DIRECTORY[1], "id": "user-4"}, {"id": "user-5"}]),
+            "entry 2, channels: is missing",
+        ),
         "no-email.yaml": ("- id: user-6\n  name: Dee\n  channels: {email: send}\n", "asks for email"),
         "nul.json": (json.dumps([{**DIRECTORY[1], "id": "user\u0000-8"}]), "entry 1, id: must not be empty or contain"),
         "utf8-address.json": (json.dumps([{**DIRECTORY[1], "email": "bjørn@example.com"}]), "not an ASCII address"),
@@ -498,7 +507,7 @@ def test_the_worker_serves_the_sdks_metrics_and_the_services_own(directory: Cli)
     url = f"http://127.0.0.1:{directory.env['NOTIFY_METRICS_PORT']}/metrics"
     before = scraped(url)
     assert directory.run("send", "--entity", "user-1", "--subject", "Counted", "--body", "B", "--wait").returncode == 0
-    assert directory.run("send", "--entity", "nobody", "--subject", "Counted", "--body", "B", "--wait").returncode == 1
+    assert directory.run("send", "--entity-json", GONE, "--subject", "Counted", "--body", "B", "--wait").returncode == 1
     after = scraped(url)
 
     def moved(name: str, **labels: str) -> float:
@@ -572,7 +581,8 @@ def test_sagas_are_found_by_entity_once_temporal_setup_registered_the_search_att
             refused = launch_worker(env, tmp_path).ended(120)
             assert refused.splitlines()[-1] == (
                 "error: Temporal's namespace 'default' lacks the search attributes NotifyEntity, NotifyStatus, "
-                "NotifyChannels: run `python starter.py temporal setup` once for the namespace"
+                f"NotifyChannels: run `{shlex.join([sys.executable, str(ROOT / 'starter.py'), 'temporal', 'setup'])}` "
+                "once for the namespace"
             ), refused
             cli = Cli(env, tmp_path / "data")
             setup = cli.run("temporal", "setup")
@@ -606,81 +616,6 @@ def test_sagas_are_found_by_entity_once_temporal_setup_registered_the_search_att
         server.wait(30)
     assert found.returncode == 0, found.stderr
     assert [w["execution"]["workflowId"] for w in json.loads(found.stdout)] == [sent["id"]]
-
-
-def test_demo_runs_the_main_job_then_serves_the_api_with_a_key(tmp_path: Path) -> None:
-    """As a new user would: the main job, then `curl`'s requests with the key it prints, then Ctrl-C."""
-    env = {
-        **unconfigured_environment(),
-        "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
-        "NOTIFY_SMTP_PORT": str(free_port()),
-        "NOTIFY_API_PORT": str(free_port()),
-        "NOTIFY_TEMPLATES_DIR": str(ROOT / "message_templates"),
-        "NOTIFY_METRICS_PORT": str(free_port()),
-    }
-    demo = subprocess.Popen(
-        [sys.executable, str(ROOT / "starter.py"), "demo"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert demo.stdout is not None
-        lines = []
-        for line in demo.stdout:  # it prints how to try the API, then serves until interrupted
-            lines.append(line)
-            if line.startswith("Ctrl-C stops everything"):
-                break
-        said = "".join(lines)
-        assert re.search(f"^notification {STORE}-1: sent$", said, re.MULTILINE), said
-        url = re.search(r"^API at (http://\S+) ", said, re.MULTILINE)
-        key = re.search(r"^API key 'demo' \(send, read, admin\): (\S+)$", said, re.MULTILINE)
-        assert url and key, said
-        curl = re.search(r"^  curl -s -X POST (\S+) -H 'Authorization: Bearer (\S+)' .* -d '(.+)'$", said, re.MULTILINE)
-        assert curl and curl.group(2) == key.group(1), said
-        with httpx.Client(base_url=url.group(1), headers={"Authorization": f"Bearer {key.group(1)}"}) as http:
-            posted = http.post("/v1/notifications", content=curl.group(3), headers={"Content-Type": "application/json"})
-            assert posted.status_code == 202, posted.text
-            nid = posted.json()["id"]
-            templated = http.post(
-                "/v1/notifications",
-                json={"entity": "user-1", "template": "welcome", "data": {"service": "Billing", "version": "2"}},
-            )
-            assert templated.status_code == 202, templated.text
-            for notification_id in (nid, templated.json()["id"]):
-                deadline = time.monotonic() + 60
-                while (status := http.get(f"/v1/notifications/{notification_id}").json()["status"]) != "sent":
-                    assert status in ("pending", "sending") and time.monotonic() < deadline, status
-                    time.sleep(0.1)
-            audit = http.get("/v1/audit/email", params={"address": "test@example.com"}).json()
-            assert {a["notification_id"] for a in audit} == {f"{nid.rpartition('-')[0]}-{i}" for i in (1, 2, 3)}
-            assert http.get("/docs").status_code == 200
-        metrics = scraped(f"http://127.0.0.1:{env['NOTIFY_METRICS_PORT']}/metrics")
-        assert sum(v for (name, labels), v in metrics.items() if name == "notify_notifications_total") >= 1
-        page = re.search(r"^Web page at (http://\S+) ", said, re.MULTILINE)
-        assert page and page.group(1).startswith(url.group(1)), said
-        with httpx.Client(base_url=url.group(1)) as browser:  # signs in with the key, as the page asks
-            assert browser.post("/sign-in", data={"key": key.group(1)}).status_code == 303
-            shown = browser.get(page.group(1))
-            assert shown.status_code == 200 and "Hello from notify" in shown.text, shown.text
-        demo.send_signal(signal.SIGINT)
-        assert demo.wait(60) == 0
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-    subjects = sorted(
-        line.partition(": ")[2]
-        for m in (tmp_path / ".notify" / "mail").glob("*.eml")
-        for line in m.read_text().splitlines()
-        if line.startswith("Subject: ")
-    )
-    assert subjects == ["Hello from notify", "Hello over HTTP", "Welcome to Billing 2, Ada"]
-    posted_texts = [
-        json.loads(p)["text"] for p in (tmp_path / ".notify" / "slack" / "messages.jsonl").read_text().splitlines()
-    ]
-    assert any("*Billing* 2 is deployed" in text for text in posted_texts), posted_texts
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ def server_context(ca: trustme.CA) -> ssl.SSLContext:
 
 
 async def send_one(env: WorkflowEnvironment, tmp_path: Path, settings: Settings) -> tuple[str, dict[str, Any]]:
-    async with settings.open_streams() as store, running_workers(env.client, store, settings):
+    async with settings.open_streams(create=True) as store, running_workers(env.client, store, settings):
         await import_entries(store, [ENTITY])
         client = NotificationClient(store, env.client, settings)
         nid = await client.request(SendNotificationToEntityOp(entity_id="ops", subject="TLS", body="Over TLS."))
@@ -194,7 +194,7 @@ async def test_the_message_bytes_hold_exactly_the_headers_composed(
     """Subjects and names that are long, non-ASCII or look like encoded words reach the server as one header each."""
     subject = "Invoice =?utf-8?q?Caf=C3=A9?= " + "é, Reply-To: attacker@evil.example; " * 40
     named = ENTITY.model_copy(update={"name": "Lovelace, =?utf-8?q?Ada_Ren=C3=A9e?= <ceo@corp.example> Ëlise"})
-    async with settings.open_streams() as store, running_workers(time_skipping_env.client, store, settings):
+    async with settings.open_streams(create=True) as store, running_workers(time_skipping_env.client, store, settings):
         await import_entries(store, [named])
         client = NotificationClient(store, time_skipping_env.client, settings)
         nid = await client.request(SendNotificationToEntityOp(entity_id="ops", subject=subject[:998], body="B"))
@@ -223,7 +223,7 @@ async def test_a_directory_entry_from_before_todays_rules_is_checked_again_when_
     3.11.10 folds into a header of the attacker's choosing) is not sent to: today's rules run again on every channel
     operation composed, and the channel is recorded as not prepared, with the reason."""
     older = ENTITY.model_copy(update={"name": "=?utf-8?q?a b=0D=0ABcc: x@evil.example?="})
-    async with settings.open_streams() as store, running_workers(time_skipping_env.client, store, settings):
+    async with settings.open_streams(create=True) as store, running_workers(time_skipping_env.client, store, settings):
         await store.writer(StreamName.ENTITY_DIRECTORY).put("ops", older)  # as an older version recorded it
         client = NotificationClient(store, time_skipping_env.client, settings)
         nid = await client.request(SendNotificationToEntityOp(entity_id="ops", subject="S", body="B"))

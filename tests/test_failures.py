@@ -14,6 +14,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 from temporalio.testing import WorkflowEnvironment
 
+from activities.failures import failed_for_good
 from client import NotCancellable
 from domain import MAX_REQUEST_BYTES, NotificationRequest, NotificationStatus
 from settings import CannotPrepareAction, ConfigsFailureAction, Settings
@@ -483,11 +484,12 @@ async def test_the_largest_request_taken_is_delivered(
     assert len(mail_sink.messages) == 1 and len(slack_sink.messages) == 1
 
 
-async def test_a_record_step_that_no_retry_fixes_ends_the_notification_as_failed(
+async def test_a_saga_whose_request_is_in_another_store_fails_saying_so_in_one_line(
     notify: Notify, team_settings: Settings, mail_sink: MailSink, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Bad data in a record step (here a saga whose client operation is not in the store, which both backends refuse
-    to keep handling for) is not retried: the saga ends at once as failed with the reason, logged once."""
+    """A saga whose client operation is not in the worker's store (a client that wrote to another store), which both
+    backends refuse to keep handling for, is not retried: the saga ends at once as failed, saying why in words, and
+    the worker logs it in one line, without a traceback."""
     caplog.set_level(logging.INFO)
     request = NotificationRequest(
         notification_id="bad-data-1", operation=operation(), client_operation_record_id=987_654
@@ -497,13 +499,24 @@ async def test_a_record_step_that_no_retry_fixes_ends_the_notification_as_failed
     )
     assert view.status == NotificationStatus.FAILED and view.completed_at is not None
     [reason] = view.outcome.failures
-    assert reason.startswith("PrepareNotification failed for good: NoSuchRecord: no record 987654")
+    assert reason.startswith("its request (record 987654 of the client-operation stream) is not in this worker's")
+    assert reason.endswith(
+        "by a client run in another folder or with another NOTIFY_DATA_DIR or NOTIFY_STREAMS_URL than the worker's"
+    )
     logged = [r for r in caplog.records if r.name == "notify.steps"]
-    assert [r.getMessage() for r in logged] == [
-        "notification bad-data-1: PrepareNotification failed for good (a bug or bad data: not retried)"
-    ]
-    assert logged[0].exc_info is not None  # a bug is logged with its traceback
+    assert [r.getMessage() for r in logged] == [f"notification bad-data-1: {reason}"]
+    assert logged[0].exc_info is None
     assert mail_sink.messages == []
+
+
+def test_a_step_that_fails_for_good_of_a_bug_is_logged_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    reason = failed_for_good("PrepareNotification", "n-1", KeyError("missing"))
+    assert reason == "PrepareNotification failed for good: KeyError: 'missing'"
+    [logged] = [r for r in caplog.records if r.name == "notify.steps"]
+    assert (
+        logged.getMessage() == "notification n-1: PrepareNotification failed for good (a bug or bad data: not retried)"
+    )
+    assert logged.exc_info is not None
 
 
 class NotAnEntry(BaseModel):

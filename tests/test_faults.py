@@ -77,7 +77,7 @@ async def send_and_kill(
     """Request a notification on `channels`; once the send is held (`until_sending`, a threading.Event), kill the
     worker, let the server go on (`released`), start another worker, and return the outcome and the record types."""
     settings = client_settings(env)
-    async with settings.open_streams() as store:
+    async with settings.open_streams(create=True) as store:
         await import_entries(store, [entity(channels=channels)])
         workers.append(start_worker(env, tmp_path))
         client = NotificationClient(store, dev_env.client, settings)
@@ -311,7 +311,7 @@ async def test_the_temporal_server_killed_and_restarted_loses_nothing(
         settings = Settings(
             _env_file=None, temporal_address=env["NOTIFY_TEMPORAL_ADDRESS"], streams_url=env["NOTIFY_STREAMS_URL"]
         )
-        async with settings.open_streams() as store:
+        async with settings.open_streams(create=True) as store:
             await import_entries(store, [entity()])
             client = NotificationClient(store, await connect(settings, lazy=True), settings)
             ids = [await client.request(operation(subject=f"Before {i}")) for i in range(3)]

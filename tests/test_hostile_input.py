@@ -199,7 +199,7 @@ async def test_a_directory_entry_that_does_not_parse_is_no_entry_and_said_in_one
     caplog.set_level(logging.WARNING, logger="notify.streams")
     said = (
         f"record {recorded.internal_id} of stream entity-directory (DirectoryEntry, id user-1) is unreadable:"
-        " not a DirectoryEntry (name: missing)"
+        " not a DirectoryEntry (channels: missing)"
     )
 
     assert await entry_or_why(store.reader(StreamName.ENTITY_DIRECTORY), "user-1") == said
@@ -207,8 +207,9 @@ async def test_a_directory_entry_that_does_not_parse_is_no_entry_and_said_in_one
     client = NotificationClient(
         store, dev_env.client, settings.model_copy(update={"templates_dir": ROOT / "message_templates"})
     )
-    with pytest.raises(TemplateError, match="^template 'welcome': entity 'user-1' is not in the directory$"):
+    with pytest.raises(RequestRefused) as refused:
         await client.compose({"entity_id": "user-1"}, "welcome", {})
+    assert str(refused.value) == f"entity 'user-1' has a directory entry that cannot be read: {said}"
     assert warnings_of(caplog) == [said] and SECRET not in caplog.text
 
     shown = subprocess.run(

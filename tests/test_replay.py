@@ -76,7 +76,7 @@ async def record(env: WorkflowEnvironment, folder: Path) -> dict[str, WorkflowHi
             slack_retry_initial_seconds=0.5,
             internal_team_email="team@example.com",
         )
-        async with settings.open_streams() as store, running_workers(env.client, store, settings):
+        async with settings.open_streams(create=True) as store, running_workers(env.client, store, settings):
             await import_entries(store, ENTITIES)
             client = NotificationClient(store, env.client, settings)
             for name, entity_id in SCENARIOS.items():

@@ -12,7 +12,7 @@ from api.deps import AppParts, KeyFirst, Notifications, needs
 from api.keys import Scope
 from api.problems import Problem, problems
 from client import Accepted, EventRecord, IdempotencyKeyConflict, NotCancellable, RequestRefused
-from domain import MAX_TAGS, NotificationStatus, NotificationView, Tag
+from domain import MAX_TAGS, DirectoryEntry, NotificationStatus, NotificationView, Tag
 
 MAX_PAGE = 100
 
@@ -25,7 +25,9 @@ class NotificationIn(BaseModel):
     """A request: `subject` and `body` (and optionally `html`, `slack_text`), or a `template` and its `data`."""
 
     model_config = ConfigDict(extra="forbid")
-    entity: str
+    entity: str | DirectoryEntry
+    """The id of an entity in the directory, or the entity itself (its directory entry: recorded, or updated,
+    before the request)."""
     subject: str | None = None
     body: str | None = None
     html: str | None = None
@@ -77,8 +79,9 @@ async def request_notification(
     app: AppParts,
     idempotency_key: Annotated[str | None, Header(description="The same key returns the first id.")] = None,
 ) -> Accepted:
+    inline = None if isinstance(body.entity, str) else body.entity.model_dump(mode="json", exclude_none=True)
     content = {
-        "entity_id": body.entity,
+        "entity_id": body.entity if isinstance(body.entity, str) else body.entity.id,
         "subject": body.subject,
         "body": body.body,
         "html_body": body.html,
@@ -87,7 +90,7 @@ async def request_notification(
         "send_at": body.send_at,
     }
     try:
-        accepted = await app.client.submit(content, body.template, body.data, idempotency_key)
+        accepted = await app.client.submit(content, body.template, body.data, idempotency_key, inline)
     except RequestRefused as error:
         status = 409 if isinstance(error, IdempotencyKeyConflict) else 422
         raise Problem(status, error.said(idempotency_key="Idempotency-Key")) from error
