@@ -137,7 +137,7 @@ class Bar:
 
     @property
     def title(self) -> str:
-        counted = ", ".join(f"{s.count} {s.status.replace('_', ' ')}" for s in self.segments) or "none"
+        counted = ", ".join(f"{s.count} {s.status.replace('_', ' ')}" for s in self.segments)
         return f"{self.minute:%H:%M} UTC: {counted}"
 
 
@@ -198,8 +198,8 @@ def _bar(i: int, minute: datetime, counts: Counter[str], scale: int) -> Bar:
     return Bar(minute, i * BAR_WIDTH, segments)
 
 
-@router.get("/", name="page_overview")
-async def overview(request: Request, client: SignedIn, app: AppParts) -> Response:
+@router.get("/", name="page_overview", dependencies=[Depends(_signed_in)])
+async def overview(request: Request, app: AppParts) -> Response:
     """The notifications that ended in the last hour and day (their views), counted by the store in one query."""
     minute = datetime.now(UTC).replace(second=0, microsecond=0)
     counts = await app.store.view_counts(minute - timedelta(minutes=max(WINDOWS.values()) - 1))
