@@ -82,6 +82,9 @@ async def test_an_idempotency_key_returns_the_first_id_and_refuses_another_reque
     again = await api.call("POST", "/v1/notifications", json=body, headers={"Idempotency-Key": "order-7"})
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
+    assert (await api.outcome(first.json()["id"]))["status"] == "sent"
+    later = await api.call("POST", "/v1/notifications", json=body, headers={"Idempotency-Key": "order-7"})
+    assert later.json() == {"id": first.json()["id"], "status": "sent"}  # its status now, not at the first request
     other = await api.call(
         "POST", "/v1/notifications", json={**body, "subject": "Twice"}, headers={"Idempotency-Key": "order-7"}
     )
@@ -106,6 +109,8 @@ async def test_bad_input_is_422_and_writes_nothing(api: Api) -> None:
         ({"entity": "user-1", "template": "welcome", "data": {}}, "template 'welcome', subject: data.service is"),
         ({"entity": "user-1", "template": "nope"}, "template 'nope': no such template"),
         ({"entity": "user-1", "template": "welcome", "subject": "S", "data": {}}, "template 'welcome': subject is"),
+        ({"entity": "user-9", "subject": "S", "body": "B"}, "entity 'user-9' is not in the directory"),
+        ({"entity": {"id": "u-9", "channels": {"slack": "send"}}, "subject": "S", "body": "B"}, "entity: entity 'u-9"),
     ]:
         response = await api.call("POST", "/v1/notifications", json=body)
         assert response.status_code == 422, (body, response.text)
@@ -116,6 +121,19 @@ async def test_bad_input_is_422_and_writes_nothing(api: Api) -> None:
     )
     assert malformed.status_code == 422 and "\n" not in malformed.json()["detail"]
     assert await api.records() == before
+
+
+async def test_a_request_that_carries_its_entity_records_it_in_the_directory_first(
+    api: Api, mail_sink: MailSink
+) -> None:
+    carried = {"id": "user-9", "email": "nine@example.com", "channels": {"email": "send"}}
+    sent = await api.call("POST", "/v1/notifications", json={"entity": carried, "subject": "Hi", "body": "B"})
+    assert sent.status_code == 202, sent.text
+    view = await api.outcome(sent.json()["id"])
+    assert (view["entity_id"], view["channels"]["email"]["address"]) == ("user-9", "nine@example.com")
+    recorded = await api.call("GET", "/v1/entities/user-9")
+    assert recorded.json() == {**carried, "name": "user-9"}
+    assert [m.recipients for m in mail_sink.messages] == [("nine@example.com",)]
 
 
 async def test_a_body_over_the_limit_is_413(api: Api) -> None:

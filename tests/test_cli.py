@@ -163,7 +163,12 @@ def test_send_then_status_events_and_audit(directory: Cli, sinks: tuple[MailSink
         a for a in audit if a["notification_id"] == nid
     ][0].items()
     assert nid in directory.run("audit", "--entity", "user-1").stdout
-    assert nid in directory.run("audit", "--slack-channel", "C0123").stdout
+    heading, *rows = directory.run("audit", "--slack-channel", "C0123").stdout.splitlines()
+    [row] = [row for row in rows if row.startswith(f"{nid} ")]
+    assert row.endswith("  sent            Deploy finished")  # the Slack text's first line, without its markup
+    assert heading.index("REQUESTED") == row.index(
+        status["requested_at"][:10]
+    )  # under its heading, however long the id
 
 
 def test_send_prints_the_id_and_status_follows_it_live(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
@@ -288,6 +293,58 @@ def test_a_time_that_has_passed_sends_now_and_says_so(directory: Cli, sinks: tup
     view = directory.json("status", sent.stdout.strip(), "--wait")
     assert (view["status"], view["send_at"]) == ("sent", None)
     assert [m.message["Subject"] for m in sinks[0].received_by("bob@example.com")].count("Overdue") == 1
+
+
+def test_an_entity_the_directory_lacks_is_refused_up_front_unless_the_request_carries_it(directory: Cli) -> None:
+    before = directory.record_count()
+    refused = directory.run("send", "--entity", "user-9", "--subject", "Hello", "--body", "B")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == "error: entity 'user-9' is not in the directory\n"
+    partial = json.dumps({"id": "user-9", "channels": {"email": "send"}})
+    invalid = directory.run("send", "--entity-json", partial, "--subject", "Hello", "--body", "B")
+    assert (invalid.returncode, invalid.stderr) == (
+        2,
+        "error: --entity-json: entity 'user-9' asks for email but has no email address\n",
+    )
+    both = directory.run("send", "--entity", "user-9", "--entity-json", partial, "--subject", "Hello", "--body", "B")
+    assert (both.returncode, both.stderr) == (2, "error: give --entity ID or --entity-json ENTRY (one of them)\n")
+    assert directory.record_count() == before  # nothing written
+
+    carried = {"id": "user-9", "email": "nine@example.com", "channels": {"email": "send"}}
+    sent = directory.run("send", "--entity-json", json.dumps(carried), "--subject", "Hello", "--body", "B", "--wait")
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.splitlines()[3].split()[:3] == ["email", "nine@example.com", "succeeded"]
+    recorded = json.loads(directory.run("directory", "show", "user-9").stdout)
+    assert recorded == {**carried, "name": "user-9"}  # recorded first
+
+
+def test_help_names_each_value_and_answers_to_h(directory: Cli) -> None:
+    short = directory.run("-h")
+    assert short.returncode == 0 and "Commands:" in short.stdout and "send" in short.stdout
+    send = directory.run("send", "-h").stdout
+    assert "<" not in send, send  # no <str>, <bool>, <list[str]>: each value is named for what it is
+    for named in ("--entity ID", "--entity-json JSON", "--template NAME", "--tag NAME=VALUE", "--at TIME"):
+        assert named in send, send
+    assert "Render subject and bodies from NAME.yaml in NOTIFY_TEMPLATES_DIR." in " ".join(send.split())
+    cancel = " ".join(directory.run("cancel", "--help").stdout.split())
+    assert "Cancel a notification that has not finished sending" in cancel
+
+
+def test_a_command_where_no_worker_keeps_a_store_says_so_and_makes_none(tmp_path: Path) -> None:
+    env = {**unconfigured_environment(), "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
+    here = Cli(env, tmp_path / ".notify")
+    store = tmp_path / ".notify" / "streams.db"
+    for args in (
+        ("status", "1"),
+        ("send", "--entity", "user-1", "--subject", "S", "--body", "B"),
+        ("serve",),
+    ):
+        result = here.run(*args)
+        assert (result.returncode, result.stdout) == (1, ""), (args, result)
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"error: no store at {store}: start the worker first (`"), line
+        assert line.endswith("` runs one on the embedded default), or set NOTIFY_DATA_DIR to the worker's"), line
+    assert not (tmp_path / ".notify").exists()
 
 
 def test_audit_heads_its_columns_and_says_when_nothing_was_sent(directory: Cli) -> None:

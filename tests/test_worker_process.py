@@ -176,3 +176,55 @@ def test_a_worker_started_before_its_database_waits_for_it(tmp_path: Path) -> No
     output = worker.stop()
     assert worker.returncode == 0, output
     assert output.count("waiting for the streams: ") == 1 and "Traceback" not in output
+
+
+def test_serve_stops_in_one_line_when_its_store_file_is_replaced(dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """As the worker does: a server answering 503 for ever, with nothing in its log, would help nobody."""
+    store = tmp_path / "data" / "streams.db"
+    store.parent.mkdir()
+    sqlite3.connect(store).close()  # a store as a worker left it
+    env = environment(
+        temporal_address=dev_env.client.service_client.config.target_host,
+        data_dir=str(tmp_path / "data"),
+        api_port=str(free_port()),
+    )
+    serve = subprocess.Popen(
+        [sys.executable, str(ROOT / "starter.py"), "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        assert "API at http://" in serve.stdout.readline()
+        sqlite3.connect(tmp_path / "other.db").close()
+        shutil.move(tmp_path / "other.db", store)
+        assert serve.wait(30) == 1
+    finally:
+        serve.kill()
+    output = serve.stdout.read()
+    assert output.splitlines() == [
+        f"error: the streams store {store} was replaced while in use: restart to use the new one"
+    ], output
+
+
+def test_a_demo_where_a_worker_holds_a_port_says_so_at_once(tmp_path: Path) -> None:
+    with taken_port(0) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "starter.py"), "demo", "--no-serve"],
+            env=environment(temporal_address=f"127.0.0.1:{free_port()}", smtp_host="127.0.0.1", smtp_port=str(port)),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        "",
+        f"error: something already listens on 127.0.0.1:{port}, where the local mail sink would listen (a worker "
+        "started with --dev or --sinks, or a demo, still running?): stop it, or set NOTIFY_SMTP_PORT to a free port\n",
+    )
+    assert not (tmp_path / ".notify").exists()

@@ -6,13 +6,13 @@ import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
-from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, WithJsonSchema, field_validator
 
 from api.deps import AppParts, KeyFirst, Notifications, needs
 from api.keys import Scope
 from api.problems import Problem, problems
 from client import Accepted, EventRecord, IdempotencyKeyConflict, NotCancellable, RequestRefused
-from domain import MAX_TAGS, DirectoryEntry, NotificationStatus, NotificationView, Tag
+from domain import MAX_TAGS, NotificationStatus, NotificationView, Tag
 
 MAX_PAGE = 100
 
@@ -25,9 +25,12 @@ class NotificationIn(BaseModel):
     """A request: `subject` and `body` (and optionally `html`, `slack_text`), or a `template` and its `data`."""
 
     model_config = ConfigDict(extra="forbid")
-    entity: str | DirectoryEntry
+    entity: Annotated[
+        str | dict[str, Any],
+        WithJsonSchema({"anyOf": [{"type": "string"}, {"$ref": "#/components/schemas/DirectoryEntry"}]}),
+    ]
     """The id of an entity in the directory, or the entity itself (its directory entry: recorded, or updated,
-    before the request)."""
+    before the request), checked as the directory checks an entry."""
     subject: str | None = None
     body: str | None = None
     html: str | None = None
@@ -79,9 +82,9 @@ async def request_notification(
     app: AppParts,
     idempotency_key: Annotated[str | None, Header(description="The same key returns the first id.")] = None,
 ) -> Accepted:
-    inline = None if isinstance(body.entity, str) else body.entity.model_dump(mode="json", exclude_none=True)
+    inline = None if isinstance(body.entity, str) else body.entity
     content = {
-        "entity_id": body.entity if isinstance(body.entity, str) else body.entity.id,
+        "entity_id": body.entity if isinstance(body.entity, str) else None,
         "subject": body.subject,
         "body": body.body,
         "html_body": body.html,
