@@ -16,6 +16,8 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 
 from commands import command
+from settings import Settings
+from sinks.slack import SlackSink
 from streams import StreamName, StreamStore
 from streams.store import NewRecord
 from tests.conftest import SLACK_TOKEN
@@ -29,6 +31,13 @@ HTML = (
     '<script>document.getElementById("script").textContent = "ran"</script>'
 )
 SLACK_TEXT = "Disk *almost* full: <b>not bold</b>"
+TEAM = "oncall@ops.test"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The service's, with an internal team told of what does not go out as asked."""
+    return settings.model_copy(update={"internal_team_email": TEAM})
 
 
 @pytest_asyncio.fixture
@@ -146,15 +155,18 @@ async def test_a_notification_is_found_searched_for_and_shown_with_its_message_a
     await expect(page.get_by_role("heading", name=subject)).to_be_visible()
 
 
-async def test_every_page_fits_a_phone_and_says_what_happened(api: Api, browser: Browser, owner: StreamStore) -> None:
+async def test_every_page_fits_a_phone_and_says_what_happened(
+    api: Api, browser: Browser, owner: StreamStore, slack_sink: SlackSink
+) -> None:
     soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
     nobody = await sent(api, "For nobody", entity="user-2", send_at=soon)
     await owner.put(StreamName.ENTITY_DIRECTORY, [NewRecord("user-2", "DirectoryEntry", "not JSON")])  # gone by then
     later = await sent(api, "Cancelled", send_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
     cancelled = await api.call("POST", f"/v1/notifications/{later}/cancel")
     assert cancelled.json()["status"] == "cancelled", cancelled.text
+    slack_sink.unknown_channels.add("C0123")
     nid = await sent(api, "On a phone", html=HTML, slack_text=SLACK_TEXT)
-    assert [(await api.outcome(n))["status"] for n in (nobody, nid)] == ["failed", "sent"]
+    assert [(await api.outcome(n))["status"] for n in (nobody, nid)] == ["failed", "partially_sent"]
     page = await signed_in(browser, api, viewport=PHONE)
     await expect(page.locator("figure.chart svg")).to_be_visible()
     await fits(page)
@@ -170,12 +182,17 @@ async def test_every_page_fits_a_phone_and_says_what_happened(api: Api, browser:
     )
     await expect(page.locator(".message-requested .subject")).to_have_text("For nobody")
     await expect(page.locator(".message-requested h3")).to_have_text("As requested (sent on no channel)")
+    await expect(page.locator(".message-email h3")).to_have_text(f"Email to {TEAM} (the internal team)")
     await page.goto(f"/notifications/{later}")
     await expect(page.locator(".no-channel")).to_have_text("Cancelled before any channel was sent.")
     await fits(page)
 
     await page.goto(f"/notifications/{nid}")
-    await expect(page.locator(".message-email iframe")).to_be_visible()
+    await expect(page.locator(".message-email h3")).to_have_text(
+        ["Email to ada@example.com", f"Email to {TEAM} (the internal team)"]
+    )
+    await expect(page.locator(".message-slack h3")).to_have_text("Slack to acme/C0123")  # asked for, if not sent
+    await expect(page.locator(".message-email iframe").first).to_be_visible()
     for summary in await page.locator(".timeline summary").all():
         await summary.click()
     await fits(page)

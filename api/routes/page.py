@@ -298,8 +298,8 @@ HOLDERS: dict[
 
 
 def _messages(view: dict[str, Any], records: list[Record]) -> tuple[list[Message], list[str]]:
-    """The messages the channels' requested events hold, in the order they were written, or else the message the
-    request asked for; and why any of those records cannot be read."""
+    """The messages the channels' requested events hold, the entity's first, and the message the request asked for
+    before them when none went to the entity; and why any of those records cannot be read."""
     escalation = (view.get("escalation") or {}).get("channels") or {}
     team = {(channel, c.get("channel_operation_id")) for channel, c in escalation.items()}
     sent: list[Message] = []
@@ -328,7 +328,8 @@ def _messages(view: dict[str, Any], records: list[Record]) -> tuple[list[Message
         elif isinstance(operation, SendEmailOp | SendSlackMessageOp):
             sent.append(_sent(operation, (operation.delivery_channel, operation.channel_operation_id) in team))
     sent.sort(key=lambda m: (m.for_team, list(Channel).index(m.channel or Channel.EMAIL)))  # the entity's first
-    return sent or asked[:1], unreadable_records
+    to_the_entity = any(not m.for_team for m in sent)
+    return (sent if to_the_entity else asked[:1] + sent), unreadable_records
 
 
 def _sent(operation: SendEmailOp | SendSlackMessageOp, for_team: bool) -> Message:
