@@ -817,7 +817,8 @@ def try_the_api(url: str, key: str, notification_id: str) -> str:
     request = '{"entity": "user-1", "subject": "Hello over HTTP", "body": "Requested with curl."}'
     return "\n".join(
         [
-            f"Web page at {url}/notifications/{notification_id} (sign in with the key below; {url}/ lists them all)",
+            f"Web page at {url}/notifications/{notification_id} (sign in with the key below; {url}/ is the "
+            f"overview, {url}/notifications the list)",
             f"API at {url} (interactive docs at {url}/docs)",
             f"API key {DEMO_KEY!r} (send, read, admin): {key}",
             "Try it:",

@@ -128,8 +128,11 @@ def test_run_it_then_use_it(tmp_path: Path) -> None:
         "NOTIFY_TEMPLATES_DIR": str(ROOT / "message_templates"),
         "NOTIFY_METRICS_PORT": str(free_port()),
     }
+    run_it = (ROOT / "README.md").read_text().split("\n## Run it\n", 1)[1]
+    demo_line = re.findall(r"```sh\n(.*?)```", run_it, re.S)[0].split("&&")[-1].strip()
+    assert demo_line == ".venv/bin/python starter.py demo"
     demo = subprocess.Popen(
-        [sys.executable, str(ROOT / "starter.py"), "demo"],
+        argv(demo_line),
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
