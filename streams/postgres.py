@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from commands import command
 from domain import Tag, TagName
 from streams.store import (
     ALLOWED_TRANSITIONS,
@@ -97,7 +98,8 @@ def _classified(error: psycopg.Error) -> Exception:
         return StoreUnavailable(f"the streams database cannot be used now: {said}")
     if state.startswith(UNUSABLE_SQLSTATES):
         return StoreUnusable(
-            f"the streams database cannot be used as it is: {said} (run `starter.py db migrate` and `db grant`?)"
+            f"the streams database cannot be used as it is: {said} (run `{command('starter.py', 'db', 'migrate')}` "
+            "and `db grant`?)"
         )
     return error
 
@@ -214,12 +216,17 @@ class PostgresStreamStore(StreamStore):
             await self.close()
             raise SchemaMismatch(
                 f"the streams schema is at version {version}, this version needs {SCHEMA_VERSION}: "
-                + ("run `python starter.py db migrate`" if version < SCHEMA_VERSION else "upgrade this worker")
+                + (
+                    f"run `{command('starter.py', 'db', 'migrate')}`"
+                    if version < SCHEMA_VERSION
+                    else "upgrade this worker"
+                )
             )
         if transitions != _transitions():
             await self.close()
             raise SchemaMismatch(
-                "the streams database's handling transitions are not this version's: run `python starter.py db migrate`"
+                "the streams database's handling transitions are not this version's: run "
+                f"`{command('starter.py', 'db', 'migrate')}`"
             )
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
 import sys
 from collections import Counter
@@ -67,16 +68,17 @@ def test_migrate_then_grant_from_the_command_line(postgres: Databases) -> None:
         "applied 0005_retention.sql",
         "applied 0006_smaller_records.sql",
         "applied 0007_writers.sql",
-        "the streams schema is at version 7",
+        "applied 0008_known_entities.sql",
+        "the streams schema is at version 8",
     ]
     again = starter("db", "migrate", url=url)
-    assert again.stdout.splitlines() == ["the streams schema is at version 7"]
+    assert again.stdout.splitlines() == ["the streams schema is at version 8"]
     granted = starter("db", "grant", url=url)
     assert granted.returncode == 0, granted.stderr
     with psycopg.connect(url) as db:
         roles = {r[0] for r in db.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'notify_%'")}
         assert set(ROLES) <= roles
-        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (7,)
+        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (8,)
 
 
 def test_a_worker_refuses_transitions_that_are_not_its_own_until_migrated(postgres: Databases, tmp_path: Path) -> None:
@@ -90,7 +92,8 @@ def test_a_worker_refuses_transitions_that_are_not_its_own_until_migrated(postgr
     refused = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (refused.returncode, refused.stderr.strip()) == (
         1,
-        "error: the streams database's handling transitions are not this version's: run `python starter.py db migrate`",
+        "error: the streams database's handling transitions are not this version's: run "
+        f"`{shlex.join([sys.executable, str(ROOT / 'starter.py'), 'db', 'migrate'])}`",
     )
     assert starter("db", "migrate", url=url).returncode == 0
     with psycopg.connect(url) as db:
@@ -105,8 +108,9 @@ def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path:
         [sys.executable, str(ROOT / "worker.py")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 1
+    migrate = shlex.join([sys.executable, str(ROOT / "starter.py"), "db", "migrate"])
     assert result.stderr.strip() == (
-        "error: the streams schema is at version 0, this version needs 7: run `python starter.py db migrate`"
+        f"error: the streams schema is at version 0, this version needs 8: run `{migrate}`"
     )
 
 
@@ -534,8 +538,21 @@ async def test_plain_sql_as_the_producer_role_requests_a_notification(
     assert "Traceback" not in said
 
 
+@pytest.fixture
+async def ops_in_directory(database: str) -> None:
+    """The directory holds the entity `ops`: notify_request refuses an entity it does not have."""
+    async with open_store(database) as owner:
+        await import_entries(owner, [ENTITY])
+
+
+@pytest.mark.usefixtures("ops_in_directory")
 def test_notify_request_refuses_what_would_forge_the_audit_or_not_read_back(database: str) -> None:
     with psycopg.connect(as_role(database, "notify_client"), autocommit=True) as db:
+        with pytest.raises(
+            psycopg.Error, match="^notify_request: entity 'nobody' is not in the directory\n"
+        ) as refused:
+            db.execute("SELECT notify_request('nobody', 'S', 'B')")
+        assert refused.value.sqlstate == "NT005"
         for extra, said in [
             ('tags => \'{"Entity-Id": "victim"}\'', "tag names notification-id, entity-id"),
             ("tags => '{\"a\": 1}'", "tags must be a JSON object of names and text values"),
@@ -559,9 +576,12 @@ def test_notify_request_refuses_what_would_forge_the_audit_or_not_read_back(data
         with pytest.raises(psycopg.Error, match="over 512 KiB"):
             db.execute("SELECT notify_request('ops', 'S', repeat('x', 600000))")
     with psycopg.connect(database) as db:
-        assert db.execute("SELECT count(*) FROM notify_records").fetchone() == (0,)
+        assert db.execute("SELECT stream, count(*) FROM notify_records GROUP BY stream").fetchall() == [
+            ("entity-directory", 1)
+        ]
 
 
+@pytest.mark.usefixtures("ops_in_directory")
 async def test_notify_request_writes_times_that_read_back_whatever_the_session_time_zone(database: str) -> None:
     """Monrovia's offset was -00:44:30 until 1972: no offset of seconds reaches a record, which reads back."""
     with psycopg.connect(as_role(database, "notify_client"), autocommit=True) as db:
@@ -585,6 +605,7 @@ async def test_notify_request_writes_times_that_read_back_whatever_the_session_t
     assert operation.send_at.utcoffset() == timedelta(0)
 
 
+@pytest.mark.usefixtures("ops_in_directory")
 async def test_a_client_requests_notifications_and_can_do_nothing_else(database: str) -> None:
     """notify_client, the role outside producers use: notify_request, and no other function or table."""
     with psycopg.connect(database) as db:
@@ -670,6 +691,7 @@ async def test_only_the_owner_writes_the_directory(database: str) -> None:
         assert await lookup(owner.reader(StreamName.ENTITY_DIRECTORY), "ops") == ENTITY
 
 
+@pytest.mark.usefixtures("ops_in_directory")
 async def test_an_idempotency_key_is_one_request_whichever_door_claimed_it(database: str) -> None:
     """Tags in another order are the same request, in SQL as in Python."""
     settings = client_settings(database)
