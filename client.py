@@ -63,7 +63,7 @@ from domain import (
 )
 from settings import WORKER_HINT, ConfigurationError, Settings, one_line
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
-from streams.directory import entry_or_why, import_entries
+from streams.directory import entry_or_why, import_entries, lookup
 from streams.store import unreadable
 from templating import TemplateError, Templates
 from workflows import search
@@ -253,6 +253,16 @@ class RequestRefused(ValueError):
         return f"{names.get(self.field, self.field)}: {self}" if self.field else str(self)
 
 
+class EntityChangeRefused(RequestRefused):
+    """A request carries an entity the directory has otherwise, from a door that may not change the directory."""
+
+    def __init__(self, entity_id: str) -> None:
+        super().__init__(
+            f"entity {entity_id!r} is in the directory as another entry: changing it takes a key with the 'admin' "
+            "scope (or give its id alone)"
+        )
+
+
 class IdempotencyKeyConflict(RequestRefused):
     """The key was used for another request, or for one its claim cannot tell (`why`)."""
 
@@ -353,11 +363,14 @@ class NotificationClient:
         data: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         entity: Mapping[str, Any] | None = None,
+        *,
+        may_change_entity: bool = True,
     ) -> Accepted:
         """Request a notification as a door (the CLI, the API) asks for one: its content, or a template and its data
         (`compose`; fields given as None are not given), at most once per idempotency key (`request`), to an entity
-        in the directory or to `entity`, given inline (its directory entry: recorded, or updated, first). Its id,
-        and whether it waits for its time. `RequestRefused` says what is wrong, and nothing is written."""
+        in the directory or to `entity`, given inline (its directory entry: recorded, or updated, first; changing an
+        entry already there only if `may_change_entity`). Its id, and its status: for a repeated request, its status
+        now. `RequestRefused` says what is wrong, and nothing is written."""
         checked_idempotency_key(idempotency_key)
         inline = None
         if entity is not None:
@@ -366,23 +379,26 @@ class NotificationClient:
             except ValidationError as error:
                 raise RequestRefused(validation_message(error), field="entity") from error
             content = {**content, "entity_id": inline.id}
+            if not may_change_entity:
+                current = await lookup(self._store.reader(StreamName.ENTITY_DIRECTORY), inline.id)
+                if current is not None and current != inline:
+                    raise EntityChangeRefused(inline.id)
         try:
             operation = await self.compose({k: v for k, v in content.items() if v is not None}, template, data, inline)
         except ValidationError as error:
             raise RequestRefused(validation_message(error)) from error
         except TemplateError as error:
             raise RequestRefused(str(error)) from error
-        if inline is not None:
-            if self._owner is None:
-                raise RuntimeError("a client without the owner's store cannot record an entity given inline")
-            await import_entries(self._owner, [inline])
-        notification_id, repeated = await self._requested(operation, idempotency_key)
-        if repeated:  # its status now, not at the first request
-            return Accepted(id=notification_id, status=(await self.status(notification_id))["status"])
+        notification_id, repeated = await self._requested(operation, idempotency_key, inline)
         scheduled = operation.send_at is not None and operation.send_at > datetime.now(UTC)
-        return Accepted(
-            id=notification_id, status=NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING
-        )
+        status = NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING
+        if repeated:  # its status now, not at the first request; as at first while Temporal cannot say
+            try:
+                status = (await self.status(notification_id))["status"]
+            except (RPCError, RuntimeError) as error:
+                if not is_connect_failure(error):
+                    raise
+        return Accepted(id=notification_id, status=status)
 
     async def request(self, operation: SendNotificationToEntityOp, idempotency_key: str | None = None) -> str:
         """Request a notification and return its id. Repeating a request with the same idempotency key returns the
@@ -390,8 +406,12 @@ class NotificationClient:
         (`domain.admitted`) before anything is written: a `pydantic.ValidationError` says what is wrong."""
         return (await self._requested(operation, idempotency_key))[0]
 
-    async def _requested(self, operation: SendNotificationToEntityOp, idempotency_key: str | None) -> tuple[str, bool]:
-        """`request`'s id, and whether the request repeats one already recorded (by its idempotency key)."""
+    async def _requested(
+        self, operation: SendNotificationToEntityOp, idempotency_key: str | None, entity: DirectoryEntry | None = None
+    ) -> tuple[str, bool]:
+        """`request`'s id, and whether the request repeats one already recorded (by its idempotency key). `entity`,
+        given inline, is recorded in the directory before a request that is new, once its key is claimed: a request
+        refused, or repeated, changes nothing there."""
         operation = admitted(SendNotificationToEntityOp, operation)
         key_tags = []
         if idempotency_key is None:
@@ -399,6 +419,13 @@ class NotificationClient:
         else:
             notification_id = await self._claim(admitted_idempotency_key(idempotency_key), operation)
             key_tags.append(tag(TagName.IDEMPOTENCY_KEY, idempotency_key))
+        if entity is not None and (
+            idempotency_key is None
+            or await self._store.reader(StreamName.CLIENT_OPERATION).latest(notification_id) is None
+        ):
+            if self._owner is None:
+                raise RuntimeError("a client without the owner's store cannot record an entity given inline")
+            await import_entries(self._owner, [entity])
         put = await self._client_operations.put(
             notification_id,
             ExecuteOpRequestedEvent(id=notification_id, operation=operation, timestamp_utc=datetime.now(UTC)),
@@ -765,7 +792,7 @@ def _delivery(
         op = requested.json()["operation"]
         notification_id, subject = (
             op["notification_id"],
-            op.get("subject") or slack_plain(op["text"]).splitlines()[0][:120],
+            op.get("subject") or _first_line(op["text"]),
         )
         reading = ended or requested
         reason = ended.json()["response"].get("error") if ended else None
@@ -787,10 +814,16 @@ def _delivery(
 
 
 _SLACK_LINK = re.compile(r"<([^<>|]*)(?:\|([^<>]*))?>")
-_SLACK_MARK = re.compile(r"(?<![\w*_~`])([*_~`])(?=\S)(.+?)(?<=\S)\1(?![\w*_~`])")
+_SLACK_MARK = re.compile(r"(?<![\w*_~`])([*_~`])(?=\S)((?:(?!\1).)+?)(?<=\S)\1(?![\w*_~`])")
+"""A marked span: the mark, then text up to the same mark's next (and no further: linear however many marks)."""
 
 
-def slack_plain(text: str) -> str:
+def _first_line(slack_text: str) -> str:
+    """What names a Slack message in a list: its text's first line, plain, at most 120 characters."""
+    return _slack_plain(slack_text.partition("\n")[0][:500])[:120]
+
+
+def _slack_plain(text: str) -> str:
     """Slack's markup (`mrkdwn`) as plain text, as a line that names a message shows it: `*bold*`, `_italic_`,
     `~struck~` and `code` without their marks, `<URL|label>` as its label, `<@U123>` and `<!here>` as named, and
     `&lt;` `&gt;` `&amp;` as the characters they stand for."""

@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent
 
 def command(script: str, *args: str) -> str:
     """The command line that runs `script` (`starter.py`, `worker.py`) of this repository with `args`."""
-    return shlex.join([_from_here(Path(sys.executable)), _from_here(ROOT / script), *args])
+    python = _from_here(Path(sys.executable))
+    if os.sep not in python:  # an interpreter in the folder itself: never a bare name the shell looks for on PATH
+        python = f".{os.sep}{python}"
+    return shlex.join([python, _from_here(ROOT / script), *args])
 
 
 def _from_here(path: Path) -> str:

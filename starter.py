@@ -1,7 +1,7 @@
 """The starter CLI: request notifications, follow them, ask what was sent, keep the entity directory.
 
-`python starter.py --help` lists the commands. Bad input ends with a one-line error and exit code 2, writing nothing;
-an unknown id with a one-line error and exit code 1.
+`starter.py -h` lists the commands, `starter.py COMMAND -h` says what one takes. Bad input ends with a one-line error
+and exit code 2, writing nothing; an unknown id with a one-line error and exit code 1.
 """
 
 from __future__ import annotations
@@ -72,6 +72,15 @@ app.add_typer(temporal_app, name="temporal")
 
 P = ParamSpec("P")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def argument(metavar: str) -> Any:
+    """A command's argument, named in the usage line and in the command's help text (typer would list it again,
+    labelled with its Python type)."""
+    return typer.Argument(metavar=metavar, hidden=True)
+
+
+Id = Annotated[str, argument("ID")]
 NOT_DELIVERED = {NotificationStatus.FAILED, NotificationStatus.PARTIALLY_SENT, NotificationStatus.CANCELLED}
 """Outcomes after which `--wait` exits 1."""
 WAIT_EXIT = "exit 1 if it failed, was partially sent or was cancelled (opted out is not a failure)."
@@ -331,6 +340,11 @@ async def send(
     if (entity is None) == (entity_json is None):
         raise CliError("give --entity ID or --entity-json ENTRY (one of them)", 2)
     inline = parse_object("--entity-json", entity_json)
+    if inline is not None:  # what is wrong with it is said before any store is looked for
+        try:
+            TypeAdapter(DirectoryEntry).validate_python(inline, context=ADMISSION)
+        except ValidationError as error:
+            raise CliError(f"--entity-json: {validation_message(error)}", 2) from error
     content = dict(
         entity_id=entity,
         subject=subject,
@@ -370,14 +384,14 @@ async def send(
 @app.command()
 @run_async
 async def status(
-    notification_id: Annotated[str, typer.Argument(metavar="ID")],
+    notification_id: Id,
     wait: Annotated[bool, typer.Option(help=f"Wait for the outcome; {WAIT_EXIT}")] = False,
     watch: Annotated[
         bool, typer.Option(help="Wait for the outcome showing its progress (each channel); as --wait.")
     ] = False,
     as_json: JsonOption = False,
 ) -> int:
-    """The notification's status: live while its saga runs, the recorded view after."""
+    """The status of notification ID: live while its saga runs, the recorded view after."""
     settings = load_settings()
     async with settings.open_streams() as store:
         client = await _client(settings, store)
@@ -393,8 +407,8 @@ async def status(
 
 @app.command()
 @run_async
-async def cancel(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
-    """Cancel a notification that has not finished sending (one scheduled with --at, say); what it sent meanwhile
+async def cancel(notification_id: Id, as_json: JsonOption = False) -> None:
+    """Cancel notification ID if it has not finished sending (one scheduled with --at, say); what it sent meanwhile
     stays sent."""
     from client import NotCancellable
 
@@ -409,8 +423,8 @@ async def cancel(notification_id: Annotated[str, typer.Argument(metavar="ID")], 
 
 @app.command()
 @run_async
-async def events(notification_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
-    """Every record of the notification across all streams, in the order written."""
+async def events(notification_id: Id, as_json: JsonOption = False) -> None:
+    """Every record of notification ID across all streams, in the order written."""
     settings = load_settings()
     async with settings.open_streams() as store:
         records = await (await _client(settings, store)).events(notification_id)
@@ -505,9 +519,10 @@ def read_directory(file: Path) -> list[DirectoryEntry]:
 @directory_app.command("import")
 @run_async
 async def directory_import(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="A JSON or YAML list of entities.")],
+    file: Annotated[Path, argument("FILE")],
 ) -> None:
-    """Record every new or changed entity of FILE in the directory; all or nothing."""
+    """Record every new or changed entity of FILE (a JSON or YAML list of entities) in the directory; all or
+    nothing."""
     entries = read_directory(file)
     settings = load_settings()
     async with settings.open_streams(as_owner=True) as owner:  # only the owner of the streams writes the directory
@@ -517,8 +532,8 @@ async def directory_import(
 
 @directory_app.command("show")
 @run_async
-async def directory_show(entity_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """The entity as the directory has it now."""
+async def directory_show(entity_id: Id) -> None:
+    """Entity ID as the directory has it now."""
     settings = load_settings()
     async with settings.open_streams() as store:
         entry = await entry_or_why(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
@@ -630,17 +645,13 @@ async def serve() -> None:
 async def _interrupted(store: StreamStore) -> None:
     """Return on SIGINT or SIGTERM; raise why once the store cannot be used as it was opened (its file replaced,
     say), stopping as the worker does then."""
-    from worker import watch_store
+    from worker import until_stopped
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    watch = asyncio.create_task(watch_store(store, stop))
-    await stop.wait()
-    watch.cancel()
-    if watch.done() and not watch.cancelled():
-        watch.result()
+    await until_stopped(store, stop)
 
 
 ScopeOption = Annotated[list[str], typer.Option("--scope", metavar="SCOPE", help="send, read or admin; repeatable.")]
@@ -649,11 +660,12 @@ ScopeOption = Annotated[list[str], typer.Option("--scope", metavar="SCOPE", help
 @apikey_app.command("create")
 @run_async
 async def apikey_create(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="Who holds the key (one key per name).")],
+    name: Annotated[str, argument("NAME")],
     scope: ScopeOption = [],  # noqa: B006
     as_json: JsonOption = False,
 ) -> None:
-    """Issue an API key and print it, this once: only its hash is kept."""
+    """Issue an API key for NAME, who holds it (one key per name), and print it, this once: only its hash is
+    kept."""
     from api.keys import ApiKeys, KeyNameTaken
 
     scopes = _scopes(scope)
@@ -701,8 +713,8 @@ async def apikey_list(as_json: JsonOption = False) -> None:
 
 @apikey_app.command("revoke")
 @run_async
-async def apikey_revoke(name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name.")]) -> None:
-    """Revoke a key: it is refused from the next request on."""
+async def apikey_revoke(name: Annotated[str, argument("NAME")]) -> None:
+    """Revoke the key of NAME: it is refused from the next request on."""
     from api.keys import ApiKeys, UnknownKey
 
     settings = load_settings()
@@ -777,9 +789,11 @@ async def demo(
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """The demo's settings: its data in a folder of its own in the data dir (`.notify/demo`), so that a worker's
-    streams and Temporal's database, and the ids they issue, are never the demo's."""
-    return settings.model_copy(update={"data_dir": settings.data_dir / "demo"})
+    """The demo's settings: its data in a folder of its own in the data dir (`.notify/demo`), its streams there
+    whatever `NOTIFY_STREAMS_URL` says, so that a worker's streams and Temporal's database, and the ids they issue,
+    are never the demo's."""
+    apart = ("streams_url", "streams_producer_url", "streams_consumer_url", "streams_handler_url")
+    return settings.model_copy(update={"data_dir": settings.data_dir / "demo", **dict.fromkeys(apart)})
 
 
 @temporal_app.command("setup")

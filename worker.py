@@ -214,9 +214,14 @@ def refuse_taken_ports(settings: Settings, *, dev: bool, sinks: bool, api: bool 
         wanted.append((settings.api_host, settings.api_port, "the HTTP API", "NOTIFY_API_PORT"))
     for at, number, what, variable in wanted:
         if number is not None and _listening(at, number):
+            own = (
+                ", or run the worker without --dev to use a Temporal of yours there"
+                if dev and number == int(port)
+                else ""
+            )
             raise ConnectionError(
                 f"something already listens on {at}:{number}, where {what} would listen (a worker started with --dev "
-                f"or --sinks, or a demo, still running?): stop it, or set {variable} to a free port"
+                f"or --sinks, or a demo, still running?): stop it, or set {variable} to a free port{own}"
             )
 
 
@@ -273,11 +278,7 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
                 f"(namespace {settings.temporal_namespace!r}); "
                 f"streams at {_without_password(settings.streams_location)}"
             )
-            watch = asyncio.create_task(watch_store(store, stop))
-            await stop.wait()
-            watch.cancel()
-            if not watch.cancelled() and watch.done():
-                watch.result()  # the store became unusable: raising it stops the workers as it unwinds
+            await until_stopped(store, stop)  # raised, the store's error stops the workers as it unwinds
 
 
 T = TypeVar("T")
@@ -344,9 +345,18 @@ async def _waiting_for(
         return found
 
 
-async def watch_store(store: StreamStore, stop: asyncio.Event) -> None:
-    """Stop (`stop`) once the store cannot be used as it was opened (its file deleted, replaced, read-only), raising
-    why."""
+async def until_stopped(store: StreamStore, stop: asyncio.Event) -> None:
+    """Return once `stop` is set; raise why as soon as the store cannot be used as it was opened (its file deleted,
+    replaced, read-only): then this process stops too."""
+    watch = asyncio.create_task(_watch(store, stop))
+    await stop.wait()
+    watch.cancel()
+    if watch.done() and not watch.cancelled():
+        watch.result()
+
+
+async def _watch(store: StreamStore, stop: asyncio.Event) -> None:
+    """Stop (`stop`) once the store cannot be used as it was opened, raising why."""
     try:
         while True:
             await store.check()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import owner_store
@@ -20,6 +21,9 @@ from settings import Settings
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from worker import running_workers
+
+STORE = r"[0-9a-f]{8}"
+"""A store's identity, which the notification ids it issues begin with."""
 
 ADA = {
     "id": "user-1",
@@ -107,3 +111,13 @@ class Api:
 
     async def records(self) -> int:
         return sum([len(await self.store.reader(s).by_tags()) for s in StreamName if s != StreamName.API_KEY])
+
+
+def scraped(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on a Prometheus endpoint, by name and labels."""
+    text = httpx.get(url).raise_for_status().text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -126,14 +126,35 @@ async def test_bad_input_is_422_and_writes_nothing(api: Api) -> None:
 async def test_a_request_that_carries_its_entity_records_it_in_the_directory_first(
     api: Api, mail_sink: MailSink
 ) -> None:
+    """A `send` key may name a new entity inline; changing one the directory has takes `admin`; a request refused or
+    repeated changes nothing there."""
     carried = {"id": "user-9", "email": "nine@example.com", "channels": {"email": "send"}}
-    sent = await api.call("POST", "/v1/notifications", json={"entity": carried, "subject": "Hi", "body": "B"})
+    sent = await api.call(
+        "POST", "/v1/notifications", key="sender", json={"entity": carried, "subject": "Hi", "body": "B"}
+    )
     assert sent.status_code == 202, sent.text
     view = await api.outcome(sent.json()["id"])
     assert (view["entity_id"], view["channels"]["email"]["address"]) == ("user-9", "nine@example.com")
     recorded = await api.call("GET", "/v1/entities/user-9")
     assert recorded.json() == {**carried, "name": "user-9"}
     assert [m.recipients for m in mail_sink.messages] == [("nine@example.com",)]
+
+    hijack = {"entity": {**carried, "email": "attacker@evil.test"}, "subject": "Hi", "body": "B"}
+    refused = await api.call("POST", "/v1/notifications", key="sender", json=hijack)
+    assert is_problem(
+        refused,
+        403,
+        "entity 'user-9' is in the directory as another entry: changing it takes a key with the 'admin' scope (or "
+        "give its id alone)",
+    )
+    keyed = {"Idempotency-Key": "inline-1"}
+    first = await api.call("POST", "/v1/notifications", json={**hijack, "entity": carried}, headers=keyed)
+    assert first.status_code == 202, first.text
+    conflict = await api.call("POST", "/v1/notifications", json={**hijack, "subject": "Other"}, headers=keyed)
+    repeated = await api.call("POST", "/v1/notifications", json=hijack, headers=keyed)
+    assert (conflict.status_code, repeated.status_code) == (409, 202)
+    assert (await api.call("GET", "/v1/entities/user-9")).json()["email"] == "nine@example.com"
+    assert len(await api.store.reader(StreamName.ENTITY_DIRECTORY).by_id("user-9")) == 1  # never changed
 
 
 async def test_a_body_over_the_limit_is_413(api: Api) -> None:

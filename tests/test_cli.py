@@ -18,13 +18,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.processes import ROOT, launch_worker, start_worker, unconfigured_environment
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
+from tests.service import STORE, scraped
 from worker import temporal_binary
 
 TOKEN = "xoxb-acme-cli-token"
@@ -43,8 +42,6 @@ TEAM = "oncall@ops.test"
 GONE = json.dumps({"id": "gone", "slack": {"workspace": "acme", "channel": "C0GONE"}, "channels": {"slack": "send"}})
 """An entity given inline whose Slack channel the sink does not have: its notifications fail."""
 
-STORE = r"[0-9a-f]{8}"
-"""A store's identity, which the notification ids it issues begin with."""
 ISSUED_ID = STORE + r"-[0-9]+"
 """A notification id as the streams issue it: the store's identity, then the client-operation stream's number."""
 
@@ -297,37 +294,46 @@ def test_a_time_that_has_passed_sends_now_and_says_so(directory: Cli, sinks: tup
 
 def test_an_entity_the_directory_lacks_is_refused_up_front_unless_the_request_carries_it(directory: Cli) -> None:
     before = directory.record_count()
-    refused = directory.run("send", "--entity", "user-9", "--subject", "Hello", "--body", "B")
+    refused = directory.run("send", "--entity", "user-7", "--subject", "Hello", "--body", "B")
     assert (refused.returncode, refused.stdout) == (2, "")
-    assert refused.stderr == "error: entity 'user-9' is not in the directory\n"
-    partial = json.dumps({"id": "user-9", "channels": {"email": "send"}})
+    assert refused.stderr == "error: entity 'user-7' is not in the directory\n"
+    partial = json.dumps({"id": "user-7", "channels": {"email": "send"}})
+    nowhere = Cli(directory.env | {"NOTIFY_STREAMS_URL": "sqlite:///no/store/here.db"}, directory.data_dir)
+    invalid = nowhere.run("send", "--entity-json", partial, "--subject", "Hello", "--body", "B")
+    assert (invalid.returncode, invalid.stderr) == (  # said before any store is looked for
+        2,
+        "error: --entity-json: entity 'user-7' asks for email but has no email address\n",
+    )
     invalid = directory.run("send", "--entity-json", partial, "--subject", "Hello", "--body", "B")
     assert (invalid.returncode, invalid.stderr) == (
         2,
-        "error: --entity-json: entity 'user-9' asks for email but has no email address\n",
+        "error: --entity-json: entity 'user-7' asks for email but has no email address\n",
     )
-    both = directory.run("send", "--entity", "user-9", "--entity-json", partial, "--subject", "Hello", "--body", "B")
+    both = directory.run("send", "--entity", "user-7", "--entity-json", partial, "--subject", "Hello", "--body", "B")
     assert (both.returncode, both.stderr) == (2, "error: give --entity ID or --entity-json ENTRY (one of them)\n")
     assert directory.record_count() == before  # nothing written
 
-    carried = {"id": "user-9", "email": "nine@example.com", "channels": {"email": "send"}}
+    carried = {"id": "user-7", "email": "seven@example.com", "channels": {"email": "send"}}
     sent = directory.run("send", "--entity-json", json.dumps(carried), "--subject", "Hello", "--body", "B", "--wait")
     assert sent.returncode == 0, sent.stderr
-    assert sent.stdout.splitlines()[3].split()[:3] == ["email", "nine@example.com", "succeeded"]
-    recorded = json.loads(directory.run("directory", "show", "user-9").stdout)
-    assert recorded == {**carried, "name": "user-9"}  # recorded first
+    assert sent.stdout.splitlines()[3].split()[:3] == ["email", "seven@example.com", "succeeded"]
+    recorded = json.loads(directory.run("directory", "show", "user-7").stdout)
+    assert recorded == {**carried, "name": "user-7"}  # recorded first
 
 
 def test_help_names_each_value_and_answers_to_h(directory: Cli) -> None:
     short = directory.run("-h")
     assert short.returncode == 0 and "Commands:" in short.stdout and "send" in short.stdout
+    commands = [line.split()[0] for line in short.stdout.split("Commands:\n")[1].splitlines()]
+    for command in [*commands, "directory show", "directory import", "apikey create", "apikey revoke"]:
+        shown = directory.run(*command.split(), "-h").stdout
+        assert shown.startswith(f"Usage: starter.py {command} ") and "<" not in shown, shown  # no <str>, <bool>...
     send = directory.run("send", "-h").stdout
-    assert "<" not in send, send  # no <str>, <bool>, <list[str]>: each value is named for what it is
     for named in ("--entity ID", "--entity-json JSON", "--template NAME", "--tag NAME=VALUE", "--at TIME"):
         assert named in send, send
     assert "Render subject and bodies from NAME.yaml in NOTIFY_TEMPLATES_DIR." in " ".join(send.split())
     cancel = " ".join(directory.run("cancel", "--help").stdout.split())
-    assert "Cancel a notification that has not finished sending" in cancel
+    assert "Cancel notification ID if it has not finished sending" in cancel
 
 
 def test_a_command_where_no_worker_keeps_a_store_says_so_and_makes_none(tmp_path: Path) -> None:
@@ -548,16 +554,6 @@ def test_unknown_ids_are_one_line_exit_1(directory: Cli) -> None:
         result = directory.run(*args)
         assert result.returncode == 1
         assert re.fullmatch(f"error: no notification with id '{STORE}-424242'", result.stderr.strip())
-
-
-def scraped(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample on a Prometheus endpoint, by name and labels."""
-    text = httpx.get(url).raise_for_status().text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_the_worker_serves_the_sdks_metrics_and_the_services_own(directory: Cli) -> None:

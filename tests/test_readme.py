@@ -18,7 +18,7 @@ import httpx
 
 from harness.processes import ROOT, WorkerProcess, unconfigured_environment
 from sinks.mail import free_port
-from tests.test_cli import STORE, scraped
+from tests.service import STORE, scraped
 
 README_MOST_BYTES = 12 * 1024
 """The README is the front page: what it is, how to run and use it, and links into `docs/` for everything else."""

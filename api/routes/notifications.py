@@ -9,9 +9,9 @@ from fastapi import APIRouter, Header
 from pydantic import AwareDatetime, BaseModel, ConfigDict, WithJsonSchema, field_validator
 
 from api.deps import AppParts, KeyFirst, Notifications, needs
-from api.keys import Scope
+from api.keys import ApiKeyIssued, Scope
 from api.problems import Problem, problems
-from client import Accepted, EventRecord, IdempotencyKeyConflict, NotCancellable, RequestRefused
+from client import Accepted, EntityChangeRefused, EventRecord, IdempotencyKeyConflict, NotCancellable, RequestRefused
 from domain import MAX_TAGS, NotificationStatus, NotificationView, Tag
 
 MAX_PAGE = 100
@@ -70,18 +70,14 @@ def decode_cursor(cursor: str) -> int:
     raise Problem(422, "cursor: not a cursor this API gave")
 
 
-@router.post(
-    "",
-    status_code=202,
-    dependencies=[needs(Scope.SEND)],
-    responses=problems(409, 413),
-    summary="Request a notification",
-)
+@router.post("", status_code=202, responses=problems(409, 413), summary="Request a notification")
 async def request_notification(
     body: NotificationIn,
     app: AppParts,
+    key: Annotated[ApiKeyIssued, needs(Scope.SEND)],
     idempotency_key: Annotated[str | None, Header(description="The same key returns the first id.")] = None,
 ) -> Accepted:
+    """An entity given inline that the directory has otherwise is changed there only with the `admin` scope (403)."""
     inline = None if isinstance(body.entity, str) else body.entity
     content = {
         "entity_id": body.entity if isinstance(body.entity, str) else None,
@@ -93,9 +89,13 @@ async def request_notification(
         "send_at": body.send_at,
     }
     try:
-        accepted = await app.client.submit(content, body.template, body.data, idempotency_key, inline)
+        accepted = await app.client.submit(
+            content, body.template, body.data, idempotency_key, inline, may_change_entity=Scope.ADMIN in key.scopes
+        )
     except RequestRefused as error:
-        status = 409 if isinstance(error, IdempotencyKeyConflict) else 422
+        status = (
+            409 if isinstance(error, IdempotencyKeyConflict) else 403 if isinstance(error, EntityChangeRefused) else 422
+        )
         raise Problem(status, error.said(idempotency_key="Idempotency-Key")) from error
     app.telemetry.requested.inc()
     return accepted
