@@ -20,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from harness.processes import ROOT, launch_worker, start_worker, unconfigured_environment
 from sinks.mail import free_port
+from streams import open_store
 from worker import temporal_binary
 from workflows import search
 
@@ -178,11 +179,13 @@ def test_a_worker_started_before_its_database_waits_for_it(tmp_path: Path) -> No
     assert output.count("waiting for the streams: ") == 1 and "Traceback" not in output
 
 
-def test_serve_stops_in_one_line_when_its_store_file_is_replaced(dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+async def test_serve_stops_in_one_line_when_its_store_file_is_replaced(
+    dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
     """As the worker does: a server answering 503 for ever, with nothing in its log, would help nobody."""
     store = tmp_path / "data" / "streams.db"
-    store.parent.mkdir()
-    sqlite3.connect(store).close()  # a store as a worker left it
+    async with open_store(f"sqlite:///{store}"):
+        pass  # the store, as a worker made it
     env = environment(
         temporal_address=dev_env.client.service_client.config.target_host,
         data_dir=str(tmp_path / "data"),
