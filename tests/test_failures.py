@@ -63,7 +63,7 @@ async def test_a_permanent_smtp_failure_is_recorded_at_once_and_the_team_told(
     plain = told.message.get_body(("plain",))
     assert plain is not None
     body = plain.get_content()
-    assert "550 5.1.1" in body and f"Every record of it: python starter.py events {nid}" in body
+    assert "550 5.1.1" in body and f"Every record of it: the starter's `events {nid}`, or its page" in body
     assert view["escalation"]["status"] == "sent"
     assert view["escalation"]["channels"]["email"]["address"] == TEAM
     events = await notify.types(StreamName.NOTIFICATION_EVENT, nid)

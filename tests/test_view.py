@@ -146,6 +146,6 @@ def test_the_team_is_told_each_channel_and_failure() -> None:
         "Failures:",
         "- slack: x",
         "",
-        "Every record of it: python starter.py events 42",
+        "Every record of it: the starter's `events 42`, or its page (/notifications/42).",
     ]
     assert len(escalation(view(subject="s" * 998))[0]) == 998

@@ -157,5 +157,5 @@ def escalation(view: NotificationView) -> tuple[str, str]:
     ]
     if view.outcome.failures:
         lines += ["", "Failures:", *(f"- {f}" for f in view.outcome.failures)]
-    lines += ["", f"Every record of it: python starter.py events {view.id}"]
+    lines += ["", f"Every record of it: the starter's `events {view.id}`, or its page (/notifications/{view.id})."]
     return subject, "\n".join(lines)
