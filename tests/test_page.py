@@ -6,6 +6,7 @@ plain HTTP: what a page without a usable key does."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,14 +15,17 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
+from temporalio.testing import WorkflowEnvironment
 
+from client import NotificationClient
 from commands import command
 from settings import Settings
 from sinks.slack import SlackSink
 from streams import StreamName, StreamStore
+from streams.directory import import_entries
 from streams.store import NewRecord
 from tests.conftest import SLACK_TOKEN
-from tests.service import Api
+from tests.service import Api, entity, operation
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DESKTOP = ViewportSize(width=1280, height=800)
@@ -72,7 +76,7 @@ async def sent(api: Api, subject: str, entity: str = "user-1", **fields: object)
 
 
 async def search(page: Page, text: str) -> None:
-    await page.get_by_label("Email, Slack channel, entity or notification id").fill(text)
+    await page.get_by_label("Entity, notification id, email or Slack channel").fill(text)
     await page.get_by_role("button", name="Search").click()
 
 
@@ -156,11 +160,16 @@ async def test_a_notification_is_found_searched_for_and_shown_with_its_message_a
 
 
 async def test_every_page_fits_a_phone_and_says_what_happened(
-    api: Api, browser: Browser, owner: StreamStore, slack_sink: SlackSink
+    api: Api,
+    browser: Browser,
+    owner: StreamStore,
+    slack_sink: SlackSink,
+    dev_env: WorkflowEnvironment,
+    settings: Settings,
 ) -> None:
-    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
-    nobody = await sent(api, "For nobody", entity="user-2", send_at=soon)
-    await owner.put(StreamName.ENTITY_DIRECTORY, [NewRecord("user-2", "DirectoryEntry", "not JSON")])  # gone by then
+    await owner.put(StreamName.ENTITY_DIRECTORY, [NewRecord("user-2", "DirectoryEntry", "not JSON")])
+    client = NotificationClient(api.store, dev_env.client, settings)  # `request` does not read the directory first
+    nobody = await client.request(operation("user-2", subject="For nobody"))
     later = await sent(api, "Cancelled", send_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
     cancelled = await api.call("POST", f"/v1/notifications/{later}/cancel")
     assert cancelled.json()["status"] == "cancelled", cancelled.text
@@ -176,10 +185,11 @@ async def test_every_page_fits_a_phone_and_says_what_happened(
     await fits(page)
 
     await page.goto(f"/notifications/{nobody}")
-    await expect(page.locator(".no-channel")).to_contain_text(
-        "No channel was sent: the audience stage ended with \u201ccould not get audience with some failures"
-        " reported\u201d: entity 'user-2' has a directory entry that cannot be read: record"
+    no_channel = page.locator(".no-channel")
+    await expect(no_channel).to_contain_text(
+        "No channel was sent: entity 'user-2' has a directory entry that cannot be read: record"
     )
+    await expect(no_channel).not_to_contain_text("stage")  # how each stage ended is the timeline's
     await expect(page.locator(".message-requested .subject")).to_have_text("For nobody")
     await expect(page.locator(".message-requested h3")).to_have_text("As requested (sent on no channel)")
     await expect(page.locator(".message-email h3")).to_have_text(f"Email to {TEAM} (the internal team)")
@@ -202,17 +212,41 @@ async def test_every_page_fits_a_phone_and_says_what_happened(
     await fits(page)
 
 
+async def test_the_search_looks_for_an_entity_first_even_one_whose_id_is_an_email_address(
+    api: Api, browser: Browser, owner: StreamStore
+) -> None:
+    grace = "grace@example.com"
+    await import_entries(owner, [entity(id=grace, name="Grace", email=grace, channels={"email": "send"})])
+    nid = await sent(api, "To Grace", entity=grace)
+    assert (await api.outcome(nid))["status"] == "sent"
+    page = await signed_in(browser, api)
+    await expect(page.get_by_role("searchbox")).to_have_attribute(
+        "title", re.compile(r"^Looked for in this order: an entity's id .*, a notification id .*, an email address")
+    )
+
+    await search(page, grace)  # an entity's id first, though it has an @
+    await expect(page.get_by_role("heading", name="Recent notifications")).to_be_visible()
+    await expect(page.get_by_role("textbox", name="Entity", exact=True)).to_have_value(grace)
+    await page.get_by_role("link", name=nid).click()
+    await page.locator("table.channels").get_by_role("link", name=grace).click()  # the address: its audit, always
+    await expect(page.get_by_role("heading", name=f"Sent to {grace}")).to_be_visible()
+    await expect(page.get_by_role("row").filter(has_text=nid)).to_contain_text("To Grace")
+
+
 async def test_a_notification_under_way_updates_without_a_reload(api: Api, browser: Browser) -> None:
-    nid = await sent(api, "Later", send_at=(datetime.now(UTC) + timedelta(seconds=4)).isoformat())
+    nid = await sent(api, "Later", send_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
     page = await signed_in(browser, api)
     await page.goto(f"/notifications/{nid}")
     await expect(page.locator(".facts")).to_contain_text("scheduled")
     await expect(page.locator(".no-channel")).to_have_text("No channel yet (they are chosen when it is sent).")
     await expect(page.locator("#main")).to_contain_text("Decided once every channel has an outcome.")
     await page.evaluate("window.stillThisPage = true")
-    await expect(page.locator(".facts")).to_contain_text("sent", timeout=30_000)
+    cancelled = await api.call("POST", f"/v1/notifications/{nid}/cancel")  # it ends while the page shows it
+    assert cancelled.json()["status"] == "cancelled", cancelled.text
+    await expect(page.locator(".no-channel")).to_have_text("Cancelled before any channel was sent.", timeout=30_000)
     assert await page.evaluate("window.stillThisPage === true")  # updated in place, not reloaded
     assert await page.locator("#main").get_attribute("data-live") is None  # and it stopped asking
+    await expect(page.locator(".facts")).to_contain_text("cancelled")
     await expect(page.locator("#main")).to_contain_text("None: nobody had to be told.")
 
 

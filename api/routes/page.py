@@ -1,5 +1,5 @@
 """The web page: an overview of the notifications that ended in the last hour and day, recent notifications, a search
-(an email address or a Slack channel: the audit; an entity or a notification id: its page), and a page per
+(an entity or a notification id: its page; else an email address or a Slack channel: the audit), and a page per
 notification with its view, each channel's outcome, the escalation, the messages as sent and the timeline of its
 records, each of which opens to its payload. Server-rendered (Jinja2), every asset served from here. It asks once
 for an API key with the `read` scope and keeps it in an HttpOnly, SameSite=Strict cookie, and takes a sign-in or
@@ -8,7 +8,6 @@ sign-out only from its own pages; a page that shows a notification still under w
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -118,7 +117,7 @@ def _render(request: Request, template: str, status_code: int = 200, live: bool 
 
 
 @dataclass(frozen=True)
-class Segment:
+class BarPart:
     """A status's part of a minute's bar."""
 
     status: str
@@ -133,11 +132,11 @@ class Bar:
 
     minute: datetime
     x: int
-    segments: list[Segment]
+    parts: list[BarPart]
 
     @property
     def title(self) -> str:
-        counted = ", ".join(f"{s.count} {s.status.replace('_', ' ')}" for s in self.segments)
+        counted = ", ".join(f"{p.count} {p.status.replace('_', ' ')}" for p in self.parts)
         return f"{self.minute:%H:%M} UTC: {counted}"
 
 
@@ -190,12 +189,12 @@ def _status_rank(status: str) -> int:
 
 def _bar(i: int, minute: datetime, counts: Counter[str], scale: int) -> Bar:
     """The `i`th bar of the chart: its statuses stacked from the bottom, in their order, `scale` its full height."""
-    segments, top = [], float(CHART_HEIGHT)
+    parts, top = [], float(CHART_HEIGHT)
     for status in sorted(counts, key=_status_rank):
         height = CHART_HEIGHT * counts[status] / scale
         top -= height
-        segments.append(Segment(status, counts[status], round(top, 2), round(height, 2)))
-    return Bar(minute, i * BAR_WIDTH, segments)
+        parts.append(BarPart(status, counts[status], round(top, 2), round(height, 2)))
+    return Bar(minute, i * BAR_WIDTH, parts)
 
 
 @router.get("/", name="page_overview", dependencies=[Depends(_signed_in)])
@@ -240,19 +239,23 @@ async def recent(
 
 
 @router.get("/search", name="page_search")
-async def search(request: Request, client: SignedIn, app: AppParts, address: str) -> Response:
-    """An email address (it has an @): what was sent there; an entity id in the directory: its notifications; a
-    notification id: its page; anything else is a Slack channel (`CHANNEL` or `WORKSPACE/CHANNEL`): what was sent
-    there. An entity's or a notification's id holds no `/`: `WORKSPACE/CHANNEL` is always a channel."""
+async def search(
+    request: Request, client: SignedIn, app: AppParts, address: str, channel: Channel | None = None
+) -> Response:
+    """What the search box names, looked for in this order (as its title says): an entity in the directory, its
+    notifications (an id may hold an `@`); a notification id, its page; an email address (it has an `@`) or else a
+    Slack channel (`CHANNEL` or `WORKSPACE/CHANNEL`), what was sent there. An entity's or a notification's id holds no
+    `/`: `WORKSPACE/CHANNEL` is always a channel. With `channel`, `address` is that channel's at once (the links from a
+    notification's channels: an address that is also an entity's id still opens its audit)."""
     address = address.strip()
-    email = "@" in address
-    if not email and address:
+    if channel is None and address:
         if await entry_or_why(app.store.reader(StreamName.ENTITY_DIRECTORY), address) is not None:
             return _to(f"{_path(request, 'page_recent')}?{urlencode({'entity': address})}")
         notification_id = await client.full_id(address)
         requests = app.store.reader(StreamName.CLIENT_OPERATION)
         if await requests.latest(notification_id, type=ExecuteOpRequestedEvent.__name__) is not None:
             return _to(_path(request, "page_notification", notification_id=notification_id))
+    email = channel == Channel.EMAIL if channel else "@" in address
     deliveries = await (client.audit_email(address) if email else client.audit_slack(address))
     return _render(
         request,
@@ -284,11 +287,12 @@ class Message:
     """Sent to the internal team (the escalation), not to the entity."""
 
 
-HOLDERS: dict[
-    tuple[StreamName, str],
-    type[SendEmailRequestedEvent | SendSlackMessageRequestedEvent | SendNotificationRequestedEvent]
-    | type[ExecuteOpRequestedEvent],
-] = {
+Holder = (
+    SendEmailRequestedEvent | SendSlackMessageRequestedEvent | SendNotificationRequestedEvent | ExecuteOpRequestedEvent
+)
+"""A record that holds a message."""
+
+HOLDERS: dict[tuple[StreamName, str], type[Holder]] = {
     (StreamName.EMAIL_EVENT, SendEmailRequestedEvent.__name__): SendEmailRequestedEvent,
     (StreamName.SLACK_EVENT, SendSlackMessageRequestedEvent.__name__): SendSlackMessageRequestedEvent,
     (StreamName.NOTIFICATION_EVENT, SendNotificationRequestedEvent.__name__): SendNotificationRequestedEvent,
@@ -341,17 +345,10 @@ def _sent(operation: SendEmailOp | SendSlackMessageOp, for_team: bool) -> Messag
     return Message(Channel.SLACK, f"{operation.workspace}/{operation.channel}", operation.text, for_team=for_team)
 
 
-STAGES = {
-    "prepare": "preparing",
-    "get_delivery_channel_configs": "delivery channel configs",
-    "get_audience": "audience",
-}
-"""The stages that choose a notification's channels, the last first, and what the page calls them."""
-
-
 def _why_no_channel(view: dict[str, Any]) -> str:
-    """What happened to a notification that has no channel, from its view: how far it got, and why it stopped (its
-    failures, which the page then shows here alone)."""
+    """What happened to a notification that has no channel, from its view, in words: that it has none yet, or was
+    cancelled first, and why (its failures, which the page then shows here alone). The saga's stages, and how each
+    ended, are the timeline's to show."""
     status, outcome = view["status"], view.get("outcome") or {}
     failures = "; ".join(outcome.get("failures") or [])
     why = f": {failures}." if failures else "."
@@ -360,11 +357,7 @@ def _why_no_channel(view: dict[str, Any]) -> str:
         return f"No channel yet{when}{why}"
     if status == NotificationStatus.CANCELLED:
         return f"Cancelled before any channel was sent{why}"
-    stage = next((s for s in STAGES if outcome.get(s)), None)
-    if stage is None:
-        return f"No channel was sent{why}"
-    said = re.sub(r"(?<!^)(?=[A-Z])", " ", str(outcome[stage])).lower()
-    return f"No channel was sent: the {STAGES[stage]} stage ended with \u201c{said}\u201d{why}"
+    return f"No channel was sent{why}"
 
 
 @router.get("/notifications/{notification_id}", name="page_notification")
