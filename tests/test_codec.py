@@ -127,7 +127,7 @@ async def test_a_sealed_payload_opens_only_with_its_key() -> None:
         ("k1", "each key is KEYID:BASE64KEY"),
         ("k1:not base64!", "key 'k1' is not base64"),
         (f"k1:{base64.b64encode(b'short').decode()}", "key 'k1' is 5 bytes; AES-256 takes 32"),
-        (f"k1:{base64.b64encode(OLD.key).decode()},k1:{base64.b64encode(NEW.key).decode()}", "'k1' is given twice"),
+        (f"k1:{base64.b64encode(b'1' * 32).decode()},k1:{base64.b64encode(b'2' * 32).decode()}", "'k1' is given twice"),
     ],
 )
 def test_bad_payload_keys_are_refused(value: str, message: str) -> None:
