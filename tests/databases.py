@@ -5,8 +5,9 @@ The server: the one NOTIFY_TEST_POSTGRES_URL names (CI names this machine's); el
 so that the tests run on a machine with nothing but Python and pip. A server that is named and cannot be used fails
 the tests that need it: nothing skips.
 
-One template database is migrated and granted once per session; each test gets a copy of it, and every database
-made is dropped when the session ends.
+One template database is migrated and granted once per session (per pytest-xdist worker process); each test gets a
+copy of it, and every database made is dropped when the session ends. Names are random, so that the worker processes
+never meet on one; the roles are the cluster's, shared by all, and made if missing by whichever process grants first.
 """
 
 from __future__ import annotations
