@@ -21,17 +21,14 @@ def unconfigured_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
 
 
+def launched(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """A process started from `cwd`, its standard output and error together, to read as text."""
+    return subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def launch_worker(env: dict[str, str], cwd: Path, *args: str) -> WorkerProcess:
     """A `worker.py` process (with `args`), as soon as it is started."""
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "worker.py"), *args],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    return WorkerProcess(process)
+    return WorkerProcess(launched([sys.executable, str(ROOT / "worker.py"), *args], env, cwd))
 
 
 def temporal_server(port: int, database: Path) -> subprocess.Popen[bytes]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from harness.processes import ROOT, WorkerProcess, unconfigured_environment
+from harness.processes import ROOT, WorkerProcess, launched, unconfigured_environment
 from sinks.mail import free_port
 from tests.service import STORE, scraped
 
@@ -66,11 +66,7 @@ def use_it_works_as_written(folder: Path, env: dict[str, str]) -> None:
     shutil.copytree(ROOT / "message_templates", folder / "message_templates", dirs_exist_ok=True)
     worker_line, commands = use_it()
     assert worker_line == ".venv/bin/python worker.py --dev --sinks"
-    worker = WorkerProcess(
-        subprocess.Popen(
-            argv(worker_line), env=env, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-    ).until_polling()
+    worker = WorkerProcess(launched(argv(worker_line), env, folder)).until_polling()
     try:
         ran = {}
         for command in commands:
@@ -131,14 +127,7 @@ def test_run_it_then_use_it(tmp_path: Path) -> None:
     run_it = (ROOT / "README.md").read_text().split("\n## Run it\n", 1)[1]
     demo_line = re.findall(r"```sh\n(.*?)```", run_it, re.S)[0].split("&&")[-1].strip()
     assert demo_line == ".venv/bin/python starter.py demo"
-    demo = subprocess.Popen(
-        argv(demo_line),
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    demo = launched(argv(demo_line), env, tmp_path)
     try:
         assert demo.stdout is not None
         lines = []

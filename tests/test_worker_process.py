@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from harness.processes import ROOT, launch_worker, start_worker, unconfigured_environment
+from harness.processes import ROOT, launch_worker, launched, start_worker, unconfigured_environment
 from sinks.mail import free_port
 from streams import open_store
 from worker import temporal_binary
@@ -191,14 +191,7 @@ async def test_serve_stops_in_one_line_when_its_store_file_is_replaced(
         data_dir=str(tmp_path / "data"),
         api_port=str(free_port()),
     )
-    serve = subprocess.Popen(
-        [sys.executable, str(ROOT / "starter.py"), "serve"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = launched([sys.executable, str(ROOT / "starter.py"), "serve"], env, tmp_path)
     try:
         assert serve.stdout is not None
         assert "API at http://" in serve.stdout.readline()
