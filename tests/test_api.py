@@ -322,6 +322,8 @@ async def test_openapi_describes_a_notification_its_events_and_the_audit(api: Ap
     assert answer("/v1/notifications", "post", "202") == ref(Accepted) and fields("Accepted") == {"id", "status"}
     assert fields("NotificationPage") == {"items", "next_cursor"}
     assert answer("/v1/entities/{entity_id}") == ref(DirectoryEntry)
+    entity = schemas["NotificationIn"]["properties"]["entity"]  # an id, or the entity itself
+    assert entity["anyOf"] == [{"type": "string"}, ref(DirectoryEntry)] and "DirectoryEntry" in schemas
     refused = spec["paths"]["/v1/notifications"]["get"]["responses"]["401"]["content"]["application/problem+json"]
     assert set(refused["schema"]["properties"]) == {"type", "title", "status", "detail"}
 
