@@ -6,8 +6,9 @@ CPU is not the worker's), and for each measurement a fresh worker process: `pyth
 Clients run a closed loop: each requests one notification (or starts one bare workflow), waits for its outcome, and
 requests the next. Prints, per workload and number in flight: completed per second, request-to-outcome latency
 percentiles, CPU per notification of the worker process and of the dev server (from /proc, so Linux only), the
-worker's resident size before and after, and the saga's ratios to bare; then the bytes and records the streams keep
-per notification. Writes it all as JSON too.
+worker's resident size before and after, the Temporal history events, workflow tasks and activity tasks per workflow
+(from the histories of up to 50 of the workflows each measurement ran), and the saga's ratios to bare; then the
+bytes and records the streams keep per notification. Writes it all as JSON too.
 
     .venv/bin/python -m bench.throughput --notifications 300 --in-flight 1 50 \
         [--workers N] [--postgres URL] [--json FILE]
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psycopg
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from bench.bare import BareFanOut
@@ -62,6 +64,8 @@ production, and never waited for at these rates."""
 WARM_UP = 10
 """Notifications each worker handles before it is measured."""
 TICK = os.sysconf("SC_CLK_TCK")
+HISTORIES = 50
+"""Workflows of each measurement whose histories are counted (evenly spread over the run; all, if it ran fewer)."""
 
 
 @dataclass
@@ -81,6 +85,24 @@ class Figures:
     worker_rss_mib: tuple[float, float, float]
     """The (first) worker's resident size when the measurement began (after the warm-up), a tenth of the way through
     (its caches warm), and when it ended."""
+    histories: int
+    """Workflows whose histories the next three figures are the mean over."""
+    history_events: float
+    """Events in a workflow's history (one notification's, or one bare workflow's)."""
+    workflow_tasks: float
+    """Workflow tasks a workflow took (its WorkflowTaskScheduled events)."""
+    activity_tasks: float
+    """Activity tasks a workflow scheduled (its ActivityTaskScheduled events; local activities are markers)."""
+
+
+@dataclass
+class History:
+    """What the server kept and dispatched for some workflows, per workflow."""
+
+    workflows: int
+    events: float
+    workflow_tasks: float
+    activity_tasks: float
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -103,22 +125,41 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def closed_loop(
-    one: Callable[[int], Awaitable[None]], count: int, in_flight: int, done: Callable[[int], None] = lambda n: None
-) -> list[float]:
+    one: Callable[[int], Awaitable[str]], count: int, in_flight: int, done: Callable[[int], None] = lambda n: None
+) -> dict[str, float]:
     """`count` calls of `one`, `in_flight` at a time, each client starting the next when its last ends; the seconds
-    each took. `done` is told how many have ended, as each ends."""
-    latencies: list[float] = []
+    each took, by the id of the workflow it ran. `done` is told how many have ended, as each ends."""
+    latencies: dict[str, float] = {}
     numbers = iter(range(count))
 
     async def client() -> None:
         for n in numbers:
             started = time.perf_counter()
-            await one(n)
-            latencies.append(time.perf_counter() - started)
+            workflow_id = await one(n)
+            latencies[workflow_id] = time.perf_counter() - started
             done(len(latencies))
 
     await asyncio.gather(*(client() for _ in range(in_flight)))
     return latencies
+
+
+async def history(temporal: Client, workflow_ids: list[str]) -> History:
+    """Events, workflow tasks and activity tasks per workflow, over up to `HISTORIES` of these (ended) workflows,
+    evenly spread."""
+    taken = min(HISTORIES, len(workflow_ids))
+    sample = [workflow_ids[i * len(workflow_ids) // taken] for i in range(taken)]
+    histories = await asyncio.gather(*(temporal.get_workflow_handle(w).fetch_history() for w in sample))
+    events = [event.event_type for h in histories for event in h.events]
+
+    def per_workflow(count: int) -> float:
+        return round(count / len(histories), 1)
+
+    return History(
+        workflows=len(histories),
+        events=per_workflow(len(events)),
+        workflow_tasks=per_workflow(events.count(EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED)),
+        activity_tasks=per_workflow(events.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)),
+    )
 
 
 class Bench:
@@ -193,32 +234,42 @@ class Bench:
             await import_entries(store, ENTITIES)
             notify = NotificationClient(store, temporal, settings)
             for flight in in_flight:
-                figures.append(await self.measure("bare", self.bare(temporal, flight), count, flight, workers))
-                figures.append(await self.measure("saga", self.saga(notify), count, flight, workers))
+                for workload, one in (("bare", self.bare(temporal, flight)), ("saga", self.saga(notify))):
+                    figures.append(await self.measure(temporal, workload, one, count, flight, workers))
         records, size = await stream_size(streams_url)
         return figures, {
             "stream_records_per_notification": round(records / self.saga_count, 1),
             "stream_bytes_per_notification": round(size / self.saga_count),
         }
 
-    def bare(self, temporal: Client, run: int) -> Callable[[int], Awaitable[None]]:
-        async def one(n: int) -> None:
-            await temporal.execute_workflow(BareFanOut.run, n, id=f"bare-{run}-{uuid.uuid4()}", task_queue="bare")
+    def bare(self, temporal: Client, run: int) -> Callable[[int], Awaitable[str]]:
+        async def one(n: int) -> str:
+            workflow_id = f"bare-{run}-{uuid.uuid4()}"
+            await temporal.execute_workflow(BareFanOut.run, n, id=workflow_id, task_queue="bare")
+            return workflow_id
 
         return one
 
-    def saga(self, notify: NotificationClient) -> Callable[[int], Awaitable[None]]:
-        async def one(n: int) -> None:
+    def saga(self, notify: NotificationClient) -> Callable[[int], Awaitable[str]]:
+        async def one(n: int) -> str:
             entity = ENTITIES[self.saga_count % len(ENTITIES)]
             self.saga_count += 1
             op = SendNotificationToEntityOp(entity_id=entity.id, subject="Bench", body=f"Benchmark notification {n}.")
-            view = await notify.result(await notify.request(op))
+            notification_id = await notify.request(op)  # its saga's workflow id
+            view = await notify.result(notification_id)
             assert view.status == NotificationStatus.SENT, view
+            return notification_id
 
         return one
 
     async def measure(
-        self, workload: str, one: Callable[[int], Awaitable[None]], count: int, in_flight: int, workers: int
+        self,
+        temporal: Client,
+        workload: str,
+        one: Callable[[int], Awaitable[str]],
+        count: int,
+        in_flight: int,
+        workers: int,
     ) -> Figures:
         command = (
             [sys.executable, "-m", "bench.bare"] if workload == "bare" else [sys.executable, str(ROOT / "worker.py")]
@@ -250,7 +301,8 @@ class Bench:
         finally:
             for w in started_workers:
                 w.stop()
-        ms = [latency * 1000 for latency in latencies]
+        ms = [latency * 1000 for latency in latencies.values()]
+        kept = await history(temporal, list(latencies))
         return Figures(
             workload=workload,
             in_flight=in_flight,
@@ -263,6 +315,10 @@ class Bench:
             worker_cpu_ms=round(worker_cpu * 1000 / count, 1),
             server_cpu_ms=round(server_cpu * 1000 / count, 1),
             worker_rss_mib=worker_rss,
+            histories=kept.workflows,
+            history_events=kept.events,
+            workflow_tasks=kept.workflow_tasks,
+            activity_tasks=kept.activity_tasks,
         )
 
     def profiling(self, pid: int, name: str) -> subprocess.Popen[bytes] | None:
@@ -311,26 +367,35 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
     bare = {f.in_flight: f for f in figures if f.workload == "bare"}
     rows = [
         ("workload", "in flight", "workers", "done/s", "p50 ms", "p95 ms", "p99 ms", "worker CPU ms/n",
-         "server CPU ms/n", "worker RSS MiB (start, 10%, end)", "x bare done/s", "x bare p50", "x bare worker CPU"),
+         "server CPU ms/n", "worker RSS MiB (start, 10%, end)", "events/n", "wf tasks/n", "activities/n",
+         "x bare done/s", "x bare p50", "x bare worker CPU", "x bare events"),
     ]  # fmt: skip
     for f in figures:
         base = bare[f.in_flight]
         ratios = (
-            ("", "", "")
+            ("", "", "", "")
             if f.workload == "bare"
             else (
                 f"{f.completed_per_second / base.completed_per_second:.2f}",
                 f"{f.p50_ms / base.p50_ms:.2f}",
                 f"{f.worker_cpu_ms / base.worker_cpu_ms:.2f}",
+                f"{f.history_events / base.history_events:.2f}",
             )
         )
         rows.append(
             (f.workload, str(f.in_flight), str(f.workers), f"{f.completed_per_second:g}", f"{f.p50_ms:g}",
              f"{f.p95_ms:g}", f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}",
-             "{:g}, {:g}, {:g}".format(*f.worker_rss_mib), *ratios)
+             "{:g}, {:g}, {:g}".format(*f.worker_rss_mib), f"{f.history_events:g}", f"{f.workflow_tasks:g}",
+             f"{f.activity_tasks:g}", *ratios)
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    first = figures[0]
+    lines.append(
+        "events/n, wf tasks/n, activities/n: Temporal history events, workflow tasks and activity tasks per workflow"
+        f" (a notification's saga, a bare workflow), over {first.histories} of each row's {first.notifications}"
+        " workflows' histories, evenly spread"
+    )
     lines.append(
         f"streams: {stored['stream_bytes_per_notification']:,.0f} bytes and "
         f"{stored['stream_records_per_notification']:g} records per notification"

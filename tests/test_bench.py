@@ -36,8 +36,14 @@ def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(tm
     assert all(r["completed_per_second"] > 0 and r["p50_ms"] > 0 and r["worker_cpu_ms"] > 0 for r in runs)
     assert all(len(r["worker_rss_mib"]) == 3 and all(20 < m <= 2000 for m in r["worker_rss_mib"]) for r in runs)
     assert report["stream_records_per_notification"] > 10 and report["stream_bytes_per_notification"] > 1000
+    bare, saga = runs
+    assert all(r["histories"] == 3 and r["workflow_tasks"] >= 1 for r in runs)
+    assert all(r["history_events"] > 3 * r["workflow_tasks"] + 2 * r["activity_tasks"] for r in runs)
+    assert bare["activity_tasks"] == 2 and saga["history_events"] > bare["history_events"]
     header, *rows = run.stdout.splitlines()[:3]
     assert "x bare done/s" in header and [row.split()[:2] for row in rows] == [["bare", "2"], ["saga", "2"]]
+    assert all(column in header for column in ("events/n", "wf tasks/n", "activities/n", "x bare events"))
+    assert "over 3 of each row's 3 workflows' histories" in run.stdout
 
 
 def test_the_soak_counts_what_it_requested_and_keeps_the_guarantee(tmp_path: Path) -> None:
