@@ -144,10 +144,8 @@ def print_json(value: Any) -> None:
 def print_view(view: dict[str, Any]) -> None:
     print(f"notification {view['id']}: {view['status']}")
     print(f"  entity {view['entity_id']}, subject {view['subject']!r}, requested {view['requested_at']}")
-    for channel, c in view.get("channels", {}).items():
-        print(f"  {channel:<6} {c.get('address') or '-':<32} {channel_line(c)}")
-    for failure in view.get("outcome", {}).get("failures", []):
-        print(f"  failure: {failure}")
+    for row in channel_rows(view.get("channels", {})) + failure_rows(view):
+        print(f"  {row}")
     if view.get("waiting"):
         print(f"  waiting: {view['waiting']}")
     if view.get("send_at") and view["status"] in ("scheduled", "cancelled"):
@@ -155,8 +153,17 @@ def print_view(view: dict[str, Any]) -> None:
     escalation = view.get("escalation")
     if escalation:
         print(f"  internal team: {escalation['status']}")
-        for channel, c in escalation["channels"].items():
-            print(f"    {channel:<6} {c.get('address') or '-':<30} {channel_line(c)}")
+        for row in channel_rows(escalation["channels"], width=30):
+            print(f"    {row}")
+
+
+def channel_rows(channels: dict[str, dict[str, Any]], width: int = 32) -> list[str]:
+    """A line per channel: its name, its address in a column `width` wide, its outcome in words."""
+    return [f"{channel:<6} {c.get('address') or '-':<{width}} {channel_line(c)}" for channel, c in channels.items()]
+
+
+def failure_rows(view: dict[str, Any]) -> list[str]:
+    return [f"failure: {failure}" for failure in (view.get("outcome") or {}).get("failures", [])]
 
 
 def channel_line(c: dict[str, Any]) -> str:
@@ -184,8 +191,7 @@ def progress_lines(view: dict[str, Any]) -> list[str]:
     """A notification's progress as lines, in words (the saga's stages are for `events`): its status and why it
     waits, each channel, every failure, the internal team's channels."""
     lines = [view["status"] + (f": {view['waiting']}" if view.get("waiting") else "")]
-    lines += [f"{ch:<6} {c.get('address') or '-':<32} {channel_line(c)}" for ch, c in view.get("channels", {}).items()]
-    lines += [f"failure: {failure}" for failure in (view.get("outcome") or {}).get("failures", [])]
+    lines += channel_rows(view.get("channels", {})) + failure_rows(view)
     escalation = view.get("escalation") or {}
     lines += [f"internal team {ch} {channel_line(c)}" for ch, c in escalation.get("channels", {}).items()]
     return lines
