@@ -63,7 +63,7 @@ from domain import (
 )
 from settings import WORKER_HINT, ConfigurationError, Settings, one_line
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
-from streams.directory import entry_or_why, import_entries, lookup
+from streams.directory import entry_or_reason, import_entries, lookup
 from streams.store import unreadable
 from templating import TemplateError, Templates
 from workflows import search
@@ -349,11 +349,9 @@ class NotificationClient:
         one that cannot be read)."""
         if given is not None:
             return given
-        entry = await entry_or_why(self._store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
-        if entry is None:
-            raise RequestRefused(f"entity {entity_id!r} is not in the directory")
+        entry = await entry_or_reason(self._store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
         if isinstance(entry, str):
-            raise RequestRefused(f"entity {entity_id!r} has a directory entry that cannot be read: {entry}")
+            raise RequestRefused(entry)
         return entry
 
     async def submit(

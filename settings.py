@@ -31,7 +31,7 @@ from domain import (
     checked_email_address,
     validation_message,
 )
-from streams import StreamStore, open_store
+from streams import StreamStore, open_store, sqlite_file
 
 INTERNAL_TEAM = "internal-team"
 """The entity id the internal team is notified as."""
@@ -235,8 +235,8 @@ class Settings(BaseSettings):
         `as_owner`, every handle with `NOTIFY_STREAMS_URL`, as what only the owner of the streams may do needs.
         Only what keeps the store (the worker, the demo) may `create` the default SQLite file: a client that made one
         would write requests no worker reads (`NoStore`)."""
-        file = Path(self.streams_location.removeprefix("sqlite:///"))
-        if not create and self.streams_location.startswith("sqlite:///") and not file.exists():
+        file = sqlite_file(self.streams_location)
+        if not create and file is not None and not file.exists():
             variable = "NOTIFY_STREAMS_URL" if self.streams_url else "NOTIFY_DATA_DIR"
             raise NoStore(
                 f"no store at {file.absolute()}: start the worker first ({WORKER_HINT}), or set {variable} to the "

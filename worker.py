@@ -153,15 +153,13 @@ SERVICE_WAIT = 1.0
 async def dev_server(settings: Settings) -> AsyncIterator[Client]:
     """The embedded Temporal dev server on `settings.temporal_address`, with its database (`temporal.db`) and its log
     (`temporal.log`) in the data dir; yields a client connected to it, and stops it on the way out."""
-    host, _, port = settings.temporal_address.rpartition(":")
-    host = host or "127.0.0.1"
-    ui_port = int(port) + 1000
+    host, port, ui_port = _dev_ports(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log = settings.data_dir / "temporal.log"
     with log.open("ab") as output:
         server = await asyncio.create_subprocess_exec(
             str(temporal_binary("temporal")),
-            *("server", "start-dev", "--ip", host, "--port", port, "--ui-port", str(ui_port)),
+            *("server", "start-dev", "--ip", host, "--port", str(port), "--ui-port", str(ui_port)),
             *("--namespace", settings.temporal_namespace, "--db-filename", str(settings.data_dir / "temporal.db")),
             *("--log-level", "warn", *ONE_PARTITION, *search.DEV_SERVER_ARGS),
             *(
@@ -201,12 +199,12 @@ def refuse_taken_ports(settings: Settings, *, dev: bool, sinks: bool, api: bool 
     """Refuse at once, before anything starts, when a port this process would listen on is taken (`dev`: Temporal's
     and its Web UI's; `sinks`: the mail sink's; `api`: the HTTP API's; and the metrics' if set): most likely by a
     worker started with --dev --sinks or by `starter.py demo`, which take the same ones."""
-    host, _, port = settings.temporal_address.rpartition(":")
+    host, port, ui_port = _dev_ports(settings)
     wanted = [(settings.metrics_host, settings.metrics_port, "the metrics", "NOTIFY_METRICS_PORT")]
     if dev:
         wanted += [
-            (host or "127.0.0.1", int(port), "the Temporal dev server", "NOTIFY_TEMPORAL_ADDRESS"),
-            (host or "127.0.0.1", int(port) + 1000, "its Web UI (its port plus 1000)", "NOTIFY_TEMPORAL_ADDRESS"),
+            (host, port, "the Temporal dev server", "NOTIFY_TEMPORAL_ADDRESS"),
+            (host, ui_port, "its Web UI (its port plus 1000)", "NOTIFY_TEMPORAL_ADDRESS"),
         ]
     if sinks:
         wanted.append((settings.smtp_host, settings.smtp_port, "the local mail sink", "NOTIFY_SMTP_PORT"))
@@ -214,15 +212,17 @@ def refuse_taken_ports(settings: Settings, *, dev: bool, sinks: bool, api: bool 
         wanted.append((settings.api_host, settings.api_port, "the HTTP API", "NOTIFY_API_PORT"))
     for at, number, what, variable in wanted:
         if number is not None and _listening(at, number):
-            own = (
-                ", or run the worker without --dev to use a Temporal of yours there"
-                if dev and number == int(port)
-                else ""
-            )
+            own = ", or run the worker without --dev to use a Temporal of yours there" if dev and number == port else ""
             raise ConnectionError(
                 f"something already listens on {at}:{number}, where {what} would listen (a worker started with --dev "
                 f"or --sinks, or a demo, still running?): stop it, or set {variable} to a free port{own}"
             )
+
+
+def _dev_ports(settings: Settings) -> tuple[str, int, int]:
+    """Where the dev server listens (`NOTIFY_TEMPORAL_ADDRESS`), and its Web UI's port: its own plus 1000."""
+    host, _, port = settings.temporal_address.rpartition(":")
+    return host or "127.0.0.1", int(port), int(port) + 1000
 
 
 def _listening(host: str, port: int) -> bool:

@@ -74,7 +74,7 @@ from streams import (
     StreamName,
     StreamStore,
 )
-from streams.directory import entry_or_why
+from streams.directory import entry_or_reason
 
 T = TypeVar("T")
 
@@ -189,11 +189,10 @@ class NotificationActivities:
     async def _get_audience(self, operation: SendNotificationToEntityOp) -> GetAudienceResult:
         """The entity as the directory has it now; an unknown entity, or an entry that cannot be read, is a reported
         failure, not an error."""
-        entry = await entry_or_why(self._directory, operation.entity_id)
-        if isinstance(entry, DirectoryEntry):
-            return GetAudienceResult(audience=entry)
-        reason = "is not in the directory" if entry is None else f"has a directory entry that cannot be read: {entry}"
-        return GetAudienceResult(audience=None, failures=[Failure(reason=f"entity {operation.entity_id!r} {reason}")])
+        entry = await entry_or_reason(self._directory, operation.entity_id)
+        if isinstance(entry, str):
+            return GetAudienceResult(audience=None, failures=[Failure(reason=entry)])
+        return GetAudienceResult(audience=entry)
 
     async def _prepare_channel(
         self, nid: str, operation: SendNotificationToEntityOp, audience: DirectoryEntry, channel: Channel

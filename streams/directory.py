@@ -21,6 +21,17 @@ async def entry_or_why(directory: ReadOnlyStream, entity_id: str) -> DirectoryEn
         return unreadable(record, error)
 
 
+async def entry_or_reason(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | str:
+    """The entity's latest entry, or why no notification can go to it, in words: it is not in the directory, or its
+    entry cannot be read (which record, and why)."""
+    entry = await entry_or_why(directory, entity_id)
+    if entry is None:
+        return f"entity {entity_id!r} is not in the directory"
+    if isinstance(entry, str):
+        return f"entity {entity_id!r} has a directory entry that cannot be read: {entry}"
+    return entry
+
+
 async def lookup(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | None:
     """The entity's latest entry; an entry that cannot be read is no entry."""
     entry = await entry_or_why(directory, entity_id)
