@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,6 +56,7 @@ from streams import (
     StreamName,
     StreamStore,
 )
+from streams.store import Put
 
 WORKER = f"{os.getpid()}@{socket.gethostname()}"
 """This process, as the handling history names it."""
@@ -118,6 +119,7 @@ class ChannelHandler(ABC, Generic[Op, Response]):
         self._handling = store.handling(self.operation_stream)
         self._events = store.writer(self.event_stream)
         self._outcomes = store.reader(self.event_stream)
+        self._steps = store.steps()
 
     # -- what each channel says ---------------------------------------------------------------------------------
 
@@ -172,18 +174,20 @@ class ChannelHandler(ABC, Generic[Op, Response]):
         handled = await self._handling.begin(ref.internal_record_id, self.concern, attempt)
         if handled is not None:
             return ChannelOperationOutcomeInfo.model_validate_json(handled.details)
-        recorded = await self._recorded_outcome(operation)
-        if recorded is not None:  # an earlier attempt recorded it and died before it could complete its handling
-            history = await self._handling.history(ref.internal_record_id, self.concern)
-            recorded = recorded.model_copy(update={"attempts": _attempts(history)})
-            await self._complete(ref, recorded)
-            return recorded
-        await self._events.put(
+        requested = await self._events.put(
             operation.channel_operation_id,
             self._event(self.requested_event, operation, operation=operation),
             tags=ref.instruction.tags,
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
+        # an earlier attempt's records are there: it may have recorded the outcome, and died before it could
+        # complete its handling
+        recorded = None if requested.internal_id is not None else await self._recorded_outcome(operation)
+        if recorded is not None:
+            history = await self._handling.history(ref.internal_record_id, self.concern)
+            recorded = recorded.model_copy(update={"attempts": _attempts(history)})
+            await self._complete(ref, recorded)
+            return recorded
         budget = _attempt_budget()
         try:
             if budget is not None and budget <= 0:
@@ -241,16 +245,24 @@ class ChannelHandler(ABC, Generic[Op, Response]):
             if last
             else self.failed_response(operation, failure.reason)
         )
-        outcome = await self._record_outcome(ref, Delivery(response, failure.reason), attempts)
+        put, outcome = self._outcome_record(ref, Delivery(response, failure.reason), attempts)
+        # a running attempt's handling fails, then a failed one is archived with the outcome: the moves its status
+        # allows
+        await self._steps.write(
+            [put],
+            [
+                self._handling.move(ref.internal_record_id, self.concern, HandlingStatus.FAILED, failure.reason),
+                self._handling.move(
+                    ref.internal_record_id,
+                    self.concern,
+                    HandlingStatus.ARCHIVED_AFTER_FAILURE,
+                    outcome.model_dump_json(),
+                ),
+            ],
+        )
         logger.warning(
             "%s failed for good after %d attempt(s): %s", _operation_name(operation), attempts, failure.reason
         )
-        if status == HandlingStatus.RUNNING:
-            await self._handling.transition(ref.internal_record_id, self.concern, HandlingStatus.FAILED, failure.reason)
-        if status in (HandlingStatus.RUNNING, HandlingStatus.FAILED):
-            await self._handling.transition(
-                ref.internal_record_id, self.concern, HandlingStatus.ARCHIVED_AFTER_FAILURE, outcome.model_dump_json()
-            )
         return outcome
 
     async def _retry(self, ref: ChannelOperationRef, delivery: Delivery, retry_after: float | None = None) -> NoReturn:
@@ -269,35 +281,49 @@ class ChannelHandler(ABC, Generic[Op, Response]):
         )
 
     async def _record(self, ref: ChannelOperationRef, delivery: Delivery) -> ChannelOperationOutcomeInfo:
+        """Record the delivery's outcome and complete the operation's handling with it, in one write."""
         self._outage.answered()
-        outcome = await self._record_outcome(ref, delivery, activity.info().attempt)
+        put, outcome = self._outcome_record(ref, delivery, activity.info().attempt)
+        await self._complete(ref, outcome, [put])
         if delivery.failure:
             logger.warning("%s failed for good: %s", _attempt_name(ref.instruction.operation), delivery.failure)
-        await self._complete(ref, outcome)
         return outcome
 
-    async def _record_outcome(
+    def _outcome_record(
         self, ref: ChannelOperationRef, delivery: Delivery, attempts: int | None
-    ) -> ChannelOperationOutcomeInfo:
+    ) -> tuple[Put, ChannelOperationOutcomeInfo]:
+        """The event that records the delivery's outcome (counted in the metrics), and the outcome."""
         operation = ref.instruction.operation
         event_type = self.failed_event if delivery.failure else self.succeeded_event
-        await self._events.put(
+        put = self._events.record(
             operation.channel_operation_id,
             self._event(event_type, operation, response=delivery.response),
             tags=ref.instruction.tags,
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
         )
         metrics.channel_sent(activity.metric_meter(), self.channel, "failed" if delivery.failure else "succeeded")
-        return self._outcome(operation, event_type, delivery.failure, attempts)
+        return put, self._outcome(operation, event_type, delivery.failure, attempts)
 
-    async def _complete(self, ref: ChannelOperationRef, outcome: ChannelOperationOutcomeInfo) -> None:
-        try:
-            await self._handling.transition(
-                ref.internal_record_id, self.concern, HandlingStatus.COMPLETED, outcome.model_dump_json()
-            )
-        except InvalidHandlingTransition:  # a retry of this write, which had committed before its answer was lost
-            if await self._handling.status(ref.internal_record_id, self.concern) != HandlingStatus.COMPLETED:
-                raise
+    async def _complete(
+        self, ref: ChannelOperationRef, outcome: ChannelOperationOutcomeInfo, puts: Sequence[Put] = ()
+    ) -> None:
+        """Write `puts` and complete the operation's handling with `outcome`, in one write. A completion made already
+        (by a retry of this write, which had committed before its answer was lost) is taken; any other status is
+        `InvalidHandlingTransition`."""
+        written = await self._steps.write(
+            puts,
+            [
+                self._handling.move(
+                    ref.internal_record_id, self.concern, HandlingStatus.COMPLETED, outcome.model_dump_json()
+                )
+            ],
+        )
+        if not written.moved[0]:
+            status = await self._handling.status(ref.internal_record_id, self.concern)
+            if status != HandlingStatus.COMPLETED:
+                raise InvalidHandlingTransition(
+                    f"{_operation_name(ref.instruction.operation)} is {status}: its outcome cannot complete it"
+                )
 
     async def _recorded_outcome(self, operation: ChannelOperation) -> ChannelOperationOutcomeInfo | None:
         """The outcome already in the event stream, if any; failure wins over success, as in the reference."""
@@ -376,9 +402,9 @@ async def _heartbeating() -> AsyncIterator[None]:
         return
 
     async def beat() -> None:
-        while True:
-            activity.heartbeat()
+        while True:  # the first a third of the timeout in: an attempt that ends sooner never heartbeats
             await asyncio.sleep(timeout.total_seconds() / 3)
+            activity.heartbeat()
 
     beating = asyncio.create_task(beat())
     try:

@@ -68,36 +68,14 @@ from settings import Settings
 from streams import (
     ExistingRecordStrategy,
     HandlingStatus,
-    HandlingStore,
-    InvalidHandlingTransition,
     NoSuchRecord,
     StreamName,
     StreamStore,
 )
 from streams.directory import entry_or_reason
+from streams.store import Move, Put, PutResult
 
 T = TypeVar("T")
-
-
-async def _run_if_available(handling: HandlingStore, internal_record_id: int, concern: str) -> None:
-    """Take the record up, unless a previous attempt of this step did: one conditional write."""
-    await _move_if_allowed(handling, internal_record_id, concern, HandlingStatus.RUNNING)
-
-
-async def _complete_if_running(handling: HandlingStore, internal_record_id: int, concern: str, details: str) -> None:
-    """Complete the record's handling, unless a previous attempt of this step did: one conditional write."""
-    await _move_if_allowed(handling, internal_record_id, concern, HandlingStatus.COMPLETED, details)
-
-
-async def _move_if_allowed(
-    handling: HandlingStore, internal_record_id: int, concern: str, status: HandlingStatus, details: str = ""
-) -> None:
-    try:
-        await handling.transition(internal_record_id, concern, status, details)
-    except NoSuchRecord:
-        raise  # bad data: not something a retry, or skipping, would fix
-    except InvalidHandlingTransition:
-        pass  # the record is past that status already
 
 
 class RequestNotFound(KnownCause):
@@ -133,6 +111,7 @@ class NotificationActivities:
         self._views = store.writer(StreamName.NOTIFICATION_VIEW)
         self._snapshots = store.writer(StreamName.NOTIFICATION_SNAPSHOT)
         self._channel_operations = {c: store.writer(h.operation_stream) for c, h in CHANNEL_HANDLERS.items()}
+        self._steps = store.steps()
 
     @activity.defn(name=PREPARE_NOTIFICATION.name)
     async def prepare_notification(self, op: PrepareNotificationOp) -> PreparedNotification:
@@ -144,14 +123,15 @@ class NotificationActivities:
         unavailable fails the whole step, to be retried."""
         request = op.request
         nid, operation = request.notification_id, request.operation
-        policies = op.policies or await self.record_requested(request)
+        policies = op.policies or self._settings.saga_policies()
         records = await self._recorded_events.by_id(nid)
         recorded = next((r for r in records if r.type in PrepareToSendNotificationEvent.RECORD_TYPES), None)
         if recorded is not None:
             stage = recorded.object(PrepareToSendNotificationEvent)
         else:
             stage = await self._prepare_stage(nid, operation, policies)
-        saga = await self._record_prepared(stage, operation)
+        moves, puts = ([], []) if op.policies else self._requested(request)
+        saga = await self._record_prepared(request, stage, moves, puts)
         waits = {
             ref.instruction.operation.channel_operation_id: await self._handlers[
                 ref.instruction.operation.delivery_channel
@@ -212,22 +192,31 @@ class NotificationActivities:
     async def record_requested(self, request: NotificationRequest) -> SagaPolicies:
         """Take up the client's operation and create the aggregate with `SendNotificationRequestedEvent`. Returns
         the worker's policies, which the saga keeps for the rest of its life."""
-        try:
-            await _run_if_available(
-                self._client_operation_handling, request.client_operation_record_id, SEND_NOTIFICATION_CONCERN
-            )
-        except NoSuchRecord as error:
-            raise RequestNotFound(request, self._settings) from error
+        await self._write(request, *self._requested(request))
+        return self._settings.saga_policies()
+
+    def _requested(self, request: NotificationRequest) -> tuple[list[Move], list[Put]]:
+        """The take-up of the client's operation, and the event that creates the aggregate."""
+        move = self._client_operation_handling.move(
+            request.client_operation_record_id, SEND_NOTIFICATION_CONCERN, HandlingStatus.RUNNING
+        )
         event = SendNotificationRequestedEvent(
             notification_id=request.notification_id, timestamp_utc=utc_now(), operation=request.operation
         )
-        await self._events.put(
+        put = self._events.record(
             request.notification_id,
             event,
             tags=notification_tags(request.notification_id, request.operation),
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
-        return self._settings.saga_policies()
+        return [move], [put]
+
+    async def _write(self, request: NotificationRequest, moves: list[Move], puts: list[Put]) -> list[PutResult]:
+        """A step's writes (`StreamStore.write`); a request this store does not have is `RequestNotFound`."""
+        try:
+            return (await self._steps.write(puts, moves)).puts
+        except NoSuchRecord as error:
+            raise RequestNotFound(request, self._settings) from error
 
     @activity.defn(name=PREPARE_TO_SEND_ON_CHANNEL.name)
     async def prepare_to_send_on_channel(self, op: PrepareToSendOnChannelOp) -> PrepareToSendOnChannelResult:
@@ -254,14 +243,19 @@ class NotificationActivities:
         return PrepareToSendOnChannelResult(channel=op.channel, instructions=[instruction])
 
     async def _record_prepared(
-        self, event: PrepareToSendNotificationEvent, operation: SendNotificationToEntityOp
+        self,
+        request: NotificationRequest,
+        event: PrepareToSendNotificationEvent,
+        moves: list[Move],
+        puts: list[Put],
     ) -> PreparedSaga | None:
-        """Record how preparing ended; if there is something to send, put the saga first, then each channel's
-        operation. Returns the saga and the operations' records, or None when there is nothing to send."""
-        nid = event.notification_id
-        tags = notification_tags(nid, operation)
-        await self._record_event(event, operation)
+        """Record how preparing ended, with `moves` and `puts` (the request's, unless the saga recorded it); if there is
+        something to send, the saga (taken up) and each channel's operation too: one write. Returns the saga and the
+        operations' records, or None when there is nothing to send."""
+        nid, operation = event.notification_id, request.operation
+        puts = [*puts, self._event(event, operation)]
         if event.prepare is None or not event.prepare.channels_to_send_on:
+            await self._write(request, moves, puts)
             return None
         instructions = event.prepare.instructions()
         saga_op = ProcessSendNotificationSagaOp(
@@ -271,27 +265,30 @@ class NotificationActivities:
                 for c in event.prepare.channels_to_send_on
             },
         )
-        saga = await self._sagas.put(
+        saga = self._sagas.record(
             nid,
             ExecuteOpRequestedEvent(id=nid, operation=saga_op, timestamp_utc=event.timestamp_utc),
-            tags=tags,
+            tags=notification_tags(nid, operation),
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+            take_up=SAGA_CONCERN,
         )
-        await _run_if_available(self._saga_handling, saga.record_internal_id, SAGA_CONCERN)
-        operations = await self._put_channel_operations(instructions)
-        return PreparedSaga(saga_record_id=saga.record_internal_id, operations=operations)
+        operations = self._channel_operation_puts(instructions)
+        written = await self._write(request, moves, [*puts, saga, *operations])
+        saga_put, operation_puts = written[len(puts)], written[len(puts) + 1 :]
+        return PreparedSaga(saga_record_id=saga_put.record_internal_id, operations=_refs(instructions, operation_puts))
 
     @activity.defn(name=PUT_CHANNEL_OPERATIONS.name)
     async def put_channel_operations(
         self, instructions: list[ChannelOperationInstruction]
     ) -> list[ChannelOperationRef]:
         """Put more channel operations of a saga that runs (a fallback) in their streams."""
-        return await self._put_channel_operations(instructions)
+        written = await self._steps.write(self._channel_operation_puts(instructions))
+        return _refs(instructions, written.puts)
 
-    async def _record_event(self, event: NotificationEvent, operation: SendNotificationToEntityOp) -> None:
-        """Put a stage's event once (by id and type), tagged like every record of the notification."""
+    def _event(self, event: NotificationEvent, operation: SendNotificationToEntityOp) -> Put:
+        """A stage's event, put once (by id and type), tagged like every record of the notification."""
         nid = event.notification_id
-        await self._events.put(
+        return self._events.record(
             nid,
             event,
             type=event.record_type,
@@ -299,89 +296,123 @@ class NotificationActivities:
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
         )
 
-    async def _put_channel_operations(
-        self, instructions: list[ChannelOperationInstruction]
-    ) -> list[ChannelOperationRef]:
-        refs = []
-        for instruction in instructions:
-            channel_operation_id = instruction.monitoring_info.channel_operation_id
-            put = await self._channel_operations[instruction.operation.delivery_channel].put(
-                channel_operation_id,
+    def _channel_operation_puts(self, instructions: list[ChannelOperationInstruction]) -> list[Put]:
+        return [
+            self._channel_operations[i.operation.delivery_channel].record(
+                i.monitoring_info.channel_operation_id,
                 ExecuteOpRequestedEvent(
-                    id=str(channel_operation_id), operation=instruction.operation, timestamp_utc=utc_now()
+                    id=str(i.monitoring_info.channel_operation_id), operation=i.operation, timestamp_utc=utc_now()
                 ),
-                tags=instruction.tags,
+                tags=i.tags,
                 strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
             )
-            refs.append(ChannelOperationRef(instruction=instruction, internal_record_id=put.record_internal_id))
-        return refs
+            for i in instructions
+        ]
 
     @activity.defn(name=RECORD_OUTCOME.name)
     async def record_outcome(self, snapshot: NotificationSnapshot) -> None:
         """Record the attempt stage (if the saga got that far) and the event that ends the notification."""
+        await self._steps.write(self._outcome(snapshot))
+
+    def _outcome(self, snapshot: NotificationSnapshot) -> list[Put]:
         nid, view = snapshot.notification_id, snapshot.view
         timestamp = view.completed_at
         assert timestamp is not None, "a saga records its outcome once it has ended"
+        puts = []
         if snapshot.attempt is not None:
             attempt = AttemptToSendNotificationEvent(
                 notification_id=nid, timestamp_utc=timestamp, attempt=snapshot.attempt
             )
-            await self._record_event(attempt, snapshot.operation)
+            puts.append(self._event(attempt, snapshot.operation))
         terminal = terminal_event_type(view.status)
         if terminal is not None:
-            await self._record_event(
-                terminal(notification_id=nid, timestamp_utc=timestamp, failures=view.outcome.failures),
-                snapshot.operation,
+            puts.append(
+                self._event(
+                    terminal(notification_id=nid, timestamp_utc=timestamp, failures=view.outcome.failures),
+                    snapshot.operation,
+                )
             )
+        return puts
 
     @activity.defn(name=RECORD_ENDED.name)
     async def record_ended(self, ended: SagaEnded) -> None:
-        """`record_outcome` and `record_saga_ended` in one step, for a saga that told nobody."""
-        await self.record_outcome(ended.snapshot)
-        await self.record_saga_ended(ended)
+        """`record_outcome` and `record_saga_ended` in one step (one write), for a saga that told nobody."""
+        await self._steps.write([*self._outcome(ended.snapshot), *self._saga_ended(ended)], self._completions(ended))
 
     @activity.defn(name=RECORD_ESCALATION_REQUESTED.name)
     async def record_escalation_requested(self, requested: EscalationRequested) -> PreparedEscalation:
         """Put the operation to tell the internal team in the internal operation stream, take it up, and put the
-        channel operations that will tell them in their streams."""
+        channel operations that will tell them in their streams: one write."""
         op = requested.operation
-        put = await self._internal_operations.put(
+        internal = self._internal_operations.record(
             op.notification_id,
             ExecuteOpRequestedEvent(id=op.notification_id, operation=op, timestamp_utc=utc_now()),
             tags=[tag(TagName.NOTIFICATION_ID, op.notification_id)],
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+            take_up=ESCALATION_CONCERN,
         )
-        await _run_if_available(self._internal_operation_handling, put.record_internal_id, ESCALATION_CONCERN)
-        operations = await self._put_channel_operations(requested.instructions)
-        return PreparedEscalation(internal_operation_record_id=put.record_internal_id, operations=operations)
+        operations = self._channel_operation_puts(requested.instructions)
+        written = (await self._steps.write([internal, *operations])).puts
+        return PreparedEscalation(
+            internal_operation_record_id=written[0].record_internal_id,
+            operations=_refs(requested.instructions, written[1:]),
+        )
 
     @activity.defn(name=RECORD_SAGA_ENDED.name)
     async def record_saga_ended(self, ended: SagaEnded) -> None:
         """Record how telling the internal team went (if it was told), write the view and the snapshot, and
-        complete the handling of the saga, of the client's operation and of the internal operation."""
+        complete the handling of the saga, of the client's operation and of the internal operation: one write."""
+        await self._steps.write(self._saga_ended(ended), self._completions(ended))
+
+    def _saga_ended(self, ended: SagaEnded) -> list[Put]:
         snapshot = ended.snapshot
         nid, view = snapshot.notification_id, snapshot.view
         tags = notification_tags(nid, snapshot.operation)
+        puts = []
         if view.escalation is not None:
             told = FailedNotificationSentToInternalTeamEvent(
                 notification_id=nid, timestamp_utc=view.completed_at, escalation=view.escalation
             )
-            await self._record_event(told, snapshot.operation)
-        await self._views.put(nid, view, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
-        await self._snapshots.put(nid, snapshot, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
+            puts.append(self._event(told, snapshot.operation))
+        puts.append(self._views.record(nid, view, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID))
+        puts.append(
+            self._snapshots.record(nid, snapshot, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
+        )
+        return puts
+
+    def _completions(self, ended: SagaEnded) -> list[Move]:
+        """The completion of the handling of the saga, of the internal operation and of the client's operation, each
+        if it is running (an earlier attempt of the step may have completed it)."""
+        view = ended.snapshot.view
+        moves = []
         if ended.saga_record_id is not None:
-            await _complete_if_running(self._saga_handling, ended.saga_record_id, SAGA_CONCERN, view.status)
+            moves.append(
+                self._saga_handling.move(ended.saga_record_id, SAGA_CONCERN, HandlingStatus.COMPLETED, view.status)
+            )
         if ended.internal_operation_record_id is not None:
             assert view.escalation is not None
-            await _complete_if_running(
-                self._internal_operation_handling,
-                ended.internal_operation_record_id,
-                ESCALATION_CONCERN,
-                view.escalation.status,
+            moves.append(
+                self._internal_operation_handling.move(
+                    ended.internal_operation_record_id,
+                    ESCALATION_CONCERN,
+                    HandlingStatus.COMPLETED,
+                    view.escalation.status,
+                )
             )
-        await _complete_if_running(
-            self._client_operation_handling, ended.client_operation_record_id, SEND_NOTIFICATION_CONCERN, view.status
+        moves.append(
+            self._client_operation_handling.move(
+                ended.client_operation_record_id, SEND_NOTIFICATION_CONCERN, HandlingStatus.COMPLETED, view.status
+            )
         )
+        return moves
+
+
+def _refs(instructions: list[ChannelOperationInstruction], puts: list[PutResult]) -> list[ChannelOperationRef]:
+    """Each channel operation's instruction with the record it was put as."""
+    return [
+        ChannelOperationRef(instruction=i, internal_record_id=put.record_internal_id)
+        for i, put in zip(instructions, puts, strict=True)
+    ]
 
 
 async def _or_reported(step: str, nid: str, running: Awaitable[T], failed: Callable[[str], T]) -> T:

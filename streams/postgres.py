@@ -31,8 +31,10 @@ from streams.store import (
     HandlingEntry,
     HandlingStatus,
     InvalidHandlingTransition,
+    Move,
     NewRecord,
     NoSuchRecord,
+    Put,
     PutResult,
     Record,
     StoreUnavailable,
@@ -40,6 +42,7 @@ from streams.store import (
     StreamName,
     StreamStore,
     ViewCounts,
+    Written,
     select_handling,
     select_records,
 )
@@ -166,6 +169,22 @@ GROUP BY minute, c.key, outcome
 """
 """`StreamStore.view_counts`: the views by their partial index by time, each payload read as JSON once, but those
 known not to parse (`unreadable`, internal ids)."""
+MOVE = """
+SELECT t.entry_id FROM (
+    SELECT coalesce((
+        SELECT status FROM notify_handling
+        WHERE stream = %(stream)s AND internal_record_id = %(id)s AND concern = %(concern)s
+        ORDER BY entry_id DESC LIMIT 1
+    ), 'AvailableByDefault') AS current
+) c
+LEFT JOIN LATERAL (
+    SELECT entry_id FROM notify_transition(%(stream)s, %(id)s, %(concern)s, %(status)s, %(details)s)
+    WHERE c.current = ANY(%(allowed)s)
+) t ON true
+"""
+"""A move of `StreamStore.write`: the transition, only if the record's latest status allows it (a row with a NULL
+entry id when it does not). A concurrent mover between the check and the transition's lock makes the transition
+refuse (`InvalidHandlingTransition`), and the step is retried."""
 VIEW_PAYLOADS = f"""
 SELECT internal_id, payload FROM notify_records
 WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc >= %(since)s
@@ -309,32 +328,27 @@ class PostgresStreamStore(StreamStore):
     async def put(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
         if not records:
             return []
-        results = []
-        async with _using(self._producer) as db, db.transaction(), db.cursor() as cursor:
-            # one round trip for them all (psycopg pipelines executemany), each with its own result set
-            await cursor.executemany(
-                "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        stream,
-                        new.record_id,
-                        new.type,
-                        new.payload,
-                        json.dumps([[t.name, t.value] for t in new.tags]),
-                        new.strategy.value,
-                        new.retention,
-                    )
-                    for new in records
-                ],
-                returning=True,
-            )
-            while True:
-                row = await cursor.fetchone()
-                assert row is not None
-                results.append(PutResult(row[0], tuple(row[1])))
-                if not cursor.nextset():
-                    break
-        return results
+        async with _using(self._producer) as db, db.transaction():
+            return await _put_each(db, [Put(stream, record) for record in records])
+
+    async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
+        take_ups = [p for p in puts if p.record.take_up is not None]
+        if self._producer is self._handler:  # one role: one transaction
+            async with _using(self._producer) as db, db.transaction():
+                moved = await _move_each(db, moves)
+                results = await _put_each(db, puts)
+                await _move_each(db, _take_ups(puts, results))
+            return Written(results, moved)
+        moved = []
+        if moves:
+            async with _using(self._handler) as db, db.transaction():
+                moved = await _move_each(db, moves)
+        async with _using(self._producer) as db, db.transaction():
+            results = await _put_each(db, puts)
+        if take_ups:
+            async with _using(self._handler) as db, db.transaction():
+                await _move_each(db, _take_ups(puts, results))
+        return Written(results, moved)
 
     async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
         """One statement as the owner (as the schema's functions run): the roles may neither read nor delete."""
@@ -421,6 +435,79 @@ class PostgresStreamStore(StreamStore):
             r = await cursor.fetchone()
         assert r is not None
         return HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6])
+
+
+async def _put_each(db: psycopg.AsyncConnection, puts: Sequence[Put]) -> list[PutResult]:
+    """Put each record in its stream, inside the caller's transaction, in one round trip (psycopg pipelines
+    executemany), each with its own result set."""
+    if not puts:
+        return []
+    results = []
+    async with db.cursor() as cursor:
+        await cursor.executemany(
+            "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    put.stream,
+                    new.record_id,
+                    new.type,
+                    new.payload,
+                    json.dumps([[t.name, t.value] for t in new.tags]),
+                    new.strategy.value,
+                    new.retention,
+                )
+                for put in puts
+                for new in (put.record,)
+            ],
+            returning=True,
+        )
+        while True:
+            row = await cursor.fetchone()
+            assert row is not None
+            results.append(PutResult(row[0], tuple(row[1])))
+            if not cursor.nextset():
+                break
+    return results
+
+
+async def _move_each(db: psycopg.AsyncConnection, moves: Sequence[Move]) -> list[bool]:
+    """Make each move its record's status allows, inside the caller's transaction, in one round trip: whether each
+    was made."""
+    if not moves:
+        return []
+    moved = []
+    async with db.cursor() as cursor:
+        await cursor.executemany(
+            MOVE,
+            [
+                {
+                    "stream": m.stream,
+                    "id": m.internal_record_id,
+                    "concern": m.concern,
+                    "status": m.status.value,
+                    "details": m.details,
+                    "allowed": [s.value for s in ALLOWED_TRANSITIONS.get(m.status, ())],
+                }
+                for m in moves
+            ],
+            returning=True,
+        )
+        while True:
+            row = await cursor.fetchone()
+            assert row is not None
+            moved.append(row[0] is not None)
+            if not cursor.nextset():
+                break
+    return moved
+
+
+def _take_ups(puts: Sequence[Put], results: Sequence[PutResult]) -> list[Move]:
+    """The moves that take up the put records that name a concern."""
+    return [
+        Move(put.stream, result.record_internal_id, put.record.take_up, HandlingStatus.RUNNING)
+        for put, result in zip(puts, results, strict=True)
+        if put.record.take_up is not None
+    ]
 
 
 def _jsonb_reads(payload: str) -> bool:

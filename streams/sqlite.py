@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 from domain import Tag, TagName, utc_now
 from streams.store import (
-    ALLOWED_TRANSITIONS,
     REQUESTED,
     RESETS,
     UNREADABLE,
@@ -28,8 +27,10 @@ from streams.store import (
     HandlingEntry,
     HandlingStatus,
     InvalidHandlingTransition,
+    Move,
     NewRecord,
     NoSuchRecord,
+    Put,
     PutResult,
     Record,
     StoreUnavailable,
@@ -37,6 +38,8 @@ from streams.store import (
     StreamName,
     StreamStore,
     ViewCounts,
+    Written,
+    allows,
     check_put,
     select_handling,
     select_records,
@@ -235,6 +238,29 @@ class SQLiteStreamStore(StreamStore):
         with _transaction(self._db):
             return [self._put(stream, record) for record in records]
 
+    async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
+        return await self._run(self._write, puts, moves)
+
+    def _write(self, puts: Sequence[Put], moves: Sequence[Move]) -> Written:
+        with _transaction(self._db):
+            moved = [self._move(m.stream, m.internal_record_id, m.concern, m.status, m.details) for m in moves]
+            results = [self._put(p.stream, p.record) for p in puts]
+            for put, result in zip(puts, results, strict=True):
+                if put.record.take_up is not None:
+                    self._move(put.stream, result.record_internal_id, put.record.take_up, HandlingStatus.RUNNING, "")
+        return Written(results, moved)
+
+    def _move(self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str) -> bool:
+        """Append `status` if the record's handling allows it, inside the caller's transaction: whether it did."""
+        query, args = select_handling("handling", "?", stream, internal_record_id, concern, latest=True)
+        row = self._db.execute(query, args).fetchone()
+        current = HandlingStatus(row[4]) if row else HandlingStatus.AVAILABLE_BY_DEFAULT
+        if not allows(current, status):
+            return False
+        self._latest(stream, internal_record_id, concern)  # the record must be there
+        self._append(stream, internal_record_id, concern, current, status, details)
+        return True
+
     def _put(self, stream: str, new: NewRecord) -> PutResult:
         """One record, inside the caller's transaction."""
         check_put(stream, new.strategy, new.retention)
@@ -418,7 +444,7 @@ class SQLiteStreamStore(StreamStore):
         details: str,
     ) -> HandlingEntry:
         """Append `status` if `current` (the record's status, as read in the caller's transaction) allows it."""
-        if current not in ALLOWED_TRANSITIONS.get(status, ()):
+        if not allows(current, status):
             raise InvalidHandlingTransition(
                 f"record {internal_record_id} of {stream} under concern {concern!r} is {current}, "
                 f"it cannot become {status}"

@@ -166,6 +166,11 @@ ALLOWED_TRANSITIONS: dict[HandlingStatus, frozenset[HandlingStatus]] = {
 """For each status, the current statuses a record may move to it from (the reference's transitions)."""
 
 
+def allows(current: HandlingStatus, status: HandlingStatus) -> bool:
+    """Whether a record whose handling is `current` may move to `status`."""
+    return current in ALLOWED_TRANSITIONS.get(status, ())
+
+
 class InvalidHandlingTransition(Exception):
     """The record's handling status does not allow that transition."""
 
@@ -296,6 +301,38 @@ class NewRecord:
     tags: Sequence[Tag] = ()
     strategy: ExistingRecordStrategy = ExistingRecordStrategy.NONE
     retention: int = 1
+    take_up: str | None = None
+    """A concern under which the record the put stands for is taken up (`Running`) in the same write, if its handling
+    allows it (`StreamStore.write`)."""
+
+
+@dataclass(frozen=True)
+class Put:
+    """A record to put in a stream, as part of a step's writes (`WriteOnlyStream.record`, `StreamStore.write`)."""
+
+    stream: str
+    record: NewRecord
+
+
+@dataclass(frozen=True)
+class Move:
+    """A handling transition, as part of a step's writes (`HandlingStore.move`, `StreamStore.write`): made if the
+    record's status allows it, skipped if not."""
+
+    stream: str
+    internal_record_id: int
+    concern: str
+    status: HandlingStatus
+    details: str = ""
+
+
+@dataclass(frozen=True)
+class Written:
+    """What `StreamStore.write` did: each put's result, and whether each move was made (or skipped: the record's
+    status did not allow it)."""
+
+    puts: list[PutResult]
+    moved: list[bool]
 
 
 REQUESTED = ExecuteOpRequestedEvent.__name__
@@ -363,6 +400,9 @@ class StreamStore(ABC):
     def handling(self, stream: StreamName) -> HandlingStore:
         return HandlingStore(self, stream)
 
+    def steps(self) -> StepWriter:
+        return StepWriter(self)
+
     @abstractmethod
     async def next_unique_id(self, stream: str) -> int: ...
 
@@ -374,6 +414,13 @@ class StreamStore(ABC):
     @abstractmethod
     async def put(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
         """Put `records` in `stream`, in order and in one transaction: all of them, or none."""
+
+    @abstractmethod
+    async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
+        """A step's writes across streams and handling stores, in this order: each move its record's status allows
+        (one it does not allow is skipped: an earlier attempt of the step made it; one it allows of a record that is
+        not there raises `NoSuchRecord`), each put, then each put record's take-up. In one transaction where the backend can: PostgreSQL
+        with its producer and handler on different roles takes one per role, in that order."""
 
     @abstractmethod
     async def read(
@@ -485,6 +532,22 @@ class WriteOnlyStream:
         retention: int = 1,
     ) -> PutResult:
         """Put `obj` as a record; its type is the model's class name unless `type` names it."""
+        put = self.record(record_id, obj, type=type, tags=tags, strategy=strategy, retention=retention)
+        [result] = await self._store.put(self.name, [put.record])
+        return result
+
+    def record(
+        self,
+        record_id: str | int | None,
+        obj: BaseModel,
+        *,
+        type: str | None = None,
+        tags: Iterable[Tag] = (),
+        strategy: ExistingRecordStrategy = ExistingRecordStrategy.NONE,
+        retention: int = 1,
+        take_up: str | None = None,
+    ) -> Put:
+        """`obj` as a record to put in this stream with a step's other writes (`StepWriter.write`)."""
         record = NewRecord(
             None if record_id is None else str(record_id),
             type or obj.__class__.__name__,
@@ -492,9 +555,9 @@ class WriteOnlyStream:
             list(tags),
             strategy,
             retention,
+            take_up,
         )
-        [put] = await self._store.put(self.name, [record])
-        return put
+        return Put(self.name, record)
 
     async def put_all(self, records: Sequence[tuple[str | int | None, BaseModel, Iterable[Tag]]]) -> list[PutResult]:
         """Put each (record id, object, tags), all or none: a reader sees every one of them or none."""
@@ -566,6 +629,10 @@ class HandlingStore:
     ) -> HandlingEntry:
         return await self._store.transition(self.stream, internal_record_id, concern, status, details)
 
+    def move(self, internal_record_id: int, concern: str, status: HandlingStatus, details: str = "") -> Move:
+        """A transition to make with a step's other writes (`StepWriter.write`), if the record's status allows it."""
+        return Move(self.stream, internal_record_id, concern, status, details)
+
     async def next_turn(self, key: str, every: float) -> float:
         """`StreamStore.next_turn`: a handler's turn at a resource it shares with every other handler."""
         return await self._store.next_turn(key, every)
@@ -576,3 +643,17 @@ class HandlingStore:
         writes nothing, when the record was already handled, so that a handler never does its work twice. It is one
         atomic step of the backend: concurrent takers take turns (`RESETS` says how a previous attempt is ended)."""
         return await self._store.begin(self.stream, internal_record_id, concern, details)
+
+
+class StepWriter:
+    """A handler's handle for the writes of one step across streams and handling stores, made at once: records built
+    by write-only handles (`WriteOnlyStream.record`) and moves by handling stores (`HandlingStore.move`)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: StreamStore) -> None:
+        self._store = store
+
+    async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
+        """`StreamStore.write`: the moves the records' statuses allow, the puts, then the puts' take-ups."""
+        return await self._store.write(puts, moves)

@@ -405,6 +405,50 @@ class StreamStoreContract(ABC):
                     assert previous in ALLOWED_TRANSITIONS[status], history
                     previous = status
 
+    async def test_a_step_writes_across_streams_and_handling_stores_at_once(self, store: StreamStore) -> None:
+        """A step's moves, puts and take-ups in one write; the same write again (a retried step) writes nothing new:
+        its puts defer to the records there, and its moves, no longer allowed, are skipped."""
+        request = (await store.writer(StreamName.CLIENT_OPERATION).put("n1", Thing(value=1))).internal_id
+        assert request is not None
+        events, sagas = store.writer(StreamName.NOTIFICATION_EVENT), store.writer(StreamName.NOTIFICATION_SAGA)
+        requests, saga_handling = (
+            store.handling(StreamName.CLIENT_OPERATION),
+            store.handling(StreamName.NOTIFICATION_SAGA),
+        )
+        puts = [
+            events.record(
+                "n1", Thing(value=2), tags=[Tag(name="t", value="n1")], strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID
+            ),
+            sagas.record("n1", Other(value=3), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID, take_up="saga"),
+        ]
+        moves = [
+            requests.move(request, "send", HandlingStatus.RUNNING),
+            requests.move(request, "send-2", HandlingStatus.COMPLETED),
+        ]
+        first = await store.steps().write(puts, moves)
+        assert first.moved == [True, False]  # nothing runs under send-2: it cannot complete
+        assert all(p.internal_id is not None for p in first.puts)
+        saga = first.puts[1].record_internal_id
+        assert [(e.status, e.details) for e in await requests.history(request)] == [("Running", "")]
+        assert [e.status for e in await saga_handling.history(saga, "saga")] == ["Running"]
+        [event] = await store.reader(StreamName.NOTIFICATION_EVENT).by_tags(Tag(name="t", value="n1"))
+        assert event.object(Thing).value == 2
+        again = await store.steps().write(puts, moves)
+        assert again.moved == [False, False]
+        assert [p.record_internal_id for p in again.puts] == [p.record_internal_id for p in first.puts]
+        assert [p.internal_id for p in again.puts] == [None, None]
+        assert len(await requests.history(request)) == 1 and len(await saga_handling.history(saga)) == 1
+        done = await store.steps().write([], [requests.move(request, "send", HandlingStatus.COMPLETED, "sent")])
+        assert done.moved == [True]
+        assert await requests.status(request, "send") == HandlingStatus.COMPLETED
+
+    async def test_a_step_moving_a_record_that_is_not_there_writes_nothing(self, store: StreamStore) -> None:
+        put = store.writer(StreamName.NOTIFICATION_EVENT).record("n1", Thing(value=1))
+        missing = store.handling(StreamName.CLIENT_OPERATION).move(12345, "send", HandlingStatus.RUNNING)
+        with pytest.raises(NoSuchRecord, match="no record 12345 in client-operation"):
+            await store.steps().write([put], [missing])
+        assert await store.reader(StreamName.NOTIFICATION_EVENT).by_id("n1") == []
+
     async def test_begin_resumes_a_retried_handler(self, store: StreamStore) -> None:
         record = (await store.writer(StreamName.SLACK_OPERATION).put("1", Thing(value=1))).internal_id
         assert record is not None
