@@ -127,6 +127,7 @@ class Settings(BaseSettings):
     smtp_security: SmtpSecurity = SmtpSecurity.NONE
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
+    smtp_max_connections: int = Field(3, ge=1)
     email_from: EmailAddress = "notifications@notify.localhost"
     slack_token: SecretStr | None = None
     slack_tokens: dict[str, SecretStr] = Field(default_factory=dict)

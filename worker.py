@@ -33,6 +33,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 import logs
 from activities.contract import channel_task_queue
+from activities.email import EmailHandler
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
 from activities.registry import CHANNEL_HANDLERS
@@ -63,8 +64,8 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
     client-operation stream's handler, which starts the saga of every request that has none (`intake`)."""
     handlers = {channel: handler(store, settings) for channel, handler in CHANNEL_HANDLERS.items()}
     notification = NotificationActivities(store, settings, handlers)
-    slack = handlers[Channel.SLACK]
-    assert isinstance(slack, SlackHandler)
+    email, slack = handlers[Channel.EMAIL], handlers[Channel.SLACK]
+    assert isinstance(email, EmailHandler) and isinstance(slack, SlackHandler)
     queue_rates = {Channel.EMAIL: settings.email_messages_per_second}  # Slack is paced per Slack channel instead
     classified = FailuresClassified()  # one for all: a store outage is one outage
     workers = [
@@ -102,6 +103,8 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
         ),
     ]
     async with contextlib.AsyncExitStack() as stack:
+        for handler in (email, slack):  # closed once the workers have stopped: their open connections
+            stack.push_async_callback(handler.close)
         for worker in workers:
             await stack.enter_async_context(worker)
         intake = asyncio.create_task(ClientOperationHandler(store, client, settings).run(), name="intake")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 from email.headerregistry import Address
@@ -32,9 +33,11 @@ from domain import (
     recipient_email_tag,
 )
 from settings import Settings, SmtpSecurity
-from streams import StreamName
+from streams import StreamName, StreamStore
 
 SMTP_TIMEOUT_SECONDS = 30
+SMTP_IDLE_SECONDS = 30
+"""How long a connection waits, open, for the next message before it is closed."""
 
 
 def message_id(op: SendEmailOp) -> str:
@@ -45,20 +48,24 @@ def message_id(op: SendEmailOp) -> str:
 
 class TranscribedSMTP(aiosmtplib.SMTP):
     """An SMTP client that keeps the exchange as a communication log: every command and reply, except that
-    credentials (an AUTH command and whatever answers a 334 challenge) are left out, and a message is only sized."""
+    credentials (an AUTH command and whatever answers a 334 challenge) are left out, and a message is only sized.
+    Each message sent on the connection is given a `log` of its own."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, log: list[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.log: list[str] = []
+        self.log = log
+        self.data_begun = False
+        """Whether the current message's DATA was begun: from then on, the server may have it."""
         self._challenged = False
 
     async def connect(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        start = len(self.log)
         try:
             greeting = await super().connect(*args, **kwargs)
         except aiosmtplib.SMTPResponseException as error:
             self.log.append(f"S: {_said(error)}")
             raise
-        self.log.insert(0, f"S: {greeting.code} {greeting.message}")
+        self.log.insert(start, f"S: {greeting.code} {greeting.message}")  # before the EHLO and login it made
         return greeting
 
     async def execute_command(self, *args: bytes, **kwargs: Any) -> aiosmtplib.SMTPResponse:
@@ -80,6 +87,7 @@ class TranscribedSMTP(aiosmtplib.SMTP):
         return response
 
     async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.data_begun = True
         self.log.append(f"C: DATA <a message of {len(message)} bytes>")
         try:
             response = await super().data(message, **kwargs)
@@ -88,6 +96,123 @@ class TranscribedSMTP(aiosmtplib.SMTP):
             raise
         self.log.append(f"S: {response.code} {response.message}")
         return response
+
+
+REUSED = "-- on a connection an earlier message opened: its greeting, EHLO and login are not repeated"
+
+
+class SmtpConnections:
+    """The connections to the mail server the settings name (host, port, security, login), kept open from one message
+    to the next: at most `smtp_max_connections` at a time, as the server's limit per client asks; each closed (QUIT)
+    once idle for `SMTP_IDLE_SECONDS`, and every one at `close()`. Each message on a reused connection begins with
+    RSET; one that finds the connection dropped before its DATA is begun goes once on a new connection, within the
+    same attempt (the server cannot have it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._slots = asyncio.Semaphore(settings.smtp_max_connections)
+        self._idle: list[tuple[TranscribedSMTP, asyncio.TimerHandle]] = []
+        """Most recently used last."""
+        self._quitting: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def send(self, message: EmailMessage, log: list[str]) -> str:
+        """Send the message, its exchange written to `log`; the server's answer to its DATA."""
+        async with self._slots:
+            smtp = self._reused(log)
+            if smtp is not None:
+                try:
+                    await _reset(smtp)
+                    return await self._sent(smtp, message)
+                except (aiosmtplib.SMTPException, OSError) as error:
+                    if smtp.data_begun or smtp.is_connected:
+                        raise
+                    log.append(f"-- the connection was dropped ({_reason(error)}): the message goes on a new one")
+            smtp = self._new(log)
+            await smtp.connect()
+            return await self._sent(smtp, message)
+
+    def _new(self, log: list[str]) -> TranscribedSMTP:
+        s = self._settings
+        return TranscribedSMTP(
+            log,
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            use_tls=s.smtp_security == SmtpSecurity.TLS,
+            start_tls=s.smtp_security == SmtpSecurity.STARTTLS,
+            username=s.smtp_username,
+            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+            timeout=SMTP_TIMEOUT_SECONDS,
+        )
+
+    def _reused(self, log: list[str]) -> TranscribedSMTP | None:
+        """The most recently used idle connection the server has not closed, now the message's, if there is one."""
+        while self._idle:
+            smtp, expiry = self._idle.pop()
+            expiry.cancel()
+            if smtp.is_connected:
+                smtp.log, smtp.data_begun = log, False
+                log.append(REUSED)
+                return smtp
+        return None
+
+    async def _sent(self, smtp: TranscribedSMTP, message: EmailMessage) -> str:
+        """The message sent on this connection; the connection kept for the next message unless it is broken."""
+        try:
+            _, answer = await smtp.send_message(message)
+        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+            self._keep(smtp)  # a refusal, after which aiosmtplib said RSET: the connection serves the next message
+            raise
+        except BaseException:  # anything else (a timeout, a cancelled attempt) may leave it mid-exchange
+            smtp.close()
+            raise
+        self._keep(smtp)
+        return answer
+
+    def _keep(self, smtp: TranscribedSMTP) -> None:
+        smtp.log = []  # what follows (an idle QUIT) is no message's
+        if self._closed:
+            self._quit(smtp)
+        elif smtp.is_connected:
+            expiry = asyncio.get_running_loop().call_later(SMTP_IDLE_SECONDS, self._expire, smtp)
+            self._idle.append((smtp, expiry))
+
+    def _expire(self, smtp: TranscribedSMTP) -> None:
+        self._idle = [(s, e) for s, e in self._idle if s is not smtp]
+        self._quit(smtp)
+
+    def _quit(self, smtp: TranscribedSMTP) -> None:
+        task = asyncio.create_task(self._said_quit(smtp))
+        self._quitting.add(task)
+        task.add_done_callback(self._quitting.discard)
+
+    async def _said_quit(self, smtp: TranscribedSMTP) -> None:
+        """QUIT, in a slot of its own: until the server has closed it, the connection counts against the limit."""
+        async with self._slots:
+            try:
+                await smtp.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                pass  # gone already: nothing to say goodbye to
+            finally:
+                smtp.close()
+
+    async def close(self) -> None:
+        """QUIT every open connection; those in use are closed when their message is sent."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for smtp, expiry in idle:
+            expiry.cancel()
+            self._quit(smtp)
+        await asyncio.gather(*self._quitting)
+
+
+async def _reset(smtp: TranscribedSMTP) -> None:
+    """RSET, as the next message on a connection begins: a connection that does not answer 250 is closed."""
+    try:
+        await smtp.rset()
+    except BaseException:
+        smtp.close()
+        raise
 
 
 def mailbox(m: EmailMailbox) -> Address:
@@ -119,6 +244,14 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
     failed_event = FailedToSendEmailEvent
     operation_type = SendEmailOp
     response_type = SendEmailResponse
+
+    def __init__(self, store: StreamStore, settings: Settings) -> None:
+        super().__init__(store, settings)
+        self._connections = SmtpConnections(settings)
+
+    async def close(self) -> None:
+        """Close the connections to the mail server (when the worker stops)."""
+        await self._connections.close()
 
     @activity.defn(name=SEND[Channel.EMAIL].name)
     async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
@@ -154,23 +287,13 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
         )
 
     async def deliver(self, op: SendEmailOp) -> Delivery:
-        s = self._settings
-        smtp = TranscribedSMTP(
-            hostname=s.smtp_host,
-            port=s.smtp_port,
-            use_tls=s.smtp_security == SmtpSecurity.TLS,
-            start_tls=s.smtp_security == SmtpSecurity.STARTTLS,
-            username=s.smtp_username,
-            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-            timeout=SMTP_TIMEOUT_SECONDS,
-        )
+        log: list[str] = []
 
         def answer(result: SendEmailResult, **fields: str) -> SendEmailResponse:
-            return SendEmailResponse(result=result, message_id=message_id(op), communication_log=smtp.log, **fields)
+            return SendEmailResponse(result=result, message_id=message_id(op), communication_log=log, **fields)
 
         try:
-            async with smtp:
-                _, server_response = await smtp.send_message(compose_message(op))
+            server_response = await self._connections.send(compose_message(op), log)
         except aiosmtplib.SMTPRecipientsRefused as error:
             failure = "; ".join(f"{r.recipient} refused: {_said(r)}" for r in error.recipients)
             transient = any(_transient(r.code) for r in error.recipients)
@@ -183,20 +306,23 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             )
             return _failed(answer, result, _said(error), _transient(error.code))
         except ssl.SSLError as error:  # a certificate that does not verify will not verify on a retry either
-            failure = f"{error.__class__.__name__}: {error}"
-            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, transient=False)
+            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, _reason(error), transient=False)
         except (
             aiosmtplib.SMTPConnectError,
             aiosmtplib.SMTPTimeoutError,
             aiosmtplib.SMTPServerDisconnected,
             OSError,
         ) as error:
-            failure = f"{error.__class__.__name__}: {error}"
-            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, transient=True)
+            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, _reason(error), transient=True)
         except aiosmtplib.SMTPException as error:  # the server lacks what the settings ask for (STARTTLS, AUTH)
-            failure = f"{error.__class__.__name__}: {error}"
-            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, failure, transient=False)
+            return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, _reason(error), transient=False)
         return Delivery(answer(SendEmailResult.SUCCESS, server_response=server_response))
+
+
+def _reason(error: Exception) -> str:
+    return (
+        _said(error) if isinstance(error, aiosmtplib.SMTPResponseException) else f"{error.__class__.__name__}: {error}"
+    )
 
 
 def _transient(code: int) -> bool:

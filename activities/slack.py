@@ -34,7 +34,7 @@ from domain import (
     tag,
 )
 from settings import Settings
-from streams import StreamName
+from streams import StreamName, StreamStore
 
 SLACK_TIMEOUT_SECONDS = 30
 LOOK_BACK_MARGIN = timedelta(minutes=5)
@@ -139,6 +139,27 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
     operation_type = SendSlackMessageOp
     response_type = SendSlackMessageResponse
 
+    def __init__(self, store: StreamStore, settings: Settings) -> None:
+        super().__init__(store, settings)
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[str, AsyncWebClient] = {}
+        """One client per token, all over one HTTP session (its connections kept open between calls)."""
+
+    def _client(self, token: str) -> AsyncWebClient:
+        if self._session is None:  # made on the first call, in the worker's event loop
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SLACK_TIMEOUT_SECONDS))
+        client = self._clients.get(token)
+        if client is None:
+            client = self._clients[token] = AsyncWebClient(
+                token=token, base_url=self._settings.slack_api_url, session=self._session, retry_handlers=[]
+            )
+        return client
+
+    async def close(self) -> None:
+        """Close the HTTP session's connections (when the worker stops)."""
+        if self._session is not None:
+            await self._session.close()
+
     @activity.defn(name=SEND[Channel.SLACK].name)
     async def send(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         return await self.handle(ref)
@@ -194,12 +215,7 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
         if token is None:
             reason = f"no Slack token is configured for workspace {op.workspace!r}"
             return Delivery(self.failed_response(op, reason), reason)
-        client = AsyncWebClient(
-            token=token.get_secret_value(),
-            base_url=self._settings.slack_api_url,
-            timeout=SLACK_TIMEOUT_SECONDS,
-            retry_handlers=[],
-        )
+        client = self._client(token.get_secret_value())
         try:
             if activity.info().attempt > 1:  # an earlier attempt may have posted, and died before it heard back
                 posted = await _posted_before(client, op)

@@ -7,11 +7,13 @@ context it speaks STARTTLS or TLS on connect, and given a login it requires auth
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import ssl
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -66,7 +68,11 @@ class MailSink:
         self.data_arrived = threading.Event()
         """Set whenever a message's DATA arrives, before it is answered."""
         self.acknowledged: set[int] = set()
-        """Indexes in `messages` of those whose client said QUIT after them: it had read the answer to their DATA."""
+        """Indexes in `messages` of those whose client said RSET or QUIT after them on their connection: it had read
+        the answer to their DATA."""
+        self.connections = 0
+        """Connections that said EHLO."""
+        self._open: weakref.WeakSet[Any] = weakref.WeakSet()
         self.flaky = 0.0
         """The share of messages answered `451` (try again later) at random, as a struggling server does."""
         self.slowness = 0.0
@@ -74,6 +80,9 @@ class MailSink:
         self.login_reply: str | None = None
         """While set, the reply to every login, whatever its credentials: say `454 4.7.0 Temporary authentication
         failure`, from a server that cannot check them for now."""
+        self.closing_reply: str | None = None
+        """While set, the reply to a client's RSET, after which the server closes the connection: say `421 4.4.2
+        Timeout exceeded`, from a server that timed out a connection left idle."""
         self._scripted_replies: list[str] = []
         self._release = threading.Event()
         self._release.set()
@@ -112,6 +121,16 @@ class MailSink:
     def received_by(self, address: str) -> list[ReceivedMail]:
         return [m for m in self.messages if address in m.recipients]
 
+    def hang_up(self) -> None:
+        """Close every open connection, as a server does with those idle too long, or when it restarts."""
+
+        async def close() -> None:
+            for server in list(self._open):
+                if server.transport is not None:
+                    server.transport.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._controller.loop).result()
+
     # -- aiosmtpd handler hooks ------------------------------------------------------------------------------
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
@@ -125,10 +144,29 @@ class MailSink:
         answer: str = await server.loop.run_in_executor(None, self._receive, session, envelope)
         return answer
 
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        if server not in self._open:  # the first EHLO on the connection (STARTTLS has it say EHLO again)
+            self._open.add(server)
+            self.connections += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+        self._acknowledge(session)
+        if self.closing_reply is None:
+            return "250 OK"
+        server.loop.call_soon(server.transport.close)  # once the reply is written
+        return self.closing_reply
+
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        self._acknowledge(session)
+        return "221 Bye"
+
+    def _acknowledge(self, session: Any) -> None:
         with self._lock:
             self.acknowledged.update(getattr(session, "received", []))
-        return "221 Bye"
 
     def _receive(self, session: Any, envelope: Any) -> str:
         self.data_arrived.set()

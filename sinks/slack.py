@@ -65,6 +65,8 @@ class SlackSink:
         self.messages: list[PostedMessage] = []
         self.calls: list[tuple[str, str | None]] = []
         """Every API call received: (method, token)."""
+        self.connections: set[tuple[str, int]] = set()
+        """The client's address and port of every call: one per connection the calls came over."""
         self.unknown_channels: set[str] = set()
         """Channels it answers `channel_not_found` for."""
         self.hanging = False
@@ -110,6 +112,8 @@ class SlackSink:
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else fields.get("token")
         with self._lock:
             self.calls.append((method, token))
+            if request.transport is not None:  # None once the client has gone
+                self.connections.add(request.transport.get_extra_info("peername")[:2])
             hanging = self.hanging
         if hanging:
             assert self._stopping is not None

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.channel_handler import Delivery, TransientDeliveryError
-from activities.email import EmailHandler
+from activities.email import REUSED, EmailHandler
 from activities.slack import SlackHandler
 from domain import SendEmailOp, SendSlackMessageOp
 from settings import Settings
@@ -272,3 +272,154 @@ async def test_a_login_the_server_cannot_check_for_now_is_retried(local_store: S
         outcome = await delivered(handler, attempt=2)
     assert isinstance(outcome, Delivery) and outcome.failure is None
     assert [m.login for m in mail.messages] == ["notify"]
+
+
+async def test_slack_calls_share_one_http_connection(handler: SlackHandler, slack_sink: SlackSink) -> None:
+    """One HTTP session for the worker's Slack calls: a retry's look in the history and every post go over the
+    connection the first call opened."""
+    for attempt in (1, 2, 1):
+        outcome = await delivered(handler, attempt=attempt)
+        assert isinstance(outcome, Delivery) and outcome.failure is None
+    assert [m for m, _ in slack_sink.calls] == ["chat.postMessage", "conversations.history", "chat.postMessage"]
+    assert len(slack_sink.connections) == 1
+    await handler.close()
+
+
+DROPPED = "-- the connection was dropped ({}): the message goes on a new one"
+
+
+@pytest.fixture
+async def mail(tmp_path: Path) -> AsyncIterator[MailSink]:
+    with MailSink(folder=tmp_path / "mail") as sink:
+        yield sink
+
+
+@pytest.fixture
+async def email(local_store: StreamStore, mail: MailSink) -> AsyncIterator[EmailHandler]:
+    handler = email_handler(local_store, mail.port)
+    yield handler
+    await handler.close()
+
+
+def communication_log(outcome: Delivery | TransientDeliveryError) -> list[str]:
+    delivery = outcome.delivery if isinstance(outcome, TransientDeliveryError) else outcome
+    log: list[str] = delivery.response.model_dump()["communication_log"]
+    return log
+
+
+async def test_messages_to_one_server_share_a_connection_and_each_logs_its_own_exchange(
+    email: EmailHandler, mail: MailSink
+) -> None:
+    first, second = await delivered(email), await delivered(email)
+    assert isinstance(second, Delivery) and second.failure is None
+    assert len(mail.messages) == 2 and mail.connections == 1
+    assert mail.acknowledged == {0}  # the second message's RSET said that the first one's answer was read
+    opened, reused = communication_log(first), communication_log(second)
+    assert opened[0].startswith("S: 220 ") and opened[1].startswith("C: EHLO ")
+    assert reused[:3] == [REUSED, "C: RSET", "S: 250 OK"]
+    assert not any(line.startswith(("S: 220", "C: EHLO")) for line in reused)
+    assert reused[-2:] == opened[-2:] and reused[-2].startswith("C: DATA <a message of ")
+
+
+@pytest.mark.parametrize(
+    ("refusal", "transient"),
+    [
+        ("451 4.3.0 Try again later", True),
+        ("554 5.6.0 Message content rejected", False),
+        ("550 5.1.1 No such user", False),
+    ],
+)
+async def test_a_refused_message_leaves_the_connection_to_the_next(
+    email: EmailHandler, mail: MailSink, refusal: str, transient: bool
+) -> None:
+    """A 4xx or 5xx, to DATA or to the recipient, fails that message alone (classified as ever); the next one goes on
+    the same connection, reset."""
+    if refusal.startswith("550"):
+        mail.rejected_recipients["ada@example.com"] = refusal
+    else:
+        mail.script_replies(refusal)
+    refused = await delivered(email)
+    assert isinstance(refused, TransientDeliveryError) == transient
+    assert (refused.delivery if isinstance(refused, TransientDeliveryError) else refused).failure is not None
+    assert refusal in " ".join(communication_log(refused))
+    mail.rejected_recipients.clear()
+    outcome = await delivered(email)
+    assert isinstance(outcome, Delivery) and outcome.failure is None
+    assert len(mail.messages) == 1 and mail.connections == 1
+    assert communication_log(outcome)[:2] == [REUSED, "C: RSET"]
+
+
+async def test_messages_sent_together_take_no_more_connections_than_the_setting_allows(
+    local_store: StreamStore, mail: MailSink
+) -> None:
+    handler = email_handler(local_store, mail.port, smtp_max_connections=2)
+    outcomes = await asyncio.gather(*(delivered(handler) for _ in range(6)))
+    await handler.close()
+    assert all(isinstance(o, Delivery) and o.failure is None for o in outcomes)
+    assert len(mail.messages) == 6 and mail.connections == 2
+    assert mail.acknowledged == set(range(6))  # and each said QUIT at the end
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_message_sent_once(
+    email: EmailHandler, mail: MailSink
+) -> None:
+    """Whether the worker has seen the connection close yet (then it is not taken) or finds out at RSET, the message
+    goes on a new connection, within the attempt: not a failed one."""
+    await delivered(email)
+    mail.hang_up()
+    outcome = await delivered(email)
+    assert isinstance(outcome, Delivery) and outcome.failure is None
+    assert len(mail.messages) == 2 and mail.connections == 2
+    log = communication_log(outcome)
+    opened = log.index(next(line for line in log if line.startswith("S: 220 ")))
+    if opened > 0:
+        assert log[:2] == [REUSED, "C: RSET"] and log[2].startswith(
+            "-- the connection was dropped (SMTPServerDisconnected: "
+        )
+        assert opened == 3
+    assert [line for line in log if line.startswith("C: DATA")] == [log[-2]]
+
+
+async def test_a_server_that_timed_out_an_idle_connection_costs_the_next_message_nothing(
+    email: EmailHandler, mail: MailSink
+) -> None:
+    """Its `421` to the RSET (then it hangs up) is the connection's end, not the message's failure."""
+    await delivered(email)
+    mail.closing_reply = "421 4.4.2 Timeout exceeded"
+    outcome = await delivered(email)
+    assert isinstance(outcome, Delivery) and outcome.failure is None
+    assert len(mail.messages) == 2 and mail.connections == 2
+    log = communication_log(outcome)
+    assert log[:4] == [REUSED, "C: RSET", "S: 421 4.4.2 Timeout exceeded", DROPPED.format("421 4.4.2 Timeout exceeded")]
+    assert log[4].startswith("S: 220 ") and log[5].startswith("C: EHLO ")
+
+
+async def test_a_connection_dropped_once_the_message_is_under_way_is_not_tried_again_on_another(
+    email: EmailHandler, mail: MailSink
+) -> None:
+    """After DATA the server may have the message: the drop is the attempt's failure, and the message is not sent
+    again within it (a retry's, under the same Message-ID, is the saga's to decide)."""
+    await delivered(email)
+    mail.data_arrived.clear()
+    mail.hold()
+    sending = asyncio.create_task(delivered(email))
+    assert await asyncio.to_thread(mail.data_arrived.wait, 30)
+    mail.hang_up()
+    mail.release()
+    outcome = await sending
+    assert isinstance(outcome, TransientDeliveryError)
+    assert outcome.delivery.failure is not None and outcome.delivery.failure.startswith("SMTPServerDisconnected")
+    log = communication_log(outcome)
+    assert log[:2] == [REUSED, "C: RSET"] and log[-1].startswith("C: DATA")
+    assert mail.connections == 1
+
+
+async def test_the_worker_says_quit_on_its_open_connections_when_it_stops(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings, mail_sink: MailSink
+) -> None:
+    async with notifying(time_skipping_env, store, settings, entity(channels={"email": "send"})) as notify:
+        for _ in range(2):
+            _, view = await notify.send()
+            assert view["status"] == "sent", view
+        assert mail_sink.connections == 1 and mail_sink.acknowledged == {0}  # open, the last message's answer unsaid
+    assert mail_sink.acknowledged == {0, 1}  # QUIT
