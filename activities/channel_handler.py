@@ -171,18 +171,21 @@ class ChannelHandler(ABC, Generic[Op, Response]):
         operation = self.operation(ref)
         info = activity.info()
         attempt = f"attempt {info.attempt}, by worker {WORKER}"
-        handled = await self._handling.begin(ref.internal_record_id, self.concern, attempt)
-        if handled is not None:
-            return ChannelOperationOutcomeInfo.model_validate_json(handled.details)
-        requested = await self._events.put(
+        requested = self._events.record(
             operation.channel_operation_id,
             self._event(self.requested_event, operation, operation=operation),
             tags=ref.instruction.tags,
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
+        begun = await self._steps.write(
+            [requested], [self._handling.beginning(ref.internal_record_id, self.concern, attempt)]
+        )
+        if not begun.moved[0]:  # handled already
+            handled = await self._handling.history(ref.internal_record_id, self.concern)
+            return ChannelOperationOutcomeInfo.model_validate_json(handled[-1].details)
         # an earlier attempt's records are there: it may have recorded the outcome, and died before it could
         # complete its handling
-        recorded = None if requested.internal_id is not None else await self._recorded_outcome(operation)
+        recorded = None if begun.puts[0].internal_id is not None else await self._recorded_outcome(operation)
         if recorded is not None:
             history = await self._handling.history(ref.internal_record_id, self.concern)
             recorded = recorded.model_copy(update={"attempts": _attempts(history)})

@@ -472,33 +472,31 @@ async def _put_each(db: psycopg.AsyncConnection, puts: Sequence[Put]) -> list[Pu
 
 async def _move_each(db: psycopg.AsyncConnection, moves: Sequence[Move]) -> list[bool]:
     """Make each move its record's status allows, inside the caller's transaction, in one round trip: whether each
-    was made."""
-    if not moves:
-        return []
-    moved = []
-    async with db.cursor() as cursor:
-        await cursor.executemany(
-            MOVE,
-            [
-                {
-                    "stream": m.stream,
-                    "id": m.internal_record_id,
-                    "concern": m.concern,
-                    "status": m.status.value,
-                    "details": m.details,
-                    "allowed": [s.value for s in ALLOWED_TRANSITIONS.get(m.status, ())],
-                }
-                for m in moves
-            ],
-            returning=True,
-        )
-        while True:
-            row = await cursor.fetchone()
-            assert row is not None
-            moved.append(row[0] is not None)
-            if not cursor.nextset():
-                break
-    return moved
+    was made (a begin is made unless `notify_begin` finds the record handled)."""
+    cursors = []
+    async with db.pipeline():
+        for m in moves:
+            cursor = db.cursor()
+            if m.begin:
+                await cursor.execute(
+                    "SELECT entry_id FROM notify_begin(%s, %s, %s, %s)",
+                    (m.stream, m.internal_record_id, m.concern, m.details),
+                )
+            else:
+                await cursor.execute(
+                    MOVE,
+                    {
+                        "stream": m.stream,
+                        "id": m.internal_record_id,
+                        "concern": m.concern,
+                        "status": m.status.value,
+                        "details": m.details,
+                        "allowed": [s.value for s in ALLOWED_TRANSITIONS.get(m.status, ())],
+                    },
+                )
+            cursors.append((m, cursor))
+        rows = [(m, await cursor.fetchone()) for m, cursor in cursors]
+    return [row is None if m.begin else row is not None and row[0] is not None for m, row in rows]
 
 
 def _take_ups(puts: Sequence[Put], results: Sequence[PutResult]) -> list[Move]:

@@ -126,18 +126,19 @@ GROUP BY minute, c.key, outcome
 as JSON once; the minute is the start of the view's time as written (ISO 8601, UTC)."""
 
 
-def _file_identity(path: Path) -> tuple[int, int]:
-    found = path.stat()
+def _file_identity(path: str) -> tuple[int, int]:
+    found = os.stat(path)
     return found.st_dev, found.st_ino
 
 
 class SQLiteStreamStore(StreamStore):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._path = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streams-{self.path.name}")
         self._db = self._executor.submit(self._connect).result()
-        self._file = _file_identity(self.path)
+        self._file = _file_identity(self._path)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -185,7 +186,7 @@ class SQLiteStreamStore(StreamStore):
     def _check_file(self) -> None:
         """A file deleted or replaced under an open store would split the records silently: refuse instead."""
         try:
-            found = _file_identity(self.path)
+            found = _file_identity(self._path)
         except FileNotFoundError:
             raise StoreUnusable(
                 f"the streams store {self.path} was deleted while in use: restore it (or start afresh) and restart"
@@ -243,15 +244,20 @@ class SQLiteStreamStore(StreamStore):
 
     def _write(self, puts: Sequence[Put], moves: Sequence[Move]) -> Written:
         with _transaction(self._db):
-            moved = [self._move(m.stream, m.internal_record_id, m.concern, m.status, m.details) for m in moves]
+            moved = [self._move(m) for m in moves]
             results = [self._put(p.stream, p.record) for p in puts]
             for put, result in zip(puts, results, strict=True):
                 if put.record.take_up is not None:
-                    self._move(put.stream, result.record_internal_id, put.record.take_up, HandlingStatus.RUNNING, "")
+                    self._moved(put.stream, result.record_internal_id, put.record.take_up, HandlingStatus.RUNNING, "")
         return Written(results, moved)
 
-    def _move(self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str) -> bool:
-        """Append `status` if the record's handling allows it, inside the caller's transaction: whether it did."""
+    def _move(self, move: Move) -> bool:
+        """Make the move if the record's handling allows it, inside the caller's transaction: whether it did."""
+        if move.begin:
+            return self._begun(move.stream, move.internal_record_id, move.concern, move.details) is None
+        return self._moved(move.stream, move.internal_record_id, move.concern, move.status, move.details)
+
+    def _moved(self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str) -> bool:
         query, args = select_handling("handling", "?", stream, internal_record_id, concern, latest=True)
         row = self._db.execute(query, args).fetchone()
         current = HandlingStatus(row[4]) if row else HandlingStatus.AVAILABLE_BY_DEFAULT
@@ -400,13 +406,17 @@ class SQLiteStreamStore(StreamStore):
 
     def _begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
         with _transaction(self._db):
-            latest = self._latest(stream, internal_record_id, concern)
-            current = latest.status if latest else HandlingStatus.AVAILABLE_BY_DEFAULT
-            if current == HandlingStatus.COMPLETED:
-                return latest
-            if current in RESETS:
-                current = self._append(stream, internal_record_id, concern, current, *RESETS[current]).status
-            self._append(stream, internal_record_id, concern, current, HandlingStatus.RUNNING, details)
+            return self._begun(stream, internal_record_id, concern, details)
+
+    def _begun(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
+        """`begin`, inside the caller's transaction."""
+        latest = self._latest(stream, internal_record_id, concern)
+        current = latest.status if latest else HandlingStatus.AVAILABLE_BY_DEFAULT
+        if current == HandlingStatus.COMPLETED:
+            return latest
+        if current in RESETS:
+            current = self._append(stream, internal_record_id, concern, current, *RESETS[current]).status
+        self._append(stream, internal_record_id, concern, current, HandlingStatus.RUNNING, details)
         return None
 
     async def transition(

@@ -324,6 +324,9 @@ class Move:
     concern: str
     status: HandlingStatus
     details: str = ""
+    begin: bool = False
+    """A take-up as `StreamStore.begin` makes it (to `Running`, a previous attempt ended first), made unless the
+    record's handling has completed."""
 
 
 @dataclass(frozen=True)
@@ -419,8 +422,8 @@ class StreamStore(ABC):
     async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
         """A step's writes across streams and handling stores, in this order: each move its record's status allows
         (one it does not allow is skipped: an earlier attempt of the step made it; one it allows of a record that is
-        not there raises `NoSuchRecord`), each put, then each put record's take-up. In one transaction where the backend can: PostgreSQL
-        with its producer and handler on different roles takes one per role, in that order."""
+        not there raises `NoSuchRecord`), each put, then each put record's take-up. In one transaction where the
+        backend can: PostgreSQL with its producer and handler on different roles takes one per role, in that order."""
 
     @abstractmethod
     async def read(
@@ -632,6 +635,10 @@ class HandlingStore:
     def move(self, internal_record_id: int, concern: str, status: HandlingStatus, details: str = "") -> Move:
         """A transition to make with a step's other writes (`StepWriter.write`), if the record's status allows it."""
         return Move(self.stream, internal_record_id, concern, status, details)
+
+    def beginning(self, internal_record_id: int, concern: str, details: str = "") -> Move:
+        """`begin`, to make with a step's other writes (`StepWriter.write`): moved unless the record was handled."""
+        return Move(self.stream, internal_record_id, concern, HandlingStatus.RUNNING, details, begin=True)
 
     async def next_turn(self, key: str, every: float) -> float:
         """`StreamStore.next_turn`: a handler's turn at a resource it shares with every other handler."""

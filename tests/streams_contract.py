@@ -442,6 +442,27 @@ class StreamStoreContract(ABC):
         assert done.moved == [True]
         assert await requests.status(request, "send") == HandlingStatus.COMPLETED
 
+    async def test_a_step_begins_as_begin_does(self, store: StreamStore) -> None:
+        """A step's begin (`HandlingStore.beginning`) takes the record up as `begin` does, and is not made once the
+        record is handled: what tells a retried send that its operation was delivered."""
+        record = (await store.writer(StreamName.EMAIL_OPERATION).put("1", Thing(value=1))).internal_id
+        assert record is not None
+        handling, events = store.handling(StreamName.EMAIL_OPERATION), store.writer(StreamName.EMAIL_EVENT)
+        requested = events.record("1", Thing(value=2), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID)
+        first = await store.steps().write([requested], [handling.beginning(record, "c", "attempt 1")])
+        second = await store.steps().write([requested], [handling.beginning(record, "c", "attempt 2")])
+        assert (first.moved, second.moved) == ([True], [True])
+        assert (first.puts[0].internal_id is None, second.puts[0].internal_id is None) == (False, True)
+        await handling.transition(record, "c", HandlingStatus.COMPLETED, "done")
+        third = await store.steps().write([], [handling.beginning(record, "c", "attempt 3")])
+        assert third.moved == [False]
+        assert [(e.status, e.details) for e in await handling.history(record, "c")] == [
+            ("Running", "attempt 1"),
+            ("AvailableAfterExternalCancellation", "the previous attempt did not finish"),
+            ("Running", "attempt 2"),
+            ("Completed", "done"),
+        ]
+
     async def test_a_step_moving_a_record_that_is_not_there_writes_nothing(self, store: StreamStore) -> None:
         put = store.writer(StreamName.NOTIFICATION_EVENT).record("n1", Thing(value=1))
         missing = store.handling(StreamName.CLIENT_OPERATION).move(12345, "send", HandlingStatus.RUNNING)
