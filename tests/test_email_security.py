@@ -4,18 +4,23 @@ never reaching a record or a workflow history."""
 from __future__ import annotations
 
 import base64
+import random
 import ssl
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from string import ascii_letters, digits
 from typing import Any
 
 import pytest
 import trustme
+from aiosmtplib.email import flatten_message
 from pydantic import SecretStr, ValidationError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.email import MAX_LINE, compose_message, plain_message
 from client import NotificationClient
-from domain import DirectoryEntry, SendNotificationToEntityOp, admitted
+from domain import DirectoryEntry, SendEmailOp, SendNotificationToEntityOp, admitted
 from settings import Settings, SmtpSecurity
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
@@ -233,3 +238,81 @@ async def test_a_directory_entry_from_before_todays_rules_is_checked_again_when_
     assert email["outcome"] == "not_prepared", email
     assert email["reason"].startswith("email: cannot be sent: to, entry 1, name: must be a single line of text"), email
     assert view["status"] == "partially_sent"
+
+
+def sample(subject: str = "Disk almost full", body: str = "Volume /data is at 91%.", **changes: object) -> SendEmailOp:
+    return SendEmailOp.model_validate(
+        {
+            "notification_id": "0193ab12-n",
+            "channel_operation_id": 4,
+            "sender": {"address": "notifications@notify.test"},
+            "to": [{"address": "ops@example.com", "name": "Ops"}],
+            "subject": subject,
+            "text_body": body,
+            **changes,
+        }
+    )
+
+
+SENT_AS_THEY_ARE = [
+    sample(),
+    sample(to=[{"address": "ann.obrien+ops@mail-1.example.com", "name": "Ann O'Brien-Smith"}, {"address": "b@x.co"}]),
+    sample(subject="S" * (MAX_LINE - len("Subject: "))),
+    sample(body=f"{'a' * MAX_LINE}\r\n\r\n\tindented, trailing space \rold Mac line end\n"),
+    sample(body=""),
+    sample(subject='100% [urgent]: disk <data> (a,b); "quoted" \\ back'),
+]
+COMPOSED = [
+    sample(subject="S" * (MAX_LINE - len("Subject: ") + 1)),  # folded
+    sample(body="a" * (MAX_LINE + 1)),
+    sample(subject="Café"),
+    sample(subject="=?utf-8?q?Caf=C3=A9?="),  # an encoded word's look-alike: the email package decides
+    sample(subject="two  spaces"),
+    sample(to=[{"address": "ops@example.com", "name": "Lovelace, Ada"}]),  # quoted
+    sample(to=[{"address": "ops@example.com", "name": "Ëlise"}]),
+    sample(body="naïve"),
+    sample(html_body="<p>B</p>"),
+    sample(sender={"address": "notifications@notify.test", "name": "Notify"}),
+]
+
+
+@pytest.mark.parametrize("op", SENT_AS_THEY_ARE + COMPOSED)
+@pytest.mark.parametrize("eight_bit", [True, False])
+def test_a_plain_message_goes_out_as_the_email_package_writes_it(op: SendEmailOp, eight_bit: bool) -> None:
+    """`plain_message` writes exactly the bytes `compose_message` gives once flattened for SMTP (whether the server
+    takes 8BITMIME or not), and only for messages with nothing to encode, quote or fold."""
+    now = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=UTC)
+    plain = plain_message(op, now)
+    assert (plain is not None) == (op in SENT_AS_THEY_ARE)
+    if plain is not None:
+        composed = flatten_message(compose_message(op, now), cte_type="8bit" if eight_bit else "7bit")
+        assert plain.data == composed
+        assert (plain.sender, plain.recipients) == (op.sender.address, [m.address for m in op.to])
+
+
+def test_plain_messages_of_every_shape_go_out_as_the_email_package_writes_them() -> None:
+    """The same, over a few thousand messages of words drawn from every printable ASCII character (seeded)."""
+    draw = random.Random(24)
+    printable = "".join(map(chr, range(0x21, 0x7F)))
+
+    def words(letters: str, most: int, longest: int) -> str:
+        return " ".join(
+            "".join(draw.choices(letters, k=draw.randint(1, longest))) for _ in range(draw.randint(1, most))
+        )
+
+    plain = 0
+    for n in range(1500):
+        lines = [words(printable, 12, 9)[: draw.choice([MAX_LINE - 1, MAX_LINE, MAX_LINE + 1])] for _ in range(3)]
+        name = draw.choice([None, words(ascii_letters + digits + "'_-", 3, 8), words(printable, 2, 5)])
+        op = sample(
+            subject=words(draw.choice([printable, ascii_letters + "=?"]), 12, draw.choice([3, 9])),
+            body=draw.choice(["\n", "\r\n", "\r"]).join(lines) + draw.choice(["", "\n", " "]),
+            to=[{"address": "ops@example.com", "name": name}] * draw.randint(1, 2),
+            notification_id="n" * draw.randint(1, 40),
+        )
+        now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n * 7919)
+        written = plain_message(op, now)
+        if written is not None:
+            plain += 1
+            assert written.data == flatten_message(compose_message(op, now)), op
+    assert plain > 150
