@@ -202,14 +202,16 @@ async def register_search_attributes(temporal: Client, namespace: str, names: It
 
 
 async def start_saga(temporal: Client, store: StreamStore, settings: Settings, request: NotificationRequest) -> None:
-    """Start the request's saga (workflow id: the notification id), or find it started: however many callers race
-    (the requester, the handlers of every worker), one saga runs per notification."""
+    """Start the request's saga (workflow id: the notification id) with its first search attributes, or find it
+    started: however many callers race (the requester, the handlers of every worker), one saga runs per
+    notification."""
     try:
         await temporal.start_workflow(
             NotificationSaga.run,
             request,
             id=request.notification_id,
             task_queue=settings.task_queue,
+            search_attributes=search.at_start(request, datetime.now(UTC)),
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )

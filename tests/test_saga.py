@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from temporalio.client import WorkflowExecutionDescription
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
@@ -250,6 +251,7 @@ async def test_nothing_delivered_is_failed(notify: Notify, mail_sink: MailSink, 
 
 
 async def test_status_while_running_and_after(notify: Notify, mail_sink: MailSink) -> None:
+    """The status follows every step; the search attributes hold the status at the start until the saga ends."""
     mail_sink.hold()
     nid = await notify.client.request(operation())
     assert await asyncio.to_thread(mail_sink.data_arrived.wait, 30)
@@ -257,12 +259,23 @@ async def test_status_while_running_and_after(notify: Notify, mail_sink: MailSin
     assert running["status"] == "sending"
     assert running["channels"]["email"]["outcome"] == "sending"
     assert await notify.store.reader(StreamName.NOTIFICATION_VIEW).latest(nid) is None
+    saga = notify.env.client.get_workflow_handle(nid)
+    assert searched(await saga.describe()) == {"NotifyEntity": "user-1", "NotifyStatus": "pending"}
     mail_sink.release()
     await notify.client.result(nid)
     after = await notify.client.status(nid)
     assert after["status"] == "sent"
     view = await notify.store.reader(StreamName.NOTIFICATION_VIEW).latest(nid)
     assert view is not None and view.json() == after
+    assert searched(await saga.describe()) == {
+        "NotifyEntity": "user-1",
+        "NotifyStatus": "sent",
+        "NotifyChannels": ["email", "slack"],
+    }
+
+
+def searched(description: WorkflowExecutionDescription) -> dict[str, object]:
+    return {pair.key.name: pair.value for pair in description.typed_search_attributes}
 
 
 async def test_a_retried_send_records_once_and_delivers_once(

@@ -20,8 +20,16 @@ from domain import (
     NotificationStatus,
     NotificationView,
 )
-from tests.service import entity
-from workflows.view import ChannelChange, changed_channels, escalation, final_status, reasons, with_outcome
+from tests.service import entity, operation
+from workflows.view import (
+    ChannelChange,
+    changed_channels,
+    escalation,
+    final_status,
+    first_status,
+    reasons,
+    with_outcome,
+)
 
 E, S = Channel.EMAIL, Channel.SLACK
 O = ChannelOutcome  # noqa: E741
@@ -54,6 +62,22 @@ def channels(
 )
 def test_final_status(outcomes: tuple[Any, ...], cancelled: bool, status: NotificationStatus) -> None:
     assert final_status(channels(*outcomes), cancelled) == status
+
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("send_at", "status"),
+    [
+        (None, NotificationStatus.PENDING),
+        (NOW, NotificationStatus.PENDING),  # its time has come
+        (datetime(2026, 5, 1, 12, 0, 1, tzinfo=UTC), NotificationStatus.SCHEDULED),
+    ],
+)
+def test_first_status(send_at: datetime | None, status: NotificationStatus) -> None:
+    """The status a saga starts with, in its view and in its search attributes."""
+    assert first_status(operation(send_at=send_at), NOW) == status
 
 
 def ended(outcome: ChannelOperationOutcome, reason: str | None = None) -> ChannelOperationOutcomeInfo:

@@ -7,8 +7,9 @@ takes each Slack message's turn. The saga sends on every prepared channel at onc
 deadline and retry policy, on its channel's task queue) and falls back to the entity's fallback channel if a
 preferred one failed. It ends in one step that records the outcome, the view and the snapshot (`RECORD_ENDED`), or,
 when the outcome calls for telling the internal team, records the outcome, tells the team, then records the rest.
-Until it starts sending it can be cancelled; its search attributes follow its status. The code here only decides;
-activities do all the I/O.
+Until it starts sending it can be cancelled. Its search attributes are set when it is started (`client.start_saga`)
+and upserted once, as it ends (`search.at_end`): one event of its history, not one per status. The code here only
+decides; activities do all the I/O.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError, RetryState
 from temporalio.workflow import ActivityCancellationType, ActivityHandle
 
@@ -77,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         changed_channels,
         escalation,
         final_status,
+        first_status,
         reasons,
         with_outcome,
         with_prepare_stage,
@@ -102,10 +104,9 @@ class NotificationSaga:
     @workflow.init
     def __init__(self, request: NotificationRequest) -> None:
         op = request.operation
-        scheduled = op.send_at is not None and op.send_at > workflow.now()
         self._view = NotificationView(
             id=request.notification_id,
-            status=NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING,
+            status=first_status(op, workflow.now()),
             entity_id=op.entity_id,
             subject=op.subject,
             outcome=NotificationOutcome(),
@@ -121,8 +122,6 @@ class NotificationSaga:
         self._policies: SagaPolicies | None = None
         self._turn_waits: dict[int, float] = {}
         """Seconds each channel operation (by id) waits for its turn, as taken while preparing."""
-        self._searched_status: NotificationStatus | None = None
-        """The status the search attributes hold."""
 
     @workflow.query(name="status")
     def status(self) -> NotificationView:
@@ -145,7 +144,6 @@ class NotificationSaga:
 
     @workflow.run
     async def run(self, request: NotificationRequest) -> NotificationView:
-        self._set_view(self._view)
         try:
             return await self._saga(request)
         except (ActivityError, ApplicationError) as error:  # a local activity's failure may come unwrapped
@@ -178,7 +176,7 @@ class NotificationSaga:
         )
         self._policies, stage, saga = prepared.policies, prepared.stage, prepared.saga
         self._turn_waits = prepared.turn_waits
-        self._set_view(with_prepare_stage(self._view, stage))
+        self._view = with_prepare_stage(self._view, stage)
         outcomes = await self._send_all(saga.operations) if saga else []
         audience = stage.get_audience.audience
         if audience is not None and not _stopped_by_policy(stage) and not self._cancel_requested:
@@ -317,8 +315,10 @@ class NotificationSaga:
         return await self._send_all(refs, audience, fallback=True)
 
     def _ended(self) -> None:
-        """The view's final status and completion time, counted in the metrics (`metrics`; not again on replay)."""
+        """The view's final status and completion time, in the search attributes and counted in the metrics (`metrics`;
+        not again on replay)."""
         self._update(status=final_status(self._view.channels, self._cancel_requested), completed_at=workflow.now())
+        workflow.upsert_search_attributes(search.at_end(self._view))
         took = (workflow.now() - self._view.requested_at).total_seconds()
         metrics.notification_ended(workflow.metric_meter(), self._view.status, max(took, 0.0))
 
@@ -396,7 +396,7 @@ class NotificationSaga:
     # -- the view ------------------------------------------------------------------------------------------------
 
     def _update(self, **fields: Any) -> None:
-        self._set_view(self._view.model_copy(update=fields))
+        self._view = self._view.model_copy(update=fields)
 
     def _set_channels(
         self,
@@ -407,22 +407,7 @@ class NotificationSaga:
         self._update(channels=changed_channels(self._view.channels, changes, audience, fallback))
 
     def _add_outcome(self, failures: Sequence[Failure] = (), **stages: Any) -> None:
-        self._set_view(with_outcome(self._view, failures, **stages))
-
-    def _set_view(self, view: NotificationView) -> None:
-        """The view from now on; the search attributes follow its status, with the channels it has by then (one
-        upsert per status: each is an event of the history, and an action on Temporal Cloud)."""
-        self._view = view
-        if view.status == self._searched_status:
-            return
-        updates: list[SearchAttributeUpdate[Any]] = [
-            search.STATUS.value_set(view.status.value),
-            search.CHANNELS.value_set(sorted(c.value for c in view.channels)),
-        ]
-        if self._searched_status is None:
-            updates.append(search.ENTITY.value_set(view.entity_id))
-        workflow.upsert_search_attributes(updates)
-        self._searched_status = view.status
+        self._view = with_outcome(self._view, failures, **stages)
 
     # -- running the handlers' steps ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from domain import (
@@ -24,6 +25,7 @@ from domain import (
     NotificationStatus,
     NotificationView,
     PrepareToSendNotificationEvent,
+    SendNotificationToEntityOp,
 )
 
 
@@ -118,6 +120,12 @@ def with_prepare_stage(view: NotificationView, stage: PrepareToSendNotificationE
     }
     view = view.model_copy(update={"channels": changed_channels(view.channels, changes)})
     return with_outcome(view, [f for r in prepare.channel_results for f in r.failures], prepare=prepare.outcome)
+
+
+def first_status(operation: SendNotificationToEntityOp, now: datetime) -> NotificationStatus:
+    """A notification's status as its saga starts: `scheduled` while its time is still to come, else `pending`."""
+    scheduled = operation.send_at is not None and operation.send_at > now
+    return NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING
 
 
 def final_status(channels: dict[Channel, ChannelView], cancelled: bool) -> NotificationStatus:
