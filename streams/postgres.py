@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -169,22 +170,6 @@ GROUP BY minute, c.key, outcome
 """
 """`StreamStore.view_counts`: the views by their partial index by time, each payload read as JSON once, but those
 known not to parse (`unreadable`, internal ids)."""
-MOVE = """
-SELECT t.entry_id FROM (
-    SELECT coalesce((
-        SELECT status FROM notify_handling
-        WHERE stream = %(stream)s AND internal_record_id = %(id)s AND concern = %(concern)s
-        ORDER BY entry_id DESC LIMIT 1
-    ), 'AvailableByDefault') AS current
-) c
-LEFT JOIN LATERAL (
-    SELECT entry_id FROM notify_transition(%(stream)s, %(id)s, %(concern)s, %(status)s, %(details)s)
-    WHERE c.current = ANY(%(allowed)s)
-) t ON true
-"""
-"""A move of `StreamStore.write`: the transition, only if the record's latest status allows it (a row with a NULL
-entry id when it does not). A concurrent mover between the check and the transition's lock makes the transition
-refuse (`InvalidHandlingTransition`), and the step is retried."""
 VIEW_PAYLOADS = f"""
 SELECT internal_id, payload FROM notify_records
 WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc >= %(since)s
@@ -328,26 +313,28 @@ class PostgresStreamStore(StreamStore):
     async def put(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
         if not records:
             return []
-        async with _using(self._producer) as db, db.transaction():
-            return await _put_each(db, [Put(stream, record) for record in records])
+        async with _using(self._producer) as db:
+            return await _put_all(db, [Put(stream, record) for record in records])
 
     async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
-        take_ups = [p for p in puts if p.record.take_up is not None]
-        if self._producer is self._handler:  # one role: one transaction
-            async with _using(self._producer) as db, db.transaction():
-                moved = await _move_each(db, moves)
-                results = await _put_each(db, puts)
-                await _move_each(db, _take_ups(puts, results))
-            return Written(results, moved)
+        if self._producer is self._handler:  # one role: one statement
+            async with _using(self._producer) as db:
+                cursor = await db.execute(
+                    f"SELECT notify_write({MOVE_ARRAYS}, {PUT_ARRAYS}, %s::text[])",
+                    (*_move_arrays(moves), *_put_arrays(puts), [p.record.take_up for p in puts]),
+                )
+                row = await cursor.fetchone()
+            assert row is not None
+            return Written([_put_result(put) for put in row[0]["puts"]], row[0]["moved"])
         moved = []
         if moves:
-            async with _using(self._handler) as db, db.transaction():
-                moved = await _move_each(db, moves)
-        async with _using(self._producer) as db, db.transaction():
-            results = await _put_each(db, puts)
-        if take_ups:
-            async with _using(self._handler) as db, db.transaction():
-                await _move_each(db, _take_ups(puts, results))
+            async with _using(self._handler) as db:
+                moved = await _move_all(db, moves)
+        async with _using(self._producer) as db:
+            results = await _put_all(db, puts)
+        if take_ups := _take_ups(puts, results):
+            async with _using(self._handler) as db:
+                await _move_all(db, take_ups)
         return Written(results, moved)
 
     async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
@@ -437,66 +424,57 @@ class PostgresStreamStore(StreamStore):
         return HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6])
 
 
-async def _put_each(db: psycopg.AsyncConnection, puts: Sequence[Put]) -> list[PutResult]:
-    """Put each record in its stream, inside the caller's transaction, in one round trip (psycopg pipelines
-    executemany), each with its own result set."""
+MOVE_ARRAYS = "%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::boolean[]"
+"""The moves' parameters of `notify_move_all` and `notify_write`: one array per field."""
+PUT_ARRAYS = "%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::integer[]"
+"""The puts' parameters of `notify_put_all` and `notify_write`: one array per field."""
+
+
+def _move_arrays(moves: Sequence[Move]) -> tuple[list[object], ...]:
+    return (
+        [m.stream for m in moves],
+        [m.internal_record_id for m in moves],
+        [m.concern for m in moves],
+        [m.status.value for m in moves],
+        [m.details for m in moves],
+        [m.begin for m in moves],
+    )
+
+
+def _put_arrays(puts: Sequence[Put]) -> tuple[list[object], ...]:
+    return (
+        [p.stream for p in puts],
+        [p.record.record_id for p in puts],
+        [p.record.type for p in puts],
+        [p.record.payload for p in puts],
+        [json.dumps([[t.name, t.value] for t in p.record.tags]) for p in puts],
+        [p.record.strategy.value for p in puts],
+        [p.record.retention for p in puts],
+    )
+
+
+def _put_result(result: list[Any]) -> PutResult:
+    """A put's result as `notify_put_all` gives it: [internal id or null, [existing ids]]."""
+    return PutResult(result[0], tuple(result[1] or ()))
+
+
+async def _put_all(db: psycopg.AsyncConnection, puts: Sequence[Put]) -> list[PutResult]:
+    """Put each record in its stream, in order, in one statement (`notify_put_all`)."""
     if not puts:
         return []
-    results = []
-    async with db.cursor() as cursor:
-        await cursor.executemany(
-            "SELECT internal_id, existing_ids FROM notify_put(%s, %s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    put.stream,
-                    new.record_id,
-                    new.type,
-                    new.payload,
-                    json.dumps([[t.name, t.value] for t in new.tags]),
-                    new.strategy.value,
-                    new.retention,
-                )
-                for put in puts
-                for new in (put.record,)
-            ],
-            returning=True,
-        )
-        while True:
-            row = await cursor.fetchone()
-            assert row is not None
-            results.append(PutResult(row[0], tuple(row[1])))
-            if not cursor.nextset():
-                break
-    return results
+    cursor = await db.execute(f"SELECT notify_put_all({PUT_ARRAYS})", _put_arrays(puts))
+    row = await cursor.fetchone()
+    assert row is not None
+    return [_put_result(put) for put in row[0]]
 
 
-async def _move_each(db: psycopg.AsyncConnection, moves: Sequence[Move]) -> list[bool]:
-    """Make each move its record's status allows, inside the caller's transaction, in one round trip: whether each
-    was made (a begin is made unless `notify_begin` finds the record handled)."""
-    cursors = []
-    async with db.pipeline():
-        for m in moves:
-            cursor = db.cursor()
-            if m.begin:
-                await cursor.execute(
-                    "SELECT entry_id FROM notify_begin(%s, %s, %s, %s)",
-                    (m.stream, m.internal_record_id, m.concern, m.details),
-                )
-            else:
-                await cursor.execute(
-                    MOVE,
-                    {
-                        "stream": m.stream,
-                        "id": m.internal_record_id,
-                        "concern": m.concern,
-                        "status": m.status.value,
-                        "details": m.details,
-                        "allowed": [s.value for s in ALLOWED_TRANSITIONS.get(m.status, ())],
-                    },
-                )
-            cursors.append((m, cursor))
-        rows = [(m, await cursor.fetchone()) for m, cursor in cursors]
-    return [row is None if m.begin else row is not None and row[0] is not None for m, row in rows]
+async def _move_all(db: psycopg.AsyncConnection, moves: Sequence[Move]) -> list[bool]:
+    """Make each move its record's status allows, in order, in one statement (`notify_move_all`): whether each was
+    made (a begin is made unless the record was handled)."""
+    cursor = await db.execute(f"SELECT notify_move_all({MOVE_ARRAYS})", _move_arrays(moves))
+    row = await cursor.fetchone()
+    assert row is not None
+    return list(row[0])
 
 
 def _take_ups(puts: Sequence[Put], results: Sequence[PutResult]) -> list[Move]:

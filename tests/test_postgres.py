@@ -30,7 +30,7 @@ from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StoreUnavailable, StoreUnusable, StreamName, open_store
 from streams.directory import import_entries, lookup
-from streams.postgres import _classified
+from streams.postgres import MIGRATIONS, SCHEMA_VERSION, _classified
 from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
 from tests.service import Api
@@ -61,24 +61,18 @@ def test_migrate_then_grant_from_the_command_line(postgres: Databases) -> None:
     first = starter("db", "migrate", url=url)
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [
-        "applied 0001_streams.sql",
-        "applied 0002_handling.sql",
-        "applied 0003_requests.sql",
-        "applied 0004_turns.sql",
-        "applied 0005_retention.sql",
-        "applied 0006_smaller_records.sql",
-        "applied 0007_writers.sql",
-        "applied 0008_known_entities.sql",
-        "the streams schema is at version 8",
+        *(f"applied {MIGRATIONS[version].name}" for version in sorted(MIGRATIONS)),
+        f"the streams schema is at version {SCHEMA_VERSION}",
     ]
+    assert first.stdout.splitlines()[:2] == ["applied 0001_streams.sql", "applied 0002_handling.sql"]
     again = starter("db", "migrate", url=url)
-    assert again.stdout.splitlines() == ["the streams schema is at version 8"]
+    assert again.stdout.splitlines() == [f"the streams schema is at version {SCHEMA_VERSION}"]
     granted = starter("db", "grant", url=url)
     assert granted.returncode == 0, granted.stderr
     with psycopg.connect(url) as db:
         roles = {r[0] for r in db.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'notify_%'")}
         assert set(ROLES) <= roles
-        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (8,)
+        assert db.execute("SELECT count(*) FROM notify_schema_migrations").fetchone() == (len(MIGRATIONS),)
 
 
 def test_a_worker_refuses_transitions_that_are_not_its_own_until_migrated(postgres: Databases, tmp_path: Path) -> None:
@@ -110,7 +104,7 @@ def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path:
     assert result.returncode == 1
     migrate = shlex.join([sys.executable, str(ROOT / "starter.py"), "db", "migrate"])
     assert result.stderr.strip() == (
-        f"error: the streams schema is at version 0, this version needs 8: run `{migrate}`"
+        f"error: the streams schema is at version 0, this version needs {SCHEMA_VERSION}: run `{migrate}`"
     )
 
 
@@ -260,6 +254,14 @@ async def test_a_schema_of_its_own(postgres: Databases) -> None:
         assert put.internal_id is not None
         assert (await store.reader(StreamName.EMAIL_EVENT).latest("1")) is not None
         await store.handling(StreamName.EMAIL_EVENT).transition(put.internal_id, "c", HandlingStatus.RUNNING)
+        # a step's writes, each on its role's connection
+        written = await store.steps().write(
+            [store.writer(StreamName.NOTIFICATION_SAGA).record("n", Thing(value=2), take_up="saga")],
+            [store.handling(StreamName.EMAIL_EVENT).move(put.internal_id, "c", HandlingStatus.COMPLETED, "done")],
+        )
+        assert written.moved == [True]
+        saga = written.puts[0].record_internal_id
+        assert await store.handling(StreamName.NOTIFICATION_SAGA).status(saga, "saga") == HandlingStatus.RUNNING
 
 
 async def test_the_api_requests_reads_and_lists_with_each_handle_as_its_own_role(api: Api) -> None:

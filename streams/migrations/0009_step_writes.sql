@@ -1,0 +1,126 @@
+-- A step's writes in one statement (`streams.store.StreamStore.write`): its handling moves, its puts, then the
+-- put records' take-ups, in that order. Each runs as its caller (SECURITY INVOKER): the puts are notify_put's,
+-- which a producer may make; the moves are notify_begin's and notify_transition's, which a handler may make; so
+-- notify_write, which makes both, works only for a caller that holds both (one role for the whole service). A
+-- store whose producer and handler are different roles calls notify_move_all and notify_put_all on each role's
+-- connection instead.
+
+-- Each move, in order: a begin (`p_begins`) as notify_begin makes it, made unless the record was handled; any
+-- other move made only if the record's latest status allows it, under the record's lock (so that no other mover
+-- comes between the check and the move). Returns whether each was made.
+CREATE FUNCTION notify_move_all(
+    p_streams text[],
+    p_internal_record_ids bigint[],
+    p_concerns text[],
+    p_statuses text[],
+    p_details text[],
+    p_begins boolean[]
+) RETURNS boolean[]
+LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
+DECLARE
+    moved boolean[] := '{}';
+    current_status text;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+        IF p_begins[i] THEN
+            PERFORM 1 FROM notify_begin(p_streams[i], p_internal_record_ids[i], p_concerns[i], p_details[i]);
+            moved := moved || NOT FOUND;
+            CONTINUE;
+        END IF;
+        PERFORM pg_advisory_xact_lock(
+            hashtextextended(p_streams[i] || '/' || p_internal_record_ids[i] || '/' || p_concerns[i], 0)
+        );
+        SELECT h.status INTO current_status FROM notify_handling h
+        WHERE h.stream = p_streams[i] AND h.internal_record_id = p_internal_record_ids[i] AND h.concern = p_concerns[i]
+        ORDER BY h.entry_id DESC LIMIT 1;
+        IF EXISTS (
+            SELECT 1 FROM notify_handling_transitions t
+            WHERE t.to_status = p_statuses[i] AND t.from_status = coalesce(current_status, 'AvailableByDefault')
+        ) THEN
+            PERFORM notify_transition(p_streams[i], p_internal_record_ids[i], p_concerns[i], p_statuses[i],
+                                      p_details[i]);
+            moved := moved || true;
+        ELSE
+            moved := moved || false;
+        END IF;
+    END LOOP;
+    RETURN moved;
+END
+$$;
+
+-- Each record put as notify_put puts it, in order: [internal id or null, [existing ids]] for each.
+CREATE FUNCTION notify_put_all(
+    p_streams text[],
+    p_record_ids text[],
+    p_types text[],
+    p_payloads text[],
+    p_tags jsonb[],
+    p_strategies text[],
+    p_retentions integer[]
+) RETURNS jsonb
+LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
+DECLARE
+    put record;
+    results jsonb := '[]';
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+        SELECT * INTO put FROM notify_put(p_streams[i], p_record_ids[i], p_types[i], p_payloads[i], p_tags[i],
+                                          p_strategies[i], p_retentions[i]);
+        results := results || jsonb_build_array(jsonb_build_array(put.internal_id, to_jsonb(put.existing_ids)));
+    END LOOP;
+    RETURN results;
+END
+$$;
+
+-- The moves, the puts, then the take-ups (`p_take_ups`: a concern, or null, for each put: the record the put
+-- stands for is moved to Running under it, if its status allows), in one statement:
+-- {"moved": [...], "puts": [...]} as notify_move_all and notify_put_all say them.
+CREATE FUNCTION notify_write(
+    p_move_streams text[],
+    p_move_internal_record_ids bigint[],
+    p_move_concerns text[],
+    p_move_statuses text[],
+    p_move_details text[],
+    p_move_begins boolean[],
+    p_streams text[],
+    p_record_ids text[],
+    p_types text[],
+    p_payloads text[],
+    p_tags jsonb[],
+    p_strategies text[],
+    p_retentions integer[],
+    p_take_ups text[]
+) RETURNS jsonb
+LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
+DECLARE
+    moved boolean[];
+    puts jsonb;
+    taken text[] := '{}';
+    taken_ids bigint[] := '{}';
+    taken_concerns text[] := '{}';
+BEGIN
+    moved := notify_move_all(p_move_streams, p_move_internal_record_ids, p_move_concerns, p_move_statuses,
+                             p_move_details, p_move_begins);
+    puts := notify_put_all(p_streams, p_record_ids, p_types, p_payloads, p_tags, p_strategies, p_retentions);
+    FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+        IF p_take_ups[i] IS NOT NULL THEN
+            taken := taken || p_streams[i];
+            taken_concerns := taken_concerns || p_take_ups[i];
+            -- the new record, or the newest existing one the put deferred to
+            taken_ids := taken_ids || coalesce(
+                (puts -> (i - 1) ->> 0)::bigint,
+                (SELECT max(e::bigint) FROM jsonb_array_elements_text(puts -> (i - 1) -> 1) e)
+            );
+        END IF;
+    END LOOP;
+    PERFORM notify_move_all(taken, taken_ids, taken_concerns, array_fill('Running'::text, ARRAY[cardinality(taken)]),
+                            array_fill(''::text, ARRAY[cardinality(taken)]),
+                            array_fill(false, ARRAY[cardinality(taken)]));
+    RETURN jsonb_build_object('moved', to_jsonb(moved), 'puts', puts);
+END
+$$;
+
+REVOKE ALL ON FUNCTION notify_move_all(text[], bigint[], text[], text[], text[], boolean[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION notify_put_all(text[], text[], text[], text[], jsonb[], text[], integer[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION notify_write(text[], bigint[], text[], text[], text[], boolean[], text[], text[], text[],
+                                    text[], jsonb[], text[], integer[], text[]) FROM PUBLIC;
