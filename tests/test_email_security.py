@@ -16,9 +16,9 @@ import pytest
 import trustme
 from aiosmtplib.email import flatten_message
 from pydantic import SecretStr, ValidationError
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.email import MAX_LINE, compose_message, plain_message
+from activities.email import MAX_LINE, REUSED, EmailHandler, compose_message, plain_message
 from client import NotificationClient
 from domain import DirectoryEntry, SendEmailOp, SendNotificationToEntityOp, admitted
 from settings import Settings, SmtpSecurity
@@ -316,3 +316,32 @@ def test_plain_messages_of_every_shape_go_out_as_the_email_package_writes_them()
             plain += 1
             assert written.data == flatten_message(compose_message(op, now)), op
     assert plain > 150
+
+
+@pytest.mark.parametrize("security", [SmtpSecurity.STARTTLS, SmtpSecurity.TLS])
+async def test_a_secure_connection_with_login_serves_the_next_message_as_it_is(
+    security: SmtpSecurity, ca: trustme.CA, settings: Settings
+) -> None:
+    """TLS and the login are the connection's: the next message on it says neither again, nor its credentials."""
+    with MailSink(
+        tls_context=server_context(ca), tls_on_connect=security == SmtpSecurity.TLS, login=("notify", PASSWORD)
+    ) as mail:
+        secure = settings.model_copy(
+            update={
+                "smtp_port": mail.port,
+                "smtp_security": security,
+                "smtp_username": "notify",
+                "smtp_password": SecretStr(PASSWORD),
+            }
+        )
+        async with secure.open_streams(create=True) as store:
+            handler = EmailHandler(store, secure)
+            first, second = [
+                await ActivityEnvironment().run(handler.deliver, sample(channel_operation_id=n)) for n in (1, 2)
+            ]
+            await handler.close()
+    assert mail.connections == 1 and [m.login for m in mail.messages] == ["notify", "notify"]
+    opened, reused = (d.response.model_dump()["communication_log"] for d in (first, second))
+    assert any(line.startswith("C: AUTH ") for line in opened)
+    assert reused[:3] == [REUSED, "C: RSET", "S: 250 OK"]
+    assert not any(word in line for line in reused for word in ("STARTTLS", "AUTH", PASSWORD))
