@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,12 @@ from streams.store import (
 T = TypeVar("T")
 
 SCHEMA_VERSION = 5
+WAIT_SECONDS = 30
+"""How long a call on the store's thread waits for another process's write to end."""
+CHECKPOINT_EVERY = 500
+"""Calls made on the caller's thread between two checkpoints of the write-ahead log."""
+AT_ONCE_RECORDS = 20
+"""The most records a put makes on the caller's thread (a batch, a directory import, goes to the store's)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -137,11 +144,24 @@ class SQLiteStreamStore(StreamStore):
         self._path = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streams-{self.path.name}")
-        self._db = self._executor.submit(self._connect).result()
+        self._waiting = self._executor.submit(self._connect, WAIT_SECONDS).result()
+        self._store_thread = self._executor.submit(threading.get_ident).result()
+        self._at_once = self._connect(WAIT_SECONDS)
+        self._at_once.execute("PRAGMA busy_timeout=0")
+        self._at_once.execute("PRAGMA wal_autocheckpoint=0")  # the store's thread checkpoints (`_called_at_once`)
+        self._caller_thread: int | None = None
+        self._calls_at_once = 0
+        self._checkpoint: asyncio.Future[object] | None = None
         self._file = _file_identity(self._path)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection of the thread running the call: the store's thread waits for the database up to
+        `WAIT_SECONDS`; the caller's never waits (`_run`)."""
+        return self._waiting if threading.get_ident() == self._store_thread else self._at_once
+
+    def _connect(self, wait: float) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=wait)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
@@ -160,10 +180,21 @@ class SQLiteStreamStore(StreamStore):
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn` on the store's thread, on the file the store opened and no other."""
+    async def _run(self, fn: Callable[..., T], *args: object, at_once: bool = False) -> T:
+        """Run `fn` on the file the store opened and no other: on the store's thread; or, for a short call
+        (`at_once`: a step's writes, a read by id), on the caller's thread (the first to call, the event loop's)
+        without waiting, which saves the hop between threads, and on the store's thread when the database is busy."""
         self._check_file()
         try:
+            if at_once and self._caller_thread in (None, threading.get_ident()):
+                self._caller_thread = threading.get_ident()
+                try:
+                    done = fn(*args)
+                    self._called_at_once()
+                    return done
+                except sqlite3.OperationalError as error:
+                    if not getattr(error, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+                        raise
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as error:
             name = getattr(error, "sqlite_errorname", "")
@@ -194,14 +225,23 @@ class SQLiteStreamStore(StreamStore):
         if found != self._file:
             raise StoreUnusable(f"the streams store {self.path} was replaced while in use: restart to use the new one")
 
+    def _called_at_once(self) -> None:
+        """Count a call made on the caller's thread; every `CHECKPOINT_EVERY`, checkpoint the log on the store's
+        thread (the caller's connection does not: a checkpoint writes and syncs the file, which takes a while)."""
+        self._calls_at_once += 1
+        if self._calls_at_once % CHECKPOINT_EVERY == 0 and (self._checkpoint is None or self._checkpoint.done()):
+            checkpoint = lambda: self._waiting.execute("PRAGMA wal_checkpoint(PASSIVE)")  # noqa: E731
+            self._checkpoint = asyncio.get_running_loop().run_in_executor(self._executor, checkpoint)
+
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
+        self._at_once.close()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._waiting.close)
         self._executor.shutdown()
 
     # -- unique ids -------------------------------------------------------------------------------------------
 
     async def next_unique_id(self, stream: str) -> int:
-        return await self._run(self._next_unique_id, stream)
+        return await self._run(self._next_unique_id, stream, at_once=True)
 
     def _next_unique_id(self, stream: str) -> int:
         with _transaction(self._db):
@@ -213,7 +253,7 @@ class SQLiteStreamStore(StreamStore):
         return int(row[0])
 
     async def next_turn(self, key: str, every: float) -> float:
-        return await self._run(self._next_turn, key, every)
+        return await self._run(self._next_turn, key, every, at_once=True)
 
     def _next_turn(self, key: str, every: float) -> float:
         with _transaction(self._db):
@@ -233,14 +273,14 @@ class SQLiteStreamStore(StreamStore):
     # -- records ----------------------------------------------------------------------------------------------
 
     async def put(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
-        return await self._run(self._put_all, stream, records)
+        return await self._run(self._put_all, stream, records, at_once=len(records) <= AT_ONCE_RECORDS)
 
     def _put_all(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
         with _transaction(self._db):
             return [self._put(stream, record) for record in records]
 
     async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
-        return await self._run(self._write, puts, moves)
+        return await self._run(self._write, puts, moves, at_once=True)
 
     def _write(self, puts: Sequence[Put], moves: Sequence[Move]) -> Written:
         with _transaction(self._db):
@@ -378,7 +418,7 @@ class SQLiteStreamStore(StreamStore):
             newest_first=newest_first,
             limit=limit,
         )
-        rows = await self._run(lambda: self._db.execute(sql, args).fetchall())
+        rows = await self._run(lambda: self._db.execute(sql, args).fetchall(), at_once=record_id is not None)
         return [
             Record(
                 internal_id=r[0],
@@ -395,14 +435,14 @@ class SQLiteStreamStore(StreamStore):
     # -- handling ---------------------------------------------------------------------------------------------
 
     async def handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
-        return await self._run(self._handling_history, stream, internal_record_id, concern)
+        return await self._run(self._handling_history, stream, internal_record_id, concern, at_once=True)
 
     def _handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
         query, args = select_handling("handling", "?", stream, internal_record_id, concern)
         return [_entry(r) for r in self._db.execute(query, args)]
 
     async def begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
-        return await self._run(self._begin, stream, internal_record_id, concern, details)
+        return await self._run(self._begin, stream, internal_record_id, concern, details, at_once=True)
 
     def _begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
         with _transaction(self._db):
@@ -422,7 +462,7 @@ class SQLiteStreamStore(StreamStore):
     async def transition(
         self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
     ) -> HandlingEntry:
-        return await self._run(self._transition, stream, internal_record_id, concern, status, details)
+        return await self._run(self._transition, stream, internal_record_id, concern, status, details, at_once=True)
 
     def _transition(
         self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str

@@ -1,9 +1,10 @@
+import asyncio
 import sqlite3
 from pathlib import Path
 
 from domain import Tag
 from streams import StreamName, StreamStore, open_store
-from tests.streams_contract import StreamStoreContract
+from tests.streams_contract import StreamStoreContract, Thing
 
 
 class TestSQLiteStreamStore(StreamStoreContract):
@@ -36,3 +37,23 @@ async def test_a_file_of_schema_4_keeps_its_records_and_their_tags_once(tmp_path
         assert db.execute("PRAGMA user_version").fetchone() == (5,)
         assert [row[2] for row in db.execute("PRAGMA index_info(records_by_id)")] == ["stream", "record_id"]
     db.close()
+
+
+async def test_a_step_that_finds_the_file_busy_waits_for_it_on_the_store_thread(tmp_path: Path) -> None:
+    """A step's write runs at once on the caller's thread; when another process holds the file's write lock, it
+    goes to the store's thread and waits there for it, instead of failing or blocking the event loop."""
+    async with open_store(f"sqlite:///{tmp_path / 'streams.db'}") as store:
+        other = sqlite3.connect(tmp_path / "streams.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        writing = asyncio.ensure_future(store.writer(StreamName.EMAIL_EVENT).put("1", Thing(value=1)))
+        await asyncio.sleep(0)  # the put's first step: refused at once, it now waits on the store's thread
+        assert not writing.done()
+        other.execute(
+            "INSERT INTO records (stream, record_id, type, payload, timestamp_utc)"
+            " VALUES ('email-event', '0', 'Thing', '{\"value\": 0}', '2026-01-01T00:00:00+00:00')"
+        )
+        other.execute("COMMIT")
+        put = await writing
+        assert [r.record_id for r in await store.reader(StreamName.EMAIL_EVENT).by_tags()] == ["0", "1"]
+        assert put.internal_id is not None
+        other.close()
