@@ -183,6 +183,12 @@ class SlackSink:
             "has_more": False,
         }
 
+    @property
+    def open_connections(self) -> int:
+        """Connections from clients open now."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
     def hold_answers(self) -> None:
         """Keep the answer to the next posts (each recorded as posted first, `posted` set) until `release()`."""
         self.posted.clear()

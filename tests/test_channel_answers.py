@@ -28,7 +28,7 @@ from sinks.mail import MailSink, free_port
 from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from tests.conftest import SLACK_TOKEN
-from tests.service import entity, notifying
+from tests.service import entity, eventually, notifying
 
 ENVOY_503 = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 """What an Envoy proxy answers, as `text/plain`, when Slack behind it cannot be reached."""
@@ -414,12 +414,24 @@ async def test_a_connection_dropped_once_the_message_is_under_way_is_not_tried_a
     assert mail.connections == 1
 
 
-async def test_the_worker_says_quit_on_its_open_connections_when_it_stops(
-    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings, mail_sink: MailSink
+async def test_the_worker_closes_its_connections_when_it_stops(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    settings: Settings,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
 ) -> None:
-    async with notifying(time_skipping_env, store, settings, entity(channels={"email": "send"})) as notify:
+    """Its SMTP connection says QUIT, and its Slack session's connection is closed (aiohttp's own idle timeout is 15 s:
+    closed at once, or the check fails)."""
+    async with notifying(time_skipping_env, store, settings) as notify:
         for _ in range(2):
             _, view = await notify.send()
             assert view["status"] == "sent", view
         assert mail_sink.connections == 1 and mail_sink.acknowledged == {0}  # open, the last message's answer unsaid
+        assert len(slack_sink.connections) == 1 and slack_sink.open_connections == 1
     assert mail_sink.acknowledged == {0, 1}  # QUIT
+
+    async def slack_closed() -> bool:
+        return slack_sink.open_connections == 0
+
+    await eventually(slack_closed, timeout=5)
