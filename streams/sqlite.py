@@ -230,7 +230,7 @@ class SQLiteStreamStore(StreamStore):
         thread (the caller's connection does not: a checkpoint writes and syncs the file, which takes a while)."""
         self._calls_at_once += 1
         if self._calls_at_once % CHECKPOINT_EVERY == 0 and (self._checkpoint is None or self._checkpoint.done()):
-            checkpoint = lambda: self._waiting.execute("PRAGMA wal_checkpoint(PASSIVE)")  # noqa: E731
+            checkpoint = lambda: self._waiting.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # noqa: E731
             self._checkpoint = asyncio.get_running_loop().run_in_executor(self._executor, checkpoint)
 
     async def close(self) -> None:
@@ -515,7 +515,8 @@ def _entry(row: Sequence[Any]) -> HandlingEntry:
 
 
 class _transaction:
-    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on error: the write lock is taken before anything is read."""
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on error (a `COMMIT` that fails included, so that the connection
+    is never left in a transaction): the write lock is taken before anything is read."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -524,4 +525,9 @@ class _transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+        finally:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")

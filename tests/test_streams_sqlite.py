@@ -4,6 +4,8 @@ from pathlib import Path
 
 from domain import Tag
 from streams import StreamName, StreamStore, open_store
+from streams.sqlite import AT_ONCE_RECORDS, CHECKPOINT_EVERY
+from streams.store import NewRecord
 from tests.streams_contract import StreamStoreContract, Thing
 
 
@@ -57,3 +59,15 @@ async def test_a_step_that_finds_the_file_busy_waits_for_it_on_the_store_thread(
         assert [r.record_id for r in await store.reader(StreamName.EMAIL_EVENT).by_tags()] == ["0", "1"]
         assert put.internal_id is not None
         other.close()
+
+
+async def test_writes_on_both_threads_go_on_past_a_checkpoint(tmp_path: Path) -> None:
+    """The store's thread checkpoints the log every `CHECKPOINT_EVERY` calls made at once; its own writes (a batch)
+    go on after it."""
+    async with open_store(f"sqlite:///{tmp_path / 'streams.db'}") as store:
+        writer = store.writer(StreamName.EMAIL_OPERATION)
+        issued = [await writer.next_unique_id() for _ in range(CHECKPOINT_EVERY + 1)]
+        batch = [NewRecord(str(i), "Thing", Thing(value=i).model_dump_json()) for i in range(AT_ONCE_RECORDS + 1)]
+        put = await store.put(StreamName.EMAIL_OPERATION, batch)
+        assert issued[-1] == CHECKPOINT_EVERY + 1 and len(put) == AT_ONCE_RECORDS + 1
+        assert await writer.next_unique_id() == CHECKPOINT_EVERY + 2
