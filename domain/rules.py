@@ -136,7 +136,8 @@ def _single_line(value: str) -> str:
     """Text that goes into a mail header: one line as written and as a mail reader decodes it, RFC 2047 encoded
     words included (an encoded CR LF would otherwise become a header of the attacker's choosing when the header is
     folded, CVE-2024-6923)."""
-    if CONTROL.search(_unicode(value)) or CONTROL.search(_as_read(value)):
+    # only an encoded word (`=?`) can decode to what the text does not hold as written
+    if CONTROL.search(_unicode(value)) or ("=?" in value and CONTROL.search(_as_read(value))):
         raise ValueError("must be a single line of text (no line breaks or control characters, encoded or not)")
     return value
 
@@ -150,6 +151,8 @@ def _as_read(value: str) -> str:
         raise ValueError("has an encoded word that cannot be decoded") from error
 
 
+DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+"""A local part as RFC 5322's dot-atom: atoms of atext joined by single dots."""
 DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 
 
@@ -161,7 +164,7 @@ def checked_email_address(value: str) -> str:
     local, at, domain = value.rpartition("@")
     plain = bool(at and local and DOMAIN.fullmatch(domain)) and not CONTROL.search(value)
     plain = plain and '"' not in local and "=?" not in local  # no quoted local part, and no encoded word in it
-    if plain:
+    if plain and not DOT_ATOM.fullmatch(local):  # a dot-atom is read back as written; anything else, ask the parser
         try:
             plain = Address(addr_spec=value).addr_spec == value
         except Exception:  # the parser fails in more ways than it documents (AttributeError on `a@[`, say)
