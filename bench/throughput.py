@@ -1,14 +1,16 @@
 """The saga against its ceiling, in one run on one dev server: a bare workflow fanning out two no-op activities
-(`bench/bare.py`) and the saga, one after the other, each at every number of requests in flight asked for.
+(`bench/bare.py`), then the saga on SQLite streams and, given a PostgreSQL server, on PostgreSQL streams, one after
+the other, each at every number of requests in flight asked for.
 
 Starts a Temporal dev server (as `worker.py --dev` does), the mail and Slack sinks in a process of their own (their
 CPU is not the worker's), and for each measurement a fresh worker process: `python -m bench.bare` or `worker.py`.
 Clients run a closed loop: each requests one notification (or starts one bare workflow), waits for its outcome, and
 requests the next. Prints, per workload and number in flight: completed per second, request-to-outcome latency
-percentiles, CPU per notification of the worker process and of the dev server (from /proc, so Linux only), the
+percentiles, CPU per notification of the worker process, of the dev server and of the whole machine's share of the
+work (worker, dev server, sinks, these clients and the streams' PostgreSQL backends; from /proc, so Linux only), the
 worker's resident size before and after, the Temporal history events, workflow tasks and activity tasks per workflow
 (from the histories of up to 50 of the workflows each measurement ran), and the saga's ratios to bare; then the
-bytes and records the streams keep per notification. Writes it all as JSON too.
+bytes and records each store keeps per notification. Writes it all as JSON too.
 
     .venv/bin/python -m bench.throughput --notifications 300 --in-flight 1 50 \
         [--workers N] [--postgres URL] [--json FILE]
@@ -28,7 +30,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,6 +86,10 @@ class Figures:
     """Per notification, all worker processes together."""
     server_cpu_ms: float
     """Per notification."""
+    total_cpu_ms: float
+    """Per notification, every process the measurement ran on the machine: the workers, the dev server, the sinks
+    (the SMTP server and Slack), the clients (this process) and, for PostgreSQL streams, the streams' database's
+    backends. On a machine the measurement keeps busy, completed per second follows it."""
     worker_rss_mib: tuple[float, float, float]
     """The (first) worker's resident size when the measurement began (after the warm-up), a tenth of the way through
     (its caches warm), and when it ended."""
@@ -122,6 +130,20 @@ def cpu_seconds(pid: int) -> float:
     """User and system CPU a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+async def backends(url: str) -> dict[int, float]:
+    """The CPU seconds each PostgreSQL backend serving the database `url` names has used so far, by process id."""
+    async with await psycopg.AsyncConnection.connect(url) as db:
+        cursor = await db.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        pids = [row[0] for row in await cursor.fetchall()]
+    used = {}
+    for pid in pids:
+        try:
+            used[pid] = cpu_seconds(pid)
+        except FileNotFoundError:  # ended since
+            pass
+    return used
 
 
 async def closed_loop(
@@ -169,8 +191,10 @@ class Bench:
         self.profile = profile
         self.port = free_port()
         self.processes: list[subprocess.Popen[str]] = []
-        self.environment: dict[str, str] = {}
-        self.saga_count = 0
+        self.saga_counts: Counter[str] = Counter()
+        """Notifications requested on each store, by its URL."""
+        self.databases: list[str] = []
+        """The PostgreSQL databases made for the run, dropped at its end."""
         self.server = self.spawn(
             [str(temporal_binary("temporal")), "server", "start-dev", "--headless", "--ip", "127.0.0.1"]
             + ["--port", str(self.port), "--log-level", "error", *ONE_PARTITION, *search.DEV_SERVER_ARGS]
@@ -190,11 +214,11 @@ class Bench:
             )
         )
 
-    def spawn(self, command: list[str]) -> subprocess.Popen[str]:
+    def spawn(self, command: list[str], environment: dict[str, str] | None = None) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             command,
             cwd=self.folder,
-            env=(self.environment or unconfigured_environment()) | {"PYTHONPATH": str(ROOT)},
+            env=(environment or unconfigured_environment()) | {"PYTHONPATH": str(ROOT)},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -203,44 +227,46 @@ class Bench:
         self.processes.append(process)
         return process
 
-    async def streams(self) -> str:
-        if self.postgres is None:
-            return f"sqlite:///{self.folder / 'streams.db'}"
-        return await fresh_database(self.postgres)
-
     async def run(self, count: int, in_flight: list[int], workers: int) -> tuple[list[Figures], dict[str, float]]:
-        streams_url = await self.streams()
-        self.environment = unconfigured_environment() | {
-            "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{self.port}",
-            "NOTIFY_TASK_QUEUE": "saga",
-            "NOTIFY_STREAMS_URL": streams_url,
-            "NOTIFY_DATA_DIR": str(self.folder),
-            "NOTIFY_SMTP_HOST": "127.0.0.1",
-            "NOTIFY_SMTP_PORT": str(self.mail_port),
-            "NOTIFY_EMAIL_FROM": "bench@notify.test",
-            "NOTIFY_SLACK_API_URL": f"http://127.0.0.1:{self.slack_port}/api/",
-            "NOTIFY_SLACK_TOKENS": json.dumps({"acme": "xoxb-bench"}),
-        }
-        settings = Settings(
-            _env_file=None,
-            temporal_address=self.environment["NOTIFY_TEMPORAL_ADDRESS"],
-            task_queue="saga",
-            streams_url=streams_url,
-        )
+        settings = Settings(_env_file=None, temporal_address=f"127.0.0.1:{self.port}", task_queue="saga")
         self.sinks.until_said("sinks ready")
         temporal = await reachable(settings)
-        figures = []
-        async with settings.open_streams(create=True) as store:
-            await import_entries(store, ENTITIES)
-            notify = NotificationClient(store, temporal, settings)
-            for flight in in_flight:
-                for workload, one in (("bare", self.bare(temporal, flight)), ("saga", self.saga(notify))):
-                    figures.append(await self.measure(temporal, workload, one, count, flight, workers))
-        records, size = await stream_size(streams_url)
-        return figures, {
-            "stream_records_per_notification": round(records / self.saga_count, 1),
-            "stream_bytes_per_notification": round(size / self.saga_count),
-        }
+        stores = {"saga": f"sqlite:///{self.folder / 'streams.db'}"}
+        if self.postgres is not None:
+            self.databases.append(await fresh_database(self.postgres))
+            stores["saga postgres"] = self.databases[-1]
+        figures, stored = [], {}
+        for flight in in_flight:
+            figures.append(await self.measure(temporal, "bare", self.bare(temporal, flight), count, flight, workers))
+            for workload, url in stores.items():
+                async with self.saga(temporal, url) as one:
+                    figures.append(await self.measure(temporal, workload, one, count, flight, workers, url))
+        for workload, url in stores.items():
+            records, size = await stream_size(url)
+            name = "" if workload == "saga" else "postgres_"
+            stored[f"{name}stream_records_per_notification"] = round(records / self.saga_counts[url], 1)
+            stored[f"{name}stream_bytes_per_notification"] = round(size / self.saga_counts[url])
+        return figures, stored
+
+    def environment_for(self, streams_url: str | None) -> dict[str, str]:
+        """A worker's environment: the dev server's address; and, for a saga worker, its streams and the sinks."""
+        temporal = {"NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{self.port}"}
+        if streams_url is None:
+            return unconfigured_environment() | temporal
+        return (
+            unconfigured_environment()
+            | temporal
+            | {
+                "NOTIFY_TASK_QUEUE": "saga",
+                "NOTIFY_STREAMS_URL": streams_url,
+                "NOTIFY_DATA_DIR": str(self.folder),
+                "NOTIFY_SMTP_HOST": "127.0.0.1",
+                "NOTIFY_SMTP_PORT": str(self.mail_port),
+                "NOTIFY_EMAIL_FROM": "bench@notify.test",
+                "NOTIFY_SLACK_API_URL": f"http://127.0.0.1:{self.slack_port}/api/",
+                "NOTIFY_SLACK_TOKENS": json.dumps({"acme": "xoxb-bench"}),
+            }
+        )
 
     def bare(self, temporal: Client, run: int) -> Callable[[int], Awaitable[str]]:
         async def one(n: int) -> str:
@@ -250,17 +276,28 @@ class Bench:
 
         return one
 
-    def saga(self, notify: NotificationClient) -> Callable[[int], Awaitable[str]]:
-        async def one(n: int) -> str:
-            entity = ENTITIES[self.saga_count % len(ENTITIES)]
-            self.saga_count += 1
-            op = SendNotificationToEntityOp(entity_id=entity.id, subject="Bench", body=f"Benchmark notification {n}.")
-            notification_id = await notify.request(op)  # its saga's workflow id
-            view = await notify.result(notification_id)
-            assert view.status == NotificationStatus.SENT, view
-            return notification_id
+    @asynccontextmanager
+    async def saga(self, temporal: Client, streams_url: str) -> AsyncIterator[Callable[[int], Awaitable[str]]]:
+        """Requests of notifications on these streams, each waited for until it is sent."""
+        settings = Settings(
+            _env_file=None, temporal_address=f"127.0.0.1:{self.port}", task_queue="saga", streams_url=streams_url
+        )
+        async with settings.open_streams(create=True) as store:
+            await import_entries(store, ENTITIES)
+            notify = NotificationClient(store, temporal, settings)
 
-        return one
+            async def one(n: int) -> str:
+                entity = ENTITIES[self.saga_counts[streams_url] % len(ENTITIES)]
+                self.saga_counts[streams_url] += 1
+                op = SendNotificationToEntityOp(
+                    entity_id=entity.id, subject="Bench", body=f"Benchmark notification {n}."
+                )
+                notification_id = await notify.request(op)  # its saga's workflow id
+                view = await notify.result(notification_id)
+                assert view.status == NotificationStatus.SENT, view
+                return notification_id
+
+            yield one
 
     async def measure(
         self,
@@ -270,11 +307,15 @@ class Bench:
         count: int,
         in_flight: int,
         workers: int,
+        streams_url: str | None = None,
     ) -> Figures:
-        command = (
-            [sys.executable, "-m", "bench.bare"] if workload == "bare" else [sys.executable, str(ROOT / "worker.py")]
-        )
-        started_workers = [WorkerProcess(self.spawn(command)) for _ in range(workers)]
+        """One workload's measurement: bare's, or the saga's on the streams `streams_url` names."""
+        bare = [sys.executable, "-m", "bench.bare"]
+        command = bare if streams_url is None else [sys.executable, str(ROOT / "worker.py")]
+        database = streams_url if streams_url is not None and not streams_url.startswith("sqlite") else None
+        started_workers = [
+            WorkerProcess(self.spawn(command, self.environment_for(streams_url))) for _ in range(workers)
+        ]
         worker = started_workers[0]
         pids = [w.process.pid for w in started_workers]
         try:
@@ -283,6 +324,8 @@ class Bench:
             await closed_loop(one, WARM_UP, min(in_flight, WARM_UP))
             spy = self.profiling(worker.process.pid, f"{workload}-{in_flight}")
             worker_cpu, server_cpu = sum(map(cpu_seconds, pids)), cpu_seconds(self.server.pid)
+            others = cpu_seconds(self.sinks.process.pid) + time.process_time()
+            database_before = await backends(database) if database else {}
             rss = [resident_mib(worker.process.pid)]
 
             def tenth(done: int) -> None:
@@ -294,6 +337,9 @@ class Bench:
             elapsed = time.perf_counter() - started
             worker_cpu = sum(map(cpu_seconds, pids)) - worker_cpu
             server_cpu = cpu_seconds(self.server.pid) - server_cpu
+            others = cpu_seconds(self.sinks.process.pid) + time.process_time() - others
+            if database:  # a backend that ended meanwhile is not counted; one that began, from its start
+                others += sum(cpu - database_before.get(pid, 0.0) for pid, cpu in (await backends(database)).items())
             worker_rss = (rss[0], rss[1], resident_mib(worker.process.pid))
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -314,6 +360,7 @@ class Bench:
             p99_ms=round(percentile(ms, 99), 1),
             worker_cpu_ms=round(worker_cpu * 1000 / count, 1),
             server_cpu_ms=round(server_cpu * 1000 / count, 1),
+            total_cpu_ms=round((worker_cpu + server_cpu + others) * 1000 / count, 1),
             worker_rss_mib=worker_rss,
             histories=kept.workflows,
             history_events=kept.events,
@@ -342,8 +389,9 @@ class Bench:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        if self.postgres is not None and self.environment:
-            await drop_database(self.postgres, self.environment["NOTIFY_STREAMS_URL"])
+        if self.postgres is not None:
+            for url in self.databases:
+                await drop_database(self.postgres, url)
 
 
 async def stream_size(url: str) -> tuple[int, int]:
@@ -365,26 +413,32 @@ async def stream_size(url: str) -> tuple[int, int]:
 
 def table(figures: list[Figures], stored: dict[str, float]) -> str:
     bare = {f.in_flight: f for f in figures if f.workload == "bare"}
-    rows = [
+    rows: list[tuple[str, ...]] = [
         ("workload", "in flight", "workers", "done/s", "p50 ms", "p95 ms", "p99 ms", "worker CPU ms/n",
-         "server CPU ms/n", "worker RSS MiB (start, 10%, end)", "events/n", "wf tasks/n", "activities/n",
-         "x bare done/s", "x bare p50", "x bare worker CPU", "x bare events"),
+         "server CPU ms/n", "total CPU ms/n", "worker RSS MiB (start, 10%, end)", "events/n", "wf tasks/n",
+         "activities/n", "x bare done/s", "x bare p50", "x bare worker CPU", "x bare server CPU", "x bare total CPU",
+         "x bare events"),
     ]  # fmt: skip
     for f in figures:
         base = bare[f.in_flight]
         ratios = (
-            ("", "", "", "")
+            ("",) * 6
             if f.workload == "bare"
-            else (
-                f"{f.completed_per_second / base.completed_per_second:.2f}",
-                f"{f.p50_ms / base.p50_ms:.2f}",
-                f"{f.worker_cpu_ms / base.worker_cpu_ms:.2f}",
-                f"{f.history_events / base.history_events:.2f}",
+            else tuple(
+                f"{mine / theirs:.2f}"
+                for mine, theirs in (
+                    (f.completed_per_second, base.completed_per_second),
+                    (f.p50_ms, base.p50_ms),
+                    (f.worker_cpu_ms, base.worker_cpu_ms),
+                    (f.server_cpu_ms, base.server_cpu_ms),
+                    (f.total_cpu_ms, base.total_cpu_ms),
+                    (f.history_events, base.history_events),
+                )
             )
         )
         rows.append(
             (f.workload, str(f.in_flight), str(f.workers), f"{f.completed_per_second:g}", f"{f.p50_ms:g}",
-             f"{f.p95_ms:g}", f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}",
+             f"{f.p95_ms:g}", f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}", f"{f.total_cpu_ms:g}",
              "{:g}, {:g}, {:g}".format(*f.worker_rss_mib), f"{f.history_events:g}", f"{f.workflow_tasks:g}",
              f"{f.activity_tasks:g}", *ratios)
         )  # fmt: skip
@@ -394,12 +448,15 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
     lines.append(
         "events/n, wf tasks/n, activities/n: Temporal history events, workflow tasks and activity tasks per workflow"
         f" (a notification's saga, a bare workflow), over {first.histories} of each row's {first.notifications}"
-        " workflows' histories, evenly spread"
+        " workflows' histories, evenly spread; total CPU: the workers, the dev server, the sinks, the clients and the"
+        " streams' PostgreSQL backends"
     )
-    lines.append(
-        f"streams: {stored['stream_bytes_per_notification']:,.0f} bytes and "
-        f"{stored['stream_records_per_notification']:g} records per notification"
-    )
+    for name, backend in (("", "SQLite"), ("postgres_", "PostgreSQL")):
+        if f"{name}stream_bytes_per_notification" in stored:
+            lines.append(
+                f"streams on {backend}: {stored[f'{name}stream_bytes_per_notification']:,.0f} bytes and "
+                f"{stored[f'{name}stream_records_per_notification']:g} records per notification"
+            )
     return "\n".join(lines)
 
 
@@ -418,7 +475,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--notifications", type=int, default=300, help="measured per workload and number in flight")
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 50], help="requests in flight at a time")
-    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to make the streams' database on")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="a PostgreSQL server to make streams on, for the saga on PostgreSQL too"
+    )
     parser.add_argument("--json", type=Path, help="where to write the figures (default: only printed)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes, for the bare workflow and the saga")
     parser.add_argument(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.processes import ROOT, unconfigured_environment
 from sinks.mail import MailSink
+from tests.databases import Databases, admin_url
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -23,27 +24,35 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(tmp_path: Path) -> None:
+def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(
+    postgres: Databases, tmp_path: Path
+) -> None:
     figures = tmp_path / "figures.json"
     run = bench(
-        "bench.throughput", "--notifications", "3", "--in-flight", "2", "--workers", "2", "--json", str(figures)
-    )
+        "bench.throughput", "--notifications", "3", "--in-flight", "2", "--workers", "2", "--json", str(figures),
+        "--postgres", admin_url(),
+    )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(figures.read_text())
     runs = report["runs"]
-    assert [(r["workload"], r["in_flight"]) for r in runs] == [("bare", 2), ("saga", 2)]
+    assert [(r["workload"], r["in_flight"]) for r in runs] == [("bare", 2), ("saga", 2), ("saga postgres", 2)]
     assert all(r["workers"] == 2 for r in runs)
     assert all(r["completed_per_second"] > 0 and r["p50_ms"] > 0 and r["worker_cpu_ms"] > 0 for r in runs)
+    assert all(r["total_cpu_ms"] > r["worker_cpu_ms"] + r["server_cpu_ms"] for r in runs)
     assert all(len(r["worker_rss_mib"]) == 3 and all(20 < m <= 2000 for m in r["worker_rss_mib"]) for r in runs)
-    assert report["stream_records_per_notification"] > 10 and report["stream_bytes_per_notification"] > 1000
-    bare, saga = runs
+    for backend in ("", "postgres_"):
+        assert report[f"{backend}stream_records_per_notification"] > 10
+        assert report[f"{backend}stream_bytes_per_notification"] > 1000
+    bare, *sagas = runs
     assert all(r["histories"] == 3 and r["workflow_tasks"] >= 1 for r in runs)
     assert all(r["history_events"] > 3 * r["workflow_tasks"] + 2 * r["activity_tasks"] for r in runs)
-    assert bare["activity_tasks"] == 2 and saga["history_events"] > bare["history_events"]
-    header, *rows = run.stdout.splitlines()[:3]
-    assert "x bare done/s" in header and [row.split()[:2] for row in rows] == [["bare", "2"], ["saga", "2"]]
-    assert all(column in header for column in ("events/n", "wf tasks/n", "activities/n", "x bare events"))
+    assert bare["activity_tasks"] == 2 and all(s["history_events"] > bare["history_events"] for s in sagas)
+    header, *rows = run.stdout.splitlines()[:4]
+    assert "x bare done/s" in header
+    assert [row.split()[:2] for row in rows] == [["bare", "2"], ["saga", "2"], ["saga", "postgres"]]
+    assert all(c in header for c in ("events/n", "wf tasks/n", "activities/n", "x bare events", "x bare total CPU"))
     assert "over 3 of each row's 3 workflows' histories" in run.stdout
+    assert "streams on SQLite: " in run.stdout and "streams on PostgreSQL: " in run.stdout
 
 
 def test_the_soak_counts_what_it_requested_and_keeps_the_guarantee(tmp_path: Path) -> None:
