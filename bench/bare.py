@@ -1,6 +1,7 @@
 """The ceiling the saga is measured against: a bare workflow that fans out two no-op activities, each on a task queue
 of its own, run by workers set up as `worker.py` sets up the saga's (the same client, data converter and Temporal
-runtime and sandbox; one worker for the workflow, one per channel queue).
+runtime; one worker for the workflow, one per channel queue), the workflow in Temporal's sandbox, as Temporal runs
+one by default (the saga runs outside it: `worker.WORKFLOW_RUNNER`).
 
     python -m bench.bare --task-queue bare   # a worker for it, on NOTIFY_TEMPORAL_ADDRESS, until SIGTERM
 """
@@ -17,14 +18,16 @@ from datetime import timedelta
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 with workflow.unsafe.imports_passed_through():  # as the saga's module does: the sandbox imports them once
     from activities.contract import channel_task_queue
     from client import connect
     from domain import Channel
     from settings import load_settings
-    from worker import WORKFLOW_RUNNER
 
+SANDBOX = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_all_modules())
+"""Temporal's sandbox, as a workflow runs by default, with modules passed through (as the saga's would be)."""
 ATTEMPT = timedelta(seconds=60)
 
 
@@ -55,7 +58,7 @@ class BareFanOut:
 @contextlib.asynccontextmanager
 async def bare_workers(client: Client, task_queue: str) -> AsyncIterator[None]:
     workers = [
-        Worker(client, task_queue=task_queue, workflows=[BareFanOut], workflow_runner=WORKFLOW_RUNNER),
+        Worker(client, task_queue=task_queue, workflows=[BareFanOut], workflow_runner=SANDBOX),
         Worker(client, task_queue=channel_task_queue(task_queue, Channel.EMAIL), activities=[send_email]),
         Worker(client, task_queue=channel_task_queue(task_queue, Channel.SLACK), activities=[send_slack_message]),
     ]
