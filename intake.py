@@ -83,10 +83,14 @@ class ClientOperationHandler:
                 if loop.time() >= full_look_at:
                     after, full_look_at = 0, loop.time() + FULL_LOOK.total_seconds()
                 after, young = await self.take_up(after)
+                looked = loop.time()
                 self._back()
                 if young is not None:
                     wait = min(wait, young)
                 await self._requests.wait_for_operations(wait)
+                # nothing requested since the look is due before GRACE has passed: the requests notified meanwhile
+                # are looked at together, once
+                await asyncio.sleep(max(0.0, looked + min(wait, GRACE.total_seconds()) - loop.time()))
             except Exception as error:
                 if is_outage(error):
                     self._away(error)
