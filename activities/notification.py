@@ -136,7 +136,7 @@ class NotificationActivities:
             ref.instruction.operation.channel_operation_id: await self._handlers[
                 ref.instruction.operation.delivery_channel
             ].turn(ref)
-            for ref in (saga.operations if saga else [])
+            for ref in (saga.operations(stage) if saga else [])
         }
         return PreparedNotification(policies=policies, stage=stage, saga=saga, turn_waits=waits)
 
@@ -275,7 +275,10 @@ class NotificationActivities:
         operations = self._channel_operation_puts(instructions)
         written = await self._write(request, moves, [*puts, saga, *operations])
         saga_put, operation_puts = written[len(puts)], written[len(puts) + 1 :]
-        return PreparedSaga(saga_record_id=saga_put.record_internal_id, operations=_refs(instructions, operation_puts))
+        return PreparedSaga(
+            saga_record_id=saga_put.record_internal_id,
+            operation_record_ids=[put.record_internal_id for put in operation_puts],
+        )
 
     @activity.defn(name=PUT_CHANNEL_OPERATIONS.name)
     async def put_channel_operations(

@@ -60,10 +60,20 @@ class PreparedEscalation(Model):
 
 
 class PreparedSaga(Model):
-    """The saga record and its channel operations, as put in their streams."""
+    """The saga record and its channel operations' records, as put in their streams: the operations themselves are
+    the prepare stage's instructions, not repeated here (`operations`)."""
 
     saga_record_id: int
-    operations: list[ChannelOperationRef]
+    operation_record_ids: list[int]
+    """Each channel operation's record, in the order of the prepare stage's instructions."""
+
+    def operations(self, stage: PrepareToSendNotificationEvent) -> list[ChannelOperationRef]:
+        """The channel operations to send: the stage's instructions, each with its record."""
+        instructions = stage.prepare.instructions() if stage.prepare else []
+        return [
+            ChannelOperationRef(instruction=i, internal_record_id=record_id)
+            for i, record_id in zip(instructions, self.operation_record_ids, strict=True)
+        ]
 
 
 class PrepareNotificationOp(Model):

@@ -177,7 +177,7 @@ class NotificationSaga:
         self._policies, stage, saga = prepared.policies, prepared.stage, prepared.saga
         self._turn_waits = prepared.turn_waits
         self._view = with_prepare_stage(self._view, stage)
-        outcomes = await self._send_all(saga.operations) if saga else []
+        outcomes = await self._send_all(saga.operations(stage)) if saga else []
         audience = stage.get_audience.audience
         if audience is not None and not _stopped_by_policy(stage) and not self._cancel_requested:
             outcomes += await self._fall_back(nid, operation, audience, outcomes)
