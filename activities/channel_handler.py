@@ -178,7 +178,7 @@ class ChannelHandler(ABC, Generic[Op, Response]):
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
         begun = await self._steps.write(
-            [requested], [self._handling.beginning(ref.internal_record_id, self.concern, attempt)]
+            [requested], before=[self._handling.beginning(ref.internal_record_id, self.concern, attempt)]
         )
         if not begun.moved[0]:  # handled already
             handled = await self._handling.history(ref.internal_record_id, self.concern)
@@ -248,12 +248,13 @@ class ChannelHandler(ABC, Generic[Op, Response]):
             if last
             else self.failed_response(operation, failure.reason)
         )
-        put, outcome = self._outcome_record(ref, Delivery(response, failure.reason), attempts)
-        # a running attempt's handling fails, then a failed one is archived with the outcome: the moves its status
-        # allows
+        delivery = Delivery(response, failure.reason)
+        put, outcome = self._outcome_record(ref, delivery, attempts)
+        # once the outcome is recorded, a running attempt's handling fails, then a failed one is archived with the
+        # outcome: the moves its status allows
         await self._steps.write(
             [put],
-            [
+            after=[
                 self._handling.move(ref.internal_record_id, self.concern, HandlingStatus.FAILED, failure.reason),
                 self._handling.move(
                     ref.internal_record_id,
@@ -263,6 +264,7 @@ class ChannelHandler(ABC, Generic[Op, Response]):
                 ),
             ],
         )
+        self._count(delivery)
         logger.warning(
             "%s failed for good after %d attempt(s): %s", _operation_name(operation), attempts, failure.reason
         )
@@ -288,6 +290,7 @@ class ChannelHandler(ABC, Generic[Op, Response]):
         self._outage.answered()
         put, outcome = self._outcome_record(ref, delivery, activity.info().attempt)
         await self._complete(ref, outcome, [put])
+        self._count(delivery)
         if delivery.failure:
             logger.warning("%s failed for good: %s", _attempt_name(ref.instruction.operation), delivery.failure)
         return outcome
@@ -295,7 +298,7 @@ class ChannelHandler(ABC, Generic[Op, Response]):
     def _outcome_record(
         self, ref: ChannelOperationRef, delivery: Delivery, attempts: int | None
     ) -> tuple[Put, ChannelOperationOutcomeInfo]:
-        """The event that records the delivery's outcome (counted in the metrics), and the outcome."""
+        """The event that records the delivery's outcome, and the outcome."""
         operation = ref.instruction.operation
         event_type = self.failed_event if delivery.failure else self.succeeded_event
         put = self._events.record(
@@ -304,18 +307,21 @@ class ChannelHandler(ABC, Generic[Op, Response]):
             tags=ref.instruction.tags,
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE,
         )
-        metrics.channel_sent(activity.metric_meter(), self.channel, "failed" if delivery.failure else "succeeded")
         return put, self._outcome(operation, event_type, delivery.failure, attempts)
+
+    def _count(self, delivery: Delivery) -> None:
+        """Count a delivery's outcome in the metrics, once it is recorded."""
+        metrics.channel_sent(activity.metric_meter(), self.channel, "failed" if delivery.failure else "succeeded")
 
     async def _complete(
         self, ref: ChannelOperationRef, outcome: ChannelOperationOutcomeInfo, puts: Sequence[Put] = ()
     ) -> None:
-        """Write `puts` and complete the operation's handling with `outcome`, in one write. A completion made already
-        (by a retry of this write, which had committed before its answer was lost) is taken; any other status is
-        `InvalidHandlingTransition`."""
+        """Write `puts`, then complete the operation's handling with `outcome`, in one write. A completion made
+        already (by a retry of this write, which had committed before its answer was lost) is taken; any other status
+        is `InvalidHandlingTransition`."""
         written = await self._steps.write(
             puts,
-            [
+            after=[
                 self._handling.move(
                     ref.internal_record_id, self.concern, HandlingStatus.COMPLETED, outcome.model_dump_json()
                 )

@@ -115,23 +115,23 @@ class NotificationActivities:
 
     @activity.defn(name=PREPARE_NOTIFICATION.name)
     async def prepare_notification(self, op: PrepareNotificationOp) -> PreparedNotification:
-        """Every step up to sending, in one: record the request (unless the saga has, being scheduled), run the
-        prepare stage, record how it ended with the saga and its channel operations, and take each operation's turn
-        on its channel. A retry after the stage was recorded goes on from the recorded stage (the same channel
-        operations), and each write is idempotent. Getting the audience or preparing a channel that fails in a way
-        no retry fixes is a reported failure of its stage, as when each was a step of its own; the store being
+        """Every step up to sending, in one: run the prepare stage (or, on a retry after it was recorded, take the
+        recorded stage: the same channel operations), then record in one write the request (unless the saga has,
+        being scheduled), how the stage ended, the saga and its channel operations; and take each operation's turn on
+        its channel. Each write is idempotent. Getting the audience or preparing a channel that fails in a way no
+        retry fixes is a reported failure of its stage, as when each was a step of its own; the store being
         unavailable fails the whole step, to be retried."""
         request = op.request
         nid, operation = request.notification_id, request.operation
         policies = op.policies or self._settings.saga_policies()
+        taken, requested = ([], []) if op.policies else self._requested(request)
         records = await self._recorded_events.by_id(nid)
         recorded = next((r for r in records if r.type in PrepareToSendNotificationEvent.RECORD_TYPES), None)
         if recorded is not None:
             stage = recorded.object(PrepareToSendNotificationEvent)
         else:
             stage = await self._prepare_stage(nid, operation, policies)
-        moves, puts = ([], []) if op.policies else self._requested(request)
-        saga = await self._record_prepared(request, stage, moves, puts)
+        saga = await self._record_prepared(request, stage, taken, requested)
         waits = {
             ref.instruction.operation.channel_operation_id: await self._handlers[
                 ref.instruction.operation.delivery_channel
@@ -211,10 +211,11 @@ class NotificationActivities:
         )
         return [move], [put]
 
-    async def _write(self, request: NotificationRequest, moves: list[Move], puts: list[Put]) -> list[PutResult]:
-        """A step's writes (`StreamStore.write`); a request this store does not have is `RequestNotFound`."""
+    async def _write(self, request: NotificationRequest, taken: list[Move], puts: list[Put]) -> list[PutResult]:
+        """A step's writes (`StreamStore.write`), the moves `taken` before the puts; a request this store does not
+        have is `RequestNotFound`."""
         try:
-            return (await self._steps.write(puts, moves)).puts
+            return (await self._steps.write(puts, before=taken)).puts
         except NoSuchRecord as error:
             raise RequestNotFound(request, self._settings) from error
 
@@ -246,16 +247,16 @@ class NotificationActivities:
         self,
         request: NotificationRequest,
         event: PrepareToSendNotificationEvent,
-        moves: list[Move],
+        taken: list[Move],
         puts: list[Put],
     ) -> PreparedSaga | None:
-        """Record how preparing ended, with `moves` and `puts` (the request's, unless the saga recorded it); if there is
+        """Record how preparing ended, with `taken` and `puts` (the request's, unless the saga recorded it); if there is
         something to send, the saga (taken up) and each channel's operation too: one write. Returns the saga and the
         operations' records, or None when there is nothing to send."""
         nid, operation = event.notification_id, request.operation
         puts = [*puts, self._event(event, operation)]
         if event.prepare is None or not event.prepare.channels_to_send_on:
-            await self._write(request, moves, puts)
+            await self._write(request, taken, puts)
             return None
         instructions = event.prepare.instructions()
         saga_op = ProcessSendNotificationSagaOp(
@@ -273,7 +274,7 @@ class NotificationActivities:
             take_up=SAGA_CONCERN,
         )
         operations = self._channel_operation_puts(instructions)
-        written = await self._write(request, moves, [*puts, saga, *operations])
+        written = await self._write(request, taken, [*puts, saga, *operations])
         saga_put, operation_puts = written[len(puts)], written[len(puts) + 1 :]
         return PreparedSaga(
             saga_record_id=saga_put.record_internal_id,
@@ -340,7 +341,9 @@ class NotificationActivities:
     @activity.defn(name=RECORD_ENDED.name)
     async def record_ended(self, ended: SagaEnded) -> None:
         """`record_outcome` and `record_saga_ended` in one step (one write), for a saga that told nobody."""
-        await self._steps.write([*self._outcome(ended.snapshot), *self._saga_ended(ended)], self._completions(ended))
+        await self._steps.write(
+            [*self._outcome(ended.snapshot), *self._saga_ended(ended)], after=self._completions(ended)
+        )
 
     @activity.defn(name=RECORD_ESCALATION_REQUESTED.name)
     async def record_escalation_requested(self, requested: EscalationRequested) -> PreparedEscalation:
@@ -365,7 +368,7 @@ class NotificationActivities:
     async def record_saga_ended(self, ended: SagaEnded) -> None:
         """Record how telling the internal team went (if it was told), write the view and the snapshot, and
         complete the handling of the saga, of the client's operation and of the internal operation: one write."""
-        await self._steps.write(self._saga_ended(ended), self._completions(ended))
+        await self._steps.write(self._saga_ended(ended), after=self._completions(ended))
 
     def _saga_ended(self, ended: SagaEnded) -> list[Put]:
         snapshot = ended.snapshot

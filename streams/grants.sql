@@ -43,6 +43,8 @@ GRANT EXECUTE ON FUNCTION notify_request(text, text, text, text, text, jsonb, ti
 GRANT EXECUTE ON FUNCTION notify_next_turn(text, double precision) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_put_all(text[], text[], text[], text[], jsonb[], text[], integer[]) TO notify_producer;
 GRANT EXECUTE ON FUNCTION notify_move_all(text[], bigint[], text[], text[], text[], boolean[]) TO notify_handler;
--- (runs as its caller: it puts only what the caller may put, and moves only what it may move)
+-- (for a role that holds both notify_producer and notify_handler: it runs as its caller, and so puts only what the
+-- caller may put and moves only what it may move)
 GRANT EXECUTE ON FUNCTION notify_write(text[], bigint[], text[], text[], text[], boolean[], text[], text[], text[],
-                                       text[], jsonb[], text[], integer[], text[]) TO notify_producer, notify_handler;
+                                       text[], jsonb[], text[], integer[], text[], text[], bigint[], text[], text[],
+                                       text[], boolean[]) TO notify_producer, notify_handler;

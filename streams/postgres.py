@@ -316,25 +316,25 @@ class PostgresStreamStore(StreamStore):
         async with _using(self._producer) as db:
             return await _put_all(db, [Put(stream, record) for record in records])
 
-    async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
+    async def write(self, puts: Sequence[Put], before: Sequence[Move] = (), after: Sequence[Move] = ()) -> Written:
         if self._producer is self._handler:  # one role: one statement
             async with _using(self._producer) as db:
                 cursor = await db.execute(
-                    f"SELECT notify_write({MOVE_ARRAYS}, {PUT_ARRAYS}, %s::text[])",
-                    (*_move_arrays(moves), *_put_arrays(puts), [p.record.take_up for p in puts]),
+                    f"SELECT notify_write({MOVE_ARRAYS}, {PUT_ARRAYS}, %s::text[], {MOVE_ARRAYS})",
+                    (*_move_arrays(before), *_put_arrays(puts), [p.record.take_up for p in puts], *_move_arrays(after)),
                 )
                 row = await cursor.fetchone()
             assert row is not None
             return Written([_put_result(put) for put in row[0]["puts"]], row[0]["moved"])
         moved = []
-        if moves:
+        if before:
             async with _using(self._handler) as db:
-                moved = await _move_all(db, moves)
+                moved = await _move_all(db, before)
         async with _using(self._producer) as db:
             results = await _put_all(db, puts)
-        if take_ups := _take_ups(puts, results):
+        if later := [*_take_ups(puts, results), *after]:
             async with _using(self._handler) as db:
-                await _move_all(db, take_ups)
+                moved += (await _move_all(db, later))[len(later) - len(after) :]
         return Written(results, moved)
 
     async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:

@@ -42,6 +42,7 @@ from streams.store import (
     Written,
     allows,
     check_put,
+    log,
     select_handling,
     select_records,
 )
@@ -232,6 +233,7 @@ class SQLiteStreamStore(StreamStore):
         if self._calls_at_once % CHECKPOINT_EVERY == 0 and (self._checkpoint is None or self._checkpoint.done()):
             checkpoint = lambda: self._waiting.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # noqa: E731
             self._checkpoint = asyncio.get_running_loop().run_in_executor(self._executor, checkpoint)
+            self._checkpoint.add_done_callback(_checkpointed)
 
     async def close(self) -> None:
         self._at_once.close()
@@ -279,16 +281,17 @@ class SQLiteStreamStore(StreamStore):
         with _transaction(self._db):
             return [self._put(stream, record) for record in records]
 
-    async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
-        return await self._run(self._write, puts, moves, at_once=True)
+    async def write(self, puts: Sequence[Put], before: Sequence[Move] = (), after: Sequence[Move] = ()) -> Written:
+        return await self._run(self._write, puts, before, after, at_once=True)
 
-    def _write(self, puts: Sequence[Put], moves: Sequence[Move]) -> Written:
+    def _write(self, puts: Sequence[Put], before: Sequence[Move], after: Sequence[Move]) -> Written:
         with _transaction(self._db):
-            moved = [self._move(m) for m in moves]
+            moved = [self._move(m) for m in before]
             results = [self._put(p.stream, p.record) for p in puts]
             for put, result in zip(puts, results, strict=True):
                 if put.record.take_up is not None:
                     self._moved(put.stream, result.record_internal_id, put.record.take_up, HandlingStatus.RUNNING, "")
+            moved += [self._move(m) for m in after]
         return Written(results, moved)
 
     def _move(self, move: Move) -> bool:
@@ -303,7 +306,8 @@ class SQLiteStreamStore(StreamStore):
         current = HandlingStatus(row[4]) if row else HandlingStatus.AVAILABLE_BY_DEFAULT
         if not allows(current, status):
             return False
-        self._latest(stream, internal_record_id, concern)  # the record must be there
+        if row is None:  # no handling yet: the record must be there
+            self._latest(stream, internal_record_id, concern)
         self._append(stream, internal_record_id, concern, current, status, details)
         return True
 
@@ -508,6 +512,12 @@ class SQLiteStreamStore(StreamStore):
         return HandlingEntry(
             entry_id, stream, internal_record_id, concern, status, details, datetime.fromisoformat(timestamp)
         )
+
+
+def _checkpointed(done: asyncio.Future[object]) -> None:
+    """A checkpoint that failed (another process checkpointing, the file busy) is left to the next."""
+    if not done.cancelled() and done.exception() is not None:
+        log.debug("checkpoint of the streams' log left to the next: %s", done.exception())
 
 
 def _entry(row: Sequence[Any]) -> HandlingEntry:

@@ -331,8 +331,8 @@ class Move:
 
 @dataclass(frozen=True)
 class Written:
-    """What `StreamStore.write` did: each put's result, and whether each move was made (or skipped: the record's
-    status did not allow it)."""
+    """What `StreamStore.write` did: each put's result, and whether each move, `before` then `after`, was made (or
+    skipped: the record's status did not allow it)."""
 
     puts: list[PutResult]
     moved: list[bool]
@@ -419,11 +419,15 @@ class StreamStore(ABC):
         """Put `records` in `stream`, in order and in one transaction: all of them, or none."""
 
     @abstractmethod
-    async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
-        """A step's writes across streams and handling stores, in this order: each move its record's status allows
-        (one it does not allow is skipped: an earlier attempt of the step made it; one it allows of a record that is
-        not there raises `NoSuchRecord`), each put, then each put record's take-up. In one transaction where the
-        backend can: PostgreSQL with its producer and handler on different roles takes one per role, in that order."""
+    async def write(self, puts: Sequence[Put], before: Sequence[Move] = (), after: Sequence[Move] = ()) -> Written:
+        """A step's writes across streams and handling stores, in this order: the moves `before` the puts (a step
+        taking its records up), the puts, the put records' take-ups, and the moves `after` them (a step completing
+        its records, once what it records is there). A move its record's status does not allow is skipped (an
+        earlier attempt of the step made it); a begin (`Move.begin`) is skipped only when the record was handled,
+        and raises `InvalidHandlingTransition` from a status it cannot begin from; a move of a record that is not
+        there raises `NoSuchRecord`, where it would be allowed. All in one transaction where the backend can;
+        PostgreSQL with its producer and handler on different roles takes one per part, in that order, so that a
+        failure part of the way leaves its earlier parts made and its later ones not: a retried step finds them so."""
 
     @abstractmethod
     async def read(
@@ -661,6 +665,6 @@ class StepWriter:
     def __init__(self, store: StreamStore) -> None:
         self._store = store
 
-    async def write(self, puts: Sequence[Put], moves: Sequence[Move] = ()) -> Written:
-        """`StreamStore.write`: the moves the records' statuses allow, the puts, then the puts' take-ups."""
-        return await self._store.write(puts, moves)
+    async def write(self, puts: Sequence[Put], before: Sequence[Move] = (), after: Sequence[Move] = ()) -> Written:
+        """`StreamStore.write`: the moves `before`, the puts, their take-ups, the moves `after`."""
+        return await self._store.write(puts, before, after)

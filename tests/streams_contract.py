@@ -425,7 +425,7 @@ class StreamStoreContract(ABC):
             requests.move(request, "send", HandlingStatus.RUNNING),
             requests.move(request, "send-2", HandlingStatus.COMPLETED),
         ]
-        first = await store.steps().write(puts, moves)
+        first = await store.steps().write(puts, before=moves)
         assert first.moved == [True, False]  # nothing runs under send-2: it cannot complete
         assert all(p.internal_id is not None for p in first.puts)
         saga = first.puts[1].record_internal_id
@@ -433,12 +433,12 @@ class StreamStoreContract(ABC):
         assert [e.status for e in await saga_handling.history(saga, "saga")] == ["Running"]
         [event] = await store.reader(StreamName.NOTIFICATION_EVENT).by_tags(Tag(name="t", value="n1"))
         assert event.object(Thing).value == 2
-        again = await store.steps().write(puts, moves)
+        again = await store.steps().write(puts, before=moves)
         assert again.moved == [False, False]
         assert [p.record_internal_id for p in again.puts] == [p.record_internal_id for p in first.puts]
         assert [p.internal_id for p in again.puts] == [None, None]
         assert len(await requests.history(request)) == 1 and len(await saga_handling.history(saga)) == 1
-        done = await store.steps().write([], [requests.move(request, "send", HandlingStatus.COMPLETED, "sent")])
+        done = await store.steps().write([], after=[requests.move(request, "send", HandlingStatus.COMPLETED, "sent")])
         assert done.moved == [True]
         assert await requests.status(request, "send") == HandlingStatus.COMPLETED
 
@@ -449,12 +449,12 @@ class StreamStoreContract(ABC):
         assert record is not None
         handling, events = store.handling(StreamName.EMAIL_OPERATION), store.writer(StreamName.EMAIL_EVENT)
         requested = events.record("1", Thing(value=2), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID)
-        first = await store.steps().write([requested], [handling.beginning(record, "c", "attempt 1")])
-        second = await store.steps().write([requested], [handling.beginning(record, "c", "attempt 2")])
+        first = await store.steps().write([requested], before=[handling.beginning(record, "c", "attempt 1")])
+        second = await store.steps().write([requested], before=[handling.beginning(record, "c", "attempt 2")])
         assert (first.moved, second.moved) == ([True], [True])
         assert (first.puts[0].internal_id is None, second.puts[0].internal_id is None) == (False, True)
         await handling.transition(record, "c", HandlingStatus.COMPLETED, "done")
-        third = await store.steps().write([], [handling.beginning(record, "c", "attempt 3")])
+        third = await store.steps().write([], before=[handling.beginning(record, "c", "attempt 3")])
         assert third.moved == [False]
         assert [(e.status, e.details) for e in await handling.history(record, "c")] == [
             ("Running", "attempt 1"),
@@ -467,7 +467,7 @@ class StreamStoreContract(ABC):
         put = store.writer(StreamName.NOTIFICATION_EVENT).record("n1", Thing(value=1))
         missing = store.handling(StreamName.CLIENT_OPERATION).move(12345, "send", HandlingStatus.RUNNING)
         with pytest.raises(NoSuchRecord, match="no record 12345 in client-operation"):
-            await store.steps().write([put], [missing])
+            await store.steps().write([put], before=[missing])
         assert await store.reader(StreamName.NOTIFICATION_EVENT).by_id("n1") == []
 
     async def test_begin_resumes_a_retried_handler(self, store: StreamStore) -> None:

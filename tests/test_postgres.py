@@ -257,11 +257,22 @@ async def test_a_schema_of_its_own(postgres: Databases) -> None:
         # a step's writes, each on its role's connection
         written = await store.steps().write(
             [store.writer(StreamName.NOTIFICATION_SAGA).record("n", Thing(value=2), take_up="saga")],
-            [store.handling(StreamName.EMAIL_EVENT).move(put.internal_id, "c", HandlingStatus.COMPLETED, "done")],
+            after=[store.handling(StreamName.EMAIL_EVENT).move(put.internal_id, "c", HandlingStatus.COMPLETED, "done")],
         )
         assert written.moved == [True]
         saga = written.puts[0].record_internal_id
         assert await store.handling(StreamName.NOTIFICATION_SAGA).status(saga, "saga") == HandlingStatus.RUNNING
+        # puts that fail (the producer may not write the directory) leave the moves before them made, and those
+        # after them not: a step's completion never comes before what it records
+        handling = store.handling(StreamName.NOTIFICATION_SAGA)
+        with pytest.raises(StoreUnusable):
+            await store.steps().write(
+                [store.writer(StreamName.ENTITY_DIRECTORY).record("e", Thing(value=3))],
+                before=[handling.move(saga, "other", HandlingStatus.RUNNING)],
+                after=[handling.move(saga, "saga", HandlingStatus.COMPLETED, "done")],
+            )
+        assert await handling.status(saga, "other") == HandlingStatus.RUNNING
+        assert await handling.status(saga, "saga") == HandlingStatus.RUNNING
 
 
 async def test_the_api_requests_reads_and_lists_with_each_handle_as_its_own_role(api: Api) -> None:

@@ -1,5 +1,5 @@
--- A step's writes in one statement (`streams.store.StreamStore.write`): its handling moves, its puts, then the
--- put records' take-ups, in that order. Each runs as its caller (SECURITY INVOKER): the puts are notify_put's,
+-- A step's writes in one statement (`streams.store.StreamStore.write`): the handling moves before its puts, its
+-- puts, the put records' take-ups, and the moves after them, in that order. Each runs as its caller (SECURITY INVOKER): the puts are notify_put's,
 -- which a producer may make; the moves are notify_begin's and notify_transition's, which a handler may make; so
 -- notify_write, which makes both, works only for a caller that holds both (one role for the whole service). A
 -- store whose producer and handler are different roles calls notify_move_all and notify_put_all on each role's
@@ -72,16 +72,17 @@ BEGIN
 END
 $$;
 
--- The moves, the puts, then the take-ups (`p_take_ups`: a concern, or null, for each put: the record the put
--- stands for is moved to Running under it, if its status allows), in one statement:
--- {"moved": [...], "puts": [...]} as notify_move_all and notify_put_all say them.
+-- The moves before the puts, the puts, their take-ups (`p_take_ups`: a concern, or null, for each put: the record
+-- the put stands for is moved to Running under it, if its status allows), then the moves after them, in one
+-- statement: {"moved": [...], "puts": [...]} as notify_move_all (the moves before, then after) and notify_put_all
+-- say them.
 CREATE FUNCTION notify_write(
-    p_move_streams text[],
-    p_move_internal_record_ids bigint[],
-    p_move_concerns text[],
-    p_move_statuses text[],
-    p_move_details text[],
-    p_move_begins boolean[],
+    p_before_streams text[],
+    p_before_internal_record_ids bigint[],
+    p_before_concerns text[],
+    p_before_statuses text[],
+    p_before_details text[],
+    p_before_begins boolean[],
     p_streams text[],
     p_record_ids text[],
     p_types text[],
@@ -89,7 +90,13 @@ CREATE FUNCTION notify_write(
     p_tags jsonb[],
     p_strategies text[],
     p_retentions integer[],
-    p_take_ups text[]
+    p_take_ups text[],
+    p_after_streams text[],
+    p_after_internal_record_ids bigint[],
+    p_after_concerns text[],
+    p_after_statuses text[],
+    p_after_details text[],
+    p_after_begins boolean[]
 ) RETURNS jsonb
 LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
 DECLARE
@@ -99,8 +106,8 @@ DECLARE
     taken_ids bigint[] := '{}';
     taken_concerns text[] := '{}';
 BEGIN
-    moved := notify_move_all(p_move_streams, p_move_internal_record_ids, p_move_concerns, p_move_statuses,
-                             p_move_details, p_move_begins);
+    moved := notify_move_all(p_before_streams, p_before_internal_record_ids, p_before_concerns, p_before_statuses,
+                             p_before_details, p_before_begins);
     puts := notify_put_all(p_streams, p_record_ids, p_types, p_payloads, p_tags, p_strategies, p_retentions);
     FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
         IF p_take_ups[i] IS NOT NULL THEN
@@ -116,6 +123,8 @@ BEGIN
     PERFORM notify_move_all(taken, taken_ids, taken_concerns, array_fill('Running'::text, ARRAY[cardinality(taken)]),
                             array_fill(''::text, ARRAY[cardinality(taken)]),
                             array_fill(false, ARRAY[cardinality(taken)]));
+    moved := moved || notify_move_all(p_after_streams, p_after_internal_record_ids, p_after_concerns,
+                                      p_after_statuses, p_after_details, p_after_begins);
     RETURN jsonb_build_object('moved', to_jsonb(moved), 'puts', puts);
 END
 $$;
@@ -123,4 +132,5 @@ $$;
 REVOKE ALL ON FUNCTION notify_move_all(text[], bigint[], text[], text[], text[], boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notify_put_all(text[], text[], text[], text[], jsonb[], text[], integer[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notify_write(text[], bigint[], text[], text[], text[], boolean[], text[], text[], text[],
-                                    text[], jsonb[], text[], integer[], text[]) FROM PUBLIC;
+                                    text[], jsonb[], text[], integer[], text[], text[], bigint[], text[], text[],
+                                    text[], boolean[]) FROM PUBLIC;
