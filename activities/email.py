@@ -192,17 +192,22 @@ class SmtpConnections:
             self._idle.append((smtp, expiry))
 
     def _expire(self, smtp: TranscribedSMTP) -> None:
-        self._idle = [(s, e) for s, e in self._idle if s is not smtp]
-        self._quit(smtp)
+        self._quit(smtp, idle=True)
 
-    def _quit(self, smtp: TranscribedSMTP) -> None:
-        task = asyncio.create_task(self._said_quit(smtp))
+    def _quit(self, smtp: TranscribedSMTP, idle: bool = False) -> None:
+        task = asyncio.create_task(self._said_quit(smtp, idle))
         self._quitting.add(task)
         task.add_done_callback(self._quitting.discard)
 
-    async def _said_quit(self, smtp: TranscribedSMTP) -> None:
-        """QUIT, in a slot of its own: until the server has closed it, the connection counts against the limit."""
+    async def _said_quit(self, smtp: TranscribedSMTP, idle: bool) -> None:
+        """QUIT, in a slot of its own: until the server has closed it, the connection counts against the limit. An
+        idle connection stays for a message to take until the slot is had (so that no message opens another beside
+        it meanwhile), and is not closed if one did."""
         async with self._slots:
+            if idle:
+                if not any(s is smtp for s, _ in self._idle):
+                    return  # a message took it meanwhile
+                self._idle = [(s, e) for s, e in self._idle if s is not smtp]
             try:
                 await smtp.quit()
             except (aiosmtplib.SMTPException, OSError):
