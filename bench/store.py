@@ -299,8 +299,9 @@ def main() -> None:
         f"{figures['backend']}: {figures['notifications']:,} notifications, {figures['records_per_notification']} "
         f"records each; appended {figures['append_records_per_second']:,} records/s "
         f"({figures['append_notifications_per_second']:,} notifications/s, "
-        f"{figures['append_client_cpu_us_per_record']} us of the bench's CPU and "
-        f"{figures['append_server_cpu_us_per_record']} us of the server's a record); "
+        f"{figures['append_client_cpu_us_per_record']} us of the bench's CPU"
+        + (f" and {figures['append_server_cpu_us_per_record']} us of the server's" if figures["settings"] else "")
+        + " a record); "
         f"{figures['bytes_per_notification']:,} bytes per notification"
     )
     if figures["settings"]:
