@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
+from psycopg import postgres, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.rows import tuple_row
@@ -181,7 +181,7 @@ _ARRAY = struct.Struct(">iiIii")
 _EMPTY_ARRAY = struct.Struct(">iiI")
 _INT4 = struct.Struct(">i")
 _NULL = _INT4.pack(-1)
-TEXT_OID, INTEGER_OID = 25, 23
+_TEXT, _INTEGER = postgres.types["text"], postgres.types["int4"]
 
 
 def _array(oid: int, items: Sequence[bytes | None]) -> bytes:
@@ -205,18 +205,18 @@ class _Integers(list[int]):
 
 class _TextsDumper(Dumper):
     format = Format.BINARY
-    oid = 1009
+    oid = _TEXT.array_oid
 
     def dump(self, obj: _Texts) -> bytes:
-        return _array(TEXT_OID, [None if text is None else text.encode() for text in obj])
+        return _array(_TEXT.oid, [None if text is None else text.encode() for text in obj])
 
 
 class _IntegersDumper(Dumper):
     format = Format.BINARY
-    oid = 1007
+    oid = _INTEGER.array_oid
 
     def dump(self, obj: _Integers) -> bytes:
-        return _array(INTEGER_OID, [_INT4.pack(n) for n in obj])
+        return _array(_INTEGER.oid, [_INT4.pack(n) for n in obj])
 
 
 psycopg.adapters.register_dumper(_Texts, _TextsDumper)
