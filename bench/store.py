@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -132,20 +133,26 @@ def slack_channel(n: int) -> str:
 
 async def fill(store: StreamStore, copier: Copier, count: int) -> float:
     """Put `count` notifications; the seconds it took. Each batch's streams are put at once (on a pool, their own
-    transactions), while the next batch is copied."""
+    transactions), while the next batch is copied. Python's cyclic garbage collector is paused meanwhile: the copies
+    hold no cycles, and it traversed each batch's objects again and again (half the bench's CPU, at 100,000 on
+    PostgreSQL: 30 us a record with it, 15 without; 29,000 records/s and 52,000)."""
     started = time.perf_counter()
     putting: asyncio.Future[list[list[PutResult]]] | None = None
-    for first in range(1, count + 1, BATCH):
-        by_stream: dict[str, list[NewRecord]] = defaultdict(list)
-        for n in range(first, min(first + BATCH, count + 1)):
-            for stream, record in copier.copy(n):
-                by_stream[stream].append(record)
+    gc.disable()
+    try:
+        for first in range(1, count + 1, BATCH):
+            by_stream: dict[str, list[NewRecord]] = defaultdict(list)
+            for n in range(first, min(first + BATCH, count + 1)):
+                for stream, record in copier.copy(n):
+                    by_stream[stream].append(record)
+            if putting is not None:
+                await putting
+            putting = asyncio.gather(*(store.put(stream, records) for stream, records in by_stream.items()))
+            await asyncio.sleep(0)  # the puts are sent before the next batch is copied
         if putting is not None:
             await putting
-        putting = asyncio.gather(*(store.put(stream, records) for stream, records in by_stream.items()))
-        await asyncio.sleep(0)  # the puts are sent before the next batch is copied
-    if putting is not None:
-        await putting
+    finally:
+        gc.enable()
     return time.perf_counter() - started
 
 
