@@ -608,12 +608,10 @@ class NotificationClient:
     async def events(self, notification_id: str) -> list[Record]:
         """Every record of the notification, across all its streams, in the order they were written."""
         notification_id = await self.full_id(notification_id)
-        by = tag(TagName.NOTIFICATION_ID, notification_id)
-        found = await asyncio.gather(*(self._store.reader(s).by_tags(by) for s in StreamName))  # at once, on a pool
-        records = [r for stream in found for r in stream]
+        records = await self._store.read_tagged(list(StreamName), [tag(TagName.NOTIFICATION_ID, notification_id)])
         if not records:
             raise UnknownNotification(notification_id)
-        return sorted(records, key=lambda r: r.internal_id)
+        return records
 
     async def audit_email(self, address: str) -> list[DeliveryAuditEntry]:
         records = await self._store.reader(StreamName.EMAIL_EVENT).by_tags(recipient_email_tag(address))

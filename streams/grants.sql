@@ -33,6 +33,7 @@ GRANT SELECT ON notify_schema_migrations, notify_handling_transitions, notify_id
 
 GRANT EXECUTE ON FUNCTION notify_next_unique_id(text) TO notify_producer;
 GRANT EXECUTE ON FUNCTION notify_put(text, text, text, text, jsonb, text, integer) TO notify_producer;
+GRANT EXECUTE ON FUNCTION notify_put_batch(text, text[], text[], text[], integer[], text[], text[]) TO notify_producer;
 
 GRANT SELECT ON notify_records, notify_record_tags, notify_handling TO notify_consumer;
 

@@ -45,6 +45,7 @@ from streams.store import (
     log,
     select_handling,
     select_records,
+    select_tagged,
 )
 
 T = TypeVar("T")
@@ -132,6 +133,10 @@ GROUP BY minute, c.key, outcome
 """
 """`StreamStore.view_counts`: the views by their partial index by time (named, as pruning does), each payload checked
 as JSON once; the minute is the start of the view's time as written (ISO 8601, UTC)."""
+
+
+TAG_ARRAY = "json_group_array(json_array(name, value))"
+"""A record's tags, as one JSON array of [name, value] pairs."""
 
 
 def _file_identity(path: str) -> tuple[int, int]:
@@ -411,7 +416,7 @@ class SQLiteStreamStore(StreamStore):
             "record_tags",
             "handling",
             "?",
-            "json_group_array(json_array(name, value))",
+            TAG_ARRAY,
             stream,
             record_id=record_id,
             type=type,
@@ -422,7 +427,13 @@ class SQLiteStreamStore(StreamStore):
             newest_first=newest_first,
             limit=limit,
         )
-        rows = await self._run(lambda: self._db.execute(sql, args).fetchall(), at_once=record_id is not None)
+        return await self._records(sql, args, at_once=record_id is not None)
+
+    async def read_tagged(self, streams: Sequence[str], tags: Sequence[Tag]) -> list[Record]:
+        return await self._records(*select_tagged("records", "record_tags", "?", TAG_ARRAY, streams, tags))
+
+    async def _records(self, sql: str, args: list[object], at_once: bool = False) -> list[Record]:
+        rows = await self._run(lambda: self._db.execute(sql, args).fetchall(), at_once=at_once)
         return [
             Record(
                 internal_id=r[0],

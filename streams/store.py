@@ -215,6 +215,15 @@ def _bounded(internal_id: int | None) -> int | None:
     return None if internal_id is None else min(max(internal_id, BIGINT[0]), BIGINT[1])
 
 
+def _records_where(records: str, record_tags: str, tag_array: str) -> str:
+    """A query of records, each with its tags as one JSON array (`tag_array` aggregates them), up to its WHERE."""
+    return (
+        f"SELECT internal_id, stream, record_id, type, payload,"
+        f" (SELECT {tag_array} FROM {record_tags} t WHERE t.internal_id = r.internal_id), timestamp_utc"
+        f" FROM {records} r WHERE "
+    )
+
+
 def select_records(
     records: str,
     record_tags: str,
@@ -238,11 +247,7 @@ def select_records(
     # Given tags and no record id, the tag index finds the records: `stream || ''` keeps a planner without
     # statistics (SQLite's, until it has analysed the file) from reading the whole stream to check each one instead.
     by_stream = "stream || ''" if tags and record_id is None else "stream"
-    query = (
-        f"SELECT internal_id, stream, record_id, type, payload,"
-        f" (SELECT {tag_array} FROM {record_tags} t WHERE t.internal_id = r.internal_id), timestamp_utc"
-        f" FROM {records} r WHERE "
-    )
+    query = _records_where(records, record_tags, tag_array)
     texts = [stream, record_id, type, unhandled_for, *(v for t in tags for v in (t.name, t.value))]
     if not all(_holdable(v) for v in texts):
         return query + "1 = 0", []  # what no record holds matches nothing, and is never sent to the database
@@ -263,16 +268,51 @@ def select_records(
             f" WHERE h.stream = r.stream AND h.internal_record_id = r.internal_id AND h.concern = {mark})"
         )
         args.append(unhandled_for)
-    for t in tags:
-        query += (
-            f" AND internal_id IN (SELECT internal_id FROM {record_tags}"
-            f" WHERE stream = {mark} AND name = {mark} AND value = {mark})"
-        )
-        args += [stream, t.name, t.value]
+    if tags:
+        query += " AND " + _tagged(record_tags, mark, f"= {mark}", tags)
+        args += _tagged_args([stream], tags)
     query += " ORDER BY internal_id" + (" DESC" if newest_first else "")
     if limit is not None:
         query += f" LIMIT {int(limit)}"
     return query, args
+
+
+def select_tagged(
+    records: str, record_tags: str, mark: str, tag_array: str, streams: Sequence[str], tags: Sequence[Tag]
+) -> tuple[str, list[object]]:
+    """The query and arguments with which an SQL backend reads the records of any of `streams` that have all of
+    `tags`, by internal id, in one statement: the tag index is looked up in each stream, and each record found read
+    once (as `select_records` reads them)."""
+    if not tags:
+        raise ValueError("records are read across streams by their tags: give at least one")
+    query = _records_where(records, record_tags, tag_array)
+    texts = [*streams, *(v for t in tags for v in (t.name, t.value))]
+    if not streams or not all(_holdable(v) for v in texts):
+        return query + "1 = 0", []
+    query += _tagged(record_tags, mark, f"IN ({', '.join([mark] * len(streams))})", tags)
+    return query + " ORDER BY internal_id", _tagged_args(streams, tags)
+
+
+def _tagged(record_tags: str, mark: str, in_streams: str, tags: Sequence[Tag]) -> str:
+    """The condition that a record `r` has all of `tags`: the records with the first are found by the tag index, in
+    the streams `in_streams` compares with; each of the others is checked on the record's own tag rows. A tag that
+    most records have (a Slack workspace) is then never read in full, whatever plan the database makes without
+    knowing the values (PostgreSQL's generic plan for a prepared statement merged with every row of it)."""
+    first = (
+        f"internal_id IN (SELECT internal_id FROM {record_tags}"
+        f" WHERE stream {in_streams} AND name = {mark} AND value = {mark})"
+    )
+    others = (
+        f"EXISTS (SELECT 1 FROM {record_tags} o WHERE o.internal_id = r.internal_id AND o.name = {mark}"
+        f" AND o.value = {mark})"
+        for _ in tags[1:]
+    )
+    return " AND ".join([first, *others])
+
+
+def _tagged_args(streams: Sequence[str], tags: Sequence[Tag]) -> list[object]:
+    """The arguments of `_tagged`'s condition, in order."""
+    return [*streams, tags[0].name, tags[0].value, *(v for t in tags[1:] for v in (t.name, t.value))]
 
 
 def select_handling(
@@ -445,6 +485,11 @@ class StreamStore(ABC):
     ) -> list[Record]:
         """Records matching every given filter, by internal id: all of `tags`, an internal id above `after` and
         below `before`, and no handling yet under the concern `unhandled_for`."""
+
+    @abstractmethod
+    async def read_tagged(self, streams: Sequence[str], tags: Sequence[Tag]) -> list[Record]:
+        """The records of any of `streams` that have all of `tags` (at least one), by internal id: one read across
+        the streams (a notification's records, by its notification-id tag)."""
 
     async def wait_for_operations(self, stream: str, timeout: float) -> None:
         """Return when operations may have been requested in `stream` (records of type `ExecuteOpRequestedEvent`

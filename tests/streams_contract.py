@@ -226,6 +226,31 @@ class StreamStoreContract(ABC):
         assert record.tag("notification-id") == "1"
         assert record.timestamp_utc.utcoffset() == timedelta(0)
 
+    async def test_records_are_found_by_their_tags_across_streams_in_one_read(self, store: StreamStore) -> None:
+        """What `events` reads: a notification's records in the streams asked, in the order they were written."""
+        n1, n2 = Tag(name="notification-id", value="1"), Tag(name="notification-id", value="2")
+        ada = Tag(name="recipient", value="ada@x.org")
+        puts = [
+            (StreamName.EMAIL_EVENT, [n1, ada]),
+            (StreamName.NOTIFICATION_EVENT, [n1]),
+            (StreamName.SLACK_EVENT, [n2]),
+            (StreamName.EMAIL_EVENT, [n1]),
+            (StreamName.EMAIL_OPERATION, [n1]),
+        ]
+        ids = [(await store.writer(s).put("1", Thing(value=i), tags=t)).internal_id for i, (s, t) in enumerate(puts)]
+        asked = [StreamName.EMAIL_EVENT, StreamName.NOTIFICATION_EVENT, StreamName.SLACK_EVENT]
+        found = await store.read_tagged(asked, [n1])
+        assert [r.internal_id for r in found] == [ids[0], ids[1], ids[3]]
+        assert [r.stream for r in found] == ["email-event", "notification-event", "email-event"]
+        assert found[0].tags == (n1, ada) and found[0].object(Thing).value == 0
+        assert [r.internal_id for r in await store.read_tagged(asked, [n1, ada])] == [ids[0]]
+        assert [r.internal_id for r in await store.read_tagged(list(StreamName), [n2])] == [ids[2]]
+        assert await store.read_tagged(asked, [Tag(name="notification-id", value="3")]) == []
+        assert await store.read_tagged([StreamName.SLACK_OPERATION], [n1]) == []
+        assert await store.read_tagged(asked, [Tag(name="notification-id", value="1\0")]) == []
+        with pytest.raises(ValueError):
+            await store.read_tagged(asked, [])
+
     async def test_the_newest_records_with_tags_come_first_a_page_at_a_time(self, store: StreamStore) -> None:
         """What the pages of recent notifications read: newest first, so many at a time, below the last one seen."""
         writer, reader = store.writer(StreamName.CLIENT_OPERATION), store.reader(StreamName.CLIENT_OPERATION)

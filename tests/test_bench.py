@@ -94,9 +94,9 @@ def test_the_store_bench_fills_copies_of_a_real_notification_and_times_each_look
     report = json.loads(figures.read_text())
     assert report["notifications"] == 30 and report["records"] == 30 * report["records_per_notification"]
     assert report["records_per_notification"] > 10 and report["append_records_per_second"] > 0
-    assert set(report["lookups"]) == {"status", "email audit", "events"}
+    assert set(report["lookups"]) == {"status", "email audit", "slack audit", "events"}
     assert all(0 < t["p50_ms"] <= t["p99_ms"] for t in report["lookups"].values())
-    assert "email audit  p50" in run.stdout
+    assert "email audit   p50" in run.stdout and "slack audit   p50" in run.stdout
     pruned = report["prune"]
     assert (pruned["notifications"], pruned["records"]) == (30, report["records"])
     assert pruned["writer_puts"] > 0 and 0 < pruned["writer_put_p50_ms"] <= pruned["writer_put_max_ms"]
