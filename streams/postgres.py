@@ -184,8 +184,9 @@ WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc >= %(since)s
 _ARRAY = struct.Struct(">iiIii")
 _EMPTY_ARRAY = struct.Struct(">iiI")
 _INT4 = struct.Struct(">i")
+_INT8 = struct.Struct(">q")
 _NULL = _INT4.pack(-1)
-_TEXT, _INTEGER = postgres.types["text"], postgres.types["int4"]
+_TEXT, _INTEGER, _BIGINT = postgres.types["text"], postgres.types["int4"], postgres.types["int8"]
 
 
 def _array(oid: int, items: Sequence[bytes | None]) -> bytes:
@@ -207,6 +208,10 @@ class _Integers(list[int]):
     """An integer[] argument, sent in binary by `_IntegersDumper`."""
 
 
+class _Bigints(list[int]):
+    """A bigint[] argument, sent in binary by `_BigintsDumper`."""
+
+
 class _TextsDumper(Dumper):
     format = Format.BINARY
     oid = _TEXT.array_oid
@@ -223,8 +228,17 @@ class _IntegersDumper(Dumper):
         return _array(_INTEGER.oid, [_INT4.pack(n) for n in obj])
 
 
+class _BigintsDumper(Dumper):
+    format = Format.BINARY
+    oid = _BIGINT.array_oid
+
+    def dump(self, obj: _Bigints) -> bytes:
+        return _array(_BIGINT.oid, [_INT8.pack(n) for n in obj])
+
+
 psycopg.adapters.register_dumper(_Texts, _TextsDumper)
 psycopg.adapters.register_dumper(_Integers, _IntegersDumper)
+psycopg.adapters.register_dumper(_Bigints, _BigintsDumper)
 
 TAG_ARRAY = "coalesce(jsonb_agg(jsonb_build_array(name, value)), '[]')"
 """A record's tags, as one JSON array of [name, value] pairs."""
@@ -376,8 +390,13 @@ class PostgresStreamStore(StreamStore):
         if self._producer is self._handler:  # one role: one statement
             async with _using(self._producer) as db:
                 cursor = await db.execute(
-                    f"SELECT notify_write({MOVE_ARRAYS}, {PUT_ARRAYS}, %s::text[], {MOVE_ARRAYS})",
-                    (*_move_arrays(before), *_put_arrays(puts), [p.record.take_up for p in puts], *_move_arrays(after)),
+                    f"SELECT notify_write({MOVE_ARRAYS}, {PUT_ARRAYS}, %b, {MOVE_ARRAYS})",
+                    (
+                        *_move_arrays(before),
+                        *_put_arrays(puts),
+                        _Texts(p.record.take_up for p in puts),
+                        *_move_arrays(after),
+                    ),
                 )
                 row = await cursor.fetchone()
             assert row is not None
@@ -509,32 +528,32 @@ class PostgresStreamStore(StreamStore):
         return HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6])
 
 
-MOVE_ARRAYS = "%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::boolean[]"
-"""The moves' parameters of `notify_move_all` and `notify_write`: one array per field."""
-PUT_ARRAYS = "%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::integer[]"
-"""The puts' parameters of `notify_put_all` and `notify_write`: one array per field."""
+MOVE_ARRAYS = "%b, %b, %b, %b, %b, %b::boolean[]"
+"""The moves' parameters of `notify_move_all` and `notify_write`: one array per field, sent in binary."""
+PUT_ARRAYS = "%b, %b, %b, %b, %b::jsonb[], %b, %b"
+"""The puts' parameters of `notify_put_all` and `notify_write`: one array per field, sent in binary."""
 
 
-def _move_arrays(moves: Sequence[Move]) -> tuple[list[object], ...]:
+def _move_arrays(moves: Sequence[Move]) -> tuple[list[Any], ...]:
     return (
-        [m.stream for m in moves],
-        [m.internal_record_id for m in moves],
-        [m.concern for m in moves],
-        [m.status.value for m in moves],
-        [m.details for m in moves],
-        [m.begin for m in moves],
+        _Texts(m.stream for m in moves),
+        _Bigints(m.internal_record_id for m in moves),
+        _Texts(m.concern for m in moves),
+        _Texts(m.status.value for m in moves),
+        _Texts(m.details for m in moves),
+        _Texts("t" if m.begin else "f" for m in moves),
     )
 
 
-def _put_arrays(puts: Sequence[Put]) -> tuple[list[object], ...]:
+def _put_arrays(puts: Sequence[Put]) -> tuple[list[Any], ...]:
     return (
-        [p.stream for p in puts],
-        [p.record.record_id for p in puts],
-        [p.record.type for p in puts],
-        [p.record.payload for p in puts],
-        [json.dumps([[t.name, t.value] for t in p.record.tags]) for p in puts],
-        [p.record.strategy.value for p in puts],
-        [p.record.retention for p in puts],
+        _Texts(p.stream for p in puts),
+        _Texts(p.record.record_id for p in puts),
+        _Texts(p.record.type for p in puts),
+        _Texts(p.record.payload for p in puts),
+        _Texts(json.dumps([[t.name, t.value] for t in p.record.tags]) for p in puts),
+        _Texts(p.record.strategy.value for p in puts),
+        _Integers(p.record.retention for p in puts),
     )
 
 
