@@ -50,6 +50,18 @@ def ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[trustme.CA]:
     yield authority
 
 
+def logged_in(settings: Settings, mail: MailSink, security: SmtpSecurity) -> Settings:
+    """The settings that send to `mail` with `security` and the sink's login."""
+    return settings.model_copy(
+        update={
+            "smtp_port": mail.port,
+            "smtp_security": security,
+            "smtp_username": "notify",
+            "smtp_password": SecretStr(PASSWORD),
+        }
+    )
+
+
 def server_context(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
@@ -87,14 +99,7 @@ async def test_secure_connection_with_login(
 ) -> None:
     tls = server_context(ca)
     with MailSink(tls_context=tls, tls_on_connect=security == SmtpSecurity.TLS, login=("notify", PASSWORD)) as mail:
-        secure = settings.model_copy(
-            update={
-                "smtp_port": mail.port,
-                "smtp_security": security,
-                "smtp_username": "notify",
-                "smtp_password": SecretStr(PASSWORD),
-            }
-        )
+        secure = logged_in(settings, mail, security)
         nid, view = await send_one(time_skipping_env, tmp_path, secure)
     assert view["status"] == "sent"
     [message] = mail.messages
@@ -326,14 +331,7 @@ async def test_a_secure_connection_with_login_serves_the_next_message_as_it_is(
     with MailSink(
         tls_context=server_context(ca), tls_on_connect=security == SmtpSecurity.TLS, login=("notify", PASSWORD)
     ) as mail:
-        secure = settings.model_copy(
-            update={
-                "smtp_port": mail.port,
-                "smtp_security": security,
-                "smtp_username": "notify",
-                "smtp_password": SecretStr(PASSWORD),
-            }
-        )
+        secure = logged_in(settings, mail, security)
         async with secure.open_streams(create=True) as store:
             handler = EmailHandler(store, secure)
             first, second = [
