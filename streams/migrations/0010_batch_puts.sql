@@ -88,5 +88,34 @@ BEGIN
 END
 $$;
 
+-- notify_put_all (migration 0009) asks whether its caller may write to each stream of its records once, not once
+-- per record as notify_put does, and then appends them as the owner.
+CREATE OR REPLACE FUNCTION notify_put_all(
+    p_streams text[],
+    p_record_ids text[],
+    p_types text[],
+    p_payloads text[],
+    p_tags jsonb[],
+    p_strategies text[],
+    p_retentions integer[]
+) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    put record;
+    results jsonb := '[]';
+    stream text;
+BEGIN
+    FOR stream IN SELECT DISTINCT s FROM unnest(p_streams) s LOOP
+        PERFORM notify_may_write(stream);
+    END LOOP;
+    FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+        SELECT * INTO put FROM notify_append(p_streams[i], p_record_ids[i], p_types[i], p_payloads[i], p_tags[i],
+                                             p_strategies[i], p_retentions[i]);
+        results := results || jsonb_build_array(jsonb_build_array(put.internal_id, to_jsonb(put.existing_ids)));
+    END LOOP;
+    RETURN results;
+END
+$$;
+
 REVOKE ALL ON FUNCTION notify_may_write(text), notify_records_deleted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION notify_put_batch(text, text[], text[], text[], integer[], text[], text[]) FROM PUBLIC;
