@@ -67,9 +67,6 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
     email, slack = handlers[Channel.EMAIL], handlers[Channel.SLACK]
     assert isinstance(email, EmailHandler) and isinstance(slack, SlackHandler)
     queue_rates = {Channel.EMAIL: settings.email_messages_per_second}  # Slack is paced per Slack channel instead
-    # as many sends at once as there are SMTP connections: the others wait in Temporal's queue, where their attempt's
-    # time does not run, rather than in the worker for a connection
-    concurrent_sends = {Channel.EMAIL: settings.smtp_max_connections}
     classified = FailuresClassified()  # one for all: a store outage is one outage
     workers = [
         Worker(
@@ -99,7 +96,6 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 task_queue=channel_task_queue(settings.task_queue, channel),
                 activities=[handler.send],
                 max_task_queue_activities_per_second=queue_rates.get(channel),
-                max_concurrent_activities=concurrent_sends.get(channel),
                 graceful_shutdown_timeout=SHUTDOWN_GRACE,
                 interceptors=[classified],
             )
