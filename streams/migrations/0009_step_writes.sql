@@ -1,9 +1,9 @@
 -- A step's writes in one statement (`streams.store.StreamStore.write`): the handling moves before its puts, its
--- puts, the put records' take-ups, and the moves after them, in that order. Each runs as its caller (SECURITY INVOKER): the puts are notify_put's,
--- which a producer may make; the moves are notify_begin's and notify_transition's, which a handler may make; so
--- notify_write, which makes both, works only for a caller that holds both (one role for the whole service). A
--- store whose producer and handler are different roles calls notify_move_all and notify_put_all on each role's
--- connection instead.
+-- puts, the put records' take-ups, and the moves after them, in that order. The puts are notify_put's, which a
+-- producer may make; the moves are notify_begin's and notify_transition's, which a handler may make; notify_write
+-- and notify_move_all run as their caller (SECURITY INVOKER), so notify_write, which makes both, works only for a
+-- caller that holds both (one role for the whole service). A store whose producer and handler are different roles
+-- calls notify_move_all and notify_put_all on each role's connection instead.
 
 -- Each move, in order: a begin (`p_begins`) as notify_begin makes it, made unless the record was handled; any
 -- other move made only if the record's latest status allows it, under the record's lock (so that no other mover
@@ -48,6 +48,43 @@ BEGIN
 END
 $$;
 
+-- Whether the session's role may write to a stream: notify_put asks it of each record; notify_put_all once for each
+-- stream of its records.
+CREATE FUNCTION notify_may_write(p_stream text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    -- the caller is the session's role (as a definer's function, this one runs as the owner)
+    IF NOT (
+        pg_has_role(session_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = 'notify_records'::regclass),
+                    'MEMBER')
+        OR EXISTS (SELECT 1 FROM notify_stream_writers w JOIN pg_roles r ON r.rolname = w.role
+                   WHERE w.stream = p_stream AND pg_has_role(session_user, r.oid, 'MEMBER'))
+    ) THEN
+        RAISE EXCEPTION 'notify_put: % may not write to the stream %', quote_ident(session_user), quote_literal(p_stream)
+            USING ERRCODE = '42501';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION notify_put(
+    p_stream text,
+    p_record_id text,
+    p_type text,
+    p_payload text,
+    p_tags jsonb,
+    p_strategy text,
+    p_retention integer,
+    OUT internal_id bigint,
+    OUT existing_ids bigint[]
+)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    PERFORM notify_may_write(p_stream);
+    SELECT a.internal_id, a.existing_ids INTO internal_id, existing_ids
+    FROM notify_append(p_stream, p_record_id, p_type, p_payload, p_tags, p_strategy, p_retention) a;
+END
+$$;
+
 -- Each record put as notify_put puts it, in order: [internal id or null, [existing ids]] for each.
 CREATE FUNCTION notify_put_all(
     p_streams text[],
@@ -58,14 +95,18 @@ CREATE FUNCTION notify_put_all(
     p_strategies text[],
     p_retentions integer[]
 ) RETURNS jsonb
-LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     put record;
     results jsonb := '[]';
+    stream text;
 BEGIN
+    FOR stream IN SELECT DISTINCT s FROM unnest(p_streams) s LOOP
+        PERFORM notify_may_write(stream);
+    END LOOP;
     FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
-        SELECT * INTO put FROM notify_put(p_streams[i], p_record_ids[i], p_types[i], p_payloads[i], p_tags[i],
-                                          p_strategies[i], p_retentions[i]);
+        SELECT * INTO put FROM notify_append(p_streams[i], p_record_ids[i], p_types[i], p_payloads[i], p_tags[i],
+                                             p_strategies[i], p_retentions[i]);
         results := results || jsonb_build_array(jsonb_build_array(put.internal_id, to_jsonb(put.existing_ids)));
     END LOOP;
     RETURN results;
@@ -129,6 +170,7 @@ BEGIN
 END
 $$;
 
+REVOKE ALL ON FUNCTION notify_may_write(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notify_move_all(text[], bigint[], text[], text[], text[], boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notify_put_all(text[], text[], text[], text[], jsonb[], text[], integer[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notify_write(text[], bigint[], text[], text[], text[], boolean[], text[], text[], text[],

@@ -1,7 +1,7 @@
 -- A batch of records that all append (strategy None) is put by one set-based statement per table instead of one
 -- function call per record: notify_put_batch takes the records as arrays (their tags flattened: each tag names the
 -- record it belongs to by its place in the batch, from 1) and returns their internal ids, in the batch's order.
--- Whether the caller may write to the stream is asked once, by notify_may_write, which notify_put asks too. Such a
+-- Whether the caller may write to the stream is asked once, by notify_may_write (migration 0009). Such a
 -- batch writes no rows of notify_record_ids: only a writer with a strategy locks an id's row to take turns, and
 -- notify_append makes the row when that writer first needs it (appending writers never took turns).
 --
@@ -20,41 +20,6 @@ $$;
 
 CREATE TRIGGER notify_records_deleted AFTER DELETE ON notify_records REFERENCING OLD TABLE AS deleted
 FOR EACH STATEMENT EXECUTE FUNCTION notify_records_deleted();
-
-CREATE FUNCTION notify_may_write(p_stream text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-BEGIN
-    -- the caller is the session's role (as a definer's function, this one runs as the owner)
-    IF NOT (
-        pg_has_role(session_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = 'notify_records'::regclass),
-                    'MEMBER')
-        OR EXISTS (SELECT 1 FROM notify_stream_writers w JOIN pg_roles r ON r.rolname = w.role
-                   WHERE w.stream = p_stream AND pg_has_role(session_user, r.oid, 'MEMBER'))
-    ) THEN
-        RAISE EXCEPTION 'notify_put: % may not write to the stream %', quote_ident(session_user), quote_literal(p_stream)
-            USING ERRCODE = '42501';
-    END IF;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION notify_put(
-    p_stream text,
-    p_record_id text,
-    p_type text,
-    p_payload text,
-    p_tags jsonb,
-    p_strategy text,
-    p_retention integer,
-    OUT internal_id bigint,
-    OUT existing_ids bigint[]
-)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-BEGIN
-    PERFORM notify_may_write(p_stream);
-    SELECT a.internal_id, a.existing_ids INTO internal_id, existing_ids
-    FROM notify_append(p_stream, p_record_id, p_type, p_payload, p_tags, p_strategy, p_retention) a;
-END
-$$;
 
 CREATE FUNCTION notify_put_batch(
     p_stream text,
@@ -88,34 +53,5 @@ BEGIN
 END
 $$;
 
--- notify_put_all (migration 0009) asks whether its caller may write to each stream of its records once, not once
--- per record as notify_put does, and then appends them as the owner.
-CREATE OR REPLACE FUNCTION notify_put_all(
-    p_streams text[],
-    p_record_ids text[],
-    p_types text[],
-    p_payloads text[],
-    p_tags jsonb[],
-    p_strategies text[],
-    p_retentions integer[]
-) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-DECLARE
-    put record;
-    results jsonb := '[]';
-    stream text;
-BEGIN
-    FOR stream IN SELECT DISTINCT s FROM unnest(p_streams) s LOOP
-        PERFORM notify_may_write(stream);
-    END LOOP;
-    FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
-        SELECT * INTO put FROM notify_append(p_streams[i], p_record_ids[i], p_types[i], p_payloads[i], p_tags[i],
-                                             p_strategies[i], p_retentions[i]);
-        results := results || jsonb_build_array(jsonb_build_array(put.internal_id, to_jsonb(put.existing_ids)));
-    END LOOP;
-    RETURN results;
-END
-$$;
-
-REVOKE ALL ON FUNCTION notify_may_write(text), notify_records_deleted() FROM PUBLIC;
+REVOKE ALL ON FUNCTION notify_records_deleted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION notify_put_batch(text, text[], text[], text[], integer[], text[], text[]) FROM PUBLIC;
