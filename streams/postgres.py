@@ -12,7 +12,7 @@ import asyncio
 import json
 import math
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +24,7 @@ from psycopg import postgres, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.rows import tuple_row
+from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from commands import command
@@ -201,44 +202,34 @@ def _array(oid: int, items: Sequence[bytes | None]) -> bytes:
 
 
 class _Texts(list[str | None]):
-    """A text[] argument, sent in binary by `_TextsDumper`."""
+    """A text[] argument, sent in binary."""
 
 
 class _Integers(list[int]):
-    """An integer[] argument, sent in binary by `_IntegersDumper`."""
+    """An integer[] argument, sent in binary."""
 
 
 class _Bigints(list[int]):
-    """A bigint[] argument, sent in binary by `_BigintsDumper`."""
+    """A bigint[] argument, sent in binary."""
 
 
-class _TextsDumper(Dumper):
-    format = Format.BINARY
-    oid = _TEXT.array_oid
+def _dumped_in_binary(arrays: type[list[Any]], element_type: TypeInfo, element: Callable[[Any], bytes]) -> None:
+    """Have psycopg send a list of the class `arrays` as an array of `element_type`, each element as `element` makes
+    it in binary (a null as a null)."""
 
-    def dump(self, obj: _Texts) -> bytes:
-        return _array(_TEXT.oid, [None if text is None else text.encode() for text in obj])
+    class ArrayDumper(Dumper):
+        format = Format.BINARY
+        oid = element_type.array_oid
 
+        def dump(self, obj: list[Any]) -> bytes:
+            return _array(element_type.oid, [None if item is None else element(item) for item in obj])
 
-class _IntegersDumper(Dumper):
-    format = Format.BINARY
-    oid = _INTEGER.array_oid
-
-    def dump(self, obj: _Integers) -> bytes:
-        return _array(_INTEGER.oid, [_INT4.pack(n) for n in obj])
+    psycopg.adapters.register_dumper(arrays, ArrayDumper)
 
 
-class _BigintsDumper(Dumper):
-    format = Format.BINARY
-    oid = _BIGINT.array_oid
-
-    def dump(self, obj: _Bigints) -> bytes:
-        return _array(_BIGINT.oid, [_INT8.pack(n) for n in obj])
-
-
-psycopg.adapters.register_dumper(_Texts, _TextsDumper)
-psycopg.adapters.register_dumper(_Integers, _IntegersDumper)
-psycopg.adapters.register_dumper(_Bigints, _BigintsDumper)
+_dumped_in_binary(_Texts, _TEXT, str.encode)
+_dumped_in_binary(_Integers, _INTEGER, _INT4.pack)
+_dumped_in_binary(_Bigints, _BIGINT, _INT8.pack)
 
 TAG_ARRAY = "coalesce(jsonb_agg(jsonb_build_array(name, value)), '[]')"
 """A record's tags, as one JSON array of [name, value] pairs."""
