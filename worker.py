@@ -222,10 +222,14 @@ def refuse_taken_ports(settings: Settings, *, dev: bool, sinks: bool, api: bool 
             )
 
 
+UI_PORT_OFFSET = 1000
+"""The dev server's Web UI listens this far above the dev server's own port."""
+
+
 def _dev_ports(settings: Settings) -> tuple[str, int, int]:
     """Where the dev server listens (`NOTIFY_TEMPORAL_ADDRESS`), and its Web UI's port: its own plus 1000."""
     host, _, port = settings.temporal_address.rpartition(":")
-    return host or "127.0.0.1", int(port), int(port) + 1000
+    return host or "127.0.0.1", int(port), int(port) + UI_PORT_OFFSET
 
 
 def _listening(host: str, port: int) -> bool:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from worker import temporal_binary
+from sinks.mail import free_port
+from worker import UI_PORT_OFFSET, temporal_binary
 from workflows import search
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +21,24 @@ ROOT = Path(__file__).resolve().parent.parent
 def unconfigured_environment() -> dict[str, str]:
     """This process's environment without any `NOTIFY_` setting: what a child process is then given is all it has."""
     return {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
+
+
+def dev_address() -> str:
+    """A Temporal address for `worker.py --dev` on this machine: a free port whose Web UI's port is free too (a port
+    that is free alone may have its UI's taken, which the worker refuses)."""
+    while True:
+        port = free_port()
+        if port + UI_PORT_OFFSET <= 65535 and _bindable(port + UI_PORT_OFFSET):
+            return f"127.0.0.1:{port}"
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def launched(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:

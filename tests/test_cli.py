@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from harness.processes import ROOT, launch_worker, start_worker, unconfigured_environment
+from harness.processes import ROOT, dev_address, launch_worker, start_worker, unconfigured_environment
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from tests.service import STORE, scraped
@@ -89,7 +89,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSi
     home = tmp_path_factory.mktemp("cli")
     env = {
         **unconfigured_environment(),
-        "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "NOTIFY_TEMPORAL_ADDRESS": dev_address(),
         "NOTIFY_DATA_DIR": str(home / "data"),
         "NOTIFY_STREAMS_URL": f"sqlite:///{home / 'data' / 'streams.db'}",  # what PostgreSQL decides: test_postgres
         "NOTIFY_TASK_QUEUE": "cli-notifications",
@@ -587,7 +587,7 @@ def test_json_logs_are_one_object_per_line_with_the_notification_id_and_no_secre
         env = {
             **unconfigured_environment(),
             "NOTIFY_LOG_FORMAT": "json",
-            "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+            "NOTIFY_TEMPORAL_ADDRESS": dev_address(),
             "NOTIFY_DATA_DIR": str(tmp_path / "data"),
             "NOTIFY_SMTP_HOST": mail.host,
             "NOTIFY_SMTP_PORT": str(mail.port),

@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.processes import ROOT, start_worker, unconfigured_environment
+from harness.processes import ROOT, dev_address, start_worker, unconfigured_environment
 from sinks.mail import free_port
 from streams import StreamName, open_store
 
@@ -18,7 +18,7 @@ async def test_a_request_made_while_temporal_is_stopped_is_delivered_once_it_sta
     data = tmp_path / "data"
     env = {
         **unconfigured_environment(),
-        "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "NOTIFY_TEMPORAL_ADDRESS": dev_address(),
         "NOTIFY_DATA_DIR": str(data),
         "NOTIFY_SMTP_PORT": str(free_port()),
     }

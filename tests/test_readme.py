@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from harness.processes import ROOT, WorkerProcess, launched, unconfigured_environment
+from harness.processes import ROOT, WorkerProcess, dev_address, launched, unconfigured_environment
 from sinks.mail import free_port
 from tests.service import STORE, scraped
 
@@ -105,7 +105,7 @@ def embedded_default() -> dict[str, str]:
     """The environment of a new user's shell, but for ports of its own (the dev server's, the mail sink's)."""
     return {
         **unconfigured_environment(),
-        "NOTIFY_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "NOTIFY_TEMPORAL_ADDRESS": dev_address(),
         "NOTIFY_SMTP_PORT": str(free_port()),
     }
 
