@@ -39,7 +39,7 @@ from temporalio.testing import WorkflowEnvironment
 from bench.services import drop_database, fresh_database
 from bench.throughput import ENTITIES, percentile, stream_size
 from client import NotificationClient
-from domain import NotificationStatus, SendNotificationToEntityOp, SlackAddress, Tag, utc_now
+from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp, SlackAddress, Tag, utc_now
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
@@ -61,8 +61,10 @@ POSTGRES_SETTINGS = {"random_page_cost": "1.1", "effective_cache_size": "16GB", 
 database; `shared_buffers` (a quarter of the memory) is the server's, set where it starts."""
 
 
-async def sample(folder: Path) -> list[Record]:
-    """Every record of one notification, as a real saga writes them."""
+async def sample(
+    folder: Path, entity: DirectoryEntry = SAMPLE_ENTITY, subject: str = "Bench", body: str = "A notification."
+) -> list[Record]:
+    """Every record of one notification of `subject` and `body` to `entity`, as a real saga writes them."""
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=str(temporal_binary("temporal")),
@@ -79,9 +81,9 @@ async def sample(folder: Path) -> list[Record]:
                 slack_token=SecretStr("xoxb-bench"),
             )
             async with settings.open_streams(create=True) as store, running_workers(env.client, store, settings):
-                await import_entries(store, [SAMPLE_ENTITY])
+                await import_entries(store, [entity])
                 client = NotificationClient(store, env.client, settings)
-                op = SendNotificationToEntityOp(entity_id=SAMPLE_ENTITY.id, subject="Bench", body="A notification.")
+                op = SendNotificationToEntityOp(entity_id=entity.id, subject=subject, body=body)
                 nid = await client.request(op)
                 view = await client.result(nid)
                 assert view.status == NotificationStatus.SENT, view

@@ -12,7 +12,7 @@ import builtins
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -216,12 +216,39 @@ def _bounded(internal_id: int | None) -> int | None:
 
 
 def _records_where(records: str, record_tags: str, tag_array: str) -> str:
-    """A query of records, each with its tags as one JSON array (`tag_array` aggregates them), up to its WHERE."""
+    """A query of records, each with its tags as one JSON array (`tag_array` aggregates them) and the value of its
+    `HELD_TAG`, up to its WHERE."""
     return (
         f"SELECT internal_id, stream, record_id, type, payload,"
-        f" (SELECT {tag_array} FROM {record_tags} t WHERE t.internal_id = r.internal_id), timestamp_utc"
-        f" FROM {records} r WHERE "
+        f" (SELECT {tag_array} FROM {record_tags} t WHERE t.internal_id = r.internal_id), timestamp_utc,"
+        f" notification_id FROM {records} r WHERE "
     )
+
+
+HELD_TAG = "notification-id"
+"""The tag a backend holds in a column of the record (`notification_id`, indexed) rather than as a row of its tags:
+every record of a notification has it, and its events are read by it. A record has it once at most."""
+
+
+def held(tags: Sequence[Tag]) -> tuple[str | None, list[Tag]]:
+    """A new record's `HELD_TAG` value, and its other tags; `ValueError` if it has that tag twice."""
+    values = [t.value for t in tags if t.name == HELD_TAG]
+    if len(values) > 1:
+        raise ValueError(f"a record has one {HELD_TAG} tag at most, not {len(values)}")
+    return (values[0] if values else None), [t for t in tags if t.name != HELD_TAG]
+
+
+def tags_with(pairs: Iterable[Sequence[str]], held_value: str | None) -> tuple[Tag, ...]:
+    """A read record's tags: its rows' [name, value] pairs and its `HELD_TAG`, in order."""
+    return Record.tags_of([*pairs, *([(HELD_TAG, held_value)] if held_value is not None else [])])
+
+
+Named = Callable[[str], object]
+"""How a backend stores a name (of a stream, a type, a tag, a concern): as it is, or as its code."""
+
+
+def _as_is(name: str) -> object:
+    return name
 
 
 def select_records(
@@ -240,10 +267,12 @@ def select_records(
     unhandled_for: str | None,
     newest_first: bool,
     limit: int | None,
+    named: Named = _as_is,
 ) -> tuple[str, list[object]]:
     """The query (with `mark` as its placeholder) and arguments with which an SQL backend reads records: those of
     `stream` that match every filter given, by internal id. A record's tags are its rows in `record_tags`, read as
-    one JSON array of [name, value] pairs by the backend's `tag_array` aggregate."""
+    one JSON array of [name, value] pairs by the backend's `tag_array` aggregate, and its `HELD_TAG`; `named` is how
+    the backend stores a stream's, a type's, a tag's or a concern's name."""
     # Given tags and no record id, the tag index finds the records: `stream || ''` keeps a planner without
     # statistics (SQLite's, until it has analysed the file) from reading the whole stream to check each one instead.
     by_stream = "stream || ''" if tags and record_id is None else "stream"
@@ -253,8 +282,8 @@ def select_records(
         return query + "1 = 0", []  # what no record holds matches nothing, and is never sent to the database
     after, before = _bounded(after), _bounded(before)
     query += f"{by_stream} = {mark}"
-    args: list[object] = [stream]
-    for column, value in (("record_id", record_id), ("type", type)):
+    args: list[object] = [named(stream)]
+    for column, value in (("record_id", record_id), ("type", None if type is None else named(type))):
         if value is not None:
             query += f" AND {column} = {mark}"
             args.append(value)
@@ -267,10 +296,11 @@ def select_records(
             f" AND NOT EXISTS (SELECT 1 FROM {handling} h"
             f" WHERE h.stream = r.stream AND h.internal_record_id = r.internal_id AND h.concern = {mark})"
         )
-        args.append(unhandled_for)
+        args.append(named(unhandled_for))
     if tags:
-        query += " AND " + _tagged(record_tags, mark, f"= {mark}", tags)
-        args += _tagged_args([stream], tags)
+        condition, tagged_args = _tagged(record_tags, mark, f"= {mark}", [named(stream)], tags, named)
+        query += " AND " + condition
+        args += tagged_args
     query += " ORDER BY internal_id" + (" DESC" if newest_first else "")
     if limit is not None:
         query += f" LIMIT {int(limit)}"
@@ -278,45 +308,70 @@ def select_records(
 
 
 def select_tagged(
-    records: str, record_tags: str, mark: str, tag_array: str, streams: Sequence[str], tags: Sequence[Tag]
+    records: str,
+    record_tags: str,
+    mark: str,
+    tag_array: str,
+    streams: Sequence[str],
+    tags: Sequence[Tag],
+    named: Named = _as_is,
 ) -> tuple[str, list[object]]:
     """The query and arguments with which an SQL backend reads the records of any of `streams` that have all of
-    `tags`, by internal id, in one statement: the tag index is looked up in each stream, and each record found read
-    once (as `select_records` reads them)."""
+    `tags`, by internal id, in one statement: the tag index (or the `HELD_TAG`'s) is looked up in each stream, and
+    each record found read once (as `select_records` reads them)."""
     if not tags:
         raise ValueError("records are read across streams by their tags: give at least one")
     query = _records_where(records, record_tags, tag_array)
     texts = [*streams, *(v for t in tags for v in (t.name, t.value))]
     if not streams or not all(_holdable(v) for v in texts):
         return query + "1 = 0", []
-    query += _tagged(record_tags, mark, f"IN ({', '.join([mark] * len(streams))})", tags)
-    return query + " ORDER BY internal_id", _tagged_args(streams, tags)
+    in_streams = f"IN ({', '.join([mark] * len(streams))})"
+    condition, args = _tagged(record_tags, mark, in_streams, [named(s) for s in streams], tags, named)
+    return query + condition + " ORDER BY internal_id", args
 
 
-def _tagged(record_tags: str, mark: str, in_streams: str, tags: Sequence[Tag]) -> str:
-    """The condition that a record `r` has all of `tags`: the records with the first are found by the tag index, in
-    the streams `in_streams` compares with; each of the others is checked on the record's own tag rows. A tag that
-    most records have (a Slack workspace) is then never read in full, whatever plan the database makes without
-    knowing the values (PostgreSQL's generic plan for a prepared statement merged with every row of it)."""
-    first = (
-        f"internal_id IN (SELECT internal_id FROM {record_tags}"
-        f" WHERE stream {in_streams} AND name = {mark} AND value = {mark})"
-    )
-    others = (
-        f"EXISTS (SELECT 1 FROM {record_tags} o WHERE o.internal_id = r.internal_id AND o.name = {mark}"
-        f" AND o.value = {mark})"
-        for _ in tags[1:]
-    )
-    return " AND ".join([first, *others])
-
-
-def _tagged_args(streams: Sequence[str], tags: Sequence[Tag]) -> list[object]:
-    """The arguments of `_tagged`'s condition, in order."""
-    return [*streams, tags[0].name, tags[0].value, *(v for t in tags[1:] for v in (t.name, t.value))]
+def _tagged(
+    record_tags: str, mark: str, in_streams: str, streams: list[object], tags: Sequence[Tag], named: Named
+) -> tuple[str, list[object]]:
+    """The condition, and its arguments, that a record `r` has all of `tags`. With the `HELD_TAG`, the records are
+    found by its column's index, in the streams `in_streams` compares with, and each other tag is checked on the
+    record's own tag rows; without it, the records with the first tag are found by the tag index. A tag that most
+    records have (a Slack workspace) is then never read in full, whatever plan the database makes without knowing
+    the values (PostgreSQL's generic plan for a prepared statement merged with every row of it)."""
+    first = next((t for t in tags if t.name == HELD_TAG), tags[0])
+    if first.name == HELD_TAG:
+        found = f"notification_id = {mark} AND stream {in_streams}"
+        args: list[object] = [first.value, *streams]
+    else:
+        found = (
+            f"internal_id IN (SELECT internal_id FROM {record_tags}"
+            f" WHERE stream {in_streams} AND name = {mark} AND value = {mark})"
+        )
+        args = [*streams, named(first.name), first.value]
+    conditions = [found]
+    for other in tags:
+        if other is first:
+            continue
+        if other.name == HELD_TAG:
+            conditions.append(f"notification_id = {mark}")
+            args.append(other.value)
+        else:
+            conditions.append(
+                f"EXISTS (SELECT 1 FROM {record_tags} o WHERE o.internal_id = r.internal_id AND o.name = {mark}"
+                f" AND o.value = {mark})"
+            )
+            args += [named(other.name), other.value]
+    return " AND ".join(conditions), args
 
 
 def select_handling(
-    handling: str, mark: str, stream: str, internal_record_id: int, concern: str | None, latest: bool = False
+    handling: str,
+    mark: str,
+    stream: str,
+    internal_record_id: int,
+    concern: str | None,
+    latest: bool = False,
+    named: Named = _as_is,
 ) -> tuple[str, list[object]]:
     """The query and arguments with which an SQL backend reads a record's handling history, oldest first (or only
     its latest entry)."""
@@ -324,10 +379,10 @@ def select_handling(
     if not (_holdable(stream) and _holdable(concern) and _bounded(internal_record_id) == internal_record_id):
         return query + " WHERE 1 = 0", []
     query += f" WHERE stream = {mark} AND internal_record_id = {mark}"
-    args: list[object] = [stream, internal_record_id]
+    args: list[object] = [named(stream), internal_record_id]
     if concern is not None:
         query += f" AND concern = {mark}"
-        args.append(concern)
+        args.append(named(concern))
     return query + (" ORDER BY entry_id DESC LIMIT 1" if latest else " ORDER BY entry_id"), args
 
 
