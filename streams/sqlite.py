@@ -13,14 +13,16 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from domain import Tag, TagName, utc_now
+from domain import Tag, utc_now
+from streams.packing import pack, unpack
 from streams.store import (
+    HELD_TAG,
     REQUESTED,
     RESETS,
     UNREADABLE,
@@ -42,15 +44,17 @@ from streams.store import (
     Written,
     allows,
     check_put,
+    held,
     log,
     select_handling,
     select_records,
     select_tagged,
+    tags_with,
 )
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 WAIT_SECONDS = 30
 """How long a call on the store's thread waits for another process's write to end."""
 CHECKPOINT_EVERY = 500
@@ -58,20 +62,35 @@ CHECKPOINT_EVERY = 500
 AT_ONCE_RECORDS = 20
 """The most records a put makes on the caller's thread (a batch, a directory import, goes to the store's)."""
 
-SCHEMA = """
+FIXED_NAMES = [*StreamName, *HandlingStatus]
+"""Names whose codes are fixed (1, 2, ... in this order) when a file is made: the partial indexes name two of them.
+Others (types, tag names, concerns) take the next code when first written."""
+
+
+def _fixed(name: str) -> int:
+    return FIXED_NAMES.index(name) + 1
+
+
+VIEWS = _fixed(StreamName.NOTIFICATION_VIEW)
+REFUSED = _fixed(HandlingStatus.DISABLED_FOR_RECORD)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS names (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS records (
     internal_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream TEXT NOT NULL,
+    stream INTEGER NOT NULL,
     record_id TEXT,
-    type TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    timestamp_utc TEXT NOT NULL
+    type INTEGER NOT NULL,
+    notification_id TEXT,
+    payload NOT NULL,
+    timestamp_utc INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_by_id ON records (stream, record_id);
+CREATE INDEX IF NOT EXISTS records_by_notification ON records (notification_id) WHERE notification_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS record_tags (
     internal_id INTEGER NOT NULL REFERENCES records (internal_id) ON DELETE CASCADE,
-    stream TEXT NOT NULL,
-    name TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    name INTEGER NOT NULL,
     value TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS record_tags_by_value ON record_tags (stream, name, value, internal_id);
@@ -82,21 +101,78 @@ CREATE TABLE IF NOT EXISTS unique_ids (
 );
 CREATE TABLE IF NOT EXISTS handling (
     entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream TEXT NOT NULL,
+    stream INTEGER NOT NULL,
     internal_record_id INTEGER NOT NULL,
-    concern TEXT NOT NULL,
-    status TEXT NOT NULL,
+    concern INTEGER NOT NULL,
+    status INTEGER NOT NULL,
     details TEXT NOT NULL,
-    timestamp_utc TEXT NOT NULL
+    timestamp_utc INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS handling_by_record ON handling (stream, internal_record_id, concern, entry_id);
-CREATE INDEX IF NOT EXISTS views_by_time ON records (timestamp_utc) WHERE stream = 'notification-view';
-CREATE INDEX IF NOT EXISTS refusals ON handling (stream, internal_record_id) WHERE status = 'DisabledForRecord';
+CREATE INDEX IF NOT EXISTS views_by_time ON records (timestamp_utc) WHERE stream = {VIEWS};
+CREATE INDEX IF NOT EXISTS refusals ON handling (stream, internal_record_id) WHERE status = {REFUSED};
 CREATE TABLE IF NOT EXISTS turns (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS identity (value TEXT NOT NULL);
 INSERT INTO identity SELECT lower(hex(randomblob(4))) WHERE NOT EXISTS (SELECT 1 FROM identity);
+INSERT OR IGNORE INTO names (code, name) VALUES {", ".join(f"({_fixed(n)}, '{n}')" for n in FIXED_NAMES)};
 """
+"""Schema 6: a stream's, a type's, a tag's, a concern's and a status's name is kept once, in `names`, and rows hold
+its code; times are microseconds since the epoch (UTC); a record's notification-id tag is its `notification_id`
+(`streams.store.HELD_TAG`); a payload is TEXT as written or a BLOB packed (`streams.packing`)."""
 
+MICROSECONDS = "1000000"
+US_OF_TEXT = (
+    "(unixepoch(substr({0}, 1, 19)) * 1000000"
+    " + CASE WHEN substr({0}, 20, 1) = '.'"
+    " THEN CAST(substr(substr({0}, 21, instr(substr({0}, 21), '+') - 1) || '00000', 1, 6) AS INTEGER) ELSE 0 END)"
+)
+"""Microseconds since the epoch of an ISO 8601 time in UTC as schema 5 wrote it (`2026-12-05T21:14:34.470013+00:00`)."""
+
+FROM_SCHEMA_5 = f"""
+CREATE TABLE IF NOT EXISTS handling (
+    entry_id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT, internal_record_id INTEGER, concern TEXT, status TEXT,
+    details TEXT, timestamp_utc TEXT
+);
+ALTER TABLE records RENAME TO records_5;
+ALTER TABLE record_tags RENAME TO record_tags_5;
+ALTER TABLE handling RENAME TO handling_5;
+DROP INDEX IF EXISTS records_by_id;
+DROP INDEX IF EXISTS record_tags_by_value;
+DROP INDEX IF EXISTS record_tags_by_record;
+DROP INDEX IF EXISTS handling_by_record;
+DROP INDEX IF EXISTS views_by_time;
+DROP INDEX IF EXISTS refusals;
+{SCHEMA}
+INSERT OR IGNORE INTO names (name)
+    SELECT stream FROM records_5 UNION SELECT type FROM records_5 UNION SELECT name FROM record_tags_5
+    UNION SELECT concern FROM handling_5;
+INSERT INTO records
+    SELECT r.internal_id, s.code, r.record_id, t.code,
+        (SELECT min(g.value) FROM record_tags_5 g WHERE g.internal_id = r.internal_id AND g.name = 'notification-id'),
+        r.payload, {US_OF_TEXT.format("r.timestamp_utc")}
+    FROM records_5 r JOIN names s ON s.name = r.stream JOIN names t ON t.name = r.type;
+INSERT INTO record_tags
+    SELECT g.internal_id, s.code, n.code, g.value
+    FROM record_tags_5 g JOIN names s ON s.name = g.stream JOIN names n ON n.name = g.name
+    WHERE NOT (g.name = 'notification-id'
+               AND g.value IS (SELECT notification_id FROM records WHERE internal_id = g.internal_id));
+INSERT INTO handling
+    SELECT h.entry_id, s.code, h.internal_record_id, c.code, t.code, h.details, {US_OF_TEXT.format("h.timestamp_utc")}
+    FROM handling_5 h JOIN names s ON s.name = h.stream JOIN names c ON c.name = h.concern
+    JOIN names t ON t.name = h.status;
+INSERT INTO sqlite_sequence (name, seq) SELECT 'records', 0
+    WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'records');
+UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'records_5'), 0))
+    WHERE name = 'records';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'handling', 0
+    WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'handling');
+UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'handling_5'), 0))
+    WHERE name = 'handling';
+DROP TABLE record_tags_5;
+DROP TABLE handling_5;
+DROP TABLE records_5
+"""
+"""Schema 5's rows in schema 6's tables, their ids (and the counters beyond them) kept; payloads stay as written."""
 
 TRANSIENT_ERRORS = (
     "SQLITE_BUSY",
@@ -112,9 +188,10 @@ locked, the disk failing or full, too many files open. Any other error is a bug 
 
 VIEW_COUNTS = f"""
 WITH views AS MATERIALIZED (
-    SELECT substr(timestamp_utc, 1, 16) AS minute, CASE WHEN json_valid(payload) THEN payload END AS view
+    SELECT strftime('%Y-%m-%dT%H:%M', timestamp_utc / {MICROSECONDS}, 'unixepoch') AS minute,
+        CASE WHEN json_valid(payload) THEN payload END AS view
     FROM records INDEXED BY views_by_time
-    WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc >= ?
+    WHERE stream = {VIEWS} AND timestamp_utc >= ?
 )
 SELECT minute, NULL,
     CASE WHEN json_type(view, '$.status') = 'text' THEN json_extract(view, '$.status')
@@ -132,7 +209,7 @@ WHERE json_type(views.view, '$.channels') = 'object'
 GROUP BY minute, c.key, outcome
 """
 """`StreamStore.view_counts`: the views by their partial index by time (named, as pruning does), each payload checked
-as JSON once; the minute is the start of the view's time as written (ISO 8601, UTC)."""
+as JSON once (a view is never packed); the minute is the start of the view's time (ISO 8601, UTC)."""
 
 
 TAG_ARRAY = "json_group_array(json_array(name, value))"
@@ -159,6 +236,9 @@ class SQLiteStreamStore(StreamStore):
         self._calls_at_once = 0
         self._checkpoint: asyncio.Future[object] | None = None
         self._file = _file_identity(self._path)
+        self._codes: dict[str, int] = {}
+        self._names: dict[int, str] = {}
+        self._load_names()
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -177,11 +257,9 @@ class SQLiteStreamStore(StreamStore):
         if version < SCHEMA_VERSION:
             with _transaction(db):
                 if 0 < version < 5:
-                    # a record's tags were kept twice, in its row as JSON too (the tag rows serve); and its id's index
-                    # held its type as well (an id has a handful of records: they are told apart by reading them)
+                    # a record's tags were kept twice, in its row as JSON too (the tag rows serve)
                     db.execute("ALTER TABLE records DROP COLUMN tags")
-                    db.execute("DROP INDEX records_by_id")
-                for statement in SCHEMA.split(";"):
+                for statement in (FROM_SCHEMA_5 if version else SCHEMA).split(";"):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db
@@ -245,6 +323,34 @@ class SQLiteStreamStore(StreamStore):
         await asyncio.get_running_loop().run_in_executor(self._executor, self._waiting.close)
         self._executor.shutdown()
 
+    # -- names -----------------------------------------------------------------------------------------------------
+
+    def _load_names(self) -> None:
+        """Read the names' codes again: another process may have given some."""
+        rows = self._db.execute("SELECT code, name FROM names").fetchall()
+        self._names = dict(rows)
+        self._codes = {name: code for code, name in rows}
+
+    def _code(self, name: str) -> int:
+        """The code rows hold `name` as; 0, which no name has, when no row holds it."""
+        if name not in self._codes:
+            self._load_names()
+        return self._codes.get(name, 0)
+
+    def _name(self, code: int) -> str:
+        if code not in self._names:
+            self._load_names()
+        return self._names[code]
+
+    def _intern(self, names: Iterable[str]) -> None:
+        """Give each of `names` that has none a code, in a transaction of its own before the write that holds it:
+        a code is known to this process only once it is in the file."""
+        missing = {name for name in names if name not in self._codes}
+        if missing:
+            with _transaction(self._db):
+                self._db.executemany("INSERT OR IGNORE INTO names (name) VALUES (?)", [(n,) for n in missing])
+            self._load_names()
+
     # -- unique ids -------------------------------------------------------------------------------------------
 
     async def next_unique_id(self, stream: str) -> int:
@@ -283,6 +389,7 @@ class SQLiteStreamStore(StreamStore):
         return await self._run(self._put_all, stream, records, at_once=len(records) <= AT_ONCE_RECORDS)
 
     def _put_all(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
+        self._intern([stream, *(n for r in records for n in _names(r))])
         with _transaction(self._db):
             return [self._put(stream, record) for record in records]
 
@@ -290,6 +397,8 @@ class SQLiteStreamStore(StreamStore):
         return await self._run(self._write, puts, before, after, at_once=True)
 
     def _write(self, puts: Sequence[Put], before: Sequence[Move], after: Sequence[Move]) -> Written:
+        names = [n for p in puts for n in (p.stream, *_names(p.record), *filter(None, [p.record.take_up]))]
+        self._intern([*names, *(n for m in (*before, *after) for n in (m.stream, m.concern))])
         with _transaction(self._db):
             moved = [self._move(m) for m in before]
             results = [self._put(p.stream, p.record) for p in puts]
@@ -306,9 +415,9 @@ class SQLiteStreamStore(StreamStore):
         return self._moved(move.stream, move.internal_record_id, move.concern, move.status, move.details)
 
     def _moved(self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str) -> bool:
-        query, args = select_handling("handling", "?", stream, internal_record_id, concern, latest=True)
+        query, args = select_handling("handling", "?", stream, internal_record_id, concern, True, self._code)
         row = self._db.execute(query, args).fetchone()
-        current = HandlingStatus(row[4]) if row else HandlingStatus.AVAILABLE_BY_DEFAULT
+        current = HandlingStatus(self._name(row[4])) if row else HandlingStatus.AVAILABLE_BY_DEFAULT
         if not allows(current, status):
             return False
         if row is None:  # no handling yet: the record must be there
@@ -317,45 +426,46 @@ class SQLiteStreamStore(StreamStore):
         return True
 
     def _put(self, stream: str, new: NewRecord) -> PutResult:
-        """One record, inside the caller's transaction."""
+        """One record, inside the caller's transaction (its names interned before it)."""
         check_put(stream, new.strategy, new.retention)
-        db = self._db
+        notification_id, tags = held(new.tags)
+        db, code = self._db, self._codes[stream]
         existing: tuple[int, ...] = ()
         if new.strategy != ExistingRecordStrategy.NONE and new.record_id is not None:
             sql = "SELECT internal_id FROM records WHERE stream = ? AND record_id = ?"
-            args: tuple[object, ...] = (stream, new.record_id)
+            args: tuple[object, ...] = (code, new.record_id)
             if new.strategy == ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE:
                 sql += " AND type = ?"
-                args += (new.type,)
+                args += (self._codes[new.type],)
             existing = tuple(r[0] for r in db.execute(sql + " ORDER BY internal_id", args))
             if existing and new.strategy != ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID:
                 return PutResult(None, existing)
         internal_id = db.execute(
-            "INSERT INTO records (stream, record_id, type, payload, timestamp_utc) "
-            "VALUES (?, ?, ?, ?, ?) RETURNING internal_id",
-            (stream, new.record_id, new.type, new.payload, utc_now().isoformat()),
+            "INSERT INTO records (stream, record_id, type, notification_id, payload, timestamp_utc) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING internal_id",
+            (code, new.record_id, self._codes[new.type], notification_id, pack(stream, new.payload), _now()),
         ).fetchone()[0]
         db.executemany(
             "INSERT INTO record_tags (internal_id, stream, name, value) VALUES (?, ?, ?, ?)",
-            [(internal_id, stream, t.name, t.value) for t in new.tags],
+            [(internal_id, code, self._codes[t.name], t.value) for t in tags],
         )
         if new.strategy == ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID and existing:
             db.execute(
                 "DELETE FROM records WHERE stream = ? AND record_id = ? AND internal_id NOT IN "
                 "(SELECT internal_id FROM records WHERE stream = ? AND record_id = ? "
                 "ORDER BY internal_id DESC LIMIT ?)",
-                (stream, new.record_id, stream, new.record_id, new.retention),
+                (code, new.record_id, code, new.record_id, new.retention),
             )
         return PutResult(internal_id, existing)
 
     async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
-        return await self._run(self._prune, before.isoformat(), limit)
+        return await self._run(self._prune, _microseconds(before), limit)
 
-    def _prune(self, before: str, limit: int) -> tuple[int, int]:
+    def _prune(self, before: int, limit: int) -> tuple[int, int]:
         db = self._db
         with _transaction(db):
             db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_notifications (id TEXT PRIMARY KEY)")
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_records (internal_id INTEGER PRIMARY KEY, stream TEXT)")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_records (internal_id INTEGER PRIMARY KEY, stream)")
             db.execute("DELETE FROM pruned_notifications")
             db.execute("DELETE FROM pruned_records")
             # The views by time, through their partial index, named: SQLite's planner, without statistics, would
@@ -363,28 +473,19 @@ class SQLiteStreamStore(StreamStore):
             notifications = db.execute(
                 "INSERT OR IGNORE INTO pruned_notifications SELECT * FROM ("
                 " SELECT * FROM (SELECT record_id FROM records INDEXED BY views_by_time"
-                f" WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc < ?"
+                f" WHERE stream = {VIEWS} AND timestamp_utc < ?"
                 " AND record_id IS NOT NULL ORDER BY timestamp_utc LIMIT ?)"
                 " UNION ALL SELECT r.record_id FROM handling h JOIN records r ON r.internal_id = h.internal_record_id"
-                " WHERE h.stream = ? AND h.status = 'DisabledForRecord' AND r.type = ? AND r.timestamp_utc < ?"
+                f" WHERE h.stream = ? AND h.status = {REFUSED} AND r.type = ? AND r.timestamp_utc < ?"
                 ") LIMIT ?",
-                (
-                    before,
-                    limit,
-                    StreamName.CLIENT_OPERATION,
-                    REQUESTED,
-                    before,
-                    limit,
-                ),
+                (before, limit, self._code(StreamName.CLIENT_OPERATION), self._code(REQUESTED), before, limit),
             ).rowcount
             if not notifications:
                 return 0, 0
-            for stream in StreamName:
-                db.execute(
-                    "INSERT OR IGNORE INTO pruned_records SELECT internal_id, stream FROM record_tags"
-                    " WHERE stream = ? AND name = ? AND value IN (SELECT id FROM pruned_notifications)",
-                    (stream, TagName.NOTIFICATION_ID),
-                )
+            db.execute(
+                "INSERT OR IGNORE INTO pruned_records SELECT internal_id, stream FROM records"
+                " WHERE notification_id IN (SELECT id FROM pruned_notifications)"
+            )
             db.execute(
                 "DELETE FROM handling"
                 " WHERE (stream, internal_record_id) IN (SELECT stream, internal_id FROM pruned_records)"
@@ -395,8 +496,8 @@ class SQLiteStreamStore(StreamStore):
         return notifications, records
 
     async def view_counts(self, since: datetime) -> ViewCounts:
-        since_text = since.astimezone(UTC).isoformat()
-        return ViewCounts.of(await self._run(lambda: self._db.execute(VIEW_COUNTS, (since_text,)).fetchall()))
+        since_us = _microseconds(since)
+        return ViewCounts.of(await self._run(lambda: self._db.execute(VIEW_COUNTS, (since_us,)).fetchall()))
 
     async def read(
         self,
@@ -426,23 +527,27 @@ class SQLiteStreamStore(StreamStore):
             unhandled_for=unhandled_for,
             newest_first=newest_first,
             limit=limit,
+            named=self._code,
         )
         return await self._records(sql, args, at_once=record_id is not None)
 
     async def read_tagged(self, streams: Sequence[str], tags: Sequence[Tag]) -> list[Record]:
-        return await self._records(*select_tagged("records", "record_tags", "?", TAG_ARRAY, streams, tags))
+        return await self._records(
+            *select_tagged("records", "record_tags", "?", TAG_ARRAY, streams, tags, self._code)
+        )
 
     async def _records(self, sql: str, args: list[object], at_once: bool = False) -> list[Record]:
         rows = await self._run(lambda: self._db.execute(sql, args).fetchall(), at_once=at_once)
+        name = self._name
         return [
             Record(
                 internal_id=r[0],
-                stream=r[1],
+                stream=name(r[1]),
                 record_id=r[2],
-                type=r[3],
-                payload=r[4],
-                tags=Record.tags_of(json.loads(r[5])),
-                timestamp_utc=datetime.fromisoformat(r[6]),
+                type=name(r[3]),
+                payload=unpack(r[4]),
+                tags=tags_with(((name(n), v) for n, v in json.loads(r[5])), r[7]),
+                timestamp_utc=_time(r[6]),
             )
             for r in rows
         ]
@@ -453,13 +558,14 @@ class SQLiteStreamStore(StreamStore):
         return await self._run(self._handling_history, stream, internal_record_id, concern, at_once=True)
 
     def _handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
-        query, args = select_handling("handling", "?", stream, internal_record_id, concern)
-        return [_entry(r) for r in self._db.execute(query, args)]
+        query, args = select_handling("handling", "?", stream, internal_record_id, concern, named=self._code)
+        return [self._entry(r) for r in self._db.execute(query, args)]
 
     async def begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
         return await self._run(self._begin, stream, internal_record_id, concern, details, at_once=True)
 
     def _begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
+        self._intern([stream, concern])
         with _transaction(self._db):
             return self._begun(stream, internal_record_id, concern, details)
 
@@ -482,6 +588,7 @@ class SQLiteStreamStore(StreamStore):
     def _transition(
         self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
     ) -> HandlingEntry:
+        self._intern([stream, concern])
         with _transaction(self._db):
             latest = self._latest(stream, internal_record_id, concern)
             current = latest.status if latest else HandlingStatus.AVAILABLE_BY_DEFAULT
@@ -492,12 +599,12 @@ class SQLiteStreamStore(StreamStore):
         in `stream`."""
         db = self._db
         if not db.execute(
-            "SELECT 1 FROM records WHERE internal_id = ? AND stream = ?", (internal_record_id, stream)
+            "SELECT 1 FROM records WHERE internal_id = ? AND stream = ?", (internal_record_id, self._code(stream))
         ).fetchone():
             raise NoSuchRecord(f"no record {internal_record_id} in {stream}")
-        query, args = select_handling("handling", "?", stream, internal_record_id, concern, latest=True)
+        query, args = select_handling("handling", "?", stream, internal_record_id, concern, True, self._code)
         row = db.execute(query, args).fetchone()
-        return None if row is None else _entry(row)
+        return None if row is None else self._entry(row)
 
     def _append(
         self,
@@ -514,14 +621,18 @@ class SQLiteStreamStore(StreamStore):
                 f"record {internal_record_id} of {stream} under concern {concern!r} is {current}, "
                 f"it cannot become {status}"
             )
-        timestamp = utc_now().isoformat()
+        timestamp = _now()
         entry_id = self._db.execute(
             "INSERT INTO handling (stream, internal_record_id, concern, status, details, timestamp_utc) "
             "VALUES (?, ?, ?, ?, ?, ?) RETURNING entry_id",
-            (stream, internal_record_id, concern, status.value, details, timestamp),
+            (self._codes[stream], internal_record_id, self._codes[concern], self._codes[status], details, timestamp),
         ).fetchone()[0]
+        return HandlingEntry(entry_id, stream, internal_record_id, concern, status, details, _time(timestamp))
+
+    def _entry(self, row: Sequence[Any]) -> HandlingEntry:
+        name = self._name
         return HandlingEntry(
-            entry_id, stream, internal_record_id, concern, status, details, datetime.fromisoformat(timestamp)
+            row[0], name(row[1]), row[2], name(row[3]), HandlingStatus(name(row[4])), row[5], _time(row[6])
         )
 
 
@@ -531,8 +642,25 @@ def _checkpointed(done: asyncio.Future[object]) -> None:
         log.debug("checkpoint of the streams' log left to the next: %s", done.exception())
 
 
-def _entry(row: Sequence[Any]) -> HandlingEntry:
-    return HandlingEntry(row[0], row[1], row[2], row[3], HandlingStatus(row[4]), row[5], datetime.fromisoformat(row[6]))
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _now() -> int:
+    """Now, as rows hold times: microseconds since the epoch."""
+    return _microseconds(utc_now())
+
+
+def _microseconds(at: datetime) -> int:
+    return (at - EPOCH) // timedelta(microseconds=1)
+
+
+def _time(microseconds: int) -> datetime:
+    return EPOCH + timedelta(microseconds=microseconds)
+
+
+def _names(record: NewRecord) -> list[str]:
+    """The names a record's row and its tag rows hold as codes."""
+    return [record.type, *(t.name for t in record.tags if t.name != HELD_TAG)]
 
 
 class _transaction:

@@ -273,9 +273,10 @@ def select_records(
     `stream` that match every filter given, by internal id. A record's tags are its rows in `record_tags`, read as
     one JSON array of [name, value] pairs by the backend's `tag_array` aggregate, and its `HELD_TAG`; `named` is how
     the backend stores a stream's, a type's, a tag's or a concern's name."""
-    # Given tags and no record id, the tag index finds the records: `stream || ''` keeps a planner without
-    # statistics (SQLite's, until it has analysed the file) from reading the whole stream to check each one instead.
-    by_stream = "stream || ''" if tags and record_id is None else "stream"
+    # Given tags and no record id, the tag index finds the records: `coalesce(stream, stream)` keeps a planner
+    # without statistics (SQLite's, until it has analysed the file) from reading the whole stream to check each one
+    # instead (a function of the column is looked up by no index).
+    by_stream = "coalesce(stream, stream)" if tags and record_id is None else "stream"
     query = _records_where(records, record_tags, tag_array)
     texts = [stream, record_id, type, unhandled_for, *(v for t in tags for v in (t.name, t.value))]
     if not all(_holdable(v) for v in texts):

@@ -226,6 +226,36 @@ class StreamStoreContract(ABC):
         assert record.tag("notification-id") == "1"
         assert record.timestamp_utc.utcoffset() == timedelta(0)
 
+    async def test_a_record_has_one_notification_id_at_most(self, store: StreamStore) -> None:
+        """The notification-id tag is held apart from the others (a column of the record): a record has it once."""
+        writer = store.writer(StreamName.EMAIL_EVENT)
+        twice = [Tag(name="notification-id", value="1"), Tag(name="notification-id", value="2")]
+        with pytest.raises(ValueError, match="one notification-id tag at most"):
+            await writer.put("1", Thing(value=1), tags=twice)
+        with pytest.raises(ValueError, match="one notification-id tag at most"):
+            await store.steps().write([writer.record("1", Thing(value=1), tags=twice)])
+        assert await store.reader(StreamName.EMAIL_EVENT).by_id("1") == []
+
+    async def test_payloads_read_back_as_written_however_they_are_kept(self, store: StreamStore) -> None:
+        """Long payloads are kept packed where the database does not read them: every one reads back as written,
+        in any stream, by any read."""
+        n1 = Tag(name="notification-id", value="1")
+        long_json = json.dumps({"body": "Your export is ready. " * 40, "to": ["ada@x.org"], "note": "Grüße 🎉\u0301"})
+        unlike_any = json.dumps({"noise": [(i * 2654435761) % 2**32 for i in range(60)]})
+        payloads = {
+            StreamName.EMAIL_EVENT: long_json,
+            StreamName.NOTIFICATION_VIEW: long_json,
+            StreamName.NOTIFICATION_SNAPSHOT: unlike_any,
+            StreamName.SLACK_EVENT: "not JSON, and long enough to be packed: " + "x" * 300,
+            StreamName.EMAIL_OPERATION: '{"short":1}',
+        }
+        for stream, payload in payloads.items():
+            await store.put(stream, [NewRecord("1", "T", payload, [n1])])
+        found = await store.read_tagged(list(payloads), [n1])
+        assert {r.stream: r.payload for r in found} == payloads
+        for stream, payload in payloads.items():
+            assert [r.payload for r in await store.reader(stream).by_id("1")] == [payload]
+
     async def test_records_are_found_by_their_tags_across_streams_in_one_read(self, store: StreamStore) -> None:
         """What `events` reads: a notification's records in the streams asked, in the order they were written."""
         n1, n2 = Tag(name="notification-id", value="1"), Tag(name="notification-id", value="2")

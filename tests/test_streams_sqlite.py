@@ -1,5 +1,6 @@
 import asyncio
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 from domain import Tag
@@ -36,8 +37,56 @@ async def test_a_file_of_schema_4_keeps_its_records_and_their_tags_once(tmp_path
         assert (record.record_id, record.tags) == ("7", (Tag(name="recipient", value="a@x.org"),))
     with sqlite3.connect(path) as db:
         assert "tags" not in {row[1] for row in db.execute("PRAGMA table_info(records)")}
-        assert db.execute("PRAGMA user_version").fetchone() == (5,)
+        assert db.execute("PRAGMA user_version").fetchone() == (6,)
         assert [row[2] for row in db.execute("PRAGMA index_info(records_by_id)")] == ["stream", "record_id"]
+    db.close()
+
+
+async def test_a_file_of_schema_5_keeps_its_records_their_tags_handling_times_and_ids(tmp_path: Path) -> None:
+    """Schema 5 held names and times as text and the notification-id as a tag row; opening such a file gives names
+    their codes, times their microseconds and the notification id its column, and every read answers the same."""
+    path = tmp_path / "streams.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE records (internal_id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, record_id TEXT,"
+            " type TEXT NOT NULL, payload TEXT NOT NULL, timestamp_utc TEXT NOT NULL);"
+            "CREATE INDEX records_by_id ON records (stream, record_id);"
+            "CREATE TABLE record_tags (internal_id INTEGER NOT NULL REFERENCES records (internal_id) ON DELETE CASCADE,"
+            " stream TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL);"
+            "CREATE INDEX record_tags_by_value ON record_tags (stream, name, value, internal_id);"
+            "CREATE TABLE handling (entry_id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL,"
+            " internal_record_id INTEGER NOT NULL, concern TEXT NOT NULL, status TEXT NOT NULL, details TEXT NOT NULL,"
+            " timestamp_utc TEXT NOT NULL);"
+            "CREATE INDEX views_by_time ON records (timestamp_utc) WHERE stream = 'notification-view';"
+            "INSERT INTO records VALUES (7, 'email-event', '3', 'Sent', '{\"to\": \"a@x.org\"}',"
+            " '2026-11-01T10:20:30.000042+00:00');"
+            "INSERT INTO records VALUES (8, 'notification-view', 'n-1', 'NotificationView', '{}',"
+            " '2026-11-01T10:20:31+00:00');"
+            "INSERT INTO record_tags VALUES (7, 'email-event', 'notification-id', 'n-1');"
+            "INSERT INTO record_tags VALUES (7, 'email-event', 'recipient', 'a@x.org');"
+            "INSERT INTO record_tags VALUES (8, 'notification-view', 'notification-id', 'n-1');"
+            "INSERT INTO handling VALUES (4, 'email-event', 7, 'send', 'Running', 'attempt 1',"
+            " '2026-11-01T10:20:30.5+00:00');"
+            "UPDATE sqlite_sequence SET seq = 20 WHERE name = 'records';"
+            "PRAGMA user_version=5;"
+        )
+    db.close()
+    async with open_store(f"sqlite:///{path}") as store:
+        n1, ada = Tag(name="notification-id", value="n-1"), Tag(name="recipient", value="a@x.org")
+        [sent, view] = await store.read_tagged(list(StreamName), [n1])
+        assert (sent.internal_id, sent.stream, sent.type, sent.tags) == (7, "email-event", "Sent", (n1, ada))
+        assert sent.payload == '{"to": "a@x.org"}'
+        assert sent.timestamp_utc == datetime(2026, 11, 1, 10, 20, 30, 42, tzinfo=UTC)
+        assert (view.internal_id, view.timestamp_utc) == (8, datetime(2026, 11, 1, 10, 20, 31, tzinfo=UTC))
+        assert [r.internal_id for r in await store.reader(StreamName.EMAIL_EVENT).by_tags(ada, n1)] == [7]
+        [entry] = await store.handling(StreamName.EMAIL_EVENT).history(7)
+        assert (entry.entry_id, entry.concern, entry.status, entry.details) == (4, "send", "Running", "attempt 1")
+        assert entry.timestamp_utc == datetime(2026, 11, 1, 10, 20, 30, 500000, tzinfo=UTC)
+        assert (await store.writer(StreamName.EMAIL_EVENT).put("4", Thing(value=4))).internal_id == 21
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM record_tags").fetchone() == (1,)  # the notification ids: columns
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert not {"records_5", "record_tags_5", "handling_5"} & tables
     db.close()
 
 
@@ -52,7 +101,7 @@ async def test_a_step_that_finds_the_file_busy_waits_for_it_on_the_store_thread(
         assert not writing.done()
         other.execute(
             "INSERT INTO records (stream, record_id, type, payload, timestamp_utc)"
-            " VALUES ('email-event', '0', 'Thing', '{\"value\": 0}', '2026-01-01T00:00:00+00:00')"
+            " SELECT code, '0', code, '{}', 0 FROM names WHERE name = 'email-event'"
         )
         other.execute("COMMIT")
         put = await writing
