@@ -532,9 +532,7 @@ class SQLiteStreamStore(StreamStore):
         return await self._records(sql, args, at_once=record_id is not None)
 
     async def read_tagged(self, streams: Sequence[str], tags: Sequence[Tag]) -> list[Record]:
-        return await self._records(
-            *select_tagged("records", "record_tags", "?", TAG_ARRAY, streams, tags, self._code)
-        )
+        return await self._records(*select_tagged("records", "record_tags", "?", TAG_ARRAY, streams, tags, self._code))
 
     async def _records(self, sql: str, args: list[object], at_once: bool = False) -> list[Record]:
         rows = await self._run(lambda: self._db.execute(sql, args).fetchall(), at_once=at_once)
