@@ -56,8 +56,8 @@ from domain import (
     TemplateUse,
     admitted,
     admitted_idempotency_key,
-    notification_tags,
     recipient_email_tag,
+    request_tags,
     tag,
     validation_message,
 )
@@ -429,7 +429,7 @@ class NotificationClient:
         put = await self._client_operations.put(
             notification_id,
             ExecuteOpRequestedEvent(id=notification_id, operation=operation, timestamp_utc=datetime.now(UTC)),
-            tags=[*notification_tags(notification_id, operation), *key_tags],
+            tags=[*request_tags(notification_id, operation), *key_tags],
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
         repeated = put.internal_id is None

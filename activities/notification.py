@@ -59,6 +59,7 @@ from domain import (
     TagName,
     get_delivery_channel_configs,
     notification_tags,
+    request_tags,
     tag,
     terminal_event_type,
     utc_now,
@@ -206,7 +207,7 @@ class NotificationActivities:
         put = self._events.record(
             request.notification_id,
             event,
-            tags=notification_tags(request.notification_id, request.operation),
+            tags=request_tags(request.notification_id, request.operation),
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
         )
         return [move], [put]

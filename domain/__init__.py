@@ -45,6 +45,7 @@ from domain.model import (
     TemplateUse,
     notification_tags,
     recipient_email_tag,
+    request_tags,
     tag,
 )
 from domain.payloads import (
@@ -236,6 +237,7 @@ __all__ = [
     "get_delivery_channel_configs",
     "in_one_line",
     "notification_tags",
+    "request_tags",
     "recipient_email_tag",
     "tag",
     "validation_message",

@@ -166,12 +166,14 @@ class SendNotificationToEntityOp(Model):
 
 
 def notification_tags(notification_id: str, operation: SendNotificationToEntityOp) -> list[Tag]:
-    """The tags every record of a notification carries: its id, its entity, and the client's own tags."""
-    return [
-        tag(TagName.NOTIFICATION_ID, notification_id),
-        tag(TagName.ENTITY_ID, operation.entity_id),
-        *operation.tags,
-    ]
+    """The tags every record of a notification carries: its id and the client's own tags."""
+    return [tag(TagName.NOTIFICATION_ID, notification_id), *operation.tags]
+
+
+def request_tags(notification_id: str, operation: SendNotificationToEntityOp) -> list[Tag]:
+    """The tags of a notification's request (in the client-operation stream, and as the notification stream's
+    `SendNotificationRequestedEvent`): those of every record, and its entity, by which its notifications are found."""
+    return [*notification_tags(notification_id, operation), tag(TagName.ENTITY_ID, operation.entity_id)]
 
 
 class NotificationRequest(Model):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from domain import Tag, utc_now
-from streams.packing import pack, unpack
+from streams.packing import pack, packable, unpack
 from streams.store import (
     HELD_TAG,
     REQUESTED,
@@ -118,7 +118,8 @@ INSERT OR IGNORE INTO names (code, name) VALUES {", ".join(f"({_fixed(n)}, '{n}'
 """
 """Schema 6: a stream's, a type's, a tag's, a concern's and a status's name is kept once, in `names`, and rows hold
 its code; times are microseconds since the epoch (UTC); a record's notification-id tag is its `notification_id`
-(`streams.store.HELD_TAG`); a payload is TEXT as written or a BLOB packed (`streams.packing`)."""
+(`streams.store.HELD_TAG`); a payload, and a handling entry's details, are TEXT as written or a BLOB packed
+(`streams.packing`)."""
 
 MICROSECONDS = "1000000"
 US_OF_TEXT = (
@@ -443,7 +444,7 @@ class SQLiteStreamStore(StreamStore):
         internal_id = db.execute(
             "INSERT INTO records (stream, record_id, type, notification_id, payload, timestamp_utc) "
             "VALUES (?, ?, ?, ?, ?, ?) RETURNING internal_id",
-            (code, new.record_id, self._codes[new.type], notification_id, pack(stream, new.payload), _now()),
+            (code, new.record_id, self._codes[new.type], notification_id, _payload(stream, new), _now()),
         ).fetchone()[0]
         db.executemany(
             "INSERT INTO record_tags (internal_id, stream, name, value) VALUES (?, ?, ?, ?)",
@@ -623,14 +624,21 @@ class SQLiteStreamStore(StreamStore):
         entry_id = self._db.execute(
             "INSERT INTO handling (stream, internal_record_id, concern, status, details, timestamp_utc) "
             "VALUES (?, ?, ?, ?, ?, ?) RETURNING entry_id",
-            (self._codes[stream], internal_record_id, self._codes[concern], self._codes[status], details, timestamp),
+            (
+                self._codes[stream],
+                internal_record_id,
+                self._codes[concern],
+                self._codes[status],
+                pack(details),
+                timestamp,
+            ),
         ).fetchone()[0]
         return HandlingEntry(entry_id, stream, internal_record_id, concern, status, details, _time(timestamp))
 
     def _entry(self, row: Sequence[Any]) -> HandlingEntry:
         name = self._name
         return HandlingEntry(
-            row[0], name(row[1]), row[2], name(row[3]), HandlingStatus(name(row[4])), row[5], _time(row[6])
+            row[0], name(row[1]), row[2], name(row[3]), HandlingStatus(name(row[4])), unpack(row[5]), _time(row[6])
         )
 
 
@@ -654,6 +662,10 @@ def _microseconds(at: datetime) -> int:
 
 def _time(microseconds: int) -> datetime:
     return EPOCH + timedelta(microseconds=microseconds)
+
+
+def _payload(stream: str, record: NewRecord) -> str | bytes:
+    return pack(record.payload) if packable(stream, record.type) else record.payload
 
 
 def _names(record: NewRecord) -> list[str]:
