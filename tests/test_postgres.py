@@ -215,7 +215,7 @@ async def test_the_functions_do_no_more_than_their_names_say(database: str) -> N
         with pytest.raises(psycopg.Error, match="unknown existing-record strategy"):
             db.execute("SELECT * FROM notify_put('client-operation', '42', 'T', '{}', '[]', 'Prune', 0)")
         with pytest.raises(errors.InsufficientPrivilege):  # no temporary table can stand in for one of ours
-            db.execute("CREATE TEMPORARY TABLE notify_record_ids (stream text, record_id text)")
+            db.execute("CREATE TEMPORARY TABLE notify_records (stream text, record_id text)")
     with psycopg.connect(as_role(database, "notify_handler"), autocommit=True) as db:
         refusals = (
             ("Completed", kept.internal_id, "NT001"),
@@ -650,7 +650,7 @@ async def test_a_client_requests_notifications_and_can_do_nothing_else(database:
         assert db.execute("SELECT notify_request('ops', 'S', 'B')").fetchone() is not None
         for statement in (
             "SELECT * FROM notify_put('entity-directory', 'user-1', 'DirectoryEntry', '{}', '[]', 'None', 1)",
-            "SELECT * FROM notify_append('email-event', '1', 'T', '{}', '[]', 'None', 1)",
+            "SELECT * FROM notify_append('email-event', '1', 'T', '{}', '[]', 'None', 1, NULL, NULL)",
             "SELECT notify_next_unique_id('client-operation')",
             "SELECT * FROM notify_transition('client-operation', 1, 'c', 'Running', '')",
             "SELECT * FROM notify_begin('client-operation', 1, 'c', '')",
