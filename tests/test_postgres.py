@@ -30,7 +30,7 @@ from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StoreUnavailable, StoreUnusable, StreamName, open_store
 from streams.directory import import_entries, lookup
-from streams.postgres import MIGRATIONS, SCHEMA_VERSION, _classified
+from streams.postgres import MIGRATIONS, SCHEMA_VERSION, _classified, migrate
 from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
 from tests.service import Api
@@ -106,6 +106,61 @@ def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path:
     assert result.stderr.strip() == (
         f"error: the streams schema is at version 0, this version needs {SCHEMA_VERSION}: run `{migrate}`"
     )
+
+
+async def test_migration_11_holds_the_notification_id_in_its_column_and_reads_back_the_same(
+    postgres: Databases,
+) -> None:
+    """Records written at schema 10 read back as they were written: the notification-id tag moved from its row to
+    the record's column (of a record with two, the lowest; the other stays a row), payloads still text."""
+    url = postgres.empty()
+    long = json.dumps({"body": "x" * 300})
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("SET search_path = public, pg_temp")
+        db.execute("CREATE TABLE notify_schema_migrations (version integer PRIMARY KEY, name text NOT NULL)")
+        for version in range(1, 11):
+            db.execute(MIGRATIONS[version].read_text())
+            db.execute("INSERT INTO notify_schema_migrations VALUES (%s, %s)", (version, MIGRATIONS[version].name))
+        for stream, record_id, payload, tags, strategy in (
+            ("notification-event", "n-1", long, [["notification-id", "n-1"], ["entity-id", "e"]], "None"),
+            ("notification-view", "n-1", '{"status": "sent"}', [["notification-id", "n-1"]], "PruneIfFoundById"),
+            ("email-event", "n-2.1", '{"a": 1}', [["notification-id", "n-3"], ["notification-id", "n-2"]], "None"),
+            ("entity-directory", "e", '{"id": "e"}', [["entity-id", "e"]], "DoNotWriteIfFoundById"),
+        ):
+            db.execute(
+                "SELECT * FROM notify_put(%s, %s, 'T', %s, %s, %s, 1)",
+                (stream, record_id, payload, json.dumps(tags), strategy),
+            )
+    assert await migrate(url) == [MIGRATIONS[11].name]
+    with psycopg.connect(url) as db:
+        assert db.execute(
+            "SELECT stream, notification_id, payload IS NOT NULL, packed IS NULL FROM notify_records"
+            " ORDER BY internal_id"
+        ).fetchall() == [
+            ("notification-event", "n-1", True, True),
+            ("notification-view", "n-1", True, True),
+            ("email-event", "n-2", True, True),
+            ("entity-directory", None, True, True),
+        ]
+        assert db.execute(
+            "SELECT internal_id, value FROM notify_record_tags WHERE name = 'notification-id'"
+        ).fetchall() == [(3, "n-3")]
+        assert db.execute("SELECT to_regclass('notify_record_ids')").fetchone() == (None,)
+    async with open_store(url) as store:
+        [event] = await store.read_tagged([StreamName.NOTIFICATION_EVENT], [Tag(name="notification-id", value="n-1")])
+        assert event.payload == long
+        assert event.tags == (Tag(name="entity-id", value="e"), Tag(name="notification-id", value="n-1"))
+        [view] = await store.reader(StreamName.NOTIFICATION_VIEW).by_id("n-1")
+        assert view.tags == (Tag(name="notification-id", value="n-1"),)
+        [email] = await store.reader(StreamName.EMAIL_EVENT).by_id("n-2.1")
+        assert email.tags == (Tag(name="notification-id", value="n-2"), Tag(name="notification-id", value="n-3"))
+        [entry] = await store.reader(StreamName.ENTITY_DIRECTORY).by_id("e")
+        assert (entry.payload, entry.tags) == ('{"id": "e"}', (Tag(name="entity-id", value="e"),))
+        # what was written with a strategy at schema 10 is found by the same strategy now
+        again = await store.writer(StreamName.ENTITY_DIRECTORY).put(
+            "e", Thing(value=1), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID
+        )
+        assert again.internal_id is None and again.existing_ids == (entry.internal_id,)
 
 
 def test_sqlite_is_not_migrated_by_hand(tmp_path: Path) -> None:
