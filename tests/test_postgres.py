@@ -254,6 +254,42 @@ async def test_only_a_handler_keeps_handling_and_it_cannot_touch_records(databas
             db.rollback()
 
 
+async def test_a_record_holds_its_notification_id_in_a_column_and_a_long_payload_packed(database: str) -> None:
+    """As the rows hold them: the notification-id tag in the record's column (no tag row), a long payload packed
+    unless SQL reads it as JSON (a view); a tag row of that name is refused, whoever writes it."""
+    nid = Tag(name="notification-id", value="n-1")
+    long = Thing(value=10**300)  # 300 digits
+    tags = [nid, Tag(name="entity-id", value="e")]
+    async with open_store(as_role(database, "notify_producer")) as store:  # notify_put_batch, then notify_put_all
+        await store.writer(StreamName.NOTIFICATION_EVENT).put("n-1", long, tags=tags)
+        await store.writer(StreamName.NOTIFICATION_VIEW).put("n-1", long, tags=tags, strategy=S.PRUNE_IF_FOUND_BY_ID)
+        with pytest.raises(ValueError, match="one notification-id tag at most"):
+            await store.writer(StreamName.EMAIL_EVENT).put("n-1.2", Thing(value=2), tags=[nid, nid])
+    async with open_store(database) as store:  # notify_write
+        await store.steps().write([store.writer(StreamName.EMAIL_EVENT).record("n-1.1", Thing(value=1), tags=[nid])])
+    with psycopg.connect(database) as db:
+        rows = db.execute(
+            "SELECT stream, notification_id, payload IS NULL, packed IS NULL,"
+            " (SELECT array_agg(t.name) FROM notify_record_tags t WHERE t.internal_id = r.internal_id)"
+            " FROM notify_records r ORDER BY internal_id"
+        ).fetchall()
+        assert rows == [
+            ("notification-event", "n-1", True, False, ["entity-id"]),
+            ("notification-view", "n-1", False, True, ["entity-id"]),
+            ("email-event", "n-1", False, True, None),
+        ]
+    with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+        with pytest.raises(errors.CheckViolation, match="notify_record_tags_not_held"):
+            db.execute(
+                "SELECT * FROM notify_put('email-event', '2', 'T', '{}', '[[\"notification-id\", \"n\"]]', 'None', 1)"
+            )
+        with pytest.raises(errors.CheckViolation, match="notify_records_read_by_sql_unpacked"):
+            db.execute("SELECT * FROM notify_put('notification-view', '2', 'T', NULL, '[]', 'None', 1, 'n', '\\x01')")
+    async with open_store(database) as store:
+        records = await store.read_tagged([StreamName.NOTIFICATION_EVENT, StreamName.NOTIFICATION_VIEW], [nid])
+        assert [(r.object(Thing), r.tags) for r in records] == [(long, (tags[1], tags[0]))] * 2
+
+
 async def test_the_functions_do_no_more_than_their_names_say(database: str) -> None:
     async with open_store(database) as admin:
         kept = await admin.writer(StreamName.CLIENT_OPERATION).put("42", Thing(value=42))
