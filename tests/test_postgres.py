@@ -8,6 +8,8 @@ import json
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -288,6 +290,47 @@ async def test_a_record_holds_its_notification_id_in_a_column_and_a_long_payload
     async with open_store(database) as store:
         records = await store.read_tagged([StreamName.NOTIFICATION_EVENT, StreamName.NOTIFICATION_VIEW], [nid])
         assert [(r.object(Thing), r.tags) for r in records] == [(long, (tags[1], tags[0]))] * 2
+
+
+def test_puts_of_the_same_ids_in_any_order_take_their_turns_in_one_order(database: str) -> None:
+    """notify_put_all locks every id it puts with a strategy before it puts any, in the order of their keys: a call
+    that puts ids in another order then never holds one that the other call waits for while waiting for another."""
+    with psycopg.connect(database, autocommit=True) as owner:
+        keys = dict(
+            owner.execute("SELECT i, notify_id_key('email-event', i) FROM unnest(ARRAY['1', '2']) i").fetchall()
+        )
+        ids = sorted(keys, key=keys.__getitem__, reverse=True)  # the record with the larger key first
+        with psycopg.connect(database) as holder, psycopg.connect(as_role(database, "notify_producer")) as putter:
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (keys[ids[0]],))
+            pid = putter.info.backend_pid
+            put = threading.Thread(
+                target=putter.execute,
+                args=(
+                    "SELECT notify_put_all(ARRAY['email-event', 'email-event'], %s, ARRAY['T', 'T'],"
+                    " ARRAY['{}', '{}'], ARRAY['[]', '[]']::jsonb[],"
+                    " ARRAY['DoNotWriteIfFoundById', 'DoNotWriteIfFoundByIdAndType'], ARRAY[1, 1],"
+                    " ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::bytea[])",
+                    (ids,),
+                ),
+            )
+            put.start()
+            locks: list[tuple[bool, int]] = []
+            for _ in range(100):
+                locks = owner.execute(
+                    "SELECT granted, (classid::bigint << 32) | objid::bigint FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND pid = %s ORDER BY granted",
+                    (pid,),
+                ).fetchall()
+                if locks and not locks[0][0]:  # waiting
+                    break
+                time.sleep(0.05)
+            holder.commit()
+            put.join(10)
+            putter.commit()
+    # it waits for the first record's id, holding the second's, whose key comes first
+    assert locks == [(False, keys[ids[0]]), (True, keys[ids[1]])]
+    with psycopg.connect(database) as db:
+        assert db.execute("SELECT record_id FROM notify_records ORDER BY internal_id").fetchall() == [(i,) for i in ids]
 
 
 async def test_the_functions_do_no_more_than_their_names_say(database: str) -> None:
