@@ -403,8 +403,10 @@ class PostgresStreamStore(StreamStore):
         if before:
             async with _using(self._handler) as db:
                 moved = await _move_all(db, before)
-        async with _using(self._producer) as db:
-            results = await _put_all(db, put_arrays) if puts else []
+        results: list[PutResult] = []
+        if puts:
+            async with _using(self._producer) as db:
+                results = await _put_all(db, put_arrays)
         if later := [*_take_ups(puts, results), *after]:
             async with _using(self._handler) as db:
                 moved += (await _move_all(db, later))[len(later) - len(after) :]
