@@ -296,7 +296,7 @@ def test_puts_of_the_same_ids_in_any_order_take_their_turns_in_one_order(databas
     """notify_put_all locks every id it puts with a strategy before it puts any, in the order of their keys: a call
     that puts ids in another order then never holds one that the other call waits for while waiting for another."""
     with psycopg.connect(database, autocommit=True) as owner:
-        keys = dict(
+        keys: dict[str, int] = dict(
             owner.execute("SELECT i, notify_id_key('email-event', i) FROM unnest(ARRAY['1', '2']) i").fetchall()
         )
         ids = sorted(keys, key=keys.__getitem__, reverse=True)  # the record with the larger key first
