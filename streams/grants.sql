@@ -32,8 +32,9 @@ ALTER ROLE notify_handler IN DATABASE {database} SET search_path = {schema};
 GRANT SELECT ON notify_schema_migrations, notify_handling_transitions, notify_identity TO notify_producer, notify_consumer, notify_handler;
 
 GRANT EXECUTE ON FUNCTION notify_next_unique_id(text) TO notify_producer;
-GRANT EXECUTE ON FUNCTION notify_put(text, text, text, text, jsonb, text, integer) TO notify_producer;
-GRANT EXECUTE ON FUNCTION notify_put_batch(text, text[], text[], text[], integer[], text[], text[]) TO notify_producer;
+GRANT EXECUTE ON FUNCTION notify_put(text, text, text, text, jsonb, text, integer, text, bytea) TO notify_producer;
+GRANT EXECUTE ON FUNCTION notify_put_batch(text, text[], text[], text[], integer[], text[], text[], text[], bytea[])
+    TO notify_producer;
 
 GRANT SELECT ON notify_records, notify_record_tags, notify_handling TO notify_consumer;
 
@@ -42,10 +43,11 @@ GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text) TO n
 GRANT EXECUTE ON FUNCTION notify_begin(text, bigint, text, text) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_request(text, text, text, text, text, jsonb, timestamptz, text) TO notify_client, notify_producer;
 GRANT EXECUTE ON FUNCTION notify_next_turn(text, double precision) TO notify_handler;
-GRANT EXECUTE ON FUNCTION notify_put_all(text[], text[], text[], text[], jsonb[], text[], integer[]) TO notify_producer;
+GRANT EXECUTE ON FUNCTION notify_put_all(text[], text[], text[], text[], jsonb[], text[], integer[], text[], bytea[])
+    TO notify_producer;
 GRANT EXECUTE ON FUNCTION notify_move_all(text[], bigint[], text[], text[], text[], boolean[]) TO notify_handler;
 -- (for a role that holds both notify_producer and notify_handler: it runs as its caller, and so puts only what the
 -- caller may put and moves only what it may move)
 GRANT EXECUTE ON FUNCTION notify_write(text[], bigint[], text[], text[], text[], boolean[], text[], text[], text[],
-                                       text[], jsonb[], text[], integer[], text[], text[], bigint[], text[], text[],
-                                       text[], boolean[]) TO notify_producer, notify_handler;
+                                       text[], jsonb[], text[], integer[], text[], bytea[], text[], text[], bigint[],
+                                       text[], text[], text[], boolean[]) TO notify_producer, notify_handler;

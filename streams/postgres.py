@@ -28,7 +28,8 @@ from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from commands import command
-from domain import Tag, TagName
+from domain import Tag
+from streams.packing import pack, unpack
 from streams.store import (
     ALLOWED_TRANSITIONS,
     REQUESTED,
@@ -49,9 +50,11 @@ from streams.store import (
     StreamStore,
     ViewCounts,
     Written,
+    held,
     select_handling,
     select_records,
     select_tagged,
+    tags_with,
 )
 
 MIGRATIONS = {int(path.name.split("_")[0]): path for path in (Path(__file__).parent / "migrations").glob("*.sql")}
@@ -138,20 +141,17 @@ WITH notifications AS (
     )
     LIMIT %(limit)s
 ), pruned AS (
-    SELECT r.internal_id, r.stream, r.record_id
-    FROM notify_record_tags t JOIN notify_records r ON r.internal_id = t.internal_id
-    WHERE t.stream = ANY(%(streams)s) AND t.name = %(tag)s AND t.value = ANY(ARRAY(SELECT id FROM notifications))
+    SELECT r.internal_id, r.stream FROM notify_records r
+    WHERE r.notification_id = ANY(ARRAY(SELECT id FROM notifications)) AND r.stream = ANY(%(streams)s)
 ), handling AS (
     DELETE FROM notify_handling h USING pruned p WHERE h.stream = p.stream AND h.internal_record_id = p.internal_id
-), ids AS (
-    DELETE FROM notify_record_ids k USING pruned p WHERE k.stream = p.stream AND k.record_id = p.record_id
 ), records AS (
     DELETE FROM notify_records r USING pruned p WHERE r.internal_id = p.internal_id RETURNING 1
 )
 SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM records)
 """
-"""Prune one batch of notifications (`StreamStore.prune`): their records' tags go with them (ON DELETE CASCADE), and
-so do their handling and their ids' rows."""
+"""Prune one batch of notifications (`StreamStore.prune`): their records, found by their notification id, with their
+tags (a trigger deletes them) and their handling."""
 
 
 VIEW_COUNTS = f"""
@@ -187,7 +187,7 @@ _EMPTY_ARRAY = struct.Struct(">iiI")
 _INT4 = struct.Struct(">i")
 _INT8 = struct.Struct(">q")
 _NULL = _INT4.pack(-1)
-_TEXT, _INTEGER, _BIGINT = postgres.types["text"], postgres.types["int4"], postgres.types["int8"]
+_TEXT, _INTEGER, _BIGINT, _BYTEA = (postgres.types[name] for name in ("text", "int4", "int8", "bytea"))
 
 
 def _array(oid: int, items: Sequence[bytes | None]) -> bytes:
@@ -213,6 +213,10 @@ class _Bigints(list[int]):
     """A bigint[] argument, sent in binary."""
 
 
+class _Blobs(list[bytes | None]):
+    """A bytea[] argument, sent in binary."""
+
+
 def _dumped_in_binary(arrays: type[list[Any]], element_type: TypeInfo, element: Callable[[Any], bytes]) -> None:
     """Have psycopg send a list of the class `arrays` as an array of `element_type`, each element as `element` makes
     it in binary (a null as a null)."""
@@ -230,6 +234,7 @@ def _dumped_in_binary(arrays: type[list[Any]], element_type: TypeInfo, element: 
 _dumped_in_binary(_Texts, _TEXT, str.encode)
 _dumped_in_binary(_Integers, _INTEGER, _INT4.pack)
 _dumped_in_binary(_Bigints, _BIGINT, _INT8.pack)
+_dumped_in_binary(_Blobs, _BYTEA, bytes)
 
 TAG_ARRAY = "coalesce(jsonb_agg(jsonb_build_array(name, value)), '[]')"
 """A record's tags, as one JSON array of [name, value] pairs."""
@@ -374,17 +379,19 @@ class PostgresStreamStore(StreamStore):
             return []
         if all(new.strategy == ExistingRecordStrategy.NONE and new.take_up is None for new in records):
             return await self._append_all(stream, records)
+        put_arrays = _put_arrays([Put(stream, record) for record in records])
         async with _using(self._producer) as db:
-            return await _put_all(db, [Put(stream, record) for record in records])
+            return await _put_all(db, put_arrays)
 
     async def write(self, puts: Sequence[Put], before: Sequence[Move] = (), after: Sequence[Move] = ()) -> Written:
+        put_arrays = _put_arrays(puts)  # a put no store takes is refused before any part is written
         if self._producer is self._handler:  # one role: one statement
             async with _using(self._producer) as db:
                 cursor = await db.execute(
                     f"SELECT notify_write({MOVE_ARRAYS}, {PUT_ARRAYS}, %b, {MOVE_ARRAYS})",
                     (
                         *_move_arrays(before),
-                        *_put_arrays(puts),
+                        *put_arrays,
                         _Texts(p.record.take_up for p in puts),
                         *_move_arrays(after),
                     ),
@@ -396,8 +403,10 @@ class PostgresStreamStore(StreamStore):
         if before:
             async with _using(self._handler) as db:
                 moved = await _move_all(db, before)
-        async with _using(self._producer) as db:
-            results = await _put_all(db, puts)
+        results: list[PutResult] = []
+        if puts:
+            async with _using(self._producer) as db:
+                results = await _put_all(db, put_arrays)
         if later := [*_take_ups(puts, results), *after]:
             async with _using(self._handler) as db:
                 moved += (await _move_all(db, later))[len(later) - len(after) :]
@@ -406,18 +415,21 @@ class PostgresStreamStore(StreamStore):
     async def _append_all(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
         """Records that all append, in one statement (`notify_put_batch`), their arrays sent in binary: no function
         call per record, nor text to parse."""
-        tagged = [(n, t) for n, new in enumerate(records, 1) for t in new.tags]
+        rows = [_Row.of(stream, new) for new in records]
+        tagged = [(n, t) for n, row in enumerate(rows, 1) for t in row.tags]
         async with _using(self._producer) as db:
             cursor = await db.execute(
-                "SELECT notify_put_batch(%b, %b, %b, %b, %b, %b, %b)",
+                "SELECT notify_put_batch(%b, %b, %b, %b, %b, %b, %b, %b, %b)",
                 (
                     stream,
                     _Texts(new.record_id for new in records),
                     _Texts(new.type for new in records),
-                    _Texts(new.payload for new in records),
+                    _Texts(row.payload for row in rows),
                     _Integers(n for n, _ in tagged),
                     _Texts(t.name for _, t in tagged),
                     _Texts(t.value for _, t in tagged),
+                    _Texts(row.notification_id for row in rows),
+                    _Blobs(row.packed for row in rows),
                 ),
             )
             row = await cursor.fetchone()
@@ -428,9 +440,7 @@ class PostgresStreamStore(StreamStore):
         """One statement as the owner (as the schema's functions run): the roles may neither read nor delete."""
         async with _using(self._producer) as db:
             streams = [s.value for s in StreamName]
-            cursor = await db.execute(
-                PRUNE, {"before": before, "limit": limit, "tag": TagName.NOTIFICATION_ID, "streams": streams}
-            )
+            cursor = await db.execute(PRUNE, {"before": before, "limit": limit, "streams": streams})
             row = await cursor.fetchone()
         assert row is not None
         return row[0], row[1]
@@ -486,8 +496,11 @@ class PostgresStreamStore(StreamStore):
 
     async def _records(self, query: str, args: list[object]) -> list[Record]:
         async with _using(self._consumer) as db:
-            rows = await (await db.execute(query, args)).fetchall()
-        return [Record(r[0], r[1], r[2], r[3], r[4], Record.tags_of(r[5]), r[6]) for r in rows]
+            rows = await (await db.execute(_reading_packed(query), args)).fetchall()
+        return [
+            Record(r[0], r[1], r[2], r[3], unpack(r[5] if r[4] is None else r[4]), tags_with(r[6], r[8]), r[7])
+            for r in rows
+        ]
 
     async def handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
         query, args = select_handling("notify_handling", "%s", stream, internal_record_id, concern)
@@ -521,7 +534,7 @@ class PostgresStreamStore(StreamStore):
 
 MOVE_ARRAYS = "%b, %b, %b, %b, %b, %b::boolean[]"
 """The moves' parameters of `notify_move_all` and `notify_write`: one array per field, sent in binary."""
-PUT_ARRAYS = "%b, %b, %b, %b, %b::jsonb[], %b, %b"
+PUT_ARRAYS = "%b, %b, %b, %b, %b::jsonb[], %b, %b, %b, %b"
 """The puts' parameters of `notify_put_all` and `notify_write`: one array per field, sent in binary."""
 
 
@@ -537,15 +550,49 @@ def _move_arrays(moves: Sequence[Move]) -> tuple[list[Any], ...]:
 
 
 def _put_arrays(puts: Sequence[Put]) -> tuple[list[Any], ...]:
+    rows = [_Row.of(p.stream, p.record) for p in puts]
     return (
         _Texts(p.stream for p in puts),
         _Texts(p.record.record_id for p in puts),
         _Texts(p.record.type for p in puts),
-        _Texts(p.record.payload for p in puts),
-        _Texts(json.dumps([[t.name, t.value] for t in p.record.tags]) for p in puts),
+        _Texts(row.payload for row in rows),
+        _Texts(json.dumps([[t.name, t.value] for t in row.tags]) for row in rows),
         _Texts(p.record.strategy.value for p in puts),
         _Integers(p.record.retention for p in puts),
+        _Texts(row.notification_id for row in rows),
+        _Blobs(row.packed for row in rows),
     )
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What a new record's row holds beyond its id and type: its `HELD_TAG` in a column of its own, its other tags as
+    rows, and its payload as text or packed (one of the two)."""
+
+    notification_id: str | None
+    tags: list[Tag]
+    payload: str | None
+    packed: bytes | None
+
+    @classmethod
+    def of(cls, stream: str, new: NewRecord) -> _Row:
+        notification_id, tags = held(new.tags)
+        stored = pack(stream, new.payload)
+        if isinstance(stored, bytes):
+            return cls(notification_id, tags, None, stored)
+        return cls(notification_id, tags, stored, None)
+
+
+_SELECTED = "SELECT internal_id, stream, record_id, type, payload,"
+"""How the shared builders' queries of records begin (`streams.store.select_records`)."""
+
+
+def _reading_packed(query: str) -> str:
+    """A shared builder's query of records, reading `packed` after `payload` (where SQLite's one column holds either):
+    a record's columns are then internal id, stream, record id, type, payload, packed, tags, time, notification id."""
+    if not query.startswith(_SELECTED):
+        raise AssertionError(f"a query of records that does not begin as {_SELECTED!r}: {query[:80]!r}")
+    return f"{_SELECTED} packed,{query[len(_SELECTED) :]}"
 
 
 def _put_result(result: list[Any]) -> PutResult:
@@ -553,11 +600,9 @@ def _put_result(result: list[Any]) -> PutResult:
     return PutResult(result[0], tuple(result[1] or ()))
 
 
-async def _put_all(db: psycopg.AsyncConnection, puts: Sequence[Put]) -> list[PutResult]:
-    """Put each record in its stream, in order, in one statement (`notify_put_all`)."""
-    if not puts:
-        return []
-    cursor = await db.execute(f"SELECT notify_put_all({PUT_ARRAYS})", _put_arrays(puts))
+async def _put_all(db: psycopg.AsyncConnection, put_arrays: tuple[list[Any], ...]) -> list[PutResult]:
+    """Put each record in its stream, in order, in one statement (`notify_put_all`), from `_put_arrays`."""
+    cursor = await db.execute(f"SELECT notify_put_all({PUT_ARRAYS})", put_arrays)
     row = await cursor.fetchone()
     assert row is not None
     return [_put_result(put) for put in row[0]]

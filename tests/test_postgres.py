@@ -8,6 +8,8 @@ import json
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,7 +32,7 @@ from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StoreUnavailable, StoreUnusable, StreamName, open_store
 from streams.directory import import_entries, lookup
-from streams.postgres import MIGRATIONS, SCHEMA_VERSION, _classified
+from streams.postgres import MIGRATIONS, SCHEMA_VERSION, _classified, migrate
 from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
 from tests.service import Api
@@ -106,6 +108,61 @@ def test_a_worker_refuses_a_schema_that_is_behind(postgres: Databases, tmp_path:
     assert result.stderr.strip() == (
         f"error: the streams schema is at version 0, this version needs {SCHEMA_VERSION}: run `{migrate}`"
     )
+
+
+async def test_migration_11_holds_the_notification_id_in_its_column_and_reads_back_the_same(
+    postgres: Databases,
+) -> None:
+    """Records written at schema 10 read back as they were written: the notification-id tag moved from its row to
+    the record's column (of a record with two, the lowest; the other stays a row), payloads still text."""
+    url = postgres.empty()
+    long = json.dumps({"body": "x" * 300})
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("SET search_path = public, pg_temp")
+        db.execute("CREATE TABLE notify_schema_migrations (version integer PRIMARY KEY, name text NOT NULL)")
+        for version in range(1, 11):
+            db.execute(MIGRATIONS[version].read_text())
+            db.execute("INSERT INTO notify_schema_migrations VALUES (%s, %s)", (version, MIGRATIONS[version].name))
+        for stream, record_id, payload, tags, strategy in (
+            ("notification-event", "n-1", long, [["notification-id", "n-1"], ["entity-id", "e"]], "None"),
+            ("notification-view", "n-1", '{"status": "sent"}', [["notification-id", "n-1"]], "PruneIfFoundById"),
+            ("email-event", "n-2.1", '{"a": 1}', [["notification-id", "n-3"], ["notification-id", "n-2"]], "None"),
+            ("entity-directory", "e", '{"id": "e"}', [["entity-id", "e"]], "DoNotWriteIfFoundById"),
+        ):
+            db.execute(
+                "SELECT * FROM notify_put(%s, %s, 'T', %s, %s, %s, 1)",
+                (stream, record_id, payload, json.dumps(tags), strategy),
+            )
+    assert await migrate(url) == [MIGRATIONS[11].name]
+    with psycopg.connect(url) as db:
+        assert db.execute(
+            "SELECT stream, notification_id, payload IS NOT NULL, packed IS NULL FROM notify_records"
+            " ORDER BY internal_id"
+        ).fetchall() == [
+            ("notification-event", "n-1", True, True),
+            ("notification-view", "n-1", True, True),
+            ("email-event", "n-2", True, True),
+            ("entity-directory", None, True, True),
+        ]
+        assert db.execute(
+            "SELECT internal_id, value FROM notify_record_tags WHERE name = 'notification-id'"
+        ).fetchall() == [(3, "n-3")]
+        assert db.execute("SELECT to_regclass('notify_record_ids')").fetchone() == (None,)
+    async with open_store(url) as store:
+        [event] = await store.read_tagged([StreamName.NOTIFICATION_EVENT], [Tag(name="notification-id", value="n-1")])
+        assert event.payload == long
+        assert event.tags == (Tag(name="entity-id", value="e"), Tag(name="notification-id", value="n-1"))
+        [view] = await store.reader(StreamName.NOTIFICATION_VIEW).by_id("n-1")
+        assert view.tags == (Tag(name="notification-id", value="n-1"),)
+        [email] = await store.reader(StreamName.EMAIL_EVENT).by_id("n-2.1")
+        assert email.tags == (Tag(name="notification-id", value="n-2"), Tag(name="notification-id", value="n-3"))
+        [entry] = await store.reader(StreamName.ENTITY_DIRECTORY).by_id("e")
+        assert (entry.payload, entry.tags) == ('{"id": "e"}', (Tag(name="entity-id", value="e"),))
+        # what was written with a strategy at schema 10 is found by the same strategy now
+        again = await store.writer(StreamName.ENTITY_DIRECTORY).put(
+            "e", Thing(value=1), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID
+        )
+        assert again.internal_id is None and again.existing_ids == (entry.internal_id,)
 
 
 def test_sqlite_is_not_migrated_by_hand(tmp_path: Path) -> None:
@@ -199,6 +256,83 @@ async def test_only_a_handler_keeps_handling_and_it_cannot_touch_records(databas
             db.rollback()
 
 
+async def test_a_record_holds_its_notification_id_in_a_column_and_a_long_payload_packed(database: str) -> None:
+    """As the rows hold them: the notification-id tag in the record's column (no tag row), a long payload packed
+    unless SQL reads it as JSON (a view); a tag row of that name is refused, whoever writes it."""
+    nid = Tag(name="notification-id", value="n-1")
+    long = Thing(value=10**300)  # 300 digits
+    tags = [nid, Tag(name="entity-id", value="e")]
+    async with open_store(as_role(database, "notify_producer")) as store:  # notify_put_batch, then notify_put_all
+        await store.writer(StreamName.NOTIFICATION_EVENT).put("n-1", long, tags=tags)
+        await store.writer(StreamName.NOTIFICATION_VIEW).put("n-1", long, tags=tags, strategy=S.PRUNE_IF_FOUND_BY_ID)
+        with pytest.raises(ValueError, match="one notification-id tag at most"):
+            await store.writer(StreamName.EMAIL_EVENT).put("n-1.2", Thing(value=2), tags=[nid, nid])
+    async with open_store(database) as store:  # notify_write
+        await store.steps().write([store.writer(StreamName.EMAIL_EVENT).record("n-1.1", Thing(value=1), tags=[nid])])
+    with psycopg.connect(database) as db:
+        rows = db.execute(
+            "SELECT stream, notification_id, payload IS NULL, packed IS NULL,"
+            " (SELECT array_agg(t.name) FROM notify_record_tags t WHERE t.internal_id = r.internal_id)"
+            " FROM notify_records r ORDER BY internal_id"
+        ).fetchall()
+        assert rows == [
+            ("notification-event", "n-1", True, False, ["entity-id"]),
+            ("notification-view", "n-1", False, True, ["entity-id"]),
+            ("email-event", "n-1", False, True, None),
+        ]
+    with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+        with pytest.raises(errors.CheckViolation, match="notify_record_tags_not_held"):
+            db.execute(
+                "SELECT * FROM notify_put('email-event', '2', 'T', '{}', '[[\"notification-id\", \"n\"]]', 'None', 1)"
+            )
+        with pytest.raises(errors.CheckViolation, match="notify_records_read_by_sql_unpacked"):
+            db.execute("SELECT * FROM notify_put('notification-view', '2', 'T', NULL, '[]', 'None', 1, 'n', '\\x01')")
+    async with open_store(database) as store:
+        records = await store.read_tagged([StreamName.NOTIFICATION_EVENT, StreamName.NOTIFICATION_VIEW], [nid])
+        assert [(r.object(Thing), r.tags) for r in records] == [(long, (tags[1], tags[0]))] * 2
+
+
+def test_puts_of_the_same_ids_in_any_order_take_their_turns_in_one_order(database: str) -> None:
+    """notify_put_all locks every id it puts with a strategy before it puts any, in the order of their keys: a call
+    that puts ids in another order then never holds one that the other call waits for while waiting for another."""
+    with psycopg.connect(database, autocommit=True) as owner:
+        keys: dict[str, int] = dict(
+            owner.execute("SELECT i, notify_id_key('email-event', i) FROM unnest(ARRAY['1', '2']) i").fetchall()
+        )
+        ids = sorted(keys, key=keys.__getitem__, reverse=True)  # the record with the larger key first
+        with psycopg.connect(database) as holder, psycopg.connect(as_role(database, "notify_producer")) as putter:
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (keys[ids[0]],))
+            pid = putter.info.backend_pid
+            put = threading.Thread(
+                target=putter.execute,
+                args=(
+                    "SELECT notify_put_all(ARRAY['email-event', 'email-event'], %s, ARRAY['T', 'T'],"
+                    " ARRAY['{}', '{}'], ARRAY['[]', '[]']::jsonb[],"
+                    " ARRAY['DoNotWriteIfFoundById', 'DoNotWriteIfFoundByIdAndType'], ARRAY[1, 1],"
+                    " ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::bytea[])",
+                    (ids,),
+                ),
+            )
+            put.start()
+            locks: list[tuple[bool, int]] = []
+            for _ in range(100):
+                locks = owner.execute(
+                    "SELECT granted, (classid::bigint << 32) | objid::bigint FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND pid = %s ORDER BY granted",
+                    (pid,),
+                ).fetchall()
+                if locks and not locks[0][0]:  # waiting
+                    break
+                time.sleep(0.05)
+            holder.commit()
+            put.join(10)
+            putter.commit()
+    # it waits for the first record's id, holding the second's, whose key comes first
+    assert locks == [(False, keys[ids[0]]), (True, keys[ids[1]])]
+    with psycopg.connect(database) as db:
+        assert db.execute("SELECT record_id FROM notify_records ORDER BY internal_id").fetchall() == [(i,) for i in ids]
+
+
 async def test_the_functions_do_no_more_than_their_names_say(database: str) -> None:
     async with open_store(database) as admin:
         kept = await admin.writer(StreamName.CLIENT_OPERATION).put("42", Thing(value=42))
@@ -215,7 +349,7 @@ async def test_the_functions_do_no_more_than_their_names_say(database: str) -> N
         with pytest.raises(psycopg.Error, match="unknown existing-record strategy"):
             db.execute("SELECT * FROM notify_put('client-operation', '42', 'T', '{}', '[]', 'Prune', 0)")
         with pytest.raises(errors.InsufficientPrivilege):  # no temporary table can stand in for one of ours
-            db.execute("CREATE TEMPORARY TABLE notify_record_ids (stream text, record_id text)")
+            db.execute("CREATE TEMPORARY TABLE notify_records (stream text, record_id text)")
     with psycopg.connect(as_role(database, "notify_handler"), autocommit=True) as db:
         refusals = (
             ("Completed", kept.internal_id, "NT001"),
@@ -650,7 +784,7 @@ async def test_a_client_requests_notifications_and_can_do_nothing_else(database:
         assert db.execute("SELECT notify_request('ops', 'S', 'B')").fetchone() is not None
         for statement in (
             "SELECT * FROM notify_put('entity-directory', 'user-1', 'DirectoryEntry', '{}', '[]', 'None', 1)",
-            "SELECT * FROM notify_append('email-event', '1', 'T', '{}', '[]', 'None', 1)",
+            "SELECT * FROM notify_append('email-event', '1', 'T', '{}', '[]', 'None', 1, NULL, NULL)",
             "SELECT notify_next_unique_id('client-operation')",
             "SELECT * FROM notify_transition('client-operation', 1, 'c', 'Running', '')",
             "SELECT * FROM notify_begin('client-operation', 1, 'c', '')",
