@@ -29,8 +29,8 @@ ENTITY = DirectoryEntry.model_validate(
 """Nobody the benches send to: the dictionary knows the payloads' shapes, not their values."""
 SUBJECT = "Your weekly digest is ready"
 BODY = "Three new comments on the quarterly report; the export you asked for can be downloaded from the dashboard."
-DICTIONARY_BYTES = 32_768
-"""What deflate's window holds: a longer dictionary's start would go unused."""
+DICTIONARY_BYTES = 16_384
+"""What the packer's window holds (`streams.packing`): a longer dictionary's start would go unused."""
 
 
 async def dictionary() -> bytes:

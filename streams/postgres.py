@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from commands import command
 from domain import Tag
-from streams.packing import pack, unpack
+from streams.packing import pack, packable, unpack
 from streams.store import (
     ALLOWED_TRANSITIONS,
     REQUESTED,
@@ -176,6 +176,9 @@ GROUP BY minute, c.key, outcome
 """
 """`StreamStore.view_counts`: the views by their partial index by time, each payload read as JSON once, but those
 known not to parse (`unreadable`, internal ids)."""
+PAYLOAD = "payload, packed"
+"""The columns a record's payload is in: one of them, text as written or packed (`streams.packing`)."""
+
 VIEW_PAYLOADS = f"""
 SELECT internal_id, payload FROM notify_records
 WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc >= %(since)s
@@ -486,17 +489,18 @@ class PostgresStreamStore(StreamStore):
             unhandled_for=unhandled_for,
             newest_first=newest_first,
             limit=limit,
+            payload=PAYLOAD,
         )
         return await self._records(query, args)
 
     async def read_tagged(self, streams: Sequence[str], tags: Sequence[Tag]) -> list[Record]:
         return await self._records(
-            *select_tagged("notify_records", "notify_record_tags", "%s", TAG_ARRAY, streams, tags)
+            *select_tagged("notify_records", "notify_record_tags", "%s", TAG_ARRAY, streams, tags, payload=PAYLOAD)
         )
 
     async def _records(self, query: str, args: list[object]) -> list[Record]:
         async with _using(self._consumer) as db:
-            rows = await (await db.execute(_reading_packed(query), args)).fetchall()
+            rows = await (await db.execute(query, args)).fetchall()
         return [
             Record(r[0], r[1], r[2], r[3], unpack(r[5] if r[4] is None else r[4]), tags_with(r[6], r[8]), r[7])
             for r in rows
@@ -577,22 +581,10 @@ class _Row:
     @classmethod
     def of(cls, stream: str, new: NewRecord) -> _Row:
         notification_id, tags = held(new.tags)
-        stored = pack(stream, new.payload)
+        stored = pack(new.payload) if packable(stream, new.type) else new.payload
         if isinstance(stored, bytes):
             return cls(notification_id, tags, None, stored)
         return cls(notification_id, tags, stored, None)
-
-
-_SELECTED = "SELECT internal_id, stream, record_id, type, payload,"
-"""How the shared builders' queries of records begin (`streams.store.select_records`)."""
-
-
-def _reading_packed(query: str) -> str:
-    """A shared builder's query of records, reading `packed` after `payload` (where SQLite's one column holds either):
-    a record's columns are then internal id, stream, record id, type, payload, packed, tags, time, notification id."""
-    if not query.startswith(_SELECTED):
-        raise AssertionError(f"a query of records that does not begin as {_SELECTED!r}: {query[:80]!r}")
-    return f"{_SELECTED} packed,{query[len(_SELECTED) :]}"
 
 
 def _put_result(result: list[Any]) -> PutResult:

@@ -215,11 +215,11 @@ def _bounded(internal_id: int | None) -> int | None:
     return None if internal_id is None else min(max(internal_id, BIGINT[0]), BIGINT[1])
 
 
-def _records_where(records: str, record_tags: str, tag_array: str) -> str:
-    """A query of records, each with its tags as one JSON array (`tag_array` aggregates them) and the value of its
-    `HELD_TAG`, up to its WHERE."""
+def _records_where(records: str, record_tags: str, tag_array: str, payload: str) -> str:
+    """A query of records, each with its `payload` columns, its tags as one JSON array (`tag_array` aggregates them)
+    and the value of its `HELD_TAG`, up to its WHERE."""
     return (
-        f"SELECT internal_id, stream, record_id, type, payload,"
+        f"SELECT internal_id, stream, record_id, type, {payload},"
         f" (SELECT {tag_array} FROM {record_tags} t WHERE t.internal_id = r.internal_id), timestamp_utc,"
         f" notification_id FROM {records} r WHERE "
     )
@@ -268,16 +268,18 @@ def select_records(
     newest_first: bool,
     limit: int | None,
     named: Named = _as_is,
+    payload: str = "payload",
 ) -> tuple[str, list[object]]:
     """The query (with `mark` as its placeholder) and arguments with which an SQL backend reads records: those of
     `stream` that match every filter given, by internal id. A record's tags are its rows in `record_tags`, read as
     one JSON array of [name, value] pairs by the backend's `tag_array` aggregate, and its `HELD_TAG`; `named` is how
-    the backend stores a stream's, a type's, a tag's or a concern's name."""
+    the backend stores a stream's, a type's, a tag's or a concern's name, `payload` the columns a payload is kept
+    in."""
     # Given tags and no record id, the tag index finds the records: `coalesce(stream, stream)` keeps a planner
     # without statistics (SQLite's, until it has analysed the file) from reading the whole stream to check each one
     # instead (a function of the column is looked up by no index).
     by_stream = "coalesce(stream, stream)" if tags and record_id is None else "stream"
-    query = _records_where(records, record_tags, tag_array)
+    query = _records_where(records, record_tags, tag_array, payload)
     texts = [stream, record_id, type, unhandled_for, *(v for t in tags for v in (t.name, t.value))]
     if not all(_holdable(v) for v in texts):
         return query + "1 = 0", []  # what no record holds matches nothing, and is never sent to the database
@@ -316,13 +318,14 @@ def select_tagged(
     streams: Sequence[str],
     tags: Sequence[Tag],
     named: Named = _as_is,
+    payload: str = "payload",
 ) -> tuple[str, list[object]]:
     """The query and arguments with which an SQL backend reads the records of any of `streams` that have all of
     `tags`, by internal id, in one statement: the tag index (or the `HELD_TAG`'s) is looked up in each stream, and
     each record found read once (as `select_records` reads them)."""
     if not tags:
         raise ValueError("records are read across streams by their tags: give at least one")
-    query = _records_where(records, record_tags, tag_array)
+    query = _records_where(records, record_tags, tag_array, payload)
     texts = [*streams, *(v for t in tags for v in (t.name, t.value))]
     if not streams or not all(_holdable(v) for v in texts):
         return query + "1 = 0", []

@@ -3,7 +3,7 @@
 --     (indexed) instead of a row of notify_record_tags (a row and its index entries, for each record);
 --   * a long payload is stored packed (`packed`, deflated against a dictionary of the service's payloads; the client
 --     unpacks it), and `payload` holds only the text of one that is not: exactly one of them is set. Payloads that
---     SQL reads as JSON (views, by view_counts; requests, by notify_accept) are never packed;
+--     SQL reads as JSON (views, by view_counts; idempotency keys' claims, by notify_request) are never packed;
 --   * notify_record_ids goes: writers of one id take turns on an advisory lock of its key instead (notify_id_key),
 --     which costs no row.
 -- The functions that write records take the held value and the packed payload as parameters of their own.
@@ -18,7 +18,7 @@ ALTER TABLE notify_records
     ALTER COLUMN payload DROP NOT NULL,
     ADD CONSTRAINT notify_records_payload_or_packed CHECK ((payload IS NULL) <> (packed IS NULL)),
     ADD CONSTRAINT notify_records_read_by_sql_unpacked
-        CHECK (packed IS NULL OR stream NOT IN ('notification-view', 'client-operation'));
+        CHECK (packed IS NULL OR (stream <> 'notification-view' AND type <> 'IdempotencyKeyClaim'));
 
 WITH held AS (
     DELETE FROM notify_record_tags t
