@@ -54,13 +54,15 @@ def streams_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def corrupt(streams_url: str, internal_id: int, payload: str) -> None:
-    """Overwrite a record's payload, as the owner of the store could (or an old version's bug)."""
+    """Overwrite a record's payload with text, as the owner of the store could (or an old version's bug)."""
     if streams_url.startswith("sqlite"):
         with sqlite3.connect(streams_url.removeprefix("sqlite:///")) as db:
             db.execute("UPDATE records SET payload = ? WHERE internal_id = ?", (payload, internal_id))
     else:
         with psycopg.connect(streams_url, autocommit=True) as db:
-            db.execute("UPDATE notify_records SET payload = %s WHERE internal_id = %s", (payload, internal_id))
+            db.execute(
+                "UPDATE notify_records SET payload = %s, packed = NULL WHERE internal_id = %s", (payload, internal_id)
+            )
 
 
 async def put_view(store: StreamStore, notification_id: str, entity_id: str = "user-1") -> int:
