@@ -6,6 +6,7 @@ import json
 import smtplib
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 from harness.processes import ROOT, unconfigured_environment
@@ -110,3 +111,18 @@ def test_the_mail_sink_tells_a_message_whose_client_read_the_answer_from_one_who
             client.sendmail("a@notify.test", [f"b{n}@example.com"], f"Subject: {n}\n\nbody\n")
             client.quit() if quits else client.close()
         assert len(sink.messages) == 2 and sink.acknowledged == {0}
+
+
+def test_the_dictionary_is_made_from_a_real_notification_and_packs_one(tmp_path: Path) -> None:
+    """`bench.dictionary` makes a dictionary of a real saga's payloads, none of a bench's values, that packs another
+    notification's payloads to a fraction; it never overwrites one."""
+    target = tmp_path / "payloads-9.zdict"
+    run = bench("bench.dictionary", str(target))
+    assert run.returncode == 0, run.stdout + run.stderr
+    made = target.read_bytes()
+    assert 2_000 < len(made) <= 16_384 and b'"channel_outcomes"' in made and b"bench-" not in made
+    payload = json.dumps({"notification_id": "x-1", "attempt": {"channel_outcomes": [{"channel": "email"}] * 3}})
+    packer = zlib.compressobj(zdict=made)
+    assert len(packer.compress(payload.encode()) + packer.flush()) < len(payload) / 3
+    again = bench("bench.dictionary", str(target))
+    assert again.returncode == 2 and "exists" in again.stderr and target.read_bytes() == made
