@@ -32,8 +32,16 @@ from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StoreUnavailable, StoreUnusable, StreamName, open_store
 from streams.directory import import_entries, lookup
-from streams.postgres import MIGRATIONS, SCHEMA_VERSION, _classified, migrate
-from streams.store import ALLOWED_TRANSITIONS
+from streams.postgres import (
+    COPIED_FROM,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    AccessUrls,
+    PostgresStreamStore,
+    _classified,
+    migrate,
+)
+from streams.store import ALLOWED_TRANSITIONS, NewRecord
 from tests.databases import Databases, role_urls, url_of
 from tests.service import Api
 
@@ -114,7 +122,8 @@ async def test_migration_11_holds_the_notification_id_in_its_column_and_reads_ba
     postgres: Databases,
 ) -> None:
     """Records written at schema 10 read back as they were written: the notification-id tag moved from its row to
-    the record's column (of a record with two, the lowest; the other stays a row), payloads still text."""
+    the record's column (of a record with two, the lowest; the other stays a row), payloads still text; and so does
+    their handling, details still text."""
     url = postgres.empty()
     long = json.dumps({"body": "x" * 300})
     with psycopg.connect(url, autocommit=True) as db:
@@ -133,6 +142,11 @@ async def test_migration_11_holds_the_notification_id_in_its_column_and_reads_ba
                 "SELECT * FROM notify_put(%s, %s, 'T', %s, %s, %s, 1)",
                 (stream, record_id, payload, json.dumps(tags), strategy),
             )
+        db.execute(
+            "INSERT INTO notify_handling_transitions VALUES ('Running', 'AvailableByDefault'), ('Failed', 'Running')"
+        )
+        for status, details in (("Running", "went"), ("Failed", long)):
+            db.execute("SELECT * FROM notify_transition('notification-event', 1, 'c', %s, %s)", (status, details))
     assert await migrate(url) == [MIGRATIONS[11].name]
     with psycopg.connect(url) as db:
         assert db.execute(
@@ -163,6 +177,22 @@ async def test_migration_11_holds_the_notification_id_in_its_column_and_reads_ba
             "e", Thing(value=1), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID
         )
         assert again.internal_id is None and again.existing_ids == (entry.internal_id,)
+        # handling written at schema 10 reads back, and goes on: a record's entries in order, long details packed
+        handling = store.handling(StreamName.NOTIFICATION_EVENT)
+        await handling.begin(event.internal_id, "c", long)
+        assert [(e.status, e.details) for e in await handling.history(event.internal_id)] == [
+            ("Running", "went"),
+            ("Failed", long),
+            ("AvailableAfterFailure", "retrying"),
+            ("Running", long),
+        ]
+    with psycopg.connect(url) as db:
+        assert db.execute("SELECT details IS NULL FROM notify_handling ORDER BY entry_id").fetchall() == [
+            (False,),
+            (False,),
+            (False,),
+            (True,),
+        ]
 
 
 def test_sqlite_is_not_migrated_by_hand(tmp_path: Path) -> None:
@@ -292,6 +322,102 @@ async def test_a_record_holds_its_notification_id_in_a_column_and_a_long_payload
         assert [(r.object(Thing), r.tags) for r in records] == [(long, (tags[1], tags[0]))] * 2
 
 
+ROWS = (
+    "SELECT stream, record_id, type, payload, packed, notification_id,"
+    " (SELECT array_agg(ARRAY[t.stream, t.name, t.value] ORDER BY t.name, t.value) FROM notify_record_tags t"
+    " WHERE t.internal_id = r.internal_id) FROM notify_records r WHERE internal_id = ANY(%s) ORDER BY internal_id"
+)
+
+
+def batch(first: int, count: int) -> list[NewRecord]:
+    """Records that append, some long (packed), some with no id, tags or notification id."""
+    return [
+        NewRecord(
+            None if n % 3 == 0 else str(n),
+            "T" if n % 2 else "U",
+            json.dumps({"value": n, "body": "x" * (n % 4) * 100}),
+            [Tag(name="notification-id", value=f"n-{n // 10}")] * (n % 5 != 0)
+            + [Tag(name="entity-id", value=f"e-{n}"), Tag(name="k", value="v")][: n % 3],
+        )
+        for n in range(first, first + count)
+    ]
+
+
+async def test_a_large_batch_is_copied_and_written_as_a_small_one_is(database: str) -> None:
+    """A batch of `COPIED_FROM` records or more is copied into the producer's own temporary tables and handed to
+    notify_put_batch: the rows are those the same records put in small batches make, in the batch's order; what
+    notify_put_batch refuses, the copy refuses, writing nothing, and the next batch is written alone."""
+    records = batch(1, COPIED_FROM + 6)
+    async with open_store(as_role(database, "notify_producer")) as store:
+        writer = store.writer(StreamName.NOTIFICATION_EVENT)
+        small = [r for n in range(0, len(records), 7) for r in await store.put(writer.name, records[n : n + 7])]
+        copied = await store.put(writer.name, records)
+        for stream in (StreamName.ENTITY_DIRECTORY, StreamName.API_KEY):
+            with pytest.raises(StoreUnusable, match="may not write to the stream"):
+                await store.put(stream, records)
+        again = await store.put(writer.name, batch(1000, COPIED_FROM))
+    ids = [[r.internal_id for r in results] for results in (small, copied, again)]
+    assert ids[1] == sorted(ids[1]) and ids[1][0] > ids[0][-1]
+    with psycopg.connect(database) as db:
+        rows = [db.execute(ROWS, (i,)).fetchall() for i in ids]
+        assert db.execute("SELECT count(*) FROM notify_records").fetchone() == (2 * len(records) + COPIED_FROM,)
+    assert rows[0] == rows[1] and len(rows[1]) == len(records)
+    assert {row[4] is None for row in rows[1]} == {True, False}  # some packed
+    assert [row[1] for row in rows[2]] == [r.record_id for r in batch(1000, COPIED_FROM)]
+    async with open_store(database) as store:
+        read = await store.read_tagged([StreamName.NOTIFICATION_EVENT], [Tag(name="k", value="v")])
+        tagged = [i for i, new in zip(ids[1], records, strict=True) if Tag(name="k", value="v") in new.tags]
+        assert [r.internal_id for r in read if r.internal_id in ids[1]] == tagged
+        assert [(r.payload, r.tags) for r in read if r.internal_id in ids[1]] == [
+            (new.payload, tuple(sorted(new.tags, key=lambda t: (t.name, t.value))))
+            for new in records
+            if Tag(name="k", value="v") in new.tags
+        ]
+
+
+async def test_long_details_are_packed_and_read_back(database: str) -> None:
+    """A handling entry's details from Python are packed when long, by every function that writes them; what SQL
+    writes itself ('retrying'), and short details, stay text."""
+    long = "x" * 200 + " the outcome"
+    async with open_store(database) as owner:
+        put = await owner.writer(StreamName.EMAIL_OPERATION).put("1", Thing(value=1))
+        other = await owner.writer(StreamName.EMAIL_OPERATION).put("2", Thing(value=2))
+    assert put.internal_id is not None and other.internal_id is not None
+    async with open_store(as_role(database, "notify_handler")) as store:
+        handling = store.handling(StreamName.EMAIL_OPERATION)
+        assert await handling.begin(put.internal_id, "c", long) is None  # notify_begin
+        failed = await handling.transition(put.internal_id, "c", HandlingStatus.FAILED, long)  # notify_transition
+        assert failed.details == long
+        await handling.begin(put.internal_id, "c", "short")  # 'retrying', then Running
+    urls = AccessUrls(*(as_role(database, f"notify_{role}") for role in ("producer", "consumer", "handler")))
+    async with PostgresStreamStore(urls) as store:  # notify_move_all, on the handler's connection
+        handling = store.handling(StreamName.EMAIL_OPERATION)
+        await store.steps().write([], after=[handling.move(put.internal_id, "c", HandlingStatus.COMPLETED, long)])
+        completed = await handling.begin(put.internal_id, "c")
+        assert completed is not None and completed.details == long
+    async with open_store(database) as owner:  # notify_write, one role
+        handling = owner.handling(StreamName.EMAIL_OPERATION)
+        await owner.steps().write([], before=[handling.beginning(other.internal_id, "c", long)])
+        history = await handling.history(put.internal_id, "c")
+        assert [(e.status, e.details) for e in history] == [
+            ("Running", long),
+            ("Failed", long),
+            ("AvailableAfterFailure", "retrying"),
+            ("Running", "short"),
+            ("Completed", long),
+        ]
+        assert [e.details for e in await handling.history(other.internal_id)] == [long]
+    with psycopg.connect(database) as db:
+        assert db.execute(
+            "SELECT details, details_packed IS NOT NULL FROM notify_handling ORDER BY entry_id"
+        ).fetchall() == [(None, True), (None, True), ("retrying", False), ("short", False), (None, True), (None, True)]
+        with pytest.raises(errors.CheckViolation, match="notify_handling_details_or_packed"):
+            db.execute(
+                "SELECT * FROM notify_transition('email-operation', %s, 'd', 'Running', 'a', '\\x01')",
+                (put.internal_id,),
+            )
+
+
 def test_puts_of_the_same_ids_in_any_order_take_their_turns_in_one_order(database: str) -> None:
     """notify_put_all locks every id it puts with a strategy before it puts any, in the order of their keys: a call
     that puts ids in another order then never holds one that the other call waits for while waiting for another."""
@@ -348,8 +474,10 @@ async def test_the_functions_do_no_more_than_their_names_say(database: str) -> N
     with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
         with pytest.raises(psycopg.Error, match="unknown existing-record strategy"):
             db.execute("SELECT * FROM notify_put('client-operation', '42', 'T', '{}', '[]', 'Prune', 0)")
-        with pytest.raises(errors.InsufficientPrivilege):  # no temporary table can stand in for one of ours
-            db.execute("CREATE TEMPORARY TABLE notify_records (stream text, record_id text)")
+        # a producer makes temporary tables (it copies its batches into them), and none stands in for one of ours
+        db.execute("CREATE TEMPORARY TABLE notify_records (stream text, record_id text)")
+        db.execute("SELECT * FROM notify_put('client-operation', '43', 'T', '{}', '[]', 'None', 1)")
+        assert db.execute("SELECT count(*) FROM notify_records").fetchone() == (0,)
     with psycopg.connect(as_role(database, "notify_handler"), autocommit=True) as db:
         refusals = (
             ("Completed", kept.internal_id, "NT001"),
@@ -364,6 +492,7 @@ async def test_the_functions_do_no_more_than_their_names_say(database: str) -> N
         assert [r.internal_id for r in await admin.reader(StreamName.CLIENT_OPERATION).by_id("42")] == [
             kept.internal_id
         ]
+        assert len(await admin.reader(StreamName.CLIENT_OPERATION).by_id("43")) == 1
         assert await admin.handling(StreamName.CLIENT_OPERATION).history(kept.internal_id) == []
 
 

@@ -8,8 +8,8 @@
 --     which costs no row.
 --   * a handling entry's long details are packed as a payload is (`details_packed`, beside a nullable `details`);
 --     what SQL writes itself ('retrying', ...) stays text;
---   * handling is kept in the order of its records' internal ids (its primary key, see below), which fills its index
---     pages instead of leaving them half empty.
+--   * handling is indexed in the order of its records' internal ids (see below), which fills its index pages
+--     instead of leaving them half empty.
 -- The functions that write records take the held value and the packed payload as parameters of their own; those that
 -- write handling entries, the packed details.
 --
@@ -54,17 +54,18 @@ DROP FUNCTION notify_transition(text, bigint, text, text, text);
 
 -- Handling was indexed by (stream, internal_record_id, concern, entry_id), and its entries are appended at the end of
 -- each stream's range of that index: a page split there leaves both halves half full, for good. Internal ids come
--- from one sequence across the streams, so an index that starts with the record's id is appended at its right end,
--- where pages split full; a record's id says its stream too (the queries still name it, checked on the row). It is
--- the primary key (a replica's identity, for logical replication of prune's deletes); entry_id stays unique by its
--- sequence, and its own index goes.
+-- from one sequence across the streams, so an index that starts with the record's id is appended near its right
+-- end, where pages split full; a record's id says its stream too (the queries still name it, checked on the row).
+-- Without entry_id, a record's entries under one concern (Running, then Completed, ...) are one key, which the index
+-- keeps once with the rows' pointers (deduplication); the latest is told by entry_id among those few rows. entry_id
+-- stays unique by its sequence, and its own index, the primary key, goes.
 ALTER TABLE notify_handling
     DROP CONSTRAINT notify_handling_pkey,
-    ADD PRIMARY KEY (internal_record_id, concern, entry_id),
     ALTER COLUMN details DROP NOT NULL,
     ADD COLUMN details_packed bytea,
     ADD CONSTRAINT notify_handling_details_or_packed CHECK ((details IS NULL) <> (details_packed IS NULL));
 DROP INDEX notify_handling_by_record;
+CREATE INDEX notify_handling_by_record ON notify_handling (internal_record_id, concern);
 
 -- As in migration 0007, with the details packed or not (one of the two).
 CREATE FUNCTION notify_transition(
