@@ -24,9 +24,6 @@ $$;
 
 GRANT CONNECT ON DATABASE {database} TO notify_client, notify_producer, notify_consumer, notify_handler;
 REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC;
--- (the producer copies a large batch into temporary tables of its own, which its own statement hands to
--- notify_put_batch: no function reads them, and the functions' search path puts them last)
-GRANT TEMPORARY ON DATABASE {database} TO notify_producer;
 GRANT USAGE ON SCHEMA {schema} TO notify_client, notify_producer, notify_consumer, notify_handler;
 ALTER ROLE notify_client IN DATABASE {database} SET search_path = {schema};
 ALTER ROLE notify_producer IN DATABASE {database} SET search_path = {schema};

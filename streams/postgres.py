@@ -12,7 +12,6 @@ import asyncio
 import json
 import math
 import struct
-import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -240,31 +239,6 @@ _dumped_in_binary(_Integers, _INTEGER, _INT4.pack)
 _dumped_in_binary(_Bigints, _BIGINT, _INT8.pack)
 _dumped_in_binary(_Blobs, _BYTEA, bytes)
 
-COPIED_FROM = 64
-"""Records from which an appending batch is copied (`PostgresStreamStore._copy_all`): below it, the statements
-around the copies cost more than they spare."""
-BATCH_TABLES = """
-CREATE TEMPORARY TABLE IF NOT EXISTS notify_batch (
-    n integer, record_id text, type text, payload text, packed bytea, notification_id text
-) ON COMMIT DELETE ROWS;
-CREATE TEMPORARY TABLE IF NOT EXISTS notify_batch_tags (k integer, name text, value text) ON COMMIT DELETE ROWS;
-"""
-"""A producer's session's own tables for the batches it copies: the records, each by its place `n` in the batch,
-and their tags, each naming its record by that place (`notify_put_batch`'s arrays, as rows); emptied as each
-batch's transaction ends."""
-COPIED_PUT = """
-SELECT notify_put_batch(%s, b.record_ids, b.types, b.payloads, t.places, t.names, t.values, b.held, b.packed)
-FROM (
-    SELECT array_agg(record_id) AS record_ids, array_agg(type) AS types, array_agg(payload) AS payloads,
-        array_agg(notification_id) AS held, array_agg(packed) AS packed
-    FROM (SELECT * FROM pg_temp.notify_batch ORDER BY n) r
-) b, (
-    SELECT array_agg(k) AS places, array_agg(name) AS names, array_agg(value) AS values FROM pg_temp.notify_batch_tags
-) t
-"""
-"""The copied batch as `notify_put_batch`'s arrays: the records in the order of their places (the aggregates of a
-sorted subquery, and nothing else, take its order), the tags in any one order."""
-
 TAG_ARRAY = "coalesce(jsonb_agg(jsonb_build_array(name, value)), '[]')"
 """A record's tags, as one JSON array of [name, value] pairs."""
 
@@ -291,8 +265,6 @@ class PostgresStreamStore(StreamStore):
         self._listening: asyncio.Task[None] | None = None
         self._listener_made = asyncio.Lock()
         self._requested: dict[str, asyncio.Event] = {}
-        self._batch_tables: weakref.WeakSet[psycopg.AsyncConnection] = weakref.WeakSet()
-        """The producer's connections that have made their `BATCH_TABLES`."""
 
     async def open(self) -> None:
         try:
@@ -409,10 +381,7 @@ class PostgresStreamStore(StreamStore):
         if not records:
             return []
         if all(new.strategy == ExistingRecordStrategy.NONE and new.take_up is None for new in records):
-            rows = [_Row.of(stream, new) for new in records]
-            if len(rows) >= COPIED_FROM:
-                return await self._copy_all(stream, records, rows)
-            return await self._append_all(stream, records, rows)
+            return await self._append_all(stream, records)
         put_arrays = _put_arrays([Put(stream, record) for record in records])
         async with _using(self._producer) as db:
             return await _put_all(db, put_arrays)
@@ -446,9 +415,10 @@ class PostgresStreamStore(StreamStore):
                 moved += (await _move_all(db, later))[len(later) - len(after) :]
         return Written(results, moved)
 
-    async def _append_all(self, stream: str, records: Sequence[NewRecord], rows: list[_Row]) -> list[PutResult]:
+    async def _append_all(self, stream: str, records: Sequence[NewRecord]) -> list[PutResult]:
         """Records that all append, in one statement (`notify_put_batch`), their arrays sent in binary: no function
         call per record, nor text to parse."""
+        rows = [_Row.of(stream, new) for new in records]
         tagged = [(n, t) for n, row in enumerate(rows, 1) for t in row.tags]
         async with _using(self._producer) as db:
             cursor = await db.execute(
@@ -468,35 +438,6 @@ class PostgresStreamStore(StreamStore):
             row = await cursor.fetchone()
         assert row is not None
         return [PutResult(internal_id) for internal_id in row[0]]
-
-    async def _copy_all(self, stream: str, records: Sequence[NewRecord], rows: list[_Row]) -> list[PutResult]:
-        """Many records that all append: copied (COPY, in binary) into the session's own temporary tables, which
-        the producer's statement then hands to `notify_put_batch` as its arrays, in one transaction. The statement
-        runs as the producer, on tables it made: the function, which checks and writes, reads nothing but its
-        arguments (a temporary table of a caller's never stands in for one of ours, nor is read as its owner)."""
-        async with _using(self._producer) as db, db.transaction():
-            if db not in self._batch_tables:
-                await db.execute(BATCH_TABLES)
-            cursor = db.cursor()
-            async with cursor.copy(
-                "COPY pg_temp.notify_batch (n, record_id, type, payload, packed, notification_id)"
-                " FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["int4", "text", "text", "text", "bytea", "text"])
-                for n, (new, row) in enumerate(zip(records, rows, strict=True), 1):
-                    await copy.write_row((n, new.record_id, new.type, row.payload, row.packed, row.notification_id))
-            async with cursor.copy(
-                "COPY pg_temp.notify_batch_tags (k, name, value) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["int4", "text", "text"])
-                for n, row in enumerate(rows, 1):
-                    for tag in row.tags:
-                        await copy.write_row((n, tag.name, tag.value))
-            await cursor.execute(COPIED_PUT, (stream,))
-            result = await cursor.fetchone()
-        self._batch_tables.add(db)
-        assert result is not None
-        return [PutResult(internal_id) for internal_id in result[0]]
 
     async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
         """One statement as the owner (as the schema's functions run): the roles may neither read nor delete."""
