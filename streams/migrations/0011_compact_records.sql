@@ -5,17 +5,17 @@
 --     unpacks it), and `payload` holds only the text of one that is not: exactly one of them is set. Payloads that
 --     SQL reads as JSON (views, by view_counts; idempotency keys' claims, by notify_request) are never packed;
 --   * notify_record_ids goes: writers of one id take turns on an advisory lock of its key instead (notify_id_key),
---     which costs no row.
+--     which costs no row;
 --   * a handling entry's long details are packed as a payload is (`details_packed`, beside a nullable `details`);
 --     what SQL writes itself ('retrying', ...) stays text;
 --   * handling is indexed in the order of its records' internal ids (see below), which fills its index pages
---     instead of leaving them half empty.
+--     instead of leaving them half empty, and its rows are not padded.
 -- The functions that write records take the held value and the packed payload as parameters of their own; those that
 -- write handling entries, the packed details.
 --
 -- A record that had two notification-id tags (none the service writes) keeps the lowest value in the column and the
--- other as a row; any new tag row of that name is refused. Existing payloads stay text. The rows rewritten here leave
--- as much dead space in the table: VACUUM FULL (or pg_repack) gives it back.
+-- other as a row; any new tag row of that name is refused. Existing payloads and details stay text. The records'
+-- rows rewritten here leave as much dead space in the table: VACUUM FULL (or pg_repack) gives it back.
 
 ALTER TABLE notify_records
     ADD COLUMN notification_id text,
@@ -59,13 +59,30 @@ DROP FUNCTION notify_transition(text, bigint, text, text, text);
 -- Without entry_id, a record's entries under one concern (Running, then Completed, ...) are one key, which the index
 -- keeps once with the rows' pointers (deduplication); the latest is told by entry_id among those few rows. entry_id
 -- stays unique by its sequence, and its own index, the primary key, goes.
-ALTER TABLE notify_handling
-    DROP CONSTRAINT notify_handling_pkey,
-    ALTER COLUMN details DROP NOT NULL,
-    ADD COLUMN details_packed bytea,
-    ADD CONSTRAINT notify_handling_details_or_packed CHECK ((details IS NULL) <> (details_packed IS NULL));
-DROP INDEX notify_handling_by_record;
+-- The table is made again with its fixed-width columns first: a bigint or a time after a text was aligned to 8 bytes,
+-- with up to 7 bytes of padding before each (some 8 bytes an entry).
+CREATE TABLE notify_handling_compact (
+    entry_id bigint NOT NULL DEFAULT nextval('notify_handling_entry_id_seq'),
+    internal_record_id bigint NOT NULL,
+    timestamp_utc timestamptz NOT NULL DEFAULT now(),
+    stream text NOT NULL,
+    concern text NOT NULL,
+    status text NOT NULL CONSTRAINT notify_handling_status_check CHECK (status IN (
+        'Running', 'Completed', 'Failed', 'ArchivedAfterFailure', 'AvailableAfterCompletion', 'AvailableAfterFailure',
+        'AvailableAfterExternalCancellation', 'AvailableAfterSelfCancellation', 'DisabledForRecord'
+    )),
+    details text,
+    details_packed bytea,
+    CONSTRAINT notify_handling_details_or_packed CHECK ((details IS NULL) <> (details_packed IS NULL))
+);
+INSERT INTO notify_handling_compact (entry_id, internal_record_id, timestamp_utc, stream, concern, status, details)
+SELECT entry_id, internal_record_id, timestamp_utc, stream, concern, status, details FROM notify_handling
+ORDER BY internal_record_id, entry_id;
+ALTER SEQUENCE notify_handling_entry_id_seq OWNED BY notify_handling_compact.entry_id;
+DROP TABLE notify_handling;
+ALTER TABLE notify_handling_compact RENAME TO notify_handling;
 CREATE INDEX notify_handling_by_record ON notify_handling (internal_record_id, concern);
+CREATE INDEX notify_refusals ON notify_handling (stream, internal_record_id) WHERE status = 'DisabledForRecord';
 
 -- As in migration 0007, with the details packed or not (one of the two).
 CREATE FUNCTION notify_transition(
