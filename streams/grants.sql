@@ -39,15 +39,16 @@ GRANT EXECUTE ON FUNCTION notify_put_batch(text, text[], text[], text[], integer
 GRANT SELECT ON notify_records, notify_record_tags, notify_handling TO notify_consumer;
 
 GRANT SELECT ON notify_handling TO notify_handler;
-GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text) TO notify_handler;
-GRANT EXECUTE ON FUNCTION notify_begin(text, bigint, text, text) TO notify_handler;
+GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text, bytea) TO notify_handler;
+GRANT EXECUTE ON FUNCTION notify_begin(text, bigint, text, text, bytea) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_request(text, text, text, text, text, jsonb, timestamptz, text) TO notify_client, notify_producer;
 GRANT EXECUTE ON FUNCTION notify_next_turn(text, double precision) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_put_all(text[], text[], text[], text[], jsonb[], text[], integer[], text[], bytea[])
     TO notify_producer;
-GRANT EXECUTE ON FUNCTION notify_move_all(text[], bigint[], text[], text[], text[], boolean[]) TO notify_handler;
+GRANT EXECUTE ON FUNCTION notify_move_all(text[], bigint[], text[], text[], text[], bytea[], boolean[]) TO notify_handler;
 -- (for a role that holds both notify_producer and notify_handler: it runs as its caller, and so puts only what the
 -- caller may put and moves only what it may move)
-GRANT EXECUTE ON FUNCTION notify_write(text[], bigint[], text[], text[], text[], boolean[], text[], text[], text[],
-                                       text[], jsonb[], text[], integer[], text[], bytea[], text[], text[], bigint[],
-                                       text[], text[], text[], boolean[]) TO notify_producer, notify_handler;
+GRANT EXECUTE ON FUNCTION notify_write(text[], bigint[], text[], text[], text[], bytea[], boolean[], text[], text[],
+                                       text[], text[], jsonb[], text[], integer[], text[], bytea[], text[], text[],
+                                       bigint[], text[], text[], text[], bytea[], boolean[])
+    TO notify_producer, notify_handler;

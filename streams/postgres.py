@@ -507,48 +507,65 @@ class PostgresStreamStore(StreamStore):
         ]
 
     async def handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
-        query, args = select_handling("notify_handling", "%s", stream, internal_record_id, concern)
+        query, args = select_handling(
+            f"(SELECT {ENTRY} FROM notify_handling) h", "%s", stream, internal_record_id, concern
+        )
         async with _using(self._consumer) as db:
             rows = await (await db.execute(query, args)).fetchall()
-        return [HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6]) for r in rows]
+        return [_entry(r) for r in rows]
 
     async def begin(self, stream: str, internal_record_id: int, concern: str, details: str) -> HandlingEntry | None:
         async with _using(self._handler) as db:
             cursor = await db.execute(
-                "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc"
-                " FROM notify_begin(%s, %s, %s, %s)",
-                (stream, internal_record_id, concern, details),
+                f"SELECT {ENTRY} FROM notify_begin(%s, %s, %s, %s, %s)",
+                (stream, internal_record_id, concern, *_text_or_packed(details)),
             )
             r = await cursor.fetchone()
-        return None if r is None else HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6])
+        return None if r is None else _entry(r)
 
     async def transition(
         self, stream: str, internal_record_id: int, concern: str, status: HandlingStatus, details: str
     ) -> HandlingEntry:
         async with _using(self._handler) as db:
             cursor = await db.execute(
-                "SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc"
-                " FROM notify_transition(%s, %s, %s, %s, %s)",
-                (stream, internal_record_id, concern, status.value, details),
+                f"SELECT {ENTRY} FROM notify_transition(%s, %s, %s, %s, %s, %s)",
+                (stream, internal_record_id, concern, status.value, *_text_or_packed(details)),
             )
             r = await cursor.fetchone()
         assert r is not None
-        return HandlingEntry(r[0], r[1], r[2], r[3], HandlingStatus(r[4]), r[5], r[6])
+        return _entry(r)
 
 
-MOVE_ARRAYS = "%b, %b, %b, %b, %b, %b::boolean[]"
+ENTRY = (
+    "entry_id, stream, internal_record_id, concern, status,"
+    " coalesce(details_packed, '\\x00'::bytea || convert_to(details, 'UTF8')) AS details, timestamp_utc"
+)
+"""A handling entry's columns, as `select_handling` reads them: its details as bytes, packed as `pack` made them (a
+dictionary's number first, never 0) or the text after a 0 (which no text of PostgreSQL's holds)."""
+
+
+def _entry(row: Sequence[Any]) -> HandlingEntry:
+    """A handling entry from its `ENTRY` columns."""
+    details: bytes = row[5]
+    text = details[1:].decode() if details[0] == 0 else unpack(details)
+    return HandlingEntry(row[0], row[1], row[2], row[3], HandlingStatus(row[4]), text, row[6])
+
+
+MOVE_ARRAYS = "%b, %b, %b, %b, %b, %b, %b::boolean[]"
 """The moves' parameters of `notify_move_all` and `notify_write`: one array per field, sent in binary."""
 PUT_ARRAYS = "%b, %b, %b, %b, %b::jsonb[], %b, %b, %b, %b"
 """The puts' parameters of `notify_put_all` and `notify_write`: one array per field, sent in binary."""
 
 
 def _move_arrays(moves: Sequence[Move]) -> tuple[list[Any], ...]:
+    details = [_text_or_packed(m.details) for m in moves]
     return (
         _Texts(m.stream for m in moves),
         _Bigints(m.internal_record_id for m in moves),
         _Texts(m.concern for m in moves),
         _Texts(m.status.value for m in moves),
-        _Texts(m.details for m in moves),
+        _Texts(text for text, _ in details),
+        _Blobs(packed for _, packed in details),
         _Texts("t" if m.begin else "f" for m in moves),
     )
 
@@ -581,10 +598,16 @@ class _Row:
     @classmethod
     def of(cls, stream: str, new: NewRecord) -> _Row:
         notification_id, tags = held(new.tags)
-        stored = pack(new.payload) if packable(stream, new.type) else new.payload
-        if isinstance(stored, bytes):
-            return cls(notification_id, tags, None, stored)
-        return cls(notification_id, tags, stored, None)
+        if packable(stream, new.type):
+            return cls(notification_id, tags, *_text_or_packed(new.payload))
+        return cls(notification_id, tags, new.payload, None)
+
+
+def _text_or_packed(text: str) -> tuple[str | None, bytes | None]:
+    """`text` as a row holds it (a payload, a handling entry's details): in its text column, or packed
+    (`streams.packing.pack`) in its bytea column."""
+    stored = pack(text)
+    return (None, stored) if isinstance(stored, bytes) else (stored, None)
 
 
 def _put_result(result: list[Any]) -> PutResult:

@@ -32,7 +32,7 @@ from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StoreUnavailable, StoreUnusable, StreamName, open_store
 from streams.directory import import_entries, lookup
-from streams.postgres import MIGRATIONS, SCHEMA_VERSION, _classified, migrate
+from streams.postgres import MIGRATIONS, SCHEMA_VERSION, AccessUrls, PostgresStreamStore, _classified, migrate
 from streams.store import ALLOWED_TRANSITIONS
 from tests.databases import Databases, role_urls, url_of
 from tests.service import Api
@@ -114,7 +114,8 @@ async def test_migration_11_holds_the_notification_id_in_its_column_and_reads_ba
     postgres: Databases,
 ) -> None:
     """Records written at schema 10 read back as they were written: the notification-id tag moved from its row to
-    the record's column (of a record with two, the lowest; the other stays a row), payloads still text."""
+    the record's column (of a record with two, the lowest; the other stays a row), payloads still text; and so does
+    their handling, details still text."""
     url = postgres.empty()
     long = json.dumps({"body": "x" * 300})
     with psycopg.connect(url, autocommit=True) as db:
@@ -133,6 +134,11 @@ async def test_migration_11_holds_the_notification_id_in_its_column_and_reads_ba
                 "SELECT * FROM notify_put(%s, %s, 'T', %s, %s, %s, 1)",
                 (stream, record_id, payload, json.dumps(tags), strategy),
             )
+        db.execute(
+            "INSERT INTO notify_handling_transitions VALUES ('Running', 'AvailableByDefault'), ('Failed', 'Running')"
+        )
+        for status, details in (("Running", "went"), ("Failed", long)):
+            db.execute("SELECT * FROM notify_transition('notification-event', 1, 'c', %s, %s)", (status, details))
     assert await migrate(url) == [MIGRATIONS[11].name]
     with psycopg.connect(url) as db:
         assert db.execute(
@@ -163,6 +169,22 @@ async def test_migration_11_holds_the_notification_id_in_its_column_and_reads_ba
             "e", Thing(value=1), strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID
         )
         assert again.internal_id is None and again.existing_ids == (entry.internal_id,)
+        # handling written at schema 10 reads back, and goes on: a record's entries in order, long details packed
+        handling = store.handling(StreamName.NOTIFICATION_EVENT)
+        await handling.begin(event.internal_id, "c", long)
+        assert [(e.status, e.details) for e in await handling.history(event.internal_id)] == [
+            ("Running", "went"),
+            ("Failed", long),
+            ("AvailableAfterFailure", "retrying"),
+            ("Running", long),
+        ]
+    with psycopg.connect(url) as db:
+        assert db.execute("SELECT details IS NULL FROM notify_handling ORDER BY entry_id").fetchall() == [
+            (False,),
+            (False,),
+            (False,),
+            (True,),
+        ]
 
 
 def test_sqlite_is_not_migrated_by_hand(tmp_path: Path) -> None:
@@ -290,6 +312,49 @@ async def test_a_record_holds_its_notification_id_in_a_column_and_a_long_payload
     async with open_store(database) as store:
         records = await store.read_tagged([StreamName.NOTIFICATION_EVENT, StreamName.NOTIFICATION_VIEW], [nid])
         assert [(r.object(Thing), r.tags) for r in records] == [(long, (tags[1], tags[0]))] * 2
+
+
+async def test_long_details_are_packed_and_read_back(database: str) -> None:
+    """A handling entry's details from Python are packed when long, by every function that writes them; what SQL
+    writes itself ('retrying'), and short details, stay text."""
+    long = "x" * 200 + " the outcome"
+    async with open_store(database) as owner:
+        put = await owner.writer(StreamName.EMAIL_OPERATION).put("1", Thing(value=1))
+        other = await owner.writer(StreamName.EMAIL_OPERATION).put("2", Thing(value=2))
+    assert put.internal_id is not None and other.internal_id is not None
+    async with open_store(as_role(database, "notify_handler")) as store:
+        handling = store.handling(StreamName.EMAIL_OPERATION)
+        assert await handling.begin(put.internal_id, "c", long) is None  # notify_begin
+        failed = await handling.transition(put.internal_id, "c", HandlingStatus.FAILED, long)  # notify_transition
+        assert failed.details == long
+        await handling.begin(put.internal_id, "c", "short")  # 'retrying', then Running
+    urls = AccessUrls(*(as_role(database, f"notify_{role}") for role in ("producer", "consumer", "handler")))
+    async with PostgresStreamStore(urls) as store:  # notify_move_all, on the handler's connection
+        handling = store.handling(StreamName.EMAIL_OPERATION)
+        await store.steps().write([], after=[handling.move(put.internal_id, "c", HandlingStatus.COMPLETED, long)])
+        completed = await handling.begin(put.internal_id, "c")
+        assert completed is not None and completed.details == long
+    async with open_store(database) as owner:  # notify_write, one role
+        handling = owner.handling(StreamName.EMAIL_OPERATION)
+        await owner.steps().write([], before=[handling.beginning(other.internal_id, "c", long)])
+        history = await handling.history(put.internal_id, "c")
+        assert [(e.status, e.details) for e in history] == [
+            ("Running", long),
+            ("Failed", long),
+            ("AvailableAfterFailure", "retrying"),
+            ("Running", "short"),
+            ("Completed", long),
+        ]
+        assert [e.details for e in await handling.history(other.internal_id)] == [long]
+    with psycopg.connect(database) as db:
+        assert db.execute(
+            "SELECT details, details_packed IS NOT NULL FROM notify_handling ORDER BY entry_id"
+        ).fetchall() == [(None, True), (None, True), ("retrying", False), ("short", False), (None, True), (None, True)]
+        with pytest.raises(errors.CheckViolation, match="notify_handling_details_or_packed"):
+            db.execute(
+                "SELECT * FROM notify_transition('email-operation', %s, 'd', 'Running', 'a', '\\x01')",
+                (put.internal_id,),
+            )
 
 
 def test_puts_of_the_same_ids_in_any_order_take_their_turns_in_one_order(database: str) -> None:

@@ -5,12 +5,17 @@
 --     unpacks it), and `payload` holds only the text of one that is not: exactly one of them is set. Payloads that
 --     SQL reads as JSON (views, by view_counts; idempotency keys' claims, by notify_request) are never packed;
 --   * notify_record_ids goes: writers of one id take turns on an advisory lock of its key instead (notify_id_key),
---     which costs no row.
--- The functions that write records take the held value and the packed payload as parameters of their own.
+--     which costs no row;
+--   * a handling entry's long details are packed as a payload is (`details_packed`, beside a nullable `details`);
+--     what SQL writes itself ('retrying', ...) stays text;
+--   * handling is indexed in the order of its records' internal ids (see below), which fills its index pages
+--     instead of leaving them half empty, and its rows are not padded.
+-- The functions that write records take the held value and the packed payload as parameters of their own; those that
+-- write handling entries, the packed details.
 --
 -- A record that had two notification-id tags (none the service writes) keeps the lowest value in the column and the
--- other as a row; any new tag row of that name is refused. Existing payloads stay text. The rows rewritten here leave
--- as much dead space in the table: VACUUM FULL (or pg_repack) gives it back.
+-- other as a row; any new tag row of that name is refused. Existing payloads and details stay text. The records'
+-- rows rewritten here leave as much dead space in the table: VACUUM FULL (or pg_repack) gives it back.
 
 ALTER TABLE notify_records
     ADD COLUMN notification_id text,
@@ -43,6 +48,149 @@ DROP FUNCTION notify_put_all(text[], text[], text[], text[], jsonb[], text[], in
 DROP FUNCTION notify_write(text[], bigint[], text[], text[], text[], boolean[], text[], text[], text[], text[],
                            jsonb[], text[], integer[], text[], text[], bigint[], text[], text[], text[], boolean[]);
 DROP FUNCTION notify_put_batch(text, text[], text[], text[], integer[], text[], text[]);
+DROP FUNCTION notify_move_all(text[], bigint[], text[], text[], text[], boolean[]);
+DROP FUNCTION notify_begin(text, bigint, text, text);
+DROP FUNCTION notify_transition(text, bigint, text, text, text);
+
+-- Handling was indexed by (stream, internal_record_id, concern, entry_id), and its entries are appended at the end of
+-- each stream's range of that index: a page split there leaves both halves half full, for good. Internal ids come
+-- from one sequence across the streams, so an index that starts with the record's id is appended near its right
+-- end, where pages split full; a record's id says its stream too (the queries still name it, checked on the row).
+-- Without entry_id, a record's entries under one concern (Running, then Completed, ...) are one key, which the index
+-- keeps once with the rows' pointers (deduplication); the latest is told by entry_id among those few rows. entry_id
+-- stays unique by its sequence, and its own index, the primary key, goes.
+-- The table is made again with its fixed-width columns first: a bigint or a time after a text was aligned to 8 bytes,
+-- with up to 7 bytes of padding before each (some 8 bytes an entry).
+CREATE TABLE notify_handling_compact (
+    entry_id bigint NOT NULL DEFAULT nextval('notify_handling_entry_id_seq'),
+    internal_record_id bigint NOT NULL,
+    timestamp_utc timestamptz NOT NULL DEFAULT now(),
+    stream text NOT NULL,
+    concern text NOT NULL,
+    status text NOT NULL CONSTRAINT notify_handling_status_check CHECK (status IN (
+        'Running', 'Completed', 'Failed', 'ArchivedAfterFailure', 'AvailableAfterCompletion', 'AvailableAfterFailure',
+        'AvailableAfterExternalCancellation', 'AvailableAfterSelfCancellation', 'DisabledForRecord'
+    )),
+    details text,
+    details_packed bytea,
+    CONSTRAINT notify_handling_details_or_packed CHECK ((details IS NULL) <> (details_packed IS NULL))
+);
+INSERT INTO notify_handling_compact (entry_id, internal_record_id, timestamp_utc, stream, concern, status, details)
+SELECT entry_id, internal_record_id, timestamp_utc, stream, concern, status, details FROM notify_handling
+ORDER BY internal_record_id, entry_id;
+ALTER SEQUENCE notify_handling_entry_id_seq OWNED BY notify_handling_compact.entry_id;
+DROP TABLE notify_handling;
+ALTER TABLE notify_handling_compact RENAME TO notify_handling;
+CREATE INDEX notify_handling_by_record ON notify_handling (internal_record_id, concern);
+CREATE INDEX notify_refusals ON notify_handling (stream, internal_record_id) WHERE status = 'DisabledForRecord';
+
+-- As in migration 0007, with the details packed or not (one of the two).
+CREATE FUNCTION notify_transition(
+    p_stream text,
+    p_internal_record_id bigint,
+    p_concern text,
+    p_status text,
+    p_details text,
+    p_details_packed bytea DEFAULT NULL
+) RETURNS SETOF notify_handling
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    current_status text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM notify_records r WHERE r.internal_id = p_internal_record_id AND r.stream = p_stream) THEN
+        RAISE EXCEPTION 'no record % in %', p_internal_record_id, p_stream USING ERRCODE = 'NT003';
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_stream || '/' || p_internal_record_id || '/' || p_concern, 0));
+    SELECT h.status INTO current_status FROM notify_handling h
+    WHERE h.stream = p_stream AND h.internal_record_id = p_internal_record_id AND h.concern = p_concern
+    ORDER BY h.entry_id DESC LIMIT 1;
+    current_status := coalesce(current_status, 'AvailableByDefault');
+    IF NOT EXISTS (
+        SELECT 1 FROM notify_handling_transitions t WHERE t.to_status = p_status AND t.from_status = current_status
+    ) THEN
+        RAISE EXCEPTION 'record % of % under concern % is %, it cannot become %',
+            p_internal_record_id, p_stream, quote_literal(p_concern), current_status, p_status
+            USING ERRCODE = 'NT001';
+    END IF;
+    RETURN QUERY
+    INSERT INTO notify_handling (stream, internal_record_id, concern, status, details, details_packed)
+    VALUES (p_stream, p_internal_record_id, p_concern, p_status, p_details, p_details_packed)
+    RETURNING *;
+END
+$$;
+
+-- As in migration 0007, with the details packed or not; the details it writes itself stay text.
+CREATE FUNCTION notify_begin(
+    p_stream text,
+    p_internal_record_id bigint,
+    p_concern text,
+    p_details text,
+    p_details_packed bytea DEFAULT NULL
+) RETURNS SETOF notify_handling
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    latest notify_handling;
+BEGIN
+    -- (a record that is not there has no handling: `notify_transition` below says so)
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_stream || '/' || p_internal_record_id || '/' || p_concern, 0));
+    SELECT * INTO latest FROM notify_handling h
+    WHERE h.stream = p_stream AND h.internal_record_id = p_internal_record_id AND h.concern = p_concern
+    ORDER BY h.entry_id DESC LIMIT 1;
+    IF latest.status = 'Completed' THEN
+        RETURN NEXT latest;
+        RETURN;
+    ELSIF latest.status = 'Failed' THEN
+        PERFORM notify_transition(p_stream, p_internal_record_id, p_concern, 'AvailableAfterFailure', 'retrying');
+    ELSIF latest.status = 'Running' THEN
+        PERFORM notify_transition(p_stream, p_internal_record_id, p_concern, 'AvailableAfterExternalCancellation',
+                                  'the previous attempt did not finish');
+    END IF;
+    PERFORM notify_transition(p_stream, p_internal_record_id, p_concern, 'Running', p_details, p_details_packed);
+END
+$$;
+
+-- As in migration 0009, with each move's details packed or not (`p_details_packed`, null for all text).
+CREATE FUNCTION notify_move_all(
+    p_streams text[],
+    p_internal_record_ids bigint[],
+    p_concerns text[],
+    p_statuses text[],
+    p_details text[],
+    p_details_packed bytea[],
+    p_begins boolean[]
+) RETURNS boolean[]
+LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
+DECLARE
+    moved boolean[] := '{}';
+    current_status text;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+        IF p_begins[i] THEN
+            PERFORM 1 FROM notify_begin(p_streams[i], p_internal_record_ids[i], p_concerns[i], p_details[i],
+                                        p_details_packed[i]);
+            moved := moved || NOT FOUND;
+            CONTINUE;
+        END IF;
+        PERFORM pg_advisory_xact_lock(
+            hashtextextended(p_streams[i] || '/' || p_internal_record_ids[i] || '/' || p_concerns[i], 0)
+        );
+        SELECT h.status INTO current_status FROM notify_handling h
+        WHERE h.stream = p_streams[i] AND h.internal_record_id = p_internal_record_ids[i] AND h.concern = p_concerns[i]
+        ORDER BY h.entry_id DESC LIMIT 1;
+        IF EXISTS (
+            SELECT 1 FROM notify_handling_transitions t
+            WHERE t.to_status = p_statuses[i] AND t.from_status = coalesce(current_status, 'AvailableByDefault')
+        ) THEN
+            PERFORM notify_transition(p_streams[i], p_internal_record_ids[i], p_concerns[i], p_statuses[i],
+                                      p_details[i], p_details_packed[i]);
+            moved := moved || true;
+        ELSE
+            moved := moved || false;
+        END IF;
+    END LOOP;
+    RETURN moved;
+END
+$$;
 
 -- The advisory lock key of a (stream, record id): chr(31) parts them, where a handling lock's key parts its own
 -- with '/'.
@@ -165,13 +313,14 @@ BEGIN
 END
 $$;
 
--- As in migration 0009, with the puts' notification ids and packed payloads.
+-- As in migration 0009, with the moves' packed details and the puts' notification ids and packed payloads.
 CREATE FUNCTION notify_write(
     p_before_streams text[],
     p_before_internal_record_ids bigint[],
     p_before_concerns text[],
     p_before_statuses text[],
     p_before_details text[],
+    p_before_details_packed bytea[],
     p_before_begins boolean[],
     p_streams text[],
     p_record_ids text[],
@@ -188,6 +337,7 @@ CREATE FUNCTION notify_write(
     p_after_concerns text[],
     p_after_statuses text[],
     p_after_details text[],
+    p_after_details_packed bytea[],
     p_after_begins boolean[]
 ) RETURNS jsonb
 LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
@@ -199,7 +349,7 @@ DECLARE
     taken_concerns text[] := '{}';
 BEGIN
     moved := notify_move_all(p_before_streams, p_before_internal_record_ids, p_before_concerns, p_before_statuses,
-                             p_before_details, p_before_begins);
+                             p_before_details, p_before_details_packed, p_before_begins);
     puts := notify_put_all(p_streams, p_record_ids, p_types, p_payloads, p_tags, p_strategies, p_retentions,
                            p_notification_ids, p_packed);
     FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
@@ -214,10 +364,10 @@ BEGIN
         END IF;
     END LOOP;
     PERFORM notify_move_all(taken, taken_ids, taken_concerns, array_fill('Running'::text, ARRAY[cardinality(taken)]),
-                            array_fill(''::text, ARRAY[cardinality(taken)]),
+                            array_fill(''::text, ARRAY[cardinality(taken)]), NULL,
                             array_fill(false, ARRAY[cardinality(taken)]));
     moved := moved || notify_move_all(p_after_streams, p_after_internal_record_ids, p_after_concerns,
-                                      p_after_statuses, p_after_details, p_after_begins);
+                                      p_after_statuses, p_after_details, p_after_details_packed, p_after_begins);
     RETURN jsonb_build_object('moved', to_jsonb(moved), 'puts', puts);
 END
 $$;
@@ -372,8 +522,11 @@ REVOKE ALL ON FUNCTION notify_append(text, text, text, text, jsonb, text, intege
 REVOKE ALL ON FUNCTION notify_put(text, text, text, text, jsonb, text, integer, text, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notify_put_all(text[], text[], text[], text[], jsonb[], text[], integer[], text[], bytea[])
     FROM PUBLIC;
-REVOKE ALL ON FUNCTION notify_write(text[], bigint[], text[], text[], text[], boolean[], text[], text[], text[],
-                                    text[], jsonb[], text[], integer[], text[], bytea[], text[], text[], bigint[],
-                                    text[], text[], text[], boolean[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION notify_write(text[], bigint[], text[], text[], text[], bytea[], boolean[], text[], text[],
+                                    text[], text[], jsonb[], text[], integer[], text[], bytea[], text[], text[],
+                                    bigint[], text[], text[], text[], bytea[], boolean[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION notify_transition(text, bigint, text, text, text, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION notify_begin(text, bigint, text, text, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION notify_move_all(text[], bigint[], text[], text[], text[], bytea[], boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notify_put_batch(text, text[], text[], text[], integer[], text[], text[], text[], bytea[])
     FROM PUBLIC;
