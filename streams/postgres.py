@@ -507,9 +507,7 @@ class PostgresStreamStore(StreamStore):
         ]
 
     async def handling_history(self, stream: str, internal_record_id: int, concern: str | None) -> list[HandlingEntry]:
-        query, args = select_handling(
-            f"(SELECT {ENTRY} FROM notify_handling) h", "%s", stream, internal_record_id, concern
-        )
+        query, args = select_handling("notify_handling", "%s", stream, internal_record_id, concern, details=DETAILS)
         async with _using(self._consumer) as db:
             rows = await (await db.execute(query, args)).fetchall()
         return [_entry(r) for r in rows]
@@ -536,19 +534,15 @@ class PostgresStreamStore(StreamStore):
         return _entry(r)
 
 
-ENTRY = (
-    "entry_id, stream, internal_record_id, concern, status,"
-    " coalesce(details_packed, '\\x00'::bytea || convert_to(details, 'UTF8')) AS details, timestamp_utc"
-)
-"""A handling entry's columns, as `select_handling` reads them: its details as bytes, packed as `pack` made them (a
-dictionary's number first, never 0) or the text after a 0 (which no text of PostgreSQL's holds)."""
+DETAILS = "details, details_packed"
+"""The columns a handling entry's details are in: one of them, text as written or packed (`streams.packing`)."""
+ENTRY = f"entry_id, stream, internal_record_id, concern, status, {DETAILS}, timestamp_utc"
+"""A handling entry's columns, as `select_handling` reads them and `_entry` takes them."""
 
 
 def _entry(row: Sequence[Any]) -> HandlingEntry:
-    """A handling entry from its `ENTRY` columns."""
-    details: bytes = row[5]
-    text = details[1:].decode() if details[0] == 0 else unpack(details)
-    return HandlingEntry(row[0], row[1], row[2], row[3], HandlingStatus(row[4]), text, row[6])
+    details = unpack(row[6] if row[5] is None else row[5])
+    return HandlingEntry(row[0], row[1], row[2], row[3], HandlingStatus(row[4]), details, row[7])
 
 
 MOVE_ARRAYS = "%b, %b, %b, %b, %b, %b, %b::boolean[]"

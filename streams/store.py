@@ -376,10 +376,11 @@ def select_handling(
     concern: str | None,
     latest: bool = False,
     named: Named = _as_is,
+    details: str = "details",
 ) -> tuple[str, list[object]]:
     """The query and arguments with which an SQL backend reads a record's handling history, oldest first (or only
-    its latest entry)."""
-    query = f"SELECT entry_id, stream, internal_record_id, concern, status, details, timestamp_utc FROM {handling}"
+    its latest entry); `details` is the columns an entry's details are kept in."""
+    query = f"SELECT entry_id, stream, internal_record_id, concern, status, {details}, timestamp_utc FROM {handling}"
     if not (_holdable(stream) and _holdable(concern) and _bounded(internal_record_id) == internal_record_id):
         return query + " WHERE 1 = 0", []
     query += f" WHERE stream = {mark} AND internal_record_id = {mark}"
