@@ -536,7 +536,7 @@ class NotificationClient:
         views = self._store.reader(StreamName.NOTIFICATION_VIEW)
         record = await views.latest(notification_id)
         if record is not None:
-            return _recorded_view(record)
+            return await self._recorded_view(record)
         requested = await self._store.reader(StreamName.CLIENT_OPERATION).latest(notification_id)
         if requested is None or requested.type != ExecuteOpRequestedEvent.__name__:  # an idempotency key's claim
             raise UnknownNotification(notification_id)
@@ -564,7 +564,7 @@ class NotificationClient:
         else:
             record = await views.latest(notification_id)  # the saga may have ended since the first look
             if record is not None:
-                return _recorded_view(record)
+                return await self._recorded_view(record)
             if running == WorkflowExecutionStatus.COMPLETED:  # ended, and the store did not take its view: its own
                 return (await handle.result()).model_dump(mode="json")
             if running is None:
@@ -577,6 +577,16 @@ class NotificationClient:
                 )
             status, failure = NotificationStatus.FAILED, f"its saga ended {running.name} without a view"
         return _from_request(requested, status, failure)
+
+    async def _recorded_view(self, record: Record) -> dict[str, Any]:
+        """The view a record holds, as JSON; or, if it does not parse as one, a view that says so, of the entity
+        the notification's request names (a view carries no entity tag)."""
+        try:
+            NotificationView.model_validate_json(record.payload)
+        except ValidationError as error:
+            requested = await self._store.reader(StreamName.CLIENT_OPERATION).latest(record.record_id or "")
+            return _unreadable_view(record, error, requested.tag(TagName.ENTITY_ID) if requested else None)
+        return record.json()
 
     async def recent(
         self, *, entity_id: str | None, status: NotificationStatus | None, limit: int, before: int | None
@@ -690,20 +700,12 @@ def _payload(record: Record) -> dict[str, Any]:
     return {"unreadable": unreadable(record, error)}
 
 
-def _recorded_view(record: Record) -> dict[str, Any]:
-    """The view a record holds, as JSON; or, if it does not parse as one, a view that says so."""
-    try:
-        NotificationView.model_validate_json(record.payload)
-    except ValidationError as error:
-        return _unreadable_view(record, error)
-    return record.json()
-
-
-def _unreadable_view(record: Record, error: Exception) -> dict[str, Any]:
+def _unreadable_view(record: Record, error: Exception, entity_id: str | None = None) -> dict[str, Any]:
+    """A view that says `record` does not parse, of the entity its tags name (a request's) or `entity_id`."""
     return NotificationView(
         id=record.tag(TagName.NOTIFICATION_ID) or record.record_id or "",
         status=NotificationStatus.UNREADABLE,
-        entity_id=record.tag(TagName.ENTITY_ID) or "",
+        entity_id=record.tag(TagName.ENTITY_ID) or entity_id or "",
         subject="",
         outcome=NotificationOutcome(failures=[unreadable(record, error)]),
         requested_at=record.timestamp_utc,

@@ -22,6 +22,9 @@ PACKING = 1
 PACKED_FROM = 128
 """Characters from which a payload is packed (a shorter one would barely shrink)."""
 CLAIM = IdempotencyKeyClaim.__name__
+MOST_UNPACKED = 16 * 1024 * 1024
+"""The most bytes a packed payload unpacks to: far more than a request can make (512 KiB of it, rendered for two
+channels), far less than a few kilobytes of crafted deflate could claim."""
 
 _packer = zlib.compressobj(6, zlib.DEFLATED, -14, 4, zlib.Z_DEFAULT_STRATEGY, DICTIONARIES[PACKING])
 """Primed with the dictionary once: each payload is packed by a copy (which spares hashing the dictionary again). A
@@ -46,8 +49,20 @@ def pack(text: str) -> str | bytes:
 
 
 def unpack(stored: str | bytes) -> str:
-    """The text as written, from what `pack` stored."""
+    """The text as written, from what `pack` stored. Bytes that do not unpack whole (a dictionary this version does
+    not know, a stream cut short or not deflate at all, more than `MOST_UNPACKED` bytes) give a text that says so
+    and is not JSON, so that the record reads as unreadable (`streams.store.unreadable`) instead of failing the read
+    of every record beside it."""
     if isinstance(stored, str):
         return stored
-    unpacker = zlib.decompressobj(-15, zdict=DICTIONARIES[stored[0]])  # any window up to deflate's largest
-    return (unpacker.decompress(stored[1:]) + unpacker.flush()).decode()
+    dictionary = DICTIONARIES.get(stored[0]) if stored else None
+    if dictionary is None:
+        return f"packed with dictionary {stored[0] if stored else None}, which this version does not have"
+    unpacker = zlib.decompressobj(-15, zdict=dictionary)  # any window up to deflate's largest
+    try:
+        raw = unpacker.decompress(stored[1:], MOST_UNPACKED + 1)
+        if not unpacker.eof or unpacker.unused_data or len(raw) > MOST_UNPACKED:
+            return "packed, but cut short, too long or followed by more"
+        return raw.decode()
+    except (zlib.error, UnicodeDecodeError) as error:
+        return f"packed, but does not unpack ({error})"

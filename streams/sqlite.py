@@ -62,17 +62,11 @@ CHECKPOINT_EVERY = 500
 AT_ONCE_RECORDS = 20
 """The most records a put makes on the caller's thread (a batch, a directory import, goes to the store's)."""
 
-FIXED_NAMES = [*StreamName, *HandlingStatus]
-"""Names whose codes are fixed (1, 2, ... in this order) when a file is made: the partial indexes name two of them.
-Others (types, tag names, concerns) take the next code when first written."""
-
-
-def _fixed(name: str) -> int:
-    return FIXED_NAMES.index(name) + 1
-
-
-VIEWS = _fixed(StreamName.NOTIFICATION_VIEW)
-REFUSED = _fixed(HandlingStatus.DISABLED_FOR_RECORD)
+VIEWS = 1
+REFUSED = 2
+FIXED_NAMES = {VIEWS: StreamName.NOTIFICATION_VIEW, REFUSED: HandlingStatus.DISABLED_FOR_RECORD}
+"""The names whose codes every file has from the start, for the partial indexes that name them; any other name (a
+stream, a type, a tag, a concern, a status) takes the next code when it is first written. Never renumbered."""
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS names (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
@@ -114,7 +108,7 @@ CREATE INDEX IF NOT EXISTS refusals ON handling (stream, internal_record_id) WHE
 CREATE TABLE IF NOT EXISTS turns (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS identity (value TEXT NOT NULL);
 INSERT INTO identity SELECT lower(hex(randomblob(4))) WHERE NOT EXISTS (SELECT 1 FROM identity);
-INSERT OR IGNORE INTO names (code, name) VALUES {", ".join(f"({_fixed(n)}, '{n}')" for n in FIXED_NAMES)};
+INSERT OR IGNORE INTO names (code, name) VALUES {", ".join(f"({c}, '{n}')" for c, n in FIXED_NAMES.items())};
 """
 """Schema 6: a stream's, a type's, a tag's, a concern's and a status's name is kept once, in `names`, and rows hold
 its code; times are microseconds since the epoch (UTC); a record's notification-id tag is its `notification_id`
@@ -123,17 +117,13 @@ its code; times are microseconds since the epoch (UTC); a record's notification-
 
 MICROSECONDS = "1000000"
 US_OF_TEXT = (
-    "(unixepoch(substr({0}, 1, 19)) * 1000000"
+    f"(unixepoch(substr({{0}}, 1, 19)) * {MICROSECONDS}"
     " + CASE WHEN substr({0}, 20, 1) = '.'"
     " THEN CAST(substr(substr({0}, 21, instr(substr({0}, 21), '+') - 1) || '00000', 1, 6) AS INTEGER) ELSE 0 END)"
 )
 """Microseconds since the epoch of an ISO 8601 time in UTC as schema 5 wrote it (`2026-12-05T21:14:34.470013+00:00`)."""
 
 FROM_SCHEMA_5 = f"""
-CREATE TABLE IF NOT EXISTS handling (
-    entry_id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT, internal_record_id INTEGER, concern TEXT, status TEXT,
-    details TEXT, timestamp_utc TEXT
-);
 ALTER TABLE records RENAME TO records_5;
 ALTER TABLE record_tags RENAME TO record_tags_5;
 ALTER TABLE handling RENAME TO handling_5;
@@ -146,7 +136,7 @@ DROP INDEX IF EXISTS refusals;
 {SCHEMA}
 INSERT OR IGNORE INTO names (name)
     SELECT stream FROM records_5 UNION SELECT type FROM records_5 UNION SELECT name FROM record_tags_5
-    UNION SELECT concern FROM handling_5;
+    UNION SELECT stream FROM handling_5 UNION SELECT concern FROM handling_5 UNION SELECT status FROM handling_5;
 INSERT INTO records
     SELECT r.internal_id, s.code, r.record_id, t.code,
         (SELECT min(g.value) FROM record_tags_5 g WHERE g.internal_id = r.internal_id AND g.name = 'notification-id'),
@@ -154,7 +144,8 @@ INSERT INTO records
     FROM records_5 r JOIN names s ON s.name = r.stream JOIN names t ON t.name = r.type;
 INSERT INTO record_tags
     SELECT g.internal_id, s.code, n.code, g.value
-    FROM record_tags_5 g JOIN names s ON s.name = g.stream JOIN names n ON n.name = g.name
+    FROM record_tags_5 g JOIN records r ON r.internal_id = g.internal_id
+    JOIN names s ON s.name = g.stream JOIN names n ON n.name = g.name
     WHERE NOT (g.name = 'notification-id'
                AND g.value IS (SELECT notification_id FROM records WHERE internal_id = g.internal_id));
 INSERT INTO handling
@@ -173,7 +164,8 @@ DROP TABLE record_tags_5;
 DROP TABLE handling_5;
 DROP TABLE records_5
 """
-"""Schema 5's rows in schema 6's tables, their ids (and the counters beyond them) kept; payloads stay as written."""
+"""Schema 5's rows in schema 6's tables, their ids (and the counters beyond them) kept, but tag rows of no record;
+payloads stay as written."""
 
 TRANSIENT_ERRORS = (
     "SQLITE_BUSY",
@@ -239,7 +231,8 @@ class SQLiteStreamStore(StreamStore):
         self._file = _file_identity(self._path)
         self._codes: dict[str, int] = {}
         self._names: dict[int, str] = {}
-        self._load_names()
+        self._learn(self._waiting.execute("SELECT code, name FROM names"))
+        self._executor.submit(self._intern, HandlingStatus).result()  # every status a handling write may hold
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -257,12 +250,9 @@ class SQLiteStreamStore(StreamStore):
             raise StoreUnusable(f"{self.path} has stream schema {version}; this version knows up to {SCHEMA_VERSION}")
         if version < SCHEMA_VERSION:
             with _transaction(db):
-                if 0 < version < 5:
-                    # a record's tags were kept twice, in its row as JSON too (the tag rows serve)
-                    db.execute("ALTER TABLE records DROP COLUMN tags")
-                for statement in (FROM_SCHEMA_5 if version else SCHEMA).split(";"):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                # another process may have made or migrated the file while this one waited for it
+                if (version := db.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:
+                    _migrate(db, version)
         return db
 
     async def _run(self, fn: Callable[..., T], *args: object, at_once: bool = False) -> T:
@@ -326,31 +316,34 @@ class SQLiteStreamStore(StreamStore):
 
     # -- names -----------------------------------------------------------------------------------------------------
 
-    def _load_names(self) -> None:
-        """Read the names' codes again: another process may have given some."""
-        rows = self._db.execute("SELECT code, name FROM names").fetchall()
-        self._names = dict(rows)
-        self._codes = {name: code for code, name in rows}
+    def _learn(self, rows: Iterable[tuple[int, str]]) -> None:
+        """Add names and their codes to what this process knows: a code, once given, never changes, so that what
+        either thread learns only adds to it."""
+        for code, name in rows:
+            self._names[code] = name
+            self._codes[name] = code
 
     def _code(self, name: str) -> int:
         """The code rows hold `name` as; 0, which no name has, when no row holds it."""
         if name not in self._codes:
-            self._load_names()
+            self._learn(self._db.execute("SELECT code, name FROM names WHERE name = ?", (name,)))
         return self._codes.get(name, 0)
 
     def _name(self, code: int) -> str:
         if code not in self._names:
-            self._load_names()
+            self._learn(self._db.execute("SELECT code, name FROM names WHERE code = ?", (code,)))
         return self._names[code]
 
     def _intern(self, names: Iterable[str]) -> None:
         """Give each of `names` that has none a code, in a transaction of its own before the write that holds it:
-        a code is known to this process only once it is in the file."""
-        missing = {name for name in names if name not in self._codes}
+        a code is known to this process only once it is in the file. A name is a row for good (a client's tag names
+        among them): the names a store meets are few beside its records."""
+        missing = list({name for name in names if name not in self._codes})
         if missing:
             with _transaction(self._db):
                 self._db.executemany("INSERT OR IGNORE INTO names (name) VALUES (?)", [(n,) for n in missing])
-            self._load_names()
+            marks = ", ".join("?" * len(missing))
+            self._learn(self._db.execute(f"SELECT code, name FROM names WHERE name IN ({marks})", missing))
 
     # -- unique ids -------------------------------------------------------------------------------------------
 
@@ -640,6 +633,16 @@ class SQLiteStreamStore(StreamStore):
         return HandlingEntry(
             row[0], name(row[1]), row[2], name(row[3]), HandlingStatus(name(row[4])), unpack(row[5]), _time(row[6])
         )
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Make the schema (version 0: a new file) or bring it to `SCHEMA_VERSION`, in the caller's transaction."""
+    if 0 < version < 5:
+        # a record's tags were kept twice, in its row as JSON too (the tag rows serve)
+        db.execute("ALTER TABLE records DROP COLUMN tags")
+    for statement in (FROM_SCHEMA_5 if version else SCHEMA).split(";"):
+        db.execute(statement)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
 def _checkpointed(done: asyncio.Future[object]) -> None:

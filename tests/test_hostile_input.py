@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from streams.directory import entry_or_why, import_entries, lookup
 from templating import RENDER_SECONDS, TemplateError, Templates
 from tests.databases import Databases
 from tests.service import entity, operation
+from tests.streams_contract import Thing
 
 SECRET = "PAYLOAD-SECRET-7f3a"
 """Text inside an unreadable payload, which no log line nor message may repeat."""
@@ -77,7 +79,7 @@ async def put_view(store: StreamStore, notification_id: str, entity_id: str = "u
     put = await store.writer(StreamName.NOTIFICATION_VIEW).put(
         notification_id,
         view,
-        tags=[tag(TagName.NOTIFICATION_ID, notification_id), tag(TagName.ENTITY_ID, entity_id)],
+        tags=[tag(TagName.NOTIFICATION_ID, notification_id)],  # as the saga tags a view: its entity is its request's
     )
     assert put.internal_id is not None
     return put.internal_id
@@ -397,3 +399,34 @@ async def test_a_long_rendering_leaves_the_event_loop_free_and_is_refused_in_one
         await submitted
     assert str(refused.value) == f"template 'loops', text: stopped: it ran longer than {RENDER_SECONDS:g} s"
     assert len(ticks) > 20 and max(ticks) < 0.5, ticks
+
+
+@pytest.mark.parametrize(
+    "packed",
+    [b"\x09" + b"x" * 40, b"\x01not deflate at all", b"\x01" + zlib.compress(b"{}" * 50)[2:40]],
+    ids=["unknown dictionary", "not deflate", "cut short"],
+)
+async def test_a_packed_payload_that_does_not_unpack_is_an_unreadable_record_not_a_failed_read(
+    store: StreamStore, streams_url: str, packed: bytes
+) -> None:
+    """Bytes in place of a packed payload (an owner's mistake, a later version's dictionary) make that one record
+    unreadable; its neighbours, and the read, are unharmed."""
+    writer = store.writer(StreamName.EMAIL_EVENT)
+    nid = tag(TagName.NOTIFICATION_ID, "n-1")
+    bad = await writer.put("1", Thing(value=1), tags=[nid])
+    await writer.put("2", Thing(value=2), tags=[nid])
+    assert bad.internal_id is not None
+    if streams_url.startswith("sqlite"):
+        with sqlite3.connect(streams_url.removeprefix("sqlite:///")) as db:
+            db.execute("UPDATE records SET payload = ? WHERE internal_id = ?", (packed, bad.internal_id))
+    else:
+        with psycopg.connect(streams_url, autocommit=True) as db:
+            db.execute(
+                "UPDATE notify_records SET payload = NULL, packed = %s WHERE internal_id = %s",
+                (packed, bad.internal_id),
+            )
+    first, second = await store.read_tagged([StreamName.EMAIL_EVENT], [nid])
+    assert second.object(Thing) == Thing(value=2)
+    with pytest.raises(ValidationError):
+        first.object(Thing)
+    assert "packed" in first.payload and "{" not in first.payload

@@ -29,6 +29,9 @@ async def test_a_file_of_schema_4_keeps_its_records_and_their_tags_once(tmp_path
             "INSERT INTO records VALUES (1, 'email-event', '7', 'Sent', '{}', '[[\"recipient\", \"a@x.org\"]]',"
             " '2026-11-01T00:00:00+00:00');"
             "INSERT INTO record_tags VALUES (1, 'email-event', 'recipient', 'a@x.org');"
+            "CREATE TABLE handling (entry_id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL,"
+            " internal_record_id INTEGER NOT NULL, concern TEXT NOT NULL, status TEXT NOT NULL, details TEXT NOT NULL,"
+            " timestamp_utc TEXT NOT NULL);"
             "PRAGMA user_version=4;"
         )
     db.close()
@@ -67,6 +70,8 @@ async def test_a_file_of_schema_5_keeps_its_records_their_tags_handling_times_an
             "INSERT INTO record_tags VALUES (8, 'notification-view', 'notification-id', 'n-1');"
             "INSERT INTO handling VALUES (4, 'email-event', 7, 'send', 'Running', 'attempt 1',"
             " '2026-11-01T10:20:30.5+00:00');"
+            "INSERT INTO handling VALUES (5, 'email-operation', 9, 'send', 'Failed', 'its record gone', '2026-11-01');"
+            "INSERT INTO record_tags VALUES (99, 'email-event', 'recipient', 'gone@x.org');"
             "UPDATE sqlite_sequence SET seq = 20 WHERE name = 'records';"
             "PRAGMA user_version=5;"
         )
@@ -84,7 +89,8 @@ async def test_a_file_of_schema_5_keeps_its_records_their_tags_handling_times_an
         assert entry.timestamp_utc == datetime(2026, 11, 1, 10, 20, 30, 500000, tzinfo=UTC)
         assert (await store.writer(StreamName.EMAIL_EVENT).put("4", Thing(value=4))).internal_id == 21
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM record_tags").fetchone() == (1,)  # the notification ids: columns
+        assert db.execute("SELECT count(*) FROM record_tags").fetchone() == (1,)  # ids in columns, no orphan
+        assert db.execute("SELECT count(*) FROM handling").fetchone() == (2,)  # every entry, its record's or not
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert not {"records_5", "record_tags_5", "handling_5"} & tables
     db.close()
@@ -94,6 +100,7 @@ async def test_a_step_that_finds_the_file_busy_waits_for_it_on_the_store_thread(
     """A step's write runs at once on the caller's thread; when another process holds the file's write lock, it
     goes to the store's thread and waits there for it, instead of failing or blocking the event loop."""
     async with open_store(f"sqlite:///{tmp_path / 'streams.db'}") as store:
+        await store.writer(StreamName.EMAIL_EVENT).put("a", Thing(value=0))
         other = sqlite3.connect(tmp_path / "streams.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         writing = asyncio.ensure_future(store.writer(StreamName.EMAIL_EVENT).put("1", Thing(value=1)))
@@ -101,11 +108,11 @@ async def test_a_step_that_finds_the_file_busy_waits_for_it_on_the_store_thread(
         assert not writing.done()
         other.execute(
             "INSERT INTO records (stream, record_id, type, payload, timestamp_utc)"
-            " SELECT code, '0', code, '{}', 0 FROM names WHERE name = 'email-event'"
+            " SELECT stream, '0', type, payload, timestamp_utc FROM records WHERE record_id = 'a'"
         )
         other.execute("COMMIT")
         put = await writing
-        assert [r.record_id for r in await store.reader(StreamName.EMAIL_EVENT).by_tags()] == ["0", "1"]
+        assert [r.record_id for r in await store.reader(StreamName.EMAIL_EVENT).by_tags()] == ["a", "0", "1"]
         assert put.internal_id is not None
         other.close()
 
