@@ -12,6 +12,11 @@
 --     instead of leaving them half empty, and its rows are not padded.
 -- The functions that write records take the held value and the packed payload as parameters of their own; those that
 -- write handling entries, the packed details.
+-- Writers of an id take turns on its advisory lock, which any role that may connect can take too, and so hold up the
+-- writers of an id whose key it computes, as it could already hold up a record's handling (0007); prune no longer
+-- takes turns with them (it removes only what ended before its cut-off, which no writer writes again).
+-- One transaction, holding the records' and the handling's tables while it rewrites them: plan a pause of the
+-- writers on a large store (minutes at a million notifications). There is no way back to schema 10.
 --
 -- A record that had two notification-id tags (none the service writes) keeps the lowest value in the column and the
 -- other as a row; any new tag row of that name is refused. Existing payloads and details stay text. The records'
@@ -83,6 +88,18 @@ DROP TABLE notify_handling;
 ALTER TABLE notify_handling_compact RENAME TO notify_handling;
 CREATE INDEX notify_handling_by_record ON notify_handling (internal_record_id, concern);
 CREATE INDEX notify_refusals ON notify_handling (stream, internal_record_id) WHERE status = 'DisabledForRecord';
+-- The table made again has no grants of the old one's: given again here, so that readers keep reading between this
+-- migration and the next `db grant` (as grants.sql gives them).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'notify_consumer') THEN
+        GRANT SELECT ON notify_handling TO notify_consumer;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'notify_handler') THEN
+        GRANT SELECT ON notify_handling TO notify_handler;
+    END IF;
+END
+$$;
 
 -- As in migration 0007, with the details packed or not (one of the two).
 CREATE FUNCTION notify_transition(
