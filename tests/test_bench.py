@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import smtplib
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from harness.processes import ROOT, unconfigured_environment
 from sinks.mail import MailSink
+from streams.packing import DICTIONARIES
 from tests.databases import Databases, admin_url
 
 
@@ -126,3 +128,11 @@ def test_the_dictionary_is_made_from_a_real_notification_and_packs_one(tmp_path:
     assert len(packer.compress(payload.encode()) + packer.flush()) < len(payload) / 3
     again = bench("bench.dictionary", str(target))
     assert again.returncode == 2 and "exists" in again.stderr and target.read_bytes() == made
+
+
+def test_a_released_dictionary_never_changes() -> None:
+    """Every payload packed with dictionary 1 names it: were its bytes to change, those payloads would unpack wrong
+    (a new dictionary takes a new number; `bench.dictionary`)."""
+    assert hashlib.sha256(DICTIONARIES[1]).hexdigest() == (
+        "75d98f723a4735e5a0519cb92e700c693693c4332af8f38408d2d1804f3f3561"
+    )
