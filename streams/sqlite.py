@@ -8,6 +8,7 @@ thread per store, off the event loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sqlite3
@@ -45,6 +46,7 @@ from streams.store import (
     allows,
     check_put,
     held,
+    is_digest,
     log,
     select_handling,
     select_records,
@@ -54,7 +56,7 @@ from streams.store import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 WAIT_SECONDS = 30
 """How long a call on the store's thread waits for another process's write to end."""
 CHECKPOINT_EVERY = 500
@@ -105,6 +107,14 @@ CREATE TABLE IF NOT EXISTS handling (
 CREATE INDEX IF NOT EXISTS handling_by_record ON handling (stream, internal_record_id, concern, entry_id);
 CREATE INDEX IF NOT EXISTS views_by_time ON records (timestamp_utc) WHERE stream = {VIEWS};
 CREATE INDEX IF NOT EXISTS refusals ON handling (stream, internal_record_id) WHERE status = {REFUSED};
+CREATE TABLE IF NOT EXISTS contents (sha256 TEXT PRIMARY KEY, content BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS content_refs (
+    notification_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    timestamp_utc INTEGER NOT NULL,
+    PRIMARY KEY (notification_id, sha256)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS content_refs_by_content ON content_refs (sha256);
 CREATE TABLE IF NOT EXISTS turns (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS identity (value TEXT NOT NULL);
 INSERT INTO identity SELECT lower(hex(randomblob(4))) WHERE NOT EXISTS (SELECT 1 FROM identity);
@@ -113,7 +123,7 @@ INSERT OR IGNORE INTO names (code, name) VALUES {", ".join(f"({c}, '{n}')" for c
 """Schema 6: a stream's, a type's, a tag's, a concern's and a status's name is kept once, in `names`, and rows hold
 its code; times are microseconds since the epoch (UTC); a record's notification-id tag is its `notification_id`
 (`streams.store.HELD_TAG`); a payload, and a handling entry's details, are TEXT as written or a BLOB packed
-(`streams.packing`)."""
+(`streams.packing`). Schema 7: contents, each kept once by its SHA-256, and which notifications name them."""
 
 MICROSECONDS = "1000000"
 US_OF_TEXT = (
@@ -489,6 +499,44 @@ class SQLiteStreamStore(StreamStore):
             ).rowcount
         return notifications, records
 
+    async def _prune_contents(self, before: datetime) -> int:
+        return await self._run(self._pruned_contents, _microseconds(before))
+
+    def _pruned_contents(self, before: int) -> int:
+        db = self._db
+        with _transaction(db):
+            db.execute(
+                "DELETE FROM content_refs WHERE timestamp_utc < ?"
+                " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.notification_id = content_refs.notification_id)",
+                (before,),
+            )
+            return db.execute(
+                "DELETE FROM contents WHERE NOT EXISTS (SELECT 1 FROM content_refs r WHERE r.sha256 = contents.sha256)"
+            ).rowcount
+
+    async def put_contents(self, notification_id: str, contents: Sequence[bytes]) -> list[str]:
+        return await self._run(self._put_contents, notification_id, contents)
+
+    def _put_contents(self, notification_id: str, contents: Sequence[bytes]) -> list[str]:
+        digests = [hashlib.sha256(content).hexdigest() for content in contents]
+        with _transaction(self._db):
+            self._db.executemany(
+                "INSERT OR IGNORE INTO contents (sha256, content) VALUES (?, ?)", zip(digests, contents, strict=True)
+            )
+            now = _now()
+            self._db.executemany(
+                "INSERT OR IGNORE INTO content_refs VALUES (?, ?, ?)", [(notification_id, d, now) for d in digests]
+            )
+        return digests
+
+    async def content(self, sha256: str) -> bytes | None:
+        if not is_digest(sha256):
+            return None
+        row = await self._run(
+            lambda: self._db.execute("SELECT content FROM contents WHERE sha256 = ?", (sha256,)).fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
     async def view_counts(self, since: datetime) -> ViewCounts:
         since_us = _microseconds(since)
         return ViewCounts.of(await self._run(lambda: self._db.execute(VIEW_COUNTS, (since_us,)).fetchall()))
@@ -640,7 +688,7 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
     if 0 < version < 5:
         # a record's tags were kept twice, in its row as JSON too (the tag rows serve)
         db.execute("ALTER TABLE records DROP COLUMN tags")
-    for statement in (FROM_SCHEMA_5 if version else SCHEMA).split(";"):
+    for statement in (FROM_SCHEMA_5 if 0 < version < 6 else SCHEMA).split(";"):
         db.execute(statement)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 

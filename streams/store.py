@@ -200,6 +200,11 @@ class HandlingEntry:
     timestamp_utc: datetime
 
 
+def is_digest(text: str) -> bool:
+    """Whether `text` is a SHA-256 digest as the stores name contents: 64 lowercase hex digits."""
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 BIGINT = (-(2**63), 2**63 - 1)
 """The integers both backends hold: an internal id is one of them."""
 
@@ -448,6 +453,8 @@ class Pruned:
 
     notifications: int = 0
     records: int = 0
+    contents: int = 0
+    """Contents no remaining notification names (`StreamStore.put_contents`)."""
 
 
 UNREADABLE = "unreadable"
@@ -589,11 +596,13 @@ class StreamStore(ABC):
         """Remove every record of the notifications that ended, or were refused, before `before` (their view's or
         their refused request's time), across all streams, with their tags and handling; `batch` notifications to a
         transaction, so that a writer waits for one batch at most. A notification still under way, and records of
-        no notification (the directory, API keys), are kept."""
+        no notification (the directory, API keys), are kept. Then the contents that no notification left names, and
+        those put before `before` for a notification that has no record (its request never written)."""
         pruned = Pruned()
         while True:
             notifications, records = await self._prune_batch(before, batch)
             if not notifications:
+                pruned.contents = await self._prune_contents(before)
                 return pruned
             pruned.notifications += notifications
             pruned.records += records
@@ -602,6 +611,21 @@ class StreamStore(ABC):
     async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
         """Remove up to `limit` notifications' records (see `prune`) in one transaction: how many notifications,
         and how many records."""
+
+    @abstractmethod
+    async def _prune_contents(self, before: datetime) -> int:
+        """Forget the contents' names of notifications that have no record, put before `before` (a pruned
+        notification's, a request never written), and remove the contents no notification names: how many."""
+
+    @abstractmethod
+    async def put_contents(self, notification_id: str, contents: Sequence[bytes]) -> list[str]:
+        """Keep each of `contents` once, by its SHA-256, as content `notification_id` names, in one transaction:
+        their digests (hex), in order. A notification's records refer to its contents by digest; they are kept
+        until no notification left names them (`prune`)."""
+
+    @abstractmethod
+    async def content(self, sha256: str) -> bytes | None:
+        """The content kept under `sha256` (hex), or None."""
 
     async def open(self) -> None:  # noqa: B027 - a backend that connects on construction has nothing to do here
         """Connect, and check the schema is the one this version knows."""

@@ -4,6 +4,7 @@ says how to open a store; every test here then runs against that backend."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import multiprocessing
 from abc import ABC, abstractmethod
@@ -99,6 +100,20 @@ class StreamStoreContract(ABC):
             batches = pool.starmap(_issue_ids, [(type(self), tmp_path, 25)] * 4)
         issued = [i for batch in batches for i in batch]
         assert sorted(issued) == list(range(1, 101))
+
+    # -- contents -------------------------------------------------------------------------------------------------
+
+    async def test_contents_are_kept_once_by_their_digest_and_read_back_whole(self, store: StreamStore) -> None:
+        """What a notification's attachments are: bytes kept once each, by SHA-256, whoever names them."""
+        pdf, png = b"%PDF-1.7\n" + bytes(range(256)) * 4096, b"\x89PNG\r\n\x1a\n\x00"
+        digests = await store.put_contents("n-1", [pdf, png, pdf, b""])
+        assert digests == [hashlib.sha256(c).hexdigest() for c in (pdf, png, pdf, b"")]
+        assert await store.put_contents("n-2", [png]) == [digests[1]]
+        assert [await store.content(d) for d in digests] == [pdf, png, pdf, b""]
+        assert await store.content(hashlib.sha256(b"never put").hexdigest()) is None
+        for not_a_digest in ("", "F" * 64, "g" * 64, "a\0" * 32, digests[0][:-1]):
+            assert await store.content(not_a_digest) is None
+        assert await store.put_contents("n-3", []) == []
 
     # -- existing-record strategies ---------------------------------------------------------------------------
 
@@ -627,11 +642,20 @@ class StreamStoreContract(ABC):
         )
         old_email = await notification("old", ended=True)
         await notification("refused", refused=True)
+        shared, olds, orphans = b"%PDF-1.7 shared", b"\x89PNG only the old one's", b"its request never written"
+        await store.put_contents("old", [shared, olds])
+        await store.put_contents("orphan", [orphans])
+        await store.put_contents("running", [shared])  # before its request, as a client puts them
         await notification("running")
         cut = await _after_the_last_write(store)
         await notification("new", ended=True)
+        await store.put_contents("new-orphan", [b"put after the cut"])
 
-        assert await store.prune(cut, batch=1) == Pruned(notifications=2, records=4 + 3)
+        assert await store.prune(cut, batch=1) == Pruned(notifications=2, records=4 + 3, contents=2)
+        assert await store.content(hashlib.sha256(shared).hexdigest()) == shared  # "running" still names it
+        assert await store.content(hashlib.sha256(olds).hexdigest()) is None
+        assert await store.content(hashlib.sha256(orphans).hexdigest()) is None
+        assert await store.content(hashlib.sha256(b"put after the cut").hexdigest()) is not None
 
         async def left(nid: str) -> list[str]:
             tag = Tag(name="notification-id", value=nid)

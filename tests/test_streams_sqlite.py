@@ -5,7 +5,7 @@ from pathlib import Path
 
 from domain import Tag
 from streams import StreamName, StreamStore, open_store
-from streams.sqlite import AT_ONCE_RECORDS, CHECKPOINT_EVERY
+from streams.sqlite import AT_ONCE_RECORDS, CHECKPOINT_EVERY, SCHEMA_VERSION
 from streams.store import NewRecord
 from tests.streams_contract import StreamStoreContract, Thing
 
@@ -40,7 +40,7 @@ async def test_a_file_of_schema_4_keeps_its_records_and_their_tags_once(tmp_path
         assert (record.record_id, record.tags) == ("7", (Tag(name="recipient", value="a@x.org"),))
     with sqlite3.connect(path) as db:
         assert "tags" not in {row[1] for row in db.execute("PRAGMA table_info(records)")}
-        assert db.execute("PRAGMA user_version").fetchone() == (6,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert [row[2] for row in db.execute("PRAGMA index_info(records_by_id)")] == ["stream", "record_id"]
     db.close()
 
