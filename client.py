@@ -8,9 +8,11 @@ with that id as its workflow id. Reads come from the streams, or from the runnin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import mimetypes
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,6 +37,7 @@ import codec
 import metrics
 from activities.contract import SEND, SEND_NOTIFICATION_CONCERN
 from domain import (
+    Attachment,
     Channel,
     ChannelOutcome,
     ChannelView,
@@ -365,12 +368,14 @@ class NotificationClient:
         entity: Mapping[str, Any] | None = None,
         *,
         may_change_entity: bool = True,
+        contents: Sequence[bytes] = (),
     ) -> Accepted:
         """Request a notification as a door (the CLI, the API) asks for one: its content, or a template and its data
         (`compose`; fields given as None are not given), at most once per idempotency key (`request`), to an entity
         in the directory or to `entity`, given inline (its directory entry: recorded, or updated, first; changing an
-        entry already there only if `may_change_entity`). Its id, and its status: for a repeated request, its status
-        now. `RequestRefused` says what is wrong, and nothing is written."""
+        entry already there only if `may_change_entity`), with `contents`, the files its `attachments` name
+        (`attachment`). Its id, and its status: for a repeated request, its status now. `RequestRefused` says what is
+        wrong, and nothing is written."""
         checked_idempotency_key(idempotency_key)
         inline = None
         if entity is not None:
@@ -389,7 +394,7 @@ class NotificationClient:
             raise RequestRefused(validation_message(error)) from error
         except TemplateError as error:
             raise RequestRefused(str(error)) from error
-        notification_id, repeated = await self._requested(operation, idempotency_key, inline)
+        notification_id, repeated = await self._requested(operation, idempotency_key, inline, contents)
         scheduled = operation.send_at is not None and operation.send_at > datetime.now(UTC)
         status = NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING
         if repeated:  # its status now, not at the first request; as at first while Temporal cannot say
@@ -400,19 +405,33 @@ class NotificationClient:
                     raise
         return Accepted(id=notification_id, status=status)
 
-    async def request(self, operation: SendNotificationToEntityOp, idempotency_key: str | None = None) -> str:
-        """Request a notification and return its id. Repeating a request with the same idempotency key returns the
-        first request's id and sends nothing more. Both are checked against every rule for a new request
-        (`domain.admitted`) before anything is written: a `pydantic.ValidationError` says what is wrong."""
-        return (await self._requested(operation, idempotency_key))[0]
+    async def request(
+        self,
+        operation: SendNotificationToEntityOp,
+        idempotency_key: str | None = None,
+        contents: Sequence[bytes] = (),
+    ) -> str:
+        """Request a notification and return its id; `contents` are the files its `attachments` name, each once
+        (`attachment`). Repeating a request with the same idempotency key returns the first request's id and sends
+        nothing more. Both are checked against every rule for a new request (`domain.admitted`) before anything is
+        written: a `pydantic.ValidationError` says what is wrong."""
+        return (await self._requested(operation, idempotency_key, None, contents))[0]
 
     async def _requested(
-        self, operation: SendNotificationToEntityOp, idempotency_key: str | None, entity: DirectoryEntry | None = None
+        self,
+        operation: SendNotificationToEntityOp,
+        idempotency_key: str | None,
+        entity: DirectoryEntry | None,
+        contents: Sequence[bytes],
     ) -> tuple[str, bool]:
         """`request`'s id, and whether the request repeats one already recorded (by its idempotency key). `entity`,
         given inline, is recorded in the directory before a request that is new, once its key is claimed: a request
-        refused, or repeated, changes nothing there."""
+        refused, or repeated, changes nothing there. The contents are kept before the request that names them."""
         operation = admitted(SendNotificationToEntityOp, operation)
+        named = {a.sha256: a.size for a in operation.attachments}
+        given = {hashlib.sha256(c).hexdigest(): len(c) for c in contents}
+        if given != named:
+            raise RequestRefused("attachments: the files given are not those the request names")
         key_tags = []
         if idempotency_key is None:
             notification_id = await self._new_id()
@@ -426,6 +445,7 @@ class NotificationClient:
             if self._owner is None:
                 raise RuntimeError("a client without the owner's store cannot record an entity given inline")
             await import_entries(self._owner, [entity])
+        await self._store.put_contents(notification_id, list(contents))
         put = await self._client_operations.put(
             notification_id,
             ExecuteOpRequestedEvent(id=notification_id, operation=operation, timestamp_utc=datetime.now(UTC)),
@@ -656,6 +676,18 @@ class NotificationClient:
                 )
             )
         return entries
+
+
+def attachment(filename: str, content: bytes, media_type: str | None = None) -> Attachment:
+    """How a request names a file it sends (`SendNotificationToEntityOp.attachments`): by name, media type (by
+    default, what the name's extension says), size and SHA-256."""
+    guessed = mimetypes.guess_type(filename, strict=False)[0] or "application/octet-stream"
+    return Attachment(
+        filename=filename,
+        media_type=(media_type or guessed).lower(),
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+    )
 
 
 def _as_compared(operation: SendNotificationToEntityOp) -> SendNotificationToEntityOp:

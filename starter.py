@@ -27,6 +27,7 @@ from api.keys import Scope
 from commands import command
 from domain import (
     ADMISSION,
+    MAX_ATTACHMENT_BYTES,
     SEND_AT_EARLIEST,
     SEND_AT_LATEST,
     DirectoryEntry,
@@ -297,6 +298,28 @@ def parse_tags(values: Sequence[str]) -> list[Tag]:
     return tags
 
 
+def read_attachments(values: Sequence[str]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Each `--attach PATH[;type=MEDIA/TYPE]`: how the request names the file, and its bytes. A file past the
+    limit is refused before it is read."""
+    from client import attachment
+
+    named, contents = [], []
+    for value in values:
+        path, _, media_type = value.partition(";type=")
+        try:
+            if (size := os.path.getsize(path)) > MAX_ATTACHMENT_BYTES:
+                raise CliError(f"--attach {path}: {size:,} bytes; a file may be at most {MAX_ATTACHMENT_BYTES:,}", 2)
+            content = Path(path).read_bytes()
+        except OSError as error:
+            raise CliError(f"--attach {path}: {error.strerror or error}", 2) from error
+        try:
+            named.append(attachment(Path(path).name, content, media_type or None).model_dump())
+        except ValidationError as error:
+            raise CliError(f"--attach {value}: {validation_message(error)}", 2) from error
+        contents.append(content)
+    return named, contents
+
+
 async def _client(settings: Settings, store: StreamStore, *, owner: StreamStore | None = None) -> NotificationClient:
     """The notification client; imported here, so that a command that does not talk to Temporal does not load it."""
     from client import NotificationClient, connect
@@ -332,6 +355,13 @@ async def send(
         str | None, typer.Option(metavar="JSON", help="The template's data: a JSON object, or @FILE.")
     ] = None,
     tag: Annotated[list[str], typer.Option(metavar="NAME=VALUE", help="A tag for every record; repeatable.")] = [],  # noqa: B006
+    attach: Annotated[
+        list[str],
+        typer.Option(
+            metavar="PATH[;type=MEDIA/TYPE]",
+            help="A file to send by email (its media type from its name, unless given); repeatable.",
+        ),
+    ] = [],  # noqa: B006
     idempotency_key: Annotated[
         str | None, typer.Option(metavar="KEY", help="Repeat a request safely: same key, same id.")
     ] = None,
@@ -351,7 +381,7 @@ async def send(
             TypeAdapter(DirectoryEntry).validate_python(inline, context=ADMISSION)
         except ValidationError as error:
             raise CliError(f"--entity-json: {validation_message(error)}", 2) from error
-    content = dict(
+    content: dict[str, Any] = dict(
         entity_id=entity,
         subject=subject,
         body=text_argument(body),
@@ -360,6 +390,7 @@ async def send(
         tags=parse_tags(tag),
         send_at=parse_time(at),
     )
+    content["attachments"], contents = read_attachments(attach)
     template_data = parse_object("--data", data)
     from client import RequestRefused, checked_idempotency_key
 
@@ -371,7 +402,9 @@ async def send(
     async with settings.open_streams(as_owner=inline is not None) as store:  # the owner alone writes the directory
         client = await _client(settings, store, owner=store if inline is not None else None)
         try:
-            notification_id = (await client.submit(content, template, template_data, idempotency_key, inline)).id
+            notification_id = (
+                await client.submit(content, template, template_data, idempotency_key, inline, contents=contents)
+            ).id
         except RequestRefused as error:
             raise CliError(error.said(idempotency_key="--idempotency-key", entity="--entity-json"), 2) from error
         if not wait:

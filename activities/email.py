@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -238,7 +238,9 @@ def mailbox(m: EmailMailbox) -> Address:
     return Address(display_name=m.name or "", addr_spec=m.address)
 
 
-def compose_message(op: SendEmailOp, now: datetime) -> EmailMessage:
+def compose_message(op: SendEmailOp, now: datetime, contents: Sequence[bytes] = ()) -> EmailMessage:
+    """The message, with `contents` (those of `op.attachments`, in order) attached: `multipart/mixed` then, each
+    file with its name (RFC 2231 where it is not ASCII)."""
     message = EmailMessage()
     # Address objects, not formatted strings: a display name is then always quoted or encoded whole, so that a
     # comma or an address inside it stays part of the name.
@@ -250,6 +252,9 @@ def compose_message(op: SendEmailOp, now: datetime) -> EmailMessage:
     message.set_content(op.text_body)
     if op.html_body:
         message.add_alternative(op.html_body, subtype="html")
+    for attachment, content in zip(op.attachments, contents, strict=True):
+        maintype, subtype = attachment.media_type.split("/")
+        message.add_attachment(content, maintype=maintype, subtype=subtype, filename=attachment.filename)
     return message
 
 
@@ -278,6 +283,7 @@ def plain_message(op: SendEmailOp, now: datetime) -> PlainMessage | None:
     mailboxes = [op.sender, *op.to]
     if (
         op.html_body
+        or op.attachments
         or op.sender.name
         or "=?" in op.subject
         or not _PLAIN_TEXT.fullmatch(op.subject)
@@ -318,6 +324,7 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
     def __init__(self, store: StreamStore, settings: Settings) -> None:
         super().__init__(store, settings)
         self._connections = SmtpConnections(settings)
+        self._content = store.content
 
     async def close(self) -> None:
         """Close the connections to the mail server (when the worker stops)."""
@@ -347,6 +354,7 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
                 "subject": request.subject,
                 "text_body": request.body,
                 "html_body": request.html_body,
+                "attachments": request.attachments,
             },
         )
         return email, [recipient_email_tag(audience.email)]
@@ -363,8 +371,12 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             return SendEmailResponse(result=result, message_id=message_id(op), communication_log=log, **fields)
 
         now = datetime.now(UTC)
+        contents = [await self._content(a.sha256) for a in op.attachments]
+        if (missing := next((a for a, c in zip(op.attachments, contents, strict=True) if c is None), None)) is not None:
+            failure = f"attachment {missing.filename!r} ({missing.sha256}) is not in the stream store"
+            return _failed(answer, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, transient=False)
         try:
-            message = plain_message(op, now) or compose_message(op, now)
+            message = plain_message(op, now) or compose_message(op, now, [c for c in contents if c is not None])
             server_response = await self._connections.send(message, log)
         except aiosmtplib.SMTPRecipientsRefused as error:
             failure = "; ".join(f"{r.recipient} refused: {_said(r)}" for r in error.recipients)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     Field,
     ValidationInfo,
     field_validator,
@@ -13,6 +15,9 @@ from pydantic import (
 )
 
 from domain.rules import (
+    MAX_ATTACHMENT_BYTES,
+    MAX_ATTACHMENTS,
+    MAX_ATTACHMENTS_BYTES,
     MAX_REQUEST_BYTES,
     MAX_TAGS,
     Admitted,
@@ -127,6 +132,31 @@ class TemplateUse(Model):
     sha256: str
 
 
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,127}")
+
+
+def _media_type(value: str) -> str:
+    if not _MEDIA_TYPE.fullmatch(value):
+        raise ValueError("must be a media type in lower case, such as application/pdf")
+    return value
+
+
+class Attachment(Model):
+    """A file a notification carries, as its records name it: its bytes are kept once in the stream store, by their
+    SHA-256 (`StreamStore.put_contents`), never in a record or a workflow's payloads."""
+
+    filename: Annotated[str, Admitted(lambda v: _file_name(_sized(v, 1, 255)))]
+    media_type: Annotated[str, AfterValidator(_media_type)]
+    size: Annotated[int, Field(ge=0, le=MAX_ATTACHMENT_BYTES)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _file_name(value: str) -> str:
+    if any(c in value for c in "/\\") or not value.isprintable() or value.strip(" .") == "":
+        raise ValueError("must be a file's name: printable, without / or \\, not only dots and spaces")
+    return value
+
+
 class SendNotificationToEntityOp(Model):
     """A client's request: notify this entity with this content."""
 
@@ -141,6 +171,8 @@ class SendNotificationToEntityOp(Model):
     durable timer and can be cancelled."""
     template: TemplateUse | None = None
     """The template that rendered the subject and bodies, if one did."""
+    attachments: list[Attachment] = Field(default_factory=list)
+    """Files sent with it, by email (`MAX_ATTACHMENTS` at most, `MAX_ATTACHMENTS_BYTES` in all)."""
 
     @field_validator("tags")
     @classmethod
@@ -153,6 +185,18 @@ class SendNotificationToEntityOp(Model):
         if reserved:
             raise ValueError(f"{', '.join(map(repr, reserved))}: reserved for the service's own tags")
         return tags
+
+    @field_validator("attachments")
+    @classmethod
+    def _few_enough(cls, attachments: list[Attachment], info: ValidationInfo) -> list[Attachment]:
+        if _admitting(info):
+            if len(attachments) > MAX_ATTACHMENTS:
+                raise ValueError(f"at most {MAX_ATTACHMENTS} attachments, not {len(attachments)}")
+            if (size := sum(a.size for a in attachments)) > MAX_ATTACHMENTS_BYTES:
+                raise ValueError(
+                    f"the attachments are {size:,} bytes in all; at most {MAX_ATTACHMENTS_BYTES:,} (25 MiB)"
+                )
+        return attachments
 
     @model_validator(mode="after")
     def _fits_in_a_payload(self, info: ValidationInfo) -> SendNotificationToEntityOp:

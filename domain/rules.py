@@ -37,6 +37,14 @@ MAX_TAGS = 50
 """Client tags on one request."""
 
 
+MAX_ATTACHMENTS = 20
+"""Files attached to one request."""
+MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+"""One attached file's bytes."""
+MAX_ATTACHMENTS_BYTES = 25 * 1024 * 1024
+"""A request's attached files' bytes, in all: what an SMTP server commonly takes in one message, before encoding."""
+
+
 SEND_AT_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 """The earliest `send_at` a request may give (inclusive)."""
 

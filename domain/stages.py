@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from domain.model import (
+    Attachment,
     Channel,
     ChannelPreference,
     DirectoryEntry,
@@ -216,6 +217,8 @@ class SendEmailOp(Model):
     subject: Subject
     text_body: Body
     html_body: OptionalBody | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
+    """Named, not carried: the handler reads their bytes from the stream store."""
 
 
 class SendSlackMessageOp(Model):

@@ -1,0 +1,84 @@
+"""Files a notification sends (issue 25): kept once in the stream store by SHA-256, named by the records and the
+saga's payloads, read by the email handler and attached to the message."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import ValidationError
+from temporalio.testing import WorkflowEnvironment
+
+from client import RequestRefused, attachment
+from domain import MAX_ATTACHMENT_BYTES, SendNotificationToEntityOp, admitted
+from settings import Settings
+from sinks.mail import MailSink
+from streams import StreamName, StreamStore
+from tests.service import Notify, notifying, operation
+
+PDF = b"%PDF-1.7\n" + bytes(range(256)) * 1200
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(reversed(range(256))) * 40
+
+
+@pytest.fixture
+async def notify(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings
+) -> AsyncIterator[Notify]:
+    async with notifying(time_skipping_env, store, settings) as notify:
+        yield notify
+
+
+async def test_files_arrive_whole_and_the_records_name_them_without_their_bytes(
+    notify: Notify, mail_sink: MailSink
+) -> None:
+    files = [attachment("invoice.pdf", PDF), attachment("Übersicht März.png", PNG)]
+    nid = await notify.client.request(operation(attachments=files), contents=[PDF, PNG])
+    assert (await notify.client.result(nid)).status == "sent"
+
+    [mail] = mail_sink.messages
+    message = mail.message
+    assert message.get_content_type() == "multipart/mixed"
+    parts = [(p.get_filename(), p.get_content_type(), p.get_content()) for p in message.iter_attachments()]
+    assert parts == [("invoice.pdf", "application/pdf", PDF), ("Übersicht März.png", "image/png", PNG)]
+    assert "filename*=utf-8''%C3%9Cbersicht%20M%C3%A4rz.png" in mail.data.decode()  # RFC 2231
+    body = message.get_body(("plain",))
+    assert body is not None and body.get_content().strip() == "Volume /data is at 91%."
+
+    records = await notify.client.events(nid)
+    [sent] = [r for r in records if r.stream == StreamName.EMAIL_OPERATION]
+    assert sent.json()["operation"]["attachments"] == [a.model_dump(mode="json") for a in files]
+    assert all(len(r.payload) < 10_000 for r in records)  # named, never carried
+    history = await notify.env.client.get_workflow_handle(nid).fetch_history()
+    assert len(history.to_json()) < 60_000 < len(PDF)
+
+
+async def test_contents_that_are_not_the_ones_named_are_refused_and_nothing_is_written(notify: Notify) -> None:
+    files = [attachment("invoice.pdf", PDF)]
+    for contents in ([], [PNG], [PDF, PNG]):
+        with pytest.raises(RequestRefused, match="the files given are not those the request names"):
+            await notify.client.request(operation(attachments=files), contents=contents)
+    assert await notify.store.read(StreamName.CLIENT_OPERATION) == []
+    assert await notify.store.content(hashlib.sha256(PDF).hexdigest()) is None
+
+
+@pytest.mark.parametrize(
+    ("attachments", "said"),
+    [
+        ([attachment(f"f{i}.txt", b"x") for i in range(21)], "at most 20 attachments, not 21"),
+        (
+            [{**attachment(f"f{i}.bin", b"").model_dump(), "size": MAX_ATTACHMENT_BYTES} for i in range(3)],
+            "the attachments are 31,457,280 bytes in all; at most 26,214,400 (25 MiB)",
+        ),
+        ([{**attachment("big.bin", b"").model_dump(), "size": MAX_ATTACHMENT_BYTES + 1}], "less than or equal to"),
+        ([attachment("../etc/passwd", b"x")], "without / or \\"),
+        (
+            [{**attachment("a.pdf", b"x").model_dump(), "media_type": "not a type"}],
+            "must be a media type in lower case",
+        ),
+    ],
+)
+def test_a_request_past_the_limits_is_refused_saying_which(attachments: list[object], said: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(said)):
+        admitted(SendNotificationToEntityOp, operation(attachments=attachments))
