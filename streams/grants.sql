@@ -1,11 +1,11 @@
 -- The roles of the streams and what each may do (`python starter.py db grant` runs this; `db migrate` runs it again
 -- once the roles exist). Roles belong to the PostgreSQL cluster; the grants, to this database.
 --   notify_client    requests notifications (notify_request), and nothing else: the role outside producers use;
---   notify_producer  puts records and takes ids: it can append to the service's streams (not the directory nor
---                    the API keys, which only the owner writes), and cannot read them: the service's own writer
---                    (worker, API, CLI);
---   notify_consumer  reads records and handling statuses, and cannot write anything;
---   notify_handler   keeps handling statuses, and cannot read or write records.
+--   notify_producer  puts records and contents and takes ids: it can append to the service's streams (not the
+--                    directory nor the API keys, which only the owner writes), and cannot read them: the service's
+--                    own writer (worker, API, CLI);
+--   notify_consumer  reads records, handling statuses and contents, and cannot write anything;
+--   notify_handler   keeps handling statuses and reads contents (what it sends), and cannot read or write records.
 -- They are created able to log in, without a password: set one with ALTER ROLE ... PASSWORD for remote use.
 
 DO $$
@@ -36,9 +36,11 @@ GRANT EXECUTE ON FUNCTION notify_put(text, text, text, text, jsonb, text, intege
 GRANT EXECUTE ON FUNCTION notify_put_batch(text, text[], text[], text[], integer[], text[], text[], text[], bytea[])
     TO notify_producer;
 
-GRANT SELECT ON notify_records, notify_record_tags, notify_handling TO notify_consumer;
+GRANT EXECUTE ON FUNCTION notify_put_contents(text, bytea[]) TO notify_producer;
 
-GRANT SELECT ON notify_handling TO notify_handler;
+GRANT SELECT ON notify_records, notify_record_tags, notify_handling, notify_contents TO notify_consumer;
+
+GRANT SELECT ON notify_handling, notify_contents TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text, bytea) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_begin(text, bigint, text, text, bytea) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_request(text, text, text, text, text, jsonb, timestamptz, text) TO notify_client, notify_producer;

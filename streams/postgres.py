@@ -51,6 +51,7 @@ from streams.store import (
     ViewCounts,
     Written,
     held,
+    is_digest,
     select_handling,
     select_records,
     select_tagged,
@@ -62,6 +63,9 @@ MIGRATIONS = {int(path.name.split("_")[0]): path for path in (Path(__file__).par
 SCHEMA_VERSION = max(MIGRATIONS)
 GRANTS = Path(__file__).parent / "grants.sql"
 MIGRATION_LOCK = 7_303_101  # an advisory lock key: one migrator at a time
+CONTENTS_LOCK = 7_303_102
+"""An advisory lock key: puts of contents share it (`notify_put_contents`), pruning them holds it alone, so that no
+content is removed as a put names it."""
 LISTEN_CONNECT_TIMEOUT = 10
 
 
@@ -152,6 +156,16 @@ SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM records)
 """
 """Prune one batch of notifications (`StreamStore.prune`): their records, found by their notification id, with their
 tags (a trigger deletes them) and their handling."""
+
+PRUNE_CONTENT_REFS = """
+DELETE FROM notify_content_refs c WHERE c.timestamp_utc < %(before)s
+AND NOT EXISTS (SELECT 1 FROM notify_records r WHERE r.notification_id = c.notification_id)
+"""
+"""Forget the contents' names of notifications with no record left (by the records' notification-id index)."""
+PRUNE_CONTENTS = """
+DELETE FROM notify_contents c WHERE NOT EXISTS (SELECT 1 FROM notify_content_refs r WHERE r.sha256 = c.sha256)
+"""
+"""Remove the contents no notification names: a statement of its own, which sees the names the one before removed."""
 
 
 VIEW_COUNTS = f"""
@@ -447,6 +461,31 @@ class PostgresStreamStore(StreamStore):
             row = await cursor.fetchone()
         assert row is not None
         return row[0], row[1]
+
+    async def _prune_contents(self, before: datetime) -> int:
+        """As the owner, as `_prune_batch` is; one transaction holding `CONTENTS_LOCK` alone."""
+        async with _using(self._producer) as db, db.transaction():
+            await db.execute("SELECT pg_advisory_xact_lock(%s)", (CONTENTS_LOCK,))
+            await db.execute(PRUNE_CONTENT_REFS, {"before": before})
+            return (await db.execute(PRUNE_CONTENTS)).rowcount
+
+    async def put_contents(self, notification_id: str, contents: Sequence[bytes]) -> list[str]:
+        """One call of `notify_put_contents`, which computes the digests; the contents sent as a binary bytea[]."""
+        if not contents:
+            return []
+        async with _using(self._producer) as db:
+            cursor = await db.execute("SELECT notify_put_contents(%s, %b)", (notification_id, _Blobs(contents)))
+            row = await cursor.fetchone()
+        assert row is not None
+        return list(row[0])
+
+    async def content(self, sha256: str) -> bytes | None:
+        if not is_digest(sha256):
+            return None
+        async with _using(self._consumer) as db:
+            cursor = await db.execute("SELECT content FROM notify_contents WHERE sha256 = %s", (sha256,))
+            row = await cursor.fetchone()
+        return None if row is None else bytes(row[0])
 
     async def view_counts(self, since: datetime) -> ViewCounts:
         """PostgreSQL before 16 cannot test whether a text is JSON without failing the statement: only when a view in

@@ -4,6 +4,7 @@ sharing the work through one Temporal and one database."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shlex
 import subprocess
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from psycopg import errors
+from psycopg import errors, sql
 from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
@@ -32,8 +33,9 @@ from sinks.slack import SlackSink
 from streams import ExistingRecordStrategy as S
 from streams import HandlingStatus, StoreUnavailable, StoreUnusable, StreamName, open_store
 from streams.directory import import_entries, lookup
+from streams.packing import pack
 from streams.postgres import MIGRATIONS, SCHEMA_VERSION, AccessUrls, PostgresStreamStore, _classified, migrate
-from streams.store import ALLOWED_TRANSITIONS
+from streams.store import ALLOWED_TRANSITIONS, Pruned
 from tests.databases import Databases, role_urls, url_of
 from tests.service import Api
 
@@ -139,7 +141,7 @@ async def test_migration_11_holds_the_notification_id_in_its_column_and_reads_ba
         )
         for status, details in (("Running", "went"), ("Failed", long)):
             db.execute("SELECT * FROM notify_transition('notification-event', 1, 'c', %s, %s)", (status, details))
-    assert await migrate(url) == [MIGRATIONS[11].name]
+    assert await migrate(url) == [MIGRATIONS[11].name, MIGRATIONS[12].name]
     with psycopg.connect(url) as db:
         assert db.execute(
             "SELECT stream, notification_id, payload IS NOT NULL, packed IS NULL FROM notify_records"
@@ -185,6 +187,81 @@ async def test_migration_11_holds_the_notification_id_in_its_column_and_reads_ba
             (False,),
             (True,),
         ]
+
+
+def _rows_of_every_table(db: psycopg.Connection) -> dict[str, list[str]]:
+    """Each table of the streams' schema, its rows as text, in order."""
+    tables = [
+        name
+        for (name,) in db.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' ORDER BY 1"
+        )
+    ]
+    return {
+        table: [
+            row for (row,) in db.execute(sql.SQL("SELECT t::text FROM {} t ORDER BY 1").format(sql.Identifier(table)))
+        ]
+        for table in tables
+    }
+
+
+async def test_migration_12_keeps_everything_and_adds_the_contents(postgres: Databases) -> None:
+    """A store at schema 11, with records of every kind, their tags, handling, ids and turns, is migrated to 12: every
+    row of every table is as it was (but the migrations' own list, and the transitions `db migrate` writes again),
+    the roles read and write as before, and contents are put and read."""
+    url = postgres.empty()
+    long = json.dumps({"body": "x" * 300})
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("SET search_path = public, pg_temp")
+        db.execute("CREATE TABLE notify_schema_migrations (version integer PRIMARY KEY, name text NOT NULL)")
+        for version in range(1, 12):
+            db.execute(MIGRATIONS[version].read_text())
+            db.execute("INSERT INTO notify_schema_migrations VALUES (%s, %s)", (version, MIGRATIONS[version].name))
+        db.execute(
+            "INSERT INTO notify_handling_transitions VALUES ('Running', 'AvailableByDefault'), ('Failed', 'Running')"
+        )
+        db.execute(
+            "SELECT notify_put_batch('notification-event', ARRAY['n-1', 'n-1'], ARRAY['T', 'U'], ARRAY[%s, NULL],"
+            " ARRAY[1], ARRAY['entity-id'], ARRAY['e'], ARRAY['n-1', 'n-1'], ARRAY[NULL, %s]::bytea[])",
+            (long, pack(long)),
+        )
+        db.execute(
+            "SELECT * FROM notify_put('notification-view', 'n-1', 'V', '{}', '[]', 'PruneIfFoundById', 1, 'n-1')"
+        )
+        db.execute("SELECT * FROM notify_put('entity-directory', 'e', 'D', '{}', '[]', 'DoNotWriteIfFoundById', 1)")
+        for status, details in (("Running", "went"), ("Failed", long)):
+            db.execute("SELECT * FROM notify_transition('notification-event', 1, 'c', %s, %s)", (status, details))
+        db.execute("SELECT notify_next_unique_id('email-operation')")
+        db.execute("SELECT notify_next_turn('k', 1)")
+        before = _rows_of_every_table(db)
+    assert await migrate(url) == [MIGRATIONS[12].name]
+    with psycopg.connect(url) as db:
+        after = _rows_of_every_table(db)
+    unchanged = set(before) - {"notify_schema_migrations", "notify_handling_transitions"}
+    assert {"notify_records", "notify_record_tags", "notify_handling", "notify_unique_ids", "notify_turns"} <= unchanged
+    assert {table: after[table] for table in unchanged} == {table: before[table] for table in unchanged}
+    assert set(after) - set(before) == {"notify_contents", "notify_content_refs"}
+    assert set(after["notify_schema_migrations"]) == {
+        *before["notify_schema_migrations"],
+        f"(12,{MIGRATIONS[12].name})",
+    }
+    urls = AccessUrls(*(as_role(url, f"notify_{role}") for role in ("producer", "consumer", "handler")))
+    async with PostgresStreamStore(urls) as store:
+        [event, packed] = await store.read_tagged(
+            [StreamName.NOTIFICATION_EVENT], [Tag(name="notification-id", value="n-1")]
+        )
+        assert (event.payload, event.tags) == (
+            long,
+            (Tag(name="entity-id", value="e"), Tag(name="notification-id", value="n-1")),
+        )
+        assert packed.payload == long
+        assert [e.status for e in await store.handling(StreamName.NOTIFICATION_EVENT).history(event.internal_id)] == [
+            "Running",
+            "Failed",
+        ]
+        assert await store.writer(StreamName.EMAIL_OPERATION).next_unique_id() == 2
+        [digest] = await store.put_contents("n-1", [b"attached"])
+        assert await store.content(digest) == b"attached"
 
 
 def test_sqlite_is_not_migrated_by_hand(tmp_path: Path) -> None:
@@ -276,6 +353,73 @@ async def test_only_a_handler_keeps_handling_and_it_cannot_touch_records(databas
             with pytest.raises(errors.InsufficientPrivilege):
                 db.execute(statement)
             db.rollback()
+
+
+async def test_a_producer_puts_contents_and_cannot_read_them_nor_write_their_tables(database: str) -> None:
+    """Contents go in through notify_put_contents alone, which files each under the digest it computes itself: a
+    producer holds no table of them, and cannot read back what it put; a consumer and a handler read them."""
+    pdf = b"%PDF-1.7\n" + bytes(range(256)) * 64
+    digest = hashlib.sha256(pdf).hexdigest()
+    async with open_store(as_role(database, "notify_producer")) as store:
+        assert await store.put_contents("n-1", [pdf, pdf]) == [digest, digest]
+        with pytest.raises(StoreUnusable, match="permission denied"):
+            await store.content(digest)
+    with psycopg.connect(as_role(database, "notify_producer"), autocommit=True) as db:
+        for statement in (
+            f"INSERT INTO notify_contents VALUES ('{'0' * 64}', '\\x00')",
+            f"INSERT INTO notify_content_refs (notification_id, sha256) VALUES ('n-2', '{digest}')",
+            f"UPDATE notify_contents SET content = '\\x00' WHERE sha256 = '{digest}'",
+            "DELETE FROM notify_content_refs",
+            "SELECT content FROM notify_contents",
+            "SELECT notification_id FROM notify_content_refs",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                db.execute(statement)
+        with pytest.raises(psycopg.Error, match="none of them null") as refused:
+            db.execute("SELECT notify_put_contents('n-1', ARRAY[NULL]::bytea[])")
+        assert refused.value.sqlstate == "NT002"
+    for role in ("notify_consumer", "notify_handler"):
+        async with open_store(as_role(database, role)) as store:
+            assert await store.content(digest) == pdf
+            with pytest.raises(StoreUnusable, match="permission denied"):
+                await store.put_contents("n-2", [b"not theirs to put"])
+        with psycopg.connect(as_role(database, role), autocommit=True) as db:
+            for statement in (
+                f"INSERT INTO notify_contents VALUES ('{'0' * 64}', '\\x00')",
+                "DELETE FROM notify_contents",
+                "SELECT notification_id FROM notify_content_refs",
+            ):
+                with pytest.raises(errors.InsufficientPrivilege):
+                    db.execute(statement)
+    with psycopg.connect(database) as db:
+        assert db.execute("SELECT notification_id, sha256 FROM notify_content_refs").fetchall() == [("n-1", digest)]
+        assert db.execute("SELECT count(*) FROM notify_contents").fetchone() == (1,)
+
+
+async def test_a_prune_waits_for_a_put_that_names_a_content_it_would_remove(database: str) -> None:
+    """A put that names a content already there, under way as a prune looks for contents no notification names: the
+    prune waits for it (`CONTENTS_LOCK`), and then sees the name; it never removes what a put has just named."""
+    async with open_store(database) as owner:
+        [digest] = await owner.put_contents("never-requested", [b"shared"])
+        with psycopg.connect(database, autocommit=True) as watcher:
+            cut = watcher.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+            with psycopg.connect(as_role(database, "notify_producer")) as putter:  # its transaction left open
+                putter.execute("SELECT notify_put_contents('requested-now', ARRAY[%s]::bytea[])", (b"shared",))
+                pruning = asyncio.create_task(owner.prune(cut))
+                waiting = False
+                for _ in range(100):
+                    await asyncio.sleep(0.05)
+                    waiting = watcher.execute(
+                        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)"
+                    ).fetchone() == (True,)
+                    if waiting:
+                        break
+                assert waiting and not pruning.done()
+                putter.commit()
+                assert await pruning == Pruned(contents=0)
+        assert await owner.content(digest) == b"shared"
+    with psycopg.connect(database) as db:
+        assert db.execute("SELECT notification_id FROM notify_content_refs").fetchall() == [("requested-now",)]
 
 
 async def test_a_record_holds_its_notification_id_in_a_column_and_a_long_payload_packed(database: str) -> None:
