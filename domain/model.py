@@ -171,8 +171,9 @@ class SendNotificationToEntityOp(Model):
     durable timer and can be cancelled."""
     template: TemplateUse | None = None
     """The template that rendered the subject and bodies, if one did."""
-    attachments: list[Attachment] = Field(default_factory=list)
-    """Files sent with it, by email (`MAX_ATTACHMENTS` at most, `MAX_ATTACHMENTS_BYTES` in all)."""
+    attachments: list[Attachment] = Field(default_factory=list, exclude_if=lambda files: not files)
+    """Files sent with it, by email (`MAX_ATTACHMENTS` at most, `MAX_ATTACHMENTS_BYTES` in all); left out of its
+    JSON when there are none, as a request without files was written before (and as `notify_request` writes one)."""
 
     @field_validator("tags")
     @classmethod

@@ -217,7 +217,7 @@ class SendEmailOp(Model):
     subject: Subject
     text_body: Body
     html_body: OptionalBody | None = None
-    attachments: list[Attachment] = Field(default_factory=list)
+    attachments: list[Attachment] = Field(default_factory=list, exclude_if=lambda files: not files)
     """Named, not carried: the handler reads their bytes from the stream store."""
 
 
