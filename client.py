@@ -826,12 +826,14 @@ def _delivery(
             op["notification_id"],
             op.get("subject") or _first_line(op["text"]),
         )
+        attachments = [Attachment.model_validate(a) for a in op.get("attachments", [])]
         reading = ended or requested
         reason = ended.json()["response"].get("error") if ended else None
         outcome = "sending" if ended is None else "failed" if ended.type.startswith("Failed") else "sent"
     except (ValueError, LookupError, TypeError, AttributeError) as error:
         notification_id = requested.tag(TagName.NOTIFICATION_ID) or ""
         subject, reason, outcome = None, unreadable(reading, error), "unreadable"
+        attachments = []
     return DeliveryAuditEntry(
         notification_id=notification_id,
         channel=channel,
@@ -842,6 +844,7 @@ def _delivery(
         reason=reason,
         requested_at=requested.timestamp_utc,
         completed_at=ended.timestamp_utc if ended else None,
+        attachments=attachments,
     )
 
 

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from domain.model import (
+    Attachment,
     Channel,
     NotificationStatus,
 )
@@ -106,6 +107,8 @@ class DeliveryAuditEntry(Model):
     reason: str | None = None
     requested_at: datetime
     completed_at: datetime | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
+    """The files the message carried, as its operation names them."""
 
 
 class NotificationAuditEntry(Model):

@@ -50,6 +50,8 @@ async def test_files_arrive_whole_and_the_records_name_them_without_their_bytes(
     [sent] = [r for r in records if r.stream == StreamName.EMAIL_OPERATION]
     assert sent.json()["operation"]["attachments"] == [a.model_dump(mode="json") for a in files]
     assert all(len(r.payload) < 10_000 for r in records)  # named, never carried
+    [audited] = await notify.client.audit_email("ada@example.com")
+    assert audited.attachments == files
     history = await notify.env.client.get_workflow_handle(nid).fetch_history()
     assert len(history.to_json()) < 60_000 < len(PDF)
 
