@@ -678,15 +678,18 @@ class NotificationClient:
         return entries
 
 
-def attachment(filename: str, content: bytes, media_type: str | None = None) -> Attachment:
+def attachment(
+    filename: str, content: bytes, media_type: str | None = None, content_id: str | None = None
+) -> Attachment:
     """How a request names a file it sends (`SendNotificationToEntityOp.attachments`): by name, media type (by
-    default, what the name's extension says), size and SHA-256."""
+    default, what the name's extension says), size and SHA-256; with a content id, an image its HTML body shows."""
     guessed = mimetypes.guess_type(filename, strict=False)[0] or "application/octet-stream"
     return Attachment(
         filename=filename,
         media_type=(media_type or guessed).lower(),
         size=len(content),
         sha256=hashlib.sha256(content).hexdigest(),
+        content_id=content_id,
     )
 
 

@@ -298,24 +298,28 @@ def parse_tags(values: Sequence[str]) -> list[Tag]:
     return tags
 
 
-def read_attachments(values: Sequence[str]) -> tuple[list[dict[str, Any]], list[bytes]]:
-    """Each `--attach PATH[;type=MEDIA/TYPE]`: how the request names the file, and its bytes. A file past the
-    limit is refused before it is read."""
+def read_attachments(attach: Sequence[str], inline: Sequence[str]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Each `--attach PATH[;type=MEDIA/TYPE]` and `--inline CID=PATH[;type=...]`: how the request names the file,
+    and its bytes. A file past the limit is refused before it is read."""
     from client import attachment
 
     named, contents = [], []
-    for value in values:
-        path, _, media_type = value.partition(";type=")
+    for option, value in [*(("--attach", v) for v in attach), *(("--inline", v) for v in inline)]:
+        content_id, _, where = value.partition("=") if option == "--inline" else ("", "", value)
+        path, _, media_type = where.partition(";type=")
+        if option == "--inline" and not (content_id and path):
+            raise CliError(f"--inline {value!r}: expected CID=PATH", 2)
         try:
             if (size := os.path.getsize(path)) > MAX_ATTACHMENT_BYTES:
-                raise CliError(f"--attach {path}: {size:,} bytes; a file may be at most {MAX_ATTACHMENT_BYTES:,}", 2)
+                raise CliError(f"{option} {path}: {size:,} bytes; a file may be at most {MAX_ATTACHMENT_BYTES:,}", 2)
             content = Path(path).read_bytes()
         except OSError as error:
-            raise CliError(f"--attach {path}: {error.strerror or error}", 2) from error
+            raise CliError(f"{option} {path}: {error.strerror or error}", 2) from error
         try:
-            named.append(attachment(Path(path).name, content, media_type or None).model_dump())
+            file = attachment(Path(path).name, content, media_type or None, content_id or None)
         except ValidationError as error:
-            raise CliError(f"--attach {value}: {validation_message(error)}", 2) from error
+            raise CliError(f"{option} {value}: {validation_message(error)}", 2) from error
+        named.append(file.model_dump())
         contents.append(content)
     return named, contents
 
@@ -362,6 +366,14 @@ async def send(
             help="A file to send by email (its media type from its name, unless given); repeatable.",
         ),
     ] = [],  # noqa: B006
+    inline_images: Annotated[
+        list[str],
+        typer.Option(
+            "--inline",
+            metavar="CID=PATH[;type=MEDIA/TYPE]",
+            help='An image the HTML body shows as <img src="cid:CID">; repeatable.',
+        ),
+    ] = [],  # noqa: B006
     idempotency_key: Annotated[
         str | None, typer.Option(metavar="KEY", help="Repeat a request safely: same key, same id.")
     ] = None,
@@ -390,7 +402,7 @@ async def send(
         tags=parse_tags(tag),
         send_at=parse_time(at),
     )
-    content["attachments"], contents = read_attachments(attach)
+    content["attachments"], contents = read_attachments(attach, inline_images)
     template_data = parse_object("--data", data)
     from client import RequestRefused, checked_idempotency_key
 

@@ -239,8 +239,9 @@ def mailbox(m: EmailMailbox) -> Address:
 
 
 def compose_message(op: SendEmailOp, now: datetime, contents: Sequence[bytes] = ()) -> EmailMessage:
-    """The message, with `contents` (those of `op.attachments`, in order) attached: `multipart/mixed` then, each
-    file with its name (RFC 2231 where it is not ASCII)."""
+    """The message, with `contents` (those of `op.attachments`, in order): inline images beside the HTML body that
+    shows them (`multipart/related`), other files attached (`multipart/mixed`), each with its name (RFC 2231 where
+    it is not ASCII)."""
     message = EmailMessage()
     # Address objects, not formatted strings: a display name is then always quoted or encoded whole, so that a
     # comma or an address inside it stays part of the name.
@@ -252,9 +253,14 @@ def compose_message(op: SendEmailOp, now: datetime, contents: Sequence[bytes] = 
     message.set_content(op.text_body)
     if op.html_body:
         message.add_alternative(op.html_body, subtype="html")
+    html = message.get_body(("html",))
     for attachment, content in zip(op.attachments, contents, strict=True):
         maintype, subtype = attachment.media_type.split("/")
-        message.add_attachment(content, maintype=maintype, subtype=subtype, filename=attachment.filename)
+        if attachment.content_id and html is not None:
+            cid = f"<{attachment.content_id}>"
+            html.add_related(content, maintype, subtype, cid=cid, filename=attachment.filename)
+        else:
+            message.add_attachment(content, maintype=maintype, subtype=subtype, filename=attachment.filename)
     return message
 
 

@@ -149,6 +149,9 @@ class Attachment(Model):
     media_type: Annotated[str, AfterValidator(_media_type)]
     size: Annotated[int, Field(ge=0, le=MAX_ATTACHMENT_BYTES)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    content_id: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9._@-]{1,200}$", exclude_if=lambda v: v is None)] = None
+    """An image the HTML body shows (`<img src="cid:CONTENT_ID">`), sent beside it rather than as a file of its own;
+    only email carries it."""
 
 
 def _file_name(value: str) -> str:
@@ -193,11 +196,19 @@ class SendNotificationToEntityOp(Model):
         if _admitting(info):
             if len(attachments) > MAX_ATTACHMENTS:
                 raise ValueError(f"at most {MAX_ATTACHMENTS} attachments, not {len(attachments)}")
+            if len(ids := [a.content_id for a in attachments if a.content_id]) != len(set(ids)):
+                raise ValueError("each inline image has a content id of its own")
             if (size := sum(a.size for a in attachments)) > MAX_ATTACHMENTS_BYTES:
                 raise ValueError(
                     f"the attachments are {size:,} bytes in all; at most {MAX_ATTACHMENTS_BYTES:,} (25 MiB)"
                 )
         return attachments
+
+    @model_validator(mode="after")
+    def _inline_in_html(self, info: ValidationInfo) -> SendNotificationToEntityOp:
+        if _admitting(info) and self.html_body is None and any(a.content_id for a in self.attachments):
+            raise ValueError("an inline image is shown by an HTML body: give one")
+        return self
 
     @model_validator(mode="after")
     def _fits_in_a_payload(self, info: ValidationInfo) -> SendNotificationToEntityOp:

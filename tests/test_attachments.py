@@ -76,6 +76,11 @@ async def test_contents_that_are_not_the_ones_named_are_refused_and_nothing_is_w
         ([{**attachment("big.bin", b"").model_dump(), "size": MAX_ATTACHMENT_BYTES + 1}], "less than or equal to"),
         ([attachment("../etc/passwd", b"x")], "without / or \\"),
         (
+            [attachment("a.png", b"a", content_id="logo"), attachment("b.png", b"b", content_id="logo")],
+            "each inline image has a content id of its own",
+        ),
+        ([attachment("a.png", b"a", content_id="logo")], "an inline image is shown by an HTML body: give one"),
+        (
             [{**attachment("a.pdf", b"x").model_dump(), "media_type": "not a type"}],
             "must be a media type in lower case",
         ),

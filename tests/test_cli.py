@@ -129,14 +129,22 @@ def test_files_attached_go_by_email_whole(directory: Cli, sinks: tuple[MailSink,
     report, picture = b"%PDF-1.7\n" + bytes(range(256)) * 64, b"\x89PNG\r\n\x1a\n" + bytes(64)
     (directory.data_dir.parent / "report.pdf").write_bytes(report)
     (directory.data_dir.parent / "chart").write_bytes(picture)
+    gif = b"GIF89a" + bytes(32)
+    (directory.data_dir.parent / "logo.gif").write_bytes(gif)
     sent = directory.run(
         "send", "--entity", "user-1", "--subject", "Monthly report", "--body", "Attached.",
-        "--attach", "report.pdf", "--attach", "chart;type=image/png", "--wait", "--json",
+        "--attach", "report.pdf", "--attach", "chart;type=image/png", "--inline", "logo=logo.gif",
+        "--html", '<p>Attached.</p><img src="cid:logo">', "--wait", "--json",
     )  # fmt: skip
     assert sent.returncode == 0, sent.stderr
     [message] = [m.message for m in mail.received_by("test@example.com") if m.message["Subject"] == "Monthly report"]
     files = [(p.get_filename(), p.get_content_type(), p.get_content()) for p in message.iter_attachments()]
     assert files == [("report.pdf", "application/pdf", report), ("chart", "image/png", picture)]
+    html = message.get_body(("related", "html"))
+    assert html is not None and html.get_content_type() == "multipart/related"
+    [shown, logo] = html.iter_parts()
+    assert 'src="cid:logo"' in shown.get_content()
+    assert (logo["Content-ID"], logo.get_content_type(), logo.get_content()) == ("<logo>", "image/gif", gif)
 
 
 def test_send_then_status_events_and_audit(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
@@ -470,6 +478,11 @@ def test_idempotency_key_returns_the_same_id_and_sends_once(directory: Cli, sink
         (
             ("--subject", "S", "--body", "B", "--attach", "missing.pdf"),
             "--attach missing.pdf: No such file or directory",
+        ),
+        (("--subject", "S", "--body", "B", "--inline", "small.txt"), "--inline 'small.txt': expected CID=PATH"),
+        (
+            ("--subject", "S", "--body", "B", "--inline", "logo=small.txt"),
+            "an inline image is shown by an HTML body: give one",
         ),
         (
             ("--subject", "S", "--body", "B", "--attach", "large.bin"),
