@@ -371,7 +371,7 @@ async def send(
         typer.Option(
             "--inline",
             metavar="CID=PATH[;type=MEDIA/TYPE]",
-            help='An image the HTML body shows as <img src="cid:CID">; repeatable.',
+            help='An image the HTML body shows by its content id (src="cid:CID"); repeatable.',
         ),
     ] = [],  # noqa: B006
     idempotency_key: Annotated[
@@ -616,7 +616,10 @@ async def streams_prune(
     if as_json:
         print_json({"before": cutoff.isoformat(), **dataclasses.asdict(pruned)})
     else:
-        print(f"pruned {pruned.notifications} notifications ({pruned.records} records) that ended before {cutoff}")
+        print(
+            f"pruned {pruned.notifications} notifications ({pruned.records} records) that ended before {cutoff},"
+            f" and {pruned.contents} files no notification names"
+        )
 
 
 def _prune_cutoff(before: str | None, older_than: int | None) -> datetime:

@@ -807,6 +807,7 @@ def test_prune_removes_what_ended_before_the_date_and_the_audit_forgets_it(direc
 
     pruned = directory.json("streams", "prune", "--before", datetime.now(UTC).isoformat())
     assert pruned["notifications"] >= 1 and pruned["records"] >= 10
+    assert pruned["contents"] == 3  # the files test_files_attached_go_by_email_whole sent
     assert directory.record_count() == stored - pruned["records"]
     missing = directory.run("status", nid)
     assert missing.returncode == 1 and "no notification with id" in missing.stderr
