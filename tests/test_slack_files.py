@@ -1,0 +1,170 @@
+"""Files on Slack (issue 25): each uploaded into the entity's channel through Slack's upload flow, with the message as
+their comment; the records name them and Slack's ids for them, never their bytes; a retried upload shares them once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from activities.channel_handler import Delivery
+from activities.slack import SlackHandler
+from client import attachment
+from domain import SendSlackMessageOp
+from settings import Settings
+from sinks.mail import MailSink
+from sinks.slack import SlackSink
+from streams import StreamName, StreamStore
+from tests.conftest import SLACK_TOKEN
+from tests.service import Notify, entity, notifying, operation
+
+PDF = b"%PDF-1.7\n" + bytes(range(256)) * 1200
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(reversed(range(256))) * 40
+FILES = [attachment("invoice.pdf", PDF), attachment("Übersicht März.png", PNG)]
+COMMENT = "*Disk almost full*\nVolume /data is at 91%."
+"""The Slack message of `operation()`, which the files are shared with."""
+UPLOAD_CALLS = ["files.getUploadURLExternal", "files.getUploadURLExternal", "files.completeUploadExternal"]
+
+
+@pytest.fixture
+async def notify(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings
+) -> AsyncIterator[Notify]:
+    async with notifying(time_skipping_env, store, settings) as notify:
+        yield notify
+
+
+async def test_files_arrive_in_the_entitys_channel_and_in_the_mail_and_the_records_name_them(
+    notify: Notify, slack_sink: SlackSink, mail_sink: MailSink
+) -> None:
+    nid = await notify.client.request(operation(attachments=FILES), contents=[PDF, PNG])
+    assert (await notify.client.result(nid)).status == "sent"
+
+    shared = [(f.name, f.title, f.content, f.channel, f.initial_comment) for f in slack_sink.files]
+    assert shared == [
+        ("invoice.pdf", "invoice.pdf", PDF, "C0123", COMMENT),
+        ("Übersicht März.png", "Übersicht März.png", PNG, "C0123", COMMENT),
+    ]
+    [message] = slack_sink.messages  # one message: the comment, sharing both files
+    assert (message.channel, message.text, [f["id"] for f in message.files]) == (
+        "C0123",
+        COMMENT,
+        [f.id for f in slack_sink.files],
+    )
+    assert [m for m, _ in slack_sink.calls] == UPLOAD_CALLS  # never the retired files.upload
+    [mail] = mail_sink.messages
+    assert [(p.get_filename(), p.get_content()) for p in mail.message.iter_attachments()] == [
+        ("invoice.pdf", PDF),
+        ("Übersicht März.png", PNG),
+    ]
+
+    records = await notify.client.events(nid)
+    [slack_op] = [r for r in records if r.stream == StreamName.SLACK_OPERATION]
+    assert slack_op.json()["operation"]["attachments"] == [a.model_dump(mode="json") for a in FILES]
+    [succeeded] = [r for r in records if r.type == "SucceededInSendingSlackMessageEvent"]
+    assert succeeded.json()["response"]["response_json"] == {
+        "ok": True,
+        "channel": "C0123",
+        "files": [{"id": f.id, "title": f.name} for f in slack_sink.files],
+    }
+    assert all(len(r.payload) < 10_000 for r in records)  # named, never carried
+
+
+async def test_an_upload_whose_completion_answer_is_lost_is_retried_and_shares_the_files_once(
+    dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings, slack_sink: SlackSink
+) -> None:
+    """Slack completes the upload and the connection drops before its answer: the retry finds the files' message
+    in the channel's history (the dev server's clock is the wall's, as the history's is) and uploads nothing."""
+    slack_sink.lost_answers.append("files.completeUploadExternal")
+    fast = settings.model_copy(update={"slack_retry_initial_seconds": 0.2, "slack_messages_per_second": None})
+    async with notifying(dev_env, store, fast, entity(channels={"slack": "send"})) as notify:
+        nid = await notify.client.request(operation(attachments=FILES), contents=[PDF, PNG])
+        await notify.client.result(nid)
+        view = await notify.client.status(nid)
+        events = await notify.types(StreamName.SLACK_EVENT, 1)
+        [succeeded] = [r for r in await notify.client.events(nid) if r.type == "SucceededInSendingSlackMessageEvent"]
+    assert view["status"] == "sent", view
+    assert view["channels"]["slack"]["attempts"] == 2
+    assert [(f.name, f.content) for f in slack_sink.files] == [("invoice.pdf", PDF), ("Übersicht März.png", PNG)]
+    assert len(slack_sink.messages) == 1
+    assert [m for m, _ in slack_sink.calls] == [*UPLOAD_CALLS, "conversations.history"]
+    assert events == ["SendSlackMessageRequestedEvent", "SucceededInSendingSlackMessageEvent"]
+    said = succeeded.json()["response"]["response_json"]
+    assert said["found_in_history"] and said["files"] == [{"id": f.id, "title": f.name} for f in slack_sink.files]
+
+
+async def test_a_slack_failure_answer_to_the_completion_is_a_failed_slack_outcome(
+    notify: Notify, slack_sink: SlackSink, mail_sink: MailSink
+) -> None:
+    slack_sink.unknown_channels.add("C0123")
+    nid = await notify.client.request(operation(attachments=FILES), contents=[PDF, PNG])
+    await notify.client.result(nid)
+    view = await notify.client.status(nid)
+    assert view["status"] == "partially_sent", view
+    slack = view["channels"]["slack"]
+    assert (slack["outcome"], slack["attempts"], slack["reason"]) == ("failed", 1, "Slack answered channel_not_found")
+    assert slack_sink.files == [] and slack_sink.messages == []
+    assert len(mail_sink.messages) == 1
+
+
+@pytest.fixture
+async def handler(tmp_path: Path, slack_sink: SlackSink) -> AsyncIterator[SlackHandler]:
+    """A handler on its own, without a saga, over a store that holds no contents."""
+    settings = Settings(_env_file=None, streams_url=f"sqlite:///{tmp_path / 'streams.db'}")
+    async with settings.open_streams(create=True) as store:
+        slack = {"slack_api_url": slack_sink.api_url, "slack_tokens": {"acme": SecretStr(SLACK_TOKEN)}}
+        yield SlackHandler(store, settings.model_copy(update=slack))
+
+
+async def test_a_file_missing_from_the_store_fails_for_good_saying_which(
+    handler: SlackHandler, slack_sink: SlackSink
+) -> None:
+    op = SendSlackMessageOp(
+        notification_id="n-1", channel_operation_id=1, workspace="acme", channel="C0123", text="T", attachments=FILES
+    )
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=1)
+    delivery = await env.run(handler.deliver, op)
+    assert isinstance(delivery, Delivery)
+    assert delivery.failure == f"attachment 'invoice.pdf' ({FILES[0].sha256}) is not in the stream store"
+    assert slack_sink.calls == []
+
+
+async def test_the_sink_answers_the_upload_flow_as_slack_does(slack_sink: SlackSink) -> None:
+    client = AsyncWebClient(token=SLACK_TOKEN, base_url=slack_sink.api_url)
+    stranger = AsyncWebClient(token="xoxb-someone-else", base_url=slack_sink.api_url)
+
+    async def error(call: Awaitable[object]) -> str:
+        with pytest.raises(SlackApiError) as raised:
+            await call
+        return str(raised.value.response["error"])
+
+    assert await error(stranger.files_getUploadURLExternal(filename="a.txt", length=1)) == "invalid_auth"
+    assert await error(client.api_call("files.getUploadURLExternal", params={"filename": "a.txt"})) == (
+        "invalid_arguments"
+    )
+    assert await error(client.files_completeUploadExternal(files=[{"id": "F404"}], channel_id="C1")) == (
+        "file_not_found"
+    )
+    sent = await client.files_upload_v2(
+        file_uploads=[{"filename": "a.txt", "content": b"one"}, {"filename": "b.bin", "content": b"\x00two"}],
+        channel="C1",
+        initial_comment="files",
+    )
+    assert [f["title"] for f in sent["files"]] == ["a.txt", "b.bin"]
+    assert [(f.name, f.content, f.channel, f.initial_comment) for f in slack_sink.files] == [
+        ("a.txt", b"one", "C1", "files"),
+        ("b.bin", b"\x00two", "C1", "files"),
+    ]
+    history = await client.conversations_history(channel="C1")
+    [message] = history["messages"]
+    assert (message["text"], [f["name"] for f in message["files"]]) == ("files", ["a.txt", "b.bin"])
+    assert await error(client.files_completeUploadExternal(files=[{"id": sent["files"][0]["id"]}])) == (
+        "file_not_found"  # completed already
+    )
