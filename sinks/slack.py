@@ -28,6 +28,9 @@ from aiohttp import BodyPartReader, web
 
 from sinks.mail import free_port
 
+POSTING = frozenset({"chat.postMessage", "files.completeUploadExternal"})
+"""The methods that post a message in a channel."""
+
 
 @dataclass(frozen=True)
 class PostedMessage:
@@ -166,7 +169,7 @@ class SlackSink:
         if scripted is None:
             with self._lock:
                 answer = self._answer(method, token, fields)
-            if method == "chat.postMessage" and answer.get("ok"):
+            if method in POSTING and answer.get("ok"):
                 self.posted.set()
                 await asyncio.get_running_loop().run_in_executor(None, self._answering.wait)
                 if chance < 2 * self.flaky:
@@ -295,7 +298,8 @@ class SlackSink:
         return len(server.connections) if server is not None else 0
 
     def hold_answers(self) -> None:
-        """Keep the answer to the next posts (each recorded as posted first, `posted` set) until `release()`."""
+        """Keep the answer to the next posts, messages or shared files (each recorded as posted first, `posted` set)
+        until `release()`."""
         self.posted.clear()
         self._answering.clear()
 

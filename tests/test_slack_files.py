@@ -3,8 +3,11 @@ their comment; the records name them and Slack's ids for them, never their bytes
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +18,14 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.channel_handler import Delivery
 from activities.slack import SlackHandler
-from client import attachment
-from domain import SendSlackMessageOp
+from client import NotificationClient, attachment
+from domain import Channel, SendSlackMessageOp
+from harness.processes import WorkerProcess, start_worker, unconfigured_environment
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import StreamName, StreamStore
+from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
 from tests.service import Notify, entity, notifying, operation
 
@@ -111,6 +116,50 @@ async def test_a_slack_failure_answer_to_the_completion_is_a_failed_slack_outcom
     assert (slack["outcome"], slack["attempts"], slack["reason"]) == ("failed", 1, "Slack answered channel_not_found")
     assert slack_sink.files == [] and slack_sink.messages == []
     assert len(mail_sink.messages) == 1
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+async def test_a_worker_killed_while_slack_holds_the_completions_answer_shares_the_files_once(
+    dev_env: WorkflowEnvironment, tmp_path: Path, slack_sink: SlackSink, workers: list[WorkerProcess]
+) -> None:
+    """`worker.py` is killed (SIGKILL) once Slack has shared the files and before it answers; another worker's retry
+    finds them in the channel's history."""
+    env = {
+        **unconfigured_environment(),
+        "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "NOTIFY_TASK_QUEUE": f"slack-files-{uuid.uuid4()}",
+        "NOTIFY_STREAMS_URL": f"sqlite:///{tmp_path / 'streams.db'}",
+        "NOTIFY_SLACK_API_URL": slack_sink.api_url,
+        "NOTIFY_SLACK_TOKENS": json.dumps({"acme": SLACK_TOKEN}),
+        "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
+        "NOTIFY_HEARTBEAT_TIMEOUT_SECONDS": "2",
+        "NOTIFY_SLACK_RETRY_INITIAL_SECONDS": "0.5",
+    }
+    settings = Settings(_env_file=None, task_queue=env["NOTIFY_TASK_QUEUE"], streams_url=env["NOTIFY_STREAMS_URL"])
+    slack_sink.hold_answers()
+    async with settings.open_streams(create=True) as store:
+        await import_entries(store, [entity(channels={"slack": "send"})])
+        workers.append(start_worker(env, tmp_path))
+        client = NotificationClient(store, dev_env.client, settings)
+        nid = await client.request(operation(attachments=FILES), contents=[PDF, PNG])
+        assert await asyncio.to_thread(slack_sink.posted.wait, 60)
+        workers[0].process.kill()
+        workers[0].ended()
+        slack_sink.release()
+        workers.append(start_worker(env, tmp_path))
+        view = await asyncio.wait_for(client.result(nid), 120)
+    assert view.status == "sent", view
+    assert view.channels[Channel.SLACK].attempts == 2
+    assert [(f.name, f.content) for f in slack_sink.files] == [("invoice.pdf", PDF), ("Übersicht März.png", PNG)]
+    assert len(slack_sink.messages) == 1
+    assert [m for m, _ in slack_sink.calls] == [*UPLOAD_CALLS, "conversations.history"]
 
 
 @pytest.fixture
