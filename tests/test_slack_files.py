@@ -16,14 +16,14 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.channel_handler import Delivery
+from activities.channel_handler import Delivery, TransientDeliveryError
 from activities.slack import SlackHandler
 from client import NotificationClient, attachment
 from domain import Channel, SendSlackMessageOp
 from harness.processes import WorkerProcess, start_worker, unconfigured_environment
 from settings import Settings
 from sinks.mail import MailSink
-from sinks.slack import SlackSink
+from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
@@ -163,26 +163,74 @@ async def test_a_worker_killed_while_slack_holds_the_completions_answer_shares_t
 
 
 @pytest.fixture
-async def handler(tmp_path: Path, slack_sink: SlackSink) -> AsyncIterator[SlackHandler]:
-    """A handler on its own, without a saga, over a store that holds no contents."""
+async def local_store(tmp_path: Path) -> AsyncIterator[StreamStore]:
+    """A store for a handler on its own, without a saga; it holds no contents until a test puts them."""
     settings = Settings(_env_file=None, streams_url=f"sqlite:///{tmp_path / 'streams.db'}")
     async with settings.open_streams(create=True) as store:
-        slack = {"slack_api_url": slack_sink.api_url, "slack_tokens": {"acme": SecretStr(SLACK_TOKEN)}}
-        yield SlackHandler(store, settings.model_copy(update=slack))
+        yield store
+
+
+@pytest.fixture
+async def handler(local_store: StreamStore, slack_sink: SlackSink) -> AsyncIterator[SlackHandler]:
+    slack = {"slack_api_url": slack_sink.api_url, "slack_tokens": {"acme": SecretStr(SLACK_TOKEN)}}
+    handler = SlackHandler(local_store, Settings(_env_file=None).model_copy(update=slack))
+    yield handler
+    await handler.close()
+
+
+FILES_MESSAGE = SendSlackMessageOp(
+    notification_id="n-1", channel_operation_id=1, workspace="acme", channel="C0123", text="T", attachments=FILES
+)
+
+
+async def delivered(handler: SlackHandler) -> Delivery | TransientDeliveryError:
+    """The delivery of `FILES_MESSAGE` by a first attempt, or the transient failure it raised for a retry."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=1)
+    try:
+        return await env.run(handler.deliver, FILES_MESSAGE)
+    except TransientDeliveryError as error:
+        return error
 
 
 async def test_a_file_missing_from_the_store_fails_for_good_saying_which(
     handler: SlackHandler, slack_sink: SlackSink
 ) -> None:
-    op = SendSlackMessageOp(
-        notification_id="n-1", channel_operation_id=1, workspace="acme", channel="C0123", text="T", attachments=FILES
-    )
-    env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, attempt=1)
-    delivery = await env.run(handler.deliver, op)
+    delivery = await delivered(handler)
     assert isinstance(delivery, Delivery)
     assert delivery.failure == f"attachment 'invoice.pdf' ({FILES[0].sha256}) is not in the stream store"
     assert slack_sink.calls == []
+
+
+@pytest.mark.parametrize("method", ["files.getUploadURLExternal", "files.completeUploadExternal"])
+@pytest.mark.parametrize(
+    ("answer", "transient", "reason"),
+    [
+        (
+            ScriptedResponse(status=503, body="upstream connect error"),
+            True,
+            "Slack answered HTTP 503: upstream connect error",
+        ),
+        (ScriptedResponse(body={"ok": False, "error": "ratelimited"}), True, "Slack answered ratelimited"),
+        (ScriptedResponse(body={"ok": False, "error": "invalid_arguments"}), False, "Slack answered invalid_arguments"),
+    ],
+)
+async def test_every_answer_to_the_upload_flow_is_classified_as_a_message_posts_is(
+    handler: SlackHandler,
+    local_store: StreamStore,
+    slack_sink: SlackSink,
+    method: str,
+    answer: ScriptedResponse,
+    transient: bool,
+    reason: str,
+) -> None:
+    await local_store.put_contents("n-1", [PDF, PNG])
+    slack_sink.script_responses(dataclasses.replace(answer, method=method))
+    outcome = await delivered(handler)
+    delivery = outcome.delivery if isinstance(outcome, TransientDeliveryError) else outcome
+    assert isinstance(outcome, TransientDeliveryError) == transient
+    assert delivery.failure == reason
+    assert slack_sink.files == [] and slack_sink.messages == []
 
 
 async def test_the_sink_answers_the_upload_flow_as_slack_does(slack_sink: SlackSink) -> None:
