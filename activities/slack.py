@@ -1,8 +1,12 @@
-"""The Slack channel's handler: posts a `SendSlackMessageOp` with slack-sdk's `chat.postMessage`."""
+"""The Slack channel's handler: posts a `SendSlackMessageOp` with slack-sdk's `chat.postMessage`, or, when it names
+files, uploads them with the message as their comment through Slack's upload flow (`files.getUploadURLExternal`,
+the upload, `files.completeUploadExternal`: what slack-sdk's `files_upload_v2` calls, called here one by one so that a
+retry can first look for what an earlier attempt shared)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import html
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,6 +20,7 @@ from temporalio import activity
 from activities.channel_handler import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError, logger
 from activities.contract import RECORD_NOT_SENT, SEND, WAIT_FOR_SLACK_TURN
 from domain import (
+    Attachment,
     Channel,
     ChannelOperationFailure,
     ChannelOperationOutcomeInfo,
@@ -144,14 +149,19 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, AsyncWebClient] = {}
         """One client per token, all over one HTTP session (its connections kept open between calls)."""
+        self._content = store.content
 
-    def _client(self, token: str) -> AsyncWebClient:
+    def _http(self) -> aiohttp.ClientSession:
         if self._session is None:  # made on the first call, in the worker's event loop
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SLACK_TIMEOUT_SECONDS))
+        return self._session
+
+    def _client(self, token: str) -> AsyncWebClient:
+        session = self._http()
         client = self._clients.get(token)
         if client is None:
             client = self._clients[token] = AsyncWebClient(
-                token=token, base_url=self._settings.slack_api_url, session=self._session, retry_handlers=[]
+                token=token, base_url=self._settings.slack_api_url, session=session, retry_handlers=[]
             )
         return client
 
@@ -200,6 +210,7 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
                 "workspace": audience.slack.workspace,
                 "channel": audience.slack.channel,
                 "text": text,
+                "attachments": request.attachments,
             },
         )
         return message, [
@@ -216,6 +227,10 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
             reason = f"no Slack token is configured for workspace {op.workspace!r}"
             return Delivery(self.failed_response(op, reason), reason)
         client = self._client(token.get_secret_value())
+        contents = [await self._content(a.sha256) for a in op.attachments]
+        if (missing := next((a for a, c in zip(op.attachments, contents, strict=True) if c is None), None)) is not None:
+            reason = f"attachment {missing.filename!r} ({missing.sha256}) is not in the stream store"
+            return Delivery(self.failed_response(op, reason), reason)
         try:
             if activity.info().attempt > 1:  # an earlier attempt may have posted, and died before it heard back
                 posted = await _posted_before(client, op)
@@ -223,7 +238,12 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
                     return Delivery(
                         SendSlackMessageResponse(result=SendSlackMessageResult.SUCCEEDED, response_json=posted)
                     )
-            response = await _called(client.chat_postMessage(channel=op.channel, text=op.text, metadata=_metadata(op)))
+            said: dict[str, Any] | bytes
+            if op.attachments:
+                said = await self._upload(client, op, [c for c in contents if c is not None])
+            else:
+                posting = client.chat_postMessage(channel=op.channel, text=op.text, metadata=_metadata(op))
+                said = (await _called(posting)).data
         except SlackCallFailed as error:
             answer = error.answer
             delivery = Delivery(
@@ -240,7 +260,28 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             reason = f"{error.__class__.__name__}: {error}"
             raise TransientDeliveryError(Delivery(self.failed_response(op, reason), reason)) from error
-        return Delivery(SendSlackMessageResponse(result=SendSlackMessageResult.SUCCEEDED, response_json=response.data))
+        return Delivery(SendSlackMessageResponse(result=SendSlackMessageResult.SUCCEEDED, response_json=said))
+
+    async def _upload(
+        self, client: AsyncWebClient, op: SendSlackMessageOp, contents: Sequence[bytes]
+    ) -> dict[str, Any]:
+        """Upload the files and share them in the channel, in one message with the text as its comment; what is
+        recorded is Slack's ids and titles for them."""
+        ids = []
+        for attachment, content in zip(op.attachments, contents, strict=True):
+            given = await _called(client.files_getUploadURLExternal(filename=attachment.filename, length=len(content)))
+            async with self._http().post(str(given["upload_url"]), data=content) as upload:
+                if upload.status != 200:
+                    raise SlackCallFailed(SlackAnswer.not_slacks(upload.status, await upload.text()))
+            ids.append(str(given["file_id"]))
+        completed = await _called(
+            client.files_completeUploadExternal(
+                files=[{"id": i, "title": a.filename} for i, a in zip(ids, op.attachments, strict=True)],
+                channel_id=op.channel,
+                initial_comment=op.text,
+            )
+        )
+        return {"ok": True, "channel": op.channel, "files": _ids(completed.get("files") or [])}
 
 
 POSTED_BY = "notify_channel_operation"
@@ -256,9 +297,45 @@ def _metadata(op: SendSlackMessageOp) -> dict[str, object]:
 
 
 async def _posted_before(client: AsyncWebClient, op: SendSlackMessageOp) -> dict[str, object] | None:
-    """The message an earlier attempt of this operation posted, found in the channel's history by its metadata; None
-    if there is none, or if the token may not read the history (the `channels:history` scope): then a post whose
-    answer was lost is posted again, and says so in the log."""
+    """The message an earlier attempt of this operation posted, found in the channel's history; None if there is
+    none, or if the token may not read the history (the `channels:history` scope): then a post whose answer was lost
+    is posted again, and says so in the log. A message is found by its metadata; files, which Slack shares without
+    metadata, by a message since the operation was first scheduled with its text and exactly its files (names and
+    sizes, in order)."""
+    if op.attachments:
+        message = await _found_before(client, op, lambda m: _shares(m, op.text, op.attachments))
+    else:
+        message = await _found_before(client, op, lambda m: _posted_by(m) == _metadata(op)["event_payload"])
+    if message is None:
+        return None
+    found = {"ok": True, "channel": op.channel, "ts": message.get("ts"), "found_in_history": True}
+    return found | ({"files": _ids(message["files"])} if op.attachments else {})
+
+
+def _ids(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What is recorded of files Slack shared: their ids and titles."""
+    return [{"id": f.get("id"), "title": f.get("title")} for f in files]
+
+
+def _posted_by(message: dict[str, Any]) -> object:
+    metadata = message.get("metadata") or {}
+    return metadata.get("event_payload") if metadata.get("event_type") == POSTED_BY else None
+
+
+def _shares(message: dict[str, Any], text: str, attachments: list[Attachment]) -> bool:
+    """Whether a message of the history shares these files with this comment (which Slack returns with &, < and >
+    escaped)."""
+    files = message.get("files") or []
+    shared = [(f.get("name"), f.get("size")) for f in files if isinstance(f, dict)]
+    named = [(a.filename, a.size) for a in attachments]
+    return shared == named and html.unescape(str(message.get("text") or "")) == text
+
+
+async def _found_before(
+    client: AsyncWebClient, op: SendSlackMessageOp, matches: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any] | None:
+    """The first message of the channel's history since the operation was first scheduled that `matches`, or None
+    (also when the token may not read the history)."""
     since = activity.info().scheduled_time - LOOK_BACK_MARGIN
     cursor = None
     for _ in range(LOOK_BACK_PAGES):
@@ -283,12 +360,8 @@ async def _posted_before(client: AsyncWebClient, op: SendSlackMessageOp) -> dict
             )
             return None
         for message in page.get("messages") or []:
-            metadata = message.get("metadata") or {}
-            if (
-                metadata.get("event_type") == POSTED_BY
-                and metadata.get("event_payload") == _metadata(op)["event_payload"]
-            ):
-                return {"ok": True, "channel": op.channel, "ts": message.get("ts"), "found_in_history": True}
+            if isinstance(message, dict) and matches(message):
+                return message
         cursor = (page.get("response_metadata") or {}).get("next_cursor")
         if not cursor:
             return None

@@ -230,6 +230,9 @@ class SendSlackMessageOp(Model):
     workspace: Identifier
     channel: Identifier
     text: Body
+    attachments: list[Attachment] = Field(default_factory=list, exclude_if=lambda files: not files)
+    """Named, not carried: the handler reads their bytes from the stream store and uploads them with `text` as their
+    comment."""
 
 
 ChannelOperation = SendEmailOp | SendSlackMessageOp

@@ -3,14 +3,20 @@
 `POST /api/chat.postMessage` with a bearer token (or a `token` field), a channel, text and optional metadata,
 answered as Slack does: `{"ok": true, "channel": ..., "ts": ...}` or `{"ok": false, "error": ...}`; and
 `GET /api/conversations.history` (a channel's messages since `oldest`, newest first, with their metadata when
-`include_all_metadata` is given). It keeps every message it accepts, in memory
-and, given a folder, as JSON lines there. Responses can be scripted so that tests can make it misbehave.
+`include_all_metadata` is given, and the files they share). Files come as Slack's upload flow sends them:
+`files.getUploadURLExternal` (filename, length) gives a file id and an upload URL on the sink itself, which takes
+the bytes as the POST body (or a multipart form's first part), then `files.completeUploadExternal` (files as JSON,
+`[{"id", "title"}]`; channel_id; initial_comment) shares them in one message. It keeps every message it accepts and
+every file it shares, in memory and, given a folder, as JSON lines there (the files without their bytes). Responses
+can be scripted so that tests can make it misbehave.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import mimetypes
 import random
 import threading
 import time
@@ -18,9 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from sinks.mail import free_port
+
+POSTING = frozenset({"chat.postMessage", "files.completeUploadExternal"})
+"""The methods that post a message in a channel."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,33 @@ class PostedMessage:
     text: str
     ts: str
     metadata: dict[str, Any] | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+    """The files the message shares, as the history shows them (id, name, title, mimetype, size)."""
+
+
+@dataclass
+class SharedFile:
+    """A file uploaded and shared by `files.completeUploadExternal`, with its bytes."""
+
+    id: str
+    name: str
+    title: str
+    content: bytes
+    channel: str | None
+    """None for a file completed without a channel: private, in no message."""
+    initial_comment: str | None
+    ts: str | None
+    """The message that shares it."""
+
+
+@dataclass
+class _Upload:
+    """A file between `files.getUploadURLExternal` and its completion."""
+
+    token: str
+    name: str
+    length: int
+    content: bytes | None = None
 
 
 @dataclass
@@ -78,6 +114,13 @@ class SlackSink:
         after (an answer lost on the way): a struggling Slack."""
         self.history_forbidden = False
         """Answer `conversations.history` with `missing_scope`, as for a token without `channels:history`."""
+        self.files: list[SharedFile] = []
+        self.uploads: dict[str, _Upload] = {}
+        """Files given an upload URL and not completed yet, by id."""
+        self.lost_answers: list[str] = []
+        """API methods whose next call is carried out, and then the connection dropped before any answer: an answer
+        lost on the way."""
+        self._file_ids = itertools.count(1)
         self.posted = threading.Event()
         """Set when a post is recorded (after `hold_answers`)."""
         self._answering = threading.Event()
@@ -101,13 +144,11 @@ class SlackSink:
 
     async def _handle(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        fields: dict[str, Any]
-        if request.method == "GET":
-            fields = dict(request.query)
-        elif request.content_type == "application/json":
-            fields = await request.json()
-        else:
-            fields = dict(await request.post())
+        fields: dict[str, Any] = dict(request.query)  # slack_sdk sends some POSTs' arguments in the query string
+        if request.method == "POST" and request.content_type == "application/json":
+            fields.update(await request.json())
+        elif request.method == "POST":
+            fields.update(await request.post())
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else fields.get("token")
         with self._lock:
@@ -128,11 +169,17 @@ class SlackSink:
         if scripted is None:
             with self._lock:
                 answer = self._answer(method, token, fields)
-            if method == "chat.postMessage" and answer.get("ok"):
+            if method in POSTING and answer.get("ok"):
                 self.posted.set()
                 await asyncio.get_running_loop().run_in_executor(None, self._answering.wait)
                 if chance < 2 * self.flaky:
                     return web.json_response({"ok": False, "error": "internal_error"}, status=500)
+            with self._lock:
+                lost = method in self.lost_answers
+                if lost:
+                    self.lost_answers.remove(method)
+            if lost and request.transport is not None:
+                request.transport.abort()
             return web.json_response(answer)
         await asyncio.sleep(scripted.delay)
         return scripted.response()
@@ -144,6 +191,10 @@ class SlackSink:
             return {"ok": False, "error": "invalid_auth"}
         if method == "conversations.history":
             return self._history(fields)
+        if method == "files.getUploadURLExternal":
+            return self._upload_url(token, fields)
+        if method == "files.completeUploadExternal":
+            return self._complete(token, fields)
         if method != "chat.postMessage":
             return {"ok": False, "error": "unknown_method"}
         channel, text = fields.get("channel"), fields.get("text")
@@ -156,12 +207,68 @@ class SlackSink:
         metadata = fields.get("metadata")
         metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
         message = PostedMessage(token=token, channel=channel, text=text, ts=f"{time.time():.6f}", metadata=metadata)
+        self._keep(message)
+        return {"ok": True, "channel": channel, "ts": message.ts, "message": {"text": text}}
+
+    def _keep(self, message: PostedMessage) -> None:
         self.messages.append(message)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             with (self.folder / "messages.jsonl").open("a") as f:
                 f.write(json.dumps(asdict(message)) + "\n")
-        return {"ok": True, "channel": channel, "ts": message.ts, "message": {"text": text}}
+
+    def _upload_url(self, token: str, fields: dict[str, Any]) -> dict[str, Any]:
+        filename, length = fields.get("filename"), str(fields.get("length") or "")
+        if not filename or not length.isdigit():
+            return {"ok": False, "error": "invalid_arguments"}
+        file_id = f"F{next(self._file_ids):010d}"
+        self.uploads[file_id] = _Upload(token, filename, int(length))
+        return {"ok": True, "upload_url": f"http://{self.host}:{self.port}/upload/v1/{file_id}", "file_id": file_id}
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        """The upload URL: the file's bytes, as the body or as a multipart form's first part."""
+        if request.content_type.startswith("multipart/"):
+            part = await (await request.multipart()).next()
+            content = await part.read() if isinstance(part, BodyPartReader) else b""
+        else:
+            content = await request.read()
+        with self._lock:
+            upload = self.uploads.get(request.match_info["file_id"])
+            if upload is None:
+                return web.Response(status=404, text="Not Found")
+            upload.content = content
+        return web.Response(text=f"OK - {len(content)}")
+
+    def _complete(self, token: str, fields: dict[str, Any]) -> dict[str, Any]:
+        try:
+            named = json.loads(fields.get("files") or "")
+            ids = [str(f["id"]) for f in named]
+        except (ValueError, TypeError, KeyError):
+            return {"ok": False, "error": "invalid_arguments"}
+        if not ids:
+            return {"ok": False, "error": "invalid_arguments"}
+        uploads = [self.uploads.get(i) for i in ids]
+        if any(u is None or u.token != token or u.content is None for u in uploads):
+            return {"ok": False, "error": "file_not_found"}
+        channel = fields.get("channel_id") or None
+        if channel in self.unknown_channels:
+            return {"ok": False, "error": "channel_not_found"}
+        comment, ts = fields.get("initial_comment"), f"{time.time():.6f}" if channel else None
+        shared = [
+            SharedFile(i, u.name, f.get("title") or u.name, u.content, channel, comment, ts)
+            for i, u, f in zip(ids, uploads, named, strict=True)
+            if u is not None and u.content is not None
+        ]
+        for file in shared:
+            del self.uploads[file.id]
+        self.files.extend(shared)
+        if channel is not None and ts is not None:
+            listed = [
+                {"id": f.id, "name": f.name, "title": f.title, "mimetype": _media_type(f.name), "size": len(f.content)}
+                for f in shared
+            ]
+            self._keep(PostedMessage(token=token, channel=channel, text=comment or "", ts=ts, files=listed))
+        return {"ok": True, "files": [{"id": f.id, "title": f.title} for f in shared]}
 
     def _history(self, fields: dict[str, Any]) -> dict[str, Any]:
         if self.history_forbidden:
@@ -177,6 +284,7 @@ class SlackSink:
                     "text": m.text,
                     "ts": m.ts,
                     **({"metadata": m.metadata} if with_metadata and m.metadata else {}),
+                    **({"files": m.files, "upload": True} if m.files else {}),
                 }
                 for m in reversed(found)
             ],
@@ -190,7 +298,8 @@ class SlackSink:
         return len(server.connections) if server is not None else 0
 
     def hold_answers(self) -> None:
-        """Keep the answer to the next posts (each recorded as posted first, `posted` set) until `release()`."""
+        """Keep the answer to the next posts, messages or shared files (each recorded as posted first, `posted` set)
+        until `release()`."""
         self.posted.clear()
         self._answering.clear()
 
@@ -209,6 +318,7 @@ class SlackSink:
             app = web.Application()
             app.router.add_post("/api/{method}", self._handle)
             app.router.add_get("/api/{method}", self._handle)
+            app.router.add_post("/upload/v1/{file_id}", self._receive)
             self._runner = web.AppRunner(app)
             try:
                 loop.run_until_complete(self._runner.setup())
@@ -243,3 +353,7 @@ class SlackSink:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _media_type(name: str) -> str:
+    return mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
