@@ -210,7 +210,7 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
                 "workspace": audience.slack.workspace,
                 "channel": audience.slack.channel,
                 "text": text,
-                "attachments": request.attachments,
+                "attachments": [a for a in request.attachments if a.content_id is None],  # inline: the HTML's
             },
         )
         return message, [

@@ -81,6 +81,20 @@ async def test_files_arrive_in_the_entitys_channel_and_in_the_mail_and_the_recor
     assert all(len(r.payload) < 10_000 for r in records)  # named, never carried
 
 
+async def test_an_inline_image_goes_with_the_html_of_the_mail_and_not_to_slack(
+    notify: Notify, slack_sink: SlackSink, mail_sink: MailSink
+) -> None:
+    logo = attachment("logo.png", PNG, content_id="logo")
+    op = operation(attachments=[FILES[0], logo], html_body='<img src="cid:logo">')
+    nid = await notify.client.request(op, contents=[PDF, PNG])
+    assert (await notify.client.result(nid)).status == "sent"
+    assert [f.name for f in slack_sink.files] == ["invoice.pdf"]
+    [mail] = mail_sink.messages
+    assert [p.get_filename() for p in mail.message.iter_attachments()] == ["invoice.pdf"]
+    related = mail.message.get_body(("related",))
+    assert related is not None and [p["Content-ID"] for p in related.iter_parts()] == [None, "<logo>"]
+
+
 async def test_an_upload_whose_completion_answer_is_lost_is_retried_and_shares_the_files_once(
     dev_env: WorkflowEnvironment, store: StreamStore, settings: Settings, slack_sink: SlackSink
 ) -> None:
