@@ -428,9 +428,9 @@ class NotificationClient:
         given inline, is recorded in the directory before a request that is new, once its key is claimed: a request
         refused, or repeated, changes nothing there. The contents are kept before the request that names them."""
         operation = admitted(SendNotificationToEntityOp, operation)
-        named = {a.sha256: a.size for a in operation.attachments}
         given = {hashlib.sha256(c).hexdigest(): len(c) for c in contents}
-        if given != named:
+        named = {a.sha256 for a in operation.attachments}
+        if set(given) != named or any(given[a.sha256] != a.size for a in operation.attachments):
             raise RequestRefused("attachments: the files given are not those the request names")
         key_tags = []
         if idempotency_key is None:
@@ -445,7 +445,8 @@ class NotificationClient:
             if self._owner is None:
                 raise RuntimeError("a client without the owner's store cannot record an entity given inline")
             await import_entries(self._owner, [entity])
-        await self._store.put_contents(notification_id, list(contents))
+        if contents:
+            await self._store.put_contents(notification_id, list(contents))
         put = await self._client_operations.put(
             notification_id,
             ExecuteOpRequestedEvent(id=notification_id, operation=operation, timestamp_utc=datetime.now(UTC)),
@@ -683,7 +684,9 @@ def attachment(
 ) -> Attachment:
     """How a request names a file it sends (`SendNotificationToEntityOp.attachments`): by name, media type (by
     default, what the name's extension says), size and SHA-256; with a content id, an image its HTML body shows."""
-    guessed = mimetypes.guess_type(filename, strict=False)[0] or "application/octet-stream"
+    guessed = mimetypes.guess_type(filename, strict=False)[0] or ""
+    if guessed.startswith(("message/", "multipart/")) or not guessed:  # a file, not a part of the message's own
+        guessed = "application/octet-stream"
     return Attachment(
         filename=filename,
         media_type=(media_type or guessed).lower(),

@@ -120,6 +120,7 @@ class ChannelHandler(ABC, Generic[Op, Response]):
         self._events = store.writer(self.event_stream)
         self._outcomes = store.reader(self.event_stream)
         self._steps = store.steps()
+        self._content = store.content
 
     # -- what each channel says ---------------------------------------------------------------------------------
 
@@ -142,6 +143,22 @@ class ChannelHandler(ABC, Generic[Op, Response]):
     @abstractmethod
     async def deliver(self, operation: Op) -> Delivery:
         """Deliver, returning the outcome; raise `TransientDeliveryError` for what a retry may fix."""
+
+    async def contents(self, operation: Op) -> list[bytes] | Delivery:
+        """The bytes of the files `operation` names, from the stream store; or, when one is not there, the delivery
+        that failed for good saying which. A store that cannot be read now is a delivery a later attempt may make."""
+        try:
+            contents = [await self._content(a.sha256) for a in operation.attachments]
+        except StoreUnavailable as error:
+            reason = f"the stream store cannot be read now: {error}"
+            raise TransientDeliveryError(Delivery(self.failed_response(operation, reason), reason)) from error
+        found = []
+        for attachment, content in zip(operation.attachments, contents, strict=True):
+            if content is None:
+                reason = f"attachment {attachment.filename!r} ({attachment.sha256}) is not in the stream store"
+                return Delivery(self.failed_response(operation, reason), reason)
+            found.append(content)
+        return found
 
     @abstractmethod
     def failed_response(self, operation: Op, reason: str) -> Response:

@@ -330,7 +330,6 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
     def __init__(self, store: StreamStore, settings: Settings) -> None:
         super().__init__(store, settings)
         self._connections = SmtpConnections(settings)
-        self._content = store.content
 
     async def close(self) -> None:
         """Close the connections to the mail server (when the worker stops)."""
@@ -377,12 +376,11 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             return SendEmailResponse(result=result, message_id=message_id(op), communication_log=log, **fields)
 
         now = datetime.now(UTC)
-        contents = [await self._content(a.sha256) for a in op.attachments]
-        if (missing := next((a for a, c in zip(op.attachments, contents, strict=True) if c is None), None)) is not None:
-            failure = f"attachment {missing.filename!r} ({missing.sha256}) is not in the stream store"
-            return _failed(answer, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, transient=False)
+        contents = await self.contents(op)
+        if isinstance(contents, Delivery):
+            return contents
         try:
-            message = plain_message(op, now) or compose_message(op, now, [c for c in contents if c is not None])
+            message = plain_message(op, now) or compose_message(op, now, contents)
             server_response = await self._connections.send(message, log)
         except aiosmtplib.SMTPRecipientsRefused as error:
             failure = "; ".join(f"{r.recipient} refused: {_said(r)}" for r in error.recipients)

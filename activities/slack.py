@@ -149,7 +149,6 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, AsyncWebClient] = {}
         """One client per token, all over one HTTP session (its connections kept open between calls)."""
-        self._content = store.content
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:  # made on the first call, in the worker's event loop
@@ -227,10 +226,9 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
             reason = f"no Slack token is configured for workspace {op.workspace!r}"
             return Delivery(self.failed_response(op, reason), reason)
         client = self._client(token.get_secret_value())
-        contents = [await self._content(a.sha256) for a in op.attachments]
-        if (missing := next((a for a, c in zip(op.attachments, contents, strict=True) if c is None), None)) is not None:
-            reason = f"attachment {missing.filename!r} ({missing.sha256}) is not in the stream store"
-            return Delivery(self.failed_response(op, reason), reason)
+        contents = await self.contents(op)
+        if isinstance(contents, Delivery):
+            return contents
         try:
             if activity.info().attempt > 1:  # an earlier attempt may have posted, and died before it heard back
                 posted = await _posted_before(client, op)
@@ -240,7 +238,7 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
                     )
             said: dict[str, Any] | bytes
             if op.attachments:
-                said = await self._upload(client, op, [c for c in contents if c is not None])
+                said = await self._upload(client, op, contents)
             else:
                 posting = client.chat_postMessage(channel=op.channel, text=op.text, metadata=_metadata(op))
                 said = (await _called(posting)).data

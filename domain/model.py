@@ -138,6 +138,8 @@ _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_
 def _media_type(value: str) -> str:
     if not _MEDIA_TYPE.fullmatch(value):
         raise ValueError("must be a media type in lower case, such as application/pdf")
+    if value.startswith(("message/", "multipart/")):
+        raise ValueError("is a part of a message, not a file: send it as application/octet-stream")
     return value
 
 
@@ -206,7 +208,7 @@ class SendNotificationToEntityOp(Model):
 
     @model_validator(mode="after")
     def _inline_in_html(self, info: ValidationInfo) -> SendNotificationToEntityOp:
-        if _admitting(info) and self.html_body is None and any(a.content_id for a in self.attachments):
+        if _admitting(info) and not self.html_body and any(a.content_id for a in self.attachments):
             raise ValueError("an inline image is shown by an HTML body: give one")
         return self
 

@@ -149,19 +149,22 @@ WITH notifications AS (
     WHERE r.notification_id = ANY(ARRAY(SELECT id FROM notifications)) AND r.stream = ANY(%(streams)s)
 ), handling AS (
     DELETE FROM notify_handling h USING pruned p WHERE h.stream = p.stream AND h.internal_record_id = p.internal_id
+), content_refs AS (
+    DELETE FROM notify_content_refs c WHERE c.notification_id = ANY(ARRAY(SELECT id FROM notifications))
 ), records AS (
     DELETE FROM notify_records r USING pruned p WHERE r.internal_id = p.internal_id RETURNING 1
 )
 SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM records)
 """
 """Prune one batch of notifications (`StreamStore.prune`): their records, found by their notification id, with their
-tags (a trigger deletes them) and their handling."""
+tags (a trigger deletes them), their handling and the names of their contents."""
 
 PRUNE_CONTENT_REFS = """
 DELETE FROM notify_content_refs c WHERE c.timestamp_utc < %(before)s
 AND NOT EXISTS (SELECT 1 FROM notify_records r WHERE r.notification_id = c.notification_id)
 """
-"""Forget the contents' names of notifications with no record left (by the records' notification-id index)."""
+"""Forget the contents' names of notifications with no record (a request never written: by the records'
+notification-id index)."""
 PRUNE_CONTENTS = """
 DELETE FROM notify_contents c WHERE NOT EXISTS (SELECT 1 FROM notify_content_refs r WHERE r.sha256 = c.sha256)
 """

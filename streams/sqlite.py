@@ -490,6 +490,7 @@ class SQLiteStreamStore(StreamStore):
                 "INSERT OR IGNORE INTO pruned_records SELECT internal_id, stream FROM records"
                 " WHERE notification_id IN (SELECT id FROM pruned_notifications)"
             )
+            db.execute("DELETE FROM content_refs WHERE notification_id IN (SELECT id FROM pruned_notifications)")
             db.execute(
                 "DELETE FROM handling"
                 " WHERE (stream, internal_record_id) IN (SELECT stream, internal_id FROM pruned_records)"

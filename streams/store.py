@@ -14,7 +14,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -447,6 +447,11 @@ REQUESTED = ExecuteOpRequestedEvent.__name__
 """The type of an operation's record in an operation stream."""
 
 
+ORPHANED_AFTER = timedelta(hours=1)
+"""How old the contents of a notification that has no record must be for prune to take them as orphans: a client
+puts a request's contents just before its record."""
+
+
 @dataclass
 class Pruned:
     """What `StreamStore.prune` removed."""
@@ -596,13 +601,14 @@ class StreamStore(ABC):
         """Remove every record of the notifications that ended, or were refused, before `before` (their view's or
         their refused request's time), across all streams, with their tags and handling; `batch` notifications to a
         transaction, so that a writer waits for one batch at most. A notification still under way, and records of
-        no notification (the directory, API keys), are kept. Then the contents that no notification left names, and
-        those put before `before` for a notification that has no record (its request never written)."""
+        no notification (the directory, API keys), are kept; so are the names of their contents. Then the contents
+        that no notification names any more, and those put before `before`, and `ORPHANED_AFTER` ago, for a
+        notification that has no record (its request never written)."""
         pruned = Pruned()
         while True:
             notifications, records = await self._prune_batch(before, batch)
             if not notifications:
-                pruned.contents = await self._prune_contents(before)
+                pruned.contents = await self._prune_contents(min(before, datetime.now(UTC) - ORPHANED_AFTER))
                 return pruned
             pruned.notifications += notifications
             pruned.records += records

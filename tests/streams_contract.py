@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+import streams.store
 from domain import Tag
 from streams import (
     ExistingRecordStrategy,
@@ -612,7 +613,9 @@ class StreamStoreContract(ABC):
 
     # -- retention ---------------------------------------------------------------------------------------------------
 
-    async def test_prune_removes_what_ended_before_the_date_and_nothing_else(self, store: StreamStore) -> None:
+    async def test_prune_removes_what_ended_before_the_date_and_nothing_else(
+        self, store: StreamStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """Notifications that ended (a view) or were refused (their request disabled) before the date go, every record
         of each with its tags and handling; one still under way, one that ended after, and records of no notification
         (the directory) stay."""
@@ -651,9 +654,12 @@ class StreamStoreContract(ABC):
         await notification("new", ended=True)
         await store.put_contents("new-orphan", [b"put after the cut"])
 
-        assert await store.prune(cut, batch=1) == Pruned(notifications=2, records=4 + 3, contents=2)
+        assert await store.prune(cut, batch=1) == Pruned(notifications=2, records=4 + 3, contents=1)
         assert await store.content(hashlib.sha256(shared).hexdigest()) == shared  # "running" still names it
         assert await store.content(hashlib.sha256(olds).hexdigest()) is None
+        assert await store.content(hashlib.sha256(orphans).hexdigest()) == orphans  # its request may be on its way
+        monkeypatch.setattr(streams.store, "ORPHANED_AFTER", timedelta(0))  # as it is an hour later
+        assert await store.prune(cut) == Pruned(contents=1)
         assert await store.content(hashlib.sha256(orphans).hexdigest()) is None
         assert await store.content(hashlib.sha256(b"put after the cut").hexdigest()) is not None
 

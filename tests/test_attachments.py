@@ -58,9 +58,10 @@ async def test_files_arrive_whole_and_the_records_name_them_without_their_bytes(
 
 async def test_contents_that_are_not_the_ones_named_are_refused_and_nothing_is_written(notify: Notify) -> None:
     files = [attachment("invoice.pdf", PDF)]
-    for contents in ([], [PNG], [PDF, PNG]):
+    undersized = [*files, attachment("copy.pdf", PDF).model_copy(update={"size": 0})]  # the same bytes, said smaller
+    for named, contents in ((files, []), (files, [PNG]), (files, [PDF, PNG]), (undersized, [PDF])):
         with pytest.raises(RequestRefused, match="the files given are not those the request names"):
-            await notify.client.request(operation(attachments=files), contents=contents)
+            await notify.client.request(operation(attachments=named), contents=contents)
     assert await notify.store.read(StreamName.CLIENT_OPERATION) == []
     assert await notify.store.content(hashlib.sha256(PDF).hexdigest()) is None
 
@@ -81,6 +82,10 @@ async def test_contents_that_are_not_the_ones_named_are_refused_and_nothing_is_w
         ),
         ([attachment("a.png", b"a", content_id="logo")], "an inline image is shown by an HTML body: give one"),
         (
+            [{**attachment("a.eml", b"x").model_dump(), "media_type": "message/rfc822"}],
+            "is a part of a message, not a file: send it as application/octet-stream",
+        ),
+        (
             [{**attachment("a.pdf", b"x").model_dump(), "media_type": "not a type"}],
             "must be a media type in lower case",
         ),
@@ -89,3 +94,16 @@ async def test_contents_that_are_not_the_ones_named_are_refused_and_nothing_is_w
 def test_a_request_past_the_limits_is_refused_saying_which(attachments: list[object], said: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(said)):
         admitted(SendNotificationToEntityOp, operation(attachments=attachments))
+
+
+def test_a_file_is_named_by_its_extension_but_never_as_a_part_of_the_message() -> None:
+    assert attachment("report.pdf", b"").media_type == "application/pdf"
+    assert attachment("saved.eml", b"").media_type == "application/octet-stream"  # not message/rfc822
+    assert attachment("notes", b"").media_type == "application/octet-stream"
+
+
+def test_an_inline_image_needs_an_html_body_that_is_not_empty() -> None:
+    with pytest.raises(ValidationError, match="an inline image is shown by an HTML body"):
+        admitted(
+            SendNotificationToEntityOp, operation(attachments=[attachment("a.png", b"a", content_id="x")], html_body="")
+        )

@@ -23,6 +23,7 @@ from psycopg import errors, sql
 from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
+import streams.store
 from api.app import owner_store
 from client import NotificationClient, connect
 from domain import DirectoryEntry, ExecuteOpRequestedEvent, SendNotificationToEntityOp, Tag
@@ -396,9 +397,12 @@ async def test_a_producer_puts_contents_and_cannot_read_them_nor_write_their_tab
         assert db.execute("SELECT count(*) FROM notify_contents").fetchone() == (1,)
 
 
-async def test_a_prune_waits_for_a_put_that_names_a_content_it_would_remove(database: str) -> None:
+async def test_a_prune_waits_for_a_put_that_names_a_content_it_would_remove(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A put that names a content already there, under way as a prune looks for contents no notification names: the
     prune waits for it (`CONTENTS_LOCK`), and then sees the name; it never removes what a put has just named."""
+    monkeypatch.setattr(streams.store, "ORPHANED_AFTER", timedelta(0))  # the first name an orphan at once
     async with open_store(database) as owner:
         [digest] = await owner.put_contents("never-requested", [b"shared"])
         with psycopg.connect(database, autocommit=True) as watcher:

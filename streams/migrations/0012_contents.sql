@@ -24,7 +24,7 @@ CREATE INDEX notify_content_refs_by_content ON notify_content_refs (sha256);
 -- Puts share the advisory lock 7303102 that prune holds alone while it removes contents
 -- (`streams.postgres.CONTENTS_LOCK`): otherwise a put that finds a content already there could name it just as a
 -- prune that did not yet see the name removes it. Rows are inserted in the order of their digests, so that two puts
--- of the same new contents in other orders never wait on each other.
+-- of the same new contents in other orders wait for each other, never deadlock.
 -- No size is capped here: a bytea holds up to 1 GB, and so does the one array a call sends; what a content may weigh
 -- is for the API that takes it to say.
 CREATE FUNCTION notify_put_contents(p_notification_id text, p_contents bytea[]) RETURNS text[]
