@@ -687,12 +687,15 @@ def attachment(
     guessed = mimetypes.guess_type(filename, strict=False)[0] or ""
     if guessed.startswith(("message/", "multipart/")) or not guessed:  # a file, not a part of the message's own
         guessed = "application/octet-stream"
-    return Attachment(
-        filename=filename,
-        media_type=(media_type or guessed).lower(),
-        size=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
-        content_id=content_id,
+    return admitted(
+        Attachment,
+        {
+            "filename": filename,
+            "media_type": (media_type or guessed).lower(),
+            "size": len(content),
+            "sha256": hashlib.sha256(content).hexdigest(),
+            "content_id": content_id,
+        },
     )
 
 

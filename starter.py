@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import signal
+import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,8 @@ from commands import command
 from domain import (
     ADMISSION,
     MAX_ATTACHMENT_BYTES,
+    MAX_ATTACHMENTS,
+    MAX_ATTACHMENTS_BYTES,
     SEND_AT_EARLIEST,
     SEND_AT_LATEST,
     DirectoryEntry,
@@ -300,26 +303,35 @@ def parse_tags(values: Sequence[str]) -> list[Tag]:
 
 def read_attachments(attach: Sequence[str], inline: Sequence[str]) -> tuple[list[dict[str, Any]], list[bytes]]:
     """Each `--attach PATH[;type=MEDIA/TYPE]` and `--inline CID=PATH[;type=...]`: how the request names the file,
-    and its bytes. A file past the limit is refused before it is read."""
+    and its bytes. A file past a limit, or not a regular file, is refused before it is read."""
     from client import attachment
 
-    named, contents = [], []
+    if len(attach) + len(inline) > MAX_ATTACHMENTS:
+        raise CliError(f"at most {MAX_ATTACHMENTS} files (--attach and --inline), not {len(attach) + len(inline)}", 2)
+    named, contents, total = [], [], 0
     for option, value in [*(("--attach", v) for v in attach), *(("--inline", v) for v in inline)]:
         content_id, _, where = value.partition("=") if option == "--inline" else ("", "", value)
         path, _, media_type = where.partition(";type=")
         if option == "--inline" and not (content_id and path):
             raise CliError(f"--inline {value!r}: expected CID=PATH", 2)
         try:
-            if (size := os.path.getsize(path)) > MAX_ATTACHMENT_BYTES:
-                raise CliError(f"{option} {path}: {size:,} bytes; a file may be at most {MAX_ATTACHMENT_BYTES:,}", 2)
-            content = Path(path).read_bytes()
+            with open(path, "rb") as file:
+                found = os.fstat(file.fileno())
+                if not stat.S_ISREG(found.st_mode):
+                    raise CliError(f"{option} {path}: not a regular file", 2)
+                if found.st_size > MAX_ATTACHMENT_BYTES:
+                    said = f"{found.st_size:,} bytes; a file may be at most {MAX_ATTACHMENT_BYTES:,}"
+                    raise CliError(f"{option} {path}: {said}", 2)
+                if (total := total + found.st_size) > MAX_ATTACHMENTS_BYTES:
+                    raise CliError(f"{option} {path}: the files are over {MAX_ATTACHMENTS_BYTES:,} bytes in all", 2)
+                content = file.read(MAX_ATTACHMENT_BYTES + 1)
         except OSError as error:
             raise CliError(f"{option} {path}: {error.strerror or error}", 2) from error
         try:
-            file = attachment(Path(path).name, content, media_type or None, content_id or None)
+            named_file = attachment(Path(path).name, content, media_type or None, content_id or None)
         except ValidationError as error:
             raise CliError(f"{option} {value}: {validation_message(error)}", 2) from error
-        named.append(file.model_dump())
+        named.append(named_file.model_dump())
         contents.append(content)
     return named, contents
 

@@ -7,7 +7,6 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
-    AfterValidator,
     Field,
     ValidationInfo,
     field_validator,
@@ -143,15 +142,32 @@ def _media_type(value: str) -> str:
     return value
 
 
+def _file_size(value: int) -> int:
+    if value > MAX_ATTACHMENT_BYTES:
+        raise ValueError(f"is {value:,} bytes; a file may be at most {MAX_ATTACHMENT_BYTES:,} (10 MiB)")
+    return value
+
+
+_CONTENT_ID = re.compile(r"[A-Za-z0-9._@-]{1,200}")
+
+
+def _content_id(value: str | None) -> str | None:
+    if value is not None and not _CONTENT_ID.fullmatch(value):
+        raise ValueError("must be 1 to 200 of A-Z a-z 0-9 . _ @ -")
+    return value
+
+
 class Attachment(Model):
     """A file a notification carries, as its records name it: its bytes are kept once in the stream store, by their
-    SHA-256 (`StreamStore.put_contents`), never in a record or a workflow's payloads."""
+    SHA-256 (`StreamStore.put_contents`), never in a record or a workflow's payloads. Its rules are today's, checked
+    on admission: a record or a saga's input written under others still reads back."""
 
     filename: Annotated[str, Admitted(lambda v: _file_name(_sized(v, 1, 255)))]
-    media_type: Annotated[str, AfterValidator(_media_type)]
-    size: Annotated[int, Field(ge=0, le=MAX_ATTACHMENT_BYTES)]
+    media_type: Annotated[str, Admitted(_media_type)]
+    size: Annotated[int, Field(ge=0), Admitted(_file_size)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    content_id: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9._@-]{1,200}$", exclude_if=lambda v: v is None)] = None
+    """What the store keeps its bytes by (`StreamStore.content`): always this shape."""
+    content_id: Annotated[str | None, Admitted(_content_id), Field(exclude_if=lambda v: v is None)] = None
     """An image the HTML body shows (`<img src="cid:CONTENT_ID">`), sent beside it rather than as a file of its own;
     only email carries it."""
 

@@ -486,7 +486,8 @@ class PostgresStreamStore(StreamStore):
         if not is_digest(sha256):
             return None
         async with _using(self._consumer) as db:
-            cursor = await db.execute("SELECT content FROM notify_contents WHERE sha256 = %s", (sha256,))
+            # in binary: a bytea in text is hex, twice its size on the wire
+            cursor = await db.execute("SELECT content FROM notify_contents WHERE sha256 = %s", (sha256,), binary=True)
             row = await cursor.fetchone()
         return None if row is None else bytes(row[0])
 

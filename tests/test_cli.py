@@ -480,6 +480,7 @@ def test_idempotency_key_returns_the_same_id_and_sends_once(directory: Cli, sink
             "--attach missing.pdf: No such file or directory",
         ),
         (("--subject", "S", "--body", "B", "--inline", "small.txt"), "--inline 'small.txt': expected CID=PATH"),
+        (("--subject", "S", "--body", "B", "--attach", "/dev/zero"), "--attach /dev/zero: not a regular file"),
         (
             ("--subject", "S", "--body", "B", "--inline", "logo=small.txt"),
             "an inline image is shown by an HTML body: give one",
