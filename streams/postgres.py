@@ -166,7 +166,10 @@ AND NOT EXISTS (SELECT 1 FROM notify_records r WHERE r.notification_id = c.notif
 """Forget the contents' names of notifications with no record (a request never written: by the records'
 notification-id index)."""
 PRUNE_CONTENTS = """
-DELETE FROM notify_contents c WHERE NOT EXISTS (SELECT 1 FROM notify_content_refs r WHERE r.sha256 = c.sha256)
+DELETE FROM notify_contents WHERE sha256 IN (
+    SELECT c.sha256 FROM notify_contents c
+    WHERE NOT EXISTS (SELECT 1 FROM notify_content_refs r WHERE r.sha256 = c.sha256) LIMIT %(limit)s
+)
 """
 """Remove the contents no notification names: a statement of its own, which sees the names the one before removed."""
 
@@ -465,12 +468,12 @@ class PostgresStreamStore(StreamStore):
         assert row is not None
         return row[0], row[1]
 
-    async def _prune_contents(self, before: datetime) -> int:
+    async def _prune_contents(self, before: datetime, limit: int) -> int:
         """As the owner, as `_prune_batch` is; one transaction holding `CONTENTS_LOCK` alone."""
         async with _using(self._producer) as db, db.transaction():
             await db.execute("SELECT pg_advisory_xact_lock(%s)", (CONTENTS_LOCK,))
             await db.execute(PRUNE_CONTENT_REFS, {"before": before})
-            return (await db.execute(PRUNE_CONTENTS)).rowcount
+            return (await db.execute(PRUNE_CONTENTS, {"limit": limit})).rowcount
 
     async def put_contents(self, notification_id: str, contents: Sequence[bytes]) -> list[str]:
         """One call of `notify_put_contents`, which computes the digests; the contents sent as a binary bytea[]."""

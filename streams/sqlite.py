@@ -500,10 +500,10 @@ class SQLiteStreamStore(StreamStore):
             ).rowcount
         return notifications, records
 
-    async def _prune_contents(self, before: datetime) -> int:
-        return await self._run(self._pruned_contents, _microseconds(before))
+    async def _prune_contents(self, before: datetime, limit: int) -> int:
+        return await self._run(self._pruned_contents, _microseconds(before), limit)
 
-    def _pruned_contents(self, before: int) -> int:
+    def _pruned_contents(self, before: int, limit: int) -> int:
         db = self._db
         with _transaction(db):
             db.execute(
@@ -512,7 +512,9 @@ class SQLiteStreamStore(StreamStore):
                 (before,),
             )
             return db.execute(
-                "DELETE FROM contents WHERE NOT EXISTS (SELECT 1 FROM content_refs r WHERE r.sha256 = contents.sha256)"
+                "DELETE FROM contents WHERE sha256 IN (SELECT c.sha256 FROM contents c"
+                " WHERE NOT EXISTS (SELECT 1 FROM content_refs r WHERE r.sha256 = c.sha256) LIMIT ?)",
+                (limit,),
             ).rowcount
 
     async def put_contents(self, notification_id: str, contents: Sequence[bytes]) -> list[str]:

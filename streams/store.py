@@ -452,6 +452,10 @@ ORPHANED_AFTER = timedelta(hours=1)
 puts a request's contents just before its record."""
 
 
+CONTENTS_BATCH = 20
+"""Contents removed in one transaction: up to 200 MiB of pages freed while writers wait."""
+
+
 @dataclass
 class Pruned:
     """What `StreamStore.prune` removed."""
@@ -608,7 +612,9 @@ class StreamStore(ABC):
         while True:
             notifications, records = await self._prune_batch(before, batch)
             if not notifications:
-                pruned.contents = await self._prune_contents(min(before, datetime.now(UTC) - ORPHANED_AFTER))
+                orphaned = min(before, datetime.now(UTC) - ORPHANED_AFTER)
+                while contents := await self._prune_contents(orphaned, CONTENTS_BATCH):
+                    pruned.contents += contents
                 return pruned
             pruned.notifications += notifications
             pruned.records += records
@@ -619,9 +625,9 @@ class StreamStore(ABC):
         and how many records."""
 
     @abstractmethod
-    async def _prune_contents(self, before: datetime) -> int:
-        """Forget the contents' names of notifications that have no record, put before `before` (a pruned
-        notification's, a request never written), and remove the contents no notification names: how many."""
+    async def _prune_contents(self, before: datetime, limit: int) -> int:
+        """Forget the contents' names of notifications that have no record, put before `before` (a request never
+        written), and remove up to `limit` contents no notification names, in one transaction: how many."""
 
     @abstractmethod
     async def put_contents(self, notification_id: str, contents: Sequence[bytes]) -> list[str]:
