@@ -550,6 +550,10 @@ async def audit(
             reason = f" ({e.reason})" if e.reason else ""
             line = f"{e.notification_id:<{width}}  {e.requested_at.isoformat():<32}  {e.outcome:<15} {e.subject}"
             print(line + reason)
+            for file in e.attachments:
+                print(
+                    f"{'':<{width}}  + {file.filename} ({file.media_type}, {file.size:,} bytes, sha256 {file.sha256})"
+                )
 
 
 def read_directory(file: Path) -> list[DirectoryEntry]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -140,6 +141,9 @@ def test_files_attached_go_by_email_whole(directory: Cli, sinks: tuple[MailSink,
     [message] = [m.message for m in mail.received_by("test@example.com") if m.message["Subject"] == "Monthly report"]
     files = [(p.get_filename(), p.get_content_type(), p.get_content()) for p in message.iter_attachments()]
     assert files == [("report.pdf", "application/pdf", report), ("chart", "image/png", picture)]
+    audit = directory.run("audit", "--email", "test@example.com").stdout
+    digest = hashlib.sha256(report).hexdigest()
+    assert f"+ report.pdf (application/pdf, {len(report):,} bytes, sha256 {digest})" in audit
     html = message.get_body(("related", "html"))
     assert html is not None and html.get_content_type() == "multipart/related"
     [shown, logo] = html.iter_parts()
