@@ -29,7 +29,7 @@ from sinks.mail import MailSink
 from sinks.slack import SlackSink
 from streams import StreamStore
 from tests.databases import DATABASES, Databases, role_urls
-from tests.service import Api, entity, notifying
+from tests.service import Api, Notify, entity, notifying
 from worker import temporal_binary
 from workflows import search
 
@@ -120,6 +120,15 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest_asyncio.fixture
+async def notify(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings
+) -> AsyncIterator[Notify]:
+    """Workers on the time-skipping server, with the sample entity in the directory, and a client."""
+    async with notifying(time_skipping_env, store, settings) as notify:
+        yield notify
 
 
 @pytest_asyncio.fixture

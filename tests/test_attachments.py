@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import ValidationError
-from temporalio.testing import WorkflowEnvironment
 
 from client import RequestRefused, attachment
 from domain import MAX_ATTACHMENT_BYTES, Attachment, SendNotificationToEntityOp, admitted
-from settings import Settings
 from sinks.mail import MailSink
-from streams import StreamName, StreamStore
-from tests.service import Notify, notifying, operation
+from streams import StreamName
+from tests.service import Notify, operation
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 1200
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(reversed(range(256))) * 40
-
-
-@pytest.fixture
-async def notify(
-    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings
-) -> AsyncIterator[Notify]:
-    async with notifying(time_skipping_env, store, settings) as notify:
-        yield notify
 
 
 async def test_files_arrive_whole_and_the_records_name_them_without_their_bytes(

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowExecutionDescription
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment
 
 from activities.email import EmailHandler
 from client import IdempotencyKeyConflict
@@ -35,16 +34,8 @@ from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
-from tests.service import Notify, entity, notifying, operation
+from tests.service import Notify, entity, operation
 from workflows.notification import NotificationSaga
-
-
-@pytest.fixture
-async def notify(
-    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings
-) -> AsyncIterator[Notify]:
-    async with notifying(time_skipping_env, store, settings) as notify:
-        yield notify
 
 
 async def test_sends_on_both_channels_and_records_every_step(

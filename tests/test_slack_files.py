@@ -37,14 +37,6 @@ COMMENT = "*Disk almost full*\nVolume /data is at 91%."
 UPLOAD_CALLS = ["files.getUploadURLExternal", "files.getUploadURLExternal", "files.completeUploadExternal"]
 
 
-@pytest.fixture
-async def notify(
-    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings
-) -> AsyncIterator[Notify]:
-    async with notifying(time_skipping_env, store, settings) as notify:
-        yield notify
-
-
 async def test_files_arrive_in_the_entitys_channel_and_in_the_mail_and_the_records_name_them(
     notify: Notify, slack_sink: SlackSink, mail_sink: MailSink
 ) -> None:
