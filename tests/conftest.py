@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.slack import SlackHandler
 from api.app import create_app, owner_store, serving
 from api.keys import ApiKeys, Scope
 from client import register_search_attributes, temporal_runtime
@@ -129,6 +130,23 @@ async def notify(
     """Workers on the time-skipping server, with the sample entity in the directory, and a client."""
     async with notifying(time_skipping_env, store, settings) as notify:
         yield notify
+
+
+@pytest_asyncio.fixture
+async def local_store(tmp_path: Path) -> AsyncIterator[StreamStore]:
+    """A store for a channel handler on its own, without a saga."""
+    settings = Settings(_env_file=None, streams_url=f"sqlite:///{tmp_path / 'streams.db'}")
+    async with settings.open_streams(create=True) as store:
+        yield store
+
+
+@pytest_asyncio.fixture
+async def handler(local_store: StreamStore, slack_sink: SlackSink) -> AsyncIterator[SlackHandler]:
+    """A Slack handler on `local_store`, answered by the Slack sink."""
+    slack = {"slack_api_url": slack_sink.api_url, "slack_tokens": {"acme": SecretStr(SLACK_TOKEN)}}
+    handler = SlackHandler(local_store, Settings(_env_file=None).model_copy(update=slack))
+    yield handler
+    await handler.close()
 
 
 @pytest_asyncio.fixture

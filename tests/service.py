@@ -4,6 +4,7 @@ the HTTP API with its keys (`Api`)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,12 +12,13 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities.channel_handler import ChannelHandler, Delivery, TransientDeliveryError
 from api.app import owner_store
 from api.keys import ApiKeys
 from client import NotificationClient
-from domain import DirectoryEntry, SendNotificationToEntityOp
+from domain import ChannelOperation, DirectoryEntry, SendNotificationToEntityOp
 from settings import Settings
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
@@ -75,6 +77,19 @@ async def notifying(
         await import_entries(owner, list(entities) or [entity()])
     async with running(env, store, settings) as notify:
         yield notify
+
+
+async def delivered(
+    handler: ChannelHandler[Any, Any], operation: ChannelOperation, attempt: int = 1
+) -> Delivery | TransientDeliveryError:
+    """The handler's delivery of `operation` by this attempt, as an activity, or the transient failure it raised for
+    a retry."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=attempt)
+    try:
+        return await env.run(handler.deliver, operation)
+    except TransientDeliveryError as error:
+        return error
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:

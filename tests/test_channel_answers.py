@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.testing import WorkflowEnvironment
 
 from activities.channel_handler import Delivery, TransientDeliveryError
 from activities.email import REUSED, EmailHandler
@@ -27,7 +27,7 @@ from settings import Settings
 from sinks.mail import MailSink, free_port
 from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
-from tests.conftest import SLACK_TOKEN
+from tests import service
 from tests.service import entity, eventually, notifying
 
 ENVOY_503 = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
@@ -89,20 +89,6 @@ async def test_a_proxy_answering_plain_text_403_fails_the_post_for_good_and_says
     assert failed.json()["response"]["response_json"] == {"status": 403, "text": "Access denied by proxy policy"}
 
 
-@pytest.fixture
-async def local_store(tmp_path: Path) -> AsyncIterator[StreamStore]:
-    """A store for a handler on its own, without a saga."""
-    settings = Settings(_env_file=None, streams_url=f"sqlite:///{tmp_path / 'streams.db'}")
-    async with settings.open_streams(create=True) as store:
-        yield store
-
-
-@pytest.fixture
-def handler(local_store: StreamStore, slack_sink: SlackSink) -> SlackHandler:
-    slack = {"slack_api_url": slack_sink.api_url, "slack_tokens": {"acme": SecretStr(SLACK_TOKEN)}}
-    return SlackHandler(local_store, Settings(_env_file=None).model_copy(update=slack))
-
-
 MESSAGE = SendSlackMessageOp(notification_id="n-1", channel_operation_id=1, workspace="acme", channel="C0123", text="T")
 EMAIL = SendEmailOp.model_validate(
     {
@@ -121,14 +107,7 @@ JSON = {"Content-Type": "application/json"}
 async def delivered(handler: SlackHandler | EmailHandler, attempt: int = 1) -> Delivery | TransientDeliveryError:
     """The delivery of the handler's sample message by this attempt, or the transient failure it raised for a
     retry."""
-    env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, attempt=attempt)
-    try:
-        if isinstance(handler, EmailHandler):
-            return await env.run(handler.deliver, EMAIL)
-        return await env.run(handler.deliver, MESSAGE)
-    except TransientDeliveryError as error:
-        return error
+    return await service.delivered(handler, EMAIL if isinstance(handler, EmailHandler) else MESSAGE, attempt)
 
 
 @pytest.mark.parametrize("method", SLACK_CALLS)

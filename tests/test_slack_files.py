@@ -7,14 +7,13 @@ import asyncio
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.testing import WorkflowEnvironment
 
 from activities.channel_handler import Delivery, TransientDeliveryError
 from activities.slack import SlackHandler
@@ -27,7 +26,7 @@ from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
-from tests.service import Notify, entity, notifying, operation
+from tests.service import Notify, delivered, entity, notifying, operation
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 1200
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(reversed(range(256))) * 40
@@ -168,41 +167,15 @@ async def test_a_worker_killed_while_slack_holds_the_completions_answer_shares_t
     assert [m for m, _ in slack_sink.calls] == [*UPLOAD_CALLS, "conversations.history"]
 
 
-@pytest.fixture
-async def local_store(tmp_path: Path) -> AsyncIterator[StreamStore]:
-    """A store for a handler on its own, without a saga; it holds no contents until a test puts them."""
-    settings = Settings(_env_file=None, streams_url=f"sqlite:///{tmp_path / 'streams.db'}")
-    async with settings.open_streams(create=True) as store:
-        yield store
-
-
-@pytest.fixture
-async def handler(local_store: StreamStore, slack_sink: SlackSink) -> AsyncIterator[SlackHandler]:
-    slack = {"slack_api_url": slack_sink.api_url, "slack_tokens": {"acme": SecretStr(SLACK_TOKEN)}}
-    handler = SlackHandler(local_store, Settings(_env_file=None).model_copy(update=slack))
-    yield handler
-    await handler.close()
-
-
 FILES_MESSAGE = SendSlackMessageOp(
     notification_id="n-1", channel_operation_id=1, workspace="acme", channel="C0123", text="T", attachments=FILES
 )
 
 
-async def delivered(handler: SlackHandler) -> Delivery | TransientDeliveryError:
-    """The delivery of `FILES_MESSAGE` by a first attempt, or the transient failure it raised for a retry."""
-    env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, attempt=1)
-    try:
-        return await env.run(handler.deliver, FILES_MESSAGE)
-    except TransientDeliveryError as error:
-        return error
-
-
 async def test_a_file_missing_from_the_store_fails_for_good_saying_which(
     handler: SlackHandler, slack_sink: SlackSink
 ) -> None:
-    delivery = await delivered(handler)
+    delivery = await delivered(handler, FILES_MESSAGE)
     assert isinstance(delivery, Delivery)
     assert delivery.failure == f"attachment 'invoice.pdf' ({FILES[0].sha256}) is not in the stream store"
     assert slack_sink.calls == []
@@ -232,7 +205,7 @@ async def test_every_answer_to_the_upload_flow_is_classified_as_a_message_posts_
 ) -> None:
     await local_store.put_contents("n-1", [PDF, PNG])
     slack_sink.script_responses(dataclasses.replace(answer, method=method))
-    outcome = await delivered(handler)
+    outcome = await delivered(handler, FILES_MESSAGE)
     delivery = outcome.delivery if isinstance(outcome, TransientDeliveryError) else outcome
     assert isinstance(outcome, TransientDeliveryError) == transient
     assert delivery.failure == reason
