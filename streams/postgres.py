@@ -468,11 +468,12 @@ class PostgresStreamStore(StreamStore):
         assert row is not None
         return row[0], row[1]
 
-    async def _prune_contents(self, before: datetime, limit: int) -> int:
+    async def _prune_contents(self, orphaned: datetime | None, limit: int) -> int:
         """As the owner, as `_prune_batch` is; one transaction holding `CONTENTS_LOCK` alone."""
         async with _using(self._producer) as db, db.transaction():
             await db.execute("SELECT pg_advisory_xact_lock(%s)", (CONTENTS_LOCK,))
-            await db.execute(PRUNE_CONTENT_REFS, {"before": before})
+            if orphaned is not None:
+                await db.execute(PRUNE_CONTENT_REFS, {"before": orphaned})
             return (await db.execute(PRUNE_CONTENTS, {"limit": limit})).rowcount
 
     async def put_contents(self, notification_id: str, contents: Sequence[bytes]) -> list[str]:

@@ -500,17 +500,18 @@ class SQLiteStreamStore(StreamStore):
             ).rowcount
         return notifications, records
 
-    async def _prune_contents(self, before: datetime, limit: int) -> int:
-        return await self._run(self._pruned_contents, _microseconds(before), limit)
+    async def _prune_contents(self, orphaned: datetime | None, limit: int) -> int:
+        return await self._run(self._pruned_contents, None if orphaned is None else _microseconds(orphaned), limit)
 
-    def _pruned_contents(self, before: int, limit: int) -> int:
+    def _pruned_contents(self, orphaned: int | None, limit: int) -> int:
         db = self._db
         with _transaction(db):
-            db.execute(
-                "DELETE FROM content_refs WHERE timestamp_utc < ?"
-                " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.notification_id = content_refs.notification_id)",
-                (before,),
-            )
+            if orphaned is not None:
+                db.execute(
+                    "DELETE FROM content_refs WHERE timestamp_utc < ?"
+                    " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.notification_id = content_refs.notification_id)",
+                    (orphaned,),
+                )
             return db.execute(
                 "DELETE FROM contents WHERE sha256 IN (SELECT c.sha256 FROM contents c"
                 " WHERE NOT EXISTS (SELECT 1 FROM content_refs r WHERE r.sha256 = c.sha256) LIMIT ?)",

@@ -612,9 +612,10 @@ class StreamStore(ABC):
         while True:
             notifications, records = await self._prune_batch(before, batch)
             if not notifications:
-                orphaned = min(before, datetime.now(UTC) - ORPHANED_AFTER)
+                orphaned: datetime | None = min(before, datetime.now(UTC) - ORPHANED_AFTER)
                 while contents := await self._prune_contents(orphaned, CONTENTS_BATCH):
                     pruned.contents += contents
+                    orphaned = None  # the first batch forgot them
                 return pruned
             pruned.notifications += notifications
             pruned.records += records
@@ -625,9 +626,10 @@ class StreamStore(ABC):
         and how many records."""
 
     @abstractmethod
-    async def _prune_contents(self, before: datetime, limit: int) -> int:
-        """Forget the contents' names of notifications that have no record, put before `before` (a request never
-        written), and remove up to `limit` contents no notification names, in one transaction: how many."""
+    async def _prune_contents(self, orphaned: datetime | None, limit: int) -> int:
+        """Forget the contents' names of notifications that have no record, put before `orphaned` (a request never
+        written; None: an earlier batch did), and remove up to `limit` contents no notification names, in one
+        transaction: how many."""
 
     @abstractmethod
     async def put_contents(self, notification_id: str, contents: Sequence[bytes]) -> list[str]:
