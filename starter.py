@@ -33,6 +33,7 @@ from domain import (
     MAX_ATTACHMENTS_BYTES,
     SEND_AT_EARLIEST,
     SEND_AT_LATEST,
+    Channel,
     DirectoryEntry,
     NotificationStatus,
     SendNotificationToEntityOp,
@@ -375,7 +376,7 @@ async def send(
         list[str],
         typer.Option(
             metavar="PATH[;type=MEDIA/TYPE]",
-            help="A file to send by email (its media type from its name, unless given); repeatable.",
+            help="A file to send (its media type from its name, unless given); repeatable.",
         ),
     ] = [],  # noqa: B006
     inline_images: Annotated[
@@ -385,6 +386,10 @@ async def send(
             metavar="CID=PATH[;type=MEDIA/TYPE]",
             help='An image the HTML body shows by its content id (src="cid:CID"); repeatable.',
         ),
+    ] = [],  # noqa: B006
+    attach_to: Annotated[
+        list[Channel],
+        typer.Option(help="Send the --attach files on this channel only (default: every channel); repeatable."),
     ] = [],  # noqa: B006
     idempotency_key: Annotated[
         str | None, typer.Option(metavar="KEY", help="Repeat a request safely: same key, same id.")
@@ -415,6 +420,7 @@ async def send(
         send_at=parse_time(at),
     )
     content["attachments"], contents = read_attachments(attach, inline_images)
+    content["attach_to"] = attach_to or None
     template_data = parse_object("--data", data)
     from client import RequestRefused, checked_idempotency_key
 

@@ -359,7 +359,7 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
                 "subject": request.subject,
                 "text_body": request.body,
                 "html_body": request.html_body,
-                "attachments": request.attachments,
+                "attachments": request.attachments_on(Channel.EMAIL),
             },
         )
         return email, [recipient_email_tag(audience.email)]

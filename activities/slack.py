@@ -209,7 +209,7 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
                 "workspace": audience.slack.workspace,
                 "channel": audience.slack.channel,
                 "text": text,
-                "attachments": [a for a in request.attachments if a.content_id is None],  # inline: the HTML's
+                "attachments": request.attachments_on(Channel.SLACK),
             },
         )
         return message, [

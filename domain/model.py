@@ -195,6 +195,8 @@ class SendNotificationToEntityOp(Model):
     attachments: list[Attachment] = Field(default_factory=list, exclude_if=lambda files: not files)
     """Files sent with it, by email (`MAX_ATTACHMENTS` at most, `MAX_ATTACHMENTS_BYTES` in all); left out of its
     JSON when there are none, as a request without files was written before (and as `notify_request` writes one)."""
+    attach_to: list[Channel] | None = Field(default=None, exclude_if=lambda channels: channels is None)
+    """The channels its files go on (`attachments_on`); none named: every channel it is sent on."""
 
     @field_validator("tags")
     @classmethod
@@ -227,6 +229,22 @@ class SendNotificationToEntityOp(Model):
         if _admitting(info) and not self.html_body and any(a.content_id for a in self.attachments):
             raise ValueError("an inline image is shown by an HTML body: give one")
         return self
+
+    @model_validator(mode="after")
+    def _attached_somewhere(self, info: ValidationInfo) -> SendNotificationToEntityOp:
+        if _admitting(info) and self.attach_to is not None:
+            if not self.attach_to or len(set(self.attach_to)) != len(self.attach_to):
+                raise ValueError("attach_to: name each channel once, at least one")
+            if all(a.content_id for a in self.attachments):
+                raise ValueError("attach_to: names the channels of attached files; this request attaches none")
+        return self
+
+    def attachments_on(self, channel: Channel) -> list[Attachment]:
+        """The files sent on `channel`: those attached, if `attach_to` does not leave it out, and by email the inline
+        images too (the HTML body's, whatever `attach_to` says)."""
+        attached = self.attach_to is None or channel in self.attach_to
+        inline = channel == Channel.EMAIL
+        return [a for a in self.attachments if (inline if a.content_id else attached)]
 
     @model_validator(mode="after")
     def _fits_in_a_payload(self, info: ValidationInfo) -> SendNotificationToEntityOp:

@@ -88,6 +88,26 @@ def test_a_request_past_the_limits_is_refused_saying_which(attachments: list[obj
         admitted(SendNotificationToEntityOp, operation(attachments=attachments))
 
 
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"attach_to": []}, "attach_to: name each channel once, at least one"),
+        ({"attach_to": ["email", "email"]}, "attach_to: name each channel once, at least one"),
+        ({"attach_to": ["fax"]}, "Input should be 'email' or 'slack'"),
+        ({"attach_to": ["slack"], "attachments": []}, "this request attaches none"),
+        (
+            {"attach_to": ["slack"], "attachments": [attachment("a.png", b"a", content_id="a")], "html_body": "<p>"},
+            "this request attaches none",  # an inline image is the HTML body's, on email only
+        ),
+    ],
+)
+def test_attach_to_names_channels_for_files_that_are_attached(changes: dict[str, object], said: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(said)):
+        admitted(
+            SendNotificationToEntityOp, {**operation(attachments=[attachment("a.pdf", b"a")]).model_dump(), **changes}
+        )
+
+
 def test_a_file_is_named_by_its_extension_but_never_as_a_part_of_the_message() -> None:
     assert attachment("report.pdf", b"").media_type == "application/pdf"
     assert attachment("saved.eml", b"").media_type == "application/octet-stream"  # not message/rfc822

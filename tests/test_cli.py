@@ -126,7 +126,7 @@ def directory(cli: Cli) -> Cli:
 
 
 def test_files_attached_go_by_email_whole(directory: Cli, sinks: tuple[MailSink, SlackSink]) -> None:
-    mail, _ = sinks
+    mail, slack = sinks
     report, picture = b"%PDF-1.7\n" + bytes(range(256)) * 64, b"\x89PNG\r\n\x1a\n" + bytes(64)
     (directory.data_dir.parent / "report.pdf").write_bytes(report)
     (directory.data_dir.parent / "chart").write_bytes(picture)
@@ -135,9 +135,11 @@ def test_files_attached_go_by_email_whole(directory: Cli, sinks: tuple[MailSink,
     sent = directory.run(
         "send", "--entity", "user-1", "--subject", "Monthly report", "--body", "Attached.",
         "--attach", "report.pdf", "--attach", "chart;type=image/png", "--inline", "logo=logo.gif",
-        "--html", '<p>Attached.</p><img src="cid:logo">', "--wait", "--json",
+        "--html", '<p>Attached.</p><img src="cid:logo">', "--attach-to", "email", "--wait", "--json",
     )  # fmt: skip
     assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["status"] == "sent"
+    assert "Attached." in [m.text.splitlines()[-1] for m in slack.messages] and not slack.files  # the message, no file
     [message] = [m.message for m in mail.received_by("test@example.com") if m.message["Subject"] == "Monthly report"]
     files = [(p.get_filename(), p.get_content_type(), p.get_content()) for p in message.iter_attachments()]
     assert files == [("report.pdf", "application/pdf", report), ("chart", "image/png", picture)]

@@ -72,16 +72,26 @@ async def test_files_arrive_in_the_entitys_channel_and_in_the_mail_and_the_recor
     assert all(len(r.payload) < 10_000 for r in records)  # named, never carried
 
 
-async def test_an_inline_image_goes_with_the_html_of_the_mail_and_not_to_slack(
-    notify: Notify, slack_sink: SlackSink, mail_sink: MailSink
+@pytest.mark.parametrize(
+    ("attach_to", "on_slack", "by_email"),
+    [(None, ["invoice.pdf"], ["invoice.pdf"]), (["email"], [], ["invoice.pdf"]), (["slack"], ["invoice.pdf"], [])],
+)
+async def test_an_inline_image_goes_with_the_html_of_the_mail_and_files_where_attach_to_says(
+    notify: Notify,
+    slack_sink: SlackSink,
+    mail_sink: MailSink,
+    attach_to: list[str] | None,
+    on_slack: list[str],
+    by_email: list[str],
 ) -> None:
     logo = attachment("logo.png", PNG, content_id="logo")
-    op = operation(attachments=[FILES[0], logo], html_body='<img src="cid:logo">')
+    op = operation(attachments=[FILES[0], logo], html_body='<img src="cid:logo">', attach_to=attach_to)
     nid = await notify.client.request(op, contents=[PDF, PNG])
     assert (await notify.client.result(nid)).status == "sent"
-    assert [f.name for f in slack_sink.files] == ["invoice.pdf"]
+    assert [f.name for f in slack_sink.files] == on_slack
+    assert [m.text for m in slack_sink.messages] == [COMMENT]  # the message goes, with the files or without
     [mail] = mail_sink.messages
-    assert [p.get_filename() for p in mail.message.iter_attachments()] == ["invoice.pdf"]
+    assert [p.get_filename() for p in mail.message.iter_attachments()] == by_email
     related = mail.message.get_body(("related",))
     assert related is not None and [p["Content-ID"] for p in related.iter_parts()] == [None, "<logo>"]
 
