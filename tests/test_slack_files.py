@@ -9,8 +9,10 @@ import json
 import uuid
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from pydantic import SecretStr
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.testing import WorkflowEnvironment
@@ -21,6 +23,7 @@ from api.app import owner_store
 from client import NotificationClient, attachment
 from domain import Channel, SendSlackMessageOp
 from harness.processes import WorkerProcess, start_worker, unconfigured_environment
+from harness.proxy import CuttableProxy
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import ScriptedResponse, SlackSink
@@ -200,6 +203,35 @@ async def test_a_file_missing_from_the_store_fails_for_good_saying_which(
     assert isinstance(delivery, Delivery)
     assert delivery.failure == f"attachment 'invoice.pdf' ({FILES[0].sha256}) is not in the stream store"
     assert slack_sink.calls == []
+
+
+async def test_a_store_that_cannot_be_read_is_an_upload_a_later_attempt_makes(
+    postgres: Databases, slack_sink: SlackSink
+) -> None:
+    """PostgreSQL drops its connections as the attempt reads the files: the attempt fails for a retry, uploading
+    nothing; the next one, once the store answers, shares them."""
+    url = urlsplit(postgres.fresh())
+    proxy = await CuttableProxy(url.hostname or "127.0.0.1", url.port or 5432).start()
+    through = urlunsplit(url._replace(netloc=f"{url.username or 'postgres'}@127.0.0.1:{proxy.port}"))
+    tokens = {"acme": SecretStr(SLACK_TOKEN)}
+    settings = Settings(_env_file=None, streams_url=through, slack_api_url=slack_sink.api_url, slack_tokens=tokens)
+    try:
+        async with settings.open_streams() as store:
+            await store.put_contents(FILES_MESSAGE.notification_id, [PDF, PNG])
+            handler = SlackHandler(store, settings)
+            try:
+                await proxy.cut()
+                failed = await delivered(handler, FILES_MESSAGE)
+                await proxy.restore()
+                sent = await delivered(handler, FILES_MESSAGE, attempt=2)
+            finally:
+                await handler.close()
+    finally:
+        await proxy.close()
+    assert isinstance(failed, TransientDeliveryError), failed
+    assert str(failed).startswith("the stream store cannot be read now")
+    assert isinstance(sent, Delivery) and sent.failure is None, sent
+    assert [(f.name, f.content) for f in slack_sink.files] == [("invoice.pdf", PDF), ("Übersicht März.png", PNG)]
 
 
 @pytest.mark.parametrize("method", ["files.getUploadURLExternal", "files.completeUploadExternal"])
