@@ -12,7 +12,7 @@ from streams import StreamName, StreamStore
 from streams.directory import UnknownEntities, change_members, import_entries, members, topic_sizes
 from streams.store import StoreUnusable
 from tests.databases import Databases
-from tests.service import entity
+from tests.service import Api, entity
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -75,3 +75,28 @@ async def test_an_import_makes_each_listed_entity_a_member_of_exactly_its_topics
 async def test_only_the_owner_of_the_streams_writes_topics(directory: StreamStore, store: StreamStore) -> None:
     with pytest.raises(StoreUnusable, match="notify_producer may not write to the stream 'entity-directory'"):
         await change_members(store, "ops", ["user-1"], member=True)
+
+
+async def test_the_api_makes_members_pages_through_them_and_lists_topics(api: Api) -> None:
+    for entity_id in ("user-2", "user-1"):
+        put = await api.call("PUT", f"/v1/topics/ops/members/{entity_id}")
+        assert put.status_code == 200, put.text
+        assert put.json() == {"topic": "ops", "entity_id": entity_id, "member": True}
+    first = (await api.call("GET", "/v1/topics/ops", key="reader", params={"limit": 1})).json()
+    assert first["members"] == ["user-1"] and first["next_cursor"]
+    page = {"limit": 1, "cursor": first["next_cursor"]}
+    second = (await api.call("GET", "/v1/topics/ops", key="reader", params=page)).json()
+    assert second == {"topic": "ops", "members": ["user-2"], "next_cursor": None}
+    assert (await api.call("DELETE", "/v1/topics/ops/members/user-2")).json()["member"] is False
+    assert (await api.call("GET", "/v1/topics", key="reader")).json() == [{"topic": "ops", "members": 1}]
+
+    for method, path, key, params, status, said in [
+        ("PUT", "/v1/topics/ops/members/user-2", "sender", {}, 403, "admin"),
+        ("PUT", "/v1/topics/ops/members/user-9", "all", {}, 422, "not in the directory: 'user-9'"),
+        ("GET", "/v1/topics/nope", "reader", {}, 404, "no topic 'nope'"),
+        ("GET", "/v1/topics/ops", "reader", {"cursor": "bm9wZQ"}, 422, "cursor: not a cursor this API gave"),
+        ("GET", "/v1/topics/ops", "reader", {"limit": 0}, 422, "limit: must be 1 to 1000"),
+    ]:
+        refused = await api.call(method, path, key=key, params=params)
+        assert refused.status_code == status and said in refused.json()["detail"], (path, refused.text)
+    assert (await api.call("GET", "/v1/topics/ops", key="reader")).json()["members"] == ["user-1"]
