@@ -298,11 +298,23 @@ class NotificationClient:
         self._identity: str | None = None
         self._templates = Templates(settings.templates_dir)
 
+    @property
+    def store(self) -> StreamStore:
+        return self._store
+
+    @property
+    def temporal(self) -> Client:
+        return self._temporal
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
     async def full_id(self, notification_id: str) -> str:
         """`notification_id` as issued: a bare number is one this store issued (`7` is `3f9a1c2e-7`)."""
         return f"{await self._store_identity()}-{notification_id}" if notification_id.isdigit() else notification_id
 
-    async def _new_id(self) -> str:
+    async def new_id(self) -> str:
         """A new notification id: the store's identity and the client-operation stream's next number, so that it is
         unique in a Temporal namespace other deployments share, and after the store is reset."""
         return f"{await self._store_identity()}-{await self._client_operations.next_unique_id()}"
@@ -440,7 +452,7 @@ class NotificationClient:
             raise RequestRefused("attachments: the files given are not those the request names")
         key_tags = []
         if idempotency_key is None:
-            notification_id = await self._new_id()
+            notification_id = await self.new_id()
         else:
             notification_id = await self._claim(admitted_idempotency_key(idempotency_key), operation)
             key_tags.append(tag(TagName.IDEMPOTENCY_KEY, idempotency_key))
@@ -490,7 +502,7 @@ class NotificationClient:
         claims = self._store.reader(StreamName.CLIENT_OPERATION)
         existing = await claims.latest(record_id)
         if existing is None:
-            notification_id = await self._new_id()
+            notification_id = await self.new_id()
             claim = IdempotencyKeyClaim(idempotency_key=key, notification_id=notification_id, operation=operation)
             put = await self._client_operations.put(
                 record_id,

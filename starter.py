@@ -52,6 +52,7 @@ from streams.directory import (
 )
 
 if TYPE_CHECKING:
+    from broadcasts import BroadcastClient
     from client import NotificationClient
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -357,7 +358,13 @@ async def _client(settings: Settings, store: StreamStore, *, owner: StreamStore 
 @run_async
 async def send(
     entity: Annotated[
-        str | None, typer.Option(metavar="ID", help="The id of the entity to notify, as the directory has it.")
+        list[str],
+        typer.Option(
+            metavar="ID", help="The id of the entity to notify, as the directory has it; several: a broadcast."
+        ),
+    ] = [],  # noqa: B006
+    topic: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Notify each member of topic NAME: a broadcast.")
     ] = None,
     entity_json: Annotated[
         str | None,
@@ -410,9 +417,14 @@ async def send(
     wait: Annotated[bool, typer.Option(help=f"Print the id, then wait for the outcome; {WAIT_EXIT}")] = False,
     as_json: JsonOption = False,
 ) -> int:
-    """Request a notification to an entity and print its id: with --subject and --body, or with --template."""
-    if (entity is None) == (entity_json is None):
-        raise CliError("give --entity ID or --entity-json ENTRY (one of them)", 2)
+    """Request a notification to an entity and print its id: with --subject and --body, or with --template. To a
+    topic's members (--topic), or to several entities (--entity, repeated): a broadcast, each entity notified with a
+    notification of its own; its id is the broadcast's."""
+    if sum(map(bool, (entity, entity_json is not None, topic is not None))) != 1:
+        raise CliError("give --entity ID (repeatable), --entity-json ENTRY or --topic NAME (one of them)", 2)
+    broadcast = topic is not None or len(entity) > 1
+    if broadcast and (attach or inline_images or idempotency_key):
+        raise CliError("a broadcast takes no --attach, --inline or --idempotency-key yet", 2)
     inline = parse_object("--entity-json", entity_json)
     if inline is not None:  # what is wrong with it is said before any store is looked for
         try:
@@ -420,7 +432,7 @@ async def send(
         except ValidationError as error:
             raise CliError(f"--entity-json: {validation_message(error)}", 2) from error
     content: dict[str, Any] = dict(
-        entity_id=entity,
+        entity_id=entity[0] if len(entity) == 1 else None,
         subject=subject,
         body=text_argument(body),
         html_body=text_argument(html),
@@ -431,6 +443,9 @@ async def send(
     content["attachments"], contents = read_attachments(attach, inline_images)
     content["attach_to"] = attach_to or None
     template_data = parse_object("--data", data)
+    if broadcast:
+        audience = {"topic": topic} if topic is not None else {"entity_ids": entity}
+        return await _broadcast(audience, content, template, template_data, wait=wait, as_json=as_json)
     from client import RequestRefused, checked_idempotency_key
 
     try:
@@ -459,6 +474,66 @@ async def send(
     return 1 if shown["status"] in NOT_DELIVERED else 0
 
 
+async def _broadcast(
+    audience: dict[str, Any],
+    content: dict[str, Any],
+    template: str | None,
+    data: dict[str, Any] | None,
+    *,
+    wait: bool,
+    as_json: bool,
+) -> int:
+    """Request a broadcast; print its id, and with `wait` its progress until every notification has ended."""
+    from broadcasts import BroadcastClient
+    from client import RequestRefused
+
+    op = {
+        "audience": audience,
+        "content": {k: v for k, v in content.items() if v not in (None, [], {}) and k != "entity_id"},
+        "template": template,
+        "data": data,
+    }
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        client = await _client(settings, store)
+        broadcasts = BroadcastClient(client)
+        try:
+            broadcast_id = await broadcasts.request(op)
+        except RequestRefused as error:
+            raise CliError(str(error), 2) from error
+        if not wait:
+            print_json({"id": broadcast_id, "broadcast": True, "status": "running"}) if as_json else print(broadcast_id)
+            return 0
+        if not as_json:
+            print(broadcast_id, flush=True)
+        shown = await _followed_broadcast(broadcasts, broadcast_id, quiet=as_json)
+    print_json(shown) if as_json else print_broadcast(shown)
+    return 1 if any(shown["counts"].get(s, 0) for s in [*NOT_DELIVERED, "refused"]) else 0
+
+
+async def _followed_broadcast(broadcasts: BroadcastClient, broadcast_id: str, *, quiet: bool) -> dict[str, Any]:
+    """The broadcast's status once it has completed; unless `quiet`, a line each time its counts change."""
+    said = None
+    while True:
+        shown: dict[str, Any] = await broadcasts.status(broadcast_id)
+        line = progress_of_broadcast(shown)
+        if not quiet and line != said:
+            print(line, flush=True)
+            said = line
+        if shown["status"] == "completed":
+            return shown
+        await asyncio.sleep(0.5)
+
+
+def progress_of_broadcast(shown: dict[str, Any]) -> str:
+    ended = ", ".join(f"{status} {n}" for status, n in sorted(shown["counts"].items()))
+    return f"{shown['recipients'] - shown['left']} of {shown['recipients']} ended" + (f" ({ended})" if ended else "")
+
+
+def print_broadcast(shown: dict[str, Any]) -> None:
+    print(f"broadcast {shown['id']}: {shown['status']}, {progress_of_broadcast(shown)}")
+
+
 @app.command()
 @run_async
 async def status(
@@ -469,10 +544,23 @@ async def status(
     ] = False,
     as_json: JsonOption = False,
 ) -> int:
-    """The status of notification ID: live while its saga runs, the recorded view after."""
+    """The status of notification ID: live while its saga runs, the recorded view after. Of a broadcast: how many
+    of its notifications have ended, by status."""
+    from broadcasts import BroadcastClient, UnknownBroadcast
+
     settings = load_settings()
     async with settings.open_streams() as store:
         client = await _client(settings, store)
+        broadcasts = BroadcastClient(client)
+        try:
+            shown = await broadcasts.status(notification_id)
+        except UnknownBroadcast:
+            pass
+        else:
+            if wait or watch:
+                shown = await _followed_broadcast(broadcasts, notification_id, quiet=as_json or not watch)
+            print_json(shown) if as_json else print_broadcast(shown)
+            return 1 if (wait or watch) and any(shown["counts"].get(s, 0) for s in [*NOT_DELIVERED, "refused"]) else 0
         view = await client.status(notification_id)
         if watch and not as_json:
             view = await followed(client, notification_id)

@@ -31,6 +31,7 @@ from temporalio.service import RPCError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 import logs
+from activities.broadcast import BroadcastActivities
 from activities.contract import channel_task_queue
 from activities.email import EmailHandler
 from activities.failures import FailuresClassified
@@ -46,6 +47,7 @@ from settings import ConfigurationError, Settings, is_unavailable, load_settings
 from sinks import local_sinks
 from streams import StoreUnavailable, StreamStore
 from workflows import search
+from workflows.broadcast import BroadcastSaga
 from workflows.notification import NotificationSaga
 
 SHUTDOWN_GRACE = timedelta(seconds=10)
@@ -64,6 +66,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
     client-operation stream's handler, which starts the saga of every request that has none (`intake`)."""
     handlers = {channel: handler(store, settings) for channel, handler in CHANNEL_HANDLERS.items()}
     notification = NotificationActivities(store, settings, handlers)
+    broadcast = BroadcastActivities(store, client, settings)
     email, slack = handlers[Channel.EMAIL], handlers[Channel.SLACK]
     assert isinstance(email, EmailHandler) and isinstance(slack, SlackHandler)
     queue_rates = {Channel.EMAIL: settings.email_messages_per_second}  # Slack is paced per Slack channel instead
@@ -72,7 +75,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
         Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[NotificationSaga],
+            workflows=[NotificationSaga, BroadcastSaga],
             workflow_runner=WORKFLOW_RUNNER,
             activities=[
                 notification.prepare_notification,
@@ -85,6 +88,10 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 notification.record_saga_ended,
                 *(handler.record_not_sent for handler in handlers.values()),
                 slack.wait_for_turn,
+                broadcast.snapshot_audience,
+                broadcast.request_recipients,
+                broadcast.count_recipients,
+                broadcast.record_broadcast_ended,
             ],
             graceful_shutdown_timeout=SHUTDOWN_GRACE,
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_queue_timeout_seconds),

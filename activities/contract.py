@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from domain import (
+    BroadcastCounts,
+    BroadcastPage,
+    BroadcastRequest,
+    BroadcastSnapshot,
     Channel,
     ChannelOperationFailure,
     ChannelOperationInstruction,
@@ -77,6 +81,17 @@ WAIT_FOR_SLACK_TURN: Activity[ChannelOperationRef, float] = Activity("WaitForSla
 a fallback's or the internal team's message (a saga's others take theirs while preparing)."""
 
 
+SNAPSHOT_AUDIENCE: Activity[BroadcastRequest, BroadcastSnapshot] = Activity(
+    "SnapshotBroadcastAudience", BroadcastSnapshot
+)
+"""A broadcast's recipients, kept a page at a time in its snapshot (once: a retry finds them kept)."""
+REQUEST_RECIPIENTS: Activity[BroadcastPage, int] = Activity("RequestBroadcastRecipients", int)
+"""Each recipient of a page of the snapshot requested (once: a retry requests what is not yet), and its saga
+started; how many were requested."""
+COUNT_RECIPIENTS: Activity[BroadcastRequest, BroadcastCounts] = Activity("CountBroadcastNotifications", BroadcastCounts)
+RECORD_BROADCAST_ENDED: Activity[BroadcastRequest, None] = Activity("RecordBroadcastEnded", None)
+
+
 def channel_task_queue(task_queue: str, channel: Channel) -> str:
     """Each channel's sends have a task queue of their own, so that each can have its own rate limit."""
     return f"{task_queue}-{channel}"
@@ -87,5 +102,7 @@ STEP_FAILED_FOR_GOOD = "StepFailedForGood"
 
 SEND_NOTIFICATION_CONCERN = "send-notification"
 """The client-operation stream's concern: taking up a request (its saga does)."""
+SEND_BROADCAST_CONCERN = "send-broadcast"
+"""The client-operation stream's concern for a broadcast's request: its saga takes it up."""
 SAGA_CONCERN = "process-send-notification-saga"
 ESCALATION_CONCERN = "send-failed-notification-to-internal-team"

@@ -57,6 +57,7 @@ from domain import (
     SendNotificationRequestedEvent,
     SendNotificationToEntityOp,
     TagName,
+    broadcast_tags,
     get_delivery_channel_configs,
     notification_tags,
     request_tags,
@@ -381,7 +382,8 @@ class NotificationActivities:
                 notification_id=nid, timestamp_utc=view.completed_at, escalation=view.escalation
             )
             puts.append(self._event(told, snapshot.operation))
-        puts.append(self._views.record(nid, view, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID))
+        view_tags = [*tags, *broadcast_tags(snapshot.operation)]  # a broadcast counts its notifications' views
+        puts.append(self._views.record(nid, view, tags=view_tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID))
         puts.append(
             self._snapshots.record(nid, snapshot, tags=tags, strategy=ExistingRecordStrategy.PRUNE_IF_FOUND_BY_ID)
         )

@@ -4,6 +4,20 @@ Models are plain pydantic v2 classes with no side effects, so the workflow sandb
 unchanged. Nothing in here carries a credential.
 """
 
+from domain.broadcasts import (
+    MAX_BROADCAST_ENTITIES,
+    RECIPIENTS_PAGE,
+    BroadcastAudience,
+    BroadcastCounts,
+    BroadcastPage,
+    BroadcastRecipientRefused,
+    BroadcastRecipients,
+    BroadcastRequest,
+    BroadcastRequestedEvent,
+    BroadcastSnapshot,
+    SendBroadcastOp,
+    recipient_id,
+)
 from domain.events import (
     AttemptToSendNotificationEvent,
     ChannelEvent,
@@ -45,6 +59,7 @@ from domain.model import (
     TagName,
     TemplateUse,
     TopicMembership,
+    broadcast_tags,
     notification_tags,
     recipient_email_tag,
     request_tags,
@@ -136,6 +151,18 @@ from domain.views import (
 )
 
 __all__ = [
+    "MAX_BROADCAST_ENTITIES",
+    "RECIPIENTS_PAGE",
+    "BroadcastAudience",
+    "BroadcastCounts",
+    "BroadcastPage",
+    "BroadcastRecipientRefused",
+    "BroadcastRecipients",
+    "BroadcastRequest",
+    "BroadcastRequestedEvent",
+    "BroadcastSnapshot",
+    "SendBroadcastOp",
+    "recipient_id",
     "ADMISSION",
     "AUDIENCE_OUTCOMES",
     "Admitted",
@@ -247,6 +274,7 @@ __all__ = [
     "get_delivery_channel_configs",
     "in_one_line",
     "notification_tags",
+    "broadcast_tags",
     "request_tags",
     "recipient_email_tag",
     "tag",

@@ -62,6 +62,7 @@ class TagName(StrEnum):
     SLACK_WORKSPACE = "slack-workspace"
     SLACK_CHANNEL = "slack-channel"
     TOPIC_NAME = "topic-name"
+    BROADCAST_ID = "broadcast-id"
 
 
 RESERVED_TAG_NAMES = frozenset(TagName)
@@ -207,6 +208,8 @@ class SendNotificationToEntityOp(Model):
     JSON when there are none, as a request without files was written before (and as `notify_request` writes one)."""
     attach_to: list[Channel] | None = Field(default=None, exclude_if=lambda channels: channels is None)
     """The channels its files go on (`attachments_on`); none named: every channel it is sent on."""
+    broadcast_id: str | None = Field(default=None, exclude_if=lambda broadcast: broadcast is None)
+    """The broadcast it is one recipient's notification of, if it is."""
 
     @field_validator("tags")
     @classmethod
@@ -274,8 +277,18 @@ def notification_tags(notification_id: str, operation: SendNotificationToEntityO
 
 def request_tags(notification_id: str, operation: SendNotificationToEntityOp) -> list[Tag]:
     """The tags of a notification's request (in the client-operation stream, and as the notification stream's
-    `SendNotificationRequestedEvent`): those of every record, and its entity, by which its notifications are found."""
-    return [*notification_tags(notification_id, operation), tag(TagName.ENTITY_ID, operation.entity_id)]
+    `SendNotificationRequestedEvent`): those of every record, its entity, by which its notifications are found, and
+    its broadcast (`broadcast_tags`)."""
+    return [
+        *notification_tags(notification_id, operation),
+        tag(TagName.ENTITY_ID, operation.entity_id),
+        *broadcast_tags(operation),
+    ]
+
+
+def broadcast_tags(operation: SendNotificationToEntityOp) -> list[Tag]:
+    """The tag by which a broadcast finds its notifications' requests and views: none for a notification of its own."""
+    return [] if operation.broadcast_id is None else [tag(TagName.BROADCAST_ID, operation.broadcast_id)]
 
 
 class NotificationRequest(Model):

@@ -827,6 +827,35 @@ def test_topics_are_made_shown_listed_and_given_by_the_directory_file(directory:
     assert directory.json("topic", "show", "ops")["members"] == ["user-1", "user-2"]  # nothing half-written
 
 
+def test_a_broadcast_notifies_each_member_of_a_topic_and_status_counts_them(
+    directory: Cli, sinks: tuple[MailSink, SlackSink]
+) -> None:
+    mail, _ = sinks
+    assert directory.run("topic", "add", "team", "user-1", "user-2").returncode == 0
+    sent = directory.run("send", "--topic", "team", "--subject", "All hands", "--body", "At 3.", "--wait", "--json")
+    assert sent.returncode == 0, sent.stderr
+    shown = json.loads(sent.stdout)
+    assert (shown["broadcast"], shown["status"], shown["recipients"], shown["left"]) == (True, "completed", 2, 0)
+    assert shown["counts"] == {"sent": 2}
+    assert directory.json("status", shown["id"]) == shown
+    to = sorted(r for m in mail.messages if m.message["Subject"] == "All hands" for r in m.recipients)
+    assert to == ["bob@example.com", "test@example.com"]
+
+    named = directory.run(
+        "send", "--entity", "user-1", "--entity", "nobody", "--subject", "Two", "--body", "B", "--wait"
+    )
+    assert named.returncode == 1, named.stderr  # one was refused: the directory has no 'nobody'
+    bid, *progress = named.stdout.splitlines()
+    assert progress[-1] == f"broadcast {bid}: completed, 2 of 2 ended (refused 1, sent 1)"
+    for args, said in [
+        (("--topic", "team", "--entity", "user-1"), "error: give --entity ID (repeatable), --entity-json ENTRY or"),
+        (("--topic", "nope"), "error: no topic 'nope'"),
+        (("--topic", "team", "--attach", "x.pdf"), "error: a broadcast takes no --attach, --inline or"),
+    ]:
+        refused = directory.run("send", *args, "--subject", "S", "--body", "B")
+        assert refused.returncode == 2 and refused.stderr.startswith(said), (args, refused.stderr)
+
+
 def test_prune_removes_what_ended_before_the_date_and_the_audit_forgets_it(directory: Cli) -> None:
     """Last in the module: it prunes every notification the tests before it sent."""
     sent = directory.run("send", "--entity", "user-2", "--subject", "Old news", "--body", "Gone.", "--wait", "--json")

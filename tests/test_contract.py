@@ -11,6 +11,7 @@ from typing import Any
 from temporalio import activity
 
 import activities.contract as contract
+from activities.broadcast import BroadcastActivities
 from activities.notification import NotificationActivities
 from activities.registry import CHANNEL_HANDLERS
 from activities.slack import SlackHandler
@@ -18,6 +19,7 @@ from harness.processes import ROOT
 
 IMPLEMENTATIONS = [
     *(getattr(NotificationActivities, name) for name in vars(NotificationActivities)),
+    *(getattr(BroadcastActivities, name) for name in vars(BroadcastActivities)),
     *(method for handler in CHANNEL_HANDLERS.values() for method in (handler.send, handler.record_not_sent)),
     SlackHandler.wait_for_turn,
 ]
@@ -25,7 +27,7 @@ IMPLEMENTATIONS = [
 
 def test_the_workflow_and_the_client_load_no_implementation() -> None:
     """Importing them loads no SMTP, Slack, HTTP or database client, and no handler."""
-    code = "import sys, workflows.notification, client; print(*sys.modules)"
+    code = "import sys, workflows.notification, workflows.broadcast, client; print(*sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     modules = set(loaded.stdout.split())
     assert "workflows.notification" in modules and "activities.contract" in modules

@@ -1,0 +1,191 @@
+"""A broadcast's steps: keep its recipients (its snapshot), request each recipient's notification a page at a time
+and start its saga, count where its notifications are, and record that it has ended. Each step may run again (a
+retry, a worker killed): what it wrote before is found, never written twice."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.client import Client
+
+from activities.contract import (
+    COUNT_RECIPIENTS,
+    RECORD_BROADCAST_ENDED,
+    REQUEST_RECIPIENTS,
+    SEND_BROADCAST_CONCERN,
+    SNAPSHOT_AUDIENCE,
+)
+from broadcasts import BroadcastClient
+from client import NotificationClient, RequestRefused, start_saga
+from domain import (
+    RECIPIENTS_PAGE,
+    BroadcastCounts,
+    BroadcastPage,
+    BroadcastRecipientRefused,
+    BroadcastRecipients,
+    BroadcastRequest,
+    BroadcastRequestedEvent,
+    BroadcastSnapshot,
+    ExecuteOpRequestedEvent,
+    NotificationRequest,
+    TagName,
+    in_one_line,
+    recipient_id,
+    request_tags,
+    tag,
+    validation_message,
+)
+from settings import Settings
+from streams import ExistingRecordStrategy, HandlingStatus, InvalidHandlingTransition, StreamName, StreamStore
+from streams.directory import members
+from templating import TemplateError
+
+STARTS_AT_ONCE = 16
+"""Sagas a page's step starts at once."""
+
+
+class BroadcastActivities:
+    def __init__(self, store: StreamStore, temporal: Client, settings: Settings) -> None:
+        self._store = store
+        self._temporal = temporal
+        self._settings = settings
+        self._client = NotificationClient(store, temporal, settings)
+        self._broadcasts = BroadcastClient(self._client)
+        self._requests = store.reader(StreamName.CLIENT_OPERATION)
+        self._handling = store.handling(StreamName.CLIENT_OPERATION)
+
+    @activity.defn(name=SNAPSHOT_AUDIENCE.name)
+    async def snapshot_audience(self, request: BroadcastRequest) -> BroadcastSnapshot:
+        """The broadcast's recipients, kept in its snapshot a page at a time, all in one write: the topic's members
+        now, or the entities it names. The broadcast's request is taken up (`Running`)."""
+        bid = request.broadcast_id
+        kept = await self._pages(bid)
+        if kept:
+            return BroadcastSnapshot(recipients=sum(len(p.entity_ids) for p in kept), pages=len(kept))
+        audience = (await self._broadcast(bid)).operation.audience
+        if audience.topic is not None:
+            entity_ids = await members(self._store.reader(StreamName.ENTITY_DIRECTORY), audience.topic) or []
+        else:
+            entity_ids = list(audience.entity_ids or [])
+        pages = [entity_ids[i : i + RECIPIENTS_PAGE] for i in range(0, len(entity_ids), RECIPIENTS_PAGE)]
+        writer = self._store.writer(StreamName.CLIENT_OPERATION)
+        await self._store.put(
+            StreamName.CLIENT_OPERATION,
+            [
+                writer.record(
+                    f"{bid}/recipients/{n}",
+                    BroadcastRecipients(broadcast_id=bid, page=n, entity_ids=page),
+                    tags=[tag(TagName.BROADCAST_ID, bid)],
+                    strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+                ).record
+                for n, page in enumerate(pages)
+            ],
+        )
+        try:
+            await self._handling.transition(
+                request.client_operation_record_id, SEND_BROADCAST_CONCERN, HandlingStatus.RUNNING, "its saga runs"
+            )
+        except InvalidHandlingTransition:
+            pass  # taken up by an earlier attempt
+        return BroadcastSnapshot(recipients=len(entity_ids), pages=len(pages))
+
+    @activity.defn(name=REQUEST_RECIPIENTS.name)
+    async def request_recipients(self, page: BroadcastPage) -> int:
+        """Request the notification of each recipient of the page (its id by its place in the snapshot), in one
+        write, and start each one's saga; a recipient whose request cannot be made is recorded as refused. Run again,
+        it finds what it wrote (and the sagas it started) and writes (and starts) nothing twice. How many were
+        requested."""
+        bid = page.broadcast_id
+        op = (await self._broadcast(bid)).operation
+        [recipients] = [p for p in await self._pages(bid) if p.page == page.page]
+        first = page.page * RECIPIENTS_PAGE + 1
+        requests: list[NotificationRequest] = []
+        refused: list[BroadcastRecipientRefused] = []
+        for n, entity in enumerate(recipients.entity_ids):
+            nid = recipient_id(bid, first + n)
+            try:
+                operation, _ = await self._client.compose(
+                    {**op.content, "entity_id": entity, "broadcast_id": bid}, op.template, op.data
+                )
+            except (ValidationError, TemplateError, RequestRefused) as error:
+                said = validation_message(error) if isinstance(error, ValidationError) else str(error)
+                refused.append(
+                    BroadcastRecipientRefused(
+                        broadcast_id=bid, notification_id=nid, entity_id=entity, reason=in_one_line(said)
+                    )
+                )
+                continue
+            requests.append(NotificationRequest(notification_id=nid, operation=operation, client_operation_record_id=0))
+        now = datetime.now(UTC)
+        requested = self._store.writer(StreamName.CLIENT_OPERATION)
+        written = await self._store.put(
+            StreamName.CLIENT_OPERATION,
+            [
+                requested.record(
+                    r.notification_id,
+                    ExecuteOpRequestedEvent(id=r.notification_id, operation=r.operation, timestamp_utc=now),
+                    tags=request_tags(r.notification_id, r.operation),
+                    strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+                ).record
+                for r in requests
+            ],
+        )
+        events = self._store.writer(StreamName.NOTIFICATION_EVENT)
+        await self._store.put(
+            StreamName.NOTIFICATION_EVENT,
+            [
+                events.record(
+                    r.notification_id,
+                    r,
+                    tags=[tag(TagName.NOTIFICATION_ID, r.notification_id), tag(TagName.BROADCAST_ID, bid)],
+                    strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+                ).record
+                for r in refused
+            ],
+        )
+        at_once = asyncio.Semaphore(STARTS_AT_ONCE)
+
+        async def start(request: NotificationRequest) -> None:
+            async with at_once:
+                activity.heartbeat()
+                await start_saga(self._temporal, self._store, self._settings, request)
+
+        await asyncio.gather(
+            *(
+                start(r.model_copy(update={"client_operation_record_id": put.record_internal_id}))
+                for r, put in zip(requests, written, strict=True)
+            )
+        )
+        return len(requests)
+
+    @activity.defn(name=COUNT_RECIPIENTS.name)
+    async def count_recipients(self, request: BroadcastRequest) -> BroadcastCounts:
+        """Where the broadcast's notifications are: how many were requested, and how many ended, by status."""
+        return await self._broadcasts.counts(request.broadcast_id)
+
+    @activity.defn(name=RECORD_BROADCAST_ENDED.name)
+    async def record_broadcast_ended(self, request: BroadcastRequest) -> None:
+        try:
+            await self._handling.transition(
+                request.client_operation_record_id,
+                SEND_BROADCAST_CONCERN,
+                HandlingStatus.COMPLETED,
+                "every notification has ended",
+            )
+        except InvalidHandlingTransition:
+            pass  # an earlier attempt recorded it
+
+    async def _broadcast(self, broadcast_id: str) -> BroadcastRequestedEvent:
+        record = await self._requests.latest(broadcast_id, type=BroadcastRequestedEvent.__name__)
+        if record is None:
+            raise LookupError(f"no broadcast {broadcast_id!r} in the client-operation stream")
+        return record.object(BroadcastRequestedEvent)
+
+    async def _pages(self, broadcast_id: str) -> list[BroadcastRecipients]:
+        records = await self._requests.by_tags(
+            tag(TagName.BROADCAST_ID, broadcast_id), type=BroadcastRecipients.__name__
+        )
+        return sorted((r.object(BroadcastRecipients) for r in records), key=lambda p: p.page)

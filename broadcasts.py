@@ -1,0 +1,129 @@
+"""Broadcasts as a door asks for them: request one (its record in the client-operation stream, and its saga), and
+read where its notifications are. The broadcast's saga (`workflows.broadcast`) does the rest."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+from activities.contract import SEND_BROADCAST_CONCERN
+from client import NotificationClient, RequestRefused
+from domain import (
+    BroadcastCounts,
+    BroadcastRecipientRefused,
+    BroadcastRecipients,
+    BroadcastRequest,
+    BroadcastRequestedEvent,
+    ExecuteOpRequestedEvent,
+    SendBroadcastOp,
+    TagName,
+    admitted,
+    tag,
+    validation_message,
+)
+from streams import HandlingStatus, StreamName
+from streams.directory import members
+from templating import TemplateError
+from workflows.broadcast import BroadcastSaga
+
+
+class UnknownBroadcast(LookupError):
+    def __init__(self, broadcast_id: str) -> None:
+        super().__init__(f"no broadcast with id {broadcast_id!r}")
+
+
+class BroadcastClient:
+    """Broadcasts through the notification client's store and Temporal."""
+
+    def __init__(self, notifications: NotificationClient) -> None:
+        self._notifications = notifications
+        self._store = notifications.store
+        self._temporal = notifications.temporal
+        self._settings = notifications.settings
+        self._requests = self._store.reader(StreamName.CLIENT_OPERATION)
+
+    async def request(self, operation: SendBroadcastOp | dict[str, Any]) -> str:
+        """Request a broadcast and start its saga; its id. `RequestRefused` says what is wrong (an unknown topic, a
+        content its first recipient's request would refuse), and nothing is written."""
+        try:
+            op = admitted(SendBroadcastOp, operation)
+        except ValidationError as error:
+            raise RequestRefused(validation_message(error)) from error
+        audience = op.audience
+        if audience.topic is not None:
+            found = await members(self._store.reader(StreamName.ENTITY_DIRECTORY), audience.topic)
+            if found is None:
+                raise RequestRefused(f"no topic {audience.topic!r}")
+            first = found[0] if found else None
+        else:
+            first = audience.entity_ids[0] if audience.entity_ids else None
+        if first is not None:  # its content, as the first recipient's request would be checked
+            try:
+                await self._notifications.compose({**op.content, "entity_id": first}, op.template, op.data)
+            except ValidationError as error:
+                raise RequestRefused(validation_message(error)) from error
+            except TemplateError as error:
+                raise RequestRefused(str(error)) from error
+        broadcast_id = await self._notifications.new_id()
+        put = await self._store.writer(StreamName.CLIENT_OPERATION).put(
+            broadcast_id,
+            BroadcastRequestedEvent(id=broadcast_id, operation=op, timestamp_utc=datetime.now(UTC)),
+            tags=[tag(TagName.BROADCAST_ID, broadcast_id)],
+        )
+        await self._temporal.start_workflow(
+            BroadcastSaga.run,
+            BroadcastRequest(broadcast_id=broadcast_id, client_operation_record_id=put.record_internal_id),
+            id=broadcast_id,
+            task_queue=self._settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+        return broadcast_id
+
+    async def result(self, broadcast_id: str) -> BroadcastCounts:
+        """Wait for the broadcast's saga to end: where its notifications ended."""
+        return await self._temporal.get_workflow_handle_for(BroadcastSaga.run, broadcast_id).result()
+
+    async def counts(self, broadcast_id: str) -> BroadcastCounts:
+        """Where the broadcast's notifications are: its recipients (none until its saga has kept them), how many
+        were requested, and how many ended, by status."""
+        by_broadcast = tag(TagName.BROADCAST_ID, broadcast_id)
+        pages = await self._requests.by_tags(by_broadcast, type=BroadcastRecipients.__name__)
+        requested = await self._requests.by_tags(by_broadcast, type=ExecuteOpRequestedEvent.__name__)
+        ended: dict[str, int] = {}
+        for view in await self._store.reader(StreamName.NOTIFICATION_VIEW).by_tags(by_broadcast):
+            try:
+                status = str(json.loads(view.payload)["status"])
+            except (ValueError, KeyError, TypeError):
+                status = "unreadable"
+            ended[status] = ended.get(status, 0) + 1
+        refused = await self._store.reader(StreamName.NOTIFICATION_EVENT).by_tags(
+            by_broadcast, type=BroadcastRecipientRefused.__name__
+        )
+        if refused:
+            ended["refused"] = len(refused)
+        recipients = sum(len(p.object(BroadcastRecipients).entity_ids) for p in pages)
+        return BroadcastCounts(recipients=recipients, requested=len(requested), ended=ended)
+
+    async def status(self, broadcast_id: str) -> dict[str, Any]:
+        """`{"id", "broadcast": true, "status", "recipients", "left", "counts"}`: `running` until every notification
+        has ended, then `completed`. `UnknownBroadcast` for an id that is not a broadcast's."""
+        record = await self._requests.latest(broadcast_id, type=BroadcastRequestedEvent.__name__)
+        if record is None:
+            raise UnknownBroadcast(broadcast_id)
+        handling = await self._store.handling(StreamName.CLIENT_OPERATION).status(
+            record.internal_id, SEND_BROADCAST_CONCERN
+        )
+        counts = await self.counts(broadcast_id)
+        return {
+            "id": broadcast_id,
+            "broadcast": True,
+            "status": "completed" if handling == HandlingStatus.COMPLETED else "running",
+            "recipients": counts.recipients,
+            "left": counts.left,
+            "counts": counts.ended,
+        }

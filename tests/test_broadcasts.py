@@ -1,0 +1,83 @@
+"""Broadcasts (issue 26): one request notifies every member of a topic (or every entity it names), each with a
+notification of its own that names the broadcast; its saga requests them a page at a time."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+import activities.broadcast
+from api.app import owner_store
+from broadcasts import BroadcastClient
+from client import RequestRefused
+from domain import BroadcastCounts, Channel
+from settings import Settings
+from sinks.mail import MailSink
+from streams import StreamName, StreamStore
+from streams.directory import change_members
+from tests.service import entity, notifying
+
+MEMBERS = [entity(id=f"user-{n}", email=f"u{n}@example.com", channels={Channel.EMAIL: "send"}) for n in range(45)]
+
+
+@pytest.fixture(autouse=True)
+def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 20: the 45 members take three."""
+    monkeypatch.setattr(activities.broadcast, "RECIPIENTS_PAGE", 20)
+
+
+async def test_each_member_of_a_topic_gets_a_notification_of_its_own_and_the_counts_add_up(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings, mail_sink: MailSink
+) -> None:
+    async with notifying(time_skipping_env, store, settings, *MEMBERS) as notify:
+        async with owner_store(settings, store) as owner:
+            await change_members(owner, "everyone", [m.id for m in MEMBERS], member=True)
+        broadcasts = BroadcastClient(notify.client)
+        bid = await broadcasts.request(
+            {"audience": {"topic": "everyone"}, "content": {"subject": "Maintenance tonight", "body": "22:00 UTC."}}
+        )
+        counts = await broadcasts.result(bid)
+        status = await broadcasts.status(bid)
+        [one] = [r for r in await notify.client.events(f"{bid}.1") if r.stream == StreamName.CLIENT_OPERATION]
+
+    assert counts == BroadcastCounts(recipients=45, requested=45, ended={"sent": 45})
+    assert status == {
+        "id": bid,
+        "broadcast": True,
+        "status": "completed",
+        "recipients": 45,
+        "left": 0,
+        "counts": {"sent": 45},
+    }
+    assert Counter(r for m in mail_sink.messages for r in m.recipients) == {m.email: 1 for m in MEMBERS}
+    assert one.json()["operation"]["broadcast_id"] == bid and one.tag("broadcast-id") == bid
+
+
+async def test_entities_named_are_notified_and_one_the_directory_lacks_is_refused(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings, mail_sink: MailSink
+) -> None:
+    async with notifying(time_skipping_env, store, settings, *MEMBERS[:3]) as notify:
+        broadcasts = BroadcastClient(notify.client)
+        audience = {"entity_ids": ["user-0", "user-9", "user-2"]}
+        bid = await broadcasts.request({"audience": audience, "content": {"subject": "S", "body": "B"}})
+        counts = await broadcasts.result(bid)
+    assert counts.ended == {"sent": 2, "refused": 1}
+    assert sorted(r for m in mail_sink.messages for r in m.recipients) == ["u0@example.com", "u2@example.com"]
+
+
+async def test_a_broadcast_to_a_topic_nobody_made_or_with_bad_content_is_refused(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings
+) -> None:
+    async with notifying(time_skipping_env, store, settings) as notify:
+        broadcasts = BroadcastClient(notify.client)
+        with pytest.raises(RequestRefused, match="no topic 'nope'"):
+            await broadcasts.request({"audience": {"topic": "nope"}, "content": {"subject": "S", "body": "B"}})
+        with pytest.raises(RequestRefused, match="subject"):
+            await broadcasts.request(
+                {"audience": {"entity_ids": ["user-1"]}, "content": {"subject": "a\nb", "body": "B"}}
+            )
+        with pytest.raises(RequestRefused, match="a topic or to entities: one of them"):
+            await broadcasts.request({"audience": {}, "content": {"subject": "S", "body": "B"}})
+        assert await store.reader(StreamName.CLIENT_OPERATION).by_tags(type="BroadcastRequestedEvent") == []
