@@ -398,7 +398,9 @@ async def send(
     ] = [],  # noqa: B006
     attach_to: Annotated[
         list[Channel],
-        typer.Option(help="Send the --attach files on this channel only (default: every channel); repeatable."),
+        typer.Option(
+            metavar="CHANNEL", help="Send the --attach files on this channel only (default: every channel); repeatable."
+        ),
     ] = [],  # noqa: B006
     idempotency_key: Annotated[
         str | None, typer.Option(metavar="KEY", help="Repeat a request safely: same key, same id.")

@@ -288,6 +288,9 @@ async def test_docs_list_every_endpoint(api: Api) -> None:
         "/v1/audit/email",
         "/v1/audit/slack",
         "/v1/entities/{entity_id}",
+        "/v1/topics",
+        "/v1/topics/{topic}",
+        "/v1/topics/{topic}/members/{entity_id}",
         "/healthz",
         "/readyz",
     }
