@@ -93,8 +93,13 @@ async def test_the_audit_lists_the_files_each_message_carried(
             "size": len(pdf),
             "sha256": sha256(pdf).hexdigest(),
         },
-        {"filename": "logo.png", "media_type": "image/png", "size": len(png), "sha256": sha256(png).hexdigest()}
-        | {"content_id": "logo"},
+        {
+            "filename": "logo.png",
+            "media_type": "image/png",
+            "size": len(png),
+            "sha256": sha256(png).hexdigest(),
+            "content_id": "logo",
+        },
     ]
     email = (await api.call("GET", "/v1/audit/email", params={"address": "ada@example.com"}, key="reader")).json()
     slack = (await api.call("GET", "/v1/audit/slack", params={"channel": "acme/C0123"}, key="reader")).json()
