@@ -192,6 +192,12 @@ async def test_a_notifications_files_are_listed_by_name_type_size_and_hash_per_c
     await page.set_viewport_size(PHONE)
     await fits(page)
 
+    await search(page, "acme/C0123")  # the audit names them too
+    await expect(page.get_by_role("row").filter(has_text=nid).locator(".files-named")).to_have_text(
+        f"(2 files: report.pdf, {hostile})"
+    )
+    await fits(page)
+
 
 async def test_every_page_fits_a_phone_and_says_what_happened(
     api: Api,
