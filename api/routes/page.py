@@ -1,9 +1,10 @@
 """The web page: an overview of the notifications that ended in the last hour and day, recent notifications, a search
 (an entity or a notification id: its page; else an email address or a Slack channel: the audit), and a page per
-notification with its view, each channel's outcome, the escalation, the files it names (never their bytes), the
-messages as sent and the timeline of its records, each of which opens to its payload. Server-rendered (Jinja2), every asset served from here. It asks once
-for an API key with the `read` scope and keeps it in an HttpOnly, SameSite=Strict cookie, and takes a sign-in or
-sign-out only from its own pages; a page that shows a notification still under way refreshes its main part."""
+notification with its view, each channel's outcome, the escalation, the files it names (never their bytes), the messages
+as sent and the timeline of its records, each of which opens to its payload. Server-rendered (Jinja2), every asset
+served from here. It asks once for an API key with the `read` scope and keeps it in an HttpOnly, SameSite=Strict cookie,
+and takes a sign-in or sign-out only from its own pages; a page that shows a notification still under way refreshes its
+main part."""
 
 from __future__ import annotations
 
