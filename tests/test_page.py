@@ -1,6 +1,6 @@
 """The web page, in a real headless Chromium (Debian's `chromium`, driven by Playwright): sign in with a key, see the
-overview, find a notification, search by its address, its entity and its id, open its page and see its message as
-sent and its records; every page fits a phone's width; a notification under way updates without a reload. And over
+overview, find a notification, search by its address, its entity and its id, open its page and see its message as sent,
+its files and its records; every page fits a phone's width; a notification under way updates without a reload. And over
 plain HTTP: what a page without a usable key does."""
 
 from __future__ import annotations
@@ -166,14 +166,16 @@ async def test_a_notifications_files_are_listed_by_name_type_size_and_hash_per_c
     hostile = '<script>alert("name")<script><img src=x onerror=alert(1)>.txt'  # a file's name is the sender's
     pdf, text, png = b"%PDF-1.7\n" + bytes(3063), b"a text\n", b"\x89PNG\r\n\x1a\n" + bytes(32)
     files = [attachment("report.pdf", pdf), attachment(hostile, text), attachment("logo.png", png, content_id="logo")]
-    op = operation(html_body='<p>Attached.</p><img src="cid:logo">', attachments=files)
-    nid = await NotificationClient(api.store, dev_env.client, settings).request(op, contents=[pdf, text, png])
+    fields: dict[str, object] = {"html_body": '<p>Attached.</p><img src="cid:logo">', "attachments": files}
+    client = NotificationClient(api.store, dev_env.client, settings)
+    nid = await client.request(operation("user-1", **fields), contents=[pdf, text, png])
     assert (await api.outcome(nid))["status"] == "sent"
     page = await signed_in(browser, api)
     await page.goto(f"/notifications/{nid}")
 
     listed = page.get_by_role("table", name="Files", exact=True).locator("tbody tr")
     digests = [sha256(content).hexdigest() for content in (pdf, text, png)]
+    await expect(listed).to_have_count(3)
     await expect(listed.nth(0).locator("td")).to_have_text(["report.pdf", "application/pdf", "3.0 KiB", digests[0]])
     await expect(listed.nth(1).locator("td")).to_have_text([hostile, "text/plain", "7 bytes", digests[1]])
     await expect(listed.nth(2).locator("td")).to_have_text(
@@ -189,6 +191,12 @@ async def test_a_notifications_files_are_listed_by_name_type_size_and_hash_per_c
     await expect(page.locator(".message-email table.files")).to_have_count(0)  # the email carried them all
     slack = page.get_by_role("table", name="Files to acme/C0123").locator(".filename")
     await expect(slack).to_have_text(["report.pdf", hostile])  # an inline image is the HTML's: not Slack's
+    emailed = await client.request(operation("user-1", **fields, attach_to=["email"]), contents=[pdf, text, png])
+    assert (await api.outcome(emailed))["status"] == "sent"
+    await page.goto(f"/notifications/{emailed}")
+    await expect(page.get_by_role("table", name="Files", exact=True).locator("tbody tr")).to_have_count(3)
+    await expect(page.locator(".message-slack .content dd").last).to_have_text("None")  # attached to email alone
+    await page.goto(f"/notifications/{nid}")
     await page.set_viewport_size(PHONE)
     await fits(page)
 
