@@ -173,3 +173,13 @@ async def test_a_body_over_its_routes_limit_is_413_as_it_streams(
     answered = await api.call(method, path, content=streamed(), headers={"Content-Type": "application/json"})
     assert answered.status_code == 413
     assert answered.json()["detail"] == f"the request body is over {largest:,} bytes"
+
+
+async def test_openapi_describes_both_bodies(api: Api) -> None:
+    spec = (await api.call("GET", "/openapi.json", key=None)).json()
+    body = spec["paths"]["/v1/notifications"]["post"]["requestBody"]["content"]
+    asked = {"$ref": "#/components/schemas/NotificationIn"}
+    assert body["application/json"]["schema"] == body["multipart/form-data"]["schema"]["properties"]["request"] == asked
+    schemas = spec["components"]["schemas"]
+    assert {"attachments", "inline", "attach_to"} <= set(schemas["NotificationIn"]["properties"])
+    assert set(schemas["InlineIn"]["properties"]) == {"content_id", "filename", "content_type", "content"}
