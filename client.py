@@ -318,18 +318,19 @@ class NotificationClient:
         template: str | None = None,
         data: Mapping[str, Any] | None = None,
         entity: DirectoryEntry | None = None,
-    ) -> SendNotificationToEntityOp:
+    ) -> tuple[SendNotificationToEntityOp, list[bytes]]:
         """The operation a request asks for, checked against every rule for a new request, to an entity in the
-        directory, or to `entity`, the one it carries. `content` holds its fields (`entity_id`, `subject`, `body`,
-        `html_body`, `slack_text`, `tags`, `send_at`); with `template`, the subject and bodies are rendered from it,
-        with `data` and the entity, and may not be given. Raises `pydantic.ValidationError`, `templating.TemplateError`
-        or `RequestRefused`; nothing is written."""
+        directory, or to `entity`, the one it carries, and the contents of the files its template names. `content`
+        holds its fields (`entity_id`, `subject`, `body`, `html_body`, `slack_text`, `tags`, `send_at`,
+        `attachments`, `attach_to`); with `template`, the subject and bodies are rendered from it, with `data` and the
+        entity, and may not be given, and the files it names are attached after the request's own. Raises
+        `pydantic.ValidationError`, `templating.TemplateError` or `RequestRefused`; nothing is written."""
         if template is None:
             if data is not None:
                 raise TemplateError("data is rendered by a template: name one")
             operation = admitted(SendNotificationToEntityOp, content)
             await self._entity(operation.entity_id, entity)
-            return operation
+            return operation, []
         given = [name for name in CONTENT if content.get(name) is not None]
         if given:
             raise TemplateError(f"template {template!r}: {given[0]} is rendered by the template, and cannot be given")
@@ -337,7 +338,8 @@ class NotificationClient:
         rendered = await asyncio.to_thread(  # off the event loop: a rendering may take up to its time limit
             self._templates.render, template, data or {}, entry.model_dump(mode="json", exclude_none=True)
         )
-        return admitted(
+        files = [attachment(f.filename, f.content, f.content_type, f.content_id) for f in rendered.files]
+        operation = admitted(
             SendNotificationToEntityOp,
             {
                 **content,
@@ -346,8 +348,10 @@ class NotificationClient:
                 "html_body": rendered.html,
                 "slack_text": rendered.slack,
                 "template": TemplateUse(name=rendered.name, sha256=rendered.sha256),
+                "attachments": [*content.get("attachments", []), *files],
             },
         )
+        return operation, [f.content for f in rendered.files]
 
     async def _entity(self, entity_id: str, given: DirectoryEntry | None) -> DirectoryEntry:
         """The entity a request is for: the one it carries, or the directory's (`RequestRefused` when it has none, or
@@ -389,12 +393,14 @@ class NotificationClient:
                 if current is not None and current != inline:
                     raise EntityChangeRefused(inline.id)
         try:
-            operation = await self.compose({k: v for k, v in content.items() if v is not None}, template, data, inline)
+            operation, rendered = await self.compose(
+                {k: v for k, v in content.items() if v is not None}, template, data, inline
+            )
         except ValidationError as error:
             raise RequestRefused(validation_message(error)) from error
         except TemplateError as error:
             raise RequestRefused(str(error)) from error
-        notification_id, repeated = await self._requested(operation, idempotency_key, inline, contents)
+        notification_id, repeated = await self._requested(operation, idempotency_key, inline, [*contents, *rendered])
         scheduled = operation.send_at is not None and operation.send_at > datetime.now(UTC)
         status = NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING
         if repeated:  # its status now, not at the first request; as at first while Temporal cannot say
@@ -428,9 +434,9 @@ class NotificationClient:
         given inline, is recorded in the directory before a request that is new, once its key is claimed: a request
         refused, or repeated, changes nothing there. The contents are kept before the request that names them."""
         operation = admitted(SendNotificationToEntityOp, operation)
-        given = {hashlib.sha256(c).hexdigest(): len(c) for c in contents}
+        given = {hashlib.sha256(c).hexdigest(): c for c in contents}
         named = {a.sha256 for a in operation.attachments}
-        if set(given) != named or any(given[a.sha256] != a.size for a in operation.attachments):
+        if set(given) != named or any(len(given[a.sha256]) != a.size for a in operation.attachments):
             raise RequestRefused("attachments: the files given are not those the request names")
         key_tags = []
         if idempotency_key is None:
@@ -445,8 +451,8 @@ class NotificationClient:
             if self._owner is None:
                 raise RuntimeError("a client without the owner's store cannot record an entity given inline")
             await import_entries(self._owner, [entity])
-        if contents:
-            await self._store.put_contents(notification_id, list(contents))
+        if given:
+            await self._store.put_contents(notification_id, list(given.values()))
         put = await self._client_operations.put(
             notification_id,
             ExecuteOpRequestedEvent(id=notification_id, operation=operation, timestamp_utc=datetime.now(UTC)),

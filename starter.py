@@ -42,7 +42,14 @@ from domain import (
 )
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from streams import StreamName, StreamStore
-from streams.directory import entry_or_why, import_entries
+from streams.directory import (
+    UnknownEntities,
+    change_members,
+    entry_or_why,
+    import_entries,
+    members,
+    topic_sizes,
+)
 
 if TYPE_CHECKING:
     from client import NotificationClient
@@ -68,6 +75,8 @@ directory_app = command_group("Import and show the entity directory.")
 app.add_typer(directory_app, name="directory")
 db_app = command_group("The PostgreSQL streams database: its schema and its roles.")
 app.add_typer(db_app, name="db")
+topic_app = command_group("Topics: named sets of entities that a notification can be sent to at once.")
+app.add_typer(topic_app, name="topic")
 streams_app = command_group("The streams themselves: retention.")
 app.add_typer(streams_app, name="streams")
 apikey_app = command_group("API keys for the HTTP API (`serve`).")
@@ -562,8 +571,9 @@ async def audit(
                 )
 
 
-def read_directory(file: Path) -> list[DirectoryEntry]:
-    """The entities of a JSON or YAML directory file, or a one-line `CliError` (exit 2) saying what is wrong."""
+def read_directory(file: Path) -> tuple[list[DirectoryEntry], dict[str, list[str]]]:
+    """The entities of a JSON or YAML directory file, and the topics of those that list theirs (`"topics": [...]`),
+    or a one-line `CliError` (exit 2) saying what is wrong."""
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as error:
@@ -578,15 +588,22 @@ def read_directory(file: Path) -> list[DirectoryEntry]:
         raise CliError(f"{file}: malformed {'YAML' if yaml_file else 'JSON'}: {said}", 2) from error
     except RecursionError as error:
         raise CliError(f"{file}: nested too deeply (a directory file is a list of entities)", 2) from error
+    listed: dict[int, object] = {}
+    if isinstance(data, list):  # an entity's topics are memberships, not a part of its entry
+        data = [dict(item) if isinstance(item, dict) else item for item in data]
+        for n, item in enumerate(data):
+            if isinstance(item, dict) and "topics" in item:
+                listed[n] = item.pop("topics")
     try:
         entries = TypeAdapter(list[DirectoryEntry]).validate_python(data, context=ADMISSION)
+        topics = {entries[n].id: TypeAdapter(list[str]).validate_python(t) for n, t in listed.items()}
     except ValidationError as error:
         raise CliError(f"{file}: {validation_message(error)}", 2) from error
     ids = [e.id for e in entries]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise CliError(f"{file}: entity ids appear more than once: {', '.join(duplicates)}", 2)
-    return entries
+    return entries, topics
 
 
 @directory_app.command("import")
@@ -594,12 +611,15 @@ def read_directory(file: Path) -> list[DirectoryEntry]:
 async def directory_import(
     file: Annotated[Path, argument("FILE")],
 ) -> None:
-    """Record every new or changed entity of FILE (a JSON or YAML list of entities) in the directory; all or
-    nothing."""
-    entries = read_directory(file)
+    """Record every new or changed entity of FILE (a JSON or YAML list of entities) in the directory, and make each
+    entity that lists its "topics" a member of those and no others; all or nothing."""
+    entries, topics = read_directory(file)
     settings = load_settings()
     async with settings.open_streams(as_owner=True) as owner:  # only the owner of the streams writes the directory
-        recorded, unchanged = await import_entries(owner, entries)
+        try:
+            recorded, unchanged = await import_entries(owner, entries, topics)
+        except ValidationError as error:
+            raise CliError(f"{file}: topics: {validation_message(error)}", 2) from error
     print(f"recorded {recorded} entities, {unchanged} unchanged")
 
 
@@ -615,6 +635,69 @@ async def directory_show(entity_id: Id) -> None:
     if isinstance(entry, str):
         raise CliError(f"cannot read the entry of entity {entity_id!r}: {entry}")
     print_json(entry.model_dump(mode="json", exclude_none=True))
+
+
+Topic = Annotated[str, argument("NAME")]
+Entities = Annotated[list[str], argument("ENTITY...")]
+
+
+@topic_app.command("add")
+@run_async
+async def topic_add(topic: Topic, entities: Entities) -> None:
+    """Make each ENTITY (in the directory) a member of topic NAME, which is made if it is new."""
+    await _change_members(topic, entities, member=True)
+
+
+@topic_app.command("remove")
+@run_async
+async def topic_remove(topic: Topic, entities: Entities) -> None:
+    """Make each ENTITY no longer a member of topic NAME."""
+    await _change_members(topic, entities, member=False)
+
+
+async def _change_members(topic: str, entities: list[str], member: bool) -> None:
+    settings = load_settings()
+    async with settings.open_streams(as_owner=True) as owner:  # only the owner of the streams writes the directory
+        try:
+            changed, unchanged = await change_members(owner, topic, entities, member)
+        except ValidationError as error:
+            raise CliError(validation_message(error), 2) from error
+        except UnknownEntities as error:
+            raise CliError(str(error), 2) from error
+    done, already = ("added", "members already") if member else ("removed", "not members")
+    print(f"topic {topic!r}: {changed} {done}, {unchanged} {already}")
+
+
+@topic_app.command("show")
+@run_async
+async def topic_show(topic: Topic, as_json: JsonOption = False) -> None:
+    """The members of topic NAME now, one id a line."""
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        found = await members(store.reader(StreamName.ENTITY_DIRECTORY), topic)
+    if found is None:
+        raise CliError(f"no topic {topic!r}")
+    if as_json:
+        print_json({"topic": topic, "members": found})
+        return
+    for entity_id in found:
+        print(entity_id)
+
+
+@topic_app.command("list")
+@run_async
+async def topic_list(as_json: JsonOption = False) -> None:
+    """Every topic, with how many members it has now."""
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        sizes = await topic_sizes(store.reader(StreamName.ENTITY_DIRECTORY))
+    if as_json:
+        print_json([{"topic": name, "members": size} for name, size in sizes.items()])
+        return
+    if not sizes:
+        print(f"no topics: make one with `{command('starter.py', 'topic', 'add', 'NAME', 'ENTITY')}`")
+    for name, size in sizes.items():
+        print(f"{name:<32} {size} member{'' if size == 1 else 's'}")
 
 
 @streams_app.command("prune")
@@ -822,7 +905,7 @@ async def demo(
     from sinks import local_sinks
     from worker import dev_server, refuse_taken_ports, running_workers, serve_metrics
 
-    entries = read_directory(SAMPLE_DIRECTORY)
+    entries, topics = read_directory(SAMPLE_DIRECTORY)
     settings = demo_settings(load_settings())
     refuse_taken_ports(settings, dev=True, sinks=True, api=serve)
     with local_sinks(settings) as local:
@@ -835,7 +918,7 @@ async def demo(
             owner_store(settings, store) as owner,  # which alone writes the directory and the API keys
             running_workers(temporal, store, settings),
         ):
-            await import_entries(owner, entries)
+            await import_entries(owner, entries, topics)
             client = NotificationClient(store, temporal, settings)
             notification_id = await client.request(
                 SendNotificationToEntityOp(

@@ -1,10 +1,11 @@
-"""Templates: a notification's content rendered from NAME.yaml files with Jinja2."""
+"""Templates: a notification's content rendered from NAME.yaml files with Jinja2, and the files they name."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import re
+import stat
 import time
 from collections.abc import Iterator, Mapping, Sized
 from contextvars import ContextVar
@@ -19,11 +20,13 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
-from domain import MAX_BODY_BYTES, MAX_REQUEST_BYTES
+from domain import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, MAX_BODY_BYTES, MAX_REQUEST_BYTES
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _REQUIRED = ("subject", "text")
 _PARTS = (*_REQUIRED, "html", "slack")
+_FILES = {"attachments": ("path", "filename", "content_type"), "inline": ("content_id", "path", "content_type")}
+"""The keys that name files, and the keys of each file (its `path` required, and an inline image's `content_id`)."""
 
 RENDER_SECONDS = 2.0
 """The longest a rendering may take, all its parts together."""
@@ -65,6 +68,17 @@ class Rendered:
     text: str
     html: str | None
     slack: str | None
+    files: list[TemplateFile]
+
+
+@dataclass(frozen=True)
+class TemplateFile:
+    """A file a template names (`attachments`, `inline`), read from the templates' folder for a rendering."""
+
+    filename: str
+    content: bytes
+    content_type: str | None
+    content_id: str | None
 
 
 class Templates:
@@ -99,10 +113,9 @@ class Templates:
         token = _rendering.set(
             _Rendering({"data": data, "entity": entity}, self.seconds, time.monotonic() + self.seconds)
         )
+        parts, files = _parts(name, source)
         try:
-            rendered = {
-                part: self._render_part(name, part, text, data, entity) for part, text in _parts(name, source).items()
-            }
+            rendered = {part: self._render_part(name, part, text, data, entity) for part, text in parts.items()}
         finally:
             _rendering.reset(token)
         return Rendered(
@@ -112,6 +125,32 @@ class Templates:
             text=rendered["text"],
             html=rendered.get("html"),
             slack=rendered.get("slack"),
+            files=[self._file(name, key, file) for key, named in files.items() for file in named],
+        )
+
+    def _file(self, name: str, key: str, file: Mapping[str, str]) -> TemplateFile:
+        """A file the template names by a path in the templates' folder (never outside it), a regular file of at most
+        `MAX_ATTACHMENT_BYTES` (no more is read)."""
+        where = f"template {name!r}, {key}: {file['path']!r}"
+        folder = self.folder.resolve()
+        path = (folder / file["path"]).resolve()
+        if not path.is_relative_to(folder):
+            raise TemplateError(f"{where}: not in the templates' folder")
+        try:
+            found = path.stat()
+            if not stat.S_ISREG(found.st_mode):  # a FIFO would block its reader
+                raise TemplateError(f"{where}: not a regular file")
+            with path.open("rb") as opened:
+                content = opened.read(MAX_ATTACHMENT_BYTES + 1)
+        except OSError as error:
+            raise TemplateError(f"{where}: {error.strerror}") from None
+        if len(content) > MAX_ATTACHMENT_BYTES:
+            raise TemplateError(f"{where}: over {MAX_ATTACHMENT_BYTES:,} bytes, the most a file may be")
+        return TemplateFile(
+            filename=file.get("filename") or path.name,
+            content=content,
+            content_type=file.get("content_type"),
+            content_id=file.get("content_id"),
         )
 
     def _render_part(
@@ -162,8 +201,8 @@ def _sized(value: Any) -> Any:
     return value
 
 
-def _parts(name: str, source: bytes) -> dict[str, str]:
-    """The parts of a template file, by key, checked."""
+def _parts(name: str, source: bytes) -> tuple[dict[str, str], dict[str, list[dict[str, str]]]]:
+    """The parts of a template file, by key, and the files it names, by key, checked."""
     try:
         content = yaml.safe_load(source.decode("utf-8"))
     except UnicodeDecodeError as error:
@@ -175,17 +214,40 @@ def _parts(name: str, source: bytes) -> dict[str, str]:
         raise TemplateError(f"template {name!r}: not valid YAML: {_first_line(str(error))}") from None
     if not isinstance(content, dict):
         raise TemplateError(
-            f"template {name!r}: must be a YAML mapping with keys subject, text and optionally html, slack"
+            f"template {name!r}: must be a YAML mapping with keys subject, text and optionally "
+            "html, slack, attachments, inline"
         )
-    if unknown := [key for key in content if key not in _PARTS]:
-        raise TemplateError(f"template {name!r}: unknown {_keys(unknown)} (allowed: {', '.join(_PARTS)})")
+    if unknown := [key for key in content if key not in (*_PARTS, *_FILES)]:
+        raise TemplateError(f"template {name!r}: unknown {_keys(unknown)} (allowed: {', '.join((*_PARTS, *_FILES))})")
     if absent := [key for key in _REQUIRED if key not in content]:
         raise TemplateError(f"template {name!r}: missing required {_keys(absent)}")
-    for part, value in content.items():
+    parts = {part: value for part, value in content.items() if part in _PARTS}
+    for part, value in parts.items():
         if not isinstance(value, str):
-            got = "null" if value is None else type(value).__name__
-            raise TemplateError(f"template {name!r}, {part}: must be a string, not {got}")
-    return content
+            raise TemplateError(f"template {name!r}, {part}: must be a string, not {_type(value)}")
+    files = {key: _files(name, key, content[key]) for key in _FILES if key in content}
+    if (count := sum(map(len, files.values()))) > MAX_ATTACHMENTS:
+        raise TemplateError(f"template {name!r}: at most {MAX_ATTACHMENTS} files, not {count}")
+    return parts, files
+
+
+def _files(name: str, key: str, value: object) -> list[dict[str, str]]:
+    """The files under `key` (`_FILES`): a list of mappings of text, each with a path (and an inline image's content
+    id)."""
+    where = f"template {name!r}, {key}"
+    shape = f"a list of {{{', '.join(_FILES[key])}}}"
+    if not isinstance(value, list):
+        raise TemplateError(f"{where}: must be {shape}, not {_type(value)}")
+    for file in value:
+        if not isinstance(file, dict) or any(k not in _FILES[key] or not isinstance(v, str) for k, v in file.items()):
+            raise TemplateError(f"{where}: each must be {shape} of text")
+        if absent := [k for k in ("path", "content_id") if k in _FILES[key] and not file.get(k)]:
+            raise TemplateError(f"{where}: each needs {_keys(absent)}")
+    return value
+
+
+def _type(value: object) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def _keys(keys: list[Any]) -> str:

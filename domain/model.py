@@ -61,6 +61,7 @@ class TagName(StrEnum):
     SENDER_EMAIL_ADDRESS = "sender-email-address"
     SLACK_WORKSPACE = "slack-workspace"
     SLACK_CHANNEL = "slack-channel"
+    TOPIC_NAME = "topic-name"
 
 
 RESERVED_TAG_NAMES = frozenset(TagName)
@@ -176,6 +177,15 @@ def _file_name(value: str) -> str:
     if any(c in value for c in "/\\") or not value.isprintable() or value.strip(" .") == "":
         raise ValueError("must be a file's name: printable, without / or \\, not only dots and spaces")
     return value
+
+
+class TopicMembership(Model):
+    """An entity joining a topic (`member`) or leaving it: the latest record of a topic and an entity says whether the
+    entity is one of the topic's members now."""
+
+    topic: Segment
+    entity_id: Segment
+    member: bool
 
 
 class SendNotificationToEntityOp(Model):

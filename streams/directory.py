@@ -1,12 +1,28 @@
 """The entity directory, kept as records in the entity-directory stream: the latest record of an entity is who it is
-and where it can be reached now, and the earlier ones are who it was and when."""
+and where it can be reached now, and the earlier ones are who it was and when. Topics, named sets of entities, are
+kept there too: the latest `TopicMembership` of a topic and an entity says whether it is a member now."""
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from collections.abc import Mapping, Sequence
 
-from domain import DirectoryEntry, Tag, TagName, admitted, recipient_email_tag, tag
+from pydantic import BaseModel, ValidationError
+
+from domain import DirectoryEntry, Tag, TagName, TopicMembership, admitted, recipient_email_tag, tag
 from streams.store import ReadOnlyStream, StreamName, StreamStore, unreadable
+
+MEMBERSHIP = TopicMembership.__name__
+"""The type of a topic's membership records."""
+
+
+class UnknownEntities(ValueError):
+    """Entities the directory does not have, named, cannot join a topic."""
+
+    def __init__(self, entity_ids: Sequence[str]) -> None:
+        listed = ", ".join(map(repr, entity_ids[:5])) + (
+            f" and {len(entity_ids) - 5} more" if len(entity_ids) > 5 else ""
+        )
+        super().__init__(f"not in the directory: {listed}")
 
 
 async def entry_or_why(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | str | None:
@@ -38,17 +54,77 @@ async def lookup(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | 
     return entry if isinstance(entry, DirectoryEntry) else None
 
 
-async def import_entries(store: StreamStore, entries: list[DirectoryEntry]) -> tuple[int, int]:
+async def import_entries(
+    store: StreamStore, entries: list[DirectoryEntry], topics: Mapping[str, Sequence[str]] | None = None
+) -> tuple[int, int]:
     """Record each entry that is new or changed, each checked against every rule for a new entry
-    (`domain.admitted`) before any is written; returns (recorded, unchanged). On PostgreSQL only the owner of the
-    streams writes the directory: `store` is opened as it (`Settings.open_streams(as_owner=True)`)."""
+    (`domain.admitted`) before any is written, and make each entity in `topics` a member of exactly the topics it
+    lists there (no other); returns (entries recorded, unchanged). All in one transaction. On PostgreSQL only the
+    owner of the streams writes the directory: `store` is opened as it (`Settings.open_streams(as_owner=True)`)."""
     entries = [admitted(DirectoryEntry, entry) for entry in entries]
     reader = store.reader(StreamName.ENTITY_DIRECTORY)
     changed = [entry for entry in entries if await lookup(reader, entry.id) != entry]
+    joined: list[tuple[str, BaseModel, list[Tag]]] = []
+    for entity_id, named in (topics or {}).items():
+        now = {topic for (topic, _), member in (await memberships(reader, _entity(entity_id))).items() if member}
+        joined += [_membership(topic, entity_id, True) for topic in sorted(set(named) - now)]
+        joined += [_membership(topic, entity_id, False) for topic in sorted(now - set(named))]
     await store.writer(StreamName.ENTITY_DIRECTORY).put_all(
-        [(entry.id, entry, _tags(entry)) for entry in changed]  # one transaction: every entry, or none
+        [*((entry.id, entry, _tags(entry)) for entry in changed), *joined]  # one transaction: all, or none
     )
     return len(changed), len(entries) - len(changed)
+
+
+async def memberships(directory: ReadOnlyStream, *tags: Tag) -> dict[tuple[str, str], bool]:
+    """Whether each entity is a member of each topic now, by (topic, entity id), among the membership records with
+    all of `tags` (none: every topic's); a record that cannot be read is left out (and logged once)."""
+    latest = {}
+    for record in await directory.by_tags(*tags, type=MEMBERSHIP):
+        try:
+            membership = record.object(TopicMembership)
+        except ValidationError as error:
+            unreadable(record, error)
+            continue
+        latest[membership.topic, membership.entity_id] = membership.member
+    return latest
+
+
+async def members(directory: ReadOnlyStream, topic: str) -> list[str] | None:
+    """The ids of a topic's members now, in order; None for a topic no entity was ever a member of."""
+    now = await memberships(directory, tag(TagName.TOPIC_NAME, topic))
+    return None if not now else sorted(entity for (_, entity), member in now.items() if member)
+
+
+async def topic_sizes(directory: ReadOnlyStream) -> dict[str, int]:
+    """Every topic any entity was ever a member of, by name in order, with how many members it has now."""
+    sizes: dict[str, int] = {}
+    for (topic, _), member in (await memberships(directory)).items():
+        sizes[topic] = sizes.get(topic, 0) + member
+    return dict(sorted(sizes.items()))
+
+
+async def change_members(store: StreamStore, topic: str, entity_ids: Sequence[str], member: bool) -> tuple[int, int]:
+    """Make each entity a member of `topic` (or no longer one), checked before any is written; returns (changed,
+    unchanged). An entity joins only if the directory has it (`UnknownEntities`); one leaves whether or not it has."""
+    changes = {e: _membership(topic, e, member) for e in entity_ids}
+    directory = store.reader(StreamName.ENTITY_DIRECTORY)
+    if member and (unknown := [e for e in changes if await directory.latest(e) is None]):
+        raise UnknownEntities(unknown)
+    now = await memberships(directory, tag(TagName.TOPIC_NAME, topic))
+    changed = [change for e, change in changes.items() if now.get((topic, e), False) != member]
+    await store.writer(StreamName.ENTITY_DIRECTORY).put_all(changed)
+    return len(changed), len(changes) - len(changed)
+
+
+def _membership(topic: str, entity_id: str, member: bool) -> tuple[str, BaseModel, list[Tag]]:
+    """A membership record, checked against every rule: its id, the topic's and the entity's (neither holds a `/`),
+    and its tags."""
+    record = admitted(TopicMembership, {"topic": topic, "entity_id": entity_id, "member": member})
+    return f"{topic}/{entity_id}", record, [tag(TagName.TOPIC_NAME, topic), tag(TagName.ENTITY_ID, entity_id)]
+
+
+def _entity(entity_id: str) -> Tag:
+    return tag(TagName.ENTITY_ID, entity_id)
 
 
 def _tags(entry: DirectoryEntry) -> list[Tag]:

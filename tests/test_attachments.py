@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from client import RequestRefused, attachment
+from client import NotificationClient, RequestRefused, attachment
 from domain import MAX_ATTACHMENT_BYTES, Attachment, SendNotificationToEntityOp, admitted
+from settings import Settings
 from sinks.mail import MailSink
 from streams import StreamName
 from tests.service import Notify, operation
@@ -43,6 +45,40 @@ async def test_files_arrive_whole_and_the_records_name_them_without_their_bytes(
     assert audited.attachments == files
     history = await notify.env.client.get_workflow_handle(nid).fetch_history()
     assert len(history.to_json()) < 60_000 < len(PDF)
+
+
+async def test_a_template_attaches_the_files_it_names_after_the_requests_own(
+    notify: Notify, settings: Settings, mail_sink: MailSink, tmp_path: Path
+) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "terms.pdf").write_bytes(PDF)
+    (folder / "logo.png").write_bytes(PNG)
+    (folder / "invoice.yaml").write_text(
+        "subject: Invoice {{ data.number }}\ntext: Attached.\nhtml: <img src='cid:logo'>\n"
+        "attachments: [{path: terms.pdf, filename: Terms.pdf}]\ninline: [{content_id: logo, path: logo.png}]\n"
+    )
+    client = NotificationClient(notify.store, notify.env.client, settings.model_copy(update={"templates_dir": folder}))
+    invoice = b"%PDF-1.7 invoice 7"
+    content = {"entity_id": "user-1", "attachments": [attachment("invoice-7.pdf", invoice)]}
+    accepted = await client.submit(content, "invoice", {"number": 7}, contents=[invoice])
+    assert (await notify.client.result(accepted.id)).status == "sent"
+
+    [mail] = mail_sink.messages
+    assert mail.message["Subject"] == "Invoice 7"
+    parts = [(p.get_filename(), p.get_content()) for p in mail.message.iter_attachments()]
+    assert parts == [("invoice-7.pdf", invoice), ("Terms.pdf", PDF)]
+    related = mail.message.get_body(("related",))
+    assert related is not None and [(p["Content-ID"], p.get_content()) for p in related.iter_parts()][1] == (
+        "<logo>",
+        PNG,
+    )
+    [requested] = [r for r in await notify.client.events(accepted.id) if r.stream == StreamName.CLIENT_OPERATION]
+    named = [(a["filename"], a["sha256"]) for a in requested.json()["operation"]["attachments"]]
+    assert named == [
+        (n, hashlib.sha256(c).hexdigest())
+        for n, c in [("invoice-7.pdf", invoice), ("Terms.pdf", PDF), ("logo.png", PNG)]
+    ]
 
 
 async def test_contents_that_are_not_the_ones_named_are_refused_and_nothing_is_written(notify: Notify) -> None:

@@ -804,6 +804,29 @@ def test_a_template_that_cannot_render_is_exit_2_and_writes_nothing(directory: C
     assert templated.record_count() == before
 
 
+def test_topics_are_made_shown_listed_and_given_by_the_directory_file(directory: Cli, tmp_path: Path) -> None:
+    added = directory.run("topic", "add", "ops", "user-2", "user-1", "user-1")
+    assert (added.returncode, added.stdout) == (0, "topic 'ops': 2 added, 0 members already\n"), added.stderr
+    removed = directory.run("topic", "remove", "ops", "user-2", "user-3")
+    assert removed.stdout == "topic 'ops': 1 removed, 1 not members\n"
+    assert directory.run("topic", "show", "ops").stdout == "user-1\n"
+    file = tmp_path / "entities.json"
+    file.write_text(json.dumps([{**DIRECTORY[1], "topics": ["ops", "plan-pro"]}]))
+    assert directory.run("directory", "import", str(file)).returncode == 0
+    assert directory.json("topic", "show", "ops") == {"topic": "ops", "members": ["user-1", "user-2"]}
+    assert directory.json("topic", "list") == [{"topic": "ops", "members": 2}, {"topic": "plan-pro", "members": 1}]
+    assert "plan-pro                         1 member\n" in directory.run("topic", "list").stdout
+    for args, said in [
+        (("topic", "add", "ops", "user-9"), "error: not in the directory: 'user-9'"),
+        (("topic", "add", "a/b", "user-1"), "error: topic: must not contain '/'"),
+        (("topic", "show", "nope"), "error: no topic 'nope'"),
+    ]:
+        refused = directory.run(*args)
+        assert refused.returncode == (1 if args[1] == "show" else 2), (args, refused.stderr)
+        assert refused.stderr.startswith(said) and refused.stderr.count("\n") == 1, (args, refused.stderr)
+    assert directory.json("topic", "show", "ops")["members"] == ["user-1", "user-2"]  # nothing half-written
+
+
 def test_prune_removes_what_ended_before_the_date_and_the_audit_forgets_it(directory: Cli) -> None:
     """Last in the module: it prunes every notification the tests before it sent."""
     sent = directory.run("send", "--entity", "user-2", "--subject", "Old news", "--body", "Gone.", "--wait", "--json")

@@ -9,23 +9,28 @@ import json
 import uuid
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from pydantic import SecretStr
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.testing import WorkflowEnvironment
 
 from activities.channel_handler import Delivery, TransientDeliveryError
 from activities.slack import SlackHandler
+from api.app import owner_store
 from client import NotificationClient, attachment
 from domain import Channel, SendSlackMessageOp
 from harness.processes import WorkerProcess, start_worker, unconfigured_environment
+from harness.proxy import CuttableProxy
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
 from tests.conftest import SLACK_TOKEN
+from tests.databases import Databases, role_urls
 from tests.service import Notify, delivered, entity, notifying, operation
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 1200
@@ -141,26 +146,35 @@ def workers() -> Iterator[list[WorkerProcess]]:
         worker.stop()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_a_worker_killed_while_slack_holds_the_completions_answer_shares_the_files_once(
-    dev_env: WorkflowEnvironment, tmp_path: Path, slack_sink: SlackSink, workers: list[WorkerProcess]
+    dev_env: WorkflowEnvironment,
+    tmp_path: Path,
+    slack_sink: SlackSink,
+    workers: list[WorkerProcess],
+    backend: str,
+    postgres: Databases,
 ) -> None:
     """`worker.py` is killed (SIGKILL) once Slack has shared the files and before it answers; another worker's retry
-    finds them in the channel's history."""
+    finds them in the channel's history. On PostgreSQL, each handle connects as its own role."""
+    url = f"sqlite:///{tmp_path / 'streams.db'}" if backend == "sqlite" else postgres.fresh()
+    roles = role_urls(url) if backend == "postgresql" else {}
     env = {
         **unconfigured_environment(),
         "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "NOTIFY_TASK_QUEUE": f"slack-files-{uuid.uuid4()}",
-        "NOTIFY_STREAMS_URL": f"sqlite:///{tmp_path / 'streams.db'}",
+        "NOTIFY_STREAMS_URL": url,
+        **{f"NOTIFY_{name.upper()}": role_url for name, role_url in roles.items()},
         "NOTIFY_SLACK_API_URL": slack_sink.api_url,
         "NOTIFY_SLACK_TOKENS": json.dumps({"acme": SLACK_TOKEN}),
         "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
         "NOTIFY_HEARTBEAT_TIMEOUT_SECONDS": "2",
         "NOTIFY_SLACK_RETRY_INITIAL_SECONDS": "0.5",
     }
-    settings = Settings(_env_file=None, task_queue=env["NOTIFY_TASK_QUEUE"], streams_url=env["NOTIFY_STREAMS_URL"])
+    settings = Settings(_env_file=None, task_queue=env["NOTIFY_TASK_QUEUE"], streams_url=url, **roles)
     slack_sink.hold_answers()
-    async with settings.open_streams(create=True) as store:
-        await import_entries(store, [entity(channels={"slack": "send"})])
+    async with settings.open_streams(create=True) as store, owner_store(settings, store) as owner:
+        await import_entries(owner, [entity(channels={"slack": "send"})])
         workers.append(start_worker(env, tmp_path))
         client = NotificationClient(store, dev_env.client, settings)
         nid = await client.request(operation(attachments=FILES), contents=[PDF, PNG])
@@ -189,6 +203,35 @@ async def test_a_file_missing_from_the_store_fails_for_good_saying_which(
     assert isinstance(delivery, Delivery)
     assert delivery.failure == f"attachment 'invoice.pdf' ({FILES[0].sha256}) is not in the stream store"
     assert slack_sink.calls == []
+
+
+async def test_a_store_that_cannot_be_read_is_an_upload_a_later_attempt_makes(
+    postgres: Databases, slack_sink: SlackSink
+) -> None:
+    """PostgreSQL drops its connections as the attempt reads the files: the attempt fails for a retry, uploading
+    nothing; the next one, once the store answers, shares them."""
+    url = urlsplit(postgres.fresh())
+    proxy = await CuttableProxy(url.hostname or "127.0.0.1", url.port or 5432).start()
+    through = urlunsplit(url._replace(netloc=f"{url.username or 'postgres'}@127.0.0.1:{proxy.port}"))
+    tokens = {"acme": SecretStr(SLACK_TOKEN)}
+    settings = Settings(_env_file=None, streams_url=through, slack_api_url=slack_sink.api_url, slack_tokens=tokens)
+    try:
+        async with settings.open_streams() as store:
+            await store.put_contents(FILES_MESSAGE.notification_id, [PDF, PNG])
+            handler = SlackHandler(store, settings)
+            try:
+                await proxy.cut()
+                failed = await delivered(handler, FILES_MESSAGE)
+                await proxy.restore()
+                sent = await delivered(handler, FILES_MESSAGE, attempt=2)
+            finally:
+                await handler.close()
+    finally:
+        await proxy.close()
+    assert isinstance(failed, TransientDeliveryError), failed
+    assert str(failed).startswith("the stream store cannot be read now")
+    assert isinstance(sent, Delivery) and sent.failure is None, sent
+    assert [(f.name, f.content) for f in slack_sink.files] == [("invoice.pdf", PDF), ("Übersicht März.png", PNG)]
 
 
 @pytest.mark.parametrize("method", ["files.getUploadURLExternal", "files.completeUploadExternal"])

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from templating import Rendered, TemplateError, Templates
+from templating import Rendered, TemplateError, TemplateFile, Templates
 
 SHIPPED = Path(__file__).resolve().parents[1] / "message_templates"
 ENTITY = {"id": "user-1", "name": "Ada", "email": "test@example.com"}
@@ -51,6 +51,7 @@ def test_all_four_parts_are_rendered(tmp_path: Path) -> None:
         text="Hello Ada,\nbilling is at 2.1.",
         html="<p>billing for test@example.com</p>",
         slack="*billing* 2.1",
+        files=[],
     )
 
 
@@ -224,13 +225,25 @@ def test_the_longest_name_is_a_template_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("subject: s\ntext: t\nbody: b\n", "unknown key 'body' (allowed: subject, text, html, slack)"),
-        ("subject: s\ntext: t\nbody: b\n1: c\n", "unknown keys 'body', 1 (allowed: subject, text, html, slack)"),
+        (
+            "subject: s\ntext: t\nbody: b\n",
+            "unknown key 'body' (allowed: subject, text, html, slack, attachments, inline)",
+        ),
+        (
+            "subject: s\ntext: t\nbody: b\n1: c\n",
+            "unknown keys 'body', 1 (allowed: subject, text, html, slack, attachments, inline)",
+        ),
         ("text: t\n", "missing required key 'subject'"),
         ("html: h\n", "missing required keys 'subject', 'text'"),
-        ("- subject\n- text\n", "must be a YAML mapping with keys subject, text and optionally html, slack"),
-        ("just text\n", "must be a YAML mapping with keys subject, text and optionally html, slack"),
-        ("", "must be a YAML mapping with keys subject, text and optionally html, slack"),
+        (
+            "- subject\n- text\n",
+            "must be a YAML mapping with keys subject, text and optionally html, slack, attachments, inline",
+        ),
+        (
+            "just text\n",
+            "must be a YAML mapping with keys subject, text and optionally html, slack, attachments, inline",
+        ),
+        ("", "must be a YAML mapping with keys subject, text and optionally html, slack, attachments, inline"),
         ("subject: [s\ntext: t\n", "not valid YAML on line 2: expected ',' or ']', but got ':'"),
         ("subject: s\n  text: t\n", "not valid YAML on line 2: mapping values are not allowed here"),
         (
@@ -265,3 +278,54 @@ def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "x.yaml").write_bytes(b"subject: caf\xe9\ntext: t\n")
 
     assert error(Templates(tmp_path), "x") == "template 'x': not UTF-8 (invalid continuation byte at byte 12)"
+
+
+def test_a_template_names_files_in_its_folder_read_at_each_rendering(tmp_path: Path) -> None:
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "terms.pdf").write_bytes(b"%PDF terms")
+    (tmp_path / "logo.png").write_bytes(b"\x89PNG logo")
+    write(
+        tmp_path,
+        "welcome",
+        "subject: Hi\ntext: t\nhtml: <img src='cid:logo'>\n"
+        "attachments: [{path: files/terms.pdf}, {path: files/terms.pdf, filename: Terms 2027.pdf, content_type: "
+        "application/pdf}]\n"
+        "inline: [{content_id: logo, path: logo.png}]\n",
+    )
+
+    files = Templates(tmp_path).render("welcome", {}, ENTITY).files
+
+    assert files == [
+        TemplateFile("terms.pdf", b"%PDF terms", None, None),
+        TemplateFile("Terms 2027.pdf", b"%PDF terms", "application/pdf", None),
+        TemplateFile("logo.png", b"\x89PNG logo", None, "logo"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ("attachments: [{path: ../secret.txt}]", "attachments: '../secret.txt': not in the templates' folder"),
+        ("attachments: [{path: /etc/hostname}]", "attachments: '/etc/hostname': not in the templates' folder"),
+        ("attachments: [{path: link}]", "attachments: 'link': not in the templates' folder"),  # a symlink out
+        ("attachments: [{path: absent.pdf}]", "attachments: 'absent.pdf': No such file or directory"),
+        ("attachments: [{path: sub}]", "attachments: 'sub': not a regular file"),
+        ("attachments: [{path: big.bin}]", "attachments: 'big.bin': over 10,485,760 bytes, the most a file may be"),
+        ("attachments: {path: a.pdf}", "attachments: must be a list of {path, filename, content_type}, not dict"),
+        ("attachments: [{path: a.pdf, size: 3}]", "attachments: each must be a list of {path, filename, content_type}"),
+        ("attachments: [{filename: a.pdf}]", "attachments: each needs key 'path'"),
+        ("inline: [{path: a.png}]", "inline: each needs key 'content_id'"),
+        ("attachments: [" + ", ".join(["{path: a.pdf}"] * 21) + "]", "at most 20 files, not 21"),
+    ],
+)
+def test_a_file_a_template_cannot_name(tmp_path: Path, files: str, message: str) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("secret")
+    folder = tmp_path / "templates"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "link").symlink_to(outside)
+    with (folder / "big.bin").open("wb") as big:
+        big.truncate(10 * 1024 * 1024 + 1)
+    write(folder, "x", f"subject: s\ntext: t\n{files}\n")
+
+    assert message in error(Templates(folder), "x")
