@@ -16,11 +16,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import owner_store
 from client import IdempotencyKeyConflict, NotificationClient, attachment, connect
-from domain import ExecuteOpRequestedEvent, SendNotificationToEntityOp
+from domain import Channel, ExecuteOpRequestedEvent, SendNotificationToEntityOp
 from harness.processes import start_worker
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
-from streams import StreamName, open_store
+from streams import Record, StreamName, open_store
 from streams.directory import import_entries
 from streams.postgres import MIGRATIONS, SCHEMA_VERSION, migrate
 from tests.databases import Databases
@@ -55,6 +55,14 @@ def sent(filename: str, content: bytes, **more: str) -> dict[str, str]:
 
 INVOICE = sent("invoice.pdf", PDF, content_type="application/pdf")
 LOGO = sent("logo.png", PNG, content_type="IMAGE/PNG", content_id="logo")
+
+
+def requested(record: Record | None) -> SendNotificationToEntityOp:
+    """The request a client-operation record holds."""
+    assert record is not None
+    operation = record.object(ExecuteOpRequestedEvent).operation
+    assert isinstance(operation, SendNotificationToEntityOp)
+    return operation
 
 
 def written(database: str) -> dict[str, int]:
@@ -105,7 +113,7 @@ async def test_plain_sql_as_the_client_role_sends_a_pdf_and_an_inline_image_that
     assert [(f.name, f.content) for f in slack.files] == [("invoice.pdf", PDF)]  # an inline image is the mail's
     # named as the Python client names them, never carried
     assert record is not None and len(record.payload) < 2_000
-    assert record.object(ExecuteOpRequestedEvent).operation.attachments == [
+    assert requested(record).attachments == [
         attachment("invoice.pdf", PDF),
         attachment("logo.png", PNG, content_id="logo"),
     ]
@@ -125,22 +133,26 @@ async def test_the_same_key_from_python_and_sql_is_one_request(database: str) ->
         files = [attachment("invoice.pdf", PDF), attachment("logo.png", PNG, content_id="logo")]
         op = SendNotificationToEntityOp(entity_id="ops", subject="Invoice", body="B", html_body=HTML, attachments=files)
         by_python = await client.request(op, idempotency_key="k-1", contents=[PDF, PNG])
-        call = "SELECT notify_request('ops', 'Invoice', 'B', %s, idempotency_key => %s, attachments => %s)"
+        call = (
+            "SELECT notify_request('ops', 'Invoice', 'B', %s, idempotency_key => %s, attachments => %s,"
+            " attach_to => %s)"
+        )
         with psycopg.connect(as_role(database, "notify_client"), autocommit=True) as db:
-            assert db.execute(call, (HTML, "k-1", json.dumps([INVOICE, LOGO]))).fetchone() == (by_python,)
-            renamed = {**INVOICE, "filename": "invoice-2.pdf"}
-            with pytest.raises(psycopg.Error, match=f"was already used by notification {by_python}") as refused:
-                db.execute(call, (HTML, "k-1", json.dumps([renamed, LOGO])))
-            assert refused.value.sqlstate == "NT004"
-            by_sql = db.execute(call, (HTML, "k-2", json.dumps([INVOICE, LOGO]))).fetchone()[0]  # type: ignore[index]
-        assert await client.request(op, idempotency_key="k-2", contents=[PDF, PNG]) == by_sql
+            assert db.execute(call, (HTML, "k-1", json.dumps([INVOICE, LOGO]), None)).fetchone() == (by_python,)
+            for other in ([{**INVOICE, "filename": "invoice-2.pdf"}, LOGO], [LOGO, INVOICE], [INVOICE]):
+                with pytest.raises(psycopg.Error, match=f"was already used by notification {by_python}") as refused:
+                    db.execute(call, (HTML, "k-1", json.dumps(other), None))
+                assert refused.value.sqlstate == "NT004"
+            with pytest.raises(psycopg.Error, match=f"was already used by notification {by_python}"):
+                db.execute(call, (HTML, "k-1", json.dumps([INVOICE, LOGO]), ["email"]))
+            by_sql = db.execute(call, (HTML, "k-2", json.dumps([INVOICE, LOGO]), ["email"])).fetchone()[0]  # type: ignore[index]
+        to_email = op.model_copy(update={"attach_to": [Channel.EMAIL]})
+        assert await client.request(to_email, idempotency_key="k-2", contents=[PDF, PNG]) == by_sql
         with pytest.raises(IdempotencyKeyConflict):
-            await client.request(
-                op.model_copy(update={"attachments": files[:1]}), idempotency_key="k-2", contents=[PDF]
-            )
+            await client.request(op, idempotency_key="k-2", contents=[PDF, PNG])
         records = {nid: await store.reader(StreamName.CLIENT_OPERATION).latest(nid) for nid in (by_python, by_sql)}
-    operations = [r.object(ExecuteOpRequestedEvent).operation for r in records.values() if r is not None]
-    assert operations == [op, op]
+    operations = [requested(r) for r in records.values()]
+    assert operations == [op, to_email]
     with psycopg.connect(database) as db:
         assert db.execute("SELECT count(*) FROM notify_contents").fetchone() == (2,)
         assert db.execute(
@@ -208,7 +220,7 @@ def test_each_limit_is_refused_with_nt002_and_nothing_is_written(
 @pytest.mark.usefixtures("ops_in_directory")
 async def test_old_calls_go_on_as_they_were_and_write_no_files(database: str) -> None:
     """The old signature is gone, not overloaded: every call of it, by position or by name, is the new one's, and
-    writes no `attachments` nor `attach_to` key; `attach_to` is written only when given."""
+    writes no `attachments` nor `attach_to` key, as before."""
     with psycopg.connect(as_role(database, "notify_client"), autocommit=True) as db:
         ids = [
             db.execute(call).fetchone()[0]  # type: ignore[index]
@@ -219,7 +231,6 @@ async def test_old_calls_go_on_as_they_were_and_write_no_files(database: str) ->
                 "SELECT notify_request(entity_id => 'ops', subject => 'Deploy finished', body => 'v1.2 is live.',"
                 " html_body => '<p>v1.2 is live.</p>', slack_text => NULL, tags => '{\"team\": \"payments\"}',"
                 " send_at => '2030-12-01 09:00+01', idempotency_key => 'deploy-1.2')",
-                "SELECT notify_request('ops', 'S', 'B', attachments => '[]', attach_to => ARRAY['email'])",
             )
         ]
     with psycopg.connect(database) as db:
@@ -233,9 +244,8 @@ async def test_old_calls_go_on_as_they_were_and_write_no_files(database: str) ->
     async with open_store(database) as owner:
         records = [await owner.reader(StreamName.CLIENT_OPERATION).latest(nid) for nid in ids]
     operations = [json.loads(r.payload)["operation"] for r in records if r is not None]
-    assert [sorted(set(op) & {"attachments", "attach_to"}) for op in operations] == [[], [], [], ["attach_to"]]
-    assert operations[-1]["attach_to"] == ["email"]
-    assert [r.object(ExecuteOpRequestedEvent).operation.subject for r in records[:3] if r is not None] == [
+    assert [sorted(set(op) & {"attachments", "attach_to"}) for op in operations] == [[], [], []]
+    assert [requested(r).subject for r in records] == [
         "Deploy finished",
         "S",
         "Deploy finished",
@@ -268,7 +278,8 @@ async def test_migration_13_keeps_everything_and_requests_take_files(postgres: D
     with psycopg.connect(as_role(url, "notify_client"), autocommit=True) as db:
         assert db.execute("SELECT notify_request('ops', 'Keyed', 'B', idempotency_key => 'k')").fetchone() == (old,)
         new = db.execute(
-            "SELECT notify_request('ops', 'Files', 'B', attachments => %s)", (json.dumps([sent("t.txt", text * 2)]),)
+            "SELECT notify_request('ops', 'Files', 'B', attachments => %s)",
+            (json.dumps([sent("t.txt", text * 2), sent("copy.txt", text * 2)]),),
         ).fetchone()[0]  # type: ignore[index]
     with psycopg.connect(url) as db:
         compressed = db.execute(
@@ -286,6 +297,11 @@ async def test_migration_13_keeps_everything_and_requests_take_files(postgres: D
         ]
     async with open_store(url) as store:
         assert [await store.content(digest(c)) for c in (text, PDF, text * 2)] == [text, PDF, text * 2]
+        record = await store.reader(StreamName.CLIENT_OPERATION).latest(new)
+    assert requested(record).attachments == [
+        attachment("t.txt", text * 2, "application/octet-stream"),  # without a content_type: no guess
+        attachment("copy.txt", text * 2, "application/octet-stream"),
+    ]
 
 
 def digest(content: bytes) -> str:

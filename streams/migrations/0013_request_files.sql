@@ -9,7 +9,8 @@
 --
 -- `attachments` is a JSON array of {"filename", "content" (base64), "content_type" (optional: without it, or empty,
 -- application/octet-stream; it is written in lower case), "content_id" (optional: an image the HTML body shows)};
--- `attach_to`, the channels the files go on (email, slack; by default every channel the notification is sent on).
+-- `attach_to`, the channels the files go on (email, slack; by default every channel the notification is sent on;
+-- inline images go with the HTML by email whatever it says: `SendNotificationToEntityOp.attachments_on`).
 -- Each distinct content is kept once, by its SHA-256, by notify_put_contents (its lock, its tables, named for the
 -- notification), in the request's transaction; the request names each file as the client does
 -- (`domain.Attachment`: filename, media_type, size, sha256, content_id), so that a record reads back the same
@@ -50,6 +51,7 @@ DECLARE
     file jsonb;
     n integer := 0;
     content bytea;
+    digest text;
     contents bytea[] := '{}';
     files jsonb := '[]';
     total bigint := 0;
@@ -134,12 +136,15 @@ BEGIN
             RAISE EXCEPTION 'notify_request: the attachments are over 26,214,400 bytes (25 MiB) in all'
                 USING ERRCODE = 'NT002';
         END IF;
-        contents := contents || content;
+        digest := encode(sha256(content), 'hex');
+        IF NOT files @> jsonb_build_array(jsonb_build_object('sha256', digest)) THEN  -- each distinct content once
+            contents := contents || content;
+        END IF;
         files := files || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
             'filename', file ->> 'filename',
             'media_type', coalesce(nullif(lower(file ->> 'content_type'), ''), 'application/octet-stream'),
             'size', octet_length(content),
-            'sha256', encode(sha256(content), 'hex'),
+            'sha256', digest,
             'content_id', file ->> 'content_id')));
     END LOOP;
     IF (SELECT count(f ->> 'content_id') <> count(DISTINCT f ->> 'content_id') FROM jsonb_array_elements(files) f) THEN
