@@ -49,7 +49,8 @@ DECLARE
     record_tags jsonb;
     put record;
     file jsonb;
-    n integer := 0;
+    encoded text;
+    padding integer;
     content bytea;
     digest text;
     contents bytea[] := '{}';
@@ -92,17 +93,18 @@ BEGIN
     END IF;
     -- the files: each decoded and named (its digest is the one notify_put_contents files it under), within the
     -- domain's limits (`domain.rules`: MAX_ATTACHMENTS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS_BYTES)
-    IF attachments IS NOT NULL AND (jsonb_typeof(attachments) <> 'array' OR EXISTS (
-        SELECT 1 FROM jsonb_array_elements(attachments) a WHERE jsonb_typeof(a) <> 'object'
-    )) THEN
+    IF jsonb_typeof(attachments) <> 'array' THEN
         RAISE EXCEPTION 'notify_request: attachments must be a JSON array of objects' USING ERRCODE = 'NT002';
     END IF;
-    IF jsonb_array_length(coalesce(attachments, '[]')) > 20 THEN
+    IF jsonb_array_length(attachments) > 20 THEN
         RAISE EXCEPTION 'notify_request: at most 20 attachments, not %', jsonb_array_length(attachments)
             USING ERRCODE = 'NT002';
     END IF;
-    FOR file IN SELECT a FROM jsonb_array_elements(coalesce(attachments, '[]')) a LOOP
-        n := n + 1;
+    FOR n IN 1 .. coalesce(jsonb_array_length(attachments), 0) LOOP
+        file := attachments -> (n - 1);
+        IF jsonb_typeof(file) <> 'object' THEN
+            RAISE EXCEPTION 'notify_request: attachments must be a JSON array of objects' USING ERRCODE = 'NT002';
+        END IF;
         IF EXISTS (SELECT 1 FROM jsonb_object_keys(file) k
                    WHERE k NOT IN ('filename', 'content_type', 'content', 'content_id'))
            OR jsonb_typeof(file -> 'filename') IS DISTINCT FROM 'string'
@@ -119,11 +121,13 @@ BEGIN
         END IF;
         -- base64 as RFC 4648 has it, line breaks allowed: padding only at the end (PostgreSQL's decoder would take
         -- two encodings one after the other)
-        IF strpos(rtrim(file ->> 'content', E'= \t\r\n'), '=') > 0 THEN
+        encoded := file ->> 'content';
+        padding := strpos(encoded, '=');
+        IF padding > 0 AND rtrim(substr(encoded, padding), E'= \t\r\n') <> '' THEN
             RAISE EXCEPTION 'notify_request: attachment %: content must be base64', n USING ERRCODE = 'NT002';
         END IF;
         BEGIN
-            content := decode(file ->> 'content', 'base64');
+            content := decode(encoded, 'base64');
         EXCEPTION WHEN invalid_parameter_value THEN
             RAISE EXCEPTION 'notify_request: attachment %: content must be base64', n USING ERRCODE = 'NT002';
         END;
@@ -165,7 +169,7 @@ BEGIN
             '[]'::jsonb),
         'send_at', send_at);
     -- as the client writes them: no key for no files, nor for channels not given
-    IF n > 0 THEN
+    IF jsonb_array_length(attachments) > 0 THEN
         op := op || jsonb_build_object('attachments', files);
     END IF;
     IF attach_to IS NOT NULL THEN
@@ -207,7 +211,7 @@ BEGIN
     END IF;
     -- kept before the request that names them, as the client keeps them (a repeated request puts them again: they
     -- are there, and named, whichever door's first request was cut short)
-    IF n > 0 THEN
+    IF jsonb_array_length(attachments) > 0 THEN
         PERFORM notify_put_contents(nid, contents);
     END IF;
     record_tags := jsonb_build_array(jsonb_build_array('entity-id', entity_id))
