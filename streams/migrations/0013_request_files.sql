@@ -18,8 +18,8 @@
 -- The limits the domain admits a request by are checked before anything is written (SQLSTATE NT002, the limit
 -- named): at most 20 files, 10 MiB each and 25 MiB in all (decoded), content in base64, a file name of 1 to 255
 -- characters without / or \, each inline image's content id its own, and an HTML body for inline images to be shown
--- by. The other rules (a media type's or a content id's shape, ...) are the handler's, on admission, as for every
--- other field.
+-- by; and, as a record must to be read back, attach_to names only email and slack. The other rules (a media type's
+-- or a content id's shape, ...) are the handler's, on admission, as for every other field.
 --
 -- The old signature goes (DROP, not an overload beside it: a call of three arguments would match both); every call
 -- of it, by position or by name, is a call of the new one, whose new parameters default to no files.
