@@ -3,7 +3,6 @@ roles: tests/test_postgres.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from typing import Any
@@ -13,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import MAX_BODY_BYTES, create_app, serving
+from api.app import create_app, serving
 from client import Accepted, EventRecord, NotificationClient, attachment, connect
 from domain import DeliveryAuditEntry, DirectoryEntry, NotificationView, TagName, tag
 from settings import Settings
@@ -186,23 +185,6 @@ async def test_a_request_that_carries_its_entity_records_it_in_the_directory_fir
     assert (conflict.status_code, repeated.status_code) == (409, 202)
     assert (await api.call("GET", "/v1/entities/user-9")).json()["email"] == "nine@example.com"
     assert len(await api.store.reader(StreamName.ENTITY_DIRECTORY).by_id("user-9")) == 1  # never changed
-
-
-async def test_a_body_over_the_limit_is_413(api: Api) -> None:
-    huge = {"entity": "user-1", "subject": "S", "body": "x" * MAX_BODY_BYTES}
-    response = await api.call("POST", "/v1/notifications", json=huge)
-    assert is_problem(response, 413, f"the request body is over {MAX_BODY_BYTES:,} bytes")
-
-    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
-        yield b'{"entity": "user-1", "subject": "S", "body": "'
-        for _ in range(MAX_BODY_BYTES // 65536 + 1):
-            yield b"x" * 65536
-        yield b'"}'
-
-    chunked = await api.call(
-        "POST", "/v1/notifications", content=streamed(), headers={"Content-Type": "application/json"}
-    )
-    assert chunked.status_code == 413
 
 
 async def test_keys_and_scopes(api: Api) -> None:
