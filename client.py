@@ -676,6 +676,7 @@ class NotificationClient:
         return _deliveries(Channel.SLACK, channel, records)
 
     async def audit_entity(self, entity_id: str) -> list[NotificationAuditEntry]:
+        """The notifications requested for an entity, each with its status now and the files it named."""
         requested = await self._store.reader(StreamName.NOTIFICATION_EVENT).by_tags(
             tag(TagName.ENTITY_ID, entity_id), type="SendNotificationRequestedEvent"
         )
@@ -685,13 +686,18 @@ class NotificationClient:
             assert nid is not None
             status = (await self.status(nid))["status"]
             try:
-                subject = SendNotificationRequestedEvent.model_validate_json(record.payload).operation.subject
+                operation = SendNotificationRequestedEvent.model_validate_json(record.payload).operation
+                subject, files = operation.subject, operation.attachments
             except ValidationError as error:
                 unreadable(record, error)
-                subject, status = "", NotificationStatus.UNREADABLE
+                subject, status, files = "", NotificationStatus.UNREADABLE, []
             entries.append(
                 NotificationAuditEntry(
-                    notification_id=nid, subject=subject, status=status, requested_at=record.timestamp_utc
+                    notification_id=nid,
+                    subject=subject,
+                    status=status,
+                    requested_at=record.timestamp_utc,
+                    attachments=files,
                 )
             )
         return entries
@@ -715,6 +721,13 @@ def attachment(
             "content_id": content_id,
         },
     )
+
+
+def file_summary(file: Attachment) -> str:
+    """A file in one line, as the audit lists it under its message or notification: name, media type, size, SHA-256,
+    and for an inline image, the content id its HTML shows it by."""
+    inline = f", inline as cid:{file.content_id}" if file.content_id else ""
+    return f"{file.filename} ({file.media_type}, {file.size:,} bytes, sha256 {file.sha256}{inline})"
 
 
 def _as_compared(operation: SendNotificationToEntityOp) -> SendNotificationToEntityOp:

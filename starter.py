@@ -405,7 +405,9 @@ async def send(
     ] = [],  # noqa: B006
     attach_to: Annotated[
         list[Channel],
-        typer.Option(help="Send the --attach files on this channel only (default: every channel); repeatable."),
+        typer.Option(
+            metavar="CHANNEL", help="Send the --attach files on this channel only (default: every channel); repeatable."
+        ),
     ] = [],  # noqa: B006
     idempotency_key: Annotated[
         str | None, typer.Option(metavar="KEY", help="Repeat a request safely: same key, same id.")
@@ -644,6 +646,8 @@ async def audit(
             else f"no Slack message was sent to {slack_channel}"
         )
         return
+    from client import file_summary
+
     width = max(len(e.notification_id) for e in entries)
     print(f"{'ID':<{width}}  {'REQUESTED':<32}  {'STATUS' if entity else 'OUTCOME':<15} SUBJECT")
     for e in entries:
@@ -653,10 +657,8 @@ async def audit(
             reason = f" ({e.reason})" if e.reason else ""
             line = f"{e.notification_id:<{width}}  {e.requested_at.isoformat():<32}  {e.outcome:<15} {e.subject}"
             print(line + reason)
-            for file in e.attachments:
-                print(
-                    f"{'':<{width}}  + {file.filename} ({file.media_type}, {file.size:,} bytes, sha256 {file.sha256})"
-                )
+        for file in e.attachments:
+            print(f"{'':<{width}}  + {file_summary(file)}")
 
 
 def read_directory(file: Path) -> tuple[list[DirectoryEntry], dict[str, list[str]]]:

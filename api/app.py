@@ -69,6 +69,7 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     app.mount("/static", page.static, name="static")
+    notifications.documented(app.openapi())  # made once, and kept: with the bodies that routes read themselves
     return app
 
 

@@ -13,10 +13,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from api.problems import Problem, problem
-from domain import MAX_REQUEST_BYTES
+from domain import MAX_ATTACHMENTS_BYTES, MAX_REQUEST_BYTES
 
 MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
-"""The largest request body taken (a notification's own limit, 512 KiB as JSON, is checked after: `422`)."""
+"""The largest request body a route takes, but for those in `LARGE_BODIES` (a notification's own limit, 512 KiB as
+JSON, is checked after: `422`)."""
+MAX_NOTIFICATION_BODY_BYTES = MAX_BODY_BYTES + 4 * -(-MAX_ATTACHMENTS_BYTES // 3)
+"""`POST /v1/notifications`: its files' 25 MiB in base64 (34,952,536 bytes) beside the 1 MiB of any body, 36,001,112
+bytes (a multipart body carries the same files unencoded). The limits of the files themselves are checked after
+(`422`)."""
+LARGE_BODIES = {("POST", "/v1/notifications"): MAX_NOTIFICATION_BODY_BYTES}
+"""The routes that take a body over `MAX_BODY_BYTES`, by method and path, and how large."""
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """The methods served; any other is answered 501 at once."""
 CLOSE = {"Connection": "close"}
@@ -28,7 +35,12 @@ class Limits:
     headers_seconds: float = 10
     """From a connection's start, or its last answer, to a request's last header."""
     body_seconds: float = 30
-    """From a request's headers to the last byte of its body (1 MiB in 30 s: 35 KB/s at least)."""
+    """From a request's headers to the last byte of its body, beyond what its bytes earn at `body_rate`."""
+    body_rate: int = 64 * 1024
+    """Bytes a second a body must keep coming at once its first `body_seconds` are spent: each byte that has come
+    earns 1 / `body_rate` s more. A body may take `body_seconds` + its size / `body_rate` at most (1 MiB: 46 s; the
+    36 MB a notification with files may send: 9 min 40 s); one that comes at half the rate is cut off after twice
+    `body_seconds`, a trickle after `body_seconds`."""
     connections: int = 200
     """Connections, and requests under way, at once; more are answered 503 at once."""
     keep_alive_seconds: int = 5
@@ -77,8 +89,9 @@ def protocol(limits: Limits) -> type[Bounded]:
 
 class RequestLimits:
     """Refuse a method not in `METHODS` (`501`); a path or query with a NUL (`400`); a request body over
-    `MAX_BODY_BYTES` (`413`), whether it says its length or streams it; a body that has not all come within
-    `body_seconds` of the headers (`408`)."""
+    `MAX_BODY_BYTES`, or its route's limit in `LARGE_BODIES` (`413`), whether it says its length or streams it, at
+    once or as soon as the count is over; a body that has not all come within `body_seconds` of the headers and 1 s
+    for each `body_rate` bytes that came (`408`)."""
 
     def __init__(self, app: ASGIApp, limits: Limits) -> None:
         self.app = app
@@ -94,12 +107,13 @@ class RequestLimits:
         if "\x00" in scope["path"] or b"\x00" in unquote_to_bytes(scope["query_string"]):
             await problem(400, "the path or the query holds a NUL character")(scope, receive, send)
             return
+        largest = LARGE_BODIES.get((scope["method"], scope["path"]), MAX_BODY_BYTES)
         length = dict(scope["headers"]).get(b"content-length")
-        too_large = f"the request body is over {MAX_BODY_BYTES:,} bytes"
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        too_large = f"the request body is over {largest:,} bytes"
+        if length is not None and length.isdigit() and int(length) > largest:
             await problem(413, too_large)(scope, receive, send)
             return
-        deadline = asyncio.get_running_loop().time() + self.limits.body_seconds
+        due = asyncio.get_running_loop().time() + self.limits.body_seconds  # and later as bytes come
         seen = 0
         whole = False
 
@@ -108,14 +122,17 @@ class RequestLimits:
             if whole:  # the body is in: what comes next is the client leaving, whenever it does
                 return await receive()
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(due + seen / self.limits.body_rate):
                     message = await receive()
             except TimeoutError:
-                late = f"the request body did not all come within {self.limits.body_seconds:g} s"
+                late = (
+                    f"the request body did not all come within {self.limits.body_seconds:g} s and 1 s for each "
+                    f"{self.limits.body_rate:,} bytes that came"
+                )
                 raise Problem(408, late, CLOSE) from None
             seen += len(message.get("body", b""))
             whole = not message.get("more_body", False)
-            if seen > MAX_BODY_BYTES:
+            if seen > largest:
                 raise Problem(413, too_large)
             return message
 

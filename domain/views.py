@@ -118,3 +118,5 @@ class NotificationAuditEntry(Model):
     subject: str
     status: NotificationStatus
     requested_at: datetime
+    attachments: list[Attachment] = Field(default_factory=list)
+    """The files the request named (an inline image with its `content_id`)."""

@@ -43,7 +43,8 @@ GRANT SELECT ON notify_records, notify_record_tags, notify_handling, notify_cont
 GRANT SELECT ON notify_handling, notify_contents TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_transition(text, bigint, text, text, text, bytea) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_begin(text, bigint, text, text, bytea) TO notify_handler;
-GRANT EXECUTE ON FUNCTION notify_request(text, text, text, text, text, jsonb, timestamptz, text) TO notify_client, notify_producer;
+GRANT EXECUTE ON FUNCTION notify_request(text, text, text, text, text, jsonb, timestamptz, text, jsonb, text[])
+    TO notify_client, notify_producer;
 GRANT EXECUTE ON FUNCTION notify_next_turn(text, double precision) TO notify_handler;
 GRANT EXECUTE ON FUNCTION notify_put_all(text[], text[], text[], text[], jsonb[], text[], integer[], text[], bytea[])
     TO notify_producer;

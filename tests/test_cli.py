@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import pty
@@ -143,9 +144,30 @@ def test_files_attached_go_by_email_whole(directory: Cli, sinks: tuple[MailSink,
     [message] = [m.message for m in mail.received_by("test@example.com") if m.message["Subject"] == "Monthly report"]
     files = [(p.get_filename(), p.get_content_type(), p.get_content()) for p in message.iter_attachments()]
     assert files == [("report.pdf", "application/pdf", report), ("chart", "image/png", picture)]
-    audit = directory.run("audit", "--email", "test@example.com").stdout
-    digest = hashlib.sha256(report).hexdigest()
-    assert f"+ report.pdf (application/pdf, {len(report):,} bytes, sha256 {digest})" in audit
+    nid = json.loads(sent.stdout)["id"]
+    digests = [hashlib.sha256(content).hexdigest() for content in (report, picture, gif)]
+    listed = [
+        f"+ report.pdf (application/pdf, {len(report):,} bytes, sha256 {digests[0]})",
+        f"+ chart (image/png, {len(picture):,} bytes, sha256 {digests[1]})",
+        f"+ logo.gif (image/gif, {len(gif):,} bytes, sha256 {digests[2]}, inline as cid:logo)",
+    ]
+    for args, expected in [
+        (("--email", "test@example.com"), listed),
+        (("--entity", "user-1"), listed),
+        (("--slack-channel", "C0123"), []),  # attached to email alone
+    ]:
+        lines = directory.run("audit", *args).stdout.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"{nid} "))
+        under = itertools.takewhile(lambda line: line.startswith(" "), lines[at + 1 :])
+        assert [line.strip() for line in under] == expected, args
+    [entry] = [e for e in directory.json("audit", "--entity", "user-1") if e["notification_id"] == nid]
+    assert [
+        (f["filename"], f["media_type"], f["size"], f["sha256"], f.get("content_id")) for f in entry["attachments"]
+    ] == [
+        ("report.pdf", "application/pdf", len(report), digests[0], None),
+        ("chart", "image/png", len(picture), digests[1], None),
+        ("logo.gif", "image/gif", len(gif), digests[2], "logo"),
+    ]
     html = message.get_body(("related", "html"))
     assert html is not None and html.get_content_type() == "multipart/related"
     [shown, logo] = html.iter_parts()

@@ -4,6 +4,7 @@ list or another site's form costs the API, and what it answers. Raw sockets wher
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app, serving
 from api.keys import ApiKeys, Scope
-from api.limits import Limits
+from api.limits import MAX_BODY_BYTES, MAX_NOTIFICATION_BODY_BYTES, Limits
 from settings import Settings
 from streams import StreamStore
 from tests.databases import Databases, admin_url, role_urls
@@ -26,7 +27,7 @@ from tests.service import Api
 
 MIB = 1024 * 1024
 BOTH = pytest.mark.parametrize("streams_url", ["sqlite", "postgresql"], indirect=True)
-TIGHT = Limits(headers_seconds=1, body_seconds=1, connections=3)
+TIGHT = Limits(headers_seconds=1, body_seconds=1, body_rate=4096, connections=3)
 
 
 @pytest.fixture
@@ -130,6 +131,43 @@ async def test_a_trickled_body_is_cut_off_within_its_bound(tight: tuple[str, str
         code, rest = await answer(reader, within=TIGHT.body_seconds + 5)
     assert code == 408 and b"did not all come within 1 s" in rest
     assert time.monotonic() - started < TIGHT.body_seconds + 5
+
+
+async def test_a_body_that_keeps_coming_at_the_rate_is_read_past_body_seconds(tight: tuple[str, str]) -> None:
+    url, key = tight
+    body = json.dumps({"entity": "user-1", "subject": "S", "body": "B"}).encode().ljust(3 * TIGHT.body_rate)
+    pieces = [body[i : i + len(body) // 6] for i in range(0, len(body), len(body) // 6)]
+    async with connection(url) as (reader, writer):
+        started = time.monotonic()
+        writer.write(head("POST", "/v1/notifications", len(body), key))
+        for piece in pieces:  # twice the rate, for 1.5 s
+            await asyncio.sleep(0.25)
+            writer.write(piece)
+            await writer.drain()
+        code, headers = await status_and_headers(reader)
+        said = json.loads(await reader.readexactly(content_length(headers)))
+    assert time.monotonic() - started > TIGHT.body_seconds
+    assert (code, said["detail"]) == (422, "entity 'user-1' is not in the directory"), said  # read whole
+
+
+def content_length(headers: bytes) -> int:
+    return int(headers.partition(b"content-length: ")[2].partition(b"\r\n")[0])
+
+
+@BOTH
+async def test_a_body_over_its_routes_limit_is_413_before_it_is_read(api: Api) -> None:
+    """`POST /v1/notifications` takes its files' 25 MiB in base64; every other route 1 MiB."""
+    for method, path, largest in [
+        ("POST", "/v1/notifications", MAX_NOTIFICATION_BODY_BYTES),
+        ("PUT", "/v1/entities/user-3", MAX_BODY_BYTES),
+        ("POST", "/v1/notifications/x/cancel", MAX_BODY_BYTES),
+    ]:
+        async with connection(str(api.http.base_url)) as (reader, writer):
+            writer.write(head(method, path, largest + 1, api.keys["all"]) + b"{")
+            await writer.drain()
+            code, headers = await status_and_headers(reader)  # read without sending the rest
+            said = json.loads(await reader.readexactly(content_length(headers)))
+        assert (code, said["detail"]) == (413, f"the request body is over {largest:,} bytes")
 
 
 async def test_trickled_headers_are_cut_off_within_their_bound(tight: tuple[str, str]) -> None:

@@ -1,6 +1,6 @@
 """The web page, in a real headless Chromium (Debian's `chromium`, driven by Playwright): sign in with a key, see the
-overview, find a notification, search by its address, its entity and its id, open its page and see its message as
-sent and its records; every page fits a phone's width; a notification under way updates without a reload. And over
+overview, find a notification, search by its address, its entity and its id, open its page and see its message as sent,
+its files and its records; every page fits a phone's width; a notification under way updates without a reload. And over
 plain HTTP: what a page without a usable key does."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import re
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 from temporalio.testing import WorkflowEnvironment
 
-from client import NotificationClient
+from client import NotificationClient, attachment
 from commands import command
 from settings import Settings
 from sinks.slack import SlackSink
@@ -157,6 +158,53 @@ async def test_a_notification_is_found_searched_for_and_shown_with_its_message_a
     await expect(page.get_by_role("textbox", name="Entity", exact=True)).to_have_value("user-1")
     await search(page, nid)  # a notification's id: its page
     await expect(page.get_by_role("heading", name=subject)).to_be_visible()
+
+
+async def test_a_notifications_files_are_listed_by_name_type_size_and_hash_per_channel(
+    api: Api, browser: Browser, dev_env: WorkflowEnvironment, settings: Settings
+) -> None:
+    hostile = '<script>alert("name")<script><img src=x onerror=alert(1)>.txt'  # a file's name is the sender's
+    pdf, text, png = b"%PDF-1.7\n" + bytes(3063), b"a text\n", b"\x89PNG\r\n\x1a\n" + bytes(32)
+    files = [attachment("report.pdf", pdf), attachment(hostile, text), attachment("logo.png", png, content_id="logo")]
+    fields: dict[str, object] = {"html_body": '<p>Attached.</p><img src="cid:logo">', "attachments": files}
+    client = NotificationClient(api.store, dev_env.client, settings)
+    nid = await client.request(operation("user-1", **fields), contents=[pdf, text, png])
+    assert (await api.outcome(nid))["status"] == "sent"
+    page = await signed_in(browser, api)
+    await page.goto(f"/notifications/{nid}")
+
+    listed = page.get_by_role("table", name="Files", exact=True).locator("tbody tr")
+    digests = [sha256(content).hexdigest() for content in (pdf, text, png)]
+    await expect(listed).to_have_count(3)
+    await expect(listed.nth(0).locator("td")).to_have_text(["report.pdf", "application/pdf", "3.0 KiB", digests[0]])
+    await expect(listed.nth(1).locator("td")).to_have_text([hostile, "text/plain", "7 bytes", digests[1]])
+    await expect(listed.nth(2).locator("td")).to_have_text(
+        ["logo.png inline image, cid:logo", "image/png", "40 bytes", digests[2]]
+    )
+    await expect(listed.nth(0).locator("td.count")).to_have_attribute("title", "3,072 bytes")
+    sha = listed.nth(0).locator("code.sha256")
+    await expect(sha).to_have_attribute("title", f"SHA-256 {digests[0]}")
+    assert await sha.evaluate("c => c.scrollWidth > c.clientWidth")  # shown shortened, the whole hash selectable
+    await expect(listed.nth(1).locator(".filename *")).to_have_count(0)  # the name as text, not markup
+    await expect(page.locator("img, table.files a")).to_have_count(0)  # nothing of it ran; no file is served
+
+    await expect(page.locator(".message-email table.files")).to_have_count(0)  # the email carried them all
+    slack = page.get_by_role("table", name="Files to acme/C0123").locator(".filename")
+    await expect(slack).to_have_text(["report.pdf", hostile])  # an inline image is the HTML's: not Slack's
+    emailed = await client.request(operation("user-1", **fields, attach_to=["email"]), contents=[pdf, text, png])
+    assert (await api.outcome(emailed))["status"] == "sent"
+    await page.goto(f"/notifications/{emailed}")
+    await expect(page.get_by_role("table", name="Files", exact=True).locator("tbody tr")).to_have_count(3)
+    await expect(page.locator(".message-slack .content dd").last).to_have_text("None")  # attached to email alone
+    await page.goto(f"/notifications/{nid}")
+    await page.set_viewport_size(PHONE)
+    await fits(page)
+
+    await search(page, "acme/C0123")  # the audit names them too
+    await expect(page.get_by_role("row").filter(has_text=nid).locator(".files-named")).to_have_text(
+        f"(2 files: report.pdf, {hostile})"
+    )
+    await fits(page)
 
 
 async def test_every_page_fits_a_phone_and_says_what_happened(

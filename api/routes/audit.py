@@ -1,4 +1,4 @@
-"""The audit: what was sent to an email address, or posted to a Slack channel."""
+"""The audit: what was sent to an email address, or posted to a Slack channel, each message with its files."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The web page: an overview of the notifications that ended in the last hour and day, recent notifications, a search
 (an entity or a notification id: its page; else an email address or a Slack channel: the audit), and a page per
-notification with its view, each channel's outcome, the escalation, the messages as sent and the timeline of its
-records, each of which opens to its payload. Server-rendered (Jinja2), every asset served from here. It asks once
-for an API key with the `read` scope and keeps it in an HttpOnly, SameSite=Strict cookie, and takes a sign-in or
-sign-out only from its own pages; a page that shows a notification still under way refreshes its main part."""
+notification with its view, each channel's outcome, the escalation, the files it names (never their bytes), the messages
+as sent and the timeline of its records, each of which opens to its payload. Server-rendered (Jinja2), every asset
+served from here. It asks once for an API key with the `read` scope and keeps it in an HttpOnly, SameSite=Strict cookie,
+and takes a sign-in or sign-out only from its own pages; a page that shows a notification still under way refreshes its
+main part."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from api.problems import problem
 from client import UNDECIDED, EventRecord, NotificationClient, UnknownNotification
 from commands import command
 from domain import (
+    Attachment,
     Channel,
     ExecuteOpRequestedEvent,
     NotificationStatus,
@@ -71,6 +73,21 @@ templates.env.filters["moment"] = lambda value: (
     datetime.fromisoformat(str(value)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 )
 templates.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _size(size: int) -> str:
+    """A file's size as people read it: bytes below 1 KiB, then KiB, MiB or GiB to one decimal."""
+    if size < 1024:
+        return f"{size} byte{'' if size == 1 else 's'}"
+    scaled = size / 1024
+    for unit in ("KiB", "MiB"):
+        if scaled < 1024:
+            return f"{scaled:.1f} {unit}"
+        scaled /= 1024
+    return f"{scaled:.1f} GiB"
+
+
+templates.env.filters["size"] = _size
 
 
 def _path(request: Request, name: str, /, **params: Any) -> str:
@@ -285,6 +302,8 @@ class Message:
     """The request's own Slack text (a Slack message's text is `text`)."""
     for_team: bool = False
     """Sent to the internal team (the escalation), not to the entity."""
+    files: tuple[Attachment, ...] = ()
+    """The files it carries, as its operation names them (a Slack message carries no inline image)."""
 
 
 Holder = (
@@ -301,9 +320,10 @@ HOLDERS: dict[tuple[StreamName, str], type[Holder]] = {
 """The records that hold a message, by stream and type: each channel's requested event, and the request."""
 
 
-def _messages(view: dict[str, Any], records: list[Record]) -> tuple[list[Message], list[str]]:
+def _messages(view: dict[str, Any], records: list[Record]) -> tuple[list[Message], tuple[Attachment, ...], list[str]]:
     """The messages the channels' requested events hold, the entity's first, and the message the request asked for
-    before them when none went to the entity; and why any of those records cannot be read."""
+    before them when none went to the entity; the files the request named; and why any of those records cannot be
+    read."""
     escalation = (view.get("escalation") or {}).get("channels") or {}
     team = {(channel, c.get("channel_operation_id")) for channel, c in escalation.items()}
     sent: list[Message] = []
@@ -327,22 +347,31 @@ def _messages(view: dict[str, Any], records: list[Record]) -> tuple[list[Message
                     operation.subject,
                     operation.html_body,
                     operation.slack_text,
+                    files=tuple(operation.attachments),
                 )
             )
         elif isinstance(operation, SendEmailOp | SendSlackMessageOp):
             sent.append(_sent(operation, (operation.delivery_channel, operation.channel_operation_id) in team))
     sent.sort(key=lambda m: (m.for_team, list(Channel).index(m.channel or Channel.EMAIL)))  # the entity's first
     to_the_entity = any(not m.for_team for m in sent)
-    return (sent if to_the_entity else asked[:1] + sent), unreadable_records
+    files = asked[0].files if asked else ()
+    return (sent if to_the_entity else asked[:1] + sent), files, unreadable_records
 
 
 def _sent(operation: SendEmailOp | SendSlackMessageOp, for_team: bool) -> Message:
     if isinstance(operation, SendEmailOp):
         to = ", ".join(m.address for m in operation.to)
         return Message(
-            Channel.EMAIL, to, operation.text_body, operation.subject, operation.html_body, for_team=for_team
+            Channel.EMAIL,
+            to,
+            operation.text_body,
+            operation.subject,
+            operation.html_body,
+            for_team=for_team,
+            files=tuple(operation.attachments),
         )
-    return Message(Channel.SLACK, f"{operation.workspace}/{operation.channel}", operation.text, for_team=for_team)
+    slack = f"{operation.workspace}/{operation.channel}"
+    return Message(Channel.SLACK, slack, operation.text, for_team=for_team, files=tuple(operation.attachments))
 
 
 def _why_no_channel(view: dict[str, Any]) -> str:
@@ -367,7 +396,7 @@ async def notification(request: Request, client: SignedIn, notification_id: str)
         records = await client.events(notification_id)
     except UnknownNotification as error:
         return _render(request, "missing.html", status_code=404, error=str(error))
-    messages, unreadable_messages = _messages(view, records)
+    messages, files, unreadable_messages = _messages(view, records)
     undecided = view["status"] in UNDECIDED
     return _render(
         request,
@@ -377,6 +406,7 @@ async def notification(request: Request, client: SignedIn, notification_id: str)
         undecided=undecided,
         no_channel=_why_no_channel(view),
         messages=messages,
+        files=files,
         unreadable_messages=unreadable_messages,
         records=[EventRecord.of(r) for r in records],
     )
