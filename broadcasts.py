@@ -4,11 +4,14 @@ read where its notifications are. The broadcast's saga (`workflows.broadcast`) d
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
+from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.contract import SEND_BROADCAST_CONCERN
 from client import NotificationClient, RequestRefused
@@ -25,10 +28,29 @@ from domain import (
     tag,
     validation_message,
 )
+from settings import Settings, one_line
 from streams import HandlingStatus, StreamName
 from streams.directory import members
 from templating import TemplateError
 from workflows.broadcast import BroadcastSaga
+
+log = logging.getLogger("notify.broadcasts")
+
+
+async def start_broadcast_saga(temporal: Client, settings: Settings, request: BroadcastRequest) -> None:
+    """Start the broadcast's saga (workflow id: the broadcast id), or find it started: however many callers race
+    (the requester, the handlers of every worker), one saga runs per broadcast."""
+    try:
+        await temporal.start_workflow(
+            BroadcastSaga.run,
+            request,
+            id=request.broadcast_id,
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+    except WorkflowAlreadyStartedError:
+        pass  # it ran, and has ended
 
 
 class UnknownBroadcast(LookupError):
@@ -74,14 +96,11 @@ class BroadcastClient:
             BroadcastRequestedEvent(id=broadcast_id, operation=op, timestamp_utc=datetime.now(UTC)),
             tags=[tag(TagName.BROADCAST_ID, broadcast_id)],
         )
-        await self._temporal.start_workflow(
-            BroadcastSaga.run,
-            BroadcastRequest(broadcast_id=broadcast_id, client_operation_record_id=put.record_internal_id),
-            id=broadcast_id,
-            task_queue=self._settings.task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        )
+        request = BroadcastRequest(broadcast_id=broadcast_id, client_operation_record_id=put.record_internal_id)
+        try:
+            await start_broadcast_saga(self._temporal, self._settings, request)
+        except Exception as error:  # the request is recorded, and so accepted: a worker's handler starts its saga
+            log.warning("broadcast %s is accepted; its saga is not started yet (%s)", broadcast_id, one_line(error))
         return broadcast_id
 
     async def result(self, broadcast_id: str) -> BroadcastCounts:
@@ -112,6 +131,7 @@ class BroadcastClient:
     async def status(self, broadcast_id: str) -> dict[str, Any]:
         """`{"id", "broadcast": true, "status", "recipients", "left", "counts"}`: `running` until every notification
         has ended, then `completed`. `UnknownBroadcast` for an id that is not a broadcast's."""
+        broadcast_id = await self._notifications.full_id(broadcast_id)
         record = await self._requests.latest(broadcast_id, type=BroadcastRequestedEvent.__name__)
         if record is None:
             raise UnknownBroadcast(broadcast_id)

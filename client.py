@@ -311,8 +311,10 @@ class NotificationClient:
         return self._settings
 
     async def full_id(self, notification_id: str) -> str:
-        """`notification_id` as issued: a bare number is one this store issued (`7` is `3f9a1c2e-7`)."""
-        return f"{await self._store_identity()}-{notification_id}" if notification_id.isdigit() else notification_id
+        """`notification_id` as issued: a bare number is one this store issued (`7` is `3f9a1c2e-7`, and `7.12`, the
+        12th recipient of broadcast 7, `3f9a1c2e-7.12`)."""
+        bare = re.fullmatch(r"\d+(\.\d+)?", notification_id)
+        return f"{await self._store_identity()}-{notification_id}" if bare else notification_id
 
     async def new_id(self) -> str:
         """A new notification id: the store's identity and the client-operation stream's next number, so that it is

@@ -18,9 +18,12 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.contract import SEND_NOTIFICATION_CONCERN
+from activities.contract import SEND_BROADCAST_CONCERN, SEND_NOTIFICATION_CONCERN
+from broadcasts import start_broadcast_saga
 from client import is_connect_failure, start_saga
 from domain import (
+    BroadcastRequest,
+    BroadcastRequestedEvent,
     ExecuteOpRequestedEvent,
     NotificationRequest,
     SendNotificationToEntityOp,
@@ -118,6 +121,14 @@ class ClientOperationHandler:
             if len(batch) < BATCH:
                 break
             low = batch[-1].internal_id
+        for record in await self._requests.unhandled(
+            SEND_BROADCAST_CONCERN, type=BroadcastRequestedEvent.__name__, after=after, limit=BATCH
+        ):
+            if now - record.timestamp_utc >= GRACE:  # a young one is its requester's, and a later look's
+                request = BroadcastRequest(
+                    broadcast_id=record.record_id or "", client_operation_record_id=record.internal_id
+                )
+                await start_broadcast_saga(self._temporal, self._settings, request)
         next_after = max(after, (newest.internal_id if newest else 0) - LOOK_BACK)
         return (next_after if lowest_young is None else min(next_after, lowest_young - 1)), young
 

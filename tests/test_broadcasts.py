@@ -4,6 +4,7 @@ notification of its own that names the broadcast; its saga requests them a page 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -12,12 +13,12 @@ import activities.broadcast
 from api.app import owner_store
 from broadcasts import BroadcastClient
 from client import RequestRefused
-from domain import BroadcastCounts, Channel
+from domain import BroadcastAudience, BroadcastCounts, BroadcastRequestedEvent, Channel, SendBroadcastOp, TagName, tag
 from settings import Settings
 from sinks.mail import MailSink
 from streams import StreamName, StreamStore
 from streams.directory import change_members
-from tests.service import entity, notifying
+from tests.service import entity, eventually, notifying
 
 MEMBERS = [entity(id=f"user-{n}", email=f"u{n}@example.com", channels={Channel.EMAIL: "send"}) for n in range(45)]
 
@@ -81,3 +82,23 @@ async def test_a_broadcast_to_a_topic_nobody_made_or_with_bad_content_is_refused
         with pytest.raises(RequestRefused, match="a topic or to entities: one of them"):
             await broadcasts.request({"audience": {}, "content": {"subject": "S", "body": "B"}})
         assert await store.reader(StreamName.CLIENT_OPERATION).by_tags(type="BroadcastRequestedEvent") == []
+
+
+async def test_a_broadcast_whose_requester_started_no_saga_is_started_by_a_workers_handler(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings, mail_sink: MailSink
+) -> None:
+    """Its record alone, as a requester that died (or found Temporal down) after writing it leaves it."""
+    async with notifying(time_skipping_env, store, settings, *MEMBERS[:2]) as notify:
+        bid = await notify.client.new_id()
+        op = SendBroadcastOp(
+            audience=BroadcastAudience(entity_ids=["user-0", "user-1"]), content={"subject": "S", "body": "B"}
+        )
+        event = BroadcastRequestedEvent(id=bid, operation=op, timestamp_utc=datetime.now(UTC))
+        await store.writer(StreamName.CLIENT_OPERATION).put(bid, event, tags=[tag(TagName.BROADCAST_ID, bid)])
+        broadcasts = BroadcastClient(notify.client)
+
+        async def completed() -> bool:
+            return bool((await broadcasts.status(bid))["status"] == "completed")
+
+        await eventually(completed, timeout=60)
+    assert sorted(r for m in mail_sink.messages for r in m.recipients) == ["u0@example.com", "u1@example.com"]
