@@ -24,7 +24,7 @@ from temporalio.exceptions import TemporalError
 from api.deps import Parts, parts
 from api.limits import DEFAULT_LIMITS, MAX_BODY_BYTES, Limits, RequestLimits, protocol
 from api.problems import JsonAnswer, Problem, problem
-from api.routes import audit, codec, entities, health, notifications, page, topics
+from api.routes import audit, broadcasts, codec, entities, health, notifications, page, topics
 from api.telemetry import Measured
 from client import UnknownNotification, is_connect_failure, temporal_unreachable
 from domain import Location, validation_message
@@ -35,6 +35,7 @@ log = logging.getLogger("notify.api")
 __all__ = ["MAX_BODY_BYTES", "create_app", "owner_store", "serving"]
 ROUTERS = (
     notifications.router,
+    broadcasts.router,
     audit.router,
     entities.router,
     topics.router,

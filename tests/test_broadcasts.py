@@ -18,7 +18,7 @@ from settings import Settings
 from sinks.mail import MailSink
 from streams import StreamName, StreamStore
 from streams.directory import change_members
-from tests.service import entity, eventually, notifying
+from tests.service import Api, entity, eventually, notifying
 
 MEMBERS = [entity(id=f"user-{n}", email=f"u{n}@example.com", channels={Channel.EMAIL: "send"}) for n in range(45)]
 
@@ -102,3 +102,34 @@ async def test_a_broadcast_whose_requester_started_no_saga_is_started_by_a_worke
 
         await eventually(completed, timeout=60)
     assert sorted(r for m in mail_sink.messages for r in m.recipients) == ["u0@example.com", "u1@example.com"]
+
+
+async def test_the_api_requests_a_broadcast_and_reads_its_counts(api: Api, mail_sink: MailSink) -> None:
+    sent = await api.call(
+        "POST", "/v1/broadcasts", key="sender", json={"entities": ["user-1", "user-2"], "subject": "S", "body": "B"}
+    )
+    assert sent.status_code == 202, sent.text
+    bid = sent.json()["id"]
+    assert sent.json()["broadcast"] is True and sent.json()["status"] == "running"
+
+    async def completed() -> bool:
+        return bool((await api.call("GET", f"/v1/broadcasts/{bid}", key="reader")).json()["status"] == "completed")
+
+    await eventually(completed, timeout=60)
+    shown = (await api.call("GET", f"/v1/broadcasts/{bid}", key="reader")).json()
+    assert shown == {
+        "id": bid,
+        "broadcast": True,
+        "status": "completed",
+        "recipients": 2,
+        "left": 0,
+        "counts": {"sent": 2},
+    }
+    assert len(mail_sink.messages) == 2
+    for method, path, body, status, said in [
+        ("POST", "/v1/broadcasts", {"topic": "nope", "subject": "S", "body": "B"}, 422, "no topic 'nope'"),
+        ("POST", "/v1/broadcasts", {"entities": ["user-1"], "topic": "t", "subject": "S", "body": "B"}, 422, "one of"),
+        ("GET", "/v1/broadcasts/nope", None, 404, "no broadcast with id 'nope'"),
+    ]:
+        refused = await api.call(method, path, json=body)
+        assert refused.status_code == status and said in refused.json()["detail"], refused.text

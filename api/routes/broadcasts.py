@@ -1,0 +1,82 @@
+"""Broadcasts: request one (a topic's members, or the entities it names, each notified with a notification of its
+own), and read where its notifications are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from api.deps import KeyFirst, Notifications, needs
+from api.keys import Scope
+from api.problems import Problem, problems
+from broadcasts import BroadcastClient, UnknownBroadcast
+from client import RequestRefused
+from domain import MAX_BROADCAST_ENTITIES, MAX_TAGS
+
+router = APIRouter(
+    prefix="/v1/broadcasts", route_class=KeyFirst, tags=["broadcasts"], responses=problems(401, 403, 422)
+)
+
+
+class BroadcastIn(BaseModel):
+    """A broadcast: to a `topic`'s members or to `entities` (one of them), with `subject` and `body` (and optionally
+    `html`, `slack_text`), or a `template` and its `data`, rendered for each recipient."""
+
+    model_config = ConfigDict(extra="forbid")
+    topic: str | None = None
+    entities: list[str] | None = Field(default=None, max_length=MAX_BROADCAST_ENTITIES)
+    subject: str | None = None
+    body: str | None = None
+    html: str | None = None
+    slack_text: str | None = None
+    tags: dict[str, str] = Field(default={}, max_length=MAX_TAGS)
+    send_at: AwareDatetime | None = None
+    template: str | None = None
+    data: dict[str, Any] | None = None
+
+
+class BroadcastStatus(BaseModel):
+    id: str
+    broadcast: bool = True
+    status: str
+    """`running` until every notification has ended, then `completed`."""
+    recipients: int
+    left: int
+    """Recipients whose notification has not ended (or not been requested yet)."""
+    counts: dict[str, int]
+    """Ended notifications by status (`sent`, `failed`, ..., and `refused`: a recipient whose request could not be
+    made)."""
+
+
+@router.post("", status_code=202, dependencies=[needs(Scope.SEND)], summary="Request a broadcast")
+async def request_broadcast(body: BroadcastIn, client: Notifications) -> BroadcastStatus:
+    content = {
+        "subject": body.subject,
+        "body": body.body,
+        "html_body": body.html,
+        "slack_text": body.slack_text,
+        "tags": [{"name": n, "value": v} for n, v in body.tags.items()],
+        "send_at": body.send_at,
+    }
+    operation = {
+        "audience": {"topic": body.topic, "entity_ids": body.entities},
+        "content": {k: v for k, v in content.items() if v not in (None, [])},
+        "template": body.template,
+        "data": body.data,
+    }
+    broadcasts = BroadcastClient(client)
+    try:
+        broadcast_id = await broadcasts.request(operation)
+    except RequestRefused as error:
+        raise Problem(422, str(error)) from error
+    return BroadcastStatus.model_validate(await broadcasts.status(broadcast_id))
+
+
+@router.get("/{broadcast_id}", dependencies=[needs(Scope.READ)], responses=problems(404), summary="A broadcast")
+async def get_broadcast(broadcast_id: str, client: Notifications) -> BroadcastStatus:
+    try:
+        return BroadcastStatus.model_validate(await BroadcastClient(client).status(broadcast_id))
+    except UnknownBroadcast as error:
+        raise Problem(404, str(error)) from error
