@@ -24,7 +24,6 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-
 MAX_MESSAGE = 64 * 1024 * 1024
 """The largest message the sink takes (aiosmtpd's default is 32 MiB): a notification's 25 MiB of files are about
 34 MiB as an email."""
