@@ -31,6 +31,7 @@ from temporalio.service import RPCError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 import logs
+from activities.channel_handler import FileBudget
 from activities.contract import channel_task_queue
 from activities.email import EmailHandler
 from activities.failures import FailuresClassified
@@ -62,7 +63,8 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
     channels' give-up records and Slack's turns, all local activities), and one per channel on that channel's task
     queue (email's with its rate limit for the whole queue; Slack is paced per Slack channel instead); and the
     client-operation stream's handler, which starts the saga of every request that has none (`intake`)."""
-    handlers = {channel: handler(store, settings) for channel, handler in CHANNEL_HANDLERS.items()}
+    files = FileBudget(settings.attachment_memory_bytes)  # one for all channels: the worker's memory
+    handlers = {channel: handler(store, settings, files) for channel, handler in CHANNEL_HANDLERS.items()}
     notification = NotificationActivities(store, settings, handlers)
     email, slack = handlers[Channel.EMAIL], handlers[Channel.SLACK]
     assert isinstance(email, EmailHandler) and isinstance(slack, SlackHandler)
