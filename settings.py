@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     slack_messages_per_second: float | None = Field(1, gt=0)
     email_attempt_timeout_seconds: float = Field(60, gt=0)
     slack_attempt_timeout_seconds: float = Field(60, gt=0)
+    transfer_bytes_per_second: float = Field(500_000, gt=0)
+    attachment_memory_bytes: int = Field(256 * 1024 * 1024, gt=0)
     heartbeat_timeout_seconds: float = Field(10, gt=0)
     sticky_queue_timeout_seconds: float = Field(10, gt=0)
     channel_configs_failure_action: ConfigsFailureAction = ConfigsFailureAction.IGNORE
@@ -265,6 +267,7 @@ class Settings(BaseSettings):
                     maximum_retry_seconds=getattr(self, f"{c}_retry_maximum_seconds"),
                     deadline_seconds=getattr(self, f"{c}_deadline_seconds"),
                     attempt_timeout_seconds=getattr(self, f"{c}_attempt_timeout_seconds"),
+                    transfer_bytes_per_second=self.transfer_bytes_per_second,
                     heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
                 )
                 for c in Channel

@@ -32,6 +32,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 import logs
 from activities.broadcast import BroadcastActivities
+from activities.channel_handler import FileBudget
 from activities.contract import channel_task_queue
 from activities.email import EmailHandler
 from activities.failures import FailuresClassified
@@ -64,7 +65,8 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
     channels' give-up records and Slack's turns, all local activities), and one per channel on that channel's task
     queue (email's with its rate limit for the whole queue; Slack is paced per Slack channel instead); and the
     client-operation stream's handler, which starts the saga of every request that has none (`intake`)."""
-    handlers = {channel: handler(store, settings) for channel, handler in CHANNEL_HANDLERS.items()}
+    files = FileBudget(settings.attachment_memory_bytes)  # one for all channels: the worker's memory
+    handlers = {channel: handler(store, settings, files) for channel, handler in CHANNEL_HANDLERS.items()}
     notification = NotificationActivities(store, settings, handlers)
     broadcast = BroadcastActivities(store, client, settings)
     email, slack = handlers[Channel.EMAIL], handlers[Channel.SLACK]

@@ -81,6 +81,38 @@ class Delivery:
             self.failure = in_one_line(self.failure)
 
 
+class FileBudget:
+    """How many bytes of files a worker's attempts hold in memory at once, at most: an attempt takes its files' share
+    before it reads them and gives it back once it has delivered them, first come, first served. An attempt whose
+    files are more than the whole budget takes all of it, and so waits for the others and runs alone."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._turn = asyncio.Lock()
+        """Held by the attempt waiting for its share: the others wait behind it, in order."""
+        self._freed = asyncio.Event()
+
+    def would_wait(self, size: int) -> bool:
+        return size > 0 and (self._turn.locked() or self._free < min(size, self.total))
+
+    @asynccontextmanager
+    async def held(self, size: int) -> AsyncIterator[None]:
+        """`size` bytes of the budget (all of it, if that is less), held until the block ends."""
+        share = min(size, self.total)
+        if share > 0:
+            async with self._turn:
+                while self._free < share:
+                    self._freed.clear()
+                    await self._freed.wait()
+                self._free -= share
+        try:
+            yield
+        finally:
+            self._free += share
+            self._freed.set()
+
+
 class CannotPrepare(Exception):
     """The channel cannot carry this notification (say, a Slack message over Slack's length limit)."""
 
@@ -113,8 +145,11 @@ class ChannelHandler(ABC, Generic[Op, Response]):
     operation_type: type[Op]
     response_type: type[Response]
 
-    def __init__(self, store: StreamStore, settings: Settings) -> None:
+    def __init__(self, store: StreamStore, settings: Settings, files: FileBudget | None = None) -> None:
+        """`files`: the worker's budget for files in memory, shared by its channels' handlers (by default one of
+        this handler's own, of `NOTIFY_ATTACHMENT_MEMORY_BYTES`)."""
         self._settings = settings
+        self._files = files or FileBudget(settings.attachment_memory_bytes)
         self._outage = Outage(self.channel, logger)
         self._handling = store.handling(self.operation_stream)
         self._events = store.writer(self.event_stream)
@@ -143,6 +178,21 @@ class ChannelHandler(ABC, Generic[Op, Response]):
     @abstractmethod
     async def deliver(self, operation: Op) -> Delivery:
         """Deliver, returning the outcome; raise `TransientDeliveryError` for what a retry may fix."""
+
+    @asynccontextmanager
+    async def files(self, operation: Op) -> AsyncIterator[list[bytes] | Delivery]:
+        """The bytes of the files `operation` names (`contents`), read once the worker's budget for files in memory
+        has room for them, and held until the block ends."""
+        size = sum(a.size for a in operation.attachments)
+        if self._files.would_wait(size):
+            logger.info(
+                "%s waits for memory for its files (%s bytes; the worker holds at most %s at once)",
+                _attempt_name(operation),
+                f"{size:,}",
+                f"{self._files.total:,}",
+            )
+        async with self._files.held(size):
+            yield await self.contents(operation)
 
     async def contents(self, operation: Op) -> list[bytes] | Delivery:
         """The bytes of the files `operation` names, from the stream store; or, when one is not there, the delivery

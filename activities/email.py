@@ -14,9 +14,10 @@ from email.utils import format_datetime
 from typing import Any
 
 import aiosmtplib
+from aiosmtplib.email import extract_recipients, extract_sender, flatten_message
 from temporalio import activity
 
-from activities.channel_handler import ChannelHandler, Delivery, TransientDeliveryError
+from activities.channel_handler import ChannelHandler, Delivery, FileBudget, TransientDeliveryError
 from activities.contract import RECORD_NOT_SENT, SEND
 from domain import (
     Channel,
@@ -39,6 +40,9 @@ from settings import Settings, SmtpSecurity
 from streams import StreamName, StreamStore
 
 SMTP_TIMEOUT_SECONDS = 30
+"""How long the server may take to answer a command; a message's DATA is given, besides, the time its bytes take at
+`NOTIFY_TRANSFER_BYTES_PER_SECOND` (aiosmtplib writes the whole message, then waits this long for the answer: the
+time to send it counts)."""
 SMTP_IDLE_SECONDS = 30
 """How long a connection waits, open, for the next message before it is closed."""
 
@@ -54,9 +58,10 @@ class TranscribedSMTP(aiosmtplib.SMTP):
     credentials (an AUTH command and whatever answers a 334 challenge) are left out, and a message is only sized.
     Each message sent on the connection is given a `log` of its own."""
 
-    def __init__(self, log: list[str], **kwargs: Any) -> None:
+    def __init__(self, log: list[str], bytes_per_second: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.log = log
+        self._bytes_per_second = bytes_per_second
         self.data_begun = False
         """Whether the current message's DATA was begun: from then on, the server may have it."""
         self._challenged = False
@@ -97,11 +102,25 @@ class TranscribedSMTP(aiosmtplib.SMTP):
         _, answer = await self.sendmail(message.sender, message.recipients, message.data, mail_options=options)
         return answer
 
+    async def send_composed(self, message: EmailMessage) -> str:
+        """What `send_message` sends, flattened in a thread: the email package takes a second or more to write out a
+        message with files, which would hold up the worker's other attempts. (Its addresses are ASCII: no SMTPUTF8.)
+        The server's answer to its DATA."""
+        await self._ehlo_or_helo_if_needed()
+        eight_bit = self.supports_extension("8BITMIME")
+        data = await asyncio.to_thread(flatten_message, message, cte_type="8bit" if eight_bit else "7bit")
+        sender, recipients = extract_sender(message), extract_recipients(message)
+        assert sender is not None
+        options = ["BODY=8BITMIME"] if eight_bit else []
+        _, answer = await self.sendmail(sender, recipients, data, mail_options=options)
+        return answer
+
     async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         self.data_begun = True
         self.log.append(f"C: DATA <a message of {len(message)} bytes>")
+        timeout = SMTP_TIMEOUT_SECONDS + len(message) / self._bytes_per_second
         try:
-            response = await super().data(message, **kwargs)
+            response = await super().data(message, **{**kwargs, "timeout": timeout})
         except aiosmtplib.SMTPResponseException as error:
             self.log.append(f"S: {_said(error)}")
             raise
@@ -127,9 +146,11 @@ class SmtpConnections:
         self._quitting: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def send(self, message: PlainMessage | EmailMessage, log: list[str]) -> str:
-        """Send the message, its exchange written to `log`; the server's answer to its DATA."""
+    async def send(self, compose: Callable[[], PlainMessage | EmailMessage], log: list[str]) -> str:
+        """Send the message `compose` gives, composed once a connection is had (a message with files is several
+        times their size), its exchange written to `log`; the server's answer to its DATA."""
         async with self._slots:
+            message = compose()
             smtp = self._reused(log)
             if smtp is not None:
                 try:
@@ -147,6 +168,7 @@ class SmtpConnections:
         s = self._settings
         return TranscribedSMTP(
             log,
+            s.transfer_bytes_per_second,
             hostname=s.smtp_host,
             port=s.smtp_port,
             use_tls=s.smtp_security == SmtpSecurity.TLS,
@@ -173,7 +195,7 @@ class SmtpConnections:
             if isinstance(message, PlainMessage):
                 answer = await smtp.send_plain(message)
             else:
-                _, answer = await smtp.send_message(message)
+                answer = await smtp.send_composed(message)
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
             self._keep(smtp)  # a refusal, after which aiosmtplib said RSET: the connection serves the next message
             raise
@@ -327,8 +349,8 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
     operation_type = SendEmailOp
     response_type = SendEmailResponse
 
-    def __init__(self, store: StreamStore, settings: Settings) -> None:
-        super().__init__(store, settings)
+    def __init__(self, store: StreamStore, settings: Settings, files: FileBudget | None = None) -> None:
+        super().__init__(store, settings, files)
         self._connections = SmtpConnections(settings)
 
     async def close(self) -> None:
@@ -376,12 +398,13 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             return SendEmailResponse(result=result, message_id=message_id(op), communication_log=log, **fields)
 
         now = datetime.now(UTC)
-        contents = await self.contents(op)
-        if isinstance(contents, Delivery):
-            return contents
         try:
-            message = plain_message(op, now) or compose_message(op, now, contents)
-            server_response = await self._connections.send(message, log)
+            async with self.files(op) as contents:
+                if isinstance(contents, Delivery):
+                    return contents
+                server_response = await self._connections.send(
+                    lambda: plain_message(op, now) or compose_message(op, now, contents), log
+                )
         except aiosmtplib.SMTPRecipientsRefused as error:
             failure = "; ".join(f"{r.recipient} refused: {_said(r)}" for r in error.recipients)
             transient = any(_transient(r.code) for r in error.recipients)

@@ -17,7 +17,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from temporalio import activity
 
-from activities.channel_handler import CannotPrepare, ChannelHandler, Delivery, TransientDeliveryError, logger
+from activities.channel_handler import (
+    CannotPrepare,
+    ChannelHandler,
+    Delivery,
+    FileBudget,
+    TransientDeliveryError,
+    logger,
+)
 from activities.contract import RECORD_NOT_SENT, SEND, WAIT_FOR_SLACK_TURN
 from domain import (
     Attachment,
@@ -42,6 +49,8 @@ from settings import Settings
 from streams import StreamName, StreamStore
 
 SLACK_TIMEOUT_SECONDS = 30
+"""How long a call to Slack may take; a file's upload is given, besides, the time its bytes take at
+`NOTIFY_TRANSFER_BYTES_PER_SECOND`."""
 LOOK_BACK_MARGIN = timedelta(minutes=5)
 """How far before the operation was first scheduled a retry looks for its earlier post (clocks differ)."""
 SLACK_MAX_TEXT = 40_000
@@ -144,8 +153,8 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
     operation_type = SendSlackMessageOp
     response_type = SendSlackMessageResponse
 
-    def __init__(self, store: StreamStore, settings: Settings) -> None:
-        super().__init__(store, settings)
+    def __init__(self, store: StreamStore, settings: Settings, files: FileBudget | None = None) -> None:
+        super().__init__(store, settings, files)
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, AsyncWebClient] = {}
         """One client per token, all over one HTTP session (its connections kept open between calls)."""
@@ -226,9 +235,6 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
             reason = f"no Slack token is configured for workspace {op.workspace!r}"
             return Delivery(self.failed_response(op, reason), reason)
         client = self._client(token.get_secret_value())
-        contents = await self.contents(op)
-        if isinstance(contents, Delivery):
-            return contents
         try:
             if activity.info().attempt > 1:  # an earlier attempt may have posted, and died before it heard back
                 posted = await _posted_before(client, op)
@@ -238,7 +244,10 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
                     )
             said: dict[str, Any] | bytes
             if op.attachments:
-                said = await self._upload(client, op, contents)
+                async with self.files(op) as contents:
+                    if isinstance(contents, Delivery):
+                        return contents
+                    said = await self._upload(client, op, contents)
             else:
                 posting = client.chat_postMessage(channel=op.channel, text=op.text, metadata=_metadata(op))
                 said = (await _called(posting)).data
@@ -268,7 +277,10 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
         ids = []
         for attachment, content in zip(op.attachments, contents, strict=True):
             given = await _called(client.files_getUploadURLExternal(filename=attachment.filename, length=len(content)))
-            async with self._http().post(str(given["upload_url"]), data=content) as upload:
+            timeout = aiohttp.ClientTimeout(
+                total=SLACK_TIMEOUT_SECONDS + len(content) / self._settings.transfer_bytes_per_second
+            )
+            async with self._http().post(str(given["upload_url"]), data=content, timeout=timeout) as upload:
                 if upload.status != 200:
                     raise SlackCallFailed(SlackAnswer.not_slacks(upload.status, await upload.text()))
             ids.append(str(given["file_id"]))

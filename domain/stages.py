@@ -377,7 +377,9 @@ class ChannelPolicy(Model):
     maximum_retry_seconds: float = Field(gt=0)
     deadline_seconds: float = Field(gt=0)
     attempt_timeout_seconds: float = Field(gt=0)
-    """How long one attempt may take, at most (within the deadline)."""
+    """How long one attempt may take, at most (within the deadline), besides the time its files are given."""
+    transfer_bytes_per_second: float = Field(gt=0)
+    """The slowest rate files are carried at: an attempt with files is given the time they take at this rate."""
     heartbeat_timeout_seconds: float = Field(gt=0)
     """How long an attempt may go without a heartbeat before it counts as lost (its worker dead) and is retried."""
 

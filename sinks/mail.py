@@ -24,6 +24,10 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+MAX_MESSAGE = 64 * 1024 * 1024
+"""The largest message the sink takes (aiosmtpd's default is 32 MiB): a notification's 25 MiB of files are about
+34 MiB as an email."""
+
 
 @dataclass(frozen=True)
 class ReceivedMail:
@@ -97,7 +101,7 @@ class MailSink:
             # aiosmtpd's check for TLS before AUTH only sees STARTTLS; TLS on connect is TLS all along
             starttls = tls_context is not None and not tls_on_connect
             security.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=starttls)
-        self._controller = Controller(self, hostname=host, port=self.port, **security)
+        self._controller = Controller(self, hostname=host, port=self.port, data_size_limit=MAX_MESSAGE, **security)
         self.serving = False
 
     def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:

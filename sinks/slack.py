@@ -30,6 +30,8 @@ from sinks.mail import free_port
 
 POSTING = frozenset({"chat.postMessage", "files.completeUploadExternal"})
 """The methods that post a message in a channel."""
+MAX_UPLOAD = 1024**3
+"""The largest body the sink takes: Slack's limit for a file, 1 GB."""
 
 
 @dataclass(frozen=True)
@@ -315,7 +317,7 @@ class SlackSink:
         def serve() -> None:
             self._loop = loop = asyncio.new_event_loop()
             self._stopping = asyncio.Event()
-            app = web.Application()
+            app = web.Application(client_max_size=MAX_UPLOAD)  # aiohttp refuses a body over 1 MiB by default
             app.router.add_post("/api/{method}", self._handle)
             app.router.add_get("/api/{method}", self._handle)
             app.router.add_post("/upload/v1/{file_id}", self._receive)

@@ -46,11 +46,13 @@ with workflow.unsafe.imports_passed_through():
         CONFIGS_OUTCOMES,
         AttemptToSendNotificationResult,
         Channel,
+        ChannelOperation,
         ChannelOperationFailure,
         ChannelOperationOutcome,
         ChannelOperationOutcomeInfo,
         ChannelOperationRef,
         ChannelOutcome,
+        ChannelPolicy,
         ChannelPreference,
         DirectoryEntry,
         EscalationRequested,
@@ -247,13 +249,14 @@ class NotificationSaga:
             return await self._record(
                 RECORD_NOT_SENT[channel], ChannelOperationFailure(operation=ref, reason=CANCELLED)
             )
+        attempt_timeout = policy.attempt_timeout_seconds + _transfer_seconds(ref.instruction.operation, policy)
         send: ActivityHandle[ChannelOperationOutcomeInfo] = workflow.start_activity(
             SEND[channel].name,
             ref,
             result_type=SEND[channel].result,
             task_queue=channel_task_queue(workflow.info().task_queue, channel),
             schedule_to_close_timeout=deadline,
-            start_to_close_timeout=min(timedelta(seconds=policy.attempt_timeout_seconds), deadline),
+            start_to_close_timeout=min(timedelta(seconds=attempt_timeout), deadline),
             heartbeat_timeout=timedelta(seconds=policy.heartbeat_timeout_seconds),
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=policy.initial_retry_seconds),
@@ -427,6 +430,20 @@ class NotificationSaga:
             activity.name, arg, result_type=activity.result, start_to_close_timeout=STEP_TIMEOUT, retry_policy=retry
         )
         return result
+
+
+BASE64_LINE = (57, 78)
+"""How base64 carries a file in an email: each 57 bytes as a line of 76 characters and its CRLF."""
+
+
+def _transfer_seconds(operation: ChannelOperation, policy: ChannelPolicy) -> float:
+    """The time the operation's files take to carry at the policy's slowest rate, as they go: an email's in base64,
+    Slack's as they are. An attempt is given it beyond its timeout."""
+    sizes = [a.size for a in operation.attachments]
+    if operation.delivery_channel == Channel.EMAIL:
+        read, written = BASE64_LINE
+        sizes = [-(-size // read) * written for size in sizes]
+    return sum(sizes) / policy.transfer_bytes_per_second
 
 
 def _failed_for_good(error: BaseException | None) -> ApplicationError | None:
