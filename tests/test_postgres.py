@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 import streams.store
 from api.app import owner_store
 from client import NotificationClient, connect
-from domain import DirectoryEntry, ExecuteOpRequestedEvent, SendNotificationToEntityOp, Tag
+from domain import DirectoryEntry, ExecuteOpRequestedEvent, SendNotificationToEntityOp, Tag, TagName
 from harness.processes import ROOT, start_worker, unconfigured_environment
 from settings import Settings
 from sinks.mail import MailSink, free_port
@@ -914,7 +914,10 @@ def test_notify_request_refuses_what_would_forge_the_audit_or_not_read_back(data
             db.execute("SELECT notify_request('nobody', 'S', 'B')")
         assert refused.value.sqlstate == "NT005"
         for extra, said in [
-            ('tags => \'{"Entity-Id": "victim"}\'', "tag names notification-id, entity-id"),
+            *(
+                (f'tags => \'{{"{name.upper()}": "forged"}}\'', "tag names notification-id, entity-id")
+                for name in TagName  # every one the service writes, in any case
+            ),
             ("tags => '{\"a\": 1}'", "tags must be a JSON object of names and text values"),
             ("tags => '" + json.dumps({f"t{i}": "v" for i in range(51)}) + "'", "at most 50 tags"),
             ("tags => '" + json.dumps({"t": "v" * 2001}) + "'", "a value at most 2,000 bytes"),

@@ -87,8 +87,8 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM jsonb_object_keys(tags) k WHERE lower(k) IN (
         'notification-id', 'entity-id', 'idempotency-key', 'recipient-email-address', 'sender-email-address',
-        'slack-workspace', 'slack-channel')) THEN
-        RAISE EXCEPTION 'notify_request: tag names notification-id, entity-id, idempotency-key, recipient-email-address, sender-email-address, slack-workspace and slack-channel are the service''s own'
+        'slack-workspace', 'slack-channel', 'topic-name', 'broadcast-id')) THEN
+        RAISE EXCEPTION 'notify_request: tag names notification-id, entity-id, idempotency-key, recipient-email-address, sender-email-address, slack-workspace, slack-channel, topic-name and broadcast-id are the service''s own'
             USING ERRCODE = 'NT002';
     END IF;
     -- the files: each decoded and named (its digest is the one notify_put_contents files it under), within the
