@@ -337,8 +337,22 @@ class NotificationClient:
         directory, or to `entity`, the one it carries, and the contents of the files its template names. `content`
         holds its fields (`entity_id`, `subject`, `body`, `html_body`, `slack_text`, `tags`, `send_at`,
         `attachments`, `attach_to`); with `template`, the subject and bodies are rendered from it, with `data` and the
-        entity, and may not be given, and the files it names are attached after the request's own. Raises
-        `pydantic.ValidationError`, `templating.TemplateError` or `RequestRefused`; nothing is written."""
+        entity, and may not be given, and the files it names are attached after the request's own. `RequestRefused`
+        says what is wrong; nothing is written."""
+        try:
+            return await self._composed(content, template, data, entity)
+        except ValidationError as error:
+            raise RequestRefused(validation_message(error)) from error
+        except TemplateError as error:
+            raise RequestRefused(str(error)) from error
+
+    async def _composed(
+        self,
+        content: dict[str, Any],
+        template: str | None,
+        data: Mapping[str, Any] | None,
+        entity: DirectoryEntry | None,
+    ) -> tuple[SendNotificationToEntityOp, list[bytes]]:
         if template is None:
             if data is not None:
                 raise TemplateError("data is rendered by a template: name one")
@@ -406,14 +420,9 @@ class NotificationClient:
                 current = await lookup(self._store.reader(StreamName.ENTITY_DIRECTORY), inline.id)
                 if current is not None and current != inline:
                     raise EntityChangeRefused(inline.id)
-        try:
-            operation, rendered = await self.compose(
-                {k: v for k, v in content.items() if v is not None}, template, data, inline
-            )
-        except ValidationError as error:
-            raise RequestRefused(validation_message(error)) from error
-        except TemplateError as error:
-            raise RequestRefused(str(error)) from error
+        operation, rendered = await self.compose(
+            {k: v for k, v in content.items() if v is not None}, template, data, inline
+        )
         notification_id, repeated = await self._requested(operation, idempotency_key, inline, [*contents, *rendered])
         scheduled = operation.send_at is not None and operation.send_at > datetime.now(UTC)
         status = NotificationStatus.SCHEDULED if scheduled else NotificationStatus.PENDING
