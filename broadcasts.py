@@ -21,7 +21,6 @@ from domain import (
     BroadcastRecipients,
     BroadcastRequest,
     BroadcastRequestedEvent,
-    ExecuteOpRequestedEvent,
     SendBroadcastOp,
     TagName,
     admitted,
@@ -31,7 +30,6 @@ from domain import (
 from settings import Settings, one_line
 from streams import HandlingStatus, StreamName
 from streams.directory import members
-from templating import TemplateError
 from workflows.broadcast import BroadcastSaga
 
 log = logging.getLogger("notify.broadcasts")
@@ -84,12 +82,9 @@ class BroadcastClient:
         else:
             first = audience.entity_ids[0] if audience.entity_ids else None
         if first is not None:  # its content, as the first recipient's request would be checked
-            try:
-                await self._notifications.compose({**op.content, "entity_id": first}, op.template, op.data)
-            except ValidationError as error:
-                raise RequestRefused(validation_message(error)) from error
-            except TemplateError as error:
-                raise RequestRefused(str(error)) from error
+            _, files = await self._notifications.compose({**op.content, "entity_id": first}, op.template, op.data)
+            if files:
+                raise RequestRefused(f"template {op.template!r} names files, and a broadcast takes none yet")
         broadcast_id = await self._notifications.new_id()
         put = await self._store.writer(StreamName.CLIENT_OPERATION).put(
             broadcast_id,
@@ -108,11 +103,10 @@ class BroadcastClient:
         return await self._temporal.get_workflow_handle_for(BroadcastSaga.run, broadcast_id).result()
 
     async def counts(self, broadcast_id: str) -> BroadcastCounts:
-        """Where the broadcast's notifications are: its recipients (none until its saga has kept them), how many
-        were requested, and how many ended, by status."""
+        """Where the broadcast's notifications are: its recipients (none until its saga has kept them), and how many
+        ended, by status."""
         by_broadcast = tag(TagName.BROADCAST_ID, broadcast_id)
         pages = await self._requests.by_tags(by_broadcast, type=BroadcastRecipients.__name__)
-        requested = await self._requests.by_tags(by_broadcast, type=ExecuteOpRequestedEvent.__name__)
         ended: dict[str, int] = {}
         for view in await self._store.reader(StreamName.NOTIFICATION_VIEW).by_tags(by_broadcast):
             try:
@@ -126,7 +120,7 @@ class BroadcastClient:
         if refused:
             ended["refused"] = len(refused)
         recipients = sum(len(p.object(BroadcastRecipients).entity_ids) for p in pages)
-        return BroadcastCounts(recipients=recipients, requested=len(requested), ended=ended)
+        return BroadcastCounts(recipients=recipients, ended=ended)
 
     async def status(self, broadcast_id: str) -> dict[str, Any]:
         """`{"id", "broadcast": true, "status", "recipients", "left", "counts"}`: `running` until every notification

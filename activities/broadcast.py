@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
 from temporalio import activity
 from temporalio.client import Client
 
@@ -31,17 +30,16 @@ from domain import (
     BroadcastSnapshot,
     ExecuteOpRequestedEvent,
     NotificationRequest,
+    SendNotificationToEntityOp,
     TagName,
     in_one_line,
     recipient_id,
     request_tags,
     tag,
-    validation_message,
 )
 from settings import Settings
 from streams import ExistingRecordStrategy, HandlingStatus, InvalidHandlingTransition, StreamName, StreamStore
 from streams.directory import members
-from templating import TemplateError
 
 STARTS_AT_ONCE = 16
 """Sagas a page's step starts at once."""
@@ -104,17 +102,26 @@ class BroadcastActivities:
         first = page.page * RECIPIENTS_PAGE + 1
         requests: list[NotificationRequest] = []
         refused: list[BroadcastRecipientRefused] = []
+        retried = activity.info().attempt > 1
         for n, entity in enumerate(recipients.entity_ids):
             nid = recipient_id(bid, first + n)
+            if retried and (found := await self._requests.latest(nid, type=ExecuteOpRequestedEvent.__name__)):
+                operation = found.object(ExecuteOpRequestedEvent).operation  # as written, whatever changed since
+                assert isinstance(operation, SendNotificationToEntityOp)
+                requests.append(
+                    NotificationRequest(notification_id=nid, operation=operation, client_operation_record_id=0)
+                )
+                continue
             try:
-                operation, _ = await self._client.compose(
+                operation, files = await self._client.compose(
                     {**op.content, "entity_id": entity, "broadcast_id": bid}, op.template, op.data
                 )
-            except (ValidationError, TemplateError, RequestRefused) as error:
-                said = validation_message(error) if isinstance(error, ValidationError) else str(error)
+                if files:  # its template names files since the broadcast was requested
+                    raise RequestRefused(f"template {op.template!r} names files, and a broadcast takes none yet")
+            except RequestRefused as error:
                 refused.append(
                     BroadcastRecipientRefused(
-                        broadcast_id=bid, notification_id=nid, entity_id=entity, reason=in_one_line(said)
+                        broadcast_id=bid, notification_id=nid, entity_id=entity, reason=in_one_line(str(error))
                     )
                 )
                 continue
@@ -163,7 +170,7 @@ class BroadcastActivities:
 
     @activity.defn(name=COUNT_RECIPIENTS.name)
     async def count_recipients(self, request: BroadcastRequest) -> BroadcastCounts:
-        """Where the broadcast's notifications are: how many were requested, and how many ended, by status."""
+        """Where the broadcast's notifications are: its recipients, and how many ended, by status."""
         return await self._broadcasts.counts(request.broadcast_id)
 
     @activity.defn(name=RECORD_BROADCAST_ENDED.name)

@@ -85,12 +85,14 @@ class BroadcastSnapshot(Model):
 
 class BroadcastRequest(Model):
     """The broadcast saga's input: the broadcast's id and its record's internal id in the client-operation stream;
-    carried on to a new run (continue-as-new): its snapshot, and the next page to request."""
+    carried on to a new run (continue-as-new): its snapshot, the next page to request, and how many notifications
+    it has requested."""
 
     broadcast_id: str
     client_operation_record_id: int
     snapshot: BroadcastSnapshot | None = None
     next_page: int = 0
+    requested: int = 0
 
 
 class BroadcastPage(Model):
@@ -101,11 +103,10 @@ class BroadcastPage(Model):
 
 
 class BroadcastCounts(Model):
-    """Where a broadcast's notifications are: how many ended, by status (`refused`: a recipient whose request
-    could not be made, as an entity that left the directory)."""
+    """Where a broadcast's notifications are: its recipients (none until its saga has kept them), and how many ended,
+    by status (`refused`: a recipient whose request could not be made, as an entity that left the directory)."""
 
     recipients: int
-    requested: int
     ended: dict[str, int] = Field(default_factory=dict)
     """By status (`NotificationStatus`, or `refused`)."""
 
@@ -115,9 +116,9 @@ class BroadcastCounts(Model):
         return self.recipients - sum(self.ended.values())
 
     @property
-    def under_way(self) -> int:
-        """Notifications requested that have not ended."""
-        return self.requested - sum(n for status, n in self.ended.items() if status != "refused")
+    def ended_requested(self) -> int:
+        """Notifications requested that have ended (a refused recipient was not requested)."""
+        return sum(n for status, n in self.ended.items() if status != "refused")
 
 
 def recipient_id(broadcast_id: str, index: int) -> str:

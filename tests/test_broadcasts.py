@@ -10,6 +10,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 import activities.broadcast
+import workflows.broadcast
 from api.app import owner_store
 from broadcasts import BroadcastClient
 from client import RequestRefused
@@ -43,7 +44,7 @@ async def test_each_member_of_a_topic_gets_a_notification_of_its_own_and_the_cou
         status = await broadcasts.status(bid)
         [one] = [r for r in await notify.client.events(f"{bid}.1") if r.stream == StreamName.CLIENT_OPERATION]
 
-    assert counts == BroadcastCounts(recipients=45, requested=45, ended={"sent": 45})
+    assert counts == BroadcastCounts(recipients=45, ended={"sent": 45})
     assert status == {
         "id": bid,
         "broadcast": True,
@@ -133,3 +134,24 @@ async def test_the_api_requests_a_broadcast_and_reads_its_counts(api: Api, mail_
     ]:
         refused = await api.call(method, path, json=body)
         assert refused.status_code == status and said in refused.json()["detail"], refused.text
+
+
+async def test_a_broadcast_goes_on_as_new_runs_and_requests_each_recipient_once(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    settings: Settings,
+    mail_sink: MailSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workflows.broadcast, "STEPS_PER_RUN", 2)  # a new run every two steps: every page or so
+    async with notifying(time_skipping_env, store, settings, *MEMBERS) as notify:
+        broadcasts = BroadcastClient(notify.client)
+        audience = {"entity_ids": [m.id for m in MEMBERS]}
+        bid = await broadcasts.request({"audience": audience, "content": {"subject": "S", "body": "B"}})
+        counts = await broadcasts.result(bid)
+        last_run = await time_skipping_env.client.get_workflow_handle(bid).fetch_history()
+    assert counts == BroadcastCounts(recipients=45, ended={"sent": 45})
+    assert Counter(r for m in mail_sink.messages for r in m.recipients) == {m.email: 1 for m in MEMBERS}
+    started = last_run.events[0].workflow_execution_started_event_attributes
+    assert started.continued_execution_run_id  # a run that an earlier one went on as
+    assert len(last_run.events) < 40  # each run's history is a few steps long

@@ -361,7 +361,10 @@ def test_an_entity_the_directory_lacks_is_refused_up_front_unless_the_request_ca
         "error: --entity-json: entity 'user-7' asks for email but has no email address\n",
     )
     both = directory.run("send", "--entity", "user-7", "--entity-json", partial, "--subject", "Hello", "--body", "B")
-    assert (both.returncode, both.stderr) == (2, "error: give --entity ID or --entity-json ENTRY (one of them)\n")
+    assert (both.returncode, both.stderr) == (
+        2,
+        "error: give --entity ID (repeatable), --entity-json ENTRY or --topic NAME (one of them)\n",
+    )
     assert directory.record_count() == before  # nothing written
 
     carried = {"id": "user-7", "email": "seven@example.com", "channels": {"email": "send"}}

@@ -3,7 +3,7 @@
 It keeps the broadcast's recipients (its snapshot: a topic's members when it starts), then requests their
 notifications a page at a time, each with a saga of its own, never more than `WINDOW` of them under way at once, so
 that a large broadcast neither floods Temporal's queue nor holds back the notifications requested beside it. It goes
-on as a new run (continue-as-new) every `PAGES_PER_RUN` pages, so that its history stays small however many
+on as a new run (continue-as-new) every `STEPS_PER_RUN` steps, so that its history stays small however many
 recipients it has, and ends once every notification has ended. The code here only decides; activities do the I/O.
 """
 
@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
         SNAPSHOT_AUDIENCE,
         Activity,
     )
-    from domain import BroadcastCounts, BroadcastPage, BroadcastRequest
+    from domain import RECIPIENTS_PAGE, BroadcastCounts, BroadcastPage, BroadcastRequest
 
 I = TypeVar("I")  # noqa: E741 - a step's input, beside O for its result
 O = TypeVar("O")  # noqa: E741
@@ -35,9 +35,9 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 """Every step is retried until it succeeds: each finds what an earlier attempt wrote."""
 WINDOW = 1_000
-"""Notifications under way at most (requested, not ended) before the next page is requested."""
-PAGES_PER_RUN = 50
-"""Pages requested in one run before it goes on as a new one."""
+"""Notifications under way at most (requested, not ended): a page is requested only while there is room for all."""
+STEPS_PER_RUN = 500
+"""Steps (a page, a look) in one run before it goes on as a new one: a few thousand events at most."""
 LOOK_EVERY = (timedelta(seconds=1), timedelta(seconds=10))
 """How often it looks at its notifications while it waits for them: from the first, growing to the second."""
 
@@ -46,6 +46,7 @@ LOOK_EVERY = (timedelta(seconds=1), timedelta(seconds=10))
 class BroadcastSaga:
     def __init__(self) -> None:
         self._counts: BroadcastCounts | None = None
+        self._steps = 0
 
     @workflow.query(name="counts")
     def counts(self) -> BroadcastCounts | None:
@@ -58,15 +59,14 @@ class BroadcastSaga:
             snapshot = await self._step(SNAPSHOT_AUDIENCE, request)
             request = request.model_copy(update={"snapshot": snapshot})
         assert request.snapshot is not None
-        ran = 0
         while request.next_page < request.snapshot.pages:
-            if ran == PAGES_PER_RUN:
-                workflow.continue_as_new(request)
-            await self._under(request, WINDOW)
+            self._new_run_if_due(request)
+            await self._under(request, WINDOW - RECIPIENTS_PAGE + 1)
             page = BroadcastPage(broadcast_id=request.broadcast_id, page=request.next_page)
-            await self._step(REQUEST_RECIPIENTS, page)
-            request = request.model_copy(update={"next_page": request.next_page + 1})
-            ran += 1
+            requested = await self._step(REQUEST_RECIPIENTS, page)
+            request = request.model_copy(
+                update={"next_page": request.next_page + 1, "requested": request.requested + requested}
+            )
         counts = await self._under(request, 1)
         await self._step(RECORD_BROADCAST_ENDED, request)
         return counts
@@ -75,13 +75,22 @@ class BroadcastSaga:
         """Wait until fewer than `under_way` of its notifications requested so far are under way."""
         wait = LOOK_EVERY[0]
         while True:
+            self._new_run_if_due(request)
             self._counts = await self._step(COUNT_RECIPIENTS, request)
-            if self._counts.under_way < under_way:
+            if request.requested - self._counts.ended_requested < under_way:
                 return self._counts
             await workflow.sleep(wait)
             wait = min(wait * 2, LOOK_EVERY[1])
 
+    def _new_run_if_due(self, request: BroadcastRequest) -> None:
+        """Go on as a new run once this one has taken `STEPS_PER_RUN` steps: what it carries on is all in `request`
+        (its snapshot, the next page, how many were requested)."""
+        if self._steps >= STEPS_PER_RUN:
+            workflow.continue_as_new(request)
+
     async def _step(self, step: Activity[I, O], arg: I) -> O:
+        """A step, as an activity retried until it succeeds."""
+        self._steps += 1
         result: O = await workflow.execute_activity(
             step.name,
             arg,
