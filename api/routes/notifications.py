@@ -3,7 +3,6 @@ the recent ones, read one's view and its records, cancel one."""
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -15,6 +14,7 @@ from starlette.exceptions import HTTPException
 from api.deps import AppParts, KeyFirst, Notifications, needs
 from api.keys import ApiKeyIssued, Scope
 from api.limits import MAX_BODY_BYTES
+from api.paging import decode_cursor, encode_cursor
 from api.problems import Problem, problems
 from client import (
     Accepted,
@@ -100,20 +100,6 @@ class NotificationPage(BaseModel):
     """Each notification's view, newest first."""
     next_cursor: str | None
     """Pass as `cursor` for the next page; null on the last."""
-
-
-def encode_cursor(internal_id: int) -> str:
-    return base64.urlsafe_b64encode(f"v1:{internal_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        version, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        if version == "v1" and value.isdigit():
-            return int(value)
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise Problem(422, "cursor: not a cursor this API gave")
 
 
 FILE_PART = {"type": "string", "format": "binary"}
@@ -291,7 +277,7 @@ async def list_notifications(
     if not 1 <= limit <= MAX_PAGE:
         raise Problem(422, f"limit: must be 1 to {MAX_PAGE}")
     views, last = await client.recent(
-        entity_id=entity, status=status, limit=limit, before=None if cursor is None else decode_cursor(cursor)
+        entity_id=entity, status=status, limit=limit, before=None if cursor is None else _internal_id(cursor)
     )
     return NotificationPage.model_validate(
         {"items": views, "next_cursor": None if last is None else encode_cursor(last)}
@@ -326,3 +312,9 @@ async def cancel_notification(notification_id: str, client: Notifications) -> No
         return NotificationView.model_validate(await client.cancel(notification_id))  # unknown: 404 (the app's)
     except NotCancellable as error:
         raise Problem(409, str(error)) from error
+
+
+def _internal_id(cursor: str) -> int:
+    if not (value := decode_cursor(cursor)).isdigit():
+        raise Problem(422, "cursor: not a cursor this API gave")
+    return int(value)

@@ -3,13 +3,12 @@ read a topic's members a page at a time, list the topics."""
 
 from __future__ import annotations
 
-import base64
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ValidationError
 
 from api.deps import AppParts, KeyFirst, needs
 from api.keys import Scope
+from api.paging import decode_cursor, encode_cursor
 from api.problems import Problem, problems
 from domain import TopicMembership, validation_message
 from streams import StreamName
@@ -63,30 +62,16 @@ async def _changed(app: AppParts, topic: str, entity_id: str, member: bool) -> T
 async def get_topic(topic: str, app: AppParts, limit: int = 100, cursor: str | None = None) -> TopicPage:
     if not 1 <= limit <= MAX_PAGE:
         raise Problem(422, f"limit: must be 1 to {MAX_PAGE}")
-    after = None if cursor is None else _decoded(cursor)
+    after = None if cursor is None else decode_cursor(cursor)
     found = await members(app.store.reader(StreamName.ENTITY_DIRECTORY), topic)
     if found is None:
         raise Problem(404, f"no topic {topic!r}")
     page = [m for m in found if after is None or m > after][: limit + 1]
     last = page[limit - 1] if len(page) > limit else None
-    return TopicPage(topic=topic, members=page[:limit], next_cursor=None if last is None else _encoded(last))
+    return TopicPage(topic=topic, members=page[:limit], next_cursor=None if last is None else encode_cursor(last))
 
 
 @router.get("", dependencies=[needs(Scope.READ)], summary="Every topic")
 async def list_topics(app: AppParts) -> list[TopicSize]:
     sizes = await topic_sizes(app.store.reader(StreamName.ENTITY_DIRECTORY))
     return [TopicSize(topic=name, members=size) for name, size in sizes.items()]
-
-
-def _encoded(entity_id: str) -> str:
-    return base64.urlsafe_b64encode(f"v1:{entity_id}".encode()).decode().rstrip("=")
-
-
-def _decoded(cursor: str) -> str:
-    try:
-        version, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        if version == "v1" and value:
-            return value
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise Problem(422, "cursor: not a cursor this API gave")
