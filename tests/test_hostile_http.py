@@ -27,7 +27,7 @@ from tests.service import Api
 
 MIB = 1024 * 1024
 BOTH = pytest.mark.parametrize("streams_url", ["sqlite", "postgresql"], indirect=True)
-TIGHT = Limits(headers_seconds=1, body_seconds=1, body_rate=4096, connections=3)
+TIGHT = Limits(headers_seconds=1, body_seconds=1, body_rate=4096, connections=3, large_bodies_bytes=4 * MIB)
 
 
 @pytest.fixture
@@ -131,6 +131,28 @@ async def test_a_trickled_body_is_cut_off_within_its_bound(tight: tuple[str, str
         code, rest = await answer(reader, within=TIGHT.body_seconds + 5)
     assert code == 408 and b"did not all come within 1 s" in rest
     assert time.monotonic() - started < TIGHT.body_seconds + 5
+
+
+async def test_large_bodies_past_the_servers_budget_are_503_at_once_and_smaller_ones_go_on(
+    tight: tuple[str, str],
+) -> None:
+    url, key = tight
+    async with connection(url) as (held, holding):
+        holding.write(head("POST", "/v1/notifications", 2 * MIB, key) + b'{"entity": ')  # 2 of its 4 MiB
+        await holding.drain()
+        async with connection(url) as (reader, writer):
+            writer.write(head("POST", "/v1/notifications", 3 * MIB, key))
+            await writer.drain()
+            code, rest = await answer(reader)
+        assert code == 503 and b"retry-after: 1" in rest.lower(), rest
+        assert b"as many large request bodies as it takes at once" in rest
+        async with connection(url) as (reader, writer):
+            writer.write(head("POST", "/v1/notifications", MIB + MIB // 2, key) + b"x" * (MIB + MIB // 2))
+            await writer.drain()
+            code, rest = await answer(reader)
+        assert code == 422, rest  # read, and refused for what it is
+        code, _ = await answer(held, within=TIGHT.body_seconds + 5)
+    assert code == 408
 
 
 async def test_a_body_that_keeps_coming_at_the_rate_is_read_past_body_seconds(tight: tuple[str, str]) -> None:
