@@ -21,7 +21,7 @@ from pydantic import PlainSerializer, ValidationError
 from temporalio.api.enums.v1 import IndexedValueType, PendingActivityState
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import Priority, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.runtime import (
     LogForwardingConfig,
@@ -204,10 +204,16 @@ async def register_search_attributes(temporal: Client, namespace: str, names: It
     )
 
 
+BROADCAST_PRIORITY = Priority(priority_key=4)
+"""A broadcast's notifications' priority: after the others' (Temporal's default is 3; 1 goes first)."""
+
+
 async def start_saga(temporal: Client, store: StreamStore, settings: Settings, request: NotificationRequest) -> None:
     """Start the request's saga (workflow id: the notification id) with its first search attributes, or find it
     started: however many callers race (the requester, the handlers of every worker), one saga runs per
-    notification."""
+    notification. A broadcast's notification goes behind the others in every task queue (`BROADCAST_PRIORITY`, which
+    its steps and sends inherit), so that a large broadcast does not hold back the notifications requested beside
+    it."""
     try:
         await temporal.start_workflow(
             NotificationSaga.run,
@@ -215,6 +221,7 @@ async def start_saga(temporal: Client, store: StreamStore, settings: Settings, r
             id=request.notification_id,
             task_queue=settings.task_queue,
             search_attributes=search.at_start(request, datetime.now(UTC)),
+            priority=BROADCAST_PRIORITY if request.operation.broadcast_id else Priority.default,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )

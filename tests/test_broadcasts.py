@@ -105,7 +105,9 @@ async def test_a_broadcast_whose_requester_started_no_saga_is_started_by_a_worke
     assert sorted(r for m in mail_sink.messages for r in m.recipients) == ["u0@example.com", "u1@example.com"]
 
 
-async def test_the_api_requests_a_broadcast_and_reads_its_counts(api: Api, mail_sink: MailSink) -> None:
+async def test_the_api_requests_a_broadcast_and_reads_its_counts(
+    api: Api, dev_env: WorkflowEnvironment, mail_sink: MailSink
+) -> None:
     sent = await api.call(
         "POST", "/v1/broadcasts", key="sender", json={"entities": ["user-1", "user-2"], "subject": "S", "body": "B"}
     )
@@ -127,6 +129,8 @@ async def test_the_api_requests_a_broadcast_and_reads_its_counts(api: Api, mail_
         "counts": {"sent": 2},
     }
     assert len(mail_sink.messages) == 2
+    described = await dev_env.client.get_workflow_handle(f"{bid}.1").describe()
+    assert described.raw_description.workflow_execution_info.priority.priority_key == 4  # behind single requests
     for method, path, body, status, said in [
         ("POST", "/v1/broadcasts", {"topic": "nope", "subject": "S", "body": "B"}, 422, "no topic 'nope'"),
         ("POST", "/v1/broadcasts", {"entities": ["user-1"], "topic": "t", "subject": "S", "body": "B"}, 422, "one of"),
