@@ -14,9 +14,10 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.contract import SEND_BROADCAST_CONCERN
-from client import NotificationClient, RequestRefused
+from client import IdempotencyKeyConflict, NotificationClient, RequestRefused, checked_idempotency_key
 from domain import (
     BroadcastCounts,
+    BroadcastKeyClaim,
     BroadcastRecipientRefused,
     BroadcastRecipients,
     BroadcastRequest,
@@ -28,7 +29,7 @@ from domain import (
     validation_message,
 )
 from settings import Settings, one_line
-from streams import HandlingStatus, StreamName
+from streams import ExistingRecordStrategy, HandlingStatus, StreamName
 from streams.directory import members
 from workflows.broadcast import BroadcastSaga
 
@@ -66,9 +67,12 @@ class BroadcastClient:
         self._settings = notifications.settings
         self._requests = self._store.reader(StreamName.CLIENT_OPERATION)
 
-    async def request(self, operation: SendBroadcastOp | dict[str, Any]) -> str:
-        """Request a broadcast and start its saga; its id. `RequestRefused` says what is wrong (an unknown topic, a
-        content its first recipient's request would refuse), and nothing is written."""
+    async def request(self, operation: SendBroadcastOp | dict[str, Any], idempotency_key: str | None = None) -> str:
+        """Request a broadcast and start its saga; its id. Repeated with the same idempotency key, the first
+        request's id, and nothing more is written or started. `RequestRefused` says what is wrong (an unknown topic, a
+        content its first recipient's request would refuse, a key used for another request), and nothing is
+        written."""
+        checked_idempotency_key(idempotency_key)
         try:
             op = admitted(SendBroadcastOp, operation)
         except ValidationError as error:
@@ -85,11 +89,12 @@ class BroadcastClient:
             _, files = await self._notifications.compose({**op.content, "entity_id": first}, op.template, op.data)
             if files:
                 raise RequestRefused(f"template {op.template!r} names files, and a broadcast takes none yet")
-        broadcast_id = await self._notifications.new_id()
+        tags = [tag(TagName.BROADCAST_ID, broadcast_id := await self._claim(idempotency_key, op))]
         put = await self._store.writer(StreamName.CLIENT_OPERATION).put(
             broadcast_id,
             BroadcastRequestedEvent(id=broadcast_id, operation=op, timestamp_utc=datetime.now(UTC)),
-            tags=[tag(TagName.BROADCAST_ID, broadcast_id)],
+            tags=tags if idempotency_key is None else [*tags, tag(TagName.IDEMPOTENCY_KEY, idempotency_key)],
+            strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,  # a repeated request's is there
         )
         request = BroadcastRequest(broadcast_id=broadcast_id, client_operation_record_id=put.record_internal_id)
         try:
@@ -97,6 +102,35 @@ class BroadcastClient:
         except Exception as error:  # the request is recorded, and so accepted: a worker's handler starts its saga
             log.warning("broadcast %s is accepted; its saga is not started yet (%s)", broadcast_id, one_line(error))
         return broadcast_id
+
+    async def _claim(self, key: str | None, operation: SendBroadcastOp) -> str:
+        """A new broadcast id; with a key, the id the key is claimed for: the first request's (`IdempotencyKeyConflict`
+        if that was another request), or a new one this request claims."""
+        if key is None:
+            return await self._notifications.new_id()
+        record_id = f"idempotency-key:{key}"
+        existing = await self._requests.latest(record_id)
+        if existing is None:
+            broadcast_id = await self._notifications.new_id()
+            claim = BroadcastKeyClaim(idempotency_key=key, broadcast_id=broadcast_id, operation=operation)
+            put = await self._store.writer(StreamName.CLIENT_OPERATION).put(
+                record_id,
+                claim,
+                tags=[tag(TagName.BROADCAST_ID, broadcast_id), tag(TagName.IDEMPOTENCY_KEY, key)],
+                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+            )
+            if put.internal_id is not None:
+                return broadcast_id
+            existing = await self._requests.latest(record_id)  # another request claimed it first
+            assert existing is not None
+        if existing.type != BroadcastKeyClaim.__name__:
+            raise IdempotencyKeyConflict(key, "was already used by a notification's request")
+        first = existing.object(BroadcastKeyClaim)
+        if first.operation != operation:
+            raise IdempotencyKeyConflict(
+                key, f"was already used by broadcast {first.broadcast_id} with a different request"
+            )
+        return first.broadcast_id
 
     async def result(self, broadcast_id: str) -> BroadcastCounts:
         """Wait for the broadcast's saga to end: where its notifications ended."""

@@ -532,6 +532,8 @@ class NotificationClient:
                 return notification_id
             existing = await claims.latest(record_id)  # another request claimed it first
             assert existing is not None
+        if existing.type != IdempotencyKeyClaim.__name__:
+            raise IdempotencyKeyConflict(key, "was already used by a broadcast's request")
         try:
             first = existing.object(IdempotencyKeyClaim)
         except ValidationError as error:  # the key is taken, by a request nobody can tell

@@ -425,8 +425,8 @@ async def send(
     if sum(map(bool, (entity, entity_json is not None, topic is not None))) != 1:
         raise CliError("give --entity ID (repeatable), --entity-json ENTRY or --topic NAME (one of them)", 2)
     broadcast = topic is not None or len(entity) > 1
-    if broadcast and (attach or inline_images or idempotency_key):
-        raise CliError("a broadcast takes no --attach, --inline or --idempotency-key yet", 2)
+    if broadcast and (attach or inline_images):
+        raise CliError("a broadcast takes no --attach or --inline yet", 2)
     inline = parse_object("--entity-json", entity_json)
     if inline is not None:  # what is wrong with it is said before any store is looked for
         try:
@@ -447,7 +447,7 @@ async def send(
     template_data = parse_object("--data", data)
     if broadcast:
         audience = {"topic": topic} if topic is not None else {"entity_ids": entity}
-        return await _broadcast(audience, content, template, template_data, wait=wait, as_json=as_json)
+        return await _broadcast(audience, content, template, template_data, idempotency_key, wait=wait, as_json=as_json)
     from client import RequestRefused, checked_idempotency_key
 
     try:
@@ -481,6 +481,7 @@ async def _broadcast(
     content: dict[str, Any],
     template: str | None,
     data: dict[str, Any] | None,
+    idempotency_key: str | None,
     *,
     wait: bool,
     as_json: bool,
@@ -500,9 +501,9 @@ async def _broadcast(
         client = await _client(settings, store)
         broadcasts = BroadcastClient(client)
         try:
-            broadcast_id = await broadcasts.request(op)
+            broadcast_id = await broadcasts.request(op, idempotency_key)
         except RequestRefused as error:
-            raise CliError(str(error), 2) from error
+            raise CliError(error.said(idempotency_key="--idempotency-key"), 2) from error
         if not wait:
             print_json({"id": broadcast_id, "broadcast": True, "status": "running"}) if as_json else print(broadcast_id)
             return 0

@@ -135,3 +135,12 @@ class BroadcastRecipientRefused(Model):
     notification_id: str
     entity_id: str
     reason: str
+
+
+class BroadcastKeyClaim(Model):
+    """Put in the client-operation stream under the key (as a notification's `IdempotencyKeyClaim`, whose keys are
+    the same ones): the first broadcast with a key claims it for its id."""
+
+    idempotency_key: str
+    broadcast_id: str
+    operation: SendBroadcastOp

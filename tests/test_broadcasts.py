@@ -13,7 +13,7 @@ import activities.broadcast
 import workflows.broadcast
 from api.app import owner_store
 from broadcasts import BroadcastClient
-from client import RequestRefused
+from client import IdempotencyKeyConflict, RequestRefused
 from domain import BroadcastAudience, BroadcastCounts, BroadcastRequestedEvent, Channel, SendBroadcastOp, TagName, tag
 from settings import Settings
 from sinks.mail import MailSink
@@ -159,3 +159,32 @@ async def test_a_broadcast_goes_on_as_new_runs_and_requests_each_recipient_once(
     started = last_run.events[0].workflow_execution_started_event_attributes
     assert started.continued_execution_run_id  # a run that an earlier one went on as
     assert len(last_run.events) < 40  # each run's history is a few steps long
+
+
+async def test_one_idempotency_key_is_one_broadcast_and_never_a_notification_too(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings, mail_sink: MailSink
+) -> None:
+    async with notifying(time_skipping_env, store, settings, *MEMBERS[:2]) as notify:
+        broadcasts = BroadcastClient(notify.client)
+        op = {"audience": {"entity_ids": ["user-0", "user-1"]}, "content": {"subject": "S", "body": "B"}}
+        first = await broadcasts.request(op, "release-7")
+        await broadcasts.result(first)
+        assert await broadcasts.request(op, "release-7") == first  # ended, and asked again: the same
+        other = {**op, "content": {"subject": "Other", "body": "B"}}
+        with pytest.raises(IdempotencyKeyConflict, match=f"was already used by broadcast {first} with a different"):
+            await broadcasts.request(other, "release-7")
+        with pytest.raises(IdempotencyKeyConflict, match="was already used by a broadcast's request"):
+            await notify.client.submit(
+                {"entity_id": "user-0", "subject": "S", "body": "B"}, idempotency_key="release-7"
+            )
+        nid = (await notify.client.submit({"entity_id": "user-0", "subject": "S", "body": "B"}, idempotency_key="n")).id
+        with pytest.raises(IdempotencyKeyConflict, match="was already used by a notification's request"):
+            await broadcasts.request(op, "n")
+        await notify.client.result(nid)
+        requested = await store.reader(StreamName.CLIENT_OPERATION).by_tags(type="BroadcastRequestedEvent")
+    assert [r.record_id for r in requested] == [first]
+    assert sorted(r for m in mail_sink.messages for r in m.recipients) == [
+        "u0@example.com",
+        "u0@example.com",
+        "u1@example.com",
+    ]

@@ -3,16 +3,16 @@ own), and read where its notifications are."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from api.deps import KeyFirst, Notifications, needs
 from api.keys import Scope
 from api.problems import Problem, problems
 from broadcasts import BroadcastClient, UnknownBroadcast
-from client import RequestRefused
+from client import IdempotencyKeyConflict, RequestRefused
 from domain import MAX_BROADCAST_ENTITIES, MAX_TAGS
 
 router = APIRouter(
@@ -50,8 +50,14 @@ class BroadcastStatus(BaseModel):
     made)."""
 
 
-@router.post("", status_code=202, dependencies=[needs(Scope.SEND)], summary="Request a broadcast")
-async def request_broadcast(body: BroadcastIn, client: Notifications) -> BroadcastStatus:
+@router.post(
+    "", status_code=202, dependencies=[needs(Scope.SEND)], responses=problems(409), summary="Request a broadcast"
+)
+async def request_broadcast(
+    body: BroadcastIn,
+    client: Notifications,
+    idempotency_key: Annotated[str | None, Header(description="The same key returns the first id.")] = None,
+) -> BroadcastStatus:
     content = {
         "subject": body.subject,
         "body": body.body,
@@ -68,9 +74,10 @@ async def request_broadcast(body: BroadcastIn, client: Notifications) -> Broadca
     }
     broadcasts = BroadcastClient(client)
     try:
-        broadcast_id = await broadcasts.request(operation)
+        broadcast_id = await broadcasts.request(operation, idempotency_key)
     except RequestRefused as error:
-        raise Problem(422, str(error)) from error
+        status = 409 if isinstance(error, IdempotencyKeyConflict) else 422
+        raise Problem(status, error.said(idempotency_key="Idempotency-Key")) from error
     return BroadcastStatus.model_validate(await broadcasts.status(broadcast_id))
 
 
