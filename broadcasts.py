@@ -9,12 +9,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.contract import SEND_BROADCAST_CONCERN
-from client import IdempotencyKeyConflict, NotificationClient, RequestRefused, checked_idempotency_key
+from client import (
+    IdempotencyKeyConflict,
+    NotCancellable,
+    NotificationClient,
+    RequestRefused,
+    checked_idempotency_key,
+)
 from domain import (
     BroadcastCounts,
     BroadcastKeyClaim,
@@ -22,6 +29,7 @@ from domain import (
     BroadcastRecipients,
     BroadcastRequest,
     BroadcastRequestedEvent,
+    BroadcastStopped,
     SendBroadcastOp,
     TagName,
     admitted,
@@ -34,6 +42,8 @@ from streams.directory import members
 from workflows.broadcast import BroadcastSaga
 
 log = logging.getLogger("notify.broadcasts")
+CANCELLED = "cancelled: its saga stopped what was not sent"
+"""The details of a cancelled broadcast's completed handling."""
 
 
 async def start_broadcast_saga(temporal: Client, settings: Settings, request: BroadcastRequest) -> None:
@@ -136,6 +146,23 @@ class BroadcastClient:
         """Wait for the broadcast's saga to end: where its notifications ended."""
         return await self._temporal.get_workflow_handle_for(BroadcastSaga.run, broadcast_id).result()
 
+    async def cancel(self, broadcast_id: str) -> BroadcastStopped:
+        """Stop the broadcast: it requests no more recipients, and each of its notifications not sent yet is
+        cancelled (one under way is waited for); what that stopped. `NotCancellable` once it has ended."""
+        broadcast_id = await self._notifications.full_id(broadcast_id)
+        await self.status(broadcast_id)  # an unknown id raises UnknownBroadcast
+        handle = self._temporal.get_workflow_handle_for(BroadcastSaga.run, broadcast_id)
+        try:
+            stopped: BroadcastStopped = await handle.execute_update("cancel", result_type=BroadcastStopped)
+            return stopped
+        except WorkflowUpdateFailedError as error:
+            cause = error.cause
+            raise NotCancellable(cause.message if isinstance(cause, FailureError) else str(cause)) from error
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise
+            raise NotCancellable(f"broadcast {broadcast_id} has ended: nothing changed") from error
+
     async def counts(self, broadcast_id: str) -> BroadcastCounts:
         """Where the broadcast's notifications are: its recipients (none until its saga has kept them), and how many
         ended, by status."""
@@ -163,14 +190,16 @@ class BroadcastClient:
         record = await self._requests.latest(broadcast_id, type=BroadcastRequestedEvent.__name__)
         if record is None:
             raise UnknownBroadcast(broadcast_id)
-        handling = await self._store.handling(StreamName.CLIENT_OPERATION).status(
+        history = await self._store.handling(StreamName.CLIENT_OPERATION).history(
             record.internal_id, SEND_BROADCAST_CONCERN
         )
+        last = history[-1] if history else None
+        done = last is not None and last.status == HandlingStatus.COMPLETED
         counts = await self.counts(broadcast_id)
         return {
             "id": broadcast_id,
             "broadcast": True,
-            "status": "completed" if handling == HandlingStatus.COMPLETED else "running",
+            "status": ("cancelled" if last.details == CANCELLED else "completed") if done and last else "running",
             "recipients": counts.recipients,
             "left": counts.left,
             "counts": counts.ended,

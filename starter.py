@@ -578,13 +578,27 @@ async def status(
 @run_async
 async def cancel(notification_id: Id, as_json: JsonOption = False) -> None:
     """Cancel notification ID if it has not finished sending (one scheduled with --at, say); what it sent meanwhile
-    stays sent."""
+    stays sent. Of a broadcast: it requests no more recipients, and each of its notifications not sent yet is
+    cancelled."""
+    from broadcasts import BroadcastClient, UnknownBroadcast
     from client import NotCancellable
 
     settings = load_settings()
     async with settings.open_streams() as store:
+        client = await _client(settings, store)
+        broadcasts = BroadcastClient(client)
         try:
-            view = await (await _client(settings, store)).cancel(notification_id)
+            try:
+                stopped = await broadcasts.cancel(notification_id)
+            except UnknownBroadcast:
+                view = await client.cancel(notification_id)
+            else:
+                shown = {**await broadcasts.status(notification_id), "stopped": stopped.stopped}
+                print_json(shown) if as_json else print(
+                    f"broadcast {shown['id']} cancelled: {stopped.stopped} stopped "
+                    f"({stopped.cancelled} notifications cancelled, {stopped.not_requested} recipients not requested)"
+                )
+                return
         except NotCancellable as error:
             raise CliError(str(error)) from error
     print_json(view) if as_json else print_view(view)

@@ -93,6 +93,7 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
                 broadcast.snapshot_audience,
                 broadcast.request_recipients,
                 broadcast.count_recipients,
+                broadcast.cancel_recipients,
                 broadcast.record_broadcast_ended,
             ],
             graceful_shutdown_timeout=SHUTDOWN_GRACE,

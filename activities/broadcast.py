@@ -11,14 +11,15 @@ from temporalio import activity
 from temporalio.client import Client
 
 from activities.contract import (
+    CANCEL_RECIPIENTS,
     COUNT_RECIPIENTS,
     RECORD_BROADCAST_ENDED,
     REQUEST_RECIPIENTS,
     SEND_BROADCAST_CONCERN,
     SNAPSHOT_AUDIENCE,
 )
-from broadcasts import BroadcastClient
-from client import NotificationClient, RequestRefused, start_saga
+from broadcasts import CANCELLED, BroadcastClient
+from client import NotCancellable, NotificationClient, RequestRefused, UnknownNotification, start_saga
 from domain import (
     RECIPIENTS_PAGE,
     BroadcastCounts,
@@ -28,6 +29,7 @@ from domain import (
     BroadcastRequest,
     BroadcastRequestedEvent,
     BroadcastSnapshot,
+    BroadcastStopped,
     ExecuteOpRequestedEvent,
     NotificationRequest,
     SendNotificationToEntityOp,
@@ -173,6 +175,30 @@ class BroadcastActivities:
         """Where the broadcast's notifications are: its recipients, and how many ended, by status."""
         return await self._broadcasts.counts(request.broadcast_id)
 
+    @activity.defn(name=CANCEL_RECIPIENTS.name)
+    async def cancel_recipients(self, request: BroadcastRequest) -> BroadcastStopped:
+        """Cancel each notification the broadcast requested that has not ended (those already sending go on), a few
+        at once, heartbeating; how many it stopped, and how many recipients it had not requested."""
+        bid = request.broadcast_id
+        by_broadcast = tag(TagName.BROADCAST_ID, bid)
+        requested = await self._requests.by_tags(by_broadcast, type=ExecuteOpRequestedEvent.__name__)
+        ended = {r.record_id for r in await self._store.reader(StreamName.NOTIFICATION_VIEW).by_tags(by_broadcast)}
+        at_once = asyncio.Semaphore(STARTS_AT_ONCE)
+
+        async def cancelled(notification_id: str) -> bool:
+            async with at_once:
+                activity.heartbeat()
+                try:
+                    await self._client.cancel(notification_id)
+                except (NotCancellable, UnknownNotification):
+                    return False  # it was sent (or is being), or its saga has not started: it ends as it may
+                return True
+
+        stopped = await asyncio.gather(*(cancelled(r.record_id or "") for r in requested if r.record_id not in ended))
+        pages = await self._pages(bid)
+        not_requested = sum(len(p.entity_ids) for p in pages[request.next_page :])
+        return BroadcastStopped(cancelled=sum(stopped), not_requested=not_requested)
+
     @activity.defn(name=RECORD_BROADCAST_ENDED.name)
     async def record_broadcast_ended(self, request: BroadcastRequest) -> None:
         try:
@@ -180,7 +206,7 @@ class BroadcastActivities:
                 request.client_operation_record_id,
                 SEND_BROADCAST_CONCERN,
                 HandlingStatus.COMPLETED,
-                "every notification has ended",
+                "every notification has ended" if request.stopped is None else CANCELLED,
             )
         except InvalidHandlingTransition:
             pass  # an earlier attempt recorded it

@@ -16,6 +16,7 @@ from domain import (
     BroadcastPage,
     BroadcastRequest,
     BroadcastSnapshot,
+    BroadcastStopped,
     Channel,
     ChannelOperationFailure,
     ChannelOperationInstruction,
@@ -89,6 +90,11 @@ REQUEST_RECIPIENTS: Activity[BroadcastPage, int] = Activity("RequestBroadcastRec
 """Each recipient of a page of the snapshot requested (once: a retry requests what is not yet), and its saga
 started; how many were requested."""
 COUNT_RECIPIENTS: Activity[BroadcastRequest, BroadcastCounts] = Activity("CountBroadcastNotifications", BroadcastCounts)
+CANCEL_RECIPIENTS: Activity[BroadcastRequest, BroadcastStopped] = Activity(
+    "CancelBroadcastNotifications", BroadcastStopped
+)
+"""Cancel each of the broadcast's notifications that has not ended; what that stopped, and the recipients not
+requested yet."""
 RECORD_BROADCAST_ENDED: Activity[BroadcastRequest, None] = Activity("RecordBroadcastEnded", None)
 
 

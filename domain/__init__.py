@@ -16,6 +16,7 @@ from domain.broadcasts import (
     BroadcastRequest,
     BroadcastRequestedEvent,
     BroadcastSnapshot,
+    BroadcastStopped,
     SendBroadcastOp,
     recipient_id,
 )
@@ -163,6 +164,7 @@ __all__ = [
     "BroadcastRequest",
     "BroadcastRequestedEvent",
     "BroadcastSnapshot",
+    "BroadcastStopped",
     "SendBroadcastOp",
     "recipient_id",
     "ADMISSION",

@@ -83,6 +83,18 @@ class BroadcastSnapshot(Model):
     pages: int
 
 
+class BroadcastStopped(Model):
+    """What a broadcast's cancel stopped: its notifications cancelled before they were sent, and its recipients it
+    had not requested yet (neither gets anything)."""
+
+    cancelled: int
+    not_requested: int
+
+    @property
+    def stopped(self) -> int:
+        return self.cancelled + self.not_requested
+
+
 class BroadcastRequest(Model):
     """The broadcast saga's input: the broadcast's id and its record's internal id in the client-operation stream;
     carried on to a new run (continue-as-new): its snapshot, the next page to request, and how many notifications
@@ -93,6 +105,8 @@ class BroadcastRequest(Model):
     snapshot: BroadcastSnapshot | None = None
     next_page: int = 0
     requested: int = 0
+    stopped: BroadcastStopped | None = None
+    """Once it is cancelled: what the cancel stopped."""
 
 
 class BroadcastPage(Model):

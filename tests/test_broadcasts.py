@@ -4,7 +4,7 @@ notification of its own that names the broadcast; its saga requests them a page 
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -13,8 +13,17 @@ import activities.broadcast
 import workflows.broadcast
 from api.app import owner_store
 from broadcasts import BroadcastClient
-from client import IdempotencyKeyConflict, RequestRefused
-from domain import BroadcastAudience, BroadcastCounts, BroadcastRequestedEvent, Channel, SendBroadcastOp, TagName, tag
+from client import IdempotencyKeyConflict, NotCancellable, RequestRefused
+from domain import (
+    BroadcastAudience,
+    BroadcastCounts,
+    BroadcastRequestedEvent,
+    BroadcastStopped,
+    Channel,
+    SendBroadcastOp,
+    TagName,
+    tag,
+)
 from settings import Settings
 from sinks.mail import MailSink
 from streams import StreamName, StreamStore
@@ -135,6 +144,8 @@ async def test_the_api_requests_a_broadcast_and_reads_its_counts(
         ("POST", "/v1/broadcasts", {"topic": "nope", "subject": "S", "body": "B"}, 422, "no topic 'nope'"),
         ("POST", "/v1/broadcasts", {"entities": ["user-1"], "topic": "t", "subject": "S", "body": "B"}, 422, "one of"),
         ("GET", "/v1/broadcasts/nope", None, 404, "no broadcast with id 'nope'"),
+        ("POST", f"/v1/broadcasts/{bid}/cancel", None, 409, f"broadcast {bid} has ended: nothing changed"),
+        ("POST", "/v1/broadcasts/nope/cancel", None, 404, "no broadcast with id 'nope'"),
     ]:
         refused = await api.call(method, path, json=body)
         assert refused.status_code == status and said in refused.json()["detail"], refused.text
@@ -188,3 +199,35 @@ async def test_one_idempotency_key_is_one_broadcast_and_never_a_notification_too
         "u0@example.com",
         "u1@example.com",
     ]
+
+
+async def test_a_cancelled_broadcast_stops_what_is_not_sent_and_says_how_many(
+    dev_env: WorkflowEnvironment,
+    store: StreamStore,
+    settings: Settings,
+    mail_sink: MailSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its notifications wait for their time (an hour on): two pages of them are requested, the third waits for
+    room (at most 40 under way), and the cancel stops them all."""
+    monkeypatch.setattr(workflows.broadcast, "WINDOW", 540)  # room for a page of 20 while fewer than 21 are under way
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with notifying(dev_env, store, settings, *MEMBERS) as notify:
+        broadcasts = BroadcastClient(notify.client)
+        content = {"subject": "S", "body": "B", "send_at": later}
+        bid = await broadcasts.request({"audience": {"entity_ids": [m.id for m in MEMBERS]}, "content": content})
+        requests = store.reader(StreamName.CLIENT_OPERATION)
+
+        async def two_pages_requested() -> bool:
+            by_broadcast = tag(TagName.BROADCAST_ID, bid)
+            return len(await requests.by_tags(by_broadcast, type="ExecuteOpRequestedEvent")) == 40
+
+        await eventually(two_pages_requested)
+        stopped = await broadcasts.cancel(bid)
+        counts = await broadcasts.result(bid)
+        status = await broadcasts.status(bid)
+        with pytest.raises(NotCancellable, match="nothing changed"):
+            await broadcasts.cancel(bid)
+    assert stopped == BroadcastStopped(cancelled=40, not_requested=5)
+    assert counts.ended == {"cancelled": 40} and (status["status"], status["left"]) == ("cancelled", 5)
+    assert mail_sink.messages == []

@@ -9,21 +9,25 @@ recipients it has, and ends once every notification has ended. The code here onl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.contract import (
+        CANCEL_RECIPIENTS,
         COUNT_RECIPIENTS,
         RECORD_BROADCAST_ENDED,
         REQUEST_RECIPIENTS,
         SNAPSHOT_AUDIENCE,
         Activity,
     )
-    from domain import RECIPIENTS_PAGE, BroadcastCounts, BroadcastPage, BroadcastRequest
+    from domain import RECIPIENTS_PAGE, BroadcastCounts, BroadcastPage, BroadcastRequest, BroadcastStopped
 
 I = TypeVar("I")  # noqa: E741 - a step's input, beside O for its result
 O = TypeVar("O")  # noqa: E741
@@ -47,11 +51,31 @@ class BroadcastSaga:
     def __init__(self) -> None:
         self._counts: BroadcastCounts | None = None
         self._steps = 0
+        self._cancel_requested = False
+        self._stopped: BroadcastStopped | None = None
+        self._ended = False
 
     @workflow.query(name="counts")
     def counts(self) -> BroadcastCounts | None:
         """Where its notifications were when it last looked."""
         return self._counts
+
+    @workflow.update(name="cancel")
+    async def cancel(self) -> BroadcastStopped:
+        """Stop the broadcast: no more recipients are requested, and each of its notifications not sent yet is
+        cancelled; what that stopped, once it has."""
+        self._cancel_requested = True
+        await workflow.wait_condition(lambda: self._stopped is not None)
+        assert self._stopped is not None
+        return self._stopped
+
+    @cancel.validator
+    def _cancellable(self) -> None:
+        broadcast = f"broadcast {workflow.info().workflow_id}"
+        if self._cancel_requested or self._stopped is not None:
+            raise ApplicationError(f"{broadcast} is cancelled already: nothing changed")
+        if self._ended:
+            raise ApplicationError(f"{broadcast} has ended: nothing changed")
 
     @workflow.run
     async def run(self, request: BroadcastRequest) -> BroadcastCounts:
@@ -59,17 +83,29 @@ class BroadcastSaga:
             snapshot = await self._step(SNAPSHOT_AUDIENCE, request)
             request = request.model_copy(update={"snapshot": snapshot})
         assert request.snapshot is not None
-        while request.next_page < request.snapshot.pages:
+        self._stopped = request.stopped
+        while request.next_page < request.snapshot.pages and not self._cancelled:
             self._new_run_if_due(request)
             await self._under(request, WINDOW - RECIPIENTS_PAGE + 1)
+            if self._cancelled:
+                break
             page = BroadcastPage(broadcast_id=request.broadcast_id, page=request.next_page)
             requested = await self._step(REQUEST_RECIPIENTS, page)
             request = request.model_copy(
                 update={"next_page": request.next_page + 1, "requested": request.requested + requested}
             )
+        if self._cancel_requested and self._stopped is None:
+            self._stopped = await self._step(CANCEL_RECIPIENTS, request)
+            request = request.model_copy(update={"stopped": self._stopped})
         counts = await self._under(request, 1)
+        self._ended = True
         await self._step(RECORD_BROADCAST_ENDED, request)
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return counts
+
+    @property
+    def _cancelled(self) -> bool:
+        return self._cancel_requested or self._stopped is not None
 
     async def _under(self, request: BroadcastRequest, under_way: int) -> BroadcastCounts:
         """Wait until fewer than `under_way` of its notifications requested so far are under way."""
@@ -79,14 +115,17 @@ class BroadcastSaga:
             self._counts = await self._step(COUNT_RECIPIENTS, request)
             if request.requested - self._counts.ended_requested < under_way:
                 return self._counts
-            await workflow.sleep(wait)
+            if self._cancel_requested and self._stopped is None:
+                return self._counts  # the cancel goes first
+            with contextlib.suppress(asyncio.TimeoutError):  # the look after `wait`, or at once on a cancel
+                await workflow.wait_condition(lambda: self._cancel_requested and self._stopped is None, timeout=wait)
             wait = min(wait * 2, LOOK_EVERY[1])
 
     def _new_run_if_due(self, request: BroadcastRequest) -> None:
         """Go on as a new run once this one has taken `STEPS_PER_RUN` steps: what it carries on is all in `request`
         (its snapshot, the next page, how many were requested)."""
-        if self._steps >= STEPS_PER_RUN:
-            workflow.continue_as_new(request)
+        if self._steps >= STEPS_PER_RUN and not (self._cancel_requested and self._stopped is None):
+            workflow.continue_as_new(request)  # a cancel under way is not carried on: it ends in this run
 
     async def _step(self, step: Activity[I, O], arg: I) -> O:
         """A step, as an activity retried until it succeeds."""

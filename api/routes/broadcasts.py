@@ -12,7 +12,7 @@ from api.deps import KeyFirst, Notifications, needs
 from api.keys import Scope
 from api.problems import Problem, problems
 from broadcasts import BroadcastClient, UnknownBroadcast
-from client import IdempotencyKeyConflict, RequestRefused
+from client import IdempotencyKeyConflict, NotCancellable, RequestRefused
 from domain import MAX_BROADCAST_ENTITIES, MAX_TAGS
 
 router = APIRouter(
@@ -87,3 +87,27 @@ async def get_broadcast(broadcast_id: str, client: Notifications) -> BroadcastSt
         return BroadcastStatus.model_validate(await BroadcastClient(client).status(broadcast_id))
     except UnknownBroadcast as error:
         raise Problem(404, str(error)) from error
+
+
+class BroadcastCancelled(BroadcastStatus):
+    stopped: int
+    """Its notifications cancelled before they were sent, and its recipients not requested yet."""
+
+
+@router.post(
+    "/{broadcast_id}/cancel",
+    dependencies=[needs(Scope.SEND)],
+    responses=problems(404, 409),
+    summary="Cancel a broadcast that has not ended",
+)
+async def cancel_broadcast(broadcast_id: str, client: Notifications) -> BroadcastCancelled:
+    """It requests no more recipients, and each of its notifications not sent yet is cancelled (one under way is
+    waited for); `409` once every notification of it has ended."""
+    broadcasts = BroadcastClient(client)
+    try:
+        stopped = await broadcasts.cancel(broadcast_id)
+    except UnknownBroadcast as error:
+        raise Problem(404, str(error)) from error
+    except NotCancellable as error:
+        raise Problem(409, str(error)) from error
+    return BroadcastCancelled.model_validate({**await broadcasts.status(broadcast_id), "stopped": stopped.stopped})
