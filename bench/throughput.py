@@ -1,19 +1,23 @@
 """The saga against its ceiling, in one run on one dev server: a bare workflow fanning out two no-op activities
 (`bench/bare.py`), then the saga on SQLite streams and, given a PostgreSQL server, on PostgreSQL streams, one after
-the other, each at every number of requests in flight asked for.
+the other, each at every number of requests in flight asked for; on each backend, the saga of a notification that
+carries a file (1 MiB unless said, a distinct one each: `--attachment-mib`, and `--same-file` for one file every
+notification names) beside the plain saga, each workload on streams of its own.
 
-Starts a Temporal dev server (as `worker.py --dev` does), the mail and Slack sinks in a process of their own (their
-CPU is not the worker's), and for each measurement a fresh worker process: `python -m bench.bare` or `worker.py`.
+Starts a Temporal dev server (as `worker.py --dev` does), and for each measurement the mail and Slack sinks in a
+process of their own (their CPU is not the worker's; they keep what they receive, in memory, for that measurement
+only) and a fresh worker process: `python -m bench.bare` or `worker.py`.
 Clients run a closed loop: each requests one notification (or starts one bare workflow), waits for its outcome, and
 requests the next. Prints, per workload and number in flight: completed per second, request-to-outcome latency
 percentiles, CPU per notification of the worker process, of the dev server and of the whole machine's share of the
 work (worker, dev server, sinks, these clients and the streams' PostgreSQL backends; from /proc, so Linux only), the
 worker's resident size before and after, the Temporal history events, workflow tasks and activity tasks per workflow
 (from the histories of up to 50 of the workflows each measurement ran), and the saga's ratios to bare; then the
-bytes and records each store keeps per notification. Writes it all as JSON too.
+bytes and records each workload's store keeps per notification (the files' contents among them), and what a file
+adds to a notification. Writes it all as JSON too.
 
     .venv/bin/python -m bench.throughput --notifications 300 --in-flight 1 50 \
-        [--workers N] [--postgres URL] [--json FILE]
+        [--workers N] [--postgres URL] [--attachment-mib MIB] [--same-file] [--json FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import sqlite3
 import statistics
@@ -32,8 +37,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import psycopg
@@ -42,8 +48,9 @@ from temporalio.client import Client
 
 from bench.bare import BareFanOut
 from bench.services import drop_database, fresh_database, reachable
-from client import NotificationClient
+from client import NotificationClient, attachment
 from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp
+from domain.rules import MAX_ATTACHMENT_BYTES
 from harness.processes import ROOT, WorkerProcess, unconfigured_environment
 from settings import Settings
 from sinks.mail import free_port
@@ -70,6 +77,43 @@ WARM_UP = 10
 TICK = os.sysconf("SC_CLK_TCK")
 HISTORIES = 50
 """Workflows of each measurement whose histories are counted (evenly spread over the run; all, if it ran fewer)."""
+MIB = 1024 * 1024
+PDF = b"%PDF-1.7\n"
+"""How the file a notification carries begins; random bytes follow, as incompressible as a PDF's deflated streams."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A saga workload: its name in the table, the streams it alone runs on, and the file each notification carries."""
+
+    name: str
+    streams_url: str
+    file_bytes: int = 0
+    """The size of the file each notification carries, by email and to Slack; none if 0."""
+    same_file: bool = False
+    """Every notification carries the same file (which the store keeps once), not a file of its own."""
+
+    @cached_property
+    def content(self) -> bytes:
+        """The same file's bytes, made once (not in the measured clients' time)."""
+        return PDF + random.Random(25).randbytes(self.file_bytes - len(PDF))
+
+    def file(self, number: int) -> bytes:
+        """The file the workload's notification `number` carries: the same each time, or numbered after the PDF's
+        header, so that each is a distinct content, as distinct files are (a copy of the same's bytes)."""
+        same = self.content
+        return same if self.same_file else same[: len(PDF)] + number.to_bytes(8, "big") + same[len(PDF) + 8 :]
+
+
+@dataclass
+class Stored:
+    """What a workload's streams keep per notification, over the whole run (its warm-ups too)."""
+
+    records_per_notification: float
+    bytes_per_notification: int
+    """Tables and indexes, handling and the files' contents included."""
+    content_bytes_per_notification: int
+    """The files' contents themselves (each distinct content once)."""
 
 
 @dataclass
@@ -199,20 +243,8 @@ class Bench:
             [str(temporal_binary("temporal")), "server", "start-dev", "--headless", "--ip", "127.0.0.1"]
             + ["--port", str(self.port), "--log-level", "error", *ONE_PARTITION, *search.DEV_SERVER_ARGS]
         )
-        self.mail_port, self.slack_port = free_port(), free_port()
-        self.sinks = WorkerProcess(
-            self.spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "sinks",
-                    "--mail-port",
-                    str(self.mail_port),
-                    "--slack-port",
-                    str(self.slack_port),
-                ]
-            )
-        )
+        self.mail_port, self.slack_port = 0, 0
+        """Where the sinks of the measurement under way listen."""
 
     def spawn(self, command: list[str], environment: dict[str, str] | None = None) -> subprocess.Popen[str]:
         process = subprocess.Popen(
@@ -227,26 +259,53 @@ class Bench:
         self.processes.append(process)
         return process
 
-    async def run(self, count: int, in_flight: list[int], workers: int) -> tuple[list[Figures], dict[str, float]]:
+    def start_sinks(self) -> WorkerProcess:
+        """The mail and Slack sinks, in a process of their own, for one measurement."""
+        self.mail_port, self.slack_port = free_port(), free_port()
+        command = ["-m", "sinks", "--mail-port", str(self.mail_port), "--slack-port", str(self.slack_port)]
+        return WorkerProcess(self.spawn([sys.executable, *command]))
+
+    async def run(
+        self, count: int, in_flight: list[int], workers: int, file_bytes: int, same_file: bool
+    ) -> tuple[list[Figures], dict[str, Stored]]:
         settings = Settings(_env_file=None, temporal_address=f"127.0.0.1:{self.port}", task_queue="saga")
-        self.sinks.until_said("sinks ready")
         temporal = await reachable(settings)
-        stores = {"saga": f"sqlite:///{self.folder / 'streams.db'}"}
-        if self.postgres is not None:
-            self.databases.append(await fresh_database(self.postgres))
-            stores["saga postgres"] = self.databases[-1]
-        figures, stored = [], {}
+        workloads = await self.workloads(file_bytes, same_file)
+        figures = []
         for flight in in_flight:
             figures.append(await self.measure(temporal, "bare", self.bare(temporal, flight), count, flight, workers))
-            for workload, url in stores.items():
-                async with self.saga(temporal, url) as one:
-                    figures.append(await self.measure(temporal, workload, one, count, flight, workers, url))
-        for workload, url in stores.items():
-            records, size = await stream_size(url)
-            name = "" if workload == "saga" else "postgres_"
-            stored[f"{name}stream_records_per_notification"] = round(records / self.saga_counts[url], 1)
-            stored[f"{name}stream_bytes_per_notification"] = round(size / self.saga_counts[url])
+            for workload in workloads:
+                async with self.saga(temporal, workload) as one:
+                    figures.append(
+                        await self.measure(temporal, workload.name, one, count, flight, workers, workload.streams_url)
+                    )
+        stored = {}
+        for workload in workloads:
+            records, size = await stream_size(workload.streams_url)
+            contents, requested = await content_size(workload.streams_url), self.saga_counts[workload.streams_url]
+            stored[workload.name] = Stored(
+                round(records / requested, 1), round(size / requested), round(contents / requested)
+            )
         return figures, stored
+
+    async def workloads(self, file_bytes: int, same_file: bool) -> list[Workload]:
+        """The saga's workloads, each on streams of its own: on SQLite, then on PostgreSQL if given; on each, the
+        plain saga, then with a distinct file per notification, then with the same file, as asked for."""
+        mib = f"{file_bytes / MIB:.3g} MiB"
+        files = [("", 0, False)]
+        if file_bytes:
+            files.append((f" + {mib} file", file_bytes, False))
+            if same_file:
+                files.append((f" + same {mib} file", file_bytes, True))
+        workloads = [
+            Workload(f"saga{suffix}", f"sqlite:///{self.folder / f'streams-{i}.db'}", size, same)
+            for i, (suffix, size, same) in enumerate(files)
+        ]
+        if self.postgres is not None:
+            for suffix, size, same in files:
+                self.databases.append(await fresh_database(self.postgres))
+                workloads.append(Workload(f"saga postgres{suffix}", self.databases[-1], size, same))
+        return workloads
 
     def environment_for(self, streams_url: str | None) -> dict[str, str]:
         """A worker's environment: the dev server's address; and, for a saga worker, its streams and the sinks."""
@@ -277,22 +336,31 @@ class Bench:
         return one
 
     @asynccontextmanager
-    async def saga(self, temporal: Client, streams_url: str) -> AsyncIterator[Callable[[int], Awaitable[str]]]:
-        """Requests of notifications on these streams, each waited for until it is sent."""
+    async def saga(self, temporal: Client, workload: Workload) -> AsyncIterator[Callable[[int], Awaitable[str]]]:
+        """Requests of the workload's notifications on its streams, each waited for until it is sent."""
+        url = workload.streams_url
         settings = Settings(
-            _env_file=None, temporal_address=f"127.0.0.1:{self.port}", task_queue="saga", streams_url=streams_url
+            _env_file=None, temporal_address=f"127.0.0.1:{self.port}", task_queue="saga", streams_url=url
         )
+        if workload.file_bytes:
+            workload.file(0)  # its bytes made before the clients are measured
         async with settings.open_streams(create=True) as store:
             await import_entries(store, ENTITIES)
             notify = NotificationClient(store, temporal, settings)
 
             async def one(n: int) -> str:
-                entity = ENTITIES[self.saga_counts[streams_url] % len(ENTITIES)]
-                self.saga_counts[streams_url] += 1
+                number = self.saga_counts[url]
+                entity = ENTITIES[number % len(ENTITIES)]
+                self.saga_counts[url] += 1
+                files = [workload.file(number)] if workload.file_bytes else []
+                name = "report.pdf" if workload.same_file else f"report-{number}.pdf"
                 op = SendNotificationToEntityOp(
-                    entity_id=entity.id, subject="Bench", body=f"Benchmark notification {n}."
+                    entity_id=entity.id,
+                    subject="Bench",
+                    body=f"Benchmark notification {n}.",
+                    attachments=[attachment(name, file) for file in files],
                 )
-                notification_id = await notify.request(op)  # its saga's workflow id
+                notification_id = await notify.request(op, contents=files)  # its saga's workflow id
                 view = await notify.result(notification_id)
                 assert view.status == NotificationStatus.SENT, view
                 return notification_id
@@ -313,18 +381,20 @@ class Bench:
         bare = [sys.executable, "-m", "bench.bare"]
         command = bare if streams_url is None else [sys.executable, str(ROOT / "worker.py")]
         database = streams_url if streams_url is not None and not streams_url.startswith("sqlite") else None
+        sinks = self.start_sinks()  # beside the workers, which connect to them only once they send
         started_workers = [
             WorkerProcess(self.spawn(command, self.environment_for(streams_url))) for _ in range(workers)
         ]
         worker = started_workers[0]
         pids = [w.process.pid for w in started_workers]
         try:
+            await asyncio.to_thread(sinks.until_said, "sinks ready")
             for w in started_workers:
                 await asyncio.to_thread(w.until_polling)
             await closed_loop(one, WARM_UP, min(in_flight, WARM_UP))
             spy = self.profiling(worker.process.pid, f"{workload}-{in_flight}")
             worker_cpu, server_cpu = sum(map(cpu_seconds, pids)), cpu_seconds(self.server.pid)
-            others = cpu_seconds(self.sinks.process.pid) + time.process_time()
+            others = cpu_seconds(sinks.process.pid) + time.process_time()
             database_before = await backends(database) if database else {}
             rss = [resident_mib(worker.process.pid)]
 
@@ -337,7 +407,7 @@ class Bench:
             elapsed = time.perf_counter() - started
             worker_cpu = sum(map(cpu_seconds, pids)) - worker_cpu
             server_cpu = cpu_seconds(self.server.pid) - server_cpu
-            others = cpu_seconds(self.sinks.process.pid) + time.process_time() - others
+            others = cpu_seconds(sinks.process.pid) + time.process_time() - others
             if database:  # a backend that ended meanwhile is not counted; one that began, from its start
                 others += sum(cpu - database_before.get(pid, 0.0) for pid, cpu in (await backends(database)).items())
             worker_rss = (rss[0], rss[1], resident_mib(worker.process.pid))
@@ -347,6 +417,7 @@ class Bench:
         finally:
             for w in started_workers:
                 w.stop()
+            sinks.stop()
         ms = [latency * 1000 for latency in latencies.values()]
         kept = await history(temporal, list(latencies))
         return Figures(
@@ -411,13 +482,30 @@ async def stream_size(url: str) -> tuple[int, int]:
     return records, size
 
 
-def table(figures: list[Figures], stored: dict[str, float]) -> str:
+async def content_size(url: str) -> int:
+    """Bytes of the files' contents the streams keep, each distinct content once (their bytes alone)."""
+    if url.startswith("sqlite"):
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db:
+            return int(db.execute("SELECT coalesce(sum(length(content)), 0) FROM contents").fetchone()[0])
+    async with await psycopg.AsyncConnection.connect(url) as db:
+        cursor = await db.execute("SELECT coalesce(sum(octet_length(content)), 0)::bigint FROM notify_contents")
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+
+
+def table(figures: list[Figures], stored: dict[str, Stored]) -> str:
     bare = {f.in_flight: f for f in figures if f.workload == "bare"}
     rows: list[tuple[str, ...]] = [
         ("workload", "in flight", "workers", "done/s", "p50 ms", "p95 ms", "p99 ms", "worker CPU ms/n",
          "server CPU ms/n", "total CPU ms/n", "worker RSS MiB (start, 10%, end)", "events/n", "wf tasks/n",
-         "activities/n", "x bare done/s", "x bare p50", "x bare worker CPU", "x bare server CPU", "x bare total CPU",
-         "x bare events"),
+         "activities/n", "stored KB/n", "x bare done/s", "x bare p50", "x bare worker CPU", "x bare server CPU",
+         "x bare total CPU", "x bare events"),
     ]  # fmt: skip
     for f in figures:
         base = bare[f.in_flight]
@@ -436,37 +524,75 @@ def table(figures: list[Figures], stored: dict[str, float]) -> str:
                 )
             )
         )
+        kept = f"{stored[f.workload].bytes_per_notification / 1000:,.1f}" if f.workload in stored else ""
         rows.append(
             (f.workload, str(f.in_flight), str(f.workers), f"{f.completed_per_second:g}", f"{f.p50_ms:g}",
              f"{f.p95_ms:g}", f"{f.p99_ms:g}", f"{f.worker_cpu_ms:g}", f"{f.server_cpu_ms:g}", f"{f.total_cpu_ms:g}",
              "{:g}, {:g}, {:g}".format(*f.worker_rss_mib), f"{f.history_events:g}", f"{f.workflow_tasks:g}",
-             f"{f.activity_tasks:g}", *ratios)
+             f"{f.activity_tasks:g}", kept, *ratios)
         )  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    lines = aligned(rows)
     first = figures[0]
     lines.append(
         "events/n, wf tasks/n, activities/n: Temporal history events, workflow tasks and activity tasks per workflow"
         f" (a notification's saga, a bare workflow), over {first.histories} of each row's {first.notifications}"
         " workflows' histories, evenly spread; total CPU: the workers, the dev server, the sinks, the clients and the"
-        " streams' PostgreSQL backends"
+        " streams' PostgreSQL backends; stored: what the workload's streams keep per notification over the run"
     )
-    for name, backend in (("", "SQLite"), ("postgres_", "PostgreSQL")):
-        if f"{name}stream_bytes_per_notification" in stored:
-            lines.append(
-                f"streams on {backend}: {stored[f'{name}stream_bytes_per_notification']:,.0f} bytes and "
-                f"{stored[f'{name}stream_records_per_notification']:g} records per notification"
-            )
+    for workload, its in stored.items():
+        lines.append(
+            f"{workload}: {its.bytes_per_notification:,} bytes stored per notification"
+            f" ({its.content_bytes_per_notification:,} of them files' contents), {its.records_per_notification:g}"
+            " records"
+        )
+    costs = file_costs(figures, stored)
+    if costs:
+        lines += ["", "what the file adds: against the plain saga on the same backend, at the same number in flight"]
+        lines += aligned(costs)
     return "\n".join(lines)
 
 
+def file_costs(figures: list[Figures], stored: dict[str, Stored]) -> list[tuple[str, ...]]:
+    """A row for each workload with a file: its figures against the plain saga's on the same backend (the workload's
+    name up to its " + "), at the same number in flight; none if no workload carried one."""
+    plain = {(f.workload, f.in_flight): f for f in figures}
+    rows: list[tuple[str, ...]] = [
+        ("workload", "in flight", "x saga done/s", "x saga p50", "x saga worker CPU", "x saga server CPU",
+         "x saga total CPU", "+ worker CPU ms/n", "+ server CPU ms/n", "+ total CPU ms/n", "+ stored KB/n"),
+    ]  # fmt: skip
+    for f in figures:
+        saga, _, file = f.workload.partition(" + ")
+        if not file:
+            continue
+        base = plain[(saga, f.in_flight)]
+        added_kb = (stored[f.workload].bytes_per_notification - stored[saga].bytes_per_notification) / 1000
+        rows.append(
+            (f.workload, str(f.in_flight),
+             *(f"{mine / theirs:.2f}" for mine, theirs in (
+                 (f.completed_per_second, base.completed_per_second), (f.p50_ms, base.p50_ms),
+                 (f.worker_cpu_ms, base.worker_cpu_ms), (f.server_cpu_ms, base.server_cpu_ms),
+                 (f.total_cpu_ms, base.total_cpu_ms))),
+             *(f"{mine - theirs:+.1f}" for mine, theirs in (
+                 (f.worker_cpu_ms, base.worker_cpu_ms), (f.server_cpu_ms, base.server_cpu_ms),
+                 (f.total_cpu_ms, base.total_cpu_ms))),
+             f"{added_kb:+,.1f}")
+        )  # fmt: skip
+    return rows if len(rows) > 1 else []
+
+
 async def bench(
-    count: int, in_flight: list[int], workers: int, postgres: str | None, profile: Path | None = None
-) -> tuple[list[Figures], dict[str, float]]:
+    count: int,
+    in_flight: list[int],
+    workers: int,
+    postgres: str | None,
+    file_bytes: int = MIB,
+    same_file: bool = False,
+    profile: Path | None = None,
+) -> tuple[list[Figures], dict[str, Stored]]:
     with tempfile.TemporaryDirectory(prefix="notify-bench-") as folder:
         run = Bench(Path(folder), postgres, profile)
         try:
-            return await run.run(count, in_flight, workers)
+            return await run.run(count, in_flight, workers, file_bytes, same_file)
         finally:
             await run.close()
 
@@ -481,12 +607,30 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="where to write the figures (default: only printed)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes, for the bare workflow and the saga")
     parser.add_argument(
+        "--attachment-mib",
+        type=float,
+        default=1,
+        metavar="MIB",
+        help="the size of the file each notification of the saga with a file carries (a distinct file each;"
+        " default 1 MiB, at most 10); 0: no such workload",
+    )
+    parser.add_argument(
+        "--same-file", action="store_true", help="the saga with the same file in every notification too"
+    )
+    parser.add_argument(
         "--profile", type=Path, metavar="FOLDER", help="sample each measured worker with py-spy (collapsed stacks)"
     )
     args = parser.parse_args()
-    figures, stored = asyncio.run(bench(args.notifications, args.in_flight, args.workers, args.postgres, args.profile))
+    file_bytes = round(args.attachment_mib * MIB)
+    if file_bytes != 0 and not len(PDF) + 8 <= file_bytes <= MAX_ATTACHMENT_BYTES:
+        parser.error(f"--attachment-mib: 0 (no file), or from {len(PDF) + 8} bytes to 10 (a file's limit)")
+    if args.same_file and file_bytes == 0:
+        parser.error("--same-file: the saga with a file is left out (--attachment-mib 0)")
+    figures, stored = asyncio.run(
+        bench(args.notifications, args.in_flight, args.workers, args.postgres, file_bytes, args.same_file, args.profile)
+    )
     print(table(figures, stored))
-    report = {"runs": [asdict(f) for f in figures], **stored}
+    report = {"runs": [asdict(f) for f in figures], "stored": {w: asdict(s) for w, s in stored.items()}}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))

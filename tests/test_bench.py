@@ -30,32 +30,52 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(
     postgres: Databases, tmp_path: Path
 ) -> None:
+    """The saga with a file (a small one here, a distinct one each) beside the plain saga, on each backend: the same
+    columns, its cost against the plain saga's, and the contents its streams keep."""
     figures = tmp_path / "figures.json"
     run = bench(
         "bench.throughput", "--notifications", "3", "--in-flight", "2", "--workers", "2", "--json", str(figures),
-        "--postgres", admin_url(),
+        "--postgres", admin_url(), "--attachment-mib", "0.05",
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(figures.read_text())
     runs = report["runs"]
-    assert [(r["workload"], r["in_flight"]) for r in runs] == [("bare", 2), ("saga", 2), ("saga postgres", 2)]
+    sagas = ["saga", "saga + 0.05 MiB file"]
+    workloads = [*sagas, *(name.replace("saga", "saga postgres") for name in sagas)]
+    assert [(r["workload"], r["in_flight"]) for r in runs] == [("bare", 2), *((w, 2) for w in workloads)]
     assert all(r["workers"] == 2 for r in runs)
     assert all(r["completed_per_second"] > 0 and r["p50_ms"] > 0 and r["worker_cpu_ms"] > 0 for r in runs)
     assert all(r["total_cpu_ms"] > r["worker_cpu_ms"] + r["server_cpu_ms"] for r in runs)
     assert all(len(r["worker_rss_mib"]) == 3 and all(20 < m <= 2000 for m in r["worker_rss_mib"]) for r in runs)
-    for backend in ("", "postgres_"):
-        assert report[f"{backend}stream_records_per_notification"] > 10
-        assert report[f"{backend}stream_bytes_per_notification"] > 1000
-    bare, *sagas = runs
+    stored = report["stored"]
+    assert list(stored) == workloads
+    assert all(s["records_per_notification"] > 10 and s["bytes_per_notification"] > 1000 for s in stored.values())
+    file_bytes = round(0.05 * 1024 * 1024)
+    for plain, with_file in (workloads[:2], workloads[2:]):
+        assert stored[plain]["content_bytes_per_notification"] == 0
+        assert stored[with_file]["content_bytes_per_notification"] == file_bytes  # a distinct file each, kept
+        assert stored[with_file]["bytes_per_notification"] > stored[plain]["bytes_per_notification"] + file_bytes
+    bare, *saga_runs = runs
     assert all(r["histories"] == 3 and r["workflow_tasks"] >= 1 for r in runs)
     assert all(r["history_events"] > 3 * r["workflow_tasks"] + 2 * r["activity_tasks"] for r in runs)
-    assert bare["activity_tasks"] == 2 and all(s["history_events"] > bare["history_events"] for s in sagas)
-    header, *rows = run.stdout.splitlines()[:4]
-    assert "x bare done/s" in header
-    assert [row.split()[:2] for row in rows] == [["bare", "2"], ["saga", "2"], ["saga", "postgres"]]
+    assert bare["activity_tasks"] == 2 and all(s["history_events"] > bare["history_events"] for s in saga_runs)
+    lines = run.stdout.splitlines()
+    header, *rows = lines[:6]
+    assert "x bare done/s" in header and "stored KB/n" in header
+    assert [row.strip().split("  ")[0] for row in rows] == ["bare", *workloads]
     assert all(c in header for c in ("events/n", "wf tasks/n", "activities/n", "x bare events", "x bare total CPU"))
     assert "over 3 of each row's 3 workflows' histories" in run.stdout
-    assert "streams on SQLite: " in run.stdout and "streams on PostgreSQL: " in run.stdout
+    assert f"saga + 0.05 MiB file: {stored['saga + 0.05 MiB file']['bytes_per_notification']:,} bytes" in run.stdout
+    added = lines.index("what the file adds: against the plain saga on the same backend, at the same number in flight")
+    cost_header, *costs = lines[added + 1 : added + 4]
+    assert "x saga done/s" in cost_header and "+ worker CPU ms/n" in cost_header and "+ stored KB/n" in cost_header
+    assert [row.strip().split("  ")[0] for row in costs] == [w for w in workloads if " + " in w]
+
+
+def test_the_throughput_bench_refuses_a_file_over_the_limit_before_it_starts_anything() -> None:
+    run = bench("bench.throughput", "--attachment-mib", "11")
+    assert run.returncode == 2
+    assert "--attachment-mib: 0 (no file), or from 17 bytes to 10 (a file's limit)" in run.stderr.splitlines()[-1]
 
 
 def test_the_soak_counts_what_it_requested_and_keeps_the_guarantee(tmp_path: Path) -> None:
