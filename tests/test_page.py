@@ -338,3 +338,25 @@ async def test_a_form_on_another_site_neither_swaps_nor_clears_the_cookie(
     assert (await answered.value).status == 403
     [cookie] = [c for c in await page.context.cookies() if c["name"] == "notify_key"]
     assert cookie["value"] == api.keys["reader"]
+
+
+async def test_a_broadcast_shows_its_progress_live_and_links_to_its_notifications(api: Api, browser: Browser) -> None:
+    """Its notifications wait for their time: the cancel, while it waits for them to end, stops both."""
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    request = {"entities": ["user-1", "user-2"], "subject": "Later, to both", "body": "B", "send_at": later}
+    bid = (await api.call("POST", "/v1/broadcasts", key="sender", json=request)).json()["id"]
+    page = await signed_in(browser, api)
+    await page.goto(f"/broadcasts/{bid}")
+    await expect(page.locator(".facts")).to_contain_text("running")
+    await expect(page.locator(".ended")).to_have_text("0 of 2", timeout=30_000)  # once its saga kept its recipients
+    await page.evaluate("window.stillThisPage = true")
+    cancelled = await api.call("POST", f"/v1/broadcasts/{bid}/cancel", key="sender")
+    assert cancelled.json()["stopped"] == 2, cancelled.text
+    await expect(page.locator(".facts")).to_contain_text("cancelled", timeout=30_000)
+    assert await page.evaluate("window.stillThisPage === true")  # updated in place, not reloaded
+    await expect(page.locator(".ended")).to_have_text("2 of 2")
+    await expect(page.locator("table.counts")).to_contain_text("cancelled")
+    await fits(page)
+    await page.get_by_role("link", name=f"{bid}.1").click()
+    await expect(page.get_by_role("heading", name="Later, to both")).to_be_visible()
+    await expect(page.locator("a.broadcast")).to_have_text(bid)

@@ -94,10 +94,13 @@ class BroadcastSaga:
             request = request.model_copy(
                 update={"next_page": request.next_page + 1, "requested": request.requested + requested}
             )
-        if self._cancel_requested and self._stopped is None:
-            self._stopped = await self._step(CANCEL_RECIPIENTS, request)
-            request = request.model_copy(update={"stopped": self._stopped})
-        counts = await self._under(request, 1)
+        while True:  # until every notification has ended; a cancel meanwhile goes first
+            if self._cancel_requested and self._stopped is None:
+                self._stopped = await self._step(CANCEL_RECIPIENTS, request)
+                request = request.model_copy(update={"stopped": self._stopped})
+            counts = await self._under(request, 1)
+            if not (self._cancel_requested and self._stopped is None):
+                break
         self._ended = True
         await self._step(RECORD_BROADCAST_ENDED, request)
         await workflow.wait_condition(workflow.all_handlers_finished)

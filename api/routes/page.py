@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from api.deps import AppParts, KeyRefused, authorized
 from api.keys import Scope
 from api.problems import problem
+from broadcasts import BroadcastClient, UnknownBroadcast
 from client import UNDECIDED, EventRecord, NotificationClient, UnknownNotification
 from commands import command
 from domain import (
@@ -41,6 +42,8 @@ from domain import (
     SendNotificationToEntityOp,
     SendSlackMessageOp,
     SendSlackMessageRequestedEvent,
+    TagName,
+    recipient_id,
 )
 from streams import Record, StreamName
 from streams.directory import entry_or_why
@@ -409,7 +412,23 @@ async def notification(request: Request, client: SignedIn, notification_id: str)
         files=files,
         unreadable_messages=unreadable_messages,
         records=[EventRecord.of(r) for r in records],
+        broadcast_id=next((r.tag(TagName.BROADCAST_ID) for r in records if r.tag(TagName.BROADCAST_ID)), None),
     )
+
+
+FIRST_RECIPIENTS = 20
+"""Recipients' notifications a broadcast's page links to, from the first."""
+
+
+@router.get("/broadcasts/{broadcast_id}", name="page_broadcast")
+async def broadcast(request: Request, client: SignedIn, broadcast_id: str) -> Response:
+    """A broadcast's progress: how many of its notifications have ended, by status; live until every one has."""
+    try:
+        shown = await BroadcastClient(client).status(broadcast_id)
+    except UnknownBroadcast as error:
+        return _render(request, "missing.html", status_code=404, error=str(error))
+    first = [recipient_id(shown["id"], n) for n in range(1, min(shown["recipients"], FIRST_RECIPIENTS) + 1)]
+    return _render(request, "broadcast.html", live=shown["status"] == "running", shown=shown, first=first)
 
 
 @router.get("/sign-in", name="page_sign_in_form")
