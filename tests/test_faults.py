@@ -8,6 +8,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -366,6 +367,9 @@ async def test_postgresql_unreachable_for_a_while_loses_nothing(
             mail_sink.hold()  # the sends are under way when the database goes
             ids = [await notify.client.request(operation(subject=f"N{i}")) for i in range(5)]
             assert await asyncio.to_thread(mail_sink.data_arrived.wait, 30)
+            # and one whose time comes during the outage: its first step fails for as long as it lasts
+            due = datetime.now(UTC) + timedelta(seconds=settings.heartbeat_timeout_seconds)
+            ids.append(await notify.client.request(operation(subject="N5", send_at=due)))
             await proxy.cut()
             mail_sink.release()
             await asyncio.sleep(3 * settings.heartbeat_timeout_seconds)  # the outage itself: nothing to wait for
@@ -374,9 +378,9 @@ async def test_postgresql_unreachable_for_a_while_loses_nothing(
     finally:
         mail_sink.release()
         await proxy.close()
-    assert [v.status for v in views] == ["sent"] * 5
-    assert len(mail_sink.messages) == len({m.message["Message-ID"] for m in mail_sink.messages}) == 5
-    assert len(slack_sink.messages) == 5
+    assert [v.status for v in views] == ["sent"] * 6
+    assert len(mail_sink.messages) == len({m.message["Message-ID"] for m in mail_sink.messages}) == 6
+    assert len(slack_sink.messages) == 6
     # the steps that failed meanwhile are two lines, not a traceback each
     said = [r.getMessage() for r in caplog.records if r.name == "notify.steps"]
     assert len(said) == 2, said
