@@ -170,6 +170,7 @@ async def test_a_worker_killed_while_slack_holds_the_completions_answer_shares_t
         "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
         "NOTIFY_HEARTBEAT_TIMEOUT_SECONDS": "2",
         "NOTIFY_SLACK_RETRY_INITIAL_SECONDS": "0.5",
+        "NOTIFY_STICKY_QUEUE_TIMEOUT_SECONDS": "1",  # the killed worker's saga goes on after a second, not ten
     }
     settings = Settings(_env_file=None, task_queue=env["NOTIFY_TASK_QUEUE"], streams_url=url, **roles)
     slack_sink.hold_answers()
