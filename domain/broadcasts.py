@@ -12,7 +12,7 @@ from domain.rules import Model, Segment, _admitting
 
 MAX_BROADCAST_ENTITIES = 10_000
 """Entities a request may name itself; a topic may have any number of members."""
-RECIPIENTS_PAGE = 500
+RECIPIENTS_PAGE = 100
 """Recipients kept in one record of the broadcast's snapshot, and requested in one step of its saga."""
 BROADCAST_CONTENT = frozenset({"subject", "body", "html_body", "slack_text", "tags", "send_at"})
 """What a broadcast's content may hold: what a single request holds but its entity (each recipient's)."""

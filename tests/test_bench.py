@@ -72,6 +72,21 @@ def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(
     assert [row.strip().split("  ")[0] for row in costs] == [w for w in workloads if " + " in w]
 
 
+def test_the_broadcast_bench_measures_a_broadcast_beside_as_many_single_requests(tmp_path: Path) -> None:
+    figures = tmp_path / "figures.json"
+    run = bench("bench.broadcast", "--recipients", "25", "--json", str(figures))
+    assert run.returncode == 0, run.stdout + run.stderr
+    [sqlite] = json.loads(figures.read_text())
+    assert (sqlite["backend"], sqlite["recipients"], sqlite["runs"]) == ("SQLite", 25, 1)
+    assert 0 < sqlite["accepted_ms"] and 0 < sqlite["requested_s"] < sqlite["ended_s"]
+    assert sqlite["x_singles"] == sqlite["ended_s"] / sqlite["singles_s"]
+    assert sqlite["single_idle_ms"] > 0 and sqlite["single_during_ms"] >= 0
+    assert sqlite["broadcast_cpu_ms"] > 0 and sqlite["singles_cpu_ms"] > 0
+    assert all(20 < m <= 2000 for m in sqlite["worker_rss_mib"])
+    assert 10 < sqlite["largest_run_events"] and 1000 < sqlite["largest_run_bytes"]
+    assert "x singles" in run.stdout.splitlines()[0] and run.stdout.splitlines()[1].split()[0] == "SQLite"
+
+
 def test_the_throughput_bench_refuses_a_file_over_the_limit_before_it_starts_anything() -> None:
     run = bench("bench.throughput", "--attachment-mib", "11")
     assert run.returncode == 2

@@ -210,7 +210,8 @@ async def test_a_cancelled_broadcast_stops_what_is_not_sent_and_says_how_many(
 ) -> None:
     """Its notifications wait for their time (an hour on): two pages of them are requested, the third waits for
     room (at most 40 under way), and the cancel stops them all."""
-    monkeypatch.setattr(workflows.broadcast, "WINDOW", 540)  # room for a page of 20 while fewer than 21 are under way
+    # room for a page (of 20) while fewer than 21 are under way
+    monkeypatch.setattr(workflows.broadcast, "WINDOW", workflows.broadcast.RECIPIENTS_PAGE + 20)
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with notifying(dev_env, store, settings, *MEMBERS) as notify:
         broadcasts = BroadcastClient(notify.client)

@@ -38,7 +38,7 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 """A page's step heartbeats as it starts sagas: a worker that died is noticed after this."""
 STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 """Every step is retried until it succeeds: each finds what an earlier attempt wrote."""
-WINDOW = 1_000
+WINDOW = 200
 """Notifications under way at most (requested, not ended): a page is requested only while there is room for all."""
 STEPS_PER_RUN = 500
 """Steps (a page, a look) in one run before it goes on as a new one: a few thousand events at most."""

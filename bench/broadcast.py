@@ -1,0 +1,223 @@
+"""A broadcast against the same number of single requests, in one run on one dev server (issue 26): on SQLite streams
+and, given a PostgreSQL server, on PostgreSQL streams, each with a worker of its own and RECIPIENTS entities (email
+only, to the mail sink) in a topic.
+
+For each backend: a single notification's latency while nothing else runs; RECIPIENTS single requests at 50 in
+flight (closed loop: the baseline); then one broadcast to the topic: how long it took to be accepted, until its
+saga had requested (and started) every recipient's notification, until every one had ended; a single notification's
+latency in the middle of it; the worker's resident size through it; CPU per notification (worker and dev server);
+the broadcast's largest run's history (events and bytes). Prints a table, and writes JSON.
+
+    .venv/bin/python -m bench.broadcast --recipients 10000 [--postgres URL] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from activities.contract import REQUEST_RECIPIENTS
+from bench.services import fresh_database, reachable
+from bench.throughput import Bench, aligned, closed_loop, cpu_seconds, resident_mib
+from broadcasts import BroadcastClient
+from client import NotificationClient
+from domain import DirectoryEntry, NotificationStatus, SendNotificationToEntityOp
+from harness.processes import ROOT, WorkerProcess
+from settings import Settings
+from streams.directory import import_entries
+
+IN_FLIGHT = 50
+"""The baseline's single requests at once."""
+PROBES = 5
+"""Single notifications timed, one after the other, idle and during the broadcast."""
+SOLO = DirectoryEntry.model_validate({"id": "solo", "email": "solo@example.com", "channels": {"email": "send"}})
+"""The entity single notifications go to: not in the topic."""
+
+
+@dataclass
+class Figures:
+    backend: str
+    recipients: int
+    single_idle_ms: float
+    singles_s: float
+    """The same number of single requests at `IN_FLIGHT`, each waited for."""
+    singles_cpu_ms: float
+    """Worker and dev server CPU per single notification."""
+    accepted_ms: float
+    requested_s: float
+    """From the request until the saga had requested (and started) the last recipient's notification."""
+    ended_s: float
+    broadcast_cpu_ms: float
+    single_during_ms: float
+    worker_rss_mib: tuple[float, float, float]
+    """At the broadcast's start, its peak, its end."""
+    largest_run_events: int
+    largest_run_bytes: int
+    runs: int
+
+    @property
+    def x_singles(self) -> float:
+        return self.ended_s / self.singles_s
+
+    @property
+    def x_idle(self) -> float:
+        return self.single_during_ms / self.single_idle_ms
+
+
+def recipients_of(count: int) -> list[DirectoryEntry]:
+    return [
+        DirectoryEntry.model_validate({"id": f"r-{i}", "email": f"r-{i}@example.com", "channels": {"email": "send"}})
+        for i in range(count)
+    ]
+
+
+async def measure(bench: Bench, temporal: Client, backend: str, url: str, count: int) -> Figures:
+    settings = Settings(_env_file=None, temporal_address=f"127.0.0.1:{bench.port}", task_queue="saga", streams_url=url)
+    entities = recipients_of(count)
+    async with settings.open_streams(create=True) as store:
+        await import_entries(store, [SOLO, *entities], {e.id: ["everyone"] for e in entities})
+        sinks = bench.start_sinks()
+        worker = WorkerProcess(bench.spawn([sys.executable, str(ROOT / "worker.py")], bench.environment_for(url)))
+        try:
+            await asyncio.to_thread(sinks.until_said, "sinks ready")
+            await asyncio.to_thread(worker.until_polling)
+            notify = NotificationClient(store, temporal, settings)
+            broadcasts = BroadcastClient(notify)
+
+            async def single(entity_id: str = SOLO.id) -> float:
+                started = time.perf_counter()
+                nid = await notify.request(SendNotificationToEntityOp(entity_id=entity_id, subject="S", body="B"))
+                view = await notify.result(nid)
+                assert view.status == NotificationStatus.SENT, view
+                return (time.perf_counter() - started) * 1000
+
+            idle = statistics.median([await single() for _ in range(PROBES)])
+            pids = [worker.process.pid, bench.server.pid]
+
+            async def one(n: int) -> str:
+                await single(entities[n].id)
+                return str(n)
+
+            cpu, started = sum(map(cpu_seconds, pids)), time.perf_counter()
+            await closed_loop(one, count, IN_FLIGHT)
+            singles_s, singles_cpu = time.perf_counter() - started, sum(map(cpu_seconds, pids)) - cpu
+
+            rss = [resident_mib(worker.process.pid)]
+            cpu, started, wall = sum(map(cpu_seconds, pids)), time.perf_counter(), time.time()
+            bid = await broadcasts.request(
+                {"audience": {"topic": "everyone"}, "content": {"subject": "All", "body": "B"}}
+            )
+            accepted = time.perf_counter() - started
+            result = asyncio.create_task(broadcasts.result(bid))
+            during: list[float] = []
+            while not result.done():  # the probes from the middle of the time the singles took, a second apart
+                rss.append(resident_mib(worker.process.pid))
+                if len(during) < PROBES and time.perf_counter() - started >= singles_s / 2:
+                    during.append(await single())
+                await asyncio.wait([result], timeout=1)
+            counts = await result
+            ended_s, broadcast_cpu = time.perf_counter() - started, sum(map(cpu_seconds, pids)) - cpu
+            assert counts.ended == {"sent": count}, counts
+            runs = await broadcast_runs(temporal, bid)
+        finally:
+            worker.stop()
+            sinks.stop()
+    requested_at = max(at for _, _, at in runs)  # the last page's step, as its run's history says
+    return Figures(
+        backend=backend,
+        recipients=count,
+        single_idle_ms=round(idle, 1),
+        singles_s=round(singles_s, 2),
+        singles_cpu_ms=round(singles_cpu * 1000 / count, 1),
+        accepted_ms=round(accepted * 1000, 1),
+        requested_s=round(requested_at - wall, 2),
+        ended_s=round(ended_s, 2),
+        broadcast_cpu_ms=round(broadcast_cpu * 1000 / count, 1),
+        single_during_ms=round(statistics.median(during), 1) if during else 0.0,
+        worker_rss_mib=(rss[0], max(rss), rss[-1]),
+        largest_run_events=max(events for events, _, _ in runs),
+        largest_run_bytes=max(size for _, size, _ in runs),
+        runs=len(runs),
+    )
+
+
+async def broadcast_runs(temporal: Client, broadcast_id: str) -> list[tuple[int, int, float]]:
+    """Each run of the broadcast's saga: its events, its history's bytes, and when (epoch seconds) its last page's
+    step completed (0 if none did)."""
+    runs = []
+    async for execution in temporal.list_workflows(f"WorkflowId = '{broadcast_id}'"):
+        history = await temporal.get_workflow_handle(broadcast_id, run_id=execution.run_id).fetch_history()
+        steps = {
+            e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        }
+        pages = [
+            e.event_time.ToDatetime(tzinfo=UTC).timestamp()
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+            and steps[e.activity_task_completed_event_attributes.scheduled_event_id] == REQUEST_RECIPIENTS.name
+        ]
+        runs.append((len(history.events), len(history.to_json()), max(pages, default=0.0)))
+    return runs
+
+
+def table(figures: list[Figures]) -> str:
+    rows: list[tuple[str, ...]] = [
+        ("backend", "recipients", "accepted ms", "requested s", "ended s", "singles s", "x singles",
+         "single idle ms", "single during ms", "x idle", "CPU ms/n broadcast", "CPU ms/n singles",
+         "worker RSS MiB (start, peak, end)", "runs", "largest run events", "largest run KB"),
+    ]  # fmt: skip
+    for f in figures:
+        rows.append(
+            (f.backend, str(f.recipients), f"{f.accepted_ms:g}", f"{f.requested_s:g}", f"{f.ended_s:g}",
+             f"{f.singles_s:g}", f"{f.x_singles:.2f}", f"{f.single_idle_ms:g}", f"{f.single_during_ms:g}",
+             f"{f.x_idle:.2f}", f"{f.broadcast_cpu_ms:g}", f"{f.singles_cpu_ms:g}",
+             ", ".join(f"{m:g}" for m in f.worker_rss_mib), str(f.runs), str(f.largest_run_events),
+             f"{f.largest_run_bytes / 1000:.1f}")
+        )  # fmt: skip
+    return "\n".join(aligned(rows))
+
+
+async def bench(recipients: int, postgres: str | None, output: Path | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="notify-broadcast-") as folder:
+        run = Bench(Path(folder), postgres)
+        try:
+            settings = Settings(_env_file=None, temporal_address=f"127.0.0.1:{run.port}", task_queue="saga")
+            temporal = await reachable(settings)
+            stores = [("SQLite", f"sqlite:///{Path(folder) / 'streams.db'}")]
+            if postgres is not None:
+                run.databases.append(await fresh_database(postgres))
+                stores.append(("PostgreSQL", run.databases[-1]))
+            figures = [await measure(run, temporal, backend, url, recipients) for backend, url in stores]
+        finally:
+            await run.close()
+    print(table(figures))
+    if output is not None:
+        output.write_text(json.dumps([asdict(f) | {"x_singles": f.x_singles, "x_idle": f.x_idle} for f in figures]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipients", type=int, default=10_000, help="entities in the topic (default 10,000)")
+    parser.add_argument("--postgres", metavar="URL", help="also on a fresh database of this PostgreSQL server")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON too")
+    arguments = parser.parse_args()
+    if arguments.recipients < 1:
+        parser.error("--recipients: at least 1")
+    asyncio.run(bench(arguments.recipients, arguments.postgres, arguments.json))
+
+
+if __name__ == "__main__":
+    main()
