@@ -15,6 +15,7 @@ from api.app import owner_store
 from broadcasts import BroadcastClient
 from client import IdempotencyKeyConflict, NotCancellable, RequestRefused
 from domain import (
+    RECIPIENTS_PAGE,
     BroadcastAudience,
     BroadcastCounts,
     BroadcastRequestedEvent,
@@ -211,7 +212,7 @@ async def test_a_cancelled_broadcast_stops_what_is_not_sent_and_says_how_many(
     """Its notifications wait for their time (an hour on): two pages of them are requested, the third waits for
     room (at most 40 under way), and the cancel stops them all."""
     # room for a page (of 20) while fewer than 21 are under way
-    monkeypatch.setattr(workflows.broadcast, "WINDOW", workflows.broadcast.RECIPIENTS_PAGE + 20)
+    monkeypatch.setattr(workflows.broadcast, "WINDOW", RECIPIENTS_PAGE + 20)
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with notifying(dev_env, store, settings, *MEMBERS) as notify:
         broadcasts = BroadcastClient(notify.client)
