@@ -20,6 +20,7 @@ from client import (
     NotCancellable,
     NotificationClient,
     RequestRefused,
+    UnknownNotification,
     checked_idempotency_key,
 )
 from domain import (
@@ -33,6 +34,7 @@ from domain import (
     SendBroadcastOp,
     TagName,
     admitted,
+    recipient_id,
     tag,
     validation_message,
 )
@@ -170,10 +172,7 @@ class BroadcastClient:
         pages = await self._requests.by_tags(by_broadcast, type=BroadcastRecipients.__name__)
         ended: dict[str, int] = {}
         for view in await self._store.reader(StreamName.NOTIFICATION_VIEW).by_tags(by_broadcast):
-            try:
-                status = str(json.loads(view.payload)["status"])
-            except (ValueError, KeyError, TypeError):
-                status = "unreadable"
+            status = _status_of(view.payload)
             ended[status] = ended.get(status, 0) + 1
         refused = await self._store.reader(StreamName.NOTIFICATION_EVENT).by_tags(
             by_broadcast, type=BroadcastRecipientRefused.__name__
@@ -182,6 +181,49 @@ class BroadcastClient:
             ended["refused"] = len(refused)
         recipients = sum(len(p.object(BroadcastRecipients).entity_ids) for p in pages)
         return BroadcastCounts(recipients=recipients, ended=ended)
+
+    async def notifications(
+        self, broadcast_id: str, *, status: str | None = None, after: int = 0, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of the broadcast's notifications in the order of its recipients, after the `after`th: each
+        `{"id", "entity_id", "status"}` (`refused`, or `not requested` yet, for a recipient without one); with
+        `status`, only the ended ones with that status (or `refused`). Where the next page starts (None on the last).
+        `UnknownBroadcast` for an id that is not a broadcast's."""
+        broadcast_id = await self._notifications.full_id(broadcast_id)
+        if await self._requests.latest(broadcast_id, type=BroadcastRequestedEvent.__name__) is None:
+            raise UnknownBroadcast(broadcast_id)
+        by_broadcast = tag(TagName.BROADCAST_ID, broadcast_id)
+        pages = await self._requests.by_tags(by_broadcast, type=BroadcastRecipients.__name__)
+        kept = sorted((p.object(BroadcastRecipients) for p in pages), key=lambda p: p.page)
+        entities = [entity for page in kept for entity in page.entity_ids]
+        refused = {
+            r.record_id: r.object(BroadcastRecipientRefused)
+            for r in await self._store.reader(StreamName.NOTIFICATION_EVENT).by_tags(
+                by_broadcast, type=BroadcastRecipientRefused.__name__
+            )
+        }
+        if status is None:
+            places = list(range(after + 1, min(len(entities), after + limit) + 1))
+        else:
+            views = await self._store.reader(StreamName.NOTIFICATION_VIEW).by_tags(by_broadcast)
+            ended = {v.record_id for v in views if _status_of(v.payload) == status} | (
+                set(refused) if status == "refused" else set()
+            )
+            places = [n for n in range(after + 1, len(entities) + 1) if recipient_id(broadcast_id, n) in ended]
+            places = places[: limit + 1]
+        items = []
+        for n in places[:limit]:
+            nid = recipient_id(broadcast_id, n)
+            if nid in refused:
+                shown = "refused"
+            else:
+                try:
+                    shown = (await self._notifications.status(nid))["status"]
+                except UnknownNotification:
+                    shown = "not requested"
+            items.append({"id": nid, "entity_id": entities[n - 1], "status": shown})
+        more = len(places) > limit if status is not None else bool(places) and places[-1] < len(entities)
+        return items, (places[limit - 1] if more else None)
 
     async def status(self, broadcast_id: str) -> dict[str, Any]:
         """`{"id", "broadcast": true, "status", "recipients", "left", "counts"}`: `running` until every notification
@@ -204,3 +246,11 @@ class BroadcastClient:
             "left": counts.left,
             "counts": counts.ended,
         }
+
+
+def _status_of(view: str) -> str:
+    """A recorded view's status (`unreadable` if it does not say one)."""
+    try:
+        return str(json.loads(view)["status"])
+    except (ValueError, KeyError, TypeError):
+        return "unreadable"

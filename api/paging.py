@@ -21,3 +21,10 @@ def decode_cursor(cursor: str) -> str:
     except (ValueError, UnicodeDecodeError):
         pass
     raise Problem(422, "cursor: not a cursor this API gave")
+
+
+def decode_number(cursor: str) -> int:
+    """The number `encode_cursor` was given (an internal id, a place); `422` for a cursor the API did not give."""
+    if not (value := decode_cursor(cursor)).isdigit():
+        raise Problem(422, "cursor: not a cursor this API gave")
+    return int(value)

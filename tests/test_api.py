@@ -304,6 +304,7 @@ async def test_docs_list_every_endpoint(api: Api) -> None:
         "/v1/broadcasts",
         "/v1/broadcasts/{broadcast_id}",
         "/v1/broadcasts/{broadcast_id}/cancel",
+        "/v1/broadcasts/{broadcast_id}/notifications",
         "/v1/topics",
         "/v1/topics/{topic}",
         "/v1/topics/{topic}/members/{entity_id}",

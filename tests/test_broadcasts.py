@@ -75,7 +75,16 @@ async def test_entities_named_are_notified_and_one_the_directory_lacks_is_refuse
         audience = {"entity_ids": ["user-0", "user-9", "user-2"]}
         bid = await broadcasts.request({"audience": audience, "content": {"subject": "S", "body": "B"}})
         counts = await broadcasts.result(bid)
+        refused, _ = await broadcasts.notifications(bid, status="refused")
+        every, last = await broadcasts.notifications(bid)
     assert counts.ended == {"sent": 2, "refused": 1}
+    assert refused == [{"id": f"{bid}.2", "entity_id": "user-9", "status": "refused"}]
+    assert [(n["entity_id"], n["status"]) for n in every] == [
+        ("user-0", "sent"),
+        ("user-9", "refused"),
+        ("user-2", "sent"),
+    ]
+    assert last is None
     assert sorted(r for m in mail_sink.messages for r in m.recipients) == ["u0@example.com", "u2@example.com"]
 
 
@@ -139,6 +148,13 @@ async def test_the_api_requests_a_broadcast_and_reads_its_counts(
         "counts": {"sent": 2},
     }
     assert len(mail_sink.messages) == 2
+    first = (await api.call("GET", f"/v1/broadcasts/{bid}/notifications", key="reader", params={"limit": 1})).json()
+    assert first["items"] == [{"id": f"{bid}.1", "entity_id": "user-1", "status": "sent"}] and first["next_cursor"]
+    page = {"limit": 1, "cursor": first["next_cursor"]}
+    second = (await api.call("GET", f"/v1/broadcasts/{bid}/notifications", key="reader", params=page)).json()
+    assert second == {"items": [{"id": f"{bid}.2", "entity_id": "user-2", "status": "sent"}], "next_cursor": None}
+    failed = await api.call("GET", f"/v1/broadcasts/{bid}/notifications", key="reader", params={"status": "failed"})
+    assert failed.json() == {"items": [], "next_cursor": None}
     described = await dev_env.client.get_workflow_handle(f"{bid}.1").describe()
     assert described.raw_description.workflow_execution_info.priority.priority_key == 4  # behind single requests
     for method, path, body, status, said in [

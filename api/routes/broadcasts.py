@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from api.deps import KeyFirst, Notifications, needs
 from api.keys import Scope
+from api.paging import decode_number, encode_cursor
 from api.problems import Problem, problems
 from broadcasts import BroadcastClient, UnknownBroadcast
 from client import IdempotencyKeyConflict, NotCancellable, RequestRefused
@@ -87,6 +88,46 @@ async def get_broadcast(broadcast_id: str, client: Notifications) -> BroadcastSt
         return BroadcastStatus.model_validate(await BroadcastClient(client).status(broadcast_id))
     except UnknownBroadcast as error:
         raise Problem(404, str(error)) from error
+
+
+MAX_PAGE = 200
+
+
+class BroadcastNotification(BaseModel):
+    id: str
+    entity_id: str
+    status: str
+    """Its status now; `refused` (no request could be made), or `not requested` yet."""
+
+
+class BroadcastNotificationPage(BaseModel):
+    items: list[BroadcastNotification]
+    """In the order of its recipients."""
+    next_cursor: str | None
+    """Pass as `cursor` for the next page; null on the last."""
+
+
+@router.get(
+    "/{broadcast_id}/notifications",
+    dependencies=[needs(Scope.READ)],
+    responses=problems(404),
+    summary="A page of a broadcast's notifications",
+)
+async def get_broadcast_notifications(
+    broadcast_id: str, client: Notifications, status: str | None = None, limit: int = 50, cursor: str | None = None
+) -> BroadcastNotificationPage:
+    """With `status`, only the ended ones with that status (`sent`, `failed`, `partially_sent`, `opted_out`,
+    `cancelled`), or the recipients `refused`."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise Problem(422, f"limit: must be 1 to {MAX_PAGE}")
+    after = 0 if cursor is None else decode_number(cursor)
+    try:
+        items, last = await BroadcastClient(client).notifications(broadcast_id, status=status, after=after, limit=limit)
+    except UnknownBroadcast as error:
+        raise Problem(404, str(error)) from error
+    return BroadcastNotificationPage.model_validate(
+        {"items": items, "next_cursor": None if last is None else encode_cursor(last)}
+    )
 
 
 class BroadcastCancelled(BroadcastStatus):

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from api.deps import AppParts, KeyFirst, Notifications, needs
 from api.keys import ApiKeyIssued, Scope
 from api.limits import MAX_BODY_BYTES
-from api.paging import decode_cursor, encode_cursor
+from api.paging import decode_number, encode_cursor
 from api.problems import Problem, problems
 from client import (
     Accepted,
@@ -277,7 +277,7 @@ async def list_notifications(
     if not 1 <= limit <= MAX_PAGE:
         raise Problem(422, f"limit: must be 1 to {MAX_PAGE}")
     views, last = await client.recent(
-        entity_id=entity, status=status, limit=limit, before=None if cursor is None else _internal_id(cursor)
+        entity_id=entity, status=status, limit=limit, before=None if cursor is None else decode_number(cursor)
     )
     return NotificationPage.model_validate(
         {"items": views, "next_cursor": None if last is None else encode_cursor(last)}
@@ -312,9 +312,3 @@ async def cancel_notification(notification_id: str, client: Notifications) -> No
         return NotificationView.model_validate(await client.cancel(notification_id))  # unknown: 404 (the app's)
     except NotCancellable as error:
         raise Problem(409, str(error)) from error
-
-
-def _internal_id(cursor: str) -> int:
-    if not (value := decode_cursor(cursor)).isdigit():
-        raise Problem(422, "cursor: not a cursor this API gave")
-    return int(value)
