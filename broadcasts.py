@@ -32,6 +32,7 @@ from domain import (
     BroadcastRequestedEvent,
     BroadcastStopped,
     SendBroadcastOp,
+    SendNotificationToEntityOp,
     TagName,
     admitted,
     recipient_id,
@@ -39,7 +40,7 @@ from domain import (
     validation_message,
 )
 from settings import Settings, one_line
-from streams import ExistingRecordStrategy, HandlingStatus, StreamName
+from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName
 from streams.directory import members
 from workflows.broadcast import BroadcastSaga
 
@@ -98,9 +99,7 @@ class BroadcastClient:
         else:
             first = audience.entity_ids[0] if audience.entity_ids else None
         if first is not None:  # its content, as the first recipient's request would be checked
-            _, files = await self._notifications.compose({**op.content, "entity_id": first}, op.template, op.data)
-            if files:
-                raise RequestRefused(f"template {op.template!r} names files, and a broadcast takes none yet")
+            await self.compose(op, first)
         tags = [tag(TagName.BROADCAST_ID, broadcast_id := await self._claim(idempotency_key, op))]
         put = await self._store.writer(StreamName.CLIENT_OPERATION).put(
             broadcast_id,
@@ -114,6 +113,37 @@ class BroadcastClient:
         except Exception as error:  # the request is recorded, and so accepted: a worker's handler starts its saga
             log.warning("broadcast %s is accepted; its saga is not started yet (%s)", broadcast_id, one_line(error))
         return broadcast_id
+
+    async def compose(
+        self, operation: SendBroadcastOp, entity_id: str, broadcast_id: str | None = None
+    ) -> SendNotificationToEntityOp:
+        """The request of the broadcast's recipient `entity_id`, checked as any request is (`RequestRefused`); a
+        template that names files is refused, as a broadcast takes none yet."""
+        content = {**operation.content, "entity_id": entity_id, "broadcast_id": broadcast_id}
+        request, files = await self._notifications.compose(content, operation.template, operation.data)
+        if files:
+            raise RequestRefused(f"template {operation.template!r} names files, and a broadcast takes none yet")
+        return request
+
+    async def record(self, broadcast_id: str) -> Record:
+        """The broadcast's request, as the client-operation stream keeps it (`UnknownBroadcast` if it has none)."""
+        record = await self._requests.latest(broadcast_id, type=BroadcastRequestedEvent.__name__)
+        if record is None:
+            raise UnknownBroadcast(broadcast_id)
+        return record
+
+    async def pages(self, broadcast_id: str) -> list[BroadcastRecipients]:
+        """The broadcast's snapshot, page after page (none until its saga has kept it)."""
+        by_broadcast = tag(TagName.BROADCAST_ID, broadcast_id)
+        records = await self._requests.by_tags(by_broadcast, type=BroadcastRecipients.__name__)
+        return sorted((r.object(BroadcastRecipients) for r in records), key=lambda p: p.page)
+
+    async def refused(self, broadcast_id: str) -> list[BroadcastRecipientRefused]:
+        """Its recipients whose request could not be made."""
+        records = await self._store.reader(StreamName.NOTIFICATION_EVENT).by_tags(
+            tag(TagName.BROADCAST_ID, broadcast_id), type=BroadcastRecipientRefused.__name__
+        )
+        return [r.object(BroadcastRecipientRefused) for r in records]
 
     async def _claim(self, key: str | None, operation: SendBroadcastOp) -> str:
         """A new broadcast id; with a key, the id the key is claimed for: the first request's (`IdempotencyKeyConflict`
@@ -152,7 +182,7 @@ class BroadcastClient:
         """Stop the broadcast: it requests no more recipients, and each of its notifications not sent yet is
         cancelled (one under way is waited for); what that stopped. `NotCancellable` once it has ended."""
         broadcast_id = await self._notifications.full_id(broadcast_id)
-        await self.status(broadcast_id)  # an unknown id raises UnknownBroadcast
+        await self.record(broadcast_id)  # an unknown id raises UnknownBroadcast
         handle = self._temporal.get_workflow_handle_for(BroadcastSaga.run, broadcast_id)
         try:
             stopped: BroadcastStopped = await handle.execute_update("cancel", result_type=BroadcastStopped)
@@ -168,19 +198,18 @@ class BroadcastClient:
     async def counts(self, broadcast_id: str) -> BroadcastCounts:
         """Where the broadcast's notifications are: its recipients (none until its saga has kept them), and how many
         ended, by status."""
-        by_broadcast = tag(TagName.BROADCAST_ID, broadcast_id)
-        pages = await self._requests.by_tags(by_broadcast, type=BroadcastRecipients.__name__)
         ended: dict[str, int] = {}
-        for view in await self._store.reader(StreamName.NOTIFICATION_VIEW).by_tags(by_broadcast):
+        for view in await self._views(broadcast_id):
             status = _status_of(view.payload)
             ended[status] = ended.get(status, 0) + 1
-        refused = await self._store.reader(StreamName.NOTIFICATION_EVENT).by_tags(
-            by_broadcast, type=BroadcastRecipientRefused.__name__
-        )
-        if refused:
+        if refused := await self.refused(broadcast_id):
             ended["refused"] = len(refused)
-        recipients = sum(len(p.object(BroadcastRecipients).entity_ids) for p in pages)
+        recipients = sum(len(p.entity_ids) for p in await self.pages(broadcast_id))
         return BroadcastCounts(recipients=recipients, ended=ended)
+
+    async def _views(self, broadcast_id: str) -> list[Record]:
+        """The recorded views of its notifications that have ended."""
+        return await self._store.reader(StreamName.NOTIFICATION_VIEW).by_tags(tag(TagName.BROADCAST_ID, broadcast_id))
 
     async def notifications(
         self, broadcast_id: str, *, status: str | None = None, after: int = 0, limit: int = 50
@@ -190,24 +219,15 @@ class BroadcastClient:
         `status`, only the ended ones with that status (or `refused`). Where the next page starts (None on the last).
         `UnknownBroadcast` for an id that is not a broadcast's."""
         broadcast_id = await self._notifications.full_id(broadcast_id)
-        if await self._requests.latest(broadcast_id, type=BroadcastRequestedEvent.__name__) is None:
-            raise UnknownBroadcast(broadcast_id)
-        by_broadcast = tag(TagName.BROADCAST_ID, broadcast_id)
-        pages = await self._requests.by_tags(by_broadcast, type=BroadcastRecipients.__name__)
-        kept = sorted((p.object(BroadcastRecipients) for p in pages), key=lambda p: p.page)
-        entities = [entity for page in kept for entity in page.entity_ids]
-        refused = {
-            r.record_id: r.object(BroadcastRecipientRefused)
-            for r in await self._store.reader(StreamName.NOTIFICATION_EVENT).by_tags(
-                by_broadcast, type=BroadcastRecipientRefused.__name__
-            )
-        }
+        await self.record(broadcast_id)  # an unknown id raises UnknownBroadcast
+        entities = [entity for page in await self.pages(broadcast_id) for entity in page.entity_ids]
+        refused = {r.notification_id for r in await self.refused(broadcast_id)}
         if status is None:
             places = list(range(after + 1, min(len(entities), after + limit) + 1))
         else:
-            views = await self._store.reader(StreamName.NOTIFICATION_VIEW).by_tags(by_broadcast)
+            views = await self._views(broadcast_id)
             ended = {v.record_id for v in views if _status_of(v.payload) == status} | (
-                set(refused) if status == "refused" else set()
+                refused if status == "refused" else set()
             )
             places = [n for n in range(after + 1, len(entities) + 1) if recipient_id(broadcast_id, n) in ended]
             places = places[: limit + 1]
@@ -229,19 +249,18 @@ class BroadcastClient:
         """`{"id", "broadcast": true, "status", "recipients", "left", "counts"}`: `running` until every notification
         has ended, then `completed`. `UnknownBroadcast` for an id that is not a broadcast's."""
         broadcast_id = await self._notifications.full_id(broadcast_id)
-        record = await self._requests.latest(broadcast_id, type=BroadcastRequestedEvent.__name__)
-        if record is None:
-            raise UnknownBroadcast(broadcast_id)
+        record = await self.record(broadcast_id)
         history = await self._store.handling(StreamName.CLIENT_OPERATION).history(
             record.internal_id, SEND_BROADCAST_CONCERN
         )
-        last = history[-1] if history else None
-        done = last is not None and last.status == HandlingStatus.COMPLETED
+        status = "running"
+        if history and history[-1].status == HandlingStatus.COMPLETED:
+            status = "cancelled" if history[-1].details == CANCELLED else "completed"
         counts = await self.counts(broadcast_id)
         return {
             "id": broadcast_id,
             "broadcast": True,
-            "status": ("cancelled" if last.details == CANCELLED else "completed") if done and last else "running",
+            "status": status,
             "recipients": counts.recipients,
             "left": counts.left,
             "counts": counts.ended,

@@ -36,6 +36,7 @@ from domain import (
     TagName,
     in_one_line,
     recipient_id,
+    recipients_record_id,
     request_tags,
     tag,
 )
@@ -62,7 +63,7 @@ class BroadcastActivities:
         """The broadcast's recipients, kept in its snapshot a page at a time, all in one write: the topic's members
         now, or the entities it names. The broadcast's request is taken up (`Running`)."""
         bid = request.broadcast_id
-        kept = await self._pages(bid)
+        kept = await self._broadcasts.pages(bid)
         if kept:
             return BroadcastSnapshot(recipients=sum(len(p.entity_ids) for p in kept), pages=len(kept))
         audience = (await self._broadcast(bid)).operation.audience
@@ -76,7 +77,7 @@ class BroadcastActivities:
             StreamName.CLIENT_OPERATION,
             [
                 writer.record(
-                    f"{bid}/recipients/{n}",
+                    recipients_record_id(bid, n),
                     BroadcastRecipients(broadcast_id=bid, page=n, entity_ids=page),
                     tags=[tag(TagName.BROADCAST_ID, bid)],
                     strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
@@ -100,7 +101,9 @@ class BroadcastActivities:
         requested."""
         bid = page.broadcast_id
         op = (await self._broadcast(bid)).operation
-        [recipients] = [p for p in await self._pages(bid) if p.page == page.page]
+        kept = await self._requests.latest(recipients_record_id(bid, page.page))
+        assert kept is not None, f"broadcast {bid} has no page {page.page}"
+        recipients = kept.object(BroadcastRecipients)
         first = page.page * RECIPIENTS_PAGE + 1
         requests: list[NotificationRequest] = []
         refused: list[BroadcastRecipientRefused] = []
@@ -115,11 +118,7 @@ class BroadcastActivities:
                 )
                 continue
             try:
-                operation, files = await self._client.compose(
-                    {**op.content, "entity_id": entity, "broadcast_id": bid}, op.template, op.data
-                )
-                if files:  # its template names files since the broadcast was requested
-                    raise RequestRefused(f"template {op.template!r} names files, and a broadcast takes none yet")
+                operation = await self._broadcasts.compose(op, entity, bid)
             except RequestRefused as error:
                 refused.append(
                     BroadcastRecipientRefused(
@@ -195,7 +194,7 @@ class BroadcastActivities:
                 return True
 
         stopped = await asyncio.gather(*(cancelled(r.record_id or "") for r in requested if r.record_id not in ended))
-        pages = await self._pages(bid)
+        pages = await self._broadcasts.pages(bid)
         not_requested = sum(len(p.entity_ids) for p in pages[request.next_page :])
         return BroadcastStopped(cancelled=sum(stopped), not_requested=not_requested)
 
@@ -212,13 +211,4 @@ class BroadcastActivities:
             pass  # an earlier attempt recorded it
 
     async def _broadcast(self, broadcast_id: str) -> BroadcastRequestedEvent:
-        record = await self._requests.latest(broadcast_id, type=BroadcastRequestedEvent.__name__)
-        if record is None:
-            raise LookupError(f"no broadcast {broadcast_id!r} in the client-operation stream")
-        return record.object(BroadcastRequestedEvent)
-
-    async def _pages(self, broadcast_id: str) -> list[BroadcastRecipients]:
-        records = await self._requests.by_tags(
-            tag(TagName.BROADCAST_ID, broadcast_id), type=BroadcastRecipients.__name__
-        )
-        return sorted((r.object(BroadcastRecipients) for r in records), key=lambda p: p.page)
+        return (await self._broadcasts.record(broadcast_id)).object(BroadcastRequestedEvent)

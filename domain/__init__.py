@@ -19,6 +19,7 @@ from domain.broadcasts import (
     BroadcastStopped,
     SendBroadcastOp,
     recipient_id,
+    recipients_record_id,
 )
 from domain.events import (
     AttemptToSendNotificationEvent,
@@ -167,6 +168,7 @@ __all__ = [
     "BroadcastStopped",
     "SendBroadcastOp",
     "recipient_id",
+    "recipients_record_id",
     "ADMISSION",
     "AUDIENCE_OUTCOMES",
     "Admitted",

@@ -135,6 +135,11 @@ class BroadcastCounts(Model):
         return sum(n for status, n in self.ended.items() if status != "refused")
 
 
+def recipients_record_id(broadcast_id: str, page: int) -> str:
+    """The record id of a page of a broadcast's snapshot (`BroadcastRecipients`)."""
+    return f"{broadcast_id}/recipients/{page}"
+
+
 def recipient_id(broadcast_id: str, index: int) -> str:
     """The notification id of a broadcast's recipient, by its place in the snapshot (from 1): the same on every
     retry, so that a recipient is requested once."""

@@ -95,11 +95,11 @@ class BroadcastSaga:
                 update={"next_page": request.next_page + 1, "requested": request.requested + requested}
             )
         while True:  # until every notification has ended; a cancel meanwhile goes first
-            if self._cancel_requested and self._stopped is None:
+            if self._cancel_pending:
                 self._stopped = await self._step(CANCEL_RECIPIENTS, request)
                 request = request.model_copy(update={"stopped": self._stopped})
             counts = await self._under(request, 1)
-            if not (self._cancel_requested and self._stopped is None):
+            if not self._cancel_pending:
                 break
         self._ended = True
         await self._step(RECORD_BROADCAST_ENDED, request)
@@ -110,6 +110,11 @@ class BroadcastSaga:
     def _cancelled(self) -> bool:
         return self._cancel_requested or self._stopped is not None
 
+    @property
+    def _cancel_pending(self) -> bool:
+        """A cancel was asked for, and has not stopped anything yet."""
+        return self._cancel_requested and self._stopped is None
+
     async def _under(self, request: BroadcastRequest, under_way: int) -> BroadcastCounts:
         """Wait until fewer than `under_way` of its notifications requested so far are under way."""
         wait = LOOK_EVERY[0]
@@ -118,16 +123,16 @@ class BroadcastSaga:
             self._counts = await self._step(COUNT_RECIPIENTS, request)
             if request.requested - self._counts.ended_requested < under_way:
                 return self._counts
-            if self._cancel_requested and self._stopped is None:
+            if self._cancel_pending:
                 return self._counts  # the cancel goes first
             with contextlib.suppress(asyncio.TimeoutError):  # the look after `wait`, or at once on a cancel
-                await workflow.wait_condition(lambda: self._cancel_requested and self._stopped is None, timeout=wait)
+                await workflow.wait_condition(lambda: self._cancel_pending, timeout=wait)
             wait = min(wait * 2, LOOK_EVERY[1])
 
     def _new_run_if_due(self, request: BroadcastRequest) -> None:
         """Go on as a new run once this one has taken `STEPS_PER_RUN` steps: what it carries on is all in `request`
         (its snapshot, the next page, how many were requested)."""
-        if self._steps >= STEPS_PER_RUN and not (self._cancel_requested and self._stopped is None):
+        if self._steps >= STEPS_PER_RUN and not self._cancel_pending:
             workflow.continue_as_new(request)  # a cancel under way is not carried on: it ends in this run
 
     async def _step(self, step: Activity[I, O], arg: I) -> O:
