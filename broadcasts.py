@@ -150,24 +150,13 @@ class BroadcastClient:
         if that was another request), or a new one this request claims."""
         if key is None:
             return await self._notifications.new_id()
-        record_id = f"idempotency-key:{key}"
-        existing = await self._requests.latest(record_id)
-        if existing is None:
-            broadcast_id = await self._notifications.new_id()
-            claim = BroadcastKeyClaim(idempotency_key=key, broadcast_id=broadcast_id, operation=operation)
-            put = await self._store.writer(StreamName.CLIENT_OPERATION).put(
-                record_id,
-                claim,
-                tags=[tag(TagName.BROADCAST_ID, broadcast_id), tag(TagName.IDEMPOTENCY_KEY, key)],
-                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
-            )
-            if put.internal_id is not None:
-                return broadcast_id
-            existing = await self._requests.latest(record_id)  # another request claimed it first
-            assert existing is not None
-        if existing.type != BroadcastKeyClaim.__name__:
-            raise IdempotencyKeyConflict(key, "was already used by a notification's request")
-        first = existing.object(BroadcastKeyClaim)
+
+        def claim(broadcast_id: str) -> BroadcastKeyClaim:
+            return BroadcastKeyClaim(idempotency_key=key, broadcast_id=broadcast_id, operation=operation)
+
+        first = await self._notifications.claim_key(key, BroadcastKeyClaim, claim, TagName.BROADCAST_ID)
+        if isinstance(first, str):
+            return first
         if first.operation != operation:
             raise IdempotencyKeyConflict(
                 key, f"was already used by broadcast {first.broadcast_id} with a different request"

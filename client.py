@@ -12,10 +12,10 @@ import hashlib
 import logging
 import mimetypes
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import PlainSerializer, ValidationError
 from temporalio.api.enums.v1 import IndexedValueType, PendingActivityState
@@ -38,6 +38,7 @@ import metrics
 from activities.contract import SEND, SEND_NOTIFICATION_CONCERN
 from domain import (
     Attachment,
+    BroadcastKeyClaim,
     Channel,
     ChannelOutcome,
     ChannelView,
@@ -273,6 +274,14 @@ class EntityChangeRefused(RequestRefused):
             f"entity {entity_id!r} is in the directory as another entry: changing it takes a key with the 'admin' "
             "scope (or give its id alone)"
         )
+
+
+CLAIMED_BY = {
+    IdempotencyKeyClaim.__name__: "a notification's request",
+    BroadcastKeyClaim.__name__: "a broadcast's request",
+}
+"""What claimed an idempotency key, by its claim's record type."""
+C = TypeVar("C", IdempotencyKeyClaim, BroadcastKeyClaim)
 
 
 class IdempotencyKeyConflict(RequestRefused):
@@ -514,36 +523,47 @@ class NotificationClient:
         return status != HandlingStatus.AVAILABLE_BY_DEFAULT
 
     async def _claim(self, key: str, operation: SendNotificationToEntityOp) -> str:
-        """The notification id the key is claimed for: the first request's, or a new one that this request claims.
-        Only requests that race for a new key each take an id, of which one is used."""
-        record_id = f"idempotency-key:{key}"
-        claims = self._store.reader(StreamName.CLIENT_OPERATION)
-        existing = await claims.latest(record_id)
-        if existing is None:
-            notification_id = await self.new_id()
-            claim = IdempotencyKeyClaim(idempotency_key=key, notification_id=notification_id, operation=operation)
-            put = await self._client_operations.put(
-                record_id,
-                claim,
-                tags=[tag(TagName.NOTIFICATION_ID, notification_id), tag(TagName.IDEMPOTENCY_KEY, key)],
-                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
-            )
-            if put.internal_id is not None:
-                return notification_id
-            existing = await claims.latest(record_id)  # another request claimed it first
-            assert existing is not None
-        if existing.type != IdempotencyKeyClaim.__name__:
-            raise IdempotencyKeyConflict(key, "was already used by a broadcast's request")
-        try:
-            first = existing.object(IdempotencyKeyClaim)
-        except ValidationError as error:  # the key is taken, by a request nobody can tell
-            said = unreadable(existing, error)
-            raise IdempotencyKeyConflict(key, f"is claimed by a record that cannot be read ({said})") from error
+        """The notification id the key is claimed for: the first request's, or a new one that this request claims."""
+
+        def claim(notification_id: str) -> IdempotencyKeyClaim:
+            return IdempotencyKeyClaim(idempotency_key=key, notification_id=notification_id, operation=operation)
+
+        first = await self.claim_key(key, IdempotencyKeyClaim, claim, TagName.NOTIFICATION_ID)
+        if isinstance(first, str):
+            return first
         if _as_compared(first.operation) != _as_compared(operation):
             raise IdempotencyKeyConflict(
                 key, f"was already used by notification {first.notification_id} with a different request"
             )
         return first.notification_id
+
+    async def claim_key(self, key: str, kind: type[C], claim: Callable[[str], C], id_tag: TagName) -> str | C:
+        """A new id that this request claims the key for (its claim, `claim` of the id, tagged with the id under
+        `id_tag`); or the claim of the request that claimed the key first, of `kind` (`IdempotencyKeyConflict` if it
+        is another kind's, or cannot be read). Only requests that race for a new key each take an id, of which one is
+        used."""
+        record_id = f"idempotency-key:{key}"
+        claims = self._store.reader(StreamName.CLIENT_OPERATION)
+        existing = await claims.latest(record_id)
+        if existing is None:
+            new_id = await self.new_id()
+            put = await self._client_operations.put(
+                record_id,
+                claim(new_id),
+                tags=[tag(id_tag, new_id), tag(TagName.IDEMPOTENCY_KEY, key)],
+                strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,
+            )
+            if put.internal_id is not None:
+                return new_id
+            existing = await claims.latest(record_id)  # another request claimed it first
+            assert existing is not None
+        if existing.type != kind.__name__:
+            raise IdempotencyKeyConflict(key, f"was already used by {CLAIMED_BY.get(existing.type, 'another request')}")
+        try:
+            return existing.object(kind)
+        except ValidationError as error:  # the key is taken, by a request nobody can tell
+            said = unreadable(existing, error)
+            raise IdempotencyKeyConflict(key, f"is claimed by a record that cannot be read ({said})") from error
 
     async def cancel(self, notification_id: str) -> dict[str, Any]:
         """Cancel a notification that has not finished sending, wait for its saga to stop, and return its view:
