@@ -159,12 +159,16 @@ SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM records)
 """Prune one batch of notifications (`StreamStore.prune`): their records, found by their notification id, with their
 tags (a trigger deletes them), their handling and the names of their contents."""
 
-PRUNE_CONTENT_REFS = """
+PRUNE_CONTENT_REFS = f"""
 DELETE FROM notify_content_refs c WHERE c.timestamp_utc < %(before)s
 AND NOT EXISTS (SELECT 1 FROM notify_records r WHERE r.notification_id = c.notification_id)
+AND NOT EXISTS (
+    SELECT 1 FROM notify_records r WHERE r.stream = '{StreamName.CLIENT_OPERATION}' AND r.record_id = c.notification_id
+)
 """
-"""Forget the contents' names of notifications with no record (a request never written: by the records'
-notification-id index)."""
+"""Forget the contents' names of requests with no record (a request never written): neither a notification's
+record (by the records' notification-id index) nor a broadcast's, whose contents its id names (by the index of
+ids)."""
 PRUNE_CONTENTS = """
 DELETE FROM notify_contents WHERE sha256 IN (
     SELECT c.sha256 FROM notify_contents c

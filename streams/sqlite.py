@@ -507,10 +507,12 @@ class SQLiteStreamStore(StreamStore):
         db = self._db
         with _transaction(db):
             if orphaned is not None:
-                db.execute(
+                db.execute(  # a request's record: a notification's (tagged with its id) or a broadcast's (by its id)
                     "DELETE FROM content_refs WHERE timestamp_utc < ?"
-                    " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.notification_id = content_refs.notification_id)",
-                    (orphaned,),
+                    " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.notification_id = content_refs.notification_id)"
+                    " AND NOT EXISTS (SELECT 1 FROM records r"
+                    " WHERE r.stream = ? AND r.record_id = content_refs.notification_id)",
+                    (orphaned, self._code(StreamName.CLIENT_OPERATION)),
                 )
             return db.execute(
                 "DELETE FROM contents WHERE sha256 IN (SELECT c.sha256 FROM contents c"

@@ -607,7 +607,8 @@ class StreamStore(ABC):
         transaction, so that a writer waits for one batch at most. A notification still under way, and records of
         no notification (the directory, API keys), are kept; so are the names of their contents. Then the contents
         that no notification names any more, and those put before `before`, and `ORPHANED_AFTER` ago, for a
-        notification that has no record (its request never written)."""
+        notification that has no record (its request never written); a broadcast's, named by its id, are kept while
+        its request is (a record of that id in the client-operation stream)."""
         pruned = Pruned()
         while True:
             notifications, records = await self._prune_batch(before, batch)

@@ -650,6 +650,14 @@ class StreamStoreContract(ABC):
         await store.put_contents("orphan", [orphans])
         await store.put_contents("running", [shared])  # before its request, as a client puts them
         await notification("running")
+        broadcasts = b"a broadcast's, named by its id"
+        await store.put_contents("broadcast", [broadcasts])  # its request's record: the id, but no notification's tag
+        await store.writer(StreamName.CLIENT_OPERATION).put(
+            "broadcast",
+            Thing(value=5),
+            type="BroadcastRequestedEvent",
+            tags=[Tag(name="broadcast-id", value="broadcast")],
+        )
         cut = await _after_the_last_write(store)
         await notification("new", ended=True)
         await store.put_contents("new-orphan", [b"put after the cut"])
@@ -662,6 +670,7 @@ class StreamStoreContract(ABC):
         assert await store.prune(cut) == Pruned(contents=1)
         assert await store.content(hashlib.sha256(orphans).hexdigest()) is None
         assert await store.content(hashlib.sha256(b"put after the cut").hexdigest()) is not None
+        assert await store.content(hashlib.sha256(broadcasts).hexdigest()) == broadcasts
 
         async def left(nid: str) -> list[str]:
             tag = Tag(name="notification-id", value=nid)
