@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from client import (
     RequestRefused,
     UnknownNotification,
     checked_idempotency_key,
+    named_contents,
 )
 from domain import (
     BroadcastCounts,
@@ -80,11 +82,17 @@ class BroadcastClient:
         self._settings = notifications.settings
         self._requests = self._store.reader(StreamName.CLIENT_OPERATION)
 
-    async def request(self, operation: SendBroadcastOp | dict[str, Any], idempotency_key: str | None = None) -> str:
-        """Request a broadcast and start its saga; its id. Repeated with the same idempotency key, the first
-        request's id, and nothing more is written or started. `RequestRefused` says what is wrong (an unknown topic, a
-        content its first recipient's request would refuse, a key used for another request), and nothing is
-        written."""
+    async def request(
+        self,
+        operation: SendBroadcastOp | dict[str, Any],
+        idempotency_key: str | None = None,
+        contents: Sequence[bytes] = (),
+    ) -> str:
+        """Request a broadcast and start its saga; its id. `contents` are the files its content's `attachments` name
+        (`client.attachment`), kept once under its id, before its record: each recipient's request names them.
+        Repeated with the same idempotency key (and the same files), the first request's id, and nothing more is
+        written or started. `RequestRefused` says what is wrong (an unknown topic, a content its first recipient's
+        request would refuse, files not those it names, a key used for another request), and nothing is written."""
         checked_idempotency_key(idempotency_key)
         try:
             op = admitted(SendBroadcastOp, operation)
@@ -100,7 +108,10 @@ class BroadcastClient:
             first = audience.entity_ids[0] if audience.entity_ids else None
         if first is not None:  # its content, as the first recipient's request would be checked
             await self.compose(op, first)
+        given = named_contents(op.attachments, contents)
         tags = [tag(TagName.BROADCAST_ID, broadcast_id := await self._claim(idempotency_key, op))]
+        if given:
+            await self._store.put_contents(broadcast_id, given)
         put = await self._store.writer(StreamName.CLIENT_OPERATION).put(
             broadcast_id,
             BroadcastRequestedEvent(id=broadcast_id, operation=op, timestamp_utc=datetime.now(UTC)),
@@ -116,14 +127,11 @@ class BroadcastClient:
 
     async def compose(
         self, operation: SendBroadcastOp, entity_id: str, broadcast_id: str | None = None
-    ) -> SendNotificationToEntityOp:
-        """The request of the broadcast's recipient `entity_id`, checked as any request is (`RequestRefused`); a
-        template that names files is refused, as a broadcast takes none yet."""
+    ) -> tuple[SendNotificationToEntityOp, list[bytes]]:
+        """The request of the broadcast's recipient `entity_id`, checked as any request is (`RequestRefused`), and
+        the contents of the files its template names for that recipient (after the broadcast's own)."""
         content = {**operation.content, "entity_id": entity_id, "broadcast_id": broadcast_id}
-        request, files = await self._notifications.compose(content, operation.template, operation.data)
-        if files:
-            raise RequestRefused(f"template {operation.template!r} names files, and a broadcast takes none yet")
-        return request
+        return await self._notifications.compose(content, operation.template, operation.data)
 
     async def record(self, broadcast_id: str) -> Record:
         """The broadcast's request, as the client-operation stream keeps it (`UnknownBroadcast` if it has none)."""

@@ -300,6 +300,15 @@ def checked_idempotency_key(key: str | None) -> None:
             raise RequestRefused(validation_message(error), field="idempotency_key") from error
 
 
+def named_contents(attachments: Sequence[Attachment], contents: Sequence[bytes]) -> list[bytes]:
+    """`contents`, each once, if they are the files `attachments` name, each whole (by SHA-256 and size):
+    `RequestRefused` otherwise. What a request keeps (`StreamStore.put_contents`) before its record."""
+    given = {hashlib.sha256(c).hexdigest(): c for c in contents}
+    if set(given) != {a.sha256 for a in attachments} or any(len(given[a.sha256]) != a.size for a in attachments):
+        raise RequestRefused("attachments: the files given are not those the request names")
+    return list(given.values())
+
+
 class NotificationClient:
     def __init__(
         self, store: StreamStore, temporal: Client, settings: Settings, *, owner: StreamStore | None = None
@@ -473,10 +482,7 @@ class NotificationClient:
         given inline, is recorded in the directory before a request that is new, once its key is claimed: a request
         refused, or repeated, changes nothing there. The contents are kept before the request that names them."""
         operation = admitted(SendNotificationToEntityOp, operation)
-        given = {hashlib.sha256(c).hexdigest(): c for c in contents}
-        named = {a.sha256 for a in operation.attachments}
-        if set(given) != named or any(len(given[a.sha256]) != a.size for a in operation.attachments):
-            raise RequestRefused("attachments: the files given are not those the request names")
+        given = named_contents(operation.attachments, contents)
         key_tags = []
         if idempotency_key is None:
             notification_id = await self.new_id()
@@ -491,7 +497,7 @@ class NotificationClient:
                 raise RuntimeError("a client without the owner's store cannot record an entity given inline")
             await import_entries(self._owner, [entity])
         if given:
-            await self._store.put_contents(notification_id, list(given.values()))
+            await self._store.put_contents(notification_id, given)
         put = await self._client_operations.put(
             notification_id,
             ExecuteOpRequestedEvent(id=notification_id, operation=operation, timestamp_utc=datetime.now(UTC)),

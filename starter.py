@@ -425,8 +425,6 @@ async def send(
     if sum(map(bool, (entity, entity_json is not None, topic is not None))) != 1:
         raise CliError("give --entity ID (repeatable), --entity-json ENTRY or --topic NAME (one of them)", 2)
     broadcast = topic is not None or len(entity) > 1
-    if broadcast and (attach or inline_images):
-        raise CliError("a broadcast takes no --attach or --inline yet", 2)
     inline = parse_object("--entity-json", entity_json)
     if inline is not None:  # what is wrong with it is said before any store is looked for
         try:
@@ -447,7 +445,9 @@ async def send(
     template_data = parse_object("--data", data)
     if broadcast:
         audience = {"topic": topic} if topic is not None else {"entity_ids": entity}
-        return await _broadcast(audience, content, template, template_data, idempotency_key, wait=wait, as_json=as_json)
+        return await _broadcast(
+            audience, content, contents, template, template_data, idempotency_key, wait=wait, as_json=as_json
+        )
     from client import RequestRefused, checked_idempotency_key
 
     try:
@@ -479,6 +479,7 @@ async def send(
 async def _broadcast(
     audience: dict[str, Any],
     content: dict[str, Any],
+    contents: list[bytes],
     template: str | None,
     data: dict[str, Any] | None,
     idempotency_key: str | None,
@@ -486,7 +487,8 @@ async def _broadcast(
     wait: bool,
     as_json: bool,
 ) -> int:
-    """Request a broadcast; print its id, and with `wait` its progress until every notification has ended."""
+    """Request a broadcast (with `contents`, the files its content names); print its id, and with `wait` its
+    progress until every notification has ended."""
     from broadcasts import BroadcastClient
     from client import RequestRefused
 
@@ -501,7 +503,7 @@ async def _broadcast(
         client = await _client(settings, store)
         broadcasts = BroadcastClient(client)
         try:
-            broadcast_id = await broadcasts.request(op, idempotency_key)
+            broadcast_id = await broadcasts.request(op, idempotency_key, contents)
         except RequestRefused as error:
             raise CliError(error.said(idempotency_key="--idempotency-key"), 2) from error
         if not wait:

@@ -5,6 +5,7 @@ retry, a worker killed): what it wrote before is found, never written twice."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime
 
 from temporalio import activity
@@ -96,7 +97,8 @@ class BroadcastActivities:
     @activity.defn(name=REQUEST_RECIPIENTS.name)
     async def request_recipients(self, page: BroadcastPage) -> int:
         """Request the notification of each recipient of the page (its id by its place in the snapshot), in one
-        write, and start each one's saga; a recipient whose request cannot be made is recorded as refused. Run again,
+        write, and start each one's saga; a recipient whose request cannot be made is recorded as refused. The files
+        its template names for the page's recipients are kept first, each once, under the broadcast's id. Run again,
         it finds what it wrote (and the sagas it started) and writes (and starts) nothing twice. How many were
         requested."""
         bid = page.broadcast_id
@@ -107,6 +109,7 @@ class BroadcastActivities:
         first = page.page * RECIPIENTS_PAGE + 1
         requests: list[NotificationRequest] = []
         refused: list[BroadcastRecipientRefused] = []
+        files: dict[str, bytes] = {}
         retried = activity.info().attempt > 1
         for n, entity in enumerate(recipients.entity_ids):
             nid = recipient_id(bid, first + n)
@@ -118,7 +121,7 @@ class BroadcastActivities:
                 )
                 continue
             try:
-                operation = await self._broadcasts.compose(op, entity, bid)
+                operation, rendered = await self._broadcasts.compose(op, entity, bid)
             except RequestRefused as error:
                 refused.append(
                     BroadcastRecipientRefused(
@@ -126,7 +129,10 @@ class BroadcastActivities:
                     )
                 )
                 continue
+            files.update((hashlib.sha256(content).hexdigest(), content) for content in rendered)
             requests.append(NotificationRequest(notification_id=nid, operation=operation, client_operation_record_id=0))
+        if files:
+            await self._store.put_contents(bid, list(files.values()))
         now = datetime.now(UTC)
         requested = self._store.writer(StreamName.CLIENT_OPERATION)
         written = await self._store.put(

@@ -21,13 +21,14 @@ from starlette.exceptions import HTTPException
 from temporalio.client import Client
 from temporalio.exceptions import TemporalError
 
+from api.bodies import documented
 from api.deps import Parts, parts
 from api.limits import DEFAULT_LIMITS, MAX_BODY_BYTES, Limits, RequestLimits, protocol
 from api.problems import JsonAnswer, Problem, problem
 from api.routes import audit, broadcasts, codec, entities, health, notifications, page, topics
 from api.telemetry import Measured
 from client import UnknownNotification, is_connect_failure, temporal_unreachable
-from domain import Location, validation_message
+from domain import DirectoryEntry, Location, validation_message
 from settings import Settings, one_line
 from streams import StreamStore
 
@@ -70,7 +71,8 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     app.mount("/static", page.static, name="static")
-    notifications.documented(app.openapi())  # made once, and kept: with the bodies that routes read themselves
+    # made once, and kept: with the bodies that routes read themselves
+    documented(app.openapi(), notifications.NotificationIn, broadcasts.BroadcastIn, DirectoryEntry)
     return app
 
 

@@ -18,11 +18,11 @@ from domain import MAX_ATTACHMENTS_BYTES, MAX_REQUEST_BYTES
 MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
 """The largest request body a route takes, but for those in `LARGE_BODIES` (a notification's own limit, 512 KiB as
 JSON, is checked after: `422`)."""
-MAX_NOTIFICATION_BODY_BYTES = MAX_BODY_BYTES + 4 * -(-MAX_ATTACHMENTS_BYTES // 3)
-"""`POST /v1/notifications`: its files' 25 MiB in base64 (34,952,536 bytes) beside the 1 MiB of any body, 36,001,112
-bytes (a multipart body carries the same files unencoded). The limits of the files themselves are checked after
-(`422`)."""
-LARGE_BODIES = {("POST", "/v1/notifications"): MAX_NOTIFICATION_BODY_BYTES}
+MAX_FILES_BODY_BYTES = MAX_BODY_BYTES + 4 * -(-MAX_ATTACHMENTS_BYTES // 3)
+"""`POST /v1/notifications` and `POST /v1/broadcasts`: their files' 25 MiB in base64 (34,952,536 bytes) beside the
+1 MiB of any body, 36,001,112 bytes (a multipart body carries the same files unencoded). The limits of the files
+themselves are checked after (`422`)."""
+LARGE_BODIES = {("POST", "/v1/notifications"): MAX_FILES_BODY_BYTES, ("POST", "/v1/broadcasts"): MAX_FILES_BODY_BYTES}
 """The routes that take a body over `MAX_BODY_BYTES`, by method and path, and how large."""
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """The methods served; any other is answered 501 at once."""

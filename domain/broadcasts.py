@@ -6,16 +6,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 
-from domain.rules import Model, Segment, _admitting
+from domain.model import Attachment
+from domain.rules import Model, Segment, _admitting, validation_message
 
 MAX_BROADCAST_ENTITIES = 10_000
 """Entities a request may name itself; a topic may have any number of members."""
 RECIPIENTS_PAGE = 100
 """Recipients kept in one record of the broadcast's snapshot, and requested in one step of its saga."""
-BROADCAST_CONTENT = frozenset({"subject", "body", "html_body", "slack_text", "tags", "send_at"})
+BROADCAST_CONTENT = frozenset(
+    {"subject", "body", "html_body", "slack_text", "tags", "send_at", "attachments", "attach_to"}
+)
 """What a broadcast's content may hold: what a single request holds but its entity (each recipient's)."""
+
+
+_FILES = TypeAdapter(list[Attachment])
 
 
 class BroadcastAudience(Model):
@@ -48,7 +54,8 @@ class SendBroadcastOp(Model):
     audience: BroadcastAudience
     content: dict[str, Any] = Field(default_factory=dict)
     """The fields of each recipient's request but its entity: `subject`, `body`, `html_body`, `slack_text`, `tags`,
-    `send_at` (`BROADCAST_CONTENT`), checked as each recipient's request is."""
+    `send_at`, `attachments`, `attach_to` (`BROADCAST_CONTENT`), checked as each recipient's request is. Its files'
+    contents are kept once, under the broadcast's id; each recipient's request names the same files."""
     template: str | None = None
     data: dict[str, Any] | None = None
 
@@ -56,8 +63,18 @@ class SendBroadcastOp(Model):
     @classmethod
     def _content_of_a_request(cls, content: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if _admitting(info) and (other := sorted(set(content) - BROADCAST_CONTENT)):
-            raise ValueError(f"{', '.join(other)}: not what a broadcast's content holds (yet)")
+            raise ValueError(f"{', '.join(other)}: not what a broadcast's content holds")
+        if _admitting(info):
+            try:
+                _FILES.validate_python(content.get("attachments", []), context=info.context)
+            except ValidationError as error:
+                raise ValueError(f"attachments, {validation_message(error)}") from None
         return content
+
+    @property
+    def attachments(self) -> list[Attachment]:
+        """The files its content names (each recipient's, before those its template names)."""
+        return _FILES.validate_python(self.content.get("attachments", []))
 
 
 class BroadcastRequestedEvent(Model):

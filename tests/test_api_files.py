@@ -1,5 +1,5 @@
-"""Files through the HTTP API (issue 25): in JSON, in base64; as `multipart/form-data` parts; where `attach_to`
-sends them; and every limit refused before anything is written."""
+"""Files through the HTTP API (issue 25), for a notification and a broadcast alike: in JSON, in base64; as
+`multipart/form-data` parts; where `attach_to` sends them; and every limit refused before anything is written."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ from typing import Any
 
 import pytest
 
-from api.limits import MAX_BODY_BYTES, MAX_NOTIFICATION_BODY_BYTES
+from api.limits import MAX_BODY_BYTES, MAX_FILES_BODY_BYTES
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
-from tests.service import Api
+from tests.service import Api, eventually
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 1200
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(reversed(range(256))) * 40
 CSV = b"day,sent\n2026-12-05,3\n"
 ASKED = {"entity": "user-1", "subject": "Invoice", "body": "Attached.", "html": '<p>Attached.</p><img src="cid:logo">'}
+BROADCAST = {**{k: v for k, v in ASKED.items() if k != "entity"}, "entities": ["user-1", "user-2"]}
+ROUTES = pytest.mark.parametrize(("path", "asked"), [("/v1/notifications", ASKED), ("/v1/broadcasts", BROADCAST)])
+"""A notification and a broadcast take their files alike."""
 
 
 def b64(content: bytes) -> str:
@@ -88,7 +91,50 @@ async def test_files_as_multipart_parts_arrive_byte_for_byte_on_the_channels_att
     assert answered.status_code == 202, answered.text  # the request as a text part, not a file, as well
 
 
-async def test_bad_files_are_422_and_write_nothing(api: Api) -> None:
+async def broadcast_sent(api: Api, response: Any) -> str:
+    """The broadcast's id, once it has completed with every notification sent."""
+    assert response.status_code == 202, response.text
+    bid: str = response.json()["id"]
+
+    async def completed() -> bool:
+        return bool((await api.call("GET", f"/v1/broadcasts/{bid}")).json()["status"] == "completed")
+
+    await eventually(completed, timeout=60)
+    assert (await api.call("GET", f"/v1/broadcasts/{bid}")).json()["counts"] == {"sent": 2}
+    return bid
+
+
+async def test_a_broadcast_takes_files_in_json_and_as_parts_and_each_recipient_gets_them(
+    api: Api, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    """To user-1 (email and Slack) and user-2 (email): the file by each channel, the image by email; then as parts,
+    attached to email alone."""
+    body = {
+        **BROADCAST,
+        "attachments": [{"filename": "invoice.pdf", "content": b64(PDF)}],
+        "inline": [{"content_id": "logo", "filename": "logo.png", "content": b64(PNG)}],
+    }
+    await broadcast_sent(api, await api.call("POST", "/v1/broadcasts", key="sender", json=body))
+    for mail in mail_sink.messages:
+        related = mail.message.get_body(("related",))
+        assert related is not None and [p.get_content() for p in related.iter_parts() if p["Content-ID"]] == [PNG]
+        assert [(p.get_filename(), p.get_content()) for p in mail.message.iter_attachments()] == [("invoice.pdf", PDF)]
+    assert sorted(r for m in mail_sink.messages for r in m.recipients) == ["ada@example.com", "ada@example.com"]
+    assert [(f.channel, f.name, f.content) for f in slack_sink.files] == [("C0123", "invoice.pdf", PDF)]
+
+    request = json.dumps({**BROADCAST, "html": None, "attach_to": ["email"]}).encode()
+    parts = [("request", ("request.json", request, "application/json")), ("attachment", ("sent.csv", CSV))]
+    await broadcast_sent(api, await api.call("POST", "/v1/broadcasts", files=parts))
+    attached = [
+        [(p.get_filename(), p.get_payload(decode=True)) for p in m.message.iter_attachments()]
+        for m in mail_sink.messages
+    ]
+    assert attached[2:] == [[("sent.csv", CSV)]] * 2
+    assert len(slack_sink.files) == 1 and len(slack_sink.messages) == 2  # the message, without the file
+
+
+@ROUTES
+async def test_bad_files_are_422_and_write_nothing(api: Api, path: str, asked: dict[str, Any]) -> None:
     before = await api.records()
     pdf = {"filename": "invoice.pdf", "content": b64(PDF)}
     refused: list[tuple[dict[str, Any], str]] = [
@@ -103,20 +149,20 @@ async def test_bad_files_are_422_and_write_nothing(api: Api) -> None:
         ({"attach_to": ["fax"], "attachments": [pdf]}, "attach_to, entry 1: must be 'email' or 'slack'"),
     ]
     for body, detail in refused:
-        answered = await api.call("POST", "/v1/notifications", json={**ASKED, **body})
+        answered = await api.call("POST", path, json={**asked, **body})
         assert answered.status_code == 422, (body, answered.text)
         assert answered.json()["detail"].startswith(detail), (body, answered.json())
     for parts, detail in [
         ([("attachment", ("invoice.pdf", PDF))], "request: the part is missing"),
         ([("request", (None, b"{", "application/json"))], "request, Invalid JSON"),
-        ([("request", (None, json.dumps(ASKED))), ("attachment", (None, b"x"))], "attachment: must be a file"),
-        ([("request", (None, json.dumps(ASKED))), ("file", ("a.pdf", PDF))], "'file': not a part this API takes"),
-        ([("request", (None, json.dumps(ASKED))), ("attachment", ("a/", PDF))], "attachment 'a/', filename: must"),
+        ([("request", (None, json.dumps(asked))), ("attachment", (None, b"x"))], "attachment: must be a file"),
+        ([("request", (None, json.dumps(asked))), ("file", ("a.pdf", PDF))], "'file': not a part this API takes"),
+        ([("request", (None, json.dumps(asked))), ("attachment", ("a/", PDF))], "attachment 'a/', filename: must"),
     ]:
-        answered = await api.call("POST", "/v1/notifications", files=parts)
+        answered = await api.call("POST", path, files=parts)
         assert answered.status_code == 422, (parts, answered.text)
         assert answered.json()["detail"].startswith(detail), (parts, answered.json())
-    text = await api.call("POST", "/v1/notifications", content=b"{}", headers={"Content-Type": "text/plain"})
+    text = await api.call("POST", path, content=b"{}", headers={"Content-Type": "text/plain"})
     assert text.json()["detail"] == "Content-Type: must be application/json or multipart/form-data"
     assert await api.records() == before
     assert await api.store.content(sha256(PDF)) is None
@@ -139,17 +185,18 @@ BIG = bytes(range(256)) * (10 * MIB // 256)
     ],
     ids=["count-json", "count-multipart", "size-json", "size-multipart", "total-multipart", "total-json"],
 )
+@ROUTES
 async def test_files_over_a_limit_are_422_with_it_named_and_nothing_is_written(
-    api: Api, files: list[bytes], multipart: bool, detail: str
+    api: Api, files: list[bytes], multipart: bool, detail: str, path: str, asked: dict[str, Any]
 ) -> None:
     before = await api.records()
     named = [(f"f{i}.bin", content) for i, content in enumerate(files, 1)]
     if multipart:
         parts = [("attachment", (name, content)) for name, content in named]
-        answered = await api.call("POST", "/v1/notifications", files=[("request", (None, json.dumps(ASKED))), *parts])
+        answered = await api.call("POST", path, files=[("request", (None, json.dumps(asked))), *parts])
     else:
-        body = {**ASKED, "attachments": [{"filename": name, "content": b64(content)} for name, content in named]}
-        answered = await api.call("POST", "/v1/notifications", json=body)
+        body = {**asked, "attachments": [{"filename": name, "content": b64(content)} for name, content in named]}
+        answered = await api.call("POST", path, json=body)
     assert answered.status_code == 422 and answered.json()["detail"].startswith(detail), answered.text[:500]
     assert await api.records() == before
     assert [await api.store.content(sha256(content)) for content in set(files)] == [None] * len(set(files))
@@ -157,7 +204,11 @@ async def test_files_over_a_limit_are_422_with_it_named_and_nothing_is_written(
 
 @pytest.mark.parametrize(
     ("method", "path", "largest"),
-    [("POST", "/v1/notifications", MAX_NOTIFICATION_BODY_BYTES), ("PUT", "/v1/entities/user-3", MAX_BODY_BYTES)],
+    [
+        ("POST", "/v1/notifications", MAX_FILES_BODY_BYTES),
+        ("POST", "/v1/broadcasts", MAX_FILES_BODY_BYTES),
+        ("PUT", "/v1/entities/user-3", MAX_BODY_BYTES),
+    ],
 )
 async def test_a_body_over_its_routes_limit_is_413_as_it_streams(
     api: Api, method: str, path: str, largest: int
@@ -177,9 +228,11 @@ async def test_a_body_over_its_routes_limit_is_413_as_it_streams(
 
 async def test_openapi_describes_both_bodies(api: Api) -> None:
     spec = (await api.call("GET", "/openapi.json", key=None)).json()
-    body = spec["paths"]["/v1/notifications"]["post"]["requestBody"]["content"]
-    asked = {"$ref": "#/components/schemas/NotificationIn"}
-    assert body["application/json"]["schema"] == body["multipart/form-data"]["schema"]["properties"]["request"] == asked
     schemas = spec["components"]["schemas"]
-    assert {"attachments", "inline", "attach_to"} <= set(schemas["NotificationIn"]["properties"])
+    for path, model in [("/v1/notifications", "NotificationIn"), ("/v1/broadcasts", "BroadcastIn")]:
+        body = spec["paths"][path]["post"]["requestBody"]["content"]
+        asked = {"$ref": f"#/components/schemas/{model}"}
+        assert body["application/json"]["schema"] == body["multipart/form-data"]["schema"]["properties"]["request"]
+        assert body["application/json"]["schema"] == asked
+        assert {"attachments", "inline", "attach_to"} <= set(schemas[model]["properties"])
     assert set(schemas["InlineIn"]["properties"]) == {"content_id", "filename", "content_type", "content"}

@@ -3,8 +3,11 @@ notification of its own that names the broadcast; its saga requests them a page 
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -13,7 +16,7 @@ import activities.broadcast
 import workflows.broadcast
 from api.app import owner_store
 from broadcasts import BroadcastClient
-from client import IdempotencyKeyConflict, NotCancellable, RequestRefused
+from client import IdempotencyKeyConflict, NotCancellable, RequestRefused, attachment
 from domain import (
     RECIPIENTS_PAGE,
     BroadcastAudience,
@@ -21,12 +24,14 @@ from domain import (
     BroadcastRequestedEvent,
     BroadcastStopped,
     Channel,
+    ExecuteOpRequestedEvent,
     SendBroadcastOp,
     TagName,
     tag,
 )
 from settings import Settings
 from sinks.mail import MailSink
+from sinks.slack import SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import change_members
 from tests.service import Api, entity, eventually, notifying
@@ -249,3 +254,100 @@ async def test_a_cancelled_broadcast_stops_what_is_not_sent_and_says_how_many(
     assert stopped == BroadcastStopped(cancelled=40, not_requested=5)
     assert counts.ended == {"cancelled": 40} and (status["status"], status["left"]) == ("cancelled", 5)
     assert mail_sink.messages == []
+
+
+PDF = b"%PDF-1.7\n" + bytes(range(256)) * 40
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(reversed(range(256)))
+
+
+def content_names(settings: Settings) -> set[tuple[str, str]]:
+    """Which ids name which contents (`StreamStore.put_contents`), as the SQLite file has them."""
+    with sqlite3.connect(settings.streams_url.removeprefix("sqlite:///")) as db:
+        return set(db.execute("SELECT notification_id, sha256 FROM content_refs"))
+
+
+async def test_a_broadcasts_files_are_kept_once_and_reach_each_recipient_whole_on_its_channels(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    settings: Settings,
+    mail_sink: MailSink,
+    slack_sink: SlackSink,
+) -> None:
+    """A file and an inline image to one entity by email, one on Slack, one on both: the file by each channel, the
+    image by email; a request whose files are not those it names writes nothing."""
+    recipients = [
+        entity(id="by-mail", email="m@example.com", slack=None, channels={Channel.EMAIL: "send"}),
+        entity(id="by-slack", email=None, slack={"workspace": "acme", "channel": "C0S"}, channels={"slack": "send"}),
+        entity(id="by-both", email="b@example.com", slack={"workspace": "acme", "channel": "C0B"}),
+    ]
+    files = [attachment("report.pdf", PDF), attachment("logo.png", PNG, content_id="logo")]
+    op = {
+        "audience": {"entity_ids": [r.id for r in recipients]},
+        "content": {
+            "subject": "Report",
+            "body": "Attached.",
+            "html_body": '<p>Attached.</p><img src="cid:logo">',
+            "attachments": [f.model_dump() for f in files],
+        },
+    }
+    async with notifying(time_skipping_env, store, settings, *recipients) as notify:
+        broadcasts = BroadcastClient(notify.client)
+        for contents in ([PDF], [PDF, PNG[:-1]], [PDF, PNG, b"more"]):
+            with pytest.raises(RequestRefused, match="^attachments: the files given are not those the request names"):
+                await broadcasts.request(op, "files", contents)
+        assert await store.read(StreamName.CLIENT_OPERATION) == [] and content_names(settings) == set()
+        bid = await broadcasts.request(op, "files", [PNG, PDF])
+        assert await broadcasts.request(op, "files", [PDF, PNG]) == bid  # the same files: the same broadcast
+        counts = await broadcasts.result(bid)
+        requested = await store.reader(StreamName.CLIENT_OPERATION).by_tags(
+            tag(TagName.BROADCAST_ID, bid), type="ExecuteOpRequestedEvent"
+        )
+    assert counts.ended == {"sent": 3}
+    assert content_names(settings) == {(bid, hashlib.sha256(c).hexdigest()) for c in (PDF, PNG)}  # once, for all
+    assert [r.object(ExecuteOpRequestedEvent).operation.attachments for r in requested] == [files] * 3
+    mailed = {}
+    for mail in mail_sink.messages:
+        related = mail.message.get_body(("related",))
+        assert related is not None
+        inline = [(p["Content-ID"], p.get_content()) for p in related.iter_parts() if p["Content-ID"]]
+        attached = [(p.get_filename(), p.get_content()) for p in mail.message.iter_attachments()]
+        mailed[tuple(mail.recipients)] = (attached, inline)
+    assert mailed == {
+        ("m@example.com",): ([("report.pdf", PDF)], [("<logo>", PNG)]),
+        ("b@example.com",): ([("report.pdf", PDF)], [("<logo>", PNG)]),
+    }
+    assert sorted((f.channel, f.name, f.content) for f in slack_sink.files) == [
+        ("C0B", "report.pdf", PDF),
+        ("C0S", "report.pdf", PDF),
+    ]
+
+
+async def test_a_template_naming_a_file_is_broadcast_with_it_kept_once(
+    time_skipping_env: WorkflowEnvironment,
+    store: StreamStore,
+    settings: Settings,
+    mail_sink: MailSink,
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "terms.pdf").write_bytes(PDF)
+    (folder / "terms.yaml").write_text(
+        "subject: Terms for {{ entity.email }}\ntext: Attached.\n"
+        "attachments: [{path: terms.pdf, filename: Terms.pdf}]\n"
+    )
+    settings = settings.model_copy(update={"templates_dir": folder})
+    async with notifying(time_skipping_env, store, settings, *MEMBERS[:2]) as notify:
+        broadcasts = BroadcastClient(notify.client)
+        bid = await broadcasts.request({"audience": {"entity_ids": ["user-0", "user-1"]}, "template": "terms"})
+        counts = await broadcasts.result(bid)
+    assert counts.ended == {"sent": 2}
+    assert content_names(settings) == {(bid, hashlib.sha256(PDF).hexdigest())}
+    mailed = {
+        m.message["Subject"]: [(p.get_filename(), p.get_content()) for p in m.message.iter_attachments()]
+        for m in mail_sink.messages
+    }
+    assert mailed == {
+        "Terms for u0@example.com": [("Terms.pdf", PDF)],
+        "Terms for u1@example.com": [("Terms.pdf", PDF)],
+    }

@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app, serving
 from api.keys import ApiKeys, Scope
-from api.limits import MAX_BODY_BYTES, MAX_NOTIFICATION_BODY_BYTES, Limits
+from api.limits import MAX_BODY_BYTES, MAX_FILES_BODY_BYTES, Limits
 from settings import Settings
 from streams import StreamStore
 from tests.databases import Databases, admin_url, role_urls
@@ -178,9 +178,11 @@ def content_length(headers: bytes) -> int:
 
 @BOTH
 async def test_a_body_over_its_routes_limit_is_413_before_it_is_read(api: Api) -> None:
-    """`POST /v1/notifications` takes its files' 25 MiB in base64; every other route 1 MiB."""
+    """`POST /v1/notifications` and `POST /v1/broadcasts` take their files' 25 MiB in base64; every other route
+    1 MiB."""
     for method, path, largest in [
-        ("POST", "/v1/notifications", MAX_NOTIFICATION_BODY_BYTES),
+        ("POST", "/v1/notifications", MAX_FILES_BODY_BYTES),
+        ("POST", "/v1/broadcasts", MAX_FILES_BODY_BYTES),
         ("PUT", "/v1/entities/user-3", MAX_BODY_BYTES),
         ("POST", "/v1/notifications/x/cancel", MAX_BODY_BYTES),
     ]:

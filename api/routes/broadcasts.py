@@ -3,39 +3,32 @@ own), and read where its notifications are."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Header
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, Field
 
+from api.bodies import ContentIn, read_request, request_body
 from api.deps import KeyFirst, Notifications, needs
 from api.keys import Scope
 from api.paging import decode_number, encode_cursor
 from api.problems import Problem, problems
 from broadcasts import BroadcastClient, UnknownBroadcast
 from client import IdempotencyKeyConflict, NotCancellable, RequestRefused
-from domain import MAX_BROADCAST_ENTITIES, MAX_TAGS
+from domain import MAX_BROADCAST_ENTITIES
 
 router = APIRouter(
     prefix="/v1/broadcasts", route_class=KeyFirst, tags=["broadcasts"], responses=problems(401, 403, 422)
 )
 
 
-class BroadcastIn(BaseModel):
+class BroadcastIn(ContentIn):
     """A broadcast: to a `topic`'s members or to `entities` (one of them), with `subject` and `body` (and optionally
-    `html`, `slack_text`), or a `template` and its `data`, rendered for each recipient."""
+    `html`, `slack_text`), or a `template` and its `data`, rendered for each recipient; its files are each
+    recipient's."""
 
-    model_config = ConfigDict(extra="forbid")
     topic: str | None = None
     entities: list[str] | None = Field(default=None, max_length=MAX_BROADCAST_ENTITIES)
-    subject: str | None = None
-    body: str | None = None
-    html: str | None = None
-    slack_text: str | None = None
-    tags: dict[str, str] = Field(default={}, max_length=MAX_TAGS)
-    send_at: AwareDatetime | None = None
-    template: str | None = None
-    data: dict[str, Any] | None = None
 
 
 class BroadcastStatus(BaseModel):
@@ -52,30 +45,30 @@ class BroadcastStatus(BaseModel):
 
 
 @router.post(
-    "", status_code=202, dependencies=[needs(Scope.SEND)], responses=problems(409), summary="Request a broadcast"
+    "",
+    status_code=202,
+    dependencies=[needs(Scope.SEND)],
+    responses=problems(409, 413),
+    summary="Request a broadcast",
+    openapi_extra={"requestBody": request_body(BroadcastIn)},
 )
 async def request_broadcast(
-    body: BroadcastIn,
+    request: Request,
     client: Notifications,
     idempotency_key: Annotated[str | None, Header(description="The same key returns the first id.")] = None,
 ) -> BroadcastStatus:
-    content = {
-        "subject": body.subject,
-        "body": body.body,
-        "html_body": body.html,
-        "slack_text": body.slack_text,
-        "tags": [{"name": n, "value": v} for n, v in body.tags.items()],
-        "send_at": body.send_at,
-    }
+    """The body is JSON, or `multipart/form-data` with a `request` part (the same JSON) and its files as parts, as
+    for a notification; each recipient's notification sends the files, kept once for the broadcast."""
+    body, files = await read_request(request, BroadcastIn)
     operation = {
         "audience": {"topic": body.topic, "entity_ids": body.entities},
-        "content": {k: v for k, v in content.items() if v not in (None, [])},
+        "content": body.content(files),
         "template": body.template,
         "data": body.data,
     }
     broadcasts = BroadcastClient(client)
     try:
-        broadcast_id = await broadcasts.request(operation, idempotency_key)
+        broadcast_id = await broadcasts.request(operation, idempotency_key, [raw for _, raw in files])
     except RequestRefused as error:
         status = 409 if isinstance(error, IdempotencyKeyConflict) else 422
         raise Problem(status, error.said(idempotency_key="Idempotency-Key")) from error
