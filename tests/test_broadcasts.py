@@ -24,7 +24,6 @@ from domain import (
     BroadcastRequestedEvent,
     BroadcastStopped,
     Channel,
-    ExecuteOpRequestedEvent,
     SendBroadcastOp,
     TagName,
     tag,
@@ -262,7 +261,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(reversed(range(256)))
 
 def content_names(settings: Settings) -> set[tuple[str, str]]:
     """Which ids name which contents (`StreamStore.put_contents`), as the SQLite file has them."""
-    with sqlite3.connect(settings.streams_url.removeprefix("sqlite:///")) as db:
+    with sqlite3.connect(settings.streams_location.removeprefix("sqlite:///")) as db:
         return set(db.execute("SELECT notification_id, sha256 FROM content_refs"))
 
 
@@ -304,7 +303,7 @@ async def test_a_broadcasts_files_are_kept_once_and_reach_each_recipient_whole_o
         )
     assert counts.ended == {"sent": 3}
     assert content_names(settings) == {(bid, hashlib.sha256(c).hexdigest()) for c in (PDF, PNG)}  # once, for all
-    assert [r.object(ExecuteOpRequestedEvent).operation.attachments for r in requested] == [files] * 3
+    assert [r.json()["operation"]["attachments"] for r in requested] == [[f.model_dump() for f in files]] * 3
     mailed = {}
     for mail in mail_sink.messages:
         related = mail.message.get_body(("related",))
