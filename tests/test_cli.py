@@ -880,10 +880,37 @@ def test_a_broadcast_notifies_each_member_of_a_topic_and_status_counts_them(
     for args, said in [
         (("--topic", "team", "--entity", "user-1"), "error: give --entity ID (repeatable), --entity-json ENTRY or"),
         (("--topic", "nope"), "error: no topic 'nope'"),
-        (("--topic", "team", "--attach", "x.pdf"), "error: a broadcast takes no --attach or --inline yet"),
+        (("--topic", "team", "--attach", "x.pdf"), "error: --attach x.pdf: No such file or directory"),
     ]:
         refused = directory.run("send", *args, "--subject", "S", "--body", "B")
         assert refused.returncode == 2 and refused.stderr.startswith(said), (args, refused.stderr)
+
+
+def test_a_broadcast_sends_its_files_to_each_member_of_a_topic(
+    directory: Cli, sinks: tuple[MailSink, SlackSink]
+) -> None:
+    """user-1 by email and Slack, user-2 by email: the file on each channel, the image by email."""
+    mail, slack = sinks
+    minutes, logo = b"%PDF-1.7 minutes " + bytes(range(256)), b"\x89PNG\r\n\x1a\n broadcast logo"
+    (directory.data_dir.parent / "minutes.pdf").write_bytes(minutes)
+    (directory.data_dir.parent / "team-logo.png").write_bytes(logo)
+    assert directory.run("topic", "add", "files", "user-1", "user-2").returncode == 0
+    sent = directory.run(
+        "send", "--topic", "files", "--subject", "Minutes", "--body", "Attached.", "--attach", "minutes.pdf",
+        "--inline", "logo=team-logo.png", "--html", '<img src="cid:logo">', "--wait", "--json",
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["counts"] == {"sent": 2}
+    mailed = [m.message for m in mail.messages if m.message["Subject"] == "Minutes"]
+    assert sorted(r for m in mail.messages if m.message["Subject"] == "Minutes" for r in m.recipients) == [
+        "bob@example.com",
+        "test@example.com",
+    ]
+    for message in mailed:
+        assert [(p.get_filename(), p.get_content()) for p in message.iter_attachments()] == [("minutes.pdf", minutes)]
+        related = message.get_body(("related",))
+        assert related is not None and [p.get_content() for p in related.iter_parts() if p["Content-ID"]] == [logo]
+    assert [(f.channel, f.content) for f in slack.files if f.name == "minutes.pdf"] == [("C0123", minutes)]
 
 
 def test_prune_removes_what_ended_before_the_date_and_the_audit_forgets_it(directory: Cli) -> None:
@@ -896,7 +923,7 @@ def test_prune_removes_what_ended_before_the_date_and_the_audit_forgets_it(direc
 
     pruned = directory.json("streams", "prune", "--before", datetime.now(UTC).isoformat())
     assert pruned["notifications"] >= 1 and pruned["records"] >= 10
-    assert pruned["contents"] == 3  # the files test_files_attached_go_by_email_whole sent
+    assert pruned["contents"] == 3  # those test_files_attached_go_by_email_whole sent; a broadcast keeps its own
     assert directory.record_count() == stored - pruned["records"]
     missing = directory.run("status", nid)
     assert missing.returncode == 1 and "no notification with id" in missing.stderr
