@@ -280,15 +280,13 @@ async def test_a_broadcasts_files_are_kept_once_and_reach_each_recipient_whole_o
         entity(id="by-both", email="b@example.com", slack={"workspace": "acme", "channel": "C0B"}),
     ]
     files = [attachment("report.pdf", PDF), attachment("logo.png", PNG, content_id="logo")]
-    op = {
-        "audience": {"entity_ids": [r.id for r in recipients]},
-        "content": {
-            "subject": "Report",
-            "body": "Attached.",
-            "html_body": '<p>Attached.</p><img src="cid:logo">',
-            "attachments": [f.model_dump() for f in files],
-        },
+    content = {
+        "subject": "Report",
+        "body": "Attached.",
+        "html_body": '<p>Attached.</p><img src="cid:logo">',
+        "attachments": [f.model_dump() for f in files],
     }
+    op = {"audience": {"entity_ids": [r.id for r in recipients]}, "content": content}
     async with notifying(time_skipping_env, store, settings, *recipients) as notify:
         broadcasts = BroadcastClient(notify.client)
         for contents in ([PDF], [PDF, PNG[:-1]], [PDF, PNG, b"more"]):
@@ -297,6 +295,9 @@ async def test_a_broadcasts_files_are_kept_once_and_reach_each_recipient_whole_o
         assert await store.read(StreamName.CLIENT_OPERATION) == [] and content_names(settings) == set()
         bid = await broadcasts.request(op, "files", [PNG, PDF])
         assert await broadcasts.request(op, "files", [PDF, PNG]) == bid  # the same files: the same broadcast
+        other = {**op, "content": {**content, "attachments": [files[0].model_dump()], "html_body": None}}
+        with pytest.raises(IdempotencyKeyConflict, match=f"was already used by broadcast {bid} with a different"):
+            await broadcasts.request(other, "files", [PDF])
         counts = await broadcasts.result(bid)
         requested = await store.reader(StreamName.CLIENT_OPERATION).by_tags(
             tag(TagName.BROADCAST_ID, bid), type="ExecuteOpRequestedEvent"
