@@ -15,7 +15,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.contract import SEND_BROADCAST_CONCERN
+from activities.contract import SEND_BROADCAST_CONCERN, broadcast_task_queue
 from client import (
     IdempotencyKeyConflict,
     NotCancellable,
@@ -59,7 +59,7 @@ async def start_broadcast_saga(temporal: Client, settings: Settings, request: Br
             BroadcastSaga.run,
             request,
             id=request.broadcast_id,
-            task_queue=settings.task_queue,
+            task_queue=broadcast_task_queue(settings.task_queue),
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )

@@ -35,7 +35,7 @@ from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 import codec
 import metrics
-from activities.contract import SEND, SEND_NOTIFICATION_CONCERN
+from activities.contract import SEND, SEND_NOTIFICATION_CONCERN, broadcast_task_queue
 from domain import (
     Attachment,
     BroadcastKeyClaim,
@@ -212,15 +212,17 @@ BROADCAST_PRIORITY = Priority(priority_key=4)
 async def start_saga(temporal: Client, store: StreamStore, settings: Settings, request: NotificationRequest) -> None:
     """Start the request's saga (workflow id: the notification id) with its first search attributes, or find it
     started: however many callers race (the requester, the handlers of every worker), one saga runs per
-    notification. A broadcast's notification goes behind the others in every task queue (`BROADCAST_PRIORITY`, which
-    its steps and sends inherit), so that a large broadcast does not hold back the notifications requested beside
-    it."""
+    notification. A broadcast's notification runs on the broadcasts' task queue (`broadcast_task_queue`), and goes
+    behind the others where they share one, its channel's (`BROADCAST_PRIORITY`, which its steps and sends inherit),
+    so that a large broadcast does not hold back the notifications requested beside it."""
     try:
         await temporal.start_workflow(
             NotificationSaga.run,
             request,
             id=request.notification_id,
-            task_queue=settings.task_queue,
+            task_queue=broadcast_task_queue(settings.task_queue)
+            if request.operation.broadcast_id
+            else settings.task_queue,
             search_attributes=search.at_start(request, datetime.now(UTC)),
             priority=BROADCAST_PRIORITY if request.operation.broadcast_id else Priority.default,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

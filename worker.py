@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import enum
 import faulthandler
 import functools
 import logging
@@ -24,7 +25,7 @@ import sysconfig
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio.client import Client
 from temporalio.service import RPCError
@@ -33,7 +34,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 import logs
 from activities.broadcast import BroadcastActivities
 from activities.channel_handler import FileBudget
-from activities.contract import channel_task_queue
+from activities.contract import broadcast_task_queue, channel_task_queue
 from activities.email import EmailHandler
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
@@ -59,12 +60,25 @@ saga does not; and its work at each activation cost a fifth of the worker's CPU 
 determinism is checked by replaying its recorded histories (`tests/test_replay.py`)."""
 
 
+class Serves(enum.StrEnum):
+    """The sagas a worker runs: every one, or those of single notifications, or broadcasts' (their sagas and their
+    recipients')."""
+
+    ALL = "all"
+    NOTIFICATIONS = "notifications"
+    BROADCASTS = "broadcasts"
+
+
 @contextlib.asynccontextmanager
-async def running_workers(client: Client, store: StreamStore, settings: Settings) -> AsyncIterator[None]:
-    """Run the workers: one for the saga on `settings.task_queue` (with the notification handlers' steps and the
-    channels' give-up records and Slack's turns, all local activities), and one per channel on that channel's task
-    queue (email's with its rate limit for the whole queue; Slack is paced per Slack channel instead); and the
-    client-operation stream's handler, which starts the saga of every request that has none (`intake`)."""
+async def running_workers(
+    client: Client, store: StreamStore, settings: Settings, serves: Serves = Serves.ALL
+) -> AsyncIterator[None]:
+    """Run the workers: one for the saga on `settings.task_queue` and one for broadcasts' sagas on theirs
+    (`broadcast_task_queue`), or the one `serves` says (each with the saga's steps: the notification handlers' and
+    the channels' give-up records and Slack's turns, all local activities); one per channel on that channel's task
+    queue, which both share (email's with its rate limit for the whole queue; Slack is paced per Slack channel
+    instead); and the client-operation stream's handler, which starts the saga of every request that has none
+    (`intake`)."""
     files = FileBudget(settings.attachment_memory_bytes)  # one for all channels: the worker's memory
     handlers = {channel: handler(store, settings, files) for channel, handler in CHANNEL_HANDLERS.items()}
     notification = NotificationActivities(store, settings, handlers)
@@ -73,32 +87,47 @@ async def running_workers(client: Client, store: StreamStore, settings: Settings
     assert isinstance(email, EmailHandler) and isinstance(slack, SlackHandler)
     queue_rates = {Channel.EMAIL: settings.email_messages_per_second}  # Slack is paced per Slack channel instead
     classified = FailuresClassified()  # one for all: a store outage is one outage
+    saga_steps: list[Callable[..., Any]] = [
+        notification.prepare_notification,
+        notification.record_ended,
+        notification.record_requested,
+        notification.prepare_to_send_on_channel,
+        notification.put_channel_operations,
+        notification.record_outcome,
+        notification.record_escalation_requested,
+        notification.record_saga_ended,
+        *(handler.record_not_sent for handler in handlers.values()),
+        slack.wait_for_turn,
+    ]
+    broadcast_steps: list[Callable[..., Any]] = [
+        broadcast.snapshot_audience,
+        broadcast.request_recipients,
+        broadcast.count_recipients,
+        broadcast.cancel_recipients,
+        broadcast.record_broadcast_ended,
+    ]
+    sagas: dict[Serves, tuple[str, list[type], list[Callable[..., Any]]]] = {
+        Serves.NOTIFICATIONS: (settings.task_queue, [NotificationSaga], saga_steps),
+        Serves.BROADCASTS: (
+            broadcast_task_queue(settings.task_queue),
+            [NotificationSaga, BroadcastSaga],
+            [*saga_steps, *broadcast_steps],
+        ),
+    }
     workers = [
-        Worker(
-            client,
-            task_queue=settings.task_queue,
-            workflows=[NotificationSaga, BroadcastSaga],
-            workflow_runner=WORKFLOW_RUNNER,
-            activities=[
-                notification.prepare_notification,
-                notification.record_ended,
-                notification.record_requested,
-                notification.prepare_to_send_on_channel,
-                notification.put_channel_operations,
-                notification.record_outcome,
-                notification.record_escalation_requested,
-                notification.record_saga_ended,
-                *(handler.record_not_sent for handler in handlers.values()),
-                slack.wait_for_turn,
-                broadcast.snapshot_audience,
-                broadcast.request_recipients,
-                broadcast.count_recipients,
-                broadcast.cancel_recipients,
-                broadcast.record_broadcast_ended,
-            ],
-            graceful_shutdown_timeout=SHUTDOWN_GRACE,
-            sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_queue_timeout_seconds),
-            interceptors=[classified],
+        *(
+            Worker(
+                client,
+                task_queue=task_queue,
+                workflows=workflows,
+                workflow_runner=WORKFLOW_RUNNER,
+                activities=activities,
+                graceful_shutdown_timeout=SHUTDOWN_GRACE,
+                sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_queue_timeout_seconds),
+                interceptors=[classified],
+            )
+            for kind, (task_queue, workflows, activities) in sagas.items()
+            if serves in (Serves.ALL, kind)
         ),
         *(
             Worker(
@@ -267,7 +296,7 @@ async def _serving(server: asyncio.subprocess.Process, settings: Settings, log: 
         await asyncio.sleep(0.1)
 
 
-async def run(settings: Settings, dev: bool, sinks: bool) -> None:
+async def run(settings: Settings, dev: bool, sinks: bool, serves: Serves = Serves.ALL) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -289,9 +318,14 @@ async def run(settings: Settings, dev: bool, sinks: bool) -> None:
         )
         if not dev:
             await _check_search_attributes(client, settings.temporal_namespace)
-        async with running_workers(client, store, settings):
+        async with running_workers(client, store, settings, serves):
+            queues = {
+                Serves.ALL: f"task queues {settings.task_queue!r} and {broadcast_task_queue(settings.task_queue)!r}",
+                Serves.NOTIFICATIONS: f"task queue {settings.task_queue!r}",
+                Serves.BROADCASTS: f"task queue {broadcast_task_queue(settings.task_queue)!r}",
+            }
             say(
-                f"worker polling task queue {settings.task_queue!r} on {settings.temporal_address} "
+                f"worker polling {queues[serves]} on {settings.temporal_address} "
                 f"(namespace {settings.temporal_namespace!r}); "
                 f"streams at {_without_password(settings.streams_location)}"
             )
@@ -391,13 +425,22 @@ def main() -> None:
         help="deliver to a local mail sink (on NOTIFY_SMTP_HOST:NOTIFY_SMTP_PORT) and a local Slack sink, which keep "
         "what they receive in the data dir",
     )
+    parser.add_argument(
+        "--serve",
+        type=Serves,
+        choices=list(Serves),
+        default=Serves.ALL,
+        help="run every saga (all, the default), or only single notifications' (notifications), or only broadcasts' "
+        "(broadcasts): a worker of their own keeps a large broadcast from slowing the notifications requested beside "
+        "it; each also sends on the channels",
+    )
     args = parser.parse_args()
     faulthandler.enable()  # a fatal signal (SIGBUS from a store file pulled away, say) is logged with its stack
     code = 0
     try:
         settings = load_settings()
         logs.configure(settings.log_format)
-        asyncio.run(run(settings, args.dev, args.sinks))
+        asyncio.run(run(settings, args.dev, args.sinks, args.serve))
     except Stopped:
         pass  # told to stop before what it waited for came
     except ConfigurationError as error:

@@ -98,9 +98,21 @@ requested yet."""
 RECORD_BROADCAST_ENDED: Activity[BroadcastRequest, None] = Activity("RecordBroadcastEnded", None)
 
 
+BROADCASTS_QUEUE_SUFFIX = "-broadcasts"
+
+
+def broadcast_task_queue(task_queue: str) -> str:
+    """Broadcasts have a task queue of their own, beside `task_queue` (the other notifications'): their sagas and
+    their recipients' sagas, with their steps. A worker of its own can serve it (`worker.py --serve broadcasts`), so
+    that a large broadcast takes none of the slots, or the event loop, of the notifications requested beside it."""
+    return f"{task_queue}{BROADCASTS_QUEUE_SUFFIX}"
+
+
 def channel_task_queue(task_queue: str, channel: Channel) -> str:
-    """Each channel's sends have a task queue of their own, so that each can have its own rate limit."""
-    return f"{task_queue}-{channel}"
+    """Each channel's sends have a task queue of their own, so that each can have its own rate limit: one for the
+    notifications of `task_queue` and those of its broadcasts (`broadcast_task_queue`), which go after the others
+    there (their priority), so that the channel's rate limit holds for all of them."""
+    return f"{task_queue.removesuffix(BROADCASTS_QUEUE_SUFFIX)}-{channel}"
 
 
 STEP_FAILED_FOR_GOOD = "StepFailedForGood"

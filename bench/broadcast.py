@@ -1,11 +1,13 @@
 """A broadcast against the same number of single requests, in one run on one dev server (issue 26): on SQLite streams
-and, given a PostgreSQL server, on PostgreSQL streams, each with a worker of its own and RECIPIENTS entities (email
-only, to the mail sink) in a topic.
+and, given a PostgreSQL server, on PostgreSQL streams, each with RECIPIENTS entities (email only, to the mail sink)
+in a topic, and two workers, as docs/operations.md says to run them beside broadcasts: one for single notifications
+(`worker.py --serve notifications`) and one for broadcasts (`nice -n 10 worker.py --serve broadcasts`).
 
 For each backend: a single notification's latency while nothing else runs; RECIPIENTS single requests at 50 in
 flight (closed loop: the baseline); then one broadcast to the topic: how long it took to be accepted, until its
 saga had requested (and started) every recipient's notification, until every one had ended; a single notification's
-latency in the middle of it; the worker's resident size through it; CPU per notification (worker and dev server);
+latency in the middle of it; the broadcasts' worker's resident size through it; CPU per notification (both workers
+and the dev server);
 the broadcast's largest run's history (events and bytes). Prints a table, and writes JSON.
 
     .venv/bin/python -m bench.broadcast --recipients 10000 [--postgres URL] [--json FILE]
@@ -41,6 +43,8 @@ IN_FLIGHT = 50
 """The baseline's single requests at once."""
 PROBES = 5
 """Single notifications timed, one after the other, idle and during the broadcast."""
+BROADCASTS_NICENESS = ("nice", "-n", "10")
+"""How the broadcasts' worker is started: behind the other processes for the CPU, as docs/operations.md says."""
 SOLO = DirectoryEntry.model_validate({"id": "solo", "email": "solo@example.com", "channels": {"email": "send"}})
 """The entity single notifications go to: not in the topic."""
 
@@ -88,10 +92,16 @@ async def measure(bench: Bench, temporal: Client, backend: str, url: str, count:
     async with settings.open_streams(create=True) as store:
         await import_entries(store, [SOLO, *entities], {e.id: ["everyone"] for e in entities})
         sinks = bench.start_sinks()
-        worker = WorkerProcess(bench.spawn([sys.executable, str(ROOT / "worker.py")], bench.environment_for(url)))
+        env = bench.environment_for(url)
+        workers = [
+            WorkerProcess(bench.spawn([*before, sys.executable, str(ROOT / "worker.py"), "--serve", serves], env))
+            for before, serves in [((), "notifications"), (BROADCASTS_NICENESS, "broadcasts")]
+        ]
+        broadcasting = workers[1]
         try:
             await asyncio.to_thread(sinks.until_said, "sinks ready")
-            await asyncio.to_thread(worker.until_polling)
+            for each in workers:
+                await asyncio.to_thread(each.until_polling)
             notify = NotificationClient(store, temporal, settings)
             broadcasts = BroadcastClient(notify)
 
@@ -103,7 +113,7 @@ async def measure(bench: Bench, temporal: Client, backend: str, url: str, count:
                 return (time.perf_counter() - started) * 1000
 
             idle = statistics.median([await single() for _ in range(PROBES)])
-            pids = [worker.process.pid, bench.server.pid]
+            pids = [*(w.process.pid for w in workers), bench.server.pid]
 
             async def one(n: int) -> str:
                 await single(entities[n].id)
@@ -113,7 +123,7 @@ async def measure(bench: Bench, temporal: Client, backend: str, url: str, count:
             await closed_loop(one, count, IN_FLIGHT)
             singles_s, singles_cpu = time.perf_counter() - started, sum(map(cpu_seconds, pids)) - cpu
 
-            rss = [resident_mib(worker.process.pid)]
+            rss = [resident_mib(broadcasting.process.pid)]
             cpu, started, wall = sum(map(cpu_seconds, pids)), time.perf_counter(), time.time()
             bid = await broadcasts.request(
                 {"audience": {"topic": "everyone"}, "content": {"subject": "All", "body": "B"}}
@@ -122,7 +132,7 @@ async def measure(bench: Bench, temporal: Client, backend: str, url: str, count:
             result = asyncio.create_task(broadcasts.result(bid))
             during: list[float] = []
             while not result.done():  # the probes from the middle of the time the singles took, a second apart
-                rss.append(resident_mib(worker.process.pid))
+                rss.append(resident_mib(broadcasting.process.pid))
                 if len(during) < PROBES and time.perf_counter() - started >= singles_s / 2:
                     during.append(await single())
                 await asyncio.wait([result], timeout=1)
@@ -131,7 +141,8 @@ async def measure(bench: Bench, temporal: Client, backend: str, url: str, count:
             assert counts.ended == {"sent": count}, counts
             runs = await broadcast_runs(temporal, bid)
         finally:
-            worker.stop()
+            for each in workers:
+                each.stop()
             sinks.stop()
     requested_at = max(at for _, _, at in runs)  # the last page's step, as its run's history says
     return Figures(

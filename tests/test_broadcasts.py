@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 import activities.broadcast
 import workflows.broadcast
+from activities.contract import broadcast_task_queue
 from api.app import owner_store
 from broadcasts import BroadcastClient
 from client import IdempotencyKeyConflict, NotCancellable, RequestRefused, attachment
@@ -129,7 +130,7 @@ async def test_a_broadcast_whose_requester_started_no_saga_is_started_by_a_worke
 
 
 async def test_the_api_requests_a_broadcast_and_reads_its_counts(
-    api: Api, dev_env: WorkflowEnvironment, mail_sink: MailSink
+    api: Api, dev_env: WorkflowEnvironment, settings: Settings, mail_sink: MailSink
 ) -> None:
     sent = await api.call(
         "POST", "/v1/broadcasts", key="sender", json={"entities": ["user-1", "user-2"], "subject": "S", "body": "B"}
@@ -159,7 +160,9 @@ async def test_the_api_requests_a_broadcast_and_reads_its_counts(
     assert second == {"items": [{"id": f"{bid}.2", "entity_id": "user-2", "status": "sent"}], "next_cursor": None}
     failed = await api.call("GET", f"/v1/broadcasts/{bid}/notifications", key="reader", params={"status": "failed"})
     assert failed.json() == {"items": [], "next_cursor": None}
-    described = await dev_env.client.get_workflow_handle(f"{bid}.1").describe()
+    for workflow_id in (bid, f"{bid}.1"):  # on a task queue of their own, where a worker of their own may serve them
+        described = await dev_env.client.get_workflow_handle(workflow_id).describe()
+        assert described.task_queue == broadcast_task_queue(settings.task_queue), workflow_id
     assert described.raw_description.workflow_execution_info.priority.priority_key == 4  # behind single requests
     for method, path, body, status, said in [
         ("POST", "/v1/broadcasts", {"topic": "nope", "subject": "S", "body": "B"}, 422, "no topic 'nope'"),
