@@ -33,6 +33,7 @@ from domain import (
     BroadcastRequest,
     BroadcastRequestedEvent,
     BroadcastStopped,
+    NotificationStatus,
     SendBroadcastOp,
     SendNotificationToEntityOp,
     TagName,
@@ -47,6 +48,11 @@ from streams.directory import members
 from workflows.broadcast import BroadcastSaga
 
 log = logging.getLogger("notify.broadcasts")
+ENDED_STATUSES = (
+    *(NotificationStatus.SENT, NotificationStatus.PARTIALLY_SENT, NotificationStatus.FAILED),
+    *(NotificationStatus.OPTED_OUT, NotificationStatus.CANCELLED, "refused"),
+)
+"""What a broadcast's notification ends as (`refused`: a recipient whose request could not be made)."""
 CANCELLED = "cancelled: its saga stopped what was not sent"
 """The details of a cancelled broadcast's completed handling."""
 
@@ -65,6 +71,14 @@ async def start_broadcast_saga(temporal: Client, settings: Settings, request: Br
         )
     except WorkflowAlreadyStartedError:
         pass  # it ran, and has ended
+
+
+def checked_status(status: str, given_as: str = "status") -> None:
+    """Refuse (`RequestRefused`) a status, given as `given_as`, that no broadcast's notification ends with."""
+    if status not in ENDED_STATUSES:
+        raise RequestRefused(
+            f"{given_as}: {status!r} is not a status a notification ends with ({', '.join(ENDED_STATUSES)})"
+        )
 
 
 class UnknownBroadcast(LookupError):
@@ -214,7 +228,10 @@ class BroadcastClient:
         """A page of the broadcast's notifications in the order of its recipients, after the `after`th: each
         `{"id", "entity_id", "status"}` (`refused`, or `not requested` yet, for a recipient without one); with
         `status`, only the ended ones with that status (or `refused`). Where the next page starts (None on the last).
-        `UnknownBroadcast` for an id that is not a broadcast's."""
+        `UnknownBroadcast` for an id that is not a broadcast's; `RequestRefused` for a status no notification ends
+        with."""
+        if status is not None:
+            checked_status(status)
         broadcast_id = await self._notifications.full_id(broadcast_id)
         await self.record(broadcast_id)  # an unknown id raises UnknownBroadcast
         entities = [entity for page in await self.pages(broadcast_id) for entity in page.entity_ids]

@@ -537,6 +537,14 @@ def progress_of_broadcast(shown: dict[str, Any]) -> str:
 
 def print_broadcast(shown: dict[str, Any]) -> None:
     print(f"broadcast {shown['id']}: {shown['status']}, {progress_of_broadcast(shown)}")
+    if listed := shown.get("notifications"):
+        width = max(len(n["id"]) for n in listed)
+        entity_width = max(len("ENTITY"), *(len(n["entity_id"]) for n in listed))
+        print(f"{'ID':<{width}}  {'ENTITY':<{entity_width}}  STATUS")
+        for n in listed:
+            print(f"{n['id']:<{width}}  {n['entity_id']:<{entity_width}}  {n['status']}")
+    if shown.get("next_after") is not None:
+        print(f"more: --after {shown['next_after']}")
 
 
 @app.command()
@@ -548,11 +556,31 @@ async def status(
         bool, typer.Option(help="Wait for the outcome showing its progress (each channel); as --wait.")
     ] = False,
     as_json: JsonOption = False,
+    notifications: Annotated[
+        bool, typer.Option(help="Of a broadcast: list its notifications too, a page at a time (id, entity, status).")
+    ] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STATUS", help="List only its notifications that ended STATUS (sent, failed, refused...)."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Notifications listed at most.")] = 20,
+    after: Annotated[
+        int, typer.Option(min=0, metavar="N", help="List from after its Nth recipient (what the last page said).")
+    ] = 0,
 ) -> int:
     """The status of notification ID: live while its saga runs, the recorded view after. Of a broadcast: how many
-    of its notifications have ended, by status."""
-    from broadcasts import BroadcastClient, UnknownBroadcast
+    of its notifications have ended, by status, and with --notifications or --only, a page of them."""
+    from broadcasts import BroadcastClient, UnknownBroadcast, checked_status
+    from client import RequestRefused
 
+    listed = notifications or only is not None
+    if only is not None:
+        try:
+            checked_status(only, "--only")
+        except RequestRefused as error:
+            raise CliError(str(error), 2) from None
     settings = load_settings()
     async with settings.open_streams() as store:
         client = await _client(settings, store)
@@ -560,10 +588,19 @@ async def status(
         try:
             shown = await broadcasts.status(notification_id)
         except UnknownBroadcast:
-            pass
+            if listed:
+                raise CliError(
+                    f"{notification_id} is not a broadcast's id: --notifications and --only list a broadcast's", 2
+                ) from None
         else:
             if wait or watch:
                 shown = await _followed_broadcast(broadcasts, notification_id, quiet=as_json or not watch)
+            if listed:
+                try:
+                    items, more = await broadcasts.notifications(shown["id"], status=only, after=after, limit=limit)
+                except RequestRefused as error:
+                    raise CliError(str(error), 2) from None
+                shown = {**shown, "notifications": items, "next_after": more}
             print_json(shown) if as_json else print_broadcast(shown)
             return 1 if (wait or watch) and any(shown["counts"].get(s, 0) for s in [*NOT_DELIVERED, "refused"]) else 0
         view = await client.status(notification_id)

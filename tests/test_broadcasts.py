@@ -160,6 +160,8 @@ async def test_the_api_requests_a_broadcast_and_reads_its_counts(
     assert second == {"items": [{"id": f"{bid}.2", "entity_id": "user-2", "status": "sent"}], "next_cursor": None}
     failed = await api.call("GET", f"/v1/broadcasts/{bid}/notifications", key="reader", params={"status": "failed"})
     assert failed.json() == {"items": [], "next_cursor": None}
+    unknown = await api.call("GET", f"/v1/broadcasts/{bid}/notifications", key="reader", params={"status": "snt"})
+    assert unknown.status_code == 422 and "'snt' is not a status a notification ends with" in unknown.text
     for workflow_id in (bid, f"{bid}.1"):  # on a task queue of their own, where a worker of their own may serve them
         described = await dev_env.client.get_workflow_handle(workflow_id).describe()
         assert described.task_queue == broadcast_task_queue(settings.task_queue), workflow_id

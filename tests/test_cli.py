@@ -877,6 +877,22 @@ def test_a_broadcast_notifies_each_member_of_a_topic_and_status_counts_them(
     assert named.returncode == 1, named.stderr  # one was refused: the directory has no 'nobody'
     bid, *progress = named.stdout.splitlines()
     assert progress[-1] == f"broadcast {bid}: completed, 2 of 2 ended (refused 1, sent 1)"
+    page = directory.run("status", bid, "--notifications", "--limit", "1")
+    assert page.stdout.splitlines()[1:] == [
+        f"{'ID':<{len(bid) + 2}}  ENTITY  STATUS",
+        f"{bid}.1  user-1  sent",
+        "more: --after 1",
+    ], page.stdout
+    rest = directory.json("status", bid, "--notifications", "--after", "1")
+    assert rest["notifications"] == [{"id": f"{bid}.2", "entity_id": "nobody", "status": "refused"}]
+    assert rest["next_after"] is None
+    assert directory.json("status", bid, "--only", "refused")["notifications"] == rest["notifications"]
+    for args, said in [
+        ((bid, "--only", "snt"), "error: --only: 'snt' is not a status a notification ends with (sent, "),
+        ((shown["id"] + ".1", "--notifications"), f"error: {shown['id']}.1 is not a broadcast's id"),
+    ]:
+        refused = directory.run("status", *args)
+        assert refused.returncode == 2 and refused.stderr.startswith(said), (args, refused.stderr)
     for args, said in [
         (("--topic", "team", "--entity", "user-1"), "error: give --entity ID (repeatable), --entity-json ENTRY or"),
         (("--topic", "nope"), "error: no topic 'nope'"),

@@ -118,6 +118,8 @@ async def get_broadcast_notifications(
         items, last = await BroadcastClient(client).notifications(broadcast_id, status=status, after=after, limit=limit)
     except UnknownBroadcast as error:
         raise Problem(404, str(error)) from error
+    except RequestRefused as error:
+        raise Problem(422, str(error)) from error
     return BroadcastNotificationPage.model_validate(
         {"items": items, "next_cursor": None if last is None else encode_cursor(last)}
     )
