@@ -6,8 +6,9 @@ so that the tests run on a machine with nothing but Python and pip. A server tha
 the tests that need it: nothing skips.
 
 One template database is migrated and granted once per session (per pytest-xdist worker process); each test gets a
-copy of it, and every database made is dropped when the session ends. Names are random, so that the worker processes
-never meet on one; the roles are the cluster's, shared by all, and made if missing by whichever process grants first.
+copy of it, and every database made is dropped when the session ends (by a process it does not wait for). Names are
+random, so that the worker processes never meet on one; the roles are the cluster's, shared by all, and made if
+missing by whichever process grants first.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -107,10 +111,25 @@ class Databases:
         return url_of(name)
 
     def drop_all(self) -> None:
-        for name in reversed(self._made):
-            self._execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        """Drop every database made, in a process of its own that the session does not wait for: each drop is a
+        checkpoint (about 0.15 s here), and a session makes a hundred."""
+        if self._made:
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.databases", admin_url(), *reversed(self._made)],
+                cwd=Path(__file__).parent.parent,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._made.clear()
         self._template = None
 
 
 DATABASES = Databases()
+
+
+if __name__ == "__main__":  # drop_all's: python -m tests.databases ADMIN_URL NAME...
+    with psycopg.connect(sys.argv[1], autocommit=True, connect_timeout=10) as admin:
+        for name in sys.argv[2:]:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
