@@ -565,9 +565,9 @@ async def status(
             metavar="STATUS", help="List only its notifications that ended STATUS (sent, failed, refused...)."
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="Notifications listed at most.")] = 20,
+    limit: Annotated[int, typer.Option(metavar="N", help="Notifications listed at most (up to 1,000).")] = 20,
     after: Annotated[
-        int, typer.Option(min=0, metavar="N", help="List from after its Nth recipient (what the last page said).")
+        int, typer.Option(metavar="N", help="List from after its Nth recipient (what the last page said).")
     ] = 0,
 ) -> int:
     """The status of notification ID: live while its saga runs, the recorded view after. Of a broadcast: how many
@@ -576,6 +576,8 @@ async def status(
     from client import RequestRefused
 
     listed = notifications or only is not None
+    if not 1 <= limit <= 1000 or after < 0:
+        raise CliError("--limit: 1 to 1,000; --after: 0 or more", 2)
     if only is not None:
         try:
             checked_status(only, "--only")
