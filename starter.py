@@ -857,9 +857,10 @@ async def streams_prune(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove every record of the notifications that ended (or were refused) before a time, in every stream, with
-    their tags and handling, in small batches while the service runs. What is still under way is kept, and so are
-    the directory and the API keys. Run it with the owner's URL (NOTIFY_STREAMS_URL)."""
+    """Remove every record of the notifications and broadcasts that ended (or were refused) before a time, in every
+    stream, with their tags and handling, and the files nobody names then, in small batches while the service runs.
+    What is still under way is kept, and so are the directory and the API keys. Run it with the owner's URL
+    (NOTIFY_STREAMS_URL)."""
     cutoff = _prune_cutoff(before, older_than)
     settings = load_settings()
     async with settings.open_streams(as_owner=True) as store:
@@ -868,8 +869,8 @@ async def streams_prune(
         print_json({"before": cutoff.isoformat(), **dataclasses.asdict(pruned)})
     else:
         print(
-            f"pruned {pruned.notifications} notifications ({pruned.records} records) that ended before {cutoff},"
-            f" and {pruned.contents} files no notification names"
+            f"pruned {pruned.notifications} notifications and {pruned.broadcasts} broadcasts ({pruned.records} records)"
+            f" that ended before {cutoff}, and {pruned.contents} files nobody names"
         )
 
 

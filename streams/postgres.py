@@ -27,11 +27,15 @@ from psycopg.rows import tuple_row
 from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from activities.contract import SEND_BROADCAST_CONCERN
 from commands import command
 from domain import Tag
 from streams.packing import pack, packable, unpack
 from streams.store import (
     ALLOWED_TRANSITIONS,
+    BROADCAST_REQUESTED,
+    BROADCAST_TAG,
+    RECIPIENT_REFUSED,
     REQUESTED,
     UNREADABLE,
     ExistingRecordStrategy,
@@ -144,20 +148,44 @@ WITH notifications AS (
         LIMIT %(limit)s
     )
     LIMIT %(limit)s
+), broadcasts AS (
+    SELECT r.record_id AS id FROM notify_handling h JOIN notify_records r ON r.internal_id = h.internal_record_id
+    WHERE h.concern = '{SEND_BROADCAST_CONCERN}' AND h.status = '{HandlingStatus.COMPLETED}'
+    AND h.timestamp_utc < %(before)s AND h.stream = '{StreamName.CLIENT_OPERATION}'
+    AND r.type = '{BROADCAST_REQUESTED}' AND r.record_id IS NOT NULL
+    AND NOT EXISTS (
+        SELECT 1 FROM notify_handling l WHERE l.internal_record_id = h.internal_record_id AND l.concern = h.concern
+        AND l.stream = h.stream AND l.entry_id > h.entry_id
+    )
+    LIMIT %(limit)s
+), ended AS (
+    SELECT id FROM notifications
+    UNION ALL
+    SELECT r.notification_id FROM notify_record_tags t JOIN notify_records r ON r.internal_id = t.internal_id
+    WHERE t.stream = '{StreamName.NOTIFICATION_EVENT}' AND t.name = '{BROADCAST_TAG}'
+    AND t.value = ANY(ARRAY(SELECT id FROM broadcasts)) AND r.type = '{RECIPIENT_REFUSED}'
+    AND r.notification_id IS NOT NULL
 ), pruned AS (
     SELECT r.internal_id, r.stream FROM notify_records r
-    WHERE r.notification_id = ANY(ARRAY(SELECT id FROM notifications)) AND r.stream = ANY(%(streams)s)
+    WHERE r.notification_id = ANY(ARRAY(SELECT id FROM ended)) AND r.stream = ANY(%(streams)s)
+    UNION
+    SELECT r.internal_id, r.stream FROM notify_record_tags t JOIN notify_records r ON r.internal_id = t.internal_id
+    WHERE t.stream = '{StreamName.CLIENT_OPERATION}' AND t.name = '{BROADCAST_TAG}'
+    AND t.value = ANY(ARRAY(SELECT id FROM broadcasts)) AND r.notification_id IS NULL
 ), handling AS (
     DELETE FROM notify_handling h USING pruned p WHERE h.stream = p.stream AND h.internal_record_id = p.internal_id
 ), content_refs AS (
-    DELETE FROM notify_content_refs c WHERE c.notification_id = ANY(ARRAY(SELECT id FROM notifications))
+    DELETE FROM notify_content_refs c
+    WHERE c.notification_id = ANY(ARRAY(SELECT id FROM ended UNION ALL SELECT id FROM broadcasts))
 ), records AS (
     DELETE FROM notify_records r USING pruned p WHERE r.internal_id = p.internal_id RETURNING 1
 )
-SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM records)
+SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM broadcasts), (SELECT count(*) FROM records)
 """
-"""Prune one batch of notifications (`StreamStore.prune`): their records, found by their notification id, with their
-tags (a trigger deletes them), their handling and the names of their contents."""
+"""Prune one batch of notifications and one of broadcasts (`StreamStore.prune`): the notifications' records, found by
+their notification id, and the broadcasts' (found by the partial index of their ends, migration 0014): their own
+records, tagged with their id and of no notification, and their refused recipients' records; with their tags (a
+trigger deletes them), their handling and the names of their contents."""
 
 PRUNE_CONTENT_REFS = f"""
 DELETE FROM notify_content_refs c WHERE c.timestamp_utc < %(before)s
@@ -463,14 +491,14 @@ class PostgresStreamStore(StreamStore):
         assert row is not None
         return [PutResult(internal_id) for internal_id in row[0]]
 
-    async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
+    async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int, int]:
         """One statement as the owner (as the schema's functions run): the roles may neither read nor delete."""
         async with _using(self._producer) as db:
             streams = [s.value for s in StreamName]
             cursor = await db.execute(PRUNE, {"before": before, "limit": limit, "streams": streams})
             row = await cursor.fetchone()
         assert row is not None
-        return row[0], row[1]
+        return row[0], row[1], row[2]
 
     async def _prune_contents(self, orphaned: datetime | None, limit: int) -> int:
         """As the owner, as `_prune_batch` is; one transaction holding `CONTENTS_LOCK` alone."""

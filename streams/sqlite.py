@@ -20,10 +20,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from activities.contract import SEND_BROADCAST_CONCERN
 from domain import Tag, utc_now
 from streams.packing import pack, packable, unpack
 from streams.store import (
+    BROADCAST_REQUESTED,
+    BROADCAST_TAG,
     HELD_TAG,
+    RECIPIENT_REFUSED,
     REQUESTED,
     RESETS,
     UNREADABLE,
@@ -56,7 +60,7 @@ from streams.store import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 WAIT_SECONDS = 30
 """How long a call on the store's thread waits for another process's write to end."""
 CHECKPOINT_EVERY = 500
@@ -123,7 +127,15 @@ INSERT OR IGNORE INTO names (code, name) VALUES {", ".join(f"({c}, '{n}')" for c
 """Schema 6: a stream's, a type's, a tag's, a concern's and a status's name is kept once, in `names`, and rows hold
 its code; times are microseconds since the epoch (UTC); a record's notification-id tag is its `notification_id`
 (`streams.store.HELD_TAG`); a payload, and a handling entry's details, are TEXT as written or a BLOB packed
-(`streams.packing`). Schema 7: contents, each kept once by its SHA-256, and which notifications name them."""
+(`streams.packing`). Schema 7: contents, each kept once by its SHA-256, and which notifications name them. Schema 8:
+the broadcasts' ends (`BROADCASTS_ENDED`)."""
+
+BROADCASTS_ENDED = (
+    "CREATE INDEX IF NOT EXISTS broadcasts_ended ON handling (timestamp_utc)"
+    " WHERE concern = {concern} AND status = {completed}"
+)
+"""The handling entries that end broadcasts (their request `Completed` under `SEND_BROADCAST_CONCERN`), by time,
+for pruning: a partial index naming the codes the file gave those names, which it makes when it makes the index."""
 
 MICROSECONDS = "1000000"
 US_OF_TEXT = (
@@ -462,16 +474,17 @@ class SQLiteStreamStore(StreamStore):
             )
         return PutResult(internal_id, existing)
 
-    async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
+    async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int, int]:
         return await self._run(self._prune, _microseconds(before), limit)
 
-    def _prune(self, before: int, limit: int) -> tuple[int, int]:
-        db = self._db
+    def _prune(self, before: int, limit: int) -> tuple[int, int, int]:
+        db, code = self._db, self._code
         with _transaction(db):
             db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_notifications (id TEXT PRIMARY KEY)")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_broadcasts (id TEXT PRIMARY KEY)")
             db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_records (internal_id INTEGER PRIMARY KEY, stream)")
-            db.execute("DELETE FROM pruned_notifications")
-            db.execute("DELETE FROM pruned_records")
+            for table in ("pruned_notifications", "pruned_broadcasts", "pruned_records"):
+                db.execute(f"DELETE FROM {table}")
             # The views by time, through their partial index, named: SQLite's planner, without statistics, would
             # rather read every view by the index of ids and sort them, for each batch (hours at a million).
             notifications = db.execute(
@@ -482,15 +495,44 @@ class SQLiteStreamStore(StreamStore):
                 " UNION ALL SELECT r.record_id FROM handling h JOIN records r ON r.internal_id = h.internal_record_id"
                 f" WHERE h.stream = ? AND h.status = {REFUSED} AND r.type = ? AND r.timestamp_utc < ?"
                 ") LIMIT ?",
-                (before, limit, self._code(StreamName.CLIENT_OPERATION), self._code(REQUESTED), before, limit),
+                (before, limit, code(StreamName.CLIENT_OPERATION), code(REQUESTED), before, limit),
             ).rowcount
-            if not notifications:
-                return 0, 0
+            # The broadcasts whose request's latest entry is the `Completed` that ended them, by its partial index.
+            broadcasts = db.execute(
+                "INSERT OR IGNORE INTO pruned_broadcasts SELECT r.record_id FROM handling h INDEXED BY broadcasts_ended"
+                " JOIN records r ON r.internal_id = h.internal_record_id"
+                f" WHERE h.concern = {code(SEND_BROADCAST_CONCERN)} AND h.status = {code(HandlingStatus.COMPLETED)}"
+                " AND h.timestamp_utc < ? AND h.stream = ? AND r.type = ? AND r.record_id IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM handling l WHERE l.stream = h.stream"
+                " AND l.internal_record_id = h.internal_record_id AND l.concern = h.concern"
+                " AND l.entry_id > h.entry_id)"
+                " LIMIT ?",
+                (before, code(StreamName.CLIENT_OPERATION), code(BROADCAST_REQUESTED), limit),
+            ).rowcount
+            if not (notifications or broadcasts):
+                return 0, 0, 0
+            by_broadcast = (
+                " FROM record_tags t JOIN records r ON r.internal_id = t.internal_id"
+                " WHERE t.stream = ? AND t.name = ? AND t.value IN (SELECT id FROM pruned_broadcasts)"
+            )
+            db.execute(  # their refused recipients: notifications of no view
+                f"INSERT OR IGNORE INTO pruned_notifications SELECT r.notification_id{by_broadcast}"
+                " AND r.type = ? AND r.notification_id IS NOT NULL",
+                (code(StreamName.NOTIFICATION_EVENT), code(BROADCAST_TAG), code(RECIPIENT_REFUSED)),
+            )
+            db.execute(  # their own records: of no notification
+                f"INSERT OR IGNORE INTO pruned_records SELECT r.internal_id, r.stream{by_broadcast}"
+                " AND r.notification_id IS NULL",
+                (code(StreamName.CLIENT_OPERATION), code(BROADCAST_TAG)),
+            )
             db.execute(
                 "INSERT OR IGNORE INTO pruned_records SELECT internal_id, stream FROM records"
                 " WHERE notification_id IN (SELECT id FROM pruned_notifications)"
             )
-            db.execute("DELETE FROM content_refs WHERE notification_id IN (SELECT id FROM pruned_notifications)")
+            db.execute(
+                "DELETE FROM content_refs WHERE notification_id IN"
+                " (SELECT id FROM pruned_notifications UNION ALL SELECT id FROM pruned_broadcasts)"
+            )
             db.execute(
                 "DELETE FROM handling"
                 " WHERE (stream, internal_record_id) IN (SELECT stream, internal_id FROM pruned_records)"
@@ -498,7 +540,7 @@ class SQLiteStreamStore(StreamStore):
             records = db.execute(
                 "DELETE FROM records WHERE internal_id IN (SELECT internal_id FROM pruned_records)"
             ).rowcount
-        return notifications, records
+        return notifications, broadcasts, records
 
     async def _prune_contents(self, orphaned: datetime | None, limit: int) -> int:
         return await self._run(self._pruned_contents, None if orphaned is None else _microseconds(orphaned), limit)
@@ -696,6 +738,12 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
         db.execute("ALTER TABLE records DROP COLUMN tags")
     for statement in (FROM_SCHEMA_5 if 0 < version < 6 else SCHEMA).split(";"):
         db.execute(statement)
+    ended = (SEND_BROADCAST_CONCERN, HandlingStatus.COMPLETED)
+    db.executemany("INSERT OR IGNORE INTO names (name) VALUES (?)", [(name,) for name in ended])
+    codes = dict(db.execute("SELECT name, code FROM names WHERE name IN (?, ?)", ended).fetchall())
+    db.execute(
+        BROADCASTS_ENDED.format(concern=codes[SEND_BROADCAST_CONCERN], completed=codes[HandlingStatus.COMPLETED])
+    )
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from domain import ExecuteOpRequestedEvent, Tag
+from domain import BroadcastRecipientRefused, BroadcastRequestedEvent, ExecuteOpRequestedEvent, Tag, TagName
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -445,6 +445,14 @@ class Written:
 
 REQUESTED = ExecuteOpRequestedEvent.__name__
 """The type of an operation's record in an operation stream."""
+BROADCAST_REQUESTED = BroadcastRequestedEvent.__name__
+"""The type of a broadcast's request in the client-operation stream: its record id is the broadcast's id."""
+RECIPIENT_REFUSED = BroadcastRecipientRefused.__name__
+"""The type of a broadcast's refused recipient in the notification-event stream: a notification that never has a
+view."""
+BROADCAST_TAG = TagName.BROADCAST_ID.value
+"""The tag by which a broadcast's own records (its request, its snapshot's pages, its key's claim) and its refused
+recipients name it."""
 
 
 ORPHANED_AFTER = timedelta(hours=1)
@@ -461,6 +469,9 @@ class Pruned:
     """What `StreamStore.prune` removed."""
 
     notifications: int = 0
+    broadcasts: int = 0
+    """Broadcasts that ended: their own records and their refused recipients' (their notifications are counted as
+    any notification is)."""
     records: int = 0
     contents: int = 0
     """Contents no remaining notification names (`StreamStore.put_contents`)."""
@@ -603,28 +614,32 @@ class StreamStore(ABC):
 
     async def prune(self, before: datetime, batch: int = 100) -> Pruned:
         """Remove every record of the notifications that ended, or were refused, before `before` (their view's or
-        their refused request's time), across all streams, with their tags and handling; `batch` notifications to a
-        transaction, so that a writer waits for one batch at most. A notification still under way, and records of
-        no notification (the directory, API keys), are kept; so are the names of their contents. Then the contents
-        that no notification names any more, and those put before `before`, and `ORPHANED_AFTER` ago, for a
+        their refused request's time), across all streams, with their tags and handling; and of the broadcasts that
+        ended before it (the time their request's handling became `Completed` under the concern `send-broadcast`), their
+        own records (tagged with their id, of no notification: request, snapshot pages, key claim) and their refused
+        recipients' records, with the names of their contents. `batch` notifications and `batch` broadcasts to a
+        transaction, so that a writer waits for one batch at most. A notification or broadcast still under way, and
+        records of neither (the directory, API keys), are kept; so are the names of their contents. Then the
+        contents that nobody names any more, and those put before `before`, and `ORPHANED_AFTER` ago, for a
         notification that has no record (its request never written); a broadcast's, named by its id, are kept while
         its request is (a record of that id in the client-operation stream)."""
         pruned = Pruned()
         while True:
-            notifications, records = await self._prune_batch(before, batch)
-            if not notifications:
+            notifications, broadcasts, records = await self._prune_batch(before, batch)
+            if not (notifications or broadcasts):
                 orphaned: datetime | None = min(before, datetime.now(UTC) - ORPHANED_AFTER)
                 while contents := await self._prune_contents(orphaned, CONTENTS_BATCH):
                     pruned.contents += contents
                     orphaned = None  # the first batch forgot them
                 return pruned
             pruned.notifications += notifications
+            pruned.broadcasts += broadcasts
             pruned.records += records
 
     @abstractmethod
-    async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int]:
-        """Remove up to `limit` notifications' records (see `prune`) in one transaction: how many notifications,
-        and how many records."""
+    async def _prune_batch(self, before: datetime, limit: int) -> tuple[int, int, int]:
+        """Remove up to `limit` notifications' and up to `limit` broadcasts' records (see `prune`) in one
+        transaction: how many notifications, broadcasts and records."""
 
     @abstractmethod
     async def _prune_contents(self, orphaned: datetime | None, limit: int) -> int:

@@ -18,13 +18,28 @@ import pytest
 from pydantic import BaseModel
 
 import streams.store
-from domain import Tag
+from activities.contract import SEND_BROADCAST_CONCERN
+from domain import (
+    BroadcastAudience,
+    BroadcastKeyClaim,
+    BroadcastRecipientRefused,
+    BroadcastRecipients,
+    BroadcastRequestedEvent,
+    SendBroadcastOp,
+    Tag,
+    TagName,
+    recipient_id,
+    recipients_record_id,
+    tag,
+    utc_now,
+)
 from streams import (
     ExistingRecordStrategy,
     HandlingStatus,
     InvalidHandlingTransition,
     NoSuchRecord,
     ReadOnlyStream,
+    Record,
     StreamName,
     StreamStore,
     WriteOnlyStream,
@@ -681,6 +696,81 @@ class StreamStoreContract(ABC):
         assert len(await left("running")) == 3 and len(await left("new")) == 4
         assert [r.record_id for r in await store.read(StreamName.ENTITY_DIRECTORY)] == ["e-1"]
         assert await store.prune(cut) == Pruned()
+
+    async def test_prune_removes_a_broadcast_that_ended_before_the_date_and_nothing_else(
+        self, store: StreamStore
+    ) -> None:
+        """A broadcast that ended (its request's handling `Completed`) before the date goes: its request, key claim,
+        snapshot page and refused recipient, with their tags and handling, and the files only it names; its ended
+        recipient goes as any notification does. A broadcast still running, and a notification under way, stay."""
+        operations, events = store.writer(StreamName.CLIENT_OPERATION), store.writer(StreamName.NOTIFICATION_EVENT)
+        handling = store.handling(StreamName.CLIENT_OPERATION)
+        op = SendBroadcastOp(audience=BroadcastAudience(entity_ids=["e-1", "e-2"]), content={"subject": "S"})
+
+        async def broadcast(bid: str, files: list[bytes]) -> int:
+            """A broadcast as `BroadcastClient.request` and its saga's first steps write it: its key's claim, its
+            files, its request (taken up), its snapshot, its refused second recipient; its first recipient's
+            notification is requested (and, for one of them, ended)."""
+            key, by_broadcast = f"key-of-{bid}", tag(TagName.BROADCAST_ID, bid)
+            by_key = tag(TagName.IDEMPOTENCY_KEY, key)
+            claim = BroadcastKeyClaim(idempotency_key=key, broadcast_id=bid, operation=op)
+            await operations.put(f"idempotency-key:{key}", claim, tags=[by_broadcast, by_key])
+            await store.put_contents(bid, files)
+            request = BroadcastRequestedEvent(id=bid, operation=op, timestamp_utc=utc_now())
+            put = await operations.put(
+                bid, request, tags=[by_broadcast, by_key], strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID
+            )
+            page = BroadcastRecipients(broadcast_id=bid, page=0, entity_ids=["e-1", "e-2"])
+            await operations.put(recipients_record_id(bid, 0), page, tags=[by_broadcast])
+            await handling.transition(put.record_internal_id, SEND_BROADCAST_CONCERN, HandlingStatus.RUNNING)
+            first, second = recipient_id(bid, 1), recipient_id(bid, 2)
+            notification = [tag(TagName.NOTIFICATION_ID, first), by_broadcast]
+            await operations.put(first, Thing(value=1), type="ExecuteOpRequestedEvent", tags=notification)
+            refused = BroadcastRecipientRefused(
+                broadcast_id=bid, notification_id=second, entity_id="e-2", reason="gone"
+            )
+            await events.put(second, refused, tags=[tag(TagName.NOTIFICATION_ID, second), by_broadcast])
+            return put.record_internal_id
+
+        async def everything() -> dict[int, Record]:
+            return {r.internal_id: r for s in StreamName for r in await store.read(s)}
+
+        shared, olds, runnings = b"%PDF-1.7 both broadcasts'", b"\x89PNG the old one's", b"the running one's"
+        old = await broadcast("old", [shared, olds])
+        running = await broadcast("running", [shared, runnings])
+        await store.writer(StreamName.NOTIFICATION_VIEW).put(
+            recipient_id("old", 1), Thing(value=2), tags=[tag(TagName.NOTIFICATION_ID, recipient_id("old", 1))]
+        )
+        await operations.put(
+            "solo", Thing(value=3), type="ExecuteOpRequestedEvent", tags=[tag("notification-id", "solo")]
+        )
+        ended = await handling.transition(old, SEND_BROADCAST_CONCERN, HandlingStatus.COMPLETED, "all ended")
+        written = await everything()
+
+        # ended at the date, not before it: only its recipient's notification goes, which ended before
+        assert await store.prune(ended.timestamp_utc) == Pruned(notifications=1, records=2)
+        kept = await everything()
+        assert {written[i].record_id for i in written.keys() - kept.keys()} == {recipient_id("old", 1)}
+        assert await store.content(hashlib.sha256(olds).hexdigest()) == olds
+
+        assert await store.prune(ended.timestamp_utc + timedelta(microseconds=1)) == Pruned(
+            broadcasts=1, records=4, contents=1
+        )
+        left = await everything()
+        assert sorted(kept[i].record_id or "" for i in kept.keys() - left.keys()) == [
+            "idempotency-key:key-of-old",
+            "old",
+            recipient_id("old", 2),
+            recipients_record_id("old", 0),
+        ]
+        assert all(r.tag(TagName.BROADCAST_ID) != "old" for r in left.values())
+        assert await store.handling_history(StreamName.CLIENT_OPERATION, old, None) == []
+        assert [e.status for e in await handling.history(running)] == [HandlingStatus.RUNNING]
+        assert await store.content(hashlib.sha256(olds).hexdigest()) is None
+        assert await store.content(hashlib.sha256(shared).hexdigest()) == shared
+        assert await store.content(hashlib.sha256(runnings).hexdigest()) == runnings
+        assert await store.prune(utc_now()) == Pruned()
+        assert len(await everything()) == len(left) == 5 + 1
 
 
 def _issue_ids(contract: type[StreamStoreContract], location: Path, count: int) -> list[int]:

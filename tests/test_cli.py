@@ -939,7 +939,8 @@ def test_prune_removes_what_ended_before_the_date_and_the_audit_forgets_it(direc
 
     pruned = directory.json("streams", "prune", "--before", datetime.now(UTC).isoformat())
     assert pruned["notifications"] >= 1 and pruned["records"] >= 10
-    assert pruned["contents"] == 3  # those test_files_attached_go_by_email_whole sent; a broadcast keeps its own
+    assert pruned["broadcasts"] == 3  # those the tests before it sent, each ended
+    assert pruned["contents"] == 3 + 2  # those test_files_attached_go_by_email_whole sent, and the broadcast's files
     assert directory.record_count() == stored - pruned["records"]
     missing = directory.run("status", nid)
     assert missing.returncode == 1 and "no notification with id" in missing.stderr

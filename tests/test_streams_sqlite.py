@@ -6,7 +6,7 @@ from pathlib import Path
 from domain import Tag
 from streams import StreamName, StreamStore, open_store
 from streams.sqlite import AT_ONCE_RECORDS, CHECKPOINT_EVERY, SCHEMA_VERSION
-from streams.store import NewRecord
+from streams.store import NewRecord, Pruned
 from tests.streams_contract import StreamStoreContract, Thing
 
 
@@ -94,6 +94,25 @@ async def test_a_file_of_schema_5_keeps_its_records_their_tags_handling_times_an
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert not {"records_5", "record_tags_5", "handling_5"} & tables
     db.close()
+
+
+async def test_a_file_of_schema_7_gains_the_index_of_the_broadcasts_ends(tmp_path: Path) -> None:
+    """Schema 7 had no index of the broadcasts' ends, which prune names: opening such a file makes it, by the codes the
+    file gave the concern and the status."""
+    path = tmp_path / "streams.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.writer(StreamName.CLIENT_OPERATION).put("n-1", Thing(value=1))
+    with sqlite3.connect(path) as db:
+        db.executescript("DROP INDEX broadcasts_ended; PRAGMA user_version=7;")
+    db.close()
+    async with open_store(f"sqlite:///{path}") as store:
+        assert await store.prune(datetime.now(UTC)) == Pruned()  # its query names the index
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        [(made,)] = db.execute("SELECT sql FROM sqlite_master WHERE name = 'broadcasts_ended'").fetchall()
+        codes = dict(db.execute("SELECT name, code FROM names").fetchall())
+    db.close()
+    assert made.endswith(f"WHERE concern = {codes['send-broadcast']} AND status = {codes['Completed']}")
 
 
 async def test_a_step_that_finds_the_file_busy_waits_for_it_on_the_store_thread(tmp_path: Path) -> None:
