@@ -53,6 +53,8 @@ ENDED_STATUSES = (
     *(NotificationStatus.OPTED_OUT, NotificationStatus.CANCELLED, "refused"),
 )
 """What a broadcast's notification ends as (`refused`: a recipient whose request could not be made)."""
+MAX_NOTIFICATIONS_PAGE = 200
+"""A broadcast's notifications listed at once at most (each is looked up)."""
 CANCELLED = "cancelled: its saga stopped what was not sent"
 """The details of a cancelled broadcast's completed handling."""
 

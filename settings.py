@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from activities.contract import BROADCASTS_QUEUE_SUFFIX
 from commands import command
 from domain import (
     CannotPrepareToSendOnChannelAction,
@@ -185,6 +186,15 @@ class Settings(BaseSettings):
             if initial > maximum:
                 raise ValueError(f"{channel}_retry_initial_seconds is more than {channel}_retry_maximum_seconds")
         return self
+
+    @field_validator("task_queue")
+    @classmethod
+    def _not_a_broadcasts_queue(cls, value: str) -> str:
+        if value.endswith(BROADCASTS_QUEUE_SUFFIX):
+            raise ValueError(
+                f"must not end in {BROADCASTS_QUEUE_SUFFIX!r}: broadcasts' task queue is <queue>-broadcasts"
+            )
+        return value
 
     @field_validator("email_from", "internal_team_email")
     @classmethod

@@ -535,6 +535,10 @@ def progress_of_broadcast(shown: dict[str, Any]) -> str:
     return f"{shown['recipients'] - shown['left']} of {shown['recipients']} ended" + (f" ({ended})" if ended else "")
 
 
+NOTIFICATIONS_LISTED = 20
+"""A broadcast's notifications `status --notifications` lists unless told (`--limit`)."""
+
+
 def print_broadcast(shown: dict[str, Any]) -> None:
     print(f"broadcast {shown['id']}: {shown['status']}, {progress_of_broadcast(shown)}")
     if listed := shown.get("notifications"):
@@ -565,19 +569,25 @@ async def status(
             metavar="STATUS", help="List only its notifications that ended STATUS (sent, failed, refused...)."
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(metavar="N", help="Notifications listed at most (up to 1,000).")] = 20,
+    limit: Annotated[
+        int, typer.Option(metavar="N", help="Notifications listed at most (up to 200).")
+    ] = NOTIFICATIONS_LISTED,
     after: Annotated[
         int, typer.Option(metavar="N", help="List from after its Nth recipient (what the last page said).")
     ] = 0,
 ) -> int:
     """The status of notification ID: live while its saga runs, the recorded view after. Of a broadcast: how many
     of its notifications have ended, by status, and with --notifications or --only, a page of them."""
-    from broadcasts import BroadcastClient, UnknownBroadcast, checked_status
+    from broadcasts import MAX_NOTIFICATIONS_PAGE, BroadcastClient, UnknownBroadcast, checked_status
     from client import RequestRefused
 
     listed = notifications or only is not None
-    if not 1 <= limit <= 1000 or after < 0:
-        raise CliError("--limit: 1 to 1,000; --after: 0 or more", 2)
+    if not 1 <= limit <= MAX_NOTIFICATIONS_PAGE or after < 0:
+        raise CliError(f"--limit: 1 to {MAX_NOTIFICATIONS_PAGE}; --after: 0 or more", 2)
+    if not listed and (limit, after) != (NOTIFICATIONS_LISTED, 0):
+        raise CliError(
+            "--limit and --after page through a broadcast's notifications: give --notifications or --only", 2
+        )
     if only is not None:
         try:
             checked_status(only, "--only")

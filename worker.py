@@ -72,13 +72,13 @@ class Serves(enum.StrEnum):
 @contextlib.asynccontextmanager
 async def running_workers(
     client: Client, store: StreamStore, settings: Settings, serves: Serves = Serves.ALL
-) -> AsyncIterator[None]:
+) -> AsyncIterator[list[str]]:
     """Run the workers: one for the saga on `settings.task_queue` and one for broadcasts' sagas on theirs
     (`broadcast_task_queue`), or the one `serves` says (each with the saga's steps: the notification handlers' and
     the channels' give-up records and Slack's turns, all local activities); one per channel on that channel's task
     queue, which both share (email's with its rate limit for the whole queue; Slack is paced per Slack channel
     instead); and the client-operation stream's handler, which starts the saga of every request that has none
-    (`intake`)."""
+    (`intake`). Yields the sagas' task queues it polls."""
     files = FileBudget(settings.attachment_memory_bytes)  # one for all channels: the worker's memory
     handlers = {channel: handler(store, settings, files) for channel, handler in CHANNEL_HANDLERS.items()}
     notification = NotificationActivities(store, settings, handlers)
@@ -114,6 +114,7 @@ async def running_workers(
             [*saga_steps, *broadcast_steps],
         ),
     }
+    served = [saga for kind, saga in sagas.items() if serves in (Serves.ALL, kind)]
     workers = [
         *(
             Worker(
@@ -126,8 +127,7 @@ async def running_workers(
                 sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_queue_timeout_seconds),
                 interceptors=[classified],
             )
-            for kind, (task_queue, workflows, activities) in sagas.items()
-            if serves in (Serves.ALL, kind)
+            for task_queue, workflows, activities in served
         ),
         *(
             Worker(
@@ -149,7 +149,7 @@ async def running_workers(
         intake = asyncio.create_task(ClientOperationHandler(store, client, settings).run(), name="intake")
         intake.add_done_callback(_said_if_failed)
         try:
-            yield
+            yield [task_queue for task_queue, _, _ in served]
         finally:
             intake.cancel()
             await asyncio.gather(intake, return_exceptions=True)
@@ -318,14 +318,10 @@ async def run(settings: Settings, dev: bool, sinks: bool, serves: Serves = Serve
         )
         if not dev:
             await _check_search_attributes(client, settings.temporal_namespace)
-        async with running_workers(client, store, settings, serves):
-            queues = {
-                Serves.ALL: f"task queues {settings.task_queue!r} and {broadcast_task_queue(settings.task_queue)!r}",
-                Serves.NOTIFICATIONS: f"task queue {settings.task_queue!r}",
-                Serves.BROADCASTS: f"task queue {broadcast_task_queue(settings.task_queue)!r}",
-            }
+        async with running_workers(client, store, settings, serves) as queues:
             say(
-                f"worker polling {queues[serves]} on {settings.temporal_address} "
+                f"worker polling task queue{'s' if len(queues) > 1 else ''} {' and '.join(map(repr, queues))} on "
+                f"{settings.temporal_address} "
                 f"(namespace {settings.temporal_namespace!r}); "
                 f"streams at {_without_password(settings.streams_location)}"
             )

@@ -30,6 +30,7 @@ from psycopg import sql
 from streams.postgres import grant, grants, migrate
 
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DROPS_LOG = Path(tempfile.gettempdir()) / "notify-test-database-drops.log"
 _admin_url: str | None = None
 
 
@@ -112,16 +113,17 @@ class Databases:
 
     def drop_all(self) -> None:
         """Drop every database made, in a process of its own that the session does not wait for: each drop is a
-        checkpoint (about 0.15 s here), and a session makes a hundred."""
+        checkpoint (about 0.15 s here), and a session makes a hundred. What goes wrong is in `DROPS_LOG`."""
         if self._made:
-            subprocess.Popen(
-                [sys.executable, "-m", "tests.databases", admin_url(), *reversed(self._made)],
-                cwd=Path(__file__).parent.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            with DROPS_LOG.open("a") as log:
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.databases", admin_url(), *reversed(self._made)],
+                    cwd=Path(__file__).parent.parent,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
         self._made.clear()
         self._template = None
 

@@ -765,6 +765,12 @@ def test_sagas_are_found_by_entity_once_temporal_setup_registered_the_search_att
         ("starter.py", "NOTIFY_SLACK_TOKENS", "{acme", "NOTIFY_SLACK_TOKENS: malformed JSON"),
         (
             "worker.py",
+            "NOTIFY_TASK_QUEUE",
+            "notify-broadcasts",
+            "NOTIFY_TASK_QUEUE: must not end in '-broadcasts': broadcasts' task queue is <queue>-broadcasts",
+        ),
+        (
+            "worker.py",
             "NOTIFY_PAYLOAD_KEYS",
             "k1:c2hvcnQ=",
             "NOTIFY_PAYLOAD_KEYS: key 'k1' is 5 bytes; AES-256 takes 32 (openssl rand -base64 32)",

@@ -13,7 +13,7 @@ from api.deps import KeyFirst, Notifications, needs
 from api.keys import Scope
 from api.paging import decode_number, encode_cursor
 from api.problems import Problem, problems
-from broadcasts import BroadcastClient, UnknownBroadcast
+from broadcasts import MAX_NOTIFICATIONS_PAGE, BroadcastClient, UnknownBroadcast
 from client import IdempotencyKeyConflict, NotCancellable, RequestRefused
 from domain import MAX_BROADCAST_ENTITIES
 
@@ -83,9 +83,6 @@ async def get_broadcast(broadcast_id: str, client: Notifications) -> BroadcastSt
         raise Problem(404, str(error)) from error
 
 
-MAX_PAGE = 200
-
-
 class BroadcastNotification(BaseModel):
     id: str
     entity_id: str
@@ -111,8 +108,8 @@ async def get_broadcast_notifications(
 ) -> BroadcastNotificationPage:
     """With `status`, only the ended ones with that status (`sent`, `failed`, `partially_sent`, `opted_out`,
     `cancelled`), or the recipients `refused`."""
-    if not 1 <= limit <= MAX_PAGE:
-        raise Problem(422, f"limit: must be 1 to {MAX_PAGE}")
+    if not 1 <= limit <= MAX_NOTIFICATIONS_PAGE:
+        raise Problem(422, f"limit: must be 1 to {MAX_NOTIFICATIONS_PAGE}")
     after = 0 if cursor is None else decode_number(cursor)
     try:
         items, last = await BroadcastClient(client).notifications(broadcast_id, status=status, after=after, limit=limit)
