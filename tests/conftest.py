@@ -8,6 +8,7 @@ they must agree: a test id holds no random value."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -24,7 +25,7 @@ from activities.slack import SlackHandler
 from api.app import create_app, owner_store, serving
 from api.keys import ApiKeys, Scope
 from client import register_search_attributes, temporal_runtime
-from harness.processes import ROOT
+from harness.processes import ROOT, WorkerProcess, unconfigured_environment
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import SlackSink
@@ -57,11 +58,19 @@ def postgres() -> Iterator[Databases]:
 
 
 @pytest.fixture
-def streams_url(tmp_path: Path) -> str:
+def streams_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A SQLite file, the store a user gets by default. What the backend decides is proven on each backend by the
     contract suite (tests/streams_contract.py) and tests/test_postgres.py, whose fixture gives a fresh PostgreSQL
-    database instead (to which `settings` connects each kind of handle as its own role)."""
+    database instead (to which `settings` connects each kind of handle as its own role); a test on both backends
+    (`ON_BOTH_BACKENDS`) gets one of those the second time."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        databases: Databases = request.getfixturevalue("postgres")
+        return databases.fresh()
     return f"sqlite:///{tmp_path / 'data' / 'streams.db'}"
+
+
+ON_BOTH_BACKENDS = pytest.mark.parametrize("streams_url", ["sqlite", "postgresql"], indirect=True)
+"""A test run once on a SQLite file and once on a fresh PostgreSQL database (`streams_url`, and so `settings`)."""
 
 
 @pytest.fixture
@@ -70,7 +79,7 @@ def settings(tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink, streams
         _env_file=None,
         data_dir=tmp_path / "data",
         streams_url=streams_url,
-        **({} if streams_url.startswith("sqlite") else role_urls(streams_url)),
+        **role_urls(streams_url),
         task_queue=f"notifications-{uuid.uuid4()}",
         smtp_host=mail_sink.host,
         smtp_port=mail_sink.port,
@@ -78,6 +87,39 @@ def settings(tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink, streams
         slack_tokens={"acme": SecretStr(SLACK_TOKEN)},
         email_from="notifications@notify.test",
     )
+
+
+@pytest.fixture
+def worker_env(dev_env: WorkflowEnvironment, settings: Settings, streams_url: str) -> dict[str, str]:
+    """What `worker.py` processes on the session's dev server are given: what `settings` says (its task queue, its
+    store, each handle as its own role on PostgreSQL, and the sinks), and short timeouts, so that a killed worker's
+    attempts are retried, and its sagas taken up, within seconds. `settings` is then their client's."""
+    return {
+        **unconfigured_environment(),
+        "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "NOTIFY_TASK_QUEUE": settings.task_queue,
+        "NOTIFY_STREAMS_URL": streams_url,
+        **{f"NOTIFY_{name.upper()}": url for name, url in role_urls(streams_url).items()},
+        "NOTIFY_SMTP_HOST": settings.smtp_host,
+        "NOTIFY_SMTP_PORT": str(settings.smtp_port),
+        "NOTIFY_EMAIL_FROM": settings.email_from,
+        "NOTIFY_SLACK_API_URL": settings.slack_api_url,
+        "NOTIFY_SLACK_TOKENS": json.dumps({w: t.get_secret_value() for w, t in settings.slack_tokens.items()}),
+        "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
+        "NOTIFY_HEARTBEAT_TIMEOUT_SECONDS": "2",
+        "NOTIFY_STICKY_QUEUE_TIMEOUT_SECONDS": "1",  # a killed worker's sagas go on after a second, not ten
+        "NOTIFY_EMAIL_RETRY_INITIAL_SECONDS": "0.5",
+        "NOTIFY_SLACK_RETRY_INITIAL_SECONDS": "0.5",
+    }
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """The `worker.py` processes a test starts (`harness.processes.start_worker`), stopped once it has ended."""
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.stop()
 
 
 @pytest_asyncio.fixture

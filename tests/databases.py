@@ -61,7 +61,9 @@ def url_of(database: str, user: str | None = None) -> str:
 
 
 def role_urls(url: str) -> dict[str, Any]:
-    """The settings that connect each kind of handle to this database as its own role."""
+    """The settings that connect each kind of handle to this database as its own role (none for a SQLite file)."""
+    if not url.startswith("postgresql"):
+        return {}
     database = urlsplit(url).path.lstrip("/")
     return {f"streams_{role}_url": url_of(database, f"notify_{role}") for role in ("producer", "consumer", "handler")}
 

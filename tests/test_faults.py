@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -30,44 +29,9 @@ from tests.databases import Databases
 from tests.service import Notify, entity, eventually, notifying, operation
 
 
-@pytest.fixture
-def worker_env(
-    dev_env: WorkflowEnvironment, tmp_path: Path, mail_sink: MailSink, slack_sink: SlackSink
-) -> dict[str, str]:
-    """Worker processes on one dev server and one SQLite store, with a short heartbeat timeout: a dead worker's
-    attempt is retried within seconds."""
-    return {
-        **unconfigured_environment(),
-        "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-        "NOTIFY_TASK_QUEUE": f"faults-{uuid.uuid4()}",
-        "NOTIFY_STREAMS_URL": f"sqlite:///{tmp_path / 'streams.db'}",
-        "NOTIFY_SMTP_HOST": mail_sink.host,
-        "NOTIFY_SMTP_PORT": str(mail_sink.port),
-        "NOTIFY_EMAIL_FROM": "alerts@notify.test",
-        "NOTIFY_SLACK_API_URL": slack_sink.api_url,
-        "NOTIFY_SLACK_TOKENS": json.dumps({"acme": SLACK_TOKEN}),
-        "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
-        "NOTIFY_HEARTBEAT_TIMEOUT_SECONDS": "2",
-        "NOTIFY_STICKY_QUEUE_TIMEOUT_SECONDS": "1",
-        "NOTIFY_EMAIL_RETRY_INITIAL_SECONDS": "0.5",
-        "NOTIFY_SLACK_RETRY_INITIAL_SECONDS": "0.5",
-    }
-
-
-@pytest.fixture
-def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
-def client_settings(env: dict[str, str]) -> Settings:
-    return Settings(_env_file=None, task_queue=env["NOTIFY_TASK_QUEUE"], streams_url=env["NOTIFY_STREAMS_URL"])
-
-
 async def send_and_kill(
     env: dict[str, str],
+    settings: Settings,
     tmp_path: Path,
     workers: list[WorkerProcess],
     dev_env: WorkflowEnvironment,
@@ -77,7 +41,6 @@ async def send_and_kill(
 ) -> tuple[NotificationView, list[str]]:
     """Request a notification on `channels`; once the send is held (`until_sending`, a threading.Event), kill the
     worker, let the server go on (`released`), start another worker, and return the outcome and the record types."""
-    settings = client_settings(env)
     async with settings.open_streams(create=True) as store:
         await import_entries(store, [entity(channels=channels)])
         workers.append(start_worker(env, tmp_path))
@@ -100,6 +63,7 @@ async def send_and_kill(
 
 async def test_a_worker_killed_while_the_mail_server_holds_data_sends_at_most_once_more(
     worker_env: dict[str, str],
+    settings: Settings,
     tmp_path: Path,
     workers: list[WorkerProcess],
     dev_env: WorkflowEnvironment,
@@ -107,7 +71,7 @@ async def test_a_worker_killed_while_the_mail_server_holds_data_sends_at_most_on
 ) -> None:
     mail_sink.hold()
     view, events = await send_and_kill(
-        worker_env, tmp_path, workers, dev_env, {"email": "send"}, mail_sink.data_arrived, mail_sink.release
+        worker_env, settings, tmp_path, workers, dev_env, {"email": "send"}, mail_sink.data_arrived, mail_sink.release
     )
     assert view.status == "sent", view
     assert view.channels[Channel.EMAIL].attempts == 2
@@ -120,6 +84,7 @@ async def test_a_worker_killed_while_the_mail_server_holds_data_sends_at_most_on
 
 async def test_a_worker_killed_while_slack_holds_its_answer_posts_once(
     worker_env: dict[str, str],
+    settings: Settings,
     tmp_path: Path,
     workers: list[WorkerProcess],
     dev_env: WorkflowEnvironment,
@@ -127,7 +92,7 @@ async def test_a_worker_killed_while_slack_holds_its_answer_posts_once(
 ) -> None:
     slack_sink.hold_answers()
     view, events = await send_and_kill(
-        worker_env, tmp_path, workers, dev_env, {"slack": "send"}, slack_sink.posted, slack_sink.release
+        worker_env, settings, tmp_path, workers, dev_env, {"slack": "send"}, slack_sink.posted, slack_sink.release
     )
     assert view.status == "sent", view
     assert view.channels[Channel.SLACK].attempts == 2

@@ -22,22 +22,12 @@ from api.keys import ApiKeys, Scope
 from api.limits import MAX_BODY_BYTES, MAX_FILES_BODY_BYTES, Limits
 from settings import Settings
 from streams import StreamStore
+from tests.conftest import ON_BOTH_BACKENDS
 from tests.databases import Databases, admin_url, role_urls
 from tests.service import Api
 
 MIB = 1024 * 1024
-BOTH = pytest.mark.parametrize("streams_url", ["sqlite", "postgresql"], indirect=True)
 TIGHT = Limits(headers_seconds=1, body_seconds=1, body_rate=4096, connections=3, large_bodies_bytes=4 * MIB)
-
-
-@pytest.fixture
-def streams_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite; or, for the tests marked `BOTH`, each on SQLite and on a fresh PostgreSQL database (each handle as its
-    own role): where the key is checked against the streams, or a value reaches them."""
-    if getattr(request, "param", "sqlite") == "sqlite":
-        return f"sqlite:///{tmp_path / 'data' / 'streams.db'}"
-    postgres: Databases = request.getfixturevalue("postgres")
-    return postgres.fresh()
 
 
 @asynccontextmanager
@@ -70,7 +60,7 @@ async def status_and_headers(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return int(sent.split()[1]), sent.lower()
 
 
-@BOTH
+@ON_BOTH_BACKENDS
 @pytest.mark.parametrize(("key", "status"), [(None, 401), ("not-a-key", 401), ("reader", 403)])
 async def test_a_request_without_a_usable_key_is_refused_before_its_body_comes(
     api: Api, key: str | None, status: int
@@ -92,7 +82,7 @@ async def test_the_rest_of_a_refused_body_is_dropped_within_the_bound(tight: tup
             await reader.read()  # the rest never comes: closed
 
 
-@BOTH
+@ON_BOTH_BACKENDS
 async def test_a_keyless_request_with_malformed_json_is_401_not_422(api: Api) -> None:
     refused = await api.call(
         "POST", "/v1/notifications", key=None, content=b"{not json", headers={"Content-Type": "application/json"}
@@ -100,7 +90,7 @@ async def test_a_keyless_request_with_malformed_json_is_401_not_422(api: Api) ->
     assert refused.status_code == 401
 
 
-@BOTH
+@ON_BOTH_BACKENDS
 async def test_a_key_with_its_scope_still_has_its_body_read(api: Api) -> None:
     body = b'{"entity": "user-1", "subject": "S", "body": "B"}'
     async with connection(str(api.http.base_url)) as (reader, writer):
@@ -176,7 +166,7 @@ def content_length(headers: bytes) -> int:
     return int(headers.partition(b"content-length: ")[2].partition(b"\r\n")[0])
 
 
-@BOTH
+@ON_BOTH_BACKENDS
 async def test_a_body_over_its_routes_limit_is_413_before_it_is_read(api: Api) -> None:
     """`POST /v1/notifications` and `POST /v1/broadcasts` take their files' 25 MiB in base64; every other route
     1 MiB."""
@@ -237,7 +227,7 @@ async def test_too_many_tags_are_refused_before_they_are_read(api: Api) -> None:
     assert took < 1, took  # it took 2 s when the tags were made into models first
 
 
-@BOTH
+@ON_BOTH_BACKENDS
 @pytest.mark.parametrize(
     "path",
     [

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,18 +17,17 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.channel_handler import Delivery, TransientDeliveryError
 from activities.slack import SlackHandler
-from api.app import owner_store
 from client import NotificationClient, attachment
 from domain import Channel, SendSlackMessageOp
-from harness.processes import WorkerProcess, start_worker, unconfigured_environment
+from harness.processes import WorkerProcess, start_worker
 from harness.proxy import CuttableProxy
 from settings import Settings
 from sinks.mail import MailSink
 from sinks.slack import ScriptedResponse, SlackSink
 from streams import StreamName, StreamStore
 from streams.directory import import_entries
-from tests.conftest import SLACK_TOKEN
-from tests.databases import Databases, role_urls
+from tests.conftest import ON_BOTH_BACKENDS, SLACK_TOKEN
+from tests.databases import Databases
 from tests.service import Notify, delivered, entity, notifying, operation
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 1200
@@ -138,53 +135,30 @@ async def test_a_slack_failure_answer_to_the_completion_is_a_failed_slack_outcom
     assert len(mail_sink.messages) == 1
 
 
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@ON_BOTH_BACKENDS
 async def test_a_worker_killed_while_slack_holds_the_completions_answer_shares_the_files_once(
     dev_env: WorkflowEnvironment,
     tmp_path: Path,
     slack_sink: SlackSink,
+    worker_env: dict[str, str],
+    settings: Settings,
+    store: StreamStore,
+    owner: StreamStore,
     workers: list[WorkerProcess],
-    backend: str,
-    postgres: Databases,
 ) -> None:
     """`worker.py` is killed (SIGKILL) once Slack has shared the files and before it answers; another worker's retry
     finds them in the channel's history. On PostgreSQL, each handle connects as its own role."""
-    url = f"sqlite:///{tmp_path / 'streams.db'}" if backend == "sqlite" else postgres.fresh()
-    roles = role_urls(url) if backend == "postgresql" else {}
-    env = {
-        **unconfigured_environment(),
-        "NOTIFY_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-        "NOTIFY_TASK_QUEUE": f"slack-files-{uuid.uuid4()}",
-        "NOTIFY_STREAMS_URL": url,
-        **{f"NOTIFY_{name.upper()}": role_url for name, role_url in roles.items()},
-        "NOTIFY_SLACK_API_URL": slack_sink.api_url,
-        "NOTIFY_SLACK_TOKENS": json.dumps({"acme": SLACK_TOKEN}),
-        "NOTIFY_SLACK_MESSAGES_PER_SECOND": "100",
-        "NOTIFY_HEARTBEAT_TIMEOUT_SECONDS": "2",
-        "NOTIFY_SLACK_RETRY_INITIAL_SECONDS": "0.5",
-        "NOTIFY_STICKY_QUEUE_TIMEOUT_SECONDS": "1",  # the killed worker's saga goes on after a second, not ten
-    }
-    settings = Settings(_env_file=None, task_queue=env["NOTIFY_TASK_QUEUE"], streams_url=url, **roles)
     slack_sink.hold_answers()
-    async with settings.open_streams(create=True) as store, owner_store(settings, store) as owner:
-        await import_entries(owner, [entity(channels={"slack": "send"})])
-        workers.append(start_worker(env, tmp_path))
-        client = NotificationClient(store, dev_env.client, settings)
-        nid = await client.request(operation(attachments=FILES), contents=[PDF, PNG])
-        assert await asyncio.to_thread(slack_sink.posted.wait, 60)
-        workers[0].process.kill()
-        workers[0].ended()
-        slack_sink.release()
-        workers.append(start_worker(env, tmp_path))
-        view = await asyncio.wait_for(client.result(nid), 120)
+    await import_entries(owner, [entity(channels={"slack": "send"})])
+    workers.append(start_worker(worker_env, tmp_path))
+    client = NotificationClient(store, dev_env.client, settings)
+    nid = await client.request(operation(attachments=FILES), contents=[PDF, PNG])
+    assert await asyncio.to_thread(slack_sink.posted.wait, 60)
+    workers[0].process.kill()
+    workers[0].ended()
+    slack_sink.release()
+    workers.append(start_worker(worker_env, tmp_path))
+    view = await asyncio.wait_for(client.result(nid), 120)
     assert view.status == "sent", view
     assert view.channels[Channel.SLACK].attempts == 2
     assert [(f.name, f.content) for f in slack_sink.files] == [("invoice.pdf", PDF), ("Übersicht März.png", PNG)]
