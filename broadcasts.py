@@ -59,9 +59,17 @@ CANCELLED = "cancelled: its saga stopped what was not sent"
 """The details of a cancelled broadcast's completed handling."""
 
 
-async def start_broadcast_saga(temporal: Client, settings: Settings, request: BroadcastRequest) -> None:
-    """Start the broadcast's saga (workflow id: the broadcast id), or find it started: however many callers race
-    (the requester, the handlers of every worker), one saga runs per broadcast."""
+async def start_broadcast_saga(
+    temporal: Client, settings: Settings, broadcast_id: str, client_operation_record_id: int
+) -> None:
+    """Start the saga of the broadcast whose request is the client-operation stream's record
+    `client_operation_record_id` (workflow id: the broadcast id), or find it started: however many callers race (the
+    requester, the handlers of every worker), one saga runs per broadcast."""
+    request = BroadcastRequest(
+        broadcast_id=broadcast_id,
+        client_operation_record_id=client_operation_record_id,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+    )
     try:
         await temporal.start_workflow(
             BroadcastSaga.run,
@@ -134,9 +142,8 @@ class BroadcastClient:
             tags=tags if idempotency_key is None else [*tags, tag(TagName.IDEMPOTENCY_KEY, idempotency_key)],
             strategy=ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID,  # a repeated request's is there
         )
-        request = BroadcastRequest(broadcast_id=broadcast_id, client_operation_record_id=put.record_internal_id)
         try:
-            await start_broadcast_saga(self._temporal, self._settings, request)
+            await start_broadcast_saga(self._temporal, self._settings, broadcast_id, put.record_internal_id)
         except Exception as error:  # the request is recorded, and so accepted: a worker's handler starts its saga
             log.warning("broadcast %s is accepted; its saga is not started yet (%s)", broadcast_id, one_line(error))
         return broadcast_id

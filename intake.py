@@ -22,7 +22,6 @@ from activities.contract import SEND_BROADCAST_CONCERN, SEND_NOTIFICATION_CONCER
 from broadcasts import start_broadcast_saga
 from client import is_connect_failure, start_saga
 from domain import (
-    BroadcastRequest,
     BroadcastRequestedEvent,
     ExecuteOpRequestedEvent,
     NotificationRequest,
@@ -125,10 +124,7 @@ class ClientOperationHandler:
             SEND_BROADCAST_CONCERN, type=BroadcastRequestedEvent.__name__, after=after, limit=BATCH
         ):
             if now - record.timestamp_utc >= GRACE:  # a young one is its requester's, and a later look's
-                request = BroadcastRequest(
-                    broadcast_id=record.record_id or "", client_operation_record_id=record.internal_id
-                )
-                await start_broadcast_saga(self._temporal, self._settings, request)
+                await start_broadcast_saga(self._temporal, self._settings, record.record_id or "", record.internal_id)
         next_after = max(after, (newest.internal_id if newest else 0) - LOOK_BACK)
         return (next_after if lowest_young is None else min(next_after, lowest_young - 1)), young
 

@@ -19,6 +19,7 @@ from activities.contract import (
     SEND_BROADCAST_CONCERN,
     SNAPSHOT_AUDIENCE,
 )
+from activities.heartbeat import heartbeating_throughout
 from broadcasts import CANCELLED, BroadcastClient
 from client import NotCancellable, NotificationClient, RequestRefused, UnknownNotification, start_saga
 from domain import (
@@ -60,6 +61,7 @@ class BroadcastActivities:
         self._handling = store.handling(StreamName.CLIENT_OPERATION)
 
     @activity.defn(name=SNAPSHOT_AUDIENCE.name)
+    @heartbeating_throughout
     async def snapshot_audience(self, request: BroadcastRequest) -> BroadcastSnapshot:
         """The broadcast's recipients, kept in its snapshot a page at a time, all in one write: the topic's members
         now, or the entities it names. The broadcast's request is taken up (`Running`)."""
@@ -95,6 +97,7 @@ class BroadcastActivities:
         return BroadcastSnapshot(recipients=len(entity_ids), pages=len(pages))
 
     @activity.defn(name=REQUEST_RECIPIENTS.name)
+    @heartbeating_throughout
     async def request_recipients(self, page: BroadcastPage) -> int:
         """Request the notification of each recipient of the page (its id by its place in the snapshot), in one
         write, and start each one's saga; a recipient whose request cannot be made is recorded as refused. The files
@@ -164,7 +167,6 @@ class BroadcastActivities:
 
         async def start(request: NotificationRequest) -> None:
             async with at_once:
-                activity.heartbeat()
                 await start_saga(self._temporal, self._store, self._settings, request)
 
         await asyncio.gather(
@@ -176,11 +178,13 @@ class BroadcastActivities:
         return len(requests)
 
     @activity.defn(name=COUNT_RECIPIENTS.name)
+    @heartbeating_throughout
     async def count_recipients(self, request: BroadcastRequest) -> BroadcastCounts:
         """Where the broadcast's notifications are: its recipients, and how many ended, by status."""
         return await self._broadcasts.counts(request.broadcast_id)
 
     @activity.defn(name=CANCEL_RECIPIENTS.name)
+    @heartbeating_throughout
     async def cancel_recipients(self, request: BroadcastRequest) -> BroadcastStopped:
         """Cancel each notification the broadcast requested that has not ended (those already sending go on), a few
         at once, heartbeating; how many it stopped, and how many recipients it had not requested."""
@@ -192,7 +196,6 @@ class BroadcastActivities:
 
         async def cancelled(notification_id: str) -> bool:
             async with at_once:
-                activity.heartbeat()
                 try:
                     await self._client.cancel(notification_id)
                 except (NotCancellable, UnknownNotification):
@@ -205,6 +208,7 @@ class BroadcastActivities:
         return BroadcastStopped(cancelled=sum(stopped), not_requested=not_requested)
 
     @activity.defn(name=RECORD_BROADCAST_ENDED.name)
+    @heartbeating_throughout
     async def record_broadcast_ended(self, request: BroadcastRequest) -> None:
         try:
             await self._handling.transition(

@@ -33,6 +33,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import metrics
 from activities.failures import Outage
+from activities.heartbeat import heartbeating
 from domain import (
     Channel,
     ChannelEvent,
@@ -231,7 +232,7 @@ class ChannelHandler(ABC, Generic[Op, Response]):
     async def handle(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
         """Deliver the operation once, heartbeating all along: while the attempt waits for the store it is alive, and
         no retry takes the operation over beside it; only a dead worker's attempt is retried early."""
-        async with _heartbeating():
+        async with heartbeating():
             return await self._handle(ref)
 
     async def _handle(self, ref: ChannelOperationRef) -> ChannelOperationOutcomeInfo:
@@ -466,27 +467,6 @@ async def _to_the_end(delivering: Awaitable[Delivery]) -> Delivery:
             this = asyncio.current_task()
             assert this is not None
             this.uncancel()
-
-
-@asynccontextmanager
-async def _heartbeating() -> AsyncIterator[None]:
-    """Heartbeat while the attempt runs, so that an attempt whose worker died is retried once its heartbeat timeout
-    has passed, rather than its whole timeout."""
-    timeout = activity.info().heartbeat_timeout
-    if not timeout:
-        yield
-        return
-
-    async def beat() -> None:
-        while True:  # the first a third of the timeout in: an attempt that ends sooner never heartbeats
-            await asyncio.sleep(timeout.total_seconds() / 3)
-            activity.heartbeat()
-
-    beating = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        beating.cancel()
 
 
 def _attempt_budget() -> float | None:

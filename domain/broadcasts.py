@@ -119,6 +119,9 @@ class BroadcastRequest(Model):
 
     broadcast_id: str
     client_operation_record_id: int
+    heartbeat_timeout_seconds: float = Field(gt=0)
+    """How long a step may go without a heartbeat (its worker died) before it is retried
+    (`NOTIFY_HEARTBEAT_TIMEOUT_SECONDS`)."""
     snapshot: BroadcastSnapshot | None = None
     next_page: int = 0
     requested: int = 0

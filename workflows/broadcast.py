@@ -34,8 +34,6 @@ O = TypeVar("O")  # noqa: E741
 
 STEP_TIMEOUT = timedelta(minutes=2)
 """How long one attempt at a step may take (a page's requests and sagas: a few seconds)."""
-HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-"""A page's step heartbeats as it starts sagas: a worker that died is noticed after this."""
 STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 """Every step is retried until it succeeds: each finds what an earlier attempt wrote."""
 WINDOW = 200
@@ -43,7 +41,8 @@ WINDOW = 200
 STEPS_PER_RUN = 500
 """Steps (a page, a look) in one run before it goes on as a new one: a few thousand events at most."""
 LOOK_EVERY = (timedelta(seconds=1), timedelta(seconds=10))
-"""How often it looks at its notifications while it waits for them: from the first, growing to the second."""
+"""How often it looks at its notifications while it waits for them: never sooner than the first after the last
+look, nor later than the second."""
 
 
 @workflow.defn(name="BroadcastSaga")
@@ -54,6 +53,7 @@ class BroadcastSaga:
         self._cancel_requested = False
         self._stopped: BroadcastStopped | None = None
         self._ended = False
+        self._heartbeat_timeout = timedelta()
 
     @workflow.query(name="counts")
     def counts(self) -> BroadcastCounts | None:
@@ -79,6 +79,7 @@ class BroadcastSaga:
 
     @workflow.run
     async def run(self, request: BroadcastRequest) -> BroadcastCounts:
+        self._heartbeat_timeout = timedelta(seconds=request.heartbeat_timeout_seconds)
         if request.snapshot is None:
             snapshot = await self._step(SNAPSHOT_AUDIENCE, request)
             request = request.model_copy(update={"snapshot": snapshot})
@@ -116,18 +117,25 @@ class BroadcastSaga:
         return self._cancel_requested and self._stopped is None
 
     async def _under(self, request: BroadcastRequest, under_way: int) -> BroadcastCounts:
-        """Wait until fewer than `under_way` of its notifications requested so far are under way."""
-        wait = LOOK_EVERY[0]
+        """Wait until fewer than `under_way` of its notifications requested so far are under way. It looks again
+        once as many as must still end would have ended at the pace they ended since its last look; while none
+        ended, after twice as long as the last time (within `LOOK_EVERY`)."""
+        wait, last = LOOK_EVERY[0], None
         while True:
             self._new_run_if_due(request)
-            self._counts = await self._step(COUNT_RECIPIENTS, request)
-            if request.requested - self._counts.ended_requested < under_way:
-                return self._counts
-            if self._cancel_pending:
-                return self._counts  # the cancel goes first
+            self._counts = counts = await self._step(COUNT_RECIPIENTS, request)
+            to_end = request.requested - counts.ended_requested - under_way + 1
+            if to_end <= 0 or self._cancel_pending:  # a cancel goes first
+                return counts
+            now = workflow.now()
+            if last is not None:
+                since, ended = last
+                pace = (counts.ended_requested - ended) / max((now - since).total_seconds(), 0.001)
+                wait = timedelta(seconds=to_end / pace) if pace else wait * 2
+                wait = min(max(wait, LOOK_EVERY[0]), LOOK_EVERY[1])
+            last = (now, counts.ended_requested)
             with contextlib.suppress(asyncio.TimeoutError):  # the look after `wait`, or at once on a cancel
                 await workflow.wait_condition(lambda: self._cancel_pending, timeout=wait)
-            wait = min(wait * 2, LOOK_EVERY[1])
 
     def _new_run_if_due(self, request: BroadcastRequest) -> None:
         """Go on as a new run once this one has taken `STEPS_PER_RUN` steps: what it carries on is all in `request`
@@ -143,7 +151,7 @@ class BroadcastSaga:
             arg,
             result_type=step.result,
             start_to_close_timeout=STEP_TIMEOUT,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            heartbeat_timeout=self._heartbeat_timeout,  # each step heartbeats: a worker that died is noticed
             retry_policy=STEP_RETRY,
         )
         return result
