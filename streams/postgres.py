@@ -134,12 +134,35 @@ class AccessUrls:
     handler: str
 
 
+BROADCAST_ENDED = f"""
+h.concern = '{SEND_BROADCAST_CONCERN}' AND h.status = '{HandlingStatus.COMPLETED}' AND h.timestamp_utc < %(before)s
+AND h.stream = '{StreamName.CLIENT_OPERATION}' AND NOT EXISTS (
+    SELECT 1 FROM notify_handling l WHERE l.internal_record_id = h.internal_record_id AND l.concern = h.concern
+    AND l.stream = h.stream AND l.entry_id > h.entry_id
+)"""
+"""The handling entry `h` of a broadcast's request that ended the broadcast before the date: its request's latest
+entry under the concern `send-broadcast`, `Completed`."""
+
 PRUNE = f"""
 WITH notifications AS (
     (
-        SELECT record_id AS id FROM notify_records
-        WHERE stream = '{StreamName.NOTIFICATION_VIEW}' AND timestamp_utc < %(before)s AND record_id IS NOT NULL
-        ORDER BY timestamp_utc LIMIT %(limit)s
+        SELECT v.record_id AS id FROM notify_records v
+        WHERE v.stream = '{StreamName.NOTIFICATION_VIEW}' AND v.timestamp_utc < %(before)s AND v.record_id IS NOT NULL
+        -- not a view of a broadcast whose request is there and has not ended before the date: the broadcast counts
+        -- its notifications by their views. OFFSET 0 keeps this a lookup for each view (its tags by the index of
+        -- records, its broadcast's request by the index of ids); made a join, the planner, which takes a broadcast
+        -- for having a view or two, would read every view of every running broadcast for each batch.
+        AND NOT EXISTS (
+            SELECT 1 FROM notify_record_tags t
+            JOIN notify_records b ON b.stream = '{StreamName.CLIENT_OPERATION}' AND b.record_id = t.value
+            WHERE t.internal_id = v.internal_id AND t.stream = v.stream AND t.name = '{BROADCAST_TAG}'
+            AND b.type = '{BROADCAST_REQUESTED}'
+            AND NOT EXISTS (
+                SELECT 1 FROM notify_handling h WHERE h.internal_record_id = b.internal_id AND {BROADCAST_ENDED}
+            )
+            OFFSET 0
+        )
+        ORDER BY v.timestamp_utc LIMIT %(limit)s
     ) UNION ALL (
         SELECT r.record_id FROM notify_handling h JOIN notify_records r ON r.internal_id = h.internal_record_id
         WHERE h.stream = '{StreamName.CLIENT_OPERATION}' AND h.status = '{HandlingStatus.DISABLED_FOR_RECORD}'
@@ -149,14 +172,9 @@ WITH notifications AS (
     )
     LIMIT %(limit)s
 ), broadcasts AS (
-    SELECT r.record_id AS id FROM notify_handling h JOIN notify_records r ON r.internal_id = h.internal_record_id
-    WHERE h.concern = '{SEND_BROADCAST_CONCERN}' AND h.status = '{HandlingStatus.COMPLETED}'
-    AND h.timestamp_utc < %(before)s AND h.stream = '{StreamName.CLIENT_OPERATION}'
-    AND r.type = '{BROADCAST_REQUESTED}' AND r.record_id IS NOT NULL
-    AND NOT EXISTS (
-        SELECT 1 FROM notify_handling l WHERE l.internal_record_id = h.internal_record_id AND l.concern = h.concern
-        AND l.stream = h.stream AND l.entry_id > h.entry_id
-    )
+    SELECT r.internal_id, r.stream, r.record_id AS id
+    FROM notify_handling h JOIN notify_records r ON r.internal_id = h.internal_record_id
+    WHERE {BROADCAST_ENDED} AND r.type = '{BROADCAST_REQUESTED}' AND r.record_id IS NOT NULL
     LIMIT %(limit)s
 ), ended AS (
     SELECT id FROM notifications
@@ -168,6 +186,8 @@ WITH notifications AS (
 ), pruned AS (
     SELECT r.internal_id, r.stream FROM notify_records r
     WHERE r.notification_id = ANY(ARRAY(SELECT id FROM ended)) AND r.stream = ANY(%(streams)s)
+    UNION
+    SELECT internal_id, stream FROM broadcasts
     UNION
     SELECT r.internal_id, r.stream FROM notify_record_tags t JOIN notify_records r ON r.internal_id = t.internal_id
     WHERE t.stream = '{StreamName.CLIENT_OPERATION}' AND t.name = '{BROADCAST_TAG}'
@@ -183,9 +203,10 @@ WITH notifications AS (
 SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM broadcasts), (SELECT count(*) FROM records)
 """
 """Prune one batch of notifications and one of broadcasts (`StreamStore.prune`): the notifications' records, found by
-their notification id, and the broadcasts' (found by the partial index of their ends, migration 0014): their own
-records, tagged with their id and of no notification, and their refused recipients' records; with their tags (a
-trigger deletes them), their handling and the names of their contents."""
+their notification id (but those of a broadcast that has not ended before the date), and the broadcasts' (found by the
+partial index of their ends, migration 0014): their request, their other records tagged with their id and of no
+notification, and their refused recipients' records; with their tags (a trigger deletes them), their handling and the
+names of their contents."""
 
 PRUNE_CONTENT_REFS = f"""
 DELETE FROM notify_content_refs c WHERE c.timestamp_utc < %(before)s

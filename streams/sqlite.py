@@ -481,49 +481,75 @@ class SQLiteStreamStore(StreamStore):
         db, code = self._db, self._code
         with _transaction(db):
             db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_notifications (id TEXT PRIMARY KEY)")
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_broadcasts (id TEXT PRIMARY KEY)")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_broadcasts (internal_id INTEGER PRIMARY KEY, id TEXT)")
             db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_records (internal_id INTEGER PRIMARY KEY, stream)")
             for table in ("pruned_notifications", "pruned_broadcasts", "pruned_records"):
                 db.execute(f"DELETE FROM {table}")
-            # The views by time, through their partial index, named: SQLite's planner, without statistics, would
-            # rather read every view by the index of ids and sort them, for each batch (hours at a million).
-            notifications = db.execute(
-                "INSERT OR IGNORE INTO pruned_notifications SELECT * FROM ("
-                " SELECT * FROM (SELECT record_id FROM records INDEXED BY views_by_time"
-                f" WHERE stream = {VIEWS} AND timestamp_utc < ?"
-                " AND record_id IS NOT NULL ORDER BY timestamp_utc LIMIT ?)"
-                " UNION ALL SELECT r.record_id FROM handling h JOIN records r ON r.internal_id = h.internal_record_id"
-                f" WHERE h.stream = ? AND h.status = {REFUSED} AND r.type = ? AND r.timestamp_utc < ?"
-                ") LIMIT ?",
-                (before, limit, code(StreamName.CLIENT_OPERATION), code(REQUESTED), before, limit),
-            ).rowcount
-            # The broadcasts whose request's latest entry is the `Completed` that ended them, by its partial index.
-            broadcasts = db.execute(
-                "INSERT OR IGNORE INTO pruned_broadcasts SELECT r.record_id FROM handling h INDEXED BY broadcasts_ended"
-                " JOIN records r ON r.internal_id = h.internal_record_id"
-                f" WHERE h.concern = {code(SEND_BROADCAST_CONCERN)} AND h.status = {code(HandlingStatus.COMPLETED)}"
-                " AND h.timestamp_utc < ? AND h.stream = ? AND r.type = ? AND r.record_id IS NOT NULL"
+            names = {
+                "before": before,
+                "limit": limit,
+                "operations": code(StreamName.CLIENT_OPERATION),
+                "requested": code(REQUESTED),
+                "broadcast_requested": code(BROADCAST_REQUESTED),
+                "broadcast_tag": code(BROADCAST_TAG),
+                "events": code(StreamName.NOTIFICATION_EVENT),
+                "recipient_refused": code(RECIPIENT_REFUSED),
+            }
+            # A broadcast's request `h` ended before the date: its latest entry under the concern is `Completed`.
+            ended = (
+                f"h.concern = {code(SEND_BROADCAST_CONCERN)} AND h.status = {code(HandlingStatus.COMPLETED)}"
+                " AND h.timestamp_utc < :before AND h.stream = :operations"
                 " AND NOT EXISTS (SELECT 1 FROM handling l WHERE l.stream = h.stream"
                 " AND l.internal_record_id = h.internal_record_id AND l.concern = h.concern"
                 " AND l.entry_id > h.entry_id)"
-                " LIMIT ?",
-                (before, code(StreamName.CLIENT_OPERATION), code(BROADCAST_REQUESTED), limit),
+            )
+            # The views by time, through their partial index, named: SQLite's planner, without statistics, would
+            # rather read every view by the index of ids and sort them, for each batch (hours at a million). A view
+            # of a broadcast whose request is there and has not ended before the date stays: the broadcast counts
+            # its notifications by their views. The view's tags are read by its id, through the index named (the
+            # planner would rather read every view's broadcast tag by the index of values), then its broadcast's
+            # request by the index of ids and that request's handling by its own.
+            notifications = db.execute(
+                "INSERT OR IGNORE INTO pruned_notifications SELECT * FROM ("
+                " SELECT * FROM (SELECT v.record_id FROM records v INDEXED BY views_by_time"
+                f" WHERE v.stream = {VIEWS} AND v.timestamp_utc < :before AND v.record_id IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM record_tags t INDEXED BY record_tags_by_record JOIN records b"
+                " ON b.stream = :operations AND b.record_id = t.value"
+                f" WHERE t.internal_id = v.internal_id AND t.stream = {VIEWS} AND t.name = :broadcast_tag"
+                " AND b.type = :broadcast_requested"
+                " AND NOT EXISTS (SELECT 1 FROM handling h INDEXED BY handling_by_record"
+                f" WHERE h.internal_record_id = b.internal_id AND {ended}))"
+                " ORDER BY v.timestamp_utc LIMIT :limit)"
+                " UNION ALL SELECT r.record_id FROM handling h JOIN records r ON r.internal_id = h.internal_record_id"
+                f" WHERE h.stream = :operations AND h.status = {REFUSED} AND r.type = :requested"
+                " AND r.timestamp_utc < :before"
+                ") LIMIT :limit",
+                names,
+            ).rowcount
+            # The broadcasts that ended before the date, by the partial index of their ends; their requests go by
+            # their internal ids (as their other records go by their tag).
+            broadcasts = db.execute(
+                "INSERT OR IGNORE INTO pruned_broadcasts SELECT r.internal_id, r.record_id"
+                " FROM handling h INDEXED BY broadcasts_ended JOIN records r ON r.internal_id = h.internal_record_id"
+                f" WHERE {ended} AND r.type = :broadcast_requested AND r.record_id IS NOT NULL LIMIT :limit",
+                names,
             ).rowcount
             if not (notifications or broadcasts):
                 return 0, 0, 0
             by_broadcast = (
                 " FROM record_tags t JOIN records r ON r.internal_id = t.internal_id"
-                " WHERE t.stream = ? AND t.name = ? AND t.value IN (SELECT id FROM pruned_broadcasts)"
+                " WHERE t.name = :broadcast_tag AND t.value IN (SELECT id FROM pruned_broadcasts)"
             )
             db.execute(  # their refused recipients: notifications of no view
                 f"INSERT OR IGNORE INTO pruned_notifications SELECT r.notification_id{by_broadcast}"
-                " AND r.type = ? AND r.notification_id IS NOT NULL",
-                (code(StreamName.NOTIFICATION_EVENT), code(BROADCAST_TAG), code(RECIPIENT_REFUSED)),
+                " AND t.stream = :events AND r.type = :recipient_refused AND r.notification_id IS NOT NULL",
+                names,
             )
-            db.execute(  # their own records: of no notification
-                f"INSERT OR IGNORE INTO pruned_records SELECT r.internal_id, r.stream{by_broadcast}"
-                " AND r.notification_id IS NULL",
-                (code(StreamName.CLIENT_OPERATION), code(BROADCAST_TAG)),
+            db.execute(  # their own records: their requests, and the records of no notification tagged with their ids
+                "INSERT OR IGNORE INTO pruned_records SELECT internal_id, :operations FROM pruned_broadcasts"
+                f" UNION SELECT r.internal_id, r.stream{by_broadcast}"
+                " AND t.stream = :operations AND r.notification_id IS NULL",
+                names,
             )
             db.execute(
                 "INSERT OR IGNORE INTO pruned_records SELECT internal_id, stream FROM records"

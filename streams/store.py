@@ -616,11 +616,14 @@ class StreamStore(ABC):
         """Remove every record of the notifications that ended, or were refused, before `before` (their view's or
         their refused request's time), across all streams, with their tags and handling; and of the broadcasts that
         ended before it (the time their request's handling became `Completed` under the concern `send-broadcast`), their
-        own records (tagged with their id, of no notification: request, snapshot pages, key claim) and their refused
-        recipients' records, with the names of their contents. `batch` notifications and `batch` broadcasts to a
-        transaction, so that a writer waits for one batch at most. A notification or broadcast still under way, and
-        records of neither (the directory, API keys), are kept; so are the names of their contents. Then the
-        contents that nobody names any more, and those put before `before`, and `ORPHANED_AFTER` ago, for a
+        own records (their request, and those tagged with their id of no notification: snapshot pages, key claim) and
+        their refused recipients' records, with the names of their contents. `batch` notifications and `batch`
+        broadcasts to a transaction, so that a writer waits for one batch at most; batches go on while either finds
+        something. A notification or broadcast still under way, and records of neither (the directory, API keys), are
+        kept; so are the names of their contents. So is a notification whose view names a broadcast (`BROADCAST_TAG`)
+        whose request is there and did not end before `before`: the broadcast counts its ended notifications by their
+        views. Once the broadcast has ended before `before`, its notifications go as any other, in the same run. Then
+        the contents that nobody names any more, and those put before `before`, and `ORPHANED_AFTER` ago, for a
         notification that has no record (its request never written); a broadcast's, named by its id, are kept while
         its request is (a record of that id in the client-operation stream)."""
         pruned = Pruned()

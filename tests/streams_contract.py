@@ -702,64 +702,32 @@ class StreamStoreContract(ABC):
     ) -> None:
         """A broadcast that ended (its request's handling `Completed`) before the date goes: its request, key claim,
         snapshot page and refused recipient, with their tags and handling, and the files only it names; its ended
-        recipient goes as any notification does. A broadcast still running, and a notification under way, stay."""
-        operations, events = store.writer(StreamName.CLIENT_OPERATION), store.writer(StreamName.NOTIFICATION_EVENT)
+        recipient goes with it, not before. A broadcast still running, and a notification under way, stay."""
         handling = store.handling(StreamName.CLIENT_OPERATION)
-        op = SendBroadcastOp(audience=BroadcastAudience(entity_ids=["e-1", "e-2"]), content={"subject": "S"})
-
-        async def broadcast(bid: str, files: list[bytes]) -> int:
-            """A broadcast as `BroadcastClient.request` and its saga's first steps write it: its key's claim, its
-            files, its request (taken up), its snapshot, its refused second recipient; its first recipient's
-            notification is requested (and, for one of them, ended)."""
-            key, by_broadcast = f"key-of-{bid}", tag(TagName.BROADCAST_ID, bid)
-            by_key = tag(TagName.IDEMPOTENCY_KEY, key)
-            claim = BroadcastKeyClaim(idempotency_key=key, broadcast_id=bid, operation=op)
-            await operations.put(f"idempotency-key:{key}", claim, tags=[by_broadcast, by_key])
-            await store.put_contents(bid, files)
-            request = BroadcastRequestedEvent(id=bid, operation=op, timestamp_utc=utc_now())
-            put = await operations.put(
-                bid, request, tags=[by_broadcast, by_key], strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID
-            )
-            page = BroadcastRecipients(broadcast_id=bid, page=0, entity_ids=["e-1", "e-2"])
-            await operations.put(recipients_record_id(bid, 0), page, tags=[by_broadcast])
-            await handling.transition(put.record_internal_id, SEND_BROADCAST_CONCERN, HandlingStatus.RUNNING)
-            first, second = recipient_id(bid, 1), recipient_id(bid, 2)
-            notification = [tag(TagName.NOTIFICATION_ID, first), by_broadcast]
-            await operations.put(first, Thing(value=1), type="ExecuteOpRequestedEvent", tags=notification)
-            refused = BroadcastRecipientRefused(
-                broadcast_id=bid, notification_id=second, entity_id="e-2", reason="gone"
-            )
-            await events.put(second, refused, tags=[tag(TagName.NOTIFICATION_ID, second), by_broadcast])
-            return put.record_internal_id
-
-        async def everything() -> dict[int, Record]:
-            return {r.internal_id: r for s in StreamName for r in await store.read(s)}
-
         shared, olds, runnings = b"%PDF-1.7 both broadcasts'", b"\x89PNG the old one's", b"the running one's"
-        old = await broadcast("old", [shared, olds])
-        running = await broadcast("running", [shared, runnings])
-        await store.writer(StreamName.NOTIFICATION_VIEW).put(
-            recipient_id("old", 1), Thing(value=2), tags=[tag(TagName.NOTIFICATION_ID, recipient_id("old", 1))]
-        )
-        await operations.put(
+        old = await _broadcast(store, "old", [shared, olds])
+        await _recipient(store, "old", 1, ended=True)
+        running = await _broadcast(store, "running", [shared, runnings])
+        await _recipient(store, "running", 1, ended=False)
+        await store.writer(StreamName.CLIENT_OPERATION).put(
             "solo", Thing(value=3), type="ExecuteOpRequestedEvent", tags=[tag("notification-id", "solo")]
         )
         ended = await handling.transition(old, SEND_BROADCAST_CONCERN, HandlingStatus.COMPLETED, "all ended")
-        written = await everything()
+        written = await _everything(store)
 
-        # ended at the date, not before it: only its recipient's notification goes, which ended before
-        assert await store.prune(ended.timestamp_utc) == Pruned(notifications=1, records=2)
-        kept = await everything()
-        assert {written[i].record_id for i in written.keys() - kept.keys()} == {recipient_id("old", 1)}
-        assert await store.content(hashlib.sha256(olds).hexdigest()) == olds
+        # ended at the date, not before it: nothing of it goes, not even its recipient whose view is older
+        assert await store.prune(ended.timestamp_utc) == Pruned()
+        assert await _everything(store) == written
 
         assert await store.prune(ended.timestamp_utc + timedelta(microseconds=1)) == Pruned(
-            broadcasts=1, records=4, contents=1
+            notifications=1, broadcasts=1, records=2 + 4, contents=1
         )
-        left = await everything()
-        assert sorted(kept[i].record_id or "" for i in kept.keys() - left.keys()) == [
+        left = await _everything(store)
+        assert sorted(written[i].record_id or "" for i in written.keys() - left.keys()) == [
             "idempotency-key:key-of-old",
             "old",
+            recipient_id("old", 1),
+            recipient_id("old", 1),
             recipient_id("old", 2),
             recipients_record_id("old", 0),
         ]
@@ -770,7 +738,91 @@ class StreamStoreContract(ABC):
         assert await store.content(hashlib.sha256(shared).hexdigest()) == shared
         assert await store.content(hashlib.sha256(runnings).hexdigest()) == runnings
         assert await store.prune(utc_now()) == Pruned()
-        assert len(await everything()) == len(left) == 5 + 1
+        assert len(await _everything(store)) == len(left) == 5 + 1
+
+    async def test_prune_keeps_a_running_broadcasts_notifications_until_it_has_ended(self, store: StreamStore) -> None:
+        """A broadcast counts its ended notifications by their views: while it runs, its recipients whose views are
+        older than the date stay, every record of them. Once it has ended before the date, one prune removes it and
+        all its recipients, a batch at a time; a broadcast's request that ended without its tag goes too (and the
+        prune ends), and a notification under way stays."""
+        handling = store.handling(StreamName.CLIENT_OPERATION)
+        untagged = await store.writer(StreamName.CLIENT_OPERATION).put(
+            "untagged", BroadcastRequestedEvent(id="untagged", operation=OP, timestamp_utc=utc_now())
+        )
+        await handling.transition(untagged.record_internal_id, SEND_BROADCAST_CONCERN, HandlingStatus.RUNNING)
+        await handling.transition(untagged.record_internal_id, SEND_BROADCAST_CONCERN, HandlingStatus.COMPLETED)
+        long = await _broadcast(store, "long", [])
+        await _recipient(store, "long", 1, ended=True)
+        await _recipient(store, "long", 3, ended=True)
+        other = [tag(TagName.NOTIFICATION_ID, "other")]
+        await store.writer(StreamName.CLIENT_OPERATION).put(
+            "other", Thing(value=1), type="ExecuteOpRequestedEvent", tags=other
+        )
+        await store.writer(StreamName.NOTIFICATION_VIEW).put("other", Thing(value=2), tags=other)
+        cut = await _after_the_last_write(store)
+        await store.writer(StreamName.CLIENT_OPERATION).put(
+            "solo", Thing(value=3), type="ExecuteOpRequestedEvent", tags=[tag(TagName.NOTIFICATION_ID, "solo")]
+        )
+        written = await _everything(store)
+
+        assert await store.prune(cut, batch=1) == Pruned(notifications=1, broadcasts=1, records=2 + 1)
+        kept = await _everything(store)
+        assert sorted(written[i].record_id or "" for i in written.keys() - kept.keys()) == [
+            "other",
+            "other",
+            "untagged",
+        ]
+        assert len([r for r in kept.values() if r.tag(TagName.BROADCAST_ID) == "long"]) == 3 + 1 + 2 * 2
+        assert [e.status for e in await handling.history(long)] == [HandlingStatus.RUNNING]
+
+        ended = await handling.transition(long, SEND_BROADCAST_CONCERN, HandlingStatus.COMPLETED, "all ended")
+        assert await store.prune(ended.timestamp_utc + timedelta(microseconds=1), batch=1) == Pruned(
+            notifications=2, broadcasts=1, records=3 + 1 + 2 * 2
+        )
+        assert [r.record_id for r in (await _everything(store)).values()] == ["solo"]
+        assert await store.handling_history(StreamName.CLIENT_OPERATION, long, None) == []
+
+
+OP = SendBroadcastOp(audience=BroadcastAudience(entity_ids=["e-1", "e-2"]), content={"subject": "S"})
+
+
+async def _broadcast(store: StreamStore, bid: str, files: list[bytes]) -> int:
+    """A broadcast as `BroadcastClient.request` and its saga's first steps write it: its key's claim, its files, its
+    request (taken up: the internal id returned), its snapshot, its refused second recipient."""
+    operations = store.writer(StreamName.CLIENT_OPERATION)
+    key, by_broadcast = f"key-of-{bid}", tag(TagName.BROADCAST_ID, bid)
+    by_key = tag(TagName.IDEMPOTENCY_KEY, key)
+    claim = BroadcastKeyClaim(idempotency_key=key, broadcast_id=bid, operation=OP)
+    await operations.put(f"idempotency-key:{key}", claim, tags=[by_broadcast, by_key])
+    await store.put_contents(bid, files)
+    request = BroadcastRequestedEvent(id=bid, operation=OP, timestamp_utc=utc_now())
+    put = await operations.put(bid, request, tags=[by_broadcast, by_key], strategy=S.DO_NOT_WRITE_IF_FOUND_BY_ID)
+    page = BroadcastRecipients(broadcast_id=bid, page=0, entity_ids=["e-1", "e-2"])
+    await operations.put(recipients_record_id(bid, 0), page, tags=[by_broadcast])
+    await store.handling(StreamName.CLIENT_OPERATION).transition(
+        put.record_internal_id, SEND_BROADCAST_CONCERN, HandlingStatus.RUNNING
+    )
+    second = recipient_id(bid, 2)
+    refused = BroadcastRecipientRefused(broadcast_id=bid, notification_id=second, entity_id="e-2", reason="gone")
+    await store.writer(StreamName.NOTIFICATION_EVENT).put(
+        second, refused, tags=[tag(TagName.NOTIFICATION_ID, second), by_broadcast]
+    )
+    return put.record_internal_id
+
+
+async def _recipient(store: StreamStore, bid: str, place: int, *, ended: bool) -> None:
+    """The notification of a broadcast's recipient: its request, and (if it `ended`) its view, both tagged with the
+    broadcast's id as the service tags them."""
+    nid = recipient_id(bid, place)
+    tags = [tag(TagName.NOTIFICATION_ID, nid), tag(TagName.BROADCAST_ID, bid)]
+    await store.writer(StreamName.CLIENT_OPERATION).put(nid, Thing(value=1), type="ExecuteOpRequestedEvent", tags=tags)
+    if ended:
+        await store.writer(StreamName.NOTIFICATION_VIEW).put(nid, Thing(value=2), tags=tags)
+
+
+async def _everything(store: StreamStore) -> dict[int, Record]:
+    """Every record of the store, by its internal id."""
+    return {r.internal_id: r for s in StreamName for r in await store.read(s)}
 
 
 def _issue_ids(contract: type[StreamStoreContract], location: Path, count: int) -> list[int]:
