@@ -7,8 +7,8 @@ For each backend: a single notification's latency while nothing else runs; RECIP
 flight (closed loop: the baseline); then one broadcast to the topic: how long it took to be accepted, until its
 saga had requested (and started) every recipient's notification, until every one had ended; a single notification's
 latency in the middle of it; the broadcasts' worker's resident size through it; CPU per notification (both workers
-and the dev server);
-the broadcast's largest run's history (events and bytes). Prints a table, and writes JSON.
+and the dev server); the broadcast's largest run's history (events and bytes). Prints each backend's row as it is
+measured, then the table, and writes JSON.
 
     .venv/bin/python -m bench.broadcast --recipients 10000 [--postgres URL] [--json FILE]
 """
@@ -211,10 +211,14 @@ async def bench(recipients: int, postgres: str | None, output: Path | None) -> N
             if postgres is not None:
                 run.databases.append(await fresh_database(postgres))
                 stores.append(("PostgreSQL", run.databases[-1]))
-            figures = [await measure(run, temporal, backend, url, recipients) for backend, url in stores]
+            figures = []
+            for backend, url in stores:  # each backend's figures as soon as they are measured: a run takes long
+                figures.append(await measure(run, temporal, backend, url, recipients))
+                print(table(figures[-1:]), flush=True)
         finally:
             await run.close()
-    print(table(figures))
+    if len(figures) > 1:
+        print(table(figures))
     if output is not None:
         output.write_text(json.dumps([asdict(f) | {"x_singles": f.x_singles, "x_idle": f.x_idle} for f in figures]))
 
