@@ -257,7 +257,9 @@ class BroadcastClient:
         items = []
         for n in places[:limit]:
             nid = recipient_id(broadcast_id, n)
-            if nid in refused:
+            if status is not None:
+                shown = status  # what its view (or its refusal) said above
+            elif nid in refused:
                 shown = "refused"
             else:
                 try:

@@ -607,11 +607,8 @@ async def status(
         else:
             if wait or watch:
                 shown = await _followed_broadcast(broadcasts, notification_id, quiet=as_json or not watch)
-            if listed:
-                try:
-                    items, more = await broadcasts.notifications(shown["id"], status=only, after=after, limit=limit)
-                except RequestRefused as error:
-                    raise CliError(str(error), 2) from None
+            if listed:  # --only was checked above
+                items, more = await broadcasts.notifications(shown["id"], status=only, after=after, limit=limit)
                 shown = {**shown, "notifications": items, "next_after": more}
             print_json(shown) if as_json else print_broadcast(shown)
             return 1 if (wait or watch) and any(shown["counts"].get(s, 0) for s in [*NOT_DELIVERED, "refused"]) else 0
