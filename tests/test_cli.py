@@ -15,14 +15,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+import starter
 from harness.processes import ROOT, dev_address, launch_worker, start_worker, unconfigured_environment
 from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
@@ -381,12 +382,9 @@ def test_help_names_each_value_and_answers_to_h(directory: Cli) -> None:
     assert short.returncode == 0 and "Commands:" in short.stdout and "send" in short.stdout
     commands = [line.split()[0] for line in short.stdout.split("Commands:\n")[1].splitlines()]
     subcommands = ["directory show", "directory import", "apikey create", "apikey revoke", "topic add", "topic show"]
-    with ThreadPoolExecutor(4) as pool:  # a process each: at once
-        helps = pool.map(
-            lambda command: (command, directory.run(*command.split(), "-h").stdout), commands + subcommands
-        )
-        for command, shown in helps:
-            assert shown.startswith(f"Usage: starter.py {command} ") and "<" not in shown, shown  # no <str>, <bool>
+    for command in commands + subcommands:  # the same commands, in this process: a second each saved
+        shown = CliRunner().invoke(starter.app, [*command.split(), "-h"], prog_name="starter.py").output
+        assert shown.startswith(f"Usage: starter.py {command} ") and "<" not in shown, shown  # no <str>, <bool>
     send = directory.run("send", "-h").stdout
     for named in ("--entity ID", "--entity-json JSON", "--template NAME", "--tag NAME=VALUE", "--at TIME"):
         assert named in send, send
