@@ -37,6 +37,7 @@ from domain import (
     DirectoryEntry,
     NotificationStatus,
     SendNotificationToEntityOp,
+    SuppressionSource,
     Tag,
     validation_message,
 )
@@ -50,6 +51,7 @@ from streams.directory import (
     members,
     topic_sizes,
 )
+from streams.suppressions import change_suppression, suppressions
 
 if TYPE_CHECKING:
     from broadcasts import BroadcastClient
@@ -80,6 +82,8 @@ topic_app = command_group("Topics: named sets of entities that a notification ca
 app.add_typer(topic_app, name="topic")
 streams_app = command_group("The streams themselves: retention.")
 app.add_typer(streams_app, name="streams")
+suppression_app = command_group("The suppression list: email addresses that are not sent to.")
+app.add_typer(suppression_app, name="suppression")
 apikey_app = command_group("API keys for the HTTP API (`serve`).")
 app.add_typer(apikey_app, name="apikey")
 temporal_app = command_group("The Temporal namespace the sagas run in.")
@@ -851,6 +855,61 @@ async def topic_list(as_json: JsonOption = False) -> None:
         print(f"no topics: make one with `{command('starter.py', 'topic', 'add', 'NAME', 'ENTITY')}`")
     for name, size in sizes.items():
         print(f"{name:<32} {size} member{'' if size == 1 else 's'}")
+
+
+Address = Annotated[str, argument("ADDRESS")]
+
+
+@suppression_app.command("list")
+@run_async
+async def suppression_list(as_json: JsonOption = False) -> None:
+    """Every address suppressed now, with since when, who suppressed it and why."""
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        held = await suppressions(store.reader(StreamName.EMAIL_EVENT))
+    if as_json:
+        print_json([s.model_dump(mode="json") for s in held])
+        return
+    if not held:
+        print("no address is suppressed")
+    for s in held:
+        print(f"{s.address}  since {s.timestamp_utc:%Y-%m-%d %H:%M:%S} UTC  {s.source}: {s.reason}")
+
+
+@suppression_app.command("add")
+@run_async
+async def suppression_add(
+    address: Address,
+    reason: Annotated[str, typer.Option(metavar="TEXT", help="Why (shown with every notification it stops).")] = (
+        "suppressed by an operator"
+    ),
+) -> None:
+    """Suppress ADDRESS: no email is sent to it (each notification's email channel says `suppressed`, and its
+    fallback channel is used) until it is removed."""
+    await _change_suppression(address, True, reason)
+
+
+@suppression_app.command("remove")
+@run_async
+async def suppression_remove(
+    address: Address,
+    reason: Annotated[str, typer.Option(metavar="TEXT", help="Why it may be sent to again.")] = (
+        "lifted by an operator"
+    ),
+) -> None:
+    """Send to ADDRESS again."""
+    await _change_suppression(address, False, reason)
+
+
+async def _change_suppression(address: str, suppressed: bool, reason: str) -> None:
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        try:
+            changed = await change_suppression(store, address, suppressed, reason, SuppressionSource.OPERATOR)
+        except ValidationError as error:
+            raise CliError(validation_message(error), 2) from error
+    state = "suppressed" if suppressed else "not suppressed"
+    print(f"{address.lower()}: {state}{'' if changed else ' already'}")
 
 
 @streams_app.command("prune")

@@ -23,7 +23,7 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Generic, NoReturn, TypeVar
 
@@ -72,10 +72,12 @@ logger = logging.getLogger("notify.delivery")
 
 @dataclass
 class Delivery:
-    """How one delivery ended: the channel's response, and the reason when it failed."""
+    """How one delivery ended: the channel's response, the reason when it failed, and what else its outcome's record
+    writes with it (the suppression of an address that a mail server refused for good)."""
 
     response: BaseModel
     failure: str | None = None
+    records: list[Put] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.failure is not None:
@@ -357,7 +359,7 @@ class ChannelHandler(ABC, Generic[Op, Response]):
         """Record the delivery's outcome and complete the operation's handling with it, in one write."""
         self._outage.answered()
         put, outcome = self._outcome_record(ref, delivery, activity.info().attempt)
-        await self._complete(ref, outcome, [put])
+        await self._complete(ref, outcome, [put, *delivery.records])
         self._count(delivery)
         if delivery.failure:
             logger.warning("%s failed for good: %s", _attempt_name(ref.instruction.operation), delivery.failure)

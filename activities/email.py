@@ -32,12 +32,14 @@ from domain import (
     SendEmailResponse,
     SendEmailResult,
     SucceededInSendingEmailEvent,
+    SuppressionSource,
     Tag,
     admitted,
     recipient_email_tag,
 )
 from settings import Settings, SmtpSecurity
 from streams import StreamName, StreamStore
+from streams.suppressions import suppression_record
 
 SMTP_TIMEOUT_SECONDS = 30
 """How long the server may take to answer a command; a message's DATA is given, besides, the time its bytes take at
@@ -411,14 +413,18 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
         except aiosmtplib.SMTPRecipientsRefused as error:
             failure = "; ".join(f"{r.recipient} refused: {_said(r)}" for r in error.recipients)
             transient = any(_transient(r.code) for r in error.recipients)
-            return _failed(answer, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, transient)
+            delivery = _failed(answer, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, transient)
+            return self._suppressing(delivery, op, [(r.recipient, r) for r in error.recipients])
         except aiosmtplib.SMTPResponseException as error:  # a refused login included: a 454 is tried again
+            authenticating = isinstance(error, aiosmtplib.SMTPAuthenticationError)
             result = (
                 SendEmailResult.FAILED_TO_AUTHENTICATE_WITH_SERVER
-                if isinstance(error, aiosmtplib.SMTPAuthenticationError)
+                if authenticating
                 else SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER
             )
-            return _failed(answer, result, _said(error), _transient(error.code))
+            delivery = _failed(answer, result, _said(error), _transient(error.code))
+            refused = isinstance(error, aiosmtplib.SMTPDataError) and len(op.to) == 1  # its one recipient, at DATA
+            return self._suppressing(delivery, op, [(op.to[0].address, error)] if refused else [])
         except ssl.SSLError as error:  # a certificate that does not verify will not verify on a retry either
             return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, _reason(error), transient=False)
         except (
@@ -431,6 +437,32 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
         except aiosmtplib.SMTPException as error:  # the server lacks what the settings ask for (STARTTLS, AUTH)
             return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, _reason(error), transient=False)
         return Delivery(answer(SendEmailResult.SUCCESS, server_response=server_response))
+
+    def _suppressing(
+        self, delivery: Delivery, op: SendEmailOp, replies: list[tuple[str, aiosmtplib.SMTPResponseException]]
+    ) -> Delivery:
+        """`delivery`, suppressing each recipient whose reply refused its mailbox for good (`refuses_mailbox`)."""
+        delivery.records += [
+            suppression_record(self._events, address, True, _said(reply), SuppressionSource.SMTP, op.notification_id)
+            for address, reply in replies
+            if refuses_mailbox(reply.code, reply.message)
+        ]
+        return delivery
+
+
+ENHANCED_CODE = re.compile(r"\s*5\.(\d{1,3})\.(\d{1,3})\b")
+"""An enhanced status code of a permanent failure (RFC 3463) at the start of a reply's text."""
+
+
+def refuses_mailbox(code: int, message: str) -> bool:
+    """Whether a mail server's reply refuses the recipient's mailbox for good, so that the address is suppressed: a
+    5xx whose enhanced code, if it has one, says the address is bad (5.1.x) or the mailbox disabled (5.2.1); not one
+    about policy, the system, the network or the message (a 5.7.1 or a 5.3.4 may be the sender's doing, and a full
+    mailbox, 5.2.2, empties)."""
+    if not 500 <= code < 600:
+        return False
+    enhanced = ENHANCED_CODE.match(message)
+    return enhanced is None or enhanced[1] == "1" or enhanced.group(1, 2) == ("2", "1")
 
 
 def _reason(error: Exception) -> str:

@@ -76,6 +76,7 @@ from streams import (
 )
 from streams.directory import entry_or_reason
 from streams.store import Move, Put, PutResult
+from streams.suppressions import suppression
 
 T = TypeVar("T")
 
@@ -103,6 +104,7 @@ class NotificationActivities:
         self._settings = settings
         self._handlers = handlers
         self._directory = store.reader(StreamName.ENTITY_DIRECTORY)
+        self._email_events = store.reader(StreamName.EMAIL_EVENT)
         self._client_operation_handling = store.handling(StreamName.CLIENT_OPERATION)
         self._saga_handling = store.handling(StreamName.NOTIFICATION_SAGA)
         self._internal_operation_handling = store.handling(StreamName.INTERNAL_OPERATION)
@@ -224,8 +226,15 @@ class NotificationActivities:
     @activity.defn(name=PREPARE_TO_SEND_ON_CHANNEL.name)
     async def prepare_to_send_on_channel(self, op: PrepareToSendOnChannelOp) -> PrepareToSendOnChannelResult:
         """Compose the channel's operation, with a channel-operation id issued by the channel's operation stream;
-        or report why it cannot be composed."""
+        or report why it cannot be composed, or that its address is suppressed."""
         handler = CHANNEL_HANDLERS[op.channel]
+        if op.channel == Channel.EMAIL and op.audience.email is not None:
+            held = await suppression(self._email_events, op.audience.email)
+            if held is not None:
+                failure = Failure(reason=f"email: not sent: {held.said()}", channel=Channel.EMAIL)
+                return PrepareToSendOnChannelResult(
+                    channel=op.channel, instructions=[], failures=[failure], suppressed=True
+                )
         try:
             channel_operation_id = await self._channel_operations[op.channel].next_unique_id()
             operation, recipient_tags = handler.compose(op, channel_operation_id, self._settings)

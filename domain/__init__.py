@@ -48,6 +48,7 @@ from domain.events import (
     SucceededInSendingSlackMessageEvent,
     terminal_event_type,
 )
+from domain.feedback import EmailSuppression, SuppressionSource
 from domain.model import (
     RESERVED_TAG_NAMES,
     Attachment,
@@ -196,6 +197,8 @@ __all__ = [
     "DeliveryAuditEntry",
     "DeliveryChannelConfig",
     "DirectoryEntry",
+    "EmailSuppression",
+    "SuppressionSource",
     "EmailAddress",
     "EmailMailbox",
     "EscalationRequested",

@@ -264,6 +264,8 @@ class PrepareToSendOnChannelResult(Model):
     instructions: list[ChannelOperationInstruction]
     failures: list[Failure] = Field(default_factory=list)
     failure_action: FailureAction = FailureAction.STOP
+    suppressed: bool = Field(default=False, exclude_if=lambda suppressed: not suppressed)
+    """Not prepared because its address is on the suppression list (the failure says since when and why)."""
 
     @property
     def outcome(self) -> PrepareToSendOnChannelOutcome:

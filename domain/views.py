@@ -47,6 +47,8 @@ class ChannelOutcome(StrEnum):
     OPTED_OUT = "opted_out"
     CANCELLED = "cancelled"
     """Not delivered: the notification was cancelled while it waited for its next attempt."""
+    SUPPRESSED = "suppressed"
+    """Not sent: its address is on the suppression list (the reason says since when and why)."""
 
 
 class ChannelView(Model):

@@ -81,6 +81,7 @@ with workflow.unsafe.imports_passed_through():
         escalation,
         final_status,
         first_status,
+        not_prepared,
         reasons,
         with_outcome,
         with_prepare_stage,
@@ -304,14 +305,14 @@ class NotificationSaga:
         """Deliver on the entity's fallback channel when a preferred one failed, or could not be used or prepared."""
         fallback = audience.fallback
         failed = any(o.outcome == ChannelOperationOutcome.FAILED for o in outcomes) or any(
-            c.outcome == ChannelOutcome.NOT_PREPARED for c in self._view.channels.values()
+            c.outcome in (ChannelOutcome.NOT_PREPARED, ChannelOutcome.SUPPRESSED) for c in self._view.channels.values()
         )
         if fallback is None or not failed:
             return []
         result = await self._prepare_channel(nid, operation, audience, fallback)
         if not result.prepared:
             reason = reasons(result.failures)
-            self._set_channels({fallback: ChannelChange(ChannelOutcome.NOT_PREPARED, reason)}, audience, fallback=True)
+            self._set_channels({fallback: ChannelChange(not_prepared(result), reason)}, audience, fallback=True)
             self._add_outcome(failures=[Failure(reason=f"{fallback} (fallback): {reason}")])
             return []
         refs = await self._record(PUT_CHANNEL_OPERATIONS, result.instructions)
@@ -371,9 +372,7 @@ class NotificationSaga:
         told = changed_channels(
             {},
             {
-                r.channel: ChannelChange(
-                    ChannelOutcome.SENDING if r.prepared else ChannelOutcome.NOT_PREPARED, reasons(r.failures)
-                )
+                r.channel: ChannelChange(ChannelOutcome.SENDING if r.prepared else not_prepared(r), reasons(r.failures))
                 for r in results
             },
             team,

@@ -25,6 +25,7 @@ from domain import (
     NotificationStatus,
     NotificationView,
     PrepareToSendNotificationEvent,
+    PrepareToSendOnChannelResult,
     SendNotificationToEntityOp,
 )
 
@@ -112,7 +113,7 @@ def with_prepare_stage(view: NotificationView, stage: PrepareToSendNotificationE
     assert prepare is not None
     changes = {
         r.channel: ChannelChange(
-            ChannelOutcome.NOT_PREPARED,
+            not_prepared(r),
             reasons(r.failures) or "not sent: the policy sends on no channel when one cannot be prepared",
         )
         for r in prepare.channel_results
@@ -120,6 +121,11 @@ def with_prepare_stage(view: NotificationView, stage: PrepareToSendNotificationE
     }
     view = view.model_copy(update={"channels": changed_channels(view.channels, changes)})
     return with_outcome(view, [f for r in prepare.channel_results for f in r.failures], prepare=prepare.outcome)
+
+
+def not_prepared(result: PrepareToSendOnChannelResult) -> ChannelOutcome:
+    """How a channel that was not prepared shows: `suppressed` when its address is, else `not_prepared`."""
+    return ChannelOutcome.SUPPRESSED if result.suppressed else ChannelOutcome.NOT_PREPARED
 
 
 def first_status(operation: SendNotificationToEntityOp, now: datetime) -> NotificationStatus:

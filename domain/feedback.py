@@ -1,0 +1,46 @@
+"""What comes back after a send: the suppression list of email addresses that are not sent to any more.
+
+An address is suppressed when a mail server refuses it for good (a 5xx for the mailbox), when an email provider
+reports a hard bounce or a complaint for it, or when an operator says so; an operator may lift it again. Each change
+is an `EmailSuppression` record in the email event stream under the address (lower case): the latest says whether
+the address is suppressed now, why, and since when. None of them names a notification in its tags, so that pruning a
+notification never lifts a suppression.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from domain.rules import EmailAddress, Model, Reason
+
+
+class SuppressionSource(StrEnum):
+    """Who suppressed an address (or lifted its suppression)."""
+
+    SMTP = "smtp"
+    """The mail server refused the recipient for good while the service sent to it."""
+    OPERATOR = "operator"
+    """Someone with an admin key, or the command line."""
+    SES = "ses"
+    SENDGRID = "sendgrid"
+    POSTMARK = "postmark"
+    MAILGUN = "mailgun"
+
+
+class EmailSuppression(Model):
+    """An address suppressed (`suppressed`) or no longer: the latest record of an address says which it is now."""
+
+    address: EmailAddress
+    suppressed: bool
+    reason: Reason
+    source: SuppressionSource
+    notification_id: str | None = None
+    """The notification whose send or feedback suppressed it, if one did."""
+    timestamp_utc: datetime
+
+    def said(self) -> str:
+        """The suppression in a few words, as a channel's outcome gives it."""
+        return (
+            f"{self.address} is suppressed since {self.timestamp_utc:%Y-%m-%d %H:%M} UTC ({self.source}: {self.reason})"
+        )
