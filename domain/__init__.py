@@ -48,7 +48,13 @@ from domain.events import (
     SucceededInSendingSlackMessageEvent,
     terminal_event_type,
 )
-from domain.feedback import EmailSuppression, SuppressionSource
+from domain.feedback import (
+    EmailBouncedEvent,
+    EmailComplainedEvent,
+    EmailFeedbackEvent,
+    EmailSuppression,
+    SuppressionSource,
+)
 from domain.model import (
     RESERVED_TAG_NAMES,
     Attachment,
@@ -197,6 +203,9 @@ __all__ = [
     "DeliveryAuditEntry",
     "DeliveryChannelConfig",
     "DirectoryEntry",
+    "EmailBouncedEvent",
+    "EmailComplainedEvent",
+    "EmailFeedbackEvent",
     "EmailSuppression",
     "SuppressionSource",
     "EmailAddress",

@@ -1,7 +1,8 @@
 """What comes back after a send: the suppression list of email addresses that are not sent to any more.
 
 An address is suppressed when a mail server refuses it for good (a 5xx for the mailbox), when an email provider
-reports a hard bounce or a complaint for it, or when an operator says so; an operator may lift it again. Each change
+reports a hard bounce or a complaint for it (`EmailBouncedEvent`, `EmailComplainedEvent`, recorded with the email they
+are about), or when an operator says so; an operator may lift it again. Each change
 is an `EmailSuppression` record in the email event stream under the address (lower case): the latest says whether
 the address is suppressed now, why, and since when. None of them names a notification in its tags, so that pruning a
 notification never lifts a suppression.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
+from domain.events import ChannelEvent
 from domain.rules import EmailAddress, Model, Reason
 
 
@@ -44,3 +46,23 @@ class EmailSuppression(Model):
         return (
             f"{self.address} is suppressed since {self.timestamp_utc:%Y-%m-%d %H:%M} UTC ({self.source}: {self.reason})"
         )
+
+
+class EmailFeedbackEvent(ChannelEvent):
+    """What a provider said about an email after it was sent, recorded in the email event stream under the email's
+    channel operation (beside its requested and outcome events), with the same tags."""
+
+    address: EmailAddress
+    provider: SuppressionSource
+    permanent: bool
+    """A hard bounce, or a complaint: the address is suppressed. A soft bounce is recorded and suppresses nothing."""
+    detail: Reason
+    """What the provider said, in one line."""
+
+
+class EmailBouncedEvent(EmailFeedbackEvent):
+    """The mailbox provider bounced the email after the mail server had taken it."""
+
+
+class EmailComplainedEvent(EmailFeedbackEvent):
+    """The recipient marked the email as spam."""

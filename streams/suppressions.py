@@ -1,12 +1,34 @@
 """The suppression list, kept in the email event stream: the latest `EmailSuppression` of an address (its record id,
-in lower case) says whether mail to it is held back now (`domain.feedback`)."""
+in lower case) says whether mail to it is held back now (`domain.feedback`); and the feedback of email providers
+(bounces, complaints), recorded with the email it is about and suppressing its address when it is for good."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from pydantic import ValidationError
 
-from domain import EmailSuppression, SuppressionSource, admitted, utc_now
-from streams.store import Put, ReadOnlyStream, StreamName, StreamStore, WriteOnlyStream, unreadable
+from domain import (
+    EmailBouncedEvent,
+    EmailComplainedEvent,
+    EmailSuppression,
+    SendEmailRequestedEvent,
+    SuppressionSource,
+    TagName,
+    admitted,
+    utc_now,
+)
+from streams.store import (
+    ExistingRecordStrategy,
+    Put,
+    ReadOnlyStream,
+    Record,
+    StreamName,
+    StreamStore,
+    WriteOnlyStream,
+    unreadable,
+)
 
 SUPPRESSION = EmailSuppression.__name__
 """The type of the suppression records."""
@@ -80,3 +102,69 @@ async def change_suppression(
     record = _suppression(address, suppressed, reason, source)
     await store.writer(StreamName.EMAIL_EVENT).put_all([(record.address, record, ())])
     return record
+
+
+MESSAGE_ID = re.compile(r"<?notification-(?P<notification_id>[^<>\s]+)\.email-(?P<operation_id>\d+)@[^<>\s]+>?")
+"""The Message-ID the service sets (`activities.email.message_id`): the notification and its email's operation."""
+
+
+@dataclass(frozen=True)
+class FeedbackRecorded:
+    """What one piece of feedback did: the notification it was matched to (None: no email of the service's had its
+    Message-ID), and whether it suppressed the address now."""
+
+    notification_id: str | None
+    suppressed: bool
+
+
+async def record_feedback(
+    store: StreamStore,
+    provider: SuppressionSource,
+    complaint: bool,
+    address: str,
+    permanent: bool,
+    message_id: str | None,
+    detail: str,
+) -> FeedbackRecorded:
+    """Record a provider's bounce (or `complaint`) of `address` with the email whose Message-ID it names, once (a
+    provider that sends it again changes nothing), and suppress the address when it is `permanent` (a complaint
+    always is) and not suppressed yet: one write. Feedback that matches no email of the service's still suppresses."""
+    permanent = permanent or complaint
+    matched = await _email_requested(store.reader(StreamName.EMAIL_EVENT), message_id)
+    nid = None if matched is None else matched[1]
+    writer = store.writer(StreamName.EMAIL_EVENT)
+    puts = []
+    if matched is not None:
+        requested, notification_id = matched
+        event_type = EmailComplainedEvent if complaint else EmailBouncedEvent
+        operation_id = int(requested.record_id or 0)
+        event = event_type(
+            channel_operation_id=operation_id,
+            notification_id=notification_id,
+            timestamp_utc=utc_now(),
+            address=address.lower(),
+            provider=provider,
+            permanent=permanent,
+            detail=detail,
+        )
+        strategy = ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE
+        puts.append(writer.record(operation_id, event, tags=requested.tags, strategy=strategy))
+    suppressing = permanent and await suppression(store.reader(StreamName.EMAIL_EVENT), address) is None
+    if suppressing:
+        kind = "complaint" if complaint else "bounce"
+        puts.append(suppression_record(writer, address, True, f"{kind}: {detail}", provider, nid))
+    if puts:
+        await store.steps().write(puts)
+    return FeedbackRecorded(nid, suppressing)
+
+
+async def _email_requested(events: ReadOnlyStream, message_id: str | None) -> tuple[Record, str] | None:
+    """The requested event of the email that `message_id` names, if the stream has it, and its notification's id."""
+    found = MESSAGE_ID.fullmatch(message_id.strip()) if message_id else None
+    if found is None:
+        return None
+    nid = found["notification_id"]
+    for record in await events.by_id(found["operation_id"]):
+        if record.type == SendEmailRequestedEvent.__name__ and record.tag(TagName.NOTIFICATION_ID) == nid:
+            return record, nid
+    return None
