@@ -160,10 +160,11 @@ def _configured(secret: str, variable: str) -> str:
 def _fresh(timestamp: str, provider: str) -> None:
     try:
         age = time.time() - int(timestamp)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InboundRefused(401, f"the {provider} signature's timestamp is not a number of seconds") from None
     if abs(age) > FRESHNESS.total_seconds():
-        raise InboundRefused(401, f"the {provider} signature's timestamp is more than {FRESHNESS} away from now")
+        minutes = FRESHNESS.total_seconds() / 60
+        raise InboundRefused(401, f"the {provider} signature's timestamp is more than {minutes:g} minutes from now")
 
 
 @contextmanager
@@ -251,7 +252,7 @@ class _Kebab(BaseModel):
 
 
 class _MailgunSignature(_Kebab):
-    timestamp: str
+    timestamp: int | str
     token: str
     signature: str
 
@@ -292,10 +293,10 @@ def read_mailgun(body: bytes, headers: Mapping[str, str], query: Mapping[str, st
         raise InboundRefused(
             401, "the request is not signed (no signature with timestamp, token and signature)"
         ) from None
-    expected = hmac.new(key.encode(), (signed.timestamp + signed.token).encode(), hashlib.sha256).hexdigest()
+    expected = hmac.new(key.encode(), f"{signed.timestamp}{signed.token}".encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected.encode(), signed.signature.strip().lower().encode()):
         raise InboundRefused(401, "the Mailgun signature does not match its timestamp and token")
-    _fresh(signed.timestamp, "Mailgun")
+    _fresh(str(signed.timestamp), "Mailgun")
     with _body_of("Mailgun"):
         return _from_mailgun(_MailgunEvent.model_validate(webhook.event_data))
 
@@ -466,7 +467,7 @@ def read_ses(
     match sns.type:
         case "SubscriptionConfirmation":
             return SubscriptionConfirmation(
-                topic_arn=sns.topic_arn, subscribe_url=_subscribe_url(sns.subscribe_url, allow_any_host)
+                topic_arn=sns.topic_arn, subscribe_url=_subscribe_url(sns.subscribe_url or "", allow_any_host)
             )
         case "Notification" if sns.message.strip() != SES_TOPIC_VALIDATED:
             with _body_of("SES"):
@@ -475,14 +476,14 @@ def read_ses(
             return []
 
 
-def _subscribe_url(url: str | None, allow_any_host: bool) -> str:
-    parts = urlsplit(url or "")
+def _subscribe_url(url: str, allow_any_host: bool) -> str:
+    parts = urlsplit(url)
     host = parts.hostname or ""
     if allow_any_host and parts.scheme in ("http", "https") and host:
-        return url or ""
+        return url
     if parts.scheme != "https" or not host.endswith(SES_HOST_SUFFIX):
         raise InboundRefused(400, f"the SubscribeURL is not https on a host ending in {SES_HOST_SUFFIX}")
-    return url or ""
+    return url
 
 
 def _from_ses(event: _SesEvent) -> list[Feedback]:
