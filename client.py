@@ -69,6 +69,7 @@ from settings import WORKER_HINT, ConfigurationError, Settings, one_line
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
 from streams.directory import entry_or_reason, import_entries, lookup
 from streams.store import unreadable
+from streams.suppressions import FEEDBACK, email_feedback
 from templating import TemplateError, Templates
 from workflows import search
 from workflows.notification import NotificationSaga
@@ -673,7 +674,13 @@ class NotificationClient:
         except ValidationError as error:
             requested = await self._store.reader(StreamName.CLIENT_OPERATION).latest(record.record_id or "")
             return _unreadable_view(record, error, requested.tag(TagName.ENTITY_ID) if requested else None)
-        return record.json()
+        view = record.json()
+        email = view.get("channels", {}).get(Channel.EMAIL)
+        if email and email.get("outcome") == ChannelOutcome.SUCCEEDED and email.get("channel_operation_id"):
+            said = await email_feedback(self._store.reader(StreamName.EMAIL_EVENT), email["channel_operation_id"])
+            if said:  # after the send: a bounce, a complaint
+                email["feedback"] = [f.model_dump(mode="json") for f in said]
+        return view
 
     async def recent(
         self, *, entity_id: str | None, status: NotificationStatus | None, limit: int, before: int | None
@@ -888,7 +895,8 @@ def _with_attempts(view: NotificationView, description: WorkflowExecutionDescrip
 
 
 def _deliveries(channel: Channel, address: str, records: Iterable[Record]) -> list[DeliveryAuditEntry]:
-    """One entry per channel operation, from its requested event and its outcome event, if any."""
+    """One entry per channel operation, from its requested event and its outcome event, if any: `bounced` or
+    `complained` with what the provider said, when an email that was sent came back so."""
     by_operation: dict[str, list[Record]] = {}
     for record in records:
         by_operation.setdefault(record.record_id or "", []).append(record)
@@ -897,8 +905,12 @@ def _deliveries(channel: Channel, address: str, records: Iterable[Record]) -> li
         requested = next((r for r in group if r.type.endswith("RequestedEvent")), None)
         if requested is None:
             continue
-        ended = next((r for r in reversed(group) if r is not requested), None)
-        entries.append(_delivery(channel, address, int(operation_id), requested, ended))
+        ended = next((r for r in reversed(group) if r is not requested and r.type not in FEEDBACK), None)
+        entry = _delivery(channel, address, int(operation_id), requested, ended)
+        said = next((r for r in reversed(group) if r.type in FEEDBACK), None)
+        if said is not None and entry.outcome == "sent":
+            entry = entry.model_copy(update={"outcome": FEEDBACK[said.type], "reason": said.json().get("detail")})
+        entries.append(entry)
     return entries
 
 

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     payload_keys: SecretStr | None = None
     codec_cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:8233", "http://127.0.0.1:8233"]
     templates_dir: Path = Path("message_templates")
+    sendgrid_verification_key: SecretStr | None = None
+    mailgun_signing_key: SecretStr | None = None
+    postmark_webhook_credentials: SecretStr | None = None
+    ses_webhook_token: SecretStr | None = None
+    webhook_allow_private: bool = False
 
     @model_validator(mode="after")
     def _every_role_or_none(self) -> Settings:

@@ -37,6 +37,7 @@ from domain import (
     admitted,
     recipient_email_tag,
 )
+from inbound import POSTMARK_METADATA_KEY
 from settings import Settings, SmtpSecurity
 from streams import StreamName, StreamStore
 from streams.suppressions import suppression_record
@@ -47,6 +48,11 @@ SMTP_TIMEOUT_SECONDS = 30
 time to send it counts)."""
 SMTP_IDLE_SECONDS = 30
 """How long a connection waits, open, for the next message before it is closed."""
+
+
+POSTMARK_METADATA_HEADER = f"X-PM-Metadata-{POSTMARK_METADATA_KEY}"
+"""Postmark does not echo an email's Message-ID in its bounces: this header, on every email while Postmark's webhook
+is configured (`NOTIFY_POSTMARK_WEBHOOK_CREDENTIALS`), comes back as the bounce's metadata instead."""
 
 
 def message_id(op: SendEmailOp) -> str:
@@ -265,10 +271,12 @@ def mailbox(m: EmailMailbox) -> Address:
     return Address(display_name=m.name or "", addr_spec=m.address)
 
 
-def compose_message(op: SendEmailOp, now: datetime, contents: Sequence[bytes] = ()) -> EmailMessage:
+def compose_message(
+    op: SendEmailOp, now: datetime, contents: Sequence[bytes] = (), extra: Sequence[tuple[str, str]] = ()
+) -> EmailMessage:
     """The message, with `contents` (those of `op.attachments`, in order): inline images beside the HTML body that
     shows them (`multipart/related`), other files attached (`multipart/mixed`), each with its name (RFC 2231 where
-    it is not ASCII)."""
+    it is not ASCII); and the `extra` headers after its Message-ID."""
     message = EmailMessage()
     # Address objects, not formatted strings: a display name is then always quoted or encoded whole, so that a
     # comma or an address inside it stays part of the name.
@@ -277,6 +285,8 @@ def compose_message(op: SendEmailOp, now: datetime, contents: Sequence[bytes] = 
     message["Subject"] = op.subject
     message["Date"] = now
     message["Message-ID"] = message_id(op)
+    for name, value in extra:
+        message[name] = value
     message.set_content(op.text_body)
     if op.html_body:
         message.add_alternative(op.html_body, subtype="html")
@@ -308,7 +318,7 @@ _PLAIN_TEXT = re.compile(r"[!-~]+(?: [!-~]+)*")
 _PLAIN_BODY = re.compile(r"[ -~\t\r\n]*")
 
 
-def plain_message(op: SendEmailOp, now: datetime) -> PlainMessage | None:
+def plain_message(op: SendEmailOp, now: datetime, extra: Sequence[tuple[str, str]] = ()) -> PlainMessage | None:
     """The bytes `compose_message` gives once flattened for SMTP, written directly, when nothing in the message needs
     encoding, quoting or folding: ASCII words, no encoded-word look-alike, every line at most 78 characters, no HTML
     part (None otherwise). Most notifications are such, and the email package's parsing of every header is most of a
@@ -332,6 +342,7 @@ def plain_message(op: SendEmailOp, now: datetime) -> PlainMessage | None:
         f"Subject: {op.subject}",
         f"Date: {format_datetime(now)}",
         f"Message-ID: {message_id(op)}",
+        *(f"{name}: {value}" for name, value in extra),
         'Content-Type: text/plain; charset="utf-8"',
         "Content-Transfer-Encoding: 7bit",
         "MIME-Version: 1.0",
@@ -403,12 +414,15 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             return SendEmailResponse(result=result, message_id=message_id(op), communication_log=log, **fields)
 
         now = datetime.now(UTC)
+        extra = [(POSTMARK_METADATA_HEADER, message_id(op))] if self._settings.postmark_webhook_credentials else []
         try:
             async with self.files(op) as contents:
                 if isinstance(contents, Delivery):
                     return contents
                 server_response = await self._connections.send(
-                    lambda: plain_message(op, now) or compose_message(op, now, contents), log, files=bool(contents)
+                    lambda: plain_message(op, now, extra) or compose_message(op, now, contents, extra),
+                    log,
+                    files=bool(contents),
                 )
         except aiosmtplib.SMTPRecipientsRefused as error:
             failure = "; ".join(f"{r.recipient} refused: {_said(r)}" for r in error.recipients)

@@ -150,6 +150,7 @@ from domain.stages import (
     get_delivery_channel_configs,
 )
 from domain.views import (
+    ChannelFeedback,
     ChannelOutcome,
     ChannelView,
     DeliveryAuditEntry,
@@ -198,6 +199,7 @@ __all__ = [
     "ChannelOutcome",
     "ChannelPolicy",
     "ChannelPreference",
+    "ChannelFeedback",
     "ChannelView",
     "DOMAIN",
     "DeliveryAuditEntry",

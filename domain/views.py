@@ -51,6 +51,16 @@ class ChannelOutcome(StrEnum):
     """Not sent: its address is on the suppression list (the reason says since when and why)."""
 
 
+class ChannelFeedback(Model):
+    """A bounce or a complaint of an email that was sent, as its `EmailBouncedEvent` or `EmailComplainedEvent` says."""
+
+    kind: Literal["bounced", "complained"]
+    provider: str
+    permanent: bool
+    detail: str
+    at: datetime
+
+
 class ChannelView(Model):
     address: str | None
     outcome: ChannelOutcome
@@ -64,6 +74,8 @@ class ChannelView(Model):
     """While retrying: why the last attempt failed."""
     next_attempt_at: datetime | None = None
     """While retrying: when the next attempt starts."""
+    feedback: list[ChannelFeedback] = Field(default_factory=list, exclude_if=lambda feedback: not feedback)
+    """What a provider said after the send: the email bounced, or its recipient complained (read with the view)."""
 
 
 class EscalationStatus(StrEnum):
@@ -104,8 +116,9 @@ class DeliveryAuditEntry(Model):
     channel_operation_id: int
     address: str
     subject: str | None
-    outcome: Literal["sent", "failed", "sending", "unreadable"]
-    """`unreadable`: a record of the message does not parse (`reason` says which)."""
+    outcome: Literal["sent", "failed", "sending", "bounced", "complained", "unreadable"]
+    """`bounced`, `complained`: sent, then a provider said so (`reason`: what it said); `unreadable`: a record of the
+    message does not parse (`reason` says which)."""
     reason: str | None = None
     requested_at: datetime
     completed_at: datetime | None = None

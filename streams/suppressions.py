@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from domain import (
+    ChannelFeedback,
     EmailBouncedEvent,
     EmailComplainedEvent,
+    EmailFeedbackEvent,
     EmailSuppression,
     SendEmailRequestedEvent,
     SuppressionSource,
@@ -168,3 +170,31 @@ async def _email_requested(events: ReadOnlyStream, message_id: str | None) -> tu
         if record.type == SendEmailRequestedEvent.__name__ and record.tag(TagName.NOTIFICATION_ID) == nid:
             return record, nid
     return None
+
+
+FEEDBACK = {EmailBouncedEvent.__name__: "bounced", EmailComplainedEvent.__name__: "complained"}
+"""The feedback records' types, and what each says of the email."""
+
+
+async def email_feedback(events: ReadOnlyStream, channel_operation_id: int) -> list[ChannelFeedback]:
+    """The bounces and complaints recorded with an email (by its channel operation), oldest first."""
+    found = []
+    for record in await events.by_id(channel_operation_id):
+        kind = FEEDBACK.get(record.type)
+        if kind is None:
+            continue
+        try:
+            event = record.object(EmailFeedbackEvent)
+        except ValidationError as error:
+            unreadable(record, error)
+            continue
+        found.append(
+            ChannelFeedback(
+                kind=kind,
+                provider=event.provider,
+                permanent=event.permanent,
+                detail=event.detail,
+                at=event.timestamp_utc,
+            )
+        )
+    return found

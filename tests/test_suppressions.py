@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import SecretStr
 
 from activities.email import refuses_mailbox
 from domain import SuppressionSource
@@ -23,6 +27,22 @@ from streams.directory import import_entries
 from streams.suppressions import change_suppression, suppressions
 from tests.conftest import ON_BOTH_BACKENDS
 from tests.service import Api, entity
+from tests.test_inbound import (
+    CREDENTIALS,
+    SES_BOUNCE,
+    SES_MAIL,
+    SIGNING_KEY,
+    SNS_HEADERS,
+    TOKEN,
+    VERIFICATION_KEY,
+    basic,
+    mailgun_body,
+    mailgun_failed,
+    postmark_record,
+    sendgrid_event,
+    sendgrid_signed,
+    sns,
+)
 
 GONE = "gone@example.com"
 
@@ -127,3 +147,132 @@ async def test_the_command_line_lists_adds_and_removes(store: StreamStore, setti
     assert starter("remove", "ops@example.com").stdout == "ops@example.com: not suppressed\n"
     assert await suppressions(store.reader(StreamName.EMAIL_EVENT)) == []
     assert await change_suppression(store, "ops@example.com", False, "x", SuppressionSource.OPERATOR) is None
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Every provider's inbound webhook configured, and an SNS subscription confirmed on loopback."""
+    return settings.model_copy(
+        update={
+            "sendgrid_verification_key": SecretStr(VERIFICATION_KEY),
+            "mailgun_signing_key": SecretStr(SIGNING_KEY),
+            "postmark_webhook_credentials": SecretStr(CREDENTIALS),
+            "ses_webhook_token": SecretStr(TOKEN),
+            "webhook_allow_private": True,
+        }
+    )
+
+
+def _bounce(provider: str, address: str, message_id: str) -> tuple[bytes, dict[str, str], dict[str, str]]:
+    """A hard bounce of `address` as `provider` sends it, authenticated: body, headers, query."""
+    if provider == "sendgrid":
+        event = sendgrid_event("bounce", email=address, reason="550 unknown recipient", status="5.1.1", type="bounce")
+        body = json.dumps([event | {"smtp-id": message_id}]).encode()
+        return body, sendgrid_signed(body), {}
+    if provider == "mailgun":
+        failed = mailgun_failed("permanent", 550, "5.1.1 The email account that you tried to reach does not exist.")
+        failed["recipient"], failed["message"]["headers"]["message-id"] = address, message_id.strip("<>")
+        return mailgun_body(failed), {"Content-Type": "application/json"}, {}
+    if provider == "postmark":
+        body = postmark_record("Bounce", "HardBounce", Email=address, Metadata={"notify-message-id": message_id})
+        return body, basic(CREDENTIALS) | {"Content-Type": "application/json"}, {}
+    common: dict[str, Any] = {**SES_MAIL["commonHeaders"], "messageId": message_id}  # type: ignore[dict-item]
+    recipient = {"emailAddress": address, "status": "5.1.1", "action": "failed", "diagnosticCode": "smtp; 550"}
+    said: dict[str, Any] = {**SES_BOUNCE["bounce"], "bouncedRecipients": [recipient]}  # type: ignore[dict-item]
+    bounce = {**SES_BOUNCE, "mail": {**SES_MAIL, "commonHeaders": common, "headers": []}, "bounce": said}
+    return sns("Notification", bounce), SNS_HEADERS, {"token": TOKEN}
+
+
+PROVIDERS = ["sendgrid", "mailgun", "postmark", "ses"]
+
+
+@ON_BOTH_BACKENDS
+async def test_each_providers_bounce_suppresses_its_address_and_shows_on_the_notification(
+    api: Api, owner: StreamStore, mail_sink: MailSink
+) -> None:
+    await import_entries(owner, [entity(id=p, email=f"{p}@example.com", channels={"email": "send"}) for p in PROVIDERS])
+    sent = {p: await _notified(api, p) for p in PROVIDERS}
+    assert all(view["status"] == "sent" for view in sent.values())
+    mailed = {m.recipients[0]: m.message for m in mail_sink.messages}
+    for provider in PROVIDERS:
+        address, view = f"{provider}@example.com", sent[provider]
+        message_id = mailed[address]["Message-ID"]
+        assert mailed[address]["X-PM-Metadata-notify-message-id"] == message_id  # for Postmark, which drops it
+        body, headers, query = _bounce(provider, address, message_id)
+        before = await api.records()
+        for forged in _forgeries(provider, body, headers, query):
+            refused = await api.call("POST", f"/v1/inbound/{provider}", key=None, **forged)
+            assert refused.status_code == 401, (provider, refused.text)
+        assert await api.records() == before  # a forged or unsigned event changes nothing
+
+        inbound: dict[str, Any] = {"key": None, "content": body, "headers": headers, "params": query}
+        answer = await api.call("POST", f"/v1/inbound/{provider}", **inbound)
+        assert answer.status_code == 200, (provider, answer.text)
+        assert answer.json() == {
+            "recorded": 1,
+            "matched": [view["id"]],
+            "suppressed": [address],
+            "subscription_confirmed": False,
+        }
+        again = await api.call("POST", f"/v1/inbound/{provider}", **inbound)
+        assert again.json()["suppressed"] == [] and await api.records() == before + 2  # the event and the suppression
+
+        shown = (await api.call("GET", f"/v1/notifications/{view['id']}")).json()["channels"]["email"]
+        [feedback] = shown["feedback"]
+        assert (feedback["kind"], feedback["provider"], feedback["permanent"]) == ("bounced", provider, True)
+        events = (await api.call("GET", f"/v1/notifications/{view['id']}/events")).json()
+        assert [e["type"] for e in events].count("EmailBouncedEvent") == 1
+        [audited] = (await api.call("GET", "/v1/audit/email", params={"address": address})).json()
+        assert audited["outcome"] == "bounced"
+        page = await api.http.get(
+            f"/notifications/{view['id']}", headers={"Cookie": f"notify_key={api.keys['reader']}"}
+        )
+        assert f"Bounced ({provider}, " in page.text and 'class="channel outcome-bounced"' in page.text
+    held = (await api.call("GET", "/v1/suppressions")).json()
+    assert sorted((s["address"], s["source"]) for s in held) == sorted((f"{p}@example.com", p) for p in PROVIDERS)
+    assert all(s["reason"].startswith("bounce: ") for s in held)
+    assert (await api.call("POST", "/v1/inbound/sparkpost", key=None, content=b"[]")).status_code == 404
+
+
+def _forgeries(provider: str, body: bytes, headers: dict[str, str], query: dict[str, str]) -> list[dict[str, Any]]:
+    """The request unsigned, and signed by someone else or altered after it was signed."""
+    if provider == "sendgrid":
+        other = ec.generate_private_key(ec.SECP256R1())
+        return [
+            {"content": body, "headers": {"Content-Type": "application/json"}},
+            {"content": body, "headers": sendgrid_signed(body, other)},
+            {"content": body.replace(b"550", b"551"), "headers": headers},
+        ]
+    if provider == "mailgun":
+        signed = json.loads(body)
+        return [
+            {"content": json.dumps({"event-data": signed["event-data"]}).encode(), "headers": headers},
+            {"content": mailgun_body(signed["event-data"], key="key-someone-else"), "headers": headers},
+        ]
+    if provider == "postmark":
+        return [{"content": body}, {"content": body, "headers": basic("notify:guessed")}]
+    return [{"content": body, "headers": headers}, {"content": body, "headers": headers, "params": {"token": "guess"}}]
+
+
+async def test_an_sns_subscription_is_confirmed_by_visiting_its_url(api: Api) -> None:
+    visits: list[str] = []
+
+    class Confirmation(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            visits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Confirmation)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/?Action=ConfirmSubscription&Token=2336412f37"
+        body = sns("SubscriptionConfirmation", "You have chosen to subscribe", SubscribeURL=url, Token="2336412f37")
+        answer = await api.call("POST", "/v1/inbound/ses", key=None, content=body, params={"token": TOKEN})
+    finally:
+        server.shutdown()
+    assert answer.status_code == 200 and answer.json()["subscription_confirmed"] is True
+    assert visits == ["/?Action=ConfirmSubscription&Token=2336412f37"]
