@@ -276,3 +276,18 @@ async def test_an_sns_subscription_is_confirmed_by_visiting_its_url(api: Api) ->
         server.shutdown()
     assert answer.status_code == 200 and answer.json()["subscription_confirmed"] is True
     assert visits == ["/?Action=ConfirmSubscription&Token=2336412f37"]
+
+
+async def test_a_soft_bounce_is_recorded_and_suppresses_nothing(
+    api: Api, owner: StreamStore, mail_sink: MailSink
+) -> None:
+    await import_entries(owner, [entity(id="soft", email="soft@example.com", channels={"email": "send"})])
+    view = await _notified(api, "soft")
+    failed = mailgun_failed("temporary", 452, "4.2.2 The email account that you tried to reach is over quota.")
+    failed["recipient"] = "soft@example.com"
+    failed["message"]["headers"]["message-id"] = mail_sink.messages[0].message["Message-ID"].strip("<>")
+    answer = await api.call("POST", "/v1/inbound/mailgun", key=None, content=mailgun_body(failed))
+    assert answer.json() == {"recorded": 1, "matched": [view["id"]], "suppressed": [], "subscription_confirmed": False}
+    [feedback] = (await api.call("GET", f"/v1/notifications/{view['id']}")).json()["channels"]["email"]["feedback"]
+    assert (feedback["kind"], feedback["permanent"]) == ("bounced", False) and "over quota" in feedback["detail"]
+    assert (await api.call("GET", "/v1/suppressions")).json() == []
