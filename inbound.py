@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel, to_pascal
 
-from domain import in_one_line, validation_message
+from domain import POSTMARK_METADATA_KEY, in_one_line, validation_message
 
 Provider = Literal["ses", "sendgrid", "postmark", "mailgun"]
 Kind = Literal["bounce", "complaint"]
@@ -48,15 +49,16 @@ Ten minutes leaves room for the provider's queue and for clocks that disagree by
 DETAIL_CHARS = 300
 """A feedback's `detail`: one line of at most this many characters."""
 
-SES_HOST_SUFFIX = ".amazonaws.com"
-"""The only hosts a subscription is confirmed at, unless a reader is told otherwise (`allow_any_host`)."""
+SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?")
+"""The only hosts a subscription is confirmed at (SNS's own, in any region), unless a reader is told otherwise
+(`allow_any_host`)."""
 
 SES_TOPIC_VALIDATED = "Successfully validated SNS topic for Amazon SES event publishing."
 """The notification SNS sends once a topic is set up for SES event publishing: nothing to record."""
 
-POSTMARK_METADATA_KEY = "notify-message-id"
-"""The metadata field that carries our Message-ID through Postmark, which does not echo the header: the sender adds
-`X-PM-Metadata-notify-message-id: <the Message-ID>` to the message, and Postmark returns it in `Metadata`."""
+OUR_MESSAGE_ID = re.compile(r"notification-.+\.email-\d+")
+"""What the Message-ID the service sets looks like (`activities.email.message_id`): where SES gives two (its own, in
+the common headers, and the original header), the service's is taken."""
 
 POSTMARK_HARD = frozenset({"HardBounce", "BadEmailAddress", "ManuallyDeactivated"})
 """Postmark's bounce types that say the address itself will not take mail (unknown user, invalid address, deactivated
@@ -455,7 +457,7 @@ def read_ses(
     """The bounces and complaints in an SNS notification from SES (identity notifications or event publishing), sent
     to the URL with the configured `?token=`; other notifications (deliveries, sends, opens) and unsubscribe
     confirmations are ignored. A subscription confirmation comes back as the URL to visit, which must be https on an
-    AWS host (`SES_HOST_SUFFIX`) unless `allow_any_host`."""
+    SNS host (`SNS_HOST`) unless `allow_any_host`."""
     token = _configured(secret, "NOTIFY_SES_WEBHOOK_TOKEN")
     given = query.get("token")
     if not given:
@@ -481,8 +483,8 @@ def _subscribe_url(url: str, allow_any_host: bool) -> str:
     host = parts.hostname or ""
     if allow_any_host and parts.scheme in ("http", "https") and host:
         return url
-    if parts.scheme != "https" or not host.endswith(SES_HOST_SUFFIX):
-        raise InboundRefused(400, f"the SubscribeURL is not https on a host ending in {SES_HOST_SUFFIX}")
+    if parts.scheme != "https" or not SNS_HOST.fullmatch(host):
+        raise InboundRefused(400, "the SubscribeURL is not https on an SNS host (sns.REGION.amazonaws.com)")
     return url
 
 
@@ -506,9 +508,8 @@ def _from_ses(event: _SesEvent) -> list[Feedback]:
     else:
         return []
     mail = event.mail
-    message_id = mail.common_headers.message_id or next(
-        (header.value for header in mail.headers if header.name.lower() == "message-id"), None
-    )
+    given = [h.value for h in mail.headers if h.name.lower() == "message-id"] + [mail.common_headers.message_id]
+    message_id = next((m for m in given if m and OUR_MESSAGE_ID.search(m)), None) or next((m for m in given if m), None)
     return [
         Feedback(
             provider="ses",

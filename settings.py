@@ -170,6 +170,7 @@ class Settings(BaseSettings):
     postmark_webhook_credentials: SecretStr | None = None
     ses_webhook_token: SecretStr | None = None
     webhook_allow_private: bool = False
+    postmark_metadata: bool = False
 
     @model_validator(mode="after")
     def _every_role_or_none(self) -> Settings:

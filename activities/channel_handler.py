@@ -77,7 +77,7 @@ class Delivery:
 
     response: BaseModel
     failure: str | None = None
-    records: list[Put] = field(default_factory=list)
+    also_put: list[Put] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.failure is not None:
@@ -359,7 +359,7 @@ class ChannelHandler(ABC, Generic[Op, Response]):
         """Record the delivery's outcome and complete the operation's handling with it, in one write."""
         self._outage.answered()
         put, outcome = self._outcome_record(ref, delivery, activity.info().attempt)
-        await self._complete(ref, outcome, [put, *delivery.records])
+        await self._complete(ref, outcome, [put, *delivery.also_put])
         self._count(delivery)
         if delivery.failure:
             logger.warning("%s failed for good: %s", _attempt_name(ref.instruction.operation), delivery.failure)

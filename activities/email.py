@@ -20,6 +20,7 @@ from temporalio import activity
 from activities.channel_handler import ChannelHandler, Delivery, FileBudget, TransientDeliveryError
 from activities.contract import RECORD_NOT_SENT, SEND
 from domain import (
+    POSTMARK_METADATA_KEY,
     Channel,
     ChannelOperationFailure,
     ChannelOperationOutcomeInfo,
@@ -37,10 +38,9 @@ from domain import (
     admitted,
     recipient_email_tag,
 )
-from inbound import POSTMARK_METADATA_KEY
 from settings import Settings, SmtpSecurity
-from streams import StreamName, StreamStore
-from streams.suppressions import suppression_record
+from streams import StoreUnavailable, StreamName, StreamStore
+from streams.suppressions import suppression, suppression_record
 
 SMTP_TIMEOUT_SECONDS = 30
 """How long the server may take to answer a command; a message's DATA is given, besides, the time its bytes take at
@@ -51,14 +51,19 @@ SMTP_IDLE_SECONDS = 30
 
 
 POSTMARK_METADATA_HEADER = f"X-PM-Metadata-{POSTMARK_METADATA_KEY}"
-"""Postmark does not echo an email's Message-ID in its bounces: this header, on every email while Postmark's webhook
-is configured (`NOTIFY_POSTMARK_WEBHOOK_CREDENTIALS`), comes back as the bounce's metadata instead."""
+"""Postmark does not echo an email's Message-ID in its bounces: this header, on every email with
+`NOTIFY_POSTMARK_METADATA`, comes back as the bounce's metadata instead (`postmark_metadata`)."""
 
 
 def message_id(op: SendEmailOp) -> str:
     """Derived from the channel-operation id, so every attempt at one operation sends the same Message-ID."""
     domain = op.sender.address.rpartition("@")[2]
     return f"<notification-{op.notification_id}.email-{op.channel_operation_id}@{domain}>"
+
+
+def postmark_metadata(op: SendEmailOp) -> str:
+    """The Message-ID's notification and operation, short enough for a header line written as it is."""
+    return f"notification-{op.notification_id}.email-{op.channel_operation_id}"
 
 
 class TranscribedSMTP(aiosmtplib.SMTP):
@@ -414,7 +419,7 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             return SendEmailResponse(result=result, message_id=message_id(op), communication_log=log, **fields)
 
         now = datetime.now(UTC)
-        extra = [(POSTMARK_METADATA_HEADER, message_id(op))] if self._settings.postmark_webhook_credentials else []
+        extra = [(POSTMARK_METADATA_HEADER, postmark_metadata(op))] if self._settings.postmark_metadata else []
         try:
             async with self.files(op) as contents:
                 if isinstance(contents, Delivery):
@@ -428,7 +433,10 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             failure = "; ".join(f"{r.recipient} refused: {_said(r)}" for r in error.recipients)
             transient = any(_transient(r.code) for r in error.recipients)
             delivery = _failed(answer, SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER, failure, transient)
-            return self._suppressing(delivery, op, [(r.recipient, r) for r in error.recipients])
+            gone = [
+                (r.recipient, _said(r)) for r in error.recipients if refuses_mailbox(r.code, r.message, at_rcpt=True)
+            ]
+            return await self._suppressing(delivery, op, gone)
         except aiosmtplib.SMTPResponseException as error:  # a refused login included: a 454 is tried again
             authenticating = isinstance(error, aiosmtplib.SMTPAuthenticationError)
             result = (
@@ -437,8 +445,9 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
                 else SendEmailResult.FAILED_TO_SEND_EMAIL_TO_SERVER
             )
             delivery = _failed(answer, result, _said(error), _transient(error.code))
-            refused = isinstance(error, aiosmtplib.SMTPDataError) and len(op.to) == 1  # its one recipient, at DATA
-            return self._suppressing(delivery, op, [(op.to[0].address, error)] if refused else [])
+            at_data = isinstance(error, aiosmtplib.SMTPDataError) and len(op.to) == 1  # its one recipient, at DATA
+            mailbox_gone = at_data and refuses_mailbox(error.code, error.message, at_rcpt=False)
+            return await self._suppressing(delivery, op, [(op.to[0].address, _said(error))] if mailbox_gone else [])
         except ssl.SSLError as error:  # a certificate that does not verify will not verify on a retry either
             return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, _reason(error), transient=False)
         except (
@@ -452,31 +461,41 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             return _failed(answer, SendEmailResult.FAILED_TO_CONNECT_TO_SERVER, _reason(error), transient=False)
         return Delivery(answer(SendEmailResult.SUCCESS, server_response=server_response))
 
-    def _suppressing(
-        self, delivery: Delivery, op: SendEmailOp, replies: list[tuple[str, aiosmtplib.SMTPResponseException]]
-    ) -> Delivery:
-        """`delivery`, suppressing each recipient whose reply refused its mailbox for good (`refuses_mailbox`)."""
-        delivery.records += [
-            suppression_record(self._events, address, True, _said(reply), SuppressionSource.SMTP, op.notification_id)
-            for address, reply in replies
-            if refuses_mailbox(reply.code, reply.message)
-        ]
+    async def _suppressing(self, delivery: Delivery, op: SendEmailOp, gone: list[tuple[str, str]]) -> Delivery:
+        """`delivery`, suppressing each address the server said is `gone` (with what it said) that is not suppressed
+        yet, in the outcome's write."""
+        for address, said in gone:
+            try:
+                if await suppression(self._outcomes, address) is not None:
+                    continue
+            except StoreUnavailable:
+                pass  # suppressed again, then: the latest record says the same
+            record = suppression_record(self._events, address, True, said, SuppressionSource.SMTP, op.notification_id)
+            delivery.also_put.append(record)
         return delivery
 
 
-ENHANCED_CODE = re.compile(r"\s*5\.(\d{1,3})\.(\d{1,3})\b")
+ENHANCED_CODE = re.compile(r"\s*(5\.\d{1,3}\.\d{1,3})\b")
 """An enhanced status code of a permanent failure (RFC 3463) at the start of a reply's text."""
+MAILBOX_GONE = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
+"""The enhanced codes that say the recipient's address or mailbox is gone: no such mailbox (5.1.1), no such domain
+(5.1.2), a bad address (5.1.3), a mailbox that moved (5.1.6), a null MX (5.1.10), a mailbox disabled (5.2.1)."""
+MAILBOX_REFUSED = frozenset({550, 551, 553})
+"""The codes that, at RCPT and without an enhanced code, refuse the mailbox (RFC 5321)."""
 
 
-def refuses_mailbox(code: int, message: str) -> bool:
-    """Whether a mail server's reply refuses the recipient's mailbox for good, so that the address is suppressed: a
-    5xx whose enhanced code, if it has one, says the address is bad (5.1.x) or the mailbox disabled (5.2.1); not one
-    about policy, the system, the network or the message (a 5.7.1 or a 5.3.4 may be the sender's doing, and a full
-    mailbox, 5.2.2, empties)."""
+def refuses_mailbox(code: int, message: str, *, at_rcpt: bool) -> bool:
+    """Whether a mail server's reply refuses the recipient's mailbox for good, so that its address is suppressed: a
+    5xx whose enhanced code says the address or mailbox is gone (`MAILBOX_GONE`), at RCPT or at DATA; or, at RCPT
+    only, a 550, 551 or 553 without an enhanced code. Not a refusal of the sender (5.1.7, 5.1.8), nor one about
+    policy, the system, the network or the message (5.7.x, 5.3.x, 5.4.x, 5.5.x, 5.6.x, a full mailbox: 5.2.2), which
+    may be the sender's doing or may pass."""
     if not 500 <= code < 600:
         return False
     enhanced = ENHANCED_CODE.match(message)
-    return enhanced is None or enhanced[1] == "1" or enhanced.group(1, 2) == ("2", "1")
+    if enhanced is not None:
+        return enhanced[1] in MAILBOX_GONE
+    return at_rcpt and code in MAILBOX_REFUSED
 
 
 def _reason(error: Exception) -> str:

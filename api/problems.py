@@ -33,7 +33,9 @@ TITLES = {
     409: "Conflict",
     413: "Content too large",
     422: "Unprocessable content",
+    500: "Internal server error",
     501: "Not implemented",
+    502: "Bad gateway",
     503: "Service unavailable",
 }
 

@@ -49,6 +49,7 @@ from domain.events import (
     terminal_event_type,
 )
 from domain.feedback import (
+    POSTMARK_METADATA_KEY,
     EmailBouncedEvent,
     EmailComplainedEvent,
     EmailFeedbackEvent,
@@ -162,6 +163,7 @@ from domain.views import (
 )
 
 __all__ = [
+    "POSTMARK_METADATA_KEY",
     "MAX_BROADCAST_ENTITIES",
     "RECIPIENTS_PAGE",
     "BroadcastAudience",

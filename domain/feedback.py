@@ -16,6 +16,11 @@ from enum import StrEnum
 from domain.events import ChannelEvent
 from domain.rules import EmailAddress, Model, Reason
 
+POSTMARK_METADATA_KEY = "notify-message-id"
+"""The metadata field that carries an email's notification and operation through Postmark, which does not echo the
+Message-ID header in its bounces: with `NOTIFY_POSTMARK_METADATA`, every email carries
+`X-PM-Metadata-notify-message-id: notification-ID.email-N`, and Postmark returns it in `Metadata`."""
+
 
 class SuppressionSource(StrEnum):
     """Who suppressed an address (or lifted its suppression)."""

@@ -19,10 +19,10 @@ from domain import (
     SuppressionSource,
     TagName,
     admitted,
+    tag,
     utc_now,
 )
 from streams.store import (
-    ExistingRecordStrategy,
     Put,
     ReadOnlyStream,
     Record,
@@ -34,6 +34,8 @@ from streams.store import (
 
 SUPPRESSION = EmailSuppression.__name__
 """The type of the suppression records."""
+LISTED = tag(TagName.SUPPRESSION_LIST, "email")
+"""The tag of every suppression record."""
 
 
 def suppression_record(
@@ -46,7 +48,7 @@ def suppression_record(
 ) -> Put:
     """A suppression (or its lifting) to put with a step's other writes."""
     record = _suppression(address, suppressed, reason, source, notification_id)
-    return events.record(record.address, record)
+    return events.record(record.address, record, tags=[LISTED])
 
 
 def _suppression(
@@ -83,7 +85,7 @@ async def suppression(events: ReadOnlyStream, address: str) -> EmailSuppression 
 async def suppressions(events: ReadOnlyStream) -> list[EmailSuppression]:
     """Every address suppressed now, in order of address."""
     latest: dict[str, EmailSuppression] = {}
-    for record in await events.by_tags(type=SUPPRESSION):
+    for record in await events.by_tags(LISTED, type=SUPPRESSION):
         try:
             change = record.object(EmailSuppression)
         except ValidationError as error:
@@ -102,12 +104,13 @@ async def change_suppression(
     if (await suppression(events, address) is not None) == suppressed:
         return None
     record = _suppression(address, suppressed, reason, source)
-    await store.writer(StreamName.EMAIL_EVENT).put_all([(record.address, record, ())])
+    await store.writer(StreamName.EMAIL_EVENT).put_all([(record.address, record, [LISTED])])
     return record
 
 
-MESSAGE_ID = re.compile(r"<?notification-(?P<notification_id>[^<>\s]+)\.email-(?P<operation_id>\d+)@[^<>\s]+>?")
-"""The Message-ID the service sets (`activities.email.message_id`): the notification and its email's operation."""
+MESSAGE_ID = re.compile(r"<?notification-(?P<notification_id>[^<>\s]+?)\.email-(?P<operation_id>\d+)(?:@[^<>\s]+)?>?")
+"""The Message-ID the service sets (`activities.email.message_id`), or the short form Postmark's metadata carries
+(`activities.email.postmark_metadata`): the notification and its email's operation."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class FeedbackRecorded:
 
 async def record_feedback(
     store: StreamStore,
+    *,
     provider: SuppressionSource,
     complaint: bool,
     address: str,
@@ -128,16 +132,16 @@ async def record_feedback(
     message_id: str | None,
     detail: str,
 ) -> FeedbackRecorded:
-    """Record a provider's bounce (or `complaint`) of `address` with the email whose Message-ID it names, once (a
-    provider that sends it again changes nothing), and suppress the address when it is `permanent` (a complaint
-    always is) and not suppressed yet: one write. Feedback that matches no email of the service's still suppresses."""
-    permanent = permanent or complaint
+    """Record a provider's bounce (or `complaint`) of `address` with the email whose Message-ID it names, once (the
+    same said again changes nothing; a hard bounce after a soft one is recorded too), and suppress the address when it
+    is `permanent` and not suppressed yet: one write. Feedback that matches no email of the service's still
+    suppresses. An address or a detail that the records' rules refuse is `ValidationError`, and nothing is written."""
     matched = await _email_requested(store.reader(StreamName.EMAIL_EVENT), message_id)
     nid = None if matched is None else matched[1]
     writer = store.writer(StreamName.EMAIL_EVENT)
     puts = []
     if matched is not None:
-        requested, notification_id = matched
+        requested, notification_id, recorded = matched
         event_type = EmailComplainedEvent if complaint else EmailBouncedEvent
         operation_id = int(requested.record_id or 0)
         event = event_type(
@@ -149,8 +153,9 @@ async def record_feedback(
             permanent=permanent,
             detail=detail,
         )
-        strategy = ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE
-        puts.append(writer.record(operation_id, event, tags=requested.tags, strategy=strategy))
+        said = {"type": event_type.__name__, "permanent": event.permanent, "detail": event.detail}
+        if not any({"type": r.type, **_said(r)} == said for r in recorded if r.type == event_type.__name__):
+            puts.append(writer.record(operation_id, event, tags=requested.tags))
     suppressing = permanent and await suppression(store.reader(StreamName.EMAIL_EVENT), address) is None
     if suppressing:
         kind = "complaint" if complaint else "bounce"
@@ -160,16 +165,27 @@ async def record_feedback(
     return FeedbackRecorded(nid, suppressing)
 
 
-async def _email_requested(events: ReadOnlyStream, message_id: str | None) -> tuple[Record, str] | None:
-    """The requested event of the email that `message_id` names, if the stream has it, and its notification's id."""
+async def _email_requested(events: ReadOnlyStream, message_id: str | None) -> tuple[Record, str, list[Record]] | None:
+    """The requested event of the email that `message_id` names, if the stream has it, its notification's id, and
+    every record of that email."""
     found = MESSAGE_ID.fullmatch(message_id.strip()) if message_id else None
     if found is None:
         return None
     nid = found["notification_id"]
-    for record in await events.by_id(found["operation_id"]):
+    recorded = await events.by_id(found["operation_id"])
+    for record in recorded:
         if record.type == SendEmailRequestedEvent.__name__ and record.tag(TagName.NOTIFICATION_ID) == nid:
-            return record, nid
+            return record, nid, recorded
     return None
+
+
+def _said(record: Record) -> dict[str, object]:
+    """What a feedback record said: whether it was for good, and what."""
+    try:
+        payload = record.json()
+    except ValueError:
+        return {}
+    return {"permanent": payload.get("permanent"), "detail": payload.get("detail")}
 
 
 FEEDBACK = {EmailBouncedEvent.__name__: "bounced", EmailComplainedEvent.__name__: "complained"}

@@ -620,6 +620,7 @@ def test_ses_subscription_confirmation_gives_the_url_to_visit() -> None:
         "https://sns.us-west-2.amazonaws.com.evil.example/",
         "https://sns.amazonaws.com@evil.example/",
         "https://evilamazonaws.com/",
+        "https://my-bucket.s3.amazonaws.com/confirm",
     ],
 )
 def test_ses_subscription_confirmation_refuses_a_url_off_aws(url: str) -> None:

@@ -111,20 +111,30 @@ async def test_operators_suppress_and_lift_addresses_over_the_api(api: Api) -> N
 
 
 @pytest.mark.parametrize(
-    ("reply", "suppresses"),
+    ("reply", "at_rcpt", "at_data"),
     [
-        ("550 No such user", True),
-        ("550 5.1.1 No such user", True),
-        ("554 5.2.1 Mailbox disabled", True),
-        ("552 5.2.2 Mailbox full", False),  # it empties
-        ("550 5.7.1 Rejected by policy", False),  # about the sender, not the address
-        ("554 5.3.4 Message too big", False),
-        ("450 4.2.1 Try later", False),
+        ("550 No such user", True, False),  # no enhanced code: a refused mailbox only at RCPT
+        (
+            "550 relay not permitted",
+            True,
+            False,
+        ),  # a relay refusal may read so: without an enhanced code, RCPT refuses the mailbox
+        ("554 Message rejected as spam", False, False),
+        ("550 5.1.1 No such user", True, True),
+        ("550 5.1.10 Null MX", True, True),
+        ("554 5.2.1 Mailbox disabled", True, True),
+        ("553 5.1.8 Sender address rejected: Domain not found", False, False),  # the sender's
+        ("550 5.1.7 Bad sender", False, False),
+        ("552 5.2.2 Mailbox full", False, False),  # it empties
+        ("550 5.7.1 Rejected by policy", False, False),  # about the sender, not the address
+        ("554 5.3.4 Message too big", False, False),
+        ("450 4.2.1 Try later", False, False),
     ],
 )
-def test_only_a_permanent_refusal_of_the_mailbox_suppresses(reply: str, suppresses: bool) -> None:
+def test_only_a_permanent_refusal_of_the_mailbox_suppresses(reply: str, at_rcpt: bool, at_data: bool) -> None:
     code, message = reply.split(" ", 1)
-    assert refuses_mailbox(int(code), message) is suppresses
+    assert refuses_mailbox(int(code), message, at_rcpt=True) is at_rcpt
+    assert refuses_mailbox(int(code), message, at_rcpt=False) is at_data
 
 
 async def test_the_command_line_lists_adds_and_removes(store: StreamStore, settings: Settings) -> None:
@@ -159,6 +169,7 @@ def settings(settings: Settings) -> Settings:
             "postmark_webhook_credentials": SecretStr(CREDENTIALS),
             "ses_webhook_token": SecretStr(TOKEN),
             "webhook_allow_private": True,
+            "postmark_metadata": True,
         }
     )
 
@@ -174,7 +185,8 @@ def _bounce(provider: str, address: str, message_id: str) -> tuple[bytes, dict[s
         failed["recipient"], failed["message"]["headers"]["message-id"] = address, message_id.strip("<>")
         return mailgun_body(failed), {"Content-Type": "application/json"}, {}
     if provider == "postmark":
-        body = postmark_record("Bounce", "HardBounce", Email=address, Metadata={"notify-message-id": message_id})
+        short = message_id.strip("<>").partition("@")[0]  # as the email's X-PM-Metadata-notify-message-id gave it
+        body = postmark_record("Bounce", "HardBounce", Email=address, Metadata={"notify-message-id": short})
         return body, basic(CREDENTIALS) | {"Content-Type": "application/json"}, {}
     common: dict[str, Any] = {**SES_MAIL["commonHeaders"], "messageId": message_id}  # type: ignore[dict-item]
     recipient = {"emailAddress": address, "status": "5.1.1", "action": "failed", "diagnosticCode": "smtp; 550"}
@@ -197,7 +209,8 @@ async def test_each_providers_bounce_suppresses_its_address_and_shows_on_the_not
     for provider in PROVIDERS:
         address, view = f"{provider}@example.com", sent[provider]
         message_id = mailed[address]["Message-ID"]
-        assert mailed[address]["X-PM-Metadata-notify-message-id"] == message_id  # for Postmark, which drops it
+        short = message_id.strip("<>").partition("@")[0]  # for Postmark, which drops the Message-ID
+        assert mailed[address]["X-PM-Metadata-notify-message-id"] == short
         body, headers, query = _bounce(provider, address, message_id)
         before = await api.records()
         for forged in _forgeries(provider, body, headers, query):
@@ -212,6 +225,7 @@ async def test_each_providers_bounce_suppresses_its_address_and_shows_on_the_not
             "recorded": 1,
             "matched": [view["id"]],
             "suppressed": [address],
+            "ignored": 0,
             "subscription_confirmed": False,
         }
         again = await api.call("POST", f"/v1/inbound/{provider}", **inbound)
@@ -287,7 +301,13 @@ async def test_a_soft_bounce_is_recorded_and_suppresses_nothing(
     failed["recipient"] = "soft@example.com"
     failed["message"]["headers"]["message-id"] = mail_sink.messages[0].message["Message-ID"].strip("<>")
     answer = await api.call("POST", "/v1/inbound/mailgun", key=None, content=mailgun_body(failed))
-    assert answer.json() == {"recorded": 1, "matched": [view["id"]], "suppressed": [], "subscription_confirmed": False}
+    assert answer.json() == {
+        "recorded": 1,
+        "matched": [view["id"]],
+        "suppressed": [],
+        "ignored": 0,
+        "subscription_confirmed": False,
+    }
     [feedback] = (await api.call("GET", f"/v1/notifications/{view['id']}")).json()["channels"]["email"]["feedback"]
     assert (feedback["kind"], feedback["permanent"]) == ("bounced", False) and "over quota" in feedback["detail"]
     assert (await api.call("GET", "/v1/suppressions")).json() == []

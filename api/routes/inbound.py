@@ -9,16 +9,16 @@ import logging
 
 import httpx
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from api.deps import AppParts
 from api.problems import Problem, problems
-from domain import SuppressionSource
+from domain import SuppressionSource, validation_message
 from inbound import READERS, InboundRefused, SubscriptionConfirmation, read_ses
 from settings import Settings
 from streams.suppressions import record_feedback
 
-router = APIRouter(prefix="/v1/inbound", tags=["inbound"], responses=problems(400, 401, 404))
+router = APIRouter(prefix="/v1/inbound", tags=["inbound"], responses=problems(400, 401, 404, 500, 502))
 log = logging.getLogger("notify.api")
 
 CONFIRM_TIMEOUT_SECONDS = 10
@@ -28,6 +28,8 @@ CONFIRM_TIMEOUT_SECONDS = 10
 class InboundRecorded(BaseModel):
     recorded: int
     """Bounces and complaints in the request (deliveries and other events are not recorded)."""
+    ignored: int = 0
+    """Bounces and complaints of addresses the service would never send to (not an address by its rules)."""
     matched: list[str]
     """The notifications they were matched to, by the Message-ID of their email."""
     suppressed: list[str]
@@ -66,23 +68,28 @@ async def inbound(provider: str, request: Request, app: AppParts) -> InboundReco
     if isinstance(read, SubscriptionConfirmation):
         await _confirm(read)
         return InboundRecorded(recorded=0, matched=[], suppressed=[], subscription_confirmed=True)
-    matched, suppressed = [], []
+    matched, suppressed, ignored = [], [], 0
     for feedback in read:
-        recorded = await record_feedback(
-            app.store,
-            SuppressionSource(provider),
-            feedback.kind == "complaint",
-            feedback.address,
-            feedback.permanent,
-            feedback.message_id,
-            feedback.detail,
-        )
+        try:
+            recorded = await record_feedback(
+                app.store,
+                provider=SuppressionSource(provider),
+                complaint=feedback.kind == "complaint",
+                address=feedback.address,
+                permanent=feedback.permanent,
+                message_id=feedback.message_id,
+                detail=feedback.detail,
+            )
+        except ValidationError as error:  # an address the service would never send to: nothing to record
+            log.warning("inbound %s %s ignored: %s", provider, feedback.kind, validation_message(error))
+            ignored += 1
+            continue
         if recorded.notification_id is not None:
             matched.append(recorded.notification_id)
         if recorded.suppressed:
             suppressed.append(feedback.address.lower())
             log.info("%s suppressed: %s %s (%s)", feedback.address, provider, feedback.kind, feedback.detail)
-    return InboundRecorded(recorded=len(read), matched=matched, suppressed=suppressed)
+    return InboundRecorded(recorded=len(read) - ignored, matched=matched, suppressed=suppressed, ignored=ignored)
 
 
 async def _confirm(subscription: SubscriptionConfirmation) -> None:

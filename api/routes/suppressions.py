@@ -38,14 +38,17 @@ async def get_suppression(address: str, app: AppParts) -> EmailSuppression:
     return found
 
 
-@router.put("/{address}", dependencies=[needs(Scope.ADMIN)], responses=problems(422), summary="Suppress an address")
+@router.put(
+    "/{address}", dependencies=[needs(Scope.ADMIN)], responses=problems(409, 422), summary="Suppress an address"
+)
 async def suppress(address: str, app: AppParts, body: SuppressionIn | None = None) -> EmailSuppression:
     """No email is sent to the address until its suppression is lifted: each notification's email channel says
     `suppressed`, and its fallback channel is used. An address suppressed already keeps its reason and time."""
-    await _changed(app, address, True, (body or SuppressionIn()).reason)
-    found = await suppression(app.store.reader(StreamName.EMAIL_EVENT), address)
-    assert found is not None
-    return found
+    made = await _changed(app, address, True, (body or SuppressionIn()).reason)
+    held = made or await suppression(app.store.reader(StreamName.EMAIL_EVENT), address)
+    if held is None:  # lifted by another request between the two
+        raise Problem(409, f"{address}: its suppression was lifted meanwhile; ask again")
+    return held
 
 
 @router.delete(
