@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     payload_keys: SecretStr | None = None
     codec_cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:8233", "http://127.0.0.1:8233"]
     templates_dir: Path = Path("message_templates")
+    webhook_allow_private: bool = False
+    webhook_retry_initial_seconds: float = Field(5, gt=0)
+    webhook_retry_hours: float = Field(24, gt=0)
 
     @model_validator(mode="after")
     def _every_role_or_none(self) -> Settings:
