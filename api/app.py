@@ -25,7 +25,7 @@ from api.bodies import documented
 from api.deps import Parts, parts
 from api.limits import DEFAULT_LIMITS, MAX_BODY_BYTES, Limits, RequestLimits, protocol
 from api.problems import JsonAnswer, Problem, problem
-from api.routes import audit, broadcasts, codec, entities, health, notifications, page, suppressions, topics
+from api.routes import audit, broadcasts, codec, entities, health, notifications, page, suppressions, topics, webhooks
 from api.telemetry import Measured
 from client import UnknownNotification, is_connect_failure, temporal_unreachable
 from domain import DirectoryEntry, Location, validation_message
@@ -41,6 +41,7 @@ ROUTERS = (
     entities.router,
     topics.router,
     suppressions.router,
+    webhooks.router,
     health.router,
     page.router,
     codec.router,
