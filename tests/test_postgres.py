@@ -1015,11 +1015,11 @@ async def test_a_client_requests_notifications_and_can_do_nothing_else(database:
 
 @pytest.mark.parametrize("role", ["notify_producer", "notify_consumer", "notify_handler"])
 async def test_each_service_role_puts_only_in_the_streams_its_processes_write(database: str, role: str) -> None:
-    """notify_producer in the service's streams but the directory and the API keys; the reader and the handler
-    nowhere. A refusal is the same whatever the stream holds: it tells no key's name."""
+    """notify_producer in the service's streams but the directory, the API keys and the webhook endpoints; the
+    reader and the handler nowhere. A refusal is the same whatever the stream holds: it tells no key's name."""
     async with open_store(database) as owner:
         await owner.writer(StreamName.API_KEY).put("reader", Thing(value=1))  # only the owner issues keys
-    owners = {StreamName.API_KEY, StreamName.ENTITY_DIRECTORY}
+    owners = {StreamName.API_KEY, StreamName.ENTITY_DIRECTORY, StreamName.WEBHOOK}
     allowed = {s for s in StreamName if s not in owners} if role == "notify_producer" else set()
     async with open_store(as_role(database, role)) as store:
         for stream in StreamName:
