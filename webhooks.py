@@ -27,7 +27,9 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from activities.contract import SEND_BROADCAST_CONCERN, WEBHOOK_CONCERN
 from domain import (
     BroadcastRequestedEvent,
+    Channel,
     ChannelEvent,
+    DirectoryEntry,
     FailedToSendEmailEvent,
     FailedToSendSlackMessageEvent,
     NotificationView,
@@ -152,9 +154,15 @@ class NotReady(Exception):
     """The record's event cannot be made yet (the notification's view, or the broadcast's end, is not recorded)."""
 
 
-async def event_of(store: StreamStore, record: Record, event_type: WebhookEventType) -> WebhookEvent:
-    """The event `record` makes: `NotReady` if what it tells is not all recorded yet; `ValidationError` if the record
-    does not parse."""
+class NotTold(Exception):
+    """The record makes no event: a channel's message to the internal team, about a notification."""
+
+
+async def event_of(
+    store: StreamStore, record: Record, event_type: WebhookEventType, team: DirectoryEntry | None = None
+) -> WebhookEvent:
+    """The event `record` makes: `NotReady` if what it tells is not all recorded yet, `NotTold` if it is a message to
+    the internal `team` (`Settings.saga_policies`); `ValidationError` if the record does not parse."""
     now = datetime.now(UTC)
     if event_type == E.BROADCAST_COMPLETED:
         return WebhookEvent(type=event_type, timestamp=now, data=await _broadcast_data(store, record))
@@ -165,7 +173,11 @@ async def event_of(store: StreamStore, record: Record, event_type: WebhookEventT
         notification_id=nid, entity_id=entity_id, status=STATUSES[event_type], time=record.timestamp_utc
     )
     if record.type in CHANNEL_OUTCOMES:
-        data = data.model_copy(update={"channels": await _channel(store, record)})
+        channels = await _channel(store, record)
+        if team is not None and entity_id != team.id:
+            if any(c.address is not None and c.address == team.address(Channel(n)) for n, c in channels.items()):
+                raise NotTold(f"notification {nid}: the internal team's message")
+        data = data.model_copy(update={"channels": channels})
     elif event_type != E.REQUESTED:
         view = await store.reader(StreamName.NOTIFICATION_VIEW).latest(nid)
         if view is None:
@@ -193,8 +205,8 @@ async def _channel(store: StreamStore, record: Record) -> dict[str, WebhookChann
             else f"{operation.workspace}/{operation.channel}"
         )
     reason = getattr(getattr(event, "response", None), "error", None) if outcome == "failed" else None
-    channel = "email" if stream == StreamName.EMAIL_EVENT else "slack"
-    return {channel: WebhookChannel(outcome=outcome, address=address, reason=reason)}
+    channel = Channel.EMAIL if stream == StreamName.EMAIL_EVENT else Channel.SLACK
+    return {str(channel): WebhookChannel(outcome=outcome, address=address, reason=reason)}
 
 
 async def _broadcast_data(store: StreamStore, record: Record) -> WebhookEventData:
@@ -217,6 +229,7 @@ class WebhookDispatcher:
         self._temporal = temporal
         self._settings = settings
         self._handling = {stream: store.handling(stream) for stream, _ in RECORD_EVENTS}
+        self._team = settings.saga_policies().internal_team
         self._after: dict[StreamName, int] = {}
         self._looks = 0
         self._waiting = False
@@ -284,9 +297,11 @@ class WebhookDispatcher:
         wanted = [e for e in enabled if e.internal_id < record.internal_id and event_type in e.added.events]
         if wanted:
             try:
-                event = await event_of(self._store, record, event_type)
+                event = await event_of(self._store, record, event_type, self._team)
             except NotReady:
                 return False
+            except NotTold:
+                wanted = []
             except (ValidationError, KeyError, TypeError) as error:
                 log.warning("no webhook for record %s of %s: %s", record.internal_id, record.stream, error)
                 wanted = []

@@ -19,8 +19,12 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from activities.contract import WEBHOOK_CONCERN
+from domain import TagName, tag
 from harness.processes import ROOT, unconfigured_environment
 from settings import Settings
+from sinks.mail import MailSink
+from streams import HandlingStatus, StreamName
 from tests.conftest import ON_BOTH_BACKENDS
 from tests.service import Api, eventually
 from webhooks import UnsafeUrl, check_url, sign
@@ -85,9 +89,14 @@ async def receivers() -> AsyncIterator[list[Receiver]]:
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Receivers on loopback, and retries quick: a delivery is given up on after 15 seconds."""
+    """Receivers on loopback, retries quick (a delivery is given up on after 15 seconds), and an internal team."""
     return settings.model_copy(
-        update={"webhook_allow_private": True, "webhook_retry_initial_seconds": 0.2, "webhook_retry_hours": 15 / 3600}
+        update={
+            "webhook_allow_private": True,
+            "webhook_retry_initial_seconds": 0.2,
+            "webhook_retry_hours": 15 / 3600,
+            "internal_team_email": "team@example.com",
+        }
     )
 
 
@@ -190,6 +199,44 @@ async def test_a_notification_is_told_to_each_endpoint_signed_and_without_its_co
     await sent(api)
     await eventually(lambda: _async(len(everything.taken()) == 8))
     assert len(only_sent.taken()) == 1  # removed: told nothing more
+
+
+async def test_a_channel_that_failed_is_told_with_its_reason_and_the_internal_teams_message_is_not(
+    api: Api, receivers: list[Receiver], mail_sink: MailSink
+) -> None:
+    receiver = receivers[0]
+    mail_sink.rejected_recipients["ada@example.com"] = "550 5.1.1 mailbox unavailable"
+    await added(api, receiver)
+    nid = await sent(api)
+    await eventually(lambda: _async(len(receiver.taken()) == 4))
+    assert receiver.types() == [
+        "channel.delivered",
+        "channel.failed",
+        "notification.partially_sent",
+        "notification.requested",
+    ]
+    [failed] = [b["data"] for b in receiver.taken() if b["type"] == "channel.failed"]
+    assert failed["channels"]["email"]["address"] == "ada@example.com"
+    assert "550 5.1.1" in failed["channels"]["email"]["reason"]
+    [ended] = [b["data"] for b in receiver.taken() if b["type"] == "notification.partially_sent"]
+    assert ended["status"] == "partially_sent" and ended["channels"]["email"]["outcome"] == "failed"
+    assert ended["channels"]["slack"]["outcome"] == "succeeded"
+
+    # the internal team was told by email: that message's record was looked at, and made no event
+    [told] = [
+        r
+        for r in await api.store.reader(StreamName.EMAIL_EVENT).by_tags(tag(TagName.NOTIFICATION_ID, nid))
+        if r.type == "SucceededInSendingEmailEvent"
+    ]
+    handling = api.store.handling(StreamName.EMAIL_EVENT)
+
+    async def looked_at() -> bool:
+        return await handling.status(told.internal_id, WEBHOOK_CONCERN) == HandlingStatus.COMPLETED
+
+    await eventually(looked_at)
+    [*_, completed] = await handling.history(told.internal_id, WEBHOOK_CONCERN)
+    assert completed.details == "channel.delivered: 0 deliveries started"
+    assert "team@example.com" not in json.dumps(receiver.received)
 
 
 async def _async(value: bool) -> bool:
