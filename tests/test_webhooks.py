@@ -239,6 +239,21 @@ async def test_a_channel_that_failed_is_told_with_its_reason_and_the_internal_te
     assert "team@example.com" not in json.dumps(receiver.received)
 
 
+async def test_a_broadcast_is_told_once_its_notifications_have_ended(api: Api, receivers: list[Receiver]) -> None:
+    receiver = receivers[0]
+    await added(api, receiver, ["broadcast.completed", "notification.sent"])
+    body = {"entities": ["user-1", "user-2"], "subject": "S", "body": "B"}
+    answer = await api.call("POST", "/v1/broadcasts", key="sender", json=body)
+    assert answer.status_code == 202, answer.text
+    bid = answer.json()["id"]
+    await eventually(lambda: _async(len(receiver.taken()) == 3), timeout=60)
+    assert receiver.types() == ["broadcast.completed", "notification.sent", "notification.sent"]
+    [done] = [b["data"] for b in receiver.taken() if b["type"] == "broadcast.completed"]
+    assert (done["broadcast_id"], done["status"], done["notification_id"]) == (bid, "completed", None)
+    sent_ids = {b["data"]["notification_id"] for b in receiver.taken() if b["type"] == "notification.sent"}
+    assert sent_ids == {f"{bid}.1", f"{bid}.2"}
+
+
 async def _async(value: bool) -> bool:
     """`value`, as the check `eventually` awaits (a lambda's condition is looked at again each time)."""
     return value
