@@ -42,8 +42,9 @@ from domain import (
 )
 from domain.webhooks import WebhookChannel, WebhookDelivery, WebhookEvent, WebhookEventData, WebhookEventType
 from intake import is_outage
-from settings import Settings
+from settings import Settings, one_line
 from streams import HandlingStatus, Record, StreamName, StreamStore
+from streams.store import unreadable
 from streams.webhooks import Endpoint, endpoints
 from workflows.webhook import WebhookDeliveryWorkflow
 
@@ -248,7 +249,7 @@ class WebhookDispatcher:
                     log.exception("the webhook dispatcher failed; it goes on")
                 elif not self._waiting:
                     self._waiting = True
-                    log.warning("the webhook dispatcher waits for the store or Temporal: %s", error)
+                    log.warning("the webhook dispatcher waits for the store or Temporal: %s", one_line(error))
             await asyncio.sleep(self._settings.intake_poll_seconds)
 
     async def dispatch(self) -> int:
@@ -302,8 +303,11 @@ class WebhookDispatcher:
                 return False
             except NotTold:
                 wanted = []
-            except (ValidationError, KeyError, TypeError) as error:
-                log.warning("no webhook for record %s of %s: %s", record.internal_id, record.stream, error)
+            except ValidationError as error:
+                unreadable(record, error)  # logged once, without its payload
+                wanted = []
+            except (KeyError, TypeError) as error:
+                log.warning("no webhook for record %s of %s: %r", record.internal_id, record.stream, error)
                 wanted = []
             for endpoint in wanted:
                 await self._start(endpoint, record, event)

@@ -88,17 +88,12 @@ async def remove_endpoint(owner: StreamStore, endpoint_id: str) -> None:
 
 
 async def endpoints(store: StreamStore) -> list[Endpoint]:
-    """Every endpoint that is there, oldest first."""
+    """Every endpoint that is there, oldest first (with none, one read of the webhook stream)."""
     latest: dict[str, Record] = {}
     for record in await store.reader(StreamName.WEBHOOK).by_tags():
         latest[record.record_id or ""] = record
-    disabled = {
-        d.id: d
-        for r in await store.reader(StreamName.WEBHOOK_DELIVERY).by_tags(type=DISABLED)
-        if (d := _read(r, WebhookEndpointDisabled)) is not None
-    }
     found = [
-        Endpoint(added, r.internal_id, disabled.get(added.id))
+        Endpoint(added, r.internal_id, await _disabled(store, added.id))
         for r in latest.values()
         if r.type == ADDED and (added := _read(r, WebhookEndpointAdded)) is not None
     ]
@@ -109,9 +104,13 @@ async def endpoint(store: StreamStore, endpoint_id: str) -> Endpoint | None:
     record = await store.reader(StreamName.WEBHOOK).latest(endpoint_id)
     if record is None or record.type != ADDED or (added := _read(record, WebhookEndpointAdded)) is None:
         return None
-    found = await store.reader(StreamName.WEBHOOK_DELIVERY).by_tags(Tag(name=ENDPOINT_TAG, value=endpoint_id))
-    disabled = [d for r in found if r.type == DISABLED and (d := _read(r, WebhookEndpointDisabled)) is not None]
-    return Endpoint(added, record.internal_id, disabled[0] if disabled else None)
+    return Endpoint(added, record.internal_id, await _disabled(store, endpoint_id))
+
+
+async def _disabled(store: StreamStore, endpoint_id: str) -> WebhookEndpointDisabled | None:
+    """The endpoint's disabling, if it is disabled (under its id: its deliveries' attempts are under theirs)."""
+    record = await store.reader(StreamName.WEBHOOK_DELIVERY).latest(endpoint_id, DISABLED)
+    return None if record is None else _read(record, WebhookEndpointDisabled)
 
 
 def disabled_record(endpoint_id: str, reason: str) -> tuple[str, WebhookEndpointDisabled, list[Tag]]:
