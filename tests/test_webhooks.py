@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from activities.contract import WEBHOOK_CONCERN
 from domain import TagName, tag
@@ -28,6 +31,8 @@ from streams import HandlingStatus, StreamName
 from tests.conftest import ON_BOTH_BACKENDS
 from tests.service import Api, eventually
 from webhooks import UnsafeUrl, check_url, sign
+from worker import WORKFLOW_RUNNER
+from workflows.webhook import WebhookDeliveryWorkflow
 
 TOLERANCE = 5 * 60
 """Seconds a timestamp may be off, as the specification's verifiers allow."""
@@ -282,7 +287,7 @@ async def test_a_receiver_that_fails_for_a_while_gets_each_event_once_it_is_back
 
 
 async def test_an_endpoint_gone_is_disabled_at_once_and_one_failing_for_the_retry_window_after_it(
-    api: Api, receivers: list[Receiver], settings: Settings
+    api: Api, receivers: list[Receiver], settings: Settings, dev_env: WorkflowEnvironment
 ) -> None:
     gone, failing, _ = receivers
     gone.status, failing.status = 410, 500
@@ -311,6 +316,19 @@ async def test_an_endpoint_gone_is_disabled_at_once_and_one_failing_for_the_retr
     assert result.returncode == 0, result.stderr
     assert f"{gone_id}  {gone.url}  notification.requested  disabled since " in result.stdout
     assert "the endpoint answered 410 Gone" in result.stdout
+    assert (await api.http.post("/sign-in", data={"key": api.keys["reader"], "next": "/"})).status_code == 303
+    overview = (await api.http.get("/")).text
+    api.http.cookies.clear()
+    assert f"Webhook endpoint {gone_id} is disabled since " in overview and "410 Gone" in overview
+
+    # the delivery's history replays, and holds no secret
+    [(webhook_id, _, _)] = failing.received[:1]
+    history = await dev_env.client.get_workflow_handle(webhook_id).fetch_history()
+    recorded = b"".join(event.SerializeToString() for event in history.events)  # payloads as their bytes
+    assert failing_id.encode() in recorded and failing.secret.encode() not in recorded
+    await Replayer(
+        workflows=[WebhookDeliveryWorkflow], workflow_runner=WORKFLOW_RUNNER, data_converter=pydantic_data_converter
+    ).replay_workflow(history)
 
 
 async def test_the_cli_adds_lists_follows_and_removes_endpoints(
