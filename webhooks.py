@@ -93,7 +93,7 @@ CHANNEL_OUTCOMES = {
 
 LOOK_BACK = 1_000
 """How far below the newest record seen each look reaches, in internal ids (PostgreSQL's records that commit out of
-id order); a full look, every `FULL_LOOK_EVERY` looks, starts at the oldest enabled endpoint."""
+id order); a full look, the first and every `FULL_LOOK_EVERY` looks, starts at the oldest enabled endpoint."""
 FULL_LOOK_EVERY = 600
 BATCH = 100
 
@@ -232,6 +232,8 @@ class WebhookDispatcher:
         self._handling = {stream: store.handling(stream) for stream, _ in RECORD_EVENTS}
         self._team = settings.saga_policies().internal_team
         self._after: dict[StreamName, int] = {}
+        self._pending: dict[tuple[str, int], tuple[Record, WebhookEventType]] = {}
+        """The records whose event was not ready (a notification's view, a broadcast's end not recorded yet)."""
         self._looks = 0
         self._waiting = False
 
@@ -252,29 +254,31 @@ class WebhookDispatcher:
                     log.warning("the webhook dispatcher waits for the store or Temporal: %s", one_line(error))
             await asyncio.sleep(self._settings.intake_poll_seconds)
 
-    async def dispatch(self) -> int:
-        """One look: the deliveries started."""
-        enabled = [e for e in await endpoints(self._store) if e.disabled is None]
+    async def dispatch(self) -> None:
+        """One look: first at the records that were not ready at the last, then at each stream's records since the
+        last look (less `LOOK_BACK`), or since the oldest enabled endpoint on a full look."""
+        enabled = await self._enabled()
         if not enabled:
             self._after.clear()
-            return 0
+            self._pending.clear()
+            return
         self._looks += 1
         full = self._looks % FULL_LOOK_EVERY == 1
         oldest = enabled[0].internal_id
-        started = 0
+        for key, (record, event_type) in list(self._pending.items()):
+            if await self._dispatch(record, event_type, enabled):
+                del self._pending[key]
         for stream in dict.fromkeys(s for s, _ in RECORD_EVENTS):
             newest = await self._store.reader(stream).newest()
-            # broadcasts are few and long: their requests are all looked at each time
-            start = oldest if full or stream == StreamName.CLIENT_OPERATION else max(oldest, self._after.get(stream, 0))
-            waiting = await self._dispatch_stream(stream, start)
-            next_after = (newest.internal_id if newest else 0) - LOOK_BACK
-            self._after[stream] = min([next_after, *(w - 1 for w in waiting)])
-            started += len(waiting)
-        return started
+            await self._dispatch_stream(stream, oldest if full else max(oldest, self._after.get(stream, 0)))
+            self._after[stream] = (newest.internal_id if newest else 0) - LOOK_BACK
 
-    async def _dispatch_stream(self, stream: StreamName, start: int) -> list[int]:
-        """Dispatch each record of `stream` after `start`; the internal ids of those not ready yet."""
-        waiting: list[int] = []
+    async def _enabled(self) -> list[Endpoint]:
+        return [e for e in await endpoints(self._store) if e.disabled is None]
+
+    async def _dispatch_stream(self, stream: StreamName, start: int) -> None:
+        """Dispatch each record of `stream` after `start` that makes an event; one not ready yet is kept, to look at
+        again first (after a restart, a full look finds it)."""
         for (source, record_type), event_type in RECORD_EVENTS.items():
             if source != stream:
                 continue
@@ -283,15 +287,13 @@ class WebhookDispatcher:
                 batch = await self._store.reader(stream).unhandled(
                     WEBHOOK_CONCERN, type=record_type, after=after, limit=BATCH
                 )
-                if batch:
-                    enabled = [e for e in await endpoints(self._store) if e.disabled is None]  # read after the records
+                enabled = await self._enabled() if batch else []  # read after the records
                 for record in batch:
                     if not await self._dispatch(record, event_type, enabled):
-                        waiting.append(record.internal_id)
+                        self._pending[record.stream, record.internal_id] = (record, event_type)
                 if len(batch) < BATCH:
                     break
                 after = batch[-1].internal_id
-        return waiting
 
     async def _dispatch(self, record: Record, event_type: WebhookEventType, enabled: list[Endpoint]) -> bool:
         """Start the record's deliveries and mark it; False when it is not ready yet."""

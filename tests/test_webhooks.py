@@ -4,6 +4,7 @@ through Temporal; retries with the same webhook id, disabling, the URL checks, t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -30,7 +31,7 @@ from sinks.mail import MailSink
 from streams import HandlingStatus, StreamName
 from tests.conftest import ON_BOTH_BACKENDS
 from tests.service import Api, eventually
-from webhooks import UnsafeUrl, check_url, sign
+from webhooks import UnsafeUrl, WebhookDispatcher, check_url, sign
 from worker import WORKFLOW_RUNNER
 from workflows.webhook import WebhookDeliveryWorkflow
 
@@ -257,6 +258,23 @@ async def test_a_broadcast_is_told_once_its_notifications_have_ended(api: Api, r
     assert (done["broadcast_id"], done["status"], done["notification_id"]) == (bid, "completed", None)
     sent_ids = {b["data"]["notification_id"] for b in receiver.taken() if b["type"] == "notification.sent"}
     assert sent_ids == {f"{bid}.1", f"{bid}.2"}
+
+
+@ON_BOTH_BACKENDS
+async def test_two_dispatchers_start_each_delivery_once(
+    api: Api, receivers: list[Receiver], settings: Settings, dev_env: WorkflowEnvironment
+) -> None:
+    """A second worker's dispatcher beside the first: each event is delivered once all the same."""
+    receiver = receivers[0]
+    await added(api, receiver)
+    second = asyncio.create_task(WebhookDispatcher(api.store, dev_env.client, settings).run())
+    try:
+        await sent(api)
+        await sent(api)
+        await eventually(lambda: _async(len(receiver.taken()) == 8))
+    finally:
+        second.cancel()
+    assert len(receiver.received) == 8 and len({i for i, _, _ in receiver.received}) == 8
 
 
 async def _async(value: bool) -> bool:
