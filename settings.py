@@ -171,6 +171,8 @@ class Settings(BaseSettings):
     ses_webhook_token: SecretStr | None = None
     webhook_allow_private: bool = False
     postmark_metadata: bool = False
+    webhook_retry_initial_seconds: float = Field(5, gt=0)
+    webhook_retry_hours: float = Field(24, gt=0)
 
     @model_validator(mode="after")
     def _every_role_or_none(self) -> Settings:

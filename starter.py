@@ -84,6 +84,8 @@ streams_app = command_group("The streams themselves: retention.")
 app.add_typer(streams_app, name="streams")
 suppression_app = command_group("The suppression list: email addresses that are not sent to.")
 app.add_typer(suppression_app, name="suppression")
+webhook_app = command_group("Webhooks out: endpoints told, signed, how each notification went.")
+app.add_typer(webhook_app, name="webhook")
 apikey_app = command_group("API keys for the HTTP API (`serve`).")
 app.add_typer(apikey_app, name="apikey")
 temporal_app = command_group("The Temporal namespace the sagas run in.")
@@ -910,6 +912,98 @@ async def _change_suppression(address: str, suppressed: bool, reason: str) -> No
             raise CliError(validation_message(error), 2) from error
     state = "suppressed" if suppressed else "not suppressed"
     print(f"{address.lower()}: {state}{'' if changed else ' already'}")
+
+
+@webhook_app.command("add")
+@run_async
+async def webhook_add(
+    url: Annotated[str, argument("URL")],
+    events: Annotated[
+        str | None,
+        typer.Option(metavar="EVENTS", help="The events to send, comma-separated (default: every one)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send signed webhooks to URL and print the endpoint's id and its signing secret, this once."""
+    from domain.webhooks import WebhookEventType
+    from streams.webhooks import add_endpoint
+    from webhooks import UnsafeUrl, checked_url
+
+    try:
+        wanted = [WebhookEventType(e.strip()) for e in (events or "").split(",") if e.strip()]
+    except ValueError as error:
+        raise CliError(f"--events: {error} ({', '.join(WebhookEventType)})", 2) from error
+    settings = load_settings()
+    try:
+        await checked_url(url, settings.webhook_allow_private)
+    except UnsafeUrl as error:
+        raise CliError(f"URL: {error}", 2) from error
+    async with settings.open_streams(as_owner=True) as store:  # only the owner of the streams writes endpoints
+        added = await add_endpoint(store, url, wanted)
+    if as_json:
+        print_json({"id": added.id, "url": added.url, "events": added.events, "secret": added.secret})
+    else:
+        print(f"webhook {added.id} to {added.url}; its secret is shown this once:", file=sys.stderr)
+        print(added.id)
+        print(added.secret)
+
+
+@webhook_app.command("list")
+@run_async
+async def webhook_list(as_json: JsonOption = False) -> None:
+    """Every endpoint: its events, and whether it is enabled (or since when, and why, it is disabled)."""
+    from streams.webhooks import endpoints
+
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        shown = [e.shown for e in await endpoints(store)]
+    if as_json:
+        print_json([e.model_dump(mode="json") for e in shown])
+        return
+    if not shown:
+        print(f"no webhooks: add one with `{command('starter.py', 'webhook', 'add', 'URL')}`")
+    for e in shown:
+        state = "enabled" if e.enabled else f"disabled since {e.disabled_at:%Y-%m-%d %H:%M:%S} UTC: {e.disabled_reason}"
+        print(f"{e.id}  {e.url}  {','.join(e.events)}  {state}")
+
+
+@webhook_app.command("remove")
+@run_async
+async def webhook_remove(webhook_id: Id) -> None:
+    """Remove an endpoint: nothing more is sent to it, retries included."""
+    from streams.webhooks import UnknownWebhook, remove_endpoint
+
+    settings = load_settings()
+    async with settings.open_streams(as_owner=True) as store:
+        try:
+            await remove_endpoint(store, webhook_id)
+        except UnknownWebhook as error:
+            raise CliError(str(error)) from error
+    print(f"removed webhook {webhook_id}")
+
+
+@webhook_app.command("deliveries")
+@run_async
+async def webhook_deliveries(webhook_id: Id, as_json: JsonOption = False) -> None:
+    """An endpoint's deliveries, newest first: each one's event, status, attempts and last answer."""
+    from streams.webhooks import UnknownWebhook, deliveries, endpoint
+
+    settings = load_settings()
+    async with settings.open_streams() as store:
+        if await endpoint(store, webhook_id) is None:
+            raise CliError(str(UnknownWebhook(webhook_id)))
+        found = await deliveries(store, webhook_id)
+    if as_json:
+        print_json([d.model_dump(mode="json") for d in found])
+        return
+    if not found:
+        print("no deliveries yet")
+    for d in found:
+        answer = d.error or (f"HTTP {d.http_status}" if d.http_status else "")
+        print(
+            f"{d.webhook_id}  {d.event_type}  {d.notification_id or '-'}  {d.status}  {d.attempts} attempt"
+            f"{'' if d.attempts == 1 else 's'}  {answer}  {d.first_at:%Y-%m-%d %H:%M:%S}..{d.last_at:%H:%M:%S} UTC"
+        )
 
 
 @streams_app.command("prune")

@@ -40,6 +40,7 @@ from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
 from activities.registry import CHANNEL_HANDLERS
 from activities.slack import SlackHandler
+from activities.webhooks import WebhookActivities
 from client import TemporalUnreachable, connect, missing_search_attributes, temporal_runtime
 from commands import command
 from domain import Channel
@@ -48,9 +49,11 @@ from logs import say
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from sinks import local_sinks
 from streams import StoreUnavailable, StreamStore
+from webhooks import WebhookDispatcher
 from workflows import search
 from workflows.broadcast import BroadcastSaga
 from workflows.notification import NotificationSaga
+from workflows.webhook import WebhookDeliveryWorkflow
 
 SHUTDOWN_GRACE = timedelta(seconds=10)
 WORKFLOW_RUNNER = UnsandboxedWorkflowRunner()
@@ -78,11 +81,13 @@ async def running_workers(
     the channels' give-up records and Slack's turns, all local activities); one per channel on that channel's task
     queue, which both share (email's with its rate limit for the whole queue; Slack is paced per Slack channel
     instead); and the client-operation stream's handler, which starts the saga of every request that has none
-    (`intake`). Yields the sagas' task queues it polls."""
+    (`intake`), and the webhook dispatcher, which starts each webhook's delivery (`webhooks`: its workflow and
+    activities beside the notifications' saga). Yields the sagas' task queues it polls."""
     files = FileBudget(settings.attachment_memory_bytes)  # one for all channels: the worker's memory
     handlers = {channel: handler(store, settings, files) for channel, handler in CHANNEL_HANDLERS.items()}
     notification = NotificationActivities(store, settings, handlers)
     broadcast = BroadcastActivities(store, client, settings)
+    webhook = WebhookActivities(store, settings)
     email, slack = handlers[Channel.EMAIL], handlers[Channel.SLACK]
     assert isinstance(email, EmailHandler) and isinstance(slack, SlackHandler)
     queue_rates = {Channel.EMAIL: settings.email_messages_per_second}  # Slack is paced per Slack channel instead
@@ -107,7 +112,11 @@ async def running_workers(
         broadcast.record_broadcast_ended,
     ]
     sagas: dict[Serves, tuple[str, list[type], list[Callable[..., Any]]]] = {
-        Serves.NOTIFICATIONS: (settings.task_queue, [NotificationSaga], saga_steps),
+        Serves.NOTIFICATIONS: (
+            settings.task_queue,
+            [NotificationSaga, WebhookDeliveryWorkflow],
+            [*saga_steps, webhook.deliver, webhook.record_failed],
+        ),
         Serves.BROADCASTS: (
             broadcast_task_queue(settings.task_queue),
             [NotificationSaga, BroadcastSaga],
@@ -142,17 +151,19 @@ async def running_workers(
         ),
     ]
     async with contextlib.AsyncExitStack() as stack:
-        for handler in (email, slack):  # closed once the workers have stopped: their open connections
+        for handler in (email, slack, webhook):  # closed once the workers have stopped: their open connections
             stack.push_async_callback(handler.close)
         for worker in workers:
             await stack.enter_async_context(worker)
         intake = asyncio.create_task(ClientOperationHandler(store, client, settings).run(), name="intake")
         intake.add_done_callback(_said_if_failed)
+        dispatcher = asyncio.create_task(WebhookDispatcher(store, client, settings).run(), name="webhooks")
         try:
             yield [task_queue for task_queue, _, _ in served]
         finally:
             intake.cancel()
-            await asyncio.gather(intake, return_exceptions=True)
+            dispatcher.cancel()
+            await asyncio.gather(intake, dispatcher, return_exceptions=True)
 
 
 def _said_if_failed(task: asyncio.Task[None]) -> None:

@@ -33,6 +33,7 @@ from domain import (
     SagaEnded,
     SagaPolicies,
 )
+from domain.webhooks import WebhookDelivery
 
 I = TypeVar("I")  # noqa: E741 - the input, beside O for the result
 O = TypeVar("O")  # noqa: E741
@@ -98,6 +99,13 @@ requested yet."""
 RECORD_BROADCAST_ENDED: Activity[BroadcastRequest, None] = Activity("RecordBroadcastEnded", None)
 
 
+DELIVER_WEBHOOK: Activity[WebhookDelivery, None] = Activity("DeliverWebhook", None)
+"""One attempt at POSTing a webhook to its endpoint, signed with the endpoint's secret (read from the store):
+recorded, and retried (raised) unless the endpoint answered 2xx, or 410 (the endpoint is then disabled)."""
+RECORD_WEBHOOK_FAILED: Activity[WebhookDelivery, None] = Activity("RecordWebhookFailed", None)
+"""A delivery given up on after `retry_hours`: recorded as failed, and its endpoint disabled."""
+
+
 BROADCASTS_QUEUE_SUFFIX = "-broadcasts"
 
 
@@ -124,3 +132,5 @@ SEND_BROADCAST_CONCERN = "send-broadcast"
 """The client-operation stream's concern for a broadcast's request: its saga takes it up."""
 SAGA_CONCERN = "process-send-notification-saga"
 ESCALATION_CONCERN = "send-failed-notification-to-internal-team"
+WEBHOOK_CONCERN = "dispatch-webhooks"
+"""The concern under which a record an event is made of is marked once its deliveries are started (`webhooks`)."""

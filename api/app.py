@@ -36,6 +36,7 @@ from api.routes import (
     page,
     suppressions,
     topics,
+    webhooks,
 )
 from api.telemetry import Measured
 from client import UnknownNotification, is_connect_failure, temporal_unreachable
@@ -53,6 +54,7 @@ ROUTERS = (
     topics.router,
     suppressions.router,
     inbound.router,
+    webhooks.router,
     health.router,
     page.router,
     codec.router,

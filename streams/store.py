@@ -38,6 +38,8 @@ class StreamName(StrEnum):
     SLACK_EVENT = "slack-event"
     ENTITY_DIRECTORY = "entity-directory"
     API_KEY = "api-key"
+    WEBHOOK = "webhook"
+    WEBHOOK_DELIVERY = "webhook-delivery"
 
 
 class ExistingRecordStrategy(StrEnum):

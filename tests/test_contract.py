@@ -15,11 +15,13 @@ from activities.broadcast import BroadcastActivities
 from activities.notification import NotificationActivities
 from activities.registry import CHANNEL_HANDLERS
 from activities.slack import SlackHandler
+from activities.webhooks import WebhookActivities
 from harness.processes import ROOT
 
 IMPLEMENTATIONS = [
     *(getattr(NotificationActivities, name) for name in vars(NotificationActivities)),
     *(getattr(BroadcastActivities, name) for name in vars(BroadcastActivities)),
+    *(getattr(WebhookActivities, name) for name in vars(WebhookActivities)),
     *(method for handler in CHANNEL_HANDLERS.values() for method in (handler.send, handler.record_not_sent)),
     SlackHandler.wait_for_turn,
 ]
@@ -27,7 +29,7 @@ IMPLEMENTATIONS = [
 
 def test_the_workflow_and_the_client_load_no_implementation() -> None:
     """Importing them loads no SMTP, Slack, HTTP or database client, and no handler."""
-    code = "import sys, workflows.notification, workflows.broadcast, client; print(*sys.modules)"
+    code = "import sys, workflows.notification, workflows.broadcast, workflows.webhook, client; print(*sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     modules = set(loaded.stdout.split())
     assert "workflows.notification" in modules and "activities.contract" in modules

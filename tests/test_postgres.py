@@ -206,10 +206,24 @@ def _rows_of_every_table(db: psycopg.Connection) -> dict[str, list[str]]:
     }
 
 
+MIGRATIONS_WRITE = {"notify_schema_migrations", "notify_handling_transitions", "notify_stream_writers"}
+"""The tables whose rows a migration writes: the migrations' own list, the transitions `db migrate` writes again, and
+the streams each role writes (a new stream's writers)."""
+
+
+def _kept(before: dict[str, list[str]], after: dict[str, list[str]]) -> set[str]:
+    """Check that a migration kept every row of every table but those it writes (`MIGRATIONS_WRITE`), and took no
+    stream from a role; the tables it kept."""
+    unchanged = set(before) - MIGRATIONS_WRITE
+    assert {table: after[table] for table in unchanged} == {table: before[table] for table in unchanged}
+    assert set(before["notify_stream_writers"]) <= set(after["notify_stream_writers"])
+    return unchanged
+
+
 async def test_migration_12_keeps_everything_and_adds_the_contents(postgres: Databases) -> None:
     """A store at schema 11, with records of every kind, their tags, handling, ids and turns, is migrated to 12: every
-    row of every table is as it was (but the migrations' own list, and the transitions `db migrate` writes again),
-    the roles read and write as before, and contents are put and read."""
+    row of every table is as it was (but those the migrations write: `_kept`), the roles read and write as before, and
+    contents are put and read."""
     url = postgres.empty()
     long = json.dumps({"body": "x" * 300})
     with psycopg.connect(url, autocommit=True) as db:
@@ -238,9 +252,8 @@ async def test_migration_12_keeps_everything_and_adds_the_contents(postgres: Dat
     assert await migrate(url) == [MIGRATIONS[v].name for v in range(12, SCHEMA_VERSION + 1)]
     with psycopg.connect(url) as db:
         after = _rows_of_every_table(db)
-    unchanged = set(before) - {"notify_schema_migrations", "notify_handling_transitions"}
+    unchanged = _kept(before, after)
     assert {"notify_records", "notify_record_tags", "notify_handling", "notify_unique_ids", "notify_turns"} <= unchanged
-    assert {table: after[table] for table in unchanged} == {table: before[table] for table in unchanged}
     assert set(after) - set(before) == {"notify_contents", "notify_content_refs"}
     assert set(after["notify_schema_migrations"]) == {
         *before["notify_schema_migrations"],
@@ -1015,11 +1028,11 @@ async def test_a_client_requests_notifications_and_can_do_nothing_else(database:
 
 @pytest.mark.parametrize("role", ["notify_producer", "notify_consumer", "notify_handler"])
 async def test_each_service_role_puts_only_in_the_streams_its_processes_write(database: str, role: str) -> None:
-    """notify_producer in the service's streams but the directory and the API keys; the reader and the handler
-    nowhere. A refusal is the same whatever the stream holds: it tells no key's name."""
+    """notify_producer in the service's streams but the directory, the API keys and the webhook endpoints; the
+    reader and the handler nowhere. A refusal is the same whatever the stream holds: it tells no key's name."""
     async with open_store(database) as owner:
         await owner.writer(StreamName.API_KEY).put("reader", Thing(value=1))  # only the owner issues keys
-    owners = {StreamName.API_KEY, StreamName.ENTITY_DIRECTORY}
+    owners = {StreamName.API_KEY, StreamName.ENTITY_DIRECTORY, StreamName.WEBHOOK}
     allowed = {s for s in StreamName if s not in owners} if role == "notify_producer" else set()
     async with open_store(as_role(database, role)) as store:
         for stream in StreamName:

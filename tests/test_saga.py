@@ -133,6 +133,8 @@ async def test_events_across_streams_and_audit(notify: Notify) -> None:
         "internal-operation",
         "entity-directory",
         "api-key",
+        "webhook",
+        "webhook-delivery",
     }
 
     [sent] = await notify.client.audit_email("ada@example.com")

@@ -48,6 +48,7 @@ from domain import (
 from streams import Record, StreamName
 from streams.directory import entry_or_why
 from streams.store import ViewCounts, unreadable
+from streams.webhooks import endpoints
 
 HERE = Path(__file__).parents[1]
 COOKIE = "notify_key"
@@ -219,7 +220,8 @@ def _bar(i: int, minute: datetime, counts: Counter[str], scale: int) -> Bar:
 
 @router.get("/", name="page_overview", dependencies=[Depends(_signed_in)])
 async def overview(request: Request, app: AppParts) -> Response:
-    """The notifications that ended in the last hour and day (their views), counted by the store in one query."""
+    """The notifications that ended in the last hour and day (their views), counted by the store in one query; and
+    each webhook endpoint that is disabled."""
     minute = datetime.now(UTC).replace(second=0, microsecond=0)
     counts = await app.store.view_counts(minute - timedelta(minutes=max(WINDOWS.values()) - 1))
     return _render(
@@ -229,6 +231,7 @@ async def overview(request: Request, app: AppParts) -> Response:
         chart_size=(CHART_MINUTES * BAR_WIDTH, CHART_HEIGHT),
         bar_width=BAR_WIDTH - 2,
         under_way=UNDECIDED,
+        disabled_webhooks=[e.shown for e in await endpoints(app.store) if e.disabled is not None],
     )
 
 
