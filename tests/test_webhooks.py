@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
@@ -31,6 +32,7 @@ from sinks.mail import MailSink
 from streams import HandlingStatus, StreamName
 from tests.conftest import ON_BOTH_BACKENDS
 from tests.service import Api, eventually
+from tests.test_inbound import SIGNING_KEY, mailgun_body, mailgun_failed
 from webhooks import UnsafeUrl, WebhookDispatcher, check_url, sign
 from worker import WORKFLOW_RUNNER
 from workflows.webhook import WebhookDeliveryWorkflow
@@ -102,6 +104,7 @@ def settings(settings: Settings) -> Settings:
             "webhook_retry_initial_seconds": 0.2,
             "webhook_retry_hours": 15 / 3600,
             "internal_team_email": "team@example.com",
+            "mailgun_signing_key": SecretStr(SIGNING_KEY),
         }
     )
 
@@ -258,6 +261,30 @@ async def test_a_broadcast_is_told_once_its_notifications_have_ended(api: Api, r
     assert (done["broadcast_id"], done["status"], done["notification_id"]) == (bid, "completed", None)
     sent_ids = {b["data"]["notification_id"] for b in receiver.taken() if b["type"] == "notification.sent"}
     assert sent_ids == {f"{bid}.1", f"{bid}.2"}
+
+
+async def test_a_providers_bounce_is_told_as_email_bounced(
+    api: Api, receivers: list[Receiver], mail_sink: MailSink
+) -> None:
+    receiver = receivers[0]
+    await added(api, receiver, ["email.bounced"])
+    nid = await sent(api)
+    [mail] = [m for m in mail_sink.messages if m.recipients == ("ada@example.com",)]
+    failed = mailgun_failed("permanent", 550, "5.1.1 The email account that you tried to reach does not exist.")
+    failed["recipient"] = "ada@example.com"
+    failed["message"]["headers"]["message-id"] = mail.message["Message-ID"].strip("<>")
+    answer = await api.call("POST", "/v1/inbound/mailgun", key=None, content=mailgun_body(failed))
+    assert answer.json()["matched"] == [nid]
+    await eventually(lambda: _async(len(receiver.taken()) == 1), timeout=60)
+    [told] = receiver.taken()
+    assert (told["type"], told["data"]["notification_id"], told["data"]["status"]) == ("email.bounced", nid, "sent")
+    assert told["data"]["channels"] == {
+        "email": {
+            "outcome": "bounced",
+            "address": "ada@example.com",
+            "reason": "550 5.1.1 The email account that you tried to reach does not exist.",
+        }
+    }
 
 
 @ON_BOTH_BACKENDS
