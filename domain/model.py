@@ -63,8 +63,6 @@ class TagName(StrEnum):
     SLACK_CHANNEL = "slack-channel"
     TOPIC_NAME = "topic-name"
     BROADCAST_ID = "broadcast-id"
-    SUPPRESSION_LIST = "suppression-list"
-    """On every suppression record, with the value `email`: the list is read by it, not by scanning the stream."""
 
 
 RESERVED_TAG_NAMES = frozenset(TagName)

@@ -34,8 +34,9 @@ from streams.store import (
 
 SUPPRESSION = EmailSuppression.__name__
 """The type of the suppression records."""
-LISTED = tag(TagName.SUPPRESSION_LIST, "email")
-"""The tag of every suppression record."""
+LISTED = tag("suppression-list", "email")
+"""The tag of every suppression record, by which the list is read rather than by scanning the stream (not one of
+`TagName`: a request's own tags never reach the email event stream's records of this type)."""
 
 
 def suppression_record(
