@@ -69,6 +69,9 @@ class Figures:
     largest_run_events: int
     largest_run_bytes: int
     runs: int
+    single_idle_parts: dict[str, float]
+    """Where an idle single notification's milliseconds went (`where_time_went`), medians of the probes."""
+    single_during_parts: dict[str, float]
 
     @property
     def x_singles(self) -> float:
@@ -105,14 +108,18 @@ async def measure(bench: Bench, temporal: Client, backend: str, url: str, count:
             notify = NotificationClient(store, temporal, settings)
             broadcasts = BroadcastClient(notify)
 
-            async def single(entity_id: str = SOLO.id) -> float:
+            async def single(entity_id: str = SOLO.id, parts: list[dict[str, float]] | None = None) -> float:
                 started = time.perf_counter()
                 nid = await notify.request(SendNotificationToEntityOp(entity_id=entity_id, subject="S", body="B"))
                 view = await notify.result(nid)
                 assert view.status == NotificationStatus.SENT, view
-                return (time.perf_counter() - started) * 1000
+                took = (time.perf_counter() - started) * 1000
+                if parts is not None:
+                    parts.append(await where_time_went(temporal, nid, took))
+                return took
 
-            idle = statistics.median([await single() for _ in range(PROBES)])
+            idle_parts: list[dict[str, float]] = []
+            idle = statistics.median([await single(parts=idle_parts) for _ in range(PROBES)])
             pids = [*(w.process.pid for w in workers), bench.server.pid]
 
             async def one(n: int) -> str:
@@ -131,10 +138,11 @@ async def measure(bench: Bench, temporal: Client, backend: str, url: str, count:
             accepted = time.perf_counter() - started
             result = asyncio.create_task(broadcasts.result(bid))
             during: list[float] = []
+            during_parts: list[dict[str, float]] = []
             while not result.done():  # the probes from the middle of the time the singles took, a second apart
                 rss.append(resident_mib(broadcasting.process.pid))
                 if len(during) < PROBES and time.perf_counter() - started >= singles_s / 2:
-                    during.append(await single())
+                    during.append(await single(parts=during_parts))
                 await asyncio.wait([result], timeout=1)
             counts = await result
             ended_s, broadcast_cpu = time.perf_counter() - started, sum(map(cpu_seconds, pids)) - cpu
@@ -160,7 +168,43 @@ async def measure(bench: Bench, temporal: Client, backend: str, url: str, count:
         largest_run_events=max(events for events, _, _ in runs),
         largest_run_bytes=max(size for _, size, _ in runs),
         runs=len(runs),
+        single_idle_parts=median_parts(idle_parts),
+        single_during_parts=median_parts(during_parts),
     )
+
+
+PARTS = ("workflow tasks waited", "workflow tasks ran", "activities waited", "activities ran", "outside the saga")
+
+
+async def where_time_went(temporal: Client, notification_id: str, took_ms: float) -> dict[str, float]:
+    """Where a single notification's milliseconds went, by its saga's history: its workflow tasks waiting for a
+    worker and running (its local activities, its steps, run inside them), its sends waiting for a worker and running,
+    and what the client's request and its wait for the result took outside the saga's history."""
+    history = await temporal.get_workflow_handle(notification_id).fetch_history()
+    at = {e.event_id: e.event_time.ToMilliseconds() for e in history.events}
+    parts = dict.fromkeys(PARTS, 0.0)
+    for e in history.events:
+        match e.event_type:
+            case EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+                scheduled = e.workflow_task_started_event_attributes.scheduled_event_id
+                parts["workflow tasks waited"] += at[e.event_id] - at[scheduled]
+            case EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                started = e.workflow_task_completed_event_attributes.started_event_id
+                parts["workflow tasks ran"] += at[e.event_id] - at[started]
+            case EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                scheduled = e.activity_task_started_event_attributes.scheduled_event_id
+                parts["activities waited"] += at[e.event_id] - at[scheduled]
+            case EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                started = e.activity_task_completed_event_attributes.started_event_id
+                parts["activities ran"] += at[e.event_id] - at[started]
+    saga = history.events[-1].event_time.ToMilliseconds() - history.events[0].event_time.ToMilliseconds()
+    parts["outside the saga"] = took_ms - saga
+    return parts
+
+
+def median_parts(measured: list[dict[str, float]]) -> dict[str, float]:
+    """Each part's median over the probes."""
+    return {part: round(statistics.median(m[part] for m in measured), 1) for part in PARTS} if measured else {}
 
 
 async def broadcast_runs(temporal: Client, broadcast_id: str) -> list[tuple[int, int, float]]:
@@ -201,6 +245,14 @@ def table(figures: list[Figures]) -> str:
     return "\n".join(aligned(rows))
 
 
+def parts_table(figures: Figures) -> str:
+    """Where a single notification's time went, idle and during the broadcast (ms, medians)."""
+    rows: list[tuple[str, ...]] = [(f"{figures.backend}: a single's ms", *PARTS)]
+    for when, parts in (("idle", figures.single_idle_parts), ("during", figures.single_during_parts)):
+        rows.append((when, *(f"{parts.get(p, 0):g}" for p in PARTS)))
+    return "\n".join(aligned(rows))
+
+
 async def bench(recipients: int, postgres: str | None, output: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="notify-broadcast-") as folder:
         run = Bench(Path(folder), postgres)
@@ -215,6 +267,7 @@ async def bench(recipients: int, postgres: str | None, output: Path | None) -> N
             for backend, url in stores:  # each backend's figures as soon as they are measured: a run takes long
                 figures.append(await measure(run, temporal, backend, url, recipients))
                 print(table(figures[-1:]), flush=True)
+                print(parts_table(figures[-1]), flush=True)
         finally:
             await run.close()
     if len(figures) > 1:

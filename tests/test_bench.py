@@ -10,6 +10,7 @@ import sys
 import zlib
 from pathlib import Path
 
+from bench.broadcast import PARTS
 from harness.processes import ROOT, unconfigured_environment
 from sinks.mail import MailSink
 from streams.packing import DICTIONARIES
@@ -85,6 +86,9 @@ def test_the_broadcast_bench_measures_a_broadcast_beside_as_many_single_requests
     assert all(20 < m <= 2000 for m in sqlite["worker_rss_mib"])
     assert 10 < sqlite["largest_run_events"] and 1000 < sqlite["largest_run_bytes"]
     assert "x singles" in run.stdout.splitlines()[0] and run.stdout.splitlines()[1].split()[0] == "SQLite"
+    for parts in (sqlite["single_idle_parts"], sqlite["single_during_parts"]):  # where a single's time went
+        assert list(parts) == list(PARTS) and parts["workflow tasks ran"] > 0 and parts["activities ran"] > 0
+    assert "SQLite: a single's ms" in run.stdout and "outside the saga" in run.stdout
 
 
 def test_the_throughput_bench_refuses_a_file_over_the_limit_before_it_starts_anything() -> None:
