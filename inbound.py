@@ -118,6 +118,9 @@ class Feedback(BaseModel):
     """The provider's reason (a server's reply, a bounce type), one line."""
     occurred_at: datetime | None
     """When the provider says it happened, where it says."""
+    signed_once: str | None = None
+    """A value its signature covers that must be taken once (Mailgun's token: its signature does not cover the
+    event, so a request seen once may not be replayed with another event); None where the signature covers it all."""
 
 
 class SubscriptionConfirmation(BaseModel):
@@ -300,7 +303,8 @@ def read_mailgun(body: bytes, headers: Mapping[str, str], query: Mapping[str, st
         raise InboundRefused(401, "the Mailgun signature does not match its timestamp and token")
     _fresh(str(signed.timestamp), "Mailgun")
     with _body_of("Mailgun"):
-        return _from_mailgun(_MailgunEvent.model_validate(webhook.event_data))
+        feedback = _from_mailgun(_MailgunEvent.model_validate(webhook.event_data))
+    return [f.model_copy(update={"signed_once": signed.token}) for f in feedback]
 
 
 def _from_mailgun(event: _MailgunEvent) -> list[Feedback]:

@@ -54,6 +54,7 @@ from domain.feedback import (
     EmailComplainedEvent,
     EmailFeedbackEvent,
     EmailSuppression,
+    SignatureTaken,
     SuppressionSource,
 )
 from domain.model import (
@@ -211,6 +212,7 @@ __all__ = [
     "EmailComplainedEvent",
     "EmailFeedbackEvent",
     "EmailSuppression",
+    "SignatureTaken",
     "SuppressionSource",
     "EmailAddress",
     "EmailMailbox",

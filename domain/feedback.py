@@ -53,6 +53,14 @@ class EmailSuppression(Model):
         )
 
 
+class SignatureTaken(Model):
+    """A provider's signed value taken once (Mailgun's token), recorded with what it brought under
+    `signature/{provider}/{value}`: the same again is a replay, refused."""
+
+    provider: SuppressionSource
+    timestamp_utc: datetime
+
+
 class EmailFeedbackEvent(ChannelEvent):
     """What a provider said about an email after it was sent, recorded in the email event stream under the email's
     channel operation (beside its requested and outcome events), with the same tags."""

@@ -16,6 +16,7 @@ from domain import (
     EmailFeedbackEvent,
     EmailSuppression,
     SendEmailRequestedEvent,
+    SignatureTaken,
     SuppressionSource,
     TagName,
     admitted,
@@ -132,11 +133,20 @@ async def record_feedback(
     permanent: bool,
     message_id: str | None,
     detail: str,
+    signed_once: str | None = None,
 ) -> FeedbackRecorded:
     """Record a provider's bounce (or `complaint`) of `address` with the email whose Message-ID it names, once (the
     same said again changes nothing; a hard bounce after a soft one is recorded too), and suppress the address when it
     is `permanent` and not suppressed yet: one write. Feedback that matches no email of the service's still
-    suppresses. An address or a detail that the records' rules refuse is `ValidationError`, and nothing is written."""
+    suppresses. An address or a detail that the records' rules refuse is `ValidationError`, and nothing is written.
+    `signed_once`: a signed value the provider may send once (`SignatureReplayed` the second time), recorded in the
+    same write."""
+    events = store.reader(StreamName.EMAIL_EVENT)
+    taken = None
+    if signed_once is not None:
+        taken = f"signature/{provider}/{signed_once}"
+        if await events.latest(taken) is not None:
+            raise SignatureReplayed(f"this {provider} signature was taken before: a replay")
     matched = await _email_requested(store.reader(StreamName.EMAIL_EVENT), message_id)
     nid = None if matched is None else matched[1]
     writer = store.writer(StreamName.EMAIL_EVENT)
@@ -161,9 +171,15 @@ async def record_feedback(
     if suppressing:
         kind = "complaint" if complaint else "bounce"
         puts.append(suppression_record(writer, address, True, f"{kind}: {detail}", provider, nid))
+    if taken is not None:
+        puts.append(writer.record(taken, SignatureTaken(provider=provider, timestamp_utc=utc_now())))
     if puts:
         await store.steps().write(puts)
     return FeedbackRecorded(nid, suppressing)
+
+
+class SignatureReplayed(Exception):
+    """A provider's signed request that was taken before, sent again."""
 
 
 async def _email_requested(events: ReadOnlyStream, message_id: str | None) -> tuple[Record, str, list[Record]] | None:

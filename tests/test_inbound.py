@@ -255,7 +255,7 @@ MAILGUN_PERMANENT = mailgun_failed("permanent", 550, "5.1.1 The email account th
 
 
 def test_mailgun_permanent_failure() -> None:
-    [feedback] = read_mailgun(mailgun_body(MAILGUN_PERMANENT), {}, {}, SIGNING_KEY)
+    [feedback] = read_mailgun(mailgun_body(MAILGUN_PERMANENT, token="t-1"), {}, {}, SIGNING_KEY)
     assert feedback == Feedback(
         provider="mailgun",
         kind="bounce",
@@ -264,6 +264,7 @@ def test_mailgun_permanent_failure() -> None:
         message_id=MESSAGE_ID,
         detail="550 5.1.1 The email account that you tried to reach does not exist.",
         occurred_at=datetime(2018, 3, 16, 20, 46, 35, 375624, UTC),
+        signed_once="t-1",  # its signature does not cover the event: the token is taken once
     )
 
 

@@ -16,7 +16,7 @@ from api.problems import Problem, problems
 from domain import SuppressionSource, validation_message
 from inbound import READERS, InboundRefused, SubscriptionConfirmation, read_ses
 from settings import Settings
-from streams.suppressions import record_feedback
+from streams.suppressions import SignatureReplayed, record_feedback
 
 router = APIRouter(prefix="/v1/inbound", tags=["inbound"], responses=problems(400, 401, 404, 500, 502))
 log = logging.getLogger("notify.api")
@@ -79,7 +79,11 @@ async def inbound(provider: str, request: Request, app: AppParts) -> InboundReco
                 permanent=feedback.permanent,
                 message_id=feedback.message_id,
                 detail=feedback.detail,
+                signed_once=feedback.signed_once,
             )
+        except SignatureReplayed as replayed:
+            log.warning("inbound %s request refused: %s", provider, replayed)
+            raise Problem(401, str(replayed)) from None
         except ValidationError as error:  # an address the service would never send to: nothing to record
             log.warning("inbound %s %s ignored: %s", provider, feedback.kind, validation_message(error))
             ignored += 1
