@@ -364,9 +364,10 @@ class NotificationClient:
         """The operation a request asks for, checked against every rule for a new request, to an entity in the
         directory, or to `entity`, the one it carries, and the contents of the files its template names. `content`
         holds its fields (`entity_id`, `subject`, `body`, `html_body`, `slack_text`, `tags`, `send_at`,
-        `attachments`, `attach_to`); with `template`, the subject and bodies are rendered from it, with `data` and the
-        entity, and may not be given, and the files it names are attached after the request's own. `RequestRefused`
-        says what is wrong; nothing is written."""
+        `attachments`, `attach_to`, `category`); with `template`, the subject and bodies are rendered from it, with
+        `data` and the entity, and may not be given, and the files it names are attached after the request's own.
+        `RequestRefused` says what is wrong; nothing is written."""
+        self.check_category(content.get("category"))
         try:
             return await self._composed(content, template, data, entity)
         except ValidationError as error:
@@ -462,6 +463,12 @@ class NotificationClient:
                     raise
         return Accepted(id=notification_id, status=status)
 
+    def check_category(self, category: str | None) -> None:
+        """`RequestRefused` for a category `NOTIFY_CATEGORIES_FILE` does not configure."""
+        if category is not None and category not in (configured := self._settings.categories()):
+            known = ", ".join(configured) or "none: NOTIFY_CATEGORIES_FILE is not set"
+            raise RequestRefused(f"{category!r} is not a configured category ({known})", field="category")
+
     async def request(
         self,
         operation: SendNotificationToEntityOp,
@@ -485,6 +492,7 @@ class NotificationClient:
         given inline, is recorded in the directory before a request that is new, once its key is claimed: a request
         refused, or repeated, changes nothing there. The contents are kept before the request that names them."""
         operation = admitted(SendNotificationToEntityOp, operation)
+        self.check_category(operation.category)
         given = named_contents(operation.attachments, contents)
         key_tags = []
         if idempotency_key is None:

@@ -11,13 +11,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+import yaml
+from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from activities.contract import BROADCASTS_QUEUE_SUFFIX
 from commands import command
 from domain import (
     CannotPrepareToSendOnChannelAction,
+    Category,
     Channel,
     ChannelPolicy,
     ChannelPreference,
@@ -165,6 +167,7 @@ class Settings(BaseSettings):
     payload_keys: SecretStr | None = None
     codec_cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:8233", "http://127.0.0.1:8233"]
     templates_dir: Path = Path("message_templates")
+    categories_file: Path | None = None
     sendgrid_verification_key: SecretStr | None = None
     mailgun_signing_key: SecretStr | None = None
     postmark_webhook_credentials: SecretStr | None = None
@@ -276,6 +279,11 @@ class Settings(BaseSettings):
     def slack_token_for(self, workspace: str) -> SecretStr | None:
         return self.slack_tokens.get(workspace, self.slack_token)
 
+    def categories(self) -> dict[str, Category]:
+        """The categories `NOTIFY_CATEGORIES_FILE` configures, by name (none without one): read again once the file
+        changes; `ConfigurationError` for a file that cannot be read or is not a list of categories."""
+        return {} if self.categories_file is None else _categories(self.categories_file)
+
     def saga_policies(self) -> SagaPolicies:
         team = {Channel.EMAIL: self.internal_team_email, Channel.SLACK: self.internal_team_slack}
         return SagaPolicies(
@@ -304,6 +312,29 @@ class Settings(BaseSettings):
                 channels={c: ChannelPreference.SEND for c, address in team.items() if address},
             ),
         )
+
+
+_CATEGORIES: dict[Path, tuple[float, dict[str, Category]]] = {}
+"""Each categories file as last read, with its modification time."""
+_CATEGORY_LIST = TypeAdapter(list[Category])
+
+
+def _categories(path: Path) -> dict[str, Category]:
+    try:
+        changed = path.stat().st_mtime
+        cached = _CATEGORIES.get(path)
+        if cached is not None and cached[0] == changed:
+            return cached[1]
+        listed = _CATEGORY_LIST.validate_python(yaml.safe_load(path.read_text(encoding="utf-8")) or [])
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigurationError(f"NOTIFY_CATEGORIES_FILE {path}: {one_line(error)}") from error
+    except ValidationError as error:
+        raise ConfigurationError(f"NOTIFY_CATEGORIES_FILE {path}: {validation_message(error)}") from error
+    named = {c.name: c for c in listed}
+    if len(named) != len(listed):
+        raise ConfigurationError(f"NOTIFY_CATEGORIES_FILE {path}: each category is named once")
+    _CATEGORIES[path] = (changed, named)
+    return named
 
 
 class ConfigurationError(ValueError):

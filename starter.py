@@ -418,6 +418,10 @@ async def send(
     idempotency_key: Annotated[
         str | None, typer.Option(metavar="KEY", help="Repeat a request safely: same key, same id.")
     ] = None,
+    category: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="Its category (NOTIFY_CATEGORIES_FILE): entities may opt out of it."),
+    ] = None,
     at: Annotated[
         str | None,
         typer.Option(metavar="TIME", help="Send at this ISO 8601 time (local time unless it has an offset)."),
@@ -448,6 +452,7 @@ async def send(
     )
     content["attachments"], contents = read_attachments(attach, inline_images)
     content["attach_to"] = attach_to or None
+    content["category"] = category
     template_data = parse_object("--data", data)
     if broadcast:
         audience = {"topic": topic} if topic is not None else {"entity_ids": entity}

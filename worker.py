@@ -446,6 +446,7 @@ def main() -> None:
     code = 0
     try:
         settings = load_settings()
+        settings.categories()  # a categories file that cannot be used stops the worker at once, in one line
         logs.configure(settings.log_format)
         asyncio.run(run(settings, args.dev, args.sinks, args.serve))
     except Stopped:

@@ -29,6 +29,7 @@ from activities.failures import TRANSIENT, KnownCause, failed_for_good
 from activities.registry import CHANNEL_HANDLERS
 from domain import (
     AttemptToSendNotificationEvent,
+    Category,
     Channel,
     ChannelOperationInstruction,
     ChannelOperationMonitoringInfo,
@@ -161,7 +162,10 @@ class NotificationActivities:
             return stage
         assert audience.audience is not None
         entry = audience.audience
-        configs = get_delivery_channel_configs(entry, policies)
+        category = None
+        if operation.category is not None:  # one configured since the request: its opt-outs still hold
+            category = self._settings.categories().get(operation.category) or Category(name=operation.category)
+        configs = get_delivery_channel_configs(entry, policies, category)
         stage = stage.model_copy(update={"get_delivery_channel_configs": configs})
         if not configs.usable:
             return stage

@@ -58,6 +58,8 @@ class ContentIn(BaseModel):
     """Images its `html` shows (in a `multipart/form-data` request, `inline:CONTENT_ID` parts as well)."""
     attach_to: list[Channel] | None = None
     """The channels its attachments go on; by default, every channel it is sent on (inline images go by email)."""
+    category: str | None = None
+    """Its category (`NOTIFY_CATEGORIES_FILE`), which entities' preferences may keep off a channel."""
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -77,6 +79,7 @@ class ContentIn(BaseModel):
             "send_at": self.send_at,
             "attachments": [named.model_dump() for named, _ in files],
             "attach_to": self.attach_to,
+            "category": self.category,
         }
         return {k: v for k, v in content.items() if v not in (None, [])}
 

@@ -60,6 +60,7 @@ from domain.feedback import (
 from domain.model import (
     RESERVED_TAG_NAMES,
     Attachment,
+    Category,
     Channel,
     ChannelPreference,
     DirectoryEntry,
@@ -288,6 +289,7 @@ __all__ = [
     "SucceededInSendingNotificationEvent",
     "SucceededInSendingSlackMessageEvent",
     "Attachment",
+    "Category",
     "Tag",
     "TemplateUse",
     "TopicMembership",

@@ -16,7 +16,7 @@ MAX_BROADCAST_ENTITIES = 10_000
 RECIPIENTS_PAGE = 100
 """Recipients kept in one record of the broadcast's snapshot, and requested in one step of its saga."""
 BROADCAST_CONTENT = frozenset(
-    {"subject", "body", "html_body", "slack_text", "tags", "send_at", "attachments", "attach_to"}
+    {"subject", "body", "html_body", "slack_text", "tags", "send_at", "attachments", "attach_to", "category"}
 )
 """What a broadcast's content may hold: what a single request holds but its entity (each recipient's)."""
 

@@ -79,6 +79,17 @@ class ChannelPreference(StrEnum):
     OPTED_OUT = "opted-out"
 
 
+class Category(Model):
+    """A kind of notification (`billing`, `marketing`, `security`) that entities may opt out of per channel, as
+    `NOTIFY_CATEGORIES_FILE` configures it: what each channel does for an entity that said nothing (`defaults`:
+    send unless it says otherwise), and whether an entity may opt out of it at all (`opt_out`)."""
+
+    name: Segment
+    description: str = ""
+    defaults: dict[Channel, ChannelPreference] = Field(default_factory=dict)
+    opt_out: bool = True
+
+
 class SlackAddress(Model):
     workspace: Identifier
     channel: Segment
@@ -97,6 +108,11 @@ class DirectoryEntry(Model):
     fallback: Channel | None = None
     """A channel not in `channels`, to deliver on when a preferred one fails for good or cannot be used or
     prepared."""
+    preferences: dict[Segment, dict[Channel, ChannelPreference]] = Field(
+        default_factory=dict, exclude_if=lambda preferences: not preferences
+    )
+    """Per category, per channel: `opted-out` keeps that category off that channel (of the channels it is sent on),
+    `send` overrides a category's default; a category not named here follows its defaults."""
 
     def address(self, channel: Channel) -> str | None:
         """Where the entity is reached on `channel`, as views and the audit show it, or None."""
@@ -210,6 +226,8 @@ class SendNotificationToEntityOp(Model):
     """The channels its files go on (`attachments_on`); none named: every channel it is sent on."""
     broadcast_id: str | None = Field(default=None, exclude_if=lambda broadcast: broadcast is None)
     """The broadcast it is one recipient's notification of, if it is."""
+    category: Segment | None = Field(default=None, exclude_if=lambda category: category is None)
+    """Its category, which entities' preferences may keep off a channel (`NOTIFY_CATEGORIES_FILE` names them)."""
 
     @field_validator("tags")
     @classmethod

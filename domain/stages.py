@@ -14,6 +14,7 @@ from pydantic import (
 
 from domain.model import (
     Attachment,
+    Category,
     Channel,
     ChannelPreference,
     DirectoryEntry,
@@ -161,6 +162,8 @@ class GetAudienceResult(Model):
 class DeliveryChannelConfig(Model):
     channel: Channel
     action: ChannelPreference
+    reason: str | None = Field(default=None, exclude_if=lambda reason: reason is None)
+    """Why it is opted out, when a category's preference or default says so."""
 
 
 class GetDeliveryChannelConfigsResult(Model):
@@ -178,14 +181,23 @@ class GetDeliveryChannelConfigsResult(Model):
         return CONFIGS_OUTCOMES.usable(self.outcome)
 
 
-def get_delivery_channel_configs(audience: DirectoryEntry, policies: SagaPolicies) -> GetDeliveryChannelConfigsResult:
-    """The entity's channels in a fixed order (email, then Slack), each to send on or opted out of; a channel that
-    cannot be used (no Slack token for its workspace) is reported as a failure, and the policy says what then."""
+def get_delivery_channel_configs(
+    audience: DirectoryEntry, policies: SagaPolicies, category: Category | None = None
+) -> GetDeliveryChannelConfigsResult:
+    """The entity's channels in a fixed order (email, then Slack), each to send on or opted out of (by the entity's
+    switch, or for the notification's `category` by its preference or the category's default:
+    `category_preference`); a channel that cannot be used (no Slack token for its workspace) is reported as a
+    failure, and the policy says what then."""
     configs, failures = [], []
     for channel in Channel:
         if channel not in audience.channels:
             continue
         action = audience.channels[channel]
+        if action == ChannelPreference.SEND and category is not None:
+            said = category_preference(audience, category, channel)
+            if said is not None:
+                configs.append(DeliveryChannelConfig(channel=channel, action=ChannelPreference.OPTED_OUT, reason=said))
+                continue
         workspaces = policies.slack_workspaces
         if action == ChannelPreference.SEND and channel == Channel.SLACK and workspaces is not None:
             assert audience.slack is not None
@@ -199,6 +211,19 @@ def get_delivery_channel_configs(audience: DirectoryEntry, policies: SagaPolicie
     return GetDeliveryChannelConfigsResult(
         configs=configs, failures=failures, failure_action=policies.channel_configs_failure_action
     )
+
+
+def category_preference(audience: DirectoryEntry, category: Category, channel: Channel) -> str | None:
+    """Why `category` is kept off `channel` for the entity (its preference, else the category's default), or None
+    when it is sent there; a category that may not be opted out of is always sent."""
+    if not category.opt_out:
+        return None
+    preferred = audience.preferences.get(category.name, {}).get(channel)
+    if preferred == ChannelPreference.OPTED_OUT:
+        return f"{channel}: opted out of {category.name!r} (the entity's preference)"
+    if preferred is None and category.defaults.get(channel) == ChannelPreference.OPTED_OUT:
+        return f"{channel}: {category.name!r} is off by default (the category's)"
+    return None
 
 
 class EmailMailbox(Model):

@@ -90,7 +90,7 @@ def with_prepare_stage(view: NotificationView, stage: PrepareToSendNotificationE
     usable = {c.channel for c in configs.configs}
     changes = {
         c.channel: ChannelChange(
-            ChannelOutcome.PENDING if c.action == ChannelPreference.SEND else ChannelOutcome.OPTED_OUT
+            ChannelOutcome.PENDING if c.action == ChannelPreference.SEND else ChannelOutcome.OPTED_OUT, c.reason
         )
         for c in configs.configs
     }

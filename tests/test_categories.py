@@ -1,0 +1,124 @@
+"""Categories (issue 28): a request names a category (`NOTIFY_CATEGORIES_FILE`), and an entity's preferences per
+category and channel, on top of its channel switches, decide where it goes; the outcome says which preference kept
+a channel off. A category that may not be opted out of is sent whatever the entity's preferences say. On both
+backends, through the HTTP API, with the local mail and Slack sinks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain import Category, ChannelPreference, DirectoryEntry, SagaPolicies, get_delivery_channel_configs
+from harness.processes import ROOT, unconfigured_environment
+from settings import ConfigurationError, Settings
+from sinks.mail import MailSink
+from sinks.slack import SlackSink
+from streams import StreamStore
+from streams.directory import import_entries
+from tests.conftest import ON_BOTH_BACKENDS
+from tests.service import Api, entity
+
+CATEGORIES = """\
+- {name: billing, description: Invoices and receipts}
+- {name: marketing, description: Product news}
+- {name: digest, description: The weekly digest, defaults: {slack: opted-out}}
+- {name: security, description: Security alerts, defaults: {email: send, slack: send}, opt_out: false}
+"""
+
+
+@pytest.fixture
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    (tmp_path / "categories.yaml").write_text(CATEGORIES)
+    return settings.model_copy(update={"categories_file": tmp_path / "categories.yaml"})
+
+
+def reader(**preferences: dict[str, str]) -> DirectoryEntry:
+    """An entity on email and Slack, with these preferences by category."""
+    return entity(id="reader", email="reader@example.com", preferences=preferences)
+
+
+async def _notified(api: Api, category: str | None) -> dict[str, Any]:
+    body = {"entity": "reader", "subject": f"About {category}", "body": "B", "category": category}
+    answer = await api.call("POST", "/v1/notifications", json=body)
+    assert answer.status_code == 202, answer.text
+    return await api.outcome(answer.json()["id"])
+
+
+@ON_BOTH_BACKENDS
+async def test_an_entity_opted_out_of_a_category_on_email_gets_it_on_slack_and_the_others_by_email(
+    api: Api, owner: StreamStore, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    await import_entries(owner, [reader(marketing={"email": "opted-out"}, security={"email": "opted-out"})])
+    views = {c: await _notified(api, c) for c in ("marketing", "billing", "security", "digest", None)}
+
+    marketing = views["marketing"]
+    assert marketing["status"] == "sent"  # what it is opted out of counts for nothing
+    email = marketing["channels"]["email"]
+    assert (email["outcome"], email["reason"]) == (
+        "opted_out",
+        "email: opted out of 'marketing' (the entity's preference)",
+    )
+    assert marketing["channels"]["slack"]["outcome"] == "succeeded"
+    assert views["digest"]["channels"]["slack"]["outcome"] == "opted_out"  # the category's default
+    assert views["digest"]["channels"]["slack"]["reason"] == "slack: 'digest' is off by default (the category's)"
+    for sent_on_both in ("billing", "security", None):  # security: not to be opted out of
+        assert {c: v["outcome"] for c, v in views[sent_on_both]["channels"].items()} == {
+            "email": "succeeded",
+            "slack": "succeeded",
+        }, sent_on_both
+    mailed = sorted(m.message["Subject"] for m in mail_sink.messages)
+    assert mailed == ["About None", "About billing", "About digest", "About security"]
+    assert len(slack_sink.messages) == 4  # all but the digest
+
+    unknown = await api.call(
+        "POST", "/v1/notifications", json={"entity": "reader", "subject": "S", "body": "B"} | {"category": "sales"}
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"] == (
+        "category: 'sales' is not a configured category (billing, marketing, digest, security)"
+    )
+
+
+def test_everything_opted_out_ends_opted_out_and_a_channel_switched_off_stays_off() -> None:
+    policies = SagaPolicies.model_validate(Settings(_env_file=None, slack_token="xoxb-t").saga_policies().model_dump())
+    marketing = Category(name="marketing")
+    off_everywhere = reader(marketing={"email": "opted-out", "slack": "opted-out"})
+    configs = get_delivery_channel_configs(off_everywhere, policies, marketing)
+    assert [c.action for c in configs.configs] == [ChannelPreference.OPTED_OUT] * 2
+    slack_off = entity(id="x", channels={"email": "send", "slack": "opted-out"}, preferences={"marketing": {}})
+    forced = Category(name="security", opt_out=False, defaults={"slack": "send"})
+    assert [(c.channel, c.action) for c in get_delivery_channel_configs(slack_off, policies, forced).configs] == [
+        ("email", ChannelPreference.SEND),
+        ("slack", ChannelPreference.OPTED_OUT),  # the entity's own switch: a category adds, never takes away
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("- {name: a}\n- {name: a}\n", "each category is named once"),
+        ("- {name: a, defaults: {fax: send}}\n", "defaults.fax"),
+        ("{name: a}\n", "must be a list"),
+        ("- [unclosed\n", "while parsing"),
+    ],
+)
+def test_a_categories_file_that_cannot_be_used_stops_the_worker_in_one_line(
+    tmp_path: Path, written: str, said: str
+) -> None:
+    (tmp_path / "categories.yaml").write_text(written)
+    with pytest.raises(ConfigurationError, match=said) as refused:
+        Settings(_env_file=None, categories_file=tmp_path / "categories.yaml").categories()
+    assert "\n" not in str(refused.value)
+    worker = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py")],
+        env={**unconfigured_environment(), "NOTIFY_CATEGORIES_FILE": str(tmp_path / "categories.yaml")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode == 2 and worker.stderr.startswith("error: NOTIFY_CATEGORIES_FILE ")
+    assert len(worker.stderr.splitlines()) == 1
