@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     Field,
     ValidationInfo,
     field_validator,
@@ -79,6 +80,16 @@ class ChannelPreference(StrEnum):
     OPTED_OUT = "opted-out"
 
 
+LOCALE = re.compile(r"[a-z]{2,3}(?:-[A-Z][a-z]{3})?(?:-(?:[A-Z]{2}|[0-9]{3}))?")
+"""A language tag as entities give theirs: a language (`de`), with a script (`zh-Hant`) and a region (`pt-BR`)."""
+
+
+def _locale(value: str | None) -> str | None:
+    if value is not None and not LOCALE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a language tag such as de, pt-BR or zh-Hant-TW")
+    return value
+
+
 class Category(Model):
     """A kind of notification (`billing`, `marketing`, `security`) that entities may opt out of per channel, as
     `NOTIFY_CATEGORIES_FILE` configures it: what each channel does for an entity that said nothing (`defaults`:
@@ -108,6 +119,9 @@ class DirectoryEntry(Model):
     fallback: Channel | None = None
     """A channel not in `channels`, to deliver on when a preferred one fails for good or cannot be used or
     prepared."""
+    locale: Annotated[str | None, AfterValidator(_locale), Field(exclude_if=lambda locale: locale is None)] = None
+    """Its language, as a BCP 47 tag (`de`, `pt-BR`): templates are rendered in it where they have it
+    (`welcome.de.yaml`), dates formatted for it."""
     preferences: dict[Segment, dict[Channel, ChannelPreference]] = Field(
         default_factory=dict, exclude_if=lambda preferences: not preferences
     )
