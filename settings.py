@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     codec_cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:8233", "http://127.0.0.1:8233"]
     templates_dir: Path = Path("message_templates")
     categories_file: Path | None = None
+    public_url: str | None = None
+    link_secret: SecretStr | None = None
+    unsubscribe_mailto: EmailAddress | None = None
     sendgrid_verification_key: SecretStr | None = None
     mailgun_signing_key: SecretStr | None = None
     postmark_webhook_credentials: SecretStr | None = None

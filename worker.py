@@ -314,6 +314,10 @@ async def run(settings: Settings, dev: bool, sinks: bool, serves: Serves = Serve
         loop.add_signal_handler(sig, stop.set)
     refuse_taken_ports(settings, dev=dev, sinks=sinks)
     serve_metrics(settings)
+    if any(c.opt_out for c in settings.categories().values()) and not (settings.public_url and settings.link_secret):
+        logging.getLogger("notify.worker").warning(
+            "emails carry no unsubscribe link: set NOTIFY_PUBLIC_URL and NOTIFY_LINK_SECRET to add one"
+        )
     async with contextlib.AsyncExitStack() as stack:
         if sinks:
             local = stack.enter_context(local_sinks(settings))

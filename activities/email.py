@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import email.policy
+import io
 import re
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
 import aiosmtplib
-from aiosmtplib.email import extract_recipients, extract_sender, flatten_message
+from aiosmtplib.email import extract_recipients, extract_sender
 from temporalio import activity
 
 from activities.channel_handler import ChannelHandler, Delivery, FileBudget, TransientDeliveryError
@@ -38,6 +41,7 @@ from domain import (
     admitted,
     recipient_email_tag,
 )
+from links import UNSUBSCRIBE, LinkClaims, signed_link
 from settings import Settings, SmtpSecurity
 from streams import StoreUnavailable, StreamName, StreamStore
 from streams.suppressions import suppression, suppression_record
@@ -121,7 +125,7 @@ class TranscribedSMTP(aiosmtplib.SMTP):
         The server's answer to its DATA."""
         await self._ehlo_or_helo_if_needed()
         eight_bit = self.supports_extension("8BITMIME")
-        data = await asyncio.to_thread(flatten_message, message, cte_type="8bit" if eight_bit else "7bit")
+        data = await asyncio.to_thread(flattened, message, "8bit" if eight_bit else "7bit")
         sender, recipients = extract_sender(message), extract_recipients(message)
         assert sender is not None
         options = ["BODY=8BITMIME"] if eight_bit else []
@@ -276,13 +280,26 @@ def mailbox(m: EmailMailbox) -> Address:
     return Address(display_name=m.name or "", addr_spec=m.address)
 
 
+AS_GIVEN = email.policy.default.clone(refold_source="none")
+"""The email package's policy, but that a header set raw (`extra`) is written as given: folded or encoded, a URL
+(List-Unsubscribe's) is no longer one."""
+
+
+def flattened(message: EmailMessage, cte_type: str) -> bytes:
+    """The message as SMTP carries it (CRLF line ends), by its own policy (`AS_GIVEN`), as aiosmtplib's
+    `flatten_message` writes one by the default policy."""
+    with io.BytesIO() as out:
+        BytesGenerator(out, policy=message.policy.clone(linesep="\r\n", cte_type=cte_type)).flatten(message)
+        return out.getvalue()
+
+
 def compose_message(
     op: SendEmailOp, now: datetime, contents: Sequence[bytes] = (), extra: Sequence[tuple[str, str]] = ()
 ) -> EmailMessage:
     """The message, with `contents` (those of `op.attachments`, in order): inline images beside the HTML body that
     shows them (`multipart/related`), other files attached (`multipart/mixed`), each with its name (RFC 2231 where
     it is not ASCII); and the `extra` headers after its Message-ID."""
-    message = EmailMessage()
+    message = EmailMessage(policy=AS_GIVEN)
     # Address objects, not formatted strings: a display name is then always quoted or encoded whole, so that a
     # comma or an address inside it stays part of the name.
     message["From"] = mailbox(op.sender)
@@ -291,7 +308,7 @@ def compose_message(
     message["Date"] = now
     message["Message-ID"] = message_id(op)
     for name, value in extra:
-        message[name] = value
+        message.set_raw(name, value)  # as given, however long: a URL in a header is not to be folded or encoded
     message.set_content(op.text_body)
     if op.html_body:
         message.add_alternative(op.html_body, subtype="html")
@@ -347,15 +364,13 @@ def plain_message(op: SendEmailOp, now: datetime, extra: Sequence[tuple[str, str
         f"Subject: {op.subject}",
         f"Date: {format_datetime(now)}",
         f"Message-ID: {message_id(op)}",
-        *(f"{name}: {value}" for name, value in extra),
-        'Content-Type: text/plain; charset="utf-8"',
-        "Content-Transfer-Encoding: 7bit",
-        "MIME-Version: 1.0",
     ]
+    given = [f"{name}: {value}" for name, value in extra]  # as given, as `compose_message` writes them
+    mime = ['Content-Type: text/plain; charset="utf-8"', "Content-Transfer-Encoding: 7bit", "MIME-Version: 1.0"]
     lines = op.text_body.splitlines() or [""]
-    if any(len(line) > MAX_LINE for line in (*headers, *lines)):
+    if any(len(line) > MAX_LINE for line in (*headers, *mime, *lines)) or not all(map(_PLAIN_TEXT.fullmatch, given)):
         return None
-    data = "".join(f"{line}\r\n" for line in (*headers, "", *lines)).encode("ascii")
+    data = "".join(f"{line}\r\n" for line in (*headers, *given, *mime, "", *lines)).encode("ascii")
     return PlainMessage(op.sender.address, [m.address for m in op.to], data)
 
 
@@ -392,6 +407,8 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
     ) -> tuple[SendEmailOp, list[Tag]]:
         request, audience = op.operation, op.audience
         assert audience.email is not None
+        category = settings.categories().get(request.category) if request.category else None
+        opt_out = {"entity_id": audience.id, "category": category.name} if category and category.opt_out else None
         email = admitted(  # today's rules, whatever those of the request's or the entry's day were
             SendEmailOp,
             {
@@ -403,9 +420,28 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
                 "text_body": request.body,
                 "html_body": request.html_body,
                 "attachments": request.attachments_on(Channel.EMAIL),
+                "opt_out": opt_out,
             },
         )
         return email, [recipient_email_tag(audience.email)]
+
+    def _unsubscribe(self, op: SendEmailOp) -> list[tuple[str, str]]:
+        """One-click unsubscribe (RFC 8058) from its category, where it has one that may be opted out of and the
+        links can be signed (`NOTIFY_PUBLIC_URL`, `NOTIFY_LINK_SECRET`); and by mail, where an address is given."""
+        settings = self._settings
+        if op.opt_out is None or settings.public_url is None or settings.link_secret is None:
+            return []
+        claims = LinkClaims(
+            purpose=UNSUBSCRIBE, entity_id=op.opt_out.entity_id, category=op.opt_out.category, channel=Channel.EMAIL
+        )
+        token = signed_link(settings.link_secret.get_secret_value(), claims)
+        links = [f"<{settings.public_url.rstrip('/')}/v1/unsubscribe/{token}>"]
+        if settings.unsubscribe_mailto:
+            links.append(f"<mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>")
+        return [("List-Unsubscribe", ", ".join(links)), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+
+    def _postmark(self, op: SendEmailOp) -> list[tuple[str, str]]:
+        return [(POSTMARK_METADATA_HEADER, postmark_metadata(op))] if self._settings.postmark_metadata else []
 
     def failed_response(self, operation: SendEmailOp, reason: str) -> SendEmailResponse:
         return SendEmailResponse(
@@ -419,7 +455,7 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             return SendEmailResponse(result=result, message_id=message_id(op), communication_log=log, **fields)
 
         now = datetime.now(UTC)
-        extra = [(POSTMARK_METADATA_HEADER, postmark_metadata(op))] if self._settings.postmark_metadata else []
+        extra = [*self._unsubscribe(op), *self._postmark(op)]
         try:
             async with self.files(op) as contents:
                 if isinstance(contents, Delivery):

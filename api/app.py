@@ -36,6 +36,7 @@ from api.routes import (
     page,
     suppressions,
     topics,
+    unsubscribe,
     webhooks,
 )
 from api.telemetry import Measured
@@ -54,6 +55,7 @@ ROUTERS = (
     topics.router,
     suppressions.router,
     inbound.router,
+    unsubscribe.router,
     webhooks.router,
     health.router,
     page.router,

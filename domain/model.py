@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -217,6 +218,18 @@ class TopicMembership(Model):
     topic: Segment
     entity_id: Segment
     member: bool
+
+
+class PreferenceChanged(Model):
+    """An entity's preference for a category on a channel, changed: by whom (`one-click` from an email's unsubscribe
+    link, `preference-page`, `operator`), recorded with the entity's new entry."""
+
+    entity_id: Segment
+    category: Segment
+    channel: Channel
+    preference: ChannelPreference
+    by: str
+    timestamp_utc: datetime
 
 
 class SendNotificationToEntityOp(Model):

@@ -231,6 +231,13 @@ class EmailMailbox(Model):
     name: Name | None = None
 
 
+class OptOut(Model):
+    """What an email's unsubscribe link opts out of: its entity, of its category, on email."""
+
+    entity_id: str
+    category: str
+
+
 class SendEmailOp(Model):
     """Everything needed to deliver one email. SMTP connection settings and credentials stay with the worker."""
 
@@ -244,6 +251,8 @@ class SendEmailOp(Model):
     html_body: OptionalBody | None = None
     attachments: list[Attachment] = Field(default_factory=list, exclude_if=lambda files: not files)
     """Named, not carried: the handler reads their bytes from the stream store."""
+    opt_out: OptOut | None = Field(default=None, exclude_if=lambda opt_out: opt_out is None)
+    """The category its recipient may opt out of, with a link the handler signs as it sends (List-Unsubscribe)."""
 
 
 class SendSlackMessageOp(Model):

@@ -8,7 +8,19 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from domain import DirectoryEntry, Tag, TagName, TopicMembership, admitted, recipient_email_tag, tag
+from domain import (
+    Channel,
+    ChannelPreference,
+    DirectoryEntry,
+    PreferenceChanged,
+    Tag,
+    TagName,
+    TopicMembership,
+    admitted,
+    recipient_email_tag,
+    tag,
+    utc_now,
+)
 from streams.store import ReadOnlyStream, StreamName, StreamStore, unreadable
 
 MEMBERSHIP = TopicMembership.__name__
@@ -132,3 +144,34 @@ def _tags(entry: DirectoryEntry) -> list[Tag]:
     if entry.email:
         tags.append(recipient_email_tag(entry.email))
     return tags
+
+
+async def change_preference(
+    store: StreamStore, entity_id: str, category: str, channel: Channel, preference: ChannelPreference, by: str
+) -> DirectoryEntry | None:
+    """Set the entity's preference for `category` on `channel`: its new entry and the change, in one write (none
+    when it was so already); None for an entity the directory does not have. Only the owner of the streams writes
+    the directory (`store` as it)."""
+    entry = await lookup(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
+    if entry is None:
+        return None
+    preferences = {name: dict(channels) for name, channels in entry.preferences.items()}
+    if preferences.get(category, {}).get(channel) == preference:
+        return entry
+    preferences.setdefault(category, {})[channel] = preference
+    changed = entry.model_copy(update={"preferences": preferences})
+    change = admitted(
+        PreferenceChanged,
+        {
+            "entity_id": entity_id,
+            "category": category,
+            "channel": channel,
+            "preference": preference,
+            "by": by,
+            "timestamp_utc": utc_now(),
+        },
+    )
+    await store.writer(StreamName.ENTITY_DIRECTORY).put_all(
+        [(entity_id, changed, _tags(changed)), (f"{entity_id}/preferences", change, [_entity(entity_id)])]
+    )
+    return changed

@@ -5,12 +5,16 @@ backends, through the HTTP API, with the local mail and Slack sinks."""
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from domain import Category, ChannelPreference, DirectoryEntry, SagaPolicies, get_delivery_channel_configs
 from harness.processes import ROOT, unconfigured_environment
@@ -30,10 +34,16 @@ CATEGORIES = """\
 """
 
 
+PUBLIC_URL = "https://notify.example.com"
+LINK_SECRET = "a-secret-long-enough-for-the-tests"
+
+
 @pytest.fixture
 def settings(settings: Settings, tmp_path: Path) -> Settings:
+    """The categories, and links signed for the API server's public address (which the tests map to theirs)."""
     (tmp_path / "categories.yaml").write_text(CATEGORIES)
-    return settings.model_copy(update={"categories_file": tmp_path / "categories.yaml"})
+    linked = {"public_url": PUBLIC_URL, "link_secret": SecretStr(LINK_SECRET)}
+    return settings.model_copy(update={"categories_file": tmp_path / "categories.yaml", **linked})
 
 
 def reader(**preferences: dict[str, str]) -> DirectoryEntry:
@@ -122,3 +132,55 @@ def test_a_categories_file_that_cannot_be_used_stops_the_worker_in_one_line(
     )
     assert worker.returncode == 2 and worker.stderr.startswith("error: NOTIFY_CATEGORIES_FILE ")
     assert len(worker.stderr.splitlines()) == 1
+
+
+@ON_BOTH_BACKENDS
+async def test_the_one_click_post_from_a_mails_header_opts_out_of_exactly_that_category_on_email(
+    api: Api, owner: StreamStore, mail_sink: MailSink, slack_sink: SlackSink
+) -> None:
+    await import_entries(owner, [reader()])
+    marketing = await _notified(api, "marketing")
+    [mail] = mail_sink.received_by("reader@example.com")
+    assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    link = re.fullmatch(rf"<{PUBLIC_URL}(/v1/unsubscribe/[A-Za-z0-9_.-]+)>", mail.message["List-Unsubscribe"])
+    assert link is not None and LINK_SECRET not in mail.message.as_string()
+    assert marketing["status"] == "sent"
+    path = link[1]  # on this test's server, as the public address would route it
+
+    forged = path[:-3] + ("AAA" if not path.endswith("AAA") else "BBB")
+    other_category = path.replace(path.split("/")[-1].split(".")[0], _claims_of(path, category="billing"))
+    for bad in (forged, other_category):
+        refused = await api.http.post(bad, content=b"List-Unsubscribe=One-Click")
+        assert refused.status_code == 403, refused.text
+    assert (await api.call("GET", "/v1/entities/reader")).json().get("preferences") is None  # nothing changed
+
+    asked = await api.http.get(path)  # a link checker's GET: a page that asks, and nothing changes
+    assert asked.status_code == 200 and '<form method="post">' in asked.text
+    assert (await api.call("GET", "/v1/entities/reader")).json().get("preferences") is None
+    one_click = await api.http.post(  # as a mailbox provider sends it (RFC 8058)
+        path,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert one_click.status_code == 200 and "Unsubscribed" in one_click.text
+    assert (await api.call("GET", "/v1/entities/reader")).json()["preferences"] == {"marketing": {"email": "opted-out"}}
+
+    again = {c: await _notified(api, c) for c in ("marketing", "billing", "security")}
+    assert (again["marketing"]["channels"]["email"]["outcome"], again["marketing"]["channels"]["slack"]["outcome"]) == (
+        "opted_out",
+        "succeeded",
+    )
+    assert again["billing"]["channels"]["email"]["outcome"] == "succeeded"
+    security_mail = [m for m in mail_sink.received_by("reader@example.com") if m.message["Subject"] == "About security"]
+    assert [m.message["List-Unsubscribe"] for m in security_mail] == [None]  # not to be opted out of: no link
+    events = (await api.call("GET", f"/v1/notifications/{again['marketing']['id']}/events")).json()
+    said = "email: opted out of 'marketing' (the entity's preference)"
+    assert any(e["stream"] == "notification-event" and said in json.dumps(e) for e in events)
+
+
+def _claims_of(url: str, **changed: str) -> str:
+    """The link's claims with some changed, its signature kept: an altered link."""
+    body = url.split("/")[-1].split(".")[0]
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    altered = json.dumps({**claims, **changed}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(altered).rstrip(b"=").decode()

@@ -1,0 +1,64 @@
+"""Links the service signs, so that whoever holds one may do what it says without a key or a sign-in: opt an entity
+out of a category on a channel (one-click unsubscribe, RFC 8058). A link names what it allows and carries an
+HMAC-SHA256 of that with `NOTIFY_LINK_SECRET`: changing any of it, or the secret (which revokes every link), makes it
+fail. Nothing in a link is secret but its signature; nothing of the secret is in a link, a record or a history."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+
+from pydantic import BaseModel, ValidationError
+
+from domain import Channel
+
+UNSUBSCRIBE = "unsubscribe"
+"""What an unsubscribe link allows."""
+
+
+class LinkClaims(BaseModel):
+    """What a link allows: `purpose`, for this entity, category and channel."""
+
+    purpose: str
+    entity_id: str
+    category: str
+    channel: Channel
+
+
+class InvalidLink(ValueError):
+    """A link that is not one the service signed with its secret (forged, altered, or from before a rotation)."""
+
+
+def signed_link(secret: str, claims: LinkClaims) -> str:
+    """The link's token: its claims (base64url JSON) and their signature, joined by a dot."""
+    body = _encoded(json.dumps(claims.model_dump(mode="json"), separators=(",", ":"), sort_keys=True).encode())
+    return f"{body}.{_encoded(_signature(secret, body))}"
+
+
+def read_link(secret: str, token: str, purpose: str) -> LinkClaims:
+    """The claims of a token the service signed for `purpose`; `InvalidLink` otherwise."""
+    body, _, signature = token.partition(".")
+    try:
+        given = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidLink("the link is not one of ours") from None
+    if not hmac.compare_digest(given, _signature(secret, body)):
+        raise InvalidLink("the link is not one of ours, or its secret was rotated")
+    try:
+        claims = LinkClaims.model_validate_json(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (binascii.Error, ValueError, ValidationError):
+        raise InvalidLink("the link is not one of ours") from None
+    if claims.purpose != purpose:
+        raise InvalidLink(f"the link is not for {purpose}")
+    return claims
+
+
+def _signature(secret: str, body: str) -> bytes:
+    return hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest()
+
+
+def _encoded(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
