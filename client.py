@@ -720,7 +720,8 @@ class NotificationClient:
     async def events(self, notification_id: str) -> list[Record]:
         """Every record of the notification, across all its streams, in the order they were written."""
         notification_id = await self.full_id(notification_id)
-        records = await self._store.read_tagged(list(StreamName), [tag(TagName.NOTIFICATION_ID, notification_id)])
+        streams = [s for s in StreamName if s != StreamName.WEBHOOK_DELIVERY]  # the endpoints' business: admin's
+        records = await self._store.read_tagged(streams, [tag(TagName.NOTIFICATION_ID, notification_id)])
         if not records:
             raise UnknownNotification(notification_id)
         return records

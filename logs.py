@@ -11,9 +11,14 @@ from typing import Any
 
 from settings import LogFormat
 
-QUIET = {"mail.log": logging.WARNING, "aiohttp.access": logging.WARNING, "psycopg.pool": logging.ERROR}
-"""The local sinks say a line per connection and per request, and the pool a line per connection lost (the outage is
-said once, elsewhere)."""
+QUIET = {
+    "mail.log": logging.WARNING,
+    "aiohttp.access": logging.WARNING,
+    "psycopg.pool": logging.ERROR,
+    "httpx": logging.WARNING,
+}
+"""The local sinks say a line per connection and per request, the pool a line per connection lost (the outage is
+said once, elsewhere), and httpx a line per request with its whole URL (a webhook's may hold credentials)."""
 
 _json = False
 

@@ -24,7 +24,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.contract import SEND_BROADCAST_CONCERN, WEBHOOK_CONCERN
+from activities.contract import SEND_BROADCAST_CONCERN, WEBHOOK_CONCERN, webhook_task_queue
 from domain import (
     BroadcastRequestedEvent,
     Channel,
@@ -44,7 +44,7 @@ from domain import (
     SucceededInSendingSlackMessageEvent,
 )
 from domain.webhooks import WebhookChannel, WebhookDelivery, WebhookEvent, WebhookEventData, WebhookEventType
-from intake import is_outage
+from intake import LOOK_BACK, is_outage
 from settings import Settings, one_line
 from streams import HandlingStatus, Record, StreamName, StreamStore
 from streams.store import unreadable
@@ -95,9 +95,8 @@ CHANNEL_OUTCOMES = {
 }
 FEEDBACK_OUTCOMES = {E.EMAIL_BOUNCED: "bounced", E.EMAIL_COMPLAINED: "complained"}
 
-LOOK_BACK = 1_000
-"""How far below the newest record seen each look reaches, in internal ids (PostgreSQL's records that commit out of
-id order); a full look, the first and every `FULL_LOOK_EVERY` looks, starts at the oldest enabled endpoint."""
+"""Each look reaches `intake.LOOK_BACK` ids below the newest record seen (PostgreSQL's records that commit out of id
+order); a full look, the first and every `FULL_LOOK_EVERY` looks, starts at the oldest enabled endpoint."""
 FULL_LOOK_EVERY = 600
 BATCH = 100
 
@@ -347,7 +346,7 @@ class WebhookDispatcher:
                 WebhookDeliveryWorkflow.run,
                 delivery,
                 id=delivery.webhook_id,
-                task_queue=self._settings.task_queue,
+                task_queue=webhook_task_queue(self._settings.task_queue),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
         except WorkflowAlreadyStartedError:

@@ -34,7 +34,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 import logs
 from activities.broadcast import BroadcastActivities
 from activities.channel_handler import FileBudget
-from activities.contract import broadcast_task_queue, channel_task_queue
+from activities.contract import broadcast_task_queue, channel_task_queue, webhook_task_queue
 from activities.email import EmailHandler
 from activities.failures import FailuresClassified
 from activities.notification import NotificationActivities
@@ -61,6 +61,10 @@ WORKFLOW_RUNNER = UnsandboxedWorkflowRunner()
 must be, or each saga imports them again), the sandbox refuses only what a workflow imports while it runs, which the
 saga does not; and its work at each activation cost a fifth of the worker's CPU per notification. The saga's
 determinism is checked by replaying its recorded histories (`tests/test_replay.py`)."""
+
+
+WEBHOOK_ATTEMPTS = 20
+"""Webhook deliveries' attempts under way at once, at most, in a worker."""
 
 
 class Serves(enum.StrEnum):
@@ -112,11 +116,7 @@ async def running_workers(
         broadcast.record_broadcast_ended,
     ]
     sagas: dict[Serves, tuple[str, list[type], list[Callable[..., Any]]]] = {
-        Serves.NOTIFICATIONS: (
-            settings.task_queue,
-            [NotificationSaga, WebhookDeliveryWorkflow],
-            [*saga_steps, webhook.deliver, webhook.record_failed],
-        ),
+        Serves.NOTIFICATIONS: (settings.task_queue, [NotificationSaga], saga_steps),
         Serves.BROADCASTS: (
             broadcast_task_queue(settings.task_queue),
             [NotificationSaga, BroadcastSaga],
@@ -137,6 +137,19 @@ async def running_workers(
                 interceptors=[classified],
             )
             for task_queue, workflows, activities in served
+        ),
+        *(
+            Worker(  # webhook deliveries, beside single notifications (never slowing them: a few slots of their own)
+                client,
+                task_queue=webhook_task_queue(settings.task_queue),
+                workflows=[WebhookDeliveryWorkflow],
+                workflow_runner=WORKFLOW_RUNNER,
+                activities=[webhook.deliver, webhook.record_failed],
+                max_concurrent_activities=WEBHOOK_ATTEMPTS,
+                graceful_shutdown_timeout=SHUTDOWN_GRACE,
+                interceptors=[classified],
+            )
+            for _ in range(serves != Serves.BROADCASTS)
         ),
         *(
             Worker(

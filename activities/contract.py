@@ -116,6 +116,15 @@ def broadcast_task_queue(task_queue: str) -> str:
     return f"{task_queue}{BROADCASTS_QUEUE_SUFFIX}"
 
 
+WEBHOOKS_QUEUE_SUFFIX = "-webhooks"
+
+
+def webhook_task_queue(task_queue: str) -> str:
+    """Webhook deliveries have a task queue of their own, beside `task_queue`, with a bounded number of attempts
+    under way: an endpoint that is slow to answer holds none of the sagas' slots."""
+    return f"{task_queue}{WEBHOOKS_QUEUE_SUFFIX}"
+
+
 def channel_task_queue(task_queue: str, channel: Channel) -> str:
     """Each channel's sends have a task queue of their own, so that each can have its own rate limit: one for the
     notifications of `task_queue` and those of its broadcasts (`broadcast_task_queue`), which go after the others

@@ -17,7 +17,7 @@ from activities.contract import DELIVER_WEBHOOK, RECORD_WEBHOOK_FAILED
 from domain import in_one_line, utc_now
 from domain.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from settings import Settings, one_line
-from streams import StreamName, StreamStore
+from streams import ExistingRecordStrategy, StreamName, StreamStore
 from streams.webhooks import ATTEMPT, attempt_tags, disabled_record, endpoint
 from webhooks import UnsafeUrl, checked_url, sign
 
@@ -34,7 +34,7 @@ class WebhookActivities:
         self._store = store
         self._settings = settings
         self._deliveries = store.writer(StreamName.WEBHOOK_DELIVERY)
-        self._http = httpx.AsyncClient(timeout=POST_TIMEOUT, follow_redirects=False)
+        self._http = httpx.AsyncClient(timeout=POST_TIMEOUT, follow_redirects=False, trust_env=False)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -46,7 +46,9 @@ class WebhookActivities:
         if found is None or found.disabled is not None:
             why = "the endpoint was removed" if found is None else "the endpoint is disabled"
             await self._record(delivery, attempt, DeliveryStatus.FAILED, error=why)
-            raise ApplicationError(why, type=NOT_DELIVERABLE, non_retryable=True)
+            raise ApplicationError(
+                why, type=NOT_DELIVERABLE, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+            )
         body = delivery.event.model_dump_json()
         timestamp = int(time.time())
         headers = {
@@ -59,7 +61,7 @@ class WebhookActivities:
             await checked_url(found.added.url, self._settings.webhook_allow_private)
             async with self._http.stream("POST", found.added.url, content=body.encode(), headers=headers) as response:
                 pass  # its status is all that is read: not its body, which may be of any size
-        except (UnsafeUrl, httpx.HTTPError, OSError) as error:
+        except (UnsafeUrl, httpx.HTTPError, httpx.InvalidURL, OSError) as error:
             await self._retrying(delivery, attempt, None, one_line(error) or type(error).__name__)
         if response.is_success:
             await self._record(delivery, attempt, DeliveryStatus.DELIVERED, response.status_code)
@@ -70,7 +72,9 @@ class WebhookActivities:
             await self._record(delivery, attempt, DeliveryStatus.FAILED, 410, why)
             await self._disable(delivery.endpoint_id, why)
             metrics.webhook_delivered(activity.metric_meter(), "failed")
-            raise ApplicationError(why, type=NOT_DELIVERABLE, non_retryable=True)
+            raise ApplicationError(
+                why, type=NOT_DELIVERABLE, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+            )
         await self._retrying(delivery, attempt, response.status_code, f"HTTP {response.status_code}")
 
     @activity.defn(name=RECORD_WEBHOOK_FAILED.name)
@@ -121,6 +125,15 @@ class WebhookActivities:
         await self._deliveries.put_all([(delivery.webhook_id, record, attempt_tags(record))])
 
     async def _disable(self, endpoint_id: str, reason: str) -> None:
-        await self._deliveries.put_all([disabled_record(endpoint_id, reason)])
-        metrics.webhook_disabled(activity.metric_meter())
-        log.warning("webhook endpoint %s is disabled: %s", endpoint_id, reason)
+        """Disable the endpoint, once: of attempts that find it failing at once, the first says so."""
+        record_id, disabled, tags = disabled_record(endpoint_id, reason)
+        once = ExistingRecordStrategy.DO_NOT_WRITE_IF_FOUND_BY_ID_AND_TYPE
+        put = await self._deliveries.put(record_id, disabled, tags=tags, strategy=once)
+        if put.internal_id is not None:
+            metrics.webhook_disabled(activity.metric_meter())
+            log.warning("webhook endpoint %s is disabled: %s", endpoint_id, reason)
+
+
+def _not_deliverable(why: str) -> ApplicationError:
+    """The failure of an attempt no retry would help (`NOT_DELIVERABLE`): benign, as its one log line is said."""
+    return ApplicationError(why, type=NOT_DELIVERABLE, non_retryable=True, category=ApplicationErrorCategory.BENIGN)

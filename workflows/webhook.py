@@ -40,7 +40,6 @@ class WebhookDeliveryWorkflow:
                     initial_interval=initial,
                     backoff_coefficient=2,
                     maximum_interval=max(RETRY_MAXIMUM, initial),
-                    non_retryable_error_types=["EndpointGone"],
                 ),
             )
             return True
