@@ -134,12 +134,12 @@ class Templates:
         lookup = _lookup(locale)
         source, used = self._source(name, lookup)
         label = f"template {name!r}" if used is None else f"template {name!r} ({_file_name(name, used)})"
+        parts, files = _parts(label, source)
         token = _rendering.set(
             _Rendering(
                 {"data": data, "entity": entity}, self.seconds, time.monotonic() + self.seconds, _babel_locale(lookup)
             )
         )
-        parts, files = _parts(label, source)
         try:
             rendered = {part: self._render_part(label, part, text, data, entity) for part, text in parts.items()}
         finally:
