@@ -404,7 +404,7 @@ class NotificationClient:
                 "body": rendered.text,
                 "html_body": rendered.html,
                 "slack_text": rendered.slack,
-                "template": TemplateUse(name=rendered.name, sha256=rendered.sha256),
+                "template": TemplateUse(name=rendered.name, sha256=rendered.sha256, locale=rendered.locale),
                 "attachments": [*content.get("attachments", []), *files],
             },
         )

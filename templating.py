@@ -1,4 +1,5 @@
-"""Templates: a notification's content rendered from NAME.yaml files with Jinja2, and the files they name."""
+"""Templates: a notification's content rendered from NAME.yaml files (NAME.LOCALE.yaml in a language) with Jinja2,
+and the files they name."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import time
 from collections.abc import Iterator, Mapping, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_datetime, format_time
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError, TemplateRuntimeError
 from jinja2.runtime import Context
@@ -21,6 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
 from domain import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, MAX_BODY_BYTES, MAX_REQUEST_BYTES
+from domain.model import LOCALE
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _REQUIRED = ("subject", "text")
@@ -34,6 +39,8 @@ MAX_VALUE_CHARS = MAX_REQUEST_BYTES
 """The longest string or list a template may build or look up (the whole request is at most this large)."""
 MAX_POWER_BITS = 4096
 """The largest integer `**` may make, in bits."""
+DEFAULT_LOCALE = Locale("en")
+"""The locale dates are formatted for when the entity has none (or none Babel knows)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ class _Rendering:
     seconds: float
     deadline: float
     """By when (`time.monotonic`) the rendering must have ended: `seconds` after it began."""
+    locale: Locale
+    """What the date filters format for: the entity's locale."""
 
 
 _rendering: ContextVar[_Rendering] = ContextVar("_rendering")
@@ -51,6 +60,10 @@ _rendering: ContextVar[_Rendering] = ContextVar("_rendering")
 
 class _TooMuch(Exception):
     """A rendering stopped: it ran too long or made too much."""
+
+
+class _NotADate(Exception):
+    """A date filter was given a value that is not a date."""
 
 
 class TemplateError(ValueError):
@@ -64,6 +77,8 @@ class Rendered:
     name: str
     sha256: str
     """The hex sha256 of the template file's bytes, as read for this rendering."""
+    locale: str | None
+    """The language tag of the file rendered, `NAME.LOCALE.yaml`; None for `NAME.yaml`."""
     subject: str
     text: str
     html: str | None
@@ -82,7 +97,8 @@ class TemplateFile:
 
 
 class Templates:
-    """The templates in a folder, each a file `NAME.yaml`; read again on every rendering."""
+    """The templates in a folder, each a file `NAME.yaml` and a file `NAME.LOCALE.yaml` for each language it is
+    written in (`welcome.de.yaml`, `welcome.pt-BR.yaml`); read again on every rendering."""
 
     def __init__(self, folder: Path, seconds: float = RENDER_SECONDS) -> None:
         self.folder = folder
@@ -96,42 +112,63 @@ class Templates:
         }
 
     def render(self, name: str, data: Mapping[str, Any], entity: Mapping[str, Any]) -> Rendered:
-        """Render the template `name` with the variables `data` (the request's JSON object) and `entity`, within
-        `seconds` and `MAX_BODY_BYTES` of output a part. It runs for as long as it takes: a caller on an event loop
-        runs it in a thread (`asyncio.to_thread`)."""
+        """Render the template `name` with the variables `data` (the request's JSON object) and `entity`, from its
+        file for the entity's `locale` (`_lookup`), within `seconds` and `MAX_BODY_BYTES` of output a part. It runs
+        for as long as it takes: a caller on an event loop runs it in a thread (`asyncio.to_thread`)."""
         if not _is_name(name):
             raise TemplateError(
                 f"template {name!r}: not a template name (a letter or digit, then up to 99 letters, digits, "
                 "'_', '.' or '-', without '..')"
             )
+        base, _, last = name.rpartition(".")
+        if base and LOCALE.fullmatch(last):
+            raise TemplateError(
+                f"template {name!r}: a name may not end in a language tag: {name}.yaml is template {base!r} "
+                f"in {last!r}, for entities whose locale is {last!r}"
+            )
         if not isinstance(data, Mapping):
             raise TemplateError(f"template {name!r}: data must be a JSON object")
-        try:
-            source = (self.folder / f"{name}.yaml").read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
-            raise TemplateError(f"template {name!r}: no such template") from None
+        locale = entity.get("locale")
+        if locale is not None and not (isinstance(locale, str) and LOCALE.fullmatch(locale)):
+            raise TemplateError(f"template {name!r}: the entity's locale {locale!r} is not a language tag")
+        lookup = _lookup(locale)
+        source, used = self._source(name, lookup)
+        label = f"template {name!r}" if used is None else f"template {name!r} ({_file_name(name, used)})"
+        parts, files = _parts(label, source)
         token = _rendering.set(
-            _Rendering({"data": data, "entity": entity}, self.seconds, time.monotonic() + self.seconds)
+            _Rendering(
+                {"data": data, "entity": entity}, self.seconds, time.monotonic() + self.seconds, _babel_locale(lookup)
+            )
         )
-        parts, files = _parts(name, source)
         try:
-            rendered = {part: self._render_part(name, part, text, data, entity) for part, text in parts.items()}
+            rendered = {part: self._render_part(label, part, text, data, entity) for part, text in parts.items()}
         finally:
             _rendering.reset(token)
         return Rendered(
             name=name,
             sha256=hashlib.sha256(source).hexdigest(),
+            locale=used,
             subject=rendered["subject"].strip(),
             text=rendered["text"],
             html=rendered.get("html"),
             slack=rendered.get("slack"),
-            files=[self._file(name, key, file) for key, named in files.items() for file in named],
+            files=[self._file(label, key, file) for key, named in files.items() for file in named],
         )
 
-    def _file(self, name: str, key: str, file: Mapping[str, str]) -> TemplateFile:
+    def _source(self, name: str, lookup: list[str]) -> tuple[bytes, str | None]:
+        """The bytes of the file of template `name` in the first of the language tags `lookup` it is written in,
+        else of `NAME.yaml`, and the tag of the file read (None for `NAME.yaml`)."""
+        for locale in (*lookup, None):
+            try:
+                return (self.folder / _file_name(name, locale)).read_bytes(), locale
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+        raise TemplateError(f"template {name!r}: no such template")
+
+    def _file(self, label: str, key: str, file: Mapping[str, str]) -> TemplateFile:
         """A file the template names by a path in the templates' folder (never outside it), a regular file of at most
-        `MAX_ATTACHMENT_BYTES` (no more is read)."""
-        where = f"template {name!r}, {key}: {file['path']!r}"
+        `MAX_ATTACHMENT_BYTES` (no more is read). `label` names the template in errors, as `template 'welcome'`."""
+        where = f"{label}, {key}: {file['path']!r}"
         folder = self.folder.resolve()
         path = (folder / file["path"]).resolve()
         if not path.is_relative_to(folder):
@@ -154,9 +191,9 @@ class Templates:
         )
 
     def _render_part(
-        self, name: str, part: str, source: str, data: Mapping[str, Any], entity: Mapping[str, Any]
+        self, label: str, part: str, source: str, data: Mapping[str, Any], entity: Mapping[str, Any]
     ) -> str:
-        where = f"template {name!r}, {part}"
+        where = f"{label}, {part}"
         try:
             template = self._environments[part].from_string(source)
         except TemplateSyntaxError as error:
@@ -167,6 +204,8 @@ class Templates:
             return _bounded(template.generate(data=data, entity=entity))
         except _TooMuch as error:
             raise TemplateError(f"{where}: stopped: {error}") from error
+        except _NotADate as error:
+            raise TemplateError(f"{where}: {error}") from error
         except SecurityError as error:
             raise TemplateError(f"{where}: not allowed: {_first_line(str(error)).rstrip('.')}") from error
         except UndefinedError as error:
@@ -201,40 +240,40 @@ def _sized(value: Any) -> Any:
     return value
 
 
-def _parts(name: str, source: bytes) -> tuple[dict[str, str], dict[str, list[dict[str, str]]]]:
-    """The parts of a template file, by key, and the files it names, by key, checked."""
+def _parts(label: str, source: bytes) -> tuple[dict[str, str], dict[str, list[dict[str, str]]]]:
+    """The parts of a template file, by key, and the files it names, by key, checked. `label` names the template
+    in errors."""
     try:
         content = yaml.safe_load(source.decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise TemplateError(f"template {name!r}: not UTF-8 ({error.reason} at byte {error.start})") from None
+        raise TemplateError(f"{label}: not UTF-8 ({error.reason} at byte {error.start})") from None
     except yaml.MarkedYAMLError as error:
         line = f" on line {error.problem_mark.line + 1}" if error.problem_mark else ""
-        raise TemplateError(f"template {name!r}: not valid YAML{line}: {_first_line(str(error.problem))}") from None
+        raise TemplateError(f"{label}: not valid YAML{line}: {_first_line(str(error.problem))}") from None
     except yaml.YAMLError as error:
-        raise TemplateError(f"template {name!r}: not valid YAML: {_first_line(str(error))}") from None
+        raise TemplateError(f"{label}: not valid YAML: {_first_line(str(error))}") from None
     if not isinstance(content, dict):
         raise TemplateError(
-            f"template {name!r}: must be a YAML mapping with keys subject, text and optionally "
-            "html, slack, attachments, inline"
+            f"{label}: must be a YAML mapping with keys subject, text and optionally html, slack, attachments, inline"
         )
     if unknown := [key for key in content if key not in (*_PARTS, *_FILES)]:
-        raise TemplateError(f"template {name!r}: unknown {_keys(unknown)} (allowed: {', '.join((*_PARTS, *_FILES))})")
+        raise TemplateError(f"{label}: unknown {_keys(unknown)} (allowed: {', '.join((*_PARTS, *_FILES))})")
     if absent := [key for key in _REQUIRED if key not in content]:
-        raise TemplateError(f"template {name!r}: missing required {_keys(absent)}")
+        raise TemplateError(f"{label}: missing required {_keys(absent)}")
     parts = {part: value for part, value in content.items() if part in _PARTS}
     for part, value in parts.items():
         if not isinstance(value, str):
-            raise TemplateError(f"template {name!r}, {part}: must be a string, not {_type(value)}")
-    files = {key: _files(name, key, content[key]) for key in _FILES if key in content}
+            raise TemplateError(f"{label}, {part}: must be a string, not {_type(value)}")
+    files = {key: _files(label, key, content[key]) for key in _FILES if key in content}
     if (count := sum(map(len, files.values()))) > MAX_ATTACHMENTS:
-        raise TemplateError(f"template {name!r}: at most {MAX_ATTACHMENTS} files, not {count}")
+        raise TemplateError(f"{label}: at most {MAX_ATTACHMENTS} files, not {count}")
     return parts, files
 
 
-def _files(name: str, key: str, value: object) -> list[dict[str, str]]:
+def _files(label: str, key: str, value: object) -> list[dict[str, str]]:
     """The files under `key` (`_FILES`): a list of mappings of text, each with a path (and an inline image's content
     id)."""
-    where = f"template {name!r}, {key}"
+    where = f"{label}, {key}"
     shape = f"a list of {{{', '.join(_FILES[key])}}}"
     if not isinstance(value, list):
         raise TemplateError(f"{where}: must be {shape}, not {_type(value)}")
@@ -258,6 +297,66 @@ def _is_name(name: str) -> bool:
     return _NAME.fullmatch(name) is not None and ".." not in name
 
 
+def _file_name(name: str, locale: str | None) -> str:
+    """The file of template `name` in the language `locale`, or its file for any other (None)."""
+    return f"{name}.yaml" if locale is None else f"{name}.{locale}.yaml"
+
+
+def _lookup(locale: str | None) -> list[str]:
+    """The language tags a template is looked up by for `locale`, most specific first, one subtag less each:
+    `zh-Hant-TW`, `zh-Hant`, `zh`."""
+    if locale is None:
+        return []
+    subtags = locale.split("-")
+    return ["-".join(subtags[:count]) for count in range(len(subtags), 0, -1)]
+
+
+def _babel_locale(lookup: list[str]) -> Locale:
+    """The first of the language tags `lookup` that Babel has data for, else `DEFAULT_LOCALE`."""
+    for tag in lookup:
+        try:
+            return Locale.parse(tag, sep="-")
+        except UnknownLocaleError:
+            continue
+    return DEFAULT_LOCALE
+
+
+def _moment(value: object, filter: str) -> datetime:
+    """`value`, an ISO 8601 string, a `datetime` or a `date`, as a `datetime` with a time zone: UTC if it has none."""
+    if isinstance(value, _Undefined):
+        value._fail_with_undefined_error()
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise _NotADate(f"{filter}: {value[:64]!r} is not an ISO 8601 date or date and time") from None
+    else:
+        raise _NotADate(f"{filter}: {_type(value)} is not a date or an ISO 8601 string")
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _date(value: Any, format: str = "medium") -> str:
+    """The filter `date`: `value`'s date (at its own offset) for the entity's locale, in `format`: `short`, `medium`,
+    `long`, `full` or a CLDR pattern (`d MMMM y`)."""
+    return format_date(_moment(value, "date").date(), format, locale=_rendering.get().locale)
+
+
+def _datetime(value: Any, format: str = "medium") -> str:
+    """The filter `datetime`: `value`'s date and time, at its own offset (UTC if it has none), as `date`."""
+    moment = _moment(value, "datetime")
+    return format_datetime(moment, format, tzinfo=moment.tzinfo, locale=_rendering.get().locale)
+
+
+def _time(value: Any, format: str = "medium") -> str:
+    """The filter `time`: `value`'s time, at its own offset (UTC if it has none), as `date`."""
+    moment = _moment(value, "time")
+    return format_time(moment, format, tzinfo=moment.tzinfo, locale=_rendering.get().locale)
+
+
 def _first_line(text: str) -> str:
     return text.partition("\n")[0]
 
@@ -273,6 +372,10 @@ class _Environment(ImmutableSandboxedEnvironment):
     multiplication is bounded: in time (a loop looks up what it loops over), and in size."""
 
     intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.filters.update(date=_date, datetime=_datetime, time=_time)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         _in_time()

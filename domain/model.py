@@ -162,6 +162,8 @@ class TemplateUse(Model):
 
     name: str
     sha256: str
+    locale: str | None = Field(default=None, exclude_if=lambda locale: locale is None)
+    """The language tag of the file rendered, `NAME.LOCALE.yaml`; None for `NAME.yaml`."""
 
 
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,127}")

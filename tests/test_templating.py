@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
+from domain import TemplateUse
+from sinks.mail import MailSink
 from templating import Rendered, TemplateError, TemplateFile, Templates
+from tests.service import Api
 
 SHIPPED = Path(__file__).resolve().parents[1] / "message_templates"
 ENTITY = {"id": "user-1", "name": "Ada", "email": "test@example.com"}
@@ -52,6 +55,7 @@ def test_all_four_parts_are_rendered(tmp_path: Path) -> None:
         html="<p>billing for test@example.com</p>",
         slack="*billing* 2.1",
         files=[],
+        locale=None,
     )
 
 
@@ -329,3 +333,195 @@ def test_a_file_a_template_cannot_name(tmp_path: Path, files: str, message: str)
     write(folder, "x", f"subject: s\ntext: t\n{files}\n")
 
     assert message in error(Templates(folder), "x")
+
+
+def test_an_entity_gets_the_file_in_its_language(tmp_path: Path) -> None:
+    write(tmp_path, "x", "subject: Hello {{ entity.name }}\ntext: t\n")
+    german = write(tmp_path, "x.de", "subject: Hallo {{ entity.name }}\ntext: t\n")
+
+    rendered = Templates(tmp_path).render("x", {}, {**ENTITY, "locale": "de"})
+
+    assert (rendered.name, rendered.locale, rendered.subject) == ("x", "de", "Hallo Ada")
+    assert rendered.sha256 == hashlib.sha256(german.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("files", "locale", "used"),
+    [
+        (["pt-BR", "pt"], "pt-BR", "pt-BR"),
+        (["pt"], "pt-BR", "pt"),
+        (["pt-BR"], "pt-PT", None),
+        (["pt"], "pt", "pt"),
+        (["de"], "pt-BR", None),
+        (["pt", "de"], None, None),
+        (["zh-Hant", "zh"], "zh-Hant-TW", "zh-Hant"),
+        (["zh"], "zh-Hant-TW", "zh"),
+    ],
+)
+def test_a_language_falls_back_one_subtag_at_a_time_then_to_the_default(
+    tmp_path: Path, files: list[str], locale: str | None, used: str | None
+) -> None:
+    write(tmp_path, "x", "subject: default\ntext: t\n")
+    for tag in files:
+        write(tmp_path, f"x.{tag}", f"subject: {tag}\ntext: t\n")
+    entity = ENTITY if locale is None else {**ENTITY, "locale": locale}
+
+    rendered = Templates(tmp_path).render("x", {}, entity)
+
+    assert (rendered.locale, rendered.subject) == (used, used or "default")
+
+
+def test_a_template_only_in_one_language_is_no_template_for_the_others(tmp_path: Path) -> None:
+    write(tmp_path, "x.de", "subject: Hallo\ntext: t\n")
+    templates = Templates(tmp_path)
+
+    assert templates.render("x", {}, {"locale": "de-AT"}).subject == "Hallo"
+    assert error(templates, "x", entity={"locale": "fr"}) == "template 'x': no such template"
+    assert error(templates, "x") == "template 'x': no such template"
+
+
+@pytest.mark.parametrize(
+    ("name", "tag"), [("welcome.de", "de"), ("welcome.pt-BR", "pt-BR"), ("a.b.zh-Hant-TW", "zh-Hant-TW")]
+)
+def test_a_name_ending_in_a_language_tag_is_refused(tmp_path: Path, name: str, tag: str) -> None:
+    write(tmp_path, name, "subject: s\ntext: t\n")
+
+    assert error(Templates(tmp_path), name) == (
+        f"template {name!r}: a name may not end in a language tag: {name}.yaml is template "
+        f"{name.removesuffix('.' + tag)!r} in {tag!r}, for entities whose locale is {tag!r}"
+    )
+
+
+@pytest.mark.parametrize("name", ["release.v2", "notes.2025", "digest.daily", "de"])
+def test_a_name_with_dots_not_ending_in_a_language_tag_is_a_name(tmp_path: Path, name: str) -> None:
+    write(tmp_path, name, "subject: s\ntext: t\n")
+
+    assert Templates(tmp_path).render(name, {}, {"locale": "de"}).name == name
+
+
+@pytest.mark.parametrize("locale", ["../x", "DE", 3])
+def test_an_entity_locale_that_is_not_a_language_tag_is_refused(tmp_path: Path, locale: object) -> None:
+    write(tmp_path, "x", "subject: s\ntext: t\n")
+
+    assert error(Templates(tmp_path), "x", entity={"locale": locale}) == (
+        f"template 'x': the entity's locale {locale!r} is not a language tag"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            "subject: [s\ntext: t\n",
+            "template 'x' (x.de.yaml): not valid YAML on line 2: expected ',' or ']', but got ':'",
+        ),
+        ("subject: s\ntext: '{{ data.y }}'\n", "template 'x' (x.de.yaml), text: data.y is undefined"),
+        (
+            "subject: s\ntext: t\nattachments: [{path: absent.pdf}]\n",
+            "template 'x' (x.de.yaml), attachments: 'absent.pdf': No such file or directory",
+        ),
+    ],
+)
+def test_an_error_in_a_language_file_names_that_file(tmp_path: Path, content: str, message: str) -> None:
+    write(tmp_path, "x", "subject: s\ntext: t\n")
+    write(tmp_path, "x.de", content)
+
+    assert error(Templates(tmp_path), "x", entity={"locale": "de"}) == message
+
+
+@pytest.mark.parametrize(
+    ("source", "locale", "text"),
+    [
+        ("{{ data.when | date }}", None, "Dec 6, 2026"),
+        ("{{ data.when | date }}", "en", "Dec 6, 2026"),
+        ("{{ data.when | date }}", "de", "06.12.2026"),
+        ("{{ data.when | date('long') }}", "de", "6. Dezember 2026"),
+        ("{{ data.when | date(format='d. MMM') }}", "de", "6. Dez."),
+        ("{{ data.when | date }}", "pt-BR", "6 de dez. de 2026"),
+        ("{{ data.when | date }}", "de-XX", "06.12.2026"),  # Babel knows no de_XX: de
+        ("{{ data.when | date }}", "xx", "Dec 6, 2026"),  # nor xx: en
+        ("{{ data.when | datetime }}", "en", "Dec 6, 2026, 11:30:00\u202fPM"),
+        ("{{ data.when | datetime('short') }}", "de", "06.12.26, 23:30"),
+        ("{{ data.when | time('short') }}", "de", "23:30"),
+        ("{{ data.day | date('long') }}", "en", "December 6, 2026"),
+        ("{{ data.day | datetime('short') }}", "de", "06.12.26, 00:00"),
+    ],
+)
+def test_dates_are_formatted_for_the_entitys_locale(tmp_path: Path, source: str, locale: str | None, text: str) -> None:
+    write(tmp_path, "x", yaml.safe_dump({"subject": "s", "text": source}))
+    entity = ENTITY if locale is None else {**ENTITY, "locale": locale}
+
+    rendered = Templates(tmp_path).render("x", {"when": "2026-12-06T23:30:00Z", "day": "2026-12-06"}, entity)
+
+    assert rendered.text == text
+
+
+@pytest.mark.parametrize(
+    ("when", "text"),
+    [
+        ("2026-12-06T23:30:00", "Dec 6, 2026 · 11:30\u202fPM"),  # no offset: UTC
+        ("2026-12-06T23:30:00+00:00", "Dec 6, 2026 · 11:30\u202fPM"),
+        ("2026-12-07T01:30:00+02:00", "Dec 7, 2026 · 1:30\u202fAM"),  # its own offset, not UTC's
+        ("2026-12-06T18:30:00-05:00", "Dec 6, 2026 · 6:30\u202fPM"),
+    ],
+)
+def test_a_time_is_shown_at_its_own_offset_or_in_utc(tmp_path: Path, when: str, text: str) -> None:
+    write(tmp_path, "x", "subject: s\ntext: \"{{ data.when | date }} · {{ data.when | time('short') }}\"\n")
+
+    assert Templates(tmp_path).render("x", {"when": when}, ENTITY).text == text
+
+
+@pytest.mark.parametrize(
+    ("source", "data", "message"),
+    [
+        ("{{ data.when | date }}", {"when": "6/12/2026"}, "date: '6/12/2026' is not an ISO 8601 date or date and time"),
+        ("{{ data.when | time }}", {"when": 1765063800}, "time: int is not a date or an ISO 8601 string"),
+        ("{{ data.when | datetime }}", {"when": None}, "datetime: null is not a date or an ISO 8601 string"),
+        ("{{ data.when | date }}", {}, "data.when is undefined"),
+    ],
+)
+def test_a_date_filter_given_what_is_not_a_date(
+    tmp_path: Path, source: str, data: dict[str, Any], message: str
+) -> None:
+    write(tmp_path, "x", yaml.safe_dump({"subject": "s", "text": source}))
+
+    assert error(Templates(tmp_path), "x", data) == f"template 'x', text: {message}"
+
+
+def test_a_template_use_without_a_locale_is_recorded_as_before() -> None:
+    before = {"name": "welcome", "sha256": "0" * 64}
+
+    assert TemplateUse.model_validate(before).model_dump(mode="json") == before
+    assert TemplateUse(name="welcome", sha256="0" * 64, locale="de").model_dump(mode="json") == {
+        **before,
+        "locale": "de",
+    }
+
+
+def test_the_shipped_welcome_template_is_in_german_for_a_german_entity() -> None:
+    rendered = Templates(SHIPPED).render("welcome", {"service": "Billing", "version": "2"}, {**ENTITY, "locale": "de"})
+
+    assert (rendered.subject, rendered.locale) == ("Willkommen bei Billing 2, Ada", "de")
+    assert rendered.sha256 == hashlib.sha256((SHIPPED / "welcome.de.yaml").read_bytes()).hexdigest()
+
+
+async def test_a_german_entity_is_mailed_the_german_template_over_the_api(api: Api, mail_sink: MailSink) -> None:
+    entry = {"name": "Eva", "email": "eva@example.com", "channels": {"email": "send"}, "locale": "de"}
+    assert (await api.call("PUT", "/v1/entities/user-de", json=entry)).status_code == 200
+
+    sent = await api.call(
+        "POST",
+        "/v1/notifications",
+        json={"entity": "user-de", "template": "welcome", "data": {"service": "Billing", "version": "2.0"}},
+    )
+
+    assert sent.status_code == 202, sent.text
+    assert (await api.outcome(sent.json()["id"]))["status"] == "sent"
+    [mail] = mail_sink.messages
+    assert mail.message["Subject"] == "Willkommen bei Billing 2.0, Eva"
+    events = (await api.call("GET", f"/v1/notifications/{sent.json()['id']}/events")).json()
+    assert events[0]["payload"]["operation"]["template"] == {
+        "name": "welcome",
+        "sha256": hashlib.sha256((SHIPPED / "welcome.de.yaml").read_bytes()).hexdigest(),
+        "locale": "de",
+    }
