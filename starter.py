@@ -33,19 +33,24 @@ from domain import (
     MAX_ATTACHMENTS_BYTES,
     SEND_AT_EARLIEST,
     SEND_AT_LATEST,
+    Category,
     Channel,
+    ChannelPreference,
     DirectoryEntry,
     NotificationStatus,
     SendNotificationToEntityOp,
     SuppressionSource,
     Tag,
+    category_preference,
     validation_message,
 )
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from streams import StreamName, StreamStore
 from streams.directory import (
+    OPERATOR,
     UnknownEntities,
     change_members,
+    change_preferences,
     entry_or_why,
     import_entries,
     members,
@@ -82,6 +87,8 @@ topic_app = command_group("Topics: named sets of entities that a notification ca
 app.add_typer(topic_app, name="topic")
 streams_app = command_group("The streams themselves: retention.")
 app.add_typer(streams_app, name="streams")
+preferences_app = command_group("An entity's preferences: which categories it gets on which channel.")
+app.add_typer(preferences_app, name="preferences")
 suppression_app = command_group("The suppression list: email addresses that are not sent to.")
 app.add_typer(suppression_app, name="suppression")
 webhook_app = command_group("Webhooks out: endpoints told, signed, how each notification went.")
@@ -799,6 +806,58 @@ async def directory_show(entity_id: Id) -> None:
     if isinstance(entry, str):
         raise CliError(f"cannot read the entry of entity {entity_id!r}: {entry}")
     print_json(entry.model_dump(mode="json", exclude_none=True))
+
+
+@preferences_app.command("show")
+@run_async
+async def preferences_show(entity_id: Id, as_json: JsonOption = False) -> None:
+    """What entity ID gets of each category on each of its channels: `send` or `off`, and why."""
+    settings = load_settings()
+    categories = settings.categories()
+    async with settings.open_streams() as store:
+        entry = await entry_or_why(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
+    if entry is None:
+        raise CliError(f"no entity with id {entity_id!r}")
+    if isinstance(entry, str):
+        raise CliError(f"cannot read the entry of entity {entity_id!r}: {entry}")
+    named = [*categories.values(), *(Category(name=n) for n in entry.preferences if n not in categories)]
+    decided = {c.name: {ch: _decided(entry, c, ch) for ch in Channel if ch in entry.channels} for c in named}
+    if as_json:
+        print_json({"entity_id": entity_id, "preferences": entry.preferences, "decided": decided})
+        return
+    if not decided:
+        print(f"no categories: NOTIFY_CATEGORIES_FILE names them, and {entity_id!r} has no preferences")
+    for name, channels in decided.items():
+        print(f"{name:<24} " + "  ".join(f"{channel}: {said}" for channel, said in channels.items()))
+
+
+def _decided(entry: DirectoryEntry, category: Category, channel: Channel) -> str:
+    if entry.channels[channel] != ChannelPreference.SEND:
+        return "off (the entity's channel switch)"
+    why = category_preference(entry, category, channel)
+    return "send" if why is None else f"off ({why.split(': ', 1)[1]})"
+
+
+@preferences_app.command("set")
+@run_async
+async def preferences_set(
+    entity_id: Id,
+    category: Annotated[str, argument("CATEGORY")],
+    channel: Annotated[Channel, argument("CHANNEL")],
+    preference: Annotated[ChannelPreference, argument("send|opted-out")],
+) -> None:
+    """Set entity ID's preference for CATEGORY on CHANNEL (recorded with who made it: an operator)."""
+    settings = load_settings()
+    if category not in settings.categories():
+        raise CliError(f"{category!r} is not a configured category (NOTIFY_CATEGORIES_FILE)", 2)
+    async with settings.open_streams(as_owner=True) as owner:  # only the owner of the streams writes the directory
+        try:
+            changed = await change_preferences(owner, entity_id, {category: {channel: preference}}, OPERATOR)
+        except ValidationError as error:
+            raise CliError(validation_message(error), 2) from error
+    if changed is None:
+        raise CliError(f"no entity with id {entity_id!r}")
+    print(f"{entity_id}: {category} on {channel}: {preference}")
 
 
 Topic = Annotated[str, argument("NAME")]

@@ -152,6 +152,7 @@ from domain.stages import (
     SendEmailOp,
     SendSlackMessageOp,
     StageOutcomes,
+    category_preference,
     get_delivery_channel_configs,
 )
 from domain.views import (
@@ -301,6 +302,7 @@ __all__ = [
     "admitted",
     "admitted_idempotency_key",
     "checked_email_address",
+    "category_preference",
     "get_delivery_channel_configs",
     "in_one_line",
     "notification_tags",

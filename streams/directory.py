@@ -146,32 +146,33 @@ def _tags(entry: DirectoryEntry) -> list[Tag]:
     return tags
 
 
-async def change_preference(
-    store: StreamStore, entity_id: str, category: str, channel: Channel, preference: ChannelPreference, by: str
+OPERATOR = "operator"
+"""Who a change made with an admin key, or on the command line, is recorded as made by."""
+
+
+async def change_preferences(
+    store: StreamStore,
+    entity_id: str,
+    preferences: Mapping[str, Mapping[Channel, ChannelPreference]],
+    by: str,
 ) -> DirectoryEntry | None:
-    """Set the entity's preference for `category` on `channel`: its new entry and the change, in one write (none
-    when it was so already); None for an entity the directory does not have. Only the owner of the streams writes
-    the directory (`store` as it)."""
+    """Set the entity's preferences given (per category, per channel; the others stay): its new entry and a
+    `PreferenceChanged` for each one that changed, in one write (none when nothing did); None for an entity the
+    directory does not have. Only the owner of the streams writes the directory (`store` as it)."""
     entry = await lookup(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
     if entry is None:
         return None
-    preferences = {name: dict(channels) for name, channels in entry.preferences.items()}
-    if preferences.get(category, {}).get(channel) == preference:
+    now = {name: dict(channels) for name, channels in entry.preferences.items()}
+    changes = []
+    for category, channels in preferences.items():
+        for channel, preference in channels.items():
+            if now.get(category, {}).get(channel) != preference:
+                now.setdefault(category, {})[channel] = preference
+                said = {"category": category, "channel": channel, "preference": preference, "by": by}
+                change = admitted(PreferenceChanged, {"entity_id": entity_id, **said, "timestamp_utc": utc_now()})
+                changes.append((f"{entity_id}/preferences", change, [_entity(entity_id)]))
+    if not changes:
         return entry
-    preferences.setdefault(category, {})[channel] = preference
-    changed = entry.model_copy(update={"preferences": preferences})
-    change = admitted(
-        PreferenceChanged,
-        {
-            "entity_id": entity_id,
-            "category": category,
-            "channel": channel,
-            "preference": preference,
-            "by": by,
-            "timestamp_utc": utc_now(),
-        },
-    )
-    await store.writer(StreamName.ENTITY_DIRECTORY).put_all(
-        [(entity_id, changed, _tags(changed)), (f"{entity_id}/preferences", change, [_entity(entity_id)])]
-    )
+    changed = admitted(DirectoryEntry, entry.model_copy(update={"preferences": now}).model_dump())
+    await store.writer(StreamName.ENTITY_DIRECTORY).put_all([(entity_id, changed, _tags(changed)), *changes])
     return changed

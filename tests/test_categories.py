@@ -116,13 +116,15 @@ def test_everything_opted_out_ends_opted_out_and_a_channel_switched_off_stays_of
         ("- [unclosed\n", "while parsing"),
     ],
 )
-def test_a_categories_file_that_cannot_be_used_stops_the_worker_in_one_line(
-    tmp_path: Path, written: str, said: str
-) -> None:
+def test_a_categories_file_that_cannot_be_used_is_said_in_one_line(tmp_path: Path, written: str, said: str) -> None:
     (tmp_path / "categories.yaml").write_text(written)
     with pytest.raises(ConfigurationError, match=said) as refused:
         Settings(_env_file=None, categories_file=tmp_path / "categories.yaml").categories()
     assert "\n" not in str(refused.value)
+
+
+def test_a_worker_with_a_categories_file_it_cannot_use_stops_at_once(tmp_path: Path) -> None:
+    (tmp_path / "categories.yaml").write_text("- {name: a}\n- {name: a}\n")
     worker = subprocess.run(
         [sys.executable, str(ROOT / "worker.py")],
         env={**unconfigured_environment(), "NOTIFY_CATEGORIES_FILE": str(tmp_path / "categories.yaml")},
@@ -184,3 +186,62 @@ def _claims_of(url: str, **changed: str) -> str:
     claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     altered = json.dumps({**claims, **changed}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(altered).rstrip(b"=").decode()
+
+
+@ON_BOTH_BACKENDS
+async def test_preferences_are_set_over_the_api_and_the_next_notification_obeys_them(
+    api: Api, owner: StreamStore, slack_sink: SlackSink
+) -> None:
+    await import_entries(owner, [reader()])
+    put = await api.call("PUT", "/v1/entities/reader/preferences", json={"billing": {"slack": "opted-out"}})
+    assert put.status_code == 200, put.text
+    assert put.json()["preferences"] == {"billing": {"slack": "opted-out"}}
+    billing = await _notified(api, "billing")
+    assert (billing["channels"]["email"]["outcome"], billing["channels"]["slack"]["outcome"]) == (
+        "succeeded",
+        "opted_out",
+    )
+    assert slack_sink.messages == []
+    for body, key, status in [
+        ({"sales": {"email": "opted-out"}}, "all", 422),
+        ({"billing": {"fax": "opted-out"}}, "all", 422),
+        ({"billing": {"email": "opted-out"}}, "reader", 403),
+    ]:
+        refused = await api.call("PUT", "/v1/entities/reader/preferences", key=key, json=body)
+        assert refused.status_code == status, (body, refused.text)
+    missing = await api.call("PUT", "/v1/entities/nobody/preferences", json={"billing": {"email": "send"}})
+    assert missing.status_code == 404
+    assert (await api.call("GET", "/v1/entities/reader")).json()["preferences"] == {"billing": {"slack": "opted-out"}}
+
+
+async def test_the_command_line_shows_and_sets_preferences(
+    store: StreamStore, owner: StreamStore, settings: Settings
+) -> None:
+    await import_entries(owner, [reader(marketing={"email": "opted-out"})])
+    env = {
+        **unconfigured_environment(),
+        "NOTIFY_STREAMS_URL": settings.streams_location,
+        "NOTIFY_CATEGORIES_FILE": str(settings.categories_file),
+    }
+
+    def starter(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(ROOT / "starter.py"), "preferences", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    shown = starter("show", "reader").stdout.splitlines()
+    assert shown == [
+        f"{'billing':<24} email: send  slack: send",
+        f"{'marketing':<24} email: off (opted out of 'marketing' (the entity's preference))  slack: send",
+        f"{'digest':<24} email: send  slack: off ('digest' is off by default (the category's))",
+        f"{'security':<24} email: send  slack: send",
+    ]
+    assert starter("set", "reader", "digest", "slack", "send").stdout == "reader: digest on slack: send\n"
+    decided = json.loads(starter("show", "reader", "--json").stdout)["decided"]
+    assert decided["digest"] == {"email": "send", "slack": "send"}
+    for args, said in [
+        (("set", "reader", "sales", "email", "send"), "error: 'sales' is not a configured category"),
+        (("set", "nobody", "digest", "email", "send"), "error: no entity with id 'nobody'"),
+        (("set", "reader", "digest", "fax", "send"), "Invalid value for 'CHANNEL'"),
+    ]:
+        refused = starter(*args)
+        assert refused.returncode != 0 and said in refused.stderr, (args, refused.stderr)

@@ -95,14 +95,19 @@ async def receivers() -> AsyncIterator[list[Receiver]]:
     await runner.cleanup()
 
 
+RETRY_WINDOW = 8
+"""Seconds a delivery is tried for here (a day by default)."""
+
+
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Receivers on loopback, retries quick (a delivery is given up on after 15 seconds), and an internal team."""
+    """Receivers on loopback, retries quick (a delivery is given up on after `RETRY_WINDOW` seconds), and an internal
+    team."""
     return settings.model_copy(
         update={
             "webhook_allow_private": True,
             "webhook_retry_initial_seconds": 0.2,
-            "webhook_retry_hours": 15 / 3600,
+            "webhook_retry_hours": RETRY_WINDOW / 3600,
             "internal_team_email": "team@example.com",
             "mailgun_signing_key": SecretStr(SIGNING_KEY),
         }
@@ -356,7 +361,8 @@ async def test_an_endpoint_gone_is_disabled_at_once_and_one_failing_for_the_retr
     assert len(gone.received) == 1  # never retried
     assert not await disabled(failing_id)
     await eventually(lambda: disabled(failing_id), timeout=60)
-    assert (await state(failing_id))["disabled_reason"] == f"deliveries failed for {15 / 3600:g} hours (last: HTTP 500)"
+    window = f"{RETRY_WINDOW / 3600:g} hours"
+    assert (await state(failing_id))["disabled_reason"] == f"deliveries failed for {window} (last: HTTP 500)"
     assert len({i for i, _, _ in failing.received}) == 1 and len(failing.received) >= 3  # one delivery, retried
     [delivery] = (await api.call("GET", f"/v1/webhooks/{failing_id}/deliveries")).json()
     assert (delivery["status"], delivery["http_status"]) == ("failed", 500)

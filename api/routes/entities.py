@@ -1,4 +1,4 @@
-"""The entity directory: record an entity, read one."""
+"""The entity directory: record an entity, read one, set its preferences."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pydantic import ValidationError
 from api.deps import AppParts, KeyFirst, needs
 from api.keys import Scope
 from api.problems import Problem, problems
-from domain import DirectoryEntry, admitted, validation_message
+from domain import Channel, ChannelPreference, DirectoryEntry, admitted, validation_message
 from streams import StreamName
-from streams.directory import import_entries, lookup
+from streams.directory import OPERATOR, change_preferences, import_entries, lookup
 
 router = APIRouter(prefix="/v1/entities", route_class=KeyFirst, tags=["directory"], responses=problems(401, 403, 422))
 
@@ -32,6 +32,29 @@ async def put_entity(entity_id: str, entry: dict[str, Any], app: AppParts) -> Di
         raise Problem(422, validation_message(error)) from error
     await import_entries(app.owner, [recorded])  # only the owner of the streams writes the directory
     return recorded
+
+
+@router.put(
+    "/{entity_id}/preferences",
+    dependencies=[needs(Scope.ADMIN)],
+    response_model_exclude_none=True,
+    responses=problems(404),
+    summary="Set an entity's preferences",
+)
+async def put_preferences(
+    entity_id: str, preferences: dict[str, dict[Channel, ChannelPreference]], app: AppParts
+) -> DirectoryEntry:
+    """Per category, per channel, `send` or `opted-out`: those given are set, the others stay. `422` for a
+    category `NOTIFY_CATEGORIES_FILE` does not configure."""
+    if unknown := sorted(set(preferences) - set(app.settings.categories())):
+        raise Problem(422, f"not a configured category: {', '.join(map(repr, unknown))}")
+    try:
+        changed = await change_preferences(app.owner, entity_id, preferences, OPERATOR)
+    except ValidationError as error:
+        raise Problem(422, validation_message(error)) from error
+    if changed is None:
+        raise Problem(404, f"no entity with id {entity_id!r}")
+    return changed
 
 
 @router.get(

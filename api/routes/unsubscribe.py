@@ -16,7 +16,7 @@ from api.routes.page import SECURITY_HEADERS, templates
 from domain import ChannelPreference
 from links import UNSUBSCRIBE, InvalidLink, LinkClaims, read_link
 from settings import Settings
-from streams.directory import change_preference
+from streams.directory import change_preferences
 
 router = APIRouter(prefix="/v1/unsubscribe", tags=["preferences"], responses=problems(403, 404))
 log = logging.getLogger("notify.api")
@@ -39,9 +39,8 @@ async def unsubscribe(token: str, request: Request, app: AppParts) -> Response:
     claims = _claims(app.settings, token)
     if isinstance(claims, Response):
         return claims
-    changed = await change_preference(
-        app.owner, claims.entity_id, claims.category, claims.channel, ChannelPreference.OPTED_OUT, ONE_CLICK
-    )
+    opted_out = {claims.category: {claims.channel: ChannelPreference.OPTED_OUT}}
+    changed = await change_preferences(app.owner, claims.entity_id, opted_out, ONE_CLICK)
     if changed is None:
         return _page(request, claims, refused="The entity this link was sent to is not in the directory.", status=404)
     log.info("entity %s opted out of %r on %s (one click)", claims.entity_id, claims.category, claims.channel)
