@@ -396,6 +396,8 @@ class NotificationClient:
             self._templates.render, template, data or {}, entry.model_dump(mode="json", exclude_none=True)
         )
         files = [attachment(f.filename, f.content, f.content_type, f.content_id) for f in rendered.files]
+        category = content.get("category") or rendered.category
+        self.check_category(category)
         operation = admitted(
             SendNotificationToEntityOp,
             {
@@ -405,6 +407,7 @@ class NotificationClient:
                 "html_body": rendered.html,
                 "slack_text": rendered.slack,
                 "template": TemplateUse(name=rendered.name, sha256=rendered.sha256, locale=rendered.locale),
+                "category": category,
                 "attachments": [*content.get("attachments", []), *files],
             },
         )

@@ -84,6 +84,8 @@ class Rendered:
     html: str | None
     slack: str | None
     files: list[TemplateFile]
+    category: str | None = None
+    """The category the template sets (`category:`), which a request's own overrides."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class Templates:
         lookup = _lookup(locale)
         source, used = self._source(name, lookup)
         label = f"template {name!r}" if used is None else f"template {name!r} ({_file_name(name, used)})"
-        parts, files = _parts(label, source)
+        parts, files, category = _parts(label, source)
         token = _rendering.set(
             _Rendering(
                 {"data": data, "entity": entity}, self.seconds, time.monotonic() + self.seconds, _babel_locale(lookup)
@@ -153,6 +155,7 @@ class Templates:
             html=rendered.get("html"),
             slack=rendered.get("slack"),
             files=[self._file(label, key, file) for key, named in files.items() for file in named],
+            category=category,
         )
 
     def _source(self, name: str, lookup: list[str]) -> tuple[bytes, str | None]:
@@ -240,9 +243,9 @@ def _sized(value: Any) -> Any:
     return value
 
 
-def _parts(label: str, source: bytes) -> tuple[dict[str, str], dict[str, list[dict[str, str]]]]:
-    """The parts of a template file, by key, and the files it names, by key, checked. `label` names the template
-    in errors."""
+def _parts(label: str, source: bytes) -> tuple[dict[str, str], dict[str, list[dict[str, str]]], str | None]:
+    """The parts of a template file, by key, the files it names, by key, and the category it sets, checked. `label`
+    names the template in errors."""
     try:
         content = yaml.safe_load(source.decode("utf-8"))
     except UnicodeDecodeError as error:
@@ -256,8 +259,11 @@ def _parts(label: str, source: bytes) -> tuple[dict[str, str], dict[str, list[di
         raise TemplateError(
             f"{label}: must be a YAML mapping with keys subject, text and optionally html, slack, attachments, inline"
         )
-    if unknown := [key for key in content if key not in (*_PARTS, *_FILES)]:
-        raise TemplateError(f"{label}: unknown {_keys(unknown)} (allowed: {', '.join((*_PARTS, *_FILES))})")
+    if unknown := [key for key in content if key not in (*_PARTS, *_FILES, "category")]:
+        allowed = ", ".join((*_PARTS, *_FILES, "category"))
+        raise TemplateError(f"{label}: unknown {_keys(unknown)} (allowed: {allowed})")
+    if not isinstance(content.get("category", ""), str):
+        raise TemplateError(f"{label}, category: must be a string, not {_type(content['category'])}")
     if absent := [key for key in _REQUIRED if key not in content]:
         raise TemplateError(f"{label}: missing required {_keys(absent)}")
     parts = {part: value for part, value in content.items() if part in _PARTS}
@@ -267,7 +273,7 @@ def _parts(label: str, source: bytes) -> tuple[dict[str, str], dict[str, list[di
     files = {key: _files(label, key, content[key]) for key in _FILES if key in content}
     if (count := sum(map(len, files.values()))) > MAX_ATTACHMENTS:
         raise TemplateError(f"{label}: at most {MAX_ATTACHMENTS} files, not {count}")
-    return parts, files
+    return parts, files, content.get("category")
 
 
 def _files(label: str, key: str, value: object) -> list[dict[str, str]]:

@@ -67,6 +67,14 @@ def test_html_and_slack_are_optional(tmp_path: Path) -> None:
     assert (rendered.subject, rendered.text, rendered.html, rendered.slack) == ("Hi", "Hello user-1", None, None)
 
 
+def test_a_template_may_set_its_category(tmp_path: Path) -> None:
+    write(tmp_path, "invoice", "subject: Invoice\ntext: Due\ncategory: billing\n")
+    write(tmp_path, "short", "subject: Hi\ntext: Hello\n")
+
+    assert Templates(tmp_path).render("invoice", {}, ENTITY).category == "billing"
+    assert Templates(tmp_path).render("short", {}, ENTITY).category is None
+
+
 def test_html_escapes_data_but_keeps_the_templates_own_tags(tmp_path: Path) -> None:
     write(tmp_path, "x", 'subject: s\ntext: t\nhtml: "<p><b>{{ data.comment }}</b> by {{ entity.name }}</p>"\n')
 
@@ -231,12 +239,13 @@ def test_the_longest_name_is_a_template_name(tmp_path: Path) -> None:
     [
         (
             "subject: s\ntext: t\nbody: b\n",
-            "unknown key 'body' (allowed: subject, text, html, slack, attachments, inline)",
+            "unknown key 'body' (allowed: subject, text, html, slack, attachments, inline, category)",
         ),
         (
             "subject: s\ntext: t\nbody: b\n1: c\n",
-            "unknown keys 'body', 1 (allowed: subject, text, html, slack, attachments, inline)",
+            "unknown keys 'body', 1 (allowed: subject, text, html, slack, attachments, inline, category)",
         ),
+        ("subject: s\ntext: t\ncategory: [billing]\n", "category: must be a string, not list"),
         ("text: t\n", "missing required key 'subject'"),
         ("html: h\n", "missing required keys 'subject', 'text'"),
         (
