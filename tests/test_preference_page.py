@@ -21,18 +21,20 @@ from settings import Settings
 from sinks.mail import MailSink
 from streams import StreamStore
 from streams.directory import import_entries
-from tests.service import Api
+from tests.service import Api, eventually
 from tests.test_categories import CATEGORIES, LINK_SECRET, PUBLIC_URL, _notified, reader
 from tests.test_page import CHROMIUM
 
+TEAM = "oncall@ops.test"
 FOOTER = re.compile(rf"\n\n--\nYour notification preferences: {PUBLIC_URL}(/preferences/[A-Za-z0-9_.-]+)\n?\Z")
 
 
 @pytest.fixture
 def settings(settings: Settings, tmp_path: Path) -> Settings:
-    """The categories, and links signed for the API server's public address (which the tests map to theirs)."""
+    """The categories, links signed for the API server's public address (which the tests map to theirs), and an
+    internal team told of what does not go out as asked."""
     (tmp_path / "categories.yaml").write_text(CATEGORIES)
-    linked = {"public_url": PUBLIC_URL, "link_secret": SecretStr(LINK_SECRET)}
+    linked = {"public_url": PUBLIC_URL, "link_secret": SecretStr(LINK_SECRET), "internal_team_email": TEAM}
     return settings.model_copy(update={"categories_file": tmp_path / "categories.yaml", **linked})
 
 
@@ -119,6 +121,19 @@ async def test_an_html_email_links_too_and_the_operation_keeps_its_bodies_as_req
     [requested] = [e for e in events if e["stream"] == "email-event" and "operation" in e["payload"]]
     operation = requested["payload"]["operation"]
     assert (operation["text_body"], operation["html_body"]) == ("B", "<html><body><p>B</p></body></html>")
+
+
+async def test_the_internal_teams_email_carries_no_link(api: Api, owner: StreamStore, mail_sink: MailSink) -> None:
+    await import_entries(owner, [reader()])
+    mail_sink.rejected_recipients["reader@example.com"] = "550 5.1.1 <reader@example.com>: mailbox unavailable"
+    assert (await _notified(api, "billing"))["status"] == "partially_sent"
+
+    async def told() -> bool:
+        return bool(mail_sink.received_by(TEAM))
+
+    await eventually(told)
+    [escalation] = mail_sink.received_by(TEAM)
+    assert b"/preferences/" not in escalation.data and b"Your notification preferences" not in escalation.data
 
 
 async def test_the_command_line_prints_an_entitys_link(api: Api, owner: StreamStore, settings: Settings) -> None:
