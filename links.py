@@ -1,5 +1,6 @@
 """Links the service signs, so that whoever holds one may do what it says without a key or a sign-in: opt an entity
-out of a category on a channel (one-click unsubscribe, RFC 8058). A link names what it allows and carries an
+out of a category on a channel (one-click unsubscribe, RFC 8058), or see and set its preferences (its preference
+page). A link names what it allows and carries an
 HMAC-SHA256 of that with `NOTIFY_LINK_SECRET`: changing any of it, or the secret (which revokes every link), makes it
 fail. Nothing in a link is secret but its signature; nothing of the secret is in a link, a record or a history."""
 
@@ -11,21 +12,32 @@ import hashlib
 import hmac
 import json
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
 from domain import Channel
 
 UNSUBSCRIBE = "unsubscribe"
 """What an unsubscribe link allows."""
+PREFERENCES = "preferences"
+"""What a preference page's link allows."""
 
 
 class LinkClaims(BaseModel):
-    """What a link allows: `purpose`, for this entity, category and channel."""
+    """What a link allows: `purpose`, for this entity, and for an unsubscribe link this category and channel (a
+    preference page's link names the entity alone)."""
 
     purpose: str
     entity_id: str
-    category: str
-    channel: Channel
+    category: str | None = None
+    channel: Channel | None = None
+
+    @model_validator(mode="after")
+    def _scoped_as_its_purpose(self) -> LinkClaims:
+        if self.purpose == PREFERENCES and (self.category, self.channel) != (None, None):
+            raise ValueError("a preferences link names its entity alone")
+        if self.purpose != PREFERENCES and (self.category is None or self.channel is None):
+            raise ValueError(f"a {self.purpose} link names a category and a channel")
+        return self
 
 
 class InvalidLink(ValueError):
@@ -34,7 +46,8 @@ class InvalidLink(ValueError):
 
 def signed_link(secret: str, claims: LinkClaims) -> str:
     """The link's token: its claims (base64url JSON) and their signature, joined by a dot."""
-    body = _encoded(json.dumps(claims.model_dump(mode="json"), separators=(",", ":"), sort_keys=True).encode())
+    named = claims.model_dump(mode="json", exclude_none=True)
+    body = _encoded(json.dumps(named, separators=(",", ":"), sort_keys=True).encode())
     return f"{body}.{_encoded(_signature(secret, body))}"
 
 
@@ -62,3 +75,9 @@ def _signature(secret: str, body: str) -> bytes:
 
 def _encoded(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def preference_page(public_url: str, secret: str, entity_id: str) -> str:
+    """The address of the entity's preference page under `public_url` (`NOTIFY_PUBLIC_URL`), signed with `secret`."""
+    token = signed_link(secret, LinkClaims(purpose=PREFERENCES, entity_id=entity_id))
+    return f"{public_url.rstrip('/')}/preferences/{token}"

@@ -44,6 +44,7 @@ from domain import (
     category_preference,
     validation_message,
 )
+from links import preference_page
 from settings import ConfigurationError, Settings, is_unavailable, load_settings, one_line
 from streams import StreamName, StreamStore
 from streams.directory import (
@@ -858,6 +859,20 @@ async def preferences_set(
     if changed is None:
         raise CliError(f"no entity with id {entity_id!r}")
     print(f"{entity_id}: {category} on {channel}: {preference}")
+
+
+@preferences_app.command("link")
+@run_async
+async def preferences_link(entity_id: Id) -> None:
+    """Print the address of entity ID's preference page (what its emails link to), signed as they are."""
+    settings = load_settings()
+    if settings.public_url is None or settings.link_secret is None:
+        raise CliError("set NOTIFY_PUBLIC_URL and NOTIFY_LINK_SECRET: a preference page's link needs both", 2)
+    async with settings.open_streams() as store:
+        entry = await entry_or_why(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
+    if entry is None:
+        raise CliError(f"no entity with id {entity_id!r}")
+    print(preference_page(settings.public_url, settings.link_secret.get_secret_value(), entity_id))
 
 
 Topic = Annotated[str, argument("NAME")]

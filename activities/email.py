@@ -14,6 +14,7 @@ from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
+from html import escape
 from typing import Any
 
 import aiosmtplib
@@ -41,8 +42,8 @@ from domain import (
     admitted,
     recipient_email_tag,
 )
-from links import UNSUBSCRIBE, LinkClaims, signed_link
-from settings import Settings, SmtpSecurity
+from links import UNSUBSCRIBE, LinkClaims, preference_page, signed_link
+from settings import INTERNAL_TEAM, Settings, SmtpSecurity
 from streams import StoreUnavailable, StreamName, StreamStore
 from streams.suppressions import suppression, suppression_record
 
@@ -374,6 +375,19 @@ def plain_message(op: SendEmailOp, now: datetime, extra: Sequence[tuple[str, str
     return PlainMessage(op.sender.address, [m.address for m in op.to], data)
 
 
+PREFERENCES_FOOTER = "\n\n--\nYour notification preferences: "
+"""What each email's text ends with, then the link to its entity's preference page."""
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+def with_link(html_body: str, url: str) -> str:
+    """The HTML body with a paragraph linking to the preference page at `url`: before `</body>`, or at its end."""
+    paragraph = f'<p style="font-size:small"><a href="{escape(url)}">Your notification preferences</a></p>'
+    ends = list(_BODY_END.finditer(html_body))
+    at = ends[-1].start() if ends else len(html_body)
+    return f"{html_body[:at]}{paragraph}{html_body[at:]}"
+
+
 class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
     channel = Channel.EMAIL
     concern = "send-email"
@@ -421,6 +435,7 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
                 "html_body": request.html_body,
                 "attachments": request.attachments_on(Channel.EMAIL),
                 "opt_out": opt_out,
+                "entity_id": audience.id,
             },
         )
         return email, [recipient_email_tag(audience.email)]
@@ -440,6 +455,17 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
             links.append(f"<mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>")
         return [("List-Unsubscribe", ", ".join(links)), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
 
+    def _as_sent(self, op: SendEmailOp) -> SendEmailOp:
+        """The email with a footer that links to its entity's preference page, where the links can be signed
+        (`NOTIFY_PUBLIC_URL`, `NOTIFY_LINK_SECRET`) and it is not the internal team's; the operation as recorded keeps
+        its bodies as they were requested."""
+        settings = self._settings
+        if op.entity_id in (None, INTERNAL_TEAM) or settings.public_url is None or settings.link_secret is None:
+            return op
+        url = preference_page(settings.public_url, settings.link_secret.get_secret_value(), op.entity_id)
+        text = f"{op.text_body}{PREFERENCES_FOOTER}{url}"
+        return op.model_copy(update={"text_body": text, "html_body": op.html_body and with_link(op.html_body, url)})
+
     def _postmark(self, op: SendEmailOp) -> list[tuple[str, str]]:
         return [(POSTMARK_METADATA_HEADER, postmark_metadata(op))] if self._settings.postmark_metadata else []
 
@@ -456,12 +482,13 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
 
         now = datetime.now(UTC)
         extra = [*self._unsubscribe(op), *self._postmark(op)]
+        sent = self._as_sent(op)
         try:
             async with self.files(op) as contents:
                 if isinstance(contents, Delivery):
                     return contents
                 server_response = await self._connections.send(
-                    lambda: plain_message(op, now, extra) or compose_message(op, now, contents, extra),
+                    lambda: plain_message(sent, now, extra) or compose_message(sent, now, contents, extra),
                     log,
                     files=bool(contents),
                 )

@@ -253,6 +253,8 @@ class SendEmailOp(Model):
     """Named, not carried: the handler reads their bytes from the stream store."""
     opt_out: OptOut | None = Field(default=None, exclude_if=lambda opt_out: opt_out is None)
     """The category its recipient may opt out of, with a link the handler signs as it sends (List-Unsubscribe)."""
+    entity_id: str | None = Field(default=None, exclude_if=lambda entity_id: entity_id is None)
+    """The entity it is sent to, whose preference page the handler links to as it sends (a footer)."""
 
 
 class SendSlackMessageOp(Model):

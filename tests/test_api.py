@@ -310,6 +310,7 @@ async def test_docs_list_every_endpoint(api: Api) -> None:
         "/v1/inbound/{provider}",
         "/v1/webhooks",
         "/v1/unsubscribe/{token}",
+        "/preferences/{token}",
         "/v1/entities/{entity_id}/preferences",
         "/v1/webhooks/{webhook_id}",
         "/v1/webhooks/{webhook_id}/deliveries",

@@ -39,6 +39,7 @@ async def unsubscribe(token: str, request: Request, app: AppParts) -> Response:
     claims = _claims(app.settings, token)
     if isinstance(claims, Response):
         return claims
+    assert claims.category is not None and claims.channel is not None  # an unsubscribe link's (`LinkClaims`)
     opted_out = {claims.category: {claims.channel: ChannelPreference.OPTED_OUT}}
     changed = await change_preferences(app.owner, claims.entity_id, opted_out, ONE_CLICK)
     if changed is None:
