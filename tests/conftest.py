@@ -25,11 +25,12 @@ from activities.slack import SlackHandler
 from api.app import create_app, owner_store, serving
 from api.keys import ApiKeys, Scope
 from client import register_search_attributes, temporal_runtime
-from harness.processes import ROOT, WorkerProcess, unconfigured_environment
+from harness.processes import ROOT, WorkerProcess, dev_address, start_worker, unconfigured_environment
 from settings import Settings
-from sinks.mail import MailSink
+from sinks.mail import MailSink, free_port
 from sinks.slack import SlackSink
 from streams import StreamStore
+from tests.cli import DIRECTORY, TEAM, TOKEN, Cli
 from tests.databases import DATABASES, Databases, role_urls
 from tests.service import Api, Notify, entity, notifying
 from worker import temporal_binary
@@ -215,3 +216,52 @@ async def api(
             "reader": await keys.create("reader", [Scope.READ]),
         }
         yield Api(http, issued, store, keys)
+
+
+@pytest.fixture(scope="module")
+def sinks() -> Iterator[tuple[MailSink, SlackSink]]:
+    """A mail sink and a Slack sink for the module's worker."""
+    with MailSink() as mail, SlackSink(tokens={TOKEN}) as slack:
+        slack.unknown_channels.add("C0GONE")
+        yield mail, slack
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory, sinks: tuple[MailSink, SlackSink]) -> Iterator[Cli]:
+    mail, slack = sinks
+    home = tmp_path_factory.mktemp("cli")
+    env = {
+        **unconfigured_environment(),
+        "NOTIFY_TEMPORAL_ADDRESS": dev_address(),
+        "NOTIFY_DATA_DIR": str(home / "data"),
+        "NOTIFY_STREAMS_URL": f"sqlite:///{home / 'data' / 'streams.db'}",  # what PostgreSQL decides: test_postgres
+        "NOTIFY_TASK_QUEUE": "cli-notifications",
+        "NOTIFY_SMTP_HOST": mail.host,
+        "NOTIFY_SMTP_PORT": str(mail.port),
+        "NOTIFY_SLACK_API_URL": slack.api_url,
+        "NOTIFY_SLACK_TOKENS": json.dumps({"acme": TOKEN}),
+        "NOTIFY_EMAIL_FROM": "alerts@notify.test",
+        "NOTIFY_INTERNAL_TEAM_EMAIL": TEAM,
+        "NOTIFY_SLACK_MESSAGES_PER_SECOND": "1",
+        "NOTIFY_METRICS_PORT": str(free_port()),
+    }
+    worker = start_worker(env, home, "--dev")
+    assert f"metrics at http://127.0.0.1:{env['NOTIFY_METRICS_PORT']}/metrics\n" in worker.lines
+    try:
+        yield Cli(env, home / "data")
+    finally:
+        said = worker.stop()
+        assert worker.returncode == 0, said
+    assert "Web UI at http://127.0.0.1:" in said
+    assert (home / "data" / "temporal.db").exists()
+    assert TOKEN not in said
+
+
+@pytest.fixture(scope="module")
+def directory(cli: Cli) -> Cli:
+    path = cli.data_dir.parent / "directory.json"
+    path.write_text(json.dumps(DIRECTORY))
+    result = cli.run("directory", "import", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "recorded 3 entities, 0 unchanged"
+    return cli

@@ -245,7 +245,6 @@ def test_the_longest_name_is_a_template_name(tmp_path: Path) -> None:
             "subject: s\ntext: t\nbody: b\n1: c\n",
             "unknown keys 'body', 1 (allowed: subject, text, html, slack, attachments, inline, category)",
         ),
-        ("subject: s\ntext: t\ncategory: [billing]\n", "category: must be a string, not list"),
         ("text: t\n", "missing required key 'subject'"),
         ("html: h\n", "missing required keys 'subject', 'text'"),
         (
@@ -277,6 +276,7 @@ def test_a_file_that_is_not_a_template(tmp_path: Path, content: str, message: st
         ("subject: s\ntext: 3\n", "text: must be a string, not int"),
         ("subject: s\ntext:\n", "text: must be a string, not null"),
         ("subject: [a, b]\ntext: t\n", "subject: must be a string, not list"),
+        ("subject: s\ntext: t\ncategory: [billing]\n", "category: must be a string, not list"),
         ("subject: s\ntext: t\nhtml: {p: 1}\n", "html: must be a string, not dict"),
         ("subject: s\ntext: t\nslack: true\n", "slack: must be a string, not bool"),
     ],
