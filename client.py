@@ -67,7 +67,7 @@ from domain import (
 )
 from settings import WORKER_HINT, ConfigurationError, Settings, one_line
 from streams import ExistingRecordStrategy, HandlingStatus, Record, StreamName, StreamStore
-from streams.directory import entry_or_reason, import_entries, lookup
+from streams.directory import entry_or_reason, import_entries, lookup, preferences_kept
 from streams.store import unreadable
 from streams.suppressions import FEEDBACK, email_feedback
 from templating import TemplateError, Templates
@@ -449,8 +449,9 @@ class NotificationClient:
                 raise RequestRefused(validation_message(error), field="entity") from error
             content = {**content, "entity_id": inline.id}
             if not may_change_entity:
-                current = await lookup(self._store.reader(StreamName.ENTITY_DIRECTORY), inline.id)
-                if current is not None and current != inline:
+                directory = self._store.reader(StreamName.ENTITY_DIRECTORY)
+                current = await lookup(directory, inline.id)
+                if current is not None and current != await preferences_kept(directory, inline):
                     raise EntityChangeRefused(inline.id)
         operation, rendered = await self.compose(
             {k: v for k, v in content.items() if v is not None}, template, data, inline

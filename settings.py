@@ -180,6 +180,15 @@ class Settings(BaseSettings):
     webhook_retry_initial_seconds: float = Field(5, gt=0)
     webhook_retry_hours: float = Field(24, gt=0)
 
+    @field_validator("link_secret")
+    @classmethod
+    def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and not secret.get_secret_value():
+            return None  # set empty: not set (no link is signed), never a key anyone can sign with
+        if secret is not None and len(secret.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters: links signed with a short secret can be forged")
+        return secret
+
     @model_validator(mode="after")
     def _every_role_or_none(self) -> Settings:
         roles = (self.streams_producer_url, self.streams_consumer_url, self.streams_handler_url)

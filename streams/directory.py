@@ -66,15 +66,25 @@ async def lookup(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | 
     return entry if isinstance(entry, DirectoryEntry) else None
 
 
+async def preferences_kept(directory: ReadOnlyStream, entry: DirectoryEntry) -> DirectoryEntry:
+    """`entry`, with the preferences the directory has for it when it gives none: an entity recorded again (a
+    directory file loaded again, a request that carries it) keeps what it chose, one-click opt-outs included."""
+    if entry.preferences:
+        return entry
+    current = await lookup(directory, entry.id)
+    return entry.model_copy(update={"preferences": current.preferences}) if current and current.preferences else entry
+
+
 async def import_entries(
     store: StreamStore, entries: list[DirectoryEntry], topics: Mapping[str, Sequence[str]] | None = None
 ) -> tuple[int, int]:
-    """Record each entry that is new or changed, each checked against every rule for a new entry
-    (`domain.admitted`) before any is written, and make each entity in `topics` a member of exactly the topics it
-    lists there (no other); returns (entries recorded, unchanged). All in one transaction. On PostgreSQL only the
-    owner of the streams writes the directory: `store` is opened as it (`Settings.open_streams(as_owner=True)`)."""
-    entries = [admitted(DirectoryEntry, entry) for entry in entries]
+    """Record each entry that is new or changed (one that gives no preferences keeps those recorded:
+    `preferences_kept`), each checked against every rule for a new entry (`domain.admitted`) before any is written,
+    and make each entity in `topics` a member of exactly the topics it lists there (no other); returns (entries
+    recorded, unchanged). All in one transaction. On PostgreSQL only the owner of the streams writes the directory:
+    `store` is opened as it (`Settings.open_streams(as_owner=True)`)."""
     reader = store.reader(StreamName.ENTITY_DIRECTORY)
+    entries = [await preferences_kept(reader, admitted(DirectoryEntry, entry)) for entry in entries]
     changed = [entry for entry in entries if await lookup(reader, entry.id) != entry]
     joined: list[tuple[str, BaseModel, list[Tag]]] = []
     for entity_id, named in (topics or {}).items():

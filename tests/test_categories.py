@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from domain import Category, ChannelPreference, DirectoryEntry, SagaPolicies, get_delivery_channel_configs
 from harness.processes import ROOT, unconfigured_environment
@@ -166,6 +166,11 @@ async def test_the_one_click_post_from_a_mails_header_opts_out_of_exactly_that_c
     )
     assert one_click.status_code == 200 and "Unsubscribed" in one_click.text
     assert (await api.call("GET", "/v1/entities/reader")).json()["preferences"] == {"marketing": {"email": "opted-out"}}
+    again_recorded = await api.call(
+        "PUT", "/v1/entities/reader", json=reader().model_dump(mode="json", exclude_none=True)
+    )
+    assert again_recorded.status_code == 200  # the entity recorded again, without preferences: it keeps its opt-out
+    assert (await api.call("GET", "/v1/entities/reader")).json()["preferences"] == {"marketing": {"email": "opted-out"}}
 
     again = {c: await _notified(api, c) for c in ("marketing", "billing", "security")}
     assert (again["marketing"]["channels"]["email"]["outcome"], again["marketing"]["channels"]["slack"]["outcome"]) == (
@@ -245,3 +250,9 @@ async def test_the_command_line_shows_and_sets_preferences(
     ]:
         refused = starter(*args)
         assert refused.returncode != 0 and said in refused.stderr, (args, refused.stderr)
+
+
+def test_a_short_link_secret_is_refused_and_an_empty_one_signs_nothing() -> None:
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        Settings(_env_file=None, link_secret=SecretStr("short"))
+    assert Settings(_env_file=None, link_secret=SecretStr("")).link_secret is None
