@@ -849,8 +849,11 @@ async def preferences_set(
 ) -> None:
     """Set entity ID's preference for CATEGORY on CHANNEL (recorded with who made it: an operator)."""
     settings = load_settings()
-    if category not in settings.categories():
+    configured = settings.categories().get(category)
+    if configured is None:
         raise CliError(f"{category!r} is not a configured category (NOTIFY_CATEGORIES_FILE)", 2)
+    if not configured.opt_out and preference == ChannelPreference.OPTED_OUT:
+        raise CliError(f"{category!r} may not be opted out of", 2)
     async with settings.open_streams(as_owner=True) as owner:  # only the owner of the streams writes the directory
         try:
             changed = await change_preferences(owner, entity_id, {category: {channel: preference}}, OPERATOR)

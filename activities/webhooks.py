@@ -46,9 +46,7 @@ class WebhookActivities:
         if found is None or found.disabled is not None:
             why = "the endpoint was removed" if found is None else "the endpoint is disabled"
             await self._record(delivery, attempt, DeliveryStatus.FAILED, error=why)
-            raise ApplicationError(
-                why, type=NOT_DELIVERABLE, non_retryable=True, category=ApplicationErrorCategory.BENIGN
-            )
+            raise _not_deliverable(why)
         body = delivery.event.model_dump_json()
         timestamp = int(time.time())
         headers = {
@@ -72,9 +70,7 @@ class WebhookActivities:
             await self._record(delivery, attempt, DeliveryStatus.FAILED, 410, why)
             await self._disable(delivery.endpoint_id, why)
             metrics.webhook_delivered(activity.metric_meter(), "failed")
-            raise ApplicationError(
-                why, type=NOT_DELIVERABLE, non_retryable=True, category=ApplicationErrorCategory.BENIGN
-            )
+            raise _not_deliverable(why)
         await self._retrying(delivery, attempt, response.status_code, f"HTTP {response.status_code}")
 
     @activity.defn(name=RECORD_WEBHOOK_FAILED.name)

@@ -211,6 +211,7 @@ async def test_preferences_are_set_over_the_api_and_the_next_notification_obeys_
         ({"sales": {"email": "opted-out"}}, "all", 422),
         ({"billing": {"fax": "opted-out"}}, "all", 422),
         ({"billing": {"email": "opted-out"}}, "reader", 403),
+        ({"security": {"email": "opted-out"}}, "all", 422),
     ]:
         refused = await api.call("PUT", "/v1/entities/reader/preferences", key=key, json=body)
         assert refused.status_code == status, (body, refused.text)

@@ -97,7 +97,9 @@ async def test_the_link_in_an_email_opens_a_page_that_switches_a_category_off_em
     assert refused is not None and refused.status == 403
     not_saved = await api.http.post(forged, data={"billing:email": "send"})
     assert not_saved.status_code == 403
-    cleared = await api.http.post(path, data={})  # every box unticked: security stays, as it may not be opted out of
+    not_the_form = await api.http.post(path, data={})  # an empty POST is not the page's form: nothing changes
+    assert not_the_form.status_code == 400
+    cleared = await api.http.post(path, data={"save": "1"})  # every box unticked: security stays (not to opt out of)
     assert cleared.status_code == 200 and "Your preferences were saved." in cleared.text
     after = (await api.call("GET", "/v1/entities/reader")).json()["preferences"]
     assert "security" not in after and after["billing"] == {"email": "opted-out", "slack": "opted-out"}

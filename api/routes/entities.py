@@ -46,8 +46,14 @@ async def put_preferences(
 ) -> DirectoryEntry:
     """Per category, per channel, `send` or `opted-out`: those given are set, the others stay. `422` for a
     category `NOTIFY_CATEGORIES_FILE` does not configure."""
-    if unknown := sorted(set(preferences) - set(app.settings.categories())):
+    categories = app.settings.categories()
+    if unknown := sorted(set(preferences) - set(categories)):
         raise Problem(422, f"not a configured category: {', '.join(map(repr, unknown))}")
+    fixed = [
+        n for n, chs in preferences.items() if not categories[n].opt_out and ChannelPreference.OPTED_OUT in chs.values()
+    ]
+    if fixed:
+        raise Problem(422, f"may not be opted out of: {', '.join(map(repr, sorted(fixed)))}")
     try:
         changed = await change_preferences(app.owner, entity_id, preferences, OPERATOR)
     except ValidationError as error:

@@ -69,6 +69,8 @@ async def save(token: str, request: Request, app: AppParts) -> Response:
     if isinstance(entity_id, Response):
         return entity_id
     checked = parse_qs((await request.body()).decode(errors="replace"))
+    if "save" not in checked:  # not the page's form (an empty POST would untick everything): nothing changes
+        return Response("not the preference page's form: nothing changed", status_code=400, media_type="text/plain")
     entry = await lookup(app.owner.reader(StreamName.ENTITY_DIRECTORY), entity_id)
     if entry is None:
         return _page(request, app.settings, None)
