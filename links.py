@@ -74,6 +74,17 @@ def _encoded(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def unsubscribe_token(secret: str, entity_id: str, category: str, channel: Channel) -> str:
+    """The token of a link that opts `entity_id` out of `category` on `channel`."""
+    claims = LinkClaims(purpose=UNSUBSCRIBE, entity_id=entity_id, category=category, channel=channel)
+    return signed_link(secret, claims)
+
+
+def unsubscribe_url(public_url: str, token: str) -> str:
+    """Where an unsubscribe link's `token` is taken (`POST` at once, `GET` asks first)."""
+    return f"{public_url.rstrip('/')}/v1/unsubscribe/{token}"
+
+
 def preference_page(public_url: str, secret: str, entity_id: str) -> str:
     """The address of the entity's preference page under `public_url` (`NOTIFY_PUBLIC_URL`), signed with `secret`."""
     token = signed_link(secret, LinkClaims(purpose=PREFERENCES, entity_id=entity_id))

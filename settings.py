@@ -171,6 +171,7 @@ class Settings(BaseSettings):
     public_url: str | None = None
     link_secret: SecretStr | None = None
     unsubscribe_mailto: EmailAddress | None = None
+    slack_unsubscribe_footer: bool = False
     sendgrid_verification_key: SecretStr | None = None
     mailgun_signing_key: SecretStr | None = None
     postmark_webhook_credentials: SecretStr | None = None

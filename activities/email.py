@@ -21,7 +21,7 @@ import aiosmtplib
 from aiosmtplib.email import extract_recipients, extract_sender
 from temporalio import activity
 
-from activities.channel_handler import ChannelHandler, Delivery, FileBudget, TransientDeliveryError
+from activities.channel_handler import ChannelHandler, Delivery, FileBudget, TransientDeliveryError, opt_out_of
 from activities.contract import RECORD_NOT_SENT, SEND
 from domain import (
     POSTMARK_METADATA_KEY,
@@ -42,7 +42,7 @@ from domain import (
     admitted,
     recipient_email_tag,
 )
-from links import UNSUBSCRIBE, LinkClaims, preference_page, signed_link
+from links import preference_page, unsubscribe_token, unsubscribe_url
 from settings import INTERNAL_TEAM, Settings, SmtpSecurity
 from streams import StoreUnavailable, StreamName, StreamStore
 from streams.suppressions import suppression, suppression_record
@@ -421,8 +421,6 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
     ) -> tuple[SendEmailOp, list[Tag]]:
         request, audience = op.operation, op.audience
         assert audience.email is not None
-        category = settings.categories().get(request.category) if request.category else None
-        opt_out = {"entity_id": audience.id, "category": category.name} if category and category.opt_out else None
         email = admitted(  # today's rules, whatever those of the request's or the entry's day were
             SendEmailOp,
             {
@@ -434,7 +432,7 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
                 "text_body": request.body,
                 "html_body": request.html_body,
                 "attachments": request.attachments_on(Channel.EMAIL),
-                "opt_out": opt_out,
+                "opt_out": opt_out_of(request, audience, settings),
                 "entity_id": audience.id,
             },
         )
@@ -446,11 +444,9 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
         settings = self._settings
         if op.opt_out is None or settings.public_url is None or settings.link_secret is None:
             return []
-        claims = LinkClaims(
-            purpose=UNSUBSCRIBE, entity_id=op.opt_out.entity_id, category=op.opt_out.category, channel=Channel.EMAIL
-        )
-        token = signed_link(settings.link_secret.get_secret_value(), claims)
-        links = [f"<{settings.public_url.rstrip('/')}/v1/unsubscribe/{token}>"]
+        secret = settings.link_secret.get_secret_value()
+        token = unsubscribe_token(secret, op.opt_out.entity_id, op.opt_out.category, Channel.EMAIL)
+        links = [f"<{unsubscribe_url(settings.public_url, token)}>"]
         if settings.unsubscribe_mailto:
             links.append(f"<mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>")
         return [("List-Unsubscribe", ", ".join(links)), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]

@@ -24,6 +24,7 @@ from activities.channel_handler import (
     FileBudget,
     TransientDeliveryError,
     logger,
+    opt_out_of,
 )
 from activities.contract import RECORD_NOT_SENT, SEND, WAIT_FOR_SLACK_TURN
 from domain import (
@@ -45,6 +46,7 @@ from domain import (
     in_one_line,
     tag,
 )
+from links import unsubscribe_token, unsubscribe_url
 from settings import Settings
 from streams import StreamName, StreamStore
 
@@ -219,6 +221,7 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
                 "channel": audience.slack.channel,
                 "text": text,
                 "attachments": request.attachments_on(Channel.SLACK),
+                "opt_out": opt_out_of(request, audience, settings),
             },
         )
         return message, [
@@ -226,10 +229,24 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
             tag(TagName.SLACK_CHANNEL, audience.slack.channel),
         ]
 
+    def _as_sent(self, op: SendSlackMessageOp) -> SendSlackMessageOp:
+        """The message with a footer linking to unsubscribe from its category on Slack, with
+        `NOTIFY_SLACK_UNSUBSCRIBE_FOOTER` where the links can be signed (every attempt the same: a retry finds it)."""
+        settings = self._settings
+        if not settings.slack_unsubscribe_footer or op.opt_out is None:
+            return op
+        if settings.public_url is None or settings.link_secret is None:
+            return op
+        secret = settings.link_secret.get_secret_value()
+        token = unsubscribe_token(secret, op.opt_out.entity_id, op.opt_out.category, Channel.SLACK)
+        footer = f"<{unsubscribe_url(settings.public_url, token)}|Unsubscribe from {op.opt_out.category} on Slack>"
+        return op.model_copy(update={"text": f"{op.text}\n\n{footer}"})
+
     def failed_response(self, operation: SendSlackMessageOp, reason: str) -> SendSlackMessageResponse:
         return SendSlackMessageResponse(result=SendSlackMessageResult.FAILED_WITH_EXCEPTION_WHEN_SENDING, error=reason)
 
     async def deliver(self, op: SendSlackMessageOp) -> Delivery:
+        op = self._as_sent(op)
         token = self._settings.slack_token_for(op.workspace)
         if token is None:
             reason = f"no Slack token is configured for workspace {op.workspace!r}"

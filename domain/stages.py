@@ -269,6 +269,9 @@ class SendSlackMessageOp(Model):
     attachments: list[Attachment] = Field(default_factory=list, exclude_if=lambda files: not files)
     """Named, not carried: the handler reads their bytes from the stream store and uploads them with `text` as their
     comment."""
+    opt_out: OptOut | None = Field(default=None, exclude_if=lambda opt_out: opt_out is None)
+    """The category its channel may opt out of, with a link the handler signs as it sends
+    (`NOTIFY_SLACK_UNSUBSCRIBE_FOOTER`)."""
 
 
 ChannelOperation = SendEmailOp | SendSlackMessageOp

@@ -42,7 +42,7 @@ LINK_SECRET = "a-secret-long-enough-for-the-tests"
 def settings(settings: Settings, tmp_path: Path) -> Settings:
     """The categories, and links signed for the API server's public address (which the tests map to theirs)."""
     (tmp_path / "categories.yaml").write_text(CATEGORIES)
-    linked = {"public_url": PUBLIC_URL, "link_secret": SecretStr(LINK_SECRET)}
+    linked = {"public_url": PUBLIC_URL, "link_secret": SecretStr(LINK_SECRET), "slack_unsubscribe_footer": True}
     return settings.model_copy(update={"categories_file": tmp_path / "categories.yaml", **linked})
 
 
@@ -257,3 +257,22 @@ def test_a_short_link_secret_is_refused_and_an_empty_one_signs_nothing() -> None
     with pytest.raises(ValidationError, match="at least 32 characters"):
         Settings(_env_file=None, link_secret=SecretStr("short"))
     assert Settings(_env_file=None, link_secret=SecretStr("")).link_secret is None
+
+
+@ON_BOTH_BACKENDS
+async def test_a_slack_messages_footer_unsubscribes_from_its_category_on_slack(
+    api: Api, owner: StreamStore, slack_sink: SlackSink
+) -> None:
+    await import_entries(owner, [reader()])
+    await _notified(api, "marketing")
+    [posted] = slack_sink.messages
+    footer = re.search(
+        rf"<{PUBLIC_URL}(/v1/unsubscribe/[A-Za-z0-9_.-]+)\|Unsubscribe from marketing on Slack>$", posted.text
+    )
+    assert footer is not None, posted.text
+    assert (await api.http.post(footer[1], content=b"List-Unsubscribe=One-Click")).status_code == 200
+    assert (await api.call("GET", "/v1/entities/reader")).json()["preferences"] == {"marketing": {"slack": "opted-out"}}
+    again = await _notified(api, "marketing")
+    assert {c: v["outcome"] for c, v in again["channels"].items()} == {"email": "succeeded", "slack": "opted_out"}
+    await _notified(api, None)  # no category: no footer
+    assert not slack_sink.messages[-1].text.endswith("on Slack>")
