@@ -21,6 +21,7 @@ from settings import Settings
 from sinks.mail import MailSink
 from streams import StreamStore
 from streams.directory import import_entries
+from tests.conftest import ON_BOTH_BACKENDS
 from tests.service import Api, eventually
 from tests.test_categories import CATEGORIES, LINK_SECRET, PUBLIC_URL, _notified, reader
 from tests.test_page import CHROMIUM
@@ -56,6 +57,7 @@ def _emailed(mail_sink: MailSink, subject: str) -> list[str]:
     ]
 
 
+@ON_BOTH_BACKENDS
 async def test_the_link_in_an_email_opens_a_page_that_switches_a_category_off_email_without_javascript(
     api: Api, owner: StreamStore, mail_sink: MailSink, browser: Browser
 ) -> None:

@@ -12,6 +12,7 @@ import yaml
 from domain import TemplateUse
 from sinks.mail import MailSink
 from templating import Rendered, TemplateError, TemplateFile, Templates
+from tests.conftest import ON_BOTH_BACKENDS
 from tests.service import Api
 
 SHIPPED = Path(__file__).resolve().parents[1] / "message_templates"
@@ -514,6 +515,7 @@ def test_the_shipped_welcome_template_is_in_german_for_a_german_entity() -> None
     assert rendered.sha256 == hashlib.sha256((SHIPPED / "welcome.de.yaml").read_bytes()).hexdigest()
 
 
+@ON_BOTH_BACKENDS
 async def test_a_german_entity_is_mailed_the_german_template_over_the_api(api: Api, mail_sink: MailSink) -> None:
     entry = {"name": "Eva", "email": "eva@example.com", "channels": {"email": "send"}, "locale": "de"}
     assert (await api.call("PUT", "/v1/entities/user-de", json=entry)).status_code == 200
