@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -333,11 +334,30 @@ _CATEGORY_LIST = TypeAdapter(list[Category])
 
 
 def _categories(path: Path) -> dict[str, Category]:
+    """The file's categories; once it was read, an edit that cannot be used keeps the last good ones (said once in the
+    log, until it is fixed), so that a slip while the service runs fails no notification."""
+    cached = _CATEGORIES.get(path)
     try:
-        changed = path.stat().st_mtime
-        cached = _CATEGORIES.get(path)
+        try:
+            changed = path.stat().st_mtime
+        except OSError as error:
+            raise ConfigurationError(f"NOTIFY_CATEGORIES_FILE {path}: {one_line(error)}") from error
         if cached is not None and cached[0] == changed:
             return cached[1]
+        named = _read_categories(path)
+    except ConfigurationError as error:
+        if cached is None:
+            raise
+        if cached[0] != -1:
+            logging.getLogger("notify.settings").error("%s; the categories read before are kept", error)
+            _CATEGORIES[path] = (-1, cached[1])  # said once
+        return cached[1]
+    _CATEGORIES[path] = (changed, named)
+    return named
+
+
+def _read_categories(path: Path) -> dict[str, Category]:
+    try:
         listed = _CATEGORY_LIST.validate_python(yaml.safe_load(path.read_text(encoding="utf-8")) or [])
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ConfigurationError(f"NOTIFY_CATEGORIES_FILE {path}: {one_line(error)}") from error
@@ -346,7 +366,6 @@ def _categories(path: Path) -> dict[str, Category]:
     named = {c.name: c for c in listed}
     if len(named) != len(listed):
         raise ConfigurationError(f"NOTIFY_CATEGORIES_FILE {path}: each category is named once")
-    _CATEGORIES[path] = (changed, named)
     return named
 
 

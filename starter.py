@@ -1181,6 +1181,7 @@ async def serve() -> None:
     from client import connect
 
     settings = load_settings()
+    settings.categories()  # a categories file that cannot be used stops it at once, in one line
     logs.configure(settings.log_format)
     async with settings.open_streams() as store, owner_store(settings, store) as owner:
         temporal = await connect(settings, lazy=True)

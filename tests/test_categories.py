@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -276,3 +277,16 @@ async def test_a_slack_messages_footer_unsubscribes_from_its_category_on_slack(
     assert {c: v["outcome"] for c, v in again["channels"].items()} == {"email": "succeeded", "slack": "opted_out"}
     await _notified(api, None)  # no category: no footer
     assert not slack_sink.messages[-1].text.endswith("on Slack>")
+
+
+def test_an_edit_that_cannot_be_used_keeps_the_categories_read_before(tmp_path: Path) -> None:
+    file = tmp_path / "categories.yaml"
+    file.write_text(CATEGORIES)
+    settings = Settings(_env_file=None, categories_file=file)
+    assert list(settings.categories()) == ["billing", "marketing", "digest", "security"]
+    file.write_text("- [unclosed\n")
+    os.utime(file, (1, 1))  # another modification time, however fast the edit
+    assert list(settings.categories()) == ["billing", "marketing", "digest", "security"]
+    file.write_text("- {name: billing}\n")
+    os.utime(file, (2, 2))
+    assert list(settings.categories()) == ["billing"]
