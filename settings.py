@@ -182,6 +182,13 @@ class Settings(BaseSettings):
     webhook_retry_initial_seconds: float = Field(5, gt=0)
     webhook_retry_hours: float = Field(24, gt=0)
 
+    @field_validator("public_url")
+    @classmethod
+    def _absolute(cls, url: str | None) -> str | None:
+        if url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+            raise ValueError(f"must be an absolute http(s) URL, such as https://notify.example.com, not {url!r}")
+        return url or None
+
     @field_validator("link_secret")
     @classmethod
     def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:

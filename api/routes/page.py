@@ -62,6 +62,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+LINKED_PAGE_HEADERS = SECURITY_HEADERS | {"Referrer-Policy": "no-referrer"}
+"""The headers of a page reached by a signed link: the page's own, but that no Referer carries the link's token
+anywhere, not even to this site."""
 
 WINDOWS = {"Last hour": 60, "Last day": 24 * 60}
 """The overview's windows, in whole minutes up to the current one."""

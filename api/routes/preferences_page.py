@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from api.deps import AppParts
 from api.problems import problems
-from api.routes.page import SECURITY_HEADERS, templates
+from api.routes.page import LINKED_PAGE_HEADERS, templates
 from domain import Category, Channel, ChannelPreference, DirectoryEntry, category_preference
 from links import PREFERENCES, InvalidLink, read_link
 from settings import Settings
@@ -93,7 +93,7 @@ def _entity_id(settings: Settings, token: str) -> str | Response:
     try:
         return read_link(settings.link_secret.get_secret_value(), token, PREFERENCES).entity_id
     except InvalidLink as error:
-        log.warning("a preference page's link refused: %s", error)
+        log.info("a preference page's link refused: %s", error)  # anyone may send one: not a warning
         return Response(f"{error}: nothing changed", status_code=403, media_type="text/plain")
 
 
@@ -117,5 +117,5 @@ def _page(request: Request, settings: Settings, entry: DirectoryEntry | None, sa
         values = {"refused": None, "rows": _rows(settings, entry), "saved": saved}
         status = 200
     return templates.TemplateResponse(
-        request, "preferences.html", {**values, "signed_in": False}, status_code=status, headers=SECURITY_HEADERS
+        request, "preferences.html", {**values, "signed_in": False}, status_code=status, headers=LINKED_PAGE_HEADERS
     )

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from api.deps import AppParts
 from api.problems import problems
-from api.routes.page import SECURITY_HEADERS, templates
+from api.routes.page import LINKED_PAGE_HEADERS, templates
 from domain import ChannelPreference
 from links import UNSUBSCRIBE, InvalidLink, LinkClaims, read_link
 from settings import Settings
@@ -54,7 +54,7 @@ def _claims(settings: Settings, token: str) -> LinkClaims | Response:
     try:
         return read_link(settings.link_secret.get_secret_value(), token, UNSUBSCRIBE)
     except InvalidLink as error:
-        log.warning("an unsubscribe link refused: %s", error)
+        log.info("an unsubscribe link refused: %s", error)  # anyone may send one: not a warning
         return Response(f"{error}: nothing changed", status_code=403, media_type="text/plain")
 
 
@@ -63,5 +63,5 @@ def _page(
 ) -> Response:
     values = {"category": claims.category, "channel": claims.channel, "done": done, "refused": refused}
     return templates.TemplateResponse(
-        request, "unsubscribe.html", {**values, "signed_in": False}, status_code=status, headers=SECURITY_HEADERS
+        request, "unsubscribe.html", {**values, "signed_in": False}, status_code=status, headers=LINKED_PAGE_HEADERS
     )
