@@ -315,7 +315,7 @@ class WebhookDispatcher:
             except ValidationError as error:
                 unreadable(record, error)  # logged once, without its payload
                 wanted = []
-            except (KeyError, TypeError) as error:
+            except (KeyError, TypeError, ValueError) as error:  # a record not as written (its JSON): told to nobody
                 log.warning("no webhook for record %s of %s: %r", record.internal_id, record.stream, error)
                 wanted = []
             for endpoint in wanted:
