@@ -55,7 +55,10 @@ def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(
     for plain, with_file in (workloads[:2], workloads[2:]):
         assert stored[plain]["content_bytes_per_notification"] == 0
         assert stored[with_file]["content_bytes_per_notification"] == file_bytes  # a distinct file each, kept
-        assert stored[with_file]["bytes_per_notification"] > stored[plain]["bytes_per_notification"] + file_bytes
+        # the file's bytes, kept once each, and most of them on top of the plain saga's: sizes grow a page (8 KB) at a
+        # time over some twenty tables and indexes, which three notifications do not average out (PostgreSQL)
+        added = stored[with_file]["bytes_per_notification"] - stored[plain]["bytes_per_notification"]
+        assert added > file_bytes * 3 // 4, (plain, stored)
     bare, *saga_runs = runs
     assert all(r["histories"] == 3 and r["workflow_tasks"] >= 1 for r in runs)
     assert all(r["history_events"] > 3 * r["workflow_tasks"] + 2 * r["activity_tasks"] for r in runs)
