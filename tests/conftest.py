@@ -9,6 +9,7 @@ they must agree: a test id holds no random value."""
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from playwright.async_api import Browser, async_playwright
 from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -265,3 +267,17 @@ def directory(cli: Cli) -> Cli:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "recorded 3 entities, 0 unchanged"
     return cli
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+"""Debian's chromium package, which the web pages' tests drive (Playwright's `executable_path`)."""
+
+
+@pytest_asyncio.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium for one test."""
+    assert Path(CHROMIUM).exists(), "the browser test needs Debian's chromium package: apt-get install chromium"
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        await launched.close()

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
+from playwright.async_api import Browser, Page, ViewportSize, expect
 from temporalio.testing import WorkflowEnvironment
 
 from client import NotificationClient, attachment
@@ -28,7 +25,6 @@ from streams.store import NewRecord
 from tests.conftest import SLACK_TOKEN
 from tests.service import Api, entity, operation
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DESKTOP = ViewportSize(width=1280, height=800)
 PHONE = ViewportSize(width=390, height=844)
 HTML = (
@@ -43,15 +39,6 @@ TEAM = "oncall@ops.test"
 def settings(settings: Settings) -> Settings:
     """The service's, with an internal team told of what does not go out as asked."""
     return settings.model_copy(update={"internal_team_email": TEAM})
-
-
-@pytest_asyncio.fixture
-async def browser() -> AsyncIterator[Browser]:
-    assert Path(CHROMIUM).exists(), "the browser test needs Debian's chromium package: apt-get install chromium"
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        await launched.close()
 
 
 async def signed_in(browser: Browser, api: Api, key: str = "reader", viewport: ViewportSize = DESKTOP) -> Page:

@@ -8,12 +8,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 from pydantic import SecretStr
 
 from harness.processes import ROOT, unconfigured_environment
@@ -24,7 +22,6 @@ from streams.directory import import_entries
 from tests.conftest import ON_BOTH_BACKENDS
 from tests.service import Api, eventually
 from tests.test_categories import CATEGORIES, LINK_SECRET, PUBLIC_URL, _notified, reader
-from tests.test_page import CHROMIUM
 
 TEAM = "oncall@ops.test"
 FOOTER = re.compile(rf"\n\n--\nYour notification preferences: {PUBLIC_URL}(/preferences/[A-Za-z0-9_.-]+)\n?\Z")
@@ -37,15 +34,6 @@ def settings(settings: Settings, tmp_path: Path) -> Settings:
     (tmp_path / "categories.yaml").write_text(CATEGORIES)
     linked = {"public_url": PUBLIC_URL, "link_secret": SecretStr(LINK_SECRET), "internal_team_email": TEAM}
     return settings.model_copy(update={"categories_file": tmp_path / "categories.yaml", **linked})
-
-
-@pytest_asyncio.fixture
-async def browser() -> AsyncIterator[Browser]:
-    assert Path(CHROMIUM).exists(), "the browser test needs Debian's chromium package: apt-get install chromium"
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        await launched.close()
 
 
 def _emailed(mail_sink: MailSink, subject: str) -> list[str]:
