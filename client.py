@@ -451,7 +451,7 @@ class NotificationClient:
             if not may_change_entity:
                 directory = self._store.reader(StreamName.ENTITY_DIRECTORY)
                 current = await lookup(directory, inline.id)
-                if current is not None and current != await preferences_kept(directory, inline):
+                if current is not None and current != preferences_kept(inline, current):
                     raise EntityChangeRefused(inline.id)
         operation, rendered = await self.compose(
             {k: v for k, v in content.items() if v is not None}, template, data, inline

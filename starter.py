@@ -789,10 +789,10 @@ async def directory_import(
     settings = load_settings()
     async with settings.open_streams(as_owner=True) as owner:  # only the owner of the streams writes the directory
         try:
-            recorded, unchanged = await import_entries(owner, entries, topics)
+            imported = await import_entries(owner, entries, topics)
         except ValidationError as error:
             raise CliError(f"{file}: topics: {validation_message(error)}", 2) from error
-    print(f"recorded {recorded} entities, {unchanged} unchanged")
+    print(f"recorded {imported.recorded} entities, {imported.unchanged} unchanged")
 
 
 @directory_app.command("show")
@@ -834,9 +834,9 @@ async def preferences_show(entity_id: Id, as_json: JsonOption = False) -> None:
 
 def _decided(entry: DirectoryEntry, category: Category, channel: Channel) -> str:
     if entry.channels[channel] != ChannelPreference.SEND:
-        return "off (the entity's channel switch)"
+        return "off: the entity's channel switch"
     why = category_preference(entry, category, channel)
-    return "send" if why is None else f"off ({why.split(': ', 1)[1]})"
+    return "send" if why is None else f"off: {why}"
 
 
 @preferences_app.command("set")

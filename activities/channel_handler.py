@@ -42,7 +42,6 @@ from domain import (
     ChannelOperationOutcome,
     ChannelOperationOutcomeInfo,
     ChannelOperationRef,
-    DirectoryEntry,
     PrepareToSendOnChannelOp,
     SendNotificationToEntityOp,
     Tag,
@@ -118,13 +117,11 @@ class FileBudget:
             self._freed.set()
 
 
-def opt_out_of(
-    request: SendNotificationToEntityOp, audience: DirectoryEntry, settings: Settings
-) -> dict[str, str] | None:
-    """What a channel's message lets its recipient opt out of (`OptOut`): its category, when it has one that may be
-    opted out of; None otherwise."""
+def opt_out_of(request: SendNotificationToEntityOp, settings: Settings) -> str | None:
+    """The category a channel's message lets its recipient opt out of: the request's, when it may be opted out of;
+    None otherwise."""
     category = settings.categories().get(request.category) if request.category else None
-    return {"entity_id": audience.id, "category": category.name} if category and category.opt_out else None
+    return category.name if category and category.opt_out else None
 
 
 class CannotPrepare(Exception):

@@ -432,8 +432,8 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
                 "text_body": request.body,
                 "html_body": request.html_body,
                 "attachments": request.attachments_on(Channel.EMAIL),
-                "opt_out": opt_out_of(request, audience, settings),
                 "entity_id": audience.id,
+                "opt_out": opt_out_of(request, settings),
             },
         )
         return email, [recipient_email_tag(audience.email)]
@@ -442,10 +442,10 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
         """One-click unsubscribe (RFC 8058) from its category, where it has one that may be opted out of and the
         links can be signed (`NOTIFY_PUBLIC_URL`, `NOTIFY_LINK_SECRET`); and by mail, where an address is given."""
         settings = self._settings
-        if op.opt_out is None or settings.public_url is None or settings.link_secret is None:
+        if op.opt_out is None or op.entity_id is None or settings.public_url is None or settings.link_secret is None:
             return []
         secret = settings.link_secret.get_secret_value()
-        token = unsubscribe_token(secret, op.opt_out.entity_id, op.opt_out.category, Channel.EMAIL)
+        token = unsubscribe_token(secret, op.entity_id, op.opt_out, Channel.EMAIL)
         links = [f"<{unsubscribe_url(settings.public_url, token)}>"]
         if settings.unsubscribe_mailto:
             links.append(f"<mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>")

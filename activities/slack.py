@@ -221,7 +221,8 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
                 "channel": audience.slack.channel,
                 "text": text,
                 "attachments": request.attachments_on(Channel.SLACK),
-                "opt_out": opt_out_of(request, audience, settings),
+                "entity_id": audience.id,
+                "opt_out": opt_out_of(request, settings),
             },
         )
         return message, [
@@ -233,13 +234,13 @@ class SlackHandler(ChannelHandler[SendSlackMessageOp, SendSlackMessageResponse])
         """The message with a footer linking to unsubscribe from its category on Slack, with
         `NOTIFY_SLACK_UNSUBSCRIBE_FOOTER` where the links can be signed (every attempt the same: a retry finds it)."""
         settings = self._settings
-        if not settings.slack_unsubscribe_footer or op.opt_out is None:
+        if not settings.slack_unsubscribe_footer or op.opt_out is None or op.entity_id is None:
             return op
         if settings.public_url is None or settings.link_secret is None:
             return op
         secret = settings.link_secret.get_secret_value()
-        token = unsubscribe_token(secret, op.opt_out.entity_id, op.opt_out.category, Channel.SLACK)
-        footer = f"<{unsubscribe_url(settings.public_url, token)}|Unsubscribe from {op.opt_out.category} on Slack>"
+        token = unsubscribe_token(secret, op.entity_id, op.opt_out, Channel.SLACK)
+        footer = f"<{unsubscribe_url(settings.public_url, token)}|Unsubscribe from {op.opt_out} on Slack>"
         return op.model_copy(update={"text": f"{op.text}\n\n{footer}"})
 
     def failed_response(self, operation: SendSlackMessageOp, reason: str) -> SendSlackMessageResponse:

@@ -194,9 +194,12 @@ def get_delivery_channel_configs(
             continue
         action = audience.channels[channel]
         if action == ChannelPreference.SEND and category is not None:
-            said = category_preference(audience, category, channel)
-            if said is not None:
-                configs.append(DeliveryChannelConfig(channel=channel, action=ChannelPreference.OPTED_OUT, reason=said))
+            why = category_preference(audience, category, channel)
+            if why is not None:
+                reason = f"{channel}: {why}"
+                configs.append(
+                    DeliveryChannelConfig(channel=channel, action=ChannelPreference.OPTED_OUT, reason=reason)
+                )
                 continue
         workspaces = policies.slack_workspaces
         if action == ChannelPreference.SEND and channel == Channel.SLACK and workspaces is not None:
@@ -220,22 +223,15 @@ def category_preference(audience: DirectoryEntry, category: Category, channel: C
         return None
     preferred = audience.preferences.get(category.name, {}).get(channel)
     if preferred == ChannelPreference.OPTED_OUT:
-        return f"{channel}: opted out of {category.name!r} (the entity's preference)"
+        return f"opted out of {category.name!r} (the entity's preference)"
     if preferred is None and category.defaults.get(channel) == ChannelPreference.OPTED_OUT:
-        return f"{channel}: {category.name!r} is off by default (the category's)"
+        return f"{category.name!r} is off by default (the category's)"
     return None
 
 
 class EmailMailbox(Model):
     address: EmailAddress
     name: Name | None = None
-
-
-class OptOut(Model):
-    """What an email's unsubscribe link opts out of: its entity, of its category, on email."""
-
-    entity_id: str
-    category: str
 
 
 class SendEmailOp(Model):
@@ -251,10 +247,10 @@ class SendEmailOp(Model):
     html_body: OptionalBody | None = None
     attachments: list[Attachment] = Field(default_factory=list, exclude_if=lambda files: not files)
     """Named, not carried: the handler reads their bytes from the stream store."""
-    opt_out: OptOut | None = Field(default=None, exclude_if=lambda opt_out: opt_out is None)
-    """The category its recipient may opt out of, with a link the handler signs as it sends (List-Unsubscribe)."""
     entity_id: str | None = Field(default=None, exclude_if=lambda entity_id: entity_id is None)
     """The entity it is sent to, whose preference page the handler links to as it sends (a footer)."""
+    opt_out: str | None = Field(default=None, exclude_if=lambda opt_out: opt_out is None)
+    """The category its entity may opt out of, with a link the handler signs as it sends (List-Unsubscribe)."""
 
 
 class SendSlackMessageOp(Model):
@@ -269,8 +265,10 @@ class SendSlackMessageOp(Model):
     attachments: list[Attachment] = Field(default_factory=list, exclude_if=lambda files: not files)
     """Named, not carried: the handler reads their bytes from the stream store and uploads them with `text` as their
     comment."""
-    opt_out: OptOut | None = Field(default=None, exclude_if=lambda opt_out: opt_out is None)
-    """The category its channel may opt out of, with a link the handler signs as it sends
+    entity_id: str | None = Field(default=None, exclude_if=lambda entity_id: entity_id is None)
+    """The entity it is sent to (whose preference its unsubscribe link changes)."""
+    opt_out: str | None = Field(default=None, exclude_if=lambda opt_out: opt_out is None)
+    """The category its entity may opt out of on Slack, with a link the handler signs as it sends
     (`NOTIFY_SLACK_UNSUBSCRIBE_FOOTER`)."""
 
 

@@ -5,6 +5,7 @@ kept there too: the latest `TopicMembership` of a topic and an entity says wheth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
 
@@ -21,7 +22,7 @@ from domain import (
     tag,
     utc_now,
 )
-from streams.store import ReadOnlyStream, StreamName, StreamStore, unreadable
+from streams.store import ReadOnlyStream, StreamName, StreamStore, readable, unreadable
 
 MEMBERSHIP = TopicMembership.__name__
 """The type of a topic's membership records."""
@@ -66,26 +67,44 @@ async def lookup(directory: ReadOnlyStream, entity_id: str) -> DirectoryEntry | 
     return entry if isinstance(entry, DirectoryEntry) else None
 
 
-async def preferences_kept(directory: ReadOnlyStream, entry: DirectoryEntry) -> DirectoryEntry:
-    """`entry`, with the preferences the directory has for it when it gives none: an entity recorded again (a
-    directory file loaded again, a request that carries it) keeps what it chose, one-click opt-outs included."""
-    if entry.preferences:
+def preferences_kept(entry: DirectoryEntry, current: DirectoryEntry | None) -> DirectoryEntry:
+    """`entry`, with the preferences of `current` (the directory's entry for it) when it gives none: an entity
+    recorded again (a directory file loaded again, a request that carries it) keeps what it chose, one-click opt-outs
+    included."""
+    if entry.preferences or current is None or not current.preferences:
         return entry
-    current = await lookup(directory, entry.id)
-    return entry.model_copy(update={"preferences": current.preferences}) if current and current.preferences else entry
+    return entry.model_copy(update={"preferences": current.preferences})
+
+
+@dataclass(frozen=True)
+class Imported:
+    entries: list[DirectoryEntry]
+    """Every entry given, as the directory now has it (with the preferences it kept)."""
+    recorded: int
+    """How many of them were new or changed, and recorded; the others were already there as they are."""
+
+    @property
+    def unchanged(self) -> int:
+        return len(self.entries) - self.recorded
 
 
 async def import_entries(
     store: StreamStore, entries: list[DirectoryEntry], topics: Mapping[str, Sequence[str]] | None = None
-) -> tuple[int, int]:
+) -> Imported:
     """Record each entry that is new or changed (one that gives no preferences keeps those recorded:
     `preferences_kept`), each checked against every rule for a new entry (`domain.admitted`) before any is written,
-    and make each entity in `topics` a member of exactly the topics it lists there (no other); returns (entries
-    recorded, unchanged). All in one transaction. On PostgreSQL only the owner of the streams writes the directory:
-    `store` is opened as it (`Settings.open_streams(as_owner=True)`)."""
+    and make each entity in `topics` a member of exactly the topics it lists there (no other). All in one
+    transaction. On PostgreSQL only the owner of the streams writes the directory: `store` is opened as it
+    (`Settings.open_streams(as_owner=True)`)."""
     reader = store.reader(StreamName.ENTITY_DIRECTORY)
-    entries = [await preferences_kept(reader, admitted(DirectoryEntry, entry)) for entry in entries]
-    changed = [entry for entry in entries if await lookup(reader, entry.id) != entry]
+    kept: list[DirectoryEntry] = []
+    changed: list[DirectoryEntry] = []
+    for given in entries:
+        entry = admitted(DirectoryEntry, given)
+        current = await lookup(reader, entry.id)
+        kept.append(entry := preferences_kept(entry, current))
+        if entry != current:
+            changed.append(entry)
     joined: list[tuple[str, BaseModel, list[Tag]]] = []
     for entity_id, named in (topics or {}).items():
         now = {topic for (topic, _), member in (await memberships(reader, _entity(entity_id))).items() if member}
@@ -94,7 +113,7 @@ async def import_entries(
     await store.writer(StreamName.ENTITY_DIRECTORY).put_all(
         [*((entry.id, entry, _tags(entry)) for entry in changed), *joined]  # one transaction: all, or none
     )
-    return len(changed), len(entries) - len(changed)
+    return Imported(kept, len(changed))
 
 
 async def memberships(directory: ReadOnlyStream, *tags: Tag) -> dict[tuple[str, str], bool]:
@@ -102,12 +121,8 @@ async def memberships(directory: ReadOnlyStream, *tags: Tag) -> dict[tuple[str, 
     all of `tags` (none: every topic's); a record that cannot be read is left out (and logged once)."""
     latest = {}
     for record in await directory.by_tags(*tags, type=MEMBERSHIP):
-        try:
-            membership = record.object(TopicMembership)
-        except ValidationError as error:
-            unreadable(record, error)
-            continue
-        latest[membership.topic, membership.entity_id] = membership.member
+        if (membership := readable(record, TopicMembership)) is not None:
+            latest[membership.topic, membership.entity_id] = membership.member
     return latest
 
 

@@ -107,6 +107,15 @@ def unreadable(record: Record, error: Exception) -> str:
     return said
 
 
+def readable(record: Record, model: builtins.type[M]) -> M | None:
+    """The record's payload as `model`, or None if it does not parse (logged once: `unreadable`)."""
+    try:
+        return record.object(model)
+    except ValidationError as error:
+        unreadable(record, error)
+        return None
+
+
 @dataclass(frozen=True)
 class PutResult:
     internal_id: int | None

@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from domain import (
     ChannelFeedback,
     EmailBouncedEvent,
@@ -30,7 +28,7 @@ from streams.store import (
     StreamName,
     StreamStore,
     WriteOnlyStream,
-    unreadable,
+    readable,
 )
 
 SUPPRESSION = EmailSuppression.__name__
@@ -76,24 +74,16 @@ async def suppression(events: ReadOnlyStream, address: str) -> EmailSuppression 
     record = await events.latest(address.lower(), type=SUPPRESSION)
     if record is None:
         return None
-    try:
-        latest = record.object(EmailSuppression)
-    except ValidationError as error:
-        unreadable(record, error)
-        return None
-    return latest if latest.suppressed else None
+    latest = readable(record, EmailSuppression)
+    return latest if latest is not None and latest.suppressed else None
 
 
 async def suppressions(events: ReadOnlyStream) -> list[EmailSuppression]:
     """Every address suppressed now, in order of address."""
     latest: dict[str, EmailSuppression] = {}
     for record in await events.by_tags(LISTED, type=SUPPRESSION):
-        try:
-            change = record.object(EmailSuppression)
-        except ValidationError as error:
-            unreadable(record, error)
-            continue
-        latest[change.address] = change
+        if (change := readable(record, EmailSuppression)) is not None:
+            latest[change.address] = change
     return [s for _, s in sorted(latest.items()) if s.suppressed]
 
 
@@ -214,12 +204,7 @@ async def email_feedback(events: ReadOnlyStream, channel_operation_id: int) -> l
     found = []
     for record in await events.by_id(channel_operation_id):
         kind = FEEDBACK.get(record.type)
-        if kind is None:
-            continue
-        try:
-            event = record.object(EmailFeedbackEvent)
-        except ValidationError as error:
-            unreadable(record, error)
+        if kind is None or (event := readable(record, EmailFeedbackEvent)) is None:
             continue
         found.append(
             ChannelFeedback(

@@ -9,9 +9,6 @@ import base64
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
-
-from pydantic import ValidationError
 
 from domain import Tag, TagName, utc_now
 from domain.webhooks import (
@@ -23,14 +20,13 @@ from domain.webhooks import (
     WebhookEndpointRemoved,
     WebhookEventType,
 )
-from streams.store import Record, StreamName, StreamStore, unreadable
+from streams.store import Record, StreamName, StreamStore, readable
 
 ENDPOINT_TAG = "webhook-endpoint-id"
 """The tag of every record of an endpoint, and of each of its deliveries' attempts."""
 ADDED = WebhookEndpointAdded.__name__
 ATTEMPT = WebhookAttempt.__name__
 DISABLED = WebhookEndpointDisabled.__name__
-M = TypeVar("M", WebhookEndpointAdded, WebhookEndpointDisabled, WebhookAttempt)
 
 
 class UnknownWebhook(LookupError):
@@ -95,14 +91,14 @@ async def endpoints(store: StreamStore) -> list[Endpoint]:
     found = [
         Endpoint(added, r.internal_id, await _disabled(store, added.id))
         for r in latest.values()
-        if r.type == ADDED and (added := _read(r, WebhookEndpointAdded)) is not None
+        if r.type == ADDED and (added := readable(r, WebhookEndpointAdded)) is not None
     ]
     return sorted(found, key=lambda e: e.internal_id)
 
 
 async def endpoint(store: StreamStore, endpoint_id: str) -> Endpoint | None:
     record = await store.reader(StreamName.WEBHOOK).latest(endpoint_id)
-    if record is None or record.type != ADDED or (added := _read(record, WebhookEndpointAdded)) is None:
+    if record is None or record.type != ADDED or (added := readable(record, WebhookEndpointAdded)) is None:
         return None
     return Endpoint(added, record.internal_id, await _disabled(store, endpoint_id))
 
@@ -110,7 +106,7 @@ async def endpoint(store: StreamStore, endpoint_id: str) -> Endpoint | None:
 async def _disabled(store: StreamStore, endpoint_id: str) -> WebhookEndpointDisabled | None:
     """The endpoint's disabling, if it is disabled (under its id: its deliveries' attempts are under theirs)."""
     record = await store.reader(StreamName.WEBHOOK_DELIVERY).latest(endpoint_id, DISABLED)
-    return None if record is None else _read(record, WebhookEndpointDisabled)
+    return None if record is None else readable(record, WebhookEndpointDisabled)
 
 
 def disabled_record(endpoint_id: str, reason: str) -> tuple[str, WebhookEndpointDisabled, list[Tag]]:
@@ -132,7 +128,7 @@ async def deliveries(store: StreamStore, endpoint_id: str) -> list[WebhookDelive
     for record in await store.reader(StreamName.WEBHOOK_DELIVERY).by_tags(
         Tag(name=ENDPOINT_TAG, value=endpoint_id), type=ATTEMPT
     ):
-        if (attempt := _read(record, WebhookAttempt)) is not None:
+        if (attempt := readable(record, WebhookAttempt)) is not None:
             by_id.setdefault(attempt.webhook_id, []).append(attempt)
     summaries = []
     for webhook_id, attempts in by_id.items():
@@ -151,11 +147,3 @@ async def deliveries(store: StreamStore, endpoint_id: str) -> list[WebhookDelive
             )
         )
     return sorted(summaries, key=lambda s: s.first_at, reverse=True)
-
-
-def _read(record: Record, model: type[M]) -> M | None:
-    try:
-        return record.object(model)
-    except ValidationError as error:
-        unreadable(record, error)
-        return None

@@ -219,6 +219,8 @@ async def test_preferences_are_set_over_the_api_and_the_next_notification_obeys_
     missing = await api.call("PUT", "/v1/entities/nobody/preferences", json={"billing": {"email": "send"}})
     assert missing.status_code == 404
     assert (await api.call("GET", "/v1/entities/reader")).json()["preferences"] == {"billing": {"slack": "opted-out"}}
+    again = await api.call("PUT", "/v1/entities/reader", json=reader().model_dump(exclude_none=True))
+    assert again.json()["preferences"] == {"billing": {"slack": "opted-out"}}  # recorded again: its choices kept
 
 
 async def test_the_command_line_shows_and_sets_preferences(
@@ -238,8 +240,8 @@ async def test_the_command_line_shows_and_sets_preferences(
     shown = starter("show", "reader").stdout.splitlines()
     assert shown == [
         f"{'billing':<24} email: send  slack: send",
-        f"{'marketing':<24} email: off (opted out of 'marketing' (the entity's preference))  slack: send",
-        f"{'digest':<24} email: send  slack: off ('digest' is off by default (the category's))",
+        f"{'marketing':<24} email: off: opted out of 'marketing' (the entity's preference)  slack: send",
+        f"{'digest':<24} email: send  slack: off: 'digest' is off by default (the category's)",
         f"{'security':<24} email: send  slack: send",
     ]
     assert starter("set", "reader", "digest", "slack", "send").stdout == "reader: digest on slack: send\n"

@@ -402,8 +402,10 @@ async def test_idempotency_key(notify: Notify, mail_sink: MailSink) -> None:
 
 
 async def test_directory_changes_are_kept_as_records(notify: Notify, store: StreamStore) -> None:
-    assert await import_entries(store, [entity()]) == (0, 1)
-    assert await import_entries(store, [entity(email="ada@new.example.com")]) == (1, 0)
+    imported = await import_entries(store, [entity()])
+    assert (imported.recorded, imported.unchanged) == (0, 1)
+    imported = await import_entries(store, [entity(email="ada@new.example.com")])
+    assert (imported.recorded, imported.unchanged) == (1, 0)
     history = await store.reader(StreamName.ENTITY_DIRECTORY).by_id("user-1")
     assert [r.json()["email"] for r in history] == ["ada@example.com", "ada@new.example.com"]
     _, view = await notify.send()

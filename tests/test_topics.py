@@ -62,12 +62,14 @@ async def test_an_import_makes_each_listed_entity_a_member_of_exactly_its_topics
     await change_members(directory, "old", ["user-1", "user-2"], member=True)
     entries = [entity(id="user-1"), entity(id="user-2"), entity(id="user-4")]
     topics = {"user-1": ["ops", "plan-pro"], "user-4": ["ops"]}
-    assert await import_entries(directory, entries, topics) == (1, 2)
+    imported = await import_entries(directory, entries, topics)
+    assert (imported.recorded, imported.unchanged) == (1, 2)
 
     reader = directory.reader(StreamName.ENTITY_DIRECTORY)
     assert await topic_sizes(reader) == {"old": 1, "ops": 2, "plan-pro": 1}  # user-2 listed none: it keeps its own
     assert await members(reader, "ops") == ["user-1", "user-4"]
-    assert await import_entries(directory, entries, topics) == (0, 3)
+    imported = await import_entries(directory, entries, topics)
+    assert (imported.recorded, imported.unchanged) == (0, 3)
     assert len(await reader.by_tags(type="TopicMembership")) == 6  # nothing changed: nothing written
 
 

@@ -30,8 +30,8 @@ async def put_entity(entity_id: str, entry: dict[str, Any], app: AppParts) -> Di
         recorded = admitted(DirectoryEntry, entry)
     except ValidationError as error:
         raise Problem(422, validation_message(error)) from error
-    await import_entries(app.owner, [recorded])  # only the owner of the streams writes the directory
-    return recorded
+    imported = await import_entries(app.owner, [recorded])  # only the owner of the streams writes the directory
+    return imported.entries[0]
 
 
 @router.put(
