@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,10 +98,25 @@ class UnknownBroadcast(LookupError):
         super().__init__(f"no broadcast with id {broadcast_id!r}")
 
 
+@dataclass
+class Tally:
+    """A broadcast's ended notifications as one client counted them: each one's status, by notification id, from
+    its views up to internal id `after`; and its recipients (0 until its snapshot is kept)."""
+
+    after: int = 0
+    statuses: dict[str, str] = field(default_factory=dict)
+    recipients: int = 0
+
+
+TALLIES = 64
+"""Broadcasts a client keeps its counts of (those it counted most recently)."""
+
+
 class BroadcastClient:
     """Broadcasts through the notification client's store and Temporal."""
 
     def __init__(self, notifications: NotificationClient) -> None:
+        self._tallies: dict[str, Tally] = {}
         self._notifications = notifications
         self._store = notifications.store
         self._temporal = notifications.temporal
@@ -217,19 +234,26 @@ class BroadcastClient:
 
     async def counts(self, broadcast_id: str) -> BroadcastCounts:
         """Where the broadcast's notifications are: its recipients (none until its saga has kept them), and how many
-        ended, by status."""
-        ended: dict[str, int] = {}
-        for view in await self._views(broadcast_id):
-            status = _status_of(view.payload)
-            ended[status] = ended.get(status, 0) + 1
+        ended, by status. What this client counted before is kept (`Tally`): each count reads only the views recorded
+        since, so that a broadcast's saga, which counts again and again, reads each view once."""
+        tally = self._tallies.pop(broadcast_id, None) or Tally()
+        self._tallies[broadcast_id] = tally  # the most recently counted last: the first is forgotten first
+        while len(self._tallies) > TALLIES:
+            del self._tallies[next(iter(self._tallies))]
+        for view in await self._views(broadcast_id, after=tally.after):
+            tally.statuses[view.record_id or ""] = _status_of(view.payload)  # a view recorded again counts once
+            tally.after = max(tally.after, view.internal_id)
+        ended = dict(Counter(tally.statuses.values()))
         if refused := await self.refused(broadcast_id):
             ended["refused"] = len(refused)
-        recipients = sum(len(p.entity_ids) for p in await self.pages(broadcast_id))
-        return BroadcastCounts(recipients=recipients, ended=ended)
+        if not tally.recipients:  # the snapshot is kept in one write: once there, it is all there
+            tally.recipients = sum(len(p.entity_ids) for p in await self.pages(broadcast_id))
+        return BroadcastCounts(recipients=tally.recipients, ended=ended)
 
-    async def _views(self, broadcast_id: str) -> list[Record]:
-        """The recorded views of its notifications that have ended."""
-        return await self._store.reader(StreamName.NOTIFICATION_VIEW).by_tags(tag(TagName.BROADCAST_ID, broadcast_id))
+    async def _views(self, broadcast_id: str, after: int = 0) -> list[Record]:
+        """The recorded views of its notifications that have ended (those after internal id `after`)."""
+        views = self._store.reader(StreamName.NOTIFICATION_VIEW)
+        return await views.by_tags(tag(TagName.BROADCAST_ID, broadcast_id), after=after)
 
     async def notifications(
         self, broadcast_id: str, *, status: str | None = None, after: int = 0, limit: int = 50

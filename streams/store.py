@@ -764,8 +764,9 @@ class ReadOnlyStream:
     async def by_id(self, record_id: str | int) -> list[Record]:
         return await self._store.read(self.name, record_id=str(record_id))
 
-    async def by_tags(self, *tags: Tag, type: str | None = None) -> list[Record]:
-        return await self._store.read(self.name, tags=tags, type=type)
+    async def by_tags(self, *tags: Tag, type: str | None = None, after: int = 0) -> list[Record]:
+        """The records with all of `tags` (of `type`), after internal id `after`, oldest first."""
+        return await self._store.read(self.name, tags=tags, type=type, after=after or None)
 
     async def newest_by_tags(
         self, *tags: Tag, type: str | None = None, before: int | None = None, limit: int

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
 import activities.broadcast
@@ -356,3 +357,31 @@ async def test_a_template_naming_a_file_is_broadcast_with_it_kept_once(
         "Terms for u0@example.com": [("Terms.pdf", PDF)],
         "Terms for u1@example.com": [("Terms.pdf", PDF)],
     }
+
+
+class BroadcastStatusView(BaseModel):
+    """A view as counts read it: its status."""
+
+    status: str
+
+
+async def test_a_client_counts_each_notification_once_reading_only_the_views_recorded_since_it_last_counted(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings
+) -> None:
+    """The broadcast's saga counts again and again: each count reads the views recorded since the last, and a
+    notification whose view is recorded again counts once, with its status now."""
+    views = store.writer(StreamName.NOTIFICATION_VIEW)
+    by_broadcast = [tag(TagName.BROADCAST_ID, "b-1")]
+
+    async def viewed(number: int, status: str) -> None:
+        await views.put(f"b-1.{number}", BroadcastStatusView(status=status), tags=by_broadcast)
+
+    async with notifying(time_skipping_env, store, settings) as notify:
+        broadcasts = BroadcastClient(notify.client)
+        await viewed(1, "sent")
+        await viewed(2, "failed")
+        assert (await broadcasts.counts("b-1")).ended == {"sent": 1, "failed": 1}
+        await viewed(2, "sent")  # recorded again
+        await viewed(3, "cancelled")
+        assert (await broadcasts.counts("b-1")).ended == {"sent": 2, "cancelled": 1}
+        assert (await BroadcastClient(notify.client).counts("b-1")).ended == {"sent": 2, "cancelled": 1}
