@@ -201,13 +201,16 @@ def temporal_binary(name: str) -> Path:
 
 
 DEV_SERVER_STARTUP = timedelta(seconds=60)
-ONE_PARTITION = (
+DEV_SERVER_TUNING = (
     *("--dynamic-config-value", "matching.numTaskqueueReadPartitions=1"),
     *("--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"),
+    *("--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000"),
 )
-"""The dev server's options for one partition per task queue: a queue's rate limit is divided among its partitions,
-each allowing a burst of one, so with the default four a limit of 1/s could let four go at once. One machine gains
-nothing from partitions."""
+"""The dev server's options. One partition per task queue: a queue's rate limit is divided among its partitions,
+each allowing a burst of one, so with the default four a limit of 1/s could let four go at once; one machine gains
+nothing from partitions. And its transfer queue (what hands each workflow task and activity to a task queue) read as
+soon as it has tasks: at the default of 20 reads a second, each task waits up to 50 ms behind the read before it
+whenever anything else runs, which made a notification 4x slower under any load (docs/operations.md)."""
 PR_SET_PDEATHSIG = 1
 STORE_CHECK_INTERVAL = 1.0
 """Seconds between the worker's checks that its streams store is still the one it opened."""
@@ -227,7 +230,7 @@ async def dev_server(settings: Settings) -> AsyncIterator[Client]:
             str(temporal_binary("temporal")),
             *("server", "start-dev", "--ip", host, "--port", str(port), "--ui-port", str(ui_port)),
             *("--namespace", settings.temporal_namespace, "--db-filename", str(settings.data_dir / "temporal.db")),
-            *("--log-level", "warn", *ONE_PARTITION, *search.DEV_SERVER_ARGS),
+            *("--log-level", "warn", *DEV_SERVER_TUNING, *search.DEV_SERVER_ARGS),
             *(
                 ("--ui-codec-endpoint", f"http://{settings.api_host}:{settings.api_port}/codec")
                 if settings.payload_keys

@@ -46,7 +46,7 @@ from sinks.slack import SlackSink
 from streams import Record, StreamStore, open_store
 from streams.directory import import_entries
 from streams.store import NewRecord, PutResult
-from worker import running_workers, temporal_binary
+from worker import DEV_SERVER_TUNING, running_workers, temporal_binary
 from workflows import search
 
 BATCH = 1000
@@ -68,6 +68,7 @@ async def sample(
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=str(temporal_binary("temporal")),
+        dev_server_extra_args=list(DEV_SERVER_TUNING),
         search_attributes=search.KEYS,
     )
     try:

@@ -55,7 +55,7 @@ from harness.processes import ROOT, WorkerProcess, unconfigured_environment
 from settings import Settings
 from sinks.mail import free_port
 from streams.directory import import_entries
-from worker import ONE_PARTITION, temporal_binary
+from worker import DEV_SERVER_TUNING, temporal_binary
 from workflows import search
 
 ENTITIES = [
@@ -241,7 +241,7 @@ class Bench:
         """The PostgreSQL databases made for the run, dropped at its end."""
         self.server = self.spawn(
             [str(temporal_binary("temporal")), "server", "start-dev", "--headless", "--ip", "127.0.0.1"]
-            + ["--port", str(self.port), "--log-level", "error", *ONE_PARTITION, *search.DEV_SERVER_ARGS]
+            + ["--port", str(self.port), "--log-level", "error", *DEV_SERVER_TUNING, *search.DEV_SERVER_ARGS]
         )
         self.mail_port, self.slack_port = 0, 0
         """Where the sinks of the measurement under way listen."""

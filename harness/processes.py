@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from sinks.mail import free_port
-from worker import UI_PORT_OFFSET, temporal_binary
+from worker import DEV_SERVER_TUNING, UI_PORT_OFFSET, temporal_binary
 from workflows import search
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,8 @@ def temporal_server(port: int, database: Path) -> subprocess.Popen[bytes]:
     """A Temporal dev server on `port`, keeping its workflows in `database` (so that it can be restarted on them)."""
     return subprocess.Popen(
         [str(temporal_binary("temporal")), "server", "start-dev", "--headless", "--ip", "127.0.0.1"]
-        + ["--port", str(port), "--db-filename", str(database), "--log-level", "error", *search.DEV_SERVER_ARGS],
+        + ["--port", str(port), "--db-filename", str(database), "--log-level", "error", *DEV_SERVER_TUNING]
+        + list(search.DEV_SERVER_ARGS),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

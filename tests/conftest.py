@@ -35,7 +35,7 @@ from streams import StreamStore
 from tests.cli import DIRECTORY, TEAM, TOKEN, Cli
 from tests.databases import DATABASES, Databases, role_urls
 from tests.service import Api, Notify, entity, notifying
-from worker import temporal_binary
+from worker import DEV_SERVER_TUNING, temporal_binary
 from workflows import search
 
 SLACK_TOKEN = "xoxb-acme-test-token"
@@ -141,6 +141,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         dev_server_existing_path=str(temporal_binary("temporal")),
         dev_server_startup_timeout=timedelta(seconds=60),
+        dev_server_extra_args=list(DEV_SERVER_TUNING),
         runtime=temporal_runtime(),
         search_attributes=search.KEYS,
     )
