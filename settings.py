@@ -149,6 +149,7 @@ class Settings(BaseSettings):
     transfer_bytes_per_second: float = Field(500_000, gt=0)
     attachment_memory_bytes: int = Field(256 * 1024 * 1024, gt=0)
     heartbeat_timeout_seconds: float = Field(10, gt=0)
+    broadcast_recipients_per_second: float | None = Field(None, gt=0)
     sticky_queue_timeout_seconds: float = Field(10, gt=0)
     channel_configs_failure_action: ConfigsFailureAction = ConfigsFailureAction.IGNORE
     cannot_prepare_action: CannotPrepareAction = CannotPrepareAction.CONTINUE

@@ -47,7 +47,9 @@ from streams import ExistingRecordStrategy, HandlingStatus, InvalidHandlingTrans
 from streams.directory import members
 
 STARTS_AT_ONCE = 16
-"""Sagas a page's step starts at once."""
+"""Sagas a page's step starts at once (a pace's turn at a time)."""
+PACE = "broadcasts"
+"""The key of the turns broadcasts take to start their recipients' sagas at a pace."""
 
 
 class BroadcastActivities:
@@ -163,19 +165,22 @@ class BroadcastActivities:
                 for r in refused
             ],
         )
-        at_once = asyncio.Semaphore(STARTS_AT_ONCE)
-
-        async def start(request: NotificationRequest) -> None:
-            async with at_once:
-                await start_saga(self._temporal, self._store, self._settings, request)
-
-        await asyncio.gather(
-            *(
-                start(r.model_copy(update={"client_operation_record_id": put.record_internal_id}))
-                for r, put in zip(requests, written, strict=True)
-            )
-        )
+        taken_up = [
+            r.model_copy(update={"client_operation_record_id": put.record_internal_id})
+            for r, put in zip(requests, written, strict=True)
+        ]
+        for first in range(0, len(taken_up), STARTS_AT_ONCE):
+            starts = taken_up[first : first + STARTS_AT_ONCE]
+            await self._turn(len(starts))
+            await asyncio.gather(*(start_saga(self._temporal, self._store, self._settings, r) for r in starts))
         return len(requests)
+
+    async def _turn(self, starts: int) -> None:
+        """Wait for the turn of `starts` sagas at `NOTIFY_BROADCAST_RECIPIENTS_PER_SECOND`, which every broadcast's
+        steps take from the stream store, in every worker (none without it)."""
+        pace = self._settings.broadcast_recipients_per_second
+        if pace is not None:
+            await asyncio.sleep(await self._handling.next_turn(PACE, starts / pace))
 
     @activity.defn(name=COUNT_RECIPIENTS.name)
     @heartbeating_throughout

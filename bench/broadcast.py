@@ -10,7 +10,9 @@ latency in the middle of it; the broadcasts' worker's resident size through it; 
 and the dev server); the broadcast's largest run's history (events and bytes). Prints each backend's row as it is
 measured, then the table, and writes JSON.
 
-    .venv/bin/python -m bench.broadcast --recipients 10000 [--postgres URL] [--json FILE]
+    .venv/bin/python -m bench.broadcast --recipients 10000 [--pace N] [--postgres URL] [--json FILE]
+
+With `--pace N` the workers start broadcasts' recipients at N a second (`NOTIFY_BROADCAST_RECIPIENTS_PER_SECOND`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from streams.directory import import_entries
 
 IN_FLIGHT = 50
 """The baseline's single requests at once."""
-PROBES = 5
+PROBES = 9
 """Single notifications timed, one after the other, idle and during the broadcast."""
 BROADCASTS_NICENESS = ("nice", "-n", "10")
 """How the broadcasts' worker is started: behind the other processes for the CPU, as docs/operations.md says."""
@@ -53,6 +55,8 @@ SOLO = DirectoryEntry.model_validate({"id": "solo", "email": "solo@example.com",
 class Figures:
     backend: str
     recipients: int
+    pace: float | None
+    """Recipients started a second (`NOTIFY_BROADCAST_RECIPIENTS_PER_SECOND`), or None: as fast as they go."""
     single_idle_ms: float
     singles_s: float
     """The same number of single requests at `IN_FLIGHT`, each waited for."""
@@ -89,13 +93,17 @@ def recipients_of(count: int) -> list[DirectoryEntry]:
     ]
 
 
-async def measure(bench: Bench, temporal: Client, backend: str, url: str, count: int) -> Figures:
+async def measure(
+    bench: Bench, temporal: Client, backend: str, url: str, count: int, pace: float | None = None
+) -> Figures:
     settings = Settings(_env_file=None, temporal_address=f"127.0.0.1:{bench.port}", task_queue="saga", streams_url=url)
     entities = recipients_of(count)
     async with settings.open_streams(create=True) as store:
         await import_entries(store, [SOLO, *entities], {e.id: ["everyone"] for e in entities})
         sinks = bench.start_sinks()
         env = bench.environment_for(url)
+        if pace is not None:
+            env["NOTIFY_BROADCAST_RECIPIENTS_PER_SECOND"] = str(pace)
         workers = [
             WorkerProcess(bench.spawn([*before, sys.executable, str(ROOT / "worker.py"), "--serve", serves], env))
             for before, serves in [((), "notifications"), (BROADCASTS_NICENESS, "broadcasts")]
@@ -156,6 +164,7 @@ async def measure(bench: Bench, temporal: Client, backend: str, url: str, count:
     return Figures(
         backend=backend,
         recipients=count,
+        pace=pace,
         single_idle_ms=round(idle, 1),
         singles_s=round(singles_s, 2),
         singles_cpu_ms=round(singles_cpu * 1000 / count, 1),
@@ -230,15 +239,15 @@ async def broadcast_runs(temporal: Client, broadcast_id: str) -> list[tuple[int,
 
 def table(figures: list[Figures]) -> str:
     rows: list[tuple[str, ...]] = [
-        ("backend", "recipients", "accepted ms", "requested s", "ended s", "singles s", "x singles",
+        ("backend", "recipients", "pace/s", "accepted ms", "requested s", "ended s", "singles s", "x singles",
          "single idle ms", "single during ms", "x idle", "CPU ms/n broadcast", "CPU ms/n singles",
          "worker RSS MiB (start, peak, end)", "runs", "largest run events", "largest run KB"),
     ]  # fmt: skip
     for f in figures:
         rows.append(
-            (f.backend, str(f.recipients), f"{f.accepted_ms:g}", f"{f.requested_s:g}", f"{f.ended_s:g}",
-             f"{f.singles_s:g}", f"{f.x_singles:.2f}", f"{f.single_idle_ms:g}", f"{f.single_during_ms:g}",
-             f"{f.x_idle:.2f}", f"{f.broadcast_cpu_ms:g}", f"{f.singles_cpu_ms:g}",
+            (f.backend, str(f.recipients), "-" if f.pace is None else f"{f.pace:g}", f"{f.accepted_ms:g}",
+             f"{f.requested_s:g}", f"{f.ended_s:g}", f"{f.singles_s:g}", f"{f.x_singles:.2f}", f"{f.single_idle_ms:g}",
+             f"{f.single_during_ms:g}", f"{f.x_idle:.2f}", f"{f.broadcast_cpu_ms:g}", f"{f.singles_cpu_ms:g}",
              ", ".join(f"{m:g}" for m in f.worker_rss_mib), str(f.runs), str(f.largest_run_events),
              f"{f.largest_run_bytes / 1000:.1f}")
         )  # fmt: skip
@@ -253,7 +262,7 @@ def parts_table(figures: Figures) -> str:
     return "\n".join(aligned(rows))
 
 
-async def bench(recipients: int, postgres: str | None, output: Path | None) -> None:
+async def bench(recipients: int, pace: float | None, postgres: str | None, output: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="notify-broadcast-") as folder:
         run = Bench(Path(folder), postgres)
         try:
@@ -265,7 +274,7 @@ async def bench(recipients: int, postgres: str | None, output: Path | None) -> N
                 stores.append(("PostgreSQL", run.databases[-1]))
             figures = []
             for backend, url in stores:  # each backend's figures as soon as they are measured: a run takes long
-                figures.append(await measure(run, temporal, backend, url, recipients))
+                figures.append(await measure(run, temporal, backend, url, recipients, pace))
                 print(table(figures[-1:]), flush=True)
                 print(parts_table(figures[-1]), flush=True)
         finally:
@@ -279,12 +288,15 @@ async def bench(recipients: int, postgres: str | None, output: Path | None) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipients", type=int, default=10_000, help="entities in the topic (default 10,000)")
+    parser.add_argument("--pace", type=float, metavar="N", help="recipients started a second (default: no pace)")
     parser.add_argument("--postgres", metavar="URL", help="also on a fresh database of this PostgreSQL server")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON too")
     arguments = parser.parse_args()
     if arguments.recipients < 1:
         parser.error("--recipients: at least 1")
-    asyncio.run(bench(arguments.recipients, arguments.postgres, arguments.json))
+    if arguments.pace is not None and arguments.pace <= 0:
+        parser.error("--pace: more than 0")
+    asyncio.run(bench(arguments.recipients, arguments.pace, arguments.postgres, arguments.json))
 
 
 if __name__ == "__main__":

@@ -78,10 +78,10 @@ def test_the_throughput_bench_measures_bare_and_saga_at_each_number_in_flight(
 
 def test_the_broadcast_bench_measures_a_broadcast_beside_as_many_single_requests(tmp_path: Path) -> None:
     figures = tmp_path / "figures.json"
-    run = bench("bench.broadcast", "--recipients", "25", "--json", str(figures))
+    run = bench("bench.broadcast", "--recipients", "25", "--pace", "100", "--json", str(figures))
     assert run.returncode == 0, run.stdout + run.stderr
     [sqlite] = json.loads(figures.read_text())
-    assert (sqlite["backend"], sqlite["recipients"], sqlite["runs"]) == ("SQLite", 25, 1)
+    assert (sqlite["backend"], sqlite["recipients"], sqlite["pace"], sqlite["runs"]) == ("SQLite", 25, 100, 1)
     assert 0 < sqlite["accepted_ms"] and 0 < sqlite["requested_s"] < sqlite["ended_s"]
     assert sqlite["x_singles"] == sqlite["ended_s"] / sqlite["singles_s"]
     assert sqlite["single_idle_ms"] > 0 and sqlite["single_during_ms"] >= 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -385,3 +386,25 @@ async def test_a_client_counts_each_notification_once_reading_only_the_views_rec
         await viewed(3, "cancelled")
         assert (await broadcasts.counts("b-1")).ended == {"sent": 2, "cancelled": 1}
         assert (await BroadcastClient(notify.client).counts("b-1")).ended == {"sent": 2, "cancelled": 1}
+
+
+async def test_broadcasts_start_their_recipients_at_the_pace_they_share(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings, mail_sink: MailSink
+) -> None:
+    """At 8 recipients a second for all broadcasts together, two broadcasts of 20 take their turns, 16 sagas at a
+    time at most: the 40 cannot all have started (nor ended) sooner than (40 - 16) / 8 s after the first turn (at
+    their own speed here, about one second)."""
+    paced = settings.model_copy(update={"broadcast_recipients_per_second": 8})
+    async with notifying(time_skipping_env, store, paced, *MEMBERS[:20]) as notify:
+        async with owner_store(paced, store) as owner:
+            await change_members(owner, "everyone", [m.id for m in MEMBERS[:20]], member=True)
+        broadcasts = BroadcastClient(notify.client)
+        content = {"subject": "Maintenance tonight", "body": "22:00 UTC."}
+        started = time.monotonic()
+        bids = [await broadcasts.request({"audience": {"topic": "everyone"}, "content": content}) for _ in range(2)]
+        counts = [await broadcasts.result(bid) for bid in bids]
+        took = time.monotonic() - started
+
+    assert counts == [BroadcastCounts(recipients=20, ended={"sent": 20})] * 2
+    assert took >= (40 - 16) / 8
+    assert len(mail_sink.messages) == 40

@@ -33,7 +33,10 @@ I = TypeVar("I")  # noqa: E741 - a step's input, beside O for its result
 O = TypeVar("O")  # noqa: E741
 
 STEP_TIMEOUT = timedelta(minutes=2)
-"""How long one attempt at a step may take (a page's requests and sagas: a few seconds)."""
+"""How long one attempt at a step may take (a look, a page's requests and sagas: a few seconds)."""
+PAGE_TIMEOUT = timedelta(hours=1)
+"""How long one attempt at a page's step may take: at a pace (`NOTIFY_BROADCAST_RECIPIENTS_PER_SECOND`, shared by
+every broadcast) its sagas' starts wait for their turns; its heartbeat says whether its worker is alive."""
 STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 """Every step is retried until it succeeds: each finds what an earlier attempt wrote."""
 WINDOW = 200
@@ -91,7 +94,7 @@ class BroadcastSaga:
             if self._cancelled:
                 break
             page = BroadcastPage(broadcast_id=request.broadcast_id, page=request.next_page)
-            requested = await self._step(REQUEST_RECIPIENTS, page)
+            requested = await self._step(REQUEST_RECIPIENTS, page, PAGE_TIMEOUT)
             request = request.model_copy(
                 update={"next_page": request.next_page + 1, "requested": request.requested + requested}
             )
@@ -143,14 +146,14 @@ class BroadcastSaga:
         if self._steps >= STEPS_PER_RUN and not self._cancel_pending:
             workflow.continue_as_new(request)  # a cancel under way is not carried on: it ends in this run
 
-    async def _step(self, step: Activity[I, O], arg: I) -> O:
-        """A step, as an activity retried until it succeeds."""
+    async def _step(self, step: Activity[I, O], arg: I, timeout: timedelta = STEP_TIMEOUT) -> O:
+        """A step, as an activity retried until it succeeds, each attempt within `timeout`."""
         self._steps += 1
         result: O = await workflow.execute_activity(
             step.name,
             arg,
             result_type=step.result,
-            start_to_close_timeout=STEP_TIMEOUT,
+            start_to_close_timeout=timeout,
             heartbeat_timeout=self._heartbeat_timeout,  # each step heartbeats: a worker that died is noticed
             retry_policy=STEP_RETRY,
         )
