@@ -108,8 +108,8 @@ class Tally:
     recipients: int = 0
 
 
-TALLIES = 64
-"""Broadcasts a client keeps its counts of (those it counted most recently)."""
+TALLIES = 8
+"""Broadcasts a client keeps its counts of (those it counted most recently): one status per notification each."""
 
 
 class BroadcastClient:
@@ -234,13 +234,18 @@ class BroadcastClient:
 
     async def counts(self, broadcast_id: str) -> BroadcastCounts:
         """Where the broadcast's notifications are: its recipients (none until its saga has kept them), and how many
-        ended, by status. What this client counted before is kept (`Tally`): each count reads only the views recorded
-        since, so that a broadcast's saga, which counts again and again, reads each view once."""
+        ended, by status. What this client counted before is kept (`Tally`): a count reads only the views recorded
+        since the last, so that a broadcast's saga, which counts again and again, reads each view once while its
+        notifications end; a count that finds none reads them all again, which finds a view whose internal id was
+        taken before the last one counted but whose write was seen after it (PostgreSQL's concurrent writers)."""
         tally = self._tallies.pop(broadcast_id, None) or Tally()
         self._tallies[broadcast_id] = tally  # the most recently counted last: the first is forgotten first
         while len(self._tallies) > TALLIES:
             del self._tallies[next(iter(self._tallies))]
-        for view in await self._views(broadcast_id, after=tally.after):
+        views = await self._views(broadcast_id, after=tally.after)
+        if not views and tally.after:
+            views = await self._views(broadcast_id)
+        for view in views:
             tally.statuses[view.record_id or ""] = _status_of(view.payload)  # a view recorded again counts once
             tally.after = max(tally.after, view.internal_id)
         ended = dict(Counter(tally.statuses.values()))

@@ -169,18 +169,21 @@ class BroadcastActivities:
             r.model_copy(update={"client_operation_record_id": put.record_internal_id})
             for r, put in zip(requests, written, strict=True)
         ]
-        for first in range(0, len(taken_up), STARTS_AT_ONCE):
-            starts = taken_up[first : first + STARTS_AT_ONCE]
-            await self._turn(len(starts))
-            await asyncio.gather(*(start_saga(self._temporal, self._store, self._settings, r) for r in starts))
-        return len(requests)
+        at_once = asyncio.Semaphore(STARTS_AT_ONCE)
 
-    async def _turn(self, starts: int) -> None:
-        """Wait for the turn of `starts` sagas at `NOTIFY_BROADCAST_RECIPIENTS_PER_SECOND`, which every broadcast's
-        steps take from the stream store, in every worker (none without it)."""
+        async def start(request: NotificationRequest) -> None:
+            async with at_once:
+                await start_saga(self._temporal, self._store, self._settings, request)
+
         pace = self._settings.broadcast_recipients_per_second
-        if pace is not None:
-            await asyncio.sleep(await self._handling.next_turn(PACE, starts / pace))
+        if pace is None or retried:  # a retry's starts are mostly of sagas started before: it takes no turns
+            await asyncio.gather(*(start(r) for r in taken_up))
+            return len(requests)
+        for first in range(0, len(taken_up), STARTS_AT_ONCE):  # a turn for each `STARTS_AT_ONCE` starts
+            starts = taken_up[first : first + STARTS_AT_ONCE]
+            await asyncio.sleep(await self._handling.next_turn(PACE, len(starts) / pace))
+            await asyncio.gather(*(start(r) for r in starts))
+        return len(requests)
 
     @activity.defn(name=COUNT_RECIPIENTS.name)
     @heartbeating_throughout
