@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
@@ -38,6 +39,8 @@ from domain import (
 from streams import StreamStore, open_store, sqlite_file
 
 INTERNAL_TEAM = "internal-team"
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+"""Hosts `NOTIFY_PUBLIC_URL` may name with plain http: this machine's own."""
 """The entity id the internal team is notified as."""
 
 
@@ -188,6 +191,11 @@ class Settings(BaseSettings):
     def _absolute(cls, url: str | None) -> str | None:
         if url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
             raise ValueError(f"must be an absolute http(s) URL, such as https://notify.example.com, not {url!r}")
+        if url and urlsplit(url).scheme == "http" and urlsplit(url).hostname not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"must be https (its links carry tokens that change preferences), not {url!r}: http only on this "
+                "machine (localhost)"
+            )
         return url or None
 
     @field_validator("link_secret")

@@ -256,12 +256,15 @@ async def test_the_command_line_shows_and_sets_preferences(
         assert refused.returncode != 0 and said in refused.stderr, (args, refused.stderr)
 
 
-def test_a_short_link_secret_or_a_relative_public_url_is_refused_and_an_empty_secret_signs_nothing() -> None:
+def test_a_short_link_secret_or_a_relative_or_plain_http_public_url_is_refused_an_empty_secret_signs_nothing() -> None:
     with pytest.raises(ValidationError, match="at least 32 characters"):
         Settings(_env_file=None, link_secret=SecretStr("short"))
     assert Settings(_env_file=None, link_secret=SecretStr("")).link_secret is None
     with pytest.raises(ValidationError, match="must be an absolute http"):
         Settings(_env_file=None, public_url="notify.example.com")  # a link would be relative, and go nowhere
+    with pytest.raises(ValidationError, match="must be https"):
+        Settings(_env_file=None, public_url="http://notify.example.com")  # a token anyone on the way could read
+    assert Settings(_env_file=None, public_url="http://127.0.0.1:8000").public_url == "http://127.0.0.1:8000"
 
 
 @ON_BOTH_BACKENDS
