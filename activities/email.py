@@ -449,7 +449,8 @@ class EmailHandler(ChannelHandler[SendEmailOp, SendEmailResponse]):
         links = [f"<{unsubscribe_url(settings.public_url, token)}>"]
         if settings.unsubscribe_mailto:
             links.append(f"<mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>")
-        return [("List-Unsubscribe", ", ".join(links)), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+        folded = ",\r\n ".join(links)  # a line each (RFC 2369): both on one may be longer than 998 characters
+        return [("List-Unsubscribe", folded), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
 
     def _as_sent(self, op: SendEmailOp) -> SendEmailOp:
         """The email with a footer that links to its entity's preference page, where the links can be signed

@@ -16,8 +16,16 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr, ValidationError
+from temporalio.testing import WorkflowEnvironment
 
-from domain import Category, ChannelPreference, DirectoryEntry, SagaPolicies, get_delivery_channel_configs
+from domain import (
+    Category,
+    ChannelPreference,
+    DirectoryEntry,
+    SagaPolicies,
+    SendNotificationToEntityOp,
+    get_delivery_channel_configs,
+)
 from harness.processes import ROOT, unconfigured_environment
 from settings import ConfigurationError, Settings
 from sinks.mail import MailSink
@@ -25,7 +33,7 @@ from sinks.slack import SlackSink
 from streams import StreamStore
 from streams.directory import import_entries
 from tests.conftest import ON_BOTH_BACKENDS
-from tests.service import Api, entity
+from tests.service import Api, entity, notifying
 
 CATEGORIES = """\
 - {name: billing, description: Invoices and receipts}
@@ -297,3 +305,24 @@ def test_an_edit_that_cannot_be_used_keeps_the_categories_read_before(tmp_path: 
     file.write_text("- {name: billing}\n")
     os.utime(file, (2, 2))
     assert list(settings.categories()) == ["billing"]
+
+
+async def test_the_unsubscribe_header_of_the_longest_entity_id_keeps_every_line_within_998_characters(
+    time_skipping_env: WorkflowEnvironment, store: StreamStore, settings: Settings, mail_sink: MailSink
+) -> None:
+    """Both links (https and, with `NOTIFY_UNSUBSCRIBE_MAILTO`, mailto) of a 200-character entity id, under a public
+    URL with a path: the header is folded between them, as RFC 2369 allows, so that no line of the message is longer
+    than RFC 5322's 998 (on one line, this one's would be over 1,000)."""
+    long_id = "reader-" + "x" * 193
+    public = "https://notifications.example.com/" + "p" * 80
+    mailto = settings.model_copy(update={"unsubscribe_mailto": "unsubscribe@notify.example.com", "public_url": public})
+    async with notifying(time_skipping_env, store, mailto, entity(id=long_id, email="long@example.com")) as notify:
+        nid = await notify.client.request(
+            SendNotificationToEntityOp(entity_id=long_id, subject="S", body="B", category="marketing")
+        )
+        await notify.client.result(nid)
+    [mail] = mail_sink.received_by("long@example.com")
+    assert max(len(line) for line in mail.data.split(b"\r\n")) <= 998
+    https, mail_link = mail.message["List-Unsubscribe"].split(", ")
+    assert https.startswith(f"<{public}/v1/unsubscribe/") and len(https) + len(mail_link) > 1000
+    assert mail_link.startswith("<mailto:unsubscribe@notify.example.com?subject=unsubscribe%20")
