@@ -63,10 +63,6 @@ T = TypeVar("T")
 SCHEMA_VERSION = 8
 WAIT_SECONDS = 30
 """How long a call on the store's thread waits for another process's write to end."""
-WAIT_PAUSES = (0.0005, 0.004)
-"""The pause between a waiting call's tries while another process writes: from the first, doubled up to the second.
-SQLite's own wait (its busy timeout) pauses up to 100 ms between tries, long after a write of a millisecond ended:
-a step then waited tens of milliseconds behind every other process's write (a broadcast beside it)."""
 CHECKPOINT_EVERY = 500
 """Calls made on the caller's thread between two checkpoints of the write-ahead log."""
 AT_ONCE_RECORDS = 20
@@ -247,7 +243,6 @@ class SQLiteStreamStore(StreamStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streams-{self.path.name}")
         self._waiting = self._executor.submit(self._connect, WAIT_SECONDS).result()
-        self._waiting.execute("PRAGMA busy_timeout=0")  # it waits by `_patiently`
         self._store_thread = self._executor.submit(threading.get_ident).result()
         self._at_once = self._connect(WAIT_SECONDS)
         self._at_once.execute("PRAGMA busy_timeout=0")
@@ -259,12 +254,12 @@ class SQLiteStreamStore(StreamStore):
         self._codes: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._learn(self._waiting.execute("SELECT code, name FROM names"))
-        self._executor.submit(_patiently, self._intern, HandlingStatus).result()  # every status a handling write holds
+        self._executor.submit(self._intern, HandlingStatus).result()  # every status a handling write may hold
 
     @property
     def _db(self) -> sqlite3.Connection:
         """The connection of the thread running the call: the store's thread waits for the database up to
-        `WAIT_SECONDS` (`_patiently`); the caller's never waits (`_run`)."""
+        `WAIT_SECONDS`; the caller's never waits (`_run`)."""
         return self._waiting if threading.get_ident() == self._store_thread else self._at_once
 
     def _connect(self, wait: float) -> sqlite3.Connection:
@@ -295,9 +290,9 @@ class SQLiteStreamStore(StreamStore):
                     self._called_at_once()
                     return done
                 except sqlite3.OperationalError as error:
-                    if not _busy(error):
+                    if not getattr(error, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
                         raise
-            return await asyncio.get_running_loop().run_in_executor(self._executor, _patiently, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as error:
             name = getattr(error, "sqlite_errorname", "")
             if name.startswith("SQLITE_READONLY"):
@@ -807,25 +802,6 @@ def _payload(stream: str, record: NewRecord) -> str | bytes:
 def _names(record: NewRecord) -> list[str]:
     """The names a record's row and its tag rows hold as codes."""
     return [record.type, *(t.name for t in record.tags if t.name != HELD_TAG)]
-
-
-def _busy(error: sqlite3.OperationalError) -> bool:
-    return getattr(error, "sqlite_errorname", "").startswith("SQLITE_BUSY")
-
-
-def _patiently(fn: Callable[..., T], *args: object) -> T:
-    """`fn`, tried again while another process holds the database (`SQLITE_BUSY`), pausing `WAIT_PAUSES` between
-    tries, for up to `WAIT_SECONDS`: a call given up on by a busy database has written nothing (its transaction began
-    with the write lock), so it runs again from the start."""
-    deadline, pause = time.monotonic() + WAIT_SECONDS, WAIT_PAUSES[0]
-    while True:
-        try:
-            return fn(*args)
-        except sqlite3.OperationalError as error:
-            if not _busy(error) or time.monotonic() >= deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, WAIT_PAUSES[1])
 
 
 class _transaction:
