@@ -39,9 +39,9 @@ from domain import (
 from streams import StreamStore, open_store, sqlite_file
 
 INTERNAL_TEAM = "internal-team"
+"""The entity id the internal team is notified as."""
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 """Hosts `NOTIFY_PUBLIC_URL` may name with plain http: this machine's own."""
-"""The entity id the internal team is notified as."""
 
 
 class ConfigsFailureAction(StrEnum):
@@ -191,7 +191,7 @@ class Settings(BaseSettings):
     def _absolute(cls, url: str | None) -> str | None:
         if url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
             raise ValueError(f"must be an absolute http(s) URL, such as https://notify.example.com, not {url!r}")
-        if url and urlsplit(url).scheme == "http" and urlsplit(url).hostname not in LOOPBACK_HOSTS:
+        if url and (parts := urlsplit(url)).scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
             raise ValueError(
                 f"must be https (its links carry tokens that change preferences), not {url!r}: http only on this "
                 "machine (localhost)"

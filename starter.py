@@ -799,14 +799,19 @@ async def directory_import(
 @run_async
 async def directory_show(entity_id: Id) -> None:
     """Entity ID as the directory has it now."""
-    settings = load_settings()
+    entry = await _entry(load_settings(), entity_id)
+    print_json(entry.model_dump(mode="json", exclude_none=True))
+
+
+async def _entry(settings: Settings, entity_id: str) -> DirectoryEntry:
+    """The entity's entry as the directory has it now; `CliError` if it has none, or one that cannot be read."""
     async with settings.open_streams() as store:
         entry = await entry_or_why(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
     if entry is None:
         raise CliError(f"no entity with id {entity_id!r}")
     if isinstance(entry, str):
         raise CliError(f"cannot read the entry of entity {entity_id!r}: {entry}")
-    print_json(entry.model_dump(mode="json", exclude_none=True))
+    return entry
 
 
 @preferences_app.command("show")
@@ -815,12 +820,7 @@ async def preferences_show(entity_id: Id, as_json: JsonOption = False) -> None:
     """What entity ID gets of each category on each of its channels: `send` or `off`, and why."""
     settings = load_settings()
     categories = settings.categories()
-    async with settings.open_streams() as store:
-        entry = await entry_or_why(store.reader(StreamName.ENTITY_DIRECTORY), entity_id)
-    if entry is None:
-        raise CliError(f"no entity with id {entity_id!r}")
-    if isinstance(entry, str):
-        raise CliError(f"cannot read the entry of entity {entity_id!r}: {entry}")
+    entry = await _entry(settings, entity_id)
     named = [*categories.values(), *(Category(name=n) for n in entry.preferences if n not in categories)]
     decided = {c.name: {ch: _decided(entry, c, ch) for ch in Channel if ch in entry.channels} for c in named}
     if as_json:
